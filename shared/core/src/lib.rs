@@ -1,3 +1,12 @@
-//! The pure domain core of Handoff: no AWS, no I/O.
+//! The pure domain core of Handoff: definitions, version selection, the planner, and the
+//! exchange/step state machines. No AWS, no I/O — every function here is deterministic.
+pub mod definition;
+pub mod exchange;
 pub mod expression;
 pub mod ids;
+pub mod placeholder;
+pub mod plan;
+pub mod reader;
+pub mod retry;
+pub mod schedule;
+pub mod version;

@@ -1,0 +1,595 @@
+//! Integration definitions (SPEC §2a): parsed from JSON and validated as a whole, every
+//! error naming its field path. The JSON document stays the stored form; this is the
+//! checked, typed view the planner and executors work from.
+
+use crate::expression::Expression;
+use crate::ids::{IntegrationCode, IntegrationVersion};
+use crate::placeholder;
+use crate::reader::{describe, FieldError, FieldResult, ObjectReader};
+use crate::retry::{Jitter, RetryPolicy};
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntegrationDefinition {
+    pub code: IntegrationCode,
+    pub version: IntegrationVersion,
+    pub enabled: bool,
+    pub sla_seconds: Option<u64>,
+    pub schedule: Option<ScheduleSpec>,
+    pub steps: Vec<IntegrationStep>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleSpec {
+    /// EventBridge syntax: `cron(...)`, `rate(...)` or `at(...)`.
+    pub expression: String,
+    /// IANA time zone name; UTC when absent.
+    pub timezone: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntegrationStep {
+    pub name: String,
+    pub condition: Option<Expression>,
+    pub post_process: Option<Expression>,
+    pub retry: RetryPolicy,
+    /// How long a waiting sub-step of this step may wait for its callback.
+    pub timeout_seconds: Option<u64>,
+    pub action: StepAction,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepAction {
+    Query { request: RequestTemplate },
+    Extract { request: RequestTemplate, download_messages: bool },
+    Custom { function: Option<Expression>, request: Option<RequestTemplate> },
+    Transformation { function: Option<Expression>, output: OutputFormat },
+    Delivery { destinations: Vec<Destination> },
+    InvokeProcess {
+        kind: ProcessKind,
+        request: RequestTemplate,
+        expect_notification: bool,
+        auto_recovery: bool,
+        download_messages: bool,
+    },
+    Subflow { integration_code: IntegrationCode, function: Expression },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessKind {
+    Activity,
+    Process,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Json,
+    Ndjson,
+    Csv,
+    Xml,
+    Raw,
+}
+
+impl OutputFormat {
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            OutputFormat::Json => "application/json",
+            OutputFormat::Ndjson => "application/x-ndjson",
+            OutputFormat::Csv => "text/csv",
+            OutputFormat::Xml => "application/xml",
+            OutputFormat::Raw => "application/octet-stream",
+        }
+    }
+}
+
+/// An HTTP call with `{{...}}` placeholders in URL, header values and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestTemplate {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// A templated body; when absent, deliveries send the payload as the body.
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Destination {
+    pub main: bool,
+    pub target: DestinationTarget,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DestinationTarget {
+    Rest { request: RequestTemplate },
+    Sftp { host: String, port: u16, path: String, secret_ref: String },
+    FileUpload { request: RequestTemplate, field_name: String },
+    Agent { health_url: String, request: RequestTemplate, timeout_seconds: Option<u64> },
+}
+
+/// Parses and validates a definition document.
+pub fn parse_definition(document: &Value) -> Result<IntegrationDefinition, FieldError> {
+    let root = ObjectReader::new("", document)?;
+    root.deny_unknown(&["code", "version", "enabled", "slaSeconds", "schedule", "steps", "description"])?;
+    let code = IntegrationCode::parse(root.required_str("code")?)
+        .map_err(|e| FieldError::new("code", e))?;
+    let version = parse_version(root.get("version"))?;
+    let enabled = root.optional_bool("enabled")?.unwrap_or(true);
+    let sla_seconds = root.optional_u64("slaSeconds", 1, 31 * 24 * 3600)?;
+    let schedule = root.optional_object("schedule")?.map(|s| parse_schedule(&s)).transpose()?;
+    let steps_value = root.required_array("steps")?;
+    if steps_value.is_empty() {
+        return Err(FieldError::new("steps", "must list at least one step"));
+    }
+    let mut steps = Vec::with_capacity(steps_value.len());
+    for (i, step) in steps_value.iter().enumerate() {
+        let parsed = parse_step(&format!("steps[{i}]"), step)?;
+        if let Some(j) = steps.iter().position(|s: &IntegrationStep| s.name == parsed.name) {
+            return Err(FieldError::new(
+                format!("steps[{i}].name"),
+                format!("'{}' is already the name of steps[{j}]", parsed.name),
+            ));
+        }
+        steps.push(parsed);
+    }
+    Ok(IntegrationDefinition {
+        code,
+        version,
+        enabled,
+        sla_seconds,
+        schedule,
+        steps,
+    })
+}
+
+pub fn parse_version(value: Option<&Value>) -> FieldResult<IntegrationVersion> {
+    match value {
+        None | Some(Value::Null) => Ok(IntegrationVersion::NULL),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| format!("must be a positive integer or null, found {v}"))
+            .and_then(IntegrationVersion::number)
+            .map_err(|e| FieldError::new("version", e)),
+    }
+}
+
+fn parse_schedule(s: &ObjectReader) -> FieldResult<ScheduleSpec> {
+    s.deny_unknown(&["expression", "timezone"])?;
+    let expression = s.required_str("expression")?;
+    crate::schedule::ScheduleExpression::parse(expression)
+        .map_err(|e| FieldError::new(s.field_path("expression"), e))?;
+    let timezone = s.optional_str("timezone")?.unwrap_or("UTC");
+    crate::schedule::parse_timezone(timezone).map_err(|e| FieldError::new(s.field_path("timezone"), e))?;
+    Ok(ScheduleSpec {
+        expression: expression.to_string(),
+        timezone: timezone.to_string(),
+    })
+}
+
+const COMMON_STEP_FIELDS: [&str; 7] = ["name", "type", "condition", "postProcess", "retry", "timeoutSeconds", "description"];
+
+fn allowed(extra: &[&'static str]) -> Vec<&'static str> {
+    COMMON_STEP_FIELDS.iter().chain(extra).copied().collect()
+}
+
+fn parse_step(path: &str, value: &Value) -> FieldResult<IntegrationStep> {
+    let step = ObjectReader::new(path, value)?;
+    let name = step.required_str("name")?.to_string();
+    let step_type = step.required_str("type")?;
+    let condition = parse_expression(&step, "condition")?;
+    let post_process = parse_expression(&step, "postProcess")?;
+    let retry = match step.optional_object("retry")? {
+        Some(r) => parse_retry(&r)?,
+        None => RetryPolicy::default(),
+    };
+    let timeout_seconds = step.optional_u64("timeoutSeconds", 1, 7 * 24 * 3600)?;
+    let action = match step_type {
+        "dataCollection" => {
+            let kind = step.required_str("kind")?;
+            match kind {
+                "query" => {
+                    step.deny_unknown(&allowed(&["kind", "request"]))?;
+                    StepAction::Query { request: parse_request(&step.required_object("request")?)? }
+                }
+                "extract" => {
+                    step.deny_unknown(&allowed(&["kind", "request", "downloadMessages"]))?;
+                    StepAction::Extract {
+                        request: parse_request(&step.required_object("request")?)?,
+                        download_messages: step.optional_bool("downloadMessages")?.unwrap_or(false),
+                    }
+                }
+                "custom" => {
+                    step.deny_unknown(&allowed(&["kind", "request", "function"]))?;
+                    let function = parse_function(&step)?;
+                    let request = step.optional_object("request")?.map(|r| parse_request(&r)).transpose()?;
+                    if function.is_none() == request.is_none() {
+                        return Err(FieldError::new(
+                            step.path(),
+                            "a custom data collection declares exactly one of 'function' or 'request'",
+                        ));
+                    }
+                    StepAction::Custom { function, request }
+                }
+                other => return Err(unknown_kind(&step, other, &["query", "extract", "custom"])),
+            }
+        }
+        "transformation" => {
+            step.deny_unknown(&allowed(&["function", "output"]))?;
+            let output = match step.optional_object("output")? {
+                None => OutputFormat::Json,
+                Some(o) => {
+                    o.deny_unknown(&["format"])?;
+                    match o.required_str("format")? {
+                        "json" => OutputFormat::Json,
+                        "ndjson" => OutputFormat::Ndjson,
+                        "csv" => OutputFormat::Csv,
+                        "xml" => OutputFormat::Xml,
+                        "raw" => OutputFormat::Raw,
+                        other => {
+                            return Err(FieldError::new(
+                                o.field_path("format"),
+                                format!("unknown format '{other}' (expected json, ndjson, csv, xml or raw)"),
+                            ))
+                        }
+                    }
+                }
+            };
+            StepAction::Transformation { function: parse_function(&step)?, output }
+        }
+        "delivery" => {
+            step.deny_unknown(&allowed(&["destinations"]))?;
+            StepAction::Delivery { destinations: parse_destinations(&step)? }
+        }
+        "invokeProcess" => {
+            step.deny_unknown(&allowed(&["kind", "request", "expectNotification", "autoRecovery", "downloadMessages"]))?;
+            let kind = match step.required_str("kind")? {
+                "activity" => ProcessKind::Activity,
+                "process" => ProcessKind::Process,
+                other => return Err(unknown_kind(&step, other, &["activity", "process"])),
+            };
+            StepAction::InvokeProcess {
+                kind,
+                request: parse_request(&step.required_object("request")?)?,
+                expect_notification: step.optional_bool("expectNotification")?.unwrap_or(false),
+                auto_recovery: step.optional_bool("autoRecovery")?.unwrap_or(false),
+                download_messages: step.optional_bool("downloadMessages")?.unwrap_or(false),
+            }
+        }
+        "subflow" => {
+            step.deny_unknown(&allowed(&["integrationCode", "function"]))?;
+            let integration_code = IntegrationCode::parse(step.required_str("integrationCode")?)
+                .map_err(|e| FieldError::new(step.field_path("integrationCode"), e))?;
+            let function = parse_function(&step)?
+                .ok_or_else(|| FieldError::new(step.field_path("function"), "is required"))?;
+            StepAction::Subflow { integration_code, function }
+        }
+        other => {
+            return Err(FieldError::new(
+                step.field_path("type"),
+                format!("unknown step type '{other}' (expected dataCollection, transformation, delivery, invokeProcess or subflow)"),
+            ))
+        }
+    };
+    Ok(IntegrationStep {
+        name,
+        condition,
+        post_process,
+        retry,
+        timeout_seconds,
+        action,
+    })
+}
+
+fn unknown_kind(step: &ObjectReader, kind: &str, expected: &[&str]) -> FieldError {
+    FieldError::new(
+        step.field_path("kind"),
+        format!("unknown kind '{kind}' (expected {})", expected.join(", ")),
+    )
+}
+
+fn parse_expression(obj: &ObjectReader, key: &str) -> FieldResult<Option<Expression>> {
+    obj.optional_str(key)?
+        .map(|src| Expression::compile(src).map_err(|e| FieldError::new(obj.field_path(key), e.to_string())))
+        .transpose()
+}
+
+/// `function: {jq: "..."}` — the one function language is jq.
+fn parse_function(step: &ObjectReader) -> FieldResult<Option<Expression>> {
+    let Some(function) = step.optional_object("function")? else {
+        return Ok(None);
+    };
+    function.deny_unknown(&["jq"])?;
+    parse_expression(&function, "jq")?
+        .ok_or_else(|| FieldError::new(function.field_path("jq"), "is required"))
+        .map(Some)
+}
+
+fn parse_retry(r: &ObjectReader) -> FieldResult<RetryPolicy> {
+    r.deny_unknown(&["maxAttempts", "intervalSeconds", "backoffRate", "maxIntervalSeconds", "jitter"])?;
+    let defaults = RetryPolicy::default();
+    let jitter = match r.optional_str("jitter")? {
+        None | Some("none") => Jitter::None,
+        Some("full") => Jitter::Full,
+        Some(other) => {
+            return Err(FieldError::new(
+                r.field_path("jitter"),
+                format!("unknown jitter '{other}' (expected none or full)"),
+            ))
+        }
+    };
+    let policy = RetryPolicy {
+        max_attempts: r.optional_u64("maxAttempts", 1, 100)?.map_or(defaults.max_attempts, |n| n as u32),
+        interval_seconds: r.optional_u64("intervalSeconds", 0, 86_400)?.unwrap_or(defaults.interval_seconds),
+        backoff_rate: r.optional_f64("backoffRate", 1.0, 10.0)?.unwrap_or(defaults.backoff_rate),
+        max_interval_seconds: r
+            .optional_u64("maxIntervalSeconds", 1, 7 * 86_400)?
+            .unwrap_or(defaults.max_interval_seconds),
+        jitter,
+    };
+    if policy.max_interval_seconds < policy.interval_seconds {
+        return Err(FieldError::new(
+            r.field_path("maxIntervalSeconds"),
+            "must not be smaller than intervalSeconds",
+        ));
+    }
+    Ok(policy)
+}
+
+const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+fn parse_request(r: &ObjectReader) -> FieldResult<RequestTemplate> {
+    r.deny_unknown(&["method", "url", "headers", "body"])?;
+    let method = r.optional_str("method")?.unwrap_or("GET").to_ascii_uppercase();
+    if !METHODS.contains(&method.as_str()) {
+        return Err(FieldError::new(
+            r.field_path("method"),
+            format!("unknown HTTP method '{method}' (expected one of {})", METHODS.join(", ")),
+        ));
+    }
+    let url = r.required_str("url")?;
+    validate_url(&r.field_path("url"), url)?;
+    let headers = r.optional_string_map("headers")?;
+    for (name, value) in &headers {
+        let path = format!("{}.{name}", r.field_path("headers"));
+        http_header_name_ok(name).map_err(|e| FieldError::new(path.clone(), e))?;
+        placeholder::validate(value).map_err(|e| FieldError::new(path, e.to_string()))?;
+    }
+    let body = match r.get("body") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        // A JSON body is kept as its text; placeholders inside strings still apply.
+        Some(other @ (Value::Object(_) | Value::Array(_))) => Some(other.to_string()),
+        Some(other) => {
+            return Err(FieldError::new(
+                r.field_path("body"),
+                format!("must be a string or a JSON object, found {}", describe(other)),
+            ))
+        }
+    };
+    if let Some(body) = &body {
+        placeholder::validate(body).map_err(|e| FieldError::new(r.field_path("body"), e.to_string()))?;
+    }
+    Ok(RequestTemplate {
+        method,
+        url: url.to_string(),
+        headers,
+        body,
+    })
+}
+
+fn http_header_name_ok(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("'{name}' is not a valid HTTP header name"))
+    }
+}
+
+/// A URL must be absolute http(s) once placeholders are filled; it is checked with every
+/// placeholder replaced by a neutral token, since parameters are unknown at definition time.
+fn validate_url(path: &str, url: &str) -> FieldResult<()> {
+    placeholder::validate(url).map_err(|e| FieldError::new(path, e.to_string()))?;
+    let mut probe = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(start) = rest.find("{{") {
+        probe.push_str(&rest[..start]);
+        probe.push('p');
+        rest = rest[start..].split_once("}}").map_or("", |(_, after)| after);
+    }
+    probe.push_str(rest);
+    let parsed = url::Url::parse(&probe)
+        .map_err(|e| FieldError::new(path, format!("'{url}' is not an absolute URL ({e})")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(FieldError::new(path, format!("'{url}' must use http or https")));
+    }
+    Ok(())
+}
+
+fn parse_destinations(step: &ObjectReader) -> FieldResult<Vec<Destination>> {
+    let list = step.required_array("destinations")?;
+    if list.is_empty() {
+        return Err(FieldError::new(step.field_path("destinations"), "must list at least one destination"));
+    }
+    let mut destinations = Vec::with_capacity(list.len());
+    for (i, value) in list.iter().enumerate() {
+        let d = ObjectReader::new(format!("{}[{i}]", step.field_path("destinations")), value)?;
+        let main = d.optional_bool("main")?.unwrap_or(list.len() == 1);
+        let target = match d.required_str("kind")? {
+            "rest" => {
+                d.deny_unknown(&["kind", "main", "request"])?;
+                DestinationTarget::Rest { request: parse_request(&d.required_object("request")?)? }
+            }
+            "sftp" => {
+                d.deny_unknown(&["kind", "main", "host", "port", "path", "credentials"])?;
+                let credentials = d.required_object("credentials")?;
+                credentials.deny_unknown(&["secretRef"])?;
+                DestinationTarget::Sftp {
+                    host: d.required_str("host")?.to_string(),
+                    port: d.optional_u64("port", 1, 65_535)?.unwrap_or(22) as u16,
+                    path: d.required_str("path")?.to_string(),
+                    secret_ref: credentials.required_str("secretRef")?.to_string(),
+                }
+            }
+            "fileUpload" => {
+                d.deny_unknown(&["kind", "main", "request", "fieldName"])?;
+                DestinationTarget::FileUpload {
+                    request: parse_request(&d.required_object("request")?)?,
+                    field_name: d.optional_str("fieldName")?.unwrap_or("file").to_string(),
+                }
+            }
+            "agent" => {
+                d.deny_unknown(&["kind", "main", "healthUrl", "request", "timeoutSeconds"])?;
+                let health_url = d.required_str("healthUrl")?;
+                validate_url(&d.field_path("healthUrl"), health_url)?;
+                DestinationTarget::Agent {
+                    health_url: health_url.to_string(),
+                    request: parse_request(&d.required_object("request")?)?,
+                    timeout_seconds: d.optional_u64("timeoutSeconds", 1, 7 * 24 * 3600)?,
+                }
+            }
+            other => {
+                return Err(FieldError::new(
+                    d.field_path("kind"),
+                    format!("unknown destination kind '{other}' (expected rest, sftp, fileUpload or agent)"),
+                ))
+            }
+        };
+        destinations.push(Destination { main, target });
+    }
+    let mains: Vec<usize> = destinations.iter().enumerate().filter(|(_, d)| d.main).map(|(i, _)| i).collect();
+    if mains.len() != 1 {
+        return Err(FieldError::new(
+            step.field_path("destinations"),
+            format!("exactly one destination must be main: true, found {}", mains.len()),
+        ));
+    }
+    Ok(destinations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec_example() -> Value {
+        json!({
+          "code": "PROVIDER_IMPORT", "version": 2, "enabled": true, "slaSeconds": 3600,
+          "schedule": {"expression": "cron(0 18 * * ? *)", "timezone": "Europe/Amsterdam"},
+          "steps": [
+            {"name": "fetch", "type": "dataCollection", "kind": "query",
+             "request": {"method": "GET", "url": "https://source.example/providers", "headers": {"Accept": "application/json"}},
+             "retry": {"maxAttempts": 5, "intervalSeconds": 2, "backoffRate": 2.0}},
+            {"name": "map", "type": "transformation", "condition": "length > 0",
+             "function": {"jq": "map({id: .providerId, name: .displayName})"}, "output": {"format": "json"}},
+            {"name": "send", "type": "delivery", "destinations": [
+               {"kind": "rest", "main": true, "request": {"method": "POST", "url": "https://target.example/providers"}},
+               {"kind": "sftp", "host": "sftp.example", "port": 22, "path": "/in/providers.json", "credentials": {"secretRef": "sftp-target"}}]},
+            {"name": "settle", "type": "invokeProcess", "kind": "process",
+             "request": {"method": "POST", "url": "https://target.example/jobs"},
+             "expectNotification": true, "timeoutSeconds": 900, "autoRecovery": true},
+            {"name": "perRegion", "type": "subflow", "integrationCode": "REGION_SYNC",
+             "function": {"jq": "[.[] | .region] | unique | map({region: .})"}}
+          ]
+        })
+    }
+
+    fn error_of(doc: Value) -> FieldError {
+        parse_definition(&doc).expect_err("definition should be rejected")
+    }
+
+    #[test]
+    fn parses_the_spec_example() {
+        let d = parse_definition(&spec_example()).unwrap();
+        assert_eq!(d.code.as_str(), "PROVIDER_IMPORT");
+        assert_eq!(d.version, IntegrationVersion::number(2).unwrap());
+        assert_eq!(d.steps.len(), 5);
+        assert_eq!(d.steps[0].retry.max_attempts, 5);
+        assert!(d.steps[1].condition.is_some());
+        assert!(matches!(&d.steps[2].action, StepAction::Delivery { destinations } if destinations.len() == 2));
+    }
+
+    #[test]
+    fn missing_url_names_the_field() {
+        let mut doc = spec_example();
+        doc["steps"][2]["destinations"][0]["request"].as_object_mut().unwrap().remove("url");
+        let e = error_of(doc);
+        assert_eq!(e.path, "steps[2].destinations[0].request.url");
+        assert_eq!(e.problem, "is required");
+    }
+
+    #[test]
+    fn unknown_step_type_is_named() {
+        let mut doc = spec_example();
+        doc["steps"][1]["type"] = json!("teleport");
+        let e = error_of(doc);
+        assert_eq!(e.path, "steps[1].type");
+        assert!(e.problem.contains("unknown step type 'teleport'"));
+    }
+
+    #[test]
+    fn two_main_destinations_are_rejected() {
+        let mut doc = spec_example();
+        doc["steps"][2]["destinations"][1]["main"] = json!(true);
+        let e = error_of(doc);
+        assert_eq!(e.path, "steps[2].destinations");
+        assert!(e.problem.contains("exactly one"));
+    }
+
+    #[test]
+    fn invalid_jq_is_rejected_at_definition_time() {
+        let mut doc = spec_example();
+        doc["steps"][1]["function"]["jq"] = json!("map(");
+        assert_eq!(error_of(doc).path, "steps[1].function.jq");
+    }
+
+    #[test]
+    fn unknown_fields_and_formats_are_rejected() {
+        let mut doc = spec_example();
+        doc["steps"][0]["requets"] = json!({});
+        assert_eq!(error_of(doc).path, "steps[0].requets");
+        let mut doc = spec_example();
+        doc["steps"][1]["output"]["format"] = json!("yaml");
+        assert_eq!(error_of(doc).path, "steps[1].output.format");
+    }
+
+    #[test]
+    fn bad_scalars_are_named() {
+        let mut doc = spec_example();
+        doc["version"] = json!(0);
+        assert_eq!(error_of(doc).path, "version");
+        let mut doc = spec_example();
+        doc["steps"][0]["request"]["url"] = json!("not a url");
+        assert_eq!(error_of(doc).path, "steps[0].request.url");
+        let mut doc = spec_example();
+        doc["steps"][0]["request"]["url"] = json!("https://x.example/{{parameters.id}}?e={{exchange.exchangeId}}");
+        assert!(parse_definition(&doc).is_ok());
+        let mut doc = spec_example();
+        doc["steps"][0]["request"]["url"] = json!("https://x.example/{{nope}}");
+        assert_eq!(error_of(doc).path, "steps[0].request.url");
+        let mut doc = spec_example();
+        doc.as_object_mut().unwrap().remove("code");
+        assert_eq!(error_of(doc).path, "code");
+        assert_eq!(error_of(json!([])).path, "(document)");
+    }
+
+    #[test]
+    fn duplicate_step_names_are_rejected() {
+        let mut doc = spec_example();
+        doc["steps"][1]["name"] = json!("fetch");
+        assert_eq!(error_of(doc).path, "steps[1].name");
+    }
+
+    #[test]
+    fn schedule_is_validated() {
+        let mut doc = spec_example();
+        doc["schedule"]["timezone"] = json!("Mars/Olympus");
+        assert_eq!(error_of(doc).path, "schedule.timezone");
+        let mut doc = spec_example();
+        doc["schedule"]["expression"] = json!("every day");
+        assert_eq!(error_of(doc).path, "schedule.expression");
+    }
+}

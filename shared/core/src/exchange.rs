@@ -1,0 +1,390 @@
+//! Exchanges and their steps: states, payloads, log lines, and the transition functions
+//! that decide what happens next. Decisions only — the caller performs them.
+
+use crate::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
+use crate::plan::SubStep;
+use crate::retry::{ErrorClassification, Failure, RetryPolicy};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ExchangeStatus {
+    New,
+    Started,
+    WaitingOnExternalSystem,
+    WaitingForSubExchangesToFinish,
+    Failed,
+    TimedOut,
+    Completed,
+}
+
+impl ExchangeStatus {
+    pub const ALL: [ExchangeStatus; 7] = [
+        Self::New,
+        Self::Started,
+        Self::WaitingOnExternalSystem,
+        Self::WaitingForSubExchangesToFinish,
+        Self::Failed,
+        Self::TimedOut,
+        Self::Completed,
+    ];
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::New => "N",
+            Self::Started => "S",
+            Self::WaitingOnExternalSystem => "W",
+            Self::WaitingForSubExchangesToFinish => "WS",
+            Self::Failed => "F",
+            Self::TimedOut => "T",
+            Self::Completed => "C",
+        }
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::New => "New",
+            Self::Started => "Started",
+            Self::WaitingOnExternalSystem => "WaitingOnExternalSystem",
+            Self::WaitingForSubExchangesToFinish => "WaitingForSubExchangesToFinish",
+            Self::Failed => "Failed",
+            Self::TimedOut => "TimedOut",
+            Self::Completed => "Completed",
+        }
+    }
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == value || s.code() == value)
+    }
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::Failed | Self::TimedOut | Self::Completed)
+    }
+    pub fn is_recoverable(&self) -> bool {
+        matches!(self, Self::Failed | Self::TimedOut)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StepStatus {
+    Initial,
+    Skipped,
+    Failed,
+    Done,
+}
+
+impl StepStatus {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Initial => "I",
+            Self::Skipped => "S",
+            Self::Failed => "F",
+            Self::Done => "D",
+        }
+    }
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Self::Initial)
+    }
+}
+
+/// What flows between sub-steps: small payloads inline, large ones as a data file set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Payload {
+    Raw { raw: String },
+    #[serde(rename_all = "camelCase")]
+    DataFileSet { data_file_set_id: DataFileSetId },
+}
+
+impl Payload {
+    pub fn raw(raw: impl Into<String>) -> Self {
+        Self::Raw { raw: raw.into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogType {
+    System,
+    User,
+}
+
+/// A log line of a sub-step execution. Never carries payload contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogLine {
+    #[serde(rename = "type")]
+    pub kind: LogType,
+    pub line: String,
+    pub timestamp: DateTime<Utc>,
+    pub step_id: StepId,
+}
+
+/// Why an exchange failed, for operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExchangeError {
+    pub classification: ErrorClassification,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<StepId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_step: Option<SubStep>,
+    pub at: DateTime<Utc>,
+}
+
+/// The last error of a step attempt, with when it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepError {
+    pub classification: ErrorClassification,
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Exchange {
+    pub exchange_id: ExchangeId,
+    pub integration_code: IntegrationCode,
+    pub integration_version: IntegrationVersion,
+    pub status: ExchangeStatus,
+    #[serde(default)]
+    pub parameters: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ExchangeError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExchangeStep {
+    pub step_id: StepId,
+    pub sequence: u32,
+    pub integration_step: Option<String>,
+    pub sub_step: SubStep,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<usize>,
+    pub status: StepStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Payload>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<StepError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+// ------------------------------------------------------------------ exchange transitions
+
+/// Something that happened to an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeEvent {
+    /// A sub-step began executing.
+    SubStepStarted,
+    WaitingOnExternalSystem,
+    WaitingForSubExchanges,
+    /// A callback or the last sub-exchange arrived.
+    Resumed,
+    SignedOff,
+    StepFailed,
+    SlaExpired,
+    RecoveryRequested,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeTransition {
+    To(ExchangeStatus),
+    /// Nothing to change: already there, or a late/duplicate event absorbed by a final state.
+    Unchanged,
+    /// The request is not allowed in this state (e.g. recovering a Completed exchange).
+    Rejected,
+}
+
+pub fn exchange_transition(current: ExchangeStatus, event: ExchangeEvent) -> ExchangeTransition {
+    use ExchangeEvent as E;
+    use ExchangeStatus as S;
+    use ExchangeTransition::*;
+    let target = match (current, event) {
+        (s, E::RecoveryRequested) => return if s.is_recoverable() { To(S::Started) } else { Rejected },
+        (s, _) if s.is_final() => return Unchanged,
+        (S::New, E::SubStepStarted) => S::Started,
+        (_, E::SubStepStarted) => return Unchanged,
+        (_, E::WaitingOnExternalSystem) => S::WaitingOnExternalSystem,
+        (_, E::WaitingForSubExchanges) => S::WaitingForSubExchangesToFinish,
+        (_, E::Resumed) => S::Started,
+        (_, E::SignedOff) => S::Completed,
+        (_, E::StepFailed) => S::Failed,
+        (_, E::SlaExpired) => S::TimedOut,
+    };
+    if target == current {
+        Unchanged
+    } else {
+        To(target)
+    }
+}
+
+// ------------------------------------------------------------------ step decisions
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Succeeded,
+    Failed(Failure),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepDecision {
+    MarkDone,
+    ScheduleRetry { next_attempt: u32, delay_seconds: u64 },
+    MarkFailed(Failure),
+    /// The step is already final: a duplicate or late message changes nothing.
+    Ignore,
+}
+
+/// Decides after attempt number `attempts` (1-based) of a step in `status`. The policy is
+/// the one in force now, so a raised `maxAttempts` lets a retrying step go on, a lowered one
+/// fails it at this decision, and a final step is never revived.
+pub fn decide_after_attempt(
+    status: StepStatus,
+    attempts: u32,
+    policy: &RetryPolicy,
+    outcome: AttemptOutcome,
+    random: f64,
+) -> StepDecision {
+    if status.is_final() {
+        return StepDecision::Ignore;
+    }
+    match outcome {
+        AttemptOutcome::Succeeded => StepDecision::MarkDone,
+        AttemptOutcome::Failed(failure) if !failure.retryable => StepDecision::MarkFailed(failure),
+        AttemptOutcome::Failed(failure) if attempts >= policy.max_attempts => StepDecision::MarkFailed(Failure {
+            message: format!("{} (gave up after {attempts} of {} attempts)", failure.message, policy.max_attempts),
+            ..failure
+        }),
+        AttemptOutcome::Failed(_) => StepDecision::ScheduleRetry {
+            next_attempt: attempts + 1,
+            delay_seconds: policy.delay_seconds(attempts, random),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rank(s: ExchangeStatus) -> u8 {
+        match s {
+            ExchangeStatus::New => 0,
+            s if s.is_final() => 2,
+            _ => 1,
+        }
+    }
+
+    fn any_event() -> impl Strategy<Value = ExchangeEvent> {
+        prop_oneof![
+            Just(ExchangeEvent::SubStepStarted),
+            Just(ExchangeEvent::WaitingOnExternalSystem),
+            Just(ExchangeEvent::WaitingForSubExchanges),
+            Just(ExchangeEvent::Resumed),
+            Just(ExchangeEvent::SignedOff),
+            Just(ExchangeEvent::StepFailed),
+            Just(ExchangeEvent::SlaExpired),
+            Just(ExchangeEvent::RecoveryRequested),
+        ]
+    }
+
+    fn apply(s: ExchangeStatus, e: ExchangeEvent) -> ExchangeStatus {
+        match exchange_transition(s, e) {
+            ExchangeTransition::To(n) => n,
+            _ => s,
+        }
+    }
+
+    #[test]
+    fn happy_path() {
+        let mut s = ExchangeStatus::New;
+        s = apply(s, ExchangeEvent::SubStepStarted);
+        assert_eq!(s, ExchangeStatus::Started);
+        s = apply(s, ExchangeEvent::WaitingOnExternalSystem);
+        assert_eq!(s.code(), "W");
+        s = apply(s, ExchangeEvent::Resumed);
+        s = apply(s, ExchangeEvent::SignedOff);
+        assert_eq!(s, ExchangeStatus::Completed);
+        assert_eq!(s.code(), "C");
+    }
+
+    #[test]
+    fn recovery_only_from_failed_or_timed_out() {
+        use ExchangeStatus::*;
+        for s in ExchangeStatus::ALL {
+            let t = exchange_transition(s, ExchangeEvent::RecoveryRequested);
+            if matches!(s, Failed | TimedOut) {
+                assert_eq!(t, ExchangeTransition::To(Started));
+            } else {
+                assert_eq!(t, ExchangeTransition::Rejected, "{s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn status_names_and_codes_parse() {
+        for s in ExchangeStatus::ALL {
+            assert_eq!(ExchangeStatus::parse(s.name()), Some(s));
+            assert_eq!(ExchangeStatus::parse(s.code()), Some(s));
+        }
+        assert_eq!(ExchangeStatus::parse("nope"), None);
+    }
+
+    proptest! {
+        /// Without recovery, no sequence of events moves an exchange backwards, and a final
+        /// state absorbs everything.
+        #[test]
+        fn no_transition_goes_backwards(events in proptest::collection::vec(any_event(), 0..30)) {
+            let mut s = ExchangeStatus::New;
+            for e in events.into_iter().filter(|e| *e != ExchangeEvent::RecoveryRequested) {
+                let next = apply(s, e);
+                prop_assert!(rank(next) >= rank(s), "{s:?} --{e:?}--> {next:?}");
+                if s.is_final() { prop_assert_eq!(next, s); }
+                s = next;
+            }
+        }
+
+        #[test]
+        fn completed_absorbs_every_event(e in any_event()) {
+            prop_assert_eq!(apply(ExchangeStatus::Completed, e), ExchangeStatus::Completed);
+        }
+
+        /// Step decisions: final steps ignore everything; retries never exceed the live maximum;
+        /// business errors never retry.
+        #[test]
+        fn step_decisions_respect_the_live_policy(
+            attempts in 1u32..20, max in 1u32..20, retryable in any::<bool>(), succeeded in any::<bool>(),
+            status in prop_oneof![Just(StepStatus::Initial), Just(StepStatus::Done), Just(StepStatus::Failed), Just(StepStatus::Skipped)],
+        ) {
+            let policy = RetryPolicy { max_attempts: max, ..RetryPolicy::default() };
+            let outcome = if succeeded { AttemptOutcome::Succeeded } else {
+                AttemptOutcome::Failed(Failure { classification: ErrorClassification::System, retryable, message: "x".into() })
+            };
+            let d = decide_after_attempt(status, attempts, &policy, outcome, 0.3);
+            if status.is_final() {
+                prop_assert_eq!(d, StepDecision::Ignore);
+            } else if succeeded {
+                prop_assert_eq!(d, StepDecision::MarkDone);
+            } else {
+                match d {
+                    StepDecision::ScheduleRetry { next_attempt, .. } => {
+                        prop_assert!(retryable);
+                        prop_assert!(next_attempt <= max);
+                        prop_assert_eq!(next_attempt, attempts + 1);
+                    }
+                    StepDecision::MarkFailed(_) => prop_assert!(!retryable || attempts >= max),
+                    other => prop_assert!(false, "unexpected {:?}", other),
+                }
+            }
+        }
+    }
+}

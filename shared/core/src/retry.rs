@@ -1,0 +1,143 @@
+//! Retry policies and the failure classification every error carries.
+
+use serde::{Deserialize, Serialize};
+
+/// Who has to act on a failure: the customer fixes data (`Business`), or we/infrastructure
+/// do (`System`, the ones to alert on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorClassification {
+    Business,
+    System,
+}
+
+/// The outcome of one failed attempt, as the executor saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    pub classification: ErrorClassification,
+    /// Connection errors, timeouts, 429 and 5xx: another attempt may succeed.
+    pub retryable: bool,
+    pub message: String,
+}
+
+impl Failure {
+    /// Transient trouble on the remote side or ours: worth another attempt.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            classification: ErrorClassification::System,
+            retryable: true,
+            message: message.into(),
+        }
+    }
+    /// The data or the remote system's answer is at fault: retrying will not help.
+    pub fn business(message: impl Into<String>) -> Self {
+        Self {
+            classification: ErrorClassification::Business,
+            retryable: false,
+            message: message.into(),
+        }
+    }
+    /// Our side is broken in a way another attempt will not fix (e.g. misconfiguration).
+    pub fn system(message: impl Into<String>) -> Self {
+        Self {
+            classification: ErrorClassification::System,
+            retryable: false,
+            message: message.into(),
+        }
+    }
+
+    /// Classifies an HTTP answer of an external system (SPEC §2: 429 and 5xx retryable,
+    /// other 4xx are business errors).
+    pub fn from_http_status(status: u16, context: &str) -> Option<Self> {
+        match status {
+            200..=399 => None,
+            429 | 500..=599 => Some(Self::transient(format!("{context} answered HTTP {status}"))),
+            _ => Some(Self::business(format!("{context} answered HTTP {status}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Jitter {
+    /// Exact delays.
+    #[default]
+    None,
+    /// A random delay between 0 and the computed one (spreads retries of many exchanges).
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub interval_seconds: u64,
+    pub backoff_rate: f64,
+    pub max_interval_seconds: u64,
+    pub jitter: Jitter,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            interval_seconds: 2,
+            backoff_rate: 2.0,
+            max_interval_seconds: 300,
+            jitter: Jitter::None,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before attempt `failed_attempts + 1`, after `failed_attempts` failures (≥ 1).
+    /// `random` in [0, 1) is supplied by the caller so this stays pure.
+    pub fn delay_seconds(&self, failed_attempts: u32, random: f64) -> u64 {
+        let exponent = failed_attempts.saturating_sub(1).min(60) as i32;
+        let raw = self.interval_seconds as f64 * self.backoff_rate.powi(exponent);
+        let capped = raw.min(self.max_interval_seconds as f64).max(0.0);
+        let delay = match self.jitter {
+            Jitter::None => capped,
+            Jitter::Full => capped * random.clamp(0.0, 1.0),
+        };
+        delay.round() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn exponential_backoff_is_capped() {
+        let p = RetryPolicy {
+            max_attempts: 10,
+            interval_seconds: 2,
+            backoff_rate: 2.0,
+            max_interval_seconds: 10,
+            jitter: Jitter::None,
+        };
+        let delays: Vec<u64> = (1..=5).map(|n| p.delay_seconds(n, 0.5)).collect();
+        assert_eq!(delays, vec![2, 4, 8, 10, 10]);
+    }
+
+    #[test]
+    fn http_status_classification() {
+        assert_eq!(Failure::from_http_status(200, "x"), None);
+        assert!(Failure::from_http_status(503, "x").unwrap().retryable);
+        assert!(Failure::from_http_status(429, "x").unwrap().retryable);
+        let f = Failure::from_http_status(400, "x").unwrap();
+        assert!(!f.retryable);
+        assert_eq!(f.classification, ErrorClassification::Business);
+    }
+
+    proptest! {
+        #[test]
+        fn jittered_delay_never_exceeds_the_cap(n in 1u32..100, r in 0.0f64..1.0, rate in 1.0f64..5.0) {
+            let p = RetryPolicy { max_attempts: 100, interval_seconds: 3, backoff_rate: rate, max_interval_seconds: 60, jitter: Jitter::Full };
+            prop_assert!(p.delay_seconds(n, r) <= 60);
+        }
+    }
+}
