@@ -1,3 +1,16 @@
 //! Application layer of Handoff: the HTTP API, the sub-step workers, the trigger and the
 //! DLQ handler, written against ports (traits) that the AWS adapters implement.
+pub mod api;
+pub mod apigw;
+pub mod context;
+pub mod definitions;
+pub mod dlq;
+pub mod executors;
 pub mod function;
+pub mod invoke;
+pub mod outbound;
+pub mod payloads;
+pub mod ports;
+pub mod sqs;
+pub mod trigger;
+pub mod worker;

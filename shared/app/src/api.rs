@@ -1,0 +1,478 @@
+//! The HTTP API (SPEC §4): an axum router, run by Lambda through the API Gateway adapter.
+
+use crate::apigw;
+use crate::context::AppContext;
+use crate::definitions::LoadedIntegration;
+use crate::function::{FunctionHandler, InvocationError};
+use crate::invoke::{invoke_exchange, InvokeError, InvokeRequest};
+use crate::ports::{ExchangeDetail, ExchangeFilter, IntegrationWriteError, PortError, StoredIntegration};
+use async_trait::async_trait;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use handoff_core::definition::{parse_definition, OutputFormat, StepAction};
+use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep};
+use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion};
+use handoff_core::plan::unsupported_sub_steps;
+use handoff_core::reader::{FieldError, ObjectReader};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+/// Requests above this are refused (Lambda's synchronous payload limit is 6 MB).
+pub const MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
+/// `waitSeconds` stays below API Gateway's 30 s integration timeout.
+pub const MAX_WAIT_SECONDS: u64 = 25;
+/// Files above this cannot pass through a Lambda response.
+const MAX_DOWNLOAD_BYTES: u64 = 5 * 1024 * 1024;
+
+type Ctx = State<Arc<AppContext>>;
+
+/// An error answer: `{"error": "<Code>", "message": "...", "field": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), field: None }
+    }
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    fn field(error: FieldError, code: &'static str) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message: error.to_string(),
+            field: Some(error.path),
+        }
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NotFound", message)
+    }
+}
+
+impl From<PortError> for ApiError {
+    fn from(e: PortError) -> Self {
+        tracing::error!(error = %e, "storage call failed");
+        match e {
+            PortError::Unavailable { .. } => Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", e.to_string()),
+            PortError::Fault { .. } => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.code, "message": self.message});
+        if let Some(field) = self.field {
+            body["field"] = Value::String(field);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+pub fn router(ctx: Arc<AppContext>) -> Router {
+    Router::new()
+        .route("/integrations", post(create_integration).get(list_integrations))
+        .route("/integrations/{code}", get(get_integration))
+        .route("/integrations/{code}/versions/{version}", patch(patch_integration))
+        .route("/exchanges", post(post_exchange).get(list_exchanges))
+        .route("/exchanges/{id}", get(get_exchange))
+        .route("/exchanges/{id}/logs", get(get_logs))
+        .route("/data-file-sets/{id}", get(get_data_file_set))
+        .route("/data-file-sets/{id}/files/{name}", get(get_data_file))
+        .route("/health", get(health))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(ctx)
+}
+
+/// The api function: API Gateway events in, API Gateway responses out.
+pub struct ApiFunction {
+    router: Router,
+}
+
+impl ApiFunction {
+    pub fn new(ctx: Arc<AppContext>) -> Self {
+        Self { router: router(ctx) }
+    }
+}
+
+#[async_trait]
+impl FunctionHandler for ApiFunction {
+    async fn invoke(&self, event: Value) -> Result<Value, InvocationError> {
+        let request = apigw::to_request(event)?;
+        let response = match self.router.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        apigw::from_response(response).await
+    }
+}
+
+// ------------------------------------------------------------------ request parsing
+
+fn json_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.len() > MAX_REQUEST_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            format!("request body of {} bytes exceeds the limit of {MAX_REQUEST_BYTES} bytes", body.len()),
+        ));
+    }
+    if body.is_empty() {
+        return Err(ApiError::bad_request("InvalidJson", "request body is empty; a JSON object is expected"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("InvalidJson", format!("request body is not valid JSON: {e}")))
+}
+
+fn path_code(code: &str) -> Result<IntegrationCode, ApiError> {
+    IntegrationCode::parse(code).map_err(|e| ApiError::bad_request("InvalidParameter", format!("code: {e}")))
+}
+
+// ------------------------------------------------------------------ integrations
+
+fn integration_view(i: &StoredIntegration) -> Value {
+    json!({
+        "code": i.code,
+        "version": i.version,
+        "enabled": i.enabled,
+        "revision": i.revision,
+        "createdAt": i.created_at,
+        "updatedAt": i.updated_at,
+        "definition": i.document,
+    })
+}
+
+/// Valid definitions that this release cannot run are refused up front, not at run time.
+fn check_executable(loaded: &LoadedIntegration) -> Result<(), ApiError> {
+    if let Some(p) = unsupported_sub_steps(&loaded.plan).first() {
+        let index = p.step_index.unwrap_or_default();
+        return Err(ApiError {
+            status: StatusCode::NOT_IMPLEMENTED,
+            code: "NotImplemented",
+            message: format!("steps[{index}]: sub-step {} has no executor in this release", p.sub_step),
+            field: Some(format!("steps[{index}]")),
+        });
+    }
+    for (index, step) in loaded.definition.steps.iter().enumerate() {
+        if let StepAction::Transformation { output: OutputFormat::Csv | OutputFormat::Xml, .. } = step.action {
+            return Err(ApiError {
+                status: StatusCode::NOT_IMPLEMENTED,
+                code: "NotImplemented",
+                message: format!("steps[{index}].output.format: csv and xml output are not implemented in this release"),
+                field: Some(format!("steps[{index}].output.format")),
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn create_integration(State(ctx): Ctx, body: Bytes) -> ApiResult {
+    let mut document = json_body(&body)?;
+    let definition = parse_definition(&document).map_err(|e| ApiError::field(e, "InvalidDefinition"))?;
+    if let Value::Object(map) = &mut document {
+        map.insert("enabled".into(), Value::Bool(definition.enabled));
+        map.insert("version".into(), json!(definition.version));
+    }
+    let now = Utc::now();
+    let stored = StoredIntegration {
+        code: definition.code.clone(),
+        version: definition.version,
+        enabled: definition.enabled,
+        document,
+        revision: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    let loaded = LoadedIntegration::from_stored(stored.clone()).map_err(|e| ApiError::bad_request("InvalidDefinition", e.to_string()))?;
+    check_executable(&loaded)?;
+    ctx.integrations.create(&stored).await.map_err(write_error)?;
+    ctx.definitions.remember(Arc::new(loaded));
+    let mut view = integration_view(&stored);
+    view["schedule"] = sync_schedule(&ctx, &stored.code).await;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+fn write_error(e: IntegrationWriteError) -> ApiError {
+    match e {
+        IntegrationWriteError::AlreadyExists { .. } => ApiError::new(StatusCode::CONFLICT, "AlreadyExists", e.to_string()),
+        IntegrationWriteError::RevisionConflict => ApiError::new(StatusCode::CONFLICT, "ConcurrentModification", e.to_string()),
+        IntegrationWriteError::Port(p) => p.into(),
+    }
+}
+
+/// The schedule follows the highest enabled version: created, updated or removed to match.
+async fn sync_schedule(ctx: &AppContext, code: &IntegrationCode) -> Value {
+    let outcome = async {
+        let versions = ctx.integrations.versions(code).await?;
+        let active = versions.iter().filter(|v| v.enabled).max_by_key(|v| v.version);
+        let schedule = active.and_then(|v| parse_definition(&v.document).ok()).and_then(|d| d.schedule);
+        match &schedule {
+            Some(spec) => ctx.schedules.upsert(code, spec).await?,
+            None => ctx.schedules.remove(code).await?,
+        }
+        Ok::<_, PortError>(schedule.map(|s| (s, active.map(|v| v.version))))
+    }
+    .await;
+    match outcome {
+        Ok(Some((spec, version))) => json!({"state": "active", "expression": spec.expression, "timezone": spec.timezone, "followsVersion": version}),
+        Ok(None) => json!({"state": "none"}),
+        Err(e) => {
+            tracing::error!(code = %code, error = %e, "schedule could not be synchronised");
+            json!({"state": "outOfSync", "error": e.to_string()})
+        }
+    }
+}
+
+async fn list_integrations(State(ctx): Ctx) -> ApiResult {
+    let mut all = ctx.integrations.all().await?;
+    all.sort_by(|a, b| a.code.cmp(&b.code).then(b.version.cmp(&a.version)));
+    let items: Vec<Value> = all.iter().map(integration_view).collect();
+    Ok(Json(json!({"items": items})).into_response())
+}
+
+async fn get_integration(State(ctx): Ctx, Path(code): Path<String>) -> ApiResult {
+    let code = path_code(&code)?;
+    let mut versions = ctx.integrations.versions(&code).await?;
+    if versions.is_empty() {
+        return Err(ApiError::not_found(format!("integration {code} does not exist")));
+    }
+    versions.sort_by_key(|v| std::cmp::Reverse(v.version));
+    let items: Vec<Value> = versions.iter().map(integration_view).collect();
+    Ok(Json(json!({"code": code, "versions": items})).into_response())
+}
+
+/// Fields of a stored version that may change after creation.
+const MUTABLE_FIELDS: [&str; 4] = ["enabled", "slaSeconds", "schedule", "description"];
+
+async fn patch_integration(State(ctx): Ctx, Path((code, version)): Path<(String, String)>, body: Bytes) -> ApiResult {
+    let code = path_code(&code)?;
+    let version = IntegrationVersion::parse_path(&version).map_err(|e| ApiError::bad_request("InvalidParameter", format!("version: {e}")))?;
+    let patch = json_body(&body)?;
+    let reader = ObjectReader::new("", &patch).map_err(|e| ApiError::field(e, "InvalidPatch"))?;
+    reader.deny_unknown(&MUTABLE_FIELDS).map_err(|e| ApiError::field(e, "InvalidPatch"))?;
+    let current = ctx
+        .integrations
+        .get(&code, version)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("integration {code} version {version} does not exist")))?;
+    let mut document = current.document.clone();
+    if let (Value::Object(doc), Value::Object(changes)) = (&mut document, &patch) {
+        for (key, value) in changes {
+            if value.is_null() {
+                doc.remove(key);
+            } else {
+                doc.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    let definition = parse_definition(&document).map_err(|e| ApiError::field(e, "InvalidDefinition"))?;
+    let updated = StoredIntegration {
+        enabled: definition.enabled,
+        document,
+        revision: current.revision + 1,
+        updated_at: Utc::now(),
+        ..current.clone()
+    };
+    ctx.integrations.replace(&updated, current.revision).await.map_err(write_error)?;
+    if let Ok(loaded) = LoadedIntegration::from_stored(updated.clone()) {
+        ctx.definitions.remember(Arc::new(loaded));
+    }
+    let mut view = integration_view(&updated);
+    view["schedule"] = sync_schedule(&ctx, &code).await;
+    Ok(Json(view).into_response())
+}
+
+// ------------------------------------------------------------------ exchanges
+
+fn exchange_summary(e: &Exchange) -> Value {
+    let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+    v["statusCode"] = json!(e.status.code());
+    v
+}
+
+fn step_view(s: &ExchangeStep) -> Value {
+    let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+    v["statusCode"] = json!(s.status.code());
+    v
+}
+
+fn exchange_view(detail: &ExchangeDetail) -> Value {
+    let mut v = exchange_summary(&detail.exchange);
+    v["steps"] = Value::Array(detail.steps.iter().map(step_view).collect());
+    v
+}
+
+async fn post_exchange(State(ctx): Ctx, body: Bytes) -> ApiResult {
+    let request = json_body(&body)?;
+    let r = ObjectReader::new("", &request).map_err(|e| ApiError::field(e, "InvalidRequest"))?;
+    let invalid = |e| ApiError::field(e, "InvalidRequest");
+    r.deny_unknown(&["integrationCode", "integrationVersion", "parameters", "payload", "waitSeconds"]).map_err(invalid)?;
+    let integration_code = IntegrationCode::parse(r.required_str("integrationCode").map_err(invalid)?)
+        .map_err(|e| invalid(FieldError::new("integrationCode", e)))?;
+    let integration_version = match r.get("integrationVersion") {
+        None => None,
+        some => Some(handoff_core::definition::parse_version(some).map_err(|e| invalid(FieldError::new("integrationVersion", e.problem)))?),
+    };
+    let parameters = match r.get("parameters") {
+        None => Value::Object(Map::new()),
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(_) => return Err(invalid(FieldError::new("parameters", "must be an object"))),
+    };
+    let payload = r.get("payload").map(|p| match p {
+        Value::String(text) => (Bytes::from(text.clone()), "text/plain".to_string()),
+        other => (Bytes::from(other.to_string()), "application/json".to_string()),
+    });
+    let wait_seconds = r.optional_u64("waitSeconds", 0, 3600).map_err(invalid)?.unwrap_or(0).min(MAX_WAIT_SECONDS);
+
+    let exchange = invoke_exchange(&ctx, InvokeRequest { integration_code, integration_version, parameters, payload })
+        .await
+        .map_err(|e| match e {
+            InvokeError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            InvokeError::Disabled { .. } => ApiError::new(StatusCode::CONFLICT, "VersionDisabled", e.to_string()),
+            InvokeError::Unusable(m) => ApiError::new(StatusCode::CONFLICT, "IntegrationUnusable", m),
+            InvokeError::Payload(p) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", p.to_string()),
+            InvokeError::Port(p) => p.into(),
+        })?;
+    if wait_seconds == 0 {
+        let body = json!({
+            "exchangeId": exchange.exchange_id,
+            "status": exchange.status,
+            "statusCode": exchange.status.code(),
+            "integrationCode": exchange.integration_code,
+            "integrationVersion": exchange.integration_version,
+        });
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    }
+    // Request/response use: answer when final, or with the exchange as it stands.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_seconds);
+    loop {
+        let detail = ctx.exchanges.get(&exchange.exchange_id).await?;
+        let is_final = detail.as_ref().is_some_and(|d| d.exchange.status.is_final());
+        if is_final || tokio::time::Instant::now() >= deadline {
+            let status = if is_final { StatusCode::OK } else { StatusCode::ACCEPTED };
+            let body = detail.as_ref().map(exchange_view).unwrap_or_else(|| exchange_summary(&exchange));
+            return Ok((status, Json(body)).into_response());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn load_exchange(ctx: &AppContext, id: &str) -> Result<ExchangeDetail, ApiError> {
+    ctx.exchanges
+        .get(&ExchangeId::new(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("exchange {id} does not exist")))
+}
+
+async fn get_exchange(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
+    Ok(Json(exchange_view(&load_exchange(&ctx, &id).await?)).into_response())
+}
+
+async fn get_logs(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
+    let detail = load_exchange(&ctx, &id).await?;
+    Ok(Json(json!({"exchangeId": id, "items": detail.logs})).into_response())
+}
+
+async fn list_exchanges(State(ctx): Ctx, Query(query): Query<HashMap<String, String>>) -> ApiResult {
+    let invalid = |field: &str, message: String| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "InvalidParameter",
+        message: format!("{field}: {message}"),
+        field: Some(field.to_string()),
+    };
+    if let Some(unknown) = query.keys().find(|k| !["integrationCode", "status", "limit", "cursor"].contains(&k.as_str())) {
+        return Err(invalid(unknown, "unknown query parameter (expected integrationCode, status, limit, cursor)".into()));
+    }
+    let integration_code = query
+        .get("integrationCode")
+        .map(|c| IntegrationCode::parse(c).map_err(|e| invalid("integrationCode", e)))
+        .transpose()?;
+    let status = query
+        .get("status")
+        .map(|s| ExchangeStatus::parse(s).ok_or_else(|| invalid("status", format!("'{s}' is not an exchange status"))))
+        .transpose()?;
+    let limit = match query.get("limit") {
+        None => 20,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| invalid("limit", format!("'{l}' is not a number between 1 and 100")))?,
+    };
+    let page = ctx
+        .exchanges
+        .list(&ExchangeFilter { integration_code, status }, limit, query.get("cursor").map(String::as_str))
+        .await
+        .map_err(|e| match e {
+            PortError::Fault { .. } => invalid("cursor", e.to_string()),
+            other => other.into(),
+        })?;
+    let items: Vec<Value> = page.items.iter().map(exchange_summary).collect();
+    Ok(Json(json!({"items": items, "nextCursor": page.next_cursor})).into_response())
+}
+
+// ------------------------------------------------------------------ data files
+
+async fn get_data_file_set(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
+    let files = ctx.files.list(&DataFileSetId::new(id.clone())).await?;
+    if files.is_empty() {
+        return Err(ApiError::not_found(format!("data file set {id} does not exist")));
+    }
+    Ok(Json(json!({"dataFileSetId": id, "files": files})).into_response())
+}
+
+async fn get_data_file(State(ctx): Ctx, Path((id, name)): Path<(String, String)>) -> ApiResult {
+    let (info, stream) = ctx
+        .files
+        .read(&DataFileSetId::new(id.clone()), &name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("data file set {id} has no file {name}")))?;
+    if info.size > MAX_DOWNLOAD_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "FileTooLarge",
+            format!("file {name} has {} bytes; files above {MAX_DOWNLOAD_BYTES} bytes cannot pass through the API yet", info.size),
+        ));
+    }
+    Ok(([(header::CONTENT_TYPE, info.content_type.clone())], Body::from_stream(stream)).into_response())
+}
+
+// ------------------------------------------------------------------ health
+
+async fn health(State(ctx): Ctx) -> Response {
+    let (integrations, exchanges, queue, files) = tokio::join!(
+        ctx.integrations.health(),
+        ctx.exchanges.health(),
+        ctx.queue.health(),
+        ctx.files.health()
+    );
+    let mut healthy = true;
+    let mut components = Map::new();
+    for (name, result) in [("integrations", integrations), ("exchanges", exchanges), ("queues", queue), ("dataFiles", files)] {
+        let state = match result {
+            Ok(()) => json!({"status": "ok"}),
+            Err(e) => {
+                healthy = false;
+                json!({"status": "down", "error": e.to_string()})
+            }
+        };
+        components.insert(name.to_string(), state);
+    }
+    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"status": if healthy { "ok" } else { "degraded" }, "components": components}))).into_response()
+}

@@ -1,0 +1,169 @@
+//! Starting an exchange — one piece of code for the HTTP API and for scheduled triggers.
+
+use crate::context::AppContext;
+use crate::definitions::LoadedIntegration;
+use crate::payloads::{PayloadCodec, PayloadError};
+use crate::ports::{CommitOutcome, ExchangeChange, HandoffMessage, PortError, StepChange, StepCommit};
+use bytes::Bytes;
+use chrono::Utc;
+use handoff_core::definition::IntegrationDefinition;
+use handoff_core::exchange::{Exchange, ExchangeError, ExchangeStatus, ExchangeStep, StepStatus};
+use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
+use handoff_core::plan::{PlannedSubStep, WorkerFamily};
+use handoff_core::retry::{ErrorClassification, RetryPolicy};
+use handoff_core::version::{select_version, VersionAvailability, VersionSelectionError};
+use serde_json::Value;
+use std::sync::Arc;
+
+pub struct InvokeRequest {
+    pub integration_code: IntegrationCode,
+    pub integration_version: Option<IntegrationVersion>,
+    pub parameters: Value,
+    /// The invocation payload and its content type.
+    pub payload: Option<(Bytes, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("integration {code}: {reason}")]
+    NotFound { code: IntegrationCode, reason: String },
+    #[error("integration {code}: {reason}")]
+    Disabled { code: IntegrationCode, reason: String },
+    #[error("{0}")]
+    Unusable(String),
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// The retry policy of a planned sub-step (bookkeeping sub-steps use the default).
+pub fn retry_policy(definition: &IntegrationDefinition, planned: &PlannedSubStep) -> RetryPolicy {
+    planned
+        .step_index
+        .and_then(|i| definition.steps.get(i))
+        .map(|s| s.retry)
+        .unwrap_or_default()
+}
+
+pub async fn invoke_exchange(ctx: &AppContext, request: InvokeRequest) -> Result<Exchange, InvokeError> {
+    let code = request.integration_code;
+    let versions = ctx.integrations.versions(&code).await?;
+    let available: Vec<VersionAvailability> = versions
+        .iter()
+        .map(|v| VersionAvailability { version: v.version, enabled: v.enabled })
+        .collect();
+    let version = select_version(&available, request.integration_version).map_err(|e| match e {
+        VersionSelectionError::VersionDisabled(_) => InvokeError::Disabled { code: code.clone(), reason: e.to_string() },
+        VersionSelectionError::VersionNotFound(_) | VersionSelectionError::NoEnabledVersion => {
+            InvokeError::NotFound { code: code.clone(), reason: e.to_string() }
+        }
+    })?;
+    let stored = versions
+        .into_iter()
+        .find(|v| v.version == version)
+        .ok_or_else(|| InvokeError::NotFound { code: code.clone(), reason: format!("version {version} vanished") })?;
+    let loaded = Arc::new(
+        LoadedIntegration::from_stored(stored).map_err(|e| InvokeError::Unusable(e.to_string()))?,
+    );
+    ctx.definitions.remember(loaded.clone());
+
+    let codec = PayloadCodec::new(ctx.files.clone(), ctx.settings.inline_payload_limit);
+    let input = match request.payload {
+        Some((bytes, content_type)) => Some(codec.store(bytes, &content_type).await?),
+        None => None,
+    };
+    let now = Utc::now();
+    let exchange = Exchange {
+        exchange_id: ExchangeId::new(uuid::Uuid::now_v7().to_string()),
+        integration_code: code.clone(),
+        integration_version: version,
+        status: ExchangeStatus::New,
+        parameters: request.parameters,
+        created_at: now,
+        updated_at: now,
+        completed_at: None,
+        error: None,
+    };
+    let steps: Vec<ExchangeStep> = loaded
+        .plan
+        .iter()
+        .map(|planned| ExchangeStep {
+            step_id: StepId::from_sequence(planned.sequence),
+            sequence: planned.sequence,
+            integration_step: planned.integration_step.clone(),
+            sub_step: planned.sub_step,
+            destination: planned.destination,
+            status: StepStatus::Initial,
+            payload: if planned.sequence == 0 { input.clone() } else { None },
+            attempts: 0,
+            max_attempts: retry_policy(&loaded.definition, planned).max_attempts,
+            last_error: None,
+            next_retry_at: None,
+            completed_at: None,
+        })
+        .collect();
+    ctx.exchanges.create(&exchange, &steps).await?;
+
+    let first = &loaded.plan[0];
+    let message = HandoffMessage {
+        exchange_id: exchange.exchange_id.clone(),
+        integration_code: code,
+        integration_version: version,
+        step_id: StepId::from_sequence(first.sequence),
+        sub_step: first.sub_step,
+        attempt: 1,
+        input,
+        parameters: exchange.parameters.clone(),
+        not_before: None,
+    };
+    let family = first.sub_step.family().unwrap_or(WorkerFamily::Control);
+    if let Err(send_error) = ctx.queue.send(family, &message, 0).await {
+        // The exchange exists but nothing will pick it up: record that, so it is visible and recoverable.
+        mark_not_handed_off(ctx, &exchange, &send_error).await;
+        return Err(send_error.into());
+    }
+    Ok(exchange)
+}
+
+async fn mark_not_handed_off(ctx: &AppContext, exchange: &Exchange, error: &PortError) {
+    let now = Utc::now();
+    let commit = StepCommit {
+        exchange_id: exchange.exchange_id.clone(),
+        step: StepChange {
+            step_id: StepId::from_sequence(0),
+            attempt: 1,
+            claimed: false,
+            status: StepStatus::Failed,
+            payload: None,
+            max_attempts: RetryPolicy::default().max_attempts,
+            last_error: Some(handoff_core::exchange::StepError {
+                classification: ErrorClassification::System,
+                message: format!("could not hand off the exchange: {error}"),
+                at: now,
+            }),
+            next_retry_at: None,
+            completed_at: None,
+            logs: Vec::new(),
+        },
+        skip: Vec::new(),
+        exchange: ExchangeChange::SetStatus {
+            from: vec![ExchangeStatus::New],
+            to: ExchangeStatus::Failed,
+            error: Some(ExchangeError {
+                classification: ErrorClassification::System,
+                message: format!("could not hand off the exchange: {error}"),
+                step_id: Some(StepId::from_sequence(0)),
+                sub_step: None,
+                at: now,
+            }),
+            completed_at: None,
+        },
+        now,
+    };
+    match ctx.exchanges.commit(&commit).await {
+        Ok(CommitOutcome::Applied) => {}
+        Ok(CommitOutcome::Conflict) => tracing::warn!(exchangeId = %exchange.exchange_id, "exchange moved on before its hand-off failure was recorded"),
+        Err(e) => tracing::error!(exchangeId = %exchange.exchange_id, error = %e, "exchange could not be handed off nor marked failed"),
+    }
+}

@@ -1,0 +1,92 @@
+//! Moving payloads: small ones inline (`Raw`), large ones as data file sets in object
+//! storage. Streams stay streams; only the inline threshold is ever buffered.
+
+use crate::ports::{ByteStream, DataFileStore, PortError};
+use bytes::{Bytes, BytesMut};
+use futures::{stream, StreamExt, TryStreamExt};
+use handoff_core::exchange::Payload;
+use handoff_core::ids::DataFileSetId;
+use std::sync::Arc;
+
+/// The file name of a single-file payload set.
+pub const PAYLOAD_FILE: &str = "payload";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("data file set {0} has no file '{PAYLOAD_FILE}'")]
+    MissingFile(DataFileSetId),
+    #[error("payload could not be read: {0}")]
+    Read(std::io::Error),
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+#[derive(Clone)]
+pub struct PayloadCodec {
+    files: Arc<dyn DataFileStore>,
+    inline_limit: usize,
+}
+
+impl PayloadCodec {
+    pub fn new(files: Arc<dyn DataFileStore>, inline_limit: usize) -> Self {
+        Self { files, inline_limit }
+    }
+
+    /// Stores bytes: inline when small, else as a new data file set.
+    pub async fn store(&self, bytes: Bytes, content_type: &str) -> Result<Payload, PayloadError> {
+        match String::from_utf8(bytes.to_vec()) {
+            Ok(text) if bytes.len() <= self.inline_limit => Ok(Payload::raw(text)),
+            _ => {
+                let body: ByteStream = stream::once(async move { Ok(bytes) }).boxed();
+                self.store_in_file_set(body, content_type).await
+            }
+        }
+    }
+
+    /// Stores a stream of unknown length, buffering at most the inline limit.
+    pub async fn store_stream(&self, mut body: ByteStream, content_type: &str) -> Result<Payload, PayloadError> {
+        let mut head = BytesMut::new();
+        while head.len() <= self.inline_limit {
+            match body.next().await {
+                Some(chunk) => head.extend_from_slice(&chunk.map_err(PayloadError::Read)?),
+                None => return self.store(head.freeze(), content_type).await,
+            }
+        }
+        let head = head.freeze();
+        let whole = stream::once(async move { Ok(head) }).chain(body).boxed();
+        self.store_in_file_set(whole, content_type).await
+    }
+
+    async fn store_in_file_set(&self, body: ByteStream, content_type: &str) -> Result<Payload, PayloadError> {
+        let set = DataFileSetId::new(format!("dfs-{}", uuid::Uuid::now_v7()));
+        self.files.write(&set, PAYLOAD_FILE, content_type, body).await?;
+        Ok(Payload::DataFileSet { data_file_set_id: set })
+    }
+
+    /// The payload as a stream (for deliveries).
+    pub async fn open(&self, payload: &Payload) -> Result<ByteStream, PayloadError> {
+        match payload {
+            Payload::Raw { raw } => {
+                let bytes = Bytes::from(raw.clone());
+                Ok(stream::once(async move { Ok(bytes) }).boxed())
+            }
+            Payload::DataFileSet { data_file_set_id } => {
+                let (_, body) = self
+                    .files
+                    .read(data_file_set_id, PAYLOAD_FILE)
+                    .await?
+                    .ok_or_else(|| PayloadError::MissingFile(data_file_set_id.clone()))?;
+                Ok(body)
+            }
+        }
+    }
+
+    /// The whole payload in memory (jq needs the whole document).
+    pub async fn load(&self, payload: &Payload) -> Result<Bytes, PayloadError> {
+        if let Payload::Raw { raw } = payload {
+            return Ok(Bytes::from(raw.clone()));
+        }
+        let chunks: Vec<Bytes> = self.open(payload).await?.try_collect().await.map_err(PayloadError::Read)?;
+        Ok(chunks.concat().into())
+    }
+}

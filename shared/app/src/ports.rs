@@ -1,0 +1,237 @@
+//! Ports: what the application needs from storage, queues, object storage and schedules.
+//! `handoff-aws` implements them with DynamoDB, SQS, S3 and EventBridge Scheduler.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use handoff_core::definition::ScheduleSpec;
+use handoff_core::exchange::{Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, Payload, StepError, StepStatus};
+use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
+use handoff_core::plan::{SubStep, WorkerFamily};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// An adapter failed. `Unavailable` is infrastructure trouble worth retrying (throttling,
+/// network); `Fault` means the data or the call itself is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("{service} unavailable: {message}")]
+    Unavailable { service: &'static str, message: String },
+    #[error("{service} error: {message}")]
+    Fault { service: &'static str, message: String },
+}
+
+pub type PortResult<T> = Result<T, PortError>;
+
+// ------------------------------------------------------------------ integrations
+
+/// One stored version of an integration. `document` is the definition JSON as accepted
+/// (with `enabled` kept in sync); `revision` increases on every change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredIntegration {
+    pub code: IntegrationCode,
+    pub version: IntegrationVersion,
+    pub enabled: bool,
+    pub document: Value,
+    pub revision: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntegrationWriteError {
+    #[error("integration {code} version {version} already exists")]
+    AlreadyExists { code: IntegrationCode, version: IntegrationVersion },
+    /// Someone else changed the version since it was read (optimistic concurrency).
+    #[error("integration changed concurrently; read it again")]
+    RevisionConflict,
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+#[async_trait]
+pub trait IntegrationRepository: Send + Sync {
+    /// Conditional put: fails with `AlreadyExists` if code+version exists.
+    async fn create(&self, integration: &StoredIntegration) -> Result<(), IntegrationWriteError>;
+    /// Every version of one code (one partition), any order.
+    async fn versions(&self, code: &IntegrationCode) -> PortResult<Vec<StoredIntegration>>;
+    /// Every version of every code.
+    async fn all(&self) -> PortResult<Vec<StoredIntegration>>;
+    async fn get(&self, code: &IntegrationCode, version: IntegrationVersion) -> PortResult<Option<StoredIntegration>>;
+    /// Replaces the stored version if its revision is still `expected_revision`
+    /// (the new one carries `expected_revision + 1`).
+    async fn replace(&self, integration: &StoredIntegration, expected_revision: u64) -> Result<(), IntegrationWriteError>;
+    async fn health(&self) -> PortResult<()>;
+}
+
+// ------------------------------------------------------------------ exchanges
+
+/// How one step changes in a commit. Conditions make every change happen at most once:
+/// the write applies only if the step is still `Initial` and attempt `attempt` has not been
+/// recorded (`completedAttempt < attempt`); if `claimed`, also only if this attempt holds
+/// the claim (`claimedAttempt = attempt`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepChange {
+    pub step_id: StepId,
+    pub attempt: u32,
+    pub claimed: bool,
+    pub status: StepStatus,
+    /// `Some` replaces the stored payload.
+    pub payload: Option<Payload>,
+    pub max_attempts: u32,
+    pub last_error: Option<StepError>,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Appended to the step's log lines.
+    pub logs: Vec<LogLine>,
+}
+
+/// What a commit does to the exchange item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExchangeChange {
+    /// Only check the exchange is not final (a TimedOut/Failed exchange stops everything in flight).
+    RequireNotFinal,
+    /// Move the exchange from one of `from` to `to` (updating the status index), optionally recording an error.
+    SetStatus {
+        from: Vec<ExchangeStatus>,
+        to: ExchangeStatus,
+        error: Option<ExchangeError>,
+        completed_at: Option<DateTime<Utc>>,
+    },
+}
+
+/// One atomic, conditional write (a single DynamoDB TransactWriteItems).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepCommit {
+    pub exchange_id: ExchangeId,
+    pub step: StepChange,
+    /// Steps to mark `Skipped` (only those still `Initial`) — a false condition skips the rest of its step.
+    pub skip: Vec<StepId>,
+    pub exchange: ExchangeChange,
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Applied,
+    /// A condition failed: the step moved on already or the exchange is final. Nothing was written.
+    Conflict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    Claimed,
+    /// The step is final, the attempt was already recorded, or another worker holds a live claim.
+    NotClaimable,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExchangeFilter {
+    pub integration_code: Option<IntegrationCode>,
+    pub status: Option<ExchangeStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangePage {
+    pub items: Vec<Exchange>,
+    /// Opaque; pass back to get the next page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeDetail {
+    pub exchange: Exchange,
+    /// In sequence order.
+    pub steps: Vec<ExchangeStep>,
+    /// In time order.
+    pub logs: Vec<LogLine>,
+}
+
+#[async_trait]
+pub trait ExchangeRepository: Send + Sync {
+    /// Writes the exchange and all its steps (batched, ≤ 25 items per request). Idempotent:
+    /// writing the same exchange again changes nothing.
+    async fn create(&self, exchange: &Exchange, steps: &[ExchangeStep]) -> PortResult<()>;
+    async fn get(&self, id: &ExchangeId) -> PortResult<Option<ExchangeDetail>>;
+    async fn get_step(&self, id: &ExchangeId, step: StepId) -> PortResult<Option<ExchangeStep>>;
+    /// Newest first.
+    async fn list(&self, filter: &ExchangeFilter, limit: u32, cursor: Option<&str>) -> PortResult<ExchangePage>;
+    /// Claims attempt `attempt` of a step before an external side effect: applies only if the
+    /// step is `Initial`, `completedAttempt < attempt`, and (`claimedAttempt < attempt` or the
+    /// previous claim's lease ended before `now`). Sets `claimedAttempt`, `attempts`, `leaseUntil`.
+    async fn claim(&self, id: &ExchangeId, step: StepId, attempt: u32, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> PortResult<ClaimOutcome>;
+    async fn commit(&self, commit: &StepCommit) -> PortResult<CommitOutcome>;
+    async fn health(&self) -> PortResult<()>;
+}
+
+// ------------------------------------------------------------------ queues
+
+/// The message that hands an exchange from one sub-step to the next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandoffMessage {
+    pub exchange_id: ExchangeId,
+    pub integration_code: IntegrationCode,
+    pub integration_version: IntegrationVersion,
+    pub step_id: StepId,
+    pub sub_step: SubStep,
+    pub attempt: u32,
+    /// The sub-step's input (the previous output), so a handoff needs no read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Payload>,
+    #[serde(default)]
+    pub parameters: Value,
+    /// Not to run before this time (delays longer than SQS's 15 minutes hop until due).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+#[async_trait]
+pub trait HandoffQueue: Send + Sync {
+    /// Sends to the queue of `family`, delayed by up to 900 seconds.
+    async fn send(&self, family: WorkerFamily, message: &HandoffMessage, delay_seconds: u32) -> PortResult<()>;
+    async fn health(&self) -> PortResult<()>;
+}
+
+// ------------------------------------------------------------------ data files
+
+pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataFileInfo {
+    pub name: String,
+    pub size: u64,
+    pub content_type: String,
+}
+
+#[async_trait]
+pub trait DataFileStore: Send + Sync {
+    /// Streams `body` into file `name` of set `set` (multipart upload for large bodies;
+    /// memory bounded by the part size, not the file size).
+    async fn write(&self, set: &DataFileSetId, name: &str, content_type: &str, body: ByteStream) -> PortResult<DataFileInfo>;
+    /// Streams one file; `None` if it does not exist.
+    async fn read(&self, set: &DataFileSetId, name: &str) -> PortResult<Option<(DataFileInfo, ByteStream)>>;
+    /// The files of a set, by name; empty if the set does not exist.
+    async fn list(&self, set: &DataFileSetId) -> PortResult<Vec<DataFileInfo>>;
+    async fn health(&self) -> PortResult<()>;
+}
+
+// ------------------------------------------------------------------ schedules
+
+#[async_trait]
+pub trait ScheduleManager: Send + Sync {
+    /// Creates or updates the schedule that starts exchanges of `code`.
+    async fn upsert(&self, code: &IntegrationCode, schedule: &ScheduleSpec) -> PortResult<()>;
+    /// Removes it; a missing schedule is fine.
+    async fn remove(&self, code: &IntegrationCode) -> PortResult<()>;
+}
+
+/// Input of the trigger function, as the schedule delivers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduledTrigger {
+    pub integration_code: IntegrationCode,
+}

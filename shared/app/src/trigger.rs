@@ -1,0 +1,45 @@
+//! The trigger function: an EventBridge Scheduler schedule fired; start an exchange.
+
+use crate::context::AppContext;
+use crate::function::{FunctionHandler, InvocationError};
+use crate::invoke::{invoke_exchange, InvokeError, InvokeRequest};
+use crate::ports::ScheduledTrigger;
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub struct TriggerFunction {
+    ctx: Arc<AppContext>,
+}
+
+impl TriggerFunction {
+    pub fn new(ctx: Arc<AppContext>) -> Self {
+        Self { ctx }
+    }
+}
+
+#[async_trait]
+impl FunctionHandler for TriggerFunction {
+    async fn invoke(&self, event: Value) -> Result<Value, InvocationError> {
+        let trigger: ScheduledTrigger = serde_json::from_value(event)
+            .map_err(|e| InvocationError::new("InvalidEvent", format!("schedule input must be {{\"integrationCode\": ...}}: {e}")))?;
+        let request = InvokeRequest {
+            integration_code: trigger.integration_code.clone(),
+            integration_version: None,
+            parameters: json!({}),
+            payload: None,
+        };
+        match invoke_exchange(&self.ctx, request).await {
+            Ok(exchange) => {
+                tracing::info!(exchangeId = %exchange.exchange_id, integrationCode = %exchange.integration_code, "scheduled exchange started");
+                Ok(json!({"exchangeId": exchange.exchange_id}))
+            }
+            // A schedule of a code with nothing enabled has nothing to run; not an error to retry.
+            Err(e @ (InvokeError::NotFound { .. } | InvokeError::Disabled { .. })) => {
+                tracing::warn!(integrationCode = %trigger.integration_code, reason = %e, "scheduled run skipped");
+                Ok(json!({"skipped": e.to_string()}))
+            }
+            Err(e) => Err(InvocationError::new("TriggerFailed", e.to_string())),
+        }
+    }
+}
