@@ -1,1 +1,6 @@
+//! End-to-end tests: every test drives the local emulator over HTTP, with real loopback
+//! servers as the external systems. One emulator (and one moto) serves the whole binary.
 
+mod api;
+mod pipeline;
+mod schedule;

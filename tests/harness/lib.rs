@@ -1,1 +1,276 @@
+//! Test harness: one emulator (with its own moto) per test binary, real loopback servers
+//! standing in for source and target systems, and small HTTP helpers.
 
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::Router;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// What the emulator under test offers the tests.
+pub struct Gateway {
+    pub api: String,
+    pub aws_endpoint: String,
+    /// Every function's resolved environment, by binary name.
+    pub function_vars: HashMap<String, HashMap<String, String>>,
+    client: reqwest::Client,
+}
+
+static GATEWAY: OnceLock<Gateway> = OnceLock::new();
+
+/// The shared emulator, started on first use on a thread (and runtime) of its own so it
+/// outlives every test's runtime.
+pub fn gateway() -> &'static Gateway {
+    GATEWAY.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("emulator".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let mut options = handoff_emulator::EmulatorOptions::default();
+                    // Tests change versions and expect the next exchange to see it.
+                    options.env_overrides = BTreeMap::from([("HANDOFF_DEFINITION_CACHE_SECONDS".to_string(), "1".to_string())]);
+                    match handoff_emulator::start(options).await {
+                        Ok(running) => {
+                            let function_vars = running
+                                .functions()
+                                .iter()
+                                .map(|f| (f.spec.binary.clone(), f.vars.clone()))
+                                .collect();
+                            let _ = tx.send(Ok((running.api_url().to_string(), running.aws_endpoint().to_string(), function_vars)));
+                            // Keep it running for the life of the test binary.
+                            std::future::pending::<()>().await;
+                            drop(running);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e.to_string()));
+                        }
+                    }
+                });
+            })
+            .expect("spawn emulator thread");
+        let (api, aws_endpoint, function_vars) = rx
+            .recv()
+            .expect("emulator thread ended before reporting")
+            .unwrap_or_else(|e| panic!("emulator failed to start: {e}"));
+        Gateway {
+            api,
+            aws_endpoint,
+            function_vars,
+            client: reqwest::Client::builder().timeout(Duration::from_secs(40)).build().expect("http client"),
+        }
+    })
+}
+
+/// A code no other test uses.
+pub fn unique_code(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+impl Gateway {
+    pub async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.api));
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body);
+        }
+        let response = request.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = StatusCode::from_u16(response.status().as_u16()).expect("status");
+        let bytes = response.bytes().await.expect("body");
+        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, value)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.request(Method::POST, path, Some(serde_json::to_vec(body).expect("json"))).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.request(Method::PATCH, path, Some(serde_json::to_vec(body).expect("json"))).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.request(Method::GET, path, None).await
+    }
+
+    /// Creates an integration version and insists on 201.
+    pub async fn create_integration(&self, definition: &Value) -> Value {
+        let (status, body) = self.post("/integrations", definition).await;
+        assert_eq!(status, StatusCode::CREATED, "creating integration: {body}");
+        body
+    }
+
+    /// Invokes and insists on 202; returns the exchange id.
+    pub async fn invoke(&self, request: &Value) -> String {
+        let (status, body) = self.post("/exchanges", request).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "invoking: {body}");
+        body["exchangeId"].as_str().expect("exchangeId").to_string()
+    }
+
+    pub async fn exchange(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/exchanges/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "reading exchange {id}: {body}");
+        body
+    }
+
+    /// Polls the exchange until `done` holds (or panics with the last state after `timeout`).
+    pub async fn wait_for(&self, id: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let exchange = self.exchange(id).await;
+            if done(&exchange) {
+                return exchange;
+            }
+            if Instant::now() > deadline {
+                panic!("exchange {id} did not reach the expected state in {timeout:?}: {exchange:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the exchange is final.
+    pub async fn wait_final(&self, id: &str) -> Value {
+        self.wait_for(id, Duration::from_secs(60), |e| matches!(e["statusCode"].as_str(), Some("C" | "F" | "T"))).await
+    }
+
+    pub fn var(&self, binary: &str, name: &str) -> String {
+        self.function_vars
+            .get(binary)
+            .and_then(|v| v.get(name))
+            .unwrap_or_else(|| panic!("{binary} has no variable {name}"))
+            .clone()
+    }
+}
+
+/// The sub-steps of an exchange as (subStep, status) pairs.
+pub fn sub_steps(exchange: &Value) -> Vec<(String, String)> {
+    exchange["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| (s["subStep"].as_str().unwrap_or("?").to_string(), s["status"].as_str().unwrap_or("?").to_string()))
+        .collect()
+}
+
+// ------------------------------------------------------------------ loopback systems
+
+/// A request an external system received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    }
+}
+
+#[derive(Clone)]
+struct Behaviour {
+    received: Arc<Mutex<Vec<Received>>>,
+    /// Scripted answers (status, body), used in order; then `default`.
+    script: Arc<Mutex<VecDeque<(u16, Bytes)>>>,
+    default: Arc<Mutex<(u16, Bytes)>>,
+}
+
+/// A real HTTP server on 127.0.0.1 standing in for a source or target system. It records
+/// every request and answers with scripted responses.
+pub struct ExternalSystem {
+    pub url: String,
+    behaviour: Behaviour,
+}
+
+impl ExternalSystem {
+    /// Answers every request with `status` and `body` unless scripted otherwise.
+    pub async fn start(status: u16, body: impl Into<Bytes>) -> Self {
+        let behaviour = Behaviour {
+            received: Arc::default(),
+            script: Arc::default(),
+            default: Arc::new(Mutex::new((status, body.into()))),
+        };
+        let app = Router::new().fallback(record).with_state(behaviour.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { url, behaviour }
+    }
+
+    /// The next answers, in order, before falling back to the default.
+    pub fn script(&self, answers: impl IntoIterator<Item = (u16, &'static str)>) {
+        let mut script = self.behaviour.script.lock().expect("lock");
+        script.extend(answers.into_iter().map(|(s, b)| (s, Bytes::from_static(b.as_bytes()))));
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.behaviour.received.lock().expect("lock").clone()
+    }
+}
+
+async fn record(State(b): State<Behaviour>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+    b.received.lock().expect("lock").push(Received {
+        method: method.to_string(),
+        path: uri.to_string(),
+        headers,
+        body,
+    });
+    let (status, body) = match b.script.lock().expect("lock").pop_front() {
+        Some(answer) => answer,
+        None => b.default.lock().expect("lock").clone(),
+    };
+    (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), [("content-type", "application/json")], body)
+}
+
+// ------------------------------------------------------------------ direct AWS access
+
+/// An SQS client on the emulator's AWS endpoint (to replay messages as SQS may).
+pub async fn sqs_client() -> aws_sdk_sqs::Client {
+    let sdk = handoff_emulator::sdk_config_for(&gateway().aws_endpoint).await;
+    aws_sdk_sqs::Client::new(&sdk)
+}
+
+/// Waits until a queue holds no visible or in-flight message.
+pub async fn wait_until_drained(sqs: &aws_sdk_sqs::Client, queue_url: &str, timeout: Duration) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attributes = sqs
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(A::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .expect("queue attributes");
+        let pending: u64 = attributes
+            .attributes()
+            .map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum())
+            .unwrap_or(0);
+        if pending == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "queue {queue_url} still holds {pending} messages");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
