@@ -69,7 +69,13 @@ pub fn gateway() -> &'static Gateway {
             api,
             aws_endpoint,
             function_vars,
-            client: reqwest::Client::builder().timeout(Duration::from_secs(40)).build().expect("http client"),
+            // No pooled connections: a pooled connection belongs to the runtime of the test that
+            // opened it and dies with that test.
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(40))
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("http client"),
         }
     })
 }
@@ -86,7 +92,7 @@ impl Gateway {
         if let Some(body) = body {
             request = request.header("content-type", "application/json").body(body);
         }
-        let response = request.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let response = request.send().await.unwrap_or_else(|e| panic!("{path}: {e:?}"));
         let status = StatusCode::from_u16(response.status().as_u16()).expect("status");
         let bytes = response.bytes().await.expect("body");
         let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
@@ -207,7 +213,10 @@ impl ExternalSystem {
             script: Arc::default(),
             default: Arc::new(Mutex::new((status, body.into()))),
         };
-        let app = Router::new().fallback(record).with_state(behaviour.clone());
+        let app = Router::new()
+            .fallback(record)
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(behaviour.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move {

@@ -1,1 +1,5 @@
-fn main() {}
+//! Lambda function `handoff-worker-query`: wiring only; the behaviour lives in `handoff-app`.
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    handoff_aws::lambda::run("handoff-worker-query").await
+}

@@ -1,1 +1,329 @@
+//! The local emulator of Handoff (SPEC §5): provisions `infra/template.yaml` into an AWS
+//! emulator (moto) and runs every function of the template in this process — SQS pollers
+//! for the event-source mappings, an API Gateway HTTP API for the routes, a scheduler for
+//! EventBridge Scheduler schedules — with the same handler code the Lambda binaries use.
+//!
+//! Usable in-process by the test harness: [`start`] returns a [`RunningEmulator`] whose
+//! [`RunningEmulator::shutdown`] drains in-flight work and stops moto.
 
+pub mod demo;
+pub mod functions;
+pub mod http;
+pub mod moto;
+pub mod provision;
+pub mod scheduler;
+pub mod sqs_poller;
+pub mod template;
+
+use crate::functions::{ComposeFactory, Function, FunctionFactory};
+use crate::moto::{MotoError, MotoServer};
+use crate::provision::{Clients, ProvisionError};
+use crate::template::{LocalUrls, Template, TemplateError};
+use aws_config::BehaviorVersion;
+use handoff_aws::compose::{AwsEnvironment, ComposeError};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Environment variable naming an already-running AWS emulator to use instead of moto.
+pub const AWS_ENDPOINT_ENV: &str = "HANDOFF_AWS_ENDPOINT";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Moto(#[from] MotoError),
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    #[error("building function {function} ({binary}): {source}")]
+    Compose {
+        function: String,
+        binary: String,
+        source: ComposeError,
+    },
+    #[error("cannot listen on 127.0.0.1:{port}: {source}")]
+    Bind { port: u16, source: std::io::Error },
+    #[error("event source {function}.{event}: queue {queue_arn} is not a queue of the template")]
+    UnknownQueue {
+        function: String,
+        event: String,
+        queue_arn: String,
+    },
+}
+
+/// How to start the emulator.
+#[derive(Clone)]
+pub struct EmulatorOptions {
+    /// HTTP API port on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+    /// An AWS emulator to use; `None` starts moto. [`Default`] reads `HANDOFF_AWS_ENDPOINT`.
+    pub aws_endpoint: Option<String>,
+    /// The SAM template (default `<workspace>/infra/template.yaml`).
+    pub template_path: PathBuf,
+    /// Merged over every function's variables (e.g. short timeouts in tests).
+    pub env_overrides: BTreeMap<String, String>,
+    /// Builds the handlers; default: `handoff_aws::compose::build_function`.
+    pub function_factory: Arc<dyn FunctionFactory>,
+    /// Pollers per SQS event source.
+    pub pollers_per_source: usize,
+    /// ReceiveMessage long-poll wait (bounds shutdown latency).
+    pub sqs_wait_seconds: i32,
+    /// How often stored schedules are checked.
+    pub scheduler_interval: Duration,
+    /// API Gateway's integration timeout (30 s in AWS).
+    pub http_integration_timeout: Duration,
+}
+
+impl Default for EmulatorOptions {
+    fn default() -> Self {
+        Self {
+            port: 0,
+            aws_endpoint: std::env::var(AWS_ENDPOINT_ENV)
+                .ok()
+                .filter(|s| !s.trim().is_empty()),
+            template_path: moto::workspace_root().join("infra").join("template.yaml"),
+            env_overrides: BTreeMap::new(),
+            function_factory: Arc::new(ComposeFactory),
+            pollers_per_source: 2,
+            sqs_wait_seconds: 1,
+            scheduler_interval: Duration::from_secs(1),
+            http_integration_timeout: http::INTEGRATION_TIMEOUT,
+        }
+    }
+}
+
+impl std::fmt::Debug for EmulatorOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmulatorOptions")
+            .field("port", &self.port)
+            .field("aws_endpoint", &self.aws_endpoint)
+            .field("template_path", &self.template_path)
+            .field("env_overrides", &self.env_overrides)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running emulator. Dropping it cancels its tasks and kills moto; prefer
+/// [`RunningEmulator::shutdown`], which waits for in-flight work first.
+pub struct RunningEmulator {
+    api_url: String,
+    aws_endpoint: String,
+    sdk: aws_config::SdkConfig,
+    functions: Vec<Arc<Function>>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    moto: Option<MotoServer>,
+}
+
+impl std::fmt::Debug for RunningEmulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningEmulator")
+            .field("api_url", &self.api_url)
+            .field("aws_endpoint", &self.aws_endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningEmulator {
+    /// `http://127.0.0.1:PORT` of the HTTP API.
+    pub fn api_url(&self) -> &str {
+        &self.api_url
+    }
+
+    /// The AWS emulator endpoint in use.
+    pub fn aws_endpoint(&self) -> &str {
+        &self.aws_endpoint
+    }
+
+    /// SDK configuration pointing at the AWS emulator (S3 clients also need
+    /// `force_path_style(true)`).
+    pub fn sdk_config(&self) -> &aws_config::SdkConfig {
+        &self.sdk
+    }
+
+    /// The functions of the stack (spec, resolved variables).
+    pub fn functions(&self) -> &[Arc<Function>] {
+        &self.functions
+    }
+
+    /// Stops accepting work, waits for in-flight requests, batches and scheduled
+    /// invocations, then stops moto (if we started it).
+    pub async fn shutdown(mut self) {
+        tracing::info!("shutting down: draining in-flight work");
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        if let Some(mut moto) = self.moto.take() {
+            let _ = tokio::task::spawn_blocking(move || moto.stop()).await;
+        }
+        tracing::info!("emulator stopped");
+    }
+}
+
+impl Drop for RunningEmulator {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// SDK configuration for an AWS emulator endpoint (static test credentials, us-east-1).
+pub async fn sdk_config_for(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(template::REGION)
+        .test_credentials()
+        .load()
+        .await
+}
+
+/// Provisions the template and starts every function. Returns once the HTTP API
+/// accepts requests.
+pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, EmulatorError> {
+    let template = Template::load(&options.template_path)?;
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
+        .await
+        .map_err(|source| EmulatorError::Bind {
+            port: options.port,
+            source,
+        })?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| EmulatorError::Bind {
+            port: options.port,
+            source,
+        })?
+        .port();
+    let api_url = format!("http://127.0.0.1:{port}");
+
+    let mut moto = None;
+    let aws_endpoint = match &options.aws_endpoint {
+        Some(ep) => {
+            tracing::info!(endpoint = %ep, "using the AWS emulator from {AWS_ENDPOINT_ENV}");
+            ep.trim_end_matches('/').to_string()
+        }
+        None => {
+            let server = MotoServer::start().await?;
+            let ep = server.endpoint().to_string();
+            moto = Some(server);
+            ep
+        }
+    };
+    let sdk = sdk_config_for(&aws_endpoint).await;
+    let clients = Clients::new(&sdk);
+
+    let mut ids = template.identities(&LocalUrls {
+        aws_endpoint: aws_endpoint.clone(),
+        api_url: api_url.clone(),
+    })?;
+    provision::provision(&template, &mut ids, &clients).await?;
+
+    let aws_env = AwsEnvironment {
+        sdk: sdk.clone(),
+        s3_force_path_style: true,
+    };
+    let mut functions = Vec::new();
+    for spec in template.functions(&ids)? {
+        let mut vars: HashMap<String, String> = spec.env.clone().into_iter().collect();
+        vars.insert("HANDOFF_PUBLIC_BASE_URL".into(), api_url.clone());
+        vars.insert("AWS_REGION".into(), template::REGION.into());
+        vars.insert("AWS_LAMBDA_FUNCTION_NAME".into(), spec.name.clone());
+        vars.extend(options.env_overrides.clone());
+        let handler = options
+            .function_factory
+            .build(&spec.binary, &vars, &aws_env)
+            .await
+            .map_err(|source| EmulatorError::Compose {
+                function: spec.logical_id.clone(),
+                binary: spec.binary.clone(),
+                source,
+            })?;
+        functions.push(Arc::new(Function::new(spec, vars, handler)));
+    }
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    // SQS event-source mappings.
+    for f in &functions {
+        for source in f.spec.sqs_events.iter().filter(|s| s.enabled) {
+            let queue_id = ids.logical_id_for_arn(&source.queue_arn).ok_or_else(|| {
+                EmulatorError::UnknownQueue {
+                    function: f.spec.logical_id.clone(),
+                    event: source.event_name.clone(),
+                    queue_arn: source.queue_arn.clone(),
+                }
+            })?;
+            let queue_url = ids.ref_value(queue_id)?;
+            for _ in 0..options.pollers_per_source.max(1) {
+                let poller = sqs_poller::SqsPoller {
+                    sqs: clients.sqs.clone(),
+                    function: f.clone(),
+                    source: source.clone(),
+                    queue_url: queue_url.clone(),
+                    wait_seconds: options.sqs_wait_seconds,
+                };
+                tracker.spawn(poller.run(cancel.clone()));
+            }
+        }
+    }
+
+    // Schedules.
+    let by_arn: HashMap<String, Arc<Function>> = functions
+        .iter()
+        .map(|f| (f.spec.arn.clone(), f.clone()))
+        .collect();
+    let sched = scheduler::Scheduler::new(
+        clients.scheduler.clone(),
+        by_arn,
+        options.scheduler_interval,
+    );
+    tracker.spawn(sched.run(cancel.clone(), tracker.clone()));
+
+    // HTTP API.
+    let mut routes = http::RouteTable::default();
+    for (i, f) in functions.iter().enumerate() {
+        for r in &f.spec.http_routes {
+            routes.add(&r.method, r.path.as_deref(), i);
+        }
+    }
+    let api_id = template
+        .resources_of("AWS::Serverless::HttpApi")
+        .next()
+        .and_then(|r| ids.ref_value(&r.logical_id).ok())
+        .unwrap_or_else(|| "local".into());
+    let app = http::router(http::HttpState {
+        routes: Arc::new(routes),
+        functions: Arc::new(functions.clone()),
+        api_id,
+        integration_timeout: options.http_integration_timeout,
+    });
+    let shutdown = cancel.clone();
+    tracker.spawn(async move {
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    tracing::info!(api = %api_url, aws = %aws_endpoint, functions = functions.len(), "emulator started");
+    Ok(RunningEmulator {
+        api_url,
+        aws_endpoint,
+        sdk,
+        functions,
+        cancel,
+        tracker,
+        moto,
+    })
+}

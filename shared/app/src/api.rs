@@ -97,6 +97,8 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/data-file-sets/{id}/files/{name}", get(get_data_file))
         .route("/health", get(health))
         .fallback(|| async { ApiError::not_found("no such route") })
+        // Size limits are checked in `json_body`, so oversized requests get our JSON error.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(ctx)
 }
 

@@ -2,9 +2,24 @@
 //! from its environment variables and an AWS SDK configuration. Lambda `main.rs` files
 //! and the local emulator both go through here, so they run the same wiring.
 
+use crate::dynamo::{DynamoExchangeRepository, DynamoIntegrationRepository};
+use crate::s3::S3DataFileStore;
+use crate::scheduler::EventBridgeScheduleManager;
+use crate::sqs::SqsHandoffQueue;
+use async_trait::async_trait;
+use handoff_app::api::ApiFunction;
+use handoff_app::context::{AppContext, AppSettings, Ports};
+use handoff_app::dlq::DlqFunction;
 use handoff_app::function::FunctionHandler;
+use handoff_app::ports::{PortError, PortResult, ScheduleManager};
+use handoff_app::trigger::TriggerFunction;
+use handoff_app::worker::WorkerFunction;
+use handoff_core::definition::ScheduleSpec;
+use handoff_core::ids::IntegrationCode;
+use handoff_core::plan::WorkerFamily;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Where the AWS services are. In Lambda: the default chain. In the emulator: moto.
 #[derive(Clone, Debug)]
@@ -22,12 +37,120 @@ pub enum ComposeError {
     Environment { name: String, problem: String },
 }
 
+/// The worker family each worker binary serves.
+pub fn worker_family(binary: &str) -> Option<WorkerFamily> {
+    WorkerFamily::ALL
+        .into_iter()
+        .find(|f| binary == format!("handoff-worker-{}", f.name()))
+}
+
+fn queue_variable(family: WorkerFamily) -> String {
+    format!("HANDOFF_QUEUE_{}_URL", family.name().replace('-', "_").to_ascii_uppercase())
+}
+
+struct Vars<'a>(&'a HashMap<String, String>);
+
+impl Vars<'_> {
+    fn required(&self, name: &str) -> Result<String, ComposeError> {
+        self.0
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .ok_or_else(|| ComposeError::Environment { name: name.into(), problem: "missing".into() })
+    }
+    fn number(&self, name: &str, default: u64) -> Result<u64, ComposeError> {
+        match self.0.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| ComposeError::Environment {
+                name: name.into(),
+                problem: format!("'{v}' is not a whole number"),
+            }),
+        }
+    }
+}
+
+/// Functions other than the api never manage schedules; saying so beats a silent no-op.
+struct NoScheduleManagement;
+
+#[async_trait]
+impl ScheduleManager for NoScheduleManagement {
+    async fn upsert(&self, _: &IntegrationCode, _: &ScheduleSpec) -> PortResult<()> {
+        Err(PortError::Fault { service: "scheduler", message: "this function is not configured to manage schedules".into() })
+    }
+    async fn remove(&self, _: &IntegrationCode) -> PortResult<()> {
+        Err(PortError::Fault { service: "scheduler", message: "this function is not configured to manage schedules".into() })
+    }
+}
+
+pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Result<Arc<AppContext>, ComposeError> {
+    let vars = Vars(vars);
+    let dynamo = aws_sdk_dynamodb::Client::new(&aws.sdk);
+    let s3_config = aws_sdk_s3::config::Builder::from(&aws.sdk)
+        .force_path_style(aws.s3_force_path_style)
+        .build();
+    let s3 = aws_sdk_s3::Client::from_conf(s3_config);
+    let sqs = aws_sdk_sqs::Client::new(&aws.sdk);
+    let mut queue_urls = HashMap::new();
+    for family in WorkerFamily::ALL {
+        queue_urls.insert(family, vars.required(&queue_variable(family))?);
+    }
+    let schedules: Arc<dyn ScheduleManager> = match vars.0.get("HANDOFF_SCHEDULE_GROUP") {
+        Some(group) => Arc::new(EventBridgeScheduleManager::new(
+            aws_sdk_scheduler::Client::new(&aws.sdk),
+            group.clone(),
+            vars.required("HANDOFF_TRIGGER_FUNCTION_ARN")?,
+            vars.required("HANDOFF_SCHEDULER_ROLE_ARN")?,
+        )),
+        None => Arc::new(NoScheduleManagement),
+    };
+    let ports = Ports {
+        integrations: Arc::new(DynamoIntegrationRepository::new(dynamo.clone(), vars.required("HANDOFF_INTEGRATIONS_TABLE")?)),
+        exchanges: Arc::new(DynamoExchangeRepository::new(dynamo, vars.required("HANDOFF_EXCHANGES_TABLE")?)),
+        queue: Arc::new(SqsHandoffQueue::new(sqs, queue_urls)),
+        files: Arc::new(S3DataFileStore::new(s3, vars.required("HANDOFF_DATA_BUCKET")?)),
+        schedules,
+    };
+    let defaults = AppSettings::default();
+    let settings = AppSettings {
+        inline_payload_limit: vars.number("HANDOFF_INLINE_PAYLOAD_LIMIT_BYTES", defaults.inline_payload_limit as u64)? as usize,
+        definition_cache_ttl: Duration::from_secs(vars.number("HANDOFF_DEFINITION_CACHE_SECONDS", defaults.definition_cache_ttl.as_secs())?),
+        public_base_url: vars.0.get("HANDOFF_PUBLIC_BASE_URL").cloned(),
+        claim_lease: Duration::from_secs(vars.number("HANDOFF_CLAIM_LEASE_SECONDS", defaults.claim_lease.as_secs())?),
+    };
+    Ok(AppContext::new(ports, settings))
+}
+
 /// Builds the function named by `binary` (e.g. `handoff-api`).
 pub async fn build_function(
     binary: &str,
     vars: &HashMap<String, String>,
     aws: &AwsEnvironment,
 ) -> Result<Arc<dyn FunctionHandler>, ComposeError> {
-    let _ = (vars, aws);
-    Err(ComposeError::UnknownBinary(binary.to_string()))
+    let known = matches!(binary, "handoff-api" | "handoff-trigger" | "handoff-dlq") || worker_family(binary).is_some();
+    if !known {
+        return Err(ComposeError::UnknownBinary(binary.to_string()));
+    }
+    let ctx = build_context(vars, aws)?;
+    Ok(match binary {
+        "handoff-api" => Arc::new(ApiFunction::new(ctx)),
+        "handoff-trigger" => Arc::new(TriggerFunction::new(ctx)),
+        "handoff-dlq" => Arc::new(DlqFunction::new(ctx)),
+        worker => match worker_family(worker) {
+            Some(family) => Arc::new(WorkerFunction::new(ctx, family)),
+            None => return Err(ComposeError::UnknownBinary(binary.to_string())),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_binaries_map_to_families_and_queue_variables() {
+        assert_eq!(worker_family("handoff-worker-deliver-rest"), Some(WorkerFamily::DeliverRest));
+        assert_eq!(worker_family("handoff-worker-control"), Some(WorkerFamily::Control));
+        assert_eq!(worker_family("handoff-api"), None);
+        assert_eq!(queue_variable(WorkerFamily::DeliverRest), "HANDOFF_QUEUE_DELIVER_REST_URL");
+    }
 }

@@ -1,2 +1,21 @@
 //! AWS adapters of Handoff and the composition root that wires them into functions.
+//!
+//! * [`DynamoIntegrationRepository`] — integration versions (DynamoDB)
+//! * [`DynamoExchangeRepository`] — exchanges, steps and logs (DynamoDB single table)
+//! * [`SqsHandoffQueue`] — hand-off messages (SQS, one queue per worker family)
+//! * [`S3DataFileStore`] — data file sets (S3, streamed, multipart)
+//! * [`EventBridgeScheduleManager`] — integration schedules (EventBridge Scheduler)
 pub mod compose;
+pub mod dynamo;
+mod error;
+pub mod lambda;
+pub mod s3;
+pub mod scheduler;
+pub mod sqs;
+
+pub(crate) use handoff_app::ports;
+
+pub use dynamo::{DynamoExchangeRepository, DynamoIntegrationRepository};
+pub use s3::S3DataFileStore;
+pub use scheduler::EventBridgeScheduleManager;
+pub use sqs::SqsHandoffQueue;

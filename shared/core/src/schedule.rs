@@ -129,8 +129,9 @@ pub fn parse_timezone(tz: &str) -> Result<Tz, String> {
     if tz.is_empty() {
         return Ok(Tz::UTC);
     }
-    tz.parse::<Tz>()
-        .map_err(|_| format!("unknown time zone '{tz}' (expected an IANA name such as Europe/Amsterdam)"))
+    tz.parse::<Tz>().map_err(|_| {
+        format!("unknown time zone '{tz}' (expected an IANA name such as Europe/Amsterdam)")
+    })
 }
 
 /// Maps a local wall-clock time to UTC. A time skipped by a DST jump runs at the first
@@ -141,10 +142,12 @@ fn local_to_utc(naive: &NaiveDateTime, tz: Tz) -> Option<DateTime<Utc>> {
         chrono::LocalResult::Ambiguous(first, _) => Some(first.with_timezone(&Utc)),
         chrono::LocalResult::None => {
             // Walk forward minute by minute out of the gap (gaps are at most a few hours).
-            (1..=24 * 60).find_map(|m| match tz.from_local_datetime(&(*naive + Duration::minutes(m))) {
-                chrono::LocalResult::Single(t) => Some(t.with_timezone(&Utc)),
-                chrono::LocalResult::Ambiguous(t, _) => Some(t.with_timezone(&Utc)),
-                chrono::LocalResult::None => None,
+            (1..=24 * 60).find_map(|m| {
+                match tz.from_local_datetime(&(*naive + Duration::minutes(m))) {
+                    chrono::LocalResult::Single(t) => Some(t.with_timezone(&Utc)),
+                    chrono::LocalResult::Ambiguous(t, _) => Some(t.with_timezone(&Utc)),
+                    chrono::LocalResult::None => None,
+                }
             })
         }
     }
@@ -189,7 +192,10 @@ fn parse_cron(inner: &str) -> Result<Cron, String> {
     }
     for (i, f) in fields.iter().enumerate() {
         if f.contains('?') && *f != "?" {
-            return Err(format!("cron expression: '?' must stand alone in the {} field", CRON_FIELDS[i]));
+            return Err(format!(
+                "cron expression: '?' must stand alone in the {} field",
+                CRON_FIELDS[i]
+            ));
         }
         if f.contains('?') && i != 2 && i != 4 {
             return Err(format!(
@@ -218,9 +224,12 @@ pub fn parse_rate(inner: &str) -> Result<(u32, RateUnit), String> {
             inner.trim()
         ));
     }
-    let n: u32 = parts[0]
-        .parse()
-        .map_err(|_| format!("rate value must be a positive whole number, got '{}'", parts[0]))?;
+    let n: u32 = parts[0].parse().map_err(|_| {
+        format!(
+            "rate value must be a positive whole number, got '{}'",
+            parts[0]
+        )
+    })?;
     if n == 0 {
         return Err("rate value must be at least 1".to_string());
     }
@@ -281,17 +290,29 @@ mod tests {
     fn cron_daily_in_amsterdam_follows_dst() {
         // Winter: 18:00 CET = 17:00 UTC.
         assert_eq!(
-            next("cron(0 18 * * ? *)", "2026-01-10T12:00:00Z", "Europe/Amsterdam"),
+            next(
+                "cron(0 18 * * ? *)",
+                "2026-01-10T12:00:00Z",
+                "Europe/Amsterdam"
+            ),
             Some(utc("2026-01-10T17:00:00Z"))
         );
         // Summer: 18:00 CEST = 16:00 UTC.
         assert_eq!(
-            next("cron(0 18 * * ? *)", "2026-07-10T12:00:00Z", "Europe/Amsterdam"),
+            next(
+                "cron(0 18 * * ? *)",
+                "2026-07-10T12:00:00Z",
+                "Europe/Amsterdam"
+            ),
             Some(utc("2026-07-10T16:00:00Z"))
         );
         // Across the spring-forward night (29 March 2026): 28th is CET, 29th is CEST.
         assert_eq!(
-            next("cron(0 18 * * ? *)", "2026-03-28T17:00:00Z", "Europe/Amsterdam"),
+            next(
+                "cron(0 18 * * ? *)",
+                "2026-03-28T17:00:00Z",
+                "Europe/Amsterdam"
+            ),
             Some(utc("2026-03-29T16:00:00Z"))
         );
     }
@@ -299,8 +320,12 @@ mod tests {
     #[test]
     fn cron_hourly_skips_the_missing_hour() {
         // 02:30 local does not exist on 2026-03-29 in Amsterdam.
-        let n = next("cron(30 * * * ? *)", "2026-03-29T00:31:00Z", "Europe/Amsterdam")
-            .expect("has next");
+        let n = next(
+            "cron(30 * * * ? *)",
+            "2026-03-29T00:31:00Z",
+            "Europe/Amsterdam",
+        )
+        .expect("has next");
         // 00:31Z = 01:31 CET; next :30 local is 03:30 CEST = 01:30Z.
         assert_eq!(n, utc("2026-03-29T01:30:00Z"));
     }
@@ -341,7 +366,10 @@ mod tests {
             next("cron(0 0 1 1 ? 2027)", "2026-06-01T00:00:00Z", "UTC"),
             Some(utc("2027-01-01T00:00:00Z"))
         );
-        assert_eq!(next("cron(0 0 1 1 ? 2025)", "2026-06-01T00:00:00Z", "UTC"), None);
+        assert_eq!(
+            next("cron(0 0 1 1 ? 2025)", "2026-06-01T00:00:00Z", "UTC"),
+            None
+        );
     }
 
     #[test]
@@ -411,7 +439,10 @@ mod tests {
         assert!(e.is_one_time());
         let tz = parse_timezone("Europe/Amsterdam").expect("tz");
         let before = utc("2026-06-30T00:00:00Z");
-        assert_eq!(e.next_after(before, before, tz), Some(utc("2026-07-01T07:00:00Z")));
+        assert_eq!(
+            e.next_after(before, before, tz),
+            Some(utc("2026-07-01T07:00:00Z"))
+        );
         let after = utc("2026-07-02T00:00:00Z");
         assert_eq!(e.next_after(after, before, tz), None);
         assert!(ScheduleExpression::parse("at(2026-07-01 09:00)").is_err());

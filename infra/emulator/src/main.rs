@@ -1,0 +1,91 @@
+//! `handoff-emulator up --port PORT [--demo] [--template PATH]` (SPEC §5 command contract).
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use handoff_emulator::{start, EmulatorOptions};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "handoff-emulator",
+    about = "Runs Handoff locally against an AWS emulator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Provision the template, start every function and serve the HTTP API until Ctrl-C.
+    Up {
+        /// HTTP API port on 127.0.0.1 (0 picks a free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Also load and invoke a demo integration and print its progress.
+        #[arg(long)]
+        demo: bool,
+        /// The SAM template to run (default: infra/template.yaml of this workspace).
+        #[arg(long)]
+        template: Option<PathBuf>,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn interrupted() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up {
+            port,
+            demo,
+            template,
+        } => {
+            let mut options = EmulatorOptions {
+                port,
+                ..EmulatorOptions::default()
+            };
+            if let Some(t) = template {
+                options.template_path = t;
+            }
+            let emulator = start(options).await.context("starting the emulator")?;
+            println!("Handoff API listening on {}", emulator.api_url());
+            let api_url = emulator.api_url().to_string();
+            let demo_task = demo.then(|| {
+                tokio::spawn(async move {
+                    if let Err(e) = handoff_emulator::demo::run_demo(&api_url).await {
+                        eprintln!("demo failed: {e:#}");
+                    }
+                })
+            });
+            interrupted().await?;
+            if let Some(t) = demo_task {
+                t.abort();
+            }
+            emulator.shutdown().await;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The AWS emulator (moto) as a child process.
+//!
+//! SPEC §5: a fresh machine needs no manual step, so moto is installed on first use into a
+//! project-local virtual environment (`<workspace>/.venv`, or `HANDOFF_VENV`) and started
+//! on a free loopback port. Several test binaries may start at once, so the install is
+//! guarded by an exclusive file lock. The child gets `PR_SET_PDEATHSIG` so that it dies
+//! with us even if we are killed without a chance to clean up.
+
+use std::fs::{File, OpenOptions};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long moto may take to answer HTTP after start.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MotoError {
+    #[error("I/O error while {action}: {source}")]
+    Io {
+        action: String,
+        source: std::io::Error,
+    },
+    #[error("installing moto failed: `{command}` exited with {status}; see {log}")]
+    Install {
+        command: String,
+        status: std::process::ExitStatus,
+        log: PathBuf,
+    },
+    #[error("moto_server did not answer on {endpoint} within {seconds} s; its log is {log}")]
+    NotReady {
+        endpoint: String,
+        seconds: u64,
+        log: PathBuf,
+    },
+    #[error("moto_server exited early with {status}; its log is {log}")]
+    Exited {
+        status: std::process::ExitStatus,
+        log: PathBuf,
+    },
+}
+
+fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> MotoError {
+    let action = action.into();
+    move |source| MotoError::Io { action, source }
+}
+
+/// The workspace root (this crate lives at `<root>/infra/emulator`).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest.join("../..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// The virtual environment moto lives in: `HANDOFF_VENV` or `<root>/.venv`.
+pub fn venv_dir() -> PathBuf {
+    match std::env::var_os("HANDOFF_VENV") {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => workspace_root().join(".venv"),
+    }
+}
+
+/// Where moto's logs and the install log go (`<root>/.handoff`, git-ignored).
+pub fn state_dir() -> PathBuf {
+    workspace_root().join(".handoff")
+}
+
+/// Installs moto into the venv unless `moto_server` is already there. Blocking: call it
+/// from `spawn_blocking`.
+pub fn ensure_installed() -> Result<PathBuf, MotoError> {
+    let venv = venv_dir();
+    let server = venv.join("bin").join("moto_server");
+    if server.exists() {
+        return Ok(server);
+    }
+    let parent = venv
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&parent).map_err(io(format!("creating {}", parent.display())))?;
+    let lock_path = parent.join(format!(
+        "{}.lock",
+        venv.file_name().and_then(|n| n.to_str()).unwrap_or("venv")
+    ));
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(format!("opening {}", lock_path.display())))?;
+    tracing::info!(lock = %lock_path.display(), "waiting for the moto install lock");
+    lock.lock().map_err(io("locking the moto install lock"))?;
+    // Another process may have finished the install while we waited.
+    if server.exists() {
+        return Ok(server);
+    }
+    let logs = state_dir();
+    std::fs::create_dir_all(&logs).map_err(io(format!("creating {}", logs.display())))?;
+    let log_path = logs.join("moto-install.log");
+    if !venv.join("bin").join("pip").exists() {
+        eprintln!(
+            "handoff-emulator: creating Python virtual environment {}",
+            venv.display()
+        );
+        run_logged(
+            Command::new("python3").arg("-m").arg("venv").arg(&venv),
+            &log_path,
+        )?;
+    }
+    eprintln!(
+        "handoff-emulator: installing moto[server] 5 into {} (first run only)",
+        venv.display()
+    );
+    run_logged(
+        Command::new(venv.join("bin").join("pip")).args([
+            "install",
+            "--disable-pip-version-check",
+            "moto[server]==5.*",
+        ]),
+        &log_path,
+    )?;
+    eprintln!("handoff-emulator: moto installed");
+    drop(lock);
+    Ok(server)
+}
+
+fn run_logged(cmd: &mut Command, log_path: &Path) -> Result<(), MotoError> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(io(format!("opening {}", log_path.display())))?;
+    let err_log = log
+        .try_clone()
+        .map_err(io("duplicating the install log handle"))?;
+    let command = format!("{cmd:?}");
+    let status = cmd
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err_log))
+        .status()
+        .map_err(io(format!("running {command}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(MotoError::Install {
+            command,
+            status,
+            log: log_path.to_path_buf(),
+        })
+    }
+}
+
+/// Picks a free loopback port by binding port 0 and releasing it.
+pub fn free_port() -> Result<u16, MotoError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(io("binding a free port"))?;
+    let port = l.local_addr().map_err(io("reading the bound port"))?.port();
+    Ok(port)
+}
+
+/// A running moto server; killed when dropped.
+#[derive(Debug)]
+pub struct MotoServer {
+    child: Child,
+    endpoint: String,
+    log: PathBuf,
+}
+
+impl MotoServer {
+    /// Installs (if needed) and starts moto on a free port and waits until it answers.
+    pub async fn start() -> Result<Self, MotoError> {
+        let server = tokio::task::spawn_blocking(ensure_installed)
+            .await
+            .map_err(|e| MotoError::Io {
+                action: "installing moto".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        let port = free_port()?;
+        let logs = state_dir();
+        std::fs::create_dir_all(&logs).map_err(io(format!("creating {}", logs.display())))?;
+        let log_path = logs.join(format!("moto-{port}.log"));
+        let log =
+            File::create(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
+        let err_log = log
+            .try_clone()
+            .map_err(io("duplicating the moto log handle"))?;
+        let mut cmd = Command::new(&server);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err_log));
+        // MOTO_ENABLE_RECORDING etc. are inherited from our environment.
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
+            .spawn()
+            .map_err(io(format!("starting {}", server.display())))?;
+        let mut me = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            log: log_path,
+        };
+        me.wait_ready().await?;
+        tracing::info!(endpoint = %me.endpoint, log = %me.log.display(), "moto started");
+        Ok(me)
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), MotoError> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| MotoError::Io {
+                action: "building an HTTP client".into(),
+                source: std::io::Error::other(e),
+            })?;
+        let started = Instant::now();
+        let url = format!("{}/moto-api/", self.endpoint);
+        while started.elapsed() < STARTUP_TIMEOUT {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(MotoError::Exited {
+                    status,
+                    log: self.log.clone(),
+                });
+            }
+            if client.get(&url).send().await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(MotoError::NotReady {
+            endpoint: self.endpoint.clone(),
+            seconds: STARTUP_TIMEOUT.as_secs(),
+            log: self.log.clone(),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Stops moto (SIGTERM, then SIGKILL after a grace period).
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

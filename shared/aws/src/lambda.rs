@@ -1,0 +1,24 @@
+//! The Lambda entry point every `functions/*/main.rs` calls.
+
+use crate::compose::{build_function, AwsEnvironment};
+use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
+use serde_json::Value;
+
+/// Runs the function named `binary` under the Lambda runtime, configured from the environment.
+pub async fn run(binary: &str) -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let aws = AwsEnvironment { sdk, s3_force_path_style: false };
+    let vars = std::env::vars().collect();
+    let function = build_function(binary, &vars, &aws).await?;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let function = function.clone();
+        async move {
+            function.invoke(event.payload).await.map_err(|e| Diagnostic {
+                error_type: e.error_type,
+                error_message: e.message,
+            })
+        }
+    }))
+    .await
+}
