@@ -39,9 +39,11 @@ pub fn gateway() -> &'static Gateway {
                     }
                 };
                 runtime.block_on(async move {
-                    let mut options = handoff_emulator::EmulatorOptions::default();
-                    // Tests change versions and expect the next exchange to see it.
-                    options.env_overrides = BTreeMap::from([("HANDOFF_DEFINITION_CACHE_SECONDS".to_string(), "1".to_string())]);
+                    let options = handoff_emulator::EmulatorOptions {
+                        // Tests change versions and expect the next exchange to see it.
+                        env_overrides: BTreeMap::from([("HANDOFF_DEFINITION_CACHE_SECONDS".to_string(), "1".to_string())]),
+                        ..Default::default()
+                    };
                     match handoff_emulator::start(options).await {
                         Ok(running) => {
                             let function_vars = running

@@ -1067,7 +1067,10 @@ mod tests {
     fn claim_condition() {
         let (update, condition, names, values) =
             claim_update_parts(2, t("2026-01-02T03:04:05Z"), t("2026-01-02T03:05:05Z"));
-        assert_eq!(update, "SET #claimedAttempt = :attempt, #attempts = :attempt, #leaseUntil = :leaseUntil");
+        assert_eq!(
+            update,
+            "SET #claimedAttempt = :attempt, #attempts = :attempt, #leaseUntil = :leaseUntil REMOVE #nextRetryAt"
+        );
         assert_eq!(
             condition,
             "#status = :initial AND #completedAttempt < :attempt AND (#claimedAttempt < :attempt OR #leaseUntil < :now)"
