@@ -2,5 +2,7 @@
 //! servers as the external systems. One emulator (and one moto) serves the whole binary.
 
 mod api;
+mod jobs;
+mod operations;
 mod pipeline;
 mod schedule;

@@ -254,13 +254,26 @@ async fn record(State(b): State<Behaviour>, method: Method, uri: Uri, headers: H
 
 // ------------------------------------------------------------------ direct AWS access
 
+/// A function of the stack, built with the same wiring and environment the emulator uses,
+/// to invoke it as its schedule would (without waiting minutes for the schedule).
+pub async fn function(binary: &str) -> std::sync::Arc<dyn handoff_app::function::FunctionHandler> {
+    let gw = gateway();
+    let vars = gw.function_vars.get(binary).unwrap_or_else(|| panic!("no function {binary}"));
+    let aws = handoff_aws::compose::AwsEnvironment {
+        sdk: handoff_emulator::sdk_config_for(&gw.aws_endpoint).await,
+        s3_force_path_style: true,
+    };
+    handoff_aws::compose::build_function(binary, vars, &aws).await.unwrap_or_else(|e| panic!("building {binary}: {e}"))
+}
+
 /// An SQS client on the emulator's AWS endpoint (to replay messages as SQS may).
 pub async fn sqs_client() -> aws_sdk_sqs::Client {
     let sdk = handoff_emulator::sdk_config_for(&gateway().aws_endpoint).await;
     aws_sdk_sqs::Client::new(&sdk)
 }
 
-/// Waits until a queue holds no visible or in-flight message.
+/// Waits until a queue holds no visible or in-flight message. Delayed messages (retries
+/// other tests scheduled minutes ahead) do not count.
 pub async fn wait_until_drained(sqs: &aws_sdk_sqs::Client, queue_url: &str, timeout: Duration) {
     use aws_sdk_sqs::types::QueueAttributeName as A;
     let deadline = Instant::now() + timeout;
@@ -270,7 +283,6 @@ pub async fn wait_until_drained(sqs: &aws_sdk_sqs::Client, queue_url: &str, time
             .queue_url(queue_url)
             .attribute_names(A::ApproximateNumberOfMessages)
             .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(A::ApproximateNumberOfMessagesDelayed)
             .send()
             .await
             .expect("queue attributes");

@@ -1,11 +1,332 @@
-//! `up --demo`: loads and invokes a demo integration and prints its progress.
+//! `up --demo`: starts a demo source and target system on loopback, loads the
+//! `DEMO_PROVIDERS` integration, invokes it once and prints its progress.
 //!
-//! HOOK for the lead: fill in [`run_demo`] (see the brief: source/target servers on
-//! 127.0.0.1:0, POST the `DEMO_PROVIDERS` integration, POST /exchanges, poll
-//! GET /exchanges/{id} printing each step's `subStep`/`status` until final).
+//! The source and target servers are spawned on the runtime and keep serving after the
+//! demo exchange finishes, so the user can re-run the integration with curl.
+
+use anyhow::{anyhow, bail, Context as _};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const CODE: &str = "DEMO_PROVIDERS";
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+const DEMO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One delivery received by the demo target system.
+#[derive(Debug, Clone)]
+struct Received {
+    idempotency_key: Option<String>,
+    body: Value,
+}
+
+type Inbox = Arc<Mutex<Vec<Received>>>;
+
+fn demo_providers() -> Value {
+    json!([
+        {"providerId": "P-001", "displayName": "Northwind Health", "region": "north"},
+        {"providerId": "P-002", "displayName": "Fjord Clinics", "region": "north"},
+        {"providerId": "P-003", "displayName": "Southside Care", "region": "south"},
+        {"providerId": "P-004", "displayName": "Polar Pharmacy", "region": "north"},
+    ])
+}
+
+/// `GET /providers[?region=R]`: the providers (of region `R` if given).
+async fn source_providers(Query(q): Query<HashMap<String, String>>) -> Json<Value> {
+    let all = demo_providers();
+    let list = match (all, q.get("region")) {
+        (Value::Array(items), Some(region)) => Value::Array(
+            items
+                .into_iter()
+                .filter(|p| p.get("region").and_then(Value::as_str) == Some(region.as_str()))
+                .collect(),
+        ),
+        (other, _) => other,
+    };
+    Json(list)
+}
+
+/// `POST /providers`: records the body and the `Idempotency-Key` header.
+async fn target_providers(
+    State(inbox): State<Inbox>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+    if let Ok(mut received) = inbox.lock() {
+        received.push(Received {
+            idempotency_key,
+            body,
+        });
+    }
+    StatusCode::OK
+}
+
+/// Binds `router` on 127.0.0.1:`port` (falling back to a free port if that one is taken)
+/// and serves it on a spawned task; returns its address.
+async fn serve(name: &'static str, port: u16, router: Router) -> anyhow::Result<SocketAddr> {
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(l) => l,
+        Err(e) if port != 0 => {
+            println!("demo: cannot reuse port {port} for the {name} system ({e}); the stored {CODE} v1 will not reach it");
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .with_context(|| format!("binding the demo {name} system"))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("binding the demo {name} system")),
+    };
+    let addr = listener
+        .local_addr()
+        .with_context(|| format!("reading the demo {name} address"))?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, system = name, "demo server stopped");
+        }
+    });
+    Ok(addr)
+}
+
+fn definition(source: &str, target: &str) -> Value {
+    json!({
+        "code": CODE,
+        "version": 1,
+        "enabled": true,
+        "steps": [
+            {"name": "fetch", "type": "dataCollection", "kind": "query",
+             "request": {"method": "GET",
+                         "url": format!("{source}/providers?region={{{{parameters.region}}}}"),
+                         "headers": {"Accept": "application/json"}}},
+            {"name": "map", "type": "transformation",
+             "condition": "length > 0",
+             "function": {"jq": "map({id: .providerId, name: .displayName})"},
+             "output": {"format": "json"}},
+            {"name": "send", "type": "delivery",
+             "destinations": [
+                {"kind": "rest", "main": true,
+                 "request": {"method": "POST", "url": format!("{target}/providers")}}]}
+        ]
+    })
+}
+
+/// Reads a response as JSON, failing with the status and body if it is not `expected`.
+async fn expect_json(
+    resp: reqwest::Response,
+    expected: &[u16],
+    what: &str,
+) -> anyhow::Result<Value> {
+    let status = resp.status();
+    let text = resp
+        .text()
+        .await
+        .with_context(|| format!("reading the answer to {what}"))?;
+    if !expected.contains(&status.as_u16()) {
+        bail!("{what} answered {status}: {text}");
+    }
+    serde_json::from_str(&text).with_context(|| format!("{what} answered non-JSON: {text}"))
+}
+
+fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("?")
+}
 
 /// Runs the demo against the API at `api_url`. Called by `main` after the emulator is up.
 pub async fn run_demo(api_url: &str) -> anyhow::Result<()> {
-    println!("demo: not implemented yet (API at {api_url})");
+    let api = api_url.trim_end_matches('/');
+    tokio::time::timeout(DEMO_TIMEOUT, demo(api))
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "the demo exchange did not finish within {} s",
+                DEMO_TIMEOUT.as_secs()
+            )
+        })?
+}
+
+/// The loopback port of the URL at `pointer` in a stored definition, if any.
+fn stored_port(definition: &Value, pointer: &str) -> Option<u16> {
+    let url = url::Url::parse(definition.pointer(pointer)?.as_str()?).ok()?;
+    (url.host_str() == Some("127.0.0.1"))
+        .then(|| url.port())
+        .flatten()
+}
+
+/// If `DEMO_PROVIDERS` v1 is already stored (a reused AWS emulator), the ports its source
+/// and target URLs name, so the new demo servers can take them over; else `(0, 0)`.
+async fn previous_ports(http: &reqwest::Client, api: &str) -> (u16, u16) {
+    let Ok(resp) = http.get(format!("{api}/integrations/{CODE}")).send().await else {
+        return (0, 0);
+    };
+    if !resp.status().is_success() {
+        return (0, 0);
+    }
+    let Ok(body) = resp.json::<Value>().await else {
+        return (0, 0);
+    };
+    let versions = body
+        .get("versions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let Some(v1) = versions
+        .iter()
+        .find(|v| v.get("version").and_then(Value::as_u64) == Some(1))
+    else {
+        return (0, 0);
+    };
+    let Some(definition) = v1.get("definition") else {
+        return (0, 0);
+    };
+    (
+        stored_port(definition, "/steps/0/request/url").unwrap_or(0),
+        stored_port(definition, "/steps/2/destinations/0/request/url").unwrap_or(0),
+    )
+}
+
+async fn demo(api: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("building the HTTP client")?;
+    let (source_port, target_port) = previous_ports(&http, api).await;
+
+    let inbox: Inbox = Arc::new(Mutex::new(Vec::new()));
+    let source = serve(
+        "source",
+        source_port,
+        Router::new().route("/providers", get(source_providers)),
+    )
+    .await?;
+    let target = serve(
+        "target",
+        target_port,
+        Router::new()
+            .route("/providers", axum::routing::post(target_providers))
+            .with_state(inbox.clone()),
+    )
+    .await?;
+    let source_url = format!("http://{source}");
+    let target_url = format!("http://{target}");
+    println!("demo: source system on {source_url} (GET /providers), target system on {target_url} (POST /providers)");
+
+    // 1. The integration (409: already defined, e.g. a reused HANDOFF_AWS_ENDPOINT).
+    let resp = http
+        .post(format!("{api}/integrations"))
+        .json(&definition(&source_url, &target_url))
+        .send()
+        .await
+        .context("POST /integrations")?;
+    if resp.status() == reqwest::StatusCode::CONFLICT {
+        println!("demo: integration {CODE} v1 already exists; reusing it");
+    } else {
+        expect_json(resp, &[201], "POST /integrations").await?;
+        println!("demo: created integration {CODE} v1 (fetch -> map -> send)");
+    }
+
+    // 2. Invoke it.
+    let resp = http
+        .post(format!("{api}/exchanges"))
+        .json(&json!({"integrationCode": CODE, "parameters": {"region": "north"}}))
+        .send()
+        .await
+        .context("POST /exchanges")?;
+    let created = expect_json(resp, &[202, 200], "POST /exchanges").await?;
+    let exchange_id = created
+        .get("exchangeId")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("POST /exchanges answered without exchangeId: {created}"))?
+        .to_string();
+    println!("demo: started exchange {exchange_id} (parameters {{\"region\": \"north\"}})");
+
+    // 3. Poll until final, printing each step change.
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut last_status = String::new();
+    let exchange = loop {
+        let resp = http
+            .get(format!("{api}/exchanges/{exchange_id}"))
+            .send()
+            .await
+            .context("GET /exchanges/{id}")?;
+        let exchange = expect_json(resp, &[200], "GET /exchanges/{id}").await?;
+        let status = str_field(&exchange, "status").to_string();
+        if status != last_status {
+            println!(
+                "  exchange  {status} ({})",
+                str_field(&exchange, "statusCode")
+            );
+            last_status = status.clone();
+        }
+        let steps = exchange
+            .get("steps")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for step in &steps {
+            let id = str_field(step, "stepId").to_string();
+            let step_status = str_field(step, "status").to_string();
+            if seen.get(&id) != Some(&step_status) {
+                let sequence = step.get("sequence").and_then(Value::as_u64).unwrap_or(0);
+                let name = step
+                    .get("integrationStep")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-");
+                let mut line = format!(
+                    "  step {sequence:>2}  {name:<6} {:<20} {step_status}",
+                    str_field(step, "subStep")
+                );
+                if let Some(err) = step.pointer("/lastError/message").and_then(Value::as_str) {
+                    line.push_str(&format!("  (last error: {err})"));
+                }
+                println!("{line}");
+                seen.insert(id, step_status);
+            }
+        }
+        if matches!(status.as_str(), "Completed" | "Failed" | "TimedOut") {
+            break exchange;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    };
+
+    // 4. Summary.
+    println!(
+        "demo: exchange {exchange_id} finished: {} ({})",
+        str_field(&exchange, "status"),
+        str_field(&exchange, "statusCode")
+    );
+    if let Some(err) = exchange.get("error") {
+        println!("demo: error: {err}");
+    }
+    let received: Vec<Received> = inbox.lock().map(|r| r.clone()).unwrap_or_default();
+    if received.is_empty() {
+        println!("demo: the target system received nothing");
+    }
+    for r in &received {
+        let pretty = serde_json::to_string_pretty(&r.body).unwrap_or_else(|_| r.body.to_string());
+        println!("demo: the target system received POST /providers:\n{pretty}");
+        println!(
+            "demo: Idempotency-Key: {}",
+            r.idempotency_key.as_deref().unwrap_or("(none)")
+        );
+    }
+    println!("demo: try it yourself:");
+    println!("  curl -s {api}/exchanges/{exchange_id}");
+    println!("  curl -s {api}/exchanges/{exchange_id}/logs");
+    println!("  curl -s '{api}/exchanges?integrationCode={CODE}&limit=20'");
+    println!(
+        "  curl -s {api}/exchanges -H 'content-type: application/json' -d '{{\"integrationCode\": \"{CODE}\", \"parameters\": {{\"region\": \"north\"}}, \"waitSeconds\": 20}}'"
+    );
+    if str_field(&exchange, "status") != "Completed" {
+        bail!("the demo exchange ended {}", str_field(&exchange, "status"));
+    }
     Ok(())
 }

@@ -4,8 +4,10 @@ use crate::apigw;
 use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
 use crate::function::{FunctionHandler, InvocationError};
-use crate::invoke::{invoke_exchange, InvokeError, InvokeRequest};
-use crate::ports::{ExchangeDetail, ExchangeFilter, IntegrationWriteError, PortError, StoredIntegration};
+use crate::invoke::{invoke_exchange, retry_policy, InvokeError, InvokeRequest};
+use crate::payloads::PayloadCodec;
+use crate::ports::{ErrorFilter, ExchangeDetail, ExchangeFilter, HandoffMessage, IntegrationWriteError, PortError, StoredIntegration};
+use crate::recover::{recover_exchange, retry_step_now, ActionError};
 use async_trait::async_trait;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -16,7 +18,9 @@ use axum::{Json, Router};
 use chrono::Utc;
 use handoff_core::definition::{parse_definition, OutputFormat, StepAction};
 use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep};
-use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion};
+use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
+use handoff_core::notification::parse_notification;
+use handoff_core::retry::ErrorClassification;
 use handoff_core::plan::unsupported_sub_steps;
 use handoff_core::reader::{FieldError, ObjectReader};
 use serde_json::{json, Map, Value};
@@ -93,6 +97,10 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/exchanges", post(post_exchange).get(list_exchanges))
         .route("/exchanges/{id}", get(get_exchange))
         .route("/exchanges/{id}/logs", get(get_logs))
+        .route("/exchanges/{id}/recover", post(recover))
+        .route("/exchanges/{id}/steps/{step_id}/retry", post(retry_step))
+        .route("/errors", get(list_errors))
+        .route("/notifications/{token}", post(notify))
         .route("/data-file-sets/{id}", get(get_data_file_set))
         .route("/data-file-sets/{id}/files/{name}", get(get_data_file))
         .route("/health", get(health))
@@ -258,8 +266,22 @@ async fn get_integration(State(ctx): Ctx, Path(code): Path<String>) -> ApiResult
     Ok(Json(json!({"code": code, "versions": items})).into_response())
 }
 
-/// Fields of a stored version that may change after creation.
-const MUTABLE_FIELDS: [&str; 4] = ["enabled", "slaSeconds", "schedule", "description"];
+/// Fields of a stored version that may change after creation. `steps` may change only in
+/// their `retry` policies (read live by running exchanges); anything else needs a new version.
+const MUTABLE_FIELDS: [&str; 5] = ["enabled", "slaSeconds", "schedule", "description", "steps"];
+
+/// The steps with their retry policies taken out, to compare everything else.
+fn without_retry(steps: Option<&Value>) -> Value {
+    let mut steps = steps.cloned().unwrap_or(Value::Null);
+    if let Value::Array(items) = &mut steps {
+        for step in items {
+            if let Value::Object(fields) = step {
+                fields.remove("retry");
+            }
+        }
+    }
+    steps
+}
 
 async fn patch_integration(State(ctx): Ctx, Path((code, version)): Path<(String, String)>, body: Bytes) -> ApiResult {
     let code = path_code(&code)?;
@@ -281,6 +303,12 @@ async fn patch_integration(State(ctx): Ctx, Path((code, version)): Path<(String,
                 doc.insert(key.clone(), value.clone());
             }
         }
+    }
+    if without_retry(document.get("steps")) != without_retry(current.document.get("steps")) {
+        return Err(ApiError::field(
+            FieldError::new("steps", "only the retry policies of steps can change; define a new version for anything else"),
+            "InvalidPatch",
+        ));
     }
     let definition = parse_definition(&document).map_err(|e| ApiError::field(e, "InvalidDefinition"))?;
     let updated = StoredIntegration {
@@ -382,7 +410,155 @@ async fn load_exchange(ctx: &AppContext, id: &str) -> Result<ExchangeDetail, Api
 }
 
 async fn get_exchange(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
-    Ok(Json(exchange_view(&load_exchange(&ctx, &id).await?)).into_response())
+    let mut detail = load_exchange(&ctx, &id).await?;
+    // Show the retry maximum in force now (it is read live at every decision).
+    let exchange = &detail.exchange;
+    if let Ok(Some(loaded)) = ctx.definitions.get(&exchange.integration_code, exchange.integration_version).await {
+        for step in &mut detail.steps {
+            if let Some(planned) = loaded.plan.get(step.sequence as usize) {
+                step.max_attempts = retry_policy(&loaded.definition, planned).max_attempts;
+            }
+        }
+    }
+    Ok(Json(exchange_view(&detail)).into_response())
+}
+
+fn action_error(e: ActionError) -> ApiError {
+    match e {
+        ActionError::UnknownExchange(_) | ActionError::UnknownStep(_) | ActionError::UnknownVersion(_) => ApiError::not_found(e.to_string()),
+        ActionError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "InvalidState", m),
+        ActionError::Port(p) => p.into(),
+    }
+}
+
+async fn recover(State(ctx): Ctx, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let version = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let request = json_body(&body)?;
+        let r = ObjectReader::new("", &request).map_err(|e| ApiError::field(e, "InvalidRequest"))?;
+        r.deny_unknown(&["integrationVersion"]).map_err(|e| ApiError::field(e, "InvalidRequest"))?;
+        match r.get("integrationVersion") {
+            None => None,
+            some => Some(handoff_core::definition::parse_version(some).map_err(|e| ApiError::field(FieldError::new("integrationVersion", e.problem), "InvalidRequest"))?),
+        }
+    };
+    let recovered = recover_exchange(&ctx, &ExchangeId::new(id.clone()), version).await.map_err(action_error)?;
+    let body = json!({
+        "exchangeId": id,
+        "status": ExchangeStatus::Started,
+        "statusCode": ExchangeStatus::Started.code(),
+        "resumedAt": recovered.resumed_at,
+        "integrationVersion": recovered.integration_version,
+        "recoveries": recovered.recoveries,
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+async fn retry_step(State(ctx): Ctx, Path((id, step_id)): Path<(String, String)>) -> ApiResult {
+    let step_id = StepId::parse(&step_id).map_err(|e| ApiError::bad_request("InvalidParameter", format!("stepId: {e}")))?;
+    let attempt = retry_step_now(&ctx, &ExchangeId::new(id.clone()), step_id).await.map_err(action_error)?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"exchangeId": id, "stepId": step_id, "attempt": attempt}))).into_response())
+}
+
+async fn list_errors(State(ctx): Ctx, Query(query): Query<HashMap<String, String>>) -> ApiResult {
+    let invalid = |field: &str, message: String| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "InvalidParameter",
+        message: format!("{field}: {message}"),
+        field: Some(field.to_string()),
+    };
+    if let Some(unknown) = query.keys().find(|k| !["classification", "integrationCode", "since", "limit", "cursor"].contains(&k.as_str())) {
+        return Err(invalid(unknown, "unknown query parameter (expected classification, integrationCode, since, limit, cursor)".into()));
+    }
+    let classification = match query.get("classification").map(String::as_str) {
+        None => None,
+        Some("business") => Some(ErrorClassification::Business),
+        Some("system") => Some(ErrorClassification::System),
+        Some(other) => return Err(invalid("classification", format!("'{other}' is not business or system"))),
+    };
+    let integration_code = query
+        .get("integrationCode")
+        .map(|c| IntegrationCode::parse(c).map_err(|e| invalid("integrationCode", e)))
+        .transpose()?;
+    let since = query
+        .get("since")
+        .map(|s| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| invalid("since", format!("'{s}' is not an RFC 3339 time ({e})")))
+        })
+        .transpose()?;
+    let limit = parse_limit(query.get("limit")).map_err(|m| invalid("limit", m))?;
+    let page = ctx
+        .exchanges
+        .errors(&ErrorFilter { classification, integration_code, since }, limit, query.get("cursor").map(String::as_str))
+        .await
+        .map_err(|e| match e {
+            PortError::Fault { .. } => invalid("cursor", e.to_string()),
+            other => other.into(),
+        })?;
+    Ok(Json(json!({"items": page.items, "nextCursor": page.next_cursor})).into_response())
+}
+
+fn parse_limit(value: Option<&String>) -> Result<u32, String> {
+    match value {
+        None => Ok(20),
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| format!("'{l}' is not a number between 1 and 100")),
+    }
+}
+
+/// An external system answers a waiting step. The token is single use; an unknown, used or
+/// expired one is 404, so a duplicate callback changes nothing.
+async fn notify(State(ctx): Ctx, Path(token): Path<String>, body: Bytes) -> ApiResult {
+    let document = json_body(&body)?;
+    let notification = parse_notification(&document).map_err(|e| ApiError::field(e, "InvalidNotification"))?;
+    let hash = crate::executors::token_hash(&token);
+    let Some(armed) = ctx.exchanges.consume_token(&hash, Utc::now()).await? else {
+        return Err(ApiError::not_found("unknown, used or expired notification token"));
+    };
+    // Tell the caller plainly when its answer comes too late to matter.
+    if let Some(detail) = ctx.exchanges.get(&armed.exchange_id).await? {
+        let status = detail.exchange.status;
+        if status.is_final() || detail.exchange.recoveries != armed.recovery {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "InvalidState",
+                format!("exchange {} is {} and no longer waits for this callback", armed.exchange_id, status.name()),
+            ));
+        }
+    }
+    let codec = PayloadCodec::new(ctx.files.clone(), ctx.settings.inline_payload_limit);
+    let handed_on = async {
+        let bytes = serde_json::to_vec(&notification).map_err(|e| PortError::Fault { service: "api", message: e.to_string() })?;
+        let input = codec.store(bytes.into(), "application/json").await.map_err(|e| PortError::Unavailable { service: "payloads", message: e.to_string() })?;
+        let message = HandoffMessage {
+            exchange_id: armed.exchange_id.clone(),
+            integration_code: armed.integration_code.clone(),
+            integration_version: armed.integration_version,
+            step_id: armed.step_id,
+            sub_step: armed.sub_step,
+            attempt: 1,
+            input: Some(input),
+            parameters: armed.parameters.clone(),
+            not_before: None,
+            recovery: armed.recovery,
+        };
+        let family = armed.sub_step.family().unwrap_or(handoff_core::plan::WorkerFamily::Control);
+        ctx.queue.send(family, &message, 0).await
+    }
+    .await;
+    if let Err(e) = handed_on {
+        // Nothing was lost: the token works again, and the caller is told to retry.
+        ctx.exchanges.release_token(&hash).await?;
+        return Err(e.into());
+    }
+    tracing::info!(exchangeId = %armed.exchange_id, stepId = %armed.step_id, status = ?notification.status, "callback accepted");
+    Ok((StatusCode::ACCEPTED, Json(json!({"exchangeId": armed.exchange_id, "stepId": armed.step_id}))).into_response())
 }
 
 async fn get_logs(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
@@ -408,14 +584,7 @@ async fn list_exchanges(State(ctx): Ctx, Query(query): Query<HashMap<String, Str
         .get("status")
         .map(|s| ExchangeStatus::parse(s).ok_or_else(|| invalid("status", format!("'{s}' is not an exchange status"))))
         .transpose()?;
-    let limit = match query.get("limit") {
-        None => 20,
-        Some(l) => l
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=100).contains(n))
-            .ok_or_else(|| invalid("limit", format!("'{l}' is not a number between 1 and 100")))?,
-    };
+    let limit = parse_limit(query.get("limit")).map_err(|m| invalid("limit", m))?;
     let page = ctx
         .exchanges
         .list(&ExchangeFilter { integration_code, status }, limit, query.get("cursor").map(String::as_str))

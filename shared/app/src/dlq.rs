@@ -4,7 +4,7 @@
 
 use crate::context::AppContext;
 use crate::function::{FunctionHandler, InvocationError};
-use crate::ports::{CommitOutcome, ExchangeChange, HandoffMessage, PortError, StepChange, StepCommit};
+use crate::ports::{CommitOutcome, ErrorRecord, ExchangeChange, HandoffMessage, PortError, StepChange, StepCommit};
 use crate::sqs::{batch_response, SqsEvent, SqsRecord};
 use async_trait::async_trait;
 use chrono::Utc;
@@ -36,9 +36,42 @@ impl DlqFunction {
             message.attempt,
             record.attributes.get("ApproximateReceiveCount").map(String::as_str).unwrap_or("repeated")
         );
-        let commit = StepCommit {
+        let error = ExchangeError {
+            classification: ErrorClassification::System,
+            message: cause.clone(),
+            retryable: true,
+            step_id: Some(message.step_id),
+            sub_step: Some(message.sub_step),
+            at: now,
+        };
+        let mut commit = StepCommit::new(
+            message.exchange_id.clone(),
+            message.recovery,
+            ExchangeChange::SetStatus {
+                from: vec![
+                    ExchangeStatus::New,
+                    ExchangeStatus::Started,
+                    ExchangeStatus::WaitingOnExternalSystem,
+                    ExchangeStatus::WaitingForSubExchangesToFinish,
+                ],
+                to: ExchangeStatus::Failed,
+                error: Some(error),
+                completed_at: None,
+            },
+            now,
+        );
+        commit.errors.push(ErrorRecord {
             exchange_id: message.exchange_id.clone(),
-            step: StepChange {
+            integration_code: message.integration_code.clone(),
+            step_id: Some(message.step_id),
+            sub_step: Some(message.sub_step),
+            classification: ErrorClassification::System,
+            message: cause.clone(),
+            retryable: true,
+            exchange_failed: true,
+            at: now,
+        });
+        commit.step = Some(StepChange {
                 step_id: message.step_id,
                 attempt: message.attempt,
                 claimed: false,
@@ -49,27 +82,7 @@ impl DlqFunction {
                 next_retry_at: None,
                 completed_at: None,
                 logs: Vec::new(),
-            },
-            skip: Vec::new(),
-            exchange: ExchangeChange::SetStatus {
-                from: vec![
-                    ExchangeStatus::New,
-                    ExchangeStatus::Started,
-                    ExchangeStatus::WaitingOnExternalSystem,
-                    ExchangeStatus::WaitingForSubExchangesToFinish,
-                ],
-                to: ExchangeStatus::Failed,
-                error: Some(ExchangeError {
-                    classification: ErrorClassification::System,
-                    message: cause.clone(),
-                    step_id: Some(message.step_id),
-                    sub_step: Some(message.sub_step),
-                    at: now,
-                }),
-                completed_at: None,
-            },
-            now,
-        };
+        });
         match self.ctx.exchanges.commit(&commit).await? {
             CommitOutcome::Applied => tracing::error!(exchangeId = %message.exchange_id, stepId = %message.step_id, %cause, "exchange failed: dead-lettered handoff"),
             CommitOutcome::Conflict => tracing::warn!(exchangeId = %message.exchange_id, stepId = %message.step_id, "dead letter for a step or exchange that already moved on; nothing to mark"),

@@ -1,13 +1,17 @@
 //! What each sub-step does. Executors return an outcome and log lines; they never write
 //! exchange state themselves (the worker commits), so every effect is decided in one place.
 
+use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
 use crate::outbound::{self, OutboundBody};
 use crate::payloads::{PayloadCodec, PayloadError};
-use crate::ports::{ByteStream, HandoffMessage};
+use crate::ports::{ByteStream, CallbackToken, HandoffMessage};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use futures::TryStreamExt;
-use handoff_core::definition::{DestinationTarget, OutputFormat, StepAction};
-use handoff_core::exchange::Payload;
+use handoff_core::definition::{DestinationTarget, OutputFormat, RequestTemplate, StepAction};
+use handoff_core::exchange::{LogType, Payload};
+use handoff_core::ids::{DataFileSetId, StepId};
+use handoff_core::notification::{Notification, NotificationStatus};
 use handoff_core::expression::{Expression, ExpressionVars};
 use handoff_core::placeholder::PlaceholderContext;
 use handoff_core::plan::{first_after_step, PlannedSubStep, SubStep};
@@ -21,14 +25,24 @@ use sha2::{Digest, Sha256};
 pub struct StepOutput {
     pub payload: Option<Payload>,
     pub skip_to: Option<u32>,
+    /// The call handed out a callback: the exchange now waits for it.
+    pub wait: Option<Wait>,
+}
+
+/// An armed wait: the step that takes the callback, and when it times out.
+#[derive(Debug, Clone)]
+pub struct Wait {
+    pub step_id: StepId,
+    pub timeout_at: Option<DateTime<Utc>>,
 }
 
 pub struct Execution {
     pub outcome: Result<StepOutput, Failure>,
-    pub logs: Vec<String>,
+    pub logs: Vec<(LogType, String)>,
 }
 
 pub struct ExecutionContext<'a> {
+    pub app: &'a AppContext,
     pub http: &'a reqwest::Client,
     pub codec: &'a PayloadCodec,
     pub loaded: &'a LoadedIntegration,
@@ -96,15 +110,21 @@ pub fn idempotency_key(message: &HandoffMessage) -> String {
 }
 
 pub async fn execute(cx: &ExecutionContext<'_>) -> Execution {
-    let mut logs = Vec::new();
-    let outcome = run(cx, &mut logs).await;
+    let mut lines = Vec::new();
+    let mut user_lines = Vec::new();
+    let outcome = run(cx, &mut lines, &mut user_lines).await;
     if let Err(failure) = &outcome {
-        logs.push(format!("Attempt {} failed: {}", cx.message.attempt, failure.message));
+        lines.push(format!("Attempt {} failed: {}", cx.message.attempt, failure.message));
     }
+    let logs = lines
+        .into_iter()
+        .map(|l| (LogType::System, l))
+        .chain(user_lines.into_iter().map(|l| (LogType::User, l)))
+        .collect();
     Execution { outcome, logs }
 }
 
-async fn run(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Result<StepOutput, Failure> {
+async fn run(cx: &ExecutionContext<'_>, logs: &mut Vec<String>, user_logs: &mut Vec<String>) -> Result<StepOutput, Failure> {
     let step = cx.planned.step_index.map(|i| &cx.loaded.definition.steps[i]);
     match cx.planned.sub_step {
         SubStep::ExchangeTriggered => {
@@ -130,7 +150,7 @@ async fn run(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Result<StepOu
             } else {
                 let index = cx.planned.step_index.unwrap_or_default();
                 logs.push("Condition is false: the step is skipped".into());
-                Ok(StepOutput { payload: None, skip_to: Some(first_after_step(&cx.loaded.plan, index)) })
+                Ok(StepOutput { skip_to: Some(first_after_step(&cx.loaded.plan, index)), ..StepOutput::default() })
             }
         }
         SubStep::PostProcess => {
@@ -167,7 +187,7 @@ async fn run(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Result<StepOu
             let body: ByteStream = Box::pin(response.bytes_stream().map_err(std::io::Error::other));
             let payload = cx.codec.store_stream(body, &content_type).await.map_err(payload_failure)?;
             logs.push(format!("Queried {target}: HTTP {status}, {}", describe_payload(&payload)));
-            Ok(StepOutput { payload: Some(payload), skip_to: None })
+            Ok(StepOutput { payload: Some(payload), ..StepOutput::default() })
         }
         SubStep::DeliverRest => {
             let destination = cx
@@ -194,8 +214,195 @@ async fn run(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Result<StepOu
             logs.push(format!("Delivered to {target}: HTTP {}", response.status().as_u16()));
             Ok(StepOutput::default())
         }
+        SubStep::InvokeProcess | SubStep::InvokeActivity | SubStep::InvokeExtract => {
+            let (request, waits) = match cx.action() {
+                Some(StepAction::InvokeProcess { request, expect_notification, .. }) => (request, *expect_notification),
+                Some(StepAction::Extract { request, .. }) => (request, true),
+                _ => return Err(Failure::system(format!("sub-step {} on a step that does not invoke", cx.planned.sub_step))),
+            };
+            invoke_external(cx, request, waits, logs).await
+        }
+        SubStep::ReceiveNotification => {
+            let notification = notification_from(cx).await?;
+            match notification.status {
+                NotificationStatus::Success => {
+                    logs.push(format!(
+                        "Callback: success ({} file(s), {} recovery link(s))",
+                        notification.files.len(),
+                        notification.recovery_links.len()
+                    ));
+                    Ok(StepOutput { payload: cx.message.input.clone(), ..StepOutput::default() })
+                }
+                NotificationStatus::Failure => {
+                    let reason = notification.reason.unwrap_or_else(|| "no reason given".into());
+                    Err(Failure::business(format!("the external system reported failure: {reason}")))
+                }
+            }
+        }
+        SubStep::CollectData => {
+            let notification = notification_from(cx).await?;
+            if notification.files.is_empty() {
+                logs.push("No files to collect".into());
+                let payload = match notification.data {
+                    Some(data) => Some(store_value(cx, &data).await?),
+                    None => None,
+                };
+                return Ok(StepOutput { payload, ..StepOutput::default() });
+            }
+            let set = DataFileSetId::new(format!("dfs-{}", uuid::Uuid::now_v7()));
+            for file in &notification.files {
+                let response = outbound::send(
+                    cx.http,
+                    outbound::RenderedRequest { method: reqwest::Method::GET, url: file.url.clone(), headers: Vec::new(), body: None },
+                    OutboundBody::Empty,
+                    &[],
+                )
+                .await?;
+                let content_type = response
+                    .headers()
+                    .get(reqwest::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("application/octet-stream")
+                    .to_string();
+                let body: ByteStream = Box::pin(response.bytes_stream().map_err(std::io::Error::other));
+                let info = cx
+                    .app
+                    .files
+                    .write(&set, &file.name, &content_type, body)
+                    .await
+                    .map_err(|e| Failure::transient(format!("storing {}: {e}", file.name)))?;
+                logs.push(format!("Collected {} ({} bytes)", info.name, info.size));
+            }
+            Ok(StepOutput { payload: Some(Payload::DataFileSet { data_file_set_id: set }), ..StepOutput::default() })
+        }
+        SubStep::CheckRecovery => {
+            let notification = stored_notification(cx).await?;
+            if notification.recovery_links.is_empty() {
+                logs.push("No recovery links in the notification".into());
+            }
+            for link in &notification.recovery_links {
+                let method = reqwest::Method::from_bytes(link.method.as_bytes())
+                    .map_err(|_| Failure::business(format!("recovery link method {} is not HTTP", link.method)))?;
+                let request = outbound::RenderedRequest { method, url: link.url.clone(), headers: Vec::new(), body: None };
+                let response = outbound::send(cx.http, request, OutboundBody::Empty, &[("Idempotency-Key", idempotency_key(cx.message))]).await?;
+                logs.push(format!("Recovery link {} {}: HTTP {}", link.method, outbound::redact_query(&link.url), response.status().as_u16()));
+            }
+            Ok(StepOutput::default())
+        }
+        SubStep::CollectMessages => {
+            let notification = stored_notification(cx).await?;
+            logs.push(format!("Collected {} message(s) from the external system", notification.messages.len()));
+            for message in &notification.messages {
+                let text = match message {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                user_logs.push(text.chars().take(1000).collect());
+            }
+            Ok(StepOutput::default())
+        }
         other => Err(Failure::system(format!("sub-step {other} has no executor in this release"))),
     }
+}
+
+/// Calls an external process. When it answers by callback, the call carries a fresh
+/// single-use token's URL in `X-Handoff-Callback-Url` (stored before the call, so even an
+/// instant callback finds it).
+async fn invoke_external(
+    cx: &ExecutionContext<'_>,
+    request: &RequestTemplate,
+    waits: bool,
+    logs: &mut Vec<String>,
+) -> Result<StepOutput, Failure> {
+    let rendered = outbound::render(request, &cx.placeholders())?;
+    let target = format!("{} {}", rendered.method, outbound::redact_query(&rendered.url));
+    let mut headers = vec![("Idempotency-Key", idempotency_key(cx.message))];
+    let mut wait = None;
+    if waits {
+        let waiting_step = StepId::from_sequence(cx.planned.sequence + 1);
+        let base = cx
+            .app
+            .settings
+            .public_base_url
+            .as_deref()
+            .ok_or_else(|| Failure::system("HANDOFF_PUBLIC_BASE_URL is not configured: no callback URL can be given"))?;
+        let timeout_at = cx
+            .planned
+            .step_index
+            .and_then(|i| cx.loaded.definition.steps[i].timeout_seconds)
+            .map(|s| Utc::now() + ChronoDuration::seconds(s as i64));
+        let secret = new_token();
+        let token = CallbackToken {
+            hash: token_hash(&secret),
+            exchange_id: cx.message.exchange_id.clone(),
+            integration_code: cx.message.integration_code.clone(),
+            integration_version: cx.message.integration_version,
+            step_id: waiting_step,
+            sub_step: cx.loaded.plan.get(waiting_step.sequence() as usize).map_or(SubStep::ReceiveNotification, |p| p.sub_step),
+            recovery: cx.message.recovery,
+            parameters: cx.message.parameters.clone(),
+            expires_at: timeout_at,
+        };
+        cx.app.exchanges.put_token(&token).await.map_err(|e| Failure::transient(format!("storing the callback token: {e}")))?;
+        headers.push(("X-Handoff-Callback-Url", format!("{}/notifications/{secret}", base.trim_end_matches('/'))));
+        wait = Some(Wait { step_id: waiting_step, timeout_at });
+    }
+    let body = match cx.input_stream_or_empty() {
+        Some(payload) if request.body.is_none() => OutboundBody::Stream {
+            body: cx.codec.open(payload).await.map_err(payload_failure)?,
+            content_type: "application/json".into(),
+        },
+        _ => OutboundBody::Empty,
+    };
+    let response = outbound::send(cx.http, rendered, body, &headers).await?;
+    logs.push(format!(
+        "Invoked {target}: HTTP {}{}",
+        response.status().as_u16(),
+        if wait.is_some() { "; waiting for its callback" } else { "" }
+    ));
+    Ok(StepOutput { wait, ..StepOutput::default() })
+}
+
+/// An unguessable token: 256 random bits, hex.
+pub fn new_token() -> String {
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+/// Only hashes of tokens are stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The notification this sub-step runs on (its input).
+async fn notification_from(cx: &ExecutionContext<'_>) -> Result<Notification, Failure> {
+    let value = cx.input_json().await?;
+    serde_json::from_value(value).map_err(|e| Failure::system(format!("the stored callback is not a notification: {e}")))
+}
+
+/// The notification stored on the waiting step of this integration step (later sub-steps
+/// run on collected data, not on the notification).
+async fn stored_notification(cx: &ExecutionContext<'_>) -> Result<Notification, Failure> {
+    let receive = cx
+        .loaded
+        .plan
+        .iter()
+        .find(|p| p.step_index == cx.planned.step_index && p.sub_step == SubStep::ReceiveNotification)
+        .ok_or_else(|| Failure::system("no ReceiveNotification sub-step precedes this one"))?;
+    let step = cx
+        .app
+        .exchanges
+        .get_step(&cx.message.exchange_id, StepId::from_sequence(receive.sequence))
+        .await
+        .map_err(|e| Failure::transient(format!("reading the notification: {e}")))?
+        .ok_or_else(|| Failure::system("the waiting step is missing"))?;
+    let payload = step.payload.ok_or_else(|| Failure::system("the waiting step holds no notification"))?;
+    let bytes = cx.codec.load(&payload).await.map_err(payload_failure)?;
+    serde_json::from_slice(&bytes).map_err(|e| Failure::system(format!("the stored callback is not a notification: {e}")))
+}
+
+async fn store_value(cx: &ExecutionContext<'_>, value: &Value) -> Result<Payload, Failure> {
+    let bytes = serde_json::to_vec(value).map_err(|e| Failure::system(e.to_string()))?;
+    cx.codec.store(bytes.into(), "application/json").await.map_err(payload_failure)
 }
 
 async fn run_jq(cx: &ExecutionContext<'_>, program: &Expression, what: &str) -> Result<Value, Failure> {
@@ -237,7 +444,7 @@ async fn store_json(cx: &ExecutionContext<'_>, value: &Value, format: OutputForm
         }
     };
     let payload = cx.codec.store(bytes.into(), format.content_type()).await.map_err(payload_failure)?;
-    Ok(StepOutput { payload: Some(payload), skip_to: None })
+    Ok(StepOutput { payload: Some(payload), ..StepOutput::default() })
 }
 
 fn describe_payload(payload: &Payload) -> String {

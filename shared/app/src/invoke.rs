@@ -3,7 +3,8 @@
 use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
 use crate::payloads::{PayloadCodec, PayloadError};
-use crate::ports::{CommitOutcome, ExchangeChange, HandoffMessage, PortError, StepChange, StepCommit};
+use crate::ports::{CommitOutcome, ErrorRecord, ExchangeChange, HandoffMessage, PortError, StepChange, StepCommit, Timer, TimerKind};
+use crate::worker::{arm_timer, send_follow_ups, WorkerError};
 use bytes::Bytes;
 use chrono::Utc;
 use handoff_core::definition::IntegrationDefinition;
@@ -84,6 +85,7 @@ pub async fn invoke_exchange(ctx: &AppContext, request: InvokeRequest) -> Result
         updated_at: now,
         completed_at: None,
         error: None,
+        recoveries: 0,
     };
     let steps: Vec<ExchangeStep> = loaded
         .plan
@@ -116,9 +118,14 @@ pub async fn invoke_exchange(ctx: &AppContext, request: InvokeRequest) -> Result
         input,
         parameters: exchange.parameters.clone(),
         not_before: None,
+        recovery: 0,
     };
     let family = first.sub_step.family().unwrap_or(WorkerFamily::Control);
-    if let Err(send_error) = ctx.queue.send(family, &message, 0).await {
+    let sent = async {
+        ctx.queue.send(family, &message, 0).await?;
+        arm_sla(ctx, &exchange, loaded.definition.sla_seconds, now).await
+    };
+    if let Err(send_error) = sent.await {
         // The exchange exists but nothing will pick it up: record that, so it is visible and recoverable.
         mark_not_handed_off(ctx, &exchange, &send_error).await;
         return Err(send_error.into());
@@ -126,11 +133,62 @@ pub async fn invoke_exchange(ctx: &AppContext, request: InvokeRequest) -> Result
     Ok(exchange)
 }
 
+/// Starts the SLA clock of an exchange (at creation and again at each recovery).
+pub async fn arm_sla(
+    ctx: &AppContext,
+    exchange: &Exchange,
+    sla_seconds: Option<u64>,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), PortError> {
+    let Some(seconds) = sla_seconds else {
+        return Ok(());
+    };
+    let timer = Timer {
+        exchange_id: exchange.exchange_id.clone(),
+        recovery: exchange.recoveries,
+        due: now + chrono::Duration::seconds(seconds as i64),
+        kind: TimerKind::Sla,
+    };
+    let mut commit = StepCommit::new(exchange.exchange_id.clone(), exchange.recoveries, ExchangeChange::RequireNotFinal, now);
+    let mut follow_ups = Vec::new();
+    arm_timer(timer, now, &mut commit, &mut follow_ups);
+    if !commit.timers.is_empty() && ctx.exchanges.commit(&commit).await? == CommitOutcome::Conflict {
+        return Ok(()); // already final: nothing to time out
+    }
+    send_follow_ups(ctx, follow_ups).await.map_err(|e| match e {
+        WorkerError::Port(p) => p,
+        other => PortError::Fault { service: "queue", message: other.to_string() },
+    })
+}
+
 async fn mark_not_handed_off(ctx: &AppContext, exchange: &Exchange, error: &PortError) {
     let now = Utc::now();
-    let commit = StepCommit {
+    let failure = ExchangeError {
+        classification: ErrorClassification::System,
+        message: format!("could not hand off the exchange: {error}"),
+        retryable: true,
+        step_id: Some(StepId::from_sequence(0)),
+        sub_step: None,
+        at: now,
+    };
+    let mut commit = StepCommit::new(
+        exchange.exchange_id.clone(),
+        0,
+        ExchangeChange::SetStatus { from: vec![ExchangeStatus::New], to: ExchangeStatus::Failed, error: Some(failure.clone()), completed_at: None },
+        now,
+    );
+    commit.errors.push(ErrorRecord {
         exchange_id: exchange.exchange_id.clone(),
-        step: StepChange {
+        integration_code: exchange.integration_code.clone(),
+        step_id: failure.step_id,
+        sub_step: None,
+        classification: failure.classification,
+        message: failure.message.clone(),
+        retryable: true,
+        exchange_failed: true,
+        at: now,
+    });
+    commit.step = Some(StepChange {
             step_id: StepId::from_sequence(0),
             attempt: 1,
             claimed: false,
@@ -145,22 +203,7 @@ async fn mark_not_handed_off(ctx: &AppContext, exchange: &Exchange, error: &Port
             next_retry_at: None,
             completed_at: None,
             logs: Vec::new(),
-        },
-        skip: Vec::new(),
-        exchange: ExchangeChange::SetStatus {
-            from: vec![ExchangeStatus::New],
-            to: ExchangeStatus::Failed,
-            error: Some(ExchangeError {
-                classification: ErrorClassification::System,
-                message: format!("could not hand off the exchange: {error}"),
-                step_id: Some(StepId::from_sequence(0)),
-                sub_step: None,
-                at: now,
-            }),
-            completed_at: None,
-        },
-        now,
-    };
+    });
     match ctx.exchanges.commit(&commit).await {
         Ok(CommitOutcome::Applied) => {}
         Ok(CommitOutcome::Conflict) => tracing::warn!(exchangeId = %exchange.exchange_id, "exchange moved on before its hand-off failure was recorded"),

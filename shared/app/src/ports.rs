@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::exchange::{Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, Payload, StepError, StepStatus};
+use handoff_core::retry::ErrorClassification;
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::plan::{SubStep, WorkerFamily};
 use serde::{Deserialize, Serialize};
@@ -102,14 +103,140 @@ pub enum ExchangeChange {
     },
 }
 
-/// One atomic, conditional write (a single DynamoDB TransactWriteItems).
+/// One atomic, conditional write (a single DynamoDB TransactWriteItems). Every commit also
+/// requires the exchange to be at recovery generation `recovery`: a handoff from before a
+/// recovery changes nothing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepCommit {
     pub exchange_id: ExchangeId,
-    pub step: StepChange,
+    pub recovery: u32,
+    /// `None` for changes of the exchange alone (e.g. its SLA expired).
+    pub step: Option<StepChange>,
     /// Steps to mark `Skipped` (only those still `Initial`) — a false condition skips the rest of its step.
     pub skip: Vec<StepId>,
     pub exchange: ExchangeChange,
+    /// A step that must already be `Done` (a callback must not overtake the call that armed it).
+    pub require_done: Option<StepId>,
+    /// Failures to list for operators (`GET /errors`), written with the change.
+    pub errors: Vec<ErrorRecord>,
+    /// Durable timers to store, due beyond what a delayed message can carry.
+    pub timers: Vec<Timer>,
+    pub now: DateTime<Utc>,
+}
+
+impl StepCommit {
+    /// A commit with no extras; callers fill in what they need.
+    pub fn new(exchange_id: ExchangeId, recovery: u32, exchange: ExchangeChange, now: DateTime<Utc>) -> Self {
+        Self {
+            exchange_id,
+            recovery,
+            step: None,
+            skip: Vec::new(),
+            exchange,
+            require_done: None,
+            errors: Vec::new(),
+            timers: Vec::new(),
+            now,
+        }
+    }
+}
+
+/// A failure as operators list it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorRecord {
+    pub exchange_id: ExchangeId,
+    pub integration_code: IntegrationCode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<StepId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_step: Option<SubStep>,
+    pub classification: ErrorClassification,
+    pub message: String,
+    pub retryable: bool,
+    /// Whether the exchange failed because of it (a secondary destination's failure does not).
+    pub exchange_failed: bool,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ErrorFilter {
+    pub classification: Option<ErrorClassification>,
+    pub integration_code: Option<IntegrationCode>,
+    pub since: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorPage {
+    /// Newest first.
+    pub items: Vec<ErrorRecord>,
+    pub next_cursor: Option<String>,
+}
+
+/// What a durable timer does when it fires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum TimerKind {
+    /// A waiting step got no callback in time.
+    #[serde(rename_all = "camelCase")]
+    StepTimeout { step_id: StepId },
+    /// The exchange ran past the integration's `slaSeconds`.
+    Sla,
+    /// A retry due later than SQS can delay a message.
+    #[serde(rename_all = "camelCase")]
+    Retry { message: Box<HandoffMessage> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timer {
+    pub exchange_id: ExchangeId,
+    pub recovery: u32,
+    pub due: DateTime<Utc>,
+    #[serde(flatten)]
+    pub kind: TimerKind,
+}
+
+impl Timer {
+    /// Identifies the timer within its exchange (a re-armed timer replaces the old one).
+    pub fn name(&self) -> String {
+        match &self.kind {
+            TimerKind::StepTimeout { step_id } => format!("timeout#{step_id}"),
+            TimerKind::Sla => "sla".into(),
+            TimerKind::Retry { message } => format!("retry#{}#{}", message.step_id, message.attempt),
+        }
+    }
+}
+
+/// A single-use callback token. Only its hash is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallbackToken {
+    pub hash: String,
+    pub exchange_id: ExchangeId,
+    pub integration_code: IntegrationCode,
+    pub integration_version: IntegrationVersion,
+    /// The waiting step the callback completes.
+    pub step_id: StepId,
+    pub sub_step: SubStep,
+    pub recovery: u32,
+    #[serde(default)]
+    pub parameters: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Recovering an exchange: back to `Started` at generation `recovery + 1`, with its steps
+/// from the resume point reset to fresh attempts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoveryCommit {
+    pub exchange_id: ExchangeId,
+    /// The generation being recovered (the exchange must still be at it).
+    pub recovery: u32,
+    /// Move the exchange onto another version of its integration.
+    pub integration_version: Option<IntegrationVersion>,
+    /// Steps back to `Initial` with no attempts, claims, errors or retry times.
+    pub reset: Vec<StepId>,
     pub now: DateTime<Utc>,
 }
 
@@ -160,9 +287,25 @@ pub trait ExchangeRepository: Send + Sync {
     async fn list(&self, filter: &ExchangeFilter, limit: u32, cursor: Option<&str>) -> PortResult<ExchangePage>;
     /// Claims attempt `attempt` of a step before an external side effect: applies only if the
     /// step is `Initial`, `completedAttempt < attempt`, and (`claimedAttempt < attempt` or the
-    /// previous claim's lease ended before `now`). Sets `claimedAttempt`, `attempts`, `leaseUntil`.
-    async fn claim(&self, id: &ExchangeId, step: StepId, attempt: u32, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> PortResult<ClaimOutcome>;
+    /// previous claim's lease ended before `now`), and the exchange is not final and at
+    /// generation `recovery`. Sets `claimedAttempt`, `attempts`, `leaseUntil`; clears `nextRetryAt`.
+    async fn claim(&self, id: &ExchangeId, step: StepId, attempt: u32, recovery: u32, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> PortResult<ClaimOutcome>;
     async fn commit(&self, commit: &StepCommit) -> PortResult<CommitOutcome>;
+    /// Conflict if the exchange is not Failed/TimedOut at generation `commit.recovery`.
+    async fn recover(&self, commit: &RecoveryCommit) -> PortResult<CommitOutcome>;
+    /// Failures, newest first.
+    async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage>;
+    /// Stored timers due up to `until`, oldest first.
+    async fn due_timers(&self, until: DateTime<Utc>, limit: u32) -> PortResult<Vec<Timer>>;
+    /// Takes a timer off the due index once its message is on its way; false if another
+    /// sweeper took it first.
+    async fn take_timer(&self, timer: &Timer) -> PortResult<bool>;
+    /// Stores a callback token (before the call that hands it out).
+    async fn put_token(&self, token: &CallbackToken) -> PortResult<()>;
+    /// Uses a token once: `None` if unknown, used or expired.
+    async fn consume_token(&self, hash: &str, now: DateTime<Utc>) -> PortResult<Option<CallbackToken>>;
+    /// Makes a consumed token usable again (its callback could not be handed on).
+    async fn release_token(&self, hash: &str) -> PortResult<()>;
     async fn health(&self) -> PortResult<()>;
 }
 
@@ -186,12 +329,26 @@ pub struct HandoffMessage {
     /// Not to run before this time (delays longer than SQS's 15 minutes hop until due).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<DateTime<Utc>>,
+    /// The exchange's recovery generation this handoff belongs to.
+    #[serde(default)]
+    pub recovery: u32,
+}
+
+/// Everything the control queue carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum QueueMessage {
+    /// A durable timer fired (distinguished by its `timer` field).
+    Timer { timer: Timer },
+    Handoff(HandoffMessage),
 }
 
 #[async_trait]
 pub trait HandoffQueue: Send + Sync {
     /// Sends to the queue of `family`, delayed by up to 900 seconds.
     async fn send(&self, family: WorkerFamily, message: &HandoffMessage, delay_seconds: u32) -> PortResult<()>;
+    /// Sends a fired (or soon due) timer to the control queue, delayed by up to 900 seconds.
+    async fn send_timer(&self, timer: &Timer, delay_seconds: u32) -> PortResult<()>;
     async fn health(&self) -> PortResult<()>;
 }
 

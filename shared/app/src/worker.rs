@@ -1,29 +1,40 @@
 //! The sub-step worker: one SQS-fed function per worker family. For each handoff message it
 //! claims (side effects only), executes, commits the outcome with ONE conditional write,
-//! then hands off to the next sub-step. Duplicate and late messages change nothing.
+//! then hands off to the next sub-step. Duplicate, late and stale messages change nothing.
+//! The control worker also fires durable timers (step timeouts, SLAs, long retries).
 
 use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
-use crate::executors::{execute, ExecutionContext, StepOutput};
+use crate::executors::{execute, ExecutionContext, StepOutput, Wait};
 use crate::function::{FunctionHandler, InvocationError};
 use crate::invoke::retry_policy;
 use crate::payloads::PayloadCodec;
-use crate::ports::{ClaimOutcome, CommitOutcome, ExchangeChange, HandoffMessage, PortError, StepChange, StepCommit};
+use crate::ports::{
+    ClaimOutcome, CommitOutcome, ErrorRecord, ExchangeChange, HandoffMessage, PortError, QueueMessage, StepChange, StepCommit, Timer,
+    TimerKind,
+};
 use crate::sqs::{batch_response, SqsEvent};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use handoff_core::exchange::{
-    decide_after_attempt, AttemptOutcome, ExchangeError, ExchangeStatus, LogLine, LogType, StepDecision, StepError, StepStatus,
+    decide_after_attempt, AttemptOutcome, ExchangeError, ExchangeStatus, LogLine, StepDecision, StepError, StepStatus,
 };
 use handoff_core::ids::StepId;
 use handoff_core::plan::{PlannedSubStep, SubStep, WorkerFamily};
-use handoff_core::retry::Failure;
+use handoff_core::retry::{ErrorClassification, Failure};
 use serde_json::Value;
 use std::sync::Arc;
 use tracing::Instrument;
 
-/// SQS cannot delay a message longer than this.
-const MAX_SQS_DELAY_SECONDS: i64 = 900;
+/// SQS cannot delay a message longer than this; later timers are stored and swept.
+pub const MAX_SQS_DELAY_SECONDS: i64 = 900;
+
+const NOT_FINAL: [ExchangeStatus; 4] = [
+    ExchangeStatus::New,
+    ExchangeStatus::Started,
+    ExchangeStatus::WaitingOnExternalSystem,
+    ExchangeStatus::WaitingForSubExchangesToFinish,
+];
 
 /// Errors that leave the message on the queue for another try (infrastructure trouble).
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +47,13 @@ pub enum WorkerError {
     Definition(String),
     #[error("step {0} is being worked on by another attempt; try again later")]
     InFlightElsewhere(StepId),
+}
+
+/// What follows a successful commit: handoffs and timers to send.
+#[derive(Debug)]
+pub enum FollowUp {
+    Handoff { family: WorkerFamily, message: HandoffMessage, delay: u32 },
+    Timer { timer: Timer, delay: u32 },
 }
 
 pub struct WorkerFunction {
@@ -51,21 +69,29 @@ impl WorkerFunction {
     }
 
     pub async fn handle_body(&self, body: &str) -> Result<(), WorkerError> {
-        let message: HandoffMessage = serde_json::from_str(body).map_err(|e| WorkerError::BadMessage(e.to_string()))?;
-        let span = tracing::info_span!(
-            "sub_step",
-            exchangeId = %message.exchange_id,
-            stepId = %message.step_id,
-            subStep = %message.sub_step,
-            attempt = message.attempt,
-        );
-        self.process(message).instrument(span).await
+        let message: QueueMessage = serde_json::from_str(body).map_err(|e| WorkerError::BadMessage(e.to_string()))?;
+        match message {
+            QueueMessage::Timer { timer } => {
+                let span = tracing::info_span!("timer", exchangeId = %timer.exchange_id, timer = %timer.name());
+                fire_timer(&self.ctx, timer).instrument(span).await
+            }
+            QueueMessage::Handoff(message) => {
+                let span = tracing::info_span!(
+                    "sub_step",
+                    exchangeId = %message.exchange_id,
+                    stepId = %message.step_id,
+                    subStep = %message.sub_step,
+                    attempt = message.attempt,
+                );
+                self.process(message).instrument(span).await
+            }
+        }
     }
 
     async fn process(&self, message: HandoffMessage) -> Result<(), WorkerError> {
         let now = Utc::now();
         if let Some(due) = message.not_before.filter(|due| *due > now) {
-            // Longer than SQS can delay: hop again until due.
+            // Sent early (whole-second delays): wait out the rest.
             return Ok(self.ctx.queue.send(self.family, &message, delay_until(now, due)).await?);
         }
         let loaded = self
@@ -86,24 +112,33 @@ impl WorkerFunction {
             .filter(|p| p.sub_step == message.sub_step)
             .ok_or_else(|| WorkerError::BadMessage(format!("step {} is not a {} in the plan", message.step_id, message.sub_step)))?;
         if planned.sub_step.family() != Some(self.family) {
-            return Err(WorkerError::BadMessage(format!(
-                "{} arrived at the {} worker",
-                planned.sub_step,
-                self.family.name()
-            )));
+            return Err(WorkerError::BadMessage(format!("{} arrived at the {} worker", planned.sub_step, self.family.name())));
+        }
+        // The policy in force now: a lowered maximum ends a retrying step before it runs again.
+        let policy = retry_policy(&loaded.definition, planned);
+        let plan = Plan { loaded: &loaded, planned };
+        if message.attempt > policy.max_attempts {
+            let failure = Failure::system(format!(
+                "retries exhausted: attempt {} is beyond maxAttempts {} now in force",
+                message.attempt, policy.max_attempts
+            ));
+            let step = plan.step_change(&message, false, policy.max_attempts, Vec::new());
+            let (commit, follow_ups) = plan.commit_for(&message, step, StepDecision::MarkFailed(failure.clone()), Err(failure), now);
+            return self.apply(&message, &loaded, commit, follow_ups).await;
         }
 
         let claimed = planned.sub_step.has_external_effect();
         if claimed {
             let lease_until = now + ChronoDuration::from_std(self.ctx.settings.claim_lease).unwrap_or(ChronoDuration::seconds(60));
-            if self.ctx.exchanges.claim(&message.exchange_id, message.step_id, message.attempt, now, lease_until).await?
-                == ClaimOutcome::NotClaimable
-            {
+            let outcome =
+                self.ctx.exchanges.claim(&message.exchange_id, message.step_id, message.attempt, message.recovery, now, lease_until).await?;
+            if outcome == ClaimOutcome::NotClaimable {
                 return self.after_conflict(&message, &loaded).await;
             }
         }
         tracing::info!("sub-step started");
         let execution = execute(&ExecutionContext {
+            app: &self.ctx,
             http: &self.ctx.http,
             codec: &self.codec,
             loaded: &loaded,
@@ -111,7 +146,6 @@ impl WorkerFunction {
             message: &message,
         })
         .await;
-        let policy = retry_policy(&loaded.definition, planned);
         let outcome = match &execution.outcome {
             Ok(_) => AttemptOutcome::Succeeded,
             Err(failure) => AttemptOutcome::Failed(failure.clone()),
@@ -121,72 +155,74 @@ impl WorkerFunction {
         let logs = execution
             .logs
             .into_iter()
-            .map(|line| LogLine { kind: LogType::System, line, timestamp: now, step_id: message.step_id })
+            .map(|(kind, line)| LogLine { kind, line, timestamp: now, step_id: message.step_id })
             .collect();
-        let step = StepChange {
-            step_id: message.step_id,
-            attempt: message.attempt,
-            claimed,
-            status: StepStatus::Initial,
-            payload: None,
-            max_attempts: policy.max_attempts,
-            last_error: None,
-            next_retry_at: None,
-            completed_at: None,
-            logs,
-        };
-        let plan = Plan { loaded: &loaded, planned };
-        let (commit, follow_up) = plan.commit_for(&message, step, decision, execution.outcome, now);
+        let step = plan.step_change(&message, claimed, policy.max_attempts, logs);
+        let (commit, follow_ups) = plan.commit_for(&message, step, decision, execution.outcome, now);
+        self.apply(&message, &loaded, commit, follow_ups).await
+    }
+
+    async fn apply(
+        &self,
+        message: &HandoffMessage,
+        loaded: &LoadedIntegration,
+        commit: StepCommit,
+        follow_ups: Vec<FollowUp>,
+    ) -> Result<(), WorkerError> {
         match self.ctx.exchanges.commit(&commit).await? {
             CommitOutcome::Applied => {
-                tracing::info!(status = ?commit.step.status, "sub-step recorded");
-                if let Some((family, next, delay)) = follow_up {
-                    self.ctx.queue.send(family, &next, delay).await?;
-                }
-                Ok(())
+                tracing::info!(status = ?commit.step.as_ref().map(|s| s.status), "sub-step recorded");
+                send_follow_ups(&self.ctx, follow_ups).await
             }
-            CommitOutcome::Conflict => self.after_conflict(&message, &loaded).await,
+            CommitOutcome::Conflict => self.after_conflict(message, loaded).await,
         }
     }
 
-    /// Another delivery of this message (or a final exchange) got there first. Re-send the
-    /// next handoff only if it evidently never happened (a crash between commit and send);
-    /// otherwise drop the message.
+    /// Another delivery of this message (or a final or recovered exchange) got there first.
+    /// Re-send the next handoff only if it evidently never happened (a crash between commit
+    /// and send); otherwise drop the message.
     async fn after_conflict(&self, message: &HandoffMessage, loaded: &LoadedIntegration) -> Result<(), WorkerError> {
         let Some(detail) = self.ctx.exchanges.get(&message.exchange_id).await? else {
-            tracing::warn!("duplicate handoff for an exchange that does not exist; dropped");
+            tracing::warn!("handoff for an exchange that does not exist; dropped");
             return Ok(());
         };
-        if detail.exchange.status.is_final() {
-            tracing::info!(status = ?detail.exchange.status, "exchange is final; late handoff dropped");
+        if detail.exchange.status.is_final() || detail.exchange.recoveries != message.recovery {
+            tracing::info!(status = ?detail.exchange.status, recoveries = detail.exchange.recoveries, "late or stale handoff dropped");
             return Ok(());
         }
         let Some(step) = detail.steps.iter().find(|s| s.step_id == message.step_id) else {
             return Err(WorkerError::BadMessage(format!("exchange has no step {}", message.step_id)));
         };
+        let previous_done = message.step_id.sequence() == 0
+            || detail.steps.get(message.step_id.sequence() as usize - 1).is_some_and(|s| s.status != StepStatus::Initial);
         match step.status {
             StepStatus::Initial if step.attempts > message.attempt || step.next_retry_at.is_some() => {
                 tracing::info!("stale attempt; dropped");
                 Ok(())
             }
-            StepStatus::Initial => Err(WorkerError::InFlightElsewhere(message.step_id)),
+            // A callback that overtook the call that armed it: try again once that call is recorded.
+            StepStatus::Initial if !previous_done => Err(WorkerError::InFlightElsewhere(message.step_id)),
+            StepStatus::Initial if step.attempts == message.attempt || step.attempts == 0 => {
+                Err(WorkerError::InFlightElsewhere(message.step_id))
+            }
+            StepStatus::Initial => {
+                tracing::info!("stale attempt; dropped");
+                Ok(())
+            }
             StepStatus::Failed | StepStatus::Skipped => {
                 tracing::info!(status = ?step.status, "step already final; duplicate dropped");
                 Ok(())
             }
             StepStatus::Done => {
-                let next = detail
-                    .steps
-                    .iter()
-                    .find(|s| s.sequence > step.sequence && s.status != StepStatus::Skipped);
+                let next = detail.steps.iter().find(|s| s.sequence > step.sequence && s.status != StepStatus::Skipped);
+                let waiting = detail.exchange.status == ExchangeStatus::WaitingOnExternalSystem;
                 match next {
-                    Some(next) if next.status == StepStatus::Initial && next.attempts == 0 => {
+                    Some(next) if next.status == StepStatus::Initial && next.attempts == 0 && !waiting => {
                         let planned = &loaded.plan[next.sequence as usize];
                         let input = step.payload.clone().or_else(|| message.input.clone());
-                        let handoff = next_message(message, planned, input);
                         tracing::warn!(next = %planned.sub_step, "step was done but its handoff is missing; re-sent");
                         let family = planned.sub_step.family().unwrap_or(WorkerFamily::Control);
-                        Ok(self.ctx.queue.send(family, &handoff, 0).await?)
+                        Ok(self.ctx.queue.send(family, &next_message(message, planned, input), 0).await?)
                     }
                     _ => {
                         tracing::info!("duplicate handoff dropped; the step is done");
@@ -198,15 +234,57 @@ impl WorkerFunction {
     }
 }
 
+pub async fn send_follow_ups(ctx: &AppContext, follow_ups: Vec<FollowUp>) -> Result<(), WorkerError> {
+    for follow_up in follow_ups {
+        match follow_up {
+            FollowUp::Handoff { family, message, delay } => ctx.queue.send(family, &message, delay).await?,
+            FollowUp::Timer { timer, delay } => ctx.queue.send_timer(&timer, delay).await?,
+        }
+    }
+    Ok(())
+}
+
+/// A timer due within SQS's delay limit travels as a delayed message; a later one is stored
+/// for the sweeper (the regular job) to send when it comes within reach.
+pub fn arm_timer(timer: Timer, now: DateTime<Utc>, commit: &mut StepCommit, follow_ups: &mut Vec<FollowUp>) {
+    if (timer.due - now).num_seconds() <= MAX_SQS_DELAY_SECONDS {
+        let delay = delay_until(now, timer.due);
+        follow_ups.push(FollowUp::Timer { timer, delay });
+    } else {
+        commit.timers.push(timer);
+    }
+}
+
 struct Plan<'a> {
     loaded: &'a LoadedIntegration,
     planned: &'a PlannedSubStep,
 }
 
-type FollowUp = Option<(WorkerFamily, HandoffMessage, u32)>;
-
 impl Plan<'_> {
-    /// Turns a decision into the one conditional write and the handoff that follows it.
+    fn step_change(&self, message: &HandoffMessage, claimed: bool, max_attempts: u32, logs: Vec<LogLine>) -> StepChange {
+        StepChange {
+            step_id: message.step_id,
+            attempt: message.attempt,
+            claimed,
+            status: StepStatus::Initial,
+            payload: None,
+            max_attempts,
+            last_error: None,
+            next_retry_at: None,
+            completed_at: None,
+            logs,
+        }
+    }
+
+    fn next_handoff(&self, message: &HandoffMessage, sequence: u32, input: Option<handoff_core::exchange::Payload>) -> Option<FollowUp> {
+        self.loaded.plan.get(sequence as usize).map(|next| FollowUp::Handoff {
+            family: next.sub_step.family().unwrap_or(WorkerFamily::Control),
+            message: next_message(message, next, input),
+            delay: 0,
+        })
+    }
+
+    /// Turns a decision into the one conditional write and what follows it.
     fn commit_for(
         &self,
         message: &HandoffMessage,
@@ -214,78 +292,86 @@ impl Plan<'_> {
         decision: StepDecision,
         outcome: Result<StepOutput, Failure>,
         now: DateTime<Utc>,
-    ) -> (StepCommit, FollowUp) {
-        let not_final = vec![
-            ExchangeStatus::New,
-            ExchangeStatus::Started,
-            ExchangeStatus::WaitingOnExternalSystem,
-            ExchangeStatus::WaitingForSubExchangesToFinish,
-        ];
-        let mut skip = Vec::new();
-        let (exchange, follow_up) = match decision {
+    ) -> (StepCommit, Vec<FollowUp>) {
+        let mut follow_ups = Vec::new();
+        let mut commit = StepCommit::new(message.exchange_id.clone(), message.recovery, ExchangeChange::RequireNotFinal, now);
+        match decision {
             StepDecision::MarkDone | StepDecision::Ignore => {
                 let output = outcome.unwrap_or_default();
                 step.status = StepStatus::Done;
                 step.completed_at = Some(now);
                 step.payload = output.payload.clone();
                 let next_sequence = output.skip_to.unwrap_or(self.planned.sequence + 1);
-                skip = (self.planned.sequence + 1..next_sequence).map(StepId::from_sequence).collect();
-                let exchange = match self.planned.sub_step {
-                    SubStep::ExchangeTriggered => ExchangeChange::SetStatus {
-                        from: vec![ExchangeStatus::New, ExchangeStatus::Started],
-                        to: ExchangeStatus::Started,
-                        error: None,
-                        completed_at: None,
-                    },
-                    SubStep::ExchangeSignoff => ExchangeChange::SetStatus {
-                        from: not_final,
+                commit.skip = (self.planned.sequence + 1..next_sequence).map(StepId::from_sequence).collect();
+                commit.exchange = match (self.planned.sub_step, &output.wait) {
+                    (SubStep::ExchangeTriggered, _) => set_status(&[ExchangeStatus::New, ExchangeStatus::Started], ExchangeStatus::Started),
+                    (SubStep::ExchangeSignoff, _) => ExchangeChange::SetStatus {
+                        from: NOT_FINAL.to_vec(),
                         to: ExchangeStatus::Completed,
                         error: None,
                         completed_at: Some(now),
                     },
+                    (SubStep::ReceiveNotification | SubStep::ReceiveAgentNotification, _) => {
+                        set_status(&[ExchangeStatus::WaitingOnExternalSystem], ExchangeStatus::Started)
+                    }
+                    (_, Some(_)) => set_status(&[ExchangeStatus::Started], ExchangeStatus::WaitingOnExternalSystem),
                     _ => ExchangeChange::RequireNotFinal,
                 };
-                let input = output.payload.or_else(|| message.input.clone());
-                let follow_up = self.loaded.plan.get(next_sequence as usize).map(|next| {
-                    (next.sub_step.family().unwrap_or(WorkerFamily::Control), next_message(message, next, input), 0)
-                });
-                (exchange, follow_up)
+                if matches!(self.planned.sub_step, SubStep::ReceiveNotification | SubStep::ReceiveAgentNotification) {
+                    commit.require_done = self.planned.sequence.checked_sub(1).map(StepId::from_sequence);
+                }
+                match output.wait {
+                    // The callback (through the API) hands off to the waiting step.
+                    Some(Wait { step_id, timeout_at }) => {
+                        if let Some(due) = timeout_at {
+                            let timer = Timer { exchange_id: message.exchange_id.clone(), recovery: message.recovery, due, kind: TimerKind::StepTimeout { step_id } };
+                            arm_timer(timer, now, &mut commit, &mut follow_ups);
+                        }
+                    }
+                    None => {
+                        let input = output.payload.or_else(|| message.input.clone());
+                        follow_ups.extend(self.next_handoff(message, next_sequence, input));
+                    }
+                }
             }
             StepDecision::ScheduleRetry { next_attempt, delay_seconds } => {
                 let due = now + ChronoDuration::seconds(delay_seconds as i64);
                 step.next_retry_at = Some(due);
                 step.last_error = outcome.err().map(|f| step_error(&f, now));
                 let retry = HandoffMessage { attempt: next_attempt, not_before: Some(due), ..message.clone() };
-                let family = self.planned.sub_step.family().unwrap_or(WorkerFamily::Control);
-                (ExchangeChange::RequireNotFinal, Some((family, retry, delay_until(now, due))))
+                if delay_seconds as i64 <= MAX_SQS_DELAY_SECONDS {
+                    let family = self.planned.sub_step.family().unwrap_or(WorkerFamily::Control);
+                    follow_ups.push(FollowUp::Handoff { family, message: retry, delay: delay_until(now, due) });
+                } else {
+                    let timer = Timer { exchange_id: message.exchange_id.clone(), recovery: message.recovery, due, kind: TimerKind::Retry { message: Box::new(retry) } };
+                    commit.timers.push(timer);
+                }
             }
             StepDecision::MarkFailed(failure) => {
                 step.status = StepStatus::Failed;
                 step.last_error = Some(step_error(&failure, now));
-                if self.is_secondary_destination() {
+                let secondary = self.is_secondary_destination();
+                commit.errors.push(ErrorRecord {
+                    exchange_id: message.exchange_id.clone(),
+                    integration_code: message.integration_code.clone(),
+                    step_id: Some(message.step_id),
+                    sub_step: Some(message.sub_step),
+                    classification: failure.classification,
+                    message: failure.message.clone(),
+                    retryable: failure.retryable,
+                    exchange_failed: !secondary,
+                    at: now,
+                });
+                if secondary {
                     // A secondary destination's failure is recorded on its step; the exchange goes on.
-                    let next_sequence = self.planned.sequence + 1;
-                    let follow_up = self.loaded.plan.get(next_sequence as usize).map(|next| {
-                        let family = next.sub_step.family().unwrap_or(WorkerFamily::Control);
-                        (family, next_message(message, next, message.input.clone()), 0)
-                    });
-                    (ExchangeChange::RequireNotFinal, follow_up)
+                    follow_ups.extend(self.next_handoff(message, self.planned.sequence + 1, message.input.clone()));
                 } else {
-                    let error = ExchangeError {
-                        classification: failure.classification,
-                        message: failure.message,
-                        step_id: Some(message.step_id),
-                        sub_step: Some(message.sub_step),
-                        at: now,
-                    };
-                    (
-                        ExchangeChange::SetStatus { from: not_final, to: ExchangeStatus::Failed, error: Some(error), completed_at: None },
-                        None,
-                    )
+                    commit.exchange = fail_exchange(&failure, Some(message.step_id), Some(message.sub_step), now);
                 }
             }
-        };
-        (StepCommit { exchange_id: message.exchange_id.clone(), step, skip, exchange, now }, follow_up)
+        }
+        commit.step = Some(step);
+        (commit, follow_ups)
     }
 
     fn is_secondary_destination(&self) -> bool {
@@ -298,6 +384,92 @@ impl Plan<'_> {
             _ => false,
         }
     }
+}
+
+fn set_status(from: &[ExchangeStatus], to: ExchangeStatus) -> ExchangeChange {
+    ExchangeChange::SetStatus { from: from.to_vec(), to, error: None, completed_at: None }
+}
+
+pub fn fail_exchange(failure: &Failure, step_id: Option<StepId>, sub_step: Option<SubStep>, at: DateTime<Utc>) -> ExchangeChange {
+    ExchangeChange::SetStatus {
+        from: NOT_FINAL.to_vec(),
+        to: ExchangeStatus::Failed,
+        error: Some(ExchangeError {
+            classification: failure.classification,
+            message: failure.message.clone(),
+            retryable: failure.retryable,
+            step_id,
+            sub_step,
+            at,
+        }),
+        completed_at: None,
+    }
+}
+
+/// Fires a durable timer (control worker).
+pub async fn fire_timer(ctx: &AppContext, timer: Timer) -> Result<(), WorkerError> {
+    let now = Utc::now();
+    if timer.due > now {
+        // Swept early: wait out the rest.
+        return Ok(ctx.queue.send_timer(&timer, delay_until(now, timer.due)).await?);
+    }
+    let Some(detail) = ctx.exchanges.get(&timer.exchange_id).await? else {
+        return Ok(());
+    };
+    let exchange = &detail.exchange;
+    let mut commit = StepCommit::new(timer.exchange_id.clone(), timer.recovery, ExchangeChange::RequireNotFinal, now);
+    let (failure, step_id, sub_step, to) = match &timer.kind {
+        TimerKind::Retry { message } => {
+            let family = message.sub_step.family().unwrap_or(WorkerFamily::Control);
+            return Ok(ctx.queue.send(family, message, 0).await?);
+        }
+        TimerKind::Sla => {
+            let failure = Failure::system(format!(
+                "TimedOut: the exchange exceeded its SLA (due {})",
+                timer.due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+            (failure, None, None, ExchangeStatus::TimedOut)
+        }
+        TimerKind::StepTimeout { step_id } => {
+            let Some(step) = detail.steps.iter().find(|s| s.step_id == *step_id) else {
+                return Ok(());
+            };
+            let failure = Failure { classification: ErrorClassification::System, retryable: false, message: "Timeout: no callback arrived in time".into() };
+            commit.step = Some(StepChange {
+                step_id: *step_id,
+                attempt: 1,
+                claimed: false,
+                status: StepStatus::Failed,
+                payload: None,
+                max_attempts: step.max_attempts,
+                last_error: Some(step_error(&failure, now)),
+                next_retry_at: None,
+                completed_at: None,
+                logs: vec![LogLine { kind: handoff_core::exchange::LogType::System, line: failure.message.clone(), timestamp: now, step_id: *step_id }],
+            });
+            (failure, Some(*step_id), Some(step.sub_step), ExchangeStatus::Failed)
+        }
+    };
+    commit.exchange = match fail_exchange(&failure, step_id, sub_step, now) {
+        ExchangeChange::SetStatus { from, error, completed_at, .. } => ExchangeChange::SetStatus { from, to, error, completed_at },
+        other => other,
+    };
+    commit.errors.push(ErrorRecord {
+        exchange_id: timer.exchange_id.clone(),
+        integration_code: exchange.integration_code.clone(),
+        step_id,
+        sub_step,
+        classification: failure.classification,
+        message: failure.message.clone(),
+        retryable: failure.retryable,
+        exchange_failed: true,
+        at: now,
+    });
+    match ctx.exchanges.commit(&commit).await? {
+        CommitOutcome::Applied => tracing::warn!(status = ?to, reason = %failure.message, "timer fired"),
+        CommitOutcome::Conflict => tracing::info!("timer no longer relevant (the exchange or step moved on)"),
+    }
+    Ok(())
 }
 
 fn step_error(failure: &Failure, at: DateTime<Utc>) -> StepError {
@@ -315,7 +487,7 @@ fn next_message(current: &HandoffMessage, next: &PlannedSubStep, input: Option<h
     }
 }
 
-fn delay_until(now: DateTime<Utc>, due: DateTime<Utc>) -> u32 {
+pub fn delay_until(now: DateTime<Utc>, due: DateTime<Utc>) -> u32 {
     (due - now).num_seconds().clamp(0, MAX_SQS_DELAY_SECONDS) as u32
 }
 
@@ -332,11 +504,117 @@ impl FunctionHandler for WorkerFunction {
         let results = futures::future::join_all(event.records.iter().map(|record| async move {
             let result = self.handle_body(&record.body).await;
             if let Err(e) = &result {
-                tracing::error!(messageId = %record.message_id, error = %e, "handoff message not processed; it will be retried");
+                tracing::error!(messageId = %record.message_id, error = %e, "message not processed; it will be retried");
             }
             (record.message_id.clone(), result.is_ok())
         }))
         .await;
         Ok(batch_response(results))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::StoredIntegration;
+    use handoff_core::exchange::Payload;
+    use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion};
+    use serde_json::json;
+
+    fn loaded() -> LoadedIntegration {
+        let document = json!({"code": "C", "version": 1, "steps": [
+            {"name": "t", "type": "transformation", "condition": "false", "function": {"jq": "."}},
+            {"name": "d", "type": "delivery", "destinations": [
+                {"kind": "rest", "main": true, "request": {"url": "http://main.example"}},
+                {"kind": "rest", "request": {"url": "http://second.example"}}]},
+            {"name": "p", "type": "invokeProcess", "kind": "process", "request": {"url": "http://p.example"}, "expectNotification": true}
+        ]});
+        let now = Utc::now();
+        LoadedIntegration::from_stored(StoredIntegration {
+            code: IntegrationCode::parse("C").unwrap(),
+            version: IntegrationVersion::number(1).unwrap(),
+            enabled: true,
+            document,
+            revision: 1,
+            created_at: now,
+            updated_at: now,
+        })
+        .unwrap()
+    }
+
+    fn message(loaded: &LoadedIntegration, sequence: u32) -> HandoffMessage {
+        HandoffMessage {
+            exchange_id: ExchangeId::new("x"),
+            integration_code: loaded.stored.code.clone(),
+            integration_version: loaded.stored.version,
+            step_id: StepId::from_sequence(sequence),
+            sub_step: loaded.plan[sequence as usize].sub_step,
+            attempt: 1,
+            input: Some(Payload::raw("[1]")),
+            parameters: json!({}),
+            not_before: None,
+            recovery: 2,
+        }
+    }
+
+    fn commit(loaded: &LoadedIntegration, sequence: u32, decision: StepDecision, outcome: Result<StepOutput, Failure>) -> (StepCommit, Vec<FollowUp>) {
+        let planned = &loaded.plan[sequence as usize];
+        let plan = Plan { loaded, planned };
+        let m = message(loaded, sequence);
+        let step = plan.step_change(&m, false, 3, Vec::new());
+        plan.commit_for(&m, step, decision, outcome, Utc::now())
+    }
+
+    #[test]
+    fn a_false_condition_skips_the_rest_of_its_step_in_the_same_commit() {
+        let l = loaded();
+        let output = StepOutput { skip_to: Some(3), ..StepOutput::default() };
+        let (c, f) = commit(&l, 1, StepDecision::MarkDone, Ok(output));
+        assert_eq!(c.skip, vec![StepId::from_sequence(2)]);
+        assert_eq!(c.recovery, 2, "commits are bound to the recovery generation");
+        match &f[..] {
+            [FollowUp::Handoff { message, .. }] => {
+                assert_eq!(message.sub_step, SubStep::DeliverRest);
+                assert_eq!(message.input, Some(Payload::raw("[1]")), "the input flows past the skipped step");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_secondary_destination_is_recorded_and_the_exchange_goes_on() {
+        let l = loaded();
+        let (c, f) = commit(&l, 4, StepDecision::MarkFailed(Failure::business("nope")), Err(Failure::business("nope")));
+        assert_eq!(c.exchange, ExchangeChange::RequireNotFinal);
+        assert_eq!(c.errors.len(), 1);
+        assert!(!c.errors[0].exchange_failed);
+        assert!(matches!(&f[..], [FollowUp::Handoff { .. }]));
+        let (c, f) = commit(&l, 3, StepDecision::MarkFailed(Failure::business("nope")), Err(Failure::business("nope")));
+        assert!(matches!(c.exchange, ExchangeChange::SetStatus { to: ExchangeStatus::Failed, .. }));
+        assert!(f.is_empty(), "a failed main destination stops the exchange");
+    }
+
+    #[test]
+    fn long_retry_delays_become_stored_timers_and_short_ones_delayed_messages() {
+        let l = loaded();
+        let (c, f) = commit(&l, 3, StepDecision::ScheduleRetry { next_attempt: 2, delay_seconds: 5 }, Err(Failure::transient("503")));
+        assert!(c.timers.is_empty());
+        assert!(matches!(&f[..], [FollowUp::Handoff { delay: 5, message, .. }] if message.attempt == 2));
+        assert_eq!(c.step.as_ref().and_then(|s| s.last_error.as_ref()).map(|e| e.message.as_str()), Some("503"));
+        let (c, f) = commit(&l, 3, StepDecision::ScheduleRetry { next_attempt: 2, delay_seconds: 3600 }, Err(Failure::transient("503")));
+        assert!(f.is_empty());
+        assert!(matches!(&c.timers[..], [Timer { kind: TimerKind::Retry { .. }, .. }]));
+    }
+
+    #[test]
+    fn an_armed_wait_moves_the_exchange_to_waiting_and_hands_off_nothing() {
+        let l = loaded();
+        let wait = Wait { step_id: StepId::from_sequence(6), timeout_at: Some(Utc::now() + ChronoDuration::seconds(30)) };
+        let (c, f) = commit(&l, 5, StepDecision::MarkDone, Ok(StepOutput { wait: Some(wait), ..StepOutput::default() }));
+        assert!(matches!(c.exchange, ExchangeChange::SetStatus { to: ExchangeStatus::WaitingOnExternalSystem, .. }));
+        assert!(matches!(&f[..], [FollowUp::Timer { timer: Timer { kind: TimerKind::StepTimeout { .. }, .. }, .. }]));
+        let (c, _) = commit(&l, 6, StepDecision::MarkDone, Ok(StepOutput::default()));
+        assert_eq!(c.require_done, Some(StepId::from_sequence(5)), "a callback cannot overtake its call");
+        assert!(matches!(c.exchange, ExchangeChange::SetStatus { to: ExchangeStatus::Started, .. }));
     }
 }

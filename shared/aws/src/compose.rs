@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use handoff_app::api::ApiFunction;
 use handoff_app::context::{AppContext, AppSettings, Ports};
 use handoff_app::dlq::DlqFunction;
+use handoff_app::jobs::JobsFunction;
 use handoff_app::function::FunctionHandler;
 use handoff_app::ports::{PortError, PortResult, ScheduleManager};
 use handoff_app::trigger::TriggerFunction;
@@ -126,12 +127,14 @@ pub async fn build_function(
     vars: &HashMap<String, String>,
     aws: &AwsEnvironment,
 ) -> Result<Arc<dyn FunctionHandler>, ComposeError> {
-    let known = matches!(binary, "handoff-api" | "handoff-trigger" | "handoff-dlq") || worker_family(binary).is_some();
+    let known = matches!(binary, "handoff-api" | "handoff-trigger" | "handoff-dlq" | "handoff-jobs") || worker_family(binary).is_some();
     if !known {
         return Err(ComposeError::UnknownBinary(binary.to_string()));
     }
+    let auto_recovery_limit = Vars(vars).number("HANDOFF_AUTO_RECOVERY_LIMIT", 3)? as u32;
     let ctx = build_context(vars, aws)?;
     Ok(match binary {
+        "handoff-jobs" => Arc::new(JobsFunction::new(ctx, auto_recovery_limit)),
         "handoff-api" => Arc::new(ApiFunction::new(ctx)),
         "handoff-trigger" => Arc::new(TriggerFunction::new(ctx)),
         "handoff-dlq" => Arc::new(DlqFunction::new(ctx)),

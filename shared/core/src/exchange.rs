@@ -123,6 +123,9 @@ pub struct LogLine {
 pub struct ExchangeError {
     pub classification: ErrorClassification,
     pub message: String,
+    /// Whether the cause was transient (the error-processing job re-drives only these).
+    #[serde(default)]
+    pub retryable: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_id: Option<StepId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,6 +157,9 @@ pub struct Exchange {
     pub completed_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ExchangeError>,
+    /// How often the exchange was recovered. Handoffs of an earlier recovery are stale.
+    #[serde(default)]
+    pub recoveries: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -40,10 +40,14 @@ pub enum WorkerFamily {
     Query,
     Transform,
     DeliverRest,
+    /// Calls that start long-running work elsewhere (and call recovery links).
+    Invoke,
+    /// Downloads of what external systems offer (files, messages).
+    Collect,
 }
 
 impl WorkerFamily {
-    pub const ALL: [WorkerFamily; 4] = [Self::Control, Self::Query, Self::Transform, Self::DeliverRest];
+    pub const ALL: [WorkerFamily; 6] = [Self::Control, Self::Query, Self::Transform, Self::DeliverRest, Self::Invoke, Self::Collect];
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -51,6 +55,8 @@ impl WorkerFamily {
             Self::Query => "query",
             Self::Transform => "transform",
             Self::DeliverRest => "deliver-rest",
+            Self::Invoke => "invoke",
+            Self::Collect => "collect",
         }
     }
 }
@@ -59,12 +65,16 @@ impl SubStep {
     /// The family that executes this sub-step in this build; `None` where no executor exists yet.
     pub fn family(&self) -> Option<WorkerFamily> {
         match self {
-            Self::ExchangeTriggered | Self::ConditionInvocation | Self::PostProcess | Self::ExchangeSignoff => {
-                Some(WorkerFamily::Control)
-            }
+            Self::ExchangeTriggered
+            | Self::ConditionInvocation
+            | Self::PostProcess
+            | Self::ExchangeSignoff
+            | Self::ReceiveNotification => Some(WorkerFamily::Control),
             Self::InvokeQuery => Some(WorkerFamily::Query),
             Self::Transform => Some(WorkerFamily::Transform),
             Self::DeliverRest => Some(WorkerFamily::DeliverRest),
+            Self::InvokeExtract | Self::InvokeProcess | Self::InvokeActivity | Self::CheckRecovery => Some(WorkerFamily::Invoke),
+            Self::CollectData | Self::CollectMessages => Some(WorkerFamily::Collect),
             _ => None,
         }
     }
@@ -76,6 +86,7 @@ impl SubStep {
             self,
             Self::ExchangeTriggered
                 | Self::ConditionInvocation
+                | Self::ReceiveNotification
                 | Self::Transform
                 | Self::PostProcess
                 | Self::ExchangeSignoff

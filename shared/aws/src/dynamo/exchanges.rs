@@ -7,43 +7,70 @@
 //! |---|---|---|---|
 //! | exchange | `EX#<exchangeId>` | `EXCHANGE` | `gsi1pk=INT#<code>`, `gsi2pk=STATUS#<statusName>`, `gsi3pk=EXCHANGES`; every `gsiNsk=<createdAt RFC 3339, UTC, millis>#<exchangeId>` |
 //! | step | `EX#<exchangeId>` | `STEP#<stepId>` (zero-padded, e.g. `STEP#0003`) | none (steps stay out of the sparse indexes) |
+//! | error | `EX#<exchangeId>` | `ERROR#<at RFC 3339 millis>#<stepId or ->#<n>` | `gsi5pk=ERRORS`, `gsi5sk=<at RFC 3339 millis>#<exchangeId>#<n>` |
+//! | timer | `EX#<exchangeId>` | `TIMER#<timer name>` | `gsi4pk=TIMERS`, `gsi4sk=<due epoch millis, 15 digits>#<exchangeId>#<name>` (removed once taken) |
+//! | callback token | `TOKEN#<hash>` | `TOKEN` | none |
 //!
 //! * Exchange attributes: every [`Exchange`] field in camelCase (`status` as its name, e.g.
 //!   `Started`; timestamps as RFC 3339 strings; `integrationVersion` a number or NULL;
-//!   `error` a map), except `parameters`, kept as a JSON string (no nesting limit, exact
-//!   numbers). `gsi2pk` changes with `status`.
+//!   `error` a map; `recoveries` a number, 0 at creation), except `parameters`, kept as a
+//!   JSON string (no nesting limit, exact numbers). `gsi2pk` changes with `status`.
+//!   Items written before `recoveries` existed count as generation 0.
 //! * Step attributes: every [`ExchangeStep`] field in camelCase (`status` as its name,
 //!   `payload`/`lastError` maps) plus the bookkeeping `completedAttempt` (number, 0 at
 //!   creation), `claimedAttempt` (0), `leaseUntil` (epoch millis, 0) and `logs` (list of
 //!   [`LogLine`] maps, appended by commits).
+//! * Error attributes: every [`ErrorRecord`] field in camelCase (`classification` as
+//!   `business`/`system`).
+//! * Timer attributes: `body` (the [`Timer`] JSON), `exchangeId`, and `expiresAt` (epoch
+//!   seconds, the table's TTL attribute: due + 7 days).
+//! * Token attributes: `body` (the [`CallbackToken`] JSON), `exchangeId`, `tokenExpiresAt`
+//!   (the token's own expiry, epoch millis, absent if none), `usedAt` (epoch millis, set
+//!   while consumed) and `expiresAt` (TTL, epoch seconds: expiry + 7 days, or 30 days after
+//!   it was stored).
 //! * Indexes (all projecting everything): `byIntegration` (gsi1), `byStatus` (gsi2),
-//!   `byCreation` (gsi3); all read newest first (`ScanIndexForward=false`).
+//!   `byCreation` (gsi3), read newest first (`ScanIndexForward=false`); `byDue` (gsi4,
+//!   sparse: timers not yet taken), read oldest first; `byError` (gsi5, sparse: errors),
+//!   read newest first.
 //!
 //! # Operations
 //! * `get`: one consistent Query on `pk` (paginated): the exchange, its steps in sequence
-//!   order and their log lines in time order.
+//!   order and their log lines in time order (error and timer items are skipped).
 //! * `list`: Query on the index that fits the filter (code → `byIntegration`, with a filter
 //!   on status if both are given; status only → `byStatus`; neither → `byCreation`). The
 //!   cursor is the base64url JSON of the index name and the last evaluated key.
 //! * `create`: BatchWriteItem in chunks of ≤ 25 puts (steps first, the exchange item last,
 //!   so a listed exchange always has its steps), retrying unprocessed items with backoff.
-//! * `claim`: one conditional UpdateItem on the step.
-//! * `commit`: one TransactWriteItems: the step update, the skips, and a condition check or
-//!   conditional update of the exchange item.
+//! * `claim`: one TransactWriteItems: the conditional step update and a condition check that
+//!   the exchange is not final and at the claim's recovery generation.
+//! * `commit`: one TransactWriteItems: the step update (if any), the skips, the check that
+//!   `require_done` is `Done`, the error and timer puts, and a condition check or
+//!   conditional update of the exchange item (always requiring its recovery generation).
+//! * `recover`: one TransactWriteItems: the exchange back to `Started` at the next
+//!   generation (only from `Failed`/`TimedOut` at the given one) and the step resets.
+//! * `errors`: Query on `byError` (`gsi5sk >= since`), filtering on classification and code;
+//!   the cursor works like `list`'s.
+//! * `due_timers` / `take_timer`: Query on `byDue` up to a time; a conditional UpdateItem
+//!   that removes the timer's index keys (only one sweeper wins).
+//! * Tokens: a conditional PutItem; consuming is a conditional UpdateItem that sets `usedAt`
+//!   (once, before expiry) and returns the token; releasing removes `usedAt`.
 
 use crate::error::{self, ErrorKind};
 use crate::ports::{
-    ClaimOutcome, CommitOutcome, ExchangeChange, ExchangeDetail, ExchangeFilter, ExchangePage, ExchangeRepository,
-    PortError, PortResult, StepChange, StepCommit,
+    CallbackToken, ClaimOutcome, CommitOutcome, ErrorFilter, ErrorPage, ErrorRecord, ExchangeChange, ExchangeDetail,
+    ExchangeFilter, ExchangePage, ExchangeRepository, PortError, PortResult, RecoveryCommit, StepChange, StepCommit,
+    Timer,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, PutRequest, TransactWriteItem, Update, WriteRequest};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, Put, PutRequest, ReturnValue, TransactWriteItem, Update, WriteRequest,
+};
 use aws_sdk_dynamodb::Client;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use handoff_core::exchange::{
     Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, Payload, StepError, StepStatus,
 };
@@ -59,8 +86,15 @@ pub(crate) type Item = HashMap<String, AttributeValue>;
 pub const INDEX_BY_INTEGRATION: &str = "byIntegration";
 pub const INDEX_BY_STATUS: &str = "byStatus";
 pub const INDEX_BY_CREATION: &str = "byCreation";
+pub const INDEX_BY_DUE: &str = "byDue";
+pub const INDEX_BY_ERROR: &str = "byError";
 const EXCHANGE_SK: &str = "EXCHANGE";
 const STEP_SK_PREFIX: &str = "STEP#";
+const TOKEN_SK: &str = "TOKEN";
+/// How long DynamoDB keeps a timer after it was due, and a token after it expired.
+const KEEP_AFTER_EXPIRY: TimeDelta = TimeDelta::days(7);
+/// How long DynamoDB keeps a token that never expires.
+const KEEP_TOKEN_WITHOUT_EXPIRY: TimeDelta = TimeDelta::days(30);
 /// DynamoDB's limit of actions in one TransactWriteItems.
 const MAX_TRANSACTION_ACTIONS: usize = 100;
 /// DynamoDB's limit of requests in one BatchWriteItem.
@@ -87,6 +121,44 @@ pub fn creation_sort_key(created_at: DateTime<Utc>, id: &ExchangeId) -> String {
     format!("{}#{id}", created_at.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
+pub const ERRORS_GSI_PK: &str = "ERRORS";
+pub const TIMERS_GSI_PK: &str = "TIMERS";
+
+fn millis_text(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+/// Sort key of an error item: `ERROR#<at>#<stepId or ->#<n>`.
+pub fn error_sk(record: &ErrorRecord, n: usize) -> String {
+    let step = record.step_id.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+    format!("ERROR#{}#{step}#{n}", millis_text(record.at))
+}
+/// `byError` sort key: `<at>#<exchangeId>#<n>` (newest first when read backwards).
+pub fn error_gsi_sk(record: &ErrorRecord, n: usize) -> String {
+    format!("{}#{}#{n}", millis_text(record.at), record.exchange_id)
+}
+/// The lowest `byError` sort key at or after `since`.
+pub fn error_since_key(since: DateTime<Utc>) -> String {
+    millis_text(since)
+}
+pub fn timer_sk(timer: &Timer) -> String {
+    format!("TIMER#{}", timer.name())
+}
+/// Epoch millis, zero-padded to 15 digits so that they sort as text (times before 1970 count as 0).
+fn padded_millis(at: DateTime<Utc>) -> String {
+    format!("{:015}", at.timestamp_millis().max(0))
+}
+/// `byDue` sort key: `<due millis, 15 digits>#<exchangeId>#<name>`.
+pub fn timer_gsi_sk(timer: &Timer) -> String {
+    format!("{}#{}#{}", padded_millis(timer.due), timer.exchange_id, timer.name())
+}
+/// Above every `byDue` sort key of timers due at or before `until` (`~` sorts after `#`).
+pub fn timers_until_key(until: DateTime<Utc>) -> String {
+    format!("{}~", padded_millis(until))
+}
+pub fn token_pk(hash: &str) -> String {
+    format!("TOKEN#{hash}")
+}
+
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
@@ -99,6 +171,12 @@ fn exchange_key(id: &ExchangeId) -> Item {
 }
 fn step_key(id: &ExchangeId, step: StepId) -> Item {
     HashMap::from([("pk".to_string(), s(exchange_pk(id))), ("sk".to_string(), s(step_sk(step)))])
+}
+fn timer_key(timer: &Timer) -> Item {
+    HashMap::from([("pk".to_string(), s(exchange_pk(&timer.exchange_id))), ("sk".to_string(), s(timer_sk(timer)))])
+}
+fn token_key(hash: &str) -> Item {
+    HashMap::from([("pk".to_string(), s(token_pk(hash))), ("sk".to_string(), s(TOKEN_SK))])
 }
 
 fn to_av<T: Serialize>(value: &T) -> PortResult<AttributeValue> {
@@ -131,6 +209,9 @@ struct ExchangeItem {
     completed_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<ExchangeError>,
+    /// Absent on items written before recoveries existed: generation 0.
+    #[serde(default)]
+    recoveries: u32,
 }
 
 pub(crate) fn exchange_to_item(exchange: &Exchange) -> PortResult<Item> {
@@ -155,6 +236,7 @@ pub(crate) fn exchange_to_item(exchange: &Exchange) -> PortResult<Item> {
         updated_at: exchange.updated_at,
         completed_at: exchange.completed_at,
         error: exchange.error.clone(),
+        recoveries: exchange.recoveries,
     };
     serde_dynamo::to_item(item).map_err(|e| error::fault(SERVICE, format!("cannot encode exchange: {e}")))
 }
@@ -177,6 +259,7 @@ pub(crate) fn exchange_from_item(item: Item) -> PortResult<Exchange> {
         updated_at: item.updated_at,
         completed_at: item.completed_at,
         error: item.error,
+        recoveries: item.recoveries,
     })
 }
 
@@ -257,6 +340,73 @@ pub(crate) fn step_from_item(item: Item) -> PortResult<(ExchangeStep, Vec<LogLin
         },
         item.logs,
     ))
+}
+
+/// The item of the `n`th error of a commit on exchange `exchange_id`.
+pub(crate) fn error_to_item(exchange_id: &ExchangeId, record: &ErrorRecord, n: usize) -> PortResult<Item> {
+    let mut item: Item =
+        serde_dynamo::to_item(record).map_err(|e| error::fault(SERVICE, format!("cannot encode error record: {e}")))?;
+    item.insert("pk".into(), s(exchange_pk(exchange_id)));
+    item.insert("sk".into(), s(error_sk(record, n)));
+    item.insert("gsi5pk".into(), s(ERRORS_GSI_PK));
+    item.insert("gsi5sk".into(), s(error_gsi_sk(record, n)));
+    Ok(item)
+}
+
+pub(crate) fn error_from_item(mut item: Item) -> PortResult<ErrorRecord> {
+    for key in ["pk", "sk", "gsi5pk", "gsi5sk"] {
+        item.remove(key);
+    }
+    serde_dynamo::from_item(item).map_err(|e| error::fault(SERVICE, format!("stored error record is malformed: {e}")))
+}
+
+fn json_text<T: Serialize>(value: &T, what: &str) -> PortResult<String> {
+    serde_json::to_string(value).map_err(|e| error::fault(SERVICE, format!("cannot encode {what}: {e}")))
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(item: &Item, what: &str) -> PortResult<T> {
+    let body = attr_str(item, "body").ok_or_else(|| error::fault(SERVICE, format!("stored {what} has no body")))?;
+    serde_json::from_str(body).map_err(|e| error::fault(SERVICE, format!("stored {what} is malformed: {e}")))
+}
+
+/// The item of a timer on exchange `exchange_id`, on the due index until taken.
+pub(crate) fn timer_to_item(exchange_id: &ExchangeId, timer: &Timer) -> PortResult<Item> {
+    Ok(HashMap::from([
+        ("pk".to_string(), s(exchange_pk(exchange_id))),
+        ("sk".to_string(), s(timer_sk(timer))),
+        ("gsi4pk".to_string(), s(TIMERS_GSI_PK)),
+        ("gsi4sk".to_string(), s(timer_gsi_sk(timer))),
+        ("exchangeId".to_string(), s(timer.exchange_id.to_string())),
+        ("body".to_string(), s(json_text(timer, "timer")?)),
+        ("expiresAt".to_string(), n((timer.due + KEEP_AFTER_EXPIRY).timestamp())),
+    ]))
+}
+
+pub(crate) fn timer_from_item(item: &Item) -> PortResult<Timer> {
+    json_body(item, "timer")
+}
+
+/// The item of a callback token stored at `now`.
+pub(crate) fn token_to_item(token: &CallbackToken, now: DateTime<Utc>) -> PortResult<Item> {
+    let keep_until = match token.expires_at {
+        Some(at) => at + KEEP_AFTER_EXPIRY,
+        None => now + KEEP_TOKEN_WITHOUT_EXPIRY,
+    };
+    let mut item = HashMap::from([
+        ("pk".to_string(), s(token_pk(&token.hash))),
+        ("sk".to_string(), s(TOKEN_SK)),
+        ("exchangeId".to_string(), s(token.exchange_id.to_string())),
+        ("body".to_string(), s(json_text(token, "callback token")?)),
+        ("expiresAt".to_string(), n(keep_until.timestamp())),
+    ]);
+    if let Some(at) = token.expires_at {
+        item.insert("tokenExpiresAt".into(), n(at.timestamp_millis()));
+    }
+    Ok(item)
+}
+
+pub(crate) fn token_from_item(item: &Item) -> PortResult<CallbackToken> {
+    json_body(item, "callback token")
 }
 
 fn attr_str<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
@@ -404,33 +554,49 @@ const NOT_FINAL: [ExchangeStatus; 4] = [
     ExchangeStatus::WaitingForSubExchangesToFinish,
 ];
 
-/// The action on the exchange item.
+/// `recoveries = :recovery`; an item without `recoveries` (written before recoveries
+/// existed) is at generation 0.
+fn recovery_condition(e: &mut Expr, recovery: u32) -> String {
+    let name = e.name("recoveries");
+    let value = e.value("recovery", n(recovery));
+    if recovery == 0 {
+        format!("(attribute_not_exists({name}) OR {name} = {value})")
+    } else {
+        format!("{name} = {value}")
+    }
+}
+
+/// The check that the exchange is not final and at generation `recovery`.
+fn exchange_check(table: &str, exchange_id: &ExchangeId, recovery: u32) -> PortResult<TransactWriteItem> {
+    let mut e = Expr::default();
+    let condition = format!("{} AND {}", e.status_in("s", &NOT_FINAL), recovery_condition(&mut e, recovery));
+    let check = ConditionCheck::builder()
+        .table_name(table)
+        .set_key(Some(exchange_key(exchange_id)))
+        .condition_expression(condition)
+        .set_expression_attribute_names(e.names())
+        .set_expression_attribute_values(e.values())
+        .build()
+        .map_err(build_fault)?;
+    Ok(TransactWriteItem::builder().condition_check(check).build())
+}
+
+/// The action on the exchange item (always requiring generation `recovery`).
 pub(crate) fn exchange_action(
     table: &str,
     exchange_id: &ExchangeId,
     change: &ExchangeChange,
+    recovery: u32,
     now: DateTime<Utc>,
 ) -> PortResult<TransactWriteItem> {
     match change {
-        ExchangeChange::RequireNotFinal => {
-            let mut e = Expr::default();
-            let condition = e.status_in("s", &NOT_FINAL);
-            let check = ConditionCheck::builder()
-                .table_name(table)
-                .set_key(Some(exchange_key(exchange_id)))
-                .condition_expression(condition)
-                .set_expression_attribute_names(e.names())
-                .set_expression_attribute_values(e.values())
-                .build()
-                .map_err(build_fault)?;
-            Ok(TransactWriteItem::builder().condition_check(check).build())
-        }
+        ExchangeChange::RequireNotFinal => exchange_check(table, exchange_id, recovery),
         ExchangeChange::SetStatus { from, to, error, completed_at } => {
             if from.is_empty() {
                 return Err(error::fault(SERVICE, "SetStatus needs at least one status to move from"));
             }
             let mut e = Expr::default();
-            let condition = e.status_in("from", from);
+            let condition = format!("{} AND {}", e.status_in("from", from), recovery_condition(&mut e, recovery));
             e.set("status", "to", s(to.name()));
             e.set("gsi2pk", "gsi2pk", s(status_gsi_pk(*to)));
             e.set("updatedAt", "now", to_av(&now)?);
@@ -459,24 +625,178 @@ pub(crate) fn exchange_action(
     }
 }
 
-/// All actions of one commit, in order: the step, the skips, the exchange.
+/// Checks that a step is `Done`.
+pub(crate) fn done_check(table: &str, exchange_id: &ExchangeId, step: StepId) -> PortResult<TransactWriteItem> {
+    let mut e = Expr::default();
+    let status = e.name("status");
+    e.value("done", s(status_name(StepStatus::Done)));
+    let check = ConditionCheck::builder()
+        .table_name(table)
+        .set_key(Some(step_key(exchange_id, step)))
+        .condition_expression(format!("{status} = :done"))
+        .set_expression_attribute_names(e.names())
+        .set_expression_attribute_values(e.values())
+        .build()
+        .map_err(build_fault)?;
+    Ok(TransactWriteItem::builder().condition_check(check).build())
+}
+
+fn put_action(table: &str, item: Item) -> PortResult<TransactWriteItem> {
+    let put = Put::builder().table_name(table).set_item(Some(item)).build().map_err(build_fault)?;
+    Ok(TransactWriteItem::builder().put(put).build())
+}
+
+/// All actions of one commit, in order: the step, the skips, the `require_done` check, the
+/// error puts, the timer puts, the exchange.
 pub(crate) fn commit_actions(table: &str, commit: &StepCommit) -> PortResult<Vec<TransactWriteItem>> {
-    let mut skips: Vec<StepId> = commit.skip.iter().copied().filter(|s| *s != commit.step.step_id).collect();
+    let id = &commit.exchange_id;
+    let changed = commit.step.as_ref().map(|c| c.step_id);
+    let mut skips: Vec<StepId> = commit.skip.iter().copied().filter(|s| Some(*s) != changed).collect();
     skips.sort();
     skips.dedup();
-    if skips.len() + 2 > MAX_TRANSACTION_ACTIONS {
+    if let Some(done) = commit.require_done {
+        // One transaction cannot touch an item twice, and these could never apply anyway.
+        if Some(done) == changed || skips.contains(&done) {
+            return Err(error::fault(
+                SERVICE,
+                format!("step {done} cannot be both required done and changed in one commit"),
+            ));
+        }
+    }
+    let mut timer_names: Vec<String> = commit.timers.iter().map(Timer::name).collect();
+    timer_names.sort();
+    timer_names.dedup();
+    if timer_names.len() != commit.timers.len() {
+        return Err(error::fault(SERVICE, "a commit cannot store two timers of the same name"));
+    }
+    let count = usize::from(changed.is_some())
+        + skips.len()
+        + usize::from(commit.require_done.is_some())
+        + commit.errors.len()
+        + commit.timers.len()
+        + 1;
+    if count > MAX_TRANSACTION_ACTIONS {
         return Err(error::fault(
             SERVICE,
-            format!("a commit can skip at most {} steps, not {}", MAX_TRANSACTION_ACTIONS - 2, skips.len()),
+            format!("a commit of {count} writes exceeds DynamoDB's {MAX_TRANSACTION_ACTIONS} per transaction"),
         ));
     }
-    let mut actions = Vec::with_capacity(skips.len() + 2);
-    actions.push(TransactWriteItem::builder().update(step_update(table, &commit.exchange_id, &commit.step)?).build());
-    for step in skips {
-        actions.push(TransactWriteItem::builder().update(skip_update(table, &commit.exchange_id, step)?).build());
+    let mut actions = Vec::with_capacity(count);
+    if let Some(change) = &commit.step {
+        actions.push(TransactWriteItem::builder().update(step_update(table, id, change)?).build());
     }
-    actions.push(exchange_action(table, &commit.exchange_id, &commit.exchange, commit.now)?);
+    for step in skips {
+        actions.push(TransactWriteItem::builder().update(skip_update(table, id, step)?).build());
+    }
+    if let Some(done) = commit.require_done {
+        actions.push(done_check(table, id, done)?);
+    }
+    for (i, record) in commit.errors.iter().enumerate() {
+        actions.push(put_action(table, error_to_item(id, record, i)?)?);
+    }
+    for timer in &commit.timers {
+        actions.push(put_action(table, timer_to_item(id, timer)?)?);
+    }
+    actions.push(exchange_action(table, id, &commit.exchange, commit.recovery, commit.now)?);
     Ok(actions)
+}
+
+/// The claim: the conditional step update, then the exchange check.
+pub(crate) fn claim_actions(
+    table: &str,
+    id: &ExchangeId,
+    step: StepId,
+    attempt: u32,
+    recovery: u32,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> PortResult<Vec<TransactWriteItem>> {
+    if attempt == 0 {
+        return Err(error::fault(SERVICE, "attempt numbers start at 1"));
+    }
+    let (update, condition, names, values) = claim_update_parts(attempt, now, lease_until);
+    let update = Update::builder()
+        .table_name(table)
+        .set_key(Some(step_key(id, step)))
+        .update_expression(update)
+        .condition_expression(condition)
+        .set_expression_attribute_names(Some(names))
+        .set_expression_attribute_values(Some(values))
+        .build()
+        .map_err(build_fault)?;
+    Ok(vec![TransactWriteItem::builder().update(update).build(), exchange_check(table, id, recovery)?])
+}
+
+/// The statuses an exchange can be recovered from.
+const RECOVERABLE: [ExchangeStatus; 2] = [ExchangeStatus::Failed, ExchangeStatus::TimedOut];
+
+/// A recovery: the exchange update, then one reset per step.
+pub(crate) fn recover_actions(table: &str, commit: &RecoveryCommit) -> PortResult<Vec<TransactWriteItem>> {
+    let id = &commit.exchange_id;
+    let mut reset = commit.reset.clone();
+    reset.sort();
+    reset.dedup();
+    if reset.len() + 1 > MAX_TRANSACTION_ACTIONS {
+        return Err(error::fault(
+            SERVICE,
+            format!("a recovery can reset at most {} steps, not {}", MAX_TRANSACTION_ACTIONS - 1, reset.len()),
+        ));
+    }
+    let mut e = Expr::default();
+    let condition =
+        format!("{} AND {}", e.status_in("from", &RECOVERABLE), recovery_condition(&mut e, commit.recovery));
+    e.set("status", "to", s(ExchangeStatus::Started.name()));
+    e.set("gsi2pk", "gsi2pk", s(status_gsi_pk(ExchangeStatus::Started)));
+    e.set("updatedAt", "now", to_av(&commit.now)?);
+    let recoveries = e.name("recoveries");
+    e.value("zero", n(0));
+    e.value("one", n(1));
+    e.set.push(format!("{recoveries} = if_not_exists({recoveries}, :zero) + :one"));
+    if let Some(version) = &commit.integration_version {
+        e.set("integrationVersion", "integrationVersion", to_av(version)?);
+    }
+    e.remove("error");
+    e.remove("completedAt");
+    let update = Update::builder()
+        .table_name(table)
+        .set_key(Some(exchange_key(id)))
+        .update_expression(e.update_expression())
+        .condition_expression(condition)
+        .set_expression_attribute_names(e.names())
+        .set_expression_attribute_values(e.values())
+        .build()
+        .map_err(build_fault)?;
+    let mut actions = Vec::with_capacity(reset.len() + 1);
+    actions.push(TransactWriteItem::builder().update(update).build());
+    for step in reset {
+        actions.push(TransactWriteItem::builder().update(reset_update(table, id, step)?).build());
+    }
+    Ok(actions)
+}
+
+/// A step back to `Initial` with no attempts, claims, errors, retry time or output.
+pub(crate) fn reset_update(table: &str, exchange_id: &ExchangeId, step: StepId) -> PortResult<Update> {
+    let mut e = Expr::default();
+    e.set("status", "initial", s(status_name(StepStatus::Initial)));
+    e.value("zero", n(0));
+    for attribute in ["attempts", "completedAttempt", "claimedAttempt", "leaseUntil"] {
+        let name = e.name(attribute);
+        e.set.push(format!("{name} = :zero"));
+    }
+    for attribute in ["nextRetryAt", "lastError", "completedAt", "payload"] {
+        e.remove(attribute);
+    }
+    // Never create a step that does not exist.
+    let pk = e.name("pk");
+    Update::builder()
+        .table_name(table)
+        .set_key(Some(step_key(exchange_id, step)))
+        .update_expression(e.update_expression())
+        .condition_expression(format!("attribute_exists({pk})"))
+        .set_expression_attribute_names(e.names())
+        .set_expression_attribute_values(e.values())
+        .build()
+        .map_err(build_fault)
 }
 
 /// What a cancelled transaction means.
@@ -513,6 +833,22 @@ pub(crate) fn claim_update_parts(
     e.value("now", n(now.timestamp_millis()));
     let condition =
         format!("{status} = :initial AND {completed} < :attempt AND ({claimed} < :attempt OR {lease} < :now)");
+    (e.update_expression(), condition, e.names, e.values)
+}
+
+/// The token consumption: see [`ExchangeRepository::consume_token`].
+pub(crate) fn consume_token_parts(
+    now: DateTime<Utc>,
+) -> (String, String, HashMap<String, String>, HashMap<String, AttributeValue>) {
+    let mut e = Expr::default();
+    e.set("usedAt", "now", n(now.timestamp_millis()));
+    let pk = e.name("pk");
+    let used = e.name("usedAt");
+    let expires = e.name("tokenExpiresAt");
+    let condition = format!(
+        "attribute_exists({pk}) AND attribute_not_exists({used}) \
+         AND (attribute_not_exists({expires}) OR {expires} > :now)"
+    );
     (e.update_expression(), condition, e.names, e.values)
 }
 
@@ -555,8 +891,91 @@ fn index_keys(index: &str) -> (&'static str, &'static str) {
     match index {
         INDEX_BY_INTEGRATION => ("gsi1pk", "gsi1sk"),
         INDEX_BY_STATUS => ("gsi2pk", "gsi2sk"),
+        INDEX_BY_DUE => ("gsi4pk", "gsi4sk"),
+        INDEX_BY_ERROR => ("gsi5pk", "gsi5sk"),
         _ => ("gsi3pk", "gsi3sk"),
     }
+}
+
+/// A Query on one index: the key condition, an optional filter and their placeholders.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct IndexQuery {
+    index: &'static str,
+    key_condition: String,
+    filter: Option<String>,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+    /// Ascending sort key order (`ScanIndexForward`).
+    forward: bool,
+}
+
+impl IndexQuery {
+    /// `<index pk> = partition`, plus whatever the caller adds.
+    fn on(index: &'static str, partition: String, forward: bool) -> (Self, Expr) {
+        let mut e = Expr::default();
+        let pk = e.name(index_keys(index).0);
+        let value = e.value("gpk", s(partition));
+        let query = Self {
+            index,
+            key_condition: format!("{pk} = {value}"),
+            filter: None,
+            names: HashMap::new(),
+            values: HashMap::new(),
+            forward,
+        };
+        (query, e)
+    }
+    fn finish(mut self, e: Expr) -> Self {
+        self.names = e.names;
+        self.values = e.values;
+        self
+    }
+}
+
+/// The query of [`ExchangeRepository::list`].
+pub(crate) fn list_query(filter: &ExchangeFilter) -> IndexQuery {
+    let (index, partition, status) = list_plan(filter);
+    let (mut query, mut e) = IndexQuery::on(index, partition, false);
+    if let Some(status) = status {
+        let name = e.name("status");
+        let value = e.value("status", s(status.name()));
+        query.filter = Some(format!("{name} = {value}"));
+    }
+    query.finish(e)
+}
+
+/// The query of [`ExchangeRepository::errors`].
+pub(crate) fn errors_query(filter: &ErrorFilter) -> PortResult<IndexQuery> {
+    let (mut query, mut e) = IndexQuery::on(INDEX_BY_ERROR, ERRORS_GSI_PK.to_string(), false);
+    if let Some(since) = filter.since {
+        let sk = e.name(index_keys(INDEX_BY_ERROR).1);
+        let value = e.value("since", s(error_since_key(since)));
+        query.key_condition.push_str(&format!(" AND {sk} >= {value}"));
+    }
+    let mut conditions = Vec::new();
+    if let Some(classification) = &filter.classification {
+        let name = e.name("classification");
+        let value = e.value("classification", to_av(classification)?);
+        conditions.push(format!("{name} = {value}"));
+    }
+    if let Some(code) = &filter.integration_code {
+        let name = e.name("integrationCode");
+        let value = e.value("integrationCode", s(code.to_string()));
+        conditions.push(format!("{name} = {value}"));
+    }
+    if !conditions.is_empty() {
+        query.filter = Some(conditions.join(" AND "));
+    }
+    Ok(query.finish(e))
+}
+
+/// The query of [`ExchangeRepository::due_timers`]: oldest first, up to `until`.
+pub(crate) fn due_query(until: DateTime<Utc>) -> IndexQuery {
+    let (mut query, mut e) = IndexQuery::on(INDEX_BY_DUE, TIMERS_GSI_PK.to_string(), true);
+    let sk = e.name(index_keys(INDEX_BY_DUE).1);
+    let value = e.value("until", s(timers_until_key(until)));
+    query.key_condition.push_str(&format!(" AND {sk} <= {value}"));
+    query.finish(e)
 }
 
 /// The index, its partition key value and the status to filter on, for a filter.
@@ -580,6 +999,118 @@ pub struct DynamoExchangeRepository {
 impl DynamoExchangeRepository {
     pub fn new(client: Client, table: String) -> Self {
         Self { client, table }
+    }
+
+    /// Runs one TransactWriteItems: `Conflict` if a condition failed, nothing written.
+    async fn transact(&self, actions: Vec<TransactWriteItem>) -> PortResult<CommitOutcome> {
+        let result = self.client.transact_write_items().set_transact_items(Some(actions)).send().await;
+        match result {
+            Ok(_) => Ok(CommitOutcome::Applied),
+            Err(e) => {
+                if let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) = e.as_service_error() {
+                    let reasons = cancel.cancellation_reasons();
+                    let codes: Vec<Option<&str>> = reasons.iter().map(|r| r.code()).collect();
+                    return match cancellation_outcome(codes.iter().copied()) {
+                        Ok(()) => Ok(CommitOutcome::Conflict),
+                        Err(kind) => Err(error::make(
+                            kind,
+                            SERVICE,
+                            format!(
+                                "TransactWriteItems cancelled ({}): {}",
+                                codes.iter().map(|c| c.unwrap_or("None")).collect::<Vec<_>>().join(", "),
+                                cancel.message().unwrap_or_default()
+                            ),
+                        )),
+                    };
+                }
+                if e.code() == Some("TransactionCanceledException") {
+                    // Reasons not parsed: treat as a conflict only if the message says so.
+                    if e.message().is_some_and(|m| m.contains("ConditionalCheckFailed")) {
+                        return Ok(CommitOutcome::Conflict);
+                    }
+                }
+                Err(error::sdk(SERVICE, "TransactWriteItems", e))
+            }
+        }
+    }
+
+    /// One page of up to `limit` items of an index query, resuming at `cursor`, with the
+    /// cursor of the next page.
+    async fn query_page(
+        &self,
+        query: &IndexQuery,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> PortResult<(Vec<Item>, Option<String>)> {
+        let limit = limit.clamp(1, MAX_LIST_LIMIT) as usize;
+        let start = match cursor {
+            Some(c) if !c.is_empty() => Some(decode_cursor(query.index, c)?),
+            _ => None,
+        };
+        let (items, next_key) = self.query_items(query, limit, start).await?;
+        let next_cursor = match next_key {
+            Some(key) => Some(encode_cursor(query.index, &key)?),
+            None => None,
+        };
+        Ok((items, next_cursor))
+    }
+
+    /// Reads up to `limit` items of an index query from `start` on, following DynamoDB's
+    /// pages; the key to resume at if there may be more.
+    async fn query_items(
+        &self,
+        query: &IndexQuery,
+        limit: usize,
+        mut start: Option<Item>,
+    ) -> PortResult<(Vec<Item>, Option<Item>)> {
+        let mut items: Vec<Item> = Vec::new();
+        let mut next_key: Option<Item> = None;
+        loop {
+            let remaining = limit - items.len();
+            // With a filter, DynamoDB's limit counts items read before filtering: read more.
+            let page_limit = if query.filter.is_some() { remaining.max(100) } else { remaining };
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(query.index)
+                .key_condition_expression(&query.key_condition)
+                .set_filter_expression(query.filter.clone())
+                .set_expression_attribute_names(Some(query.names.clone()))
+                .set_expression_attribute_values(Some(query.values.clone()))
+                .scan_index_forward(query.forward)
+                .limit(page_limit as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| error::sdk(SERVICE, "Query", e))?;
+            let page = out.items.unwrap_or_default();
+            let lek = out.last_evaluated_key.filter(|k| !k.is_empty());
+            if page.len() >= remaining {
+                let truncated = page.len() > remaining;
+                items.extend(page.into_iter().take(remaining));
+                next_key = if truncated {
+                    // Resume right after the last item handed out.
+                    let (gpk, gsk) = index_keys(query.index);
+                    let last = items.last().cloned().unwrap_or_default();
+                    Some(
+                        ["pk", "sk", gpk, gsk]
+                            .iter()
+                            .filter_map(|k| last.get(*k).map(|v| (k.to_string(), v.clone())))
+                            .collect(),
+                    )
+                } else {
+                    lek
+                };
+                break;
+            }
+            items.extend(page);
+            match lek {
+                Some(key) => start = Some(key),
+                None => break,
+            }
+        }
+        Ok((items, next_key))
     }
 
     async fn batch_put(&self, items: Vec<Item>) -> PortResult<()> {
@@ -688,68 +1219,9 @@ impl ExchangeRepository for DynamoExchangeRepository {
     }
 
     async fn list(&self, filter: &ExchangeFilter, limit: u32, cursor: Option<&str>) -> PortResult<ExchangePage> {
-        let limit = limit.clamp(1, MAX_LIST_LIMIT) as usize;
-        let (index, partition, status_filter) = list_plan(filter);
-        let (pk_name, _) = index_keys(index);
-        let mut start = match cursor {
-            Some(c) if !c.is_empty() => Some(decode_cursor(index, c)?),
-            _ => None,
-        };
-        let mut items: Vec<Item> = Vec::new();
-        let mut next_key: Option<Item> = None;
-        loop {
-            let remaining = limit - items.len();
-            // With a filter, DynamoDB's limit counts items read before filtering: read more.
-            let page_limit = if status_filter.is_some() { remaining.max(100) } else { remaining };
-            let mut query = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(index)
-                .key_condition_expression("#gpk = :gpk")
-                .expression_attribute_names("#gpk", pk_name)
-                .expression_attribute_values(":gpk", s(partition.clone()))
-                .scan_index_forward(false)
-                .limit(page_limit as i32)
-                .set_exclusive_start_key(start.take());
-            if let Some(status) = status_filter {
-                query = query
-                    .filter_expression("#status = :status")
-                    .expression_attribute_names("#status", "status")
-                    .expression_attribute_values(":status", s(status.name()));
-            }
-            let out = query.send().await.map_err(|e| error::sdk(SERVICE, "Query", e))?;
-            let page = out.items.unwrap_or_default();
-            let lek = out.last_evaluated_key.filter(|k| !k.is_empty());
-            if page.len() >= remaining {
-                let truncated = page.len() > remaining;
-                items.extend(page.into_iter().take(remaining));
-                next_key = if truncated {
-                    // Resume right after the last item handed out.
-                    let (gpk, gsk) = index_keys(index);
-                    let last = items.last().cloned().unwrap_or_default();
-                    Some(
-                        ["pk", "sk", gpk, gsk]
-                            .iter()
-                            .filter_map(|k| last.get(*k).map(|v| (k.to_string(), v.clone())))
-                            .collect(),
-                    )
-                } else {
-                    lek
-                };
-                break;
-            }
-            items.extend(page);
-            match lek {
-                Some(key) => start = Some(key),
-                None => break,
-            }
-        }
+        let query = list_query(filter);
+        let (items, next_cursor) = self.query_page(&query, limit, cursor).await?;
         let exchanges = items.into_iter().map(exchange_from_item).collect::<PortResult<Vec<_>>>()?;
-        let next_cursor = match next_key {
-            Some(key) => Some(encode_cursor(index, &key)?),
-            None => None,
-        };
         Ok(ExchangePage { items: exchanges, next_cursor })
     }
 
@@ -758,63 +1230,129 @@ impl ExchangeRepository for DynamoExchangeRepository {
         id: &ExchangeId,
         step: StepId,
         attempt: u32,
+        recovery: u32,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> PortResult<ClaimOutcome> {
-        if attempt == 0 {
-            return Err(error::fault(SERVICE, "attempt numbers start at 1"));
-        }
-        let (update, condition, names, values) = claim_update_parts(attempt, now, lease_until);
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(step_key(id, step)))
-            .update_expression(update)
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(ClaimOutcome::Claimed),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
-                Ok(ClaimOutcome::NotClaimable)
-            }
-            Err(e) => Err(error::sdk(SERVICE, "UpdateItem", e)),
-        }
+        let actions = claim_actions(&self.table, id, step, attempt, recovery, now, lease_until)?;
+        Ok(match self.transact(actions).await? {
+            CommitOutcome::Applied => ClaimOutcome::Claimed,
+            CommitOutcome::Conflict => ClaimOutcome::NotClaimable,
+        })
     }
 
     async fn commit(&self, commit: &StepCommit) -> PortResult<CommitOutcome> {
         let actions = commit_actions(&self.table, commit)?;
-        let result = self.client.transact_write_items().set_transact_items(Some(actions)).send().await;
+        self.transact(actions).await
+    }
+
+    async fn recover(&self, commit: &RecoveryCommit) -> PortResult<CommitOutcome> {
+        let actions = recover_actions(&self.table, commit)?;
+        self.transact(actions).await
+    }
+
+    async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage> {
+        let query = errors_query(filter)?;
+        let (items, next_cursor) = self.query_page(&query, limit, cursor).await?;
+        let items = items.into_iter().map(error_from_item).collect::<PortResult<Vec<_>>>()?;
+        Ok(ErrorPage { items, next_cursor })
+    }
+
+    async fn due_timers(&self, until: DateTime<Utc>, limit: u32) -> PortResult<Vec<Timer>> {
+        let limit = limit.clamp(1, MAX_LIST_LIMIT) as usize;
+        let (items, _) = self.query_items(&due_query(until), limit, None).await?;
+        items.iter().map(timer_from_item).collect()
+    }
+
+    async fn take_timer(&self, timer: &Timer) -> PortResult<bool> {
+        let mut e = Expr::default();
+        let (gpk, gsk) = index_keys(INDEX_BY_DUE);
+        e.remove(gpk);
+        e.remove(gsk);
+        let pk_name = e.name(gpk);
+        let sk_name = e.name(gsk);
+        // Only this very timer: one re-armed since it was read stays due.
+        let sk_value = e.value("gsi4sk", s(timer_gsi_sk(timer)));
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(timer_key(timer)))
+            .update_expression(e.update_expression())
+            .condition_expression(format!("attribute_exists({pk_name}) AND {sk_name} = {sk_value}"))
+            .set_expression_attribute_names(e.names())
+            .set_expression_attribute_values(e.values())
+            .send()
+            .await;
         match result {
-            Ok(_) => Ok(CommitOutcome::Applied),
-            Err(e) => {
-                if let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) = e.as_service_error() {
-                    let reasons = cancel.cancellation_reasons();
-                    let codes: Vec<Option<&str>> = reasons.iter().map(|r| r.code()).collect();
-                    return match cancellation_outcome(codes.iter().copied()) {
-                        Ok(()) => Ok(CommitOutcome::Conflict),
-                        Err(kind) => Err(error::make(
-                            kind,
-                            SERVICE,
-                            format!(
-                                "TransactWriteItems cancelled ({}): {}",
-                                codes.iter().map(|c| c.unwrap_or("None")).collect::<Vec<_>>().join(", "),
-                                cancel.message().unwrap_or_default()
-                            ),
-                        )),
-                    };
-                }
-                if e.code() == Some("TransactionCanceledException") {
-                    // Reasons not parsed: treat as a conflict only if the message says so.
-                    if e.message().is_some_and(|m| m.contains("ConditionalCheckFailed")) {
-                        return Ok(CommitOutcome::Conflict);
-                    }
-                }
-                Err(error::sdk(SERVICE, "TransactWriteItems", e))
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(false),
+            Err(e) => Err(error::sdk(SERVICE, "UpdateItem", e)),
+        }
+    }
+
+    async fn put_token(&self, token: &CallbackToken) -> PortResult<()> {
+        let item = token_to_item(token, Utc::now())?;
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", "pk")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
+                Err(error::fault(SERVICE, "a callback token with this hash exists already"))
             }
+            Err(e) => Err(error::sdk(SERVICE, "PutItem", e)),
+        }
+    }
+
+    async fn consume_token(&self, hash: &str, now: DateTime<Utc>) -> PortResult<Option<CallbackToken>> {
+        let (update, condition, names, values) = consume_token_parts(now);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(token_key(hash)))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let item = out.attributes.unwrap_or_default();
+                Ok(Some(token_from_item(&item)?))
+            }
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(None),
+            Err(e) => Err(error::sdk(SERVICE, "UpdateItem", e)),
+        }
+    }
+
+    async fn release_token(&self, hash: &str) -> PortResult<()> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(token_key(hash)))
+            .update_expression("REMOVE #usedAt")
+            // Never create a token that does not exist.
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#usedAt", "usedAt")
+            .expression_attribute_names("#pk", "pk")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Gone (expired and deleted): nothing to release.
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
+            Err(e) => Err(error::sdk(SERVICE, "UpdateItem", e)),
         }
     }
 
@@ -832,6 +1370,7 @@ impl ExchangeRepository for DynamoExchangeRepository {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::TimerKind;
     use handoff_core::exchange::LogType;
     use handoff_core::ids::DataFileSetId;
     use handoff_core::retry::ErrorClassification;
@@ -853,10 +1392,12 @@ mod tests {
             error: Some(ExchangeError {
                 classification: ErrorClassification::Business,
                 message: "bad data".into(),
+                retryable: true,
                 step_id: Some(StepId::from_sequence(3)),
                 sub_step: Some(SubStep::Transform),
                 at: t("2026-01-02T03:05:00Z"),
             }),
+            recoveries: 3,
         }
     }
 
@@ -893,7 +1434,20 @@ mod tests {
         assert_eq!(attr_str(&item, "gsi3pk"), Some("EXCHANGES"));
         assert_eq!(attr_str(&item, "gsi1sk"), Some("2026-01-02T03:04:05.678Z#01J0000000000000000000000A"));
         assert_eq!(item.get("integrationVersion"), Some(&AttributeValue::N("2".into())));
-        assert_eq!(exchange_from_item(item).expect("decode"), ex);
+        assert_eq!(item.get("recoveries"), Some(&n(3)));
+        let error = item.get("error").and_then(|e| e.as_m().ok()).expect("error map");
+        assert_eq!(error.get("retryable"), Some(&AttributeValue::Bool(true)));
+        assert_eq!(exchange_from_item(item.clone()).expect("decode"), ex);
+
+        // Written before recoveries and `retryable` existed: generation 0, not retryable.
+        let mut old = item;
+        old.remove("recoveries");
+        if let Some(AttributeValue::M(error)) = old.get_mut("error") {
+            error.remove("retryable");
+        }
+        let back = exchange_from_item(old).expect("decode old");
+        assert_eq!(back.recoveries, 0);
+        assert!(!back.error.expect("error").retryable);
 
         let mut minimal = exchange();
         minimal.integration_version = IntegrationVersion::NULL;
@@ -901,8 +1455,10 @@ mod tests {
         minimal.error = None;
         minimal.completed_at = None;
         minimal.status = ExchangeStatus::New;
+        minimal.recoveries = 0;
         let item = exchange_to_item(&minimal).expect("encode");
         assert_eq!(item.get("integrationVersion"), Some(&AttributeValue::Null(true)));
+        assert_eq!(item.get("recoveries"), Some(&n(0)), "written at creation");
         assert_eq!(exchange_from_item(item).expect("decode"), minimal);
     }
 
@@ -1009,45 +1565,381 @@ mod tests {
         assert!(step_update("T", &ExchangeId::new("e"), &zero).is_err());
     }
 
+    fn error_record(at: &str, step: Option<u32>, classification: ErrorClassification) -> ErrorRecord {
+        ErrorRecord {
+            exchange_id: ExchangeId::new("e"),
+            integration_code: IntegrationCode::parse("A").expect("code"),
+            step_id: step.map(StepId::from_sequence),
+            sub_step: step.map(|_| SubStep::InvokeQuery),
+            classification,
+            message: "503 from upstream".into(),
+            retryable: true,
+            exchange_failed: false,
+            at: t(at),
+        }
+    }
+
+    fn timer(kind: TimerKind, due: &str) -> Timer {
+        Timer { exchange_id: ExchangeId::new("e"), recovery: 1, due: t(due), kind }
+    }
+
+    fn values_of(e: Option<&HashMap<String, AttributeValue>>, key: &str) -> Option<AttributeValue> {
+        e.and_then(|v| v.get(key)).cloned()
+    }
+
     #[test]
     fn commit_actions_order_and_limits() {
-        let mut commit = StepCommit {
-            exchange_id: ExchangeId::new("e"),
-            step: change(false),
-            skip: vec![
-                StepId::from_sequence(4),
-                StepId::from_sequence(3),
-                StepId::from_sequence(4),
-                StepId::from_sequence(2),
-            ],
-            exchange: ExchangeChange::SetStatus {
+        let mut commit = StepCommit::new(
+            ExchangeId::new("e"),
+            2,
+            ExchangeChange::SetStatus {
                 from: vec![ExchangeStatus::New, ExchangeStatus::Started],
                 to: ExchangeStatus::Completed,
                 error: None,
                 completed_at: Some(t("2026-01-02T03:04:05Z")),
             },
-            now: t("2026-01-02T03:04:05Z"),
-        };
+            t("2026-01-02T03:04:05Z"),
+        );
+        commit.step = Some(change(false));
+        commit.skip = vec![
+            StepId::from_sequence(4),
+            StepId::from_sequence(3),
+            StepId::from_sequence(4),
+            StepId::from_sequence(2),
+        ];
         let actions = commit_actions("T", &commit).expect("actions");
         assert_eq!(actions.len(), 4, "the step itself and duplicates are not skipped");
         let ex = actions[3].update().expect("exchange update");
-        assert_eq!(ex.condition_expression(), Some("#status IN (:from0, :from1)"));
+        assert_eq!(ex.condition_expression(), Some("#status IN (:from0, :from1) AND #recoveries = :recovery"));
+        assert_eq!(values_of(ex.expression_attribute_values(), ":recovery"), Some(n(2)));
         assert!(ex.update_expression().contains("#gsi2pk = :gsi2pk"));
         assert_eq!(ex.expression_attribute_values().and_then(|v| v.get(":gsi2pk")), Some(&s("STATUS#Completed")));
         assert!(!ex.update_expression().contains("REMOVE"));
+        assert!(!ex.update_expression().contains("recoveries"), "a commit never changes the generation");
 
         commit.exchange = ExchangeChange::RequireNotFinal;
         let actions = commit_actions("T", &commit).expect("actions");
         let check = actions[3].condition_check().expect("check");
-        assert_eq!(check.condition_expression(), "#status IN (:s0, :s1, :s2, :s3)");
+        assert_eq!(check.condition_expression(), "#status IN (:s0, :s1, :s2, :s3) AND #recoveries = :recovery");
 
-        commit.skip = (10..120).map(StepId::from_sequence).collect();
-        assert!(matches!(commit_actions("T", &commit), Err(PortError::Fault { .. })));
+        // Generation 0 also matches exchanges stored before recoveries existed.
+        commit.recovery = 0;
+        let actions = commit_actions("T", &commit).expect("actions");
+        let check = actions[3].condition_check().expect("check");
+        assert_eq!(
+            check.condition_expression(),
+            "#status IN (:s0, :s1, :s2, :s3) AND (attribute_not_exists(#recoveries) OR #recoveries = :recovery)"
+        );
+        assert_eq!(values_of(check.expression_attribute_values(), ":recovery"), Some(n(0)));
+
+        commit.skip = (10..109).map(StepId::from_sequence).collect();
+        assert!(matches!(commit_actions("T", &commit), Err(PortError::Fault { .. })), "101 actions");
+        commit.skip.pop();
+        assert_eq!(commit_actions("T", &commit).expect("100 actions").len(), 100);
 
         commit.skip.clear();
         commit.exchange =
             ExchangeChange::SetStatus { from: vec![], to: ExchangeStatus::Started, error: None, completed_at: None };
         assert!(commit_actions("T", &commit).is_err());
+    }
+
+    #[test]
+    fn commit_without_step_with_extras() {
+        let mut commit = StepCommit::new(
+            ExchangeId::new("e"),
+            1,
+            ExchangeChange::SetStatus {
+                from: NOT_FINAL.to_vec(),
+                to: ExchangeStatus::TimedOut,
+                error: None,
+                completed_at: Some(t("2026-01-02T03:04:05Z")),
+            },
+            t("2026-01-02T03:04:05Z"),
+        );
+        let actions = commit_actions("T", &commit).expect("actions");
+        assert_eq!(actions.len(), 1, "the exchange alone");
+        assert!(actions[0].update().is_some());
+
+        commit.skip = vec![StepId::from_sequence(5)];
+        commit.require_done = Some(StepId::from_sequence(2));
+        commit.errors = vec![
+            error_record("2026-01-02T03:04:05.123456Z", Some(3), ErrorClassification::System),
+            error_record("2026-01-02T03:04:05Z", None, ErrorClassification::Business),
+        ];
+        commit.timers = vec![
+            timer(TimerKind::Sla, "2026-01-02T04:00:00Z"),
+            timer(TimerKind::StepTimeout { step_id: StepId::from_sequence(3) }, "2026-01-02T03:14:05Z"),
+        ];
+        let actions = commit_actions("T", &commit).expect("actions");
+        assert_eq!(actions.len(), 7);
+        assert!(actions[0].update().is_some(), "the skip");
+        let done = actions[1].condition_check().expect("require done");
+        assert_eq!(done.condition_expression(), "#status = :done");
+        assert_eq!(done.key().get("sk"), Some(&s("STEP#0002")));
+        assert_eq!(values_of(done.expression_attribute_values(), ":done"), Some(s("Done")));
+
+        let err = actions[2].put().expect("error put").item();
+        assert_eq!(attr_str(err, "pk"), Some("EX#e"));
+        assert_eq!(attr_str(err, "sk"), Some("ERROR#2026-01-02T03:04:05.123Z#0003#0"));
+        assert_eq!(attr_str(err, "gsi5pk"), Some("ERRORS"));
+        assert_eq!(attr_str(err, "gsi5sk"), Some("2026-01-02T03:04:05.123Z#e#0"));
+        assert_eq!(attr_str(err, "classification"), Some("system"));
+        assert_eq!(attr_str(err, "integrationCode"), Some("A"));
+        let err = actions[3].put().expect("error put").item();
+        assert_eq!(attr_str(err, "sk"), Some("ERROR#2026-01-02T03:04:05.000Z#-#1"));
+        assert_eq!(attr_str(err, "gsi5sk"), Some("2026-01-02T03:04:05.000Z#e#1"));
+
+        let sla = actions[4].put().expect("timer put").item();
+        assert_eq!(attr_str(sla, "sk"), Some("TIMER#sla"));
+        assert_eq!(attr_str(sla, "gsi4pk"), Some("TIMERS"));
+        assert_eq!(attr_str(sla, "gsi4sk"), Some("001767326400000#e#sla"));
+        let timeout = actions[5].put().expect("timer put").item();
+        assert_eq!(attr_str(timeout, "sk"), Some("TIMER#timeout#0003"));
+        assert!(actions[6].update().is_some(), "the exchange last");
+
+        // Overlaps DynamoDB would refuse (one item twice in a transaction).
+        let mut both = commit.clone();
+        both.skip.push(StepId::from_sequence(2));
+        assert!(matches!(commit_actions("T", &both), Err(PortError::Fault { .. })));
+        let mut both = commit.clone();
+        both.step = Some(change(false));
+        assert!(matches!(commit_actions("T", &both), Err(PortError::Fault { .. })));
+        let mut twice = commit.clone();
+        twice.timers.push(timer(TimerKind::Sla, "2026-01-02T05:00:00Z"));
+        assert!(matches!(commit_actions("T", &twice), Err(PortError::Fault { .. })));
+        let mut many = commit.clone();
+        many.errors =
+            (0..96).map(|_| error_record("2026-01-02T03:04:05Z", None, ErrorClassification::System)).collect();
+        assert!(matches!(commit_actions("T", &many), Err(PortError::Fault { .. })), "101 actions");
+        many.errors.pop();
+        let actions = commit_actions("T", &many).expect("100 actions");
+        let mut sks: Vec<&str> =
+            actions.iter().filter_map(|a| a.put()).filter_map(|p| attr_str(p.item(), "sk")).collect();
+        sks.sort();
+        sks.dedup();
+        assert_eq!(sks.len(), 95 + 2, "errors of one instant get distinct keys");
+    }
+
+    #[test]
+    fn error_items_round_trip() {
+        let record = error_record("2026-01-02T03:04:05.123456Z", Some(3), ErrorClassification::Business);
+        let item = error_to_item(&ExchangeId::new("e"), &record, 7).expect("encode");
+        assert_eq!(attr_str(&item, "sk"), Some("ERROR#2026-01-02T03:04:05.123Z#0003#7"));
+        assert_eq!(item.get("retryable"), Some(&AttributeValue::Bool(true)));
+        assert_eq!(item.get("exchangeFailed"), Some(&AttributeValue::Bool(false)));
+        assert_eq!(attr_str(&item, "exchangeId"), Some("e"));
+        assert_eq!(error_from_item(item).expect("decode"), record);
+        let mut bare = error_record("2026-01-02T03:04:05Z", None, ErrorClassification::System);
+        bare.exchange_failed = true;
+        let item = error_to_item(&ExchangeId::new("e"), &bare, 0).expect("encode");
+        assert!(!item.contains_key("stepId") && !item.contains_key("subStep"));
+        assert_eq!(error_from_item(item).expect("decode"), bare);
+        assert_eq!(error_since_key(t("2026-01-02T03:04:05Z")), "2026-01-02T03:04:05.000Z");
+        assert!(error_since_key(t("2026-01-02T03:04:05Z")) <= error_gsi_sk(&bare, 0));
+        assert!(error_since_key(t("2026-01-02T03:04:05.001Z")) > error_gsi_sk(&bare, 0));
+    }
+
+    #[test]
+    fn timer_items_round_trip_and_sort_by_due() {
+        let message = crate::ports::HandoffMessage {
+            exchange_id: ExchangeId::new("e"),
+            integration_code: IntegrationCode::parse("A").expect("code"),
+            integration_version: IntegrationVersion::NULL,
+            step_id: StepId::from_sequence(4),
+            sub_step: SubStep::DeliverRest,
+            attempt: 2,
+            input: Some(Payload::raw("x")),
+            parameters: serde_json::json!({"n": 12345678901234_i64, "deep": [[{"a": null}]]}),
+            not_before: Some(t("2026-01-02T05:00:00Z")),
+            recovery: 1,
+        };
+        let retry = timer(TimerKind::Retry { message: Box::new(message) }, "2026-01-02T05:00:00.5Z");
+        let item = timer_to_item(&ExchangeId::new("e"), &retry).expect("encode");
+        assert_eq!(attr_str(&item, "pk"), Some("EX#e"));
+        assert_eq!(attr_str(&item, "sk"), Some("TIMER#retry#0004#2"));
+        assert_eq!(attr_str(&item, "gsi4sk"), Some("001767330000500#e#retry#0004#2"));
+        let expires = t("2026-01-09T05:00:00.5Z").timestamp();
+        assert_eq!(item.get("expiresAt"), Some(&n(expires)));
+        assert_eq!(timer_from_item(&item).expect("decode"), retry);
+        assert_eq!(timer_key(&retry).get("sk"), item.get("sk"));
+
+        // Due at the bound is included; a millisecond later is not; text order is time order.
+        let until = t("2026-01-02T05:00:00.5Z");
+        assert!(timer_gsi_sk(&retry) <= timers_until_key(until));
+        assert!(timer_gsi_sk(&retry) > timers_until_key(t("2026-01-02T05:00:00.499Z")));
+        let early = timer(TimerKind::Sla, "2001-09-09T01:46:39Z");
+        let late = timer(TimerKind::Sla, "2001-09-09T01:46:40Z");
+        assert!(timer_gsi_sk(&early) < timer_gsi_sk(&late), "{} < {}", timer_gsi_sk(&early), timer_gsi_sk(&late));
+        assert_eq!(timers_until_key(t("1960-01-01T00:00:00Z")), "000000000000000~");
+    }
+
+    #[test]
+    fn token_items_and_consumption() {
+        let mut token = CallbackToken {
+            hash: "abc123".into(),
+            exchange_id: ExchangeId::new("e"),
+            integration_code: IntegrationCode::parse("A").expect("code"),
+            integration_version: IntegrationVersion::number(3).expect("version"),
+            step_id: StepId::from_sequence(5),
+            sub_step: SubStep::InvokeQuery,
+            recovery: 2,
+            parameters: serde_json::json!({"n": 12345678901234_i64, "x": 1.5}),
+            expires_at: Some(t("2026-01-02T04:00:00.250Z")),
+        };
+        let now = t("2026-01-02T03:00:00Z");
+        let item = token_to_item(&token, now).expect("encode");
+        assert_eq!(token_key("abc123"), HashMap::from([("pk".into(), s("TOKEN#abc123")), ("sk".into(), s("TOKEN"))]));
+        assert_eq!(attr_str(&item, "pk"), Some("TOKEN#abc123"));
+        assert_eq!(attr_str(&item, "sk"), Some("TOKEN"));
+        assert_eq!(item.get("tokenExpiresAt"), Some(&n(t("2026-01-02T04:00:00.250Z").timestamp_millis())));
+        assert_eq!(item.get("expiresAt"), Some(&n(t("2026-01-09T04:00:00.250Z").timestamp())));
+        assert!(!item.contains_key("usedAt"));
+        assert_eq!(token_from_item(&item).expect("decode"), token);
+
+        token.expires_at = None;
+        let item = token_to_item(&token, now).expect("encode");
+        assert!(!item.contains_key("tokenExpiresAt"));
+        assert_eq!(item.get("expiresAt"), Some(&n(t("2026-02-01T03:00:00Z").timestamp())));
+        assert_eq!(token_from_item(&item).expect("decode"), token);
+
+        let (update, condition, names, values) = consume_token_parts(now);
+        assert_eq!(update, "SET #usedAt = :now");
+        assert_eq!(
+            condition,
+            "attribute_exists(#pk) AND attribute_not_exists(#usedAt) \
+             AND (attribute_not_exists(#tokenExpiresAt) OR #tokenExpiresAt > :now)"
+        );
+        assert_eq!(names.get("#tokenExpiresAt").map(String::as_str), Some("tokenExpiresAt"));
+        assert_eq!(values, HashMap::from([(":now".to_string(), n(now.timestamp_millis()))]));
+    }
+
+    #[test]
+    fn recovery_actions() {
+        let mut commit = RecoveryCommit {
+            exchange_id: ExchangeId::new("e"),
+            recovery: 1,
+            integration_version: Some(IntegrationVersion::number(4).expect("version")),
+            reset: vec![StepId::from_sequence(3), StepId::from_sequence(2), StepId::from_sequence(3)],
+            now: t("2026-01-02T03:04:05Z"),
+        };
+        let actions = recover_actions("T", &commit).expect("actions");
+        assert_eq!(actions.len(), 3, "duplicates reset once");
+        let ex = actions[0].update().expect("exchange update");
+        assert_eq!(ex.key().get("sk"), Some(&s("EXCHANGE")));
+        assert_eq!(ex.condition_expression(), Some("#status IN (:from0, :from1) AND #recoveries = :recovery"));
+        assert_eq!(
+            ex.update_expression(),
+            "SET #status = :to, #gsi2pk = :gsi2pk, #updatedAt = :now, \
+             #recoveries = if_not_exists(#recoveries, :zero) + :one, #integrationVersion = :integrationVersion \
+             REMOVE #error, #completedAt"
+        );
+        let values = ex.expression_attribute_values();
+        assert_eq!(values_of(values, ":from0"), Some(s("Failed")));
+        assert_eq!(values_of(values, ":from1"), Some(s("TimedOut")));
+        assert_eq!(values_of(values, ":to"), Some(s("Started")));
+        assert_eq!(values_of(values, ":gsi2pk"), Some(s("STATUS#Started")));
+        assert_eq!(values_of(values, ":recovery"), Some(n(1)));
+        assert_eq!(values_of(values, ":integrationVersion"), Some(n(4)));
+
+        let reset = actions[1].update().expect("reset");
+        assert_eq!(reset.key().get("sk"), Some(&s("STEP#0002")));
+        assert_eq!(reset.condition_expression(), Some("attribute_exists(#pk)"));
+        assert_eq!(
+            reset.update_expression(),
+            "SET #status = :initial, #attempts = :zero, #completedAttempt = :zero, #claimedAttempt = :zero, \
+             #leaseUntil = :zero REMOVE #nextRetryAt, #lastError, #completedAt, #payload"
+        );
+        assert_eq!(values_of(reset.expression_attribute_values(), ":initial"), Some(s("Initial")));
+        assert_eq!(actions[2].update().expect("reset").key().get("sk"), Some(&s("STEP#0003")));
+
+        commit.integration_version = Some(IntegrationVersion::NULL);
+        let actions = recover_actions("T", &commit).expect("actions");
+        let values = actions[0].update().expect("update").expression_attribute_values();
+        assert_eq!(values_of(values, ":integrationVersion"), Some(AttributeValue::Null(true)));
+        commit.integration_version = None;
+        commit.recovery = 0;
+        let actions = recover_actions("T", &commit).expect("actions");
+        let ex = actions[0].update().expect("update");
+        assert!(!ex.update_expression().contains("integrationVersion"));
+        assert!(ex.condition_expression().is_some_and(|c| c.contains("attribute_not_exists(#recoveries)")));
+
+        commit.reset = (0..100).map(StepId::from_sequence).collect();
+        assert!(matches!(recover_actions("T", &commit), Err(PortError::Fault { .. })));
+        commit.reset.pop();
+        assert_eq!(recover_actions("T", &commit).expect("100 actions").len(), 100);
+    }
+
+    #[test]
+    fn claim_is_a_transaction_with_the_exchange_check() {
+        let id = ExchangeId::new("e");
+        let (now, lease) = (t("2026-01-02T03:04:05Z"), t("2026-01-02T03:05:05Z"));
+        let actions = claim_actions("T", &id, StepId::from_sequence(2), 3, 4, now, lease).expect("actions");
+        assert_eq!(actions.len(), 2);
+        let update = actions[0].update().expect("step update");
+        assert_eq!(update.key().get("sk"), Some(&s("STEP#0002")));
+        assert_eq!(update.condition_expression(), Some(claim_update_parts(3, now, lease).1.as_str()));
+        let check = actions[1].condition_check().expect("exchange check");
+        assert_eq!(check.key().get("sk"), Some(&s("EXCHANGE")));
+        assert_eq!(check.condition_expression(), "#status IN (:s0, :s1, :s2, :s3) AND #recoveries = :recovery");
+        let values = check.expression_attribute_values();
+        assert_eq!(values_of(values, ":recovery"), Some(n(4)));
+        let statuses: Vec<_> = (0..4).filter_map(|i| values_of(values, &format!(":s{i}"))).collect();
+        assert_eq!(statuses, ["New", "Started", "WaitingOnExternalSystem", "WaitingForSubExchangesToFinish"].map(s));
+        assert!(claim_actions("T", &id, StepId::from_sequence(2), 0, 4, now, lease).is_err());
+    }
+
+    #[test]
+    fn index_queries() {
+        let q = errors_query(&ErrorFilter::default()).expect("query");
+        assert_eq!(
+            (q.index, q.key_condition.as_str(), q.filter.as_deref(), q.forward),
+            (INDEX_BY_ERROR, "#gsi5pk = :gpk", None, false)
+        );
+        assert_eq!(q.values.get(":gpk"), Some(&s("ERRORS")));
+        let filter = ErrorFilter {
+            classification: Some(ErrorClassification::Business),
+            integration_code: Some(IntegrationCode::parse("A").expect("code")),
+            since: Some(t("2026-01-02T03:04:05Z")),
+        };
+        let q = errors_query(&filter).expect("query");
+        assert_eq!(q.key_condition, "#gsi5pk = :gpk AND #gsi5sk >= :since");
+        assert_eq!(
+            q.filter.as_deref(),
+            Some("#classification = :classification AND #integrationCode = :integrationCode")
+        );
+        assert_eq!(q.values.get(":since"), Some(&s("2026-01-02T03:04:05.000Z")));
+        assert_eq!(q.values.get(":classification"), Some(&s("business")));
+        assert_eq!(q.values.get(":integrationCode"), Some(&s("A")));
+        assert_eq!(q.names.get("#gsi5sk").map(String::as_str), Some("gsi5sk"));
+
+        let q = due_query(t("2026-01-02T04:00:00Z"));
+        assert_eq!(
+            (q.index, q.key_condition.as_str(), q.forward),
+            (INDEX_BY_DUE, "#gsi4pk = :gpk AND #gsi4sk <= :until", true)
+        );
+        assert_eq!(q.values.get(":until"), Some(&s("001767326400000~")));
+        assert_eq!(q.values.get(":gpk"), Some(&s("TIMERS")));
+
+        let code = IntegrationCode::parse("A").expect("code");
+        let q = list_query(&ExchangeFilter { integration_code: Some(code), status: Some(ExchangeStatus::Failed) });
+        assert_eq!(
+            (q.index, q.key_condition.as_str(), q.filter.as_deref()),
+            (INDEX_BY_INTEGRATION, "#gsi1pk = :gpk", Some("#status = :status"))
+        );
+        assert_eq!(q.values.get(":status"), Some(&s("Failed")));
+        let q = list_query(&ExchangeFilter::default());
+        assert_eq!((q.index, q.filter.as_deref(), q.forward), (INDEX_BY_CREATION, None, false));
+
+        // Error cursors carry the byError keys.
+        let key: Item = HashMap::from([
+            ("pk".to_string(), s("EX#a")),
+            ("sk".to_string(), s("ERROR#2026-01-01T00:00:00.000Z#-#0")),
+            ("gsi5pk".to_string(), s("ERRORS")),
+            ("gsi5sk".to_string(), s("2026-01-01T00:00:00.000Z#a#0")),
+        ]);
+        let c = encode_cursor(INDEX_BY_ERROR, &key).expect("encode");
+        assert_eq!(decode_cursor(INDEX_BY_ERROR, &c).expect("decode"), key);
+        assert!(decode_cursor(INDEX_BY_CREATION, &c).is_err());
     }
 
     #[test]
@@ -1058,7 +1950,8 @@ mod tests {
             error: None,
             completed_at: None,
         };
-        let action = exchange_action("T", &ExchangeId::new("e"), &change, t("2026-01-02T03:04:05Z")).expect("action");
+        let action =
+            exchange_action("T", &ExchangeId::new("e"), &change, 1, t("2026-01-02T03:04:05Z")).expect("action");
         let expr = action.update().expect("update").update_expression().to_string();
         assert!(expr.ends_with("REMOVE #error, #completedAt"), "{expr}");
     }

@@ -1,0 +1,114 @@
+//! The two scheduled jobs of a deployment (as in the Avni operations guide): the regular job
+//! sweeps durable timers whose time has come within reach of a delayed message; the
+//! error-processing job re-drives exchanges whose failure was a retryable system error.
+
+use crate::context::AppContext;
+use crate::function::{FunctionHandler, InvocationError};
+use crate::ports::{ExchangeFilter, PortError};
+use crate::recover::recover_exchange;
+use crate::worker::delay_until;
+use async_trait::async_trait;
+use chrono::{Duration as ChronoDuration, Utc};
+use handoff_core::exchange::ExchangeStatus;
+use handoff_core::ids::IntegrationCode;
+use handoff_core::retry::ErrorClassification;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Timers due this far ahead are handed to SQS now (the job runs at least this often).
+const SWEEP_LOOKAHEAD_SECONDS: i64 = 120;
+const PAGE: u32 = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct JobInput {
+    job: Job,
+    /// Limit the error-processing job to one integration (operators re-driving one partner).
+    #[serde(default)]
+    integration_code: Option<IntegrationCode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum Job {
+    Regular,
+    ErrorProcessing,
+}
+
+pub struct JobsFunction {
+    ctx: Arc<AppContext>,
+    /// How often the error-processing job re-drives one exchange at most.
+    auto_recovery_limit: u32,
+}
+
+impl JobsFunction {
+    pub fn new(ctx: Arc<AppContext>, auto_recovery_limit: u32) -> Self {
+        Self { ctx, auto_recovery_limit }
+    }
+
+    /// Sends every stored timer due within the lookahead, delayed to its due time. Sent
+    /// first, taken off the index after: a crash in between sends a timer twice, which its
+    /// handler tolerates, rather than never.
+    pub async fn sweep_timers(&self) -> Result<usize, PortError> {
+        let mut sent = 0;
+        loop {
+            let now = Utc::now();
+            let due = self.ctx.exchanges.due_timers(now + ChronoDuration::seconds(SWEEP_LOOKAHEAD_SECONDS), PAGE).await?;
+            let count = due.len();
+            for timer in due {
+                self.ctx.queue.send_timer(&timer, delay_until(now, timer.due)).await?;
+                if self.ctx.exchanges.take_timer(&timer).await? {
+                    sent += 1;
+                }
+            }
+            if count < PAGE as usize {
+                return Ok(sent);
+            }
+        }
+    }
+
+    /// Recovers Failed exchanges whose error was a retryable system error, a few times each.
+    pub async fn redrive_failures(&self, integration_code: Option<IntegrationCode>) -> Result<Value, PortError> {
+        let mut recovered = Vec::new();
+        let mut skipped = 0;
+        let mut cursor: Option<String> = None;
+        let filter = ExchangeFilter { status: Some(ExchangeStatus::Failed), integration_code };
+        loop {
+            let page = self.ctx.exchanges.list(&filter, PAGE, cursor.as_deref()).await?;
+            for exchange in page.items {
+                let eligible = exchange
+                    .error
+                    .as_ref()
+                    .is_some_and(|e| e.retryable && e.classification == ErrorClassification::System)
+                    && exchange.recoveries < self.auto_recovery_limit;
+                if !eligible {
+                    skipped += 1;
+                    continue;
+                }
+                match recover_exchange(&self.ctx, &exchange.exchange_id, None).await {
+                    Ok(_) => recovered.push(exchange.exchange_id),
+                    Err(e) => tracing::warn!(exchangeId = %exchange.exchange_id, error = %e, "automatic recovery failed"),
+                }
+            }
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        Ok(json!({"recovered": recovered, "left": skipped}))
+    }
+}
+
+#[async_trait]
+impl FunctionHandler for JobsFunction {
+    async fn invoke(&self, event: Value) -> Result<Value, InvocationError> {
+        let input: JobInput = serde_json::from_value(event)
+            .map_err(|e| InvocationError::new("InvalidEvent", format!("expected {{\"job\": \"regular\" | \"errorProcessing\"}}: {e}")))?;
+        let outcome = match input.job {
+            Job::Regular => self.sweep_timers().await.map(|sent| json!({"timersSent": sent})),
+            Job::ErrorProcessing => self.redrive_failures(input.integration_code).await,
+        };
+        outcome.map_err(|e| InvocationError::new("JobFailed", e.to_string()))
+    }
+}

@@ -1,0 +1,959 @@
+//! The AWS adapters of `handoff-aws` against a real moto server: one moto per test binary,
+//! started on first use (installed into the project venv if needed) by
+//! `handoff_emulator::moto`. Set `HANDOFF_TEST_AWS_ENDPOINT` to use a moto that is already
+//! running instead. Every test creates its own tables, queues, buckets and schedule groups
+//! (unique names), so the tests run in parallel against the one server.
+
+use aws_config::BehaviorVersion;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType,
+};
+use bytes::Bytes;
+use chrono::{DateTime, TimeZone, Utc};
+use futures::StreamExt;
+use handoff_app::ports::{
+    CallbackToken, ClaimOutcome, CommitOutcome, DataFileStore, ErrorFilter, ErrorRecord, ExchangeChange,
+    ExchangeFilter, ExchangeRepository, HandoffMessage, HandoffQueue, IntegrationRepository, IntegrationWriteError,
+    PortError, QueueMessage, RecoveryCommit, ScheduleManager, StepChange, StepCommit, StoredIntegration, Timer,
+    TimerKind,
+};
+use handoff_aws::scheduler::schedule_name;
+use handoff_aws::{
+    DynamoExchangeRepository, DynamoIntegrationRepository, EventBridgeScheduleManager, S3DataFileStore, SqsHandoffQueue,
+};
+use handoff_core::definition::ScheduleSpec;
+use handoff_core::exchange::{
+    Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, LogType, Payload, StepError, StepStatus,
+};
+use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
+use handoff_core::plan::{SubStep, WorkerFamily};
+use handoff_core::retry::ErrorClassification;
+use handoff_emulator::moto::MotoServer;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+/// The moto endpoint of this test binary.
+fn endpoint() -> &'static str {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT.get_or_init(|| {
+        if let Some(ep) = std::env::var("HANDOFF_TEST_AWS_ENDPOINT").ok().filter(|s| !s.trim().is_empty()) {
+            return ep;
+        }
+        // moto lives on a thread (and runtime) of its own so that it outlives every test's
+        // runtime; the server is killed when the process exits (PR_SET_PDEATHSIG).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("moto".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match MotoServer::start().await {
+                        Ok(server) => {
+                            let _ = tx.send(Ok(server.endpoint().to_string()));
+                            std::future::pending::<()>().await;
+                            drop(server);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e.to_string()));
+                        }
+                    }
+                });
+            })
+            .expect("spawn moto thread");
+        rx.recv().expect("moto thread ended before reporting").unwrap_or_else(|e| panic!("moto failed to start: {e}"))
+    })
+}
+
+/// SDK configuration for moto. Built per test: SDK clients hold connections of the runtime
+/// that opened them and must not be shared across test runtimes.
+async fn sdk() -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region("us-east-1")
+        .test_credentials()
+        .load()
+        .await
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn key(name: &str, kind: KeyType) -> KeySchemaElement {
+    KeySchemaElement::builder().attribute_name(name).key_type(kind).build().expect("key")
+}
+
+fn attr(name: &str) -> AttributeDefinition {
+    AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build().expect("attr")
+}
+
+/// The exchanges table as `infra/template.yaml` declares it.
+async fn exchanges_table(client: &aws_sdk_dynamodb::Client) -> String {
+    let table = unique("exchanges");
+    let mut create = client
+        .create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range));
+    for a in
+        ["pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "gsi3pk", "gsi3sk", "gsi4pk", "gsi4sk", "gsi5pk", "gsi5sk"]
+    {
+        create = create.attribute_definitions(attr(a));
+    }
+    for (i, name) in [(1, "byIntegration"), (2, "byStatus"), (3, "byCreation"), (4, "byDue"), (5, "byError")] {
+        create = create.global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(name)
+                .key_schema(key(&format!("gsi{i}pk"), KeyType::Hash))
+                .key_schema(key(&format!("gsi{i}sk"), KeyType::Range))
+                .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                .build()
+                .expect("gsi"),
+        );
+    }
+    create.send().await.expect("create exchanges table");
+    table
+}
+
+async fn integrations_table(client: &aws_sdk_dynamodb::Client) -> String {
+    let table = unique("integrations");
+    client
+        .create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .attribute_definitions(attr("pk"))
+        .attribute_definitions(attr("sk"))
+        .send()
+        .await
+        .expect("create integrations table");
+    table
+}
+
+async fn exchange_repo() -> DynamoExchangeRepository {
+    let client = aws_sdk_dynamodb::Client::new(&sdk().await);
+    let table = exchanges_table(&client).await;
+    DynamoExchangeRepository::new(client, table)
+}
+
+fn at(seconds: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_767_225_600 + seconds, 0).single().expect("time")
+}
+
+fn code(c: &str) -> IntegrationCode {
+    IntegrationCode::parse(c).expect("code")
+}
+
+fn exchange(id: &str, integration: &str, created: DateTime<Utc>) -> Exchange {
+    Exchange {
+        exchange_id: ExchangeId::new(id),
+        integration_code: code(integration),
+        integration_version: IntegrationVersion::number(1).expect("version"),
+        status: ExchangeStatus::New,
+        parameters: serde_json::json!({"region": "EU"}),
+        created_at: created,
+        updated_at: created,
+        completed_at: None,
+        error: None,
+        recoveries: 0,
+    }
+}
+
+fn steps(n: u32) -> Vec<ExchangeStep> {
+    (0..n)
+        .map(|i| ExchangeStep {
+            step_id: StepId::from_sequence(i),
+            sequence: i,
+            integration_step: (i > 0).then(|| format!("step{i}")),
+            sub_step: if i == 0 { SubStep::ExchangeTriggered } else { SubStep::InvokeQuery },
+            destination: None,
+            status: StepStatus::Initial,
+            payload: None,
+            attempts: 0,
+            max_attempts: 3,
+            last_error: None,
+            next_retry_at: None,
+            completed_at: None,
+        })
+        .collect()
+}
+
+fn change(step: u32, attempt: u32, claimed: bool, status: StepStatus, now: DateTime<Utc>) -> StepChange {
+    StepChange {
+        step_id: StepId::from_sequence(step),
+        attempt,
+        claimed,
+        status,
+        payload: Some(Payload::raw(format!("out of {step}"))),
+        max_attempts: 3,
+        last_error: None,
+        next_retry_at: None,
+        completed_at: (status != StepStatus::Initial).then_some(now),
+        logs: vec![LogLine {
+            kind: LogType::System,
+            line: format!("step {step} attempt {attempt}"),
+            timestamp: now,
+            step_id: StepId::from_sequence(step),
+        }],
+    }
+}
+
+fn commit(id: &ExchangeId, step: StepChange, exchange: ExchangeChange, now: DateTime<Utc>) -> StepCommit {
+    StepCommit { step: Some(step), ..StepCommit::new(id.clone(), 0, exchange, now) }
+}
+
+#[tokio::test]
+async fn exchange_lifecycle_with_claims_commits_and_conflicts() {
+    let repo = exchange_repo().await;
+    repo.health().await.expect("health");
+    let ex = exchange("ex-life", "LIFE", at(0));
+    let id = ex.exchange_id.clone();
+    // More than one BatchWriteItem's worth of steps; writing twice changes nothing.
+    repo.create(&ex, &steps(40)).await.expect("create");
+    repo.create(&ex, &steps(40)).await.expect("create again");
+    let detail = repo.get(&id).await.expect("get").expect("exists");
+    assert_eq!(detail.exchange, ex);
+    assert_eq!(detail.steps, steps(40));
+    assert!(detail.logs.is_empty());
+    assert!(repo.get(&ExchangeId::new("missing")).await.expect("get").is_none());
+
+    // Start: step 0 done, exchange New -> Started. Applied once, Conflict on replay.
+    let start = commit(
+        &id,
+        change(0, 1, false, StepStatus::Done, at(1)),
+        ExchangeChange::SetStatus {
+            from: vec![ExchangeStatus::New],
+            to: ExchangeStatus::Started,
+            error: None,
+            completed_at: None,
+        },
+        at(1),
+    );
+    assert_eq!(repo.commit(&start).await.expect("commit"), CommitOutcome::Applied);
+    assert_eq!(repo.commit(&start).await.expect("replay"), CommitOutcome::Conflict);
+
+    // A retry of step 1: status stays Initial, attempt 1 recorded; replaying attempt 1 conflicts.
+    let mut retry = change(1, 1, false, StepStatus::Initial, at(2));
+    retry.last_error =
+        Some(StepError { classification: ErrorClassification::System, message: "503".into(), at: at(2) });
+    retry.next_retry_at = Some(at(6));
+    let retry = commit(&id, retry, ExchangeChange::RequireNotFinal, at(2));
+    assert_eq!(repo.commit(&retry).await.expect("retry"), CommitOutcome::Applied);
+    assert_eq!(repo.commit(&retry).await.expect("retry replay"), CommitOutcome::Conflict);
+    let step1 = repo.get_step(&id, StepId::from_sequence(1)).await.expect("get step").expect("step");
+    assert_eq!((step1.status, step1.attempts), (StepStatus::Initial, 1));
+    assert_eq!(step1.next_retry_at, Some(at(6)));
+    assert!(step1.last_error.is_some());
+
+    // Claims of attempt 2: exclusive while the lease lives, free again after it ends.
+    assert_eq!(
+        repo.claim(&id, StepId::from_sequence(1), 1, 0, at(7), at(67)).await.expect("claim"),
+        ClaimOutcome::NotClaimable
+    );
+    assert_eq!(
+        repo.claim(&id, StepId::from_sequence(1), 2, 0, at(7), at(67)).await.expect("claim"),
+        ClaimOutcome::Claimed
+    );
+    assert_eq!(
+        repo.claim(&id, StepId::from_sequence(1), 2, 0, at(8), at(68)).await.expect("claim"),
+        ClaimOutcome::NotClaimable
+    );
+    assert_eq!(
+        repo.claim(&id, StepId::from_sequence(1), 2, 0, at(70), at(130)).await.expect("claim"),
+        ClaimOutcome::Claimed
+    );
+    // A commit that requires a claim of another attempt conflicts; the claimed one applies.
+    let wrong = commit(&id, change(1, 3, true, StepStatus::Done, at(71)), ExchangeChange::RequireNotFinal, at(71));
+    assert_eq!(repo.commit(&wrong).await.expect("commit"), CommitOutcome::Conflict);
+    let mut done = change(1, 2, true, StepStatus::Done, at(72));
+    // A false condition skips steps 2 and 3 in the same transaction.
+    done.status = StepStatus::Done;
+    let mut done = commit(&id, done, ExchangeChange::RequireNotFinal, at(72));
+    done.skip = vec![StepId::from_sequence(2), StepId::from_sequence(3)];
+    assert_eq!(repo.commit(&done).await.expect("commit"), CommitOutcome::Applied);
+    assert_eq!(repo.commit(&done).await.expect("replay"), CommitOutcome::Conflict);
+    let step1 = repo.get_step(&id, StepId::from_sequence(1)).await.expect("get").expect("step");
+    assert_eq!(
+        (step1.status, step1.attempts, step1.last_error.clone(), step1.next_retry_at),
+        (StepStatus::Done, 2, None, None)
+    );
+    assert_eq!(step1.payload, Some(Payload::raw("out of 1")));
+    // A finished step cannot be claimed.
+    assert_eq!(
+        repo.claim(&id, StepId::from_sequence(1), 3, 0, at(200), at(260)).await.expect("claim"),
+        ClaimOutcome::NotClaimable
+    );
+
+    // The exchange fails: later commits conflict, listing by status finds it.
+    let error = ExchangeError {
+        classification: ErrorClassification::System,
+        message: "gave up".into(),
+        retryable: false,
+        step_id: Some(StepId::from_sequence(4)),
+        sub_step: Some(SubStep::InvokeQuery),
+        at: at(80),
+    };
+    let fail = commit(
+        &id,
+        change(4, 1, false, StepStatus::Failed, at(80)),
+        ExchangeChange::SetStatus {
+            from: vec![ExchangeStatus::Started],
+            to: ExchangeStatus::Failed,
+            error: Some(error.clone()),
+            completed_at: Some(at(80)),
+        },
+        at(80),
+    );
+    assert_eq!(repo.commit(&fail).await.expect("fail"), CommitOutcome::Applied);
+    let late = commit(&id, change(5, 1, false, StepStatus::Done, at(81)), ExchangeChange::RequireNotFinal, at(81));
+    assert_eq!(repo.commit(&late).await.expect("late"), CommitOutcome::Conflict);
+    assert_eq!(
+        repo.get_step(&id, StepId::from_sequence(5)).await.expect("get").expect("step").status,
+        StepStatus::Initial
+    );
+
+    let detail = repo.get(&id).await.expect("get").expect("exists");
+    assert_eq!(detail.exchange.status, ExchangeStatus::Failed);
+    assert_eq!(detail.exchange.error, Some(error));
+    assert_eq!(detail.exchange.completed_at, Some(at(80)));
+    assert_eq!(detail.exchange.updated_at, at(80));
+    let statuses: Vec<StepStatus> = detail.steps.iter().take(6).map(|s| s.status).collect();
+    use StepStatus::*;
+    assert_eq!(statuses, vec![Done, Done, Skipped, Skipped, Failed, Initial]);
+    let lines: Vec<&str> = detail.logs.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(lines, vec!["step 0 attempt 1", "step 1 attempt 1", "step 1 attempt 2", "step 4 attempt 1"]);
+
+    let failed = ExchangeFilter { integration_code: None, status: Some(ExchangeStatus::Failed) };
+    let page = repo.list(&failed, 10, None).await.expect("list");
+    assert_eq!(page.items.iter().map(|e| e.exchange_id.as_str()).collect::<Vec<_>>(), vec!["ex-life"]);
+    let started = ExchangeFilter { integration_code: Some(code("LIFE")), status: Some(ExchangeStatus::Started) };
+    assert!(repo.list(&started, 10, None).await.expect("list").items.is_empty());
+    let new = ExchangeFilter { integration_code: None, status: Some(ExchangeStatus::New) };
+    assert!(repo.list(&new, 10, None).await.expect("list").items.is_empty());
+}
+
+#[tokio::test]
+async fn list_is_newest_first_and_paginates() {
+    let repo = exchange_repo().await;
+    // 7 of integration A (every other one Failed), 2 of B.
+    for i in 0..7 {
+        let mut ex = exchange(&format!("a{i}"), "A", at(i * 10));
+        if i % 2 == 0 {
+            ex.status = ExchangeStatus::Failed;
+        }
+        repo.create(&ex, &steps(1)).await.expect("create");
+    }
+    for i in 0..2 {
+        repo.create(&exchange(&format!("b{i}"), "B", at(100 + i)), &steps(1)).await.expect("create");
+    }
+
+    async fn pages(repo: &DynamoExchangeRepository, filter: &ExchangeFilter, limit: u32) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = repo.list(filter, limit, cursor.as_deref()).await.expect("list");
+            out.push(page.items.iter().map(|e| e.exchange_id.to_string()).collect());
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+            assert!(out.len() < 20, "runaway pagination");
+        }
+        out.retain(|p: &Vec<String>| !p.is_empty());
+        out
+    }
+    let by_a = ExchangeFilter { integration_code: Some(code("A")), status: None };
+    assert_eq!(pages(&repo, &by_a, 3).await, vec![vec!["a6", "a5", "a4"], vec!["a3", "a2", "a1"], vec!["a0"]]);
+    let a_failed = ExchangeFilter { integration_code: Some(code("A")), status: Some(ExchangeStatus::Failed) };
+    assert_eq!(pages(&repo, &a_failed, 3).await, vec![vec!["a6", "a4", "a2"], vec!["a0"]]);
+    let new = ExchangeFilter { integration_code: None, status: Some(ExchangeStatus::New) };
+    assert_eq!(pages(&repo, &new, 2).await, vec![vec!["b1", "b0"], vec!["a5", "a3"], vec!["a1"]]);
+    let all = pages(&repo, &ExchangeFilter::default(), 4).await;
+    assert_eq!(all, vec![vec!["b1", "b0", "a6", "a5"], vec!["a4", "a3", "a2", "a1"], vec!["a0"]]);
+    // A cursor of another filter is refused.
+    let page = repo.list(&by_a, 3, None).await.expect("list");
+    assert!(repo.list(&new, 3, page.next_cursor.as_deref()).await.is_err());
+}
+
+#[tokio::test]
+async fn integrations_create_replace_and_read() {
+    let client = aws_sdk_dynamodb::Client::new(&sdk().await);
+    let table = integrations_table(&client).await;
+    let repo = DynamoIntegrationRepository::new(client, table);
+    repo.health().await.expect("health");
+    let stored = |version: IntegrationVersion, revision: u64, enabled: bool| StoredIntegration {
+        code: code("PROVIDER_IMPORT"),
+        version,
+        enabled,
+        document: serde_json::json!({"code": "PROVIDER_IMPORT", "enabled": enabled, "steps": []}),
+        revision,
+        created_at: at(0),
+        updated_at: at(revision as i64),
+    };
+    let v1 = IntegrationVersion::number(1).expect("v");
+    repo.create(&stored(IntegrationVersion::NULL, 1, true)).await.expect("create null");
+    repo.create(&stored(v1, 1, true)).await.expect("create 1");
+    assert!(matches!(repo.create(&stored(v1, 1, false)).await, Err(IntegrationWriteError::AlreadyExists { .. })));
+    assert!(matches!(repo.replace(&stored(v1, 3, false), 2).await, Err(IntegrationWriteError::RevisionConflict)));
+    repo.replace(&stored(v1, 2, false), 1).await.expect("replace");
+    assert!(matches!(repo.replace(&stored(v1, 2, false), 1).await, Err(IntegrationWriteError::RevisionConflict)));
+    assert_eq!(repo.get(&code("PROVIDER_IMPORT"), v1).await.expect("get"), Some(stored(v1, 2, false)));
+    assert_eq!(repo.get(&code("OTHER"), v1).await.expect("get"), None);
+    let mut versions = repo.versions(&code("PROVIDER_IMPORT")).await.expect("versions");
+    versions.sort_by_key(|s| s.version);
+    assert_eq!(versions, vec![stored(IntegrationVersion::NULL, 1, true), stored(v1, 2, false)]);
+    assert_eq!(repo.all().await.expect("all").len(), 2);
+    assert!(matches!(
+        repo.replace(&stored(IntegrationVersion::number(9).expect("v"), 1, true), 0).await,
+        Err(IntegrationWriteError::RevisionConflict)
+    ));
+}
+
+#[tokio::test]
+async fn queue_sends_with_delay_and_attributes() {
+    let client = aws_sdk_sqs::Client::new(&sdk().await);
+    let url = client.create_queue().queue_name(unique("control")).send().await.expect("queue").queue_url.expect("url");
+    let queue = SqsHandoffQueue::new(client.clone(), HashMap::from([(WorkerFamily::Control, url.clone())]));
+    queue.health().await.expect("health");
+    let message = HandoffMessage {
+        exchange_id: ExchangeId::new("ex-q"),
+        integration_code: code("Q"),
+        integration_version: IntegrationVersion::NULL,
+        step_id: StepId::from_sequence(2),
+        sub_step: SubStep::ExchangeSignoff,
+        attempt: 1,
+        input: Some(Payload::raw("{}")),
+        parameters: serde_json::json!({"a": 1}),
+        not_before: None,
+        recovery: 0,
+    };
+    queue.send(WorkerFamily::Control, &message, 0).await.expect("send");
+    let received = client
+        .receive_message()
+        .queue_url(&url)
+        .message_attribute_names("All")
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .expect("receive")
+        .messages
+        .unwrap_or_default();
+    assert_eq!(received.len(), 1);
+    let body: HandoffMessage = serde_json::from_str(received[0].body().expect("body")).expect("json");
+    assert_eq!(body, message);
+    let attributes = received[0].message_attributes().expect("attributes");
+    assert_eq!(attributes["exchangeId"].string_value(), Some("ex-q"));
+    assert_eq!(attributes["subStep"].string_value(), Some("ExchangeSignoff"));
+    // Delays above SQS's maximum are capped (moto rejects > 900 like SQS does).
+    queue.send(WorkerFamily::Control, &message, 5000).await.expect("send delayed");
+    assert!(queue.send(WorkerFamily::Transform, &message, 0).await.is_err(), "no queue for that family");
+}
+
+fn pattern(offset: usize, len: usize) -> Bytes {
+    Bytes::from((offset..offset + len).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>())
+}
+
+#[tokio::test]
+async fn data_files_stream_multipart_and_small() {
+    let config = sdk().await;
+    let s3_config = aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build();
+    let client = aws_sdk_s3::Client::from_conf(s3_config);
+    let bucket = unique("data");
+    client.create_bucket().bucket(&bucket).send().await.expect("bucket");
+    let store = S3DataFileStore::new(client, bucket);
+    store.health().await.expect("health");
+    let set = DataFileSetId::new("set-1");
+
+    // 20 MB in 1 MiB chunks: three parts (8 + 8 + 4 MiB-ish).
+    const TOTAL: usize = 20_000_000;
+    const CHUNK: usize = 1 << 20;
+    let chunks: Vec<Result<Bytes, std::io::Error>> =
+        (0..TOTAL).step_by(CHUNK).map(|o| Ok(pattern(o, CHUNK.min(TOTAL - o)))).collect();
+    let info = store
+        .write(&set, "big.bin", "application/octet-stream", futures::stream::iter(chunks).boxed())
+        .await
+        .expect("write big");
+    assert_eq!(info.size, TOTAL as u64);
+    let (info, mut body) = store.read(&set, "big.bin").await.expect("read").expect("exists");
+    assert_eq!(info.size, TOTAL as u64);
+    let mut offset = 0;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.expect("chunk");
+        assert_eq!(chunk, pattern(offset, chunk.len()), "at {offset}");
+        offset += chunk.len();
+    }
+    assert_eq!(offset, TOTAL);
+
+    let small = futures::stream::iter(vec![Ok(Bytes::from_static(b"a,b\n")), Ok(Bytes::from_static(b"1,2\n"))]).boxed();
+    let info = store.write(&set, "small.csv", "text/csv", small).await.expect("write small");
+    assert_eq!(info.size, 8);
+    let (_, body) = store.read(&set, "small.csv").await.expect("read").expect("exists");
+    let text: Vec<Bytes> = body.map(|c| c.expect("chunk")).collect().await;
+    assert_eq!(text.concat(), b"a,b\n1,2\n");
+
+    // A failing body leaves nothing behind.
+    let failing =
+        futures::stream::iter(vec![Ok(pattern(0, 9 << 20)), Err(std::io::Error::other("source broke"))]).boxed();
+    assert!(store.write(&set, "broken.bin", "application/octet-stream", failing).await.is_err());
+
+    let files = store.list(&set).await.expect("list");
+    let summary: Vec<(String, u64, String)> = files.into_iter().map(|f| (f.name, f.size, f.content_type)).collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("big.bin".to_string(), TOTAL as u64, "application/octet-stream".to_string()),
+            ("small.csv".to_string(), 8, "text/csv".to_string())
+        ]
+    );
+    assert!(store.read(&set, "missing").await.expect("read").is_none());
+    assert!(store.list(&DataFileSetId::new("nothing")).await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn schedules_upsert_and_remove_idempotently() {
+    let client = aws_sdk_scheduler::Client::new(&sdk().await);
+    let group = unique("handoff");
+    client.create_schedule_group().name(&group).send().await.expect("group");
+    let arn = "arn:aws:lambda:us-east-1:123456789012:function:handoff-trigger";
+    let role = "arn:aws:iam::123456789012:role/scheduler";
+    let manager = EventBridgeScheduleManager::new(client.clone(), group.clone(), arn.into(), role.into());
+    let c = code("NIGHTLY");
+    let spec = |e: &str| ScheduleSpec { expression: e.into(), timezone: "Europe/Amsterdam".into() };
+    manager.upsert(&c, &spec("cron(0 18 * * ? *)")).await.expect("create");
+    manager.upsert(&c, &spec("rate(5 minutes)")).await.expect("update");
+    let got = client.get_schedule().group_name(&group).name(schedule_name(&c)).send().await.expect("get");
+    assert_eq!(got.schedule_expression(), Some("rate(5 minutes)"));
+    assert_eq!(got.schedule_expression_timezone(), Some("Europe/Amsterdam"));
+    let target = got.target().expect("target");
+    assert_eq!(target.arn(), arn);
+    assert_eq!(target.role_arn(), role);
+    let input: serde_json::Value = serde_json::from_str(target.input().expect("input")).expect("json");
+    assert_eq!(input, serde_json::json!({"integrationCode": "NIGHTLY"}));
+    manager.remove(&c).await.expect("remove");
+    manager.remove(&c).await.expect("remove again");
+    assert!(client.get_schedule().group_name(&group).name(schedule_name(&c)).send().await.is_err());
+}
+
+#[tokio::test]
+async fn health_reports_missing_resources_as_faults() {
+    let config = sdk().await;
+    let repo = DynamoExchangeRepository::new(aws_sdk_dynamodb::Client::new(&config), "no-such-table".into());
+    assert!(matches!(repo.health().await, Err(handoff_app::ports::PortError::Fault { .. })));
+    // Nothing listens on port 9: dispatch failures are Unavailable.
+    let dead = aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url("http://127.0.0.1:9")
+        .region("us-east-1")
+        .test_credentials()
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .load()
+        .await;
+    let repo = DynamoExchangeRepository::new(aws_sdk_dynamodb::Client::new(&dead), "t".into());
+    assert!(matches!(repo.health().await, Err(handoff_app::ports::PortError::Unavailable { .. })));
+}
+
+// ------------------------------------------------------------------ recoveries, errors, timers, tokens
+
+fn failed_error(step: u32, now: DateTime<Utc>) -> ExchangeError {
+    ExchangeError {
+        classification: ErrorClassification::System,
+        message: "gave up".into(),
+        retryable: true,
+        step_id: Some(StepId::from_sequence(step)),
+        sub_step: Some(SubStep::InvokeQuery),
+        at: now,
+    }
+}
+
+/// Fails the exchange at generation `recovery` with step `step`'s attempt 1.
+async fn fail_exchange(repo: &DynamoExchangeRepository, id: &ExchangeId, step: u32, recovery: u32, now: DateTime<Utc>) {
+    let mut fail = commit(
+        id,
+        change(step, 1, false, StepStatus::Failed, now),
+        ExchangeChange::SetStatus {
+            from: vec![ExchangeStatus::Started],
+            to: ExchangeStatus::Failed,
+            error: Some(failed_error(step, now)),
+            completed_at: Some(now),
+        },
+        now,
+    );
+    fail.recovery = recovery;
+    assert_eq!(repo.commit(&fail).await.expect("fail"), CommitOutcome::Applied);
+}
+
+#[tokio::test]
+async fn recovery_resets_steps_and_fences_older_generations() {
+    let repo = exchange_repo().await;
+    let ex = exchange("ex-recover", "REC", at(0));
+    let id = ex.exchange_id.clone();
+    repo.create(&ex, &steps(4)).await.expect("create");
+    assert_eq!(repo.get(&id).await.expect("get").expect("exists").exchange.recoveries, 0);
+    let start = commit(
+        &id,
+        change(0, 1, false, StepStatus::Done, at(1)),
+        ExchangeChange::SetStatus {
+            from: vec![ExchangeStatus::New],
+            to: ExchangeStatus::Started,
+            error: None,
+            completed_at: None,
+        },
+        at(1),
+    );
+    assert_eq!(repo.commit(&start).await.expect("start"), CommitOutcome::Applied);
+    // Step 1 done, step 2 retried once (error, retry time), then claimed again.
+    let done = commit(&id, change(1, 1, false, StepStatus::Done, at(2)), ExchangeChange::RequireNotFinal, at(2));
+    assert_eq!(repo.commit(&done).await.expect("step 1"), CommitOutcome::Applied);
+    let mut retry = change(2, 1, false, StepStatus::Initial, at(3));
+    retry.last_error =
+        Some(StepError { classification: ErrorClassification::System, message: "503".into(), at: at(3) });
+    retry.next_retry_at = Some(at(10));
+    let retry = commit(&id, retry, ExchangeChange::RequireNotFinal, at(3));
+    assert_eq!(repo.commit(&retry).await.expect("retry"), CommitOutcome::Applied);
+    assert_eq!(
+        repo.claim(&id, StepId::from_sequence(2), 2, 0, at(10), at(70)).await.expect("claim"),
+        ClaimOutcome::Claimed
+    );
+    // A claim or commit for another generation is refused even while the exchange runs.
+    assert_eq!(
+        repo.claim(&id, StepId::from_sequence(3), 1, 1, at(10), at(70)).await.expect("claim"),
+        ClaimOutcome::NotClaimable
+    );
+    fail_exchange(&repo, &id, 3, 0, at(20)).await;
+    // Final: nothing can be claimed any more.
+    assert_eq!(
+        repo.claim(&id, StepId::from_sequence(2), 3, 0, at(200), at(260)).await.expect("claim"),
+        ClaimOutcome::NotClaimable
+    );
+
+    // Recover generation 0 onto version 2, resetting steps 2 and 3.
+    let v2 = IntegrationVersion::number(2).expect("version");
+    let recover = RecoveryCommit {
+        exchange_id: id.clone(),
+        recovery: 0,
+        integration_version: Some(v2),
+        reset: vec![StepId::from_sequence(2), StepId::from_sequence(3)],
+        now: at(30),
+    };
+    assert_eq!(repo.recover(&recover).await.expect("recover"), CommitOutcome::Applied);
+    assert_eq!(repo.recover(&recover).await.expect("recover again"), CommitOutcome::Conflict, "same generation");
+    let detail = repo.get(&id).await.expect("get").expect("exists");
+    let recovered = &detail.exchange;
+    assert_eq!(
+        (recovered.status, recovered.recoveries, recovered.integration_version),
+        (ExchangeStatus::Started, 1, v2)
+    );
+    assert_eq!((recovered.error.clone(), recovered.completed_at, recovered.updated_at), (None, None, at(30)));
+    let fresh = |step: u32| ExchangeStep { attempts: 0, ..steps(4)[step as usize].clone() };
+    assert_eq!(detail.steps[2], fresh(2), "status, attempts, error, retry time, payload, completion reset");
+    assert_eq!(detail.steps[3], fresh(3));
+    assert_eq!((detail.steps[1].status, detail.steps[1].attempts), (StepStatus::Done, 1), "not reset");
+    let started = ExchangeFilter { integration_code: None, status: Some(ExchangeStatus::Started) };
+    let listed: Vec<String> =
+        repo.list(&started, 10, None).await.expect("list").items.iter().map(|e| e.exchange_id.to_string()).collect();
+    assert_eq!(listed, vec!["ex-recover"], "the status index follows");
+
+    // Handoffs of generation 0 are stale: their claims and commits change nothing.
+    assert_eq!(
+        repo.claim(&id, StepId::from_sequence(2), 1, 0, at(31), at(91)).await.expect("claim"),
+        ClaimOutcome::NotClaimable
+    );
+    let stale = commit(&id, change(2, 1, false, StepStatus::Done, at(31)), ExchangeChange::RequireNotFinal, at(31));
+    assert_eq!(repo.commit(&stale).await.expect("stale"), CommitOutcome::Conflict);
+    let mut stale_exchange = StepCommit::new(
+        id.clone(),
+        0,
+        ExchangeChange::SetStatus {
+            from: vec![ExchangeStatus::Started],
+            to: ExchangeStatus::TimedOut,
+            error: None,
+            completed_at: Some(at(31)),
+        },
+        at(31),
+    );
+    assert_eq!(repo.commit(&stale_exchange).await.expect("stale sla"), CommitOutcome::Conflict);
+    // Generation 1 goes ahead: a claim (attempt 1 again after the reset), a commit, and an
+    // exchange-only change without a step.
+    assert_eq!(
+        repo.claim(&id, StepId::from_sequence(2), 1, 1, at(32), at(92)).await.expect("claim"),
+        ClaimOutcome::Claimed
+    );
+    let mut current =
+        commit(&id, change(2, 1, true, StepStatus::Done, at(33)), ExchangeChange::RequireNotFinal, at(33));
+    current.recovery = 1;
+    assert_eq!(repo.commit(&current).await.expect("current"), CommitOutcome::Applied);
+    stale_exchange.recovery = 1;
+    assert_eq!(repo.commit(&stale_exchange).await.expect("sla"), CommitOutcome::Applied);
+    let detail = repo.get(&id).await.expect("get").expect("exists");
+    assert_eq!((detail.exchange.status, detail.exchange.recoveries), (ExchangeStatus::TimedOut, 1));
+    assert_eq!(detail.steps[2].status, StepStatus::Done);
+
+    // TimedOut recovers too, at its own generation only; a missing step refuses the whole recovery.
+    let mut again = RecoveryCommit { recovery: 1, integration_version: None, now: at(40), ..recover.clone() };
+    again.reset.push(StepId::from_sequence(9));
+    assert_eq!(repo.recover(&again).await.expect("missing step"), CommitOutcome::Conflict);
+    assert!(repo.get_step(&id, StepId::from_sequence(9)).await.expect("get").is_none(), "no phantom step");
+    again.reset.pop();
+    assert_eq!(repo.recover(&again).await.expect("recover 1"), CommitOutcome::Applied);
+    assert_eq!(repo.recover(&again).await.expect("recover 1 again"), CommitOutcome::Conflict);
+    let detail = repo.get(&id).await.expect("get").expect("exists");
+    assert_eq!((detail.exchange.status, detail.exchange.recoveries), (ExchangeStatus::Started, 2));
+    assert_eq!(detail.exchange.integration_version, v2, "kept when not given");
+}
+
+#[tokio::test]
+async fn commits_require_done_steps_and_store_errors_and_timers() {
+    let repo = exchange_repo().await;
+    let ex = exchange("ex-extras", "EXTRA", at(0));
+    let id = ex.exchange_id.clone();
+    repo.create(&ex, &steps(3)).await.expect("create");
+    // A callback for step 2 must not overtake step 1's call.
+    let mut callback =
+        commit(&id, change(2, 1, false, StepStatus::Done, at(1)), ExchangeChange::RequireNotFinal, at(1));
+    callback.require_done = Some(StepId::from_sequence(1));
+    assert_eq!(repo.commit(&callback).await.expect("early"), CommitOutcome::Conflict);
+    let call = commit(&id, change(1, 1, false, StepStatus::Done, at(2)), ExchangeChange::RequireNotFinal, at(2));
+    assert_eq!(repo.commit(&call).await.expect("call"), CommitOutcome::Applied);
+    assert_eq!(repo.commit(&callback).await.expect("callback"), CommitOutcome::Applied);
+
+    // An exchange-only commit with an error and a timer; get() shows neither.
+    let mut only = StepCommit::new(id.clone(), 0, ExchangeChange::RequireNotFinal, at(3));
+    only.errors = vec![error_record(&id, "EXTRA", None, ErrorClassification::Business, at(3))];
+    only.timers = vec![Timer { exchange_id: id.clone(), recovery: 0, due: at(100), kind: TimerKind::Sla }];
+    assert_eq!(repo.commit(&only).await.expect("exchange only"), CommitOutcome::Applied);
+    let detail = repo.get(&id).await.expect("get").expect("exists");
+    assert_eq!(detail.steps.len(), 3);
+    assert_eq!(repo.errors(&ErrorFilter::default(), 10, None).await.expect("errors").items, only.errors);
+    assert_eq!(repo.due_timers(at(100), 10).await.expect("timers"), only.timers);
+    // A refused commit stores neither.
+    let mut refused = only.clone();
+    refused.recovery = 5;
+    refused.errors[0].at = at(4);
+    refused.timers[0].due = at(50);
+    assert_eq!(repo.commit(&refused).await.expect("refused"), CommitOutcome::Conflict);
+    assert_eq!(repo.errors(&ErrorFilter::default(), 10, None).await.expect("errors").items, only.errors);
+    assert_eq!(repo.due_timers(at(100), 10).await.expect("timers"), only.timers);
+}
+
+fn error_record(
+    id: &ExchangeId,
+    integration: &str,
+    step: Option<u32>,
+    classification: ErrorClassification,
+    when: DateTime<Utc>,
+) -> ErrorRecord {
+    ErrorRecord {
+        exchange_id: id.clone(),
+        integration_code: code(integration),
+        step_id: step.map(StepId::from_sequence),
+        sub_step: step.map(|_| SubStep::InvokeQuery),
+        classification,
+        message: format!("{classification:?} at {when}"),
+        retryable: classification == ErrorClassification::System,
+        exchange_failed: step.is_none(),
+        at: when,
+    }
+}
+
+#[tokio::test]
+async fn errors_are_newest_first_and_filtered() {
+    let repo = exchange_repo().await;
+    let mut all = Vec::new();
+    // Two exchanges of two integrations; errors at 10..=70 s, some two in one commit.
+    for (i, (name, integration)) in [("ex-e1", "ERR_A"), ("ex-e2", "ERR_B")].into_iter().enumerate() {
+        let ex = exchange(name, integration, at(0));
+        let id = ex.exchange_id.clone();
+        repo.create(&ex, &steps(2)).await.expect("create");
+        for round in 0..2_i64 {
+            let when = at(10 + 30 * round + 10 * i as i64);
+            let mut c = StepCommit::new(id.clone(), 0, ExchangeChange::RequireNotFinal, when);
+            c.errors = vec![error_record(&id, integration, Some(1), ErrorClassification::System, when)];
+            if round == 1 {
+                c.errors.push(error_record(&id, integration, None, ErrorClassification::Business, when));
+            }
+            assert_eq!(repo.commit(&c).await.expect("commit"), CommitOutcome::Applied);
+            all.extend(c.errors);
+        }
+    }
+    // Newest first; within one instant, the later record of the commit first.
+    all.sort_by_key(|e| std::cmp::Reverse((e.at, e.exchange_failed)));
+    let page = repo.errors(&ErrorFilter::default(), 100, None).await.expect("errors");
+    assert_eq!(page.items, all);
+    assert_eq!(page.next_cursor, None);
+
+    // Pages of 2, following cursors.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let page = repo.errors(&ErrorFilter::default(), 2, cursor.as_deref()).await.expect("page");
+        assert!(page.items.len() <= 2);
+        paged.extend(page.items);
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(paged, all);
+
+    let business = ErrorFilter { classification: Some(ErrorClassification::Business), ..ErrorFilter::default() };
+    let page = repo.errors(&business, 1, None).await.expect("business");
+    assert_eq!(page.items, all.iter().filter(|e| !e.retryable).take(1).cloned().collect::<Vec<_>>());
+    let rest = repo.errors(&business, 10, page.next_cursor.as_deref()).await.expect("business rest");
+    assert_eq!(rest.items, all.iter().filter(|e| !e.retryable).skip(1).cloned().collect::<Vec<_>>());
+
+    // `since` is inclusive.
+    let since = ErrorFilter { since: Some(at(40)), ..ErrorFilter::default() };
+    let page = repo.errors(&since, 100, None).await.expect("since");
+    assert_eq!(page.items, all.iter().filter(|e| e.at >= at(40)).cloned().collect::<Vec<_>>());
+    assert_eq!(page.items.len(), 4);
+    let narrow = ErrorFilter {
+        classification: Some(ErrorClassification::System),
+        integration_code: Some(code("ERR_A")),
+        since: Some(at(11)),
+    };
+    let page = repo.errors(&narrow, 100, None).await.expect("narrow");
+    assert_eq!(page.items.iter().map(|e| (e.exchange_id.as_str(), e.at)).collect::<Vec<_>>(), vec![("ex-e1", at(40))]);
+    assert!(repo.errors(&ErrorFilter::default(), 10, Some("garbage!")).await.is_err());
+}
+
+#[tokio::test]
+async fn due_timers_are_taken_once() {
+    let repo = exchange_repo().await;
+    let timer = |id: &ExchangeId, due: DateTime<Utc>, kind: TimerKind| Timer {
+        exchange_id: id.clone(),
+        recovery: 0,
+        due,
+        kind,
+    };
+    let mut armed = Vec::new();
+    for name in ["ex-t1", "ex-t2"] {
+        let ex = exchange(name, "TIMERS", at(0));
+        let id = ex.exchange_id.clone();
+        repo.create(&ex, &steps(3)).await.expect("create");
+        let retry = HandoffMessage {
+            exchange_id: id.clone(),
+            integration_code: code("TIMERS"),
+            integration_version: IntegrationVersion::NULL,
+            step_id: StepId::from_sequence(2),
+            sub_step: SubStep::DeliverRest,
+            attempt: 2,
+            input: Some(Payload::raw("{\"big\":12345678901234567}")),
+            parameters: serde_json::json!({"deep": [[{"a": null}]]}),
+            not_before: Some(at(3600)),
+            recovery: 0,
+        };
+        let offset = if name == "ex-t1" { 0 } else { 1 };
+        let mut c = StepCommit::new(id.clone(), 0, ExchangeChange::RequireNotFinal, at(1));
+        c.timers = vec![
+            timer(&id, at(600 + offset), TimerKind::Sla),
+            timer(&id, at(60 + offset), TimerKind::StepTimeout { step_id: StepId::from_sequence(1) }),
+            timer(&id, at(3600 + offset), TimerKind::Retry { message: Box::new(retry) }),
+        ];
+        assert_eq!(repo.commit(&c).await.expect("commit"), CommitOutcome::Applied);
+        armed.extend(c.timers);
+    }
+    armed.sort_by_key(|t| t.due);
+    assert!(repo.due_timers(at(59), 10).await.expect("none due").is_empty());
+    assert_eq!(repo.due_timers(at(600), 10).await.expect("due"), armed[..3].to_vec(), "oldest first, bound included");
+    assert_eq!(repo.due_timers(at(10_000), 10).await.expect("all"), armed);
+    assert_eq!(repo.due_timers(at(10_000), 2).await.expect("limited"), armed[..2].to_vec());
+
+    // One sweeper wins.
+    assert!(repo.take_timer(&armed[0]).await.expect("take"));
+    assert!(!repo.take_timer(&armed[0]).await.expect("take again"));
+    assert_eq!(repo.due_timers(at(10_000), 10).await.expect("after take"), armed[1..].to_vec());
+    // Re-arming replaces the timer (and puts it back on the index); the old one can no longer be taken.
+    let rearmed = Timer { due: at(700), ..armed[1].clone() };
+    let mut c = StepCommit::new(rearmed.exchange_id.clone(), 0, ExchangeChange::RequireNotFinal, at(2));
+    c.timers = vec![rearmed.clone()];
+    assert_eq!(repo.commit(&c).await.expect("re-arm"), CommitOutcome::Applied);
+    assert!(!repo.take_timer(&armed[1]).await.expect("stale take"));
+    let due = repo.due_timers(at(700), 10).await.expect("re-armed");
+    assert!(due.contains(&rearmed) && !due.contains(&armed[1]), "{due:?}");
+    assert!(repo.take_timer(&rearmed).await.expect("take re-armed"));
+    // A timer that was never stored cannot be taken (and is not created).
+    let unknown = timer(&ExchangeId::new("ex-none"), at(5), TimerKind::Sla);
+    assert!(!repo.take_timer(&unknown).await.expect("unknown"));
+    assert!(!repo.due_timers(at(10_000), 10).await.expect("all").contains(&unknown));
+}
+
+#[tokio::test]
+async fn callback_tokens_are_used_once() {
+    let repo = exchange_repo().await;
+    let token = |hash: &str, expires_at: Option<DateTime<Utc>>| CallbackToken {
+        hash: hash.into(),
+        exchange_id: ExchangeId::new("ex-token"),
+        integration_code: code("TOKENS"),
+        integration_version: IntegrationVersion::number(3).expect("version"),
+        step_id: StepId::from_sequence(4),
+        sub_step: SubStep::InvokeQuery,
+        recovery: 1,
+        parameters: serde_json::json!({"n": 12345678901234_i64, "deep": [[{"a": null}]]}),
+        expires_at,
+    };
+    let open = token("h-open", None);
+    let timed = token("h-timed", Some(at(100)));
+    repo.put_token(&open).await.expect("put");
+    repo.put_token(&timed).await.expect("put timed");
+    assert!(matches!(repo.put_token(&open).await, Err(PortError::Fault { .. })), "a hash is stored once");
+
+    assert_eq!(repo.consume_token("h-open", at(1)).await.expect("consume"), Some(open.clone()));
+    assert_eq!(repo.consume_token("h-open", at(2)).await.expect("consume again"), None);
+    repo.release_token("h-open").await.expect("release");
+    assert_eq!(repo.consume_token("h-open", at(3)).await.expect("after release"), Some(open.clone()));
+    assert_eq!(repo.consume_token("h-open", at(4)).await.expect("used again"), None);
+
+    // Expired tokens are refused, before expiry they work.
+    assert_eq!(repo.consume_token("h-timed", at(100)).await.expect("at expiry"), None);
+    assert_eq!(repo.consume_token("h-timed", at(99)).await.expect("before expiry"), Some(timed));
+
+    assert_eq!(repo.consume_token("h-unknown", at(1)).await.expect("unknown"), None);
+    repo.release_token("h-unknown").await.expect("release unknown");
+    assert_eq!(repo.consume_token("h-unknown", at(1)).await.expect("still unknown"), None, "no item created");
+}
+
+#[tokio::test]
+async fn queue_sends_timers_to_the_control_queue() {
+    let client = aws_sdk_sqs::Client::new(&sdk().await);
+    let url = client.create_queue().queue_name(unique("control")).send().await.expect("queue").queue_url.expect("url");
+    let queue = SqsHandoffQueue::new(client.clone(), HashMap::from([(WorkerFamily::Control, url.clone())]));
+    let timer = Timer {
+        exchange_id: ExchangeId::new("ex-timer"),
+        recovery: 2,
+        due: at(60),
+        kind: TimerKind::StepTimeout { step_id: StepId::from_sequence(3) },
+    };
+    queue.send_timer(&timer, 0).await.expect("send");
+    let received = client
+        .receive_message()
+        .queue_url(&url)
+        .message_attribute_names("All")
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .expect("receive")
+        .messages
+        .unwrap_or_default();
+    assert_eq!(received.len(), 1);
+    let body = received[0].body().expect("body");
+    let json: serde_json::Value = serde_json::from_str(body).expect("json");
+    assert_eq!(json["timer"]["kind"], "stepTimeout");
+    assert_eq!(
+        serde_json::from_str::<QueueMessage>(body).expect("message"),
+        QueueMessage::Timer { timer: timer.clone() }
+    );
+    let attributes = received[0].message_attributes().expect("attributes");
+    assert_eq!(attributes["exchangeId"].string_value(), Some("ex-timer"));
+    assert_eq!(attributes["kind"].string_value(), Some("stepTimeout"));
+    queue.send_timer(&timer, 5000).await.expect("delay capped");
+    let other = SqsHandoffQueue::new(client, HashMap::from([(WorkerFamily::Transform, url)]));
+    assert!(other.send_timer(&timer, 0).await.is_err(), "timers go to the control queue only");
+}

@@ -1,0 +1,455 @@
+//! Counts the AWS requests one exchange costs (SPEC: cost is a feature).
+//!
+//! `cargo run -p handoff-e2e --bin aws-requests [-- N]` starts moto with its request
+//! recorder enabled, the emulator on that moto, and loopback source/target systems; creates
+//! the integration query → transformation (jq) → rest delivery; runs one exchange to warm the
+//! definition caches; then records every AWS request while N (default 5) exchanges run one
+//! after another, and prints the requests per service/action and per sub-step.
+//!
+//! Attribution (by request content, not by timing, except where noted):
+//! * DynamoDB `BatchWriteItem` creating `EX#<id>` items, and the `Query` on `INT#<code>`
+//!   listing the integration's versions to pick the one to run → the invocation (api).
+//! * DynamoDB `UpdateItem` / `TransactWriteItems` on `STEP#<n>` → the sub-step of step n
+//!   (the claim and the one conditional commit).
+//! * SQS `SendMessage` of the handoff message for step n → the sender: step n-1, or the
+//!   invocation for step 0.
+//! * SQS `DeleteMessageBatch` (the event source mapping deleting a handled message) → the
+//!   consumer, by queue; the control queue carries two sub-steps per exchange, so its deletes
+//!   alternate ExchangeTriggered / ExchangeSignoff in order (exchanges run one at a time).
+//! * DynamoDB `Query` on `pk = EX#<id>` → the driver's completion wait: each exchange is
+//!   invoked with `waitSeconds`, so the api function reads the exchange every 200 ms until it
+//!   is final. The happy path of the workers never reads the exchange (only a commit
+//!   conflict does), which the run checks: every step has exactly one commit.
+//! * SQS `ReceiveMessage` → the pollers (idle long polls included), reported separately.
+//! * EventBridge Scheduler calls → the emulator's own schedule checker (AWS fires schedules
+//!   itself), reported separately.
+
+use base64::Engine;
+use handoff_e2e::ExternalSystem;
+use handoff_emulator::moto::{state_dir, MotoServer};
+use handoff_emulator::EmulatorOptions;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+const SUB_STEPS: [&str; 5] = ["ExchangeTriggered", "InvokeQuery", "Transform", "DeliverRest", "ExchangeSignoff"];
+const INVOKE: &str = "invoke (api: POST /exchanges)";
+const POLLING: &str = "completion wait (waitSeconds polling in the api function)";
+const RECEIVES: &str = "poller receives (idle long-polls, amortised in Lambda by the event source mapping)";
+const SCHEDULER: &str = "emulator schedule checker (not an AWS cost: EventBridge Scheduler fires itself)";
+const DEFINITIONS: &str = "definition reads (cache misses)";
+const OTHER: &str = "unattributed";
+
+type Result<T> = anyhow::Result<T>;
+
+fn main() -> Result<()> {
+    let exchanges: usize = match std::env::args().nth(1) {
+        Some(n) => n.parse().map_err(|e| anyhow::anyhow!("N must be a number: {e}"))?,
+        None => 5,
+    };
+    // Children inherit our environment: moto records every request from its start, into a
+    // file of ours (not `./moto_recording`).
+    let recording = state_dir().join(format!("moto-recording-{}.jsonl", std::process::id()));
+    std::fs::create_dir_all(state_dir())?;
+    std::env::set_var("MOTO_ENABLE_RECORDING", "True");
+    std::env::set_var("MOTO_RECORDER_FILEPATH", &recording);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(run(exchanges.max(1)));
+    if std::env::var_os("HANDOFF_KEEP_RECORDING").is_some() {
+        eprintln!("recording kept: {}", recording.display());
+    } else {
+        let _ = std::fs::remove_file(&recording);
+    }
+    result
+}
+
+struct Api {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let response = self.client.post(format!("{}{path}", self.url)).json(body).send().await?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await?;
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))))
+    }
+
+    /// Invokes with `waitSeconds` and insists on a Completed exchange.
+    async fn run_exchange(&self, code: &str, n: usize) -> Result<Value> {
+        let (status, exchange) =
+            self.post("/exchanges", &json!({"integrationCode": code, "parameters": {"region": format!("r{n}")}, "waitSeconds": 20})).await?;
+        anyhow::ensure!(status == 200 && exchange["status"] == "Completed", "exchange {n} did not complete: {status} {exchange:#}");
+        Ok(exchange)
+    }
+}
+
+async fn run(n: usize) -> Result<()> {
+    eprintln!("starting moto (recorder enabled) and the emulator ...");
+    let moto = MotoServer::start().await?;
+    let endpoint = moto.endpoint().to_string();
+    let emulator = handoff_emulator::start(EmulatorOptions { aws_endpoint: Some(endpoint.clone()), ..Default::default() }).await?;
+    // Queue name → the function its event source feeds.
+    let mut queues: HashMap<String, String> = HashMap::new();
+    for f in emulator.functions() {
+        for source in &f.spec.sqs_events {
+            let name = source.queue_arn.rsplit(':').next().unwrap_or_default().to_string();
+            queues.insert(name, f.spec.binary.trim_start_matches("handoff-").to_string());
+        }
+    }
+
+    let source = ExternalSystem::start(
+        200,
+        json!([{"providerId": 1, "displayName": "Alpha"}, {"providerId": 2, "displayName": "Beta"}]).to_string(),
+    )
+    .await;
+    let target = ExternalSystem::start(200, "{}").await;
+    let api = Api {
+        url: emulator.api_url().to_string(),
+        client: reqwest::Client::builder().timeout(Duration::from_secs(40)).build()?,
+    };
+    let code = format!("COST_{}", std::process::id());
+    let definition = json!({
+        "code": code, "version": 1, "enabled": true,
+        "steps": [
+            {"name": "fetch", "type": "dataCollection", "kind": "query",
+             "request": {"method": "GET", "url": format!("{}/providers?region={{{{parameters.region}}}}", source.url)}},
+            {"name": "map", "type": "transformation",
+             "function": {"jq": "map({id: .providerId, name: .displayName})"}, "output": {"format": "json"}},
+            {"name": "send", "type": "delivery", "destinations": [
+                {"kind": "rest", "main": true, "request": {"method": "POST", "url": format!("{}/providers", target.url)}}]}
+        ]
+    });
+    let (status, body) = api.post("/integrations", &definition).await?;
+    anyhow::ensure!(status == 201, "creating the integration: {status} {body}");
+
+    eprintln!("warm-up exchange ...");
+    api.run_exchange(&code, 0).await?;
+
+    let recorder = reqwest::Client::new();
+    let rec = |action: &str| format!("{endpoint}/moto-api/recorder/{action}");
+    recorder.post(rec("reset-recording")).send().await?.error_for_status()?;
+    recorder.post(rec("start-recording")).send().await?.error_for_status()?;
+    let started = Instant::now();
+    let mut finals = Vec::new();
+    for i in 1..=n {
+        finals.push(api.run_exchange(&code, i).await?);
+    }
+    let elapsed = started.elapsed();
+    // Let the last handler's event source mapping delete its message.
+    wait_for_deletes(&recorder, &rec("download-recording"), &queues, n).await;
+    recorder.post(rec("stop-recording")).send().await?.error_for_status()?;
+    let text = recorder.get(rec("download-recording")).send().await?.error_for_status()?.text().await?;
+    emulator.shutdown().await;
+    drop(moto);
+
+    for exchange in &finals {
+        let steps: Vec<&str> = exchange["steps"].as_array().into_iter().flatten().filter_map(|s| s["subStep"].as_str()).collect();
+        anyhow::ensure!(steps == SUB_STEPS, "unexpected plan {steps:?}");
+    }
+    anyhow::ensure!(target.received().len() == n + 1, "the target should have received {} deliveries", n + 1);
+
+    let requests: Vec<Value> = text.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect::<std::result::Result<_, _>>()?;
+    let report = classify(&requests, &queues);
+    print_report(&report, n, elapsed, requests.len());
+    Ok(())
+}
+
+/// Waits (bounded) until the recording holds one delete per handled message: the last
+/// sub-step's message is deleted just after the exchange became final.
+async fn wait_for_deletes(client: &reqwest::Client, url: &str, queues: &HashMap<String, String>, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(response) = client.get(url).send().await {
+            if let Ok(text) = response.text().await {
+                let requests: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+                let report = classify(&requests, queues);
+                let deletes: usize = report
+                    .counts
+                    .iter()
+                    .filter(|((bucket, _, action), _)| SUB_STEPS.contains(&bucket.as_str()) && action.starts_with("DeleteMessage"))
+                    .map(|(_, c)| *c)
+                    .sum();
+                if deletes >= n * SUB_STEPS.len() {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Default)]
+struct Report {
+    /// (bucket, service, action) → requests.
+    counts: BTreeMap<(String, String, String), usize>,
+    /// ReceiveMessage per queue's function.
+    receives: BTreeMap<String, usize>,
+    /// Commits (TransactWriteItems) per (exchange, step): all must be 1.
+    commits: BTreeMap<(String, String), usize>,
+}
+
+fn header<'a>(request: &'a Value, name: &str) -> Option<&'a str> {
+    request["headers"].as_object()?.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| v.as_str())
+}
+
+fn body(request: &Value) -> String {
+    let raw = request["body"].as_str().unwrap_or_default();
+    if request["body_encoded"].as_bool() == Some(true) {
+        base64::engine::general_purpose::STANDARD
+            .decode(raw)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    } else {
+        raw.to_string()
+    }
+}
+
+/// The service from the SigV4 credential scope (`.../<region>/<service>/aws4_request`).
+fn service(request: &Value) -> String {
+    header(request, "authorization")
+        .and_then(|a| a.split("Credential=").nth(1))
+        .and_then(|c| c.split(',').next())
+        .and_then(|scope| scope.split('/').nth(3))
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+fn path_and_query(url: &str) -> (String, String) {
+    let after_host = url.split_once("://").map(|(_, rest)| rest).unwrap_or(url);
+    let path = after_host.find('/').map(|i| &after_host[i..]).unwrap_or("/");
+    match path.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (path.to_string(), String::new()),
+    }
+}
+
+fn s3_action(method: &str, path: &str, query: &str) -> String {
+    let has = |k: &str| query.split('&').any(|p| p == k || p.starts_with(&format!("{k}=")));
+    let object = path.trim_start_matches('/').contains('/');
+    match (method, object) {
+        ("PUT", true) if has("partNumber") => "UploadPart",
+        ("PUT", true) => "PutObject",
+        ("POST", true) if has("uploads") => "CreateMultipartUpload",
+        ("POST", true) if has("uploadId") => "CompleteMultipartUpload",
+        ("GET", true) => "GetObject",
+        ("HEAD", true) => "HeadObject",
+        ("DELETE", true) if has("uploadId") => "AbortMultipartUpload",
+        ("DELETE", true) => "DeleteObject",
+        ("GET", false) if has("list-type") => "ListObjectsV2",
+        ("HEAD", false) => "HeadBucket",
+        (m, _) => return format!("{m} {path}"),
+    }
+    .to_string()
+}
+
+/// The sub-step of `STEP#<id>` (steps are created in plan order: sequence = index).
+fn sub_step_of_sk(sk: &str) -> Option<&'static str> {
+    let seq: usize = sk.strip_prefix("STEP#")?.parse().ok()?;
+    SUB_STEPS.get(seq).copied()
+}
+
+fn first_step_sk(value: &Value) -> Option<String> {
+    match value {
+        Value::Object(map) => {
+            if let Some(sk) = map.get("sk").and_then(|v| v["S"].as_str()).filter(|s| s.starts_with("STEP#")) {
+                return Some(sk.to_string());
+            }
+            map.values().find_map(first_step_sk)
+        }
+        Value::Array(items) => items.iter().find_map(first_step_sk),
+        _ => None,
+    }
+}
+
+fn mentions_exchange(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.starts_with("EX#"),
+        Value::Object(map) => map.values().any(mentions_exchange),
+        Value::Array(items) => items.iter().any(mentions_exchange),
+        _ => false,
+    }
+}
+
+fn classify(requests: &[Value], queues: &HashMap<String, String>) -> Report {
+    let mut report = Report::default();
+    let mut control_deletes = 0usize;
+    for request in requests {
+        let method = request["method"].as_str().unwrap_or("?");
+        let url = request["url"].as_str().unwrap_or("");
+        let text = body(request);
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let target = header(request, "x-amz-target").unwrap_or("");
+        let service_name = service(request);
+        let (service, action) = if let Some(a) = target.strip_prefix("DynamoDB_20120810.") {
+            ("DynamoDB".to_string(), a.to_string())
+        } else if let Some(a) = target.strip_prefix("AmazonSQS.") {
+            ("SQS".to_string(), a.to_string())
+        } else if let Some(a) = text.split('&').find_map(|p| p.strip_prefix("Action=")).filter(|_| service_name == "sqs") {
+            ("SQS".to_string(), a.to_string())
+        } else if service_name == "s3" {
+            let (path, query) = path_and_query(url);
+            ("S3".to_string(), s3_action(method, &path, &query))
+        } else {
+            let (path, _) = path_and_query(url);
+            (service_name.clone(), format!("{method} {path}"))
+        };
+        let queue_function = json["QueueUrl"]
+            .as_str()
+            .and_then(|u| u.rsplit('/').next())
+            .and_then(|name| queues.get(name))
+            .cloned()
+            .unwrap_or_else(|| "?".into());
+        let bucket: String = match (service.as_str(), action.as_str()) {
+            ("DynamoDB", "BatchWriteItem") if mentions_exchange(&json) => INVOKE.into(),
+            ("DynamoDB", "UpdateItem" | "TransactWriteItems" | "PutItem" | "DeleteItem") => {
+                match first_step_sk(&json).as_deref().and_then(sub_step_of_sk) {
+                    Some(step) => {
+                        if action == "TransactWriteItems" {
+                            let pk = first_pk(&json).unwrap_or_default();
+                            *report.commits.entry((pk, step.to_string())).or_default() += 1;
+                        }
+                        step.into()
+                    }
+                    None => OTHER.into(),
+                }
+            }
+            ("DynamoDB", "Query" | "GetItem") if mentions_exchange(&json) => POLLING.into(),
+            // Selecting the version to run lists the integration's versions (not cached).
+            ("DynamoDB", "Query") if text.contains("\"S\":\"INT#") => INVOKE.into(),
+            ("DynamoDB", "Query" | "GetItem") => DEFINITIONS.into(),
+            ("SQS", "SendMessage") => {
+                let message: Value = json["MessageBody"].as_str().and_then(|b| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
+                let next = message["subStep"].as_str().and_then(|s| SUB_STEPS.iter().position(|x| *x == s));
+                match next {
+                    Some(0) => INVOKE.into(),
+                    Some(i) => SUB_STEPS[i - 1].into(),
+                    None => OTHER.into(),
+                }
+            }
+            ("SQS", "ReceiveMessage") => {
+                *report.receives.entry(queue_function).or_default() += 1;
+                RECEIVES.into()
+            }
+            ("SQS", "DeleteMessageBatch" | "DeleteMessage") => match queue_function.trim_start_matches("handoff-") {
+                "worker-query" => "InvokeQuery".into(),
+                "worker-transform" => "Transform".into(),
+                "worker-deliver-rest" => "DeliverRest".into(),
+                "worker-control" => {
+                    control_deletes += 1;
+                    if control_deletes % 2 == 1 { "ExchangeTriggered" } else { "ExchangeSignoff" }.into()
+                }
+                _ => OTHER.into(),
+            },
+            ("scheduler", _) => SCHEDULER.into(),
+            _ => OTHER.into(),
+        };
+        *report.counts.entry((bucket, service, action)).or_default() += 1;
+    }
+    report
+}
+
+fn first_pk(value: &Value) -> Option<String> {
+    match value {
+        Value::Object(map) => {
+            if let Some(pk) = map.get("pk").and_then(|v| v["S"].as_str()) {
+                return Some(pk.to_string());
+            }
+            map.values().find_map(first_pk)
+        }
+        Value::Array(items) => items.iter().find_map(first_pk),
+        _ => None,
+    }
+}
+
+fn per(count: usize, n: usize) -> String {
+    let value = count as f64 / n as f64;
+    if (value - value.round()).abs() < 1e-9 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+fn print_report(report: &Report, n: usize, elapsed: Duration, total: usize) {
+    let line = "-".repeat(86);
+    println!();
+    println!("AWS requests of {n} exchanges (query → transformation (jq) → rest delivery), recorded by moto");
+    println!("{total} requests recorded in {:.1} s; definition caches warm (one exchange ran before recording).", elapsed.as_secs_f64());
+
+    // 1. The exchange's own cost, per sub-step.
+    let own = |bucket: &str| bucket == INVOKE || SUB_STEPS.contains(&bucket);
+    println!("\n1. Per sub-step (the cost of the exchange itself)");
+    println!("{line}");
+    println!("{:<34} {:<10} {:<22} {:>8} {:>10}", "sub-step", "service", "action", "total", "/exchange");
+    println!("{line}");
+    let mut exchange_total = 0;
+    let mut by_service: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for bucket in std::iter::once(INVOKE).chain(SUB_STEPS) {
+        let mut bucket_total = 0;
+        for ((b, service, action), count) in &report.counts {
+            if b == bucket {
+                println!("{:<34} {:<10} {:<22} {:>8} {:>10}", bucket, service, action, count, per(*count, n));
+                bucket_total += count;
+                *by_service.entry((service.clone(), action.clone())).or_default() += count;
+            }
+        }
+        println!("{:<34} {:<10} {:<22} {:>8} {:>10}", "", "", "= sub-step total", bucket_total, per(bucket_total, n));
+        exchange_total += bucket_total;
+    }
+    println!("{line}");
+    println!("{:<34} {:<10} {:<22} {:>8} {:>10}", "EXCHANGE TOTAL", "", "", exchange_total, per(exchange_total, n));
+    println!("DeleteMessageBatch is the event source mapping removing the handled message (billed like any SQS request);");
+    println!("the ReceiveMessage that fetched each message (>= 1 per sub-step) is counted with the pollers in 3.");
+
+    // 2. The same, per service/action.
+    println!("\n2. Per service/action (the exchange itself, as in 1)");
+    println!("{line}");
+    println!("{:<10} {:<30} {:>8} {:>10}", "service", "action", "total", "/exchange");
+    println!("{line}");
+    let mut service_totals: BTreeMap<String, usize> = BTreeMap::new();
+    for ((service, action), count) in &by_service {
+        println!("{:<10} {:<30} {:>8} {:>10}", service, action, count, per(*count, n));
+        *service_totals.entry(service.clone()).or_default() += count;
+    }
+    println!("{line}");
+    for (service, count) in &service_totals {
+        println!("{:<10} {:<30} {:>8} {:>10}", service, "= total", count, per(*count, n));
+    }
+
+    // 3. Everything else that was recorded.
+    println!("\n3. Recorded but not part of the exchange's own cost");
+    println!("{line}");
+    for ((bucket, service, action), count) in report.counts.iter().filter(|((b, _, _), _)| !own(b)) {
+        println!("{bucket}\n    {service:<10} {action:<30} {count:>8} total {:>8} /exchange", per(*count, n));
+    }
+    if !report.receives.is_empty() {
+        println!("    ReceiveMessage by queue (consumer function):");
+        for (function, count) in &report.receives {
+            println!("      {function:<28} {count:>6}");
+        }
+        let deletes: usize = report
+            .counts
+            .iter()
+            .filter(|((b, _, a), _)| own(b) && a.starts_with("DeleteMessage"))
+            .map(|(_, c)| c)
+            .sum();
+        println!(
+            "    of which returned messages: at least {deletes} (one per message deleted); the rest are empty long polls over {:.1} s,\n    independent of traffic (in AWS the event source mapping's pollers do this at the same rate).",
+            elapsed.as_secs_f64()
+        );
+    }
+    println!("{line}");
+
+    // Attribution check.
+    let conflicts: Vec<_> = report.commits.iter().filter(|(_, c)| **c != 1).collect();
+    if conflicts.is_empty() && report.commits.len() == n * SUB_STEPS.len() {
+        println!(
+            "\nCheck: {} commits, exactly one TransactWriteItems per step and no conflicts, so no worker read the exchange:\nevery exchange Query above is the completion wait.",
+            report.commits.len()
+        );
+    } else {
+        println!("\nCheck FAILED: commits per step {conflicts:?} ({} steps committed); the read attribution may be off.", report.commits.len());
+    }
+}

@@ -1,0 +1,72 @@
+//! The two scheduled jobs, invoked with the input their schedules in the template carry.
+
+use chrono::Utc;
+use handoff_app::ports::{ExchangeChange, ExchangeRepository, StepCommit, Timer, TimerKind};
+use handoff_core::ids::{ExchangeId, StepId};
+use handoff_e2e::{function, gateway, unique_code, ExternalSystem};
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn the_regular_job_sends_stored_timers_when_they_come_due() {
+    let gw = gateway();
+    let partner = ExternalSystem::start(202, "{}").await;
+    let code = unique_code("SWEPT");
+    gw.create_integration(&json!({"code": code, "version": 1, "steps": [
+        {"name": "settle", "type": "invokeProcess", "kind": "process",
+         "request": {"method": "POST", "url": format!("{}/jobs", partner.url)}, "expectNotification": true}]}))
+    .await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+    gw.wait_for(&id, Duration::from_secs(60), |e| e["statusCode"] == "W").await;
+
+    // A timer stored for the sweeper (as a step timeout beyond SQS's 15-minute delay would be).
+    let sdk = handoff_emulator::sdk_config_for(&gw.aws_endpoint).await;
+    let table = gw.var("handoff-api", "HANDOFF_EXCHANGES_TABLE");
+    let repository = handoff_aws::DynamoExchangeRepository::new(aws_sdk_dynamodb::Client::new(&sdk), table);
+    let now = Utc::now();
+    let mut commit = StepCommit::new(ExchangeId::new(id.clone()), 0, ExchangeChange::RequireNotFinal, now);
+    commit.timers.push(Timer {
+        exchange_id: ExchangeId::new(id.clone()),
+        recovery: 0,
+        due: now + chrono::Duration::seconds(2),
+        kind: TimerKind::StepTimeout { step_id: StepId::from_sequence(2) },
+    });
+    repository.commit(&commit).await.expect("store timer");
+
+    let swept = function("handoff-jobs").await.invoke(json!({"job": "regular"})).await.expect("regular job");
+    assert!(swept["timersSent"].as_u64().unwrap() >= 1, "{swept}");
+    let failed = gw.wait_final(&id).await;
+    assert_eq!(failed["status"], "Failed", "{failed:#}");
+    assert!(failed["error"]["message"].as_str().unwrap().starts_with("Timeout"), "{failed:#}");
+    assert!(repository.due_timers(Utc::now() + chrono::Duration::seconds(120), 1000).await.unwrap().iter().all(|t| t.exchange_id.as_str() != id));
+}
+
+#[tokio::test]
+async fn the_error_job_redrives_retryable_system_failures_only() {
+    let gw = gateway();
+    let flaky = ExternalSystem::start(200, "{}").await;
+    flaky.script([(503, "{}")]);
+    let strict = ExternalSystem::start(400, "{}").await;
+    let code = unique_code("REDRIVE");
+    let definition = |version: u32, url: &str| {
+        json!({"code": code, "version": version, "steps": [{"name": "send", "type": "delivery", "retry": {"maxAttempts": 1},
+            "destinations": [{"kind": "rest", "request": {"method": "POST", "url": format!("{url}/in")}}]}]})
+    };
+    gw.create_integration(&definition(1, &flaky.url)).await;
+    gw.create_integration(&definition(2, &strict.url)).await;
+    let system = gw.invoke(&json!({"integrationCode": code, "integrationVersion": 1})).await;
+    let business = gw.invoke(&json!({"integrationCode": code, "integrationVersion": 2})).await;
+    assert_eq!(gw.wait_final(&system).await["error"]["classification"], "system");
+    assert_eq!(gw.wait_final(&business).await["error"]["classification"], "business");
+
+    let outcome = function("handoff-jobs")
+        .await
+        .invoke(json!({"job": "errorProcessing", "integrationCode": code}))
+        .await
+        .expect("error job");
+    assert_eq!(outcome["recovered"], json!([system]), "{outcome}");
+    let redriven = gw.wait_final(&system).await;
+    assert_eq!(redriven["status"], "Completed", "{redriven:#}");
+    assert_eq!(redriven["recoveries"], 1);
+    assert_eq!(gw.exchange(&business).await["status"], "Failed", "business errors wait for the data to be fixed");
+}

@@ -1,0 +1,385 @@
+//! What operators live in: waiting on partners, retries, timeouts, recovery, errors.
+
+use handoff_e2e::{gateway, sub_steps, unique_code, ExternalSystem, Received};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn status_is(code: &'static str) -> impl Fn(&Value) -> bool {
+    move |e| e["statusCode"] == code
+}
+
+/// A process step that waits for a callback, then delivers what the callback brought.
+fn waiting_integration(code: &str, partner: &str, target: &str, timeout_seconds: Option<u64>, sla: Option<u64>) -> Value {
+    let mut process = json!({
+        "name": "settle", "type": "invokeProcess", "kind": "process",
+        "request": {"method": "POST", "url": format!("{partner}/jobs"), "body": "{\"run\": \"{{exchange.exchangeId}}\"}"},
+        "expectNotification": true
+    });
+    if let Some(t) = timeout_seconds {
+        process["timeoutSeconds"] = json!(t);
+    }
+    let mut definition = json!({
+        "code": code, "version": 1,
+        "steps": [process, {"name": "send", "type": "delivery", "destinations": [
+            {"kind": "rest", "request": {"method": "POST", "url": format!("{target}/settled")}}]}]
+    });
+    if let Some(s) = sla {
+        definition["slaSeconds"] = json!(s);
+    }
+    definition
+}
+
+/// Waits for the partner to be called and returns the callback URL it was given.
+async fn callback_url(partner: &ExternalSystem) -> String {
+    for _ in 0..300 {
+        if let Some(call) = partner.received().last() {
+            return call.header("x-handoff-callback-url").expect("X-Handoff-Callback-Url header");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the partner was never called");
+}
+
+async fn post_callback(url: &str, body: Value) -> (u16, Value) {
+    let path = url.split_once("/notifications/").map(|(_, t)| format!("/notifications/{t}")).expect("callback path");
+    let (status, body) = gateway().post(&path, &body).await;
+    (status.as_u16(), body)
+}
+
+fn idempotency_keys(received: &[Received]) -> Vec<String> {
+    received.iter().map(|r| r.header("idempotency-key").unwrap_or_default()).collect()
+}
+
+#[tokio::test]
+async fn a_success_callback_resumes_the_exchange_and_a_used_token_is_404() {
+    let gw = gateway();
+    let partner = ExternalSystem::start(202, "{}").await;
+    let target = ExternalSystem::start(200, "{}").await;
+    let code = unique_code("CALLBACK_OK");
+    gw.create_integration(&waiting_integration(&code, &partner.url, &target.url, None, None)).await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+
+    let waiting = gw.wait_for(&id, MINUTE, status_is("W")).await;
+    assert_eq!(waiting["status"], "WaitingOnExternalSystem");
+    let url = callback_url(&partner).await;
+    assert!(url.starts_with("http://127.0.0.1:"), "absolute callback URL: {url}");
+    assert_eq!(partner.received()[0].json(), json!({"run": id}));
+
+    let (status, body) = post_callback(&url, json!({"status": "success", "data": {"settled": 3}})).await;
+    assert_eq!(status, 202, "{body}");
+    let done = gw.wait_final(&id).await;
+    assert_eq!(done["status"], "Completed", "{done:#}");
+    assert_eq!(
+        sub_steps(&done)[1..4].to_vec(),
+        [("InvokeProcess", "Done"), ("ReceiveNotification", "Done"), ("CollectData", "Done")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(target.received()[0].json(), json!({"settled": 3}), "the callback's data flows on");
+
+    let (status, _) = post_callback(&url, json!({"status": "success", "data": {"settled": 4}})).await;
+    assert_eq!(status, 404, "a used token is refused");
+    assert_eq!(target.received().len(), 1, "a duplicate callback changes nothing");
+    let (status, _) = gw.post("/notifications/0123456789abcdef", &json!({"status": "success"})).await;
+    assert_eq!(status, 404, "an unknown token is refused");
+    let (status, body) = post_callback(&url, json!({"status": "failure"})).await;
+    assert_eq!((status, body["field"].clone()), (400, json!("reason")), "a failure needs a reason");
+}
+
+#[tokio::test]
+async fn a_failure_callback_fails_the_step_with_its_reason() {
+    let gw = gateway();
+    let partner = ExternalSystem::start(202, "{}").await;
+    let target = ExternalSystem::start(200, "{}").await;
+    let code = unique_code("CALLBACK_FAIL");
+    gw.create_integration(&waiting_integration(&code, &partner.url, &target.url, None, None)).await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+    gw.wait_for(&id, MINUTE, status_is("W")).await;
+    let url = callback_url(&partner).await;
+
+    let (status, _) = post_callback(&url, json!({"status": "failure", "reason": "policy 42 is closed"})).await;
+    assert_eq!(status, 202);
+    let failed = gw.wait_final(&id).await;
+    assert_eq!(failed["status"], "Failed", "{failed:#}");
+    assert_eq!(failed["error"]["classification"], "business");
+    assert!(failed["error"]["message"].as_str().unwrap().contains("policy 42 is closed"), "{failed:#}");
+    assert_eq!(failed["steps"][2]["status"], "Failed");
+    assert!(target.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_waiting_step_times_out_and_a_late_callback_is_refused() {
+    let gw = gateway();
+    let partner = ExternalSystem::start(202, "{}").await;
+    let target = ExternalSystem::start(200, "{}").await;
+    let code = unique_code("TIMEOUT");
+    gw.create_integration(&waiting_integration(&code, &partner.url, &target.url, Some(2), None)).await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+    let url = callback_url(&partner).await;
+
+    let failed = gw.wait_final(&id).await;
+    assert_eq!(failed["status"], "Failed", "{failed:#}");
+    assert_eq!(failed["steps"][2]["subStep"], "ReceiveNotification");
+    assert_eq!(failed["steps"][2]["status"], "Failed");
+    assert!(failed["error"]["message"].as_str().unwrap().starts_with("Timeout"), "{failed:#}");
+    let (status, _) = post_callback(&url, json!({"status": "success"})).await;
+    assert_eq!(status, 404, "the token expired with the wait");
+}
+
+#[tokio::test]
+async fn an_exchange_past_its_sla_times_out_and_stops_advancing() {
+    let gw = gateway();
+    let partner = ExternalSystem::start(202, "{}").await;
+    let target = ExternalSystem::start(200, "{}").await;
+    let code = unique_code("SLA");
+    gw.create_integration(&waiting_integration(&code, &partner.url, &target.url, None, Some(2))).await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+    let url = callback_url(&partner).await;
+
+    let timed_out = gw.wait_final(&id).await;
+    assert_eq!(timed_out["status"], "TimedOut", "{timed_out:#}");
+    assert_eq!(timed_out["statusCode"], "T");
+    let (status, body) = post_callback(&url, json!({"status": "success", "data": 1})).await;
+    assert_eq!(status, 409, "the exchange is final: {body}");
+    assert_eq!(gw.exchange(&id).await["status"], "TimedOut");
+    assert!(target.received().is_empty(), "nothing in flight advanced the exchange");
+}
+
+fn delivery(code: &str, source: &str, target: &str, retry: Value) -> Value {
+    json!({
+        "code": code, "version": 1,
+        "steps": [
+            {"name": "fetch", "type": "dataCollection", "kind": "query", "request": {"url": format!("{source}/items")}},
+            {"name": "send", "type": "delivery", "retry": retry, "destinations": [
+                {"kind": "rest", "request": {"method": "POST", "url": format!("{target}/in")}}]}
+        ]
+    })
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried_with_one_idempotency_key() {
+    let gw = gateway();
+    let source = ExternalSystem::start(200, "[1]").await;
+    let target = ExternalSystem::start(200, "{}").await;
+    target.script([(503, "{}"), (503, "{}")]);
+    let code = unique_code("RETRY_OK");
+    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 5, "intervalSeconds": 1, "backoffRate": 1.0}))).await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+
+    let done = gw.wait_final(&id).await;
+    assert_eq!(done["status"], "Completed", "{done:#}");
+    let send = &done["steps"][2];
+    assert_eq!((send["subStep"].clone(), send["attempts"].clone()), (json!("DeliverRest"), json!(3)));
+    let keys = idempotency_keys(&target.received());
+    assert_eq!(keys.len(), 3);
+    assert!(keys.iter().all(|k| !k.is_empty() && *k == keys[0]), "one key across retries: {keys:?}");
+}
+
+#[tokio::test]
+async fn a_client_error_fails_at_once_as_a_business_error() {
+    let gw = gateway();
+    let source = ExternalSystem::start(200, "[1]").await;
+    let target = ExternalSystem::start(400, "{\"error\": \"bad provider\"}").await;
+    let code = unique_code("BUSINESS");
+    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 5, "intervalSeconds": 1}))).await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+
+    let failed = gw.wait_final(&id).await;
+    assert_eq!(failed["status"], "Failed");
+    assert_eq!(failed["statusCode"], "F");
+    assert_eq!(failed["error"]["classification"], "business");
+    assert_eq!(failed["error"]["subStep"], "DeliverRest");
+    assert_eq!(failed["steps"][2]["attempts"], 1);
+    assert_eq!(target.received().len(), 1);
+
+    let (_, errors) = gw.get(&format!("/errors?integrationCode={code}")).await;
+    let items = errors["items"].as_array().expect("error items");
+    assert_eq!(items.len(), 1, "{errors:#}");
+    assert_eq!(items[0]["exchangeId"], json!(id));
+    assert_eq!(items[0]["classification"], "business");
+    let (_, system_only) = gw.get(&format!("/errors?integrationCode={code}&classification=system")).await;
+    assert_eq!(system_only["items"].as_array().map(Vec::len), Some(0));
+    let (_, future) = gw.get(&format!("/errors?integrationCode={code}&since=2999-01-01T00:00:00Z")).await;
+    assert_eq!(future["items"].as_array().map(Vec::len), Some(0));
+    let (status, body) = gw.get("/errors?classification=fatal").await;
+    assert_eq!((status.as_u16(), body["field"].clone()), (400, json!("classification")));
+}
+
+#[tokio::test]
+async fn exhausted_retries_fail_then_recovery_completes_without_rerunning_done_steps() {
+    let gw = gateway();
+    let source = ExternalSystem::start(200, "[1, 2]").await;
+    let target = ExternalSystem::start(200, "{}").await;
+    target.script([(503, "{}"), (503, "{}")]);
+    let code = unique_code("RECOVER");
+    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 2, "intervalSeconds": 1}))).await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+
+    let failed = gw.wait_final(&id).await;
+    assert_eq!(failed["status"], "Failed", "{failed:#}");
+    assert_eq!(failed["error"]["classification"], "system");
+    assert!(failed["error"]["message"].as_str().unwrap().contains("gave up after 2 of 2 attempts"), "{failed:#}");
+    let (_, errors) = gw.get(&format!("/errors?integrationCode={code}&classification=system")).await;
+    assert_eq!(errors["items"].as_array().map(Vec::len), Some(1), "{errors:#}");
+
+    let (status, body) = gw.post(&format!("/exchanges/{id}/recover"), &json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["resumedAt"], "0002");
+    let done = gw.wait_final(&id).await;
+    assert_eq!(done["status"], "Completed", "{done:#}");
+    assert_eq!(done["recoveries"], 1);
+    assert_eq!(source.received().len(), 1, "the Done query did not run again");
+    assert_eq!(done["steps"][1]["attempts"], 1);
+    assert_eq!(done["steps"][2]["attempts"], 1, "fresh attempts after recovery");
+    let delivered = target.received();
+    assert_eq!(delivered.len(), 3);
+    assert_eq!(delivered[2].json(), json!([1, 2]), "the stored payload of the Done step is reused");
+
+    let (status, body) = gw.post(&format!("/exchanges/{id}/recover"), &json!({})).await;
+    assert_eq!(status, 409, "a Completed exchange cannot be recovered: {body}");
+    assert_eq!(body["error"], "InvalidState");
+}
+
+#[tokio::test]
+async fn recovery_can_move_onto_a_compatible_version() {
+    let gw = gateway();
+    let source = ExternalSystem::start(200, "[7]").await;
+    let broken = ExternalSystem::start(404, "{}").await;
+    let fixed = ExternalSystem::start(200, "{}").await;
+    let code = unique_code("REDEPLOY");
+    gw.create_integration(&delivery(&code, &source.url, &broken.url, json!({"maxAttempts": 1}))).await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+    assert_eq!(gw.wait_final(&id).await["status"], "Failed");
+
+    let mut v2 = delivery(&code, &source.url, &fixed.url, json!({"maxAttempts": 1}));
+    v2["version"] = json!(2);
+    gw.create_integration(&v2).await;
+    let mut incompatible = delivery(&code, &source.url, &fixed.url, json!({"maxAttempts": 1}));
+    incompatible["version"] = json!(3);
+    incompatible["steps"].as_array_mut().unwrap().insert(1, json!({"name": "extra", "type": "transformation"}));
+    gw.create_integration(&incompatible).await;
+
+    let (status, body) = gw.post(&format!("/exchanges/{id}/recover"), &json!({"integrationVersion": 3})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("cannot take over"), "{body}");
+    let (status, body) = gw.post(&format!("/exchanges/{id}/recover"), &json!({"integrationVersion": 2})).await;
+    assert_eq!(status, 202, "{body}");
+    let done = gw.wait_final(&id).await;
+    assert_eq!(done["status"], "Completed", "{done:#}");
+    assert_eq!(done["integrationVersion"], 2);
+    assert_eq!(fixed.received()[0].json(), json!([7]));
+    assert_eq!(source.received().len(), 1);
+}
+
+async fn patch_retry(code: &str, source: &str, target: &str, retry: Value) {
+    let steps = delivery(code, source, target, retry)["steps"].clone();
+    let (status, body) = gateway().patch(&format!("/integrations/{code}/versions/1"), &json!({"steps": steps})).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn raising_max_attempts_mid_retry_lets_the_step_go_on() {
+    let gw = gateway();
+    let source = ExternalSystem::start(200, "[1]").await;
+    let target = ExternalSystem::start(503, "{}").await;
+    let code = unique_code("RAISE");
+    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 2, "intervalSeconds": 3, "backoffRate": 1.0}))).await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+    gw.wait_for(&id, MINUTE, |e| e["steps"][2]["attempts"] == 1 && e["steps"][2]["nextRetryAt"].is_string()).await;
+
+    patch_retry(&code, &source.url, &target.url, json!({"maxAttempts": 4, "intervalSeconds": 1, "backoffRate": 1.0})).await;
+    let failed = gw.wait_final(&id).await;
+    assert_eq!(failed["status"], "Failed", "{failed:#}");
+    assert_eq!(failed["steps"][2]["attempts"], 4, "{failed:#}");
+    assert_eq!(failed["steps"][2]["maxAttempts"], 4);
+    assert_eq!(target.received().len(), 4);
+
+    // Raising the maximum again does not revive a Failed step (it shows 4 of 10).
+    patch_retry(&code, &source.url, &target.url, json!({"maxAttempts": 10, "intervalSeconds": 1})).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // nothing is expected to happen; give it the chance
+    let still = gw.exchange(&id).await;
+    assert_eq!(still["status"], "Failed");
+    assert_eq!((still["steps"][2]["attempts"].clone(), still["steps"][2]["maxAttempts"].clone()), (json!(4), json!(10)));
+    assert_eq!(target.received().len(), 4);
+}
+
+#[tokio::test]
+async fn lowering_max_attempts_mid_retry_fails_the_step_at_its_next_decision() {
+    let gw = gateway();
+    let source = ExternalSystem::start(200, "[1]").await;
+    let target = ExternalSystem::start(503, "{}").await;
+    let code = unique_code("LOWER");
+    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 6, "intervalSeconds": 3, "backoffRate": 1.0}))).await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+    gw.wait_for(&id, MINUTE, |e| e["steps"][2]["attempts"] == 2 && e["steps"][2]["nextRetryAt"].is_string()).await;
+
+    patch_retry(&code, &source.url, &target.url, json!({"maxAttempts": 2, "intervalSeconds": 3, "backoffRate": 1.0})).await;
+    let failed = gw.wait_final(&id).await;
+    assert_eq!(failed["status"], "Failed", "{failed:#}");
+    assert!(failed["error"]["message"].as_str().unwrap().contains("maxAttempts 2"), "{failed:#}");
+    assert_eq!(target.received().len(), 2, "no attempt beyond the lowered maximum");
+}
+
+#[tokio::test]
+async fn a_manual_retry_runs_now_and_counts_as_an_attempt() {
+    let gw = gateway();
+    let source = ExternalSystem::start(200, "[1]").await;
+    let target = ExternalSystem::start(200, "{}").await;
+    target.script([(503, "{}"), (503, "{}")]);
+    let code = unique_code("MANUAL");
+    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 5, "intervalSeconds": 600, "maxIntervalSeconds": 3600}))).await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+    gw.wait_for(&id, MINUTE, |e| e["steps"][2]["attempts"] == 1 && e["steps"][2]["nextRetryAt"].is_string()).await;
+
+    let (status, body) = gw.post(&format!("/exchanges/{id}/steps/0002/retry"), &json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["attempt"], 2);
+    let second = gw.wait_for(&id, MINUTE, |e| e["steps"][2]["attempts"] == 2 && e["steps"][2]["nextRetryAt"].is_string()).await;
+    assert!(second["steps"][2]["lastError"]["message"].as_str().unwrap().contains("503"), "{second:#}");
+    let (status, _) = gw.post(&format!("/exchanges/{id}/steps/0002/retry"), &json!({})).await;
+    assert_eq!(status, 202);
+    let done = gw.wait_final(&id).await;
+    assert_eq!(done["status"], "Completed", "{done:#}");
+    assert_eq!(done["steps"][2]["attempts"], 3, "both manual retries counted");
+    assert_eq!(target.received().len(), 3);
+
+    let (status, _) = gw.post(&format!("/exchanges/{id}/steps/0002/retry"), &json!({})).await;
+    assert_eq!(status, 409, "nothing to retry in a Completed exchange");
+    let (status, _) = gw.post(&format!("/exchanges/{id}/steps/0099/retry"), &json!({})).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_poison_message_reaching_the_dlq_fails_its_exchange_as_a_system_error() {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let gw = gateway();
+    let partner = ExternalSystem::start(202, "{}").await;
+    let target = ExternalSystem::start(200, "{}").await;
+    let code = unique_code("POISON");
+    gw.create_integration(&waiting_integration(&code, &partner.url, &target.url, None, None)).await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+    gw.wait_for(&id, MINUTE, status_is("W")).await;
+
+    // A handoff that can never be processed: it names a sub-step the plan does not have there.
+    let sqs = handoff_e2e::sqs_client().await;
+    let queue = gw.var("handoff-worker-collect", "HANDOFF_QUEUE_COLLECT_URL");
+    let set_visibility = |seconds: &'static str| {
+        sqs.set_queue_attributes().queue_url(&queue).attributes(QueueAttributeName::VisibilityTimeout, seconds).send()
+    };
+    set_visibility("1").await.expect("shorten visibility");
+    // moto fixes a queue's visibility timeout when a long poll starts: let running polls end.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let poison = json!({"exchangeId": id, "integrationCode": code, "integrationVersion": 1,
+                        "stepId": "0002", "subStep": "CollectData", "attempt": 1, "parameters": {}});
+    sqs.send_message().queue_url(&queue).message_body(poison.to_string()).send().await.expect("send poison");
+
+    let failed = gw.wait_for(&id, MINUTE, status_is("F")).await;
+    set_visibility("120").await.expect("restore visibility");
+    assert_eq!(failed["error"]["classification"], "system", "{failed:#}");
+    assert!(failed["error"]["message"].as_str().unwrap().contains("dead-lettered"), "{failed:#}");
+    let (_, errors) = gw.get(&format!("/errors?integrationCode={code}&classification=system")).await;
+    assert_eq!(errors["items"].as_array().map(Vec::len), Some(1), "{errors:#}");
+}
