@@ -44,10 +44,27 @@ pub enum WorkerFamily {
     Invoke,
     /// Downloads of what external systems offer (files, messages).
     Collect,
+    DeliverSftp,
+    DeliverFileUpload,
+    /// Deliveries through an on-premise agent (health check and invocation).
+    Agent,
+    /// Creating the sub-exchanges of a subflow.
+    Subflow,
 }
 
 impl WorkerFamily {
-    pub const ALL: [WorkerFamily; 6] = [Self::Control, Self::Query, Self::Transform, Self::DeliverRest, Self::Invoke, Self::Collect];
+    pub const ALL: [WorkerFamily; 10] = [
+        Self::Control,
+        Self::Query,
+        Self::Transform,
+        Self::DeliverRest,
+        Self::Invoke,
+        Self::Collect,
+        Self::DeliverSftp,
+        Self::DeliverFileUpload,
+        Self::Agent,
+        Self::Subflow,
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -57,6 +74,10 @@ impl WorkerFamily {
             Self::DeliverRest => "deliver-rest",
             Self::Invoke => "invoke",
             Self::Collect => "collect",
+            Self::DeliverSftp => "deliver-sftp",
+            Self::DeliverFileUpload => "deliver-file-upload",
+            Self::Agent => "agent",
+            Self::Subflow => "subflow",
         }
     }
 }
