@@ -15,8 +15,8 @@ use futures::StreamExt;
 use handoff_app::ports::{
     CallbackToken, ClaimOutcome, CommitOutcome, DataFileStore, ErrorFilter, ErrorRecord, ExchangeChange,
     ExchangeFilter, ExchangeRepository, HandoffMessage, HandoffQueue, IntegrationRepository, IntegrationWriteError,
-    PortError, QueueMessage, RecoveryCommit, ScheduleManager, StepChange, StepCommit, StoredIntegration, Timer,
-    TimerKind,
+    ParentTally, PortError, QueueMessage, RecoveryCommit, ScheduleManager, StepChange, StepCommit, StoredIntegration,
+    Timer, TimerKind,
 };
 use handoff_aws::scheduler::schedule_name;
 use handoff_aws::{
@@ -24,14 +24,16 @@ use handoff_aws::{
 };
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::exchange::{
-    Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, LogType, Payload, StepError, StepStatus,
+    Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, LogType, ParentLink, Payload, StepError,
+    StepStatus, SubExchangeCounts,
 };
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::plan::{SubStep, WorkerFamily};
 use handoff_core::retry::ErrorClassification;
 use handoff_emulator::moto::MotoServer;
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// The moto endpoint of this test binary.
 fn endpoint() -> &'static str {
@@ -103,12 +105,15 @@ async fn exchanges_table(client: &aws_sdk_dynamodb::Client) -> String {
         .billing_mode(BillingMode::PayPerRequest)
         .key_schema(key("pk", KeyType::Hash))
         .key_schema(key("sk", KeyType::Range));
-    for a in
-        ["pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "gsi3pk", "gsi3sk", "gsi4pk", "gsi4sk", "gsi5pk", "gsi5sk"]
-    {
+    for a in [
+        "pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "gsi3pk", "gsi3sk", "gsi4pk", "gsi4sk", "gsi5pk", "gsi5sk",
+        "gsi6pk", "gsi6sk",
+    ] {
         create = create.attribute_definitions(attr(a));
     }
-    for (i, name) in [(1, "byIntegration"), (2, "byStatus"), (3, "byCreation"), (4, "byDue"), (5, "byError")] {
+    for (i, name) in
+        [(1, "byIntegration"), (2, "byStatus"), (3, "byCreation"), (4, "byDue"), (5, "byError"), (6, "byParent")]
+    {
         create = create.global_secondary_indexes(
             GlobalSecondaryIndex::builder()
                 .index_name(name)
@@ -165,6 +170,8 @@ fn exchange(id: &str, integration: &str, created: DateTime<Utc>) -> Exchange {
         completed_at: None,
         error: None,
         recoveries: 0,
+        parent: None,
+        result: None,
     }
 }
 
@@ -183,6 +190,7 @@ fn steps(n: u32) -> Vec<ExchangeStep> {
             last_error: None,
             next_retry_at: None,
             completed_at: None,
+            sub_exchanges: None,
         })
         .collect()
 }
@@ -332,12 +340,13 @@ async fn exchange_lifecycle_with_claims_commits_and_conflicts() {
     let lines: Vec<&str> = detail.logs.iter().map(|l| l.line.as_str()).collect();
     assert_eq!(lines, vec!["step 0 attempt 1", "step 1 attempt 1", "step 1 attempt 2", "step 4 attempt 1"]);
 
-    let failed = ExchangeFilter { integration_code: None, status: Some(ExchangeStatus::Failed) };
+    let failed = ExchangeFilter { integration_code: None, status: Some(ExchangeStatus::Failed), parent: None };
     let page = repo.list(&failed, 10, None).await.expect("list");
     assert_eq!(page.items.iter().map(|e| e.exchange_id.as_str()).collect::<Vec<_>>(), vec!["ex-life"]);
-    let started = ExchangeFilter { integration_code: Some(code("LIFE")), status: Some(ExchangeStatus::Started) };
+    let started =
+        ExchangeFilter { integration_code: Some(code("LIFE")), status: Some(ExchangeStatus::Started), parent: None };
     assert!(repo.list(&started, 10, None).await.expect("list").items.is_empty());
-    let new = ExchangeFilter { integration_code: None, status: Some(ExchangeStatus::New) };
+    let new = ExchangeFilter { integration_code: None, status: Some(ExchangeStatus::New), parent: None };
     assert!(repo.list(&new, 10, None).await.expect("list").items.is_empty());
 }
 
@@ -371,11 +380,12 @@ async fn list_is_newest_first_and_paginates() {
         out.retain(|p: &Vec<String>| !p.is_empty());
         out
     }
-    let by_a = ExchangeFilter { integration_code: Some(code("A")), status: None };
+    let by_a = ExchangeFilter { integration_code: Some(code("A")), status: None, parent: None };
     assert_eq!(pages(&repo, &by_a, 3).await, vec![vec!["a6", "a5", "a4"], vec!["a3", "a2", "a1"], vec!["a0"]]);
-    let a_failed = ExchangeFilter { integration_code: Some(code("A")), status: Some(ExchangeStatus::Failed) };
+    let a_failed =
+        ExchangeFilter { integration_code: Some(code("A")), status: Some(ExchangeStatus::Failed), parent: None };
     assert_eq!(pages(&repo, &a_failed, 3).await, vec![vec!["a6", "a4", "a2"], vec!["a0"]]);
-    let new = ExchangeFilter { integration_code: None, status: Some(ExchangeStatus::New) };
+    let new = ExchangeFilter { integration_code: None, status: Some(ExchangeStatus::New), parent: None };
     assert_eq!(pages(&repo, &new, 2).await, vec![vec!["b1", "b0"], vec!["a5", "a3"], vec!["a1"]]);
     let all = pages(&repo, &ExchangeFilter::default(), 4).await;
     assert_eq!(all, vec![vec!["b1", "b0", "a6", "a5"], vec!["a4", "a3", "a2", "a1"], vec!["a0"]]);
@@ -435,6 +445,7 @@ async fn queue_sends_with_delay_and_attributes() {
         parameters: serde_json::json!({"a": 1}),
         not_before: None,
         recovery: 0,
+        parent: None,
     };
     queue.send(WorkerFamily::Control, &message, 0).await.expect("send");
     let received = client
@@ -641,6 +652,7 @@ async fn recovery_resets_steps_and_fences_older_generations() {
         recovery: 0,
         integration_version: Some(v2),
         reset: vec![StepId::from_sequence(2), StepId::from_sequence(3)],
+        clear_sub_failures: None,
         now: at(30),
     };
     assert_eq!(repo.recover(&recover).await.expect("recover"), CommitOutcome::Applied);
@@ -656,7 +668,7 @@ async fn recovery_resets_steps_and_fences_older_generations() {
     assert_eq!(detail.steps[2], fresh(2), "status, attempts, error, retry time, payload, completion reset");
     assert_eq!(detail.steps[3], fresh(3));
     assert_eq!((detail.steps[1].status, detail.steps[1].attempts), (StepStatus::Done, 1), "not reset");
-    let started = ExchangeFilter { integration_code: None, status: Some(ExchangeStatus::Started) };
+    let started = ExchangeFilter { integration_code: None, status: Some(ExchangeStatus::Started), parent: None };
     let listed: Vec<String> =
         repo.list(&started, 10, None).await.expect("list").items.iter().map(|e| e.exchange_id.to_string()).collect();
     assert_eq!(listed, vec!["ex-recover"], "the status index follows");
@@ -849,6 +861,7 @@ async fn due_timers_are_taken_once() {
             parameters: serde_json::json!({"deep": [[{"a": null}]]}),
             not_before: Some(at(3600)),
             recovery: 0,
+            parent: None,
         };
         let offset = if name == "ex-t1" { 0 } else { 1 };
         let mut c = StepCommit::new(id.clone(), 0, ExchangeChange::RequireNotFinal, at(1));
@@ -898,6 +911,7 @@ async fn callback_tokens_are_used_once() {
         recovery: 1,
         parameters: serde_json::json!({"n": 12345678901234_i64, "deep": [[{"a": null}]]}),
         expires_at,
+        parent: None,
     };
     let open = token("h-open", None);
     let timed = token("h-timed", Some(at(100)));
@@ -956,4 +970,443 @@ async fn queue_sends_timers_to_the_control_queue() {
     queue.send_timer(&timer, 5000).await.expect("delay capped");
     let other = SqsHandoffQueue::new(client, HashMap::from([(WorkerFamily::Transform, url)]));
     assert!(other.send_timer(&timer, 0).await.is_err(), "timers go to the control queue only");
+}
+
+// ------------------------------------------------------------------ subflows
+
+/// Counts the batch operations a DynamoDB client executes (each `send`, not HTTP retries).
+#[derive(Debug, Clone, Default)]
+struct BatchCounter {
+    writes: Arc<AtomicUsize>,
+    gets: Arc<AtomicUsize>,
+}
+
+impl BatchCounter {
+    fn writes(&self) -> usize {
+        self.writes.load(Ordering::SeqCst)
+    }
+    fn gets(&self) -> usize {
+        self.gets.load(Ordering::SeqCst)
+    }
+}
+
+impl aws_sdk_dynamodb::config::Intercept for BatchCounter {
+    fn name(&self) -> &'static str {
+        "BatchCounter"
+    }
+
+    fn read_before_execution(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let input = context.input();
+        if input.downcast_ref::<aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemInput>().is_some() {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+        }
+        if input.downcast_ref::<aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemInput>().is_some() {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+/// A repository on a fresh table whose client counts its batch operations.
+async fn counted_exchange_repo() -> (DynamoExchangeRepository, BatchCounter) {
+    let config = sdk().await;
+    let table = exchanges_table(&aws_sdk_dynamodb::Client::new(&config)).await;
+    let counter = BatchCounter::default();
+    let counted = aws_sdk_dynamodb::config::Builder::from(&config).interceptor(counter.clone()).build();
+    (DynamoExchangeRepository::new(aws_sdk_dynamodb::Client::from_conf(counted), table), counter)
+}
+
+fn child(id: &str, integration: &str, parent: &ExchangeId, step: u32, index: u32, created: DateTime<Utc>) -> Exchange {
+    Exchange {
+        parent: Some(ParentLink { exchange_id: parent.clone(), step_id: StepId::from_sequence(step), index }),
+        ..exchange(id, integration, created)
+    }
+}
+
+/// A sub-exchange ends (from `New` or `Started`), counting itself on `parent`'s step `step`.
+fn finish(id: &ExchangeId, parent: &ExchangeId, step: u32, completed: bool, now: DateTime<Utc>) -> StepCommit {
+    let (to, error) = if completed {
+        (ExchangeStatus::Completed, None)
+    } else {
+        (ExchangeStatus::Failed, Some(failed_error(1, now)))
+    };
+    let mut commit = StepCommit::new(
+        id.clone(),
+        0,
+        ExchangeChange::SetStatus {
+            from: vec![ExchangeStatus::New, ExchangeStatus::Started],
+            to,
+            error,
+            completed_at: Some(now),
+        },
+        now,
+    );
+    commit.result = completed.then(|| Payload::raw(format!("result of {id}")));
+    commit.tally = Some(ParentTally { parent: parent.clone(), step_id: StepId::from_sequence(step), completed });
+    commit
+}
+
+async fn counts(repo: &DynamoExchangeRepository, id: &ExchangeId, step: u32) -> Option<SubExchangeCounts> {
+    repo.get_step(id, StepId::from_sequence(step)).await.expect("get step").expect("step exists").sub_exchanges
+}
+
+fn sub(total: u32, completed: u32, failed: u32) -> Option<SubExchangeCounts> {
+    Some(SubExchangeCounts { total, completed, failed })
+}
+
+#[tokio::test]
+async fn sub_exchanges_count_once_on_the_parent_step_and_store_results() {
+    let repo = exchange_repo().await;
+    let parent = exchange("ex-parent", "PARENT", at(0));
+    let pid = parent.exchange_id.clone();
+    repo.create(&parent, &steps(3)).await.expect("create parent");
+    assert_eq!(counts(&repo, &pid, 1).await, None, "not a subflow step yet");
+    repo.set_sub_exchange_total(&pid, StepId::from_sequence(1), 3).await.expect("total");
+    assert_eq!(counts(&repo, &pid, 1).await, sub(3, 0, 0));
+    assert!(matches!(
+        repo.set_sub_exchange_total(&pid, StepId::from_sequence(9), 3).await,
+        Err(PortError::Fault { .. })
+    ));
+    assert!(repo.get_step(&pid, StepId::from_sequence(9)).await.expect("get").is_none(), "no phantom step");
+
+    let children: Vec<(Exchange, Vec<ExchangeStep>)> =
+        (0..3).map(|i| (child(&format!("ex-child-{i}"), "CHILD", &pid, 1, i, at(1)), steps(2))).collect();
+    repo.create_many(&children).await.expect("create children");
+    let ids: Vec<ExchangeId> = children.iter().map(|(e, _)| e.exchange_id.clone()).collect();
+    for id in &ids {
+        let start = commit(
+            id,
+            change(0, 1, false, StepStatus::Done, at(2)),
+            ExchangeChange::SetStatus {
+                from: vec![ExchangeStatus::New],
+                to: ExchangeStatus::Started,
+                error: None,
+                completed_at: None,
+            },
+            at(2),
+        );
+        assert_eq!(repo.commit(&start).await.expect("start"), CommitOutcome::Applied);
+    }
+
+    // A result stored without a status change (the check becomes a conditional update).
+    let mut partial =
+        commit(&ids[0], change(1, 1, false, StepStatus::Done, at(3)), ExchangeChange::RequireNotFinal, at(3));
+    partial.result = Some(Payload::raw("partial"));
+    assert_eq!(repo.commit(&partial).await.expect("partial"), CommitOutcome::Applied);
+    let detail = repo.get(&ids[0]).await.expect("get").expect("exists");
+    assert_eq!(
+        (detail.exchange.status, detail.exchange.result),
+        (ExchangeStatus::Started, Some(Payload::raw("partial")))
+    );
+    assert_eq!(repo.commit(&partial).await.expect("replay"), CommitOutcome::Conflict);
+
+    // Child 0 completes: counted once, its result stored; the replay changes nothing.
+    let done = finish(&ids[0], &pid, 1, true, at(4));
+    assert_eq!(repo.commit(&done).await.expect("complete"), CommitOutcome::Applied);
+    assert_eq!(counts(&repo, &pid, 1).await, sub(3, 1, 0));
+    assert_eq!(repo.commit(&done).await.expect("replay"), CommitOutcome::Conflict);
+    assert_eq!(counts(&repo, &pid, 1).await, sub(3, 1, 0), "a duplicate does not count");
+    let completed = repo.get(&ids[0]).await.expect("get").expect("exists").exchange;
+    assert_eq!(completed.status, ExchangeStatus::Completed);
+    assert_eq!(completed.result, Some(Payload::raw("result of ex-child-0")));
+    assert_eq!(completed.parent.as_ref().map(|p| p.index), Some(0));
+
+    // Child 1 fails; a conflicting second ending (a timeout racing it) does not count.
+    assert_eq!(repo.commit(&finish(&ids[1], &pid, 1, false, at(5))).await.expect("fail"), CommitOutcome::Applied);
+    let mut timeout = finish(&ids[1], &pid, 1, false, at(6));
+    timeout.exchange = ExchangeChange::SetStatus {
+        from: vec![ExchangeStatus::New, ExchangeStatus::Started],
+        to: ExchangeStatus::TimedOut,
+        error: None,
+        completed_at: Some(at(6)),
+    };
+    assert_eq!(repo.commit(&timeout).await.expect("timeout"), CommitOutcome::Conflict);
+    assert_eq!(counts(&repo, &pid, 1).await, sub(3, 1, 1));
+    let failed = repo.get(&ids[1]).await.expect("get").expect("exists").exchange;
+    assert_eq!((failed.status, failed.result), (ExchangeStatus::Failed, None));
+
+    // A tally on a missing parent step refuses the whole commit: the child stays running.
+    assert_eq!(repo.commit(&finish(&ids[2], &pid, 9, true, at(7))).await.expect("no step"), CommitOutcome::Conflict);
+    assert!(repo.get_step(&pid, StepId::from_sequence(9)).await.expect("get").is_none(), "no phantom step");
+    assert_eq!(repo.get(&ids[2]).await.expect("get").expect("exists").exchange.status, ExchangeStatus::Started);
+    assert_eq!(repo.commit(&finish(&ids[2], &pid, 1, true, at(8))).await.expect("complete"), CommitOutcome::Applied);
+    assert_eq!(counts(&repo, &pid, 1).await, sub(3, 2, 1));
+    assert!(counts(&repo, &pid, 1).await.is_some_and(|c| c.all_final()));
+
+    // Setting the total again, claims and commits of the step keep the counts.
+    repo.set_sub_exchange_total(&pid, StepId::from_sequence(1), 3).await.expect("total again");
+    assert_eq!(counts(&repo, &pid, 1).await, sub(3, 2, 1));
+    let start = commit(
+        &pid,
+        change(0, 1, false, StepStatus::Done, at(9)),
+        ExchangeChange::SetStatus {
+            from: vec![ExchangeStatus::New],
+            to: ExchangeStatus::Started,
+            error: None,
+            completed_at: None,
+        },
+        at(9),
+    );
+    assert_eq!(repo.commit(&start).await.expect("start parent"), CommitOutcome::Applied);
+    assert_eq!(
+        repo.claim(&pid, StepId::from_sequence(1), 1, 0, at(10), at(70)).await.expect("claim"),
+        ClaimOutcome::Claimed
+    );
+    let collect = commit(&pid, change(1, 1, true, StepStatus::Done, at(11)), ExchangeChange::RequireNotFinal, at(11));
+    assert_eq!(repo.commit(&collect).await.expect("collect"), CommitOutcome::Applied);
+    let step = repo.get_step(&pid, StepId::from_sequence(1)).await.expect("get").expect("exists");
+    assert_eq!((step.status, step.sub_exchanges), (StepStatus::Done, sub(3, 2, 1)));
+    let detail = repo.get(&pid).await.expect("get").expect("exists");
+    assert_eq!(detail.steps[1].sub_exchanges, sub(3, 2, 1), "get reads the counts too");
+    assert_eq!(detail.exchange.parent, None);
+}
+
+#[tokio::test]
+async fn recovery_clears_sub_failures_and_keeps_completions() {
+    let repo = exchange_repo().await;
+    let parent = exchange("ex-redrive", "PARENT", at(0));
+    let pid = parent.exchange_id.clone();
+    repo.create(&parent, &steps(3)).await.expect("create parent");
+    let start = commit(
+        &pid,
+        change(0, 1, false, StepStatus::Done, at(1)),
+        ExchangeChange::SetStatus {
+            from: vec![ExchangeStatus::New],
+            to: ExchangeStatus::Started,
+            error: None,
+            completed_at: None,
+        },
+        at(1),
+    );
+    assert_eq!(repo.commit(&start).await.expect("start"), CommitOutcome::Applied);
+    repo.set_sub_exchange_total(&pid, StepId::from_sequence(1), 5).await.expect("total");
+    let children: Vec<(Exchange, Vec<ExchangeStep>)> =
+        (0..5).map(|i| (child(&format!("ex-redrive-{i}"), "CHILD", &pid, 1, i, at(2)), steps(2))).collect();
+    repo.create_many(&children).await.expect("create children");
+    let ids: Vec<ExchangeId> = children.iter().map(|(e, _)| e.exchange_id.clone()).collect();
+    for (i, id) in ids.iter().enumerate().take(4) {
+        let outcome = repo.commit(&finish(id, &pid, 1, i < 2, at(3))).await.expect("finish");
+        assert_eq!(outcome, CommitOutcome::Applied);
+    }
+    assert_eq!(counts(&repo, &pid, 1).await, sub(5, 2, 2));
+
+    // The parent fails on its subflow step: the step's own failure keeps the counts.
+    fail_exchange(&repo, &pid, 1, 0, at(4)).await;
+    let step = repo.get_step(&pid, StepId::from_sequence(1)).await.expect("get").expect("exists");
+    assert_eq!((step.status, step.sub_exchanges), (StepStatus::Failed, sub(5, 2, 2)));
+
+    // Re-drive: the step is reset and its failures cleared in one update (a missing step to
+    // clear refuses the whole recovery).
+    let mut recover = RecoveryCommit {
+        exchange_id: pid.clone(),
+        recovery: 0,
+        integration_version: None,
+        reset: vec![StepId::from_sequence(1)],
+        clear_sub_failures: Some(StepId::from_sequence(9)),
+        now: at(5),
+    };
+    assert_eq!(repo.recover(&recover).await.expect("missing step"), CommitOutcome::Conflict);
+    assert!(repo.get_step(&pid, StepId::from_sequence(9)).await.expect("get").is_none(), "no phantom step");
+    assert_eq!(counts(&repo, &pid, 1).await, sub(5, 2, 2), "nothing written");
+    recover.clear_sub_failures = Some(StepId::from_sequence(1));
+    assert_eq!(repo.recover(&recover).await.expect("recover"), CommitOutcome::Applied);
+    let step = repo.get_step(&pid, StepId::from_sequence(1)).await.expect("get").expect("exists");
+    assert_eq!((step.status, step.attempts, step.sub_exchanges), (StepStatus::Initial, 0, sub(5, 2, 0)));
+
+    // The last child fails; the parent fails elsewhere and is recovered clearing step 1's
+    // failures without resetting it (an update of its own).
+    assert_eq!(repo.commit(&finish(&ids[4], &pid, 1, false, at(6))).await.expect("fail"), CommitOutcome::Applied);
+    assert_eq!(counts(&repo, &pid, 1).await, sub(5, 2, 1));
+    fail_exchange(&repo, &pid, 2, 1, at(7)).await;
+    let again = RecoveryCommit { recovery: 1, reset: vec![StepId::from_sequence(2)], now: at(8), ..recover };
+    assert_eq!(repo.recover(&again).await.expect("recover again"), CommitOutcome::Applied);
+    let detail = repo.get(&pid).await.expect("get").expect("exists");
+    assert_eq!((detail.exchange.status, detail.exchange.recoveries), (ExchangeStatus::Started, 2));
+    assert_eq!(detail.steps[1].sub_exchanges, sub(5, 2, 0));
+    assert_eq!(detail.steps[2].status, StepStatus::Initial);
+}
+
+#[tokio::test]
+async fn create_many_packs_batches_and_statuses_find_them() {
+    let (repo, counter) = counted_exchange_repo().await;
+    let pid = ExchangeId::new("ex-many-parent");
+    let many: Vec<(Exchange, Vec<ExchangeStep>)> =
+        (0..60).map(|i| (child(&format!("ex-many-{i:02}"), "MANY", &pid, 2, i, at(i64::from(i))), steps(5))).collect();
+    repo.create_many(&[]).await.expect("nothing");
+    assert_eq!(counter.writes(), 0);
+    repo.create_many(&many).await.expect("create many");
+    assert_eq!(counter.writes(), 360_usize.div_ceil(25), "items of several exchanges share a batch");
+    for i in [0, 17, 59] {
+        let detail = repo.get(&many[i].0.exchange_id).await.expect("get").expect("exists");
+        assert_eq!((&detail.exchange, &detail.steps), (&many[i].0, &many[i].1));
+    }
+    // Written again (duplicates included): nothing changes.
+    let twice: Vec<_> = many.iter().take(3).chain(many.iter().take(3)).cloned().collect();
+    repo.create_many(&twice).await.expect("create again");
+    assert_eq!(repo.get(&many[1].0.exchange_id).await.expect("get").expect("exists").exchange, many[1].0);
+
+    // Statuses: every id found (in the order asked), missing ones skipped, 100 keys a request.
+    let start = commit(
+        &many[5].0.exchange_id,
+        change(0, 1, false, StepStatus::Done, at(100)),
+        ExchangeChange::SetStatus {
+            from: vec![ExchangeStatus::New],
+            to: ExchangeStatus::Started,
+            error: None,
+            completed_at: None,
+        },
+        at(100),
+    );
+    assert_eq!(repo.commit(&start).await.expect("start"), CommitOutcome::Applied);
+    let mut ask = Vec::new();
+    for (i, (ex, _)) in many.iter().enumerate() {
+        ask.push(ex.exchange_id.clone());
+        if i < 50 {
+            ask.push(ExchangeId::new(format!("ex-missing-{i}")));
+        }
+    }
+    ask.push(many[0].0.exchange_id.clone());
+    let gets = counter.gets();
+    let found = repo.statuses(&ask).await.expect("statuses");
+    assert_eq!(counter.gets() - gets, 2, "110 distinct keys");
+    let expected: Vec<(ExchangeId, ExchangeStatus)> = many
+        .iter()
+        .enumerate()
+        .map(|(i, (ex, _))| {
+            (ex.exchange_id.clone(), if i == 5 { ExchangeStatus::Started } else { ExchangeStatus::New })
+        })
+        .collect();
+    assert_eq!(found, expected);
+    assert!(repo.statuses(&[]).await.expect("none").is_empty());
+    assert!(repo.statuses(&[ExchangeId::new("ex-missing-0")]).await.expect("missing").is_empty());
+}
+
+async fn list_pages(repo: &DynamoExchangeRepository, filter: &ExchangeFilter, limit: u32) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = repo.list(filter, limit, cursor.as_deref()).await.expect("list");
+        out.push(page.items.iter().map(|e| e.exchange_id.to_string()).collect());
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+        assert!(out.len() < 30, "runaway pagination");
+    }
+    out.retain(|p: &Vec<String>| !p.is_empty());
+    out
+}
+
+#[tokio::test]
+async fn list_by_parent_is_in_index_order_and_paginates() {
+    let repo = exchange_repo().await;
+    let (p, q) = (ExchangeId::new("ex-p"), ExchangeId::new("ex-q"));
+    let mut all = Vec::new();
+    // Step 4's children are created newest first: the index order is not the time order.
+    for i in 0..7_u32 {
+        let mut ex = child(&format!("p4-{i}"), if i % 2 == 1 { "CB" } else { "CA" }, &p, 4, i, at(100 - i64::from(i)));
+        if i % 3 == 0 {
+            ex.status = ExchangeStatus::Failed;
+        }
+        all.push((ex, steps(1)));
+    }
+    for i in 0..2 {
+        all.push((child(&format!("p2-{i}"), "CA", &p, 2, i, at(200)), steps(1)));
+        all.push((child(&format!("q-{i}"), "CA", &q, 4, i, at(0)), steps(1)));
+    }
+    all.push((exchange("ex-p", "PARENT", at(0)), steps(5)));
+    repo.create_many(&all).await.expect("create");
+
+    let children = ExchangeFilter { parent: Some(p.clone()), ..ExchangeFilter::default() };
+    assert_eq!(
+        list_pages(&repo, &children, 3).await,
+        vec![vec!["p2-0", "p2-1", "p4-0"], vec!["p4-1", "p4-2", "p4-3"], vec!["p4-4", "p4-5", "p4-6"]]
+    );
+    assert_eq!(list_pages(&repo, &children, 100).await.concat().len(), 9);
+    let failed = ExchangeFilter { status: Some(ExchangeStatus::Failed), ..children.clone() };
+    assert_eq!(list_pages(&repo, &failed, 2).await, vec![vec!["p4-0", "p4-3"], vec!["p4-6"]]);
+    let cb = ExchangeFilter { integration_code: Some(code("CB")), ..children.clone() };
+    assert_eq!(list_pages(&repo, &cb, 2).await, vec![vec!["p4-1", "p4-3"], vec!["p4-5"]]);
+    let q_children = ExchangeFilter { parent: Some(q), ..ExchangeFilter::default() };
+    assert_eq!(list_pages(&repo, &q_children, 10).await, vec![vec!["q-0", "q-1"]]);
+    let none = ExchangeFilter { parent: Some(ExchangeId::new("ex-none")), ..ExchangeFilter::default() };
+    let page = repo.list(&none, 10, None).await.expect("list");
+    assert!(page.items.is_empty() && page.next_cursor.is_none());
+    // The parent itself is no sub-exchange; the cursor of one filter is refused by another.
+    let page = repo.list(&children, 3, None).await.expect("list");
+    assert!(page.items.iter().all(|e| e.parent.as_ref().is_some_and(|l| l.exchange_id == p)));
+    assert!(repo.list(&ExchangeFilter::default(), 3, page.next_cursor.as_deref()).await.is_err());
+}
+
+#[tokio::test]
+async fn send_many_delivers_every_message_in_batches() {
+    let client = aws_sdk_sqs::Client::new(&sdk().await);
+    let url =
+        client.create_queue().queue_name(unique("transform")).send().await.expect("queue").queue_url.expect("url");
+    let queue = SqsHandoffQueue::new(client.clone(), HashMap::from([(WorkerFamily::Transform, url.clone())]));
+    let message = |i: u32, input: Payload| HandoffMessage {
+        exchange_id: ExchangeId::new(format!("ex-sub-{i}")),
+        integration_code: code("SUB"),
+        integration_version: IntegrationVersion::NULL,
+        step_id: StepId::from_sequence(1),
+        sub_step: SubStep::Transform,
+        attempt: 1,
+        input: Some(input),
+        parameters: serde_json::json!({"i": i}),
+        not_before: None,
+        recovery: 0,
+        parent: Some(ParentLink {
+            exchange_id: ExchangeId::new("ex-top"),
+            step_id: StepId::from_sequence(3),
+            index: i,
+        }),
+    };
+
+    async fn receive_all(client: &aws_sdk_sqs::Client, url: &str, expected: usize) -> Vec<HandoffMessage> {
+        let mut received = Vec::new();
+        for _ in 0..30 {
+            if received.len() >= expected {
+                break;
+            }
+            let out = client
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .expect("receive");
+            for m in out.messages.unwrap_or_default() {
+                let attributes = m.message_attributes().expect("attributes");
+                assert!(attributes["exchangeId"].string_value().is_some_and(|id| id.starts_with("ex-sub-")));
+                received.push(serde_json::from_str(m.body().expect("body")).expect("json"));
+                client
+                    .delete_message()
+                    .queue_url(url)
+                    .receipt_handle(m.receipt_handle().expect("handle"))
+                    .send()
+                    .await
+                    .expect("delete");
+            }
+        }
+        received.sort_by_key(|m: &HandoffMessage| m.parent.as_ref().map(|p| p.index));
+        received
+    }
+
+    let messages: Vec<HandoffMessage> = (0..23).map(|i| message(i, Payload::raw(format!("{{\"n\":{i}}}")))).collect();
+    queue.send_many(WorkerFamily::Transform, &messages).await.expect("send many");
+    assert_eq!(receive_all(&client, &url, 23).await, messages);
+
+    // Three messages of 100 KB do not fit one 256 KB batch: split by size, all arrive.
+    let big: Vec<HandoffMessage> = (0..3).map(|i| message(i, Payload::raw("x".repeat(100_000)))).collect();
+    queue.send_many(WorkerFamily::Transform, &big).await.expect("send big");
+    assert_eq!(receive_all(&client, &url, 3).await, big);
+
+    queue.send_many(WorkerFamily::Transform, &[]).await.expect("nothing to send");
+    assert!(queue.send_many(WorkerFamily::Control, &messages).await.is_err(), "no queue for that family");
 }

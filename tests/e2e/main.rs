@@ -2,7 +2,10 @@
 //! servers as the external systems. One emulator (and one moto) serves the whole binary.
 
 mod api;
+mod deliveries;
 mod jobs;
 mod operations;
 mod pipeline;
 mod schedule;
+mod subflows;
+mod transform;

@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+mod sftp;
+pub use sftp::{ensure_python_package, SftpServer};
+
 /// What the emulator under test offers the tests.
 pub struct Gateway {
     pub api: String,
@@ -150,7 +153,7 @@ impl Gateway {
 
     /// Waits until the exchange is final.
     pub async fn wait_final(&self, id: &str) -> Value {
-        self.wait_for(id, Duration::from_secs(60), |e| matches!(e["statusCode"].as_str(), Some("C" | "F" | "T"))).await
+        self.wait_for(id, Duration::from_secs(90), |e| matches!(e["statusCode"].as_str(), Some("C" | "F" | "T"))).await
     }
 
     pub fn var(&self, binary: &str, name: &str) -> String {
@@ -197,6 +200,8 @@ struct Behaviour {
     received: Arc<Mutex<Vec<Received>>>,
     /// Scripted answers (status, body), used in order; then `default`.
     script: Arc<Mutex<VecDeque<(u16, Bytes)>>>,
+    /// Requests whose path starts with one of these prefixes get that status.
+    failing_paths: Arc<Mutex<Vec<(String, u16)>>>,
     default: Arc<Mutex<(u16, Bytes)>>,
 }
 
@@ -213,6 +218,7 @@ impl ExternalSystem {
         let behaviour = Behaviour {
             received: Arc::default(),
             script: Arc::default(),
+            failing_paths: Arc::default(),
             default: Arc::new(Mutex::new((status, body.into()))),
         };
         let app = Router::new()
@@ -233,6 +239,20 @@ impl ExternalSystem {
         script.extend(answers.into_iter().map(|(s, b)| (s, Bytes::from_static(b.as_bytes()))));
     }
 
+    /// Answers `status` to every request whose path starts with `prefix`, until cleared.
+    pub fn fail_path(&self, prefix: &str, status: u16) {
+        self.behaviour.failing_paths.lock().expect("lock").push((prefix.to_string(), status));
+    }
+
+    pub fn clear_failing_paths(&self) {
+        self.behaviour.failing_paths.lock().expect("lock").clear();
+    }
+
+    /// The requests whose path starts with `prefix`.
+    pub fn received_at(&self, prefix: &str) -> Vec<Received> {
+        self.received().into_iter().filter(|r| r.path.starts_with(prefix)).collect()
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.behaviour.received.lock().expect("lock").clone()
     }
@@ -245,6 +265,16 @@ async fn record(State(b): State<Behaviour>, method: Method, uri: Uri, headers: H
         headers,
         body,
     });
+    let failing = b
+        .failing_paths
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|(prefix, _)| uri.path().starts_with(prefix.as_str()))
+        .map(|(_, status)| *status);
+    if let Some(status) = failing {
+        return (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), [("content-type", "application/json")], Bytes::from_static(b"{}"));
+    }
     let (status, body) = match b.script.lock().expect("lock").pop_front() {
         Some(answer) => answer,
         None => b.default.lock().expect("lock").clone(),

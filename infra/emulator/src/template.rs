@@ -1010,8 +1010,21 @@ mod tests {
             query.sqs_events[0].queue_arn,
             "arn:aws:sqs:us-east-1:123456789012:handoff-QueryQueue"
         );
+        // Every queue's dead-letter queue feeds the DLQ function: no dead letter goes unseen.
         let dlq = fns.iter().find(|f| f.binary == "handoff-dlq").expect("dlq");
-        assert_eq!(dlq.sqs_events.len(), 4);
+        let redriven: Vec<&Resource> = t
+            .resources_of("AWS::SQS::Queue")
+            .filter(|q| q.property("RedrivePolicy").is_some())
+            .collect();
+        assert!(redriven.len() >= 4);
+        assert_eq!(dlq.sqs_events.len(), redriven.len());
+        for queue in redriven {
+            let dlq_name = format!("handoff-{}", queue.logical_id.replace("Queue", "Dlq"));
+            assert!(
+                dlq.sqs_events.iter().any(|e| e.queue_arn.ends_with(&format!(":{dlq_name}"))),
+                "{dlq_name} has no event source on the DLQ function"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! The HTTP API (SPEC §4): an axum router, run by Lambda through the API Gateway adapter.
 
+/// The per-destination summary of delivery steps.
+mod destinations;
+
 use crate::apigw;
 use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
@@ -16,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use handoff_core::definition::{parse_definition, OutputFormat, StepAction};
+use handoff_core::definition::parse_definition;
 use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::notification::parse_notification;
@@ -28,6 +31,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
+
+mod mapping_routes;
 
 /// Requests above this are refused (Lambda's synchronous payload limit is 6 MB).
 pub const MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
@@ -104,6 +109,7 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/data-file-sets/{id}", get(get_data_file_set))
         .route("/data-file-sets/{id}/files/{name}", get(get_data_file))
         .route("/health", get(health))
+        .route("/mappings/{name}", axum::routing::put(mapping_routes::put_mapping).get(mapping_routes::get_mapping))
         .fallback(|| async { ApiError::not_found("no such route") })
         // Size limits are checked in `json_body`, so oversized requests get our JSON error.
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -178,16 +184,6 @@ fn check_executable(loaded: &LoadedIntegration) -> Result<(), ApiError> {
             field: Some(format!("steps[{index}]")),
         });
     }
-    for (index, step) in loaded.definition.steps.iter().enumerate() {
-        if let StepAction::Transformation { output: OutputFormat::Csv | OutputFormat::Xml, .. } = step.action {
-            return Err(ApiError {
-                status: StatusCode::NOT_IMPLEMENTED,
-                code: "NotImplemented",
-                message: format!("steps[{index}].output.format: csv and xml output are not implemented in this release"),
-                field: Some(format!("steps[{index}].output.format")),
-            });
-        }
-    }
     Ok(())
 }
 
@@ -210,6 +206,7 @@ async fn create_integration(State(ctx): Ctx, body: Bytes) -> ApiResult {
     };
     let loaded = LoadedIntegration::from_stored(stored.clone()).map_err(|e| ApiError::bad_request("InvalidDefinition", e.to_string()))?;
     check_executable(&loaded)?;
+    mapping_routes::check_mappings(&ctx, &loaded).await?;
     ctx.integrations.create(&stored).await.map_err(write_error)?;
     ctx.definitions.remember(Arc::new(loaded));
     let mut view = integration_view(&stored);
@@ -335,15 +332,36 @@ fn exchange_summary(e: &Exchange) -> Value {
     v
 }
 
+fn counts_view(c: &handoff_core::exchange::SubExchangeCounts) -> Value {
+    json!({"total": c.total, "completed": c.completed, "failed": c.failed, "running": c.running()})
+}
+
 fn step_view(s: &ExchangeStep) -> Value {
     let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
     v["statusCode"] = json!(s.status.code());
+    if let Some(counts) = &s.sub_exchanges {
+        v["subExchanges"] = counts_view(counts);
+    }
     v
 }
 
 fn exchange_view(detail: &ExchangeDetail) -> Value {
     let mut v = exchange_summary(&detail.exchange);
     v["steps"] = Value::Array(detail.steps.iter().map(step_view).collect());
+    if detail.steps.iter().any(|s| s.destination.is_some()) {
+        v["destinations"] = destinations::destinations_view(&detail.steps);
+    }
+    // A parent shows how its sub-exchanges stand, over all its subflow steps.
+    let mut subflow_steps = detail.steps.iter().filter_map(|s| s.sub_exchanges).peekable();
+    if subflow_steps.peek().is_some() {
+        let sum = subflow_steps.fold(handoff_core::exchange::SubExchangeCounts::default(), |mut sum, c| {
+            sum.total += c.total;
+            sum.completed += c.completed;
+            sum.failed += c.failed;
+            sum
+        });
+        v["subExchanges"] = counts_view(&sum);
+    }
     v
 }
 
@@ -521,6 +539,13 @@ async fn notify(State(ctx): Ctx, Path(token): Path<String>, body: Bytes) -> ApiR
     let Some(armed) = ctx.exchanges.consume_token(&hash, Utc::now()).await? else {
         return Err(ApiError::not_found("unknown, used or expired notification token"));
     };
+    // An agent's report is checked here, so the agent hears of a malformed one (and may resend).
+    if armed.sub_step == handoff_core::plan::SubStep::ReceiveAgentNotification {
+        if let Err(e) = handoff_core::notification::parse_agent_report(&notification) {
+            ctx.exchanges.release_token(&hash).await?;
+            return Err(ApiError::field(e, "InvalidNotification"));
+        }
+    }
     // Tell the caller plainly when its answer comes too late to matter.
     if let Some(detail) = ctx.exchanges.get(&armed.exchange_id).await? {
         let status = detail.exchange.status;
@@ -547,6 +572,7 @@ async fn notify(State(ctx): Ctx, Path(token): Path<String>, body: Bytes) -> ApiR
             parameters: armed.parameters.clone(),
             not_before: None,
             recovery: armed.recovery,
+            parent: armed.parent.clone(),
         };
         let family = armed.sub_step.family().unwrap_or(handoff_core::plan::WorkerFamily::Control);
         ctx.queue.send(family, &message, 0).await
@@ -573,9 +599,10 @@ async fn list_exchanges(State(ctx): Ctx, Query(query): Query<HashMap<String, Str
         message: format!("{field}: {message}"),
         field: Some(field.to_string()),
     };
-    if let Some(unknown) = query.keys().find(|k| !["integrationCode", "status", "limit", "cursor"].contains(&k.as_str())) {
-        return Err(invalid(unknown, "unknown query parameter (expected integrationCode, status, limit, cursor)".into()));
+    if let Some(unknown) = query.keys().find(|k| !["integrationCode", "status", "parentExchangeId", "limit", "cursor"].contains(&k.as_str())) {
+        return Err(invalid(unknown, "unknown query parameter (expected integrationCode, status, parentExchangeId, limit, cursor)".into()));
     }
+    let parent = query.get("parentExchangeId").map(|p| ExchangeId::new(p.clone()));
     let integration_code = query
         .get("integrationCode")
         .map(|c| IntegrationCode::parse(c).map_err(|e| invalid("integrationCode", e)))
@@ -587,7 +614,7 @@ async fn list_exchanges(State(ctx): Ctx, Query(query): Query<HashMap<String, Str
     let limit = parse_limit(query.get("limit")).map_err(|m| invalid("limit", m))?;
     let page = ctx
         .exchanges
-        .list(&ExchangeFilter { integration_code, status }, limit, query.get("cursor").map(String::as_str))
+        .list(&ExchangeFilter { integration_code, status, parent }, limit, query.get("cursor").map(String::as_str))
         .await
         .map_err(|e| match e {
             PortError::Fault { .. } => invalid("cursor", e.to_string()),

@@ -1,9 +1,14 @@
 //! Everything a function needs, wired once per warm instance.
 
 use crate::definitions::DefinitionCache;
+use crate::mappings::{MappingCache, MappingRepository};
 use crate::ports::{DataFileStore, ExchangeRepository, HandoffQueue, IntegrationRepository, ScheduleManager};
+use crate::secrets::{CachedSecrets, SecretStore};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How long a warm function reuses a secret it has read (a rotation shows within this).
+const SECRET_CACHE_TTL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone)]
 pub struct AppSettings {
@@ -34,6 +39,10 @@ pub struct Ports {
     pub queue: Arc<dyn HandoffQueue>,
     pub files: Arc<dyn DataFileStore>,
     pub schedules: Arc<dyn ScheduleManager>,
+    /// Credentials named by `secretRef` (Secrets Manager).
+    pub secrets: Arc<dyn SecretStore>,
+    /// Metadata mappings (`PUT /mappings/{name}`).
+    pub mappings: Arc<dyn MappingRepository>,
 }
 
 pub struct AppContext {
@@ -43,7 +52,11 @@ pub struct AppContext {
     pub files: Arc<dyn DataFileStore>,
     pub schedules: Arc<dyn ScheduleManager>,
     pub settings: AppSettings,
+    /// Secrets, remembered briefly per warm function.
+    pub secrets: Arc<dyn SecretStore>,
     pub definitions: DefinitionCache,
+    /// Metadata mappings, cached like definitions (same TTL).
+    pub mappings: MappingCache,
     pub http: reqwest::Client,
 }
 
@@ -56,11 +69,15 @@ impl AppContext {
             queue: ports.queue,
             files: ports.files,
             schedules: ports.schedules,
+            secrets: Arc::new(CachedSecrets::new(ports.secrets, SECRET_CACHE_TTL)),
+            mappings: MappingCache::new(ports.mappings, settings.definition_cache_ttl),
             settings,
             definitions,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
-                .timeout(Duration::from_secs(25))
+                // A silent peer fails after 25 s; a long transfer (a multi-GB data file
+                // streamed in or out) does not — the function timeout bounds the whole.
+                .read_timeout(Duration::from_secs(25))
                 .build()
                 .unwrap_or_default(),
         })

@@ -4,7 +4,7 @@
 
 use crate::context::AppContext;
 use crate::function::{FunctionHandler, InvocationError};
-use crate::ports::{CommitOutcome, ErrorRecord, ExchangeChange, HandoffMessage, PortError, StepChange, StepCommit};
+use crate::ports::{CommitOutcome, ErrorRecord, ExchangeChange, HandoffMessage, ParentTally, PortError, StepChange, StepCommit};
 use crate::sqs::{batch_response, SqsEvent, SqsRecord};
 use async_trait::async_trait;
 use chrono::Utc;
@@ -83,8 +83,14 @@ impl DlqFunction {
                 completed_at: None,
                 logs: Vec::new(),
         });
+        commit.tally = message.parent.as_ref().map(|p| ParentTally { parent: p.exchange_id.clone(), step_id: p.step_id, completed: false });
         match self.ctx.exchanges.commit(&commit).await? {
-            CommitOutcome::Applied => tracing::error!(exchangeId = %message.exchange_id, stepId = %message.step_id, %cause, "exchange failed: dead-lettered handoff"),
+            CommitOutcome::Applied => {
+                tracing::error!(exchangeId = %message.exchange_id, stepId = %message.step_id, %cause, "exchange failed: dead-lettered handoff");
+                if let Some(link) = &message.parent {
+                    crate::subflow::resume_parent_if_last(&self.ctx, link).await?;
+                }
+            }
             CommitOutcome::Conflict => tracing::warn!(exchangeId = %message.exchange_id, stepId = %message.step_id, "dead letter for a step or exchange that already moved on; nothing to mark"),
         }
         Ok(())

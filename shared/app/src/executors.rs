@@ -19,6 +19,10 @@ use handoff_core::retry::Failure;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+/// Deliveries to sftp, file upload and agent destinations, and custom data collection.
+mod deliveries;
+mod transform;
+
 /// A successful sub-step: its output (if it produced one; otherwise its input flows on)
 /// and, for a false condition, where the exchange continues.
 #[derive(Debug, Default)]
@@ -27,6 +31,8 @@ pub struct StepOutput {
     pub skip_to: Option<u32>,
     /// The call handed out a callback: the exchange now waits for it.
     pub wait: Option<Wait>,
+    /// Sub-exchanges are still running: the exchange waits for them (the last one resumes it).
+    pub wait_for_sub_exchanges: bool,
 }
 
 /// An armed wait: the step that takes the callback, and when it times out.
@@ -39,6 +45,12 @@ pub struct Wait {
 pub struct Execution {
     pub outcome: Result<StepOutput, Failure>,
     pub logs: Vec<(LogType, String)>,
+    /// What the next sub-step runs on when this one's input is not the pipeline's payload
+    /// (a callback's notification): the payload that flows past it, on success or failure.
+    pub pass_on: Option<Payload>,
+    /// Problems to list for operators that do not fail the step by themselves (e.g. the
+    /// files an agent rejected); recorded once the attempt is decided.
+    pub recorded: Vec<Failure>,
 }
 
 pub struct ExecutionContext<'a> {
@@ -60,7 +72,7 @@ impl ExecutionContext<'_> {
         }
     }
 
-    fn vars(&self) -> ExpressionVars {
+    pub(crate) fn vars(&self) -> ExpressionVars {
         ExpressionVars {
             parameters: self.message.parameters.clone(),
             exchange: json!({
@@ -71,12 +83,12 @@ impl ExecutionContext<'_> {
         }
     }
 
-    fn action(&self) -> Option<&StepAction> {
+    pub(crate) fn action(&self) -> Option<&StepAction> {
         self.planned.step_index.map(|i| &self.loaded.definition.steps[i].action)
     }
 
     /// The input as JSON (empty input reads as `null`).
-    async fn input_json(&self) -> Result<Value, Failure> {
+    pub(crate) async fn input_json(&self) -> Result<Value, Failure> {
         let Some(payload) = &self.message.input else {
             return Ok(Value::Null);
         };
@@ -92,7 +104,7 @@ impl ExecutionContext<'_> {
     }
 }
 
-fn payload_failure(e: PayloadError) -> Failure {
+pub(crate) fn payload_failure(e: PayloadError) -> Failure {
     match e {
         PayloadError::Port(p) => Failure::transient(format!("payload storage: {p}")),
         other => Failure::system(other.to_string()),
@@ -112,7 +124,12 @@ pub fn idempotency_key(message: &HandoffMessage) -> String {
 pub async fn execute(cx: &ExecutionContext<'_>) -> Execution {
     let mut lines = Vec::new();
     let mut user_lines = Vec::new();
-    let outcome = run(cx, &mut lines, &mut user_lines).await;
+    let mut extras = Extras::default();
+    let outcome = if deliveries::handles(cx.planned.sub_step) {
+        deliveries::run(cx, &mut lines, &mut user_lines, &mut extras).await
+    } else {
+        run(cx, &mut lines, &mut user_lines).await
+    };
     if let Err(failure) = &outcome {
         lines.push(format!("Attempt {} failed: {}", cx.message.attempt, failure.message));
     }
@@ -121,7 +138,14 @@ pub async fn execute(cx: &ExecutionContext<'_>) -> Execution {
         .map(|l| (LogType::System, l))
         .chain(user_lines.into_iter().map(|l| (LogType::User, l)))
         .collect();
-    Execution { outcome, logs }
+    Execution { outcome, logs, pass_on: extras.pass_on, recorded: extras.recorded }
+}
+
+/// What an executor reports besides its outcome and logs (see [`Execution`]).
+#[derive(Debug, Default)]
+struct Extras {
+    pass_on: Option<Payload>,
+    recorded: Vec<Failure>,
 }
 
 async fn run(cx: &ExecutionContext<'_>, logs: &mut Vec<String>, user_logs: &mut Vec<String>) -> Result<StepOutput, Failure> {
@@ -159,17 +183,7 @@ async fn run(cx: &ExecutionContext<'_>, logs: &mut Vec<String>, user_logs: &mut 
             logs.push("Post-processing applied".into());
             store_json(cx, &output, OutputFormat::Json).await
         }
-        SubStep::Transform => {
-            let Some(StepAction::Transformation { function, output }) = cx.action() else {
-                return Err(Failure::system("sub-step Transform on a step that is not a transformation"));
-            };
-            let value = match function {
-                Some(program) => run_jq(cx, program, "transformation").await?,
-                None => cx.input_json().await?,
-            };
-            logs.push(format!("Transformed to {}", format_name(*output)));
-            store_json(cx, &value, *output).await
-        }
+        SubStep::Transform => transform::transform(cx, logs).await,
         SubStep::InvokeQuery => {
             let Some(StepAction::Query { request }) = cx.action() else {
                 return Err(Failure::system("sub-step InvokeQuery on a step that is not a query"));
@@ -301,6 +315,9 @@ async fn run(cx: &ExecutionContext<'_>, logs: &mut Vec<String>, user_logs: &mut 
             }
             Ok(StepOutput::default())
         }
+        SubStep::CollectSubflowProperties => crate::subflow::collect_properties(cx, logs).await,
+        SubStep::CreateSubExchanges => crate::subflow::create_sub_exchanges(cx, logs).await,
+        SubStep::ControlSubflow => crate::subflow::control(cx, logs).await,
         other => Err(Failure::system(format!("sub-step {other} has no executor in this release"))),
     }
 }
@@ -319,33 +336,10 @@ async fn invoke_external(
     let mut headers = vec![("Idempotency-Key", idempotency_key(cx.message))];
     let mut wait = None;
     if waits {
-        let waiting_step = StepId::from_sequence(cx.planned.sequence + 1);
-        let base = cx
-            .app
-            .settings
-            .public_base_url
-            .as_deref()
-            .ok_or_else(|| Failure::system("HANDOFF_PUBLIC_BASE_URL is not configured: no callback URL can be given"))?;
-        let timeout_at = cx
-            .planned
-            .step_index
-            .and_then(|i| cx.loaded.definition.steps[i].timeout_seconds)
-            .map(|s| Utc::now() + ChronoDuration::seconds(s as i64));
-        let secret = new_token();
-        let token = CallbackToken {
-            hash: token_hash(&secret),
-            exchange_id: cx.message.exchange_id.clone(),
-            integration_code: cx.message.integration_code.clone(),
-            integration_version: cx.message.integration_version,
-            step_id: waiting_step,
-            sub_step: cx.loaded.plan.get(waiting_step.sequence() as usize).map_or(SubStep::ReceiveNotification, |p| p.sub_step),
-            recovery: cx.message.recovery,
-            parameters: cx.message.parameters.clone(),
-            expires_at: timeout_at,
-        };
-        cx.app.exchanges.put_token(&token).await.map_err(|e| Failure::transient(format!("storing the callback token: {e}")))?;
-        headers.push(("X-Handoff-Callback-Url", format!("{}/notifications/{secret}", base.trim_end_matches('/'))));
-        wait = Some(Wait { step_id: waiting_step, timeout_at });
+        let timeout_seconds = cx.planned.step_index.and_then(|i| cx.loaded.definition.steps[i].timeout_seconds);
+        let (callback_url, armed) = arm_callback(cx, timeout_seconds).await?;
+        headers.push(("X-Handoff-Callback-Url", callback_url));
+        wait = Some(armed);
     }
     let body = match cx.input_stream_or_empty() {
         Some(payload) if request.body.is_none() => OutboundBody::Stream {
@@ -361,6 +355,36 @@ async fn invoke_external(
         if wait.is_some() { "; waiting for its callback" } else { "" }
     ));
     Ok(StepOutput { wait, ..StepOutput::default() })
+}
+
+/// Stores a fresh single-use callback token for the sub-step after this one (the one that
+/// takes the callback) and returns its absolute callback URL and the armed wait. Stored
+/// before the call, so even an instant callback finds it.
+async fn arm_callback(cx: &ExecutionContext<'_>, timeout_seconds: Option<u64>) -> Result<(String, Wait), Failure> {
+    let waiting_step = StepId::from_sequence(cx.planned.sequence + 1);
+    let base = cx
+        .app
+        .settings
+        .public_base_url
+        .as_deref()
+        .ok_or_else(|| Failure::system("HANDOFF_PUBLIC_BASE_URL is not configured: no callback URL can be given"))?;
+    let timeout_at = timeout_seconds.map(|s| Utc::now() + ChronoDuration::seconds(s as i64));
+    let secret = new_token();
+    let token = CallbackToken {
+        hash: token_hash(&secret),
+        exchange_id: cx.message.exchange_id.clone(),
+        integration_code: cx.message.integration_code.clone(),
+        integration_version: cx.message.integration_version,
+        step_id: waiting_step,
+        sub_step: cx.loaded.plan.get(waiting_step.sequence() as usize).map_or(SubStep::ReceiveNotification, |p| p.sub_step),
+        recovery: cx.message.recovery,
+        parameters: cx.message.parameters.clone(),
+        expires_at: timeout_at,
+        parent: cx.message.parent.clone(),
+    };
+    cx.app.exchanges.put_token(&token).await.map_err(|e| Failure::transient(format!("storing the callback token: {e}")))?;
+    let url = format!("{}/notifications/{secret}", base.trim_end_matches('/'));
+    Ok((url, Wait { step_id: waiting_step, timeout_at }))
 }
 
 /// An unguessable token: 256 random bits, hex.

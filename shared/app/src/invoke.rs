@@ -8,7 +8,7 @@ use crate::worker::{arm_timer, send_follow_ups, WorkerError};
 use bytes::Bytes;
 use chrono::Utc;
 use handoff_core::definition::IntegrationDefinition;
-use handoff_core::exchange::{Exchange, ExchangeError, ExchangeStatus, ExchangeStep, StepStatus};
+use handoff_core::exchange::{Exchange, ExchangeError, ExchangeStatus, ExchangeStep, ParentLink, Payload, StepStatus};
 use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::plan::{PlannedSubStep, WorkerFamily};
 use handoff_core::retry::{ErrorClassification, RetryPolicy};
@@ -75,19 +75,54 @@ pub async fn invoke_exchange(ctx: &AppContext, request: InvokeRequest) -> Result
         None => None,
     };
     let now = Utc::now();
+    let created = materialize(&loaded, ExchangeId::new(uuid::Uuid::now_v7().to_string()), request.parameters, input, None, now);
+    let (exchange, steps, message) = (created.exchange, created.steps, created.first);
+    ctx.exchanges.create(&exchange, &steps).await?;
+
+    let family = message.sub_step.family().unwrap_or(WorkerFamily::Control);
+    let sent = async {
+        ctx.queue.send(family, &message, 0).await?;
+        arm_sla(ctx, &exchange, loaded.definition.sla_seconds, now).await
+    };
+    if let Err(send_error) = sent.await {
+        // The exchange exists but nothing will pick it up: record that, so it is visible and recoverable.
+        mark_not_handed_off(ctx, &exchange, &send_error).await;
+        return Err(send_error.into());
+    }
+    Ok(exchange)
+}
+
+/// A new exchange with all its steps (status `Initial`) and the message that starts it.
+pub struct NewExchange {
+    pub exchange: Exchange,
+    pub steps: Vec<ExchangeStep>,
+    pub first: HandoffMessage,
+}
+
+/// Materialises the whole plan of an exchange at once, so it is visible from the start.
+pub fn materialize(
+    loaded: &LoadedIntegration,
+    exchange_id: ExchangeId,
+    parameters: Value,
+    input: Option<Payload>,
+    parent: Option<ParentLink>,
+    now: chrono::DateTime<Utc>,
+) -> NewExchange {
     let exchange = Exchange {
-        exchange_id: ExchangeId::new(uuid::Uuid::now_v7().to_string()),
-        integration_code: code.clone(),
-        integration_version: version,
+        exchange_id,
+        integration_code: loaded.stored.code.clone(),
+        integration_version: loaded.stored.version,
         status: ExchangeStatus::New,
-        parameters: request.parameters,
+        parameters,
         created_at: now,
         updated_at: now,
         completed_at: None,
         error: None,
         recoveries: 0,
+        parent,
+        result: None,
     };
-    let steps: Vec<ExchangeStep> = loaded
+    let steps = loaded
         .plan
         .iter()
         .map(|planned| ExchangeStep {
@@ -103,15 +138,14 @@ pub async fn invoke_exchange(ctx: &AppContext, request: InvokeRequest) -> Result
             last_error: None,
             next_retry_at: None,
             completed_at: None,
+            sub_exchanges: None,
         })
         .collect();
-    ctx.exchanges.create(&exchange, &steps).await?;
-
     let first = &loaded.plan[0];
-    let message = HandoffMessage {
+    let first = HandoffMessage {
         exchange_id: exchange.exchange_id.clone(),
-        integration_code: code,
-        integration_version: version,
+        integration_code: exchange.integration_code.clone(),
+        integration_version: exchange.integration_version,
         step_id: StepId::from_sequence(first.sequence),
         sub_step: first.sub_step,
         attempt: 1,
@@ -119,18 +153,9 @@ pub async fn invoke_exchange(ctx: &AppContext, request: InvokeRequest) -> Result
         parameters: exchange.parameters.clone(),
         not_before: None,
         recovery: 0,
+        parent: exchange.parent.clone(),
     };
-    let family = first.sub_step.family().unwrap_or(WorkerFamily::Control);
-    let sent = async {
-        ctx.queue.send(family, &message, 0).await?;
-        arm_sla(ctx, &exchange, loaded.definition.sla_seconds, now).await
-    };
-    if let Err(send_error) = sent.await {
-        // The exchange exists but nothing will pick it up: record that, so it is visible and recoverable.
-        mark_not_handed_off(ctx, &exchange, &send_error).await;
-        return Err(send_error.into());
-    }
-    Ok(exchange)
+    NewExchange { exchange, steps, first }
 }
 
 /// Starts the SLA clock of an exchange (at creation and again at each recovery).

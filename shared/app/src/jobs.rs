@@ -73,7 +73,7 @@ impl JobsFunction {
         let mut recovered = Vec::new();
         let mut skipped = 0;
         let mut cursor: Option<String> = None;
-        let filter = ExchangeFilter { status: Some(ExchangeStatus::Failed), integration_code };
+        let filter = ExchangeFilter { status: Some(ExchangeStatus::Failed), integration_code, parent: None };
         loop {
             let page = self.ctx.exchanges.list(&filter, PAGE, cursor.as_deref()).await?;
             for exchange in page.items {

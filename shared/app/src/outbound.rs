@@ -13,6 +13,8 @@ const URL_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(
 pub enum OutboundBody {
     Empty,
     Stream { body: ByteStream, content_type: String },
+    /// multipart/form-data (file uploads); the form sets its own content type and boundary.
+    Multipart(reqwest::multipart::Form),
 }
 
 /// Fills the placeholders of a request; a missing parameter is the caller's data problem.
@@ -71,6 +73,7 @@ pub async fn send(
             let builder = if has_type { builder } else { builder.header("Content-Type", content_type) };
             builder.body(reqwest::Body::wrap_stream(body))
         }
+        (None, OutboundBody::Multipart(form)) => builder.multipart(form),
         (None, OutboundBody::Empty) => builder,
     };
     let response = builder.send().await.map_err(|e| {

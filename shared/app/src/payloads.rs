@@ -13,7 +13,7 @@ pub const PAYLOAD_FILE: &str = "payload";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
-    #[error("data file set {0} has no file '{PAYLOAD_FILE}'")]
+    #[error("data file set {0} has no file '{PAYLOAD_FILE}' and more or fewer than one file")]
     MissingFile(DataFileSetId),
     #[error("payload could not be read: {0}")]
     Read(std::io::Error),
@@ -71,9 +71,17 @@ impl PayloadCodec {
                 Ok(stream::once(async move { Ok(bytes) }).boxed())
             }
             Payload::DataFileSet { data_file_set_id } => {
+                if let Some((_, body)) = self.files.read(data_file_set_id, PAYLOAD_FILE).await? {
+                    return Ok(body);
+                }
+                // A set of one named file (collected, then transformed) is that file.
+                let files = self.files.list(data_file_set_id).await?;
+                let [only] = files.as_slice() else {
+                    return Err(PayloadError::MissingFile(data_file_set_id.clone()));
+                };
                 let (_, body) = self
                     .files
-                    .read(data_file_set_id, PAYLOAD_FILE)
+                    .read(data_file_set_id, &only.name)
                     .await?
                     .ok_or_else(|| PayloadError::MissingFile(data_file_set_id.clone()))?;
                 Ok(body)

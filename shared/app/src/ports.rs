@@ -121,7 +121,20 @@ pub struct StepCommit {
     pub errors: Vec<ErrorRecord>,
     /// Durable timers to store, due beyond what a delayed message can carry.
     pub timers: Vec<Timer>,
+    /// The exchange's final payload, stored on it when it completes.
+    pub result: Option<Payload>,
+    /// A sub-exchange reaching a final state counts itself on its parent's `ControlSubflow`
+    /// step in the same transaction, so it is counted exactly once.
+    pub tally: Option<ParentTally>,
     pub now: DateTime<Utc>,
+}
+
+/// One more sub-exchange of a parent step is final.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentTally {
+    pub parent: ExchangeId,
+    pub step_id: StepId,
+    pub completed: bool,
 }
 
 impl StepCommit {
@@ -136,6 +149,8 @@ impl StepCommit {
             require_done: None,
             errors: Vec::new(),
             timers: Vec::new(),
+            result: None,
+            tally: None,
             now,
         }
     }
@@ -185,6 +200,9 @@ pub enum TimerKind {
     /// A retry due later than SQS can delay a message.
     #[serde(rename_all = "camelCase")]
     Retry { message: Box<HandoffMessage> },
+    /// The parent of a sub-exchange timed out; so does the sub-exchange.
+    #[serde(rename_all = "camelCase")]
+    ParentTimedOut { parent: ExchangeId },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,6 +222,7 @@ impl Timer {
             TimerKind::StepTimeout { step_id } => format!("timeout#{step_id}"),
             TimerKind::Sla => "sla".into(),
             TimerKind::Retry { message } => format!("retry#{}#{}", message.step_id, message.attempt),
+            TimerKind::ParentTimedOut { .. } => "parent-timed-out".into(),
         }
     }
 }
@@ -224,6 +243,8 @@ pub struct CallbackToken {
     pub parameters: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<handoff_core::exchange::ParentLink>,
 }
 
 /// Recovering an exchange: back to `Started` at generation `recovery + 1`, with its steps
@@ -237,6 +258,9 @@ pub struct RecoveryCommit {
     pub integration_version: Option<IntegrationVersion>,
     /// Steps back to `Initial` with no attempts, claims, errors or retry times.
     pub reset: Vec<StepId>,
+    /// A `ControlSubflow` step whose failed sub-exchanges are being re-driven: its failure
+    /// count goes back to zero (they count again when they end).
+    pub clear_sub_failures: Option<StepId>,
     pub now: DateTime<Utc>,
 }
 
@@ -258,6 +282,8 @@ pub enum ClaimOutcome {
 pub struct ExchangeFilter {
     pub integration_code: Option<IntegrationCode>,
     pub status: Option<ExchangeStatus>,
+    /// The sub-exchanges of one exchange (in creation order rather than newest first).
+    pub parent: Option<ExchangeId>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -281,6 +307,26 @@ pub trait ExchangeRepository: Send + Sync {
     /// Writes the exchange and all its steps (batched, ≤ 25 items per request). Idempotent:
     /// writing the same exchange again changes nothing.
     async fn create(&self, exchange: &Exchange, steps: &[ExchangeStep]) -> PortResult<()>;
+    /// Writes many exchanges with their steps, packing items of several exchanges into each
+    /// batch of 25 (creating a thousand sub-exchanges costs requests per item, not per exchange).
+    async fn create_many(&self, exchanges: &[(Exchange, Vec<ExchangeStep>)]) -> PortResult<()> {
+        for (exchange, steps) in exchanges {
+            self.create(exchange, steps).await?;
+        }
+        Ok(())
+    }
+    /// Which of these exchanges exist, and their status (BatchGetItem, ≤ 100 keys a request).
+    async fn statuses(&self, ids: &[ExchangeId]) -> PortResult<Vec<(ExchangeId, ExchangeStatus)>> {
+        let mut found = Vec::new();
+        for id in ids {
+            if let Some(detail) = self.get(id).await? {
+                found.push((id.clone(), detail.exchange.status));
+            }
+        }
+        Ok(found)
+    }
+    /// Sets how many sub-exchanges a `ControlSubflow` step waits for (before any of them runs).
+    async fn set_sub_exchange_total(&self, id: &ExchangeId, step: StepId, total: u32) -> PortResult<()>;
     async fn get(&self, id: &ExchangeId) -> PortResult<Option<ExchangeDetail>>;
     async fn get_step(&self, id: &ExchangeId, step: StepId) -> PortResult<Option<ExchangeStep>>;
     /// Newest first.
@@ -332,6 +378,9 @@ pub struct HandoffMessage {
     /// The exchange's recovery generation this handoff belongs to.
     #[serde(default)]
     pub recovery: u32,
+    /// For a sub-exchange: the parent step that counts it when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<handoff_core::exchange::ParentLink>,
 }
 
 /// Everything the control queue carries.
@@ -349,6 +398,13 @@ pub trait HandoffQueue: Send + Sync {
     async fn send(&self, family: WorkerFamily, message: &HandoffMessage, delay_seconds: u32) -> PortResult<()>;
     /// Sends a fired (or soon due) timer to the control queue, delayed by up to 900 seconds.
     async fn send_timer(&self, timer: &Timer, delay_seconds: u32) -> PortResult<()>;
+    /// Sends many messages to one family's queue, ten per request.
+    async fn send_many(&self, family: WorkerFamily, messages: &[HandoffMessage]) -> PortResult<()> {
+        for message in messages {
+            self.send(family, message, 0).await?;
+        }
+        Ok(())
+    }
     async fn health(&self) -> PortResult<()>;
 }
 

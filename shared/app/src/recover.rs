@@ -8,7 +8,8 @@ use crate::ports::{CommitOutcome, ExchangeDetail, HandoffMessage, PortError, Rec
 use chrono::Utc;
 use handoff_core::exchange::StepStatus;
 use handoff_core::ids::{ExchangeId, IntegrationVersion, StepId};
-use handoff_core::plan::WorkerFamily;
+use handoff_core::plan::{SubStep, WorkerFamily};
+use crate::subflow::failed_children;
 use handoff_core::recovery::{check_compatible, input_before, resume_point, RecoveryError};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,15 +69,29 @@ pub async fn recover_exchange(
         }
     };
     let now = Utc::now();
+    // A subflow that failed because sub-exchanges failed re-drives only those.
+    let resume_sub_step = target.plan[point.step_id.sequence() as usize].sub_step;
+    let redrive = if resume_sub_step == SubStep::ControlSubflow {
+        failed_children(ctx, id, point.step_id).await?
+    } else {
+        Vec::new()
+    };
     let commit = RecoveryCommit {
         exchange_id: id.clone(),
         recovery: exchange.recoveries,
         integration_version: onto_version.filter(|v| *v != exchange.integration_version),
         reset: point.reset.clone(),
+        clear_sub_failures: (resume_sub_step == SubStep::ControlSubflow).then_some(point.step_id),
         now,
     };
     if ctx.exchanges.recover(&commit).await? == CommitOutcome::Conflict {
         return Err(ActionError::Conflict("the exchange changed while it was being recovered; read it again".into()));
+    }
+    for child in &redrive {
+        // Boxed: sub-exchanges may themselves be subflows.
+        if let Err(e) = Box::pin(recover_exchange(ctx, child, None)).await {
+            tracing::warn!(exchangeId = %id, child = %child, error = %e, "a failed sub-exchange could not be re-driven");
+        }
     }
     let recoveries = exchange.recoveries + 1;
     let planned = &target.plan[point.step_id.sequence() as usize];
@@ -91,6 +106,7 @@ pub async fn recover_exchange(
         parameters: exchange.parameters.clone(),
         not_before: None,
         recovery: recoveries,
+        parent: exchange.parent.clone(),
     };
     ctx.queue.send(planned.sub_step.family().unwrap_or(WorkerFamily::Control), &message, 0).await?;
     let mut recovered = exchange.clone();
@@ -127,6 +143,7 @@ pub async fn retry_step_now(ctx: &AppContext, id: &ExchangeId, step_id: StepId) 
         parameters: detail.exchange.parameters.clone(),
         not_before: None,
         recovery: detail.exchange.recoveries,
+        parent: detail.exchange.parent.clone(),
     };
     ctx.queue.send(step.sub_step.family().unwrap_or(WorkerFamily::Control), &message, 0).await?;
     tracing::info!(exchangeId = %id, stepId = %step_id, attempt, "manual retry requested");

@@ -10,14 +10,15 @@ use crate::function::{FunctionHandler, InvocationError};
 use crate::invoke::retry_policy;
 use crate::payloads::PayloadCodec;
 use crate::ports::{
-    ClaimOutcome, CommitOutcome, ErrorRecord, ExchangeChange, HandoffMessage, PortError, QueueMessage, StepChange, StepCommit, Timer,
-    TimerKind,
+    ClaimOutcome, CommitOutcome, ErrorRecord, ExchangeChange, HandoffMessage, ParentTally, PortError, QueueMessage, StepChange,
+    StepCommit, Timer, TimerKind,
 };
+use crate::subflow::{resume_parent_if_last, time_out_children};
 use crate::sqs::{batch_response, SqsEvent};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use handoff_core::exchange::{
-    decide_after_attempt, AttemptOutcome, ExchangeError, ExchangeStatus, LogLine, StepDecision, StepError, StepStatus,
+    decide_after_attempt, AttemptOutcome, ExchangeError, ExchangeStatus, LogLine, ParentLink, StepDecision, StepError, StepStatus,
 };
 use handoff_core::ids::StepId;
 use handoff_core::plan::{PlannedSubStep, SubStep, WorkerFamily};
@@ -157,8 +158,27 @@ impl WorkerFunction {
             .into_iter()
             .map(|(kind, line)| LogLine { kind, line, timestamp: now, step_id: message.step_id })
             .collect();
+        // A decided attempt (not one to be retried) hands on what the executor says flows
+        // past it, and lists its side errors; a retry runs on the same input again.
+        let decided = !matches!(decision, StepDecision::ScheduleRetry { .. });
+        let message = match execution.pass_on {
+            Some(payload) if decided => HandoffMessage { input: Some(payload), ..message },
+            _ => message,
+        };
+        let recorded = if decided { execution.recorded } else { Vec::new() };
         let step = plan.step_change(&message, claimed, policy.max_attempts, logs);
-        let (commit, follow_ups) = plan.commit_for(&message, step, decision, execution.outcome, now);
+        let (mut commit, follow_ups) = plan.commit_for(&message, step, decision, execution.outcome, now);
+        commit.errors.extend(recorded.into_iter().map(|failure| ErrorRecord {
+            exchange_id: message.exchange_id.clone(),
+            integration_code: message.integration_code.clone(),
+            step_id: Some(message.step_id),
+            sub_step: Some(message.sub_step),
+            classification: failure.classification,
+            message: failure.message,
+            retryable: failure.retryable,
+            exchange_failed: false,
+            at: now,
+        }));
         self.apply(&message, &loaded, commit, follow_ups).await
     }
 
@@ -172,7 +192,8 @@ impl WorkerFunction {
         match self.ctx.exchanges.commit(&commit).await? {
             CommitOutcome::Applied => {
                 tracing::info!(status = ?commit.step.as_ref().map(|s| s.status), "sub-step recorded");
-                send_follow_ups(&self.ctx, follow_ups).await
+                send_follow_ups(&self.ctx, follow_ups).await?;
+                after_final(&self.ctx, message.parent.as_ref(), &commit).await
             }
             CommitOutcome::Conflict => self.after_conflict(message, loaded).await,
         }
@@ -298,6 +319,14 @@ impl Plan<'_> {
         match decision {
             StepDecision::MarkDone | StepDecision::Ignore => {
                 let output = outcome.unwrap_or_default();
+                if output.wait_for_sub_exchanges {
+                    // Nothing to record on the step yet: the last sub-exchange hands this step on.
+                    commit.exchange = set_status(
+                        &[ExchangeStatus::Started, ExchangeStatus::WaitingForSubExchangesToFinish],
+                        ExchangeStatus::WaitingForSubExchangesToFinish,
+                    );
+                    return (commit, follow_ups);
+                }
                 step.status = StepStatus::Done;
                 step.completed_at = Some(now);
                 step.payload = output.payload.clone();
@@ -305,19 +334,25 @@ impl Plan<'_> {
                 commit.skip = (self.planned.sequence + 1..next_sequence).map(StepId::from_sequence).collect();
                 commit.exchange = match (self.planned.sub_step, &output.wait) {
                     (SubStep::ExchangeTriggered, _) => set_status(&[ExchangeStatus::New, ExchangeStatus::Started], ExchangeStatus::Started),
-                    (SubStep::ExchangeSignoff, _) => ExchangeChange::SetStatus {
-                        from: NOT_FINAL.to_vec(),
-                        to: ExchangeStatus::Completed,
-                        error: None,
-                        completed_at: Some(now),
-                    },
+                    (SubStep::ExchangeSignoff, _) => {
+                        commit.result = message.input.clone();
+                        commit.tally = message.parent.as_ref().map(|p| tally(p, true));
+                        ExchangeChange::SetStatus { from: NOT_FINAL.to_vec(), to: ExchangeStatus::Completed, error: None, completed_at: Some(now) }
+                    }
+                    (SubStep::ControlSubflow, _) => set_status(
+                        &[ExchangeStatus::Started, ExchangeStatus::WaitingForSubExchangesToFinish],
+                        ExchangeStatus::Started,
+                    ),
                     (SubStep::ReceiveNotification | SubStep::ReceiveAgentNotification, _) => {
                         set_status(&[ExchangeStatus::WaitingOnExternalSystem], ExchangeStatus::Started)
                     }
                     (_, Some(_)) => set_status(&[ExchangeStatus::Started], ExchangeStatus::WaitingOnExternalSystem),
                     _ => ExchangeChange::RequireNotFinal,
                 };
-                if matches!(self.planned.sub_step, SubStep::ReceiveNotification | SubStep::ReceiveAgentNotification) {
+                if matches!(
+                    self.planned.sub_step,
+                    SubStep::ReceiveNotification | SubStep::ReceiveAgentNotification | SubStep::ControlSubflow
+                ) {
                     commit.require_done = self.planned.sequence.checked_sub(1).map(StepId::from_sequence);
                 }
                 match output.wait {
@@ -363,15 +398,32 @@ impl Plan<'_> {
                     at: now,
                 });
                 if secondary {
-                    // A secondary destination's failure is recorded on its step; the exchange goes on.
-                    follow_ups.extend(self.next_handoff(message, self.planned.sequence + 1, message.input.clone()));
+                    // A secondary destination's failure is recorded on its step; the exchange goes on
+                    // with the next destination (the rest of this one's sub-steps — an agent's — are skipped).
+                    let next = self.after_destination();
+                    commit.skip = (self.planned.sequence + 1..next).map(StepId::from_sequence).collect();
+                    if self.planned.sub_step == SubStep::ReceiveAgentNotification {
+                        commit.exchange = set_status(&[ExchangeStatus::WaitingOnExternalSystem], ExchangeStatus::Started);
+                    }
+                    follow_ups.extend(self.next_handoff(message, next, message.input.clone()));
                 } else {
                     commit.exchange = fail_exchange(&failure, Some(message.step_id), Some(message.sub_step), now);
+                    commit.tally = message.parent.as_ref().map(|p| tally(p, false));
                 }
             }
         }
         commit.step = Some(step);
         (commit, follow_ups)
+    }
+
+    /// The first sub-step after those of this sub-step's destination.
+    fn after_destination(&self) -> u32 {
+        self.loaded
+            .plan
+            .iter()
+            .skip(self.planned.sequence as usize + 1)
+            .find(|p| p.step_index != self.planned.step_index || p.destination != self.planned.destination)
+            .map_or(self.loaded.plan.len() as u32, |p| p.sequence)
     }
 
     fn is_secondary_destination(&self) -> bool {
@@ -383,6 +435,19 @@ impl Plan<'_> {
             ),
             _ => false,
         }
+    }
+}
+
+fn tally(link: &ParentLink, completed: bool) -> ParentTally {
+    ParentTally { parent: link.exchange_id.clone(), step_id: link.step_id, completed }
+}
+
+/// A sub-exchange that just became final counted itself on its parent; if it was the last
+/// one, the parent goes on.
+pub async fn after_final(ctx: &AppContext, link: Option<&ParentLink>, commit: &StepCommit) -> Result<(), WorkerError> {
+    match (link, &commit.tally) {
+        (Some(link), Some(_)) => Ok(resume_parent_if_last(ctx, link).await?),
+        _ => Ok(()),
     }
 }
 
@@ -430,6 +495,10 @@ pub async fn fire_timer(ctx: &AppContext, timer: Timer) -> Result<(), WorkerErro
             ));
             (failure, None, None, ExchangeStatus::TimedOut)
         }
+        TimerKind::ParentTimedOut { parent } => {
+            let failure = Failure::system(format!("TimedOut: its parent exchange {parent} timed out"));
+            (failure, None, None, ExchangeStatus::TimedOut)
+        }
         TimerKind::StepTimeout { step_id } => {
             let Some(step) = detail.steps.iter().find(|s| s.step_id == *step_id) else {
                 return Ok(());
@@ -447,6 +516,9 @@ pub async fn fire_timer(ctx: &AppContext, timer: Timer) -> Result<(), WorkerErro
                 completed_at: None,
                 logs: vec![LogLine { kind: handoff_core::exchange::LogType::System, line: failure.message.clone(), timestamp: now, step_id: *step_id }],
             });
+            if step.destination.is_some() && secondary_timed_out(ctx, &timer, &detail, step, &failure, &mut commit).await? {
+                return Ok(());
+            }
             (failure, Some(*step_id), Some(step.sub_step), ExchangeStatus::Failed)
         }
     };
@@ -465,11 +537,89 @@ pub async fn fire_timer(ctx: &AppContext, timer: Timer) -> Result<(), WorkerErro
         exchange_failed: true,
         at: now,
     });
+    commit.tally = exchange.parent.as_ref().map(|p| tally(p, false));
     match ctx.exchanges.commit(&commit).await? {
-        CommitOutcome::Applied => tracing::warn!(status = ?to, reason = %failure.message, "timer fired"),
+        CommitOutcome::Applied => {
+            tracing::warn!(status = ?to, reason = %failure.message, "timer fired");
+            if to == ExchangeStatus::TimedOut {
+                time_out_children(ctx, &timer.exchange_id).await?;
+            }
+            after_final(ctx, exchange.parent.as_ref(), &commit).await
+        }
+        CommitOutcome::Conflict => {
+            tracing::info!("timer no longer relevant (the exchange or step moved on)");
+            Ok(())
+        }
+    }
+}
+
+/// A secondary destination's agent that never reported: like any failed secondary, its
+/// step fails (the commit already says so), the failure is listed without failing the
+/// exchange, and the exchange goes on with the next destination. `false`: not a secondary.
+async fn secondary_timed_out(
+    ctx: &AppContext,
+    timer: &Timer,
+    detail: &crate::ports::ExchangeDetail,
+    step: &handoff_core::exchange::ExchangeStep,
+    failure: &Failure,
+    commit: &mut StepCommit,
+) -> Result<bool, WorkerError> {
+    let exchange = &detail.exchange;
+    let Some(loaded) = ctx
+        .definitions
+        .get(&exchange.integration_code, exchange.integration_version)
+        .await
+        .map_err(|e| WorkerError::Definition(e.to_string()))?
+    else {
+        return Ok(false);
+    };
+    let Some(planned) = loaded.plan.get(step.sequence as usize) else {
+        return Ok(false);
+    };
+    let plan = Plan { loaded: &loaded, planned };
+    if !plan.is_secondary_destination() {
+        return Ok(false);
+    }
+    let now = commit.now;
+    let next = plan.after_destination();
+    commit.skip = (planned.sequence + 1..next).map(StepId::from_sequence).collect();
+    commit.exchange = set_status(&[ExchangeStatus::WaitingOnExternalSystem], ExchangeStatus::Started);
+    commit.errors.push(ErrorRecord {
+        exchange_id: timer.exchange_id.clone(),
+        integration_code: exchange.integration_code.clone(),
+        step_id: Some(step.step_id),
+        sub_step: Some(step.sub_step),
+        classification: failure.classification,
+        message: failure.message.clone(),
+        retryable: failure.retryable,
+        exchange_failed: false,
+        at: now,
+    });
+    let index = detail.steps.iter().position(|s| s.step_id == step.step_id).unwrap_or(detail.steps.len());
+    let handoff = loaded.plan.get(next as usize).map(|next| HandoffMessage {
+        exchange_id: timer.exchange_id.clone(),
+        integration_code: exchange.integration_code.clone(),
+        integration_version: exchange.integration_version,
+        step_id: StepId::from_sequence(next.sequence),
+        sub_step: next.sub_step,
+        attempt: 1,
+        input: handoff_core::recovery::input_before(&detail.steps, index),
+        parameters: exchange.parameters.clone(),
+        not_before: None,
+        recovery: timer.recovery,
+        parent: exchange.parent.clone(),
+    });
+    match ctx.exchanges.commit(commit).await? {
+        CommitOutcome::Applied => {
+            tracing::warn!(reason = %failure.message, "a secondary destination timed out; the exchange goes on");
+            if let Some(message) = handoff {
+                let family = message.sub_step.family().unwrap_or(WorkerFamily::Control);
+                ctx.queue.send(family, &message, 0).await?;
+            }
+        }
         CommitOutcome::Conflict => tracing::info!("timer no longer relevant (the exchange or step moved on)"),
     }
-    Ok(())
+    Ok(true)
 }
 
 fn step_error(failure: &Failure, at: DateTime<Utc>) -> StepError {
@@ -554,6 +704,7 @@ mod tests {
             parameters: json!({}),
             not_before: None,
             recovery: 2,
+            parent: None,
         }
     }
 
@@ -579,6 +730,43 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// main rest (1), secondary agent (2, 3, 4), secondary rest (5), signoff (6).
+    fn loaded_with_secondary_agent() -> LoadedIntegration {
+        let document = json!({"code": "C", "version": 1, "steps": [
+            {"name": "d", "type": "delivery", "destinations": [
+                {"kind": "rest", "main": true, "request": {"url": "http://main.example"}},
+                {"kind": "agent", "healthUrl": "http://agent.example/health", "request": {"url": "http://agent.example"}},
+                {"kind": "rest", "request": {"url": "http://third.example"}}]}
+        ]});
+        let now = Utc::now();
+        LoadedIntegration::from_stored(StoredIntegration {
+            code: IntegrationCode::parse("C").unwrap(),
+            version: IntegrationVersion::number(1).unwrap(),
+            enabled: true,
+            document,
+            revision: 1,
+            created_at: now,
+            updated_at: now,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_failed_secondary_agent_skips_its_remaining_sub_steps_and_the_next_destination_runs() {
+        let l = loaded_with_secondary_agent();
+        let failure = Failure::transient("agent down");
+        let (c, f) = commit(&l, 2, StepDecision::MarkFailed(failure.clone()), Err(failure));
+        assert_eq!(c.skip, vec![StepId::from_sequence(3), StepId::from_sequence(4)]);
+        assert_eq!(c.exchange, ExchangeChange::RequireNotFinal);
+        assert!(matches!(&f[..], [FollowUp::Handoff { message, .. }] if message.sub_step == SubStep::DeliverRest && message.step_id == StepId::from_sequence(5)));
+        // A rejected report of a secondary agent ends the wait: the exchange runs on.
+        let failure = Failure::business("the agent reported failure: no");
+        let (c, f) = commit(&l, 4, StepDecision::MarkFailed(failure.clone()), Err(failure));
+        assert!(c.skip.is_empty());
+        assert!(matches!(c.exchange, ExchangeChange::SetStatus { to: ExchangeStatus::Started, ref from, .. } if from == &[ExchangeStatus::WaitingOnExternalSystem]));
+        assert!(matches!(&f[..], [FollowUp::Handoff { message, .. }] if message.step_id == StepId::from_sequence(5)));
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! from its environment variables and an AWS SDK configuration. Lambda `main.rs` files
 //! and the local emulator both go through here, so they run the same wiring.
 
-use crate::dynamo::{DynamoExchangeRepository, DynamoIntegrationRepository};
+use crate::dynamo::{DynamoExchangeRepository, DynamoIntegrationRepository, DynamoMappingRepository};
 use crate::s3::S3DataFileStore;
 use crate::scheduler::EventBridgeScheduleManager;
+use crate::secrets::SecretsManagerStore;
 use crate::sqs::SqsHandoffQueue;
 use async_trait::async_trait;
 use handoff_app::api::ApiFunction;
@@ -106,10 +107,12 @@ pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Re
     };
     let ports = Ports {
         integrations: Arc::new(DynamoIntegrationRepository::new(dynamo.clone(), vars.required("HANDOFF_INTEGRATIONS_TABLE")?)),
-        exchanges: Arc::new(DynamoExchangeRepository::new(dynamo, vars.required("HANDOFF_EXCHANGES_TABLE")?)),
+        exchanges: Arc::new(DynamoExchangeRepository::new(dynamo.clone(), vars.required("HANDOFF_EXCHANGES_TABLE")?)),
         queue: Arc::new(SqsHandoffQueue::new(sqs, queue_urls)),
         files: Arc::new(S3DataFileStore::new(s3, vars.required("HANDOFF_DATA_BUCKET")?)),
         schedules,
+        secrets: Arc::new(SecretsManagerStore::new(aws_sdk_secretsmanager::Client::new(&aws.sdk))),
+        mappings: Arc::new(DynamoMappingRepository::new(dynamo.clone(), vars.required("HANDOFF_INTEGRATIONS_TABLE")?)),
     };
     let defaults = AppSettings::default();
     let settings = AppSettings {

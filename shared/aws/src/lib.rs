@@ -5,12 +5,14 @@
 //! * [`SqsHandoffQueue`] — hand-off messages (SQS, one queue per worker family)
 //! * [`S3DataFileStore`] — data file sets (S3, streamed, multipart)
 //! * [`EventBridgeScheduleManager`] — integration schedules (EventBridge Scheduler)
+//! * [`SecretsManagerStore`] — delivery credentials (Secrets Manager)
 pub mod compose;
 pub mod dynamo;
 mod error;
 pub mod lambda;
 pub mod s3;
 pub mod scheduler;
+pub mod secrets;
 pub mod sqs;
 
 pub(crate) use handoff_app::ports;
@@ -18,4 +20,5 @@ pub(crate) use handoff_app::ports;
 pub use dynamo::{DynamoExchangeRepository, DynamoIntegrationRepository};
 pub use s3::S3DataFileStore;
 pub use scheduler::EventBridgeScheduleManager;
+pub use secrets::SecretsManagerStore;
 pub use sqs::SqsHandoffQueue;

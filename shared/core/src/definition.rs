@@ -3,6 +3,8 @@
 //! checked, typed view the planner and executors work from.
 
 use crate::expression::Expression;
+use crate::formats::{parse_input, parse_output, InputSpec, OutputSpec};
+use crate::mapping::MappingName;
 use crate::ids::{IntegrationCode, IntegrationVersion};
 use crate::placeholder;
 use crate::reader::{describe, FieldError, FieldResult, ObjectReader};
@@ -43,7 +45,14 @@ pub enum StepAction {
     Query { request: RequestTemplate },
     Extract { request: RequestTemplate, download_messages: bool },
     Custom { function: Option<Expression>, request: Option<RequestTemplate> },
-    Transformation { function: Option<Expression>, output: OutputFormat },
+    /// Reads `input`, applies `mapping` per record, runs `function`, writes `output`
+    /// (see [`crate::formats`] for the record model and where the program runs).
+    Transformation {
+        function: Option<Expression>,
+        input: InputSpec,
+        output: OutputSpec,
+        mapping: Option<MappingName>,
+    },
     Delivery { destinations: Vec<Destination> },
     InvokeProcess {
         kind: ProcessKind,
@@ -101,7 +110,11 @@ pub struct Destination {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DestinationTarget {
     Rest { request: RequestTemplate },
-    Sftp { host: String, port: u16, path: String, secret_ref: String },
+    /// `path` is the remote file for a single-file payload; a multi-file data file set goes
+    /// into its directory (or into `path` itself when it ends with `/`). Without
+    /// `host_key_fingerprint` (OpenSSH `SHA256:...` form) any host key is accepted, with a
+    /// warning in the logs.
+    Sftp { host: String, port: u16, path: String, secret_ref: String, host_key_fingerprint: Option<String> },
     FileUpload { request: RequestTemplate, field_name: String },
     Agent { health_url: String, request: RequestTemplate, timeout_seconds: Option<u64> },
 }
@@ -214,27 +227,14 @@ fn parse_step(path: &str, value: &Value) -> FieldResult<IntegrationStep> {
             }
         }
         "transformation" => {
-            step.deny_unknown(&allowed(&["function", "output"]))?;
-            let output = match step.optional_object("output")? {
-                None => OutputFormat::Json,
-                Some(o) => {
-                    o.deny_unknown(&["format"])?;
-                    match o.required_str("format")? {
-                        "json" => OutputFormat::Json,
-                        "ndjson" => OutputFormat::Ndjson,
-                        "csv" => OutputFormat::Csv,
-                        "xml" => OutputFormat::Xml,
-                        "raw" => OutputFormat::Raw,
-                        other => {
-                            return Err(FieldError::new(
-                                o.field_path("format"),
-                                format!("unknown format '{other}' (expected json, ndjson, csv, xml or raw)"),
-                            ))
-                        }
-                    }
-                }
-            };
-            StepAction::Transformation { function: parse_function(&step)?, output }
+            step.deny_unknown(&allowed(&["function", "input", "output", "mapping"]))?;
+            let input = step.optional_object("input")?.map(|i| parse_input(&i)).transpose()?.unwrap_or_default();
+            let output = step.optional_object("output")?.map(|o| parse_output(&o)).transpose()?.unwrap_or_default();
+            let mapping = step
+                .optional_str("mapping")?
+                .map(|m| MappingName::parse(m).map_err(|e| FieldError::new(step.field_path("mapping"), e)))
+                .transpose()?;
+            StepAction::Transformation { function: parse_function(&step)?, input, output, mapping }
         }
         "delivery" => {
             step.deny_unknown(&allowed(&["destinations"]))?;
@@ -424,30 +424,78 @@ fn parse_destinations(step: &ObjectReader) -> FieldResult<Vec<Destination>> {
                 DestinationTarget::Rest { request: parse_request(&d.required_object("request")?)? }
             }
             "sftp" => {
-                d.deny_unknown(&["kind", "main", "host", "port", "path", "credentials"])?;
+                d.deny_unknown(&["kind", "main", "host", "port", "path", "credentials", "hostKeyFingerprint"])?;
+                let host = d.required_str("host")?;
+                if host.trim().is_empty() || host.contains(['/', ' ']) {
+                    return Err(FieldError::new(d.field_path("host"), format!("'{host}' is not a host name")));
+                }
+                let path = d.required_str("path")?;
+                if !path.starts_with('/') {
+                    return Err(FieldError::new(d.field_path("path"), format!("'{path}' must be an absolute path")));
+                }
+                placeholder::validate(path).map_err(|e| FieldError::new(d.field_path("path"), e.to_string()))?;
+                let host_key_fingerprint = d.optional_str("hostKeyFingerprint")?;
+                if let Some(fp) = host_key_fingerprint {
+                    if !fp.starts_with("SHA256:") || fp.len() < 20 {
+                        return Err(FieldError::new(
+                            d.field_path("hostKeyFingerprint"),
+                            "must be an OpenSSH SHA-256 fingerprint ('SHA256:' followed by base64)",
+                        ));
+                    }
+                }
                 let credentials = d.required_object("credentials")?;
                 credentials.deny_unknown(&["secretRef"])?;
+                let secret_ref = credentials.required_str("secretRef")?;
+                if secret_ref.trim().is_empty() {
+                    return Err(FieldError::new(credentials.field_path("secretRef"), "must name a secret"));
+                }
                 DestinationTarget::Sftp {
-                    host: d.required_str("host")?.to_string(),
+                    host: host.to_string(),
                     port: d.optional_u64("port", 1, 65_535)?.unwrap_or(22) as u16,
-                    path: d.required_str("path")?.to_string(),
-                    secret_ref: credentials.required_str("secretRef")?.to_string(),
+                    path: path.to_string(),
+                    secret_ref: secret_ref.to_string(),
+                    host_key_fingerprint: host_key_fingerprint.map(str::to_string),
                 }
             }
             "fileUpload" => {
                 d.deny_unknown(&["kind", "main", "request", "fieldName"])?;
-                DestinationTarget::FileUpload {
-                    request: parse_request(&d.required_object("request")?)?,
-                    field_name: d.optional_str("fieldName")?.unwrap_or("file").to_string(),
+                let request_object = d.required_object("request")?;
+                let mut request = parse_request(&request_object)?;
+                // An upload sends a body: without a method it is a POST.
+                if !request_object.has("method") {
+                    request.method = "POST".into();
                 }
+                if !matches!(request.method.as_str(), "POST" | "PUT" | "PATCH") {
+                    return Err(FieldError::new(
+                        format!("{}.method", d.field_path("request")),
+                        format!("a file upload sends a body: {} is not POST, PUT or PATCH", request.method),
+                    ));
+                }
+                if request.body.is_some() {
+                    return Err(FieldError::new(
+                        format!("{}.body", d.field_path("request")),
+                        "a file upload sends the payload's files; it takes no body",
+                    ));
+                }
+                let field_name = d.optional_str("fieldName")?.unwrap_or("file");
+                if field_name.is_empty() || field_name.contains(['"', '\r', '\n']) {
+                    return Err(FieldError::new(d.field_path("fieldName"), format!("'{field_name}' is not a usable form field name")));
+                }
+                DestinationTarget::FileUpload { request, field_name: field_name.to_string() }
             }
             "agent" => {
                 d.deny_unknown(&["kind", "main", "healthUrl", "request", "timeoutSeconds"])?;
                 let health_url = d.required_str("healthUrl")?;
                 validate_url(&d.field_path("healthUrl"), health_url)?;
+                let request_object = d.required_object("request")?;
+                let mut request = parse_request(&request_object)?;
+                // The agent is handed a delivery: without a method it is a POST.
+                if !request_object.has("method") {
+                    request.method = "POST".into();
+                }
                 DestinationTarget::Agent {
                     health_url: health_url.to_string(),
-                    request: parse_request(&d.required_object("request")?)?,
+                    request,
                     timeout_seconds: d.optional_u64("timeoutSeconds", 1, 7 * 24 * 3600)?,
                 }
             }
@@ -574,6 +622,60 @@ mod tests {
         doc.as_object_mut().unwrap().remove("code");
         assert_eq!(error_of(doc).path, "code");
         assert_eq!(error_of(json!([])).path, "(document)");
+    }
+
+    fn with_destination(destination: Value) -> Value {
+        let mut doc = spec_example();
+        doc["steps"][2]["destinations"][1] = destination;
+        doc
+    }
+
+    #[test]
+    fn destinations_of_every_kind_name_their_bad_field() {
+        let sftp = json!({"kind": "sftp", "host": "h", "path": "/in/x", "credentials": {"secretRef": "s"}});
+        let cases = [
+            (json!({"kind": "sftp", "host": "h", "path": "/in/x", "credentials": {}}), "steps[2].destinations[1].credentials.secretRef"),
+            (json!({"kind": "sftp", "host": "h", "path": "/in/x"}), "steps[2].destinations[1].credentials"),
+            (json!({"kind": "sftp", "host": "h", "path": "in/x", "credentials": {"secretRef": "s"}}), "steps[2].destinations[1].path"),
+            (json!({"kind": "sftp", "path": "/in/x", "credentials": {"secretRef": "s"}}), "steps[2].destinations[1].host"),
+            (json!({"kind": "sftp", "host": "h", "path": "/in/x", "hostKeyFingerprint": "md5:aa", "credentials": {"secretRef": "s"}}),
+             "steps[2].destinations[1].hostKeyFingerprint"),
+            (json!({"kind": "fileUpload", "request": {"method": "POST"}}), "steps[2].destinations[1].request.url"),
+            (json!({"kind": "fileUpload", "request": {"method": "GET", "url": "http://u.example"}}), "steps[2].destinations[1].request.method"),
+            (json!({"kind": "fileUpload", "request": {"url": "http://u.example", "body": "x"}}), "steps[2].destinations[1].request.body"),
+            (json!({"kind": "agent", "request": {"url": "http://a.example"}}), "steps[2].destinations[1].healthUrl"),
+            (json!({"kind": "agent", "healthUrl": "ftp://a.example", "request": {"url": "http://a.example"}}), "steps[2].destinations[1].healthUrl"),
+            (json!({"kind": "agent", "healthUrl": "http://a.example", "request": {"url": "http://a.example"}, "timeoutSeconds": 0}),
+             "steps[2].destinations[1].timeoutSeconds"),
+        ];
+        for (destination, path) in cases {
+            assert_eq!(error_of(with_destination(destination.clone())).path, path, "{destination}");
+        }
+        let d = parse_definition(&with_destination(sftp)).unwrap();
+        let StepAction::Delivery { destinations } = &d.steps[2].action else { panic!("delivery") };
+        assert!(matches!(&destinations[1].target, DestinationTarget::Sftp { port: 22, host_key_fingerprint: None, .. }));
+    }
+
+    #[test]
+    fn transformation_formats_and_mapping_are_validated() {
+        let mut doc = spec_example();
+        doc["steps"][1]["input"] = json!({"format": "csv", "delimiter": ";"});
+        doc["steps"][1]["output"] = json!({"format": "xml", "root": "providers"});
+        doc["steps"][1]["mapping"] = json!("provider-codes");
+        let d = parse_definition(&doc).unwrap();
+        let StepAction::Transformation { input, output, mapping, .. } = &d.steps[1].action else { panic!("not a transformation") };
+        assert_eq!(input.csv.delimiter, b';');
+        assert_eq!(output.xml.root, "providers");
+        assert_eq!(mapping.as_ref().map(|m| m.as_str()), Some("provider-codes"));
+        let mut doc = spec_example();
+        doc["steps"][1]["mapping"] = json!("no/such");
+        assert_eq!(error_of(doc).path, "steps[1].mapping");
+        let mut doc = spec_example();
+        doc["steps"][1]["input"] = json!({"format": "xlsx"});
+        assert_eq!(error_of(doc).path, "steps[1].input.format");
+        let mut doc = spec_example();
+        doc["steps"][1]["output"] = json!({"format": "csv", "quote": "'"});
+        assert_eq!(error_of(doc).path, "steps[1].output.quote");
     }
 
     #[test]

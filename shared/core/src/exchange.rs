@@ -160,6 +160,42 @@ pub struct Exchange {
     /// How often the exchange was recovered. Handoffs of an earlier recovery are stale.
     #[serde(default)]
     pub recoveries: u32,
+    /// For a sub-exchange: the parent and its `ControlSubflow` step that counts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentLink>,
+    /// The payload the exchange completed with (what a parent subflow collects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Payload>,
+}
+
+/// Ties a sub-exchange to the parent step that waits for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentLink {
+    pub exchange_id: ExchangeId,
+    /// The parent's `ControlSubflow` step.
+    pub step_id: StepId,
+    /// Position among the siblings (the order of the parent's collected payloads).
+    pub index: u32,
+}
+
+/// How the sub-exchanges of a subflow stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubExchangeCounts {
+    pub total: u32,
+    pub completed: u32,
+    /// Failed or TimedOut.
+    pub failed: u32,
+}
+
+impl SubExchangeCounts {
+    pub fn running(&self) -> u32 {
+        self.total.saturating_sub(self.completed + self.failed)
+    }
+    pub fn all_final(&self) -> bool {
+        self.completed + self.failed >= self.total
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,6 +218,9 @@ pub struct ExchangeStep {
     pub next_retry_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
+    /// On a `ControlSubflow` step: its sub-exchanges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_exchanges: Option<SubExchangeCounts>,
 }
 
 // ------------------------------------------------------------------ exchange transitions

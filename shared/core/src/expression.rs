@@ -88,8 +88,40 @@ fn from_val(value: &Val) -> Result<Value, ExpressionError> {
     serde_json::from_str(&value.to_string()).map_err(|e| ExpressionError::NotJson(e.to_string()))
 }
 
-/// Compiles `source`; with an input, also runs it and collects the outputs.
-fn run_compiled(source: &str, run: Option<(&Value, &ExpressionVars)>) -> Result<Option<Vec<Value>>, ExpressionError> {
+type Filter = jaq_core::Filter<data::JustLut<Val>>;
+
+/// A program compiled once and run over many records (streamed transformations run it
+/// per record, where compiling each time would cost more than running). Not `Send`: it
+/// lives on the thread that converts the stream.
+pub struct RecordProgram {
+    filter: Filter,
+    globals: [Val; 2],
+}
+
+impl Expression {
+    /// Compiles the program for repeated runs with the same variables.
+    pub fn for_records(&self, vars: &ExpressionVars) -> Result<RecordProgram, ExpressionError> {
+        Ok(RecordProgram {
+            filter: compile_filter(&self.source)?,
+            globals: [to_val(&vars.parameters)?, to_val(&vars.exchange)?],
+        })
+    }
+}
+
+impl RecordProgram {
+    /// All values the program yields for `input` (none filters the record out).
+    pub fn run(&self, input: &Value) -> Result<Vec<Value>, ExpressionError> {
+        let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new(self.globals.clone()));
+        let mut out = Vec::new();
+        for result in self.filter.id.run((ctx, to_val(input)?)).map(unwrap_valr) {
+            let value = result.map_err(|e| ExpressionError::Runtime(e.to_string()))?;
+            out.push(from_val(&value)?);
+        }
+        Ok(out)
+    }
+}
+
+fn compile_filter(source: &str) -> Result<Filter, ExpressionError> {
     let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
     let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
     let loader = Loader::new(defs);
@@ -98,11 +130,16 @@ fn run_compiled(source: &str, run: Option<(&Value, &ExpressionVars)>) -> Result<
     let modules = loader
         .load(&arena, program)
         .map_err(|errs| ExpressionError::Invalid(describe_errors(&errs)))?;
-    let filter = Compiler::default()
+    Compiler::default()
         .with_funs(funs)
         .with_global_vars(GLOBAL_VARS)
         .compile(modules)
-        .map_err(|errs| ExpressionError::Invalid(describe_errors(&errs)))?;
+        .map_err(|errs| ExpressionError::Invalid(describe_errors(&errs)))
+}
+
+/// Compiles `source`; with an input, also runs it and collects the outputs.
+fn run_compiled(source: &str, run: Option<(&Value, &ExpressionVars)>) -> Result<Option<Vec<Value>>, ExpressionError> {
+    let filter = compile_filter(source)?;
     let Some((input, vars)) = run else {
         return Ok(None);
     };

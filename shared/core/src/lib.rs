@@ -3,7 +3,9 @@
 pub mod definition;
 pub mod exchange;
 pub mod expression;
+pub mod formats;
 pub mod ids;
+pub mod mapping;
 pub mod notification;
 pub mod placeholder;
 pub mod plan;

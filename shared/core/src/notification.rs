@@ -88,6 +88,52 @@ pub fn parse_notification(body: &Value) -> Result<Notification, FieldError> {
     Ok(Notification { status, reason, data: r.get("data").cloned(), files, recovery_links, messages })
 }
 
+/// What an agent reports about a delivery in its callback's `data`:
+/// `{"processed": ["a.csv"], "errors": [{"file": "b.csv", "message": "..."}]}`; both lists
+/// are optional (no `data` at all reads as an empty report).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentReport {
+    pub processed: Vec<String>,
+    pub errors: Vec<AgentFileError>,
+}
+
+/// One file the agent could not process, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentFileError {
+    pub file: String,
+    pub message: String,
+}
+
+/// Reads an agent's report out of a notification, naming the field of any problem
+/// (`data.errors[0].file`), so a malformed report is refused at the notification endpoint.
+pub fn parse_agent_report(notification: &Notification) -> Result<AgentReport, FieldError> {
+    let Some(data) = notification.data.as_ref().filter(|d| !d.is_null()) else {
+        return Ok(AgentReport::default());
+    };
+    let r = ObjectReader::new("data", data)?;
+    r.deny_unknown(&["processed", "errors"])?;
+    let mut report = AgentReport::default();
+    if r.has("processed") {
+        for (i, file) in r.required_array("processed")?.iter().enumerate() {
+            let name = file
+                .as_str()
+                .ok_or_else(|| FieldError::new(format!("data.processed[{i}]"), "must be a file name (a string)"))?;
+            report.processed.push(name.to_string());
+        }
+    }
+    if r.has("errors") {
+        for (i, e) in r.required_array("errors")?.iter().enumerate() {
+            let e = ObjectReader::new(format!("data.errors[{i}]"), e)?;
+            e.deny_unknown(&["file", "message"])?;
+            report.errors.push(AgentFileError {
+                file: e.required_str("file")?.to_string(),
+                message: e.required_str("message")?.to_string(),
+            });
+        }
+    }
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +145,18 @@ mod tests {
             "files": [{"name": "out.csv", "url": "http://h.example/out.csv"}]})).unwrap();
         assert_eq!(n.status, NotificationStatus::Success);
         assert_eq!(n.files[0].name, "out.csv");
+    }
+
+    #[test]
+    fn agent_reports_are_read_and_their_bad_fields_named() {
+        let n = |data: Value| parse_notification(&json!({"status": "success", "data": data})).unwrap();
+        let report = parse_agent_report(&n(json!({"processed": ["a.csv"], "errors": [{"file": "b.csv", "message": "bad row 3"}]}))).unwrap();
+        assert_eq!(report.processed, vec!["a.csv".to_string()]);
+        assert_eq!(report.errors, vec![AgentFileError { file: "b.csv".into(), message: "bad row 3".into() }]);
+        assert_eq!(parse_agent_report(&parse_notification(&json!({"status": "success"})).unwrap()).unwrap(), AgentReport::default());
+        assert_eq!(parse_agent_report(&n(json!({"errors": [{"file": "b.csv"}]}))).unwrap_err().path, "data.errors[0].message");
+        assert_eq!(parse_agent_report(&n(json!({"processed": [1]}))).unwrap_err().path, "data.processed[0]");
+        assert_eq!(parse_agent_report(&n(json!({"done": []}))).unwrap_err().path, "data.done");
     }
 
     #[test]

@@ -90,13 +90,20 @@ impl SubStep {
             | Self::ConditionInvocation
             | Self::PostProcess
             | Self::ExchangeSignoff
-            | Self::ReceiveNotification => Some(WorkerFamily::Control),
-            Self::InvokeQuery => Some(WorkerFamily::Query),
+            | Self::ReceiveNotification
+            | Self::ReceiveAgentNotification
+            | Self::CollectSubflowProperties
+            | Self::ControlSubflow => Some(WorkerFamily::Control),
+            Self::CreateSubExchanges => Some(WorkerFamily::Subflow),
+            // A custom data collection is a jq program or one HTTP call: the query worker's kind of work.
+            Self::InvokeQuery | Self::InvokeCustom => Some(WorkerFamily::Query),
+            Self::DeliverSftp => Some(WorkerFamily::DeliverSftp),
+            Self::DeliverFileUpload => Some(WorkerFamily::DeliverFileUpload),
+            Self::CheckAgentHealth | Self::InvokeAgent => Some(WorkerFamily::Agent),
             Self::Transform => Some(WorkerFamily::Transform),
             Self::DeliverRest => Some(WorkerFamily::DeliverRest),
             Self::InvokeExtract | Self::InvokeProcess | Self::InvokeActivity | Self::CheckRecovery => Some(WorkerFamily::Invoke),
             Self::CollectData | Self::CollectMessages => Some(WorkerFamily::Collect),
-            _ => None,
         }
     }
 
@@ -108,10 +115,12 @@ impl SubStep {
             Self::ExchangeTriggered
                 | Self::ConditionInvocation
                 | Self::ReceiveNotification
+                | Self::ReceiveAgentNotification
                 | Self::Transform
                 | Self::PostProcess
                 | Self::ExchangeSignoff
                 | Self::CollectSubflowProperties
+                | Self::ControlSubflow
         )
     }
 }

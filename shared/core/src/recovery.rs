@@ -112,6 +112,7 @@ mod tests {
             last_error: None,
             next_retry_at: None,
             completed_at: None,
+            sub_exchanges: None,
         }
     }
 

@@ -5,7 +5,7 @@
 //!
 //! | item | `pk` | `sk` | index keys |
 //! |---|---|---|---|
-//! | exchange | `EX#<exchangeId>` | `EXCHANGE` | `gsi1pk=INT#<code>`, `gsi2pk=STATUS#<statusName>`, `gsi3pk=EXCHANGES`; every `gsiNsk=<createdAt RFC 3339, UTC, millis>#<exchangeId>` |
+//! | exchange | `EX#<exchangeId>` | `EXCHANGE` | `gsi1pk=INT#<code>`, `gsi2pk=STATUS#<statusName>`, `gsi3pk=EXCHANGES`; every `gsiNsk=<createdAt RFC 3339, UTC, millis>#<exchangeId>`; sub-exchanges also `gsi6pk=PARENT#<parentId>`, `gsi6sk=<parent stepId>#<index, 8 digits>` |
 //! | step | `EX#<exchangeId>` | `STEP#<stepId>` (zero-padded, e.g. `STEP#0003`) | none (steps stay out of the sparse indexes) |
 //! | error | `EX#<exchangeId>` | `ERROR#<at RFC 3339 millis>#<stepId or ->#<n>` | `gsi5pk=ERRORS`, `gsi5sk=<at RFC 3339 millis>#<exchangeId>#<n>` |
 //! | timer | `EX#<exchangeId>` | `TIMER#<timer name>` | `gsi4pk=TIMERS`, `gsi4sk=<due epoch millis, 15 digits>#<exchangeId>#<name>` (removed once taken) |
@@ -15,11 +15,14 @@
 //!   `Started`; timestamps as RFC 3339 strings; `integrationVersion` a number or NULL;
 //!   `error` a map; `recoveries` a number, 0 at creation), except `parameters`, kept as a
 //!   JSON string (no nesting limit, exact numbers). `gsi2pk` changes with `status`.
-//!   Items written before `recoveries` existed count as generation 0.
+//!   Items written before `recoveries` existed count as generation 0. A sub-exchange has
+//!   `parent` (a [`ParentLink`] map); a completed exchange may have `result` (a payload map).
 //! * Step attributes: every [`ExchangeStep`] field in camelCase (`status` as its name,
 //!   `payload`/`lastError` maps) plus the bookkeeping `completedAttempt` (number, 0 at
 //!   creation), `claimedAttempt` (0), `leaseUntil` (epoch millis, 0) and `logs` (list of
-//!   [`LogLine`] maps, appended by commits).
+//!   [`LogLine`] maps, appended by commits). A `ControlSubflow` step also has `subTotal`,
+//!   `subCompleted` and `subFailed` (numbers, [`SubExchangeCounts`]) once its total is set;
+//!   only `set_sub_exchange_total`, the tallies of commits and recoveries change them.
 //! * Error attributes: every [`ErrorRecord`] field in camelCase (`classification` as
 //!   `business`/`system`).
 //! * Timer attributes: `body` (the [`Timer`] JSON), `exchangeId`, and `expiresAt` (epoch
@@ -31,23 +34,35 @@
 //! * Indexes (all projecting everything): `byIntegration` (gsi1), `byStatus` (gsi2),
 //!   `byCreation` (gsi3), read newest first (`ScanIndexForward=false`); `byDue` (gsi4,
 //!   sparse: timers not yet taken), read oldest first; `byError` (gsi5, sparse: errors),
-//!   read newest first.
+//!   read newest first; `byParent` (gsi6, sparse: sub-exchanges), read in index order
+//!   (the parent's step, then the sibling index: creation order).
 //!
 //! # Operations
 //! * `get`: one consistent Query on `pk` (paginated): the exchange, its steps in sequence
 //!   order and their log lines in time order (error and timer items are skipped).
-//! * `list`: Query on the index that fits the filter (code → `byIntegration`, with a filter
-//!   on status if both are given; status only → `byStatus`; neither → `byCreation`). The
-//!   cursor is the base64url JSON of the index name and the last evaluated key.
+//! * `list`: Query on the index that fits the filter (parent → `byParent`, ascending, with
+//!   filters on status and code if given; code → `byIntegration`, with a filter on status if
+//!   both are given; status only → `byStatus`; neither → `byCreation`). The cursor is the
+//!   base64url JSON of the index name and the last evaluated key.
 //! * `create`: BatchWriteItem in chunks of ≤ 25 puts (steps first, the exchange item last,
 //!   so a listed exchange always has its steps), retrying unprocessed items with backoff.
+//!   `create_many` packs the items of many exchanges (in the same order) into the chunks.
+//! * `statuses`: BatchGetItem (consistent) of ≤ 100 exchange keys a request, projecting the
+//!   keys and `status`, retrying unprocessed keys with backoff.
+//! * `set_sub_exchange_total`: an UpdateItem of the (existing) step setting `subTotal`, and
+//!   the two counts to 0 unless present.
 //! * `claim`: one TransactWriteItems: the conditional step update and a condition check that
 //!   the exchange is not final and at the claim's recovery generation.
 //! * `commit`: one TransactWriteItems: the step update (if any), the skips, the check that
-//!   `require_done` is `Done`, the error and timer puts, and a condition check or
-//!   conditional update of the exchange item (always requiring its recovery generation).
+//!   `require_done` is `Done`, the error and timer puts, a condition check or conditional
+//!   update of the exchange item (always requiring its recovery generation; an update
+//!   whenever a `result` is stored), and for a sub-exchange's tally an `ADD subCompleted` /
+//!   `ADD subFailed` of 1 on the parent's (existing) step: counted exactly once, with the
+//!   child's own conditional change.
 //! * `recover`: one TransactWriteItems: the exchange back to `Started` at the next
-//!   generation (only from `Failed`/`TimedOut` at the given one) and the step resets.
+//!   generation (only from `Failed`/`TimedOut` at the given one) and the step resets; the
+//!   step of `clear_sub_failures` gets `subFailed = 0` within its reset (or in an update of
+//!   its own if it is not reset).
 //! * `errors`: Query on `byError` (`gsi5sk >= since`), filtering on classification and code;
 //!   the cursor works like `list`'s.
 //! * `due_timers` / `take_timer`: Query on `byDue` up to a time; a conditional UpdateItem
@@ -58,21 +73,23 @@
 use crate::error::{self, ErrorKind};
 use crate::ports::{
     CallbackToken, ClaimOutcome, CommitOutcome, ErrorFilter, ErrorPage, ErrorRecord, ExchangeChange, ExchangeDetail,
-    ExchangeFilter, ExchangePage, ExchangeRepository, PortError, PortResult, RecoveryCommit, StepChange, StepCommit,
-    Timer,
+    ExchangeFilter, ExchangePage, ExchangeRepository, ParentTally, PortError, PortResult, RecoveryCommit, StepChange,
+    StepCommit, Timer,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, Put, PutRequest, ReturnValue, TransactWriteItem, Update, WriteRequest,
+    AttributeValue, ConditionCheck, KeysAndAttributes, Put, PutRequest, ReturnValue, TransactWriteItem, Update,
+    WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use handoff_core::exchange::{
-    Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, Payload, StepError, StepStatus,
+    Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, ParentLink, Payload, StepError, StepStatus,
+    SubExchangeCounts,
 };
 use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::plan::SubStep;
@@ -88,6 +105,7 @@ pub const INDEX_BY_STATUS: &str = "byStatus";
 pub const INDEX_BY_CREATION: &str = "byCreation";
 pub const INDEX_BY_DUE: &str = "byDue";
 pub const INDEX_BY_ERROR: &str = "byError";
+pub const INDEX_BY_PARENT: &str = "byParent";
 const EXCHANGE_SK: &str = "EXCHANGE";
 const STEP_SK_PREFIX: &str = "STEP#";
 const TOKEN_SK: &str = "TOKEN";
@@ -99,7 +117,13 @@ const KEEP_TOKEN_WITHOUT_EXPIRY: TimeDelta = TimeDelta::days(30);
 const MAX_TRANSACTION_ACTIONS: usize = 100;
 /// DynamoDB's limit of requests in one BatchWriteItem.
 const MAX_BATCH_WRITE: usize = 25;
+/// DynamoDB's limit of keys in one BatchGetItem.
+const MAX_BATCH_GET: usize = 100;
 const MAX_LIST_LIMIT: u32 = 1000;
+/// Step attributes of a `ControlSubflow` step (see [`SubExchangeCounts`]).
+const SUB_TOTAL: &str = "subTotal";
+const SUB_COMPLETED: &str = "subCompleted";
+const SUB_FAILED: &str = "subFailed";
 
 // ------------------------------------------------------------------ keys
 
@@ -119,6 +143,15 @@ pub const CREATION_GSI_PK: &str = "EXCHANGES";
 /// Sort key of all three indexes: creation time with fixed millis (sorts as text), then the id.
 pub fn creation_sort_key(created_at: DateTime<Utc>, id: &ExchangeId) -> String {
     format!("{}#{id}", created_at.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+/// `byParent` partition of the sub-exchanges of `parent`.
+pub fn parent_gsi_pk(parent: &ExchangeId) -> String {
+    format!("PARENT#{parent}")
+}
+/// `byParent` sort key: the parent's step, then the position among the siblings (8 digits).
+pub fn parent_gsi_sk(link: &ParentLink) -> String {
+    format!("{}#{:08}", link.step_id, link.index)
 }
 
 pub const ERRORS_GSI_PK: &str = "ERRORS";
@@ -212,6 +245,15 @@ struct ExchangeItem {
     /// Absent on items written before recoveries existed: generation 0.
     #[serde(default)]
     recoveries: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parent: Option<ParentLink>,
+    /// Sub-exchanges by parent (sparse index `byParent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gsi6pk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gsi6sk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<Payload>,
 }
 
 pub(crate) fn exchange_to_item(exchange: &Exchange) -> PortResult<Item> {
@@ -237,6 +279,10 @@ pub(crate) fn exchange_to_item(exchange: &Exchange) -> PortResult<Item> {
         completed_at: exchange.completed_at,
         error: exchange.error.clone(),
         recoveries: exchange.recoveries,
+        gsi6pk: exchange.parent.as_ref().map(|p| parent_gsi_pk(&p.exchange_id)),
+        gsi6sk: exchange.parent.as_ref().map(parent_gsi_sk),
+        parent: exchange.parent.clone(),
+        result: exchange.result.clone(),
     };
     serde_dynamo::to_item(item).map_err(|e| error::fault(SERVICE, format!("cannot encode exchange: {e}")))
 }
@@ -260,6 +306,8 @@ pub(crate) fn exchange_from_item(item: Item) -> PortResult<Exchange> {
         completed_at: item.completed_at,
         error: item.error,
         recoveries: item.recoveries,
+        parent: item.parent,
+        result: item.result,
     })
 }
 
@@ -294,6 +342,13 @@ struct StepItem {
     lease_until: i64,
     #[serde(default)]
     logs: Vec<LogLine>,
+    /// `ControlSubflow` steps: how many sub-exchanges, and how many ended which way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sub_total: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sub_completed: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sub_failed: Option<u32>,
 }
 
 pub(crate) fn step_to_item(exchange_id: &ExchangeId, step: &ExchangeStep) -> PortResult<Item> {
@@ -316,6 +371,9 @@ pub(crate) fn step_to_item(exchange_id: &ExchangeId, step: &ExchangeStep) -> Por
         claimed_attempt: 0,
         lease_until: 0,
         logs: Vec::new(),
+        sub_total: None,
+        sub_completed: None,
+        sub_failed: None,
     };
     serde_dynamo::to_item(item).map_err(|e| error::fault(SERVICE, format!("cannot encode step: {e}")))
 }
@@ -337,6 +395,11 @@ pub(crate) fn step_from_item(item: Item) -> PortResult<(ExchangeStep, Vec<LogLin
             last_error: item.last_error,
             next_retry_at: item.next_retry_at,
             completed_at: item.completed_at,
+            sub_exchanges: item.sub_total.map(|total| SubExchangeCounts {
+                total,
+                completed: item.sub_completed.unwrap_or(0),
+                failed: item.sub_failed.unwrap_or(0),
+            }),
         },
         item.logs,
     ))
@@ -422,6 +485,7 @@ pub(crate) struct Expr {
     values: HashMap<String, AttributeValue>,
     set: Vec<String>,
     remove: Vec<String>,
+    add: Vec<String>,
 }
 
 impl Expr {
@@ -444,6 +508,12 @@ impl Expr {
         let name = self.name(attribute);
         self.remove.push(name);
     }
+    /// `ADD attribute :placeholder` (a number: created at the value if absent).
+    fn add(&mut self, attribute: &str, placeholder: &str, value: AttributeValue) {
+        let name = self.name(attribute);
+        let value = self.value(placeholder, value);
+        self.add.push(format!("{name} {value}"));
+    }
     fn update_expression(&self) -> String {
         let mut parts = Vec::new();
         if !self.set.is_empty() {
@@ -451,6 +521,9 @@ impl Expr {
         }
         if !self.remove.is_empty() {
             parts.push(format!("REMOVE {}", self.remove.join(", ")));
+        }
+        if !self.add.is_empty() {
+            parts.push(format!("ADD {}", self.add.join(", ")));
         }
         parts.join(" ")
     }
@@ -566,10 +639,15 @@ fn recovery_condition(e: &mut Expr, recovery: u32) -> String {
     }
 }
 
+/// The exchange is not final and at generation `recovery`.
+fn not_final_condition(e: &mut Expr, recovery: u32) -> String {
+    format!("{} AND {}", e.status_in("s", &NOT_FINAL), recovery_condition(e, recovery))
+}
+
 /// The check that the exchange is not final and at generation `recovery`.
 fn exchange_check(table: &str, exchange_id: &ExchangeId, recovery: u32) -> PortResult<TransactWriteItem> {
     let mut e = Expr::default();
-    let condition = format!("{} AND {}", e.status_in("s", &NOT_FINAL), recovery_condition(&mut e, recovery));
+    let condition = not_final_condition(&mut e, recovery);
     let check = ConditionCheck::builder()
         .table_name(table)
         .set_key(Some(exchange_key(exchange_id)))
@@ -581,16 +659,34 @@ fn exchange_check(table: &str, exchange_id: &ExchangeId, recovery: u32) -> PortR
     Ok(TransactWriteItem::builder().condition_check(check).build())
 }
 
-/// The action on the exchange item (always requiring generation `recovery`).
+/// The action on the exchange item (always requiring generation `recovery`), storing
+/// `result` on it if given: a condition check, or a conditional update.
 pub(crate) fn exchange_action(
     table: &str,
     exchange_id: &ExchangeId,
     change: &ExchangeChange,
     recovery: u32,
     now: DateTime<Utc>,
+    result: Option<&Payload>,
 ) -> PortResult<TransactWriteItem> {
     match change {
-        ExchangeChange::RequireNotFinal => exchange_check(table, exchange_id, recovery),
+        ExchangeChange::RequireNotFinal => {
+            let Some(result) = result else { return exchange_check(table, exchange_id, recovery) };
+            // Same condition as the check, but writing the result.
+            let mut e = Expr::default();
+            let condition = not_final_condition(&mut e, recovery);
+            e.set("result", "result", to_av(result)?);
+            let update = Update::builder()
+                .table_name(table)
+                .set_key(Some(exchange_key(exchange_id)))
+                .update_expression(e.update_expression())
+                .condition_expression(condition)
+                .set_expression_attribute_names(e.names())
+                .set_expression_attribute_values(e.values())
+                .build()
+                .map_err(build_fault)?;
+            Ok(TransactWriteItem::builder().update(update).build())
+        }
         ExchangeChange::SetStatus { from, to, error, completed_at } => {
             if from.is_empty() {
                 return Err(error::fault(SERVICE, "SetStatus needs at least one status to move from"));
@@ -610,6 +706,9 @@ pub(crate) fn exchange_action(
                 Some(at) => e.set("completedAt", "completedAt", to_av(at)?),
                 None if !to.is_final() => e.remove("completedAt"),
                 None => {}
+            }
+            if let Some(result) = result {
+                e.set("result", "result", to_av(result)?);
             }
             let update = Update::builder()
                 .table_name(table)
@@ -641,19 +740,39 @@ pub(crate) fn done_check(table: &str, exchange_id: &ExchangeId, step: StepId) ->
     Ok(TransactWriteItem::builder().condition_check(check).build())
 }
 
+/// Counts one more final sub-exchange on the parent's step (which must exist).
+pub(crate) fn tally_update(table: &str, tally: &ParentTally) -> PortResult<Update> {
+    let mut e = Expr::default();
+    let counter = if tally.completed { SUB_COMPLETED } else { SUB_FAILED };
+    e.add(counter, "one", n(1));
+    let pk = e.name("pk");
+    Update::builder()
+        .table_name(table)
+        .set_key(Some(step_key(&tally.parent, tally.step_id)))
+        .update_expression(e.update_expression())
+        .condition_expression(format!("attribute_exists({pk})"))
+        .set_expression_attribute_names(e.names())
+        .set_expression_attribute_values(e.values())
+        .build()
+        .map_err(build_fault)
+}
+
 fn put_action(table: &str, item: Item) -> PortResult<TransactWriteItem> {
     let put = Put::builder().table_name(table).set_item(Some(item)).build().map_err(build_fault)?;
     Ok(TransactWriteItem::builder().put(put).build())
 }
 
 /// All actions of one commit, in order: the step, the skips, the `require_done` check, the
-/// error puts, the timer puts, the exchange.
+/// error puts, the timer puts, the exchange (with the result), the parent tally.
 pub(crate) fn commit_actions(table: &str, commit: &StepCommit) -> PortResult<Vec<TransactWriteItem>> {
     let id = &commit.exchange_id;
     let changed = commit.step.as_ref().map(|c| c.step_id);
     let mut skips: Vec<StepId> = commit.skip.iter().copied().filter(|s| Some(*s) != changed).collect();
     skips.sort();
     skips.dedup();
+    if commit.tally.as_ref().is_some_and(|t| t.parent == *id) {
+        return Err(error::fault(SERVICE, "an exchange cannot be its own parent"));
+    }
     if let Some(done) = commit.require_done {
         // One transaction cannot touch an item twice, and these could never apply anyway.
         if Some(done) == changed || skips.contains(&done) {
@@ -674,7 +793,8 @@ pub(crate) fn commit_actions(table: &str, commit: &StepCommit) -> PortResult<Vec
         + usize::from(commit.require_done.is_some())
         + commit.errors.len()
         + commit.timers.len()
-        + 1;
+        + 1
+        + usize::from(commit.tally.is_some());
     if count > MAX_TRANSACTION_ACTIONS {
         return Err(error::fault(
             SERVICE,
@@ -697,7 +817,10 @@ pub(crate) fn commit_actions(table: &str, commit: &StepCommit) -> PortResult<Vec
     for timer in &commit.timers {
         actions.push(put_action(table, timer_to_item(id, timer)?)?);
     }
-    actions.push(exchange_action(table, id, &commit.exchange, commit.recovery, commit.now)?);
+    actions.push(exchange_action(table, id, &commit.exchange, commit.recovery, commit.now, commit.result.as_ref())?);
+    if let Some(tally) = &commit.tally {
+        actions.push(TransactWriteItem::builder().update(tally_update(table, tally)?).build());
+    }
     Ok(actions)
 }
 
@@ -730,16 +853,21 @@ pub(crate) fn claim_actions(
 /// The statuses an exchange can be recovered from.
 const RECOVERABLE: [ExchangeStatus; 2] = [ExchangeStatus::Failed, ExchangeStatus::TimedOut];
 
-/// A recovery: the exchange update, then one reset per step.
+/// A recovery: the exchange update, then one reset per step (the step whose sub-exchange
+/// failures are cleared within its reset, or on its own after the resets).
 pub(crate) fn recover_actions(table: &str, commit: &RecoveryCommit) -> PortResult<Vec<TransactWriteItem>> {
     let id = &commit.exchange_id;
     let mut reset = commit.reset.clone();
     reset.sort();
     reset.dedup();
-    if reset.len() + 1 > MAX_TRANSACTION_ACTIONS {
+    let clear_alone = commit.clear_sub_failures.filter(|step| !reset.contains(step));
+    let count = reset.len() + 1 + usize::from(clear_alone.is_some());
+    if count > MAX_TRANSACTION_ACTIONS {
         return Err(error::fault(
             SERVICE,
-            format!("a recovery can reset at most {} steps, not {}", MAX_TRANSACTION_ACTIONS - 1, reset.len()),
+            format!(
+                "a recovery can write at most {MAX_TRANSACTION_ACTIONS} items (the exchange and its steps), not {count}"
+            ),
         ));
     }
     let mut e = Expr::default();
@@ -766,20 +894,35 @@ pub(crate) fn recover_actions(table: &str, commit: &RecoveryCommit) -> PortResul
         .set_expression_attribute_values(e.values())
         .build()
         .map_err(build_fault)?;
-    let mut actions = Vec::with_capacity(reset.len() + 1);
+    let mut actions = Vec::with_capacity(count);
     actions.push(TransactWriteItem::builder().update(update).build());
     for step in reset {
-        actions.push(TransactWriteItem::builder().update(reset_update(table, id, step)?).build());
+        let clear = commit.clear_sub_failures == Some(step);
+        actions.push(TransactWriteItem::builder().update(reset_update(table, id, step, clear)?).build());
+    }
+    if let Some(step) = clear_alone {
+        actions.push(TransactWriteItem::builder().update(clear_sub_failures_update(table, id, step)?).build());
     }
     Ok(actions)
 }
 
-/// A step back to `Initial` with no attempts, claims, errors, retry time or output.
-pub(crate) fn reset_update(table: &str, exchange_id: &ExchangeId, step: StepId) -> PortResult<Update> {
+/// A step back to `Initial` with no attempts, claims, errors, retry time or output; with
+/// `clear_sub_failures`, its failed sub-exchanges count zero again. The sub-exchange total
+/// and completions stay.
+pub(crate) fn reset_update(
+    table: &str,
+    exchange_id: &ExchangeId,
+    step: StepId,
+    clear_sub_failures: bool,
+) -> PortResult<Update> {
     let mut e = Expr::default();
     e.set("status", "initial", s(status_name(StepStatus::Initial)));
     e.value("zero", n(0));
-    for attribute in ["attempts", "completedAttempt", "claimedAttempt", "leaseUntil"] {
+    let mut zeroed = vec!["attempts", "completedAttempt", "claimedAttempt", "leaseUntil"];
+    if clear_sub_failures {
+        zeroed.push(SUB_FAILED);
+    }
+    for attribute in zeroed {
         let name = e.name(attribute);
         e.set.push(format!("{name} = :zero"));
     }
@@ -787,6 +930,22 @@ pub(crate) fn reset_update(table: &str, exchange_id: &ExchangeId, step: StepId) 
         e.remove(attribute);
     }
     // Never create a step that does not exist.
+    let pk = e.name("pk");
+    Update::builder()
+        .table_name(table)
+        .set_key(Some(step_key(exchange_id, step)))
+        .update_expression(e.update_expression())
+        .condition_expression(format!("attribute_exists({pk})"))
+        .set_expression_attribute_names(e.names())
+        .set_expression_attribute_values(e.values())
+        .build()
+        .map_err(build_fault)
+}
+
+/// A step's failed sub-exchanges count zero again (the step must exist).
+pub(crate) fn clear_sub_failures_update(table: &str, exchange_id: &ExchangeId, step: StepId) -> PortResult<Update> {
+    let mut e = Expr::default();
+    e.set(SUB_FAILED, "zero", n(0));
     let pk = e.name("pk");
     Update::builder()
         .table_name(table)
@@ -834,6 +993,24 @@ pub(crate) fn claim_update_parts(
     let condition =
         format!("{status} = :initial AND {completed} < :attempt AND ({claimed} < :attempt OR {lease} < :now)");
     (e.update_expression(), condition, e.names, e.values)
+}
+
+/// The sub-exchange total of a step: see [`ExchangeRepository::set_sub_exchange_total`]. The
+/// counts start at zero but are kept if there are some already (a re-run of the step, or
+/// sub-exchanges that ended before it got here): only `ADD`s and a recovery change them.
+pub(crate) fn sub_total_parts(
+    total: u32,
+) -> (String, String, HashMap<String, String>, HashMap<String, AttributeValue>) {
+    let mut e = Expr::default();
+    e.set(SUB_TOTAL, "total", n(total));
+    e.value("zero", n(0));
+    for counter in [SUB_COMPLETED, SUB_FAILED] {
+        let name = e.name(counter);
+        e.set.push(format!("{name} = if_not_exists({name}, :zero)"));
+    }
+    // Never create a step that does not exist.
+    let pk = e.name("pk");
+    (e.update_expression(), format!("attribute_exists({pk})"), e.names, e.values)
 }
 
 /// The token consumption: see [`ExchangeRepository::consume_token`].
@@ -893,6 +1070,7 @@ fn index_keys(index: &str) -> (&'static str, &'static str) {
         INDEX_BY_STATUS => ("gsi2pk", "gsi2sk"),
         INDEX_BY_DUE => ("gsi4pk", "gsi4sk"),
         INDEX_BY_ERROR => ("gsi5pk", "gsi5sk"),
+        INDEX_BY_PARENT => ("gsi6pk", "gsi6sk"),
         _ => ("gsi3pk", "gsi3sk"),
     }
 }
@@ -932,14 +1110,26 @@ impl IndexQuery {
     }
 }
 
-/// The query of [`ExchangeRepository::list`].
+/// The query of [`ExchangeRepository::list`]: newest first, except sub-exchanges, which
+/// come in creation order (their index order).
 pub(crate) fn list_query(filter: &ExchangeFilter) -> IndexQuery {
     let (index, partition, status) = list_plan(filter);
-    let (mut query, mut e) = IndexQuery::on(index, partition, false);
+    let (mut query, mut e) = IndexQuery::on(index, partition, index == INDEX_BY_PARENT);
+    let mut conditions = Vec::new();
     if let Some(status) = status {
         let name = e.name("status");
         let value = e.value("status", s(status.name()));
-        query.filter = Some(format!("{name} = {value}"));
+        conditions.push(format!("{name} = {value}"));
+    }
+    if index == INDEX_BY_PARENT {
+        if let Some(code) = &filter.integration_code {
+            let name = e.name("integrationCode");
+            let value = e.value("integrationCode", s(code.to_string()));
+            conditions.push(format!("{name} = {value}"));
+        }
+    }
+    if !conditions.is_empty() {
+        query.filter = Some(conditions.join(" AND "));
     }
     query.finish(e)
 }
@@ -978,12 +1168,75 @@ pub(crate) fn due_query(until: DateTime<Utc>) -> IndexQuery {
     query.finish(e)
 }
 
-/// The index, its partition key value and the status to filter on, for a filter.
+/// The index, its partition key value and the status to filter on, for a filter (on
+/// `byParent`, the integration code is filtered on too).
 pub(crate) fn list_plan(filter: &ExchangeFilter) -> (&'static str, String, Option<ExchangeStatus>) {
+    if let Some(parent) = &filter.parent {
+        return (INDEX_BY_PARENT, parent_gsi_pk(parent), filter.status);
+    }
     match (&filter.integration_code, filter.status) {
         (Some(code), status) => (INDEX_BY_INTEGRATION, integration_gsi_pk(code), status),
         (None, Some(status)) => (INDEX_BY_STATUS, status_gsi_pk(status), None),
         (None, None) => (INDEX_BY_CREATION, CREATION_GSI_PK.to_string(), None),
+    }
+}
+
+// ------------------------------------------------------------------ batches
+
+/// The items with each key (`pk`, `sk`) once: at its first place, with its last content.
+pub(crate) fn dedup_by_key(items: Vec<Item>) -> Vec<Item> {
+    let mut at: HashMap<(String, String), usize> = HashMap::with_capacity(items.len());
+    let mut out: Vec<Item> = Vec::with_capacity(items.len());
+    for item in items {
+        let key = (
+            attr_str(&item, "pk").unwrap_or_default().to_string(),
+            attr_str(&item, "sk").unwrap_or_default().to_string(),
+        );
+        match at.get(&key) {
+            Some(&i) => out[i] = item,
+            None => {
+                at.insert(key, out.len());
+                out.push(item);
+            }
+        }
+    }
+    out
+}
+
+/// The items of `create` / `create_many`: each exchange's steps, then the exchange itself.
+pub(crate) fn creation_items<'a>(
+    exchanges: impl IntoIterator<Item = (&'a Exchange, &'a [ExchangeStep])>,
+) -> PortResult<Vec<Item>> {
+    let mut items = Vec::new();
+    for (exchange, steps) in exchanges {
+        for step in steps {
+            items.push(step_to_item(&exchange.exchange_id, step)?);
+        }
+        items.push(exchange_to_item(exchange)?);
+    }
+    Ok(items)
+}
+
+/// Waits between retries of unprocessed batch entries: 50 ms doubling up to 2 s, 8 rounds.
+struct Backoff {
+    delay: Duration,
+    rounds: u32,
+}
+
+impl Backoff {
+    const MAX_ROUNDS: u32 = 8;
+    fn new() -> Self {
+        Self { delay: Duration::from_millis(50), rounds: 0 }
+    }
+    /// Sleeps before the next round; false once the rounds are used up.
+    async fn wait(&mut self) -> bool {
+        self.rounds += 1;
+        if self.rounds > Self::MAX_ROUNDS {
+            return false;
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(2));
+        true
     }
 }
 
@@ -1113,7 +1366,11 @@ impl DynamoExchangeRepository {
         Ok((items, next_key))
     }
 
+    /// Puts the items in order, ≤ 25 per BatchWriteItem, retrying unprocessed ones with
+    /// backoff. An item given twice (same key) is written once, with its last content, at its
+    /// first place: one BatchWriteItem refuses duplicate keys.
     async fn batch_put(&self, items: Vec<Item>) -> PortResult<()> {
+        let items = dedup_by_key(items);
         for chunk in items.chunks(MAX_BATCH_WRITE) {
             let mut requests: Vec<WriteRequest> = chunk
                 .iter()
@@ -1122,8 +1379,7 @@ impl DynamoExchangeRepository {
                     Ok(WriteRequest::builder().put_request(put).build())
                 })
                 .collect::<PortResult<_>>()?;
-            let mut delay = Duration::from_millis(50);
-            let mut rounds = 0;
+            let mut backoff = Backoff::new();
             while !requests.is_empty() {
                 let out = self
                     .client
@@ -1136,15 +1392,61 @@ impl DynamoExchangeRepository {
                 if requests.is_empty() {
                     break;
                 }
-                rounds += 1;
-                if rounds > 8 {
+                if !backoff.wait().await {
                     return Err(error::unavailable(
                         SERVICE,
                         format!("BatchWriteItem: {} items still unprocessed after retries", requests.len()),
                     ));
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+        Ok(())
+    }
+
+    /// The status of each exchange item found among `keys` (≤ 100), by `pk`, retrying
+    /// unprocessed keys with backoff.
+    async fn batch_statuses(&self, mut keys: Vec<Item>, found: &mut HashMap<String, ExchangeStatus>) -> PortResult<()> {
+        let mut backoff = Backoff::new();
+        while !keys.is_empty() {
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .projection_expression("#pk, #sk, #status")
+                .expression_attribute_names("#pk", "pk")
+                .expression_attribute_names("#sk", "sk")
+                .expression_attribute_names("#status", "status")
+                .consistent_read(true)
+                .build()
+                .map_err(build_fault)?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(self.table.clone(), request)
+                .send()
+                .await
+                .map_err(|e| error::sdk(SERVICE, "BatchGetItem", e))?;
+            for item in out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default() {
+                let pk = attr_str(&item, "pk").ok_or_else(|| error::fault(SERVICE, "stored exchange has no pk"))?;
+                let status = item
+                    .get("status")
+                    .cloned()
+                    .ok_or_else(|| error::fault(SERVICE, format!("stored exchange {pk} has no status")))?;
+                let status: ExchangeStatus = serde_dynamo::from_attribute_value(status)
+                    .map_err(|e| error::fault(SERVICE, format!("stored exchange {pk} has a malformed status: {e}")))?;
+                found.insert(pk.to_string(), status);
+            }
+            keys = out
+                .unprocessed_keys
+                .and_then(|mut m| m.remove(&self.table))
+                .map(|k| k.keys().to_vec())
+                .unwrap_or_default();
+            if keys.is_empty() {
+                break;
+            }
+            if !backoff.wait().await {
+                return Err(error::unavailable(
+                    SERVICE,
+                    format!("BatchGetItem: {} keys still unprocessed after retries", keys.len()),
+                ));
             }
         }
         Ok(())
@@ -1154,12 +1456,28 @@ impl DynamoExchangeRepository {
 #[async_trait]
 impl ExchangeRepository for DynamoExchangeRepository {
     async fn create(&self, exchange: &Exchange, steps: &[ExchangeStep]) -> PortResult<()> {
-        let mut items = Vec::with_capacity(steps.len() + 1);
-        for step in steps {
-            items.push(step_to_item(&exchange.exchange_id, step)?);
-        }
-        items.push(exchange_to_item(exchange)?);
+        self.batch_put(creation_items([(exchange, steps)])?).await
+    }
+
+    async fn create_many(&self, exchanges: &[(Exchange, Vec<ExchangeStep>)]) -> PortResult<()> {
+        let items = creation_items(exchanges.iter().map(|(exchange, steps)| (exchange, steps.as_slice())))?;
         self.batch_put(items).await
+    }
+
+    async fn statuses(&self, ids: &[ExchangeId]) -> PortResult<Vec<(ExchangeId, ExchangeStatus)>> {
+        // One BatchGetItem refuses duplicate keys.
+        let mut unique: Vec<&ExchangeId> = Vec::with_capacity(ids.len());
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        for id in ids {
+            if seen.insert(id) {
+                unique.push(id);
+            }
+        }
+        let mut found: HashMap<String, ExchangeStatus> = HashMap::with_capacity(unique.len());
+        for chunk in unique.chunks(MAX_BATCH_GET) {
+            self.batch_statuses(chunk.iter().map(|id| exchange_key(id)).collect(), &mut found).await?;
+        }
+        Ok(unique.into_iter().filter_map(|id| found.get(&exchange_pk(id)).map(|st| (id.clone(), *st))).collect())
     }
 
     async fn get(&self, id: &ExchangeId) -> PortResult<Option<ExchangeDetail>> {
@@ -1335,6 +1653,28 @@ impl ExchangeRepository for DynamoExchangeRepository {
         }
     }
 
+    async fn set_sub_exchange_total(&self, id: &ExchangeId, step: StepId, total: u32) -> PortResult<()> {
+        let (update, condition, names, values) = sub_total_parts(total);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(step_key(id, step)))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
+                Err(error::fault(SERVICE, format!("exchange {id} has no step {step} to count sub-exchanges on")))
+            }
+            Err(e) => Err(error::sdk(SERVICE, "UpdateItem", e)),
+        }
+    }
+
     async fn release_token(&self, hash: &str) -> PortResult<()> {
         let result = self
             .client
@@ -1398,6 +1738,8 @@ mod tests {
                 at: t("2026-01-02T03:05:00Z"),
             }),
             recoveries: 3,
+            parent: None,
+            result: None,
         }
     }
 
@@ -1419,6 +1761,7 @@ mod tests {
             }),
             next_retry_at: Some(t("2026-01-02T03:04:09Z")),
             completed_at: None,
+            sub_exchanges: None,
         }
     }
 
@@ -1459,7 +1802,33 @@ mod tests {
         let item = exchange_to_item(&minimal).expect("encode");
         assert_eq!(item.get("integrationVersion"), Some(&AttributeValue::Null(true)));
         assert_eq!(item.get("recoveries"), Some(&n(0)), "written at creation");
+        for absent in ["parent", "result", "gsi6pk", "gsi6sk"] {
+            assert!(!item.contains_key(absent), "{absent}: not a sub-exchange, no result");
+        }
         assert_eq!(exchange_from_item(item).expect("decode"), minimal);
+
+        // A completed sub-exchange: on the parent's index, with its result.
+        let mut child = exchange();
+        child.status = ExchangeStatus::Completed;
+        child.error = None;
+        child.parent =
+            Some(ParentLink { exchange_id: ExchangeId::new("parent-1"), step_id: StepId::from_sequence(4), index: 17 });
+        child.result = Some(Payload::raw("{\"total\":3}"));
+        let item = exchange_to_item(&child).expect("encode");
+        assert_eq!(attr_str(&item, "gsi6pk"), Some("PARENT#parent-1"));
+        assert_eq!(attr_str(&item, "gsi6sk"), Some("0004#00000017"));
+        let parent = item.get("parent").and_then(|p| p.as_m().ok()).expect("parent map");
+        assert_eq!(parent.get("exchangeId"), Some(&s("parent-1")));
+        assert_eq!(parent.get("index"), Some(&n(17)));
+        assert!(item.get("result").is_some_and(|r| r.as_m().is_ok()), "result as a map");
+        assert_eq!(exchange_from_item(item).expect("decode"), child);
+        // Siblings sort by index as text.
+        let link = |index| ParentLink { exchange_id: ExchangeId::new("p"), step_id: StepId::from_sequence(4), index };
+        assert!(parent_gsi_sk(&link(9)) < parent_gsi_sk(&link(10)));
+        assert!(
+            parent_gsi_sk(&link(99_999_999))
+                < parent_gsi_sk(&ParentLink { step_id: StepId::from_sequence(5), ..link(0) })
+        );
     }
 
     #[test]
@@ -1491,9 +1860,69 @@ mod tests {
             step_id: StepId::from_sequence(0),
         };
         item.insert("logs".into(), to_av(&vec![line.clone()]).expect("logs"));
-        let (back, logs) = step_from_item(item).expect("decode");
+        let (back, logs) = step_from_item(item.clone()).expect("decode");
         assert_eq!(back, plain);
         assert_eq!(logs, vec![line]);
+        for absent in ["subTotal", "subCompleted", "subFailed"] {
+            assert!(!item.contains_key(absent), "{absent}: only set on subflow steps");
+        }
+
+        // A subflow step: its counts (a count not yet written is 0).
+        item.insert("subTotal".into(), n(5));
+        item.insert("subCompleted".into(), n(2));
+        let (back, _) = step_from_item(item.clone()).expect("decode");
+        assert_eq!(back.sub_exchanges, Some(SubExchangeCounts { total: 5, completed: 2, failed: 0 }));
+        item.insert("subFailed".into(), n(1));
+        let (back, _) = step_from_item(item).expect("decode");
+        assert_eq!(back.sub_exchanges, Some(SubExchangeCounts { total: 5, completed: 2, failed: 1 }));
+    }
+
+    #[test]
+    fn sub_exchange_total_keeps_counts() {
+        let (update, condition, names, values) = sub_total_parts(7);
+        assert_eq!(
+            update,
+            "SET #subTotal = :total, #subCompleted = if_not_exists(#subCompleted, :zero), \
+             #subFailed = if_not_exists(#subFailed, :zero)"
+        );
+        assert_eq!(condition, "attribute_exists(#pk)");
+        assert_eq!(names.get("#subFailed").map(String::as_str), Some("subFailed"));
+        assert_eq!(values, HashMap::from([(":total".to_string(), n(7)), (":zero".to_string(), n(0))]));
+    }
+
+    #[test]
+    fn creation_items_pack_exchanges_and_dedup() {
+        let a = exchange();
+        let mut b = exchange();
+        b.exchange_id = ExchangeId::new("b");
+        let (sa, sb) = (vec![step(0), step(1)], vec![step(0)]);
+        let items = creation_items([(&a, sa.as_slice()), (&b, sb.as_slice()), (&a, sa.as_slice())]).expect("items");
+        let keys = |items: &[Item]| -> Vec<String> {
+            items
+                .iter()
+                .map(|i| format!("{}/{}", attr_str(i, "pk").unwrap_or(""), attr_str(i, "sk").unwrap_or("")))
+                .collect()
+        };
+        assert_eq!(items.len(), 8);
+        let unique = dedup_by_key(items);
+        let a_pk = "EX#01J0000000000000000000000A";
+        assert_eq!(
+            keys(&unique),
+            vec![
+                format!("{a_pk}/STEP#0000"),
+                format!("{a_pk}/STEP#0001"),
+                format!("{a_pk}/EXCHANGE"),
+                "EX#b/STEP#0000".to_string(),
+                "EX#b/EXCHANGE".to_string(),
+            ],
+            "steps before their exchange, each key once"
+        );
+        let mut later = exchange();
+        later.status = ExchangeStatus::Started;
+        let again = creation_items([(&a, &[][..]), (&later, &[][..])]).expect("items");
+        let unique = dedup_by_key(again);
+        assert_eq!(unique.len(), 1);
+        assert_eq!(attr_str(&unique[0], "status"), Some("Started"), "the last content wins");
     }
 
     #[test]
@@ -1517,11 +1946,14 @@ mod tests {
     #[test]
     fn list_picks_the_index() {
         let code = IntegrationCode::parse("A").expect("code");
-        let both = ExchangeFilter { integration_code: Some(code.clone()), status: Some(ExchangeStatus::Failed) };
+        let both =
+            ExchangeFilter { integration_code: Some(code.clone()), status: Some(ExchangeStatus::Failed), parent: None };
         assert_eq!(list_plan(&both), (INDEX_BY_INTEGRATION, "INT#A".into(), Some(ExchangeStatus::Failed)));
-        let status = ExchangeFilter { integration_code: None, status: Some(ExchangeStatus::Failed) };
+        let status = ExchangeFilter { status: Some(ExchangeStatus::Failed), ..ExchangeFilter::default() };
         assert_eq!(list_plan(&status), (INDEX_BY_STATUS, "STATUS#Failed".into(), None));
         assert_eq!(list_plan(&ExchangeFilter::default()), (INDEX_BY_CREATION, "EXCHANGES".into(), None));
+        let children = ExchangeFilter { parent: Some(ExchangeId::new("p")), ..both };
+        assert_eq!(list_plan(&children), (INDEX_BY_PARENT, "PARENT#p".into(), Some(ExchangeStatus::Failed)));
     }
 
     fn change(claimed: bool) -> StepChange {
@@ -1721,6 +2153,67 @@ mod tests {
     }
 
     #[test]
+    fn commit_stores_the_result_and_tallies_the_parent() {
+        let now = t("2026-01-02T03:04:05Z");
+        let complete = ExchangeChange::SetStatus {
+            from: vec![ExchangeStatus::Started],
+            to: ExchangeStatus::Completed,
+            error: None,
+            completed_at: Some(now),
+        };
+        let mut commit = StepCommit::new(ExchangeId::new("child"), 0, complete, now);
+        commit.step = Some(change(false));
+        commit.result = Some(Payload::raw("done"));
+        commit.tally =
+            Some(ParentTally { parent: ExchangeId::new("parent"), step_id: StepId::from_sequence(4), completed: true });
+        let actions = commit_actions("T", &commit).expect("actions");
+        assert_eq!(actions.len(), 3, "step, exchange, tally");
+        let ex = actions[1].update().expect("exchange update");
+        assert_eq!(ex.key().get("pk"), Some(&s("EX#child")));
+        assert!(ex.update_expression().contains("#result = :result"), "{}", ex.update_expression());
+        assert_eq!(
+            values_of(ex.expression_attribute_values(), ":result"),
+            Some(to_av(&Payload::raw("done")).expect("av"))
+        );
+        let tally = actions[2].update().expect("tally");
+        assert_eq!(tally.key(), &step_key(&ExchangeId::new("parent"), StepId::from_sequence(4)));
+        assert_eq!(tally.update_expression(), "ADD #subCompleted :one");
+        assert_eq!(tally.condition_expression(), Some("attribute_exists(#pk)"));
+        assert_eq!(values_of(tally.expression_attribute_values(), ":one"), Some(n(1)));
+        // The step update never touches the counts.
+        let step = actions[0].update().expect("step").update_expression();
+        assert!(!step.contains("sub"), "{step}");
+
+        commit.tally.as_mut().expect("tally").completed = false;
+        let actions = commit_actions("T", &commit).expect("actions");
+        assert_eq!(actions[2].update().expect("tally").update_expression(), "ADD #subFailed :one");
+
+        // Without a status change, the check becomes an update with the same condition.
+        commit.exchange = ExchangeChange::RequireNotFinal;
+        commit.tally = None;
+        let actions = commit_actions("T", &commit).expect("actions");
+        let ex = actions[1].update().expect("update instead of a check");
+        assert_eq!(ex.update_expression(), "SET #result = :result");
+        assert_eq!(
+            ex.condition_expression(),
+            Some("#status IN (:s0, :s1, :s2, :s3) AND (attribute_not_exists(#recoveries) OR #recoveries = :recovery)")
+        );
+        commit.result = None;
+        assert!(commit_actions("T", &commit).expect("actions")[1].condition_check().is_some());
+
+        // Limits count the tally; a parent is never its own child.
+        commit.tally =
+            Some(ParentTally { parent: ExchangeId::new("parent"), step_id: StepId::from_sequence(4), completed: true });
+        commit.skip = (10..108).map(StepId::from_sequence).collect();
+        assert!(matches!(commit_actions("T", &commit), Err(PortError::Fault { .. })), "101 actions");
+        commit.skip.pop();
+        assert_eq!(commit_actions("T", &commit).expect("100 actions").len(), 100);
+        commit.tally =
+            Some(ParentTally { parent: ExchangeId::new("child"), step_id: StepId::from_sequence(2), completed: true });
+        assert!(matches!(commit_actions("T", &commit), Err(PortError::Fault { .. })));
+    }
+
+    #[test]
     fn error_items_round_trip() {
         let record = error_record("2026-01-02T03:04:05.123456Z", Some(3), ErrorClassification::Business);
         let item = error_to_item(&ExchangeId::new("e"), &record, 7).expect("encode");
@@ -1752,6 +2245,7 @@ mod tests {
             parameters: serde_json::json!({"n": 12345678901234_i64, "deep": [[{"a": null}]]}),
             not_before: Some(t("2026-01-02T05:00:00Z")),
             recovery: 1,
+            parent: Some(ParentLink { exchange_id: ExchangeId::new("p"), step_id: StepId::from_sequence(2), index: 3 }),
         };
         let retry = timer(TimerKind::Retry { message: Box::new(message) }, "2026-01-02T05:00:00.5Z");
         let item = timer_to_item(&ExchangeId::new("e"), &retry).expect("encode");
@@ -1785,6 +2279,7 @@ mod tests {
             recovery: 2,
             parameters: serde_json::json!({"n": 12345678901234_i64, "x": 1.5}),
             expires_at: Some(t("2026-01-02T04:00:00.250Z")),
+            parent: Some(ParentLink { exchange_id: ExchangeId::new("p"), step_id: StepId::from_sequence(1), index: 0 }),
         };
         let now = t("2026-01-02T03:00:00Z");
         let item = token_to_item(&token, now).expect("encode");
@@ -1820,6 +2315,7 @@ mod tests {
             recovery: 1,
             integration_version: Some(IntegrationVersion::number(4).expect("version")),
             reset: vec![StepId::from_sequence(3), StepId::from_sequence(2), StepId::from_sequence(3)],
+            clear_sub_failures: None,
             now: t("2026-01-02T03:04:05Z"),
         };
         let actions = recover_actions("T", &commit).expect("actions");
@@ -1867,6 +2363,48 @@ mod tests {
         assert!(matches!(recover_actions("T", &commit), Err(PortError::Fault { .. })));
         commit.reset.pop();
         assert_eq!(recover_actions("T", &commit).expect("100 actions").len(), 100);
+        commit.clear_sub_failures = Some(StepId::from_sequence(3));
+        assert_eq!(recover_actions("T", &commit).expect("merged into a reset").len(), 100);
+        commit.clear_sub_failures = Some(StepId::from_sequence(200));
+        assert!(matches!(recover_actions("T", &commit), Err(PortError::Fault { .. })), "101 actions");
+    }
+
+    #[test]
+    fn recovery_clears_sub_failures() {
+        let mut commit = RecoveryCommit {
+            exchange_id: ExchangeId::new("e"),
+            recovery: 1,
+            integration_version: None,
+            reset: vec![StepId::from_sequence(3), StepId::from_sequence(2)],
+            clear_sub_failures: Some(StepId::from_sequence(3)),
+            now: t("2026-01-02T03:04:05Z"),
+        };
+        // Merged into the step's reset: one action per item.
+        let actions = recover_actions("T", &commit).expect("actions");
+        assert_eq!(actions.len(), 3);
+        let plain = actions[1].update().expect("reset 2");
+        assert!(!plain.update_expression().contains("subFailed"), "{}", plain.update_expression());
+        let merged = actions[2].update().expect("reset 3");
+        assert_eq!(merged.key().get("sk"), Some(&s("STEP#0003")));
+        assert_eq!(
+            merged.update_expression(),
+            "SET #status = :initial, #attempts = :zero, #completedAttempt = :zero, #claimedAttempt = :zero, \
+             #leaseUntil = :zero, #subFailed = :zero REMOVE #nextRetryAt, #lastError, #completedAt, #payload"
+        );
+        for update in [plain, merged] {
+            let expr = update.update_expression();
+            assert!(!expr.contains("subTotal") && !expr.contains("subCompleted"), "{expr}");
+        }
+
+        // Not reset: an update of its own, after the resets.
+        commit.clear_sub_failures = Some(StepId::from_sequence(5));
+        let actions = recover_actions("T", &commit).expect("actions");
+        assert_eq!(actions.len(), 4);
+        let clear = actions[3].update().expect("clear");
+        assert_eq!(clear.key().get("sk"), Some(&s("STEP#0005")));
+        assert_eq!(clear.update_expression(), "SET #subFailed = :zero");
+        assert_eq!(clear.condition_expression(), Some("attribute_exists(#pk)"));
+        assert_eq!(values_of(clear.expression_attribute_values(), ":zero"), Some(n(0)));
     }
 
     #[test]
@@ -1921,14 +2459,39 @@ mod tests {
         assert_eq!(q.values.get(":gpk"), Some(&s("TIMERS")));
 
         let code = IntegrationCode::parse("A").expect("code");
-        let q = list_query(&ExchangeFilter { integration_code: Some(code), status: Some(ExchangeStatus::Failed) });
+        let both = ExchangeFilter { integration_code: Some(code), status: Some(ExchangeStatus::Failed), parent: None };
+        let q = list_query(&both);
         assert_eq!(
-            (q.index, q.key_condition.as_str(), q.filter.as_deref()),
-            (INDEX_BY_INTEGRATION, "#gsi1pk = :gpk", Some("#status = :status"))
+            (q.index, q.key_condition.as_str(), q.filter.as_deref(), q.forward),
+            (INDEX_BY_INTEGRATION, "#gsi1pk = :gpk", Some("#status = :status"), false)
         );
         assert_eq!(q.values.get(":status"), Some(&s("Failed")));
         let q = list_query(&ExchangeFilter::default());
         assert_eq!((q.index, q.filter.as_deref(), q.forward), (INDEX_BY_CREATION, None, false));
+
+        // Sub-exchanges: in index order, the other filters on top.
+        let children = ExchangeFilter { parent: Some(ExchangeId::new("p")), ..ExchangeFilter::default() };
+        let q = list_query(&children);
+        assert_eq!(
+            (q.index, q.key_condition.as_str(), q.filter.as_deref(), q.forward),
+            (INDEX_BY_PARENT, "#gsi6pk = :gpk", None, true)
+        );
+        assert_eq!(q.values.get(":gpk"), Some(&s("PARENT#p")));
+        let q = list_query(&ExchangeFilter { parent: Some(ExchangeId::new("p")), ..both });
+        assert_eq!(
+            (q.index, q.filter.as_deref(), q.forward),
+            (INDEX_BY_PARENT, Some("#status = :status AND #integrationCode = :integrationCode"), true)
+        );
+        assert_eq!(q.values.get(":integrationCode"), Some(&s("A")));
+        let key: Item = HashMap::from([
+            ("pk".to_string(), s("EX#c")),
+            ("sk".to_string(), s("EXCHANGE")),
+            ("gsi6pk".to_string(), s("PARENT#p")),
+            ("gsi6sk".to_string(), s("0004#00000001")),
+        ]);
+        let c = encode_cursor(INDEX_BY_PARENT, &key).expect("encode");
+        assert_eq!(decode_cursor(INDEX_BY_PARENT, &c).expect("decode"), key);
+        assert!(decode_cursor(INDEX_BY_CREATION, &c).is_err());
 
         // Error cursors carry the byError keys.
         let key: Item = HashMap::from([
@@ -1951,7 +2514,7 @@ mod tests {
             completed_at: None,
         };
         let action =
-            exchange_action("T", &ExchangeId::new("e"), &change, 1, t("2026-01-02T03:04:05Z")).expect("action");
+            exchange_action("T", &ExchangeId::new("e"), &change, 1, t("2026-01-02T03:04:05Z"), None).expect("action");
         let expr = action.update().expect("update").update_expression().to_string();
         assert!(expr.ends_with("REMOVE #error, #completedAt"), "{expr}");
     }

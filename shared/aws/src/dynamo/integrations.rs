@@ -151,6 +151,9 @@ impl IntegrationRepository for DynamoIntegrationRepository {
                 .client
                 .scan()
                 .table_name(&self.table)
+                // The table also holds metadata mappings (`MAPPING#…`).
+                .filter_expression("begins_with(pk, :prefix)")
+                .expression_attribute_values(":prefix", AttributeValue::S("INT#".into()))
                 .consistent_read(true)
                 .set_exclusive_start_key(start.take())
                 .send()

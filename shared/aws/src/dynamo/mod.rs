@@ -1,7 +1,10 @@
 //! DynamoDB adapters: [`DynamoExchangeRepository`] (exchanges table, single-table design —
-//! see [`exchanges`]) and [`DynamoIntegrationRepository`] (integrations table).
+//! see [`exchanges`]), [`DynamoIntegrationRepository`] and [`DynamoMappingRepository`]
+//! (integrations table).
 pub mod exchanges;
 pub mod integrations;
+pub mod mappings;
 
 pub use exchanges::DynamoExchangeRepository;
 pub use integrations::DynamoIntegrationRepository;
+pub use mappings::DynamoMappingRepository;

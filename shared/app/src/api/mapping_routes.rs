@@ -1,0 +1,76 @@
+//! `PUT /mappings/{name}` and `GET /mappings/{name}`: the metadata mappings transformation
+//! steps reference (see [`handoff_core::mapping`] for the document).
+
+use super::{json_body, ApiError, ApiResult, Ctx};
+use crate::context::AppContext;
+use crate::definitions::LoadedIntegration;
+use crate::mappings::{MappingWriteError, StoredMapping};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use chrono::Utc;
+use handoff_core::definition::StepAction;
+use handoff_core::mapping::{parse_mapping, MappingName};
+use handoff_core::reader::FieldError;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+fn path_name(name: &str) -> Result<MappingName, ApiError> {
+    MappingName::parse(name).map_err(|e| ApiError::bad_request("InvalidParameter", format!("name: {e}")))
+}
+
+fn view(m: &StoredMapping) -> Value {
+    json!({"name": m.name.as_str(), "revision": m.revision, "updatedAt": m.updated_at, "mapping": m.document})
+}
+
+/// Creates (201) or replaces (200) a mapping. Running exchanges see a replacement within
+/// the mapping cache's TTL.
+pub(super) async fn put_mapping(State(ctx): Ctx, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    let name = path_name(&name)?;
+    let document = json_body(&body)?;
+    let parsed = parse_mapping(name.clone(), &document).map_err(|e| ApiError::field(e, "InvalidMapping"))?;
+    let repository = ctx.mappings.repository();
+    let current = repository.get(&name).await?;
+    let stored = StoredMapping {
+        name,
+        document,
+        revision: current.as_ref().map_or(1, |c| c.revision + 1),
+        updated_at: Utc::now(),
+    };
+    repository.put(&stored, current.as_ref().map(|c| c.revision)).await.map_err(|e| match e {
+        MappingWriteError::RevisionConflict => ApiError::new(StatusCode::CONFLICT, "ConcurrentModification", e.to_string()),
+        MappingWriteError::Port(p) => p.into(),
+    })?;
+    ctx.mappings.remember(Arc::new(parsed));
+    let status = if current.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(view(&stored))).into_response())
+}
+
+pub(super) async fn get_mapping(State(ctx): Ctx, Path(name): Path<String>) -> ApiResult {
+    let name = path_name(&name)?;
+    let stored = ctx
+        .mappings
+        .repository()
+        .get(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("mapping '{name}' does not exist")))?;
+    Ok(Json(view(&stored)).into_response())
+}
+
+/// A definition may only reference mappings that exist: a typo is a 400 naming the step,
+/// not a failed exchange later.
+pub(super) async fn check_mappings(ctx: &AppContext, loaded: &LoadedIntegration) -> Result<(), ApiError> {
+    for (index, step) in loaded.definition.steps.iter().enumerate() {
+        if let StepAction::Transformation { mapping: Some(name), .. } = &step.action {
+            if ctx.mappings.get(name).await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", e.to_string()))?.is_none() {
+                return Err(ApiError::field(
+                    FieldError::new(format!("steps[{index}].mapping"), format!("mapping '{name}' does not exist (PUT /mappings/{name} first)")),
+                    "InvalidDefinition",
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! Metadata mappings (named field/value translation tables, see
+//! [`handoff_core::mapping`]): the storage port, and a per-warm-function cache so a
+//! transformation does not read its mapping for every message, while a `PUT` shows up
+//! within the cache's TTL.
+
+use crate::ports::{PortError, PortResult};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use handoff_core::mapping::{parse_mapping, Mapping, MappingName};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One stored mapping: the document as accepted, with a revision increased on each write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMapping {
+    pub name: MappingName,
+    pub document: Value,
+    pub revision: u64,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MappingWriteError {
+    /// Someone else wrote the mapping since it was read (optimistic concurrency).
+    #[error("mapping changed concurrently; read it again")]
+    RevisionConflict,
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+#[async_trait]
+pub trait MappingRepository: Send + Sync {
+    async fn get(&self, name: &MappingName) -> PortResult<Option<StoredMapping>>;
+    /// Writes `mapping` if the stored revision is still `expected_revision` (`None`: only
+    /// if no mapping of that name exists yet).
+    async fn put(&self, mapping: &StoredMapping, expected_revision: Option<u64>) -> Result<(), MappingWriteError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MappingLoadError {
+    #[error("mapping '{name}' is stored but no longer valid: {problem}")]
+    Corrupt { name: MappingName, problem: String },
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// Parsed mappings, remembered for `ttl` per warm function.
+pub struct MappingCache {
+    repository: Arc<dyn MappingRepository>,
+    ttl: Duration,
+    entries: Mutex<HashMap<MappingName, (Instant, Arc<Mapping>)>>,
+}
+
+impl MappingCache {
+    pub fn new(repository: Arc<dyn MappingRepository>, ttl: Duration) -> Self {
+        Self { repository, ttl, entries: Mutex::new(HashMap::new()) }
+    }
+
+    /// The store behind the cache (the API reads and writes through it).
+    pub fn repository(&self) -> &Arc<dyn MappingRepository> {
+        &self.repository
+    }
+
+    /// The mapping, parsed; `None` if no mapping has that name.
+    pub async fn get(&self, name: &MappingName) -> Result<Option<Arc<Mapping>>, MappingLoadError> {
+        if let Some(hit) = self.cached(name) {
+            return Ok(Some(hit));
+        }
+        let Some(stored) = self.repository.get(name).await? else {
+            return Ok(None);
+        };
+        let mapping = parse_mapping(name.clone(), &stored.document)
+            .map_err(|e| MappingLoadError::Corrupt { name: name.clone(), problem: e.to_string() })?;
+        let mapping = Arc::new(mapping);
+        self.remember(mapping.clone());
+        Ok(Some(mapping))
+    }
+
+    /// Stores a freshly written mapping so this instance sees its own writes at once.
+    pub fn remember(&self, mapping: Arc<Mapping>) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.insert(mapping.name.clone(), (Instant::now(), mapping));
+        }
+    }
+
+    fn cached(&self, name: &MappingName) -> Option<Arc<Mapping>> {
+        let entries = self.entries.lock().ok()?;
+        let (at, mapping) = entries.get(name)?;
+        (at.elapsed() < self.ttl).then(|| mapping.clone())
+    }
+}

@@ -1,0 +1,255 @@
+//! Subflows: an exchange fans out into sub-exchanges and waits for all of them.
+//!
+//! * `CollectSubflowProperties` — the step's jq program yields one parameter object per
+//!   sub-exchange.
+//! * `CreateSubExchanges` — creates them in batches with deterministic ids, so a retried
+//!   attempt creates no extra ones, and starts them.
+//! * `ControlSubflow` — fan-in without polling: each sub-exchange counts itself on this step
+//!   in the same transaction that makes it final (exactly once), and the one that completes
+//!   the count hands the parent on. When all are final the parent continues with their
+//!   results, or fails if any of them failed.
+
+use crate::context::AppContext;
+use crate::executors::{payload_failure, ExecutionContext, StepOutput};
+use crate::invoke::materialize;
+use crate::ports::{ExchangeFilter, HandoffMessage, PortError, Timer, TimerKind};
+use chrono::Utc;
+use handoff_core::definition::StepAction;
+use handoff_core::exchange::{Exchange, ExchangeStatus, ParentLink, Payload, StepStatus};
+use handoff_core::ids::{ExchangeId, StepId};
+use handoff_core::plan::{SubStep, WorkerFamily};
+use handoff_core::retry::{ErrorClassification, Failure};
+use handoff_core::version::{select_version, VersionAvailability};
+use serde_json::Value;
+
+/// Sub-exchanges are written and started in chunks of this many.
+const CREATE_CHUNK: usize = 100;
+
+fn transient(e: PortError) -> Failure {
+    Failure::transient(e.to_string())
+}
+
+/// Deterministic: the same parent step and index always name the same sub-exchange.
+pub fn child_id(parent: &ExchangeId, control_step: StepId, index: usize) -> ExchangeId {
+    ExchangeId::new(format!("{parent}.{control_step}.{index:05}"))
+}
+
+pub async fn collect_properties(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Result<StepOutput, Failure> {
+    let Some(StepAction::Subflow { function, .. }) = cx.action() else {
+        return Err(Failure::system("sub-step CollectSubflowProperties on a step that is not a subflow"));
+    };
+    let input = cx.input_json().await?;
+    let value = function
+        .evaluate_single(&input, &cx.vars())
+        .map_err(|e| Failure::business(format!("subflow function: {e}")))?;
+    let Value::Array(items) = &value else {
+        return Err(Failure::business("subflow function must yield an array of parameter objects"));
+    };
+    if let Some(i) = items.iter().position(|v| !v.is_object()) {
+        return Err(Failure::business(format!("subflow function result [{i}] is not an object of parameters")));
+    }
+    logs.push(format!("{} sub-exchange(s) to create", items.len()));
+    store(cx, &value).await.map(|payload| StepOutput { payload: Some(payload), ..StepOutput::default() })
+}
+
+async fn store(cx: &ExecutionContext<'_>, value: &Value) -> Result<Payload, Failure> {
+    let bytes = serde_json::to_vec(value).map_err(|e| Failure::system(e.to_string()))?;
+    cx.codec.store(bytes.into(), "application/json").await.map_err(payload_failure)
+}
+
+pub async fn create_sub_exchanges(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Result<StepOutput, Failure> {
+    let Some(StepAction::Subflow { integration_code, .. }) = cx.action() else {
+        return Err(Failure::system("sub-step CreateSubExchanges on a step that is not a subflow"));
+    };
+    let app = cx.app;
+    let parameters = match cx.input_json().await? {
+        Value::Array(items) => items,
+        _ => return Err(Failure::system("CreateSubExchanges needs the parameter objects of CollectSubflowProperties")),
+    };
+    let versions = app.integrations.versions(integration_code).await.map_err(transient)?;
+    let available: Vec<VersionAvailability> =
+        versions.iter().map(|v| VersionAvailability { version: v.version, enabled: v.enabled }).collect();
+    let version = select_version(&available, None)
+        .map_err(|e| Failure::business(format!("sub-integration {integration_code}: {e}")))?;
+    let child = app
+        .definitions
+        .get(integration_code, version)
+        .await
+        .map_err(|e| Failure::system(e.to_string()))?
+        .ok_or_else(|| Failure::business(format!("sub-integration {integration_code} version {version} vanished")))?;
+    let control = StepId::from_sequence(cx.planned.sequence + 1);
+    let parent = &cx.message.exchange_id;
+    // The total is known before any sub-exchange can finish and count itself.
+    app.exchanges.set_sub_exchange_total(parent, control, parameters.len() as u32).await.map_err(transient)?;
+
+    let now = Utc::now();
+    let mut created = 0;
+    for (chunk_index, chunk) in parameters.chunks(CREATE_CHUNK).enumerate() {
+        let ids: Vec<ExchangeId> =
+            (0..chunk.len()).map(|i| child_id(parent, control, chunk_index * CREATE_CHUNK + i)).collect();
+        let existing = app.exchanges.statuses(&ids).await.map_err(transient)?;
+        let mut new = Vec::new();
+        let mut start = Vec::new();
+        for (i, (id, params)) in ids.iter().zip(chunk).enumerate() {
+            let link = ParentLink { exchange_id: parent.clone(), step_id: control, index: (chunk_index * CREATE_CHUNK + i) as u32 };
+            let fresh = materialize(&child, id.clone(), params.clone(), None, Some(link), now);
+            match existing.iter().find(|(e, _)| e == id) {
+                None => {
+                    start.push(fresh.first.clone());
+                    new.push((fresh.exchange, fresh.steps));
+                }
+                // Created by an earlier attempt that may have stopped before starting it.
+                Some((_, ExchangeStatus::New)) => start.push(fresh.first),
+                Some(_) => {}
+            }
+        }
+        app.exchanges.create_many(&new).await.map_err(transient)?;
+        app.queue.send_many(WorkerFamily::Control, &start).await.map_err(transient)?;
+        created += new.len();
+    }
+    logs.push(format!(
+        "Created {created} of {} sub-exchange(s) of {integration_code} version {version}",
+        parameters.len()
+    ));
+    Ok(StepOutput::default())
+}
+
+/// Every sub-exchange of a parent step, in index order.
+pub async fn children(app: &AppContext, parent: &ExchangeId) -> Result<Vec<Exchange>, PortError> {
+    let filter = ExchangeFilter { parent: Some(parent.clone()), ..ExchangeFilter::default() };
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = app.exchanges.list(&filter, 100, cursor.as_deref()).await?;
+        all.extend(page.items);
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    all.sort_by_key(|e| e.parent.as_ref().map_or(0, |p| p.index));
+    Ok(all)
+}
+
+pub async fn control(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Result<StepOutput, Failure> {
+    let app = cx.app;
+    let step = app
+        .exchanges
+        .get_step(&cx.message.exchange_id, cx.message.step_id)
+        .await
+        .map_err(transient)?
+        .ok_or_else(|| Failure::system("the ControlSubflow step is missing"))?;
+    let counts = step.sub_exchanges.ok_or_else(|| Failure::system("no sub-exchanges were created for this step"))?;
+    if !counts.all_final() {
+        logs.push(format!(
+            "Waiting for {} of {} sub-exchange(s) ({} completed, {} failed)",
+            counts.running(),
+            counts.total,
+            counts.completed,
+            counts.failed
+        ));
+        return Ok(StepOutput { wait_for_sub_exchanges: true, ..StepOutput::default() });
+    }
+    let mine: Vec<Exchange> = children(app, &cx.message.exchange_id)
+        .await
+        .map_err(transient)?
+        .into_iter()
+        .filter(|c| c.parent.as_ref().is_some_and(|p| p.step_id == cx.message.step_id))
+        .collect();
+    // The listing comes from an index, which in AWS trails the table a little: insist on
+    // seeing every sub-exchange final before reading their results, else try again shortly.
+    if mine.len() != counts.total as usize || mine.iter().any(|c| !c.status.is_final()) {
+        return Err(Failure::transient(format!(
+            "the sub-exchange index shows {} of {} sub-exchange(s) final; reading again",
+            mine.iter().filter(|c| c.status.is_final()).count(),
+            counts.total
+        )));
+    }
+    if counts.failed > 0 {
+        let first = mine.iter().find(|c| matches!(c.status, ExchangeStatus::Failed | ExchangeStatus::TimedOut));
+        let classification = first
+            .and_then(|c| c.error.as_ref())
+            .map_or(ErrorClassification::System, |e| e.classification);
+        let detail = first
+            .map(|c| format!(" (first: {} {}: {})", c.exchange_id, c.status.name(), c.error.as_ref().map_or("", |e| e.message.as_str())))
+            .unwrap_or_default();
+        return Err(Failure {
+            classification,
+            retryable: false,
+            message: format!("{} of {} sub-exchange(s) did not complete{detail}", counts.failed, counts.total),
+        });
+    }
+    let mut results = Vec::with_capacity(mine.len());
+    for child in &mine {
+        results.push(match &child.result {
+            None => Value::Null,
+            Some(Payload::DataFileSet { data_file_set_id }) => serde_json::json!({"dataFileSetId": data_file_set_id}),
+            Some(payload @ Payload::Raw { raw }) => {
+                let bytes = cx.codec.load(payload).await.map_err(payload_failure)?;
+                serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(raw.clone()))
+            }
+        });
+    }
+    logs.push(format!("All {} sub-exchange(s) completed", counts.total));
+    store(cx, &Value::Array(results)).await.map(|payload| StepOutput { payload: Some(payload), ..StepOutput::default() })
+}
+
+/// After a sub-exchange counted itself: if it completed the count, hand the parent on.
+/// Several may see the count complete; the parent's step takes only the first.
+pub async fn resume_parent_if_last(app: &AppContext, link: &ParentLink) -> Result<(), PortError> {
+    let Some(step) = app.exchanges.get_step(&link.exchange_id, link.step_id).await? else {
+        return Ok(());
+    };
+    if step.status != StepStatus::Initial || !step.sub_exchanges.is_some_and(|c| c.all_final()) {
+        return Ok(());
+    }
+    let Some(parent) = app.exchanges.get(&link.exchange_id).await? else {
+        return Ok(());
+    };
+    if parent.exchange.status.is_final() {
+        return Ok(());
+    }
+    let message = HandoffMessage {
+        exchange_id: parent.exchange.exchange_id.clone(),
+        integration_code: parent.exchange.integration_code.clone(),
+        integration_version: parent.exchange.integration_version,
+        step_id: link.step_id,
+        sub_step: SubStep::ControlSubflow,
+        attempt: 1,
+        input: None,
+        parameters: parent.exchange.parameters.clone(),
+        not_before: None,
+        recovery: parent.exchange.recoveries,
+        parent: parent.exchange.parent.clone(),
+    };
+    tracing::info!(parent = %link.exchange_id, "last sub-exchange ended; parent resumes");
+    app.queue.send(WorkerFamily::Control, &message, 0).await
+}
+
+/// A parent that timed out takes its running sub-exchanges (and theirs) with it.
+pub async fn time_out_children(app: &AppContext, parent: &ExchangeId) -> Result<(), PortError> {
+    let now = Utc::now();
+    for child in children(app, parent).await? {
+        if child.status.is_final() {
+            continue;
+        }
+        let timer = Timer {
+            exchange_id: child.exchange_id.clone(),
+            recovery: child.recoveries,
+            due: now,
+            kind: TimerKind::ParentTimedOut { parent: parent.clone() },
+        };
+        app.queue.send_timer(&timer, 0).await?;
+    }
+    Ok(())
+}
+
+/// The failed or timed-out sub-exchanges of a parent step (what recovering the parent re-drives).
+pub async fn failed_children(app: &AppContext, parent: &ExchangeId, step: StepId) -> Result<Vec<ExchangeId>, PortError> {
+    Ok(children(app, parent)
+        .await?
+        .into_iter()
+        .filter(|c| c.parent.as_ref().is_some_and(|p| p.step_id == step) && c.status.is_recoverable())
+        .map(|c| c.exchange_id)
+        .collect())
+}

@@ -1,0 +1,108 @@
+//! Benchmark: one exchange fanning out into N sub-exchanges (default 1,000) on the emulator.
+//!
+//! `cargo run -p handoff-e2e --bin subflow-bench [-- N]` prints the wall time from invocation
+//! until the parent is Completed, and the AWS requests that creating the sub-exchanges and
+//! fanning them back in cost per sub-exchange (goal: ≤ 3), recorded with moto's request
+//! recorder. A sub-exchange's own run (its sub-steps) is reported separately: it is the cost
+//! of the child integration, not of the subflow.
+//!
+//! Attribution by request content:
+//! * creation: `BatchGetItem` (which children exist already), `BatchWriteItem` of child
+//!   items, `SendMessageBatch` starting them, the `UpdateItem` setting the expected total;
+//! * fan-in: each child counts itself inside its own final commit (no request of its own),
+//!   then reads the parent's counter (`GetItem` on the parent's step); the last one reads the
+//!   parent and hands it on; the parent lists its children's results (`Query` on `byParent`).
+
+use handoff_emulator::moto::MotoServer;
+use handoff_emulator::EmulatorOptions;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(1000);
+    // Set before any thread starts; the moto child process inherits them.
+    std::env::set_var("MOTO_ENABLE_RECORDING", "True");
+    std::env::set_var("MOTO_RECORDER_FILEPATH", handoff_emulator::moto::state_dir().join(format!("subflow-recording-{}", std::process::id())));
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(n))
+}
+
+async fn run(n: usize) -> anyhow::Result<()> {
+    let moto = MotoServer::start().await?;
+    let endpoint = moto.endpoint().to_string();
+    let emulator = handoff_emulator::start(EmulatorOptions { aws_endpoint: Some(endpoint.clone()), ..Default::default() }).await?;
+    let api = emulator.api_url().to_string();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    let post = |path: &str, body: Value| {
+        let request = client.post(format!("{api}{path}")).json(&body);
+        async move { anyhow::Ok(request.send().await?.error_for_status()?.json::<Value>().await?) }
+    };
+    let suffix = std::process::id();
+    let (child, parent) = (format!("BENCH_CHILD_{suffix}"), format!("BENCH_PARENT_{suffix}"));
+    post("/integrations", json!({"code": child, "version": 1, "steps": [
+        {"name": "shape", "type": "transformation", "function": {"jq": "{i: $parameters.i}"}}]})).await?;
+    post("/integrations", json!({"code": parent, "version": 1, "steps": [
+        {"name": "fan", "type": "subflow", "integrationCode": child, "function": {"jq": "[range(0; length) as $i | {i: $i}]"}}]})).await?;
+
+    let recorder = reqwest::Client::new();
+    let rec = |action: &str| format!("{endpoint}/moto-api/recorder/{action}");
+    recorder.post(rec("reset-recording")).send().await?.error_for_status()?;
+    recorder.post(rec("start-recording")).send().await?.error_for_status()?;
+    let started = Instant::now();
+    let invoked = post("/exchanges", json!({"integrationCode": parent, "payload": vec![0; n]})).await?;
+    let id = invoked["exchangeId"].as_str().unwrap_or_default().to_string();
+    let exchange = loop {
+        let e: Value = client.get(format!("{api}/exchanges/{id}")).send().await?.json().await?;
+        if matches!(e["statusCode"].as_str(), Some("C" | "F" | "T")) {
+            break e;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(1800), "the parent did not finish in 30 minutes");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let elapsed = started.elapsed();
+    recorder.post(rec("stop-recording")).send().await?.error_for_status()?;
+    let text = recorder.get(rec("download-recording")).send().await?.error_for_status()?.text().await?;
+    emulator.shutdown().await;
+    drop(moto);
+    anyhow::ensure!(exchange["status"] == "Completed", "parent ended {}: {}", exchange["status"], exchange["error"]);
+    let results = exchange["subExchanges"].clone();
+
+    let mut buckets: BTreeMap<(&str, String), usize> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let request: Value = serde_json::from_str(line)?;
+        let target = request["headers"]
+            .as_object()
+            .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case("x-amz-target")))
+            .and_then(|(_, v)| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let action = target.rsplit('.').next().unwrap_or_default().to_string();
+        let body = request["body"].as_str().unwrap_or_default();
+        let parent_key = format!("EX#{id}\"");
+        let bucket = match action.as_str() {
+            "BatchGetItem" | "BatchWriteItem" | "SendMessageBatch" => "creation",
+            "UpdateItem" if body.contains("subTotal") => "creation",
+            "GetItem" if body.contains(&parent_key) => "fan-in",
+            "Query" if body.contains("byParent") => "fan-in (parent collects results)",
+            "Query" if body.contains(&parent_key) => "fan-in (last child reads the parent)",
+            "ReceiveMessage" | "DeleteMessageBatch" => "queue polling/deletes",
+            "" => "other (S3, scheduler, API reads)",
+            _ => "sub-exchanges' own sub-steps and the parent's",
+        };
+        *buckets.entry((bucket, action)).or_default() += 1;
+    }
+    println!("subflow of {n} sub-exchanges: parent Completed in {:.1} s ({results})", elapsed.as_secs_f64());
+    println!("{:<48} {:<22} {:>8} {:>10}", "bucket", "action", "requests", "per child");
+    let mut creation_and_fan_in = 0;
+    for ((bucket, action), count) in &buckets {
+        println!("{bucket:<48} {action:<22} {count:>8} {:>10.3}", *count as f64 / n as f64);
+        if bucket.starts_with("creation") || bucket.starts_with("fan-in") {
+            creation_and_fan_in += count;
+        }
+    }
+    println!(
+        "creation + fan-in: {creation_and_fan_in} requests = {:.2} per sub-exchange (goal ≤ 3)",
+        creation_and_fan_in as f64 / n as f64
+    );
+    Ok(())
+}
