@@ -366,10 +366,20 @@ async fn a_poison_message_reaching_the_dlq_fails_its_exchange_as_a_system_error(
     // A handoff that can never be processed: it names a sub-step the plan does not have there.
     let sqs = handoff_e2e::sqs_client().await;
     let queue = gw.var("handoff-worker-collect", "HANDOFF_QUEUE_COLLECT_URL");
-    let set_visibility = |seconds: &'static str| {
+    let original = sqs
+        .get_queue_attributes()
+        .queue_url(&queue)
+        .attribute_names(QueueAttributeName::VisibilityTimeout)
+        .send()
+        .await
+        .expect("queue attributes")
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout).cloned())
+        .expect("visibility timeout");
+    let set_visibility = |seconds: String| {
         sqs.set_queue_attributes().queue_url(&queue).attributes(QueueAttributeName::VisibilityTimeout, seconds).send()
     };
-    set_visibility("1").await.expect("shorten visibility");
+    set_visibility("1".into()).await.expect("shorten visibility");
     // moto fixes a queue's visibility timeout when a long poll starts: let running polls end.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let poison = json!({"exchangeId": id, "integrationCode": code, "integrationVersion": 1,
@@ -377,7 +387,7 @@ async fn a_poison_message_reaching_the_dlq_fails_its_exchange_as_a_system_error(
     sqs.send_message().queue_url(&queue).message_body(poison.to_string()).send().await.expect("send poison");
 
     let failed = gw.wait_for(&id, MINUTE, status_is("F")).await;
-    set_visibility("120").await.expect("restore visibility");
+    set_visibility(original).await.expect("restore visibility");
     assert_eq!(failed["error"]["classification"], "system", "{failed:#}");
     assert!(failed["error"]["message"].as_str().unwrap().contains("dead-lettered"), "{failed:#}");
     let (_, errors) = gw.get(&format!("/errors?integrationCode={code}&classification=system")).await;

@@ -218,3 +218,21 @@ async fn a_duplicate_handoff_message_delivers_nothing_twice_and_moves_no_state_b
     assert_eq!(after["status"], "Completed");
     assert_eq!(after["steps"], before["steps"], "no step changed");
 }
+
+#[tokio::test]
+async fn post_process_reshapes_a_step_output_before_it_flows_on() {
+    let gw = gateway();
+    let source = ExternalSystem::start(200, providers().to_string()).await;
+    let target = ExternalSystem::start(200, "{}").await;
+    let code = unique_code("POST");
+    let mut definition = pipeline(&code, &source.url, &target.url, None);
+    definition["steps"][0]["postProcess"] = json!("map(select(.region == $parameters.region))");
+    gw.create_integration(&definition).await;
+
+    let id = gw.invoke(&json!({"integrationCode": code, "parameters": {"region": "south"}})).await;
+    let exchange = gw.wait_final(&id).await;
+    assert_eq!(exchange["status"], "Completed", "{exchange:#}");
+    let subs: Vec<String> = sub_steps(&exchange).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(subs[1..4], ["InvokeQuery", "PostProcess", "Transform"]);
+    assert_eq!(target.received()[0].json(), json!([{"id": 2, "name": "Beta", "run": id}]));
+}

@@ -8,7 +8,7 @@ use crate::payloads::{PayloadCodec, PayloadError};
 use crate::ports::{ByteStream, CallbackToken, HandoffMessage};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use futures::TryStreamExt;
-use handoff_core::definition::{DestinationTarget, OutputFormat, RequestTemplate, StepAction};
+use handoff_core::definition::{DestinationTarget, RequestTemplate, StepAction};
 use handoff_core::exchange::{LogType, Payload};
 use handoff_core::ids::{DataFileSetId, StepId};
 use handoff_core::notification::{Notification, NotificationStatus};
@@ -181,7 +181,7 @@ async fn run(cx: &ExecutionContext<'_>, logs: &mut Vec<String>, user_logs: &mut 
             let program = step.and_then(|s| s.post_process.as_ref()).ok_or_else(|| Failure::system("step has no postProcess"))?;
             let output = run_jq(cx, program, "postProcess").await?;
             logs.push("Post-processing applied".into());
-            store_json(cx, &output, OutputFormat::Json).await
+            Ok(StepOutput { payload: Some(store_value(cx, &output).await?), ..StepOutput::default() })
         }
         SubStep::Transform => transform::transform(cx, logs).await,
         SubStep::InvokeQuery => {
@@ -424,7 +424,8 @@ async fn stored_notification(cx: &ExecutionContext<'_>) -> Result<Notification, 
     serde_json::from_slice(&bytes).map_err(|e| Failure::system(format!("the stored callback is not a notification: {e}")))
 }
 
-async fn store_value(cx: &ExecutionContext<'_>, value: &Value) -> Result<Payload, Failure> {
+/// Stores a JSON value as the step's output (inline or as a data file set).
+pub(crate) async fn store_value(cx: &ExecutionContext<'_>, value: &Value) -> Result<Payload, Failure> {
     let bytes = serde_json::to_vec(value).map_err(|e| Failure::system(e.to_string()))?;
     cx.codec.store(bytes.into(), "application/json").await.map_err(payload_failure)
 }
@@ -432,43 +433,6 @@ async fn store_value(cx: &ExecutionContext<'_>, value: &Value) -> Result<Payload
 async fn run_jq(cx: &ExecutionContext<'_>, program: &Expression, what: &str) -> Result<Value, Failure> {
     let input = cx.input_json().await?;
     program.evaluate_single(&input, &cx.vars()).map_err(|e| expression_failure(what, e))
-}
-
-fn format_name(format: OutputFormat) -> &'static str {
-    match format {
-        OutputFormat::Json => "json",
-        OutputFormat::Ndjson => "ndjson",
-        OutputFormat::Csv => "csv",
-        OutputFormat::Xml => "xml",
-        OutputFormat::Raw => "raw",
-    }
-}
-
-async fn store_json(cx: &ExecutionContext<'_>, value: &Value, format: OutputFormat) -> Result<StepOutput, Failure> {
-    let bytes = match format {
-        OutputFormat::Json => serde_json::to_vec(value).map_err(|e| Failure::system(e.to_string()))?,
-        OutputFormat::Ndjson => {
-            let items = match value {
-                Value::Array(items) => items.as_slice(),
-                single => std::slice::from_ref(single),
-            };
-            let mut out = Vec::new();
-            for item in items {
-                serde_json::to_writer(&mut out, item).map_err(|e| Failure::system(e.to_string()))?;
-                out.push(b'\n');
-            }
-            out
-        }
-        OutputFormat::Raw => match value {
-            Value::String(s) => s.clone().into_bytes(),
-            other => other.to_string().into_bytes(),
-        },
-        OutputFormat::Csv | OutputFormat::Xml => {
-            return Err(Failure::system(format!("output format {} is not implemented in this release", format_name(format))))
-        }
-    };
-    let payload = cx.codec.store(bytes.into(), format.content_type()).await.map_err(payload_failure)?;
-    Ok(StepOutput { payload: Some(payload), ..StepOutput::default() })
 }
 
 fn describe_payload(payload: &Payload) -> String {

@@ -10,7 +10,7 @@
 //!   results, or fails if any of them failed.
 
 use crate::context::AppContext;
-use crate::executors::{payload_failure, ExecutionContext, StepOutput};
+use crate::executors::{payload_failure, store_value, ExecutionContext, StepOutput};
 use crate::invoke::materialize;
 use crate::ports::{ExchangeFilter, HandoffMessage, PortError, Timer, TimerKind};
 use chrono::Utc;
@@ -49,12 +49,7 @@ pub async fn collect_properties(cx: &ExecutionContext<'_>, logs: &mut Vec<String
         return Err(Failure::business(format!("subflow function result [{i}] is not an object of parameters")));
     }
     logs.push(format!("{} sub-exchange(s) to create", items.len()));
-    store(cx, &value).await.map(|payload| StepOutput { payload: Some(payload), ..StepOutput::default() })
-}
-
-async fn store(cx: &ExecutionContext<'_>, value: &Value) -> Result<Payload, Failure> {
-    let bytes = serde_json::to_vec(value).map_err(|e| Failure::system(e.to_string()))?;
-    cx.codec.store(bytes.into(), "application/json").await.map_err(payload_failure)
+    store_value(cx, &value).await.map(|payload| StepOutput { payload: Some(payload), ..StepOutput::default() })
 }
 
 pub async fn create_sub_exchanges(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Result<StepOutput, Failure> {
@@ -191,7 +186,7 @@ pub async fn control(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Resul
         });
     }
     logs.push(format!("All {} sub-exchange(s) completed", counts.total));
-    store(cx, &Value::Array(results)).await.map(|payload| StepOutput { payload: Some(payload), ..StepOutput::default() })
+    store_value(cx, &Value::Array(results)).await.map(|payload| StepOutput { payload: Some(payload), ..StepOutput::default() })
 }
 
 /// After a sub-exchange counted itself: if it completed the count, hand the parent on.
