@@ -192,14 +192,7 @@ async fn run(cx: &ExecutionContext<'_>, logs: &mut Vec<String>, user_logs: &mut 
             let target = format!("{} {}", rendered.method, outbound::redact_query(&rendered.url));
             let response = outbound::send(cx.http, rendered, OutboundBody::Empty, &[]).await?;
             let status = response.status().as_u16();
-            let content_type = response
-                .headers()
-                .get(reqwest::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("application/octet-stream")
-                .to_string();
-            let body: ByteStream = Box::pin(response.bytes_stream().map_err(std::io::Error::other));
-            let payload = cx.codec.store_stream(body, &content_type).await.map_err(payload_failure)?;
+            let payload = store_response(cx, response).await?;
             logs.push(format!("Queried {target}: HTTP {status}, {}", describe_payload(&payload)));
             Ok(StepOutput { payload: Some(payload), ..StepOutput::default() })
         }
@@ -272,13 +265,7 @@ async fn run(cx: &ExecutionContext<'_>, logs: &mut Vec<String>, user_logs: &mut 
                     &[],
                 )
                 .await?;
-                let content_type = response
-                    .headers()
-                    .get(reqwest::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("application/octet-stream")
-                    .to_string();
-                let body: ByteStream = Box::pin(response.bytes_stream().map_err(std::io::Error::other));
+                let (content_type, body) = response_stream(response);
                 let info = cx
                     .app
                     .files
@@ -435,7 +422,24 @@ async fn run_jq(cx: &ExecutionContext<'_>, program: &Expression, what: &str) -> 
     program.evaluate_single(&input, &cx.vars()).map_err(|e| expression_failure(what, e))
 }
 
-fn describe_payload(payload: &Payload) -> String {
+/// An external system's answer as a stream, with its content type.
+pub(crate) fn response_stream(response: reqwest::Response) -> (String, ByteStream) {
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    (content_type, Box::pin(response.bytes_stream().map_err(std::io::Error::other)))
+}
+
+/// Stores an external system's answer as the step's output, streaming large ones.
+pub(crate) async fn store_response(cx: &ExecutionContext<'_>, response: reqwest::Response) -> Result<Payload, Failure> {
+    let (content_type, body) = response_stream(response);
+    cx.codec.store_stream(body, &content_type).await.map_err(payload_failure)
+}
+
+pub(crate) fn describe_payload(payload: &Payload) -> String {
     match payload {
         Payload::Raw { raw } => format!("{} bytes inline", raw.len()),
         Payload::DataFileSet { data_file_set_id } => format!("stored as data file set {data_file_set_id}"),

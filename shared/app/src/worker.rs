@@ -679,6 +679,10 @@ mod tests {
                 {"kind": "rest", "request": {"url": "http://second.example"}}]},
             {"name": "p", "type": "invokeProcess", "kind": "process", "request": {"url": "http://p.example"}, "expectNotification": true}
         ]});
+        loaded_from(document)
+    }
+
+    fn loaded_from(document: serde_json::Value) -> LoadedIntegration {
         let now = Utc::now();
         LoadedIntegration::from_stored(StoredIntegration {
             code: IntegrationCode::parse("C").unwrap(),
@@ -740,17 +744,7 @@ mod tests {
                 {"kind": "agent", "healthUrl": "http://agent.example/health", "request": {"url": "http://agent.example"}},
                 {"kind": "rest", "request": {"url": "http://third.example"}}]}
         ]});
-        let now = Utc::now();
-        LoadedIntegration::from_stored(StoredIntegration {
-            code: IntegrationCode::parse("C").unwrap(),
-            version: IntegrationVersion::number(1).unwrap(),
-            enabled: true,
-            document,
-            revision: 1,
-            created_at: now,
-            updated_at: now,
-        })
-        .unwrap()
+        loaded_from(document)
     }
 
     #[test]

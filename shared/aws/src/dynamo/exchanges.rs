@@ -1697,13 +1697,7 @@ impl ExchangeRepository for DynamoExchangeRepository {
     }
 
     async fn health(&self) -> PortResult<()> {
-        self.client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| error::sdk(SERVICE, "DescribeTable", e))
+        super::table_health(&self.client, &self.table).await
     }
 }
 

@@ -8,3 +8,17 @@ pub mod mappings;
 pub use exchanges::DynamoExchangeRepository;
 pub use integrations::DynamoIntegrationRepository;
 pub use mappings::DynamoMappingRepository;
+
+use crate::error;
+use crate::ports::PortResult;
+
+/// A table answers: the health check every DynamoDB adapter reports.
+pub(crate) async fn table_health(client: &aws_sdk_dynamodb::Client, table: &str) -> PortResult<()> {
+    client
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| error::sdk("dynamodb", "DescribeTable", e))
+}

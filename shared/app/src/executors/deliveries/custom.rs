@@ -3,10 +3,8 @@
 //! The call sends its templated body if it has one; otherwise, for methods that carry a
 //! body (POST, PUT, PATCH), the current payload; GET and the rest send none.
 
-use crate::executors::{describe_payload, payload_failure, run_jq, store_value, ExecutionContext, StepOutput};
+use crate::executors::{describe_payload, payload_failure, run_jq, store_response, store_value, ExecutionContext, StepOutput};
 use crate::outbound::{self, OutboundBody};
-use crate::ports::ByteStream;
-use futures::TryStreamExt;
 use handoff_core::definition::StepAction;
 use handoff_core::retry::Failure;
 
@@ -33,14 +31,7 @@ pub(super) async fn collect(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -
     };
     let response = outbound::send(cx.http, rendered, body, &[]).await?;
     let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/octet-stream")
-        .to_string();
-    let answer: ByteStream = Box::pin(response.bytes_stream().map_err(std::io::Error::other));
-    let payload = cx.codec.store_stream(answer, &content_type).await.map_err(payload_failure)?;
+    let payload = store_response(cx, response).await?;
     logs.push(format!("Custom data collected from {target}: HTTP {status}, {}", describe_payload(&payload)));
     Ok(StepOutput { payload: Some(payload), ..StepOutput::default() })
 }
