@@ -9,8 +9,9 @@
 //! Attribution (by request content, not by timing, except where noted):
 //! * DynamoDB `BatchWriteItem` creating `EX#<id>` items, and the `Query` on `INT#<code>`
 //!   listing the integration's versions to pick the one to run → the invocation (api).
-//! * DynamoDB `UpdateItem` / `TransactWriteItems` on `STEP#<n>` → the sub-step of step n
-//!   (the claim and the one conditional commit).
+//! * DynamoDB `TransactWriteItems` on `STEP#<n>` → the sub-step of step n (the claim of a
+//!   sub-step with an outside effect — the step update plus a check of the exchange — and
+//!   the one conditional commit).
 //! * SQS `SendMessage` of the handoff message for step n → the sender: step n-1, or the
 //!   invocation for step 0.
 //! * SQS `DeleteMessageBatch` (the event source mapping deleting a handled message) → the
@@ -306,7 +307,9 @@ fn classify(requests: &[Value], queues: &HashMap<String, String>) -> Report {
             ("DynamoDB", "UpdateItem" | "TransactWriteItems" | "PutItem" | "DeleteItem") => {
                 match first_step_sk(&json).as_deref().and_then(sub_step_of_sk) {
                     Some(step) => {
-                        if action == "TransactWriteItems" {
+                        // A claim is a transaction too (the step update plus a check of the
+                        // exchange); it sets `claimedAttempt`, a commit never does.
+                        if action == "TransactWriteItems" && !text.contains("claimedAttempt") {
                             let pk = first_pk(&json).unwrap_or_default();
                             *report.commits.entry((pk, step.to_string())).or_default() += 1;
                         }
