@@ -513,7 +513,8 @@ async fn handle(State(state): State<HttpState>, req: Request<Body>) -> Response<
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("apigw-requestid", v);
     }
-    tracing::info!(method = %info.method, path = %info.raw_path, route = %route.route_key, status = response.status().as_u16(), ms = elapsed.as_millis() as u64, "request");
+    // The route, not the raw path: paths carry secrets (callback tokens) and ids belong to the function's own logs.
+    tracing::info!(method = %info.method, route = %route.route_key, status = response.status().as_u16(), ms = elapsed.as_millis() as u64, "request");
     response
 }
 
