@@ -236,3 +236,29 @@ async fn post_process_reshapes_a_step_output_before_it_flows_on() {
     assert_eq!(subs[1..4], ["InvokeQuery", "PostProcess", "Transform"]);
     assert_eq!(target.received()[0].json(), json!([{"id": 2, "name": "Beta", "run": id}]));
 }
+
+#[tokio::test]
+async fn files_too_large_for_an_api_answer_are_redirected_to_storage() {
+    let gw = gateway();
+    let target = ExternalSystem::start(200, "{}").await;
+    let code = unique_code("DOWNLOAD");
+    gw.create_integration(&json!({"code": code, "steps": [{"name": "send", "type": "delivery", "destinations": [
+        {"kind": "rest", "request": {"method": "POST", "url": format!("{}/in", target.url)}}]}]}))
+    .await;
+    let text: String = (0..150_000).map(|i| format!("line {i:08} of a large text payload\n")).collect::<String>()[..5_500_000].to_string();
+    let id = gw.invoke(&json!({"integrationCode": code, "payload": text})).await;
+    let exchange = gw.wait_final(&id).await;
+    let set = exchange["steps"][0]["payload"]["dataFileSetId"].as_str().expect("a data file set").to_string();
+
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let answer = no_redirects.get(format!("{}/data-file-sets/{set}/files/payload", gw.api)).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 303);
+    let location = answer.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.contains("X-Amz-Signature"), "a presigned URL: {location}");
+    let file = reqwest::get(&location).await.unwrap();
+    assert_eq!(file.status().as_u16(), 200);
+    let bytes = file.bytes().await.unwrap();
+    assert_eq!(bytes.len(), text.len());
+    assert!(bytes == text.as_bytes(), "the file arrives intact");
+    assert_eq!(target.received()[0].body.len(), text.len());
+}

@@ -38,8 +38,10 @@ mod mapping_routes;
 pub const MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
 /// `waitSeconds` stays below API Gateway's 30 s integration timeout.
 pub const MAX_WAIT_SECONDS: u64 = 25;
-/// Files above this cannot pass through a Lambda response.
+/// Files above this cannot pass through a Lambda response; they are redirected to storage.
 const MAX_DOWNLOAD_BYTES: u64 = 5 * 1024 * 1024;
+/// How long a redirect to a large file stays usable.
+const DOWNLOAD_URL_VALIDITY: Duration = Duration::from_secs(300);
 
 type Ctx = State<Arc<AppContext>>;
 
@@ -641,11 +643,10 @@ async fn get_data_file(State(ctx): Ctx, Path((id, name)): Path<(String, String)>
         .await?
         .ok_or_else(|| ApiError::not_found(format!("data file set {id} has no file {name}")))?;
     if info.size > MAX_DOWNLOAD_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "FileTooLarge",
-            format!("file {name} has {} bytes; files above {MAX_DOWNLOAD_BYTES} bytes cannot pass through the API yet", info.size),
-        ));
+        // Too large for an API answer: the client downloads it straight from storage.
+        drop(stream);
+        let url = ctx.files.download_url(&DataFileSetId::new(id.clone()), &name, DOWNLOAD_URL_VALIDITY).await?;
+        return Ok((StatusCode::SEE_OTHER, [(header::LOCATION, url)]).into_response());
     }
     Ok(([(header::CONTENT_TYPE, info.content_type.clone())], Body::from_stream(stream)).into_response())
 }

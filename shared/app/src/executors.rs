@@ -107,6 +107,8 @@ impl ExecutionContext<'_> {
 pub(crate) fn payload_failure(e: PayloadError) -> Failure {
     match e {
         PayloadError::Port(p) => Failure::transient(format!("payload storage: {p}")),
+        // The definition asks for one body where the data has several files: the customer's to fix.
+        e @ PayloadError::SeveralFiles { .. } => Failure::business(e.to_string()),
         other => Failure::system(other.to_string()),
     }
 }

@@ -15,6 +15,9 @@ pub const PAYLOAD_FILE: &str = "payload";
 pub enum PayloadError {
     #[error("data file set {0} has no file '{PAYLOAD_FILE}' and more or fewer than one file")]
     MissingFile(DataFileSetId),
+    /// One body was asked of a set of several files (e.g. a rest delivery of collected files).
+    #[error("data file set {set} holds {count} files, not one body; deliver it with sftp or fileUpload, or transform it into one file")]
+    SeveralFiles { set: DataFileSetId, count: usize },
     #[error("payload could not be read: {0}")]
     Read(std::io::Error),
     #[error(transparent)]
@@ -76,8 +79,12 @@ impl PayloadCodec {
                 }
                 // A set of one named file (collected, then transformed) is that file.
                 let files = self.files.list(data_file_set_id).await?;
-                let [only] = files.as_slice() else {
-                    return Err(PayloadError::MissingFile(data_file_set_id.clone()));
+                let only = match files.as_slice() {
+                    [only] => only,
+                    [] => return Err(PayloadError::MissingFile(data_file_set_id.clone())),
+                    several => {
+                        return Err(PayloadError::SeveralFiles { set: data_file_set_id.clone(), count: several.len() })
+                    }
                 };
                 let (_, body) = self
                     .files

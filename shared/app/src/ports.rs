@@ -429,6 +429,8 @@ pub trait DataFileStore: Send + Sync {
     async fn read(&self, set: &DataFileSetId, name: &str) -> PortResult<Option<(DataFileInfo, ByteStream)>>;
     /// The files of a set, by name; empty if the set does not exist.
     async fn list(&self, set: &DataFileSetId) -> PortResult<Vec<DataFileInfo>>;
+    /// A short-lived URL that downloads one file directly (files too large for an API answer).
+    async fn download_url(&self, set: &DataFileSetId, name: &str, valid_for: std::time::Duration) -> PortResult<String>;
     async fn health(&self) -> PortResult<()>;
 }
 
