@@ -25,7 +25,7 @@
 //! * EventBridge Scheduler calls → the emulator's own schedule checker (AWS fires schedules
 //!   itself), reported separately.
 
-use base64::Engine;
+use handoff_e2e::recording::{body, header};
 use handoff_e2e::ExternalSystem;
 use handoff_emulator::moto::{state_dir, MotoServer};
 use handoff_emulator::EmulatorOptions;
@@ -189,22 +189,6 @@ struct Report {
     receives: BTreeMap<String, usize>,
     /// Commits (TransactWriteItems) per (exchange, step): all must be 1.
     commits: BTreeMap<(String, String), usize>,
-}
-
-fn header<'a>(request: &'a Value, name: &str) -> Option<&'a str> {
-    request["headers"].as_object()?.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| v.as_str())
-}
-
-fn body(request: &Value) -> String {
-    let raw = request["body"].as_str().unwrap_or_default();
-    if request["body_encoded"].as_bool() == Some(true) {
-        base64::engine::general_purpose::STANDARD
-            .decode(raw)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    } else {
-        raw.to_string()
-    }
 }
 
 /// The service from the SigV4 credential scope (`.../<region>/<service>/aws4_request`).

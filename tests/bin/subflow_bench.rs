@@ -20,7 +20,7 @@
 //!   then reads the parent's counter (`GetItem` on the parent's step); the last one reads the
 //!   parent and hands it on; the parent lists its children's results (`Query` on `byParent`).
 
-use base64::Engine;
+use handoff_e2e::recording::{body, header};
 use handoff_emulator::moto::MotoServer;
 use handoff_emulator::EmulatorOptions;
 use serde_json::{json, Value};
@@ -88,22 +88,9 @@ async fn run(n: usize) -> anyhow::Result<()> {
     let mut buckets: BTreeMap<(&str, String), usize> = BTreeMap::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let request: Value = serde_json::from_str(line)?;
-        let target = request["headers"]
-            .as_object()
-            .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case("x-amz-target")))
-            .and_then(|(_, v)| v.as_str())
-            .unwrap_or_default()
-            .to_string();
+        let target = header(&request, "x-amz-target").unwrap_or_default();
         let action = target.rsplit('.').next().unwrap_or_default().to_string();
-        let raw = request["body"].as_str().unwrap_or_default();
-        let body = if request["body_encoded"].as_bool() == Some(true) {
-            base64::engine::general_purpose::STANDARD
-                .decode(raw)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
-        } else {
-            raw.to_string()
-        };
+        let body = body(&request);
         let parent_key = format!("EX#{id}\"");
         let bucket = match action.as_str() {
             "BatchGetItem" | "BatchWriteItem" | "SendMessageBatch" => "creation",

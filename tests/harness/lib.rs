@@ -327,3 +327,28 @@ pub async fn wait_until_drained(sqs: &aws_sdk_sqs::Client, queue_url: &str, time
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Reading moto's request recording (`/moto-api/recorder/download-recording`), shared by the
+/// cost-measuring commands.
+pub mod recording {
+    use base64::Engine;
+    use serde_json::Value;
+
+    /// A header of a recorded request, by case-insensitive name.
+    pub fn header<'a>(request: &'a Value, name: &str) -> Option<&'a str> {
+        request["headers"].as_object()?.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| v.as_str())
+    }
+
+    /// The body of a recorded request as text (moto stores some bodies base64-encoded).
+    pub fn body(request: &Value) -> String {
+        let raw = request["body"].as_str().unwrap_or_default();
+        if request["body_encoded"].as_bool() == Some(true) {
+            base64::engine::general_purpose::STANDARD
+                .decode(raw)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        } else {
+            raw.to_string()
+        }
+    }
+}

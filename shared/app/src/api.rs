@@ -24,7 +24,6 @@ use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::notification::parse_notification;
 use handoff_core::retry::ErrorClassification;
-use handoff_core::plan::unsupported_sub_steps;
 use handoff_core::reader::{FieldError, ObjectReader};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -175,20 +174,6 @@ fn integration_view(i: &StoredIntegration) -> Value {
     })
 }
 
-/// Valid definitions that this release cannot run are refused up front, not at run time.
-fn check_executable(loaded: &LoadedIntegration) -> Result<(), ApiError> {
-    if let Some(p) = unsupported_sub_steps(&loaded.plan).first() {
-        let index = p.step_index.unwrap_or_default();
-        return Err(ApiError {
-            status: StatusCode::NOT_IMPLEMENTED,
-            code: "NotImplemented",
-            message: format!("steps[{index}]: sub-step {} has no executor in this release", p.sub_step),
-            field: Some(format!("steps[{index}]")),
-        });
-    }
-    Ok(())
-}
-
 async fn create_integration(State(ctx): Ctx, body: Bytes) -> ApiResult {
     let mut document = json_body(&body)?;
     let definition = parse_definition(&document).map_err(|e| ApiError::field(e, "InvalidDefinition"))?;
@@ -207,7 +192,6 @@ async fn create_integration(State(ctx): Ctx, body: Bytes) -> ApiResult {
         updated_at: now,
     };
     let loaded = LoadedIntegration::from_stored(stored.clone()).map_err(|e| ApiError::bad_request("InvalidDefinition", e.to_string()))?;
-    check_executable(&loaded)?;
     mapping_routes::check_mappings(&ctx, &loaded).await?;
     ctx.integrations.create(&stored).await.map_err(write_error)?;
     ctx.definitions.remember(Arc::new(loaded));
@@ -576,7 +560,7 @@ async fn notify(State(ctx): Ctx, Path(token): Path<String>, body: Bytes) -> ApiR
             recovery: armed.recovery,
             parent: armed.parent.clone(),
         };
-        let family = armed.sub_step.family().unwrap_or(handoff_core::plan::WorkerFamily::Control);
+        let family = armed.sub_step.family();
         ctx.queue.send(family, &message, 0).await
     }
     .await;

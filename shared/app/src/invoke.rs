@@ -10,7 +10,7 @@ use chrono::Utc;
 use handoff_core::definition::IntegrationDefinition;
 use handoff_core::exchange::{Exchange, ExchangeError, ExchangeStatus, ExchangeStep, ParentLink, Payload, StepStatus};
 use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
-use handoff_core::plan::{PlannedSubStep, WorkerFamily};
+use handoff_core::plan::PlannedSubStep;
 use handoff_core::retry::{ErrorClassification, RetryPolicy};
 use handoff_core::version::{select_version, VersionAvailability, VersionSelectionError};
 use serde_json::Value;
@@ -79,7 +79,7 @@ pub async fn invoke_exchange(ctx: &AppContext, request: InvokeRequest) -> Result
     let (exchange, steps, message) = (created.exchange, created.steps, created.first);
     ctx.exchanges.create(&exchange, &steps).await?;
 
-    let family = message.sub_step.family().unwrap_or(WorkerFamily::Control);
+    let family = message.sub_step.family();
     let sent = async {
         ctx.queue.send(family, &message, 0).await?;
         arm_sla(ctx, &exchange, loaded.definition.sla_seconds, now).await

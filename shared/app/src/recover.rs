@@ -8,7 +8,7 @@ use crate::ports::{CommitOutcome, ExchangeDetail, HandoffMessage, PortError, Rec
 use chrono::Utc;
 use handoff_core::exchange::StepStatus;
 use handoff_core::ids::{ExchangeId, IntegrationVersion, StepId};
-use handoff_core::plan::{SubStep, WorkerFamily};
+use handoff_core::plan::SubStep;
 use crate::subflow::failed_children;
 use handoff_core::recovery::{check_compatible, input_before, resume_point, RecoveryError};
 
@@ -108,7 +108,7 @@ pub async fn recover_exchange(
         recovery: recoveries,
         parent: exchange.parent.clone(),
     };
-    ctx.queue.send(planned.sub_step.family().unwrap_or(WorkerFamily::Control), &message, 0).await?;
+    ctx.queue.send(planned.sub_step.family(), &message, 0).await?;
     let mut recovered = exchange.clone();
     recovered.recoveries = recoveries;
     arm_sla(ctx, &recovered, target.definition.sla_seconds, now).await?;
@@ -145,7 +145,7 @@ pub async fn retry_step_now(ctx: &AppContext, id: &ExchangeId, step_id: StepId) 
         recovery: detail.exchange.recoveries,
         parent: detail.exchange.parent.clone(),
     };
-    ctx.queue.send(step.sub_step.family().unwrap_or(WorkerFamily::Control), &message, 0).await?;
+    ctx.queue.send(step.sub_step.family(), &message, 0).await?;
     tracing::info!(exchangeId = %id, stepId = %step_id, attempt, "manual retry requested");
     Ok(attempt)
 }

@@ -112,7 +112,7 @@ impl WorkerFunction {
             .get(message.step_id.sequence() as usize)
             .filter(|p| p.sub_step == message.sub_step)
             .ok_or_else(|| WorkerError::BadMessage(format!("step {} is not a {} in the plan", message.step_id, message.sub_step)))?;
-        if planned.sub_step.family() != Some(self.family) {
+        if planned.sub_step.family() != self.family {
             return Err(WorkerError::BadMessage(format!("{} arrived at the {} worker", planned.sub_step, self.family.name())));
         }
         // The policy in force now: a lowered maximum ends a retrying step before it runs again.
@@ -242,7 +242,7 @@ impl WorkerFunction {
                         let planned = &loaded.plan[next.sequence as usize];
                         let input = step.payload.clone().or_else(|| message.input.clone());
                         tracing::warn!(next = %planned.sub_step, "step was done but its handoff is missing; re-sent");
-                        let family = planned.sub_step.family().unwrap_or(WorkerFamily::Control);
+                        let family = planned.sub_step.family();
                         Ok(self.ctx.queue.send(family, &next_message(message, planned, input), 0).await?)
                     }
                     _ => {
@@ -299,7 +299,7 @@ impl Plan<'_> {
 
     fn next_handoff(&self, message: &HandoffMessage, sequence: u32, input: Option<handoff_core::exchange::Payload>) -> Option<FollowUp> {
         self.loaded.plan.get(sequence as usize).map(|next| FollowUp::Handoff {
-            family: next.sub_step.family().unwrap_or(WorkerFamily::Control),
+            family: next.sub_step.family(),
             message: next_message(message, next, input),
             delay: 0,
         })
@@ -375,7 +375,7 @@ impl Plan<'_> {
                 step.last_error = outcome.err().map(|f| step_error(&f, now));
                 let retry = HandoffMessage { attempt: next_attempt, not_before: Some(due), ..message.clone() };
                 if delay_seconds as i64 <= MAX_SQS_DELAY_SECONDS {
-                    let family = self.planned.sub_step.family().unwrap_or(WorkerFamily::Control);
+                    let family = self.planned.sub_step.family();
                     follow_ups.push(FollowUp::Handoff { family, message: retry, delay: delay_until(now, due) });
                 } else {
                     let timer = Timer { exchange_id: message.exchange_id.clone(), recovery: message.recovery, due, kind: TimerKind::Retry { message: Box::new(retry) } };
@@ -485,7 +485,7 @@ pub async fn fire_timer(ctx: &AppContext, timer: Timer) -> Result<(), WorkerErro
     let mut commit = StepCommit::new(timer.exchange_id.clone(), timer.recovery, ExchangeChange::RequireNotFinal, now);
     let (failure, step_id, sub_step, to) = match &timer.kind {
         TimerKind::Retry { message } => {
-            let family = message.sub_step.family().unwrap_or(WorkerFamily::Control);
+            let family = message.sub_step.family();
             return Ok(ctx.queue.send(family, message, 0).await?);
         }
         TimerKind::Sla => {
@@ -613,7 +613,7 @@ async fn secondary_timed_out(
         CommitOutcome::Applied => {
             tracing::warn!(reason = %failure.message, "a secondary destination timed out; the exchange goes on");
             if let Some(message) = handoff {
-                let family = message.sub_step.family().unwrap_or(WorkerFamily::Control);
+                let family = message.sub_step.family();
                 ctx.queue.send(family, &message, 0).await?;
             }
         }

@@ -83,8 +83,8 @@ impl WorkerFamily {
 }
 
 impl SubStep {
-    /// The family that executes this sub-step in this build; `None` where no executor exists yet.
-    pub fn family(&self) -> Option<WorkerFamily> {
+    /// The worker function (and queue) that executes this sub-step.
+    pub fn family(&self) -> WorkerFamily {
         match self {
             Self::ExchangeTriggered
             | Self::ConditionInvocation
@@ -93,17 +93,17 @@ impl SubStep {
             | Self::ReceiveNotification
             | Self::ReceiveAgentNotification
             | Self::CollectSubflowProperties
-            | Self::ControlSubflow => Some(WorkerFamily::Control),
-            Self::CreateSubExchanges => Some(WorkerFamily::Subflow),
+            | Self::ControlSubflow => WorkerFamily::Control,
+            Self::CreateSubExchanges => WorkerFamily::Subflow,
             // A custom data collection is a jq program or one HTTP call: the query worker's kind of work.
-            Self::InvokeQuery | Self::InvokeCustom => Some(WorkerFamily::Query),
-            Self::DeliverSftp => Some(WorkerFamily::DeliverSftp),
-            Self::DeliverFileUpload => Some(WorkerFamily::DeliverFileUpload),
-            Self::CheckAgentHealth | Self::InvokeAgent => Some(WorkerFamily::Agent),
-            Self::Transform => Some(WorkerFamily::Transform),
-            Self::DeliverRest => Some(WorkerFamily::DeliverRest),
-            Self::InvokeExtract | Self::InvokeProcess | Self::InvokeActivity | Self::CheckRecovery => Some(WorkerFamily::Invoke),
-            Self::CollectData | Self::CollectMessages => Some(WorkerFamily::Collect),
+            Self::InvokeQuery | Self::InvokeCustom => WorkerFamily::Query,
+            Self::DeliverSftp => WorkerFamily::DeliverSftp,
+            Self::DeliverFileUpload => WorkerFamily::DeliverFileUpload,
+            Self::CheckAgentHealth | Self::InvokeAgent => WorkerFamily::Agent,
+            Self::Transform => WorkerFamily::Transform,
+            Self::DeliverRest => WorkerFamily::DeliverRest,
+            Self::InvokeExtract | Self::InvokeProcess | Self::InvokeActivity | Self::CheckRecovery => WorkerFamily::Invoke,
+            Self::CollectData | Self::CollectMessages => WorkerFamily::Collect,
         }
     }
 
@@ -235,11 +235,6 @@ pub fn first_after_step(plan: &[PlannedSubStep], step_index: usize) -> u32 {
         .unwrap_or(plan.len() as u32 - 1)
 }
 
-/// Sub-steps that have no executor in this build (the definition is valid, but cannot run yet).
-pub fn unsupported_sub_steps(plan: &[PlannedSubStep]) -> Vec<&PlannedSubStep> {
-    plan.iter().filter(|p| p.sub_step.family().is_none()).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +301,5 @@ mod tests {
         assert_eq!(first_after_step(&p, 0), 2);
         assert_eq!(first_after_step(&p, 1), 4, "a false condition on the last step jumps to signoff");
         assert_eq!(p[4].sub_step, SubStep::ExchangeSignoff);
-        assert!(unsupported_sub_steps(&p).is_empty());
     }
 }
