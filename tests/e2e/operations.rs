@@ -178,6 +178,48 @@ async fn transient_errors_are_retried_with_one_idempotency_key() {
     assert!(keys.iter().all(|k| !k.is_empty() && *k == keys[0]), "one key across retries: {keys:?}");
 }
 
+/// A worker can stop (a crash, a timed-out batch) after recording a failed attempt and
+/// before sending its retry; SQS then delivers that attempt again. The redelivery must send
+/// the retry again, or the exchange would wait forever.
+#[tokio::test]
+async fn a_redelivered_failed_attempt_sends_its_retry_again() {
+    let gw = gateway();
+    let source = ExternalSystem::start(200, "[1]").await;
+    let target = ExternalSystem::start(503, "{}").await;
+    let code = unique_code("RETRY_LOST");
+    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 2, "intervalSeconds": 5, "backoffRate": 1.0}))).await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+    let waiting = gw.wait_for(&id, MINUTE, |e| e["steps"][2]["attempts"] == 1 && e["steps"][2]["nextRetryAt"].is_string()).await;
+    let send = &waiting["steps"][2];
+
+    // The same worker, sending to a queue of the test's own: what it sends stays there.
+    let sqs = handoff_e2e::sqs_client().await;
+    let lost = sqs.create_queue().queue_name(unique_code("lost-retries")).send().await.expect("create queue");
+    let lost_url = lost.queue_url().expect("queue url").to_string();
+    let worker = handoff_e2e::function_with("handoff-worker-deliver-rest", &[("HANDOFF_QUEUE_DELIVER_REST_URL", &lost_url)]).await;
+    let attempt_one = json!({
+        "exchangeId": id, "integrationCode": code, "integrationVersion": 1,
+        "stepId": send["stepId"], "subStep": "DeliverRest", "attempt": 1,
+        "input": waiting["steps"][1]["payload"], "parameters": {}
+    });
+    let event = json!({"Records": [{"messageId": "redelivered", "body": attempt_one.to_string()}]});
+    let answer = worker.invoke(event).await.expect("worker invocation");
+    assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
+
+    let received = sqs.receive_message().queue_url(&lost_url).wait_time_seconds(20).send().await.expect("receive");
+    let messages = received.messages();
+    assert_eq!(messages.len(), 1, "the retry is sent again: {messages:?}");
+    let retry: Value = serde_json::from_str(messages[0].body().unwrap_or_default()).expect("json message");
+    assert_eq!((retry["exchangeId"].clone(), retry["stepId"].clone(), retry["attempt"].clone()), (json!(id), send["stepId"].clone(), json!(2)));
+    let due = |v: &Value| v.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+    assert_eq!(due(&retry["notBefore"]), due(&send["nextRetryAt"]), "the retry keeps its time: {retry}");
+
+    // The stack's own retry runs once; the copy on the test's queue never does.
+    let failed = gw.wait_final(&id).await;
+    assert_eq!((failed["status"].clone(), failed["steps"][2]["attempts"].clone()), (json!("Failed"), json!(2)), "{failed:#}");
+    assert_eq!(target.received().len(), 2);
+}
+
 #[tokio::test]
 async fn a_client_error_fails_at_once_as_a_business_error() {
     let gw = gateway();

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+mod logs;
 mod sftp;
 pub use sftp::{ensure_python_package, SftpServer};
 
@@ -30,6 +31,7 @@ static GATEWAY: OnceLock<Gateway> = OnceLock::new();
 /// outlives every test's runtime.
 pub fn gateway() -> &'static Gateway {
     GATEWAY.get_or_init(|| {
+        logs::capture();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("emulator".into())
@@ -145,7 +147,10 @@ impl Gateway {
                 return exchange;
             }
             if Instant::now() > deadline {
-                panic!("exchange {id} did not reach the expected state in {timeout:?}: {exchange:#}");
+                panic!(
+                    "exchange {id} did not reach the expected state in {timeout:?}: {exchange:#}\n{}",
+                    logs::about(id)
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -287,13 +292,20 @@ async fn record(State(b): State<Behaviour>, method: Method, uri: Uri, headers: H
 /// A function of the stack, built with the same wiring and environment the emulator uses,
 /// to invoke it as its schedule would (without waiting minutes for the schedule).
 pub async fn function(binary: &str) -> std::sync::Arc<dyn handoff_app::function::FunctionHandler> {
+    function_with(binary, &[]).await
+}
+
+/// [`function`] with some environment variables changed (e.g. a queue of the test's own, to
+/// see what the function sends without the stack acting on it).
+pub async fn function_with(binary: &str, overrides: &[(&str, &str)]) -> std::sync::Arc<dyn handoff_app::function::FunctionHandler> {
     let gw = gateway();
-    let vars = gw.function_vars.get(binary).unwrap_or_else(|| panic!("no function {binary}"));
+    let mut vars = gw.function_vars.get(binary).unwrap_or_else(|| panic!("no function {binary}")).clone();
+    vars.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let aws = handoff_aws::compose::AwsEnvironment {
         sdk: handoff_emulator::sdk_config_for(&gw.aws_endpoint).await,
         s3_force_path_style: true,
     };
-    handoff_aws::compose::build_function(binary, vars, &aws).await.unwrap_or_else(|e| panic!("building {binary}: {e}"))
+    handoff_aws::compose::build_function(binary, &vars, &aws).await.unwrap_or_else(|e| panic!("building {binary}: {e}"))
 }
 
 /// An SQS client on the emulator's AWS endpoint (to replay messages as SQS may).

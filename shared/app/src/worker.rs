@@ -74,7 +74,7 @@ impl WorkerFunction {
         match message {
             QueueMessage::Timer { timer } => {
                 let span = tracing::info_span!("timer", exchangeId = %timer.exchange_id, timer = %timer.name());
-                fire_timer(&self.ctx, timer).instrument(span).await
+                logged(fire_timer(&self.ctx, timer)).instrument(span).await
             }
             QueueMessage::Handoff(message) => {
                 let span = tracing::info_span!(
@@ -84,7 +84,7 @@ impl WorkerFunction {
                     subStep = %message.sub_step,
                     attempt = message.attempt,
                 );
-                self.process(message).instrument(span).await
+                logged(self.process(message)).instrument(span).await
             }
         }
     }
@@ -217,7 +217,25 @@ impl WorkerFunction {
         let previous_done = message.step_id.sequence() == 0
             || detail.steps.get(message.step_id.sequence() as usize - 1).is_some_and(|s| s.status != StepStatus::Initial);
         match step.status {
-            StepStatus::Initial if step.attempts > message.attempt || step.next_retry_at.is_some() => {
+            StepStatus::Initial if step.attempts > message.attempt => {
+                tracing::info!("stale attempt; dropped");
+                Ok(())
+            }
+            // This attempt failed and scheduled the next; a crash (or a timed-out batch) between
+            // that commit and the send would lose the retry, so send it again: its claim lets only
+            // one copy run. A retry too far ahead for a delayed message was stored with the commit.
+            StepStatus::Initial if step.next_retry_at.is_some() && step.attempts == message.attempt => {
+                let Some(due) = step.next_retry_at else { return Ok(()) };
+                let now = Utc::now();
+                if (due - now).num_seconds() > MAX_SQS_DELAY_SECONDS {
+                    tracing::info!("duplicate of a failed attempt; its retry is a stored timer");
+                    return Ok(());
+                }
+                tracing::info!(retryAt = %due, "duplicate of a failed attempt; its retry is sent again in case it was lost");
+                let retry = HandoffMessage { attempt: message.attempt + 1, not_before: Some(due), ..message.clone() };
+                Ok(self.ctx.queue.send(self.family, &retry, delay_until(now, due)).await?)
+            }
+            StepStatus::Initial if step.next_retry_at.is_some() => {
                 tracing::info!("stale attempt; dropped");
                 Ok(())
             }
@@ -637,6 +655,15 @@ fn next_message(current: &HandoffMessage, next: &PlannedSubStep, input: Option<h
     }
 }
 
+/// Logs a failure within the span that names the exchange (the batch only knows message ids).
+async fn logged(work: impl std::future::Future<Output = Result<(), WorkerError>>) -> Result<(), WorkerError> {
+    let result = work.await;
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "message not processed; it will be retried");
+    }
+    result
+}
+
 pub fn delay_until(now: DateTime<Utc>, due: DateTime<Utc>) -> u32 {
     (due - now).num_seconds().clamp(0, MAX_SQS_DELAY_SECONDS) as u32
 }
@@ -654,7 +681,7 @@ impl FunctionHandler for WorkerFunction {
         let results = futures::future::join_all(event.records.iter().map(|record| async move {
             let result = self.handle_body(&record.body).await;
             if let Err(e) = &result {
-                tracing::error!(messageId = %record.message_id, error = %e, "message not processed; it will be retried");
+                tracing::warn!(messageId = %record.message_id, error = %e, "message left on its queue for a retry");
             }
             (record.message_id.clone(), result.is_ok())
         }))
