@@ -129,6 +129,36 @@ async fn a_waiting_step_times_out_and_a_late_callback_is_refused() {
     assert_eq!(status, 404, "the token expired with the wait");
 }
 
+/// The timeout of a wait travels as a delayed message sent after the commit: a redelivered
+/// call arms it again, so a crash in between cannot leave the exchange waiting for ever.
+#[tokio::test]
+async fn a_redelivered_call_arms_its_wait_timeout_again() {
+    let gw = gateway();
+    let partner = ExternalSystem::start(202, "{}").await;
+    let target = ExternalSystem::start(200, "{}").await;
+    let code = unique_code("REARM");
+    gw.create_integration(&waiting_integration(&code, &partner.url, &target.url, Some(10), None)).await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+    let waiting = gw.wait_for(&id, MINUTE, status_is("W")).await;
+    let call = &waiting["steps"][1];
+    assert_eq!((call["subStep"].clone(), call["status"].clone()), (json!("InvokeProcess"), json!("Done")), "{waiting:#}");
+
+    let attempt_one = json!({
+        "exchangeId": id, "integrationCode": code, "integrationVersion": 1,
+        "stepId": call["stepId"], "subStep": "InvokeProcess", "attempt": 1, "parameters": {}
+    });
+    let sent = redeliver("handoff-worker-invoke", "HANDOFF_QUEUE_CONTROL_URL", &attempt_one).await;
+    let [timer] = &sent[..] else { panic!("the timeout is armed again, once: {sent:?}") };
+    let timer = &timer["timer"];
+    assert_eq!((timer["kind"].clone(), timer["stepId"].clone(), timer["exchangeId"].clone()), (json!("stepTimeout"), json!("0002"), json!(id)), "{timer}");
+    let completed = rfc3339(&call["completedAt"]).expect("completedAt");
+    assert_eq!(rfc3339(&timer["due"]), Some(completed + chrono::Duration::seconds(10)), "{timer}");
+    assert_eq!(partner.received().len(), 1, "the partner is not called twice");
+
+    let failed = gw.wait_final(&id).await;
+    assert!(failed["error"]["message"].as_str().unwrap_or_default().starts_with("Timeout"), "{failed:#}");
+}
+
 #[tokio::test]
 async fn an_exchange_past_its_sla_times_out_and_stops_advancing() {
     let gw = gateway();
@@ -178,6 +208,25 @@ async fn transient_errors_are_retried_with_one_idempotency_key() {
     assert!(keys.iter().all(|k| !k.is_empty() && *k == keys[0]), "one key across retries: {keys:?}");
 }
 
+/// Delivers `message` again to the worker `binary`, as SQS does after a crash, with the
+/// worker's queue variable `queue_var` pointed at a queue of the test's own: returns what the
+/// worker sent there (waiting out delays of up to 20 s), which the stack never acts on.
+async fn redeliver(binary: &str, queue_var: &str, message: &Value) -> Vec<Value> {
+    let sqs = handoff_e2e::sqs_client().await;
+    let queue = sqs.create_queue().queue_name(unique_code("redelivered")).send().await.expect("create queue");
+    let queue_url = queue.queue_url().expect("queue url").to_string();
+    let worker = handoff_e2e::function_with(binary, &[(queue_var, &queue_url)]).await;
+    let event = json!({"Records": [{"messageId": "redelivered", "body": message.to_string()}]});
+    let answer = worker.invoke(event).await.expect("worker invocation");
+    assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
+    let received = sqs.receive_message().queue_url(&queue_url).max_number_of_messages(10).wait_time_seconds(20).send().await.expect("receive");
+    received.messages().iter().map(|m| serde_json::from_str(m.body().unwrap_or_default()).expect("json message")).collect()
+}
+
+fn rfc3339(v: &Value) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    v.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+}
+
 /// A worker can stop (a crash, a timed-out batch) after recording a failed attempt and
 /// before sending its retry; SQS then delivers that attempt again. The redelivery must send
 /// the retry again, or the exchange would wait forever.
@@ -187,32 +236,20 @@ async fn a_redelivered_failed_attempt_sends_its_retry_again() {
     let source = ExternalSystem::start(200, "[1]").await;
     let target = ExternalSystem::start(503, "{}").await;
     let code = unique_code("RETRY_LOST");
-    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 2, "intervalSeconds": 5, "backoffRate": 1.0}))).await;
+    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 2, "intervalSeconds": 10, "backoffRate": 1.0}))).await;
     let id = gw.invoke(&json!({"integrationCode": code})).await;
     let waiting = gw.wait_for(&id, MINUTE, |e| e["steps"][2]["attempts"] == 1 && e["steps"][2]["nextRetryAt"].is_string()).await;
     let send = &waiting["steps"][2];
 
-    // The same worker, sending to a queue of the test's own: what it sends stays there.
-    let sqs = handoff_e2e::sqs_client().await;
-    let lost = sqs.create_queue().queue_name(unique_code("lost-retries")).send().await.expect("create queue");
-    let lost_url = lost.queue_url().expect("queue url").to_string();
-    let worker = handoff_e2e::function_with("handoff-worker-deliver-rest", &[("HANDOFF_QUEUE_DELIVER_REST_URL", &lost_url)]).await;
     let attempt_one = json!({
         "exchangeId": id, "integrationCode": code, "integrationVersion": 1,
         "stepId": send["stepId"], "subStep": "DeliverRest", "attempt": 1,
         "input": waiting["steps"][1]["payload"], "parameters": {}
     });
-    let event = json!({"Records": [{"messageId": "redelivered", "body": attempt_one.to_string()}]});
-    let answer = worker.invoke(event).await.expect("worker invocation");
-    assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
-
-    let received = sqs.receive_message().queue_url(&lost_url).wait_time_seconds(20).send().await.expect("receive");
-    let messages = received.messages();
-    assert_eq!(messages.len(), 1, "the retry is sent again: {messages:?}");
-    let retry: Value = serde_json::from_str(messages[0].body().unwrap_or_default()).expect("json message");
+    let sent = redeliver("handoff-worker-deliver-rest", "HANDOFF_QUEUE_DELIVER_REST_URL", &attempt_one).await;
+    let [retry] = &sent[..] else { panic!("the retry is sent again, once: {sent:?}") };
     assert_eq!((retry["exchangeId"].clone(), retry["stepId"].clone(), retry["attempt"].clone()), (json!(id), send["stepId"].clone(), json!(2)));
-    let due = |v: &Value| v.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
-    assert_eq!(due(&retry["notBefore"]), due(&send["nextRetryAt"]), "the retry keeps its time: {retry}");
+    assert_eq!(rfc3339(&retry["notBefore"]), rfc3339(&send["nextRetryAt"]), "the retry keeps its time: {retry}");
 
     // The stack's own retry runs once; the copy on the test's queue never does.
     let failed = gw.wait_final(&id).await;
@@ -328,7 +365,7 @@ async fn raising_max_attempts_mid_retry_lets_the_step_go_on() {
     let source = ExternalSystem::start(200, "[1]").await;
     let target = ExternalSystem::start(503, "{}").await;
     let code = unique_code("RAISE");
-    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 2, "intervalSeconds": 3, "backoffRate": 1.0}))).await;
+    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 2, "intervalSeconds": 8, "backoffRate": 1.0}))).await;
     let id = gw.invoke(&json!({"integrationCode": code})).await;
     gw.wait_for(&id, MINUTE, |e| e["steps"][2]["attempts"] == 1 && e["steps"][2]["nextRetryAt"].is_string()).await;
 
@@ -354,7 +391,7 @@ async fn lowering_max_attempts_mid_retry_fails_the_step_at_its_next_decision() {
     let source = ExternalSystem::start(200, "[1]").await;
     let target = ExternalSystem::start(503, "{}").await;
     let code = unique_code("LOWER");
-    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 6, "intervalSeconds": 3, "backoffRate": 1.0}))).await;
+    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 6, "intervalSeconds": 8, "backoffRate": 1.0}))).await;
     let id = gw.invoke(&json!({"integrationCode": code})).await;
     gw.wait_for(&id, MINUTE, |e| e["steps"][2]["attempts"] == 2 && e["steps"][2]["nextRetryAt"].is_string()).await;
 

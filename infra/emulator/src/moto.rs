@@ -12,6 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Starts moto_server with DynamoDB requests serialized: moto's DynamoDB backend loses
+/// concurrent writes when a transaction fails (see the script).
+const LAUNCHER: &str = include_str!("../python/moto_server.py");
+
 /// How long moto may take to answer HTTP after start.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -184,8 +188,12 @@ impl MotoServer {
         let err_log = log
             .try_clone()
             .map_err(io("duplicating the moto log handle"))?;
-        let mut cmd = Command::new(&server);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        // moto_server's own entry point, behind the launcher that serializes DynamoDB requests.
+        let python = server.with_file_name("python3");
+        let mut cmd = Command::new(&python);
+        cmd.arg("-c")
+            .arg(LAUNCHER)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err_log));
@@ -205,7 +213,7 @@ impl MotoServer {
         }
         let child = cmd
             .spawn()
-            .map_err(io(format!("starting {}", server.display())))?;
+            .map_err(io(format!("starting moto_server with {}", python.display())))?;
         let mut me = Self {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),

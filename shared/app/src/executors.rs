@@ -325,8 +325,7 @@ async fn invoke_external(
     let mut headers = vec![("Idempotency-Key", idempotency_key(cx.message))];
     let mut wait = None;
     if waits {
-        let timeout_seconds = cx.planned.step_index.and_then(|i| cx.loaded.definition.steps[i].timeout_seconds);
-        let (callback_url, armed) = arm_callback(cx, timeout_seconds).await?;
+        let (callback_url, armed) = arm_callback(cx).await?;
         headers.push(("X-Handoff-Callback-Url", callback_url));
         wait = Some(armed);
     }
@@ -349,7 +348,8 @@ async fn invoke_external(
 /// Stores a fresh single-use callback token for the sub-step after this one (the one that
 /// takes the callback) and returns its absolute callback URL and the armed wait. Stored
 /// before the call, so even an instant callback finds it.
-async fn arm_callback(cx: &ExecutionContext<'_>, timeout_seconds: Option<u64>) -> Result<(String, Wait), Failure> {
+async fn arm_callback(cx: &ExecutionContext<'_>) -> Result<(String, Wait), Failure> {
+    let timeout_seconds = cx.loaded.definition.callback_timeout_seconds(cx.planned.step_index, cx.planned.destination);
     let waiting_step = StepId::from_sequence(cx.planned.sequence + 1);
     let base = cx
         .app

@@ -18,7 +18,7 @@ use crate::sqs::{batch_response, SqsEvent};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use handoff_core::exchange::{
-    decide_after_attempt, AttemptOutcome, ExchangeError, ExchangeStatus, LogLine, ParentLink, StepDecision, StepError, StepStatus,
+    decide_after_attempt, AttemptOutcome, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, ParentLink, StepDecision, StepError, StepStatus,
 };
 use handoff_core::ids::StepId;
 use handoff_core::plan::{PlannedSubStep, SubStep, WorkerFamily};
@@ -263,6 +263,9 @@ impl WorkerFunction {
                         let family = planned.sub_step.family();
                         Ok(self.ctx.queue.send(family, &next_message(message, planned, input), 0).await?)
                     }
+                    Some(next) if waiting && next.status == StepStatus::Initial && takes_callback_after(loaded, step, next) => {
+                        self.rearm_callback_timeout(message, loaded, step, next).await
+                    }
                     _ => {
                         tracing::info!("duplicate handoff dropped; the step is done");
                         Ok(())
@@ -271,6 +274,41 @@ impl WorkerFunction {
             }
         }
     }
+
+    /// A wait's timeout timer travels as a delayed message sent after the commit, so it can be
+    /// lost like a handoff: arm it again (a duplicate finds the step moved on and does nothing).
+    async fn rearm_callback_timeout(
+        &self,
+        message: &HandoffMessage,
+        loaded: &LoadedIntegration,
+        done: &ExchangeStep,
+        waiting: &ExchangeStep,
+    ) -> Result<(), WorkerError> {
+        let planned = &loaded.plan[done.sequence as usize];
+        let timeout = loaded.definition.callback_timeout_seconds(planned.step_index, planned.destination);
+        let (Some(seconds), Some(completed_at)) = (timeout, done.completed_at) else {
+            tracing::info!("duplicate handoff dropped; the step is done and its wait has no deadline");
+            return Ok(());
+        };
+        let due = completed_at + ChronoDuration::seconds(seconds as i64);
+        let now = Utc::now();
+        if (due - now).num_seconds() > MAX_SQS_DELAY_SECONDS {
+            tracing::info!("duplicate handoff dropped; the wait's timeout is a stored timer");
+            return Ok(());
+        }
+        tracing::info!(timeoutAt = %due, "duplicate handoff; the wait's timeout is armed again in case it was lost");
+        let timer = Timer { exchange_id: message.exchange_id.clone(), recovery: message.recovery, due, kind: TimerKind::StepTimeout { step_id: waiting.step_id } };
+        Ok(self.ctx.queue.send_timer(&timer, delay_until(now, due)).await?)
+    }
+}
+
+/// Whether `next` is the sub-step taking the callback that `done` waits for.
+fn takes_callback_after(loaded: &LoadedIntegration, done: &ExchangeStep, next: &ExchangeStep) -> bool {
+    next.sequence == done.sequence + 1
+        && loaded
+            .plan
+            .get(next.sequence as usize)
+            .is_some_and(|p| matches!(p.sub_step, SubStep::ReceiveNotification | SubStep::ReceiveAgentNotification))
 }
 
 pub async fn send_follow_ups(ctx: &AppContext, follow_ups: Vec<FollowUp>) -> Result<(), WorkerError> {
@@ -578,7 +616,7 @@ async fn secondary_timed_out(
     ctx: &AppContext,
     timer: &Timer,
     detail: &crate::ports::ExchangeDetail,
-    step: &handoff_core::exchange::ExchangeStep,
+    step: &ExchangeStep,
     failure: &Failure,
     commit: &mut StepCommit,
 ) -> Result<bool, WorkerError> {

@@ -21,6 +21,29 @@ pub struct IntegrationDefinition {
     pub steps: Vec<IntegrationStep>,
 }
 
+/// How long an agent may take to report when neither the destination nor the step says.
+pub const DEFAULT_AGENT_TIMEOUT_SECONDS: u64 = 3600;
+
+impl IntegrationDefinition {
+    /// How long the callback awaited after a sub-step of step `step_index` (destination
+    /// `destination`) may take: an agent destination's own timeout, else the step's (an agent
+    /// always has one: [`DEFAULT_AGENT_TIMEOUT_SECONDS`]). `None`: no limit.
+    pub fn callback_timeout_seconds(&self, step_index: Option<usize>, destination: Option<usize>) -> Option<u64> {
+        let step = self.steps.get(step_index?)?;
+        let agent_timeout = match (&step.action, destination) {
+            (StepAction::Delivery { destinations }, Some(d)) => match destinations.get(d).map(|d| &d.target) {
+                Some(DestinationTarget::Agent { timeout_seconds, .. }) => Some(*timeout_seconds),
+                _ => None,
+            },
+            _ => None,
+        };
+        match agent_timeout {
+            Some(own) => Some(own.or(step.timeout_seconds).unwrap_or(DEFAULT_AGENT_TIMEOUT_SECONDS)),
+            None => step.timeout_seconds,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduleSpec {
     /// EventBridge syntax: `cron(...)`, `rate(...)` or `at(...)`.
@@ -558,6 +581,27 @@ mod tests {
         assert_eq!(d.steps[0].retry.max_attempts, 5);
         assert!(d.steps[1].condition.is_some());
         assert!(matches!(&d.steps[2].action, StepAction::Delivery { destinations } if destinations.len() == 2));
+    }
+
+    #[test]
+    fn callback_timeouts_come_from_the_agent_then_the_step() {
+        let mut doc = spec_example();
+        let agent = json!({"kind": "agent", "healthUrl": "http://a.example/health", "request": {"url": "http://a.example"}});
+        doc["steps"][2]["destinations"].as_array_mut().unwrap().push(agent.clone());
+        let mut timed = agent;
+        timed["timeoutSeconds"] = json!(120);
+        doc["steps"][2]["destinations"].as_array_mut().unwrap().push(timed);
+        let d = parse_definition(&doc).unwrap();
+        assert_eq!(d.callback_timeout_seconds(Some(3), None), Some(900), "the step's own");
+        assert_eq!(d.callback_timeout_seconds(Some(0), None), None, "no limit unless set");
+        assert_eq!(d.callback_timeout_seconds(Some(2), Some(2)), Some(DEFAULT_AGENT_TIMEOUT_SECONDS), "an agent always has one");
+        assert_eq!(d.callback_timeout_seconds(Some(2), Some(3)), Some(120), "the agent's own");
+        assert_eq!(d.callback_timeout_seconds(Some(2), Some(0)), None, "a REST destination waits for nothing");
+        assert_eq!(d.callback_timeout_seconds(None, None), None);
+        doc["steps"][2]["timeoutSeconds"] = json!(60);
+        let d = parse_definition(&doc).unwrap();
+        assert_eq!(d.callback_timeout_seconds(Some(2), Some(2)), Some(60), "else the step's");
+        assert_eq!(d.callback_timeout_seconds(Some(2), Some(3)), Some(120));
     }
 
     #[test]

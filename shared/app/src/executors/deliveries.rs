@@ -47,9 +47,7 @@ pub(super) async fn run(
             file_upload::deliver(cx, request, field_name, logs).await
         }
         (SubStep::CheckAgentHealth, DestinationTarget::Agent { health_url, .. }) => agent::check_health(cx, health_url, logs).await,
-        (SubStep::InvokeAgent, DestinationTarget::Agent { request, timeout_seconds, .. }) => {
-            agent::invoke(cx, request, *timeout_seconds, logs).await
-        }
+        (SubStep::InvokeAgent, DestinationTarget::Agent { request, .. }) => agent::invoke(cx, request, logs).await,
         (SubStep::ReceiveAgentNotification, DestinationTarget::Agent { .. }) => agent::receive(cx, logs, user_logs, extras).await,
         (other, _) => Err(Failure::system(format!("sub-step {other} does not match the kind of its destination"))),
     }

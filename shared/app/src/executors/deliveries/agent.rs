@@ -9,7 +9,7 @@
 //! the agent processed no file at all: a partial delivery is a success with known rejects,
 //! which the customer fixes in the data, while nothing delivered is a failed delivery. A
 //! `failure` notification fails the step; no answer within the agent's `timeoutSeconds`
-//! (else the step's, else [`DEFAULT_AGENT_TIMEOUT_SECONDS`]) fails it with `Timeout`
+//! (else the step's, else [`handoff_core::definition::DEFAULT_AGENT_TIMEOUT_SECONDS`]) fails it with `Timeout`
 //! (recoverable: recovery calls the agent again).
 
 use super::{delivery_files, DeliveryFile};
@@ -21,9 +21,6 @@ use handoff_core::notification::{parse_agent_report, AgentReport, NotificationSt
 use handoff_core::recovery::input_before;
 use handoff_core::retry::Failure;
 use serde_json::json;
-
-/// How long an agent may take to report when neither the destination nor the step says.
-pub const DEFAULT_AGENT_TIMEOUT_SECONDS: u64 = 3600;
 
 /// Longest per-file message kept in logs and error records.
 const MAX_MESSAGE_CHARS: usize = 1000;
@@ -46,22 +43,20 @@ pub(super) async fn check_health(cx: &ExecutionContext<'_>, health_url: &str, lo
 pub(super) async fn invoke(
     cx: &ExecutionContext<'_>,
     request: &RequestTemplate,
-    timeout_seconds: Option<u64>,
     logs: &mut Vec<String>,
 ) -> Result<StepOutput, Failure> {
     let rendered = outbound::render(request, &cx.placeholders())?;
     let target = format!("{} {}", rendered.method, outbound::redact_query(&rendered.url));
     let body = if request.body.is_some() { OutboundBody::Empty } else { delivery_body(cx).await? };
-    let step_timeout = cx.planned.step_index.and_then(|i| cx.loaded.definition.steps[i].timeout_seconds);
-    let timeout = timeout_seconds.or(step_timeout).unwrap_or(DEFAULT_AGENT_TIMEOUT_SECONDS);
-    let (callback_url, wait) = arm_callback(cx, Some(timeout)).await?;
+    let (callback_url, wait) = arm_callback(cx).await?;
     let headers = [("Idempotency-Key", idempotency_key(cx.message)), ("X-Handoff-Callback-Url", callback_url)];
     let response = outbound::send(cx.http, rendered, body, &headers).await?;
     let status = response.status().as_u16();
     if status != 201 {
         return Err(Failure::business(format!("agent {target} answered HTTP {status}; only 201 Created accepts a delivery")));
     }
-    logs.push(format!("Agent {target} accepted the delivery (HTTP 201); waiting up to {timeout} s for its report"));
+    let until = wait.timeout_at.map_or_else(|| "no deadline".to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    logs.push(format!("Agent {target} accepted the delivery (HTTP 201); waiting for its report until {until}"));
     Ok(StepOutput { wait: Some(wait), ..StepOutput::default() })
 }
 

@@ -1,0 +1,89 @@
+"""moto_server, with DynamoDB made safe for a gateway's concurrent workers.
+
+1. moto serves requests on threads, but its DynamoDB backend is not thread-safe: a
+   TransactWriteItems that fails restores every table it touched to a copy taken when it
+   began, silently undoing the writes other requests made in between (a claim, a commit).
+   Real DynamoDB never loses a write and the gateway's correctness rests on that, so
+   DynamoDB requests are served one at a time. Other services (SQS long polls) stay
+   concurrent.
+2. That copy is of the whole table, for every transaction: the cost grows with the table.
+   A transaction here journals the items it touches instead and, if it fails, puts back
+   just those.
+"""
+
+import copy
+import sys
+import threading
+
+from moto import server
+from moto.dynamodb import models as dynamodb
+from moto.moto_server import werkzeug_app
+
+_dynamodb = threading.Lock()
+_dispatch = werkzeug_app.DomainDispatcherApplication.__call__
+
+
+def _serialized(self, environ, start_response):
+    if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+        with _dynamodb:
+            return _dispatch(self, environ, start_response)
+    return _dispatch(self, environ, start_response)
+
+
+werkzeug_app.DomainDispatcherApplication.__call__ = _serialized
+
+
+class _TablesUncopied:
+    """The `copy` module as moto's DynamoDB models see it during a journaled transaction:
+    a table "copy" is the table itself (its restore is then a no-op); the rest is copied."""
+
+    def __getattr__(self, name):
+        return getattr(copy, name)
+
+    @staticmethod
+    def deepcopy(value, memo=None):
+        if isinstance(value, dynamodb.Table):
+            return value
+        return copy.deepcopy(value, memo)
+
+
+_transact_write_items = dynamodb.DynamoDBBackend.transact_write_items
+
+
+def _journaled_transact_write_items(self, transact_items):
+    try:
+        journal = []
+        for entry in transact_items:
+            _, op = next(iter(entry.items()))
+            table_name = op["TableName"]
+            if "Key" in op:
+                key = op["Key"]
+            else:
+                table = self.get_table(table_name)
+                key = {table.hash_key_attr: op["Item"][table.hash_key_attr]}
+                if table.range_key_attr is not None:
+                    key[table.range_key_attr] = op["Item"][table.range_key_attr]
+            before = self.get_item(table_name, key)
+            journal.append((table_name, key, None if before is None else before.to_json()["Attributes"]))
+    except Exception:
+        # A malformed request: moto's own code reports it.
+        return _transact_write_items(self, transact_items)
+    dynamodb.copy = _TablesUncopied()
+    try:
+        return _transact_write_items(self, transact_items)
+    except Exception:
+        for table_name, key, before in reversed(journal):
+            if before is None:
+                if self.get_item(table_name, key) is not None:
+                    self.delete_item(table_name, key)
+            else:
+                self.put_item(table_name, before)
+        raise
+    finally:
+        dynamodb.copy = copy
+
+
+dynamodb.DynamoDBBackend.transact_write_items = _journaled_transact_write_items
+
+if __name__ == "__main__":
+    sys.exit(server.main(sys.argv[1:]))
