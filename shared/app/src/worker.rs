@@ -696,8 +696,11 @@ fn next_message(current: &HandoffMessage, next: &PlannedSubStep, input: Option<h
 /// Logs a failure within the span that names the exchange (the batch only knows message ids).
 async fn logged(work: impl std::future::Future<Output = Result<(), WorkerError>>) -> Result<(), WorkerError> {
     let result = work.await;
-    if let Err(e) = &result {
-        tracing::error!(error = %e, "message not processed; it will be retried");
+    match &result {
+        // Expected with duplicates: the copy in flight decides, this one comes back later.
+        Err(e @ WorkerError::InFlightElsewhere(_)) => tracing::info!(error = %e, "message not processed yet; it will be retried"),
+        Err(e) => tracing::error!(error = %e, "message not processed; it will be retried"),
+        Ok(()) => {}
     }
     result
 }
