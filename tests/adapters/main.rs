@@ -868,7 +868,7 @@ async fn due_timers_are_taken_once() {
         c.timers = vec![
             timer(&id, at(600 + offset), TimerKind::Sla),
             timer(&id, at(60 + offset), TimerKind::StepTimeout { step_id: StepId::from_sequence(1) }),
-            timer(&id, at(3600 + offset), TimerKind::Retry { message: Box::new(retry) }),
+            timer(&id, at(3600 + offset), TimerKind::Handoff { message: Box::new(retry) }),
         ];
         assert_eq!(repo.commit(&c).await.expect("commit"), CommitOutcome::Applied);
         armed.extend(c.timers);
@@ -919,19 +919,41 @@ async fn callback_tokens_are_used_once() {
     repo.put_token(&timed).await.expect("put timed");
     assert!(matches!(repo.put_token(&open).await, Err(PortError::Fault { .. })), "a hash is stored once");
 
-    assert_eq!(repo.consume_token("h-open", at(1)).await.expect("consume"), Some(open.clone()));
-    assert_eq!(repo.consume_token("h-open", at(2)).await.expect("consume again"), None);
-    repo.release_token("h-open").await.expect("release");
-    assert_eq!(repo.consume_token("h-open", at(3)).await.expect("after release"), Some(open.clone()));
-    assert_eq!(repo.consume_token("h-open", at(4)).await.expect("used again"), None);
+    let outbox = |hash: &str| {
+        let message = HandoffMessage {
+            exchange_id: ExchangeId::new("ex-token"),
+            integration_code: code("TOKENS"),
+            integration_version: IntegrationVersion::number(3).expect("version"),
+            step_id: StepId::from_sequence(4),
+            sub_step: SubStep::ReceiveNotification,
+            attempt: 1,
+            input: Some(Payload::raw(format!("{{\"token\": \"{hash}\"}}"))),
+            parameters: serde_json::json!({}),
+            not_before: None,
+            recovery: 1,
+            parent: None,
+        };
+        Timer { exchange_id: ExchangeId::new("ex-token"), recovery: 1, due: at(60), kind: TimerKind::Handoff { message: Box::new(message) } }
+    };
+
+    assert_eq!(repo.usable_token("h-open", at(1)).await.expect("read"), Some(open.clone()));
+    assert!(repo.consume_token("h-open", at(1), &outbox("h-open")).await.expect("consume"));
+    assert_eq!(repo.usable_token("h-open", at(2)).await.expect("read used"), None);
+    assert!(!repo.consume_token("h-open", at(2), &outbox("again")).await.expect("consume again"), "used once");
+    // The outbox entry of the accepted callback is due; the refused one was never stored.
+    let due = repo.due_timers(at(60), 10).await.expect("due timers");
+    assert_eq!(due, vec![outbox("h-open")]);
+    assert!(repo.take_timer(&due[0]).await.expect("take"));
 
     // Expired tokens are refused, before expiry they work.
-    assert_eq!(repo.consume_token("h-timed", at(100)).await.expect("at expiry"), None);
-    assert_eq!(repo.consume_token("h-timed", at(99)).await.expect("before expiry"), Some(timed));
+    assert_eq!(repo.usable_token("h-timed", at(100)).await.expect("read at expiry"), None);
+    assert!(!repo.consume_token("h-timed", at(100), &outbox("h-timed")).await.expect("at expiry"));
+    assert_eq!(repo.usable_token("h-timed", at(99)).await.expect("read before expiry"), Some(timed));
+    assert!(repo.consume_token("h-timed", at(99), &outbox("h-timed")).await.expect("before expiry"));
 
-    assert_eq!(repo.consume_token("h-unknown", at(1)).await.expect("unknown"), None);
-    repo.release_token("h-unknown").await.expect("release unknown");
-    assert_eq!(repo.consume_token("h-unknown", at(1)).await.expect("still unknown"), None, "no item created");
+    assert_eq!(repo.usable_token("h-unknown", at(1)).await.expect("unknown"), None);
+    assert!(!repo.consume_token("h-unknown", at(1), &outbox("h-unknown")).await.expect("consume unknown"));
+    assert_eq!(repo.usable_token("h-unknown", at(1)).await.expect("still unknown"), None, "no item created");
 }
 
 #[tokio::test]

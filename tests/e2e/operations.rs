@@ -110,6 +110,43 @@ async fn a_failure_callback_fails_the_step_with_its_reason() {
     assert!(target.received().is_empty());
 }
 
+/// A callback accepted with 202 cannot be lost: its token is used together with storing an
+/// outbox entry, so when the handoff cannot be sent (here: the API's queue does not exist)
+/// the regular job hands the callback on.
+#[tokio::test]
+async fn an_accepted_callback_whose_handoff_fails_is_handed_on_from_the_outbox() {
+    let gw = gateway();
+    let partner = ExternalSystem::start(202, "{}").await;
+    let target = ExternalSystem::start(200, "{}").await;
+    let code = unique_code("OUTBOX");
+    gw.create_integration(&waiting_integration(&code, &partner.url, &target.url, None, None)).await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+    gw.wait_for(&id, MINUTE, status_is("W")).await;
+    let url = callback_url(&partner).await;
+    let path = url.split_once("/notifications/").map(|(_, t)| format!("/notifications/{t}")).expect("callback path");
+
+    // The API function as deployed, but unable to reach its control queue.
+    let nowhere = format!("{}/000000000000/no-such-queue", gw.aws_endpoint);
+    let api = handoff_e2e::function_with("handoff-api", &[("HANDOFF_QUEUE_CONTROL_URL", &nowhere), ("HANDOFF_CALLBACK_OUTBOX_SECONDS", "2")]).await;
+    let event = json!({
+        "rawPath": path, "headers": {"content-type": "application/json"},
+        "body": json!({"status": "success", "data": {"settled": 5}}).to_string(),
+        "requestContext": {"http": {"method": "POST"}}
+    });
+    let answer = api.invoke(event).await.expect("api invocation");
+    assert_eq!(answer["statusCode"], 202, "accepted although not handed on yet: {answer}");
+    let (status, _) = post_callback(&url, json!({"status": "success", "data": {"settled": 6}})).await;
+    assert_eq!(status, 404, "the token was used");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(gw.exchange(&id).await["statusCode"], "W", "nothing handed the callback on yet");
+
+    let swept = handoff_e2e::function("handoff-jobs").await.invoke(json!({"job": "regular"})).await.expect("regular job");
+    assert!(swept["timersSent"].as_u64().unwrap_or(0) >= 1, "{swept}");
+    let done = gw.wait_final(&id).await;
+    assert_eq!(done["status"], "Completed", "{done:#}");
+    assert_eq!(target.received_at("/settled").iter().map(Received::json).collect::<Vec<_>>(), vec![json!({"settled": 5})]);
+}
+
 #[tokio::test]
 async fn a_waiting_step_times_out_and_a_late_callback_is_refused() {
     let gw = gateway();

@@ -9,7 +9,9 @@ use crate::definitions::LoadedIntegration;
 use crate::function::{FunctionHandler, InvocationError};
 use crate::invoke::{invoke_exchange, retry_policy, InvokeError, InvokeRequest};
 use crate::payloads::PayloadCodec;
-use crate::ports::{ErrorFilter, ExchangeDetail, ExchangeFilter, HandoffMessage, IntegrationWriteError, PortError, StoredIntegration};
+use crate::ports::{
+    ErrorFilter, ExchangeDetail, ExchangeFilter, HandoffMessage, IntegrationWriteError, PortError, StoredIntegration, Timer, TimerKind,
+};
 use crate::recover::{recover_exchange, retry_step_now, ActionError};
 use async_trait::async_trait;
 use axum::body::{Body, Bytes};
@@ -518,19 +520,22 @@ fn parse_limit(value: Option<&String>) -> Result<u32, String> {
 
 /// An external system answers a waiting step. The token is single use; an unknown, used or
 /// expired one is 404, so a duplicate callback changes nothing.
+///
+/// Accepting a callback uses its token and stores, in the same write, an outbox timer that
+/// hands the callback on if its message is never sent (a crash, SQS unavailable): once the
+/// caller hears 202, the callback cannot be lost. The message is then sent at once and the
+/// outbox entry taken back.
 async fn notify(State(ctx): Ctx, Path(token): Path<String>, body: Bytes) -> ApiResult {
     let document = json_body(&body)?;
     let notification = parse_notification(&document).map_err(|e| ApiError::field(e, "InvalidNotification"))?;
     let hash = crate::executors::token_hash(&token);
-    let Some(armed) = ctx.exchanges.consume_token(&hash, Utc::now()).await? else {
+    let now = Utc::now();
+    let Some(armed) = ctx.exchanges.usable_token(&hash, now).await? else {
         return Err(ApiError::not_found("unknown, used or expired notification token"));
     };
     // An agent's report is checked here, so the agent hears of a malformed one (and may resend).
     if armed.sub_step == handoff_core::plan::SubStep::ReceiveAgentNotification {
-        if let Err(e) = handoff_core::notification::parse_agent_report(&notification) {
-            ctx.exchanges.release_token(&hash).await?;
-            return Err(ApiError::field(e, "InvalidNotification"));
-        }
+        handoff_core::notification::parse_agent_report(&notification).map_err(|e| ApiError::field(e, "InvalidNotification"))?;
     }
     // Tell the caller plainly when its answer comes too late to matter.
     if let Some(detail) = ctx.exchanges.get(&armed.exchange_id).await? {
@@ -544,30 +549,43 @@ async fn notify(State(ctx): Ctx, Path(token): Path<String>, body: Bytes) -> ApiR
         }
     }
     let codec = PayloadCodec::new(ctx.files.clone(), ctx.settings.inline_payload_limit);
-    let handed_on = async {
-        let bytes = serde_json::to_vec(&notification).map_err(|e| PortError::Fault { service: "api", message: e.to_string() })?;
-        let input = codec.store(bytes.into(), "application/json").await.map_err(|e| PortError::Unavailable { service: "payloads", message: e.to_string() })?;
-        let message = HandoffMessage {
-            exchange_id: armed.exchange_id.clone(),
-            integration_code: armed.integration_code.clone(),
-            integration_version: armed.integration_version,
-            step_id: armed.step_id,
-            sub_step: armed.sub_step,
-            attempt: 1,
-            input: Some(input),
-            parameters: armed.parameters.clone(),
-            not_before: None,
-            recovery: armed.recovery,
-            parent: armed.parent.clone(),
-        };
-        let family = armed.sub_step.family();
-        ctx.queue.send(family, &message, 0).await
+    let bytes = serde_json::to_vec(&notification).map_err(|e| PortError::Fault { service: "api", message: e.to_string() })?;
+    let input = codec
+        .store(bytes.into(), "application/json")
+        .await
+        .map_err(|e| PortError::Unavailable { service: "payloads", message: e.to_string() })?;
+    let message = HandoffMessage {
+        exchange_id: armed.exchange_id.clone(),
+        integration_code: armed.integration_code.clone(),
+        integration_version: armed.integration_version,
+        step_id: armed.step_id,
+        sub_step: armed.sub_step,
+        attempt: 1,
+        input: Some(input),
+        parameters: armed.parameters.clone(),
+        not_before: None,
+        recovery: armed.recovery,
+        parent: armed.parent.clone(),
+    };
+    let outbox = Timer {
+        exchange_id: armed.exchange_id.clone(),
+        recovery: armed.recovery,
+        due: now + chrono::Duration::from_std(ctx.settings.callback_outbox_delay).unwrap_or(chrono::Duration::seconds(60)),
+        kind: TimerKind::Handoff { message: Box::new(message.clone()) },
+    };
+    if !ctx.exchanges.consume_token(&hash, now, &outbox).await? {
+        return Err(ApiError::not_found("unknown, used or expired notification token"));
     }
-    .await;
-    if let Err(e) = handed_on {
-        // Nothing was lost: the token works again, and the caller is told to retry.
-        ctx.exchanges.release_token(&hash).await?;
-        return Err(e.into());
+    let family = armed.sub_step.family();
+    match ctx.queue.send(family, &message, 0).await {
+        Ok(()) => {
+            if let Err(e) = ctx.exchanges.take_timer(&outbox).await {
+                tracing::warn!(exchangeId = %armed.exchange_id, error = %e, "callback handed on; its outbox entry stays and will send a harmless duplicate");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(exchangeId = %armed.exchange_id, error = %e, "callback kept; the regular job hands it on from the outbox")
+        }
     }
     tracing::info!(exchangeId = %armed.exchange_id, stepId = %armed.step_id, status = ?notification.status, "callback accepted");
     Ok((StatusCode::ACCEPTED, Json(json!({"exchangeId": armed.exchange_id, "stepId": armed.step_id}))).into_response())

@@ -20,6 +20,9 @@ pub struct AppSettings {
     pub public_base_url: Option<String>,
     /// How long a claimed side-effecting attempt stays exclusively owned (≥ function timeout).
     pub claim_lease: Duration,
+    /// When an accepted callback's outbox entry falls due: long enough for the handoff sent
+    /// at once to take it back first; the regular job hands a lost one on after it.
+    pub callback_outbox_delay: Duration,
 }
 
 impl Default for AppSettings {
@@ -29,6 +32,7 @@ impl Default for AppSettings {
             definition_cache_ttl: Duration::from_secs(30),
             public_base_url: None,
             claim_lease: Duration::from_secs(60),
+            callback_outbox_delay: Duration::from_secs(60),
         }
     }
 }

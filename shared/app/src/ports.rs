@@ -197,9 +197,10 @@ pub enum TimerKind {
     StepTimeout { step_id: StepId },
     /// The exchange ran past the integration's `slaSeconds`.
     Sla,
-    /// A retry due later than SQS can delay a message.
+    /// A handoff to send when due: a retry later than SQS can delay a message, or a
+    /// callback's handoff kept until it is on its way (an outbox entry).
     #[serde(rename_all = "camelCase")]
-    Retry { message: Box<HandoffMessage> },
+    Handoff { message: Box<HandoffMessage> },
     /// The parent of a sub-exchange timed out; so does the sub-exchange.
     #[serde(rename_all = "camelCase")]
     ParentTimedOut { parent: ExchangeId },
@@ -221,7 +222,7 @@ impl Timer {
         match &self.kind {
             TimerKind::StepTimeout { step_id } => format!("timeout#{step_id}"),
             TimerKind::Sla => "sla".into(),
-            TimerKind::Retry { message } => format!("retry#{}#{}", message.step_id, message.attempt),
+            TimerKind::Handoff { message } => format!("handoff#{}#{}", message.step_id, message.attempt),
             TimerKind::ParentTimedOut { .. } => "parent-timed-out".into(),
         }
     }
@@ -348,10 +349,11 @@ pub trait ExchangeRepository: Send + Sync {
     async fn take_timer(&self, timer: &Timer) -> PortResult<bool>;
     /// Stores a callback token (before the call that hands it out).
     async fn put_token(&self, token: &CallbackToken) -> PortResult<()>;
-    /// Uses a token once: `None` if unknown, used or expired.
-    async fn consume_token(&self, hash: &str, now: DateTime<Utc>) -> PortResult<Option<CallbackToken>>;
-    /// Makes a consumed token usable again (its callback could not be handed on).
-    async fn release_token(&self, hash: &str) -> PortResult<()>;
+    /// A token that can still be used at `now`: `None` if unknown, used or expired.
+    async fn usable_token(&self, hash: &str, now: DateTime<Utc>) -> PortResult<Option<CallbackToken>>;
+    /// Uses a token once and, in the same write, stores `outbox` (the timer that hands the
+    /// callback on should its message never be sent). False if it was used or expired first.
+    async fn consume_token(&self, hash: &str, now: DateTime<Utc>, outbox: &Timer) -> PortResult<bool>;
     async fn health(&self) -> PortResult<()>;
 }
 

@@ -434,7 +434,7 @@ impl Plan<'_> {
                     let family = self.planned.sub_step.family();
                     follow_ups.push(FollowUp::Handoff { family, message: retry, delay: delay_until(now, due) });
                 } else {
-                    let timer = Timer { exchange_id: message.exchange_id.clone(), recovery: message.recovery, due, kind: TimerKind::Retry { message: Box::new(retry) } };
+                    let timer = Timer { exchange_id: message.exchange_id.clone(), recovery: message.recovery, due, kind: TimerKind::Handoff { message: Box::new(retry) } };
                     commit.timers.push(timer);
                 }
             }
@@ -540,7 +540,7 @@ pub async fn fire_timer(ctx: &AppContext, timer: Timer) -> Result<(), WorkerErro
     let exchange = &detail.exchange;
     let mut commit = StepCommit::new(timer.exchange_id.clone(), timer.recovery, ExchangeChange::RequireNotFinal, now);
     let (failure, step_id, sub_step, to) = match &timer.kind {
-        TimerKind::Retry { message } => {
+        TimerKind::Handoff { message } => {
             let family = message.sub_step.family();
             return Ok(ctx.queue.send(family, message, 0).await?);
         }
@@ -853,7 +853,7 @@ mod tests {
         assert_eq!(c.step.as_ref().and_then(|s| s.last_error.as_ref()).map(|e| e.message.as_str()), Some("503"));
         let (c, f) = commit(&l, 3, StepDecision::ScheduleRetry { next_attempt: 2, delay_seconds: 3600 }, Err(Failure::transient("503")));
         assert!(f.is_empty());
-        assert!(matches!(&c.timers[..], [Timer { kind: TimerKind::Retry { .. }, .. }]));
+        assert!(matches!(&c.timers[..], [Timer { kind: TimerKind::Handoff { .. }, .. }]));
     }
 
     #[test]

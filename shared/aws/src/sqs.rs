@@ -284,7 +284,7 @@ mod tests {
         let timers = [
             (TimerKind::StepTimeout { step_id: StepId::from_sequence(3) }, "stepTimeout"),
             (TimerKind::Sla, "sla"),
-            (TimerKind::Retry { message: Box::new(message(None)) }, "retry"),
+            (TimerKind::Handoff { message: Box::new(message(None)) }, "handoff"),
         ];
         for (kind, name) in timers {
             let timer = Timer { exchange_id: ExchangeId::new("ex-1"), recovery: 2, due, kind };

@@ -80,7 +80,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, KeysAndAttributes, Put, PutRequest, ReturnValue, TransactWriteItem, Update,
+    AttributeValue, ConditionCheck, KeysAndAttributes, Put, PutRequest, TransactWriteItem, Update,
     WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
@@ -1013,6 +1013,25 @@ pub(crate) fn sub_total_parts(
     (e.update_expression(), format!("attribute_exists({pk})"), e.names, e.values)
 }
 
+/// The token consumption and its outbox timer, one transaction: see
+/// [`ExchangeRepository::consume_token`].
+pub(crate) fn consume_token_actions(table: &str, hash: &str, now: DateTime<Utc>, outbox: &Timer) -> PortResult<Vec<TransactWriteItem>> {
+    let (update, condition, names, values) = consume_token_parts(now);
+    let update = Update::builder()
+        .table_name(table)
+        .set_key(Some(token_key(hash)))
+        .update_expression(update)
+        .condition_expression(condition)
+        .set_expression_attribute_names(Some(names))
+        .set_expression_attribute_values(Some(values))
+        .build()
+        .map_err(build_fault)?;
+    Ok(vec![
+        TransactWriteItem::builder().update(update).build(),
+        put_action(table, timer_to_item(&outbox.exchange_id, outbox)?)?,
+    ])
+}
+
 /// The token consumption: see [`ExchangeRepository::consume_token`].
 pub(crate) fn consume_token_parts(
     now: DateTime<Utc>,
@@ -1629,28 +1648,25 @@ impl ExchangeRepository for DynamoExchangeRepository {
         }
     }
 
-    async fn consume_token(&self, hash: &str, now: DateTime<Utc>) -> PortResult<Option<CallbackToken>> {
-        let (update, condition, names, values) = consume_token_parts(now);
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(token_key(hash)))
-            .update_expression(update)
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-        match result {
-            Ok(out) => {
-                let item = out.attributes.unwrap_or_default();
-                Ok(Some(token_from_item(&item)?))
-            }
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(None),
-            Err(e) => Err(error::sdk(SERVICE, "UpdateItem", e)),
+    async fn usable_token(&self, hash: &str, now: DateTime<Utc>) -> PortResult<Option<CallbackToken>> {
+        let result = self.client.get_item().table_name(&self.table).set_key(Some(token_key(hash))).consistent_read(true).send().await;
+        let item = result.map_err(|e| error::sdk(SERVICE, "GetItem", e))?.item;
+        let Some(item) = item else { return Ok(None) };
+        let used = item.contains_key("usedAt");
+        let expired = item
+            .get("tokenExpiresAt")
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .is_some_and(|at| at <= now.timestamp_millis());
+        if used || expired {
+            return Ok(None);
         }
+        Ok(Some(token_from_item(&item)?))
+    }
+
+    async fn consume_token(&self, hash: &str, now: DateTime<Utc>, outbox: &Timer) -> PortResult<bool> {
+        let actions = consume_token_actions(&self.table, hash, now, outbox)?;
+        Ok(self.transact(actions).await? == CommitOutcome::Applied)
     }
 
     async fn set_sub_exchange_total(&self, id: &ExchangeId, step: StepId, total: u32) -> PortResult<()> {
@@ -1671,27 +1687,6 @@ impl ExchangeRepository for DynamoExchangeRepository {
             Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
                 Err(error::fault(SERVICE, format!("exchange {id} has no step {step} to count sub-exchanges on")))
             }
-            Err(e) => Err(error::sdk(SERVICE, "UpdateItem", e)),
-        }
-    }
-
-    async fn release_token(&self, hash: &str) -> PortResult<()> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(token_key(hash)))
-            .update_expression("REMOVE #usedAt")
-            // Never create a token that does not exist.
-            .condition_expression("attribute_exists(#pk)")
-            .expression_attribute_names("#usedAt", "usedAt")
-            .expression_attribute_names("#pk", "pk")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            // Gone (expired and deleted): nothing to release.
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
             Err(e) => Err(error::sdk(SERVICE, "UpdateItem", e)),
         }
     }
@@ -2241,11 +2236,11 @@ mod tests {
             recovery: 1,
             parent: Some(ParentLink { exchange_id: ExchangeId::new("p"), step_id: StepId::from_sequence(2), index: 3 }),
         };
-        let retry = timer(TimerKind::Retry { message: Box::new(message) }, "2026-01-02T05:00:00.5Z");
+        let retry = timer(TimerKind::Handoff { message: Box::new(message) }, "2026-01-02T05:00:00.5Z");
         let item = timer_to_item(&ExchangeId::new("e"), &retry).expect("encode");
         assert_eq!(attr_str(&item, "pk"), Some("EX#e"));
-        assert_eq!(attr_str(&item, "sk"), Some("TIMER#retry#0004#2"));
-        assert_eq!(attr_str(&item, "gsi4sk"), Some("001767330000500#e#retry#0004#2"));
+        assert_eq!(attr_str(&item, "sk"), Some("TIMER#handoff#0004#2"));
+        assert_eq!(attr_str(&item, "gsi4sk"), Some("001767330000500#e#handoff#0004#2"));
         let expires = t("2026-01-09T05:00:00.5Z").timestamp();
         assert_eq!(item.get("expiresAt"), Some(&n(expires)));
         assert_eq!(timer_from_item(&item).expect("decode"), retry);
@@ -2300,6 +2295,16 @@ mod tests {
         );
         assert_eq!(names.get("#tokenExpiresAt").map(String::as_str), Some("tokenExpiresAt"));
         assert_eq!(values, HashMap::from([(":now".to_string(), n(now.timestamp_millis()))]));
+
+        // Accepting a callback: the conditional use and the outbox timer, in one transaction.
+        let outbox = Timer { exchange_id: ExchangeId::new("e"), recovery: 0, due: now, kind: TimerKind::Sla };
+        let actions = consume_token_actions("t", "abc", now, &outbox).expect("actions");
+        let update = actions[0].update().expect("the token update first");
+        assert_eq!(update.key().get("pk"), Some(&s("TOKEN#abc")));
+        assert_eq!(update.condition_expression(), Some(condition.as_str()));
+        let put = actions[1].put().expect("then the outbox timer");
+        assert_eq!(put.item(), &timer_to_item(&outbox.exchange_id, &outbox).expect("timer item"));
+        assert_eq!(actions.len(), 2);
     }
 
     #[test]
