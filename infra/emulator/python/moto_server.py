@@ -9,6 +9,9 @@
 2. That copy is of the whole table, for every transaction: the cost grows with the table.
    A transaction here journals the items it touches instead and, if it fails, puts back
    just those.
+3. The request recorder (used to count requests) appends an entry in two writes from
+   whichever thread serves the request, so concurrent entries could share a line; entries
+   are written one at a time.
 """
 
 import copy
@@ -17,6 +20,7 @@ import threading
 
 from moto import server
 from moto.dynamodb import models as dynamodb
+from moto.moto_api._internal.recorder import models as recorder
 from moto.moto_server import werkzeug_app
 
 _dynamodb = threading.Lock()
@@ -84,6 +88,17 @@ def _journaled_transact_write_items(self, transact_items):
 
 
 dynamodb.DynamoDBBackend.transact_write_items = _journaled_transact_write_items
+
+_recording = threading.Lock()
+_record_request = recorder.Recorder._record_request
+
+
+def _record_one_at_a_time(self, request, body=None):
+    with _recording:
+        return _record_request(self, request, body)
+
+
+recorder.Recorder._record_request = _record_one_at_a_time
 
 if __name__ == "__main__":
     sys.exit(server.main(sys.argv[1:]))

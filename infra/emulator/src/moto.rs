@@ -162,6 +162,16 @@ pub fn free_port() -> Result<u16, MotoError> {
     Ok(port)
 }
 
+/// Writes the launcher script into `dir` and returns its path. Written aside and renamed,
+/// so another emulator starting at the same time never runs a half-written file.
+fn write_launcher(dir: &Path) -> Result<PathBuf, MotoError> {
+    let path = dir.join("moto_server.py");
+    let partial = dir.join(format!("moto_server.py.{}", std::process::id()));
+    std::fs::write(&partial, LAUNCHER).map_err(io(format!("writing {}", partial.display())))?;
+    std::fs::rename(&partial, &path).map_err(io(format!("renaming {} to {}", partial.display(), path.display())))?;
+    Ok(path)
+}
+
 /// A running moto server; killed when dropped.
 #[derive(Debug)]
 pub struct MotoServer {
@@ -190,9 +200,9 @@ impl MotoServer {
             .map_err(io("duplicating the moto log handle"))?;
         // moto_server's own entry point, behind the launcher that serializes DynamoDB requests.
         let python = server.with_file_name("python3");
+        let launcher = write_launcher(&logs)?;
         let mut cmd = Command::new(&python);
-        cmd.arg("-c")
-            .arg(LAUNCHER)
+        cmd.arg(&launcher)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

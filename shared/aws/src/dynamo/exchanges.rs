@@ -837,17 +837,26 @@ pub(crate) fn claim_actions(
     if attempt == 0 {
         return Err(error::fault(SERVICE, "attempt numbers start at 1"));
     }
-    let (update, condition, names, values) = claim_update_parts(attempt, now, lease_until);
+    let claim = conditional_update(table, step_key(id, step), claim_update_parts(attempt, now, lease_until))?;
+    Ok(vec![claim, exchange_check(table, id, recovery)?])
+}
+
+/// A transaction's update of `key` from its expression parts (update, condition, names, values).
+fn conditional_update(
+    table: &str,
+    key: Item,
+    (update, condition, names, values): (String, String, HashMap<String, String>, HashMap<String, AttributeValue>),
+) -> PortResult<TransactWriteItem> {
     let update = Update::builder()
         .table_name(table)
-        .set_key(Some(step_key(id, step)))
+        .set_key(Some(key))
         .update_expression(update)
         .condition_expression(condition)
         .set_expression_attribute_names(Some(names))
         .set_expression_attribute_values(Some(values))
         .build()
         .map_err(build_fault)?;
-    Ok(vec![TransactWriteItem::builder().update(update).build(), exchange_check(table, id, recovery)?])
+    Ok(TransactWriteItem::builder().update(update).build())
 }
 
 /// The statuses an exchange can be recovered from.
@@ -1016,18 +1025,8 @@ pub(crate) fn sub_total_parts(
 /// The token consumption and its outbox timer, one transaction: see
 /// [`ExchangeRepository::consume_token`].
 pub(crate) fn consume_token_actions(table: &str, hash: &str, now: DateTime<Utc>, outbox: &Timer) -> PortResult<Vec<TransactWriteItem>> {
-    let (update, condition, names, values) = consume_token_parts(now);
-    let update = Update::builder()
-        .table_name(table)
-        .set_key(Some(token_key(hash)))
-        .update_expression(update)
-        .condition_expression(condition)
-        .set_expression_attribute_names(Some(names))
-        .set_expression_attribute_values(Some(values))
-        .build()
-        .map_err(build_fault)?;
     Ok(vec![
-        TransactWriteItem::builder().update(update).build(),
+        conditional_update(table, token_key(hash), consume_token_parts(now))?,
         put_action(table, timer_to_item(&outbox.exchange_id, outbox)?)?,
     ])
 }
