@@ -1,12 +1,13 @@
-//! Benchmark of streamed data file sets (issue 3): a generated CSV of `--size-mb` MiB goes
-//! through extract/collect → transformation (CSV → NDJSON with a field and value mapping) →
-//! REST delivery, on the emulator with the real handlers, S3 multipart and SQS handoffs.
+//! Benchmark of streamed data file sets (issue 3): a generated CSV (or, with `--input json`,
+//! a JSON array of the same records) of `--size-mb` MiB goes through extract/collect →
+//! transformation (→ NDJSON with a field and value mapping) → REST delivery, on the emulator
+//! with the real handlers, S3 multipart and SQS handoffs.
 //!
 //! ```sh
-//! cargo run --release -p handoff-e2e --bin transform-bench -- --size-mb 1024 [--files 2]
+//! cargo run --release -p handoff-e2e --bin transform-bench -- --size-mb 1024 [--files 2] [--input json]
 //! ```
 //!
-//! The CSV is generated on the fly by a loopback HTTP server (no file on disk), and the
+//! The input is generated on the fly by a loopback HTTP server (no file on disk), and the
 //! loopback target counts what it receives without keeping it. Printed: throughput (input
 //! MiB per second of wall time from the callback to the final exchange), the time of each
 //! sub-step, and the peak RSS (`VmHWM` of /proc/self/status) of **this** process — the
@@ -35,10 +36,12 @@ const STATUSES: [&str; 3] = ["A", "I", "S"];
 struct Args {
     size_mb: u64,
     files: u64,
+    /// `csv` or `json` (an array of objects with the CSV's columns as string fields).
+    input: &'static str,
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut out = Args { size_mb: 1024, files: 1 };
+    let mut out = Args { size_mb: 1024, files: 1, input: "csv" };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let value = |it: &mut dyn Iterator<Item = String>| -> anyhow::Result<u64> {
@@ -47,7 +50,14 @@ fn args() -> anyhow::Result<Args> {
         match arg.as_str() {
             "--size-mb" => out.size_mb = value(&mut it).context("--size-mb")?,
             "--files" => out.files = value(&mut it).context("--files")?.max(1),
-            other => bail!("unknown argument {other} (expected --size-mb N, --files N)"),
+            "--input" => {
+                out.input = match it.next().as_deref() {
+                    Some("csv") => "csv",
+                    Some("json") => "json",
+                    other => bail!("--input: expected csv or json, not {other:?}"),
+                }
+            }
+            other => bail!("unknown argument {other} (expected --size-mb N, --files N, --input csv|json)"),
         }
     }
     Ok(out)
@@ -77,6 +87,42 @@ fn row(i: u64, out: &mut String) {
 
 const HEADER: &str = "providerId,status,displayName,street,postcode,since\n";
 
+/// Row `i` as a JSON object of strings (what the CSV reader makes of the CSV row).
+fn json_row(i: u64, out: &mut String) {
+    let mut line = String::new();
+    row(i, &mut line);
+    let names = HEADER.trim_end().split(',');
+    let record: serde_json::Map<String, Value> =
+        names.zip(line.trim_end().split(',')).map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect();
+    if i > 0 {
+        out.push(',');
+    }
+    out.push_str(&Value::Object(record).to_string());
+}
+
+/// A JSON array of `bytes` bytes (whole records, at least that much), streamed in chunks.
+fn json_body(bytes: u64, rows_out: Arc<AtomicU64>) -> Body {
+    let stream = futures::stream::unfold((0u64, 0u64, false), move |(sent, next, closed)| {
+        let rows_out = rows_out.clone();
+        async move {
+            if closed {
+                return None;
+            }
+            if sent >= bytes {
+                return Some((Ok::<_, std::io::Error>(Bytes::from_static(b"]")), (sent, next, true)));
+            }
+            let mut chunk = if next == 0 { "[".to_string() } else { String::new() };
+            for i in next..next + CHUNK_ROWS {
+                json_row(i, &mut chunk);
+            }
+            rows_out.fetch_add(CHUNK_ROWS, Ordering::Relaxed);
+            let len = chunk.len() as u64;
+            Some((Ok(Bytes::from(chunk)), (sent + len, next + CHUNK_ROWS, false)))
+        }
+    });
+    Body::from_stream(stream)
+}
+
 /// The CSV of `bytes` bytes (whole rows, at least that much), streamed in chunks.
 fn csv_body(bytes: u64, rows_out: Arc<AtomicU64>) -> Body {
     let stream = futures::stream::unfold((0u64, 0u64), move |(sent, next)| {
@@ -100,6 +146,7 @@ fn csv_body(bytes: u64, rows_out: Arc<AtomicU64>) -> Body {
 #[derive(Clone, Default)]
 struct Systems {
     bytes_per_file: u64,
+    json: bool,
     rows_generated: Arc<AtomicU64>,
     callback: Arc<Mutex<Option<String>>>,
     received_bytes: Arc<AtomicU64>,
@@ -123,7 +170,11 @@ async fn start_systems(systems: Systems) -> anyhow::Result<String> {
         .route(
             "/files/{name}",
             get(|State(s): State<Systems>, Path(_): Path<String>| async move {
-                ([("content-type", "text/csv")], csv_body(s.bytes_per_file, s.rows_generated.clone()))
+                if s.json {
+                    ([("content-type", "application/json")], json_body(s.bytes_per_file, s.rows_generated.clone()))
+                } else {
+                    ([("content-type", "text/csv")], csv_body(s.bytes_per_file, s.rows_generated.clone()))
+                }
             }),
         )
         .route(
@@ -170,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("starting the emulator (moto in a child process)…");
     let emulator = handoff_emulator::start(EmulatorOptions::default()).await.context("starting the emulator")?;
     let api = emulator.api_url().to_string();
-    let systems = Systems { bytes_per_file: total_bytes / args.files, ..Systems::default() };
+    let systems = Systems { bytes_per_file: total_bytes / args.files, json: args.input == "json", ..Systems::default() };
     let base = start_systems(systems.clone()).await?;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
 
@@ -194,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
             "steps": [
                 {"name": "extract", "type": "dataCollection", "kind": "extract", "timeoutSeconds": 3600,
                  "request": {"method": "POST", "url": format!("{base}/extract")}},
-                {"name": "convert", "type": "transformation", "input": {"format": "csv"}, "output": {"format": "ndjson"},
+                {"name": "convert", "type": "transformation", "input": {"format": args.input}, "output": {"format": "ndjson"},
                  "mapping": "bench-provider-codes"},
                 {"name": "send", "type": "delivery", "destinations": [
                     {"kind": "rest", "request": {"method": "POST", "url": format!("{base}/in")}}]}
@@ -212,7 +263,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let baseline_hwm = memory("VmHWM:");
     let files: Vec<Value> = (0..args.files)
-        .map(|i| json!({"name": format!("providers-{i}.csv"), "url": format!("{base}/files/{i}")}))
+        .map(|i| json!({"name": format!("providers-{i}.{}", args.input), "url": format!("{base}/files/{i}")}))
         .collect();
     eprintln!("exchange {id}: streaming {} MiB in {} file(s)…", args.size_mb, args.files);
     let started = Instant::now();
@@ -253,7 +304,7 @@ async fn main() -> anyhow::Result<()> {
         bail!("the target received {lines} NDJSON lines for {rows} generated rows");
     }
     let mb = total_bytes as f64 / MIB as f64;
-    println!("input            {mb:.0} MiB CSV in {} file(s), {rows} rows", args.files);
+    println!("input            {mb:.0} MiB {} in {} file(s), {rows} rows", args.input.to_uppercase(), args.files);
     println!("output           {:.0} MiB NDJSON delivered, {lines} lines", received as f64 / MIB as f64);
     println!("wall time        {elapsed:.1} s (callback → exchange Completed: collect + transform + deliver)");
     println!("throughput       {:.1} MiB/s of input end to end", mb / elapsed);

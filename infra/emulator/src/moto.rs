@@ -162,11 +162,12 @@ pub fn free_port() -> Result<u16, MotoError> {
     Ok(port)
 }
 
-/// Writes the launcher script into `dir` and returns its path. Written aside and renamed,
-/// so another emulator starting at the same time never runs a half-written file.
-fn write_launcher(dir: &Path) -> Result<PathBuf, MotoError> {
+/// Writes the launcher script into `dir` and returns its path. Written aside (under a name
+/// unique to this start: the port) and renamed, so another emulator starting at the same
+/// time, in this process or another, never runs a half-written file.
+fn write_launcher(dir: &Path, port: u16) -> Result<PathBuf, MotoError> {
     let path = dir.join("moto_server.py");
-    let partial = dir.join(format!("moto_server.py.{}", std::process::id()));
+    let partial = dir.join(format!("moto_server.py.{}.{port}", std::process::id()));
     std::fs::write(&partial, LAUNCHER).map_err(io(format!("writing {}", partial.display())))?;
     std::fs::rename(&partial, &path).map_err(io(format!("renaming {} to {}", partial.display(), path.display())))?;
     Ok(path)
@@ -200,7 +201,7 @@ impl MotoServer {
             .map_err(io("duplicating the moto log handle"))?;
         // moto_server's own entry point, behind the launcher that serializes DynamoDB requests.
         let python = server.with_file_name("python3");
-        let launcher = write_launcher(&logs)?;
+        let launcher = write_launcher(&logs, port)?;
         let mut cmd = Command::new(&python);
         cmd.arg(&launcher)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])

@@ -24,6 +24,10 @@
 //! `ndjson`, `xml`) it runs once per record, `.` being that record — it may yield zero
 //! (a filter), one, or several output records — so any size streams in bounded memory.
 //! The mapping, if any, applies to each input record before the program.
+//!
+//! A `json` document that is an array and has no program to see it whole (a conversion,
+//! perhaps with a mapping) streams too: its elements are read, mapped and written one at a
+//! time, so a multi-GB array needs the memory of one element.
 
 use crate::definition::OutputFormat;
 use crate::expression::{Expression, ExpressionError, ExpressionVars};
@@ -336,7 +340,94 @@ fn convert_records<R: Read, W: Write>(input: R, c: &Conversion, output: W) -> Re
     Ok((writer.finish()?, Summary { records_in, records_out }))
 }
 
-fn convert_document<R: Read, W: Write>(mut input: R, c: &Conversion, mut output: W) -> Result<(W, Summary), ConvertError> {
+fn convert_document<R: Read, W: Write>(input: R, c: &Conversion, output: W) -> Result<(W, Summary), ConvertError> {
+    let mut input = BufReader::with_capacity(64 * 1024, input);
+    if c.function.is_none() && first_non_blank(&mut input).map_err(ConvertError::Read)? == Some(b'[') {
+        return convert_array_elements(input, c, output);
+    }
+    convert_whole_document(input, c, output)
+}
+
+/// The first byte of `input` that is not whitespace, left unread (the whitespace is read).
+fn first_non_blank<R: BufRead>(input: &mut R) -> std::io::Result<Option<u8>> {
+    loop {
+        let buffer = input.fill_buf()?;
+        if buffer.is_empty() {
+            return Ok(None);
+        }
+        match buffer.iter().position(|b| !b.is_ascii_whitespace()) {
+            Some(i) => {
+                let first = buffer[i];
+                input.consume(i);
+                return Ok(Some(first));
+            }
+            None => {
+                let blank = buffer.len();
+                input.consume(blank);
+            }
+        }
+    }
+}
+
+/// A top-level JSON array, element by element: mapped and written as it is read.
+fn convert_array_elements<R: Read, W: Write>(input: R, c: &Conversion, output: W) -> Result<(W, Summary), ConvertError> {
+    let mut writer = RecordWriter::new(c.output, output)?;
+    let records_in = read_json_array(input, |record, position| {
+        let record = match c.mapping {
+            Some(m) => m.apply(record, &position)?,
+            None => record,
+        };
+        writer.write(&record, &position)
+    })?;
+    let records_out = writer.written;
+    Ok((writer.finish()?, Summary { records_in, records_out }))
+}
+
+/// Calls `each` with every element of the JSON array `input` holds, reading one element at a
+/// time; returns how many there were.
+fn read_json_array<R: Read>(
+    input: R,
+    mut each: impl FnMut(Value, RecordPosition) -> Result<(), ConvertError>,
+) -> Result<u64, ConvertError> {
+    use serde::de::{Deserializer as _, Error as _, SeqAccess, Visitor};
+
+    /// Hands each element on as soon as it is parsed; `stopped` keeps the callback's error.
+    struct Elements<'a, F> {
+        each: &'a mut F,
+        stopped: &'a mut Option<ConvertError>,
+    }
+    impl<'de, F: FnMut(Value, RecordPosition) -> Result<(), ConvertError>> Visitor<'de> for Elements<'_, F> {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+            let mut count = 0;
+            while let Some(element) = seq.next_element::<Value>()? {
+                count += 1;
+                if let Err(e) = (self.each)(element, RecordPosition { record: count, line: None }) {
+                    *self.stopped = Some(e);
+                    return Err(A::Error::custom("stopped by a record"));
+                }
+            }
+            Ok(count)
+        }
+    }
+
+    let malformed = |e: serde_json::Error| ConvertError::Malformed { format: "JSON", problem: e.to_string() };
+    let mut stopped = None;
+    let mut deserializer = serde_json::Deserializer::from_reader(input);
+    let counted = (&mut deserializer).deserialize_seq(Elements { each: &mut each, stopped: &mut stopped });
+    if let Some(e) = stopped {
+        return Err(e);
+    }
+    let count = counted.map_err(|e| if e.is_io() { ConvertError::Read(e.into()) } else { malformed(e) })?;
+    deserializer.end().map_err(malformed)?;
+    Ok(count)
+}
+
+/// A JSON document read whole: the program (if any) sees all of it.
+fn convert_whole_document<R: Read, W: Write>(mut input: R, c: &Conversion, mut output: W) -> Result<(W, Summary), ConvertError> {
     let mut bytes = Vec::new();
     input.read_to_end(&mut bytes).map_err(ConvertError::Read)?;
     let document = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -915,5 +1006,121 @@ mod tests {
         assert_eq!(output_file_name("a/providers.csv", OutputFormat::Ndjson), "a/providers.ndjson");
         assert_eq!(output_file_name("data.bin", OutputFormat::Xml), "data.bin.xml");
         assert_eq!(output_file_name(".csv", OutputFormat::Json), ".csv.json");
+    }
+}
+
+#[cfg(test)]
+mod json_array_streaming {
+    use super::*;
+    use crate::mapping::{parse_mapping, MappingName};
+    use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn conversion_output(input: &[u8], output: Value, mapping: Option<&Mapping>, whole: bool) -> Result<(String, Summary), ConvertError> {
+        let input_spec = parse_input(&ObjectReader::new("input", &json!({"format": "json"})).unwrap()).unwrap();
+        let output_spec = parse_output(&ObjectReader::new("output", &output).unwrap()).unwrap();
+        let vars = ExpressionVars { parameters: json!({}), exchange: json!({}) };
+        let c = Conversion { input: &input_spec, output: &output_spec, mapping, function: None, vars: &vars };
+        let (out, summary) = if whole { convert_whole_document(input, &c, Vec::new())? } else { convert(input, &c, Vec::new())? };
+        Ok((String::from_utf8(out).unwrap(), summary))
+    }
+
+    #[test]
+    fn a_streamed_array_converts_exactly_as_the_whole_document_would() {
+        let mapping = parse_mapping(MappingName::parse("m").unwrap(), &json!({"fields": {"providerId": "id"}, "values": {"s": {"A": "active"}}})).unwrap();
+        let inputs = [
+            "[]",
+            "  \n [ ]",
+            r#"[{"providerId": "p1", "s": "A", "n": 1.5}, {"providerId": "p2", "s": "A", "deep": {"x": [1, null, "y"]}}]"#,
+            r#" [{"a": "1"}, {"a": "2"} ] "#,
+        ];
+        let outputs = [json!({"format": "json"}), json!({"format": "ndjson"}), json!({"format": "xml"}), json!({"format": "raw"})];
+        for input in inputs {
+            for output in &outputs {
+                for mapping in [None, Some(&mapping)] {
+                    let streamed = conversion_output(input.as_bytes(), output.clone(), mapping, false);
+                    let whole = conversion_output(input.as_bytes(), output.clone(), mapping, true);
+                    match (streamed, whole) {
+                        (Ok(a), Ok(b)) => assert_eq!(a, b, "{input} → {output}"),
+                        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{input} → {output}"),
+                        (a, b) => panic!("{input} → {output}: streamed {a:?}, whole {b:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn errors_name_the_record_or_the_flaw() {
+        let mapping = parse_mapping(MappingName::parse("m").unwrap(), &json!({"values": {"s": {"A": "active"}}})).unwrap();
+        let e = conversion_output(br#"[{"s": "A"}, {"s": "Z"}]"#, json!({"format": "ndjson"}), Some(&mapping), false).unwrap_err();
+        assert!(e.to_string().starts_with("record 2:"), "{e}");
+        for (input, problem) in [(&b"[1, 2"[..], "EOF"), (b"[1, 2] 3", "trailing"), (b"[1,, 2]", "expected value")] {
+            let e = conversion_output(input, json!({"format": "ndjson"}), None, false).unwrap_err();
+            assert!(matches!(&e, ConvertError::Malformed { format: "JSON", .. }) && e.to_string().contains(problem), "{e}");
+        }
+    }
+
+    /// An array far larger than any buffer, generated as it is read.
+    struct LargeArray {
+        elements: usize,
+        produced: usize,
+        pending: Vec<u8>,
+        read: Arc<AtomicUsize>,
+    }
+
+    impl Read for LargeArray {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.pending.is_empty() {
+                self.pending = match self.produced {
+                    0 => b"[".to_vec(),
+                    n if n > self.elements + 1 => return Ok(0),
+                    n if n == self.elements + 1 => b"]".to_vec(),
+                    n => format!("{}{{\"id\": {n}, \"name\": \"provider {n}\", \"pad\": \"{}\"}}", if n > 1 { "," } else { "" }, "x".repeat(200)).into_bytes(),
+                };
+                self.produced += 1;
+            }
+            let n = buf.len().min(self.pending.len());
+            buf[..n].copy_from_slice(&self.pending[..n]);
+            self.pending.drain(..n);
+            self.read.fetch_add(n, Ordering::Relaxed);
+            Ok(n)
+        }
+    }
+
+    /// Notes how much input had been read when the first output arrived.
+    struct FirstWrite {
+        read: Arc<AtomicUsize>,
+        read_at_first_write: Option<usize>,
+        written: usize,
+    }
+
+    impl Write for FirstWrite {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.read_at_first_write.get_or_insert(self.read.load(Ordering::Relaxed));
+            self.written += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_large_array_is_written_while_it_is_read() {
+        let read = Arc::new(AtomicUsize::new(0));
+        let input = LargeArray { elements: 100_000, produced: 0, pending: Vec::new(), read: read.clone() };
+        let input_spec = parse_input(&ObjectReader::new("input", &json!({"format": "json"})).unwrap()).unwrap();
+        let output_spec = parse_output(&ObjectReader::new("output", &json!({"format": "ndjson"})).unwrap()).unwrap();
+        let vars = ExpressionVars { parameters: json!({}), exchange: json!({}) };
+        let c = Conversion { input: &input_spec, output: &output_spec, mapping: None, function: None, vars: &vars };
+        // Unbuffered output: the first record reaches it as soon as it is converted.
+        let (out, summary) = convert(input, &c, FirstWrite { read: read.clone(), read_at_first_write: None, written: 0 }).unwrap();
+        assert_eq!((summary.records_in, summary.records_out), (100_000, 100_000));
+        let total = read.load(Ordering::Relaxed);
+        assert!(total > 20_000_000, "the input is large: {total} bytes");
+        let first = out.read_at_first_write.expect("output was written");
+        assert!(first <= 128 * 1024, "output began after {first} of {total} input bytes: the array was not streamed");
     }
 }

@@ -7,8 +7,8 @@
 //! one at a time, and the output goes through a bounded channel of 64 KiB chunks into the
 //! multipart writer of [`DataFileStore::write`](crate::ports::DataFileStore::write).
 //! Memory is bounded by the read buffer, the channel (8 chunks), one multipart part and
-//! one record — not by the file size. (JSON input is one document: it is read whole,
-//! because a jq program over a document needs all of it.)
+//! one record — not by the file size. (A JSON document with a jq program is read whole,
+//! because the program sees all of it; a JSON array without one streams element by element.)
 
 use super::{payload_failure, ExecutionContext, StepOutput};
 use crate::ports::{ByteStream, DataFileInfo};
