@@ -70,3 +70,38 @@ async fn the_error_job_redrives_retryable_system_failures_only() {
     assert_eq!(redriven["recoveries"], 1);
     assert_eq!(gw.exchange(&business).await["status"], "Failed", "business errors wait for the data to be fixed");
 }
+
+/// An exchange whose creator stopped between writing it and handing it off stays `New`; the
+/// regular job starts it again, on the payload it was invoked with.
+#[tokio::test]
+async fn the_regular_job_starts_exchanges_that_were_never_handed_off() {
+    use handoff_app::definitions::LoadedIntegration;
+    use handoff_app::ports::IntegrationRepository;
+    use handoff_core::exchange::Payload;
+    use handoff_core::ids::IntegrationCode;
+    let gw = gateway();
+    let target = ExternalSystem::start(200, "{}").await;
+    let code = unique_code("UNSTARTED");
+    gw.create_integration(&json!({"code": code, "version": 1, "steps": [{"name": "send", "type": "delivery",
+        "destinations": [{"kind": "rest", "request": {"method": "POST", "url": format!("{}/in", target.url)}}]}]}))
+    .await;
+
+    // What the API writes before its first send, three minutes ago — and nothing after.
+    let sdk = handoff_emulator::sdk_config_for(&gw.aws_endpoint).await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let integrations = handoff_aws::DynamoIntegrationRepository::new(dynamo.clone(), gw.var("handoff-api", "HANDOFF_INTEGRATIONS_TABLE"));
+    let exchanges = handoff_aws::DynamoExchangeRepository::new(dynamo, gw.var("handoff-api", "HANDOFF_EXCHANGES_TABLE"));
+    let stored = integrations.versions(&IntegrationCode::parse(&code).expect("code")).await.expect("versions").remove(0);
+    let loaded = LoadedIntegration::from_stored(stored).expect("definition");
+    let id = ExchangeId::new(uuid::Uuid::now_v7().to_string());
+    let created_at = Utc::now() - chrono::Duration::minutes(3);
+    let created = handoff_app::invoke::materialize(&loaded, id.clone(), json!({}), Some(Payload::raw("{\"n\": 42}")), None, created_at);
+    exchanges.create(&created.exchange, &created.steps).await.expect("create");
+    assert_eq!(gw.exchange(id.as_str()).await["status"], "New");
+
+    let outcome = function("handoff-jobs").await.invoke(json!({"job": "regular"})).await.expect("regular job");
+    assert!(outcome["exchangesStarted"].as_u64().unwrap_or(0) >= 1, "{outcome}");
+    let done = gw.wait_final(id.as_str()).await;
+    assert_eq!(done["status"], "Completed", "{done:#}");
+    assert_eq!(target.received().iter().map(|r| r.json()).collect::<Vec<_>>(), vec![json!({"n": 42})]);
+}

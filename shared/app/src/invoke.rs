@@ -79,10 +79,12 @@ pub async fn invoke_exchange(ctx: &AppContext, request: InvokeRequest) -> Result
     let (exchange, steps, message) = (created.exchange, created.steps, created.first);
     ctx.exchanges.create(&exchange, &steps).await?;
 
+    // The SLA first: an exchange still `New` is started again by the regular job (see
+    // [`start_again`]), which arms the SLA again; one already `Started` is not.
     let family = message.sub_step.family();
     let sent = async {
-        ctx.queue.send(family, &message, 0).await?;
-        arm_sla(ctx, &exchange, loaded.definition.sla_seconds, now).await
+        arm_sla(ctx, &exchange, loaded.definition.sla_seconds, now).await?;
+        ctx.queue.send(family, &message, 0).await
     };
     if let Err(send_error) = sent.await {
         // The exchange exists but nothing will pick it up: record that, so it is visible and recoverable.
@@ -141,8 +143,14 @@ pub fn materialize(
             sub_exchanges: None,
         })
         .collect();
+    let first = first_message(loaded, &exchange, input);
+    NewExchange { exchange, steps, first }
+}
+
+/// The message that starts `exchange`: its first sub-step, on the invocation's payload.
+fn first_message(loaded: &LoadedIntegration, exchange: &Exchange, input: Option<Payload>) -> HandoffMessage {
     let first = &loaded.plan[0];
-    let first = HandoffMessage {
+    HandoffMessage {
         exchange_id: exchange.exchange_id.clone(),
         integration_code: exchange.integration_code.clone(),
         integration_version: exchange.integration_version,
@@ -152,10 +160,27 @@ pub fn materialize(
         input,
         parameters: exchange.parameters.clone(),
         not_before: None,
-        recovery: 0,
+        recovery: exchange.recoveries,
         parent: exchange.parent.clone(),
-    };
-    NewExchange { exchange, steps, first }
+    }
+}
+
+/// Starts again an exchange still `New` long after its creation: whoever created it stopped
+/// before its first handoff (or before knowing it was sent). The same first message goes
+/// out (on the payload kept on its first step) and its SLA is armed again from its creation;
+/// if the first ones did go out after all, the duplicates change nothing.
+pub async fn start_again(ctx: &AppContext, exchange: &Exchange) -> Result<(), PortError> {
+    let unusable = |message: String| PortError::Fault { service: "definitions", message };
+    let loaded = ctx
+        .definitions
+        .get(&exchange.integration_code, exchange.integration_version)
+        .await
+        .map_err(|e| unusable(e.to_string()))?
+        .ok_or_else(|| unusable(format!("integration {} version {} does not exist", exchange.integration_code, exchange.integration_version)))?;
+    let input = ctx.exchanges.get(&exchange.exchange_id).await?.and_then(|detail| detail.steps.into_iter().next()).and_then(|s| s.payload);
+    let message = first_message(&loaded, exchange, input);
+    arm_sla(ctx, exchange, loaded.definition.sla_seconds, exchange.created_at).await?;
+    ctx.queue.send(message.sub_step.family(), &message, 0).await
 }
 
 /// Starts the SLA clock of an exchange (at creation and again at each recovery).

@@ -1,8 +1,10 @@
 //! The two scheduled jobs of a deployment (as in the Avni operations guide): the regular job
-//! sweeps durable timers whose time has come within reach of a delayed message; the
+//! sweeps durable timers whose time has come within reach of a delayed message and starts
+//! again exchanges left `New` (their creator stopped before handing them off); the
 //! error-processing job re-drives exchanges whose failure was a retryable system error.
 
 use crate::context::AppContext;
+use crate::invoke::start_again;
 use crate::function::{FunctionHandler, InvocationError};
 use crate::ports::{ExchangeFilter, PortError};
 use crate::recover::recover_exchange;
@@ -19,6 +21,9 @@ use std::sync::Arc;
 /// Timers due this far ahead are handed to SQS now (the job runs at least this often).
 const SWEEP_LOOKAHEAD_SECONDS: i64 = 120;
 const PAGE: u32 = 100;
+/// An exchange still `New` this long after its creation was never handed off. (Creation and
+/// the first handoff are one API call apart; a live creator is long done by then.)
+const UNSTARTED_AFTER_SECONDS: i64 = 120;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -68,6 +73,30 @@ impl JobsFunction {
         }
     }
 
+    /// Starts again every exchange left `New` for longer than [`UNSTARTED_AFTER_SECONDS`].
+    pub async fn start_unstarted(&self) -> Result<usize, PortError> {
+        let cutoff = Utc::now() - ChronoDuration::seconds(UNSTARTED_AFTER_SECONDS);
+        let filter = ExchangeFilter { status: Some(ExchangeStatus::New), integration_code: None, parent: None };
+        let mut started = 0;
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.ctx.exchanges.list(&filter, PAGE, cursor.as_deref()).await?;
+            for exchange in page.items.iter().filter(|e| e.created_at < cutoff) {
+                match start_again(&self.ctx, exchange).await {
+                    Ok(()) => {
+                        tracing::warn!(exchangeId = %exchange.exchange_id, createdAt = %exchange.created_at, "exchange was never handed off; started again");
+                        started += 1;
+                    }
+                    Err(e) => tracing::error!(exchangeId = %exchange.exchange_id, error = %e, "an exchange left New could not be started again"),
+                }
+            }
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                return Ok(started);
+            }
+        }
+    }
+
     /// Recovers Failed exchanges whose error was a retryable system error, a few times each.
     pub async fn redrive_failures(&self, integration_code: Option<IntegrationCode>) -> Result<Value, PortError> {
         let mut recovered = Vec::new();
@@ -106,7 +135,10 @@ impl FunctionHandler for JobsFunction {
         let input: JobInput = serde_json::from_value(event)
             .map_err(|e| InvocationError::new("InvalidEvent", format!("expected {{\"job\": \"regular\" | \"errorProcessing\"}}: {e}")))?;
         let outcome = match input.job {
-            Job::Regular => self.sweep_timers().await.map(|sent| json!({"timersSent": sent})),
+            Job::Regular => match (self.sweep_timers().await, self.start_unstarted().await) {
+                (Ok(sent), Ok(started)) => Ok(json!({"timersSent": sent, "exchangesStarted": started})),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            },
             Job::ErrorProcessing => self.redrive_failures(input.integration_code).await,
         };
         outcome.map_err(|e| InvocationError::new("JobFailed", e.to_string()))
