@@ -653,10 +653,13 @@ async fn recovery_resets_steps_and_fences_older_generations() {
         integration_version: Some(v2),
         reset: vec![StepId::from_sequence(2), StepId::from_sequence(3)],
         clear_sub_failures: None,
+        timers: vec![Timer { exchange_id: id.clone(), recovery: 1, due: at(7200), kind: TimerKind::Sla }],
         now: at(30),
     };
     assert_eq!(repo.recover(&recover).await.expect("recover"), CommitOutcome::Applied);
     assert_eq!(repo.recover(&recover).await.expect("recover again"), CommitOutcome::Conflict, "same generation");
+    let due = repo.due_timers(at(7200), 100).await.expect("due timers");
+    assert_eq!(due.iter().filter(|t| t.exchange_id == id && t.kind == TimerKind::Sla).count(), 1, "stored with the recovery: {due:?}");
     let detail = repo.get(&id).await.expect("get").expect("exists");
     let recovered = &detail.exchange;
     assert_eq!(
@@ -1229,6 +1232,7 @@ async fn recovery_clears_sub_failures_and_keeps_completions() {
         integration_version: None,
         reset: vec![StepId::from_sequence(1)],
         clear_sub_failures: Some(StepId::from_sequence(9)),
+        timers: Vec::new(),
         now: at(5),
     };
     assert_eq!(repo.recover(&recover).await.expect("missing step"), CommitOutcome::Conflict);

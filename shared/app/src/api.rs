@@ -10,7 +10,7 @@ use crate::function::{FunctionHandler, InvocationError};
 use crate::invoke::{invoke_exchange, retry_policy, InvokeError, InvokeRequest};
 use crate::payloads::PayloadCodec;
 use crate::ports::{
-    ErrorFilter, ExchangeDetail, ExchangeFilter, HandoffMessage, IntegrationWriteError, PortError, StoredIntegration, Timer, TimerKind,
+    outbox_entry, ErrorFilter, ExchangeDetail, ExchangeFilter, HandoffMessage, IntegrationWriteError, PortError, StoredIntegration,
 };
 use crate::recover::{recover_exchange, retry_step_now, ActionError};
 use async_trait::async_trait;
@@ -567,12 +567,7 @@ async fn notify(State(ctx): Ctx, Path(token): Path<String>, body: Bytes) -> ApiR
         recovery: armed.recovery,
         parent: armed.parent.clone(),
     };
-    let outbox = Timer {
-        exchange_id: armed.exchange_id.clone(),
-        recovery: armed.recovery,
-        due: now + chrono::Duration::from_std(ctx.settings.callback_outbox_delay).unwrap_or(chrono::Duration::seconds(60)),
-        kind: TimerKind::Handoff { message: Box::new(message.clone()) },
-    };
+    let outbox = outbox_entry(&message, now, ctx.settings.outbox_delay);
     if !ctx.exchanges.consume_token(&hash, now, &outbox).await? {
         return Err(ApiError::not_found("unknown, used or expired notification token"));
     }

@@ -20,9 +20,10 @@ pub struct AppSettings {
     pub public_base_url: Option<String>,
     /// How long a claimed side-effecting attempt stays exclusively owned (≥ function timeout).
     pub claim_lease: Duration,
-    /// When an accepted callback's outbox entry falls due: long enough for the handoff sent
-    /// at once to take it back first; the regular job hands a lost one on after it.
-    pub callback_outbox_delay: Duration,
+    /// When an outbox entry (the handoff of an accepted callback or of a recovery, stored
+    /// with the state change) falls due: long enough for the handoff sent at once to take it
+    /// back first; the regular job hands a lost one on after it.
+    pub outbox_delay: Duration,
 }
 
 impl Default for AppSettings {
@@ -32,7 +33,7 @@ impl Default for AppSettings {
             definition_cache_ttl: Duration::from_secs(30),
             public_base_url: None,
             claim_lease: Duration::from_secs(60),
-            callback_outbox_delay: Duration::from_secs(60),
+            outbox_delay: Duration::from_secs(60),
         }
     }
 }

@@ -190,14 +190,8 @@ pub async fn arm_sla(
     sla_seconds: Option<u64>,
     now: chrono::DateTime<Utc>,
 ) -> Result<(), PortError> {
-    let Some(seconds) = sla_seconds else {
+    let Some(timer) = sla_timer(exchange, sla_seconds, now) else {
         return Ok(());
-    };
-    let timer = Timer {
-        exchange_id: exchange.exchange_id.clone(),
-        recovery: exchange.recoveries,
-        due: now + chrono::Duration::seconds(seconds as i64),
-        kind: TimerKind::Sla,
     };
     let mut commit = StepCommit::new(exchange.exchange_id.clone(), exchange.recoveries, ExchangeChange::RequireNotFinal, now);
     let mut follow_ups = Vec::new();
@@ -208,6 +202,16 @@ pub async fn arm_sla(
     send_follow_ups(ctx, follow_ups).await.map_err(|e| match e {
         WorkerError::Port(p) => p,
         other => PortError::Fault { service: "queue", message: other.to_string() },
+    })
+}
+
+/// The SLA timer of `exchange` (at its current generation) started at `now`, if it has one.
+pub fn sla_timer(exchange: &Exchange, sla_seconds: Option<u64>, now: chrono::DateTime<Utc>) -> Option<Timer> {
+    sla_seconds.map(|seconds| Timer {
+        exchange_id: exchange.exchange_id.clone(),
+        recovery: exchange.recoveries,
+        due: now + chrono::Duration::seconds(seconds as i64),
+        kind: TimerKind::Sla,
     })
 }
 

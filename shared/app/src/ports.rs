@@ -228,6 +228,17 @@ impl Timer {
     }
 }
 
+/// The outbox entry of `message`: stored with the state change that decides to send it, due
+/// `delay` later, taken back once the message is sent — so a crash in between loses nothing.
+pub fn outbox_entry(message: &HandoffMessage, now: DateTime<Utc>, delay: std::time::Duration) -> Timer {
+    Timer {
+        exchange_id: message.exchange_id.clone(),
+        recovery: message.recovery,
+        due: now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(60)),
+        kind: TimerKind::Handoff { message: Box::new(message.clone()) },
+    }
+}
+
 /// A single-use callback token. Only its hash is stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -262,6 +273,8 @@ pub struct RecoveryCommit {
     /// A `ControlSubflow` step whose failed sub-exchanges are being re-driven: its failure
     /// count goes back to zero (they count again when they end).
     pub clear_sub_failures: Option<StepId>,
+    /// Stored with the recovery: the resume handoff's outbox entry, the new SLA timer.
+    pub timers: Vec<Timer>,
     pub now: DateTime<Utc>,
 }
 

@@ -3,8 +3,9 @@
 //! the error-processing job.
 
 use crate::context::AppContext;
-use crate::invoke::arm_sla;
-use crate::ports::{CommitOutcome, ExchangeDetail, HandoffMessage, PortError, RecoveryCommit};
+use crate::invoke::sla_timer;
+use crate::ports::{outbox_entry, CommitOutcome, ExchangeDetail, HandoffMessage, PortError, RecoveryCommit};
+use crate::worker::{delay_until, MAX_SQS_DELAY_SECONDS};
 use chrono::Utc;
 use handoff_core::exchange::StepStatus;
 use handoff_core::ids::{ExchangeId, IntegrationVersion, StepId};
@@ -76,23 +77,6 @@ pub async fn recover_exchange(
     } else {
         Vec::new()
     };
-    let commit = RecoveryCommit {
-        exchange_id: id.clone(),
-        recovery: exchange.recoveries,
-        integration_version: onto_version.filter(|v| *v != exchange.integration_version),
-        reset: point.reset.clone(),
-        clear_sub_failures: (resume_sub_step == SubStep::ControlSubflow).then_some(point.step_id),
-        now,
-    };
-    if ctx.exchanges.recover(&commit).await? == CommitOutcome::Conflict {
-        return Err(ActionError::Conflict("the exchange changed while it was being recovered; read it again".into()));
-    }
-    for child in &redrive {
-        // Boxed: sub-exchanges may themselves be subflows.
-        if let Err(e) = Box::pin(recover_exchange(ctx, child, None)).await {
-            tracing::warn!(exchangeId = %id, child = %child, error = %e, "a failed sub-exchange could not be re-driven");
-        }
-    }
     let recoveries = exchange.recoveries + 1;
     let planned = &target.plan[point.step_id.sequence() as usize];
     let message = HandoffMessage {
@@ -108,10 +92,44 @@ pub async fn recover_exchange(
         recovery: recoveries,
         parent: exchange.parent.clone(),
     };
-    ctx.queue.send(planned.sub_step.family(), &message, 0).await?;
+    // The resume handoff and the new SLA are stored with the recovery itself: a crash after
+    // the commit leaves them to the regular job instead of losing them.
     let mut recovered = exchange.clone();
     recovered.recoveries = recoveries;
-    arm_sla(ctx, &recovered, target.definition.sla_seconds, now).await?;
+    let outbox = outbox_entry(&message, now, ctx.settings.outbox_delay);
+    let sla = sla_timer(&recovered, target.definition.sla_seconds, now);
+    let commit = RecoveryCommit {
+        exchange_id: id.clone(),
+        recovery: exchange.recoveries,
+        integration_version: onto_version.filter(|v| *v != exchange.integration_version),
+        reset: point.reset.clone(),
+        clear_sub_failures: (resume_sub_step == SubStep::ControlSubflow).then_some(point.step_id),
+        timers: std::iter::once(outbox.clone()).chain(sla.clone()).collect(),
+        now,
+    };
+    if ctx.exchanges.recover(&commit).await? == CommitOutcome::Conflict {
+        return Err(ActionError::Conflict("the exchange changed while it was being recovered; read it again".into()));
+    }
+    for child in &redrive {
+        // Boxed: sub-exchanges may themselves be subflows.
+        if let Err(e) = Box::pin(recover_exchange(ctx, child, None)).await {
+            tracing::warn!(exchangeId = %id, child = %child, error = %e, "a failed sub-exchange could not be re-driven");
+        }
+    }
+    match ctx.queue.send(planned.sub_step.family(), &message, 0).await {
+        Ok(()) => {
+            if let Err(e) = ctx.exchanges.take_timer(&outbox).await {
+                tracing::warn!(exchangeId = %id, error = %e, "recovery handed on; its outbox entry stays and will send a harmless duplicate");
+            }
+        }
+        Err(e) => tracing::warn!(exchangeId = %id, error = %e, "recovery committed; the regular job hands it on from the outbox"),
+    }
+    // The stored SLA timer is swept when due; one due soon also goes now, for precision.
+    if let Some(sla) = sla.filter(|t| (t.due - now).num_seconds() <= MAX_SQS_DELAY_SECONDS) {
+        if let Err(e) = ctx.queue.send_timer(&sla, delay_until(now, sla.due)).await {
+            tracing::warn!(exchangeId = %id, error = %e, "the SLA timer waits for the regular job");
+        }
+    }
     tracing::info!(exchangeId = %id, resumedAt = %point.step_id, recoveries, "exchange recovered");
     Ok(Recovered { resumed_at: point.step_id, integration_version: target.stored.version, recoveries })
 }

@@ -120,8 +120,8 @@ pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Re
         definition_cache_ttl: Duration::from_secs(vars.number("HANDOFF_DEFINITION_CACHE_SECONDS", defaults.definition_cache_ttl.as_secs())?),
         public_base_url: vars.0.get("HANDOFF_PUBLIC_BASE_URL").cloned(),
         claim_lease: Duration::from_secs(vars.number("HANDOFF_CLAIM_LEASE_SECONDS", defaults.claim_lease.as_secs())?),
-        callback_outbox_delay: Duration::from_secs(
-            vars.number("HANDOFF_CALLBACK_OUTBOX_SECONDS", defaults.callback_outbox_delay.as_secs())?,
+        outbox_delay: Duration::from_secs(
+            vars.number("HANDOFF_OUTBOX_SECONDS", defaults.outbox_delay.as_secs())?,
         ),
     };
     Ok(AppContext::new(ports, settings))

@@ -870,12 +870,12 @@ pub(crate) fn recover_actions(table: &str, commit: &RecoveryCommit) -> PortResul
     reset.sort();
     reset.dedup();
     let clear_alone = commit.clear_sub_failures.filter(|step| !reset.contains(step));
-    let count = reset.len() + 1 + usize::from(clear_alone.is_some());
+    let count = reset.len() + 1 + usize::from(clear_alone.is_some()) + commit.timers.len();
     if count > MAX_TRANSACTION_ACTIONS {
         return Err(error::fault(
             SERVICE,
             format!(
-                "a recovery can write at most {MAX_TRANSACTION_ACTIONS} items (the exchange and its steps), not {count}"
+                "a recovery can write at most {MAX_TRANSACTION_ACTIONS} items (the exchange, its steps and timers), not {count}"
             ),
         ));
     }
@@ -911,6 +911,9 @@ pub(crate) fn recover_actions(table: &str, commit: &RecoveryCommit) -> PortResul
     }
     if let Some(step) = clear_alone {
         actions.push(TransactWriteItem::builder().update(clear_sub_failures_update(table, id, step)?).build());
+    }
+    for timer in &commit.timers {
+        actions.push(put_action(table, timer_to_item(id, timer)?)?);
     }
     Ok(actions)
 }
@@ -2314,10 +2317,18 @@ mod tests {
             integration_version: Some(IntegrationVersion::number(4).expect("version")),
             reset: vec![StepId::from_sequence(3), StepId::from_sequence(2), StepId::from_sequence(3)],
             clear_sub_failures: None,
+            timers: Vec::new(),
             now: t("2026-01-02T03:04:05Z"),
         };
         let actions = recover_actions("T", &commit).expect("actions");
         assert_eq!(actions.len(), 3, "duplicates reset once");
+        // Timers stored with the recovery come last, as puts.
+        let sla = Timer { exchange_id: ExchangeId::new("e"), recovery: 2, due: t("2026-01-02T04:04:05Z"), kind: TimerKind::Sla };
+        commit.timers = vec![sla.clone()];
+        let with_timer = recover_actions("T", &commit).expect("actions");
+        assert_eq!(with_timer.len(), 4);
+        assert_eq!(with_timer[3].put().expect("timer put").item(), &timer_to_item(&sla.exchange_id, &sla).expect("item"));
+        commit.timers.clear();
         let ex = actions[0].update().expect("exchange update");
         assert_eq!(ex.key().get("sk"), Some(&s("EXCHANGE")));
         assert_eq!(ex.condition_expression(), Some("#status IN (:from0, :from1) AND #recoveries = :recovery"));
@@ -2375,6 +2386,7 @@ mod tests {
             integration_version: None,
             reset: vec![StepId::from_sequence(3), StepId::from_sequence(2)],
             clear_sub_failures: Some(StepId::from_sequence(3)),
+            timers: Vec::new(),
             now: t("2026-01-02T03:04:05Z"),
         };
         // Merged into the step's reset: one action per item.
