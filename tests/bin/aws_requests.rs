@@ -292,8 +292,11 @@ fn classify(requests: &[Value], queues: &HashMap<String, String>) -> Report {
                 match first_step_sk(&json).as_deref().and_then(sub_step_of_sk) {
                     Some(step) => {
                         // A claim is a transaction too (the step update plus a check of the
-                        // exchange); it sets `claimedAttempt`, a commit never does.
-                        if action == "TransactWriteItems" && !text.contains("claimedAttempt") {
+                        // exchange); it sets `claimedAttempt`, a commit at most checks it.
+                        let sets_claim = json["TransactItems"][0]["Update"]["UpdateExpression"]
+                            .as_str()
+                            .is_some_and(|update| update.contains("#claimedAttempt = :attempt"));
+                        if action == "TransactWriteItems" && !sets_claim {
                             let pk = first_pk(&json).unwrap_or_default();
                             *report.commits.entry((pk, step.to_string())).or_default() += 1;
                         }
