@@ -16,6 +16,13 @@ use std::time::{Duration, Instant};
 /// concurrent writes when a transaction fails (see the script).
 const LAUNCHER: &str = include_str!("../python/moto_server.py");
 
+/// The moto release installed: the launcher patches its internals (see the script), so it
+/// is the version those patches were written and tested against.
+const MOTO_VERSION: &str = "5.2.5";
+
+/// moto logs older than this are deleted when another moto starts (one is written per start).
+const KEEP_LOGS: Duration = Duration::from_secs(24 * 3600);
+
 /// How long moto may take to answer HTTP after start.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -113,14 +120,14 @@ pub fn ensure_installed() -> Result<PathBuf, MotoError> {
         )?;
     }
     eprintln!(
-        "handoff-emulator: installing moto[server] 5 into {} (first run only)",
+        "handoff-emulator: installing moto[server] {MOTO_VERSION} into {} (first run only)",
         venv.display()
     );
     run_logged(
         Command::new(venv.join("bin").join("pip")).args([
             "install",
             "--disable-pip-version-check",
-            "moto[server]==5.*",
+            &format!("moto[server]=={MOTO_VERSION}"),
         ]),
         &log_path,
     )?;
@@ -162,6 +169,19 @@ pub fn free_port() -> Result<u16, MotoError> {
     Ok(port)
 }
 
+/// Deletes moto logs in `dir` older than [`KEEP_LOGS`]; best effort (a log in use is recent).
+fn prune_old_logs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_moto_log = name.to_str().is_some_and(|n| n.starts_with("moto-") && n.ends_with(".log") && n != "moto-install.log");
+        let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > KEEP_LOGS);
+        if is_moto_log && old {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Writes the launcher script into `dir` and returns its path. Written aside (under a name
 /// unique to this start: the port) and renamed, so another emulator starting at the same
 /// time, in this process or another, never runs a half-written file.
@@ -193,6 +213,7 @@ impl MotoServer {
         let port = free_port()?;
         let logs = state_dir();
         std::fs::create_dir_all(&logs).map_err(io(format!("creating {}", logs.display())))?;
+        prune_old_logs(&logs);
         let log_path = logs.join(format!("moto-{port}.log"));
         let log =
             File::create(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
