@@ -17,6 +17,7 @@ pub fn capture() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
         .join("e2e-logs");
+    prune(&dir);
     let path = dir.join(format!("{}.log", std::process::id()));
     let file = std::fs::create_dir_all(&dir).and_then(|_| File::create(&path));
     let Ok(file) = file else {
@@ -28,6 +29,17 @@ pub fn capture() {
     let installed = tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(Mutex::new(file)).try_init();
     if installed.is_ok() {
         let _ = LOG_FILE.set(path);
+    }
+}
+
+/// Deletes the logs of runs more than a day old (one file is written per test binary run).
+fn prune(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let age = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|age| age.as_secs() > 24 * 3600) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
