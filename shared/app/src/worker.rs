@@ -200,8 +200,9 @@ impl WorkerFunction {
     }
 
     /// Another delivery of this message (or a final or recovered exchange) got there first.
-    /// Re-send the next handoff only if it evidently never happened (a crash between commit
-    /// and send); otherwise drop the message.
+    /// Send again what a crash between that commit and its sends could have lost — the next
+    /// handoff (when it evidently never happened), the retry, the wait's timeout — and
+    /// otherwise drop the message. Duplicates of those are absorbed downstream.
     async fn after_conflict(&self, message: &HandoffMessage, loaded: &LoadedIntegration) -> Result<(), WorkerError> {
         let Some(detail) = self.ctx.exchanges.get(&message.exchange_id).await? else {
             tracing::warn!("handoff for an exchange that does not exist; dropped");
