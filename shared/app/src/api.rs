@@ -73,6 +73,27 @@ impl ApiError {
     fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "NotFound", message)
     }
+    /// A query or path parameter that is wrong.
+    fn parameter(name: &str, problem: impl Into<String>) -> Self {
+        Self::field(FieldError::new(name, problem), "InvalidParameter")
+    }
+}
+
+/// Refuses a query parameter that is not one of `allowed`.
+fn only_parameters(query: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
+    match query.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(unknown) => Err(ApiError::parameter(unknown, format!("unknown query parameter (expected {})", allowed.join(", ")))),
+        None => Ok(()),
+    }
+}
+
+/// A listing's storage error: a malformed `cursor` is the caller's (the adapters report it as
+/// a fault); anything else is ours.
+fn listing_error(e: PortError) -> ApiError {
+    match e {
+        PortError::Fault { .. } => ApiError::parameter("cursor", e.to_string()),
+        other => other.into(),
+    }
 }
 
 impl From<PortError> for ApiError {
@@ -468,15 +489,8 @@ async fn retry_step(State(ctx): Ctx, Path((id, step_id)): Path<(String, String)>
 }
 
 async fn list_errors(State(ctx): Ctx, Query(query): Query<HashMap<String, String>>) -> ApiResult {
-    let invalid = |field: &str, message: String| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        code: "InvalidParameter",
-        message: format!("{field}: {message}"),
-        field: Some(field.to_string()),
-    };
-    if let Some(unknown) = query.keys().find(|k| !["classification", "integrationCode", "since", "limit", "cursor"].contains(&k.as_str())) {
-        return Err(invalid(unknown, "unknown query parameter (expected classification, integrationCode, since, limit, cursor)".into()));
-    }
+    let invalid = ApiError::parameter;
+    only_parameters(&query, &["classification", "integrationCode", "since", "limit", "cursor"])?;
     let classification = match query.get("classification").map(String::as_str) {
         None => None,
         Some("business") => Some(ErrorClassification::Business),
@@ -500,10 +514,7 @@ async fn list_errors(State(ctx): Ctx, Query(query): Query<HashMap<String, String
         .exchanges
         .errors(&ErrorFilter { classification, integration_code, since }, limit, query.get("cursor").map(String::as_str))
         .await
-        .map_err(|e| match e {
-            PortError::Fault { .. } => invalid("cursor", e.to_string()),
-            other => other.into(),
-        })?;
+        .map_err(listing_error)?;
     Ok(Json(json!({"items": page.items, "nextCursor": page.next_cursor})).into_response())
 }
 
@@ -592,15 +603,8 @@ async fn get_logs(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
 }
 
 async fn list_exchanges(State(ctx): Ctx, Query(query): Query<HashMap<String, String>>) -> ApiResult {
-    let invalid = |field: &str, message: String| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        code: "InvalidParameter",
-        message: format!("{field}: {message}"),
-        field: Some(field.to_string()),
-    };
-    if let Some(unknown) = query.keys().find(|k| !["integrationCode", "status", "parentExchangeId", "limit", "cursor"].contains(&k.as_str())) {
-        return Err(invalid(unknown, "unknown query parameter (expected integrationCode, status, parentExchangeId, limit, cursor)".into()));
-    }
+    let invalid = ApiError::parameter;
+    only_parameters(&query, &["integrationCode", "status", "parentExchangeId", "limit", "cursor"])?;
     let parent = query.get("parentExchangeId").map(|p| ExchangeId::new(p.clone()));
     let integration_code = query
         .get("integrationCode")
@@ -615,10 +619,7 @@ async fn list_exchanges(State(ctx): Ctx, Query(query): Query<HashMap<String, Str
         .exchanges
         .list(&ExchangeFilter { integration_code, status, parent }, limit, query.get("cursor").map(String::as_str))
         .await
-        .map_err(|e| match e {
-            PortError::Fault { .. } => invalid("cursor", e.to_string()),
-            other => other.into(),
-        })?;
+        .map_err(listing_error)?;
     let items: Vec<Value> = page.items.iter().map(exchange_summary).collect();
     Ok(Json(json!({"items": items, "nextCursor": page.next_cursor})).into_response())
 }
