@@ -5,9 +5,9 @@ use crate::ports::{IntegrationRepository, PortError, StoredIntegration};
 use handoff_core::definition::{parse_definition, IntegrationDefinition};
 use handoff_core::ids::{IntegrationCode, IntegrationVersion};
 use handoff_core::plan::{plan, PlannedSubStep};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use crate::ttl::TtlMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// A stored version with its parsed definition and plan.
 #[derive(Debug)]
@@ -45,17 +45,12 @@ type Key = (IntegrationCode, IntegrationVersion);
 
 pub struct DefinitionCache {
     repository: Arc<dyn IntegrationRepository>,
-    ttl: Duration,
-    entries: Mutex<HashMap<Key, (Instant, Arc<LoadedIntegration>)>>,
+    entries: TtlMap<Key, Arc<LoadedIntegration>>,
 }
 
 impl DefinitionCache {
     pub fn new(repository: Arc<dyn IntegrationRepository>, ttl: Duration) -> Self {
-        Self {
-            repository,
-            ttl,
-            entries: Mutex::new(HashMap::new()),
-        }
+        Self { repository, entries: TtlMap::new(ttl) }
     }
 
     pub async fn get(
@@ -64,7 +59,7 @@ impl DefinitionCache {
         version: IntegrationVersion,
     ) -> Result<Option<Arc<LoadedIntegration>>, DefinitionLoadError> {
         let key = (code.clone(), version);
-        if let Some(hit) = self.cached(&key) {
+        if let Some(hit) = self.entries.get(&key) {
             return Ok(Some(hit));
         }
         let Some(stored) = self.repository.get(code, version).await? else {
@@ -77,14 +72,6 @@ impl DefinitionCache {
 
     /// Stores a freshly written version so this instance sees its own writes at once.
     pub fn remember(&self, loaded: Arc<LoadedIntegration>) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.insert((loaded.stored.code.clone(), loaded.stored.version), (Instant::now(), loaded));
-        }
-    }
-
-    fn cached(&self, key: &Key) -> Option<Arc<LoadedIntegration>> {
-        let entries = self.entries.lock().ok()?;
-        let (at, loaded) = entries.get(key)?;
-        (at.elapsed() < self.ttl).then(|| loaded.clone())
+        self.entries.insert((loaded.stored.code.clone(), loaded.stored.version), loaded);
     }
 }

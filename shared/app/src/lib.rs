@@ -18,4 +18,5 @@ pub mod secrets;
 pub mod sqs;
 pub mod subflow;
 pub mod trigger;
+pub mod ttl;
 pub mod worker;

@@ -8,9 +8,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use handoff_core::mapping::{parse_mapping, Mapping, MappingName};
 use serde_json::Value;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use crate::ttl::TtlMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// One stored mapping: the document as accepted, with a revision increased on each write.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,13 +49,12 @@ pub enum MappingLoadError {
 /// Parsed mappings, remembered for `ttl` per warm function.
 pub struct MappingCache {
     repository: Arc<dyn MappingRepository>,
-    ttl: Duration,
-    entries: Mutex<HashMap<MappingName, (Instant, Arc<Mapping>)>>,
+    entries: TtlMap<MappingName, Arc<Mapping>>,
 }
 
 impl MappingCache {
     pub fn new(repository: Arc<dyn MappingRepository>, ttl: Duration) -> Self {
-        Self { repository, ttl, entries: Mutex::new(HashMap::new()) }
+        Self { repository, entries: TtlMap::new(ttl) }
     }
 
     /// The store behind the cache (the API reads and writes through it).
@@ -65,7 +64,7 @@ impl MappingCache {
 
     /// The mapping, parsed; `None` if no mapping has that name.
     pub async fn get(&self, name: &MappingName) -> Result<Option<Arc<Mapping>>, MappingLoadError> {
-        if let Some(hit) = self.cached(name) {
+        if let Some(hit) = self.entries.get(name) {
             return Ok(Some(hit));
         }
         let Some(stored) = self.repository.get(name).await? else {
@@ -80,14 +79,6 @@ impl MappingCache {
 
     /// Stores a freshly written mapping so this instance sees its own writes at once.
     pub fn remember(&self, mapping: Arc<Mapping>) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.insert(mapping.name.clone(), (Instant::now(), mapping));
-        }
-    }
-
-    fn cached(&self, name: &MappingName) -> Option<Arc<Mapping>> {
-        let entries = self.entries.lock().ok()?;
-        let (at, mapping) = entries.get(name)?;
-        (at.elapsed() < self.ttl).then(|| mapping.clone())
+        self.entries.insert(mapping.name.clone(), mapping);
     }
 }

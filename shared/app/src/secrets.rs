@@ -6,9 +6,9 @@
 use crate::ports::PortResult;
 use async_trait::async_trait;
 use serde::Deserialize;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use crate::ttl::TtlMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Reads secrets by name. The value is the secret's text (JSON for the credentials here).
 #[async_trait]
@@ -39,30 +39,24 @@ impl std::fmt::Debug for SecretText {
 /// A store in front of another that remembers values for `ttl` (per warm function).
 pub struct CachedSecrets {
     inner: Arc<dyn SecretStore>,
-    ttl: Duration,
-    cache: Mutex<HashMap<String, (Instant, SecretText)>>,
+    cache: TtlMap<String, SecretText>,
 }
 
 impl CachedSecrets {
     pub fn new(inner: Arc<dyn SecretStore>, ttl: Duration) -> Self {
-        Self { inner, ttl, cache: Mutex::new(HashMap::new()) }
-    }
-
-    fn cached(&self, name: &str) -> Option<SecretText> {
-        let cache = self.cache.lock().ok()?;
-        cache.get(name).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
+        Self { inner, cache: TtlMap::new(ttl) }
     }
 }
 
 #[async_trait]
 impl SecretStore for CachedSecrets {
     async fn get(&self, name: &str) -> PortResult<Option<SecretText>> {
-        if let Some(hit) = self.cached(name) {
+        if let Some(hit) = self.cache.get(name) {
             return Ok(Some(hit));
         }
         let value = self.inner.get(name).await?;
-        if let (Some(v), Ok(mut cache)) = (&value, self.cache.lock()) {
-            cache.insert(name.to_string(), (Instant::now(), v.clone()));
+        if let Some(v) = &value {
+            self.cache.insert(name.to_string(), v.clone());
         }
         Ok(value)
     }
