@@ -659,7 +659,11 @@ async fn recovery_resets_steps_and_fences_older_generations() {
     assert_eq!(repo.recover(&recover).await.expect("recover"), CommitOutcome::Applied);
     assert_eq!(repo.recover(&recover).await.expect("recover again"), CommitOutcome::Conflict, "same generation");
     let due = repo.due_timers(at(7200), 100).await.expect("due timers");
-    assert_eq!(due.iter().filter(|t| t.exchange_id == id && t.kind == TimerKind::Sla).count(), 1, "stored with the recovery: {due:?}");
+    assert_eq!(
+        due.iter().filter(|t| t.exchange_id == id && t.kind == TimerKind::Sla).count(),
+        1,
+        "stored with the recovery: {due:?}"
+    );
     let detail = repo.get(&id).await.expect("get").expect("exists");
     let recovered = &detail.exchange;
     assert_eq!(
@@ -936,7 +940,12 @@ async fn callback_tokens_are_used_once() {
             recovery: 1,
             parent: None,
         };
-        Timer { exchange_id: ExchangeId::new("ex-token"), recovery: 1, due: at(60), kind: TimerKind::Handoff { message: Box::new(message) } }
+        Timer {
+            exchange_id: ExchangeId::new("ex-token"),
+            recovery: 1,
+            due: at(60),
+            kind: TimerKind::Handoff { message: Box::new(message) },
+        }
     };
 
     assert_eq!(repo.usable_token("h-open", at(1)).await.expect("read"), Some(open.clone()));
@@ -1489,7 +1498,14 @@ async fn failing_transactions_undo_no_concurrent_write() {
         let (client, table) = (client.clone(), table.clone());
         tokio::spawn(async move {
             for i in 0..40 {
-                client.put_item().table_name(&table).item("pk", s("kept")).item("sk", s(&format!("{task}-{i}"))).send().await.expect("put");
+                client
+                    .put_item()
+                    .table_name(&table)
+                    .item("pk", s("kept"))
+                    .item("sk", s(&format!("{task}-{i}")))
+                    .send()
+                    .await
+                    .expect("put");
             }
         })
     });
@@ -1506,6 +1522,13 @@ async fn failing_transactions_undo_no_concurrent_write() {
         .await
         .expect("count");
     assert_eq!(kept.count(), 160, "every write survives the failed transactions");
-    let never = client.query().table_name(&table).key_condition_expression("pk = :pk").expression_attribute_values(":pk", s("never")).send().await.expect("query");
+    let never = client
+        .query()
+        .table_name(&table)
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(":pk", s("never"))
+        .send()
+        .await
+        .expect("query");
     assert_eq!(never.count(), 0, "a failed transaction writes nothing");
 }

@@ -74,14 +74,24 @@ impl Api {
         let response = self.client.post(format!("{}{path}", self.url)).json(body).send().await?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await?;
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))))
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())),
+        ))
     }
 
     /// Invokes with `waitSeconds` and insists on a Completed exchange.
     async fn run_exchange(&self, code: &str, n: usize) -> Result<Value> {
-        let (status, exchange) =
-            self.post("/exchanges", &json!({"integrationCode": code, "parameters": {"region": format!("r{n}")}, "waitSeconds": 20})).await?;
-        anyhow::ensure!(status == 200 && exchange["status"] == "Completed", "exchange {n} did not complete: {status} {exchange:#}");
+        let (status, exchange) = self
+            .post(
+                "/exchanges",
+                &json!({"integrationCode": code, "parameters": {"region": format!("r{n}")}, "waitSeconds": 20}),
+            )
+            .await?;
+        anyhow::ensure!(
+            status == 200 && exchange["status"] == "Completed",
+            "exchange {n} did not complete: {status} {exchange:#}"
+        );
         Ok(exchange)
     }
 }
@@ -90,7 +100,8 @@ async fn run(n: usize) -> Result<()> {
     eprintln!("starting moto (recorder enabled) and the emulator ...");
     let moto = MotoServer::start().await?;
     let endpoint = moto.endpoint().to_string();
-    let emulator = handoff_emulator::start(EmulatorOptions { aws_endpoint: Some(endpoint.clone()), ..Default::default() }).await?;
+    let emulator =
+        handoff_emulator::start(EmulatorOptions { aws_endpoint: Some(endpoint.clone()), ..Default::default() }).await?;
     // Queue name → the function its event source feeds.
     let mut queues: HashMap<String, String> = HashMap::new();
     for f in emulator.functions() {
@@ -146,12 +157,17 @@ async fn run(n: usize) -> Result<()> {
     drop(moto);
 
     for exchange in &finals {
-        let steps: Vec<&str> = exchange["steps"].as_array().into_iter().flatten().filter_map(|s| s["subStep"].as_str()).collect();
+        let steps: Vec<&str> =
+            exchange["steps"].as_array().into_iter().flatten().filter_map(|s| s["subStep"].as_str()).collect();
         anyhow::ensure!(steps == SUB_STEPS, "unexpected plan {steps:?}");
     }
     anyhow::ensure!(target.received().len() == n + 1, "the target should have received {} deliveries", n + 1);
 
-    let requests: Vec<Value> = text.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect::<std::result::Result<_, _>>()?;
+    let requests: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
     let report = classify(&requests, &queues);
     print_report(&report, n, elapsed, requests.len());
     Ok(())
@@ -169,7 +185,9 @@ async fn wait_for_deletes(client: &reqwest::Client, url: &str, queues: &HashMap<
                 let deletes: usize = report
                     .counts
                     .iter()
-                    .filter(|((bucket, _, action), _)| SUB_STEPS.contains(&bucket.as_str()) && action.starts_with("DeleteMessage"))
+                    .filter(|((bucket, _, action), _)| {
+                        SUB_STEPS.contains(&bucket.as_str()) && action.starts_with("DeleteMessage")
+                    })
                     .map(|(_, c)| *c)
                     .sum();
                 if deletes >= n * SUB_STEPS.len() {
@@ -271,7 +289,9 @@ fn classify(requests: &[Value], queues: &HashMap<String, String>) -> Report {
             ("DynamoDB".to_string(), a.to_string())
         } else if let Some(a) = target.strip_prefix("AmazonSQS.") {
             ("SQS".to_string(), a.to_string())
-        } else if let Some(a) = text.split('&').find_map(|p| p.strip_prefix("Action=")).filter(|_| service_name == "sqs") {
+        } else if let Some(a) =
+            text.split('&').find_map(|p| p.strip_prefix("Action=")).filter(|_| service_name == "sqs")
+        {
             ("SQS".to_string(), a.to_string())
         } else if service_name == "s3" {
             let (path, query) = path_and_query(url);
@@ -310,7 +330,8 @@ fn classify(requests: &[Value], queues: &HashMap<String, String>) -> Report {
             ("DynamoDB", "Query") if text.contains("\"S\":\"INT#") => INVOKE.into(),
             ("DynamoDB", "Query" | "GetItem") => DEFINITIONS.into(),
             ("SQS", "SendMessage") => {
-                let message: Value = json["MessageBody"].as_str().and_then(|b| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
+                let message: Value =
+                    json["MessageBody"].as_str().and_then(|b| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
                 let next = message["subStep"].as_str().and_then(|s| SUB_STEPS.iter().position(|x| *x == s));
                 match next {
                     Some(0) => INVOKE.into(),
@@ -366,7 +387,10 @@ fn print_report(report: &Report, n: usize, elapsed: Duration, total: usize) {
     let line = "-".repeat(86);
     println!();
     println!("AWS requests of {n} exchanges (query → transformation (jq) → rest delivery), recorded by moto");
-    println!("{total} requests recorded in {:.1} s; definition caches warm (one exchange ran before recording).", elapsed.as_secs_f64());
+    println!(
+        "{total} requests recorded in {:.1} s; definition caches warm (one exchange ran before recording).",
+        elapsed.as_secs_f64()
+    );
 
     // 1. The exchange's own cost, per sub-step.
     let own = |bucket: &str| bucket == INVOKE || SUB_STEPS.contains(&bucket);
@@ -390,7 +414,9 @@ fn print_report(report: &Report, n: usize, elapsed: Duration, total: usize) {
     }
     println!("{line}");
     println!("{:<34} {:<10} {:<22} {:>8} {:>10}", "EXCHANGE TOTAL", "", "", exchange_total, per(exchange_total, n));
-    println!("DeleteMessageBatch is the event source mapping removing the handled message (billed like any SQS request);");
+    println!(
+        "DeleteMessageBatch is the event source mapping removing the handled message (billed like any SQS request);"
+    );
     println!("the ReceiveMessage that fetched each message (>= 1 per sub-step) is counted with the pollers in 3.");
 
     // 2. The same, per service/action.
@@ -440,6 +466,9 @@ fn print_report(report: &Report, n: usize, elapsed: Duration, total: usize) {
             report.commits.len()
         );
     } else {
-        println!("\nCheck FAILED: commits per step {conflicts:?} ({} steps committed); the read attribution may be off.", report.commits.len());
+        println!(
+            "\nCheck FAILED: commits per step {conflicts:?} ({} steps committed); the read attribution may be off.",
+            report.commits.len()
+        );
     }
 }

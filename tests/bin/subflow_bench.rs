@@ -31,14 +31,18 @@ fn main() -> anyhow::Result<()> {
     let n: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(1000);
     // Set before any thread starts; the moto child process inherits them.
     std::env::set_var("MOTO_ENABLE_RECORDING", "True");
-    std::env::set_var("MOTO_RECORDER_FILEPATH", handoff_emulator::moto::state_dir().join(format!("subflow-recording-{}", std::process::id())));
+    std::env::set_var(
+        "MOTO_RECORDER_FILEPATH",
+        handoff_emulator::moto::state_dir().join(format!("subflow-recording-{}", std::process::id())),
+    );
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(n))
 }
 
 async fn run(n: usize) -> anyhow::Result<()> {
     let moto = MotoServer::start().await?;
     let endpoint = moto.endpoint().to_string();
-    let emulator = handoff_emulator::start(EmulatorOptions { aws_endpoint: Some(endpoint.clone()), ..Default::default() }).await?;
+    let emulator =
+        handoff_emulator::start(EmulatorOptions { aws_endpoint: Some(endpoint.clone()), ..Default::default() }).await?;
     let api = emulator.api_url().to_string();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
     let post = |path: &str, body: Value| {
@@ -47,8 +51,12 @@ async fn run(n: usize) -> anyhow::Result<()> {
     };
     let suffix = std::process::id();
     let (child, parent) = (format!("BENCH_CHILD_{suffix}"), format!("BENCH_PARENT_{suffix}"));
-    post("/integrations", json!({"code": child, "version": 1, "steps": [
-        {"name": "shape", "type": "transformation", "function": {"jq": "{i: $parameters.i}"}}]})).await?;
+    post(
+        "/integrations",
+        json!({"code": child, "version": 1, "steps": [
+        {"name": "shape", "type": "transformation", "function": {"jq": "{i: $parameters.i}"}}]}),
+    )
+    .await?;
     post("/integrations", json!({"code": parent, "version": 1, "steps": [
         {"name": "fan", "type": "subflow", "integrationCode": child, "function": {"jq": "[range(0; length) as $i | {i: $i}]"}}]})).await?;
 
@@ -114,7 +122,8 @@ async fn run(n: usize) -> anyhow::Result<()> {
         }
     }
     // The last sub-exchange(s) read the parent to hand it on; the rest of those reads were the driver's.
-    let parent_reads = buckets.iter().filter(|((b, _), _)| b.starts_with("parent reads")).map(|(_, c)| *c).sum::<usize>();
+    let parent_reads =
+        buckets.iter().filter(|((b, _), _)| b.starts_with("parent reads")).map(|(_, c)| *c).sum::<usize>();
     let resumes = parent_reads.saturating_sub(polls);
     creation_and_fan_in += resumes;
     println!("parent reads: {parent_reads} = {polls} by the benchmark's own polling + {resumes} by sub-exchanges handing the parent on (counted as fan-in)");

@@ -200,7 +200,12 @@ async fn start_systems(systems: Systems) -> anyhow::Result<String> {
     Ok(url)
 }
 
-async fn call(client: &reqwest::Client, method: reqwest::Method, url: String, body: Option<Value>) -> anyhow::Result<Value> {
+async fn call(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let mut request = client.request(method, &url);
     if let Some(body) = body {
         request = request.json(&body);
@@ -221,7 +226,8 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("starting the emulator (moto in a child process)…");
     let emulator = handoff_emulator::start(EmulatorOptions::default()).await.context("starting the emulator")?;
     let api = emulator.api_url().to_string();
-    let systems = Systems { bytes_per_file: total_bytes / args.files, json: args.input == "json", ..Systems::default() };
+    let systems =
+        Systems { bytes_per_file: total_bytes / args.files, json: args.input == "json", ..Systems::default() };
     let base = start_systems(systems.clone()).await?;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
 
@@ -253,7 +259,9 @@ async fn main() -> anyhow::Result<()> {
         })),
     )
     .await?;
-    let invoked = call(&client, reqwest::Method::POST, format!("{api}/exchanges"), Some(json!({"integrationCode": code}))).await?;
+    let invoked =
+        call(&client, reqwest::Method::POST, format!("{api}/exchanges"), Some(json!({"integrationCode": code})))
+            .await?;
     let id = invoked["exchangeId"].as_str().context("exchangeId")?.to_string();
     let callback = loop {
         if let Some(url) = systems.callback.lock().ok().and_then(|c| c.clone()) {
@@ -274,7 +282,13 @@ async fn main() -> anyhow::Result<()> {
         let exchange = call(&client, reqwest::Method::GET, format!("{api}/exchanges/{id}"), None).await?;
         let progress: Vec<String> = exchange["steps"]
             .as_array()
-            .map(|s| s.iter().map(|s| format!("{}={}", s["subStep"].as_str().unwrap_or("?"), s["statusCode"].as_str().unwrap_or("?"))).collect())
+            .map(|s| {
+                s.iter()
+                    .map(|s| {
+                        format!("{}={}", s["subStep"].as_str().unwrap_or("?"), s["statusCode"].as_str().unwrap_or("?"))
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         let progress = progress.join(" ");
         if progress != last {
@@ -308,7 +322,10 @@ async fn main() -> anyhow::Result<()> {
     println!("output           {:.0} MiB NDJSON delivered, {lines} lines", received as f64 / MIB as f64);
     println!("wall time        {elapsed:.1} s (callback → exchange Completed: collect + transform + deliver)");
     println!("throughput       {:.1} MiB/s of input end to end", mb / elapsed);
-    println!("peak RSS         {:.1} MiB (VmHWM of this process: emulator, all functions, generator, target; moto excluded)", memory("VmHWM:"));
+    println!(
+        "peak RSS         {:.1} MiB (VmHWM of this process: emulator, all functions, generator, target; moto excluded)",
+        memory("VmHWM:")
+    );
     println!("peak RSS before  {baseline_hwm:.1} MiB (after setup, before the data flowed)");
     emulator.shutdown().await;
     Ok(())

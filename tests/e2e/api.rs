@@ -91,7 +91,10 @@ async fn bad_input_gets_clear_errors() {
     assert!(body["message"].as_str().unwrap().contains("teleport"));
 
     let mut bad_jq = delivering_to(&code, json!(1), true, &target.url);
-    bad_jq["steps"].as_array_mut().unwrap().insert(0, json!({"name": "t", "type": "transformation", "function": {"jq": "map("}}));
+    bad_jq["steps"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, json!({"name": "t", "type": "transformation", "function": {"jq": "map("}}));
     let (status, body) = gw.post("/integrations", &bad_jq).await;
     assert_eq!((status.as_u16(), body["field"].clone()), (400, json!("steps[0].function.jq")), "{body}");
 

@@ -45,7 +45,8 @@ fn multipart_parts(received: &Received) -> Vec<FormPart> {
     let delimiter = format!("--{boundary}");
     let body = received.body.as_ref();
     let mut parts = Vec::new();
-    let positions: Vec<usize> = body.windows(delimiter.len()).enumerate().filter(|(_, w)| *w == delimiter.as_bytes()).map(|(i, _)| i).collect();
+    let positions: Vec<usize> =
+        body.windows(delimiter.len()).enumerate().filter(|(_, w)| *w == delimiter.as_bytes()).map(|(i, _)| i).collect();
     for pair in positions.windows(2) {
         let part = &body[pair[0] + delimiter.len()..pair[1]];
         let part = part.strip_prefix(b"\r\n").unwrap_or(part);
@@ -53,10 +54,21 @@ fn multipart_parts(received: &Received) -> Vec<FormPart> {
         let split = part.windows(4).position(|w| w == b"\r\n\r\n").expect("part headers");
         let headers = String::from_utf8_lossy(&part[..split]).to_string();
         let content = part[split + 4..].to_vec();
-        let disposition = headers.lines().find(|l| l.to_ascii_lowercase().starts_with("content-disposition")).unwrap_or("");
-        let attribute = |name: &str| disposition.split(&format!("{name}=\"")).nth(1).and_then(|r| r.split('"').next()).map(str::to_string);
-        let part_type = headers.lines().find(|l| l.to_ascii_lowercase().starts_with("content-type")).map(|l| l.split_once(':').map_or("", |(_, v)| v).trim().to_string());
-        parts.push(FormPart { field: attribute("name").unwrap_or_default(), file_name: attribute("filename"), content_type: part_type, content });
+        let disposition =
+            headers.lines().find(|l| l.to_ascii_lowercase().starts_with("content-disposition")).unwrap_or("");
+        let attribute = |name: &str| {
+            disposition.split(&format!("{name}=\"")).nth(1).and_then(|r| r.split('"').next()).map(str::to_string)
+        };
+        let part_type = headers
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("content-type"))
+            .map(|l| l.split_once(':').map_or("", |(_, v)| v).trim().to_string());
+        parts.push(FormPart {
+            field: attribute("name").unwrap_or_default(),
+            file_name: attribute("filename"),
+            content_type: part_type,
+            content,
+        });
     }
     parts
 }
@@ -84,10 +96,13 @@ async fn sftp_delivery_uploads_the_payload_with_credentials_from_secrets_manager
     let secret = unique_code("sftp-target");
     put_secret(&secret, &server.secret_json()).await;
     let code = unique_code("SFTP");
-    gw.create_integration(&delivery(&code, json!([
+    gw.create_integration(&delivery(
+        &code,
+        json!([
         {"kind": "sftp", "host": "127.0.0.1", "port": server.port, "path": "/in/providers-{{parameters.region}}.json",
-         "hostKeyFingerprint": server.fingerprint, "credentials": {"secretRef": secret}}])))
-        .await;
+         "hostKeyFingerprint": server.fingerprint, "credentials": {"secretRef": secret}}]),
+    ))
+    .await;
     let payload = json!([{"id": 1, "name": "Acme"}, {"id": 2, "name": "Bolt"}]);
     let id = gw.invoke(&json!({"integrationCode": code, "parameters": {"region": "north"}, "payload": payload})).await;
     let done = gw.wait_final(&id).await;
@@ -106,7 +121,10 @@ async fn sftp_delivery_uploads_the_payload_with_credentials_from_secrets_manager
     let id = gw.invoke(&json!({"integrationCode": wrong, "payload": payload})).await;
     let failed = gw.wait_final(&id).await;
     assert_eq!(failed["status"], "Failed", "{failed:#}");
-    assert!(failed["error"]["message"].as_str().unwrap_or("").contains("does not match hostKeyFingerprint"), "{failed:#}");
+    assert!(
+        failed["error"]["message"].as_str().unwrap_or("").contains("does not match hostKeyFingerprint"),
+        "{failed:#}"
+    );
     assert_eq!(failed["steps"][1]["attempts"], 1, "a wrong host key is not retried");
     assert!(server.file("/in/other.json").is_none());
 
@@ -118,7 +136,10 @@ async fn sftp_delivery_uploads_the_payload_with_credentials_from_secrets_manager
     let id = gw.invoke(&json!({"integrationCode": missing, "payload": payload})).await;
     let failed = gw.wait_final(&id).await;
     assert_eq!(failed["error"]["classification"], "system", "{failed:#}");
-    assert!(failed["error"]["message"].as_str().unwrap_or("").contains("'no-such-secret' does not exist"), "{failed:#}");
+    assert!(
+        failed["error"]["message"].as_str().unwrap_or("").contains("'no-such-secret' does not exist"),
+        "{failed:#}"
+    );
 }
 
 #[tokio::test]
@@ -201,7 +222,8 @@ async fn an_agent_delivery_checks_health_waits_for_the_report_and_records_reject
     assert!(received[1].header("idempotency-key").is_some());
 
     // A malformed report is refused and the token stays usable.
-    let (status, body) = post_callback(&url, json!({"status": "success", "data": {"errors": [{"file": "b.csv"}]}})).await;
+    let (status, body) =
+        post_callback(&url, json!({"status": "success", "data": {"errors": [{"file": "b.csv"}]}})).await;
     assert_eq!((status, body["field"].clone()), (400, json!("data.errors[0].message")), "{body}");
     let report = json!({"status": "success", "data": {"processed": ["a.csv"], "errors": [{"file": "b.csv", "message": "bad row 3"}]}});
     let (status, body) = post_callback(&url, report).await;
@@ -210,7 +232,12 @@ async fn an_agent_delivery_checks_health_waits_for_the_report_and_records_reject
     assert_eq!(done["status"], "Completed", "{done:#}");
     assert_eq!(
         sub_steps(&done)[1..5].to_vec(),
-        pairs(&[("CheckAgentHealth", "Done"), ("InvokeAgent", "Done"), ("ReceiveAgentNotification", "Done"), ("DeliverRest", "Done")])
+        pairs(&[
+            ("CheckAgentHealth", "Done"),
+            ("InvokeAgent", "Done"),
+            ("ReceiveAgentNotification", "Done"),
+            ("DeliverRest", "Done")
+        ])
     );
     assert_eq!(next.received()[0].json(), payload, "the delivered payload, not the agent's report, flows on");
     let (_, logs) = gw.get(&format!("/exchanges/{id}/logs")).await;
@@ -270,11 +297,14 @@ async fn a_failed_secondary_destination_is_visible_and_the_exchange_completes() 
     let down_agent = ExternalSystem::start(503, "{}").await;
     let refusing = ExternalSystem::start(400, "{\"error\": \"no\"}").await;
     let code = unique_code("SECONDARY");
-    gw.create_integration(&delivery(&code, json!([
+    gw.create_integration(&delivery(
+        &code,
+        json!([
         agent_destination(&down_agent, 60),
         {"kind": "rest", "main": true, "request": {"method": "POST", "url": format!("{}/main", main.url)}},
-        {"kind": "fileUpload", "request": {"url": format!("{}/files", refusing.url)}}])))
-        .await;
+        {"kind": "fileUpload", "request": {"url": format!("{}/files", refusing.url)}}]),
+    ))
+    .await;
     let id = gw.invoke(&json!({"integrationCode": code, "payload": {"a": 1}})).await;
     let done = gw.wait_final(&id).await;
     assert_eq!(done["status"], "Completed", "{done:#}");
@@ -307,10 +337,13 @@ async fn a_failed_secondary_destination_is_visible_and_the_exchange_completes() 
     let main_down = ExternalSystem::start(503, "{}").await;
     let secondary = ExternalSystem::start(200, "{}").await;
     let code = unique_code("MAIN_DOWN");
-    gw.create_integration(&delivery(&code, json!([
+    gw.create_integration(&delivery(
+        &code,
+        json!([
         {"kind": "rest", "main": true, "request": {"method": "POST", "url": format!("{}/main", main_down.url)}},
-        {"kind": "fileUpload", "request": {"url": format!("{}/files", secondary.url)}}])))
-        .await;
+        {"kind": "fileUpload", "request": {"url": format!("{}/files", secondary.url)}}]),
+    ))
+    .await;
     let id = gw.invoke(&json!({"integrationCode": code, "payload": {"a": 1}})).await;
     let failed = gw.wait_final(&id).await;
     assert_eq!(failed["status"], "Failed", "{failed:#}");
@@ -348,14 +381,32 @@ async fn bad_delivery_definitions_are_refused_with_the_field_named() {
     let rest = json!({"kind": "rest", "main": true, "request": {"url": "http://t.example/x"}});
     let cases = [
         (json!([{"kind": "rest", "request": {"method": "POST"}}]), "steps[0].destinations[0].request.url"),
-        (json!([rest, {"kind": "rest", "main": true, "request": {"url": "http://t.example/y"}}]), "steps[0].destinations"),
-        (json!([rest, {"kind": "sftp", "host": "h", "path": "/in/x", "credentials": {}}]), "steps[0].destinations[1].credentials.secretRef"),
+        (
+            json!([rest, {"kind": "rest", "main": true, "request": {"url": "http://t.example/y"}}]),
+            "steps[0].destinations",
+        ),
+        (
+            json!([rest, {"kind": "sftp", "host": "h", "path": "/in/x", "credentials": {}}]),
+            "steps[0].destinations[1].credentials.secretRef",
+        ),
         (json!([rest, {"kind": "sftp", "host": "h", "path": "/in/x"}]), "steps[0].destinations[1].credentials"),
-        (json!([rest, {"kind": "sftp", "host": "h", "path": "in/x", "credentials": {"secretRef": "s"}}]), "steps[0].destinations[1].path"),
+        (
+            json!([rest, {"kind": "sftp", "host": "h", "path": "in/x", "credentials": {"secretRef": "s"}}]),
+            "steps[0].destinations[1].path",
+        ),
         (json!([rest, {"kind": "fileUpload", "request": {}}]), "steps[0].destinations[1].request.url"),
-        (json!([rest, {"kind": "fileUpload", "request": {"method": "GET", "url": "http://u.example"}}]), "steps[0].destinations[1].request.method"),
-        (json!([rest, {"kind": "agent", "request": {"url": "http://a.example"}}]), "steps[0].destinations[1].healthUrl"),
-        (json!([rest, {"kind": "agent", "healthUrl": "http://a.example/h", "request": {}}]), "steps[0].destinations[1].request.url"),
+        (
+            json!([rest, {"kind": "fileUpload", "request": {"method": "GET", "url": "http://u.example"}}]),
+            "steps[0].destinations[1].request.method",
+        ),
+        (
+            json!([rest, {"kind": "agent", "request": {"url": "http://a.example"}}]),
+            "steps[0].destinations[1].healthUrl",
+        ),
+        (
+            json!([rest, {"kind": "agent", "healthUrl": "http://a.example/h", "request": {}}]),
+            "steps[0].destinations[1].request.url",
+        ),
         (json!([rest, {"kind": "ftp"}]), "steps[0].destinations[1].kind"),
     ];
     for (destinations, field) in cases {
@@ -376,18 +427,27 @@ async fn a_secondary_agent_that_never_reports_does_not_fail_the_exchange() {
     silent.script([(200, "{}")]);
     let last = ExternalSystem::start(200, "{}").await;
     let code = unique_code("SECONDARY_SILENT");
-    gw.create_integration(&delivery(&code, json!([
+    gw.create_integration(&delivery(
+        &code,
+        json!([
         {"kind": "rest", "main": true, "request": {"method": "POST", "url": format!("{}/main", main.url)}},
         agent_destination(&silent, 2),
-        {"kind": "rest", "request": {"method": "POST", "url": format!("{}/last", last.url)}}])))
-        .await;
+        {"kind": "rest", "request": {"method": "POST", "url": format!("{}/last", last.url)}}]),
+    ))
+    .await;
     let payload = json!({"a": 1});
     let id = gw.invoke(&json!({"integrationCode": code, "payload": payload})).await;
     let done = gw.wait_final(&id).await;
     assert_eq!(done["status"], "Completed", "{done:#}");
     assert_eq!(
         sub_steps(&done)[1..6].to_vec(),
-        pairs(&[("DeliverRest", "Done"), ("CheckAgentHealth", "Done"), ("InvokeAgent", "Done"), ("ReceiveAgentNotification", "Failed"), ("DeliverRest", "Done")])
+        pairs(&[
+            ("DeliverRest", "Done"),
+            ("CheckAgentHealth", "Done"),
+            ("InvokeAgent", "Done"),
+            ("ReceiveAgentNotification", "Failed"),
+            ("DeliverRest", "Done")
+        ])
     );
     assert!(done["steps"][4]["lastError"]["message"].as_str().unwrap_or("").starts_with("Timeout"), "{done:#}");
     assert_eq!(last.received()[0].json(), payload, "the destination after the silent agent got the payload");

@@ -15,7 +15,7 @@ async fn the_regular_job_sends_stored_timers_when_they_come_due() {
     gw.create_integration(&json!({"code": code, "version": 1, "steps": [
         {"name": "settle", "type": "invokeProcess", "kind": "process",
          "request": {"method": "POST", "url": format!("{}/jobs", partner.url)}, "expectNotification": true}]}))
-    .await;
+        .await;
     let id = gw.invoke(&json!({"integrationCode": code})).await;
     gw.wait_for(&id, Duration::from_secs(60), |e| e["statusCode"] == "W").await;
 
@@ -39,7 +39,12 @@ async fn the_regular_job_sends_stored_timers_when_they_come_due() {
     let failed = gw.wait_final(&id).await;
     assert_eq!(failed["status"], "Failed", "{failed:#}");
     assert!(failed["error"]["message"].as_str().unwrap().starts_with("Timeout"), "{failed:#}");
-    assert!(repository.due_timers(Utc::now() + chrono::Duration::seconds(120), 1000).await.unwrap().iter().all(|t| t.exchange_id.as_str() != id));
+    assert!(repository
+        .due_timers(Utc::now() + chrono::Duration::seconds(120), 1000)
+        .await
+        .unwrap()
+        .iter()
+        .all(|t| t.exchange_id.as_str() != id));
 }
 
 #[tokio::test]
@@ -85,18 +90,30 @@ async fn the_regular_job_starts_exchanges_that_were_never_handed_off() {
     let code = unique_code("UNSTARTED");
     gw.create_integration(&json!({"code": code, "version": 1, "steps": [{"name": "send", "type": "delivery",
         "destinations": [{"kind": "rest", "request": {"method": "POST", "url": format!("{}/in", target.url)}}]}]}))
-    .await;
+        .await;
 
     // What the API writes before its first send, three minutes ago — and nothing after.
     let sdk = handoff_emulator::sdk_config_for(&gw.aws_endpoint).await;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-    let integrations = handoff_aws::DynamoIntegrationRepository::new(dynamo.clone(), gw.var("handoff-api", "HANDOFF_INTEGRATIONS_TABLE"));
-    let exchanges = handoff_aws::DynamoExchangeRepository::new(dynamo, gw.var("handoff-api", "HANDOFF_EXCHANGES_TABLE"));
-    let stored = integrations.versions(&IntegrationCode::parse(&code).expect("code")).await.expect("versions").remove(0);
+    let integrations = handoff_aws::DynamoIntegrationRepository::new(
+        dynamo.clone(),
+        gw.var("handoff-api", "HANDOFF_INTEGRATIONS_TABLE"),
+    );
+    let exchanges =
+        handoff_aws::DynamoExchangeRepository::new(dynamo, gw.var("handoff-api", "HANDOFF_EXCHANGES_TABLE"));
+    let stored =
+        integrations.versions(&IntegrationCode::parse(&code).expect("code")).await.expect("versions").remove(0);
     let loaded = LoadedIntegration::from_stored(stored).expect("definition");
     let id = ExchangeId::new(uuid::Uuid::now_v7().to_string());
     let created_at = Utc::now() - chrono::Duration::minutes(3);
-    let created = handoff_app::invoke::materialize(&loaded, id.clone(), json!({}), Some(Payload::raw("{\"n\": 42}")), None, created_at);
+    let created = handoff_app::invoke::materialize(
+        &loaded,
+        id.clone(),
+        json!({}),
+        Some(Payload::raw("{\"n\": 42}")),
+        None,
+        created_at,
+    );
     exchanges.create(&created.exchange, &created.steps).await.expect("create");
     assert_eq!(gw.exchange(id.as_str()).await["status"], "New");
 

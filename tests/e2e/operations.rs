@@ -11,7 +11,13 @@ fn status_is(code: &'static str) -> impl Fn(&Value) -> bool {
 }
 
 /// A process step that waits for a callback, then delivers what the callback brought.
-fn waiting_integration(code: &str, partner: &str, target: &str, timeout_seconds: Option<u64>, sla: Option<u64>) -> Value {
+fn waiting_integration(
+    code: &str,
+    partner: &str,
+    target: &str,
+    timeout_seconds: Option<u64>,
+    sla: Option<u64>,
+) -> Value {
     let mut process = json!({
         "name": "settle", "type": "invokeProcess", "kind": "process",
         "request": {"method": "POST", "url": format!("{partner}/jobs"), "body": "{\"run\": \"{{exchange.exchangeId}}\"}"},
@@ -114,7 +120,8 @@ async fn a_failure_callback_fails_the_step_with_its_reason() {
 /// by `queue_var` does not exist (every send to it fails); outbox entries fall due in 2 s.
 async fn post_to_api_without_queue(queue_var: &str, path: &str, body: Value) -> Value {
     let nowhere = format!("{}/000000000000/no-such-queue", gateway().aws_endpoint);
-    let api = handoff_e2e::function_with("handoff-api", &[(queue_var, &nowhere), ("HANDOFF_OUTBOX_SECONDS", "2")]).await;
+    let api =
+        handoff_e2e::function_with("handoff-api", &[(queue_var, &nowhere), ("HANDOFF_OUTBOX_SECONDS", "2")]).await;
     let event = json!({
         "rawPath": path, "headers": {"content-type": "application/json"}, "body": body.to_string(),
         "requestContext": {"http": {"method": "POST"}}
@@ -137,19 +144,28 @@ async fn an_accepted_callback_whose_handoff_fails_is_handed_on_from_the_outbox()
     let url = callback_url(&partner).await;
     let path = url.split_once("/notifications/").map(|(_, t)| format!("/notifications/{t}")).expect("callback path");
 
-    let answer = post_to_api_without_queue("HANDOFF_QUEUE_CONTROL_URL", &path, json!({"status": "success", "data": {"settled": 5}})).await;
+    let answer = post_to_api_without_queue(
+        "HANDOFF_QUEUE_CONTROL_URL",
+        &path,
+        json!({"status": "success", "data": {"settled": 5}}),
+    )
+    .await;
     assert_eq!(answer["statusCode"], 202, "accepted although not handed on yet: {answer}");
     let (status, _) = post_callback(&url, json!({"status": "success", "data": {"settled": 6}})).await;
     assert_eq!(status, 404, "the token was used");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(gw.exchange(&id).await["statusCode"], "W", "nothing handed the callback on yet");
 
-    let swept = handoff_e2e::function("handoff-jobs").await.invoke(json!({"job": "regular"})).await.expect("regular job");
+    let swept =
+        handoff_e2e::function("handoff-jobs").await.invoke(json!({"job": "regular"})).await.expect("regular job");
     // Tests run the job concurrently: another run may have sent the entry; the outcome counts.
     assert!(swept["timersSent"].is_u64(), "{swept}");
     let done = gw.wait_final(&id).await;
     assert_eq!(done["status"], "Completed", "{done:#}");
-    assert_eq!(target.received_at("/settled").iter().map(Received::json).collect::<Vec<_>>(), vec![json!({"settled": 5})]);
+    assert_eq!(
+        target.received_at("/settled").iter().map(Received::json).collect::<Vec<_>>(),
+        vec![json!({"settled": 5})]
+    );
 }
 
 #[tokio::test]
@@ -183,7 +199,11 @@ async fn a_redelivered_call_arms_its_wait_timeout_again() {
     let id = gw.invoke(&json!({"integrationCode": code})).await;
     let waiting = gw.wait_for(&id, MINUTE, status_is("W")).await;
     let call = &waiting["steps"][1];
-    assert_eq!((call["subStep"].clone(), call["status"].clone()), (json!("InvokeProcess"), json!("Done")), "{waiting:#}");
+    assert_eq!(
+        (call["subStep"].clone(), call["status"].clone()),
+        (json!("InvokeProcess"), json!("Done")),
+        "{waiting:#}"
+    );
 
     let attempt_one = json!({
         "exchangeId": id, "integrationCode": code, "integrationVersion": 1,
@@ -192,7 +212,11 @@ async fn a_redelivered_call_arms_its_wait_timeout_again() {
     let sent = redeliver("handoff-worker-invoke", "HANDOFF_QUEUE_CONTROL_URL", &attempt_one).await;
     let [timer] = &sent[..] else { panic!("the timeout is armed again, once: {sent:?}") };
     let timer = &timer["timer"];
-    assert_eq!((timer["kind"].clone(), timer["stepId"].clone(), timer["exchangeId"].clone()), (json!("stepTimeout"), json!("0002"), json!(id)), "{timer}");
+    assert_eq!(
+        (timer["kind"].clone(), timer["stepId"].clone(), timer["exchangeId"].clone()),
+        (json!("stepTimeout"), json!("0002"), json!(id)),
+        "{timer}"
+    );
     let completed = rfc3339(&call["completedAt"]).expect("completedAt");
     assert_eq!(rfc3339(&timer["due"]), Some(completed + chrono::Duration::seconds(10)), "{timer}");
     assert_eq!(partner.received().len(), 1, "the partner is not called twice");
@@ -238,7 +262,13 @@ async fn transient_errors_are_retried_with_one_idempotency_key() {
     let target = ExternalSystem::start(200, "{}").await;
     target.script([(503, "{}"), (503, "{}")]);
     let code = unique_code("RETRY_OK");
-    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 5, "intervalSeconds": 1, "backoffRate": 1.0}))).await;
+    gw.create_integration(&delivery(
+        &code,
+        &source.url,
+        &target.url,
+        json!({"maxAttempts": 5, "intervalSeconds": 1, "backoffRate": 1.0}),
+    ))
+    .await;
     let id = gw.invoke(&json!({"integrationCode": code})).await;
 
     let done = gw.wait_final(&id).await;
@@ -261,8 +291,19 @@ async fn redeliver(binary: &str, queue_var: &str, message: &Value) -> Vec<Value>
     let event = json!({"Records": [{"messageId": "redelivered", "body": message.to_string()}]});
     let answer = worker.invoke(event).await.expect("worker invocation");
     assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
-    let received = sqs.receive_message().queue_url(&queue_url).max_number_of_messages(10).wait_time_seconds(20).send().await.expect("receive");
-    received.messages().iter().map(|m| serde_json::from_str(m.body().unwrap_or_default()).expect("json message")).collect()
+    let received = sqs
+        .receive_message()
+        .queue_url(&queue_url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(20)
+        .send()
+        .await
+        .expect("receive");
+    received
+        .messages()
+        .iter()
+        .map(|m| serde_json::from_str(m.body().unwrap_or_default()).expect("json message"))
+        .collect()
 }
 
 fn rfc3339(v: &Value) -> Option<chrono::DateTime<chrono::FixedOffset>> {
@@ -278,9 +319,16 @@ async fn a_redelivered_failed_attempt_sends_its_retry_again() {
     let source = ExternalSystem::start(200, "[1]").await;
     let target = ExternalSystem::start(503, "{}").await;
     let code = unique_code("RETRY_LOST");
-    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 2, "intervalSeconds": 10, "backoffRate": 1.0}))).await;
+    gw.create_integration(&delivery(
+        &code,
+        &source.url,
+        &target.url,
+        json!({"maxAttempts": 2, "intervalSeconds": 10, "backoffRate": 1.0}),
+    ))
+    .await;
     let id = gw.invoke(&json!({"integrationCode": code})).await;
-    let waiting = gw.wait_for(&id, MINUTE, |e| e["steps"][2]["attempts"] == 1 && e["steps"][2]["nextRetryAt"].is_string()).await;
+    let waiting =
+        gw.wait_for(&id, MINUTE, |e| e["steps"][2]["attempts"] == 1 && e["steps"][2]["nextRetryAt"].is_string()).await;
     let send = &waiting["steps"][2];
 
     let attempt_one = json!({
@@ -290,12 +338,19 @@ async fn a_redelivered_failed_attempt_sends_its_retry_again() {
     });
     let sent = redeliver("handoff-worker-deliver-rest", "HANDOFF_QUEUE_DELIVER_REST_URL", &attempt_one).await;
     let [retry] = &sent[..] else { panic!("the retry is sent again, once: {sent:?}") };
-    assert_eq!((retry["exchangeId"].clone(), retry["stepId"].clone(), retry["attempt"].clone()), (json!(id), send["stepId"].clone(), json!(2)));
+    assert_eq!(
+        (retry["exchangeId"].clone(), retry["stepId"].clone(), retry["attempt"].clone()),
+        (json!(id), send["stepId"].clone(), json!(2))
+    );
     assert_eq!(rfc3339(&retry["notBefore"]), rfc3339(&send["nextRetryAt"]), "the retry keeps its time: {retry}");
 
     // The stack's own retry runs once; the copy on the test's queue never does.
     let failed = gw.wait_final(&id).await;
-    assert_eq!((failed["status"].clone(), failed["steps"][2]["attempts"].clone()), (json!("Failed"), json!(2)), "{failed:#}");
+    assert_eq!(
+        (failed["status"].clone(), failed["steps"][2]["attempts"].clone()),
+        (json!("Failed"), json!(2)),
+        "{failed:#}"
+    );
     assert_eq!(target.received().len(), 2);
 }
 
@@ -305,7 +360,8 @@ async fn a_client_error_fails_at_once_as_a_business_error() {
     let source = ExternalSystem::start(200, "[1]").await;
     let target = ExternalSystem::start(400, "{\"error\": \"bad provider\"}").await;
     let code = unique_code("BUSINESS");
-    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 5, "intervalSeconds": 1}))).await;
+    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 5, "intervalSeconds": 1})))
+        .await;
     let id = gw.invoke(&json!({"integrationCode": code})).await;
 
     let failed = gw.wait_final(&id).await;
@@ -342,13 +398,20 @@ async fn a_recovery_whose_handoff_fails_is_handed_on_from_the_outbox() {
     let id = gw.invoke(&json!({"integrationCode": code})).await;
     assert_eq!(gw.wait_final(&id).await["status"], "Failed");
 
-    let answer = post_to_api_without_queue("HANDOFF_QUEUE_DELIVER_REST_URL", &format!("/exchanges/{id}/recover"), json!({})).await;
+    let answer =
+        post_to_api_without_queue("HANDOFF_QUEUE_DELIVER_REST_URL", &format!("/exchanges/{id}/recover"), json!({}))
+            .await;
     assert_eq!(answer["statusCode"], 202, "the recovery is committed: {answer}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let waiting = gw.exchange(&id).await;
-    assert_eq!((waiting["status"].clone(), waiting["steps"][2]["attempts"].clone()), (json!("Started"), json!(0)), "not handed on yet: {waiting:#}");
+    assert_eq!(
+        (waiting["status"].clone(), waiting["steps"][2]["attempts"].clone()),
+        (json!("Started"), json!(0)),
+        "not handed on yet: {waiting:#}"
+    );
 
-    let swept = handoff_e2e::function("handoff-jobs").await.invoke(json!({"job": "regular"})).await.expect("regular job");
+    let swept =
+        handoff_e2e::function("handoff-jobs").await.invoke(json!({"job": "regular"})).await.expect("regular job");
     // Tests run the job concurrently: another run may have sent the entry; the outcome counts.
     assert!(swept["timersSent"].is_u64(), "{swept}");
     let done = gw.wait_final(&id).await;
@@ -363,7 +426,8 @@ async fn exhausted_retries_fail_then_recovery_completes_without_rerunning_done_s
     let target = ExternalSystem::start(200, "{}").await;
     target.script([(503, "{}"), (503, "{}")]);
     let code = unique_code("RECOVER");
-    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 2, "intervalSeconds": 1}))).await;
+    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 2, "intervalSeconds": 1})))
+        .await;
     let id = gw.invoke(&json!({"integrationCode": code})).await;
 
     let failed = gw.wait_final(&id).await;
@@ -434,11 +498,18 @@ async fn raising_max_attempts_mid_retry_lets_the_step_go_on() {
     let source = ExternalSystem::start(200, "[1]").await;
     let target = ExternalSystem::start(503, "{}").await;
     let code = unique_code("RAISE");
-    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 2, "intervalSeconds": 8, "backoffRate": 1.0}))).await;
+    gw.create_integration(&delivery(
+        &code,
+        &source.url,
+        &target.url,
+        json!({"maxAttempts": 2, "intervalSeconds": 8, "backoffRate": 1.0}),
+    ))
+    .await;
     let id = gw.invoke(&json!({"integrationCode": code})).await;
     gw.wait_for(&id, MINUTE, |e| e["steps"][2]["attempts"] == 1 && e["steps"][2]["nextRetryAt"].is_string()).await;
 
-    patch_retry(&code, &source.url, &target.url, json!({"maxAttempts": 4, "intervalSeconds": 1, "backoffRate": 1.0})).await;
+    patch_retry(&code, &source.url, &target.url, json!({"maxAttempts": 4, "intervalSeconds": 1, "backoffRate": 1.0}))
+        .await;
     let failed = gw.wait_final(&id).await;
     assert_eq!(failed["status"], "Failed", "{failed:#}");
     assert_eq!(failed["steps"][2]["attempts"], 4, "{failed:#}");
@@ -450,7 +521,10 @@ async fn raising_max_attempts_mid_retry_lets_the_step_go_on() {
     tokio::time::sleep(Duration::from_secs(3)).await; // nothing is expected to happen; give it the chance
     let still = gw.exchange(&id).await;
     assert_eq!(still["status"], "Failed");
-    assert_eq!((still["steps"][2]["attempts"].clone(), still["steps"][2]["maxAttempts"].clone()), (json!(4), json!(10)));
+    assert_eq!(
+        (still["steps"][2]["attempts"].clone(), still["steps"][2]["maxAttempts"].clone()),
+        (json!(4), json!(10))
+    );
     assert_eq!(target.received().len(), 4);
 }
 
@@ -460,11 +534,18 @@ async fn lowering_max_attempts_mid_retry_fails_the_step_at_its_next_decision() {
     let source = ExternalSystem::start(200, "[1]").await;
     let target = ExternalSystem::start(503, "{}").await;
     let code = unique_code("LOWER");
-    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 6, "intervalSeconds": 8, "backoffRate": 1.0}))).await;
+    gw.create_integration(&delivery(
+        &code,
+        &source.url,
+        &target.url,
+        json!({"maxAttempts": 6, "intervalSeconds": 8, "backoffRate": 1.0}),
+    ))
+    .await;
     let id = gw.invoke(&json!({"integrationCode": code})).await;
     gw.wait_for(&id, MINUTE, |e| e["steps"][2]["attempts"] == 2 && e["steps"][2]["nextRetryAt"].is_string()).await;
 
-    patch_retry(&code, &source.url, &target.url, json!({"maxAttempts": 2, "intervalSeconds": 3, "backoffRate": 1.0})).await;
+    patch_retry(&code, &source.url, &target.url, json!({"maxAttempts": 2, "intervalSeconds": 3, "backoffRate": 1.0}))
+        .await;
     let failed = gw.wait_final(&id).await;
     assert_eq!(failed["status"], "Failed", "{failed:#}");
     assert!(failed["error"]["message"].as_str().unwrap().contains("maxAttempts 2"), "{failed:#}");
@@ -478,14 +559,21 @@ async fn a_manual_retry_runs_now_and_counts_as_an_attempt() {
     let target = ExternalSystem::start(200, "{}").await;
     target.script([(503, "{}"), (503, "{}")]);
     let code = unique_code("MANUAL");
-    gw.create_integration(&delivery(&code, &source.url, &target.url, json!({"maxAttempts": 5, "intervalSeconds": 600, "maxIntervalSeconds": 3600}))).await;
+    gw.create_integration(&delivery(
+        &code,
+        &source.url,
+        &target.url,
+        json!({"maxAttempts": 5, "intervalSeconds": 600, "maxIntervalSeconds": 3600}),
+    ))
+    .await;
     let id = gw.invoke(&json!({"integrationCode": code})).await;
     gw.wait_for(&id, MINUTE, |e| e["steps"][2]["attempts"] == 1 && e["steps"][2]["nextRetryAt"].is_string()).await;
 
     let (status, body) = gw.post(&format!("/exchanges/{id}/steps/0002/retry"), &json!({})).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["attempt"], 2);
-    let second = gw.wait_for(&id, MINUTE, |e| e["steps"][2]["attempts"] == 2 && e["steps"][2]["nextRetryAt"].is_string()).await;
+    let second =
+        gw.wait_for(&id, MINUTE, |e| e["steps"][2]["attempts"] == 2 && e["steps"][2]["nextRetryAt"].is_string()).await;
     assert!(second["steps"][2]["lastError"]["message"].as_str().unwrap().contains("503"), "{second:#}");
     let (status, _) = gw.post(&format!("/exchanges/{id}/steps/0002/retry"), &json!({})).await;
     assert_eq!(status, 202);

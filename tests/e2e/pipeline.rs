@@ -128,9 +128,8 @@ async fn wait_seconds_past_the_wait_answers_202_with_the_exchange_as_it_stands()
     definition["steps"][0]["retry"] = json!({"maxAttempts": 5, "intervalSeconds": 30});
     gw.create_integration(&definition).await;
 
-    let (status, exchange) = gw
-        .post("/exchanges", &json!({"integrationCode": code, "parameters": {"region": "n"}, "waitSeconds": 1}))
-        .await;
+    let (status, exchange) =
+        gw.post("/exchanges", &json!({"integrationCode": code, "parameters": {"region": "n"}, "waitSeconds": 1})).await;
     assert_eq!(status, 202, "{exchange:#}");
     assert_eq!(exchange["statusCode"], "S");
     assert!(exchange["steps"].is_array());
@@ -209,7 +208,12 @@ async fn a_duplicate_handoff_message_delivers_nothing_twice_and_moves_no_state_b
             "input": input, "parameters": {"region": "n"}
         });
         let queue_url = gw.var("handoff-worker-control", queue_var);
-        sqs.send_message().queue_url(&queue_url).message_body(message.to_string()).send().await.expect("send duplicate");
+        sqs.send_message()
+            .queue_url(&queue_url)
+            .message_body(message.to_string())
+            .send()
+            .await
+            .expect("send duplicate");
         handoff_e2e::wait_until_drained(&sqs, &queue_url, Duration::from_secs(30)).await;
     }
 
@@ -244,8 +248,10 @@ async fn files_too_large_for_an_api_answer_are_redirected_to_storage() {
     let code = unique_code("DOWNLOAD");
     gw.create_integration(&json!({"code": code, "steps": [{"name": "send", "type": "delivery", "destinations": [
         {"kind": "rest", "request": {"method": "POST", "url": format!("{}/in", target.url)}}]}]}))
-    .await;
-    let text: String = (0..150_000).map(|i| format!("line {i:08} of a large text payload\n")).collect::<String>()[..5_500_000].to_string();
+        .await;
+    let text: String = (0..150_000).map(|i| format!("line {i:08} of a large text payload\n")).collect::<String>()
+        [..5_500_000]
+        .to_string();
     let id = gw.invoke(&json!({"integrationCode": code, "payload": text})).await;
     let exchange = gw.wait_final(&id).await;
     let set = exchange["steps"][0]["payload"]["dataFileSetId"].as_str().expect("a data file set").to_string();

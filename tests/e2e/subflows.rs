@@ -112,7 +112,7 @@ async fn subflows_nest() {
         {"name": "fan", "type": "subflow", "integrationCode": middle, "function": {"jq": "map({regions: .})"}},
         {"name": "report", "type": "delivery", "destinations": [
             {"kind": "rest", "request": {"method": "POST", "url": format!("{}/summary", target.url)}}]}]}))
-    .await;
+        .await;
 
     let id = gw.invoke(&json!({"integrationCode": top, "payload": [["a", "b"], ["c"]]})).await;
     let done = gw.wait_final(&id).await;
@@ -168,7 +168,7 @@ async fn a_parent_that_times_out_times_out_its_running_sub_exchanges() {
     gw.create_integration(&json!({"code": child_code, "version": 1, "steps": [
         {"name": "settle", "type": "invokeProcess", "kind": "process",
          "request": {"method": "POST", "url": format!("{}/jobs", partner.url)}, "expectNotification": true}]}))
-    .await;
+        .await;
     let mut p = parent(&parent_code, &child_code, &partner.url);
     p["slaSeconds"] = json!(3);
     gw.create_integration(&p).await;

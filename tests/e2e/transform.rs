@@ -86,11 +86,19 @@ async fn mappings_are_managed_over_the_api_and_translate_records() {
 
     let (status, unknown) = gw.get(&format!("/mappings/{name}")).await;
     assert_eq!(status, 404, "{unknown}");
-    let (status, bad) = gw.request(http_put(), &format!("/mappings/{name}"), Some(json!({"fields": {"a": "x", "b": "x"}}).to_string().into_bytes())).await;
+    let (status, bad) = gw
+        .request(
+            http_put(),
+            &format!("/mappings/{name}"),
+            Some(json!({"fields": {"a": "x", "b": "x"}}).to_string().into_bytes()),
+        )
+        .await;
     assert_eq!((status.as_u16(), bad["field"].clone()), (400, json!("fields.b")), "{bad}");
-    let (status, created) = gw.request(http_put(), &format!("/mappings/{name}"), Some(mapping.to_string().into_bytes())).await;
+    let (status, created) =
+        gw.request(http_put(), &format!("/mappings/{name}"), Some(mapping.to_string().into_bytes())).await;
     assert_eq!(status, 201, "{created}");
-    let (status, replaced) = gw.request(http_put(), &format!("/mappings/{name}"), Some(mapping.to_string().into_bytes())).await;
+    let (status, replaced) =
+        gw.request(http_put(), &format!("/mappings/{name}"), Some(mapping.to_string().into_bytes())).await;
     assert_eq!((status.as_u16(), replaced["revision"].clone()), (200, json!(2)), "{replaced}");
     let (status, read) = gw.get(&format!("/mappings/{name}")).await;
     assert_eq!(status, 200);
@@ -99,8 +107,14 @@ async fn mappings_are_managed_over_the_api_and_translate_records() {
     // A definition naming a mapping that does not exist is refused up front.
     let source = ExternalSystem::start(200, "providerId,status\np1,A\np2,I\n").await;
     let target = ExternalSystem::start(200, "{}").await;
-    let transform = |mapping: &str| json!({"input": {"format": "csv"}, "output": {"format": "ndjson"}, "mapping": mapping});
-    let (status, refused) = gw.post("/integrations", &pipeline(&unique_code("NO_MAPPING"), &source.url, &target.url, transform("no-such-mapping"))).await;
+    let transform =
+        |mapping: &str| json!({"input": {"format": "csv"}, "output": {"format": "ndjson"}, "mapping": mapping});
+    let (status, refused) = gw
+        .post(
+            "/integrations",
+            &pipeline(&unique_code("NO_MAPPING"), &source.url, &target.url, transform("no-such-mapping")),
+        )
+        .await;
     assert_eq!((status.as_u16(), refused["field"].clone()), (400, json!("steps[1].mapping")), "{refused}");
 
     let code = unique_code("MAPPED");
@@ -142,7 +156,8 @@ async fn bad_transformation_definitions_name_the_field() {
         (json!({"mapping": "bad name"}), "steps[1].mapping"),
         (json!({"function": {"jq": "map("}}), "steps[1].function.jq"),
     ] {
-        let (status, body) = gw.post("/integrations", &pipeline(&unique_code("BAD_TRANSFORM"), source, source, transform)).await;
+        let (status, body) =
+            gw.post("/integrations", &pipeline(&unique_code("BAD_TRANSFORM"), source, source, transform)).await;
         assert_eq!((status.as_u16(), body["field"].clone()), (400, json!(field)), "{body}");
     }
 }
@@ -172,7 +187,8 @@ async fn a_multi_file_data_file_set_is_transformed_file_by_file() {
     let gw = gateway();
     let name = unique_code("status-codes").to_ascii_lowercase().replace('_', "-");
     let mapping = json!({"fields": {"providerId": "id"}, "values": {"status": {"A": "active", "I": "inactive"}}});
-    let (status, _) = gw.request(http_put(), &format!("/mappings/{name}"), Some(mapping.to_string().into_bytes())).await;
+    let (status, _) =
+        gw.request(http_put(), &format!("/mappings/{name}"), Some(mapping.to_string().into_bytes())).await;
     assert_eq!(status, 201);
     let partner = ExternalSystem::start(202, "{}").await;
     let files = file_server(5_000).await;
@@ -191,22 +207,28 @@ async fn a_multi_file_data_file_set_is_transformed_file_by_file() {
     let callback = partner.received()[0].header("x-handoff-callback-url").expect("callback url");
     let path = callback.split_once("/notifications/").map(|(_, t)| format!("/notifications/{t}")).expect("path");
     let (status, body) = gw
-        .post(&path, &json!({"status": "success", "files": [
+        .post(
+            &path,
+            &json!({"status": "success", "files": [
             {"name": "north.csv", "url": format!("{files}/files/north")},
-            {"name": "south.csv", "url": format!("{files}/files/south")}]}))
+            {"name": "south.csv", "url": format!("{files}/files/south")}]}),
+        )
         .await;
     assert_eq!(status, 202, "{body}");
     let done = gw.wait_final(&id).await;
     assert_eq!(done["status"], "Completed", "{done:#}");
 
-    let transform = done["steps"].as_array().and_then(|s| s.iter().find(|s| s["subStep"] == "Transform")).expect("Transform step");
+    let transform =
+        done["steps"].as_array().and_then(|s| s.iter().find(|s| s["subStep"] == "Transform")).expect("Transform step");
     let set = transform["payload"]["dataFileSetId"].as_str().expect("a data file set");
     let (status, listing) = gw.get(&format!("/data-file-sets/{set}")).await;
     assert_eq!(status, 200);
-    let names: Vec<&str> = listing["files"].as_array().expect("files").iter().filter_map(|f| f["name"].as_str()).collect();
+    let names: Vec<&str> =
+        listing["files"].as_array().expect("files").iter().filter_map(|f| f["name"].as_str()).collect();
     assert_eq!(names, ["north.ndjson", "south.ndjson"]);
     for region in ["north", "south"] {
-        let response = reqwest::get(format!("{}/data-file-sets/{set}/files/{region}.ndjson", gw.api)).await.expect("download");
+        let response =
+            reqwest::get(format!("{}/data-file-sets/{set}/files/{region}.ndjson", gw.api)).await.expect("download");
         let text = response.text().await.expect("body");
         let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("NDJSON line")).collect();
         assert_eq!(lines.len(), 2_500);

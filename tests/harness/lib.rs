@@ -46,17 +46,21 @@ pub fn gateway() -> &'static Gateway {
                 runtime.block_on(async move {
                     let options = handoff_emulator::EmulatorOptions {
                         // Tests change versions and expect the next exchange to see it.
-                        env_overrides: BTreeMap::from([("HANDOFF_DEFINITION_CACHE_SECONDS".to_string(), "1".to_string())]),
+                        env_overrides: BTreeMap::from([(
+                            "HANDOFF_DEFINITION_CACHE_SECONDS".to_string(),
+                            "1".to_string(),
+                        )]),
                         ..Default::default()
                     };
                     match handoff_emulator::start(options).await {
                         Ok(running) => {
-                            let function_vars = running
-                                .functions()
-                                .iter()
-                                .map(|f| (f.spec.binary.clone(), f.vars.clone()))
-                                .collect();
-                            let _ = tx.send(Ok((running.api_url().to_string(), running.aws_endpoint().to_string(), function_vars)));
+                            let function_vars =
+                                running.functions().iter().map(|f| (f.spec.binary.clone(), f.vars.clone())).collect();
+                            let _ = tx.send(Ok((
+                                running.api_url().to_string(),
+                                running.aws_endpoint().to_string(),
+                                function_vars,
+                            )));
                             // Keep it running for the life of the test binary.
                             std::future::pending::<()>().await;
                             drop(running);
@@ -102,7 +106,8 @@ impl Gateway {
         let response = request.send().await.unwrap_or_else(|e| panic!("{path}: {e:?}"));
         let status = StatusCode::from_u16(response.status().as_u16()).expect("status");
         let bytes = response.bytes().await.expect("body");
-        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        let value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         (status, value)
     }
 
@@ -193,7 +198,8 @@ pub struct Received {
 
 impl Received {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
@@ -263,7 +269,13 @@ impl ExternalSystem {
     }
 }
 
-async fn record(State(b): State<Behaviour>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+async fn record(
+    State(b): State<Behaviour>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
     b.received.lock().expect("lock").push(Received {
         method: method.to_string(),
         path: uri.to_string(),
@@ -278,13 +290,21 @@ async fn record(State(b): State<Behaviour>, method: Method, uri: Uri, headers: H
         .find(|(prefix, _)| uri.path().starts_with(prefix.as_str()))
         .map(|(_, status)| *status);
     if let Some(status) = failing {
-        return (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), [("content-type", "application/json")], Bytes::from_static(b"{}"));
+        return (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            [("content-type", "application/json")],
+            Bytes::from_static(b"{}"),
+        );
     }
     let (status, body) = match b.script.lock().expect("lock").pop_front() {
         Some(answer) => answer,
         None => b.default.lock().expect("lock").clone(),
     };
-    (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), [("content-type", "application/json")], body)
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [("content-type", "application/json")],
+        body,
+    )
 }
 
 // ------------------------------------------------------------------ direct AWS access
@@ -297,7 +317,10 @@ pub async fn function(binary: &str) -> std::sync::Arc<dyn handoff_app::function:
 
 /// [`function`] with some environment variables changed (e.g. a queue of the test's own, to
 /// see what the function sends without the stack acting on it).
-pub async fn function_with(binary: &str, overrides: &[(&str, &str)]) -> std::sync::Arc<dyn handoff_app::function::FunctionHandler> {
+pub async fn function_with(
+    binary: &str,
+    overrides: &[(&str, &str)],
+) -> std::sync::Arc<dyn handoff_app::function::FunctionHandler> {
     let gw = gateway();
     let mut vars = gw.function_vars.get(binary).unwrap_or_else(|| panic!("no function {binary}")).clone();
     vars.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -328,10 +351,8 @@ pub async fn wait_until_drained(sqs: &aws_sdk_sqs::Client, queue_url: &str, time
             .send()
             .await
             .expect("queue attributes");
-        let pending: u64 = attributes
-            .attributes()
-            .map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum())
-            .unwrap_or(0);
+        let pending: u64 =
+            attributes.attributes().map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(0);
         if pending == 0 {
             return;
         }

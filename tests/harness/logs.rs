@@ -12,7 +12,7 @@ static LOG_FILE: OnceLock<PathBuf> = OnceLock::new();
 const QUOTED: usize = 40;
 
 /// Sends this test binary's logs (the emulator's and the functions') to a file of its own.
-pub fn capture() {
+pub(crate) fn capture() {
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
@@ -24,8 +24,9 @@ pub fn capture() {
         eprintln!("gateway logs are not captured: cannot create {}", path.display());
         return;
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,handoff_app=info,handoff_aws=info,handoff_emulator=info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,handoff_app=info,handoff_aws=info,handoff_emulator=info")
+    });
     let installed = tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(Mutex::new(file)).try_init();
     if installed.is_ok() {
         let _ = LOG_FILE.set(path);
@@ -45,7 +46,7 @@ fn prune(dir: &std::path::Path) {
 
 /// The captured lines naming `exchange_id`, then the warnings and errors of the run (the
 /// emulator's own do not name exchanges), each list cut to its last lines.
-pub fn about(exchange_id: &str) -> String {
+pub(crate) fn about(exchange_id: &str) -> String {
     let Some(path) = LOG_FILE.get() else {
         return "(gateway logs were not captured)".into();
     };

@@ -26,8 +26,13 @@ impl SftpServer {
 
     fn start_blocking() -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let python = ensure_python_package("asyncssh", "asyncssh==2.*").unwrap_or_else(|e| panic!("installing asyncssh: {e}"));
-        let root = std::env::temp_dir().join(format!("handoff-sftp-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let python =
+            ensure_python_package("asyncssh", "asyncssh==2.*").unwrap_or_else(|e| panic!("installing asyncssh: {e}"));
+        let root = std::env::temp_dir().join(format!(
+            "handoff-sftp-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("in")).expect("create sftp root");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("harness").join("sftp_server.py");
@@ -61,7 +66,9 @@ impl SftpServer {
     /// The names in a directory on the server, sorted.
     pub fn list(&self, remote: &str) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.root.join(remote.trim_start_matches('/')))
-            .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|entries| {
+                entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+            })
             .unwrap_or_default();
         names.sort();
         names
@@ -82,7 +89,8 @@ impl Drop for SftpServer {
 }
 
 fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{:x}{:x}", std::process::id(), nanos)
 }
 
@@ -93,7 +101,13 @@ pub fn ensure_python_package(module: &str, requirement: &str) -> Result<PathBuf,
     handoff_emulator::moto::ensure_installed().map_err(|e| e.to_string())?;
     let venv = handoff_emulator::moto::venv_dir();
     let python = venv.join("bin").join("python");
-    let importable = || Command::new(&python).args(["-c", &format!("import {module}")]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let importable = || {
+        Command::new(&python)
+            .args(["-c", &format!("import {module}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
     if importable() {
         return Ok(python);
     }

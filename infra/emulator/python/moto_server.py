@@ -15,6 +15,7 @@
 """
 
 import copy
+import os
 import sys
 import threading
 
@@ -100,5 +101,15 @@ def _record_one_at_a_time(self, request, body=None):
 
 recorder.Recorder._record_request = _record_one_at_a_time
 
+
+def _exit_when_parent_goes():
+    """The emulator holds our stdin open; EOF means it stopped us or died (even by SIGKILL)."""
+    while sys.stdin.buffer.read(4096):
+        pass
+    os._exit(0)
+
+
 if __name__ == "__main__":
+    if os.environ.get("HANDOFF_EXIT_WITH_PARENT") == "1":
+        threading.Thread(target=_exit_when_parent_goes, daemon=True).start()
     sys.exit(server.main(sys.argv[1:]))

@@ -42,10 +42,7 @@ async fn source_providers(Query(q): Query<HashMap<String, String>>) -> Json<Valu
     let all = demo_providers();
     let list = match (all, q.get("region")) {
         (Value::Array(items), Some(region)) => Value::Array(
-            items
-                .into_iter()
-                .filter(|p| p.get("region").and_then(Value::as_str) == Some(region.as_str()))
-                .collect(),
+            items.into_iter().filter(|p| p.get("region").and_then(Value::as_str) == Some(region.as_str())).collect(),
         ),
         (other, _) => other,
     };
@@ -53,22 +50,12 @@ async fn source_providers(Query(q): Query<HashMap<String, String>>) -> Json<Valu
 }
 
 /// `POST /providers`: records the body and the `Idempotency-Key` header.
-async fn target_providers(
-    State(inbox): State<Inbox>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> StatusCode {
-    let idempotency_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+async fn target_providers(State(inbox): State<Inbox>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+    let idempotency_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let body =
+        serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
     if let Ok(mut received) = inbox.lock() {
-        received.push(Received {
-            idempotency_key,
-            body,
-        });
+        received.push(Received { idempotency_key, body });
     }
     StatusCode::OK
 }
@@ -79,16 +66,16 @@ async fn serve(name: &'static str, port: u16, router: Router) -> anyhow::Result<
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
         Ok(l) => l,
         Err(e) if port != 0 => {
-            println!("demo: cannot reuse port {port} for the {name} system ({e}); the stored {CODE} v1 will not reach it");
+            println!(
+                "demo: cannot reuse port {port} for the {name} system ({e}); the stored {CODE} v1 will not reach it"
+            );
             tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .with_context(|| format!("binding the demo {name} system"))?
         }
         Err(e) => return Err(e).with_context(|| format!("binding the demo {name} system")),
     };
-    let addr = listener
-        .local_addr()
-        .with_context(|| format!("reading the demo {name} address"))?;
+    let addr = listener.local_addr().with_context(|| format!("reading the demo {name} address"))?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!(error = %e, system = name, "demo server stopped");
@@ -120,16 +107,9 @@ fn definition(source: &str, target: &str) -> Value {
 }
 
 /// Reads a response as JSON, failing with the status and body if it is not `expected`.
-async fn expect_json(
-    resp: reqwest::Response,
-    expected: &[u16],
-    what: &str,
-) -> anyhow::Result<Value> {
+async fn expect_json(resp: reqwest::Response, expected: &[u16], what: &str) -> anyhow::Result<Value> {
     let status = resp.status();
-    let text = resp
-        .text()
-        .await
-        .with_context(|| format!("reading the answer to {what}"))?;
+    let text = resp.text().await.with_context(|| format!("reading the answer to {what}"))?;
     if !expected.contains(&status.as_u16()) {
         bail!("{what} answered {status}: {text}");
     }
@@ -145,20 +125,13 @@ pub async fn run_demo(api_url: &str) -> anyhow::Result<()> {
     let api = api_url.trim_end_matches('/');
     tokio::time::timeout(DEMO_TIMEOUT, demo(api))
         .await
-        .map_err(|_| {
-            anyhow!(
-                "the demo exchange did not finish within {} s",
-                DEMO_TIMEOUT.as_secs()
-            )
-        })?
+        .map_err(|_| anyhow!("the demo exchange did not finish within {} s", DEMO_TIMEOUT.as_secs()))?
 }
 
 /// The loopback port of the URL at `pointer` in a stored definition, if any.
 fn stored_port(definition: &Value, pointer: &str) -> Option<u16> {
     let url = url::Url::parse(definition.pointer(pointer)?.as_str()?).ok()?;
-    (url.host_str() == Some("127.0.0.1"))
-        .then(|| url.port())
-        .flatten()
+    (url.host_str() == Some("127.0.0.1")).then(|| url.port()).flatten()
 }
 
 /// If `DEMO_PROVIDERS` v1 is already stored (a reused AWS emulator), the ports its source
@@ -173,15 +146,8 @@ async fn previous_ports(http: &reqwest::Client, api: &str) -> (u16, u16) {
     let Ok(body) = resp.json::<Value>().await else {
         return (0, 0);
     };
-    let versions = body
-        .get("versions")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let Some(v1) = versions
-        .iter()
-        .find(|v| v.get("version").and_then(Value::as_u64) == Some(1))
-    else {
+    let versions = body.get("versions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let Some(v1) = versions.iter().find(|v| v.get("version").and_then(Value::as_u64) == Some(1)) else {
         return (0, 0);
     };
     let Some(definition) = v1.get("definition") else {
@@ -194,25 +160,16 @@ async fn previous_ports(http: &reqwest::Client, api: &str) -> (u16, u16) {
 }
 
 async fn demo(api: &str) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("building the HTTP client")?;
+    let http =
+        reqwest::Client::builder().timeout(Duration::from_secs(10)).build().context("building the HTTP client")?;
     let (source_port, target_port) = previous_ports(&http, api).await;
 
     let inbox: Inbox = Arc::new(Mutex::new(Vec::new()));
-    let source = serve(
-        "source",
-        source_port,
-        Router::new().route("/providers", get(source_providers)),
-    )
-    .await?;
+    let source = serve("source", source_port, Router::new().route("/providers", get(source_providers))).await?;
     let target = serve(
         "target",
         target_port,
-        Router::new()
-            .route("/providers", axum::routing::post(target_providers))
-            .with_state(inbox.clone()),
+        Router::new().route("/providers", axum::routing::post(target_providers)).with_state(inbox.clone()),
     )
     .await?;
     let source_url = format!("http://{source}");
@@ -252,38 +209,22 @@ async fn demo(api: &str) -> anyhow::Result<()> {
     let mut seen: HashMap<String, String> = HashMap::new();
     let mut last_status = String::new();
     let exchange = loop {
-        let resp = http
-            .get(format!("{api}/exchanges/{exchange_id}"))
-            .send()
-            .await
-            .context("GET /exchanges/{id}")?;
+        let resp = http.get(format!("{api}/exchanges/{exchange_id}")).send().await.context("GET /exchanges/{id}")?;
         let exchange = expect_json(resp, &[200], "GET /exchanges/{id}").await?;
         let status = str_field(&exchange, "status").to_string();
         if status != last_status {
-            println!(
-                "  exchange  {status} ({})",
-                str_field(&exchange, "statusCode")
-            );
+            println!("  exchange  {status} ({})", str_field(&exchange, "statusCode"));
             last_status = status.clone();
         }
-        let steps = exchange
-            .get("steps")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let steps = exchange.get("steps").and_then(Value::as_array).cloned().unwrap_or_default();
         for step in &steps {
             let id = str_field(step, "stepId").to_string();
             let step_status = str_field(step, "status").to_string();
             if seen.get(&id) != Some(&step_status) {
                 let sequence = step.get("sequence").and_then(Value::as_u64).unwrap_or(0);
-                let name = step
-                    .get("integrationStep")
-                    .and_then(Value::as_str)
-                    .unwrap_or("-");
-                let mut line = format!(
-                    "  step {sequence:>2}  {name:<6} {:<20} {step_status}",
-                    str_field(step, "subStep")
-                );
+                let name = step.get("integrationStep").and_then(Value::as_str).unwrap_or("-");
+                let mut line =
+                    format!("  step {sequence:>2}  {name:<6} {:<20} {step_status}", str_field(step, "subStep"));
                 if let Some(err) = step.pointer("/lastError/message").and_then(Value::as_str) {
                     line.push_str(&format!("  (last error: {err})"));
                 }
@@ -313,10 +254,7 @@ async fn demo(api: &str) -> anyhow::Result<()> {
     for r in &received {
         let pretty = serde_json::to_string_pretty(&r.body).unwrap_or_else(|_| r.body.to_string());
         println!("demo: the target system received POST /providers:\n{pretty}");
-        println!(
-            "demo: Idempotency-Key: {}",
-            r.idempotency_key.as_deref().unwrap_or("(none)")
-        );
+        println!("demo: Idempotency-Key: {}", r.idempotency_key.as_deref().unwrap_or("(none)"));
     }
     println!("demo: try it yourself:");
     println!("  curl -s {api}/exchanges/{exchange_id}");

@@ -60,23 +60,13 @@ pub struct Function {
 
 impl std::fmt::Debug for Function {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Function")
-            .field("spec", &self.spec)
-            .finish_non_exhaustive()
+        f.debug_struct("Function").field("spec", &self.spec).finish_non_exhaustive()
     }
 }
 
 impl Function {
-    pub fn new(
-        spec: FunctionSpec,
-        vars: HashMap<String, String>,
-        handler: Arc<dyn FunctionHandler>,
-    ) -> Self {
-        Self {
-            spec,
-            vars,
-            handler,
-        }
+    pub fn new(spec: FunctionSpec, vars: HashMap<String, String>, handler: Arc<dyn FunctionHandler>) -> Self {
+        Self { spec, vars, handler }
     }
 
     /// Invokes the handler under the function's timeout.
@@ -86,11 +76,7 @@ impl Function {
 
     /// Invokes the handler with at most `limit` (and never more than the function's own
     /// timeout).
-    pub async fn invoke_within(
-        &self,
-        event: Value,
-        limit: Duration,
-    ) -> Result<Value, InvokeFailure> {
+    pub async fn invoke_within(&self, event: Value, limit: Duration) -> Result<Value, InvokeFailure> {
         let limit = limit.min(self.spec.timeout);
         match tokio::time::timeout(limit, self.handler.invoke(event)).await {
             Ok(r) => Ok(r?),

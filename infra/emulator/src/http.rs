@@ -76,12 +76,7 @@ impl RouteTable {
                 }
             })
             .collect();
-        self.routes.push(Route {
-            route_key: format!("{method} {path}"),
-            method,
-            segments,
-            target,
-        });
+        self.routes.push(Route { route_key: format!("{method} {path}"), method, segments, target });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -110,11 +105,7 @@ impl RouteTable {
                 best = Some((
                     rank,
                     method_rank,
-                    RouteMatch {
-                        target: r.target,
-                        route_key: r.route_key.clone(),
-                        path_parameters: params,
-                    },
+                    RouteMatch { target: r.target, route_key: r.route_key.clone(), path_parameters: params },
                 ));
             }
         }
@@ -134,10 +125,7 @@ fn split_path(path: &str) -> impl Iterator<Item = &str> {
     trimmed.split('/').filter(move |_| !trimmed.is_empty())
 }
 
-fn match_segments(
-    route: &[Segment],
-    parts: &[&str],
-) -> Option<(Vec<u8>, BTreeMap<String, String>)> {
+fn match_segments(route: &[Segment], parts: &[&str]) -> Option<(Vec<u8>, BTreeMap<String, String>)> {
     let mut rank = Vec::with_capacity(route.len());
     let mut params = BTreeMap::new();
     for (i, seg) in route.iter().enumerate() {
@@ -194,13 +182,7 @@ pub fn payload_v2_event(req: &RequestInfo, route: &RouteMatch, body: &[u8]) -> V
     for (name, value) in &req.headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
         if name == http::header::COOKIE {
-            cookies.extend(
-                value
-                    .split(';')
-                    .map(str::trim)
-                    .filter(|c| !c.is_empty())
-                    .map(str::to_string),
-            );
+            cookies.extend(value.split(';').map(str::trim).filter(|c| !c.is_empty()).map(str::to_string));
             continue;
         }
         headers
@@ -211,16 +193,9 @@ pub fn payload_v2_event(req: &RequestInfo, route: &RouteMatch, body: &[u8]) -> V
             })
             .or_insert(value);
     }
-    let host = headers
-        .get("host")
-        .cloned()
-        .unwrap_or_else(|| "localhost".into());
-    headers
-        .entry("x-forwarded-for".into())
-        .or_insert_with(|| req.source_ip.clone());
-    headers
-        .entry("x-forwarded-proto".into())
-        .or_insert_with(|| "http".into());
+    let host = headers.get("host").cloned().unwrap_or_else(|| "localhost".into());
+    headers.entry("x-forwarded-for".into()).or_insert_with(|| req.source_ip.clone());
+    headers.entry("x-forwarded-proto".into()).or_insert_with(|| "http".into());
     if let Some(port) = host.rsplit_once(':').map(|(_, p)| p.to_string()) {
         headers.entry("x-forwarded-port".into()).or_insert(port);
     }
@@ -280,10 +255,7 @@ pub fn payload_v2_event(req: &RequestInfo, route: &RouteMatch, body: &[u8]) -> V
                 event.insert("isBase64Encoded".into(), json!(false));
             }
             Err(_) => {
-                event.insert(
-                    "body".into(),
-                    json!(base64::engine::general_purpose::STANDARD.encode(body)),
-                );
+                event.insert("body".into(), json!(base64::engine::general_purpose::STANDARD.encode(body)));
                 event.insert("isBase64Encoded".into(), json!(true));
             }
         }
@@ -296,9 +268,7 @@ pub fn payload_v2_event(req: &RequestInfo, route: &RouteMatch, body: &[u8]) -> V
 /// Converts a payload 2.0 response into HTTP. A response without `statusCode` is, as in
 /// API Gateway, taken as a 200 JSON body.
 pub fn payload_v2_response(value: Value) -> Result<Response<Body>, String> {
-    let structured = value
-        .as_object()
-        .is_some_and(|o| o.contains_key("statusCode"));
+    let structured = value.as_object().is_some_and(|o| o.contains_key("statusCode"));
     if !structured {
         let body = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
         return Response::builder()
@@ -309,10 +279,7 @@ pub fn payload_v2_response(value: Value) -> Result<Response<Body>, String> {
     }
     let status = value
         .get("statusCode")
-        .and_then(|s| {
-            s.as_u64()
-                .or_else(|| s.as_str().and_then(|t| t.parse().ok()))
-        })
+        .and_then(|s| s.as_u64().or_else(|| s.as_str().and_then(|t| t.parse().ok())))
         .and_then(|s| u16::try_from(s).ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
         .ok_or("statusCode is not a valid HTTP status")?;
@@ -334,12 +301,7 @@ pub fn payload_v2_response(value: Value) -> Result<Response<Body>, String> {
             }
         }
     }
-    for c in value
-        .get("cookies")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for c in value.get("cookies").and_then(Value::as_array).into_iter().flatten() {
         if let Some(c) = c.as_str() {
             insert_header(headers, "set-cookie", c, true)?;
         }
@@ -362,16 +324,9 @@ pub fn payload_v2_response(value: Value) -> Result<Response<Body>, String> {
     builder.body(Body::from(body)).map_err(|e| e.to_string())
 }
 
-fn insert_header(
-    headers: &mut HeaderMap,
-    name: &str,
-    value: &str,
-    append: bool,
-) -> Result<(), String> {
-    let name = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|e| format!("bad header name {name}: {e}"))?;
-    let value =
-        HeaderValue::from_str(value).map_err(|e| format!("bad header value for {name}: {e}"))?;
+fn insert_header(headers: &mut HeaderMap, name: &str, value: &str, append: bool) -> Result<(), String> {
+    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("bad header name {name}: {e}"))?;
+    let value = HeaderValue::from_str(value).map_err(|e| format!("bad header value for {name}: {e}"))?;
     if append {
         headers.append(name, value);
     } else {
@@ -397,10 +352,7 @@ pub fn router(state: HttpState) -> axum::Router {
 fn gateway_error(status: StatusCode, message: &str, request_id: &str) -> Response<Body> {
     let mut r = Response::new(Body::from(json!({ "message": message }).to_string()));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Ok(v) = HeaderValue::from_str(request_id) {
         r.headers_mut().insert("apigw-requestid", v);
     }
@@ -434,10 +386,7 @@ async fn read_body(mut body: Body) -> Result<Bytes, StatusCode> {
 }
 
 async fn handle(State(state): State<HttpState>, req: Request<Body>) -> Response<Body> {
-    let connect = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
+    let connect = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let request_id = uuid::Uuid::new_v4().to_string();
     let (parts, body) = req.into_parts();
     let raw_path = parts.uri.path().to_string();
@@ -447,20 +396,13 @@ async fn handle(State(state): State<HttpState>, req: Request<Body>) -> Response<
     let body = match read_body(body).await {
         Ok(b) => b,
         Err(status) => {
-            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "Request Entity Too Large"
-            } else {
-                "Bad Request"
-            };
+            let message =
+                if status == StatusCode::PAYLOAD_TOO_LARGE { "Request Entity Too Large" } else { "Bad Request" };
             return gateway_error(status, message, &request_id);
         }
     };
     let Some(function) = state.functions.get(route.target).cloned() else {
-        return gateway_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal Server Error",
-            &request_id,
-        );
+        return gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", &request_id);
     };
     let info = RequestInfo {
         method: parts.method.as_str().to_string(),
@@ -468,46 +410,30 @@ async fn handle(State(state): State<HttpState>, req: Request<Body>) -> Response<
         raw_query: parts.uri.query().unwrap_or_default().to_string(),
         protocol: format!("{:?}", parts.version),
         headers: parts.headers,
-        source_ip: connect
-            .map(|c| c.ip().to_string())
-            .unwrap_or_else(|| "127.0.0.1".into()),
+        source_ip: connect.map(|c| c.ip().to_string()).unwrap_or_else(|| "127.0.0.1".into()),
         request_id: request_id.clone(),
         time: Utc::now(),
         api_id: state.api_id.clone(),
     };
     let event = payload_v2_event(&info, &route, &body);
     let started = std::time::Instant::now();
-    let result = function
-        .invoke_within(event, state.integration_timeout)
-        .await;
+    let result = function.invoke_within(event, state.integration_timeout).await;
     let elapsed = started.elapsed();
     let mut response = match result {
         Ok(value) => match payload_v2_response(value) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(route = %route.route_key, error = %e, "function returned a malformed response");
-                gateway_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Internal Server Error",
-                    &request_id,
-                )
+                gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", &request_id)
             }
         },
         Err(InvokeFailure::Timeout(limit)) if limit >= state.integration_timeout => {
             tracing::warn!(route = %route.route_key, "integration timed out");
-            gateway_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Service Unavailable",
-                &request_id,
-            )
+            gateway_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", &request_id)
         }
         Err(e) => {
             tracing::error!(route = %route.route_key, error = %e, "function invocation failed");
-            gateway_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal Server Error",
-                &request_id,
-            )
+            gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", &request_id)
         }
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -537,18 +463,12 @@ mod tests {
     #[test]
     fn literal_paths_beat_parameters() {
         let t = table();
-        assert_eq!(
-            t.find("GET", "/exchanges/latest").map(|m| m.target),
-            Some(4)
-        );
+        assert_eq!(t.find("GET", "/exchanges/latest").map(|m| m.target), Some(4));
         let m = t.find("GET", "/exchanges/abc").expect("match");
         assert_eq!(m.target, 2);
         assert_eq!(m.route_key, "GET /exchanges/{id}");
         assert_eq!(m.path_parameters.get("id").map(String::as_str), Some("abc"));
-        assert_eq!(
-            t.find("GET", "/exchanges/abc/logs").map(|m| m.target),
-            Some(3)
-        );
+        assert_eq!(t.find("GET", "/exchanges/abc/logs").map(|m| m.target), Some(3));
         assert_eq!(t.find("POST", "/exchanges").map(|m| m.target), Some(1));
     }
 
@@ -566,10 +486,7 @@ mod tests {
         let t = table();
         let m = t.find("GET", "/files/a/b%20c.csv").expect("match");
         assert_eq!(m.target, 6);
-        assert_eq!(
-            m.path_parameters.get("proxy").map(String::as_str),
-            Some("a/b c.csv")
-        );
+        assert_eq!(m.path_parameters.get("proxy").map(String::as_str), Some("a/b c.csv"));
         assert_eq!(t.find("PUT", "/files/x").map(|m| m.target), Some(5));
         assert!(t.find("PUT", "/files").is_none());
     }
@@ -597,20 +514,14 @@ mod tests {
             headers,
             source_ip: "127.0.0.1".into(),
             request_id: "rid".into(),
-            time: DateTime::parse_from_rfc3339("2026-03-12T19:03:58Z")
-                .expect("t")
-                .with_timezone(&Utc),
+            time: DateTime::parse_from_rfc3339("2026-03-12T19:03:58Z").expect("t").with_timezone(&Utc),
             api_id: "abc123".into(),
         }
     }
 
     #[test]
     fn event_is_payload_format_2() {
-        let route = RouteMatch {
-            target: 0,
-            route_key: "POST /exchanges".into(),
-            path_parameters: BTreeMap::new(),
-        };
+        let route = RouteMatch { target: 0, route_key: "POST /exchanges".into(), path_parameters: BTreeMap::new() };
         let e = payload_v2_event(&info("a=1&a=2&b=x%20y"), &route, b"{\"k\":1}");
         assert_eq!(e["version"], "2.0");
         assert_eq!(e["routeKey"], "POST /exchanges");
@@ -639,11 +550,7 @@ mod tests {
 
     #[test]
     fn binary_bodies_are_base64() {
-        let route = RouteMatch {
-            target: 0,
-            route_key: "POST /exchanges".into(),
-            path_parameters: BTreeMap::new(),
-        };
+        let route = RouteMatch { target: 0, route_key: "POST /exchanges".into(), path_parameters: BTreeMap::new() };
         let e = payload_v2_event(&info(""), &route, &[0xff, 0x00, 0x01]);
         assert_eq!(e["isBase64Encoded"], true);
         assert_eq!(e["body"], "/wAB");
@@ -664,25 +571,14 @@ mod tests {
         assert_eq!(r.status(), StatusCode::CREATED);
         assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
         assert_eq!(r.headers().get_all("x-b").iter().count(), 2);
-        assert_eq!(
-            r.headers().get("x-a").and_then(|v| v.to_str().ok()),
-            Some("1")
-        );
+        assert_eq!(r.headers().get("x-a").and_then(|v| v.to_str().ok()), Some("1"));
 
-        let r = payload_v2_response(
-            json!({"statusCode": 200, "body": "/wAB", "isBase64Encoded": true}),
-        )
-        .expect("b64");
+        let r = payload_v2_response(json!({"statusCode": 200, "body": "/wAB", "isBase64Encoded": true})).expect("b64");
         assert_eq!(r.status(), StatusCode::OK);
 
         let r = payload_v2_response(json!({"hello": "world"})).expect("bare json");
         assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(
-            r.headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok()),
-            Some("application/json")
-        );
+        assert_eq!(r.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("application/json"));
         assert!(payload_v2_response(json!({"statusCode": 1000})).is_err());
     }
 }

@@ -41,19 +41,11 @@ pub enum EmulatorError {
     #[error(transparent)]
     Provision(#[from] ProvisionError),
     #[error("building function {function} ({binary}): {source}")]
-    Compose {
-        function: String,
-        binary: String,
-        source: ComposeError,
-    },
+    Compose { function: String, binary: String, source: ComposeError },
     #[error("cannot listen on 127.0.0.1:{port}: {source}")]
     Bind { port: u16, source: std::io::Error },
     #[error("event source {function}.{event}: queue {queue_arn} is not a queue of the template")]
-    UnknownQueue {
-        function: String,
-        event: String,
-        queue_arn: String,
-    },
+    UnknownQueue { function: String, event: String, queue_arn: String },
 }
 
 /// How to start the emulator.
@@ -83,9 +75,7 @@ impl Default for EmulatorOptions {
     fn default() -> Self {
         Self {
             port: 0,
-            aws_endpoint: std::env::var(AWS_ENDPOINT_ENV)
-                .ok()
-                .filter(|s| !s.trim().is_empty()),
+            aws_endpoint: std::env::var(AWS_ENDPOINT_ENV).ok().filter(|s| !s.trim().is_empty()),
             template_path: moto::workspace_root().join("infra").join("template.yaml"),
             env_overrides: BTreeMap::new(),
             function_factory: Arc::new(ComposeFactory),
@@ -188,17 +178,8 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
         .await
-        .map_err(|source| EmulatorError::Bind {
-            port: options.port,
-            source,
-        })?;
-    let port = listener
-        .local_addr()
-        .map_err(|source| EmulatorError::Bind {
-            port: options.port,
-            source,
-        })?
-        .port();
+        .map_err(|source| EmulatorError::Bind { port: options.port, source })?;
+    let port = listener.local_addr().map_err(|source| EmulatorError::Bind { port: options.port, source })?.port();
     let api_url = format!("http://127.0.0.1:{port}");
 
     let mut moto = None;
@@ -217,16 +198,10 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
     let sdk = sdk_config_for(&aws_endpoint).await;
     let clients = Clients::new(&sdk);
 
-    let mut ids = template.identities(&LocalUrls {
-        aws_endpoint: aws_endpoint.clone(),
-        api_url: api_url.clone(),
-    })?;
+    let mut ids = template.identities(&LocalUrls { aws_endpoint: aws_endpoint.clone(), api_url: api_url.clone() })?;
     provision::provision(&template, &mut ids, &clients).await?;
 
-    let aws_env = AwsEnvironment {
-        sdk: sdk.clone(),
-        s3_force_path_style: true,
-    };
+    let aws_env = AwsEnvironment { sdk: sdk.clone(), s3_force_path_style: true };
     let mut functions = Vec::new();
     for spec in template.functions(&ids)? {
         let mut vars: HashMap<String, String> = spec.env.clone().into_iter().collect();
@@ -234,15 +209,9 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
         vars.insert("AWS_REGION".into(), template::REGION.into());
         vars.insert("AWS_LAMBDA_FUNCTION_NAME".into(), spec.name.clone());
         vars.extend(options.env_overrides.clone());
-        let handler = options
-            .function_factory
-            .build(&spec.binary, &vars, &aws_env)
-            .await
-            .map_err(|source| EmulatorError::Compose {
-                function: spec.logical_id.clone(),
-                binary: spec.binary.clone(),
-                source,
-            })?;
+        let handler = options.function_factory.build(&spec.binary, &vars, &aws_env).await.map_err(|source| {
+            EmulatorError::Compose { function: spec.logical_id.clone(), binary: spec.binary.clone(), source }
+        })?;
         functions.push(Arc::new(Function::new(spec, vars, handler)));
     }
 
@@ -252,12 +221,10 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
     // SQS event-source mappings.
     for f in &functions {
         for source in f.spec.sqs_events.iter().filter(|s| s.enabled) {
-            let queue_id = ids.logical_id_for_arn(&source.queue_arn).ok_or_else(|| {
-                EmulatorError::UnknownQueue {
-                    function: f.spec.logical_id.clone(),
-                    event: source.event_name.clone(),
-                    queue_arn: source.queue_arn.clone(),
-                }
+            let queue_id = ids.logical_id_for_arn(&source.queue_arn).ok_or_else(|| EmulatorError::UnknownQueue {
+                function: f.spec.logical_id.clone(),
+                event: source.event_name.clone(),
+                queue_arn: source.queue_arn.clone(),
             })?;
             let queue_url = ids.ref_value(queue_id)?;
             for _ in 0..options.pollers_per_source.max(1) {
@@ -274,15 +241,8 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
     }
 
     // Schedules.
-    let by_arn: HashMap<String, Arc<Function>> = functions
-        .iter()
-        .map(|f| (f.spec.arn.clone(), f.clone()))
-        .collect();
-    let sched = scheduler::Scheduler::new(
-        clients.scheduler.clone(),
-        by_arn,
-        options.scheduler_interval,
-    );
+    let by_arn: HashMap<String, Arc<Function>> = functions.iter().map(|f| (f.spec.arn.clone(), f.clone())).collect();
+    let sched = scheduler::Scheduler::new(clients.scheduler.clone(), by_arn, options.scheduler_interval);
     tracker.spawn(sched.run(cancel.clone(), tracker.clone()));
 
     // HTTP API.
@@ -305,25 +265,14 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
     });
     let shutdown = cancel.clone();
     tracker.spawn(async move {
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
 
     tracing::info!(api = %api_url, aws = %aws_endpoint, functions = functions.len(), "emulator started");
-    Ok(RunningEmulator {
-        api_url,
-        aws_endpoint,
-        sdk,
-        functions,
-        cancel,
-        tracker,
-        moto,
-    })
+    Ok(RunningEmulator { api_url, aws_endpoint, sdk, functions, cancel, tracker, moto })
 }

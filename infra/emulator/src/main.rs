@@ -6,10 +6,7 @@ use handoff_emulator::{start, EmulatorOptions};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "handoff-emulator",
-    about = "Runs Handoff locally against an AWS emulator"
-)]
+#[command(name = "handoff-emulator", about = "Runs Handoff locally against an AWS emulator")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,11 +31,7 @@ enum Command {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
@@ -58,15 +51,8 @@ async fn main() -> anyhow::Result<()> {
     init_logging();
     let cli = Cli::parse();
     match cli.command {
-        Command::Up {
-            port,
-            demo,
-            template,
-        } => {
-            let mut options = EmulatorOptions {
-                port,
-                ..EmulatorOptions::default()
-            };
+        Command::Up { port, demo, template } => {
+            let mut options = EmulatorOptions { port, ..EmulatorOptions::default() };
             if let Some(t) = template {
                 options.template_path = t;
             }

@@ -29,27 +29,13 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum MotoError {
     #[error("I/O error while {action}: {source}")]
-    Io {
-        action: String,
-        source: std::io::Error,
-    },
+    Io { action: String, source: std::io::Error },
     #[error("installing moto failed: `{command}` exited with {status}; see {log}")]
-    Install {
-        command: String,
-        status: std::process::ExitStatus,
-        log: PathBuf,
-    },
+    Install { command: String, status: std::process::ExitStatus, log: PathBuf },
     #[error("moto_server did not answer on {endpoint} within {seconds} s; its log is {log}")]
-    NotReady {
-        endpoint: String,
-        seconds: u64,
-        log: PathBuf,
-    },
+    NotReady { endpoint: String, seconds: u64, log: PathBuf },
     #[error("moto_server exited early with {status}; its log is {log}")]
-    Exited {
-        status: std::process::ExitStatus,
-        log: PathBuf,
-    },
+    Exited { status: std::process::ExitStatus, log: PathBuf },
 }
 
 fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> MotoError {
@@ -85,15 +71,9 @@ pub fn ensure_installed() -> Result<PathBuf, MotoError> {
     if server.exists() {
         return Ok(server);
     }
-    let parent = venv
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let parent = venv.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&parent).map_err(io(format!("creating {}", parent.display())))?;
-    let lock_path = parent.join(format!(
-        "{}.lock",
-        venv.file_name().and_then(|n| n.to_str()).unwrap_or("venv")
-    ));
+    let lock_path = parent.join(format!("{}.lock", venv.file_name().and_then(|n| n.to_str()).unwrap_or("venv")));
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -110,19 +90,10 @@ pub fn ensure_installed() -> Result<PathBuf, MotoError> {
     std::fs::create_dir_all(&logs).map_err(io(format!("creating {}", logs.display())))?;
     let log_path = logs.join("moto-install.log");
     if !venv.join("bin").join("pip").exists() {
-        eprintln!(
-            "handoff-emulator: creating Python virtual environment {}",
-            venv.display()
-        );
-        run_logged(
-            Command::new("python3").arg("-m").arg("venv").arg(&venv),
-            &log_path,
-        )?;
+        eprintln!("handoff-emulator: creating Python virtual environment {}", venv.display());
+        run_logged(Command::new("python3").arg("-m").arg("venv").arg(&venv), &log_path)?;
     }
-    eprintln!(
-        "handoff-emulator: installing moto[server] {MOTO_VERSION} into {} (first run only)",
-        venv.display()
-    );
+    eprintln!("handoff-emulator: installing moto[server] {MOTO_VERSION} into {} (first run only)", venv.display());
     run_logged(
         Command::new(venv.join("bin").join("pip")).args([
             "install",
@@ -142,23 +113,14 @@ fn run_logged(cmd: &mut Command, log_path: &Path) -> Result<(), MotoError> {
         .append(true)
         .open(log_path)
         .map_err(io(format!("opening {}", log_path.display())))?;
-    let err_log = log
-        .try_clone()
-        .map_err(io("duplicating the install log handle"))?;
+    let err_log = log.try_clone().map_err(io("duplicating the install log handle"))?;
     let command = format!("{cmd:?}");
-    let status = cmd
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(err_log))
-        .status()
-        .map_err(io(format!("running {command}")))?;
+    let status =
+        cmd.stdout(Stdio::from(log)).stderr(Stdio::from(err_log)).status().map_err(io(format!("running {command}")))?;
     if status.success() {
         Ok(())
     } else {
-        Err(MotoError::Install {
-            command,
-            status,
-            log: log_path.to_path_buf(),
-        })
+        Err(MotoError::Install { command, status, log: log_path.to_path_buf() })
     }
 }
 
@@ -174,8 +136,14 @@ fn prune_old_logs(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let is_moto_log = name.to_str().is_some_and(|n| n.starts_with("moto-") && n.ends_with(".log") && n != "moto-install.log");
-        let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > KEEP_LOGS);
+        let is_moto_log =
+            name.to_str().is_some_and(|n| n.starts_with("moto-") && n.ends_with(".log") && n != "moto-install.log");
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > KEEP_LOGS);
         if is_moto_log && old {
             let _ = std::fs::remove_file(entry.path());
         }
@@ -204,74 +172,47 @@ pub struct MotoServer {
 impl MotoServer {
     /// Installs (if needed) and starts moto on a free port and waits until it answers.
     pub async fn start() -> Result<Self, MotoError> {
-        let server = tokio::task::spawn_blocking(ensure_installed)
-            .await
-            .map_err(|e| MotoError::Io {
-                action: "installing moto".into(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        let server = tokio::task::spawn_blocking(ensure_installed).await.map_err(|e| MotoError::Io {
+            action: "installing moto".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
         let port = free_port()?;
         let logs = state_dir();
         std::fs::create_dir_all(&logs).map_err(io(format!("creating {}", logs.display())))?;
         prune_old_logs(&logs);
         let log_path = logs.join(format!("moto-{port}.log"));
-        let log =
-            File::create(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
-        let err_log = log
-            .try_clone()
-            .map_err(io("duplicating the moto log handle"))?;
+        let log = File::create(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
+        let err_log = log.try_clone().map_err(io("duplicating the moto log handle"))?;
         // moto_server's own entry point, behind the launcher that serializes DynamoDB requests.
         let python = server.with_file_name("python3");
         let launcher = write_launcher(&logs, port)?;
         let mut cmd = Command::new(&python);
         cmd.arg(&launcher)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
+            // The launcher exits when this pipe closes: when we stop it, and when this process
+            // dies without stopping it (even by SIGKILL), so no moto outlives its emulator.
+            .stdin(Stdio::piped())
+            .env("HANDOFF_EXIT_WITH_PARENT", "1")
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err_log));
         // MOTO_ENABLE_RECORDING etc. are inherited from our environment.
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let child = cmd
-            .spawn()
-            .map_err(io(format!("starting moto_server with {}", python.display())))?;
-        let mut me = Self {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            log: log_path,
-        };
+        let child = cmd.spawn().map_err(io(format!("starting moto_server with {}", python.display())))?;
+        let mut me = Self { child, endpoint: format!("http://127.0.0.1:{port}"), log: log_path };
         me.wait_ready().await?;
         tracing::info!(endpoint = %me.endpoint, log = %me.log.display(), "moto started");
         Ok(me)
     }
 
     async fn wait_ready(&mut self) -> Result<(), MotoError> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| MotoError::Io {
-                action: "building an HTTP client".into(),
-                source: std::io::Error::other(e),
-            })?;
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().map_err(|e| MotoError::Io {
+            action: "building an HTTP client".into(),
+            source: std::io::Error::other(e),
+        })?;
         let started = Instant::now();
         let url = format!("{}/moto-api/", self.endpoint);
         while started.elapsed() < STARTUP_TIMEOUT {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(MotoError::Exited {
-                    status,
-                    log: self.log.clone(),
-                });
+                return Err(MotoError::Exited { status, log: self.log.clone() });
             }
             if client.get(&url).send().await.is_ok() {
                 return Ok(());
@@ -290,17 +231,13 @@ impl MotoServer {
         &self.endpoint
     }
 
-    /// Stops moto (SIGTERM, then SIGKILL after a grace period).
+    /// Stops moto (its stdin closed, then SIGKILL after a grace period).
     pub fn stop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
+        // Closing the launcher's stdin asks it to exit (see `start`).
+        drop(self.child.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

@@ -17,11 +17,7 @@ pub enum ProvisionError {
     #[error(transparent)]
     Template(#[from] TemplateError),
     #[error("provisioning {logical_id} ({kind}): {message}")]
-    Resource {
-        logical_id: String,
-        kind: String,
-        message: String,
-    },
+    Resource { logical_id: String, kind: String, message: String },
 }
 
 /// AWS SDK clients of the services the template uses.
@@ -35,9 +31,7 @@ pub struct Clients {
 
 impl Clients {
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
-        let s3_conf = aws_sdk_s3::config::Builder::from(sdk)
-            .force_path_style(true)
-            .build();
+        let s3_conf = aws_sdk_s3::config::Builder::from(sdk).force_path_style(true).build();
         Self {
             dynamodb: aws_sdk_dynamodb::Client::new(sdk),
             sqs: aws_sdk_sqs::Client::new(sdk),
@@ -56,11 +50,7 @@ where
 
 /// Provisions every supported resource and the schedules declared by functions'
 /// `ScheduleV2` events. Updates `ids` with the queue URLs the emulator returned.
-pub async fn provision(
-    template: &Template,
-    ids: &mut Identities,
-    clients: &Clients,
-) -> Result<(), ProvisionError> {
+pub async fn provision(template: &Template, ids: &mut Identities, clients: &Clients) -> Result<(), ProvisionError> {
     for logical_id in creation_order(template) {
         let Some(r) = template.resource(&logical_id) else {
             continue;
@@ -93,15 +83,12 @@ pub async fn provision(
                 let name = ids.ref_value(&logical_id)?;
                 let s = |k: &str| props.get(k).and_then(json_scalar);
                 let target = props.get("Target").cloned().unwrap_or(Json::Null);
-                let target_arn = target
-                    .get("Arn")
-                    .and_then(json_scalar)
-                    .ok_or_else(|| fail("Target.Arn missing".into()))?;
+                let target_arn =
+                    target.get("Arn").and_then(json_scalar).ok_or_else(|| fail("Target.Arn missing".into()))?;
                 let def = ScheduleDef {
                     name,
                     group: s("GroupName").unwrap_or_else(|| "default".into()),
-                    expression: s("ScheduleExpression")
-                        .ok_or_else(|| fail("ScheduleExpression missing".into()))?,
+                    expression: s("ScheduleExpression").ok_or_else(|| fail("ScheduleExpression missing".into()))?,
                     timezone: s("ScheduleExpressionTimezone"),
                     target_arn,
                     role_arn: target.get("RoleArn").and_then(json_scalar),
@@ -125,13 +112,11 @@ pub async fn provision(
                 input: s.input.clone(),
                 enabled: s.enabled,
             };
-            put_schedule(clients, &def)
-                .await
-                .map_err(|message| ProvisionError::Resource {
-                    logical_id: format!("{}.{}", f.logical_id, s.event_name),
-                    kind: "ScheduleV2".into(),
-                    message,
-                })?;
+            put_schedule(clients, &def).await.map_err(|message| ProvisionError::Resource {
+                logical_id: format!("{}.{}", f.logical_id, s.event_name),
+                kind: "ScheduleV2".into(),
+                message,
+            })?;
         }
     }
     Ok(())
@@ -163,13 +148,7 @@ pub fn creation_order(template: &Template) -> Vec<String> {
     }
     for r in &template.resources {
         let mut visiting = BTreeSet::new();
-        visit(
-            template,
-            &r.logical_id,
-            &mut done,
-            &mut visiting,
-            &mut order,
-        );
+        visit(template, &r.logical_id, &mut done, &mut visiting, &mut order);
     }
     order
 }
@@ -186,9 +165,8 @@ fn json_scalar(v: &Json) -> Option<String> {
 
 async fn create_table(c: &Clients, name: &str, p: &Json) -> Result<(), String> {
     use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-        LocalSecondaryIndex, Projection, ProjectionType, ProvisionedThroughput,
-        ScalarAttributeType,
+        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, LocalSecondaryIndex,
+        Projection, ProjectionType, ProvisionedThroughput, ScalarAttributeType,
     };
     fn keys(v: Option<&Json>) -> Result<Vec<KeySchemaElement>, String> {
         v.and_then(Json::as_array)
@@ -196,14 +174,8 @@ async fn create_table(c: &Clients, name: &str, p: &Json) -> Result<(), String> {
             .iter()
             .map(|k| {
                 KeySchemaElement::builder()
-                    .attribute_name(
-                        k.get("AttributeName")
-                            .and_then(json_scalar)
-                            .unwrap_or_default(),
-                    )
-                    .key_type(KeyType::from(
-                        k.get("KeyType").and_then(Json::as_str).unwrap_or_default(),
-                    ))
+                    .attribute_name(k.get("AttributeName").and_then(json_scalar).unwrap_or_default())
+                    .key_type(KeyType::from(k.get("KeyType").and_then(Json::as_str).unwrap_or_default()))
                     .build()
                     .map_err(|e| e.to_string())
             })
@@ -211,16 +183,9 @@ async fn create_table(c: &Clients, name: &str, p: &Json) -> Result<(), String> {
     }
     fn projection(v: Option<&Json>) -> Projection {
         let mut b = Projection::builder().projection_type(ProjectionType::from(
-            v.and_then(|p| p.get("ProjectionType"))
-                .and_then(Json::as_str)
-                .unwrap_or("ALL"),
+            v.and_then(|p| p.get("ProjectionType")).and_then(Json::as_str).unwrap_or("ALL"),
         ));
-        for a in v
-            .and_then(|p| p.get("NonKeyAttributes"))
-            .and_then(Json::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for a in v.and_then(|p| p.get("NonKeyAttributes")).and_then(Json::as_array).into_iter().flatten() {
             if let Some(a) = a.as_str() {
                 b = b.non_key_attributes(a);
             }
@@ -229,12 +194,7 @@ async fn create_table(c: &Clients, name: &str, p: &Json) -> Result<(), String> {
     }
     let provisioned = p.get("BillingMode").and_then(Json::as_str) == Some("PROVISIONED");
     let throughput = |v: Option<&Json>| {
-        let n = |k: &str| {
-            v.and_then(|t| t.get(k))
-                .and_then(json_scalar)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(5)
-        };
+        let n = |k: &str| v.and_then(|t| t.get(k)).and_then(json_scalar).and_then(|s| s.parse().ok()).unwrap_or(5);
         ProvisionedThroughput::builder()
             .read_capacity_units(n("ReadCapacityUnits"))
             .write_capacity_units(n("WriteCapacityUnits"))
@@ -246,40 +206,20 @@ async fn create_table(c: &Clients, name: &str, p: &Json) -> Result<(), String> {
         .create_table()
         .table_name(name)
         .set_key_schema(Some(keys(p.get("KeySchema"))?))
-        .billing_mode(if provisioned {
-            BillingMode::Provisioned
-        } else {
-            BillingMode::PayPerRequest
-        });
+        .billing_mode(if provisioned { BillingMode::Provisioned } else { BillingMode::PayPerRequest });
     if provisioned {
         req = req.provisioned_throughput(throughput(p.get("ProvisionedThroughput"))?);
     }
-    for a in p
-        .get("AttributeDefinitions")
-        .and_then(Json::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for a in p.get("AttributeDefinitions").and_then(Json::as_array).into_iter().flatten() {
         req = req.attribute_definitions(
             AttributeDefinition::builder()
-                .attribute_name(
-                    a.get("AttributeName")
-                        .and_then(json_scalar)
-                        .unwrap_or_default(),
-                )
-                .attribute_type(ScalarAttributeType::from(
-                    a.get("AttributeType").and_then(Json::as_str).unwrap_or("S"),
-                ))
+                .attribute_name(a.get("AttributeName").and_then(json_scalar).unwrap_or_default())
+                .attribute_type(ScalarAttributeType::from(a.get("AttributeType").and_then(Json::as_str).unwrap_or("S")))
                 .build()
                 .map_err(|e| e.to_string())?,
         );
     }
-    for g in p
-        .get("GlobalSecondaryIndexes")
-        .and_then(Json::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for g in p.get("GlobalSecondaryIndexes").and_then(Json::as_array).into_iter().flatten() {
         let mut b = GlobalSecondaryIndex::builder()
             .index_name(g.get("IndexName").and_then(json_scalar).unwrap_or_default())
             .set_key_schema(Some(keys(g.get("KeySchema"))?))
@@ -289,12 +229,7 @@ async fn create_table(c: &Clients, name: &str, p: &Json) -> Result<(), String> {
         }
         req = req.global_secondary_indexes(b.build().map_err(|e| e.to_string())?);
     }
-    for l in p
-        .get("LocalSecondaryIndexes")
-        .and_then(Json::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for l in p.get("LocalSecondaryIndexes").and_then(Json::as_array).into_iter().flatten() {
         req = req.local_secondary_indexes(
             LocalSecondaryIndex::builder()
                 .index_name(l.get("IndexName").and_then(json_scalar).unwrap_or_default())
@@ -315,20 +250,11 @@ async fn create_table(c: &Clients, name: &str, p: &Json) -> Result<(), String> {
         if ttl.get("Enabled").and_then(json_scalar).as_deref() == Some("true") {
             let spec = aws_sdk_dynamodb::types::TimeToLiveSpecification::builder()
                 .enabled(true)
-                .attribute_name(
-                    ttl.get("AttributeName")
-                        .and_then(json_scalar)
-                        .unwrap_or_default(),
-                )
+                .attribute_name(ttl.get("AttributeName").and_then(json_scalar).unwrap_or_default())
                 .build()
                 .map_err(|e| e.to_string())?;
-            if let Err(e) = c
-                .dynamodb
-                .update_time_to_live()
-                .table_name(name)
-                .time_to_live_specification(spec)
-                .send()
-                .await
+            if let Err(e) =
+                c.dynamodb.update_time_to_live().table_name(name).time_to_live_specification(spec).send().await
             {
                 // Already enabled on a reused emulator: not a problem.
                 tracing::debug!(table = name, error = %sdk_message(&e), "time to live not updated");
@@ -355,16 +281,12 @@ pub fn queue_attributes(p: &Json) -> HashMap<String, String> {
         }
     }
     if let Some(r) = p.get("RedrivePolicy") {
-        let count = r
-            .get("maxReceiveCount")
-            .and_then(json_scalar)
-            .and_then(|s| s.parse::<u64>().ok());
+        let count = r.get("maxReceiveCount").and_then(json_scalar).and_then(|s| s.parse::<u64>().ok());
         let arn = r.get("deadLetterTargetArn").and_then(json_scalar);
         if let (Some(count), Some(arn)) = (count, arn) {
             attrs.insert(
                 "RedrivePolicy".into(),
-                serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": count})
-                    .to_string(),
+                serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": count}).to_string(),
             );
         }
     }
@@ -373,29 +295,14 @@ pub fn queue_attributes(p: &Json) -> HashMap<String, String> {
 
 async fn create_queue(c: &Clients, name: &str, p: &Json) -> Result<String, String> {
     use aws_sdk_sqs::types::QueueAttributeName;
-    let attrs: HashMap<QueueAttributeName, String> = queue_attributes(p)
-        .into_iter()
-        .map(|(k, v)| (QueueAttributeName::from(k.as_str()), v))
-        .collect();
-    match c
-        .sqs
-        .create_queue()
-        .queue_name(name)
-        .set_attributes(Some(attrs.clone()))
-        .send()
-        .await
-    {
+    let attrs: HashMap<QueueAttributeName, String> =
+        queue_attributes(p).into_iter().map(|(k, v)| (QueueAttributeName::from(k.as_str()), v)).collect();
+    match c.sqs.create_queue().queue_name(name).set_attributes(Some(attrs.clone())).send().await {
         Ok(out) => {
             tracing::info!(queue = name, "queue created");
-            out.queue_url()
-                .map(str::to_string)
-                .ok_or_else(|| "CreateQueue returned no QueueUrl".to_string())
+            out.queue_url().map(str::to_string).ok_or_else(|| "CreateQueue returned no QueueUrl".to_string())
         }
-        Err(e)
-            if e.code().is_some_and(|c| {
-                c.contains("QueueAlreadyExists") || c.contains("QueueNameExists")
-            }) =>
-        {
+        Err(e) if e.code().is_some_and(|c| c.contains("QueueAlreadyExists") || c.contains("QueueNameExists")) => {
             let url = c
                 .sqs
                 .get_queue_url()
@@ -425,18 +332,12 @@ async fn create_queue(c: &Clients, name: &str, p: &Json) -> Result<String, Strin
 async fn create_bucket(c: &Clients, name: &str, p: &Json) -> Result<(), String> {
     match c.s3.create_bucket().bucket(name).send().await {
         Ok(_) => tracing::info!(bucket = name, "bucket created"),
-        Err(e)
-            if e.code()
-                .is_some_and(|c| c == "BucketAlreadyOwnedByYou" || c == "BucketAlreadyExists") =>
-        {
+        Err(e) if e.code().is_some_and(|c| c == "BucketAlreadyOwnedByYou" || c == "BucketAlreadyExists") => {
             tracing::info!(bucket = name, "bucket exists")
         }
         Err(e) => return Err(sdk_message(&e)),
     }
-    let versioning = p
-        .get("VersioningConfiguration")
-        .and_then(|v| v.get("Status"))
-        .and_then(Json::as_str);
+    let versioning = p.get("VersioningConfiguration").and_then(|v| v.get("Status")).and_then(Json::as_str);
     if versioning == Some("Enabled") {
         let conf = aws_sdk_s3::types::VersioningConfiguration::builder()
             .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
@@ -465,12 +366,7 @@ async fn ensure_schedule_group(c: &Clients, name: &str) -> Result<(), String> {
         Err(e) if e.code() == Some("ResourceNotFoundException") => {}
         Err(e) => return Err(sdk_message(&e)),
     }
-    c.scheduler
-        .create_schedule_group()
-        .name(name)
-        .send()
-        .await
-        .map_err(|e| sdk_message(&e))?;
+    c.scheduler.create_schedule_group().name(name).send().await.map_err(|e| sdk_message(&e))?;
     tracing::info!(group = name, "schedule group created");
     Ok(())
 }
@@ -487,14 +383,11 @@ struct ScheduleDef {
 }
 
 async fn put_schedule(c: &Clients, d: &ScheduleDef) -> Result<(), String> {
-    use aws_sdk_scheduler::types::{
-        FlexibleTimeWindow, FlexibleTimeWindowMode, ScheduleState, Target,
-    };
+    use aws_sdk_scheduler::types::{FlexibleTimeWindow, FlexibleTimeWindowMode, ScheduleState, Target};
     handoff_core::schedule::ScheduleExpression::parse(&d.expression)
         .map_err(|e| format!("schedule {}: {e}", d.name))?;
     if let Some(tz) = &d.timezone {
-        handoff_core::schedule::parse_timezone(tz)
-            .map_err(|e| format!("schedule {}: {e}", d.name))?;
+        handoff_core::schedule::parse_timezone(tz).map_err(|e| format!("schedule {}: {e}", d.name))?;
     }
     ensure_schedule_group(c, &d.group).await?;
     let target = Target::builder()
@@ -503,15 +396,8 @@ async fn put_schedule(c: &Clients, d: &ScheduleDef) -> Result<(), String> {
         .set_input(d.input.clone())
         .build()
         .map_err(|e| e.to_string())?;
-    let window = FlexibleTimeWindow::builder()
-        .mode(FlexibleTimeWindowMode::Off)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let state = if d.enabled {
-        ScheduleState::Enabled
-    } else {
-        ScheduleState::Disabled
-    };
+    let window = FlexibleTimeWindow::builder().mode(FlexibleTimeWindowMode::Off).build().map_err(|e| e.to_string())?;
+    let state = if d.enabled { ScheduleState::Enabled } else { ScheduleState::Disabled };
     let created = c
         .scheduler
         .create_schedule()

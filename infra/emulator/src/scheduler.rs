@@ -36,11 +36,7 @@ pub struct ScheduleEntry {
 impl ScheduleEntry {
     /// First fire time: the first occurrence after the schedule was created/changed, but
     /// never before the emulator started (no backlog of missed runs) nor before StartDate.
-    pub fn first_fire(
-        &self,
-        started: DateTime<Utc>,
-        start: Option<DateTime<Utc>>,
-    ) -> Option<DateTime<Utc>> {
+    pub fn first_fire(&self, started: DateTime<Utc>, start: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
         let expr = self.expression.as_ref()?;
         let mut after = self.last_modified.max(started);
         if let Some(start) = start {
@@ -80,13 +76,7 @@ impl Scheduler {
         functions: HashMap<String, Arc<Function>>,
         interval: Duration,
     ) -> Self {
-        Self {
-            client,
-            functions,
-            interval,
-            started: Utc::now(),
-            entries: HashMap::new(),
-        }
+        Self { client, functions, interval, started: Utc::now(), entries: HashMap::new() }
     }
 
     /// Ticks until `cancel`; invocations run on `tracker` so shutdown can wait for them.
@@ -107,30 +97,18 @@ impl Scheduler {
     }
 
     async fn tick(&mut self, tracker: &TaskTracker) -> Result<(), String> {
-        let err = |e: &dyn std::error::Error| {
-            aws_sdk_scheduler::error::DisplayErrorContext(e).to_string()
-        };
+        let err = |e: &dyn std::error::Error| aws_sdk_scheduler::error::DisplayErrorContext(e).to_string();
         let mut seen = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let page = self
-                .client
-                .list_schedules()
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| err(&e))?;
+            let page = self.client.list_schedules().set_next_token(token.clone()).send().await.map_err(|e| err(&e))?;
             for s in page.schedules() {
                 let (Some(name), Some(group)) = (s.name(), s.group_name()) else {
                     continue;
                 };
                 let key = (group.to_string(), name.to_string());
                 let modified = s.last_modification_date().and_then(to_chrono);
-                let known = self
-                    .entries
-                    .get(&key)
-                    .map(|e| Some(e.last_modified) == modified)
-                    .unwrap_or(false);
+                let known = self.entries.get(&key).map(|e| Some(e.last_modified) == modified).unwrap_or(false);
                 if !known {
                     match self.load(group, name).await {
                         Ok(Some(entry)) => {
@@ -148,10 +126,7 @@ impl Scheduler {
                 }
                 seen.push(key);
             }
-            token = page
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_string);
+            token = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
             if token.is_none() {
                 break;
             }
@@ -168,15 +143,13 @@ impl Scheduler {
             match self.functions.get(&entry.target_arn).or_else(|| {
                 // A qualified ARN (…:function:name:alias) or a bare name also target the function.
                 self.functions.values().find(|f| {
-                    entry.target_arn == f.spec.name
-                        || entry.target_arn.starts_with(&format!("{}:", f.spec.arn))
+                    entry.target_arn == f.spec.name || entry.target_arn.starts_with(&format!("{}:", f.spec.arn))
                 })
             }) {
                 Some(function) => {
                     let input = match entry.input.as_deref() {
                         None | Some("") => Value::Object(Default::default()),
-                        Some(text) => serde_json::from_str(text)
-                            .unwrap_or_else(|_| Value::String(text.to_string())),
+                        Some(text) => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string())),
                     };
                     let function = function.clone();
                     let (group, name) = key.clone();
@@ -196,14 +169,7 @@ impl Scheduler {
             }
         }
         for (group, name) in completed {
-            if let Err(e) = self
-                .client
-                .delete_schedule()
-                .group_name(&group)
-                .name(&name)
-                .send()
-                .await
-            {
+            if let Err(e) = self.client.delete_schedule().group_name(&group).name(&name).send().await {
                 tracing::warn!(schedule = %name, error = %err(&e), "cannot delete completed schedule");
             }
         }
@@ -211,14 +177,7 @@ impl Scheduler {
     }
 
     async fn load(&self, group: &str, name: &str) -> Result<Option<ScheduleEntry>, String> {
-        let s = match self
-            .client
-            .get_schedule()
-            .group_name(group)
-            .name(name)
-            .send()
-            .await
-        {
+        let s = match self.client.get_schedule().group_name(group).name(name).send().await {
             Ok(s) => s,
             Err(e) => {
                 use aws_sdk_scheduler::error::ProvideErrorMetadata;
@@ -228,11 +187,8 @@ impl Scheduler {
                 return Err(aws_sdk_scheduler::error::DisplayErrorContext(&e).to_string());
             }
         };
-        let last_modified = s
-            .last_modification_date()
-            .or(s.creation_date())
-            .and_then(to_chrono)
-            .unwrap_or_else(Utc::now);
+        let last_modified =
+            s.last_modification_date().or(s.creation_date()).and_then(to_chrono).unwrap_or_else(Utc::now);
         let expression = match s.schedule_expression().map(ScheduleExpression::parse) {
             Some(Ok(e)) => Some(e),
             Some(Err(e)) => {
@@ -257,9 +213,7 @@ impl Scheduler {
             input: s.target().and_then(|t| t.input()).map(str::to_string),
             enabled: s.state().is_none_or(|st| *st == ScheduleState::Enabled),
             end: s.end_date().and_then(to_chrono),
-            delete_after_completion: s
-                .action_after_completion()
-                .is_some_and(|a| a.as_str() == "DELETE"),
+            delete_after_completion: s.action_after_completion().is_some_and(|a| a.as_str() == "DELETE"),
             next: None,
         };
         entry.next = entry.first_fire(self.started, s.start_date().and_then(to_chrono));
@@ -273,9 +227,7 @@ mod tests {
     use super::*;
 
     fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .expect("time")
-            .with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(s).expect("time").with_timezone(&Utc)
     }
 
     fn entry(expr: &str, modified: &str) -> ScheduleEntry {
@@ -296,33 +248,21 @@ mod tests {
     #[test]
     fn rate_fires_one_period_after_creation() {
         let e = entry("rate(1 minute)", "2026-01-01T10:00:10Z");
-        assert_eq!(
-            e.first_fire(t("2026-01-01T09:00:00Z"), None),
-            Some(t("2026-01-01T10:01:10Z"))
-        );
-        assert_eq!(
-            e.after_fire(t("2026-01-01T10:01:10Z"), t("2026-01-01T10:01:11Z")),
-            Some(t("2026-01-01T10:02:10Z"))
-        );
+        assert_eq!(e.first_fire(t("2026-01-01T09:00:00Z"), None), Some(t("2026-01-01T10:01:10Z")));
+        assert_eq!(e.after_fire(t("2026-01-01T10:01:10Z"), t("2026-01-01T10:01:11Z")), Some(t("2026-01-01T10:02:10Z")));
     }
 
     #[test]
     fn no_backlog_for_schedules_older_than_the_emulator() {
         let e = entry("rate(1 minute)", "2026-01-01T10:00:00Z");
-        assert_eq!(
-            e.first_fire(t("2026-01-01T12:00:30Z"), None),
-            Some(t("2026-01-01T12:01:00Z"))
-        );
+        assert_eq!(e.first_fire(t("2026-01-01T12:00:30Z"), None), Some(t("2026-01-01T12:01:00Z")));
     }
 
     #[test]
     fn end_date_stops_the_schedule() {
         let mut e = entry("rate(1 minute)", "2026-01-01T10:00:00Z");
         e.end = Some(t("2026-01-01T10:01:30Z"));
-        assert_eq!(
-            e.after_fire(t("2026-01-01T10:01:00Z"), t("2026-01-01T10:01:00Z")),
-            None
-        );
+        assert_eq!(e.after_fire(t("2026-01-01T10:01:00Z"), t("2026-01-01T10:01:00Z")), None);
     }
 
     #[test]

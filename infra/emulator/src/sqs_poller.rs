@@ -67,15 +67,10 @@ impl SqsPoller {
 
     async fn process(&self, messages: Vec<Message>) {
         let event = sqs_event(&messages, &self.source.queue_arn);
-        let ids: Vec<String> = messages
-            .iter()
-            .map(|m| m.message_id().unwrap_or_default().to_string())
-            .collect();
+        let ids: Vec<String> = messages.iter().map(|m| m.message_id().unwrap_or_default().to_string()).collect();
         let outcome = self.function.invoke(event).await;
         let succeeded = match &outcome {
-            Ok(response) => {
-                succeeded_messages(&ids, response, self.source.report_batch_item_failures)
-            }
+            Ok(response) => succeeded_messages(&ids, response, self.source.report_batch_item_failures),
             Err(e) => {
                 tracing::warn!(function = %self.function.spec.logical_id, error = %e, batch = ids.len(), "SQS batch invocation failed; messages will be retried");
                 HashSet::new()
@@ -99,14 +94,7 @@ impl SqsPoller {
         if entries.is_empty() {
             return;
         }
-        match self
-            .sqs
-            .delete_message_batch()
-            .queue_url(&self.queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-        {
+        match self.sqs.delete_message_batch().queue_url(&self.queue_url).set_entries(Some(entries)).send().await {
             Ok(out) => {
                 for f in out.failed() {
                     tracing::warn!(queue = %self.queue_url, id = f.id(), message = ?f.message(), "DeleteMessageBatch entry failed");
@@ -135,9 +123,7 @@ fn sqs_record(m: &Message, queue_arn: &str) -> Value {
     let mut message_attributes = Map::new();
     if let Some(attrs) = m.message_attributes() {
         for (name, v) in attrs {
-            let b64 = |b: &aws_sdk_sqs::primitives::Blob| {
-                base64::engine::general_purpose::STANDARD.encode(b.as_ref())
-            };
+            let b64 = |b: &aws_sdk_sqs::primitives::Blob| base64::engine::general_purpose::STANDARD.encode(b.as_ref());
             let mut o = Map::new();
             if let Some(s) = v.string_value() {
                 o.insert("stringValue".into(), Value::String(s.to_string()));
@@ -147,21 +133,11 @@ fn sqs_record(m: &Message, queue_arn: &str) -> Value {
             }
             o.insert(
                 "stringListValues".into(),
-                Value::Array(
-                    v.string_list_values()
-                        .iter()
-                        .map(|s| Value::String(s.clone()))
-                        .collect(),
-                ),
+                Value::Array(v.string_list_values().iter().map(|s| Value::String(s.clone())).collect()),
             );
             o.insert(
                 "binaryListValues".into(),
-                Value::Array(
-                    v.binary_list_values()
-                        .iter()
-                        .map(|b| Value::String(b64(b)))
-                        .collect(),
-                ),
+                Value::Array(v.binary_list_values().iter().map(|b| Value::String(b64(b))).collect()),
             );
             o.insert("dataType".into(), Value::String(v.data_type().to_string()));
             message_attributes.insert(name.clone(), Value::Object(o));
@@ -179,10 +155,7 @@ fn sqs_record(m: &Message, queue_arn: &str) -> Value {
         "awsRegion": REGION,
     });
     if let (Some(md5), Some(obj)) = (m.md5_of_message_attributes(), record.as_object_mut()) {
-        obj.insert(
-            "md5OfMessageAttributes".into(),
-            Value::String(md5.to_string()),
-        );
+        obj.insert("md5OfMessageAttributes".into(), Value::String(md5.to_string()));
     }
     record
 }
@@ -192,11 +165,7 @@ fn sqs_record(m: &Message, queue_arn: &str) -> Value {
 /// Without `ReportBatchItemFailures` any successful response means the whole batch
 /// succeeded. With it, `batchItemFailures` names the failures; as in Lambda, a malformed
 /// list (an entry without an `itemIdentifier`, or one not in the batch) fails the batch.
-pub fn succeeded_messages(
-    ids: &[String],
-    response: &Value,
-    report_batch_item_failures: bool,
-) -> HashSet<String> {
+pub fn succeeded_messages(ids: &[String], response: &Value, report_batch_item_failures: bool) -> HashSet<String> {
     let all: HashSet<String> = ids.iter().cloned().collect();
     if !report_batch_item_failures {
         return all;
@@ -236,21 +205,13 @@ mod tests {
 
     #[test]
     fn empty_or_missing_failures_mean_all_succeeded() {
-        assert_eq!(
-            succeeded_messages(&ids(), &json!({"batchItemFailures": []}), true).len(),
-            3
-        );
+        assert_eq!(succeeded_messages(&ids(), &json!({"batchItemFailures": []}), true).len(), 3);
         assert_eq!(succeeded_messages(&ids(), &json!(null), true).len(), 3);
     }
 
     #[test]
     fn malformed_failures_fail_the_batch() {
-        assert!(succeeded_messages(
-            &ids(),
-            &json!({"batchItemFailures": [{"itemIdentifier": "zzz"}]}),
-            true
-        )
-        .is_empty());
+        assert!(succeeded_messages(&ids(), &json!({"batchItemFailures": [{"itemIdentifier": "zzz"}]}), true).is_empty());
         assert!(succeeded_messages(&ids(), &json!({"batchItemFailures": [{}]}), true).is_empty());
     }
 
@@ -270,11 +231,7 @@ mod tests {
             .attributes(MessageSystemAttributeName::ApproximateReceiveCount, "2")
             .message_attributes(
                 "kind",
-                MessageAttributeValue::builder()
-                    .data_type("String")
-                    .string_value("k")
-                    .build()
-                    .expect("attr"),
+                MessageAttributeValue::builder().data_type("String").string_value("k").build().expect("attr"),
             )
             .build();
         let e = sqs_event(&[m], "arn:aws:sqs:us-east-1:123456789012:q");
@@ -290,8 +247,7 @@ mod tests {
         assert_eq!(r["awsRegion"], "us-east-1");
         assert_eq!(r["md5OfBody"], "abc");
         // It also deserializes as aws_lambda_events' SqsEvent, which the handlers use.
-        let parsed: aws_lambda_events::event::sqs::SqsEvent =
-            serde_json::from_value(e).expect("SqsEvent");
+        let parsed: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_value(e).expect("SqsEvent");
         assert_eq!(parsed.records.len(), 1);
     }
 }

@@ -27,25 +27,15 @@ const DEFAULT_TIMEOUT_SECONDS: u64 = 3;
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error("cannot read template {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("template is not valid YAML: {0}")]
     Yaml(#[from] serde_yaml::Error),
     #[error("template: {0}")]
     Invalid(String),
-    #[error(
-        "template: unresolved reference '{0}' (no such parameter, resource or pseudo parameter)"
-    )]
+    #[error("template: unresolved reference '{0}' (no such parameter, resource or pseudo parameter)")]
     UnknownReference(String),
-    #[error(
-        "template: attribute '{attribute}' of '{logical_id}' is not supported by the emulator"
-    )]
-    UnknownAttribute {
-        logical_id: String,
-        attribute: String,
-    },
+    #[error("template: attribute '{attribute}' of '{logical_id}' is not supported by the emulator")]
+    UnknownAttribute { logical_id: String, attribute: String },
     #[error("template: intrinsic function {0} is not supported by the emulator")]
     UnsupportedIntrinsic(String),
 }
@@ -83,10 +73,8 @@ pub struct Template {
 impl Template {
     /// Reads and parses a template file.
     pub fn load(path: &Path) -> Result<Self, TemplateError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TemplateError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| TemplateError::Read { path: path.to_path_buf(), source })?;
         Self::parse(&text)
     }
 
@@ -99,11 +87,8 @@ impl Template {
             for (name, spec) in params {
                 let name = key_string(name)?;
                 if let Some(default) = spec.get("Default") {
-                    let value = scalar_string(default).ok_or_else(|| {
-                        TemplateError::Invalid(format!(
-                            "parameter {name}: Default must be a scalar"
-                        ))
-                    })?;
+                    let value = scalar_string(default)
+                        .ok_or_else(|| TemplateError::Invalid(format!("parameter {name}: Default must be a scalar")))?;
                     parameters.insert(name, value);
                 }
             }
@@ -124,9 +109,7 @@ impl Template {
             let kind = body
                 .get("Type")
                 .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    TemplateError::Invalid(format!("resource {logical_id} has no Type"))
-                })?
+                .ok_or_else(|| TemplateError::Invalid(format!("resource {logical_id} has no Type")))?
                 .to_string();
             resources.push(Resource {
                 logical_id,
@@ -135,11 +118,7 @@ impl Template {
                 metadata: body.get("Metadata").cloned().unwrap_or(Value::Null),
             });
         }
-        Ok(Self {
-            parameters,
-            globals_function,
-            resources,
-        })
+        Ok(Self { parameters, globals_function, resources })
     }
 
     /// A resource by logical id.
@@ -157,11 +136,7 @@ impl Template {
     /// Names may themselves use intrinsics (`Name: !Sub "${AWS::StackName}-x"`), so this
     /// iterates to a fixpoint; a reference cycle is reported as an unresolved reference.
     pub fn identities(&self, urls: &LocalUrls) -> Result<Identities, TemplateError> {
-        let mut ids = Identities {
-            parameters: self.parameters.clone(),
-            refs: HashMap::new(),
-            attrs: HashMap::new(),
-        };
+        let mut ids = Identities { parameters: self.parameters.clone(), refs: HashMap::new(), attrs: HashMap::new() };
         let mut pending: Vec<&Resource> = self.resources.iter().collect();
         while !pending.is_empty() {
             let mut still = Vec::new();
@@ -177,9 +152,7 @@ impl Template {
                 }
             }
             if still.len() == pending.len() {
-                return Err(last_err.unwrap_or_else(|| {
-                    TemplateError::Invalid("cannot resolve resource names".into())
-                }));
+                return Err(last_err.unwrap_or_else(|| TemplateError::Invalid("cannot resolve resource names".into())));
             }
             pending = still;
         }
@@ -197,9 +170,7 @@ impl Template {
 
     /// Every serverless function with its resolved configuration and events.
     pub fn functions(&self, ids: &Identities) -> Result<Vec<FunctionSpec>, TemplateError> {
-        self.resources_of("AWS::Serverless::Function")
-            .map(|r| self.function_spec(r, ids))
-            .collect()
+        self.resources_of("AWS::Serverless::Function").map(|r| self.function_spec(r, ids)).collect()
     }
 
     fn function_spec(&self, r: &Resource, ids: &Identities) -> Result<FunctionSpec, TemplateError> {
@@ -210,25 +181,19 @@ impl Template {
             .and_then(|b| b.get("Binary"))
             .map(|v| ids.resolve_string(v))
             .transpose()?
-            .ok_or_else(|| {
-                TemplateError::Invalid(format!(
-                    "function {id} has no Metadata.BuildProperties.Binary"
-                ))
-            })?;
+            .ok_or_else(|| TemplateError::Invalid(format!("function {id} has no Metadata.BuildProperties.Binary")))?;
         let global = Value::Mapping(self.globals_function.clone());
         let lookup = |name: &str| r.property(name).or_else(|| global.get(name));
         let timeout = match lookup("Timeout") {
-            Some(v) => ids.resolve_string(v)?.parse::<u64>().map_err(|_| {
-                TemplateError::Invalid(format!("function {id}: Timeout is not a whole number"))
-            })?,
+            Some(v) => ids
+                .resolve_string(v)?
+                .parse::<u64>()
+                .map_err(|_| TemplateError::Invalid(format!("function {id}: Timeout is not a whole number")))?,
             None => DEFAULT_TIMEOUT_SECONDS,
         };
         // Globals' variables first, the function's own override them (SAM merges maps).
         let mut env = BTreeMap::new();
-        for source in [global.get("Environment"), r.property("Environment")]
-            .into_iter()
-            .flatten()
-        {
+        for source in [global.get("Environment"), r.property("Environment")].into_iter().flatten() {
             if let Some(vars) = source.get("Variables").and_then(Value::as_mapping) {
                 for (k, v) in vars {
                     env.insert(key_string(k)?, ids.resolve_string(v)?);
@@ -262,22 +227,14 @@ impl Template {
                         let batch_size = match props.get("BatchSize") {
                             Some(v) => scalar_string(v)
                                 .and_then(|s| s.parse::<u32>().ok())
-                                .ok_or_else(|| {
-                                    TemplateError::Invalid(ctx("BatchSize is not a number"))
-                                })?,
+                                .ok_or_else(|| TemplateError::Invalid(ctx("BatchSize is not a number")))?,
                             None => 10,
                         };
                         let report_batch_item_failures = props
                             .get("FunctionResponseTypes")
                             .and_then(Value::as_sequence)
-                            .is_some_and(|s| {
-                                s.iter()
-                                    .any(|v| v.as_str() == Some("ReportBatchItemFailures"))
-                            });
-                        let enabled = props
-                            .get("Enabled")
-                            .and_then(scalar_string)
-                            .is_none_or(|s| s != "false");
+                            .is_some_and(|s| s.iter().any(|v| v.as_str() == Some("ReportBatchItemFailures")));
+                        let enabled = props.get("Enabled").and_then(scalar_string).is_none_or(|s| s != "false");
                         spec.sqs_events.push(SqsEventSource {
                             event_name,
                             queue_arn,
@@ -295,19 +252,14 @@ impl Template {
                         let path = props.get("Path").and_then(scalar_string);
                         spec.http_routes.push(HttpRouteSpec {
                             event_name,
-                            method: if method == "X-AMAZON-APIGATEWAY-ANY-METHOD" {
-                                "ANY".into()
-                            } else {
-                                method
-                            },
+                            method: if method == "X-AMAZON-APIGATEWAY-ANY-METHOD" { "ANY".into() } else { method },
                             path,
                         });
                     }
                     "ScheduleV2" => {
                         let s = |k: &str| props.get(k).and_then(scalar_string);
-                        let expression = s("ScheduleExpression").ok_or_else(|| {
-                            TemplateError::Invalid(ctx("ScheduleV2 needs ScheduleExpression"))
-                        })?;
+                        let expression = s("ScheduleExpression")
+                            .ok_or_else(|| TemplateError::Invalid(ctx("ScheduleV2 needs ScheduleExpression")))?;
                         let input = match props.get("Input") {
                             None | Some(Value::Null) => None,
                             Some(Value::String(s)) => Some(s.clone()),
@@ -422,10 +374,7 @@ impl Identities {
 
     /// `!GetAtt logical.attribute`.
     pub fn attribute(&self, logical_id: &str, attribute: &str) -> Result<String, TemplateError> {
-        if let Some(v) = self
-            .attrs
-            .get(&(logical_id.to_string(), attribute.to_string()))
-        {
+        if let Some(v) = self.attrs.get(&(logical_id.to_string(), attribute.to_string())) {
             return Ok(v.clone());
         }
         if self.refs.contains_key(logical_id) {
@@ -434,9 +383,7 @@ impl Identities {
                 attribute: attribute.to_string(),
             })
         } else {
-            Err(TemplateError::UnknownReference(format!(
-                "{logical_id}.{attribute}"
-            )))
+            Err(TemplateError::UnknownReference(format!("{logical_id}.{attribute}")))
         }
     }
 
@@ -448,10 +395,7 @@ impl Identities {
 
     /// The logical id of the resource whose `Arn` attribute is `arn`.
     pub fn logical_id_for_arn(&self, arn: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|((_, attr), v)| attr == "Arn" && v.as_str() == arn)
-            .map(|((id, _), _)| id.as_str())
+        self.attrs.iter().find(|((_, attr), v)| attr == "Arn" && v.as_str() == arn).map(|((id, _), _)| id.as_str())
     }
 
     fn identify(&mut self, r: &Resource, urls: &LocalUrls) -> Result<(), TemplateError> {
@@ -462,33 +406,22 @@ impl Identities {
                 None => Ok(physical_name(id, lower)),
             }
         };
-        let arn = |service: &str, rest: &str| {
-            format!("arn:{PARTITION}:{service}:{REGION}:{ACCOUNT_ID}:{rest}")
-        };
+        let arn = |service: &str, rest: &str| format!("arn:{PARTITION}:{service}:{REGION}:{ACCOUNT_ID}:{rest}");
         let mut attrs: Vec<(&str, String)> = Vec::new();
         let reference = match r.kind.as_str() {
             "AWS::DynamoDB::Table" => {
                 let name = named("TableName", false)?;
                 attrs.push(("Arn", arn("dynamodb", &format!("table/{name}"))));
-                attrs.push((
-                    "StreamArn",
-                    arn("dynamodb", &format!("table/{name}/stream/local")),
-                ));
+                attrs.push(("StreamArn", arn("dynamodb", &format!("table/{name}/stream/local"))));
                 name
             }
             "AWS::SQS::Queue" => {
                 let mut name = named("QueueName", false)?;
-                let fifo = r
-                    .property("FifoQueue")
-                    .and_then(scalar_string)
-                    .is_some_and(|s| s == "true");
+                let fifo = r.property("FifoQueue").and_then(scalar_string).is_some_and(|s| s == "true");
                 if fifo && !name.ends_with(".fifo") {
                     name.push_str(".fifo");
                 }
-                let url = format!(
-                    "{}/{ACCOUNT_ID}/{name}",
-                    urls.aws_endpoint.trim_end_matches('/')
-                );
+                let url = format!("{}/{ACCOUNT_ID}/{name}", urls.aws_endpoint.trim_end_matches('/'));
                 attrs.push(("Arn", arn("sqs", &name)));
                 attrs.push(("QueueName", name));
                 attrs.push(("QueueUrl", url.clone()));
@@ -498,10 +431,7 @@ impl Identities {
                 let name = named("BucketName", true)?;
                 attrs.push(("Arn", format!("arn:{PARTITION}:s3:::{name}")));
                 attrs.push(("DomainName", format!("{name}.s3.amazonaws.com")));
-                attrs.push((
-                    "RegionalDomainName",
-                    format!("{name}.s3.{REGION}.amazonaws.com"),
-                ));
+                attrs.push(("RegionalDomainName", format!("{name}.s3.{REGION}.amazonaws.com")));
                 name
             }
             "AWS::Serverless::Function" | "AWS::Lambda::Function" => {
@@ -525,10 +455,7 @@ impl Identities {
             }
             "AWS::IAM::Role" => {
                 let name = named("RoleName", false)?;
-                attrs.push((
-                    "Arn",
-                    format!("arn:{PARTITION}:iam::{ACCOUNT_ID}:role/{name}"),
-                ));
+                attrs.push(("Arn", format!("arn:{PARTITION}:iam::{ACCOUNT_ID}:role/{name}")));
                 attrs.push(("RoleId", format!("AROA{}", short_id(id).to_uppercase())));
                 name
             }
@@ -547,11 +474,7 @@ impl Identities {
             other => {
                 // Unknown kinds still get a stable name so Ref/Arn resolve.
                 let name = physical_name(id, false);
-                let service = other
-                    .split("::")
-                    .nth(1)
-                    .unwrap_or("unknown")
-                    .to_ascii_lowercase();
+                let service = other.split("::").nth(1).unwrap_or("unknown").to_ascii_lowercase();
                 attrs.push(("Arn", arn(&service, &name)));
                 name
             }
@@ -569,11 +492,7 @@ impl Identities {
             Value::Tagged(t) => {
                 let tag = t.tag.to_string();
                 let name = tag.trim_start_matches('!');
-                let full = if name == "Ref" {
-                    "Ref".to_string()
-                } else {
-                    format!("Fn::{name}")
-                };
+                let full = if name == "Ref" { "Ref".to_string() } else { format!("Fn::{name}") };
                 self.intrinsic(&full, &t.value)
             }
             Value::Mapping(m) => {
@@ -595,10 +514,7 @@ impl Identities {
                 Ok(Value::Mapping(out))
             }
             Value::Sequence(s) => Ok(Value::Sequence(
-                s.iter()
-                    .filter(|v| !is_no_value(v))
-                    .map(|v| self.resolve(v))
-                    .collect::<Result<_, _>>()?,
+                s.iter().filter(|v| !is_no_value(v)).map(|v| self.resolve(v)).collect::<Result<_, _>>()?,
             )),
             other => Ok(other.clone()),
         }
@@ -607,8 +523,7 @@ impl Identities {
     /// Resolves `value` and renders it as a string (environment variables, names).
     pub fn resolve_string(&self, value: &Value) -> Result<String, TemplateError> {
         let v = self.resolve(value)?;
-        scalar_string(&v)
-            .ok_or_else(|| TemplateError::Invalid(format!("expected a scalar, got {v:?}")))
+        scalar_string(&v).ok_or_else(|| TemplateError::Invalid(format!("expected a scalar, got {v:?}")))
     }
 
     fn intrinsic(&self, function: &str, arg: &Value) -> Result<Value, TemplateError> {
@@ -621,21 +536,12 @@ impl Identities {
                 let (id, attr) = match self.resolve(arg)? {
                     Value::String(s) => match s.split_once('.') {
                         Some((a, b)) => (a.to_string(), b.to_string()),
-                        None => {
-                            return Err(TemplateError::Invalid(format!(
-                                "!GetAtt {s}: expected Logical.Attribute"
-                            )))
-                        }
+                        None => return Err(TemplateError::Invalid(format!("!GetAtt {s}: expected Logical.Attribute"))),
                     },
-                    Value::Sequence(s) if s.len() == 2 => (
-                        scalar_string(&s[0]).unwrap_or_default(),
-                        scalar_string(&s[1]).unwrap_or_default(),
-                    ),
-                    other => {
-                        return Err(TemplateError::Invalid(format!(
-                            "!GetAtt: bad argument {other:?}"
-                        )))
+                    Value::Sequence(s) if s.len() == 2 => {
+                        (scalar_string(&s[0]).unwrap_or_default(), scalar_string(&s[1]).unwrap_or_default())
                     }
+                    other => return Err(TemplateError::Invalid(format!("!GetAtt: bad argument {other:?}"))),
                 };
                 Ok(Value::String(self.attribute(&id, &attr)?))
             }
@@ -657,26 +563,24 @@ impl Identities {
             }
             "Fn::Join" => {
                 let v = self.resolve(arg)?;
-                let parts = v.as_sequence().filter(|s| s.len() == 2).ok_or_else(|| {
-                    TemplateError::Invalid("!Join needs [delimiter, [values]]".into())
-                })?;
-                let delim = scalar_string(&parts[0]).unwrap_or_default();
-                let items: Vec<String> = parts[1]
+                let parts = v
                     .as_sequence()
-                    .map(|s| s.iter().filter_map(scalar_string).collect())
-                    .unwrap_or_default();
+                    .filter(|s| s.len() == 2)
+                    .ok_or_else(|| TemplateError::Invalid("!Join needs [delimiter, [values]]".into()))?;
+                let delim = scalar_string(&parts[0]).unwrap_or_default();
+                let items: Vec<String> =
+                    parts[1].as_sequence().map(|s| s.iter().filter_map(scalar_string).collect()).unwrap_or_default();
                 Ok(Value::String(items.join(&delim)))
             }
             "Fn::Select" => {
                 let v = self.resolve(arg)?;
-                let parts = v.as_sequence().filter(|s| s.len() == 2).ok_or_else(|| {
-                    TemplateError::Invalid("!Select needs [index, [values]]".into())
-                })?;
+                let parts = v
+                    .as_sequence()
+                    .filter(|s| s.len() == 2)
+                    .ok_or_else(|| TemplateError::Invalid("!Select needs [index, [values]]".into()))?;
                 let idx: usize = scalar_string(&parts[0])
                     .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| {
-                        TemplateError::Invalid("!Select index is not a number".into())
-                    })?;
+                    .ok_or_else(|| TemplateError::Invalid("!Select index is not a number".into()))?;
                 parts[1]
                     .as_sequence()
                     .and_then(|s| s.get(idx))
@@ -687,19 +591,14 @@ impl Identities {
         }
     }
 
-    fn substitute(
-        &self,
-        text: &str,
-        vars: &HashMap<String, String>,
-    ) -> Result<String, TemplateError> {
+    fn substitute(&self, text: &str, vars: &HashMap<String, String>) -> Result<String, TemplateError> {
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
         while let Some(start) = rest.find("${") {
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
-            let end = after.find('}').ok_or_else(|| {
-                TemplateError::Invalid(format!("!Sub: unterminated ${{ in '{text}'"))
-            })?;
+            let end =
+                after.find('}').ok_or_else(|| TemplateError::Invalid(format!("!Sub: unterminated ${{ in '{text}'")))?;
             let name = after[..end].trim();
             if let Some(literal) = name.strip_prefix('!') {
                 // `${!Literal}` renders `${Literal}`.
@@ -735,9 +634,7 @@ fn pseudo(name: &str) -> Option<&'static str> {
 fn is_no_value(v: &Value) -> bool {
     match v {
         Value::Tagged(t) => t.tag == "Ref" && t.value.as_str() == Some("AWS::NoValue"),
-        Value::Mapping(m) => {
-            m.len() == 1 && m.get("Ref").and_then(Value::as_str) == Some("AWS::NoValue")
-        }
+        Value::Mapping(m) => m.len() == 1 && m.get("Ref").and_then(Value::as_str) == Some("AWS::NoValue"),
         _ => false,
     }
 }
@@ -761,9 +658,7 @@ fn short_id(logical_id: &str) -> String {
         h = h.wrapping_mul(0x100000001b3);
     }
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    (0..10)
-        .map(|i| ALPHABET[((h >> (i * 6)) % 36) as usize] as char)
-        .collect()
+    (0..10).map(|i| ALPHABET[((h >> (i * 6)) % 36) as usize] as char).collect()
 }
 
 fn collect_refs(v: &Value, out: &mut BTreeSet<String>) {
@@ -836,8 +731,7 @@ fn sub_refs(text: &str, out: &mut BTreeSet<String>) {
 }
 
 fn key_string(k: &Value) -> Result<String, TemplateError> {
-    scalar_string(k)
-        .ok_or_else(|| TemplateError::Invalid(format!("expected a string key, got {k:?}")))
+    scalar_string(k).ok_or_else(|| TemplateError::Invalid(format!("expected a string key, got {k:?}")))
 }
 
 /// Renders a scalar as CloudFormation would pass it (numbers and booleans as text).
@@ -861,17 +755,13 @@ pub fn yaml_to_json(v: &Value) -> serde_json::Value {
             } else if let Some(u) = n.as_u64() {
                 serde_json::Value::from(u)
             } else {
-                n.as_f64()
-                    .map(serde_json::Value::from)
-                    .unwrap_or(serde_json::Value::Null)
+                n.as_f64().map(serde_json::Value::from).unwrap_or(serde_json::Value::Null)
             }
         }
         Value::String(s) => serde_json::Value::String(s.clone()),
         Value::Sequence(s) => serde_json::Value::Array(s.iter().map(yaml_to_json).collect()),
         Value::Mapping(m) => serde_json::Value::Object(
-            m.iter()
-                .filter_map(|(k, v)| scalar_string(k).map(|k| (k, yaml_to_json(v))))
-                .collect(),
+            m.iter().filter_map(|(k, v)| scalar_string(k).map(|k| (k, yaml_to_json(v)))).collect(),
         ),
         Value::Tagged(t) => yaml_to_json(&t.value),
     }
@@ -887,33 +777,21 @@ mod tests {
     }
 
     fn urls() -> LocalUrls {
-        LocalUrls {
-            aws_endpoint: "http://127.0.0.1:5000".into(),
-            api_url: "http://127.0.0.1:8080".into(),
-        }
+        LocalUrls { aws_endpoint: "http://127.0.0.1:5000".into(), api_url: "http://127.0.0.1:8080".into() }
     }
 
     #[test]
     fn parameters_take_their_defaults() {
         let t = real_template();
-        assert_eq!(
-            t.parameters.get("MaxReceiveCount").map(String::as_str),
-            Some("3")
-        );
+        assert_eq!(t.parameters.get("MaxReceiveCount").map(String::as_str), Some("3"));
     }
 
     #[test]
     fn physical_identities_are_deterministic() {
         let t = real_template();
         let ids = t.identities(&urls()).expect("identities");
-        assert_eq!(
-            ids.ref_value("ExchangesTable").expect("ref"),
-            "handoff-ExchangesTable"
-        );
-        assert_eq!(
-            ids.ref_value("DataBucket").expect("ref"),
-            "handoff-databucket"
-        );
+        assert_eq!(ids.ref_value("ExchangesTable").expect("ref"), "handoff-ExchangesTable");
+        assert_eq!(ids.ref_value("DataBucket").expect("ref"), "handoff-databucket");
         assert_eq!(
             ids.ref_value("ControlQueue").expect("ref"),
             "http://127.0.0.1:5000/123456789012/handoff-ControlQueue"
@@ -922,18 +800,12 @@ mod tests {
             ids.attribute("ControlDlq", "Arn").expect("arn"),
             "arn:aws:sqs:us-east-1:123456789012:handoff-ControlDlq"
         );
-        assert_eq!(
-            ids.ref_value("IntegrationScheduleGroup").expect("ref"),
-            "handoff-integrations"
-        );
+        assert_eq!(ids.ref_value("IntegrationScheduleGroup").expect("ref"), "handoff-integrations");
         assert_eq!(
             ids.attribute("TriggerFunction", "Arn").expect("arn"),
             "arn:aws:lambda:us-east-1:123456789012:function:handoff-TriggerFunction"
         );
-        assert_eq!(
-            ids.logical_id_for_arn("arn:aws:sqs:us-east-1:123456789012:handoff-QueryQueue"),
-            Some("QueryQueue")
-        );
+        assert_eq!(ids.logical_id_for_arn("arn:aws:sqs:us-east-1:123456789012:handoff-QueryQueue"), Some("QueryQueue"));
     }
 
     #[test]
@@ -949,25 +821,13 @@ mod tests {
             "arn:aws:scheduler:us-east-1:123456789012:schedule/handoff-integrations/*"
         );
         let v: Value = serde_yaml::from_str(r#"!Sub "${DataBucket.Arn}/*""#).expect("yaml");
-        assert_eq!(
-            ids.resolve_string(&v).expect("sub"),
-            "arn:aws:s3:::handoff-databucket/*"
-        );
-        let v: Value =
-            serde_yaml::from_str(r#"!Sub ["${X}-${!Literal}", {X: !Ref MaxReceiveCount}]"#)
-                .expect("yaml");
+        assert_eq!(ids.resolve_string(&v).expect("sub"), "arn:aws:s3:::handoff-databucket/*");
+        let v: Value = serde_yaml::from_str(r#"!Sub ["${X}-${!Literal}", {X: !Ref MaxReceiveCount}]"#).expect("yaml");
         assert_eq!(ids.resolve_string(&v).expect("sub"), "3-${Literal}");
-        let v: Value =
-            serde_yaml::from_str(r#"{"Fn::GetAtt": [ControlQueue, QueueName]}"#).expect("yaml");
-        assert_eq!(
-            ids.resolve_string(&v).expect("getatt"),
-            "handoff-ControlQueue"
-        );
+        let v: Value = serde_yaml::from_str(r#"{"Fn::GetAtt": [ControlQueue, QueueName]}"#).expect("yaml");
+        assert_eq!(ids.resolve_string(&v).expect("getatt"), "handoff-ControlQueue");
         let v: Value = serde_yaml::from_str("!Ref Nope").expect("yaml");
-        assert!(matches!(
-            ids.resolve(&v),
-            Err(TemplateError::UnknownReference(_))
-        ));
+        assert!(matches!(ids.resolve(&v), Err(TemplateError::UnknownReference(_))));
     }
 
     #[test]
@@ -975,47 +835,22 @@ mod tests {
         let t = real_template();
         let ids = t.identities(&urls()).expect("identities");
         let fns = t.functions(&ids).expect("functions");
-        let api = fns
-            .iter()
-            .find(|f| f.binary == "handoff-api")
-            .expect("api function");
+        let api = fns.iter().find(|f| f.binary == "handoff-api").expect("api function");
         assert_eq!(api.timeout, Duration::from_secs(29));
-        assert_eq!(
-            api.env.get("HANDOFF_EXCHANGES_TABLE").map(String::as_str),
-            Some("handoff-ExchangesTable")
-        );
-        assert_eq!(
-            api.env.get("HANDOFF_SCHEDULE_GROUP").map(String::as_str),
-            Some("handoff-integrations")
-        );
-        assert_eq!(
-            api.env
-                .get("HANDOFF_INLINE_PAYLOAD_LIMIT_BYTES")
-                .map(String::as_str),
-            Some("65536")
-        );
-        assert!(api
-            .http_routes
-            .iter()
-            .any(|r| r.method == "GET" && r.path.as_deref() == Some("/exchanges/{id}")));
-        let query = fns
-            .iter()
-            .find(|f| f.binary == "handoff-worker-query")
-            .expect("query");
+        assert_eq!(api.env.get("HANDOFF_EXCHANGES_TABLE").map(String::as_str), Some("handoff-ExchangesTable"));
+        assert_eq!(api.env.get("HANDOFF_SCHEDULE_GROUP").map(String::as_str), Some("handoff-integrations"));
+        assert_eq!(api.env.get("HANDOFF_INLINE_PAYLOAD_LIMIT_BYTES").map(String::as_str), Some("65536"));
+        assert!(api.http_routes.iter().any(|r| r.method == "GET" && r.path.as_deref() == Some("/exchanges/{id}")));
+        let query = fns.iter().find(|f| f.binary == "handoff-worker-query").expect("query");
         assert_eq!(query.timeout, Duration::from_secs(30));
         assert_eq!(query.sqs_events.len(), 1);
         assert_eq!(query.sqs_events[0].batch_size, 5);
         assert!(query.sqs_events[0].report_batch_item_failures);
-        assert_eq!(
-            query.sqs_events[0].queue_arn,
-            "arn:aws:sqs:us-east-1:123456789012:handoff-QueryQueue"
-        );
+        assert_eq!(query.sqs_events[0].queue_arn, "arn:aws:sqs:us-east-1:123456789012:handoff-QueryQueue");
         // Every queue's dead-letter queue feeds the DLQ function: no dead letter goes unseen.
         let dlq = fns.iter().find(|f| f.binary == "handoff-dlq").expect("dlq");
-        let redriven: Vec<&Resource> = t
-            .resources_of("AWS::SQS::Queue")
-            .filter(|q| q.property("RedrivePolicy").is_some())
-            .collect();
+        let redriven: Vec<&Resource> =
+            t.resources_of("AWS::SQS::Queue").filter(|q| q.property("RedrivePolicy").is_some()).collect();
         assert!(redriven.len() >= 4);
         assert_eq!(dlq.sqs_events.len(), redriven.len());
         for queue in redriven {
@@ -1059,12 +894,8 @@ Resources:
         assert_eq!(s.name, "FnNightly");
         assert_eq!(s.group, "default");
         assert_eq!(s.timezone.as_deref(), Some("Europe/Amsterdam"));
-        let input: serde_json::Value =
-            serde_json::from_str(s.input.as_deref().expect("input")).expect("json");
-        assert_eq!(
-            input,
-            serde_json::json!({"kind": "nightly", "fn": "handoff-Fn"})
-        );
+        let input: serde_json::Value = serde_json::from_str(s.input.as_deref().expect("input")).expect("json");
+        assert_eq!(input, serde_json::json!({"kind": "nightly", "fn": "handoff-Fn"}));
         assert_eq!(fns[0].timeout, Duration::from_secs(3));
     }
 }

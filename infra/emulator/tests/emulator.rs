@@ -21,12 +21,7 @@ impl Recorder {
     fn calls_of(&self, binary: &str) -> Vec<Value> {
         self.calls
             .lock()
-            .map(|c| {
-                c.iter()
-                    .filter(|(b, _)| b == binary)
-                    .map(|(_, v)| v.clone())
-                    .collect()
-            })
+            .map(|c| c.iter().filter(|(b, _)| b == binary).map(|(_, v)| v.clone()).collect())
             .unwrap_or_default()
     }
 }
@@ -47,10 +42,7 @@ impl FunctionHandler for Fake {
         }
         match self.binary.as_str() {
             "handoff-api" => {
-                if let Some(ms) = event["headers"]["x-sleep-ms"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                {
+                if let Some(ms) = event["headers"]["x-sleep-ms"].as_str().and_then(|s| s.parse().ok()) {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                 }
                 Ok(json!({
@@ -66,10 +58,7 @@ impl FunctionHandler for Fake {
     }
 }
 
-struct FakeFactory(
-    Arc<Recorder>,
-    Arc<Mutex<HashMap<String, HashMap<String, String>>>>,
-);
+struct FakeFactory(Arc<Recorder>, Arc<Mutex<HashMap<String, HashMap<String, String>>>>);
 
 #[async_trait]
 impl FunctionFactory for FakeFactory {
@@ -82,10 +71,7 @@ impl FunctionFactory for FakeFactory {
         if let Ok(mut v) = self.1.lock() {
             v.insert(binary.to_string(), vars.clone());
         }
-        Ok(Arc::new(Fake {
-            binary: binary.to_string(),
-            recorder: self.0.clone(),
-        }))
+        Ok(Arc::new(Fake { binary: binary.to_string(), recorder: self.0.clone() }))
     }
 }
 
@@ -97,9 +83,7 @@ struct Setup {
 
 async fn setup(tune: impl FnOnce(&mut EmulatorOptions)) -> Setup {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
     let recorder = Arc::new(Recorder::default());
@@ -109,16 +93,10 @@ async fn setup(tune: impl FnOnce(&mut EmulatorOptions)) -> Setup {
         function_factory: Arc::new(FakeFactory(recorder.clone(), vars.clone())),
         ..EmulatorOptions::default()
     };
-    options
-        .env_overrides
-        .insert("HANDOFF_TEST_OVERRIDE".into(), "yes".into());
+    options.env_overrides.insert("HANDOFF_TEST_OVERRIDE".into(), "yes".into());
     tune(&mut options);
     let emulator = start(options).await.expect("emulator starts");
-    Setup {
-        emulator,
-        recorder,
-        vars,
-    }
+    Setup { emulator, recorder, vars }
 }
 
 async fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
@@ -127,10 +105,7 @@ async fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> O
         if let Some(v) = probe() {
             return v;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -139,25 +114,10 @@ async fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> O
 async fn failing_messages_are_redriven_to_the_dead_letter_queue() {
     let s = setup(|_| {}).await;
     let sqs = aws_sdk_sqs::Client::new(s.emulator.sdk_config());
-    let vars = s
-        .vars
-        .lock()
-        .map(|v| v.get("handoff-worker-query").cloned())
-        .ok()
-        .flatten()
-        .expect("query vars");
-    let queue_url = vars
-        .get("HANDOFF_QUEUE_QUERY_URL")
-        .cloned()
-        .expect("queue url var");
-    assert_eq!(
-        vars.get("HANDOFF_TEST_OVERRIDE").map(String::as_str),
-        Some("yes")
-    );
-    assert_eq!(
-        vars.get("HANDOFF_PUBLIC_BASE_URL").map(String::as_str),
-        Some(s.emulator.api_url())
-    );
+    let vars = s.vars.lock().map(|v| v.get("handoff-worker-query").cloned()).ok().flatten().expect("query vars");
+    let queue_url = vars.get("HANDOFF_QUEUE_QUERY_URL").cloned().expect("queue url var");
+    assert_eq!(vars.get("HANDOFF_TEST_OVERRIDE").map(String::as_str), Some("yes"));
+    assert_eq!(vars.get("HANDOFF_PUBLIC_BASE_URL").map(String::as_str), Some(s.emulator.api_url()));
 
     // The template's redrive policy was provisioned as written.
     let attrs = sqs
@@ -174,62 +134,38 @@ async fn failing_messages_are_redriven_to_the_dead_letter_queue() {
         .expect("redrive policy");
     let redrive: Value = serde_json::from_str(&redrive).expect("redrive json");
     assert_eq!(redrive["maxReceiveCount"].as_u64(), Some(3));
-    assert!(redrive["deadLetterTargetArn"]
-        .as_str()
-        .is_some_and(|a| a.ends_with("handoff-QueryDlq")));
+    assert!(redrive["deadLetterTargetArn"].as_str().is_some_and(|a| a.ends_with("handoff-QueryDlq")));
 
     // A 60 s visibility timeout would make this test take minutes; shorten it.
     sqs.set_queue_attributes()
         .queue_url(&queue_url)
-        .attributes(
-            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
-            "1",
-        )
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "1")
         .send()
         .await
         .expect("shorten visibility timeout");
     // moto fixes the visibility timeout when a long poll starts: let running polls end.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let sent = sqs
-        .send_message()
-        .queue_url(&queue_url)
-        .message_body(r#"{"exchangeId":"x1"}"#)
-        .send()
-        .await
-        .expect("send");
+    let sent =
+        sqs.send_message().queue_url(&queue_url).message_body(r#"{"exchangeId":"x1"}"#).send().await.expect("send");
     let message_id = sent.message_id().expect("id").to_string();
 
     // The DLQ function receives it after three failed attempts of the query worker.
-    let dlq_event = wait_for(
-        "the message in the DLQ function",
-        Duration::from_secs(30),
-        || {
-            s.recorder
-                .calls_of("handoff-dlq")
-                .into_iter()
-                .find(|e| e["Records"][0]["messageId"] == message_id.as_str())
-        },
-    )
+    let dlq_event = wait_for("the message in the DLQ function", Duration::from_secs(30), || {
+        s.recorder.calls_of("handoff-dlq").into_iter().find(|e| e["Records"][0]["messageId"] == message_id.as_str())
+    })
     .await;
     let record = &dlq_event["Records"][0];
     assert_eq!(record["body"], r#"{"exchangeId":"x1"}"#);
     assert_eq!(record["eventSource"], "aws:sqs");
-    assert!(record["eventSourceARN"]
-        .as_str()
-        .is_some_and(|a| a.ends_with(":handoff-QueryDlq")));
+    assert!(record["eventSourceARN"].as_str().is_some_and(|a| a.ends_with(":handoff-QueryDlq")));
 
     let attempts: Vec<String> = s
         .recorder
         .calls_of("handoff-worker-query")
         .iter()
         .filter(|e| e["Records"][0]["messageId"] == message_id.as_str())
-        .map(|e| {
-            e["Records"][0]["attributes"]["ApproximateReceiveCount"]
-                .as_str()
-                .unwrap_or("?")
-                .to_string()
-        })
+        .map(|e| e["Records"][0]["attributes"]["ApproximateReceiveCount"].as_str().unwrap_or("?").to_string())
         .collect();
     assert_eq!(attempts, vec!["1", "2", "3"]);
     s.emulator.shutdown().await;
@@ -250,14 +186,8 @@ async fn http_requests_become_payload_v2_events() {
         .await
         .expect("post");
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.headers().get("x-fake").and_then(|v| v.to_str().ok()),
-        Some("api")
-    );
-    assert_eq!(
-        r.headers().get("set-cookie").and_then(|v| v.to_str().ok()),
-        Some("session=abc")
-    );
+    assert_eq!(r.headers().get("x-fake").and_then(|v| v.to_str().ok()), Some("api"));
+    assert_eq!(r.headers().get("set-cookie").and_then(|v| v.to_str().ok()), Some("session=abc"));
     let e: Value = r.json().await.expect("echoed event");
     assert_eq!(e["version"], "2.0");
     assert_eq!(e["routeKey"], "POST /exchanges");
@@ -281,45 +211,23 @@ async fn http_requests_become_payload_v2_events() {
         .json()
         .await
         .expect("json");
-    assert_eq!(
-        e["routeKey"],
-        "PATCH /integrations/{code}/versions/{version}"
-    );
-    assert_eq!(
-        e["pathParameters"],
-        json!({"code": "PROVIDER_IMPORT", "version": "null"})
-    );
+    assert_eq!(e["routeKey"], "PATCH /integrations/{code}/versions/{version}");
+    assert_eq!(e["pathParameters"], json!({"code": "PROVIDER_IMPORT", "version": "null"}));
 
     // Unknown route: API Gateway's own 404.
     let r = client.get(format!("{api}/nope")).send().await.expect("404");
     assert_eq!(r.status(), 404);
-    assert_eq!(
-        r.json::<Value>().await.expect("json"),
-        json!({"message": "Not Found"})
-    );
+    assert_eq!(r.json::<Value>().await.expect("json"), json!({"message": "Not Found"}));
 
     // Over the 10 MB payload quota.
     let big = vec![b'a'; 10 * 1024 * 1024 + 1];
-    let r = client
-        .post(format!("{api}/exchanges"))
-        .body(big)
-        .send()
-        .await
-        .expect("413");
+    let r = client.post(format!("{api}/exchanges")).body(big).send().await.expect("413");
     assert_eq!(r.status(), 413);
 
     // Integration timeout (shortened to 500 ms for the test).
-    let r = client
-        .get(format!("{api}/health"))
-        .header("x-sleep-ms", "2000")
-        .send()
-        .await
-        .expect("503");
+    let r = client.get(format!("{api}/health")).header("x-sleep-ms", "2000").send().await.expect("503");
     assert_eq!(r.status(), 503);
-    assert_eq!(
-        r.json::<Value>().await.expect("json"),
-        json!({"message": "Service Unavailable"})
-    );
+    assert_eq!(r.json::<Value>().await.expect("json"), json!({"message": "Service Unavailable"}));
     s.emulator.shutdown().await;
 }
 
@@ -339,10 +247,7 @@ async fn stored_schedules_fire() {
         .vars
         .lock()
         .ok()
-        .and_then(|v| {
-            v.get("handoff-api")
-                .and_then(|v| v.get("HANDOFF_SCHEDULE_GROUP").cloned())
-        })
+        .and_then(|v| v.get("handoff-api").and_then(|v| v.get("HANDOFF_SCHEDULE_GROUP").cloned()))
         .expect("schedule group var");
     let at = (chrono::Utc::now() + chrono::Duration::seconds(2)).format("%Y-%m-%dT%H:%M:%S");
     scheduler
@@ -350,12 +255,7 @@ async fn stored_schedules_fire() {
         .name("soon")
         .group_name(&group)
         .schedule_expression(format!("at({at})"))
-        .flexible_time_window(
-            FlexibleTimeWindow::builder()
-                .mode(FlexibleTimeWindowMode::Off)
-                .build()
-                .expect("window"),
-        )
+        .flexible_time_window(FlexibleTimeWindow::builder().mode(FlexibleTimeWindowMode::Off).build().expect("window"))
         .target(
             Target::builder()
                 .arn(&trigger_arn)

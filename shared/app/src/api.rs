@@ -10,7 +10,8 @@ use crate::function::{FunctionHandler, InvocationError};
 use crate::invoke::{invoke_exchange, retry_policy, InvokeError, InvokeRequest};
 use crate::payloads::PayloadCodec;
 use crate::ports::{
-    outbox_entry, ErrorFilter, ExchangeDetail, ExchangeFilter, HandoffMessage, IntegrationWriteError, PortError, StoredIntegration,
+    outbox_entry, ErrorFilter, ExchangeDetail, ExchangeFilter, HandoffMessage, IntegrationWriteError, PortError,
+    StoredIntegration,
 };
 use crate::recover::{recover_exchange, retry_step_now, ActionError};
 use async_trait::async_trait;
@@ -25,8 +26,8 @@ use handoff_core::definition::parse_definition;
 use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::notification::parse_notification;
-use handoff_core::retry::ErrorClassification;
 use handoff_core::reader::{FieldError, ObjectReader};
+use handoff_core::retry::ErrorClassification;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,12 +64,7 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
     fn field(error: FieldError, code: &'static str) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            code,
-            message: error.to_string(),
-            field: Some(error.path),
-        }
+        Self { status: StatusCode::BAD_REQUEST, code, message: error.to_string(), field: Some(error.path) }
     }
     fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "NotFound", message)
@@ -82,7 +78,9 @@ impl ApiError {
 /// Refuses a query parameter that is not one of `allowed`.
 fn only_parameters(query: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
     match query.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(unknown) => Err(ApiError::parameter(unknown, format!("unknown query parameter (expected {})", allowed.join(", ")))),
+        Some(unknown) => {
+            Err(ApiError::parameter(unknown, format!("unknown query parameter (expected {})", allowed.join(", "))))
+        }
         None => Ok(()),
     }
 }
@@ -100,7 +98,9 @@ impl From<PortError> for ApiError {
     fn from(e: PortError) -> Self {
         tracing::error!(error = %e, "storage call failed");
         match e {
-            PortError::Unavailable { .. } => Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", e.to_string()),
+            PortError::Unavailable { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", e.to_string())
+            }
             PortError::Fault { .. } => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()),
         }
     }
@@ -176,7 +176,8 @@ fn json_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request("InvalidJson", "request body is empty; a JSON object is expected"));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("InvalidJson", format!("request body is not valid JSON: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("InvalidJson", format!("request body is not valid JSON: {e}")))
 }
 
 fn path_code(code: &str) -> Result<IntegrationCode, ApiError> {
@@ -214,7 +215,8 @@ async fn create_integration(State(ctx): Ctx, body: Bytes) -> ApiResult {
         created_at: now,
         updated_at: now,
     };
-    let loaded = LoadedIntegration::from_stored(stored.clone()).map_err(|e| ApiError::bad_request("InvalidDefinition", e.to_string()))?;
+    let loaded = LoadedIntegration::from_stored(stored.clone())
+        .map_err(|e| ApiError::bad_request("InvalidDefinition", e.to_string()))?;
     mapping_routes::check_mappings(&ctx, &loaded).await?;
     ctx.integrations.create(&stored).await.map_err(write_error)?;
     ctx.definitions.remember(Arc::new(loaded));
@@ -225,8 +227,12 @@ async fn create_integration(State(ctx): Ctx, body: Bytes) -> ApiResult {
 
 fn write_error(e: IntegrationWriteError) -> ApiError {
     match e {
-        IntegrationWriteError::AlreadyExists { .. } => ApiError::new(StatusCode::CONFLICT, "AlreadyExists", e.to_string()),
-        IntegrationWriteError::RevisionConflict => ApiError::new(StatusCode::CONFLICT, "ConcurrentModification", e.to_string()),
+        IntegrationWriteError::AlreadyExists { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "AlreadyExists", e.to_string())
+        }
+        IntegrationWriteError::RevisionConflict => {
+            ApiError::new(StatusCode::CONFLICT, "ConcurrentModification", e.to_string())
+        }
         IntegrationWriteError::Port(p) => p.into(),
     }
 }
@@ -245,7 +251,9 @@ async fn sync_schedule(ctx: &AppContext, code: &IntegrationCode) -> Value {
     }
     .await;
     match outcome {
-        Ok(Some((spec, version))) => json!({"state": "active", "expression": spec.expression, "timezone": spec.timezone, "followsVersion": version}),
+        Ok(Some((spec, version))) => {
+            json!({"state": "active", "expression": spec.expression, "timezone": spec.timezone, "followsVersion": version})
+        }
         Ok(None) => json!({"state": "none"}),
         Err(e) => {
             tracing::error!(code = %code, error = %e, "schedule could not be synchronised");
@@ -291,7 +299,8 @@ fn without_retry(steps: Option<&Value>) -> Value {
 
 async fn patch_integration(State(ctx): Ctx, Path((code, version)): Path<(String, String)>, body: Bytes) -> ApiResult {
     let code = path_code(&code)?;
-    let version = IntegrationVersion::parse_path(&version).map_err(|e| ApiError::bad_request("InvalidParameter", format!("version: {e}")))?;
+    let version = IntegrationVersion::parse_path(&version)
+        .map_err(|e| ApiError::bad_request("InvalidParameter", format!("version: {e}")))?;
     let patch = json_body(&body)?;
     let reader = ObjectReader::new("", &patch).map_err(|e| ApiError::field(e, "InvalidPatch"))?;
     reader.deny_unknown(&MUTABLE_FIELDS).map_err(|e| ApiError::field(e, "InvalidPatch"))?;
@@ -312,7 +321,10 @@ async fn patch_integration(State(ctx): Ctx, Path((code, version)): Path<(String,
     }
     if without_retry(document.get("steps")) != without_retry(current.document.get("steps")) {
         return Err(ApiError::field(
-            FieldError::new("steps", "only the retry policies of steps can change; define a new version for anything else"),
+            FieldError::new(
+                "steps",
+                "only the retry policies of steps can change; define a new version for anything else",
+            ),
             "InvalidPatch",
         ));
     }
@@ -378,12 +390,16 @@ async fn post_exchange(State(ctx): Ctx, body: Bytes) -> ApiResult {
     let request = json_body(&body)?;
     let r = ObjectReader::new("", &request).map_err(|e| ApiError::field(e, "InvalidRequest"))?;
     let invalid = |e| ApiError::field(e, "InvalidRequest");
-    r.deny_unknown(&["integrationCode", "integrationVersion", "parameters", "payload", "waitSeconds"]).map_err(invalid)?;
+    r.deny_unknown(&["integrationCode", "integrationVersion", "parameters", "payload", "waitSeconds"])
+        .map_err(invalid)?;
     let integration_code = IntegrationCode::parse(r.required_str("integrationCode").map_err(invalid)?)
         .map_err(|e| invalid(FieldError::new("integrationCode", e)))?;
     let integration_version = match r.get("integrationVersion") {
         None => None,
-        some => Some(handoff_core::definition::parse_version(some).map_err(|e| invalid(FieldError::new("integrationVersion", e.problem)))?),
+        some => Some(
+            handoff_core::definition::parse_version(some)
+                .map_err(|e| invalid(FieldError::new("integrationVersion", e.problem)))?,
+        ),
     };
     let parameters = match r.get("parameters") {
         None => Value::Object(Map::new()),
@@ -402,7 +418,9 @@ async fn post_exchange(State(ctx): Ctx, body: Bytes) -> ApiResult {
             InvokeError::NotFound { .. } => ApiError::not_found(e.to_string()),
             InvokeError::Disabled { .. } => ApiError::new(StatusCode::CONFLICT, "VersionDisabled", e.to_string()),
             InvokeError::Unusable(m) => ApiError::new(StatusCode::CONFLICT, "IntegrationUnusable", m),
-            InvokeError::Payload(p) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", p.to_string()),
+            InvokeError::Payload(p) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", p.to_string())
+            }
             InvokeError::Port(p) => p.into(),
         })?;
     if wait_seconds == 0 {
@@ -452,7 +470,9 @@ async fn get_exchange(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
 
 fn action_error(e: ActionError) -> ApiError {
     match e {
-        ActionError::UnknownExchange(_) | ActionError::UnknownStep(_) | ActionError::UnknownVersion(_) => ApiError::not_found(e.to_string()),
+        ActionError::UnknownExchange(_) | ActionError::UnknownStep(_) | ActionError::UnknownVersion(_) => {
+            ApiError::not_found(e.to_string())
+        }
         ActionError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "InvalidState", m),
         ActionError::Port(p) => p.into(),
     }
@@ -467,7 +487,10 @@ async fn recover(State(ctx): Ctx, Path(id): Path<String>, body: Bytes) -> ApiRes
         r.deny_unknown(&["integrationVersion"]).map_err(|e| ApiError::field(e, "InvalidRequest"))?;
         match r.get("integrationVersion") {
             None => None,
-            some => Some(handoff_core::definition::parse_version(some).map_err(|e| ApiError::field(FieldError::new("integrationVersion", e.problem), "InvalidRequest"))?),
+            some => Some(
+                handoff_core::definition::parse_version(some)
+                    .map_err(|e| ApiError::field(FieldError::new("integrationVersion", e.problem), "InvalidRequest"))?,
+            ),
         }
     };
     let recovered = recover_exchange(&ctx, &ExchangeId::new(id.clone()), version).await.map_err(action_error)?;
@@ -483,7 +506,8 @@ async fn recover(State(ctx): Ctx, Path(id): Path<String>, body: Bytes) -> ApiRes
 }
 
 async fn retry_step(State(ctx): Ctx, Path((id, step_id)): Path<(String, String)>) -> ApiResult {
-    let step_id = StepId::parse(&step_id).map_err(|e| ApiError::bad_request("InvalidParameter", format!("stepId: {e}")))?;
+    let step_id =
+        StepId::parse(&step_id).map_err(|e| ApiError::bad_request("InvalidParameter", format!("stepId: {e}")))?;
     let attempt = retry_step_now(&ctx, &ExchangeId::new(id.clone()), step_id).await.map_err(action_error)?;
     Ok((StatusCode::ACCEPTED, Json(json!({"exchangeId": id, "stepId": step_id, "attempt": attempt}))).into_response())
 }
@@ -512,7 +536,11 @@ async fn list_errors(State(ctx): Ctx, Query(query): Query<HashMap<String, String
     let limit = parse_limit(query.get("limit")).map_err(|m| invalid("limit", m))?;
     let page = ctx
         .exchanges
-        .errors(&ErrorFilter { classification, integration_code, since }, limit, query.get("cursor").map(String::as_str))
+        .errors(
+            &ErrorFilter { classification, integration_code, since },
+            limit,
+            query.get("cursor").map(String::as_str),
+        )
         .await
         .map_err(listing_error)?;
     Ok(Json(json!({"items": page.items, "nextCursor": page.next_cursor})).into_response())
@@ -546,7 +574,8 @@ async fn notify(State(ctx): Ctx, Path(token): Path<String>, body: Bytes) -> ApiR
     };
     // An agent's report is checked here, so the agent hears of a malformed one (and may resend).
     if armed.sub_step == handoff_core::plan::SubStep::ReceiveAgentNotification {
-        handoff_core::notification::parse_agent_report(&notification).map_err(|e| ApiError::field(e, "InvalidNotification"))?;
+        handoff_core::notification::parse_agent_report(&notification)
+            .map_err(|e| ApiError::field(e, "InvalidNotification"))?;
     }
     // Tell the caller plainly when its answer comes too late to matter.
     if let Some(detail) = ctx.exchanges.get(&armed.exchange_id).await? {
@@ -560,7 +589,8 @@ async fn notify(State(ctx): Ctx, Path(token): Path<String>, body: Bytes) -> ApiR
         }
     }
     let codec = PayloadCodec::new(ctx.files.clone(), ctx.settings.inline_payload_limit);
-    let bytes = serde_json::to_vec(&notification).map_err(|e| PortError::Fault { service: "api", message: e.to_string() })?;
+    let bytes =
+        serde_json::to_vec(&notification).map_err(|e| PortError::Fault { service: "api", message: e.to_string() })?;
     let input = codec
         .store(bytes.into(), "application/json")
         .await
@@ -652,15 +682,13 @@ async fn get_data_file(State(ctx): Ctx, Path((id, name)): Path<(String, String)>
 // ------------------------------------------------------------------ health
 
 async fn health(State(ctx): Ctx) -> Response {
-    let (integrations, exchanges, queue, files) = tokio::join!(
-        ctx.integrations.health(),
-        ctx.exchanges.health(),
-        ctx.queue.health(),
-        ctx.files.health()
-    );
+    let (integrations, exchanges, queue, files) =
+        tokio::join!(ctx.integrations.health(), ctx.exchanges.health(), ctx.queue.health(), ctx.files.health());
     let mut healthy = true;
     let mut components = Map::new();
-    for (name, result) in [("integrations", integrations), ("exchanges", exchanges), ("queues", queue), ("dataFiles", files)] {
+    for (name, result) in
+        [("integrations", integrations), ("exchanges", exchanges), ("queues", queue), ("dataFiles", files)]
+    {
         let state = match result {
             Ok(()) => json!({"status": "ok"}),
             Err(e) => {

@@ -63,20 +63,17 @@ pub fn to_request(event: Value) -> Result<http::Request<axum::body::Body>, Invoc
     if !event.cookies.is_empty() {
         builder = builder.header("cookie", event.cookies.join("; "));
     }
-    builder
-        .body(axum::body::Body::from(body))
-        .map_err(|e| InvocationError::new("InvalidEvent", e.to_string()))
+    builder.body(axum::body::Body::from(body)).map_err(|e| InvocationError::new("InvalidEvent", e.to_string()))
 }
 
 pub async fn from_response(response: http::Response<axum::body::Body>) -> Result<Value, InvocationError> {
     let (parts, body) = response.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map_err(|e| InvocationError::new("ResponseError", e.to_string()))?
-        .to_bytes();
+    let bytes = body.collect().await.map_err(|e| InvocationError::new("ResponseError", e.to_string()))?.to_bytes();
     if bytes.len() > MAX_RESPONSE_BYTES {
-        return Err(InvocationError::new("ResponseTooLarge", format!("{} bytes exceed the Lambda response limit", bytes.len())));
+        return Err(InvocationError::new(
+            "ResponseTooLarge",
+            format!("{} bytes exceed the Lambda response limit", bytes.len()),
+        ));
     }
     let mut headers = serde_json::Map::new();
     for (name, value) in &parts.headers {

@@ -2,10 +2,10 @@
 //! integration for every message (cost), but changes must show up within the TTL.
 
 use crate::ports::{IntegrationRepository, PortError, StoredIntegration};
+use crate::ttl::TtlMap;
 use handoff_core::definition::{parse_definition, IntegrationDefinition};
 use handoff_core::ids::{IntegrationCode, IntegrationVersion};
 use handoff_core::plan::{plan, PlannedSubStep};
-use crate::ttl::TtlMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,11 +32,7 @@ impl LoadedIntegration {
 #[derive(Debug, thiserror::Error)]
 pub enum DefinitionLoadError {
     #[error("integration {code} version {version} is stored but no longer valid: {problem}")]
-    Corrupt {
-        code: IntegrationCode,
-        version: IntegrationVersion,
-        problem: String,
-    },
+    Corrupt { code: IntegrationCode, version: IntegrationVersion, problem: String },
     #[error(transparent)]
     Port(#[from] PortError),
 }

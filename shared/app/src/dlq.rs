@@ -4,7 +4,9 @@
 
 use crate::context::AppContext;
 use crate::function::{FunctionHandler, InvocationError};
-use crate::ports::{CommitOutcome, ErrorRecord, ExchangeChange, HandoffMessage, ParentTally, PortError, StepChange, StepCommit};
+use crate::ports::{
+    CommitOutcome, ErrorRecord, ExchangeChange, HandoffMessage, ParentTally, PortError, StepChange, StepCommit,
+};
 use crate::sqs::{batch_response, SqsEvent, SqsRecord};
 use async_trait::async_trait;
 use chrono::Utc;
@@ -72,18 +74,26 @@ impl DlqFunction {
             at: now,
         });
         commit.step = Some(StepChange {
-                step_id: message.step_id,
-                attempt: message.attempt,
-                claimed: false,
-                status: StepStatus::Failed,
-                payload: None,
-                max_attempts: message.attempt,
-                last_error: Some(StepError { classification: ErrorClassification::System, message: cause.clone(), at: now }),
-                next_retry_at: None,
-                completed_at: None,
-                logs: Vec::new(),
+            step_id: message.step_id,
+            attempt: message.attempt,
+            claimed: false,
+            status: StepStatus::Failed,
+            payload: None,
+            max_attempts: message.attempt,
+            last_error: Some(StepError {
+                classification: ErrorClassification::System,
+                message: cause.clone(),
+                at: now,
+            }),
+            next_retry_at: None,
+            completed_at: None,
+            logs: Vec::new(),
         });
-        commit.tally = message.parent.as_ref().map(|p| ParentTally { parent: p.exchange_id.clone(), step_id: p.step_id, completed: false });
+        commit.tally = message.parent.as_ref().map(|p| ParentTally {
+            parent: p.exchange_id.clone(),
+            step_id: p.step_id,
+            completed: false,
+        });
         match self.ctx.exchanges.commit(&commit).await? {
             CommitOutcome::Applied => {
                 tracing::error!(exchangeId = %message.exchange_id, stepId = %message.step_id, %cause, "exchange failed: dead-lettered handoff");
@@ -91,7 +101,9 @@ impl DlqFunction {
                     crate::subflow::resume_parent_if_last(&self.ctx, link).await?;
                 }
             }
-            CommitOutcome::Conflict => tracing::warn!(exchangeId = %message.exchange_id, stepId = %message.step_id, "dead letter for a step or exchange that already moved on; nothing to mark"),
+            CommitOutcome::Conflict => {
+                tracing::warn!(exchangeId = %message.exchange_id, stepId = %message.step_id, "dead letter for a step or exchange that already moved on; nothing to mark")
+            }
         }
         Ok(())
     }

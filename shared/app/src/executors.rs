@@ -10,9 +10,9 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use futures::TryStreamExt;
 use handoff_core::definition::{DestinationTarget, RequestTemplate, StepAction};
 use handoff_core::exchange::{LogType, Payload};
+use handoff_core::expression::{Expression, ExpressionVars};
 use handoff_core::ids::{DataFileSetId, StepId};
 use handoff_core::notification::{Notification, NotificationStatus};
-use handoff_core::expression::{Expression, ExpressionVars};
 use handoff_core::placeholder::PlaceholderContext;
 use handoff_core::plan::{first_after_step, PlannedSubStep, SubStep};
 use handoff_core::retry::Failure;
@@ -150,7 +150,11 @@ struct Extras {
     recorded: Vec<Failure>,
 }
 
-async fn run(cx: &ExecutionContext<'_>, logs: &mut Vec<String>, user_logs: &mut Vec<String>) -> Result<StepOutput, Failure> {
+async fn run(
+    cx: &ExecutionContext<'_>,
+    logs: &mut Vec<String>,
+    user_logs: &mut Vec<String>,
+) -> Result<StepOutput, Failure> {
     let step = cx.planned.step_index.map(|i| &cx.loaded.definition.steps[i]);
     match cx.planned.sub_step {
         SubStep::ExchangeTriggered => {
@@ -165,11 +169,11 @@ async fn run(cx: &ExecutionContext<'_>, logs: &mut Vec<String>, user_logs: &mut 
             Ok(StepOutput::default())
         }
         SubStep::ConditionInvocation => {
-            let condition = step.and_then(|s| s.condition.as_ref()).ok_or_else(|| Failure::system("step has no condition"))?;
+            let condition =
+                step.and_then(|s| s.condition.as_ref()).ok_or_else(|| Failure::system("step has no condition"))?;
             let input = cx.input_json().await?;
-            let holds = condition
-                .evaluate_condition(&input, &cx.vars())
-                .map_err(|e| expression_failure("condition", e))?;
+            let holds =
+                condition.evaluate_condition(&input, &cx.vars()).map_err(|e| expression_failure("condition", e))?;
             if holds {
                 logs.push("Condition is true: the step runs".into());
                 Ok(StepOutput::default())
@@ -180,7 +184,8 @@ async fn run(cx: &ExecutionContext<'_>, logs: &mut Vec<String>, user_logs: &mut 
             }
         }
         SubStep::PostProcess => {
-            let program = step.and_then(|s| s.post_process.as_ref()).ok_or_else(|| Failure::system("step has no postProcess"))?;
+            let program =
+                step.and_then(|s| s.post_process.as_ref()).ok_or_else(|| Failure::system("step has no postProcess"))?;
             let output = run_jq(cx, program, "postProcess").await?;
             logs.push("Post-processing applied".into());
             Ok(StepOutput { payload: Some(store_value(cx, &output).await?), ..StepOutput::default() })
@@ -227,7 +232,12 @@ async fn run(cx: &ExecutionContext<'_>, logs: &mut Vec<String>, user_logs: &mut 
             let (request, waits) = match cx.action() {
                 Some(StepAction::InvokeProcess { request, expect_notification, .. }) => (request, *expect_notification),
                 Some(StepAction::Extract { request, .. }) => (request, true),
-                _ => return Err(Failure::system(format!("sub-step {} on a step that does not invoke", cx.planned.sub_step))),
+                _ => {
+                    return Err(Failure::system(format!(
+                        "sub-step {} on a step that does not invoke",
+                        cx.planned.sub_step
+                    )))
+                }
             };
             invoke_external(cx, request, waits, logs).await
         }
@@ -262,7 +272,12 @@ async fn run(cx: &ExecutionContext<'_>, logs: &mut Vec<String>, user_logs: &mut 
             for file in &notification.files {
                 let response = outbound::send(
                     cx.http,
-                    outbound::RenderedRequest { method: reqwest::Method::GET, url: file.url.clone(), headers: Vec::new(), body: None },
+                    outbound::RenderedRequest {
+                        method: reqwest::Method::GET,
+                        url: file.url.clone(),
+                        headers: Vec::new(),
+                        body: None,
+                    },
                     OutboundBody::Empty,
                     &[],
                 )
@@ -286,9 +301,21 @@ async fn run(cx: &ExecutionContext<'_>, logs: &mut Vec<String>, user_logs: &mut 
             for link in &notification.recovery_links {
                 let method = reqwest::Method::from_bytes(link.method.as_bytes())
                     .map_err(|_| Failure::business(format!("recovery link method {} is not HTTP", link.method)))?;
-                let request = outbound::RenderedRequest { method, url: link.url.clone(), headers: Vec::new(), body: None };
-                let response = outbound::send(cx.http, request, OutboundBody::Empty, &[("Idempotency-Key", idempotency_key(cx.message))]).await?;
-                logs.push(format!("Recovery link {} {}: HTTP {}", link.method, outbound::redact_query(&link.url), response.status().as_u16()));
+                let request =
+                    outbound::RenderedRequest { method, url: link.url.clone(), headers: Vec::new(), body: None };
+                let response = outbound::send(
+                    cx.http,
+                    request,
+                    OutboundBody::Empty,
+                    &[("Idempotency-Key", idempotency_key(cx.message))],
+                )
+                .await?;
+                logs.push(format!(
+                    "Recovery link {} {}: HTTP {}",
+                    link.method,
+                    outbound::redact_query(&link.url),
+                    response.status().as_u16()
+                ));
             }
             Ok(StepOutput::default())
         }
@@ -351,12 +378,10 @@ async fn invoke_external(
 async fn arm_callback(cx: &ExecutionContext<'_>) -> Result<(String, Wait), Failure> {
     let timeout_seconds = cx.loaded.definition.callback_timeout_seconds(cx.planned.step_index, cx.planned.destination);
     let waiting_step = StepId::from_sequence(cx.planned.sequence + 1);
-    let base = cx
-        .app
-        .settings
-        .public_base_url
-        .as_deref()
-        .ok_or_else(|| Failure::system("HANDOFF_PUBLIC_BASE_URL is not configured: no callback URL can be given"))?;
+    let base =
+        cx.app.settings.public_base_url.as_deref().ok_or_else(|| {
+            Failure::system("HANDOFF_PUBLIC_BASE_URL is not configured: no callback URL can be given")
+        })?;
     let timeout_at = timeout_seconds.map(|s| Utc::now() + ChronoDuration::seconds(s as i64));
     let secret = new_token();
     let token = CallbackToken {
@@ -365,13 +390,21 @@ async fn arm_callback(cx: &ExecutionContext<'_>) -> Result<(String, Wait), Failu
         integration_code: cx.message.integration_code.clone(),
         integration_version: cx.message.integration_version,
         step_id: waiting_step,
-        sub_step: cx.loaded.plan.get(waiting_step.sequence() as usize).map_or(SubStep::ReceiveNotification, |p| p.sub_step),
+        sub_step: cx
+            .loaded
+            .plan
+            .get(waiting_step.sequence() as usize)
+            .map_or(SubStep::ReceiveNotification, |p| p.sub_step),
         recovery: cx.message.recovery,
         parameters: cx.message.parameters.clone(),
         expires_at: timeout_at,
         parent: cx.message.parent.clone(),
     };
-    cx.app.exchanges.put_token(&token).await.map_err(|e| Failure::transient(format!("storing the callback token: {e}")))?;
+    cx.app
+        .exchanges
+        .put_token(&token)
+        .await
+        .map_err(|e| Failure::transient(format!("storing the callback token: {e}")))?;
     let url = format!("{}/notifications/{secret}", base.trim_end_matches('/'));
     Ok((url, Wait { step_id: waiting_step, timeout_at }))
 }
@@ -389,7 +422,8 @@ pub fn token_hash(token: &str) -> String {
 /// The notification this sub-step runs on (its input).
 async fn notification_from(cx: &ExecutionContext<'_>) -> Result<Notification, Failure> {
     let value = cx.input_json().await?;
-    serde_json::from_value(value).map_err(|e| Failure::system(format!("the stored callback is not a notification: {e}")))
+    serde_json::from_value(value)
+        .map_err(|e| Failure::system(format!("the stored callback is not a notification: {e}")))
 }
 
 /// The notification stored on the waiting step of this integration step (later sub-steps
@@ -410,7 +444,8 @@ async fn stored_notification(cx: &ExecutionContext<'_>) -> Result<Notification, 
         .ok_or_else(|| Failure::system("the waiting step is missing"))?;
     let payload = step.payload.ok_or_else(|| Failure::system("the waiting step holds no notification"))?;
     let bytes = cx.codec.load(&payload).await.map_err(payload_failure)?;
-    serde_json::from_slice(&bytes).map_err(|e| Failure::system(format!("the stored callback is not a notification: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Failure::system(format!("the stored callback is not a notification: {e}")))
 }
 
 /// Stores a JSON value as the step's output (inline or as a data file set).

@@ -15,10 +15,7 @@ pub struct InvocationError {
 
 impl InvocationError {
     pub fn new(error_type: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            error_type: error_type.into(),
-            message: message.into(),
-        }
+        Self { error_type: error_type.into(), message: message.into() }
     }
 }
 

@@ -3,7 +3,9 @@
 use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
 use crate::payloads::{PayloadCodec, PayloadError};
-use crate::ports::{CommitOutcome, ErrorRecord, ExchangeChange, HandoffMessage, PortError, StepChange, StepCommit, Timer, TimerKind};
+use crate::ports::{
+    CommitOutcome, ErrorRecord, ExchangeChange, HandoffMessage, PortError, StepChange, StepCommit, Timer, TimerKind,
+};
 use crate::worker::{arm_timer, send_follow_ups, WorkerError};
 use bytes::Bytes;
 use chrono::Utc;
@@ -40,22 +42,18 @@ pub enum InvokeError {
 
 /// The retry policy of a planned sub-step (bookkeeping sub-steps use the default).
 pub fn retry_policy(definition: &IntegrationDefinition, planned: &PlannedSubStep) -> RetryPolicy {
-    planned
-        .step_index
-        .and_then(|i| definition.steps.get(i))
-        .map(|s| s.retry)
-        .unwrap_or_default()
+    planned.step_index.and_then(|i| definition.steps.get(i)).map(|s| s.retry).unwrap_or_default()
 }
 
 pub async fn invoke_exchange(ctx: &AppContext, request: InvokeRequest) -> Result<Exchange, InvokeError> {
     let code = request.integration_code;
     let versions = ctx.integrations.versions(&code).await?;
-    let available: Vec<VersionAvailability> = versions
-        .iter()
-        .map(|v| VersionAvailability { version: v.version, enabled: v.enabled })
-        .collect();
+    let available: Vec<VersionAvailability> =
+        versions.iter().map(|v| VersionAvailability { version: v.version, enabled: v.enabled }).collect();
     let version = select_version(&available, request.integration_version).map_err(|e| match e {
-        VersionSelectionError::VersionDisabled(_) => InvokeError::Disabled { code: code.clone(), reason: e.to_string() },
+        VersionSelectionError::VersionDisabled(_) => {
+            InvokeError::Disabled { code: code.clone(), reason: e.to_string() }
+        }
         VersionSelectionError::VersionNotFound(_) | VersionSelectionError::NoEnabledVersion => {
             InvokeError::NotFound { code: code.clone(), reason: e.to_string() }
         }
@@ -64,9 +62,7 @@ pub async fn invoke_exchange(ctx: &AppContext, request: InvokeRequest) -> Result
         .into_iter()
         .find(|v| v.version == version)
         .ok_or_else(|| InvokeError::NotFound { code: code.clone(), reason: format!("version {version} vanished") })?;
-    let loaded = Arc::new(
-        LoadedIntegration::from_stored(stored).map_err(|e| InvokeError::Unusable(e.to_string()))?,
-    );
+    let loaded = Arc::new(LoadedIntegration::from_stored(stored).map_err(|e| InvokeError::Unusable(e.to_string()))?);
     ctx.definitions.remember(loaded.clone());
 
     let codec = PayloadCodec::new(ctx.files.clone(), ctx.settings.inline_payload_limit);
@@ -75,7 +71,8 @@ pub async fn invoke_exchange(ctx: &AppContext, request: InvokeRequest) -> Result
         None => None,
     };
     let now = Utc::now();
-    let created = materialize(&loaded, ExchangeId::new(uuid::Uuid::now_v7().to_string()), request.parameters, input, None, now);
+    let created =
+        materialize(&loaded, ExchangeId::new(uuid::Uuid::now_v7().to_string()), request.parameters, input, None, now);
     let (exchange, steps, message) = (created.exchange, created.steps, created.first);
     ctx.exchanges.create(&exchange, &steps).await?;
 
@@ -176,8 +173,18 @@ pub async fn start_again(ctx: &AppContext, exchange: &Exchange) -> Result<(), Po
         .get(&exchange.integration_code, exchange.integration_version)
         .await
         .map_err(|e| unusable(e.to_string()))?
-        .ok_or_else(|| unusable(format!("integration {} version {} does not exist", exchange.integration_code, exchange.integration_version)))?;
-    let input = ctx.exchanges.get(&exchange.exchange_id).await?.and_then(|detail| detail.steps.into_iter().next()).and_then(|s| s.payload);
+        .ok_or_else(|| {
+            unusable(format!(
+                "integration {} version {} does not exist",
+                exchange.integration_code, exchange.integration_version
+            ))
+        })?;
+    let input = ctx
+        .exchanges
+        .get(&exchange.exchange_id)
+        .await?
+        .and_then(|detail| detail.steps.into_iter().next())
+        .and_then(|s| s.payload);
     let message = first_message(&loaded, exchange, input);
     arm_sla(ctx, exchange, loaded.definition.sla_seconds, exchange.created_at).await?;
     ctx.queue.send(message.sub_step.family(), &message, 0).await
@@ -193,7 +200,8 @@ pub async fn arm_sla(
     let Some(timer) = sla_timer(exchange, sla_seconds, now) else {
         return Ok(());
     };
-    let mut commit = StepCommit::new(exchange.exchange_id.clone(), exchange.recoveries, ExchangeChange::RequireNotFinal, now);
+    let mut commit =
+        StepCommit::new(exchange.exchange_id.clone(), exchange.recoveries, ExchangeChange::RequireNotFinal, now);
     let mut follow_ups = Vec::new();
     arm_timer(timer, now, &mut commit, &mut follow_ups);
     if !commit.timers.is_empty() && ctx.exchanges.commit(&commit).await? == CommitOutcome::Conflict {
@@ -228,7 +236,12 @@ async fn mark_not_handed_off(ctx: &AppContext, exchange: &Exchange, error: &Port
     let mut commit = StepCommit::new(
         exchange.exchange_id.clone(),
         0,
-        ExchangeChange::SetStatus { from: vec![ExchangeStatus::New], to: ExchangeStatus::Failed, error: Some(failure.clone()), completed_at: None },
+        ExchangeChange::SetStatus {
+            from: vec![ExchangeStatus::New],
+            to: ExchangeStatus::Failed,
+            error: Some(failure.clone()),
+            completed_at: None,
+        },
         now,
     );
     commit.errors.push(ErrorRecord {
@@ -243,24 +256,28 @@ async fn mark_not_handed_off(ctx: &AppContext, exchange: &Exchange, error: &Port
         at: now,
     });
     commit.step = Some(StepChange {
-            step_id: StepId::from_sequence(0),
-            attempt: 1,
-            claimed: false,
-            status: StepStatus::Failed,
-            payload: None,
-            max_attempts: RetryPolicy::default().max_attempts,
-            last_error: Some(handoff_core::exchange::StepError {
-                classification: ErrorClassification::System,
-                message: format!("could not hand off the exchange: {error}"),
-                at: now,
-            }),
-            next_retry_at: None,
-            completed_at: None,
-            logs: Vec::new(),
+        step_id: StepId::from_sequence(0),
+        attempt: 1,
+        claimed: false,
+        status: StepStatus::Failed,
+        payload: None,
+        max_attempts: RetryPolicy::default().max_attempts,
+        last_error: Some(handoff_core::exchange::StepError {
+            classification: ErrorClassification::System,
+            message: format!("could not hand off the exchange: {error}"),
+            at: now,
+        }),
+        next_retry_at: None,
+        completed_at: None,
+        logs: Vec::new(),
     });
     match ctx.exchanges.commit(&commit).await {
         Ok(CommitOutcome::Applied) => {}
-        Ok(CommitOutcome::Conflict) => tracing::warn!(exchangeId = %exchange.exchange_id, "exchange moved on before its hand-off failure was recorded"),
-        Err(e) => tracing::error!(exchangeId = %exchange.exchange_id, error = %e, "exchange could not be handed off nor marked failed"),
+        Ok(CommitOutcome::Conflict) => {
+            tracing::warn!(exchangeId = %exchange.exchange_id, "exchange moved on before its hand-off failure was recorded")
+        }
+        Err(e) => {
+            tracing::error!(exchangeId = %exchange.exchange_id, error = %e, "exchange could not be handed off nor marked failed")
+        }
     }
 }

@@ -4,8 +4,8 @@
 //! error-processing job re-drives exchanges whose failure was a retryable system error.
 
 use crate::context::AppContext;
-use crate::invoke::start_again;
 use crate::function::{FunctionHandler, InvocationError};
+use crate::invoke::start_again;
 use crate::ports::{ExchangeFilter, PortError};
 use crate::recover::recover_exchange;
 use crate::worker::delay_until;
@@ -59,7 +59,8 @@ impl JobsFunction {
         let mut sent = 0;
         loop {
             let now = Utc::now();
-            let due = self.ctx.exchanges.due_timers(now + ChronoDuration::seconds(SWEEP_LOOKAHEAD_SECONDS), PAGE).await?;
+            let due =
+                self.ctx.exchanges.due_timers(now + ChronoDuration::seconds(SWEEP_LOOKAHEAD_SECONDS), PAGE).await?;
             let count = due.len();
             for timer in due {
                 self.ctx.queue.send_timer(&timer, delay_until(now, timer.due)).await?;
@@ -87,7 +88,9 @@ impl JobsFunction {
                         tracing::warn!(exchangeId = %exchange.exchange_id, createdAt = %exchange.created_at, "exchange was never handed off; started again");
                         started += 1;
                     }
-                    Err(e) => tracing::error!(exchangeId = %exchange.exchange_id, error = %e, "an exchange left New could not be started again"),
+                    Err(e) => {
+                        tracing::error!(exchangeId = %exchange.exchange_id, error = %e, "an exchange left New could not be started again")
+                    }
                 }
             }
             cursor = page.next_cursor;
@@ -117,7 +120,9 @@ impl JobsFunction {
                 }
                 match recover_exchange(&self.ctx, &exchange.exchange_id, None).await {
                     Ok(_) => recovered.push(exchange.exchange_id),
-                    Err(e) => tracing::warn!(exchangeId = %exchange.exchange_id, error = %e, "automatic recovery failed"),
+                    Err(e) => {
+                        tracing::warn!(exchangeId = %exchange.exchange_id, error = %e, "automatic recovery failed")
+                    }
                 }
             }
             cursor = page.next_cursor;
@@ -132,8 +137,12 @@ impl JobsFunction {
 #[async_trait]
 impl FunctionHandler for JobsFunction {
     async fn invoke(&self, event: Value) -> Result<Value, InvocationError> {
-        let input: JobInput = serde_json::from_value(event)
-            .map_err(|e| InvocationError::new("InvalidEvent", format!("expected {{\"job\": \"regular\" | \"errorProcessing\"}}: {e}")))?;
+        let input: JobInput = serde_json::from_value(event).map_err(|e| {
+            InvocationError::new(
+                "InvalidEvent",
+                format!("expected {{\"job\": \"regular\" | \"errorProcessing\"}}: {e}"),
+            )
+        })?;
         let outcome = match input.job {
             Job::Regular => match (self.sweep_timers().await, self.start_unstarted().await) {
                 (Ok(sent), Ok(started)) => Ok(json!({"timersSent": sent, "exchangesStarted": started})),

@@ -4,11 +4,11 @@
 //! within the cache's TTL.
 
 use crate::ports::{PortError, PortResult};
+use crate::ttl::TtlMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use handoff_core::mapping::{parse_mapping, Mapping, MappingName};
 use serde_json::Value;
-use crate::ttl::TtlMap;
 use std::sync::Arc;
 use std::time::Duration;
 

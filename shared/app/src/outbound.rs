@@ -12,7 +12,10 @@ const URL_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(
 
 pub enum OutboundBody {
     Empty,
-    Stream { body: ByteStream, content_type: String },
+    Stream {
+        body: ByteStream,
+        content_type: String,
+    },
     /// multipart/form-data (file uploads); the form sets its own content type and boundary.
     Multipart(reqwest::multipart::Form),
 }
@@ -32,7 +35,12 @@ pub fn render(template: &RequestTemplate, ctx: &PlaceholderContext) -> Result<Re
     let headers = template
         .headers
         .iter()
-        .map(|(k, v)| Ok((k.clone(), placeholder::render(v, ctx, |s| s.to_string()).map_err(|e| fail(&format!("header {k}"), e))?)))
+        .map(|(k, v)| {
+            Ok((
+                k.clone(),
+                placeholder::render(v, ctx, |s| s.to_string()).map_err(|e| fail(&format!("header {k}"), e))?,
+            ))
+        })
         .collect::<Result<Vec<_>, Failure>>()?;
     let body = template
         .body
@@ -77,7 +85,13 @@ pub async fn send(
         (None, OutboundBody::Empty) => builder,
     };
     let response = builder.send().await.map_err(|e| {
-        let kind = if e.is_timeout() { "timed out" } else if e.is_connect() { "could not connect" } else { "failed" };
+        let kind = if e.is_timeout() {
+            "timed out"
+        } else if e.is_connect() {
+            "could not connect"
+        } else {
+            "failed"
+        };
         Failure::transient(format!("{target} {kind}: {}", root_cause(&e)))
     })?;
     match Failure::from_http_status(response.status().as_u16(), &target) {

@@ -6,10 +6,12 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use handoff_core::definition::ScheduleSpec;
-use handoff_core::exchange::{Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, Payload, StepError, StepStatus};
-use handoff_core::retry::ErrorClassification;
+use handoff_core::exchange::{
+    Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, Payload, StepError, StepStatus,
+};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::plan::{SubStep, WorkerFamily};
+use handoff_core::retry::ErrorClassification;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -63,7 +65,11 @@ pub trait IntegrationRepository: Send + Sync {
     async fn get(&self, code: &IntegrationCode, version: IntegrationVersion) -> PortResult<Option<StoredIntegration>>;
     /// Replaces the stored version if its revision is still `expected_revision`
     /// (the new one carries `expected_revision + 1`).
-    async fn replace(&self, integration: &StoredIntegration, expected_revision: u64) -> Result<(), IntegrationWriteError>;
+    async fn replace(
+        &self,
+        integration: &StoredIntegration,
+        expected_revision: u64,
+    ) -> Result<(), IntegrationWriteError>;
     async fn health(&self) -> PortResult<()>;
 }
 
@@ -349,7 +355,15 @@ pub trait ExchangeRepository: Send + Sync {
     /// step is `Initial`, `completedAttempt < attempt`, and (`claimedAttempt < attempt` or the
     /// previous claim's lease ended before `now`), and the exchange is not final and at
     /// generation `recovery`. Sets `claimedAttempt`, `attempts`, `leaseUntil`; clears `nextRetryAt`.
-    async fn claim(&self, id: &ExchangeId, step: StepId, attempt: u32, recovery: u32, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> PortResult<ClaimOutcome>;
+    async fn claim(
+        &self,
+        id: &ExchangeId,
+        step: StepId,
+        attempt: u32,
+        recovery: u32,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> PortResult<ClaimOutcome>;
     async fn commit(&self, commit: &StepCommit) -> PortResult<CommitOutcome>;
     /// Conflict if the exchange is not Failed/TimedOut at generation `commit.recovery`.
     async fn recover(&self, commit: &RecoveryCommit) -> PortResult<CommitOutcome>;
@@ -403,7 +417,9 @@ pub struct HandoffMessage {
 #[serde(untagged)]
 pub enum QueueMessage {
     /// A durable timer fired (distinguished by its `timer` field).
-    Timer { timer: Timer },
+    Timer {
+        timer: Timer,
+    },
     Handoff(HandoffMessage),
 }
 
@@ -439,13 +455,20 @@ pub struct DataFileInfo {
 pub trait DataFileStore: Send + Sync {
     /// Streams `body` into file `name` of set `set` (multipart upload for large bodies;
     /// memory bounded by the part size, not the file size).
-    async fn write(&self, set: &DataFileSetId, name: &str, content_type: &str, body: ByteStream) -> PortResult<DataFileInfo>;
+    async fn write(
+        &self,
+        set: &DataFileSetId,
+        name: &str,
+        content_type: &str,
+        body: ByteStream,
+    ) -> PortResult<DataFileInfo>;
     /// Streams one file; `None` if it does not exist.
     async fn read(&self, set: &DataFileSetId, name: &str) -> PortResult<Option<(DataFileInfo, ByteStream)>>;
     /// The files of a set, by name; empty if the set does not exist.
     async fn list(&self, set: &DataFileSetId) -> PortResult<Vec<DataFileInfo>>;
     /// A short-lived URL that downloads one file directly (files too large for an API answer).
-    async fn download_url(&self, set: &DataFileSetId, name: &str, valid_for: std::time::Duration) -> PortResult<String>;
+    async fn download_url(&self, set: &DataFileSetId, name: &str, valid_for: std::time::Duration)
+        -> PortResult<String>;
     async fn health(&self) -> PortResult<()>;
 }
 

@@ -5,12 +5,12 @@
 use crate::context::AppContext;
 use crate::invoke::sla_timer;
 use crate::ports::{outbox_entry, CommitOutcome, ExchangeDetail, HandoffMessage, PortError, RecoveryCommit};
+use crate::subflow::failed_children;
 use crate::worker::{delay_until, MAX_SQS_DELAY_SECONDS};
 use chrono::Utc;
 use handoff_core::exchange::StepStatus;
 use handoff_core::ids::{ExchangeId, IntegrationVersion, StepId};
 use handoff_core::plan::SubStep;
-use crate::subflow::failed_children;
 use handoff_core::recovery::{check_compatible, input_before, resume_point, RecoveryError};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,12 @@ pub async fn recover_exchange(
         .get(&exchange.integration_code, exchange.integration_version)
         .await
         .map_err(|e| ActionError::Conflict(e.to_string()))?
-        .ok_or_else(|| ActionError::Conflict(format!("version {} of the integration no longer exists", exchange.integration_version)))?;
+        .ok_or_else(|| {
+            ActionError::Conflict(format!(
+                "version {} of the integration no longer exists",
+                exchange.integration_version
+            ))
+        })?;
     let target = match onto_version.filter(|v| *v != exchange.integration_version) {
         None => current.clone(),
         Some(version) => {
@@ -62,9 +67,16 @@ pub async fn recover_exchange(
                 .get(&exchange.integration_code, version)
                 .await
                 .map_err(|e| ActionError::Conflict(e.to_string()))?
-                .ok_or_else(|| ActionError::UnknownVersion(format!("integration {} has no version {version}", exchange.integration_code)))?;
+                .ok_or_else(|| {
+                    ActionError::UnknownVersion(format!(
+                        "integration {} has no version {version}",
+                        exchange.integration_code
+                    ))
+                })?;
             check_compatible(&current.plan, &candidate.plan).map_err(|problem| {
-                ActionError::Conflict(RecoveryError::IncompatibleVersion { version: version.to_string(), problem }.to_string())
+                ActionError::Conflict(
+                    RecoveryError::IncompatibleVersion { version: version.to_string(), problem }.to_string(),
+                )
             })?;
             candidate
         }
@@ -122,7 +134,9 @@ pub async fn recover_exchange(
                 tracing::warn!(exchangeId = %id, error = %e, "recovery handed on; its outbox entry stays and will send a harmless duplicate");
             }
         }
-        Err(e) => tracing::warn!(exchangeId = %id, error = %e, "recovery committed; the regular job hands it on from the outbox"),
+        Err(e) => {
+            tracing::warn!(exchangeId = %id, error = %e, "recovery committed; the regular job hands it on from the outbox")
+        }
     }
     // The stored SLA timer is swept when due; one due soon also goes now, for precision.
     if let Some(sla) = sla.filter(|t| (t.due - now).num_seconds() <= MAX_SQS_DELAY_SECONDS) {

@@ -4,9 +4,9 @@
 //! and a rotated secret is picked up within that while.
 
 use crate::ports::PortResult;
+use crate::ttl::TtlMap;
 use async_trait::async_trait;
 use serde::Deserialize;
-use crate::ttl::TtlMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,7 +123,9 @@ pub fn parse_login_credentials(secret: &str, text: &SecretText) -> Result<LoginC
     let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
     match (nonempty(raw.password), nonempty(raw.private_key)) {
         (Some(password), None) => Ok(LoginCredentials::Password { username, password }),
-        (None, Some(private_key)) => Ok(LoginCredentials::PrivateKey { username, private_key, passphrase: nonempty(raw.passphrase) }),
+        (None, Some(private_key)) => {
+            Ok(LoginCredentials::PrivateKey { username, private_key, passphrase: nonempty(raw.passphrase) })
+        }
         (Some(_), Some(_)) => Err(CredentialsError::Ambiguous { secret: secret.to_string() }),
         (None, None) => Err(CredentialsError::MissingSecret { secret: secret.to_string() }),
     }
@@ -155,10 +157,16 @@ mod tests {
             parse(r#"{"username": "u", "password": "p"}"#),
             Ok(LoginCredentials::Password { username: "u".into(), password: "p".into() })
         );
-        assert!(matches!(parse(r#"{"username": "u", "privateKey": "k"}"#), Ok(LoginCredentials::PrivateKey { passphrase: None, .. })));
+        assert!(matches!(
+            parse(r#"{"username": "u", "privateKey": "k"}"#),
+            Ok(LoginCredentials::PrivateKey { passphrase: None, .. })
+        ));
         assert_eq!(parse(r#"{"password": "p"}"#), Err(CredentialsError::MissingUsername { secret: "s".into() }));
         assert_eq!(parse(r#"{"username": "u"}"#), Err(CredentialsError::MissingSecret { secret: "s".into() }));
-        assert_eq!(parse(r#"{"username": "u", "password": "p", "privateKey": "k"}"#), Err(CredentialsError::Ambiguous { secret: "s".into() }));
+        assert_eq!(
+            parse(r#"{"username": "u", "password": "p", "privateKey": "k"}"#),
+            Err(CredentialsError::Ambiguous { secret: "s".into() })
+        );
         let e = parse("hunter2").unwrap_err().to_string();
         assert!(!e.contains("hunter2"), "the secret's content never shows: {e}");
     }

@@ -23,16 +23,14 @@ pub struct SqsRecord {
 
 impl SqsEvent {
     pub fn parse(event: Value) -> Result<Self, InvocationError> {
-        serde_json::from_value(event).map_err(|e| InvocationError::new("InvalidEvent", format!("not an SQS event: {e}")))
+        serde_json::from_value(event)
+            .map_err(|e| InvocationError::new("InvalidEvent", format!("not an SQS event: {e}")))
     }
 }
 
 /// `ReportBatchItemFailures`: only the failed messages return to the queue.
 pub fn batch_response(results: impl IntoIterator<Item = (String, bool)>) -> Value {
-    let failures: Vec<Value> = results
-        .into_iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(id, _)| json!({"itemIdentifier": id}))
-        .collect();
+    let failures: Vec<Value> =
+        results.into_iter().filter(|(_, ok)| !ok).map(|(id, _)| json!({"itemIdentifier": id})).collect();
     json!({"batchItemFailures": failures})
 }

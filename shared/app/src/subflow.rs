@@ -66,12 +66,10 @@ pub async fn create_sub_exchanges(cx: &ExecutionContext<'_>, logs: &mut Vec<Stri
         versions.iter().map(|v| VersionAvailability { version: v.version, enabled: v.enabled }).collect();
     let version = select_version(&available, None)
         .map_err(|e| Failure::business(format!("sub-integration {integration_code}: {e}")))?;
-    let child = app
-        .definitions
-        .get(integration_code, version)
-        .await
-        .map_err(|e| Failure::system(e.to_string()))?
-        .ok_or_else(|| Failure::business(format!("sub-integration {integration_code} version {version} vanished")))?;
+    let child =
+        app.definitions.get(integration_code, version).await.map_err(|e| Failure::system(e.to_string()))?.ok_or_else(
+            || Failure::business(format!("sub-integration {integration_code} version {version} vanished")),
+        )?;
     let control = StepId::from_sequence(cx.planned.sequence + 1);
     let parent = &cx.message.exchange_id;
     // The total is known before any sub-exchange can finish and count itself.
@@ -86,7 +84,11 @@ pub async fn create_sub_exchanges(cx: &ExecutionContext<'_>, logs: &mut Vec<Stri
         let mut new = Vec::new();
         let mut start = Vec::new();
         for (i, (id, params)) in ids.iter().zip(chunk).enumerate() {
-            let link = ParentLink { exchange_id: parent.clone(), step_id: control, index: (chunk_index * CREATE_CHUNK + i) as u32 };
+            let link = ParentLink {
+                exchange_id: parent.clone(),
+                step_id: control,
+                index: (chunk_index * CREATE_CHUNK + i) as u32,
+            };
             let fresh = materialize(&child, id.clone(), params.clone(), None, Some(link), now);
             match existing.iter().find(|(e, _)| e == id) {
                 None => {
@@ -162,11 +164,17 @@ pub async fn control(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Resul
     }
     if counts.failed > 0 {
         let first = mine.iter().find(|c| matches!(c.status, ExchangeStatus::Failed | ExchangeStatus::TimedOut));
-        let classification = first
-            .and_then(|c| c.error.as_ref())
-            .map_or(ErrorClassification::System, |e| e.classification);
+        let classification =
+            first.and_then(|c| c.error.as_ref()).map_or(ErrorClassification::System, |e| e.classification);
         let detail = first
-            .map(|c| format!(" (first: {} {}: {})", c.exchange_id, c.status.name(), c.error.as_ref().map_or("", |e| e.message.as_str())))
+            .map(|c| {
+                format!(
+                    " (first: {} {}: {})",
+                    c.exchange_id,
+                    c.status.name(),
+                    c.error.as_ref().map_or("", |e| e.message.as_str())
+                )
+            })
             .unwrap_or_default();
         return Err(Failure {
             classification,
@@ -186,7 +194,9 @@ pub async fn control(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Resul
         });
     }
     logs.push(format!("All {} sub-exchange(s) completed", counts.total));
-    store_value(cx, &Value::Array(results)).await.map(|payload| StepOutput { payload: Some(payload), ..StepOutput::default() })
+    store_value(cx, &Value::Array(results))
+        .await
+        .map(|payload| StepOutput { payload: Some(payload), ..StepOutput::default() })
 }
 
 /// After a sub-exchange counted itself: if it completed the count, hand the parent on.
@@ -240,7 +250,11 @@ pub async fn time_out_children(app: &AppContext, parent: &ExchangeId) -> Result<
 }
 
 /// The failed or timed-out sub-exchanges of a parent step (what recovering the parent re-drives).
-pub async fn failed_children(app: &AppContext, parent: &ExchangeId, step: StepId) -> Result<Vec<ExchangeId>, PortError> {
+pub async fn failed_children(
+    app: &AppContext,
+    parent: &ExchangeId,
+    step: StepId,
+) -> Result<Vec<ExchangeId>, PortError> {
     Ok(children(app, parent)
         .await?
         .into_iter()

@@ -21,8 +21,9 @@ impl TriggerFunction {
 #[async_trait]
 impl FunctionHandler for TriggerFunction {
     async fn invoke(&self, event: Value) -> Result<Value, InvocationError> {
-        let trigger: ScheduledTrigger = serde_json::from_value(event)
-            .map_err(|e| InvocationError::new("InvalidEvent", format!("schedule input must be {{\"integrationCode\": ...}}: {e}")))?;
+        let trigger: ScheduledTrigger = serde_json::from_value(event).map_err(|e| {
+            InvocationError::new("InvalidEvent", format!("schedule input must be {{\"integrationCode\": ...}}: {e}"))
+        })?;
         let request = InvokeRequest {
             integration_code: trigger.integration_code.clone(),
             integration_version: None,

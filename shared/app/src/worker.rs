@@ -10,15 +10,16 @@ use crate::function::{FunctionHandler, InvocationError};
 use crate::invoke::retry_policy;
 use crate::payloads::PayloadCodec;
 use crate::ports::{
-    ClaimOutcome, CommitOutcome, ErrorRecord, ExchangeChange, HandoffMessage, ParentTally, PortError, QueueMessage, StepChange,
-    StepCommit, Timer, TimerKind,
+    ClaimOutcome, CommitOutcome, ErrorRecord, ExchangeChange, HandoffMessage, ParentTally, PortError, QueueMessage,
+    StepChange, StepCommit, Timer, TimerKind,
 };
-use crate::subflow::{resume_parent_if_last, time_out_children};
 use crate::sqs::{batch_response, SqsEvent};
+use crate::subflow::{resume_parent_if_last, time_out_children};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use handoff_core::exchange::{
-    decide_after_attempt, AttemptOutcome, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, ParentLink, StepDecision, StepError, StepStatus,
+    decide_after_attempt, AttemptOutcome, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, ParentLink,
+    StepDecision, StepError, StepStatus,
 };
 use handoff_core::ids::StepId;
 use handoff_core::plan::{PlannedSubStep, SubStep, WorkerFamily};
@@ -111,9 +112,15 @@ impl WorkerFunction {
             .plan
             .get(message.step_id.sequence() as usize)
             .filter(|p| p.sub_step == message.sub_step)
-            .ok_or_else(|| WorkerError::BadMessage(format!("step {} is not a {} in the plan", message.step_id, message.sub_step)))?;
+            .ok_or_else(|| {
+            WorkerError::BadMessage(format!("step {} is not a {} in the plan", message.step_id, message.sub_step))
+        })?;
         if planned.sub_step.family() != self.family {
-            return Err(WorkerError::BadMessage(format!("{} arrived at the {} worker", planned.sub_step, self.family.name())));
+            return Err(WorkerError::BadMessage(format!(
+                "{} arrived at the {} worker",
+                planned.sub_step,
+                self.family.name()
+            )));
         }
         // The policy in force now: a lowered maximum ends a retrying step before it runs again.
         let policy = retry_policy(&loaded.definition, planned);
@@ -124,15 +131,20 @@ impl WorkerFunction {
                 message.attempt, policy.max_attempts
             ));
             let step = plan.step_change(&message, false, policy.max_attempts, Vec::new());
-            let (commit, follow_ups) = plan.commit_for(&message, step, StepDecision::MarkFailed(failure.clone()), Err(failure), now);
+            let (commit, follow_ups) =
+                plan.commit_for(&message, step, StepDecision::MarkFailed(failure.clone()), Err(failure), now);
             return self.apply(&message, &loaded, commit, follow_ups).await;
         }
 
         let claimed = planned.sub_step.has_external_effect();
         if claimed {
-            let lease_until = now + ChronoDuration::from_std(self.ctx.settings.claim_lease).unwrap_or(ChronoDuration::seconds(60));
-            let outcome =
-                self.ctx.exchanges.claim(&message.exchange_id, message.step_id, message.attempt, message.recovery, now, lease_until).await?;
+            let lease_until =
+                now + ChronoDuration::from_std(self.ctx.settings.claim_lease).unwrap_or(ChronoDuration::seconds(60));
+            let outcome = self
+                .ctx
+                .exchanges
+                .claim(&message.exchange_id, message.step_id, message.attempt, message.recovery, now, lease_until)
+                .await?;
             if outcome == ClaimOutcome::NotClaimable {
                 return self.after_conflict(&message, &loaded).await;
             }
@@ -216,7 +228,10 @@ impl WorkerFunction {
             return Err(WorkerError::BadMessage(format!("exchange has no step {}", message.step_id)));
         };
         let previous_done = message.step_id.sequence() == 0
-            || detail.steps.get(message.step_id.sequence() as usize - 1).is_some_and(|s| s.status != StepStatus::Initial);
+            || detail
+                .steps
+                .get(message.step_id.sequence() as usize - 1)
+                .is_some_and(|s| s.status != StepStatus::Initial);
         match step.status {
             StepStatus::Initial if step.attempts > message.attempt => {
                 tracing::info!("stale attempt; dropped");
@@ -264,7 +279,11 @@ impl WorkerFunction {
                         let family = planned.sub_step.family();
                         Ok(self.ctx.queue.send(family, &next_message(message, planned, input), 0).await?)
                     }
-                    Some(next) if waiting && next.status == StepStatus::Initial && takes_callback_after(loaded, step, next) => {
+                    Some(next)
+                        if waiting
+                            && next.status == StepStatus::Initial
+                            && takes_callback_after(loaded, step, next) =>
+                    {
                         self.rearm_callback_timeout(message, loaded, step, next).await
                     }
                     _ => {
@@ -298,7 +317,12 @@ impl WorkerFunction {
             return Ok(());
         }
         tracing::info!(timeoutAt = %due, "duplicate handoff; the wait's timeout is armed again in case it was lost");
-        let timer = Timer { exchange_id: message.exchange_id.clone(), recovery: message.recovery, due, kind: TimerKind::StepTimeout { step_id: waiting.step_id } };
+        let timer = Timer {
+            exchange_id: message.exchange_id.clone(),
+            recovery: message.recovery,
+            due,
+            kind: TimerKind::StepTimeout { step_id: waiting.step_id },
+        };
         Ok(self.ctx.queue.send_timer(&timer, delay_until(now, due)).await?)
     }
 }
@@ -339,7 +363,13 @@ struct Plan<'a> {
 }
 
 impl Plan<'_> {
-    fn step_change(&self, message: &HandoffMessage, claimed: bool, max_attempts: u32, logs: Vec<LogLine>) -> StepChange {
+    fn step_change(
+        &self,
+        message: &HandoffMessage,
+        claimed: bool,
+        max_attempts: u32,
+        logs: Vec<LogLine>,
+    ) -> StepChange {
         StepChange {
             step_id: message.step_id,
             attempt: message.attempt,
@@ -354,7 +384,12 @@ impl Plan<'_> {
         }
     }
 
-    fn next_handoff(&self, message: &HandoffMessage, sequence: u32, input: Option<handoff_core::exchange::Payload>) -> Option<FollowUp> {
+    fn next_handoff(
+        &self,
+        message: &HandoffMessage,
+        sequence: u32,
+        input: Option<handoff_core::exchange::Payload>,
+    ) -> Option<FollowUp> {
         self.loaded.plan.get(sequence as usize).map(|next| FollowUp::Handoff {
             family: next.sub_step.family(),
             message: next_message(message, next, input),
@@ -372,7 +407,8 @@ impl Plan<'_> {
         now: DateTime<Utc>,
     ) -> (StepCommit, Vec<FollowUp>) {
         let mut follow_ups = Vec::new();
-        let mut commit = StepCommit::new(message.exchange_id.clone(), message.recovery, ExchangeChange::RequireNotFinal, now);
+        let mut commit =
+            StepCommit::new(message.exchange_id.clone(), message.recovery, ExchangeChange::RequireNotFinal, now);
         match decision {
             StepDecision::MarkDone | StepDecision::Ignore => {
                 let output = outcome.unwrap_or_default();
@@ -390,11 +426,18 @@ impl Plan<'_> {
                 let next_sequence = output.skip_to.unwrap_or(self.planned.sequence + 1);
                 commit.skip = (self.planned.sequence + 1..next_sequence).map(StepId::from_sequence).collect();
                 commit.exchange = match (self.planned.sub_step, &output.wait) {
-                    (SubStep::ExchangeTriggered, _) => set_status(&[ExchangeStatus::New, ExchangeStatus::Started], ExchangeStatus::Started),
+                    (SubStep::ExchangeTriggered, _) => {
+                        set_status(&[ExchangeStatus::New, ExchangeStatus::Started], ExchangeStatus::Started)
+                    }
                     (SubStep::ExchangeSignoff, _) => {
                         commit.result = message.input.clone();
                         commit.tally = message.parent.as_ref().map(|p| tally(p, true));
-                        ExchangeChange::SetStatus { from: NOT_FINAL.to_vec(), to: ExchangeStatus::Completed, error: None, completed_at: Some(now) }
+                        ExchangeChange::SetStatus {
+                            from: NOT_FINAL.to_vec(),
+                            to: ExchangeStatus::Completed,
+                            error: None,
+                            completed_at: Some(now),
+                        }
                     }
                     (SubStep::ControlSubflow, _) => set_status(
                         &[ExchangeStatus::Started, ExchangeStatus::WaitingForSubExchangesToFinish],
@@ -416,7 +459,12 @@ impl Plan<'_> {
                     // The callback (through the API) hands off to the waiting step.
                     Some(Wait { step_id, timeout_at }) => {
                         if let Some(due) = timeout_at {
-                            let timer = Timer { exchange_id: message.exchange_id.clone(), recovery: message.recovery, due, kind: TimerKind::StepTimeout { step_id } };
+                            let timer = Timer {
+                                exchange_id: message.exchange_id.clone(),
+                                recovery: message.recovery,
+                                due,
+                                kind: TimerKind::StepTimeout { step_id },
+                            };
                             arm_timer(timer, now, &mut commit, &mut follow_ups);
                         }
                     }
@@ -435,7 +483,12 @@ impl Plan<'_> {
                     let family = self.planned.sub_step.family();
                     follow_ups.push(FollowUp::Handoff { family, message: retry, delay: delay_until(now, due) });
                 } else {
-                    let timer = Timer { exchange_id: message.exchange_id.clone(), recovery: message.recovery, due, kind: TimerKind::Handoff { message: Box::new(retry) } };
+                    let timer = Timer {
+                        exchange_id: message.exchange_id.clone(),
+                        recovery: message.recovery,
+                        due,
+                        kind: TimerKind::Handoff { message: Box::new(retry) },
+                    };
                     commit.timers.push(timer);
                 }
             }
@@ -460,7 +513,8 @@ impl Plan<'_> {
                     let next = self.after_destination();
                     commit.skip = (self.planned.sequence + 1..next).map(StepId::from_sequence).collect();
                     if self.planned.sub_step == SubStep::ReceiveAgentNotification {
-                        commit.exchange = set_status(&[ExchangeStatus::WaitingOnExternalSystem], ExchangeStatus::Started);
+                        commit.exchange =
+                            set_status(&[ExchangeStatus::WaitingOnExternalSystem], ExchangeStatus::Started);
                     }
                     follow_ups.extend(self.next_handoff(message, next, message.input.clone()));
                 } else {
@@ -512,7 +566,12 @@ fn set_status(from: &[ExchangeStatus], to: ExchangeStatus) -> ExchangeChange {
     ExchangeChange::SetStatus { from: from.to_vec(), to, error: None, completed_at: None }
 }
 
-pub fn fail_exchange(failure: &Failure, step_id: Option<StepId>, sub_step: Option<SubStep>, at: DateTime<Utc>) -> ExchangeChange {
+pub fn fail_exchange(
+    failure: &Failure,
+    step_id: Option<StepId>,
+    sub_step: Option<SubStep>,
+    at: DateTime<Utc>,
+) -> ExchangeChange {
     ExchangeChange::SetStatus {
         from: NOT_FINAL.to_vec(),
         to: ExchangeStatus::Failed,
@@ -560,7 +619,11 @@ pub async fn fire_timer(ctx: &AppContext, timer: Timer) -> Result<(), WorkerErro
             let Some(step) = detail.steps.iter().find(|s| s.step_id == *step_id) else {
                 return Ok(());
             };
-            let failure = Failure { classification: ErrorClassification::System, retryable: false, message: "Timeout: no callback arrived in time".into() };
+            let failure = Failure {
+                classification: ErrorClassification::System,
+                retryable: false,
+                message: "Timeout: no callback arrived in time".into(),
+            };
             commit.step = Some(StepChange {
                 step_id: *step_id,
                 attempt: 1,
@@ -571,16 +634,25 @@ pub async fn fire_timer(ctx: &AppContext, timer: Timer) -> Result<(), WorkerErro
                 last_error: Some(step_error(&failure, now)),
                 next_retry_at: None,
                 completed_at: None,
-                logs: vec![LogLine { kind: handoff_core::exchange::LogType::System, line: failure.message.clone(), timestamp: now, step_id: *step_id }],
+                logs: vec![LogLine {
+                    kind: handoff_core::exchange::LogType::System,
+                    line: failure.message.clone(),
+                    timestamp: now,
+                    step_id: *step_id,
+                }],
             });
-            if step.destination.is_some() && secondary_timed_out(ctx, &timer, &detail, step, &failure, &mut commit).await? {
+            if step.destination.is_some()
+                && secondary_timed_out(ctx, &timer, &detail, step, &failure, &mut commit).await?
+            {
                 return Ok(());
             }
             (failure, Some(*step_id), Some(step.sub_step), ExchangeStatus::Failed)
         }
     };
     commit.exchange = match fail_exchange(&failure, step_id, sub_step, now) {
-        ExchangeChange::SetStatus { from, error, completed_at, .. } => ExchangeChange::SetStatus { from, to, error, completed_at },
+        ExchangeChange::SetStatus { from, error, completed_at, .. } => {
+            ExchangeChange::SetStatus { from, to, error, completed_at }
+        }
         other => other,
     };
     commit.errors.push(ErrorRecord {
@@ -683,7 +755,11 @@ fn step_error(failure: &Failure, at: DateTime<Utc>) -> StepError {
     StepError { classification: failure.classification, message: failure.message.clone(), at }
 }
 
-fn next_message(current: &HandoffMessage, next: &PlannedSubStep, input: Option<handoff_core::exchange::Payload>) -> HandoffMessage {
+fn next_message(
+    current: &HandoffMessage,
+    next: &PlannedSubStep,
+    input: Option<handoff_core::exchange::Payload>,
+) -> HandoffMessage {
     HandoffMessage {
         step_id: StepId::from_sequence(next.sequence),
         sub_step: next.sub_step,
@@ -699,7 +775,9 @@ async fn logged(work: impl std::future::Future<Output = Result<(), WorkerError>>
     let result = work.await;
     match &result {
         // Expected with duplicates: the copy in flight decides, this one comes back later.
-        Err(e @ WorkerError::InFlightElsewhere(_)) => tracing::info!(error = %e, "message not processed yet; it will be retried"),
+        Err(e @ WorkerError::InFlightElsewhere(_)) => {
+            tracing::info!(error = %e, "message not processed yet; it will be retried")
+        }
         Err(e) => tracing::error!(error = %e, "message not processed; it will be retried"),
         Ok(()) => {}
     }
@@ -781,7 +859,12 @@ mod tests {
         }
     }
 
-    fn commit(loaded: &LoadedIntegration, sequence: u32, decision: StepDecision, outcome: Result<StepOutput, Failure>) -> (StepCommit, Vec<FollowUp>) {
+    fn commit(
+        loaded: &LoadedIntegration,
+        sequence: u32,
+        decision: StepDecision,
+        outcome: Result<StepOutput, Failure>,
+    ) -> (StepCommit, Vec<FollowUp>) {
         let planned = &loaded.plan[sequence as usize];
         let plan = Plan { loaded, planned };
         let m = message(loaded, sequence);
@@ -823,12 +906,16 @@ mod tests {
         let (c, f) = commit(&l, 2, StepDecision::MarkFailed(failure.clone()), Err(failure));
         assert_eq!(c.skip, vec![StepId::from_sequence(3), StepId::from_sequence(4)]);
         assert_eq!(c.exchange, ExchangeChange::RequireNotFinal);
-        assert!(matches!(&f[..], [FollowUp::Handoff { message, .. }] if message.sub_step == SubStep::DeliverRest && message.step_id == StepId::from_sequence(5)));
+        assert!(
+            matches!(&f[..], [FollowUp::Handoff { message, .. }] if message.sub_step == SubStep::DeliverRest && message.step_id == StepId::from_sequence(5))
+        );
         // A rejected report of a secondary agent ends the wait: the exchange runs on.
         let failure = Failure::business("the agent reported failure: no");
         let (c, f) = commit(&l, 4, StepDecision::MarkFailed(failure.clone()), Err(failure));
         assert!(c.skip.is_empty());
-        assert!(matches!(c.exchange, ExchangeChange::SetStatus { to: ExchangeStatus::Started, ref from, .. } if from == &[ExchangeStatus::WaitingOnExternalSystem]));
+        assert!(
+            matches!(c.exchange, ExchangeChange::SetStatus { to: ExchangeStatus::Started, ref from, .. } if from == &[ExchangeStatus::WaitingOnExternalSystem])
+        );
         assert!(matches!(&f[..], [FollowUp::Handoff { message, .. }] if message.step_id == StepId::from_sequence(5)));
     }
 
@@ -848,11 +935,21 @@ mod tests {
     #[test]
     fn long_retry_delays_become_stored_timers_and_short_ones_delayed_messages() {
         let l = loaded();
-        let (c, f) = commit(&l, 3, StepDecision::ScheduleRetry { next_attempt: 2, delay_seconds: 5 }, Err(Failure::transient("503")));
+        let (c, f) = commit(
+            &l,
+            3,
+            StepDecision::ScheduleRetry { next_attempt: 2, delay_seconds: 5 },
+            Err(Failure::transient("503")),
+        );
         assert!(c.timers.is_empty());
         assert!(matches!(&f[..], [FollowUp::Handoff { delay: 5, message, .. }] if message.attempt == 2));
         assert_eq!(c.step.as_ref().and_then(|s| s.last_error.as_ref()).map(|e| e.message.as_str()), Some("503"));
-        let (c, f) = commit(&l, 3, StepDecision::ScheduleRetry { next_attempt: 2, delay_seconds: 3600 }, Err(Failure::transient("503")));
+        let (c, f) = commit(
+            &l,
+            3,
+            StepDecision::ScheduleRetry { next_attempt: 2, delay_seconds: 3600 },
+            Err(Failure::transient("503")),
+        );
         assert!(f.is_empty());
         assert!(matches!(&c.timers[..], [Timer { kind: TimerKind::Handoff { .. }, .. }]));
     }
@@ -860,8 +957,10 @@ mod tests {
     #[test]
     fn an_armed_wait_moves_the_exchange_to_waiting_and_hands_off_nothing() {
         let l = loaded();
-        let wait = Wait { step_id: StepId::from_sequence(6), timeout_at: Some(Utc::now() + ChronoDuration::seconds(30)) };
-        let (c, f) = commit(&l, 5, StepDecision::MarkDone, Ok(StepOutput { wait: Some(wait), ..StepOutput::default() }));
+        let wait =
+            Wait { step_id: StepId::from_sequence(6), timeout_at: Some(Utc::now() + ChronoDuration::seconds(30)) };
+        let (c, f) =
+            commit(&l, 5, StepDecision::MarkDone, Ok(StepOutput { wait: Some(wait), ..StepOutput::default() }));
         assert!(matches!(c.exchange, ExchangeChange::SetStatus { to: ExchangeStatus::WaitingOnExternalSystem, .. }));
         assert!(matches!(&f[..], [FollowUp::Timer { timer: Timer { kind: TimerKind::StepTimeout { .. }, .. }, .. }]));
         let (c, _) = commit(&l, 6, StepDecision::MarkDone, Ok(StepOutput::default()));

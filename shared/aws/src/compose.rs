@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use handoff_app::api::ApiFunction;
 use handoff_app::context::{AppContext, AppSettings, Ports};
 use handoff_app::dlq::DlqFunction;
-use handoff_app::jobs::JobsFunction;
 use handoff_app::function::FunctionHandler;
+use handoff_app::jobs::JobsFunction;
 use handoff_app::ports::{PortError, PortResult, ScheduleManager};
 use handoff_app::trigger::TriggerFunction;
 use handoff_app::worker::WorkerFunction;
@@ -41,9 +41,7 @@ pub enum ComposeError {
 
 /// The worker family each worker binary serves.
 pub fn worker_family(binary: &str) -> Option<WorkerFamily> {
-    WorkerFamily::ALL
-        .into_iter()
-        .find(|f| binary == format!("handoff-worker-{}", f.name()))
+    WorkerFamily::ALL.into_iter().find(|f| binary == format!("handoff-worker-{}", f.name()))
 }
 
 fn queue_variable(family: WorkerFamily) -> String {
@@ -77,19 +75,23 @@ struct NoScheduleManagement;
 #[async_trait]
 impl ScheduleManager for NoScheduleManagement {
     async fn upsert(&self, _: &IntegrationCode, _: &ScheduleSpec) -> PortResult<()> {
-        Err(PortError::Fault { service: "scheduler", message: "this function is not configured to manage schedules".into() })
+        Err(PortError::Fault {
+            service: "scheduler",
+            message: "this function is not configured to manage schedules".into(),
+        })
     }
     async fn remove(&self, _: &IntegrationCode) -> PortResult<()> {
-        Err(PortError::Fault { service: "scheduler", message: "this function is not configured to manage schedules".into() })
+        Err(PortError::Fault {
+            service: "scheduler",
+            message: "this function is not configured to manage schedules".into(),
+        })
     }
 }
 
 pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Result<Arc<AppContext>, ComposeError> {
     let vars = Vars(vars);
     let dynamo = aws_sdk_dynamodb::Client::new(&aws.sdk);
-    let s3_config = aws_sdk_s3::config::Builder::from(&aws.sdk)
-        .force_path_style(aws.s3_force_path_style)
-        .build();
+    let s3_config = aws_sdk_s3::config::Builder::from(&aws.sdk).force_path_style(aws.s3_force_path_style).build();
     let s3 = aws_sdk_s3::Client::from_conf(s3_config);
     let sqs = aws_sdk_sqs::Client::new(&aws.sdk);
     let mut queue_urls = HashMap::new();
@@ -106,7 +108,10 @@ pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Re
         None => Arc::new(NoScheduleManagement),
     };
     let ports = Ports {
-        integrations: Arc::new(DynamoIntegrationRepository::new(dynamo.clone(), vars.required("HANDOFF_INTEGRATIONS_TABLE")?)),
+        integrations: Arc::new(DynamoIntegrationRepository::new(
+            dynamo.clone(),
+            vars.required("HANDOFF_INTEGRATIONS_TABLE")?,
+        )),
         exchanges: Arc::new(DynamoExchangeRepository::new(dynamo.clone(), vars.required("HANDOFF_EXCHANGES_TABLE")?)),
         queue: Arc::new(SqsHandoffQueue::new(sqs, queue_urls)),
         files: Arc::new(S3DataFileStore::new(s3, vars.required("HANDOFF_DATA_BUCKET")?)),
@@ -116,13 +121,14 @@ pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Re
     };
     let defaults = AppSettings::default();
     let settings = AppSettings {
-        inline_payload_limit: vars.number("HANDOFF_INLINE_PAYLOAD_LIMIT_BYTES", defaults.inline_payload_limit as u64)? as usize,
-        definition_cache_ttl: Duration::from_secs(vars.number("HANDOFF_DEFINITION_CACHE_SECONDS", defaults.definition_cache_ttl.as_secs())?),
+        inline_payload_limit: vars.number("HANDOFF_INLINE_PAYLOAD_LIMIT_BYTES", defaults.inline_payload_limit as u64)?
+            as usize,
+        definition_cache_ttl: Duration::from_secs(
+            vars.number("HANDOFF_DEFINITION_CACHE_SECONDS", defaults.definition_cache_ttl.as_secs())?,
+        ),
         public_base_url: vars.0.get("HANDOFF_PUBLIC_BASE_URL").cloned(),
         claim_lease: Duration::from_secs(vars.number("HANDOFF_CLAIM_LEASE_SECONDS", defaults.claim_lease.as_secs())?),
-        outbox_delay: Duration::from_secs(
-            vars.number("HANDOFF_OUTBOX_SECONDS", defaults.outbox_delay.as_secs())?,
-        ),
+        outbox_delay: Duration::from_secs(vars.number("HANDOFF_OUTBOX_SECONDS", defaults.outbox_delay.as_secs())?),
     };
     Ok(AppContext::new(ports, settings))
 }
@@ -133,7 +139,8 @@ pub async fn build_function(
     vars: &HashMap<String, String>,
     aws: &AwsEnvironment,
 ) -> Result<Arc<dyn FunctionHandler>, ComposeError> {
-    let known = matches!(binary, "handoff-api" | "handoff-trigger" | "handoff-dlq" | "handoff-jobs") || worker_family(binary).is_some();
+    let known = matches!(binary, "handoff-api" | "handoff-trigger" | "handoff-dlq" | "handoff-jobs")
+        || worker_family(binary).is_some();
     if !known {
         return Err(ComposeError::UnknownBinary(binary.to_string()));
     }

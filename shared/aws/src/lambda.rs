@@ -14,10 +14,10 @@ pub async fn run(binary: &str) -> Result<(), lambda_runtime::Error> {
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let function = function.clone();
         async move {
-            function.invoke(event.payload).await.map_err(|e| Diagnostic {
-                error_type: e.error_type,
-                error_message: e.message,
-            })
+            function
+                .invoke(event.payload)
+                .await
+                .map_err(|e| Diagnostic { error_type: e.error_type, error_message: e.message })
         }
     }))
     .await

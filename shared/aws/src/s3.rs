@@ -255,7 +255,12 @@ impl DataFileStore for S3DataFileStore {
         Ok(files)
     }
 
-    async fn download_url(&self, set: &DataFileSetId, name: &str, valid_for: std::time::Duration) -> PortResult<String> {
+    async fn download_url(
+        &self,
+        set: &DataFileSetId,
+        name: &str,
+        valid_for: std::time::Duration,
+    ) -> PortResult<String> {
         let key = object_key(set, name)?;
         let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(valid_for)
             .map_err(|e| error::fault(SERVICE, format!("presigning: {e}")))?;

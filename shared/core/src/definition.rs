@@ -4,8 +4,8 @@
 
 use crate::expression::Expression;
 use crate::formats::{parse_input, parse_output, InputSpec, OutputSpec};
-use crate::mapping::MappingName;
 use crate::ids::{IntegrationCode, IntegrationVersion};
+use crate::mapping::MappingName;
 use crate::placeholder;
 use crate::reader::{describe, FieldError, FieldResult, ObjectReader};
 use crate::retry::{Jitter, RetryPolicy};
@@ -65,9 +65,17 @@ pub struct IntegrationStep {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepAction {
-    Query { request: RequestTemplate },
-    Extract { request: RequestTemplate, download_messages: bool },
-    Custom { function: Option<Expression>, request: Option<RequestTemplate> },
+    Query {
+        request: RequestTemplate,
+    },
+    Extract {
+        request: RequestTemplate,
+        download_messages: bool,
+    },
+    Custom {
+        function: Option<Expression>,
+        request: Option<RequestTemplate>,
+    },
     /// Reads `input`, applies `mapping` per record, runs `function`, writes `output`
     /// (see [`crate::formats`] for the record model and where the program runs).
     Transformation {
@@ -76,7 +84,9 @@ pub enum StepAction {
         output: OutputSpec,
         mapping: Option<MappingName>,
     },
-    Delivery { destinations: Vec<Destination> },
+    Delivery {
+        destinations: Vec<Destination>,
+    },
     InvokeProcess {
         kind: ProcessKind,
         request: RequestTemplate,
@@ -84,7 +94,10 @@ pub enum StepAction {
         auto_recovery: bool,
         download_messages: bool,
     },
-    Subflow { integration_code: IntegrationCode, function: Expression },
+    Subflow {
+        integration_code: IntegrationCode,
+        function: Expression,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,22 +145,36 @@ pub struct Destination {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum DestinationTarget {
-    Rest { request: RequestTemplate },
+    Rest {
+        request: RequestTemplate,
+    },
     /// `path` is the remote file for a single-file payload; a multi-file data file set goes
     /// into its directory (or into `path` itself when it ends with `/`). Without
     /// `host_key_fingerprint` (OpenSSH `SHA256:...` form) any host key is accepted, with a
     /// warning in the logs.
-    Sftp { host: String, port: u16, path: String, secret_ref: String, host_key_fingerprint: Option<String> },
-    FileUpload { request: RequestTemplate, field_name: String },
-    Agent { health_url: String, request: RequestTemplate, timeout_seconds: Option<u64> },
+    Sftp {
+        host: String,
+        port: u16,
+        path: String,
+        secret_ref: String,
+        host_key_fingerprint: Option<String>,
+    },
+    FileUpload {
+        request: RequestTemplate,
+        field_name: String,
+    },
+    Agent {
+        health_url: String,
+        request: RequestTemplate,
+        timeout_seconds: Option<u64>,
+    },
 }
 
 /// Parses and validates a definition document.
 pub fn parse_definition(document: &Value) -> Result<IntegrationDefinition, FieldError> {
     let root = ObjectReader::new("", document)?;
     root.deny_unknown(&["code", "version", "enabled", "slaSeconds", "schedule", "steps", "description"])?;
-    let code = IntegrationCode::parse(root.required_str("code")?)
-        .map_err(|e| FieldError::new("code", e))?;
+    let code = IntegrationCode::parse(root.required_str("code")?).map_err(|e| FieldError::new("code", e))?;
     let version = parse_version(root.get("version"))?;
     let enabled = root.optional_bool("enabled")?.unwrap_or(true);
     let sla_seconds = root.optional_u64("slaSeconds", 1, 31 * 24 * 3600)?;
@@ -167,14 +194,7 @@ pub fn parse_definition(document: &Value) -> Result<IntegrationDefinition, Field
         }
         steps.push(parsed);
     }
-    Ok(IntegrationDefinition {
-        code,
-        version,
-        enabled,
-        sla_seconds,
-        schedule,
-        steps,
-    })
+    Ok(IntegrationDefinition { code, version, enabled, sla_seconds, schedule, steps })
 }
 
 pub fn parse_version(value: Option<&Value>) -> FieldResult<IntegrationVersion> {
@@ -196,13 +216,11 @@ fn parse_schedule(s: &ObjectReader) -> FieldResult<ScheduleSpec> {
         .map_err(|e| FieldError::new(s.field_path("expression"), e))?;
     let timezone = s.optional_str("timezone")?.unwrap_or("UTC");
     crate::schedule::parse_timezone(timezone).map_err(|e| FieldError::new(s.field_path("timezone"), e))?;
-    Ok(ScheduleSpec {
-        expression: expression.to_string(),
-        timezone: timezone.to_string(),
-    })
+    Ok(ScheduleSpec { expression: expression.to_string(), timezone: timezone.to_string() })
 }
 
-const COMMON_STEP_FIELDS: [&str; 7] = ["name", "type", "condition", "postProcess", "retry", "timeoutSeconds", "description"];
+const COMMON_STEP_FIELDS: [&str; 7] =
+    ["name", "type", "condition", "postProcess", "retry", "timeoutSeconds", "description"];
 
 fn allowed(extra: &[&'static str]) -> Vec<&'static str> {
     COMMON_STEP_FIELDS.iter().chain(extra).copied().collect()
@@ -293,21 +311,11 @@ fn parse_step(path: &str, value: &Value) -> FieldResult<IntegrationStep> {
             ))
         }
     };
-    Ok(IntegrationStep {
-        name,
-        condition,
-        post_process,
-        retry,
-        timeout_seconds,
-        action,
-    })
+    Ok(IntegrationStep { name, condition, post_process, retry, timeout_seconds, action })
 }
 
 fn unknown_kind(step: &ObjectReader, kind: &str, expected: &[&str]) -> FieldError {
-    FieldError::new(
-        step.field_path("kind"),
-        format!("unknown kind '{kind}' (expected {})", expected.join(", ")),
-    )
+    FieldError::new(step.field_path("kind"), format!("unknown kind '{kind}' (expected {})", expected.join(", ")))
 }
 
 fn parse_expression(obj: &ObjectReader, key: &str) -> FieldResult<Option<Expression>> {
@@ -350,10 +358,7 @@ fn parse_retry(r: &ObjectReader) -> FieldResult<RetryPolicy> {
         jitter,
     };
     if policy.max_interval_seconds < policy.interval_seconds {
-        return Err(FieldError::new(
-            r.field_path("maxIntervalSeconds"),
-            "must not be smaller than intervalSeconds",
-        ));
+        return Err(FieldError::new(r.field_path("maxIntervalSeconds"), "must not be smaller than intervalSeconds"));
     }
     Ok(policy)
 }
@@ -392,19 +397,11 @@ fn parse_request(r: &ObjectReader) -> FieldResult<RequestTemplate> {
     if let Some(body) = &body {
         placeholder::validate(body).map_err(|e| FieldError::new(r.field_path("body"), e.to_string()))?;
     }
-    Ok(RequestTemplate {
-        method,
-        url: url.to_string(),
-        headers,
-        body,
-    })
+    Ok(RequestTemplate { method, url: url.to_string(), headers, body })
 }
 
 fn http_header_name_ok(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -424,8 +421,8 @@ fn validate_url(path: &str, url: &str) -> FieldResult<()> {
         rest = rest[start..].split_once("}}").map_or("", |(_, after)| after);
     }
     probe.push_str(rest);
-    let parsed = url::Url::parse(&probe)
-        .map_err(|e| FieldError::new(path, format!("'{url}' is not an absolute URL ({e})")))?;
+    let parsed =
+        url::Url::parse(&probe).map_err(|e| FieldError::new(path, format!("'{url}' is not an absolute URL ({e})")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(FieldError::new(path, format!("'{url}' must use http or https")));
     }
@@ -502,7 +499,10 @@ fn parse_destinations(step: &ObjectReader) -> FieldResult<Vec<Destination>> {
                 }
                 let field_name = d.optional_str("fieldName")?.unwrap_or("file");
                 if field_name.is_empty() || field_name.contains(['"', '\r', '\n']) {
-                    return Err(FieldError::new(d.field_path("fieldName"), format!("'{field_name}' is not a usable form field name")));
+                    return Err(FieldError::new(
+                        d.field_path("fieldName"),
+                        format!("'{field_name}' is not a usable form field name"),
+                    ));
                 }
                 DestinationTarget::FileUpload { request, field_name: field_name.to_string() }
             }
@@ -586,7 +586,8 @@ mod tests {
     #[test]
     fn callback_timeouts_come_from_the_agent_then_the_step() {
         let mut doc = spec_example();
-        let agent = json!({"kind": "agent", "healthUrl": "http://a.example/health", "request": {"url": "http://a.example"}});
+        let agent =
+            json!({"kind": "agent", "healthUrl": "http://a.example/health", "request": {"url": "http://a.example"}});
         doc["steps"][2]["destinations"].as_array_mut().unwrap().push(agent.clone());
         let mut timed = agent;
         timed["timeoutSeconds"] = json!(120);
@@ -594,7 +595,11 @@ mod tests {
         let d = parse_definition(&doc).unwrap();
         assert_eq!(d.callback_timeout_seconds(Some(3), None), Some(900), "the step's own");
         assert_eq!(d.callback_timeout_seconds(Some(0), None), None, "no limit unless set");
-        assert_eq!(d.callback_timeout_seconds(Some(2), Some(2)), Some(DEFAULT_AGENT_TIMEOUT_SECONDS), "an agent always has one");
+        assert_eq!(
+            d.callback_timeout_seconds(Some(2), Some(2)),
+            Some(DEFAULT_AGENT_TIMEOUT_SECONDS),
+            "an agent always has one"
+        );
         assert_eq!(d.callback_timeout_seconds(Some(2), Some(3)), Some(120), "the agent's own");
         assert_eq!(d.callback_timeout_seconds(Some(2), Some(0)), None, "a REST destination waits for nothing");
         assert_eq!(d.callback_timeout_seconds(None, None), None);
@@ -678,26 +683,51 @@ mod tests {
     fn destinations_of_every_kind_name_their_bad_field() {
         let sftp = json!({"kind": "sftp", "host": "h", "path": "/in/x", "credentials": {"secretRef": "s"}});
         let cases = [
-            (json!({"kind": "sftp", "host": "h", "path": "/in/x", "credentials": {}}), "steps[2].destinations[1].credentials.secretRef"),
+            (
+                json!({"kind": "sftp", "host": "h", "path": "/in/x", "credentials": {}}),
+                "steps[2].destinations[1].credentials.secretRef",
+            ),
             (json!({"kind": "sftp", "host": "h", "path": "/in/x"}), "steps[2].destinations[1].credentials"),
-            (json!({"kind": "sftp", "host": "h", "path": "in/x", "credentials": {"secretRef": "s"}}), "steps[2].destinations[1].path"),
-            (json!({"kind": "sftp", "path": "/in/x", "credentials": {"secretRef": "s"}}), "steps[2].destinations[1].host"),
-            (json!({"kind": "sftp", "host": "h", "path": "/in/x", "hostKeyFingerprint": "md5:aa", "credentials": {"secretRef": "s"}}),
-             "steps[2].destinations[1].hostKeyFingerprint"),
+            (
+                json!({"kind": "sftp", "host": "h", "path": "in/x", "credentials": {"secretRef": "s"}}),
+                "steps[2].destinations[1].path",
+            ),
+            (
+                json!({"kind": "sftp", "path": "/in/x", "credentials": {"secretRef": "s"}}),
+                "steps[2].destinations[1].host",
+            ),
+            (
+                json!({"kind": "sftp", "host": "h", "path": "/in/x", "hostKeyFingerprint": "md5:aa", "credentials": {"secretRef": "s"}}),
+                "steps[2].destinations[1].hostKeyFingerprint",
+            ),
             (json!({"kind": "fileUpload", "request": {"method": "POST"}}), "steps[2].destinations[1].request.url"),
-            (json!({"kind": "fileUpload", "request": {"method": "GET", "url": "http://u.example"}}), "steps[2].destinations[1].request.method"),
-            (json!({"kind": "fileUpload", "request": {"url": "http://u.example", "body": "x"}}), "steps[2].destinations[1].request.body"),
+            (
+                json!({"kind": "fileUpload", "request": {"method": "GET", "url": "http://u.example"}}),
+                "steps[2].destinations[1].request.method",
+            ),
+            (
+                json!({"kind": "fileUpload", "request": {"url": "http://u.example", "body": "x"}}),
+                "steps[2].destinations[1].request.body",
+            ),
             (json!({"kind": "agent", "request": {"url": "http://a.example"}}), "steps[2].destinations[1].healthUrl"),
-            (json!({"kind": "agent", "healthUrl": "ftp://a.example", "request": {"url": "http://a.example"}}), "steps[2].destinations[1].healthUrl"),
-            (json!({"kind": "agent", "healthUrl": "http://a.example", "request": {"url": "http://a.example"}, "timeoutSeconds": 0}),
-             "steps[2].destinations[1].timeoutSeconds"),
+            (
+                json!({"kind": "agent", "healthUrl": "ftp://a.example", "request": {"url": "http://a.example"}}),
+                "steps[2].destinations[1].healthUrl",
+            ),
+            (
+                json!({"kind": "agent", "healthUrl": "http://a.example", "request": {"url": "http://a.example"}, "timeoutSeconds": 0}),
+                "steps[2].destinations[1].timeoutSeconds",
+            ),
         ];
         for (destination, path) in cases {
             assert_eq!(error_of(with_destination(destination.clone())).path, path, "{destination}");
         }
         let d = parse_definition(&with_destination(sftp)).unwrap();
         let StepAction::Delivery { destinations } = &d.steps[2].action else { panic!("delivery") };
-        assert!(matches!(&destinations[1].target, DestinationTarget::Sftp { port: 22, host_key_fingerprint: None, .. }));
+        assert!(matches!(
+            &destinations[1].target,
+            DestinationTarget::Sftp { port: 22, host_key_fingerprint: None, .. }
+        ));
     }
 
     #[test]
@@ -707,7 +737,9 @@ mod tests {
         doc["steps"][1]["output"] = json!({"format": "xml", "root": "providers"});
         doc["steps"][1]["mapping"] = json!("provider-codes");
         let d = parse_definition(&doc).unwrap();
-        let StepAction::Transformation { input, output, mapping, .. } = &d.steps[1].action else { panic!("not a transformation") };
+        let StepAction::Transformation { input, output, mapping, .. } = &d.steps[1].action else {
+            panic!("not a transformation")
+        };
         assert_eq!(input.csv.delimiter, b';');
         assert_eq!(output.xml.root, "providers");
         assert_eq!(mapping.as_ref().map(|m| m.as_str()), Some("provider-codes"));

@@ -89,9 +89,13 @@ impl StepStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum Payload {
-    Raw { raw: String },
+    Raw {
+        raw: String,
+    },
     #[serde(rename_all = "camelCase")]
-    DataFileSet { data_file_set_id: DataFileSetId },
+    DataFileSet {
+        data_file_set_id: DataFileSetId,
+    },
 }
 
 impl Payload {
@@ -283,7 +287,10 @@ pub enum AttemptOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepDecision {
     MarkDone,
-    ScheduleRetry { next_attempt: u32, delay_seconds: u64 },
+    ScheduleRetry {
+        next_attempt: u32,
+        delay_seconds: u64,
+    },
     MarkFailed(Failure),
     /// The step is already final: a duplicate or late message changes nothing.
     Ignore,

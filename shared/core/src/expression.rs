@@ -49,9 +49,7 @@ impl Expression {
         // Compiling is the validation; the compiled form is rebuilt per evaluation because
         // jaq's filters are not `Send` and compiling a small program costs microseconds.
         run_compiled(source, None)?;
-        Ok(Self {
-            source: source.to_string(),
-        })
+        Ok(Self { source: source.to_string() })
     }
 
     pub fn source(&self) -> &str {
@@ -127,9 +125,7 @@ fn compile_filter(source: &str) -> Result<Filter, ExpressionError> {
     let loader = Loader::new(defs);
     let arena = Arena::default();
     let program = File { code: source, path: () };
-    let modules = loader
-        .load(&arena, program)
-        .map_err(|errs| ExpressionError::Invalid(describe_errors(&errs)))?;
+    let modules = loader.load(&arena, program).map_err(|errs| ExpressionError::Invalid(describe_errors(&errs)))?;
     Compiler::default()
         .with_funs(funs)
         .with_global_vars(GLOBAL_VARS)
@@ -163,28 +159,20 @@ mod tests {
     use serde_json::json;
 
     fn vars() -> ExpressionVars {
-        ExpressionVars {
-            parameters: json!({"region": "north"}),
-            exchange: json!({"exchangeId": "x1"}),
-        }
+        ExpressionVars { parameters: json!({"region": "north"}), exchange: json!({"exchangeId": "x1"}) }
     }
 
     #[test]
     fn maps_objects() {
         let e = Expression::compile("map({id: .providerId, name: .displayName})").unwrap();
-        let out = e
-            .evaluate_single(&json!([{"providerId": 1, "displayName": "A"}]), &vars())
-            .unwrap();
+        let out = e.evaluate_single(&json!([{"providerId": 1, "displayName": "A"}]), &vars()).unwrap();
         assert_eq!(out, json!([{"id": 1, "name": "A"}]));
     }
 
     #[test]
     fn sees_parameters_and_exchange() {
         let e = Expression::compile("{r: $parameters.region, x: $exchange.exchangeId, s: \"q\\\"\"}").unwrap();
-        assert_eq!(
-            e.evaluate_single(&json!(null), &vars()).unwrap(),
-            json!({"r": "north", "x": "x1", "s": "q\""})
-        );
+        assert_eq!(e.evaluate_single(&json!(null), &vars()).unwrap(), json!({"r": "north", "x": "x1", "s": "q\""}));
     }
 
     #[test]

@@ -192,7 +192,10 @@ pub fn parse_output(o: &ObjectReader) -> FieldResult<OutputSpec> {
             for (key, slot) in [("root", &mut spec.xml.root), ("record", &mut spec.xml.record)] {
                 if let Some(name) = o.optional_str(key)? {
                     if !is_xml_name(name) {
-                        return Err(FieldError::new(o.field_path(key), format!("'{name}' is not a valid XML element name")));
+                        return Err(FieldError::new(
+                            o.field_path(key),
+                            format!("'{name}' is not a valid XML element name"),
+                        ));
                     }
                     *slot = name.to_string();
                 }
@@ -228,7 +231,12 @@ fn parse_csv(o: &ObjectReader) -> FieldResult<CsvOptions> {
                 Some(name) if !name.is_empty() && !columns.iter().any(|c| c == name) => columns.push(name.to_string()),
                 Some("") => return Err(FieldError::new(format!("{path}[{i}]"), "must not be empty")),
                 Some(name) => return Err(FieldError::new(format!("{path}[{i}]"), format!("'{name}' is listed twice"))),
-                None => return Err(FieldError::new(format!("{path}[{i}]"), format!("must be a string, found {}", describe(item)))),
+                None => {
+                    return Err(FieldError::new(
+                        format!("{path}[{i}]"),
+                        format!("must be a string, found {}", describe(item)),
+                    ))
+                }
             }
         }
         if columns.is_empty() {
@@ -261,7 +269,11 @@ pub fn output_file_name(input: &str, format: OutputFormat) -> String {
         return input.to_string();
     }
     let stem = match input.rsplit_once('.') {
-        Some((stem, e)) if !stem.is_empty() && !stem.ends_with('/') && KNOWN.contains(&e.to_ascii_lowercase().as_str()) => stem,
+        Some((stem, e))
+            if !stem.is_empty() && !stem.ends_with('/') && KNOWN.contains(&e.to_ascii_lowercase().as_str()) =>
+        {
+            stem
+        }
         _ => input,
     };
     format!("{stem}.{ext}")
@@ -370,7 +382,11 @@ fn first_non_blank<R: BufRead>(input: &mut R) -> std::io::Result<Option<u8>> {
 }
 
 /// A top-level JSON array, element by element: mapped and written as it is read.
-fn convert_array_elements<R: Read, W: Write>(input: R, c: &Conversion, output: W) -> Result<(W, Summary), ConvertError> {
+fn convert_array_elements<R: Read, W: Write>(
+    input: R,
+    c: &Conversion,
+    output: W,
+) -> Result<(W, Summary), ConvertError> {
     let mut writer = RecordWriter::new(c.output, output)?;
     let records_in = read_json_array(input, |record, position| {
         let record = match c.mapping {
@@ -427,13 +443,18 @@ fn read_json_array<R: Read>(
 }
 
 /// A JSON document read whole: the program (if any) sees all of it.
-fn convert_whole_document<R: Read, W: Write>(mut input: R, c: &Conversion, mut output: W) -> Result<(W, Summary), ConvertError> {
+fn convert_whole_document<R: Read, W: Write>(
+    mut input: R,
+    c: &Conversion,
+    mut output: W,
+) -> Result<(W, Summary), ConvertError> {
     let mut bytes = Vec::new();
     input.read_to_end(&mut bytes).map_err(ConvertError::Read)?;
     let document = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| ConvertError::Malformed { format: "JSON", problem: e.to_string() })?
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ConvertError::Malformed { format: "JSON", problem: e.to_string() })?
     };
     drop(bytes);
     let records_in = match &document {
@@ -493,8 +514,8 @@ pub fn read_records<R: Read>(
             let mut bytes = Vec::new();
             let mut input = input;
             input.read_to_end(&mut bytes).map_err(ConvertError::Read)?;
-            let document: Value =
-                serde_json::from_slice(&bytes).map_err(|e| ConvertError::Malformed { format: "JSON", problem: e.to_string() })?;
+            let document: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| ConvertError::Malformed { format: "JSON", problem: e.to_string() })?;
             let mut each = each;
             let items = match document {
                 Value::Array(items) => items,
@@ -508,7 +529,10 @@ pub fn read_records<R: Read>(
     }
 }
 
-fn read_ndjson<R: Read>(input: R, mut each: impl FnMut(Value, RecordPosition) -> Result<(), ConvertError>) -> Result<(), ConvertError> {
+fn read_ndjson<R: Read>(
+    input: R,
+    mut each: impl FnMut(Value, RecordPosition) -> Result<(), ConvertError>,
+) -> Result<(), ConvertError> {
     let mut reader = BufReader::with_capacity(READ_BUFFER, input);
     let mut line = Vec::new();
     let (mut line_number, mut record) = (0u64, 0u64);
@@ -523,7 +547,8 @@ fn read_ndjson<R: Read>(input: R, mut each: impl FnMut(Value, RecordPosition) ->
         }
         record += 1;
         let position = RecordPosition { record, line: Some(line_number) };
-        let value = serde_json::from_slice(&line).map_err(|e| RecordError::new(&position, format!("is not valid JSON: {e}")))?;
+        let value = serde_json::from_slice(&line)
+            .map_err(|e| RecordError::new(&position, format!("is not valid JSON: {e}")))?;
         each(value, position)?;
     }
 }
@@ -559,7 +584,11 @@ fn read_csv<R: Read>(
         None => reader.headers().map_err(|e| csv_error(e, 0))?.iter().map(str::to_string).collect(),
     };
     if let Some((i, name)) = names.iter().enumerate().find(|(i, n)| n.is_empty() || names[..*i].contains(n)) {
-        let problem = if name.is_empty() { format!("column {} of the header row has no name", i + 1) } else { format!("the header row names column '{name}' twice") };
+        let problem = if name.is_empty() {
+            format!("column {} of the header row has no name", i + 1)
+        } else {
+            format!("the header row names column '{name}' twice")
+        };
         return Err(ConvertError::Malformed { format: "CSV", problem });
     }
     let mut row = csv::StringRecord::new();
@@ -573,9 +602,14 @@ fn read_csv<R: Read>(
         record += 1;
         let position = RecordPosition { record, line: row.position().map(|p| p.line()) };
         if row.len() != names.len() {
-            return Err(RecordError::new(&position, format!("has {} fields, but there are {} columns", row.len(), names.len())).into());
+            return Err(RecordError::new(
+                &position,
+                format!("has {} fields, but there are {} columns", row.len(), names.len()),
+            )
+            .into());
         }
-        let fields: Map<String, Value> = names.iter().zip(row.iter()).map(|(k, v)| (k.clone(), Value::String(v.to_string()))).collect();
+        let fields: Map<String, Value> =
+            names.iter().zip(row.iter()).map(|(k, v)| (k.clone(), Value::String(v.to_string()))).collect();
         each(Value::Object(fields), position)?;
     }
 }
@@ -592,7 +626,9 @@ impl Frame {
         let mut fields = Map::new();
         for attribute in start.attributes() {
             let attribute = attribute.map_err(|e| malformed_xml(e.to_string()))?;
-            let value = attribute.normalized_value(quick_xml::XmlVersion::Implicit1_0).map_err(|e| malformed_xml(e.to_string()))?;
+            let value = attribute
+                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                .map_err(|e| malformed_xml(e.to_string()))?;
             let key: &str = attribute.key.as_ref();
             fields.insert(format!("@{key}"), Value::String(value.into_owned()));
         }
@@ -616,7 +652,10 @@ fn malformed_xml(problem: String) -> ConvertError {
     ConvertError::Malformed { format: "XML", problem }
 }
 
-fn read_xml<R: Read>(input: R, mut each: impl FnMut(Value, RecordPosition) -> Result<(), ConvertError>) -> Result<(), ConvertError> {
+fn read_xml<R: Read>(
+    input: R,
+    mut each: impl FnMut(Value, RecordPosition) -> Result<(), ConvertError>,
+) -> Result<(), ConvertError> {
     use quick_xml::events::Event;
     let mut reader = quick_xml::Reader::from_reader(BufReader::with_capacity(READ_BUFFER, input));
     let mut buf = Vec::new();
@@ -684,14 +723,12 @@ fn read_xml<R: Read>(input: R, mut each: impl FnMut(Value, RecordPosition) -> Re
             }
             Event::GeneralRef(reference) => {
                 let resolved = if reference.is_char_ref() {
-                    reference
-                        .resolve_char_ref()
-                        .map_err(|e| malformed_xml(e.to_string()))?
-                        .map(String::from)
+                    reference.resolve_char_ref().map_err(|e| malformed_xml(e.to_string()))?.map(String::from)
                 } else {
                     quick_xml::escape::resolve_predefined_entity(&reference.clone().into_inner()).map(str::to_string)
                 };
-                let text = resolved.ok_or_else(|| malformed_xml(format!("unknown entity &{};", reference.into_inner())))?;
+                let text =
+                    resolved.ok_or_else(|| malformed_xml(format!("unknown entity &{};", reference.into_inner())))?;
                 if let Some(top) = stack.last_mut() {
                     top.text.push_str(&text);
                 }
@@ -743,10 +780,8 @@ impl<W: Write> RecordWriter<W> {
         let mut columns = None;
         let sink = match spec.format {
             OutputFormat::Csv => {
-                let mut writer = csv::WriterBuilder::new()
-                    .delimiter(spec.csv.delimiter)
-                    .has_headers(false)
-                    .from_writer(out);
+                let mut writer =
+                    csv::WriterBuilder::new().delimiter(spec.csv.delimiter).has_headers(false).from_writer(out);
                 if let Some(declared) = &spec.csv.columns {
                     if spec.csv.header {
                         writer.write_record(declared).map_err(csv_write_err)?;
@@ -772,7 +807,11 @@ impl<W: Write> RecordWriter<W> {
         match &mut self.sink {
             Sink::Csv(writer) => {
                 let Value::Object(fields) = record else {
-                    return Err(RecordError::new(position, format!("is {}, but a CSV row needs an object", describe(record))).into());
+                    return Err(RecordError::new(
+                        position,
+                        format!("is {}, but a CSV row needs an object", describe(record)),
+                    )
+                    .into());
                 };
                 if self.columns.is_none() {
                     let names: Vec<String> = fields.keys().cloned().collect();
@@ -828,7 +867,9 @@ impl<W: Write> RecordWriter<W> {
     /// Closes the document and hands back the flushed writer.
     pub fn finish(self) -> Result<W, ConvertError> {
         match self.sink {
-            Sink::Csv(writer) => writer.into_inner().map_err(|e| ConvertError::Write(std::io::Error::other(e.to_string()))),
+            Sink::Csv(writer) => {
+                writer.into_inner().map_err(|e| ConvertError::Write(std::io::Error::other(e.to_string())))
+            }
             Sink::Plain(mut out) => {
                 match self.spec.format {
                     OutputFormat::Json => out.write_all(b"]").map_err(write_err)?,
@@ -876,7 +917,9 @@ fn write_xml<W: Write>(out: &mut W, name: &str, value: &Value, position: &Record
             for (key, v) in fields.iter().filter(|(k, _)| k.starts_with('@')) {
                 let attribute = &key[1..];
                 if !is_xml_name(attribute) {
-                    return Err(RecordError::new(position, format!("field '{key}' is not a valid XML attribute name")).into());
+                    return Err(
+                        RecordError::new(position, format!("field '{key}' is not a valid XML attribute name")).into()
+                    );
                 }
                 write!(out, " {attribute}=\"{}\"", escape(scalar_text(v))).map_err(write_err)?;
             }
@@ -913,7 +956,13 @@ mod tests {
         let mapping = mapping.map(|m| parse_mapping(MappingName::parse("m").unwrap(), &m).unwrap());
         let function = jq.map(|j| Expression::compile(j).unwrap());
         let vars = ExpressionVars { parameters: json!({"region": "north"}), exchange: json!({}) };
-        let c = Conversion { input: &input_spec, output: &output_spec, mapping: mapping.as_ref(), function: function.as_ref(), vars: &vars };
+        let c = Conversion {
+            input: &input_spec,
+            output: &output_spec,
+            mapping: mapping.as_ref(),
+            function: function.as_ref(),
+            vars: &vars,
+        };
         let (out, _) = convert(input.as_bytes(), &c, Vec::new())?;
         Ok(String::from_utf8(out).unwrap())
     }
@@ -923,9 +972,17 @@ mod tests {
         let input = r#"[{"id": 1, "name": "A, B", "tags": ["x"]}, {"id": 2, "name": null}]"#;
         let out = run(input, json!({"format": "json"}), json!({"format": "csv"}), None, None).unwrap();
         assert_eq!(out, "id,name,tags\n1,\"A, B\",\"[\"\"x\"\"]\"\n2,,\n");
-        let out = run(input, json!({"format": "json"}), json!({"format": "csv", "columns": ["name", "id"], "delimiter": ";", "header": false}), None, None).unwrap();
+        let out = run(
+            input,
+            json!({"format": "json"}),
+            json!({"format": "csv", "columns": ["name", "id"], "delimiter": ";", "header": false}),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(out, "A, B;1\n;2\n");
-        let e = run(r#"[{"a": 1}, {"a": 2, "b": 3}]"#, json!({"format": "json"}), json!({"format": "csv"}), None, None).unwrap_err();
+        let e = run(r#"[{"a": 1}, {"a": 2, "b": 3}]"#, json!({"format": "json"}), json!({"format": "csv"}), None, None)
+            .unwrap_err();
         assert_eq!(e.to_string(), "record 2: has field 'b', which is not a column (the first record sets the columns; declare output.columns to choose them)");
     }
 
@@ -933,18 +990,46 @@ mod tests {
     fn csv_to_ndjson_streams_records_with_mapping_and_per_record_jq() {
         let input = "providerId;status\np1;A\np2;I\n";
         let mapping = json!({"fields": {"providerId": "id"}, "values": {"status": {"A": "active", "I": "inactive"}}});
-        let out = run(input, json!({"format": "csv", "delimiter": ";"}), json!({"format": "ndjson"}), Some(mapping.clone()), None).unwrap();
+        let out = run(
+            input,
+            json!({"format": "csv", "delimiter": ";"}),
+            json!({"format": "ndjson"}),
+            Some(mapping.clone()),
+            None,
+        )
+        .unwrap();
         assert_eq!(out, "{\"id\":\"p1\",\"status\":\"active\"}\n{\"id\":\"p2\",\"status\":\"inactive\"}\n");
-        let out = run(input, json!({"format": "csv", "delimiter": ";"}), json!({"format": "json"}), Some(mapping.clone()), Some("select(.status == \"active\") | .id")).unwrap();
+        let out = run(
+            input,
+            json!({"format": "csv", "delimiter": ";"}),
+            json!({"format": "json"}),
+            Some(mapping.clone()),
+            Some("select(.status == \"active\") | .id"),
+        )
+        .unwrap();
         assert_eq!(out, "[\"p1\"]");
-        let e = run("providerId;status\np1;A\np2;X\n", json!({"format": "csv", "delimiter": ";"}), json!({"format": "ndjson"}), Some(mapping), None).unwrap_err();
+        let e = run(
+            "providerId;status\np1;A\np2;X\n",
+            json!({"format": "csv", "delimiter": ";"}),
+            json!({"format": "ndjson"}),
+            Some(mapping),
+            None,
+        )
+        .unwrap_err();
         assert!(e.is_data_error());
         assert_eq!(e.to_string(), "record 2 (line 3): value 'X' of field 'status' has no translation in mapping 'm'");
     }
 
     #[test]
     fn csv_input_without_header_and_ragged_rows() {
-        let out = run("1,a\n2,b\n", json!({"format": "csv", "header": false, "columns": ["n", "s"]}), json!({"format": "ndjson"}), None, None).unwrap();
+        let out = run(
+            "1,a\n2,b\n",
+            json!({"format": "csv", "header": false, "columns": ["n", "s"]}),
+            json!({"format": "ndjson"}),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(out, "{\"n\":\"1\",\"s\":\"a\"}\n{\"n\":\"2\",\"s\":\"b\"}\n");
         let e = run("a,b\n1,2\n3\n", json!({"format": "csv"}), json!({"format": "ndjson"}), None, None).unwrap_err();
         assert_eq!(e.to_string(), "record 2 (line 3): has 1 fields, but there are 2 columns");
@@ -952,16 +1037,25 @@ mod tests {
 
     #[test]
     fn ndjson_to_json_and_bad_lines_name_their_line() {
-        let out = run("{\"a\":1}\n\n{\"a\":2}\n", json!({"format": "ndjson"}), json!({"format": "json"}), None, None).unwrap();
+        let out = run("{\"a\":1}\n\n{\"a\":2}\n", json!({"format": "ndjson"}), json!({"format": "json"}), None, None)
+            .unwrap();
         assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([{"a": 1}, {"a": 2}]));
-        let e = run("{\"a\":1}\n\n{oops\n", json!({"format": "ndjson"}), json!({"format": "json"}), None, None).unwrap_err();
+        let e = run("{\"a\":1}\n\n{oops\n", json!({"format": "ndjson"}), json!({"format": "json"}), None, None)
+            .unwrap_err();
         assert!(e.to_string().starts_with("record 2 (line 3): is not valid JSON"), "{e}");
     }
 
     #[test]
     fn json_to_xml_and_back() {
         let input = r##"{"items": [{"id": 1, "name": "A & B", "tags": ["x", "y"], "meta": {"@lang": "en", "#text": "t"}, "none": null}]}"##;
-        let out = run(input, json!({"format": "json"}), json!({"format": "xml", "root": "providers", "record": "provider"}), None, Some(".items")).unwrap();
+        let out = run(
+            input,
+            json!({"format": "json"}),
+            json!({"format": "xml", "root": "providers", "record": "provider"}),
+            None,
+            Some(".items"),
+        )
+        .unwrap();
         assert_eq!(
             out,
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<providers>\n<provider><id>1</id><meta lang=\"en\">t</meta><name>A &amp; B</name><none/><tags>x</tags><tags>y</tags></provider>\n</providers>\n"
@@ -980,7 +1074,14 @@ mod tests {
     #[test]
     fn whole_document_jq_and_mapping_on_json() {
         let mapping = json!({"fields": {"providerId": "id"}});
-        let out = run(r#"[{"providerId": 1}, {"providerId": 2}]"#, json!({"format": "json"}), json!({"format": "json"}), Some(mapping), Some("map(.id) | add")).unwrap();
+        let out = run(
+            r#"[{"providerId": 1}, {"providerId": 2}]"#,
+            json!({"format": "json"}),
+            json!({"format": "json"}),
+            Some(mapping),
+            Some("map(.id) | add"),
+        )
+        .unwrap();
         assert_eq!(out, "3");
         let out = run(r#"[{"a": 1}]"#, json!({"format": "json"}), json!({"format": "ndjson"}), None, None).unwrap();
         assert_eq!(out, "{\"a\":1}\n");
@@ -1017,25 +1118,40 @@ mod json_array_streaming {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    fn conversion_output(input: &[u8], output: Value, mapping: Option<&Mapping>, whole: bool) -> Result<(String, Summary), ConvertError> {
+    fn conversion_output(
+        input: &[u8],
+        output: Value,
+        mapping: Option<&Mapping>,
+        whole: bool,
+    ) -> Result<(String, Summary), ConvertError> {
         let input_spec = parse_input(&ObjectReader::new("input", &json!({"format": "json"})).unwrap()).unwrap();
         let output_spec = parse_output(&ObjectReader::new("output", &output).unwrap()).unwrap();
         let vars = ExpressionVars { parameters: json!({}), exchange: json!({}) };
         let c = Conversion { input: &input_spec, output: &output_spec, mapping, function: None, vars: &vars };
-        let (out, summary) = if whole { convert_whole_document(input, &c, Vec::new())? } else { convert(input, &c, Vec::new())? };
+        let (out, summary) =
+            if whole { convert_whole_document(input, &c, Vec::new())? } else { convert(input, &c, Vec::new())? };
         Ok((String::from_utf8(out).unwrap(), summary))
     }
 
     #[test]
     fn a_streamed_array_converts_exactly_as_the_whole_document_would() {
-        let mapping = parse_mapping(MappingName::parse("m").unwrap(), &json!({"fields": {"providerId": "id"}, "values": {"s": {"A": "active"}}})).unwrap();
+        let mapping = parse_mapping(
+            MappingName::parse("m").unwrap(),
+            &json!({"fields": {"providerId": "id"}, "values": {"s": {"A": "active"}}}),
+        )
+        .unwrap();
         let inputs = [
             "[]",
             "  \n [ ]",
             r#"[{"providerId": "p1", "s": "A", "n": 1.5}, {"providerId": "p2", "s": "A", "deep": {"x": [1, null, "y"]}}]"#,
             r#" [{"a": "1"}, {"a": "2"} ] "#,
         ];
-        let outputs = [json!({"format": "json"}), json!({"format": "ndjson"}), json!({"format": "xml"}), json!({"format": "raw"})];
+        let outputs = [
+            json!({"format": "json"}),
+            json!({"format": "ndjson"}),
+            json!({"format": "xml"}),
+            json!({"format": "raw"}),
+        ];
         for input in inputs {
             for output in &outputs {
                 for mapping in [None, Some(&mapping)] {
@@ -1053,12 +1169,17 @@ mod json_array_streaming {
 
     #[test]
     fn errors_name_the_record_or_the_flaw() {
-        let mapping = parse_mapping(MappingName::parse("m").unwrap(), &json!({"values": {"s": {"A": "active"}}})).unwrap();
-        let e = conversion_output(br#"[{"s": "A"}, {"s": "Z"}]"#, json!({"format": "ndjson"}), Some(&mapping), false).unwrap_err();
+        let mapping =
+            parse_mapping(MappingName::parse("m").unwrap(), &json!({"values": {"s": {"A": "active"}}})).unwrap();
+        let e = conversion_output(br#"[{"s": "A"}, {"s": "Z"}]"#, json!({"format": "ndjson"}), Some(&mapping), false)
+            .unwrap_err();
         assert!(e.to_string().starts_with("record 2:"), "{e}");
         for (input, problem) in [(&b"[1, 2"[..], "EOF"), (b"[1, 2] 3", "trailing"), (b"[1,, 2]", "expected value")] {
             let e = conversion_output(input, json!({"format": "ndjson"}), None, false).unwrap_err();
-            assert!(matches!(&e, ConvertError::Malformed { format: "JSON", .. }) && e.to_string().contains(problem), "{e}");
+            assert!(
+                matches!(&e, ConvertError::Malformed { format: "JSON", .. }) && e.to_string().contains(problem),
+                "{e}"
+            );
         }
     }
 
@@ -1077,7 +1198,12 @@ mod json_array_streaming {
                     0 => b"[".to_vec(),
                     n if n > self.elements + 1 => return Ok(0),
                     n if n == self.elements + 1 => b"]".to_vec(),
-                    n => format!("{}{{\"id\": {n}, \"name\": \"provider {n}\", \"pad\": \"{}\"}}", if n > 1 { "," } else { "" }, "x".repeat(200)).into_bytes(),
+                    n => format!(
+                        "{}{{\"id\": {n}, \"name\": \"provider {n}\", \"pad\": \"{}\"}}",
+                        if n > 1 { "," } else { "" },
+                        "x".repeat(200)
+                    )
+                    .into_bytes(),
                 };
                 self.produced += 1;
             }
@@ -1116,7 +1242,8 @@ mod json_array_streaming {
         let vars = ExpressionVars { parameters: json!({}), exchange: json!({}) };
         let c = Conversion { input: &input_spec, output: &output_spec, mapping: None, function: None, vars: &vars };
         // Unbuffered output: the first record reaches it as soon as it is converted.
-        let (out, summary) = convert(input, &c, FirstWrite { read: read.clone(), read_at_first_write: None, written: 0 }).unwrap();
+        let (out, summary) =
+            convert(input, &c, FirstWrite { read: read.clone(), read_at_first_write: None, written: 0 }).unwrap();
         assert_eq!((summary.records_in, summary.records_out), (100_000, 100_000));
         let total = read.load(Ordering::Relaxed);
         assert!(total > 20_000_000, "the input is large: {total} bytes");

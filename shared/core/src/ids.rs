@@ -52,9 +52,7 @@ impl IntegrationCode {
         if valid {
             Ok(Self(value.to_string()))
         } else {
-            Err(format!(
-                "'{value}' is not a valid integration code (1 to 64 letters, digits, '_' or '-')"
-            ))
+            Err(format!("'{value}' is not a valid integration code (1 to 64 letters, digits, '_' or '-')"))
         }
     }
     pub fn as_str(&self) -> &str {
@@ -153,10 +151,7 @@ impl StepId {
         self.0
     }
     pub fn parse(value: &str) -> Result<Self, String> {
-        value
-            .parse::<u32>()
-            .map(Self)
-            .map_err(|_| format!("'{value}' is not a step id"))
+        value.parse::<u32>().map(Self).map_err(|_| format!("'{value}' is not a step id"))
     }
 }
 

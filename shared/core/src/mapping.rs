@@ -199,7 +199,10 @@ impl Mapping {
             if out.contains_key(&target) {
                 return Err(RecordError::new(
                     position,
-                    format!("field '{source}' maps to '{target}', which the record already has (mapping '{}')", self.name),
+                    format!(
+                        "field '{source}' maps to '{target}', which the record already has (mapping '{}')",
+                        self.name
+                    ),
                 ));
             }
             out.insert(target, value);
@@ -221,7 +224,11 @@ impl Mapping {
             Value::Array(_) | Value::Object(_) => {
                 return Err(RecordError::new(
                     position,
-                    format!("field '{field}' holds {}; mapping '{}' translates only single values", describe(&value), self.name),
+                    format!(
+                        "field '{field}' holds {}; mapping '{}' translates only single values",
+                        describe(&value),
+                        self.name
+                    ),
                 ))
             }
         };
@@ -254,7 +261,8 @@ mod tests {
 
     #[test]
     fn renames_fields_and_translates_values() {
-        let m = mapping(json!({"fields": {"providerId": "id"}, "values": {"status": {"A": "active", "1": true}}})).unwrap();
+        let m =
+            mapping(json!({"fields": {"providerId": "id"}, "values": {"status": {"A": "active", "1": true}}})).unwrap();
         let out = m.apply(json!({"providerId": "p1", "status": "A", "name": "N"}), &at(1)).unwrap();
         assert_eq!(out, json!({"id": "p1", "status": "active", "name": "N"}));
         assert_eq!(m.apply(json!({"status": 1}), &at(2)).unwrap(), json!({"status": true}));
@@ -266,7 +274,10 @@ mod tests {
         let m = mapping(json!({"values": {"status": {"A": "active"}}})).unwrap();
         let e = m.apply(json!({"status": "X"}), &at(3)).unwrap_err();
         assert_eq!(e.position, at(3));
-        assert_eq!(e.to_string(), "record 3 (line 4): value 'X' of field 'status' has no translation in mapping 'provider-codes'");
+        assert_eq!(
+            e.to_string(),
+            "record 3 (line 4): value 'X' of field 'status' has no translation in mapping 'provider-codes'"
+        );
         let keep = mapping(json!({"values": {"status": {"A": "active"}}, "unmappedValues": "keep"})).unwrap();
         assert_eq!(keep.apply(json!({"status": "X"}), &at(3)).unwrap(), json!({"status": "X"}));
         let null = mapping(json!({"values": {"status": {"A": "active"}}, "unmappedValues": "null"})).unwrap();
@@ -288,7 +299,10 @@ mod tests {
         assert_eq!(mapping(json!({"fields": {"a": 1}})).unwrap_err().path, "fields.a");
         assert_eq!(mapping(json!({"values": {"s": "A"}})).unwrap_err().path, "values.s");
         assert_eq!(mapping(json!({"fields": {"a": "x"}, "colour": 1})).unwrap_err().path, "colour");
-        assert_eq!(mapping(json!({"fields": {"a": "x"}, "unmappedValues": "ignore"})).unwrap_err().path, "unmappedValues");
+        assert_eq!(
+            mapping(json!({"fields": {"a": "x"}, "unmappedValues": "ignore"})).unwrap_err().path,
+            "unmappedValues"
+        );
         assert_eq!(mapping(json!({})).unwrap_err().path, "(document)");
         assert!(MappingName::parse("provider-codes.v2").is_ok());
         for bad in ["", "-x", "a/b", "a b", &"x".repeat(129)] {

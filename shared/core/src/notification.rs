@@ -70,7 +70,8 @@ pub fn parse_notification(body: &Value) -> Result<Notification, FieldError> {
                 return Err(FieldError::new(f.field_path("name"), "must be a plain file name"));
             }
             let url = f.required_str("url")?;
-            url::Url::parse(url).map_err(|e| FieldError::new(f.field_path("url"), format!("not an absolute URL ({e})")))?;
+            url::Url::parse(url)
+                .map_err(|e| FieldError::new(f.field_path("url"), format!("not an absolute URL ({e})")))?;
             files.push(NotificationFile { name: name.into(), url: url.into() });
         }
     }
@@ -80,8 +81,12 @@ pub fn parse_notification(body: &Value) -> Result<Notification, FieldError> {
             let l = ObjectReader::new(format!("recoveryLinks[{i}]"), l)?;
             l.deny_unknown(&["url", "method"])?;
             let url = l.required_str("url")?;
-            url::Url::parse(url).map_err(|e| FieldError::new(l.field_path("url"), format!("not an absolute URL ({e})")))?;
-            recovery_links.push(RecoveryLink { url: url.into(), method: l.optional_str("method")?.unwrap_or("POST").to_ascii_uppercase() });
+            url::Url::parse(url)
+                .map_err(|e| FieldError::new(l.field_path("url"), format!("not an absolute URL ({e})")))?;
+            recovery_links.push(RecoveryLink {
+                url: url.into(),
+                method: l.optional_str("method")?.unwrap_or("POST").to_ascii_uppercase(),
+            });
         }
     }
     let messages = if r.has("messages") { r.required_array("messages")?.clone() } else { Vec::new() };
@@ -142,7 +147,8 @@ mod tests {
     #[test]
     fn parses_success_with_data_and_files() {
         let n = parse_notification(&json!({"status": "success", "data": {"a": 1},
-            "files": [{"name": "out.csv", "url": "http://h.example/out.csv"}]})).unwrap();
+            "files": [{"name": "out.csv", "url": "http://h.example/out.csv"}]}))
+        .unwrap();
         assert_eq!(n.status, NotificationStatus::Success);
         assert_eq!(n.files[0].name, "out.csv");
     }
@@ -150,11 +156,20 @@ mod tests {
     #[test]
     fn agent_reports_are_read_and_their_bad_fields_named() {
         let n = |data: Value| parse_notification(&json!({"status": "success", "data": data})).unwrap();
-        let report = parse_agent_report(&n(json!({"processed": ["a.csv"], "errors": [{"file": "b.csv", "message": "bad row 3"}]}))).unwrap();
+        let report = parse_agent_report(&n(
+            json!({"processed": ["a.csv"], "errors": [{"file": "b.csv", "message": "bad row 3"}]}),
+        ))
+        .unwrap();
         assert_eq!(report.processed, vec!["a.csv".to_string()]);
         assert_eq!(report.errors, vec![AgentFileError { file: "b.csv".into(), message: "bad row 3".into() }]);
-        assert_eq!(parse_agent_report(&parse_notification(&json!({"status": "success"})).unwrap()).unwrap(), AgentReport::default());
-        assert_eq!(parse_agent_report(&n(json!({"errors": [{"file": "b.csv"}]}))).unwrap_err().path, "data.errors[0].message");
+        assert_eq!(
+            parse_agent_report(&parse_notification(&json!({"status": "success"})).unwrap()).unwrap(),
+            AgentReport::default()
+        );
+        assert_eq!(
+            parse_agent_report(&n(json!({"errors": [{"file": "b.csv"}]}))).unwrap_err().path,
+            "data.errors[0].message"
+        );
         assert_eq!(parse_agent_report(&n(json!({"processed": [1]}))).unwrap_err().path, "data.processed[0]");
         assert_eq!(parse_agent_report(&n(json!({"done": []}))).unwrap_err().path, "data.done");
     }
@@ -164,7 +179,9 @@ mod tests {
         assert_eq!(parse_notification(&json!({"status": "failure"})).unwrap_err().path, "reason");
         assert_eq!(parse_notification(&json!({"status": "maybe"})).unwrap_err().path, "status");
         assert_eq!(
-            parse_notification(&json!({"status": "success", "files": [{"name": "../x", "url": "http://h.example"}]})).unwrap_err().path,
+            parse_notification(&json!({"status": "success", "files": [{"name": "../x", "url": "http://h.example"}]}))
+                .unwrap_err()
+                .path,
             "files[0].name"
         );
         assert_eq!(parse_notification(&json!({"status": "success", "extra": 1})).unwrap_err().path, "extra");

@@ -49,9 +49,8 @@ fn scan(template: &str) -> Result<Vec<(bool, &str)>, PlaceholderError> {
     while let Some(start) = rest.find("{{") {
         parts.push((false, &rest[..start]));
         let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| PlaceholderError::Unclosed(rest[start..].chars().take(20).collect()))?;
+        let end =
+            after.find("}}").ok_or_else(|| PlaceholderError::Unclosed(rest[start..].chars().take(20).collect()))?;
         parts.push((true, &after[..end]));
         rest = &after[end + 2..];
     }

@@ -102,7 +102,9 @@ impl SubStep {
             Self::CheckAgentHealth | Self::InvokeAgent => WorkerFamily::Agent,
             Self::Transform => WorkerFamily::Transform,
             Self::DeliverRest => WorkerFamily::DeliverRest,
-            Self::InvokeExtract | Self::InvokeProcess | Self::InvokeActivity | Self::CheckRecovery => WorkerFamily::Invoke,
+            Self::InvokeExtract | Self::InvokeProcess | Self::InvokeActivity | Self::CheckRecovery => {
+                WorkerFamily::Invoke
+            }
             Self::CollectData | Self::CollectMessages => WorkerFamily::Collect,
         }
     }
@@ -242,10 +244,7 @@ mod tests {
     use serde_json::json;
 
     fn subs(doc: serde_json::Value) -> Vec<(Option<String>, SubStep)> {
-        plan(&parse_definition(&doc).unwrap())
-            .into_iter()
-            .map(|p| (p.integration_step, p.sub_step))
-            .collect()
+        plan(&parse_definition(&doc).unwrap()).into_iter().map(|p| (p.integration_step, p.sub_step)).collect()
     }
 
     fn req() -> serde_json::Value {
@@ -275,14 +274,30 @@ mod tests {
             got,
             vec![
                 ExchangeTriggered,
-                ConditionInvocation, InvokeQuery,
-                InvokeExtract, ReceiveNotification, CollectData, CollectMessages,
+                ConditionInvocation,
+                InvokeQuery,
+                InvokeExtract,
+                ReceiveNotification,
+                CollectData,
+                CollectMessages,
                 InvokeCustom,
-                Transform, PostProcess,
-                DeliverRest, DeliverSftp, DeliverFileUpload, CheckAgentHealth, InvokeAgent, ReceiveAgentNotification,
+                Transform,
+                PostProcess,
+                DeliverRest,
+                DeliverSftp,
+                DeliverFileUpload,
+                CheckAgentHealth,
+                InvokeAgent,
+                ReceiveAgentNotification,
                 InvokeActivity,
-                InvokeProcess, ReceiveNotification, CollectData, CheckRecovery, CollectMessages,
-                CollectSubflowProperties, CreateSubExchanges, ControlSubflow,
+                InvokeProcess,
+                ReceiveNotification,
+                CollectData,
+                CheckRecovery,
+                CollectMessages,
+                CollectSubflowProperties,
+                CreateSubExchanges,
+                ControlSubflow,
                 ExchangeSignoff,
             ]
         );

@@ -14,10 +14,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(path: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            problem: problem.into(),
-        }
+        Self { path: path.into(), problem: problem.into() }
     }
 }
 
@@ -74,10 +71,7 @@ impl<'a> ObjectReader<'a> {
         match self.map.keys().find(|k| !allowed.contains(k.as_str())) {
             Some(key) => Err(FieldError::new(
                 self.field_path(key),
-                format!(
-                    "unknown field (expected one of: {})",
-                    allowed.iter().copied().collect::<Vec<_>>().join(", ")
-                ),
+                format!("unknown field (expected one of: {})", allowed.iter().copied().collect::<Vec<_>>().join(", ")),
             )),
             None => Ok(()),
         }
@@ -92,8 +86,7 @@ impl<'a> ObjectReader<'a> {
     }
 
     pub fn required(&self, key: &str) -> FieldResult<&'a Value> {
-        self.get(key)
-            .ok_or_else(|| FieldError::new(self.field_path(key), "is required"))
+        self.get(key).ok_or_else(|| FieldError::new(self.field_path(key), "is required"))
     }
 
     pub fn required_str(&self, key: &str) -> FieldResult<&'a str> {
@@ -119,10 +112,9 @@ impl<'a> ObjectReader<'a> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(other) => Err(FieldError::new(
-                self.field_path(key),
-                format!("must be a boolean, found {}", describe(other)),
-            )),
+            Some(other) => {
+                Err(FieldError::new(self.field_path(key), format!("must be a boolean, found {}", describe(other))))
+            }
         }
     }
 
@@ -131,14 +123,10 @@ impl<'a> ObjectReader<'a> {
             None => Ok(None),
             Some(value) => match value.as_u64() {
                 Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
-                Some(n) => Err(FieldError::new(
-                    self.field_path(key),
-                    format!("must be between {min} and {max}, found {n}"),
-                )),
-                None => Err(FieldError::new(
-                    self.field_path(key),
-                    format!("must be a whole number, found {value}"),
-                )),
+                Some(n) => {
+                    Err(FieldError::new(self.field_path(key), format!("must be between {min} and {max}, found {n}")))
+                }
+                None => Err(FieldError::new(self.field_path(key), format!("must be a whole number, found {value}"))),
             },
         }
     }
@@ -183,10 +171,7 @@ impl<'a> ObjectReader<'a> {
             .iter()
             .map(|(k, v)| match v.as_str() {
                 Some(s) => Ok((k.clone(), s.to_string())),
-                None => Err(FieldError::new(
-                    obj.field_path(k),
-                    format!("must be a string, found {}", describe(v)),
-                )),
+                None => Err(FieldError::new(obj.field_path(k), format!("must be a string, found {}", describe(v)))),
             })
             .collect()
     }

@@ -77,7 +77,10 @@ pub fn check_compatible(current: &[PlannedSubStep], candidate: &[PlannedSubStep]
         return Err(format!("its plan has {} sub-steps, the exchange has {}", candidate.len(), current.len()));
     }
     for (old, new) in current.iter().zip(candidate) {
-        if old.sub_step != new.sub_step || old.integration_step != new.integration_step || old.destination != new.destination {
+        if old.sub_step != new.sub_step
+            || old.integration_step != new.integration_step
+            || old.destination != new.destination
+        {
             return Err(format!(
                 "sub-step {} is {} of step {} there, but {} of step {} here",
                 old.sequence,
@@ -166,7 +169,8 @@ mod tests {
     #[test]
     fn compatibility_means_the_same_plan_shape() {
         let doc = |url: &str, extra: bool| {
-            let mut steps = vec![json!({"name": "q", "type": "dataCollection", "kind": "query", "request": {"url": url}})];
+            let mut steps =
+                vec![json!({"name": "q", "type": "dataCollection", "kind": "query", "request": {"url": url}})];
             if extra {
                 steps.push(json!({"name": "t", "type": "transformation"}));
             }

@@ -24,27 +24,15 @@ pub struct Failure {
 impl Failure {
     /// Transient trouble on the remote side or ours: worth another attempt.
     pub fn transient(message: impl Into<String>) -> Self {
-        Self {
-            classification: ErrorClassification::System,
-            retryable: true,
-            message: message.into(),
-        }
+        Self { classification: ErrorClassification::System, retryable: true, message: message.into() }
     }
     /// The data or the remote system's answer is at fault: retrying will not help.
     pub fn business(message: impl Into<String>) -> Self {
-        Self {
-            classification: ErrorClassification::Business,
-            retryable: false,
-            message: message.into(),
-        }
+        Self { classification: ErrorClassification::Business, retryable: false, message: message.into() }
     }
     /// Our side is broken in a way another attempt will not fix (e.g. misconfiguration).
     pub fn system(message: impl Into<String>) -> Self {
-        Self {
-            classification: ErrorClassification::System,
-            retryable: false,
-            message: message.into(),
-        }
+        Self { classification: ErrorClassification::System, retryable: false, message: message.into() }
     }
 
     /// Classifies an HTTP answer of an external system (SPEC §2: 429 and 5xx retryable,

@@ -53,14 +53,9 @@ impl ScheduleExpression {
         } else if let Some(inner) = strip_call(trimmed, "at") {
             Kind::At(parse_at(inner)?)
         } else {
-            return Err(format!(
-                "schedule expression must be cron(...), rate(...) or at(...), got '{trimmed}'"
-            ));
+            return Err(format!("schedule expression must be cron(...), rate(...) or at(...), got '{trimmed}'"));
         };
-        Ok(Self {
-            kind,
-            source: trimmed.to_string(),
-        })
+        Ok(Self { kind, source: trimmed.to_string() })
     }
 
     /// The expression as written (trimmed).
@@ -82,12 +77,7 @@ impl ScheduleExpression {
     /// * `at`: the wall-clock time in `tz`, if it is after `after`.
     ///
     /// `None` when there is no further occurrence.
-    pub fn next_after(
-        &self,
-        after: DateTime<Utc>,
-        anchor: DateTime<Utc>,
-        tz: Tz,
-    ) -> Option<DateTime<Utc>> {
+    pub fn next_after(&self, after: DateTime<Utc>, anchor: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
         match &self.kind {
             Kind::Rate(period) => {
                 let period_ms = period.num_milliseconds();
@@ -110,9 +100,7 @@ impl ScheduleExpression {
             }
             Kind::Cron(cron) => {
                 let local = after.with_timezone(&tz);
-                cron.find_next_occurrence(&local, false)
-                    .ok()
-                    .map(|t| t.with_timezone(&Utc))
+                cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&Utc))
             }
             Kind::At(naive) => {
                 let at = local_to_utc(naive, tz)?;
@@ -129,9 +117,7 @@ pub fn parse_timezone(tz: &str) -> Result<Tz, String> {
     if tz.is_empty() {
         return Ok(Tz::UTC);
     }
-    tz.parse::<Tz>().map_err(|_| {
-        format!("unknown time zone '{tz}' (expected an IANA name such as Europe/Amsterdam)")
-    })
+    tz.parse::<Tz>().map_err(|_| format!("unknown time zone '{tz}' (expected an IANA name such as Europe/Amsterdam)"))
 }
 
 /// Maps a local wall-clock time to UTC. A time skipped by a DST jump runs at the first
@@ -142,12 +128,10 @@ fn local_to_utc(naive: &NaiveDateTime, tz: Tz) -> Option<DateTime<Utc>> {
         chrono::LocalResult::Ambiguous(first, _) => Some(first.with_timezone(&Utc)),
         chrono::LocalResult::None => {
             // Walk forward minute by minute out of the gap (gaps are at most a few hours).
-            (1..=24 * 60).find_map(|m| {
-                match tz.from_local_datetime(&(*naive + Duration::minutes(m))) {
-                    chrono::LocalResult::Single(t) => Some(t.with_timezone(&Utc)),
-                    chrono::LocalResult::Ambiguous(t, _) => Some(t.with_timezone(&Utc)),
-                    chrono::LocalResult::None => None,
-                }
+            (1..=24 * 60).find_map(|m| match tz.from_local_datetime(&(*naive + Duration::minutes(m))) {
+                chrono::LocalResult::Single(t) => Some(t.with_timezone(&Utc)),
+                chrono::LocalResult::Ambiguous(t, _) => Some(t.with_timezone(&Utc)),
+                chrono::LocalResult::None => None,
             })
         }
     }
@@ -159,14 +143,7 @@ fn strip_call<'a>(expr: &'a str, name: &str) -> Option<&'a str> {
     rest.strip_suffix(')')
 }
 
-const CRON_FIELDS: [&str; 6] = [
-    "minutes",
-    "hours",
-    "day-of-month",
-    "month",
-    "day-of-week",
-    "year",
-];
+const CRON_FIELDS: [&str; 6] = ["minutes", "hours", "day-of-month", "month", "day-of-week", "year"];
 
 fn parse_cron(inner: &str) -> Result<Cron, String> {
     let fields: Vec<&str> = inner.split_whitespace().collect();
@@ -179,10 +156,8 @@ fn parse_cron(inner: &str) -> Result<Cron, String> {
     let dom_q = fields[2] == "?";
     let dow_q = fields[4] == "?";
     if dom_q && dow_q {
-        return Err(
-            "cron expression: day-of-month and day-of-week cannot both be '?'; use '?' in exactly one of them"
-                .to_string(),
-        );
+        return Err("cron expression: day-of-month and day-of-week cannot both be '?'; use '?' in exactly one of them"
+            .to_string());
     }
     if !dom_q && !dow_q {
         return Err(format!(
@@ -192,10 +167,7 @@ fn parse_cron(inner: &str) -> Result<Cron, String> {
     }
     for (i, f) in fields.iter().enumerate() {
         if f.contains('?') && *f != "?" {
-            return Err(format!(
-                "cron expression: '?' must stand alone in the {} field",
-                CRON_FIELDS[i]
-            ));
+            return Err(format!("cron expression: '?' must stand alone in the {} field", CRON_FIELDS[i]));
         }
         if f.contains('?') && i != 2 && i != 4 {
             return Err(format!(
@@ -224,12 +196,8 @@ pub fn parse_rate(inner: &str) -> Result<(u32, RateUnit), String> {
             inner.trim()
         ));
     }
-    let n: u32 = parts[0].parse().map_err(|_| {
-        format!(
-            "rate value must be a positive whole number, got '{}'",
-            parts[0]
-        )
-    })?;
+    let n: u32 =
+        parts[0].parse().map_err(|_| format!("rate value must be a positive whole number, got '{}'", parts[0]))?;
     if n == 0 {
         return Err("rate value must be at least 1".to_string());
     }
@@ -240,34 +208,20 @@ pub fn parse_rate(inner: &str) -> Result<(u32, RateUnit), String> {
         "hours" => (RateUnit::Hour, true),
         "day" => (RateUnit::Day, false),
         "days" => (RateUnit::Day, true),
-        other => {
-            return Err(format!(
-                "rate unit must be minute(s), hour(s) or day(s), got '{other}'"
-            ))
-        }
+        other => return Err(format!("rate unit must be minute(s), hour(s) or day(s), got '{other}'")),
     };
     if n == 1 && plural {
-        return Err(format!(
-            "rate of 1 needs the singular unit: rate(1 {})",
-            parts[1].trim_end_matches('s')
-        ));
+        return Err(format!("rate of 1 needs the singular unit: rate(1 {})", parts[1].trim_end_matches('s')));
     }
     if n != 1 && !plural {
-        return Err(format!(
-            "rate of {n} needs the plural unit: rate({n} {}s)",
-            parts[1]
-        ));
+        return Err(format!("rate of {n} needs the plural unit: rate({n} {}s)", parts[1]));
     }
     Ok((n, unit))
 }
 
 fn parse_at(inner: &str) -> Result<NaiveDateTime, String> {
-    NaiveDateTime::parse_from_str(inner.trim(), "%Y-%m-%dT%H:%M:%S").map_err(|e| {
-        format!(
-            "at expression needs yyyy-mm-ddThh:mm:ss, got '{}': {e}",
-            inner.trim()
-        )
-    })
+    NaiveDateTime::parse_from_str(inner.trim(), "%Y-%m-%dT%H:%M:%S")
+        .map_err(|e| format!("at expression needs yyyy-mm-ddThh:mm:ss, got '{}': {e}", inner.trim()))
 }
 
 #[cfg(test)]
@@ -275,9 +229,7 @@ mod tests {
     use super::*;
 
     fn utc(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .expect("test timestamp")
-            .with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(s).expect("test timestamp").with_timezone(&Utc)
     }
 
     fn next(expr: &str, after: &str, tz: &str) -> Option<DateTime<Utc>> {
@@ -290,29 +242,17 @@ mod tests {
     fn cron_daily_in_amsterdam_follows_dst() {
         // Winter: 18:00 CET = 17:00 UTC.
         assert_eq!(
-            next(
-                "cron(0 18 * * ? *)",
-                "2026-01-10T12:00:00Z",
-                "Europe/Amsterdam"
-            ),
+            next("cron(0 18 * * ? *)", "2026-01-10T12:00:00Z", "Europe/Amsterdam"),
             Some(utc("2026-01-10T17:00:00Z"))
         );
         // Summer: 18:00 CEST = 16:00 UTC.
         assert_eq!(
-            next(
-                "cron(0 18 * * ? *)",
-                "2026-07-10T12:00:00Z",
-                "Europe/Amsterdam"
-            ),
+            next("cron(0 18 * * ? *)", "2026-07-10T12:00:00Z", "Europe/Amsterdam"),
             Some(utc("2026-07-10T16:00:00Z"))
         );
         // Across the spring-forward night (29 March 2026): 28th is CET, 29th is CEST.
         assert_eq!(
-            next(
-                "cron(0 18 * * ? *)",
-                "2026-03-28T17:00:00Z",
-                "Europe/Amsterdam"
-            ),
+            next("cron(0 18 * * ? *)", "2026-03-28T17:00:00Z", "Europe/Amsterdam"),
             Some(utc("2026-03-29T16:00:00Z"))
         );
     }
@@ -320,12 +260,7 @@ mod tests {
     #[test]
     fn cron_hourly_skips_the_missing_hour() {
         // 02:30 local does not exist on 2026-03-29 in Amsterdam.
-        let n = next(
-            "cron(30 * * * ? *)",
-            "2026-03-29T00:31:00Z",
-            "Europe/Amsterdam",
-        )
-        .expect("has next");
+        let n = next("cron(30 * * * ? *)", "2026-03-29T00:31:00Z", "Europe/Amsterdam").expect("has next");
         // 00:31Z = 01:31 CET; next :30 local is 03:30 CEST = 01:30Z.
         assert_eq!(n, utc("2026-03-29T01:30:00Z"));
     }
@@ -333,52 +268,28 @@ mod tests {
     #[test]
     fn cron_weekday_names_and_numbers_use_aws_numbering() {
         // 2026-01-05 is a Monday. AWS: 1 = SUN, 2 = MON.
-        assert_eq!(
-            next("cron(0 9 ? * MON-FRI *)", "2026-01-03T00:00:00Z", "UTC"),
-            Some(utc("2026-01-05T09:00:00Z"))
-        );
-        assert_eq!(
-            next("cron(0 9 ? * 2 *)", "2026-01-03T00:00:00Z", "UTC"),
-            Some(utc("2026-01-05T09:00:00Z"))
-        );
-        assert_eq!(
-            next("cron(0 9 ? * 1 *)", "2026-01-03T00:00:00Z", "UTC"),
-            Some(utc("2026-01-04T09:00:00Z"))
-        );
+        assert_eq!(next("cron(0 9 ? * MON-FRI *)", "2026-01-03T00:00:00Z", "UTC"), Some(utc("2026-01-05T09:00:00Z")));
+        assert_eq!(next("cron(0 9 ? * 2 *)", "2026-01-03T00:00:00Z", "UTC"), Some(utc("2026-01-05T09:00:00Z")));
+        assert_eq!(next("cron(0 9 ? * 1 *)", "2026-01-03T00:00:00Z", "UTC"), Some(utc("2026-01-04T09:00:00Z")));
     }
 
     #[test]
     fn cron_last_day_and_nth_weekday() {
-        assert_eq!(
-            next("cron(0 0 L * ? *)", "2026-02-01T00:00:00Z", "UTC"),
-            Some(utc("2026-02-28T00:00:00Z"))
-        );
+        assert_eq!(next("cron(0 0 L * ? *)", "2026-02-01T00:00:00Z", "UTC"), Some(utc("2026-02-28T00:00:00Z")));
         // Second Tuesday (3#2) of February 2026 is the 10th.
-        assert_eq!(
-            next("cron(0 12 ? * 3#2 *)", "2026-02-01T00:00:00Z", "UTC"),
-            Some(utc("2026-02-10T12:00:00Z"))
-        );
+        assert_eq!(next("cron(0 12 ? * 3#2 *)", "2026-02-01T00:00:00Z", "UTC"), Some(utc("2026-02-10T12:00:00Z")));
     }
 
     #[test]
     fn cron_year_field_limits_occurrences() {
-        assert_eq!(
-            next("cron(0 0 1 1 ? 2027)", "2026-06-01T00:00:00Z", "UTC"),
-            Some(utc("2027-01-01T00:00:00Z"))
-        );
-        assert_eq!(
-            next("cron(0 0 1 1 ? 2025)", "2026-06-01T00:00:00Z", "UTC"),
-            None
-        );
+        assert_eq!(next("cron(0 0 1 1 ? 2027)", "2026-06-01T00:00:00Z", "UTC"), Some(utc("2027-01-01T00:00:00Z")));
+        assert_eq!(next("cron(0 0 1 1 ? 2025)", "2026-06-01T00:00:00Z", "UTC"), None);
     }
 
     #[test]
     fn cron_field_count_error_is_precise() {
         let err = ScheduleExpression::parse("cron(0 18 * * ?)").expect_err("5 fields");
-        assert_eq!(
-            err,
-            "cron expression needs 6 fields (minutes hours day-of-month month day-of-week year), got 5"
-        );
+        assert_eq!(err, "cron expression needs 6 fields (minutes hours day-of-month month day-of-week year), got 5");
     }
 
     #[test]
@@ -419,18 +330,9 @@ mod tests {
     fn rate_counts_from_anchor() {
         let e = ScheduleExpression::parse("rate(5 minutes)").expect("parses");
         let anchor = utc("2026-01-01T10:00:30Z");
-        assert_eq!(
-            e.next_after(anchor, anchor, Tz::UTC),
-            Some(utc("2026-01-01T10:05:30Z"))
-        );
-        assert_eq!(
-            e.next_after(utc("2026-01-01T10:05:30Z"), anchor, Tz::UTC),
-            Some(utc("2026-01-01T10:10:30Z"))
-        );
-        assert_eq!(
-            e.next_after(utc("2026-01-01T10:07:00Z"), anchor, Tz::UTC),
-            Some(utc("2026-01-01T10:10:30Z"))
-        );
+        assert_eq!(e.next_after(anchor, anchor, Tz::UTC), Some(utc("2026-01-01T10:05:30Z")));
+        assert_eq!(e.next_after(utc("2026-01-01T10:05:30Z"), anchor, Tz::UTC), Some(utc("2026-01-01T10:10:30Z")));
+        assert_eq!(e.next_after(utc("2026-01-01T10:07:00Z"), anchor, Tz::UTC), Some(utc("2026-01-01T10:10:30Z")));
     }
 
     #[test]
@@ -439,10 +341,7 @@ mod tests {
         assert!(e.is_one_time());
         let tz = parse_timezone("Europe/Amsterdam").expect("tz");
         let before = utc("2026-06-30T00:00:00Z");
-        assert_eq!(
-            e.next_after(before, before, tz),
-            Some(utc("2026-07-01T07:00:00Z"))
-        );
+        assert_eq!(e.next_after(before, before, tz), Some(utc("2026-07-01T07:00:00Z")));
         let after = utc("2026-07-02T00:00:00Z");
         assert_eq!(e.next_after(after, before, tz), None);
         assert!(ScheduleExpression::parse("at(2026-07-01 09:00)").is_err());

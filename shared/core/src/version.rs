@@ -101,18 +101,12 @@ mod tests {
 
     #[test]
     fn invoking_a_missing_version_is_not_found() {
-        assert_eq!(
-            select_version(&[on(v(1))], Some(v(7))),
-            Err(VersionSelectionError::VersionNotFound(v(7)))
-        );
+        assert_eq!(select_version(&[on(v(1))], Some(v(7))), Err(VersionSelectionError::VersionNotFound(v(7))));
     }
 
     #[test]
     fn nothing_enabled_is_not_found() {
-        assert_eq!(
-            select_version(&[off(NULL), off(v(1))], None),
-            Err(VersionSelectionError::NoEnabledVersion)
-        );
+        assert_eq!(select_version(&[off(NULL), off(v(1))], None), Err(VersionSelectionError::NoEnabledVersion));
         assert_eq!(select_version(&[], None), Err(VersionSelectionError::NoEnabledVersion));
     }
 

@@ -51,7 +51,13 @@ fn group_status(members: &[&ExchangeStep]) -> &'static str {
 mod tests {
     use super::*;
 
-    fn step(sequence: u32, sub_step: &str, destination: Option<usize>, status: &str, error: Option<&str>) -> ExchangeStep {
+    fn step(
+        sequence: u32,
+        sub_step: &str,
+        destination: Option<usize>,
+        status: &str,
+        error: Option<&str>,
+    ) -> ExchangeStep {
         let mut v = json!({
             "stepId": format!("{sequence:04}"), "sequence": sequence, "integrationStep": "send", "subStep": sub_step,
             "status": status, "attempts": 1, "maxAttempts": 3,

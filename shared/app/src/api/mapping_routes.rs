@@ -40,7 +40,9 @@ pub(super) async fn put_mapping(State(ctx): Ctx, Path(name): Path<String>, body:
         updated_at: Utc::now(),
     };
     repository.put(&stored, current.as_ref().map(|c| c.revision)).await.map_err(|e| match e {
-        MappingWriteError::RevisionConflict => ApiError::new(StatusCode::CONFLICT, "ConcurrentModification", e.to_string()),
+        MappingWriteError::RevisionConflict => {
+            ApiError::new(StatusCode::CONFLICT, "ConcurrentModification", e.to_string())
+        }
         MappingWriteError::Port(p) => p.into(),
     })?;
     ctx.mappings.remember(Arc::new(parsed));
@@ -64,9 +66,18 @@ pub(super) async fn get_mapping(State(ctx): Ctx, Path(name): Path<String>) -> Ap
 pub(super) async fn check_mappings(ctx: &AppContext, loaded: &LoadedIntegration) -> Result<(), ApiError> {
     for (index, step) in loaded.definition.steps.iter().enumerate() {
         if let StepAction::Transformation { mapping: Some(name), .. } = &step.action {
-            if ctx.mappings.get(name).await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", e.to_string()))?.is_none() {
+            if ctx
+                .mappings
+                .get(name)
+                .await
+                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", e.to_string()))?
+                .is_none()
+            {
                 return Err(ApiError::field(
-                    FieldError::new(format!("steps[{index}].mapping"), format!("mapping '{name}' does not exist (PUT /mappings/{name} first)")),
+                    FieldError::new(
+                        format!("steps[{index}].mapping"),
+                        format!("mapping '{name}' does not exist (PUT /mappings/{name} first)"),
+                    ),
                     "InvalidDefinition",
                 ));
             }

@@ -46,9 +46,13 @@ pub(super) async fn run(
         (SubStep::DeliverFileUpload, DestinationTarget::FileUpload { request, field_name }) => {
             file_upload::deliver(cx, request, field_name, logs).await
         }
-        (SubStep::CheckAgentHealth, DestinationTarget::Agent { health_url, .. }) => agent::check_health(cx, health_url, logs).await,
+        (SubStep::CheckAgentHealth, DestinationTarget::Agent { health_url, .. }) => {
+            agent::check_health(cx, health_url, logs).await
+        }
         (SubStep::InvokeAgent, DestinationTarget::Agent { request, .. }) => agent::invoke(cx, request, logs).await,
-        (SubStep::ReceiveAgentNotification, DestinationTarget::Agent { .. }) => agent::receive(cx, logs, user_logs, extras).await,
+        (SubStep::ReceiveAgentNotification, DestinationTarget::Agent { .. }) => {
+            agent::receive(cx, logs, user_logs, extras).await
+        }
         (other, _) => Err(Failure::system(format!("sub-step {other} does not match the kind of its destination"))),
     }
 }
@@ -90,7 +94,10 @@ async fn delivery_files(cx: &ExecutionContext<'_>) -> Result<Vec<DeliveryFile>, 
             if files.is_empty() {
                 return Err(Failure::business(format!("data file set {data_file_set_id} holds no file to deliver")));
             }
-            Ok(files.into_iter().map(|f| DeliveryFile { name: f.name, content_type: f.content_type, size: f.size }).collect())
+            Ok(files
+                .into_iter()
+                .map(|f| DeliveryFile { name: f.name, content_type: f.content_type, size: f.size })
+                .collect())
         }
     }
 }
@@ -135,7 +142,14 @@ mod tests {
 
     #[test]
     fn every_delivery_sub_step_is_handled_here() {
-        for s in [SubStep::DeliverSftp, SubStep::DeliverFileUpload, SubStep::CheckAgentHealth, SubStep::InvokeAgent, SubStep::ReceiveAgentNotification, SubStep::InvokeCustom] {
+        for s in [
+            SubStep::DeliverSftp,
+            SubStep::DeliverFileUpload,
+            SubStep::CheckAgentHealth,
+            SubStep::InvokeAgent,
+            SubStep::ReceiveAgentNotification,
+            SubStep::InvokeCustom,
+        ] {
             assert!(handles(s), "{s}");
         }
         assert!(!handles(SubStep::DeliverRest));

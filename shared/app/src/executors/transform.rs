@@ -88,10 +88,14 @@ pub(super) async fn transform(cx: &ExecutionContext<'_>, logs: &mut Vec<String>)
                 .get(name)
                 .await
                 .map_err(|e| match e {
-                    crate::mappings::MappingLoadError::Port(p) => Failure::transient(format!("reading mapping '{name}': {p}")),
+                    crate::mappings::MappingLoadError::Port(p) => {
+                        Failure::transient(format!("reading mapping '{name}': {p}"))
+                    }
                     corrupt => Failure::system(corrupt.to_string()),
                 })?
-                .ok_or_else(|| Failure::business(format!("mapping '{name}' does not exist (PUT /mappings/{name} defines it)")))?,
+                .ok_or_else(|| {
+                    Failure::business(format!("mapping '{name}' does not exist (PUT /mappings/{name} defines it)"))
+                })?,
         ),
     };
     let job = Arc::new(Job {
@@ -109,12 +113,14 @@ pub(super) async fn transform(cx: &ExecutionContext<'_>, logs: &mut Vec<String>)
                 None => Bytes::new(),
             };
             let worker = job.clone();
-            let (out, summary) = tokio::task::spawn_blocking(move || worker.run(std::io::Cursor::new(bytes), Vec::new()))
-                .await
-                .map_err(|e| Failure::system(format!("the transformation task failed: {e}")))?
-                .map_err(|e| convert_failure(e, None))?;
+            let (out, summary) =
+                tokio::task::spawn_blocking(move || worker.run(std::io::Cursor::new(bytes), Vec::new()))
+                    .await
+                    .map_err(|e| Failure::system(format!("the transformation task failed: {e}")))?
+                    .map_err(|e| convert_failure(e, None))?;
             logs.push(format!("Transformed {}", job.describe(&summary)));
-            let payload = cx.codec.store(out.into(), job.output.format.content_type()).await.map_err(payload_failure)?;
+            let payload =
+                cx.codec.store(out.into(), job.output.format.content_type()).await.map_err(payload_failure)?;
             Ok(StepOutput { payload: Some(payload), ..StepOutput::default() })
         }
     }
@@ -127,7 +133,8 @@ async fn transform_set(
     set: &DataFileSetId,
     logs: &mut Vec<String>,
 ) -> Result<StepOutput, Failure> {
-    let files = cx.app.files.list(set).await.map_err(|e| Failure::transient(format!("listing data file set {set}: {e}")))?;
+    let files =
+        cx.app.files.list(set).await.map_err(|e| Failure::transient(format!("listing data file set {set}: {e}")))?;
     if files.is_empty() {
         return Err(Failure::system(format!("data file set {set} has no files")));
     }
@@ -184,7 +191,8 @@ async fn stream_file(
             }
         }
     });
-    let output: ByteStream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed();
+    let output: ByteStream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed();
     let written = cx.app.files.write(set, out_name, job_content_type(cx), output).await;
     let converted = converter.await.map_err(|e| Failure::system(format!("the transformation task failed: {e}")))?;
     match (converted, written) {
@@ -215,9 +223,9 @@ impl ChannelWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_BYTES)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the data file store stopped reading the output"))
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the data file store stopped reading the output")
+        })
     }
 
     fn fail(self, message: String) {

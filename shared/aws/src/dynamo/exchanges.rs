@@ -80,8 +80,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, KeysAndAttributes, Put, PutRequest, TransactWriteItem, Update,
-    WriteRequest,
+    AttributeValue, ConditionCheck, KeysAndAttributes, Put, PutRequest, TransactWriteItem, Update, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -1027,7 +1026,12 @@ pub(crate) fn sub_total_parts(
 
 /// The token consumption and its outbox timer, one transaction: see
 /// [`ExchangeRepository::consume_token`].
-pub(crate) fn consume_token_actions(table: &str, hash: &str, now: DateTime<Utc>, outbox: &Timer) -> PortResult<Vec<TransactWriteItem>> {
+pub(crate) fn consume_token_actions(
+    table: &str,
+    hash: &str,
+    now: DateTime<Utc>,
+    outbox: &Timer,
+) -> PortResult<Vec<TransactWriteItem>> {
     Ok(vec![
         conditional_update(table, token_key(hash), consume_token_parts(now))?,
         put_action(table, timer_to_item(&outbox.exchange_id, outbox)?)?,
@@ -1651,7 +1655,14 @@ impl ExchangeRepository for DynamoExchangeRepository {
     }
 
     async fn usable_token(&self, hash: &str, now: DateTime<Utc>) -> PortResult<Option<CallbackToken>> {
-        let result = self.client.get_item().table_name(&self.table).set_key(Some(token_key(hash))).consistent_read(true).send().await;
+        let result = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(token_key(hash)))
+            .consistent_read(true)
+            .send()
+            .await;
         let item = result.map_err(|e| error::sdk(SERVICE, "GetItem", e))?.item;
         let Some(item) = item else { return Ok(None) };
         let used = item.contains_key("usedAt");
@@ -2323,11 +2334,19 @@ mod tests {
         let actions = recover_actions("T", &commit).expect("actions");
         assert_eq!(actions.len(), 3, "duplicates reset once");
         // Timers stored with the recovery come last, as puts.
-        let sla = Timer { exchange_id: ExchangeId::new("e"), recovery: 2, due: t("2026-01-02T04:04:05Z"), kind: TimerKind::Sla };
+        let sla = Timer {
+            exchange_id: ExchangeId::new("e"),
+            recovery: 2,
+            due: t("2026-01-02T04:04:05Z"),
+            kind: TimerKind::Sla,
+        };
         commit.timers = vec![sla.clone()];
         let with_timer = recover_actions("T", &commit).expect("actions");
         assert_eq!(with_timer.len(), 4);
-        assert_eq!(with_timer[3].put().expect("timer put").item(), &timer_to_item(&sla.exchange_id, &sla).expect("item"));
+        assert_eq!(
+            with_timer[3].put().expect("timer put").item(),
+            &timer_to_item(&sla.exchange_id, &sla).expect("item")
+        );
         commit.timers.clear();
         let ex = actions[0].update().expect("exchange update");
         assert_eq!(ex.key().get("sk"), Some(&s("EXCHANGE")));

@@ -52,9 +52,10 @@ fn to_item(mapping: &StoredMapping) -> PortResult<Item> {
 }
 
 fn from_item(item: Item) -> PortResult<StoredMapping> {
-    let item: MappingItem =
-        serde_dynamo::from_item(item).map_err(|e| error::fault(SERVICE, format!("stored mapping is malformed: {e}")))?;
-    let name = MappingName::parse(&item.name).map_err(|e| error::fault(SERVICE, format!("stored mapping is malformed: {e}")))?;
+    let item: MappingItem = serde_dynamo::from_item(item)
+        .map_err(|e| error::fault(SERVICE, format!("stored mapping is malformed: {e}")))?;
+    let name = MappingName::parse(&item.name)
+        .map_err(|e| error::fault(SERVICE, format!("stored mapping is malformed: {e}")))?;
     let document = serde_json::from_str(&item.document)
         .map_err(|e| error::fault(SERVICE, format!("stored mapping {name} is malformed: {e}")))?;
     Ok(StoredMapping { name, document, revision: item.revision, updated_at: item.updated_at })
@@ -124,7 +125,9 @@ mod tests {
             name: MappingName::parse("provider-codes").expect("name"),
             document: serde_json::json!({"fields": {"a": "b"}, "values": {"s": {"A": 1.5}}}),
             revision: 3,
-            updated_at: DateTime::parse_from_rfc3339("2026-03-04T05:06:07Z").map(|d| d.with_timezone(&Utc)).expect("time"),
+            updated_at: DateTime::parse_from_rfc3339("2026-03-04T05:06:07Z")
+                .map(|d| d.with_timezone(&Utc))
+                .expect("time"),
         };
         let item = to_item(&stored).expect("encode");
         assert_eq!(item.get("pk"), Some(&AttributeValue::S("MAPPING#provider-codes".into())));

@@ -13,7 +13,9 @@
 //! (recoverable: recovery calls the agent again).
 
 use super::{delivery_files, DeliveryFile};
-use crate::executors::{arm_callback, idempotency_key, notification_from, payload_failure, ExecutionContext, Extras, StepOutput};
+use crate::executors::{
+    arm_callback, idempotency_key, notification_from, payload_failure, ExecutionContext, Extras, StepOutput,
+};
 use crate::outbound::{self, OutboundBody};
 use handoff_core::definition::RequestTemplate;
 use handoff_core::exchange::Payload;
@@ -25,8 +27,13 @@ use serde_json::json;
 /// Longest per-file message kept in logs and error records.
 const MAX_MESSAGE_CHARS: usize = 1000;
 
-pub(super) async fn check_health(cx: &ExecutionContext<'_>, health_url: &str, logs: &mut Vec<String>) -> Result<StepOutput, Failure> {
-    let template = RequestTemplate { method: "GET".into(), url: health_url.to_string(), headers: Vec::new(), body: None };
+pub(super) async fn check_health(
+    cx: &ExecutionContext<'_>,
+    health_url: &str,
+    logs: &mut Vec<String>,
+) -> Result<StepOutput, Failure> {
+    let template =
+        RequestTemplate { method: "GET".into(), url: health_url.to_string(), headers: Vec::new(), body: None };
     let rendered = outbound::render(&template, &cx.placeholders())?;
     let target = outbound::redact_query(&rendered.url).to_string();
     let response = outbound::send(cx.http, rendered, OutboundBody::Empty, &[])
@@ -53,9 +60,13 @@ pub(super) async fn invoke(
     let response = outbound::send(cx.http, rendered, body, &headers).await?;
     let status = response.status().as_u16();
     if status != 201 {
-        return Err(Failure::business(format!("agent {target} answered HTTP {status}; only 201 Created accepts a delivery")));
+        return Err(Failure::business(format!(
+            "agent {target} answered HTTP {status}; only 201 Created accepts a delivery"
+        )));
     }
-    let until = wait.timeout_at.map_or_else(|| "no deadline".to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    let until = wait
+        .timeout_at
+        .map_or_else(|| "no deadline".to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     logs.push(format!("Agent {target} accepted the delivery (HTTP 201); waiting for its report until {until}"));
     Ok(StepOutput { wait: Some(wait), ..StepOutput::default() })
 }
@@ -107,7 +118,8 @@ pub(super) async fn receive(
         let reason = notification.reason.unwrap_or_else(|| "no reason given".into());
         return Err(Failure::business(format!("the agent reported failure: {reason}")));
     }
-    let report = parse_agent_report(&notification).map_err(|e| Failure::business(format!("the agent's report: {e}")))?;
+    let report =
+        parse_agent_report(&notification).map_err(|e| Failure::business(format!("the agent's report: {e}")))?;
     let (lines, rejected) = file_errors(&report);
     user_logs.extend(lines);
     extras.recorded.extend(rejected);
@@ -122,7 +134,10 @@ fn file_errors(report: &AgentReport) -> (Vec<String>, Vec<Failure>) {
         .iter()
         .map(|e| {
             let message: String = e.message.chars().take(MAX_MESSAGE_CHARS).collect();
-            (format!("File {}: {message}", e.file), Failure::business(format!("the agent rejected file {}: {message}", e.file)))
+            (
+                format!("File {}: {message}", e.file),
+                Failure::business(format!("the agent rejected file {}: {message}", e.file)),
+            )
         })
         .unzip()
 }
@@ -161,7 +176,10 @@ mod tests {
     fn report(processed: &[&str], errors: &[(&str, &str)]) -> AgentReport {
         AgentReport {
             processed: processed.iter().map(|s| s.to_string()).collect(),
-            errors: errors.iter().map(|(f, m)| AgentFileError { file: f.to_string(), message: m.to_string() }).collect(),
+            errors: errors
+                .iter()
+                .map(|(f, m)| AgentFileError { file: f.to_string(), message: m.to_string() })
+                .collect(),
         }
     }
 

@@ -3,7 +3,9 @@
 //! The call sends its templated body if it has one; otherwise, for methods that carry a
 //! body (POST, PUT, PATCH), the current payload; GET and the rest send none.
 
-use crate::executors::{describe_payload, payload_failure, run_jq, store_response, store_value, ExecutionContext, StepOutput};
+use crate::executors::{
+    describe_payload, payload_failure, run_jq, store_response, store_value, ExecutionContext, StepOutput,
+};
 use crate::outbound::{self, OutboundBody};
 use handoff_core::definition::StepAction;
 use handoff_core::retry::Failure;
@@ -18,7 +20,9 @@ pub(super) async fn collect(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -
         logs.push(format!("Custom data collected by jq: {}", describe_payload(&payload)));
         return Ok(StepOutput { payload: Some(payload), ..StepOutput::default() });
     }
-    let request = request.as_ref().ok_or_else(|| Failure::system("a custom data collection declares neither function nor request"))?;
+    let request = request
+        .as_ref()
+        .ok_or_else(|| Failure::system("a custom data collection declares neither function nor request"))?;
     let rendered = outbound::render(request, &cx.placeholders())?;
     let target = format!("{} {}", rendered.method, outbound::redact_query(&rendered.url));
     let sends_payload = request.body.is_none() && sends_body(&rendered.method);

@@ -25,8 +25,14 @@ pub(super) async fn deliver(
         let target = format!("{} {}", rendered.method, outbound::redact_query(&rendered.url));
         let form = form_for(cx, file, field_name).await?;
         let key = file_key(&step_key, &file.name);
-        let response = outbound::send(cx.http, rendered, OutboundBody::Multipart(form), &[("Idempotency-Key", key)]).await?;
-        logs.push(format!("Uploaded {} ({} bytes) to {target}: HTTP {}", file.name, file.size, response.status().as_u16()));
+        let response =
+            outbound::send(cx.http, rendered, OutboundBody::Multipart(form), &[("Idempotency-Key", key)]).await?;
+        logs.push(format!(
+            "Uploaded {} ({} bytes) to {target}: HTTP {}",
+            file.name,
+            file.size,
+            response.status().as_u16()
+        ));
     }
     Ok(StepOutput::default())
 }

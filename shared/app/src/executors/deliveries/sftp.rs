@@ -33,7 +33,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Per SFTP request; a whole file may take longer (it is many requests).
 const REQUEST_TIMEOUT_SECONDS: u64 = 30;
 
-pub(super) async fn deliver(cx: &ExecutionContext<'_>, target: &DestinationTarget, logs: &mut Vec<String>) -> Result<StepOutput, Failure> {
+pub(super) async fn deliver(
+    cx: &ExecutionContext<'_>,
+    target: &DestinationTarget,
+    logs: &mut Vec<String>,
+) -> Result<StepOutput, Failure> {
     let DestinationTarget::Sftp { host, port, path, secret_ref, host_key_fingerprint } = target else {
         return Err(Failure::system("an sftp delivery needs an sftp destination"));
     };
@@ -77,7 +81,13 @@ async fn upload_all(
 }
 
 /// Streams one file to its temporary name and renames it into place; returns its size.
-async fn upload_one(cx: &ExecutionContext<'_>, session: &Session, file: &DeliveryFile, temp: &str, remote: &str) -> Result<u64, Failure> {
+async fn upload_one(
+    cx: &ExecutionContext<'_>,
+    session: &Session,
+    file: &DeliveryFile,
+    temp: &str,
+    remote: &str,
+) -> Result<u64, Failure> {
     let mut body = open_file(cx, file).await?;
     let mut handle = session.sftp.create(temp).await.map_err(|e| sftp_failure(&format!("creating {temp}"), e))?;
     let mut written = 0u64;
@@ -101,10 +111,13 @@ async fn upload_one(cx: &ExecutionContext<'_>, session: &Session, file: &Deliver
 /// configuration fault on our side: it fails at once (system), naming the secret only.
 async fn credentials(cx: &ExecutionContext<'_>, secret_ref: &str) -> Result<LoginCredentials, Failure> {
     let text = cx.app.secrets.get(secret_ref).await.map_err(|e| match e {
-        crate::ports::PortError::Unavailable { .. } => Failure::transient(format!("reading secret '{secret_ref}': {e}")),
+        crate::ports::PortError::Unavailable { .. } => {
+            Failure::transient(format!("reading secret '{secret_ref}': {e}"))
+        }
         crate::ports::PortError::Fault { .. } => Failure::system(format!("reading secret '{secret_ref}': {e}")),
     })?;
-    let text = text.ok_or_else(|| Failure::system(format!("secret '{secret_ref}' does not exist in the secret store")))?;
+    let text =
+        text.ok_or_else(|| Failure::system(format!("secret '{secret_ref}' does not exist in the secret store")))?;
     parse_login_credentials(secret_ref, &text).map_err(|e| Failure::system(e.to_string()))
 }
 
@@ -146,11 +159,14 @@ async fn connect(
 ) -> Result<Session, Failure> {
     let seen = Arc::new(Mutex::new(None));
     let handler = HostKeyCheck { expected: expected_fingerprint.map(str::to_string), seen: seen.clone() };
-    let config = Arc::new(russh::client::Config { inactivity_timeout: Some(Duration::from_secs(60)), ..Default::default() });
+    let config =
+        Arc::new(russh::client::Config { inactivity_timeout: Some(Duration::from_secs(60)), ..Default::default() });
     let address = format!("{host}:{port}");
     let connected = tokio::time::timeout(CONNECT_TIMEOUT, russh::client::connect(config, (host, port), handler)).await;
     let mut ssh = match connected {
-        Err(_) => return Err(Failure::transient(format!("sftp {address}: no SSH handshake within {CONNECT_TIMEOUT:?}"))),
+        Err(_) => {
+            return Err(Failure::transient(format!("sftp {address}: no SSH handshake within {CONNECT_TIMEOUT:?}")))
+        }
         Ok(Err(russh::Error::UnknownKey)) => {
             let seen = seen.lock().ok().and_then(|s| s.clone()).unwrap_or_default();
             // A different key may be an attacker in the middle: never retried, never sent data.
@@ -201,7 +217,12 @@ async fn connect(
 /// data (business); everything else (connection, timeouts, server failures) may pass.
 fn sftp_failure(action: &str, e: SftpError) -> Failure {
     match &e {
-        SftpError::Status(s) if matches!(s.status_code, StatusCode::NoSuchFile | StatusCode::PermissionDenied | StatusCode::OpUnsupported) => {
+        SftpError::Status(s)
+            if matches!(
+                s.status_code,
+                StatusCode::NoSuchFile | StatusCode::PermissionDenied | StatusCode::OpUnsupported
+            ) =>
+        {
             Failure::business(format!("sftp {action}: {e}"))
         }
         _ => Failure::transient(format!("sftp {action}: {e}")),
@@ -218,7 +239,8 @@ fn remote_paths(path: &str, names: &[&str]) -> Vec<String> {
     if !path.ends_with('/') && names.len() == 1 {
         return vec![path.to_string()];
     }
-    let dir = if path.ends_with('/') { path.trim_end_matches('/') } else { path.rsplit_once('/').map_or("", |(dir, _)| dir) };
+    let dir =
+        if path.ends_with('/') { path.trim_end_matches('/') } else { path.rsplit_once('/').map_or("", |(dir, _)| dir) };
     names.iter().map(|name| format!("{dir}/{name}")).collect()
 }
 
