@@ -12,25 +12,27 @@ use aws_sdk_dynamodb::types::{
 use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
 use futures::StreamExt;
-use handoff_app::ports::{
-    CallbackToken, ClaimOutcome, CommitOutcome, DataFileStore, ErrorFilter, ErrorRecord, ExchangeChange,
-    ExchangeFilter, ExchangeRepository, HandoffMessage, HandoffQueue, IntegrationRepository, IntegrationWriteError,
-    ParentTally, PortError, QueueMessage, RecoveryCommit, ScheduleManager, StepChange, StepCommit, StoredIntegration,
-    Timer, TimerKind,
-};
 use handoff_aws::scheduler::schedule_name;
 use handoff_aws::{
     DynamoExchangeRepository, DynamoIntegrationRepository, EventBridgeScheduleManager, S3DataFileStore, SqsHandoffQueue,
+};
+use handoff_core::commit::{
+    ClaimOutcome, CommitOutcome, ErrorRecord, ExchangeChange, ParentTally, RecoveryCommit, StepChange, StepCommit,
 };
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::exchange::{
     Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, LogType, ParentLink, Payload, StepError,
     StepStatus, SubExchangeCounts,
 };
+use handoff_core::handoff::{CallbackToken, HandoffMessage, QueueMessage, Timer, TimerKind};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::plan::{SubStep, WorkerFamily};
 use handoff_core::retry::ErrorClassification;
 use handoff_emulator::moto::MotoServer;
+use handoff_ports::{
+    DataFileStore, ErrorFilter, ExchangeFilter, ExchangeRepository, HandoffQueue, IntegrationRepository,
+    IntegrationWriteError, PortError, ScheduleManager, StoredIntegration,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -558,7 +560,7 @@ async fn schedules_upsert_and_remove_idempotently() {
 async fn health_reports_missing_resources_as_faults() {
     let config = sdk().await;
     let repo = DynamoExchangeRepository::new(aws_sdk_dynamodb::Client::new(&config), "no-such-table".into());
-    assert!(matches!(repo.health().await, Err(handoff_app::ports::PortError::Fault { .. })));
+    assert!(matches!(repo.health().await, Err(handoff_ports::PortError::Fault { .. })));
     // Nothing listens on port 9: dispatch failures are Unavailable.
     let dead = aws_config::defaults(BehaviorVersion::latest())
         .endpoint_url("http://127.0.0.1:9")
@@ -568,7 +570,7 @@ async fn health_reports_missing_resources_as_faults() {
         .load()
         .await;
     let repo = DynamoExchangeRepository::new(aws_sdk_dynamodb::Client::new(&dead), "t".into());
-    assert!(matches!(repo.health().await, Err(handoff_app::ports::PortError::Unavailable { .. })));
+    assert!(matches!(repo.health().await, Err(handoff_ports::PortError::Unavailable { .. })));
 }
 
 // ------------------------------------------------------------------ recoveries, errors, timers, tokens

@@ -1,9 +1,11 @@
 //! The two scheduled jobs, invoked with the input their schedules in the template carry.
 
 use chrono::Utc;
-use handoff_app::ports::{ExchangeChange, ExchangeRepository, StepCommit, Timer, TimerKind};
+use handoff_core::commit::{ExchangeChange, StepCommit};
+use handoff_core::handoff::{Timer, TimerKind};
 use handoff_core::ids::{ExchangeId, StepId};
 use handoff_e2e::{function, gateway, unique_code, ExternalSystem};
+use handoff_ports::ExchangeRepository;
 use serde_json::json;
 use std::time::Duration;
 
@@ -82,9 +84,9 @@ async fn the_error_job_redrives_retryable_system_failures_only() {
 #[tokio::test]
 async fn the_regular_job_starts_exchanges_that_were_never_handed_off() {
     use handoff_app::definitions::LoadedIntegration;
-    use handoff_app::ports::IntegrationRepository;
     use handoff_core::exchange::Payload;
     use handoff_core::ids::IntegrationCode;
+    use handoff_ports::IntegrationRepository;
     let gw = gateway();
     let target = ExternalSystem::start(200, "{}").await;
     let code = unique_code("UNSTARTED");

@@ -324,11 +324,13 @@ pub async fn function_with(
     let gw = gateway();
     let mut vars = gw.function_vars.get(binary).unwrap_or_else(|| panic!("no function {binary}")).clone();
     vars.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let aws = handoff_aws::compose::AwsEnvironment {
+    let aws = handoff_runtime::compose::AwsEnvironment {
         sdk: handoff_emulator::sdk_config_for(&gw.aws_endpoint).await,
         s3_force_path_style: true,
     };
-    handoff_aws::compose::build_function(binary, &vars, &aws).await.unwrap_or_else(|e| panic!("building {binary}: {e}"))
+    handoff_runtime::compose::build_function(binary, &vars, &aws)
+        .await
+        .unwrap_or_else(|e| panic!("building {binary}: {e}"))
 }
 
 /// An SQS client on the emulator's AWS endpoint (to replay messages as SQS may).

@@ -4,14 +4,14 @@
 use crate::template::FunctionSpec;
 use async_trait::async_trait;
 use handoff_app::function::{FunctionHandler, InvocationError};
-use handoff_aws::compose::{AwsEnvironment, ComposeError};
+use handoff_runtime::compose::{AwsEnvironment, ComposeError};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Builds a function handler from its binary name and environment. The default goes
-/// through `handoff_aws::compose::build_function` (the same wiring as the Lambda
+/// through `handoff_runtime::compose::build_function` (the same wiring as the Lambda
 /// binaries); tests substitute fakes.
 #[async_trait]
 pub trait FunctionFactory: Send + Sync {
@@ -23,7 +23,7 @@ pub trait FunctionFactory: Send + Sync {
     ) -> Result<Arc<dyn FunctionHandler>, ComposeError>;
 }
 
-/// The production factory: `handoff_aws::compose::build_function`.
+/// The production factory: `handoff_runtime::compose::build_function`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ComposeFactory;
 
@@ -35,7 +35,7 @@ impl FunctionFactory for ComposeFactory {
         vars: &HashMap<String, String>,
         aws: &AwsEnvironment,
     ) -> Result<Arc<dyn FunctionHandler>, ComposeError> {
-        handoff_aws::compose::build_function(binary, vars, aws).await
+        handoff_runtime::compose::build_function(binary, vars, aws).await
     }
 }
 

@@ -20,7 +20,7 @@ use crate::moto::{MotoError, MotoServer};
 use crate::provision::{Clients, ProvisionError};
 use crate::template::{LocalUrls, Template, TemplateError};
 use aws_config::BehaviorVersion;
-use handoff_aws::compose::{AwsEnvironment, ComposeError};
+use handoff_runtime::compose::{AwsEnvironment, ComposeError};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,7 +59,7 @@ pub struct EmulatorOptions {
     pub template_path: PathBuf,
     /// Merged over every function's variables (e.g. short timeouts in tests).
     pub env_overrides: BTreeMap<String, String>,
-    /// Builds the handlers; default: `handoff_aws::compose::build_function`.
+    /// Builds the handlers; default: `handoff_runtime::compose::build_function`.
     pub function_factory: Arc<dyn FunctionFactory>,
     /// Pollers per SQS event source.
     pub pollers_per_source: usize,

@@ -3,9 +3,9 @@
 
 use async_trait::async_trait;
 use handoff_app::function::{FunctionHandler, InvocationError};
-use handoff_aws::compose::{AwsEnvironment, ComposeError};
 use handoff_emulator::functions::FunctionFactory;
 use handoff_emulator::{start, EmulatorOptions, RunningEmulator};
+use handoff_runtime::compose::{AwsEnvironment, ComposeError};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

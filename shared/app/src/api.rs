@@ -9,10 +9,6 @@ use crate::definitions::LoadedIntegration;
 use crate::function::{FunctionHandler, InvocationError};
 use crate::invoke::{invoke_exchange, retry_policy, InvokeError, InvokeRequest};
 use crate::payloads::PayloadCodec;
-use crate::ports::{
-    outbox_entry, ErrorFilter, ExchangeDetail, ExchangeFilter, HandoffMessage, IntegrationWriteError, PortError,
-    StoredIntegration,
-};
 use crate::recover::{recover_exchange, retry_step_now, ActionError};
 use async_trait::async_trait;
 use axum::body::{Body, Bytes};
@@ -23,11 +19,14 @@ use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use handoff_core::definition::parse_definition;
+use handoff_core::exchange::ExchangeDetail;
 use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep};
+use handoff_core::handoff::{outbox_entry, HandoffMessage};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::notification::parse_notification;
 use handoff_core::reader::{FieldError, ObjectReader};
 use handoff_core::retry::ErrorClassification;
+use handoff_ports::{ErrorFilter, ExchangeFilter, IntegrationWriteError, PortError, StoredIntegration};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,9 +1,11 @@
 //! Everything a function needs, wired once per warm instance.
 
 use crate::definitions::DefinitionCache;
-use crate::mappings::{MappingCache, MappingRepository};
-use crate::ports::{DataFileStore, ExchangeRepository, HandoffQueue, IntegrationRepository, ScheduleManager};
-use crate::secrets::{CachedSecrets, SecretStore};
+use crate::mappings::MappingCache;
+use crate::secrets::CachedSecrets;
+use handoff_ports::MappingRepository;
+use handoff_ports::SecretStore;
+use handoff_ports::{DataFileStore, ExchangeRepository, HandoffQueue, IntegrationRepository, ScheduleManager};
 use std::sync::Arc;
 use std::time::Duration;
 

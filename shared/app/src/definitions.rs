@@ -1,11 +1,11 @@
 //! Definitions cached per warm function instance: a handoff should not re-read the
 //! integration for every message (cost), but changes must show up within the TTL.
 
-use crate::ports::{IntegrationRepository, PortError, StoredIntegration};
 use crate::ttl::TtlMap;
 use handoff_core::definition::{parse_definition, IntegrationDefinition};
 use handoff_core::ids::{IntegrationCode, IntegrationVersion};
 use handoff_core::plan::{plan, PlannedSubStep};
+use handoff_ports::{IntegrationRepository, PortError, StoredIntegration};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -4,14 +4,14 @@
 
 use crate::context::AppContext;
 use crate::function::{FunctionHandler, InvocationError};
-use crate::ports::{
-    CommitOutcome, ErrorRecord, ExchangeChange, HandoffMessage, ParentTally, PortError, StepChange, StepCommit,
-};
 use crate::sqs::{batch_response, SqsEvent, SqsRecord};
 use async_trait::async_trait;
 use chrono::Utc;
+use handoff_core::commit::{CommitOutcome, ErrorRecord, ExchangeChange, ParentTally, StepChange, StepCommit};
 use handoff_core::exchange::{ExchangeError, ExchangeStatus, StepError, StepStatus};
+use handoff_core::handoff::HandoffMessage;
 use handoff_core::retry::ErrorClassification;
+use handoff_ports::PortError;
 use serde_json::Value;
 use std::sync::Arc;
 

@@ -3,18 +3,18 @@
 use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
 use crate::payloads::{PayloadCodec, PayloadError};
-use crate::ports::{
-    CommitOutcome, ErrorRecord, ExchangeChange, HandoffMessage, PortError, StepChange, StepCommit, Timer, TimerKind,
-};
 use crate::worker::{arm_timer, send_follow_ups, WorkerError};
 use bytes::Bytes;
 use chrono::Utc;
+use handoff_core::commit::{CommitOutcome, ErrorRecord, ExchangeChange, StepChange, StepCommit};
 use handoff_core::definition::IntegrationDefinition;
 use handoff_core::exchange::{Exchange, ExchangeError, ExchangeStatus, ExchangeStep, ParentLink, Payload, StepStatus};
+use handoff_core::handoff::{HandoffMessage, Timer, TimerKind};
 use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::plan::PlannedSubStep;
 use handoff_core::retry::{ErrorClassification, RetryPolicy};
 use handoff_core::version::{select_version, VersionAvailability, VersionSelectionError};
+use handoff_ports::PortError;
 use serde_json::Value;
 use std::sync::Arc;
 

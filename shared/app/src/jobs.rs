@@ -6,7 +6,6 @@
 use crate::context::AppContext;
 use crate::function::{FunctionHandler, InvocationError};
 use crate::invoke::start_again;
-use crate::ports::{ExchangeFilter, PortError};
 use crate::recover::recover_exchange;
 use crate::worker::delay_until;
 use async_trait::async_trait;
@@ -14,6 +13,7 @@ use chrono::{Duration as ChronoDuration, Utc};
 use handoff_core::exchange::ExchangeStatus;
 use handoff_core::ids::IntegrationCode;
 use handoff_core::retry::ErrorClassification;
+use handoff_ports::{ExchangeFilter, PortError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! Application layer of Handoff: the HTTP API, the sub-step workers, the trigger and the
-//! DLQ handler, written against ports (traits) that the AWS adapters implement.
+//! DLQ handler, written against the ports of `handoff-ports` that the AWS adapters implement.
 pub mod api;
 pub mod apigw;
 pub mod context;
@@ -12,7 +12,6 @@ pub mod jobs;
 pub mod mappings;
 pub mod outbound;
 pub mod payloads;
-pub mod ports;
 pub mod recover;
 pub mod secrets;
 pub mod sqs;

@@ -1,42 +1,13 @@
 //! Metadata mappings (named field/value translation tables, see
-//! [`handoff_core::mapping`]): the storage port, and a per-warm-function cache so a
+//! [`handoff_core::mapping`]): a per-warm-function cache in front of the storage port so a
 //! transformation does not read its mapping for every message, while a `PUT` shows up
 //! within the cache's TTL.
 
-use crate::ports::{PortError, PortResult};
 use crate::ttl::TtlMap;
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use handoff_core::mapping::{parse_mapping, Mapping, MappingName};
-use serde_json::Value;
+use handoff_ports::{MappingRepository, PortError};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// One stored mapping: the document as accepted, with a revision increased on each write.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredMapping {
-    pub name: MappingName,
-    pub document: Value,
-    pub revision: u64,
-    pub updated_at: DateTime<Utc>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum MappingWriteError {
-    /// Someone else wrote the mapping since it was read (optimistic concurrency).
-    #[error("mapping changed concurrently; read it again")]
-    RevisionConflict,
-    #[error(transparent)]
-    Port(#[from] PortError),
-}
-
-#[async_trait]
-pub trait MappingRepository: Send + Sync {
-    async fn get(&self, name: &MappingName) -> PortResult<Option<StoredMapping>>;
-    /// Writes `mapping` if the stored revision is still `expected_revision` (`None`: only
-    /// if no mapping of that name exists yet).
-    async fn put(&self, mapping: &StoredMapping, expected_revision: Option<u64>) -> Result<(), MappingWriteError>;
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MappingLoadError {

@@ -1,10 +1,10 @@
 //! Calls to external systems: placeholders filled, failures classified (SPEC §2:
 //! connection errors, timeouts, 429 and 5xx are retryable; other 4xx are business errors).
 
-use crate::ports::ByteStream;
 use handoff_core::definition::RequestTemplate;
 use handoff_core::placeholder::{self, PlaceholderContext};
 use handoff_core::retry::Failure;
+use handoff_ports::ByteStream;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// Characters left as they are when a value is put into a URL.

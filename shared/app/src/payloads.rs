@@ -1,11 +1,11 @@
 //! Moving payloads: small ones inline (`Raw`), large ones as data file sets in object
 //! storage. Streams stay streams; only the inline threshold is ever buffered.
 
-use crate::ports::{ByteStream, DataFileStore, PortError};
 use bytes::{Bytes, BytesMut};
 use futures::{stream, StreamExt, TryStreamExt};
 use handoff_core::exchange::Payload;
 use handoff_core::ids::DataFileSetId;
+use handoff_ports::{ByteStream, DataFileStore, PortError};
 use std::sync::Arc;
 
 /// The file name of a single-file payload set.

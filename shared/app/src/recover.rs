@@ -4,14 +4,17 @@
 
 use crate::context::AppContext;
 use crate::invoke::sla_timer;
-use crate::ports::{outbox_entry, CommitOutcome, ExchangeDetail, HandoffMessage, PortError, RecoveryCommit};
 use crate::subflow::failed_children;
 use crate::worker::{delay_until, MAX_SQS_DELAY_SECONDS};
 use chrono::Utc;
+use handoff_core::commit::{CommitOutcome, RecoveryCommit};
+use handoff_core::exchange::ExchangeDetail;
 use handoff_core::exchange::StepStatus;
+use handoff_core::handoff::{outbox_entry, HandoffMessage};
 use handoff_core::ids::{ExchangeId, IntegrationVersion, StepId};
 use handoff_core::plan::SubStep;
 use handoff_core::recovery::{check_compatible, input_before, resume_point, RecoveryError};
+use handoff_ports::PortError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {

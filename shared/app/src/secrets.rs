@@ -3,38 +3,12 @@
 //! function keeps what it read for a short while, so a burst of deliveries costs one read,
 //! and a rotated secret is picked up within that while.
 
-use crate::ports::PortResult;
 use crate::ttl::TtlMap;
 use async_trait::async_trait;
+use handoff_ports::{PortResult, SecretStore, SecretText};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Reads secrets by name. The value is the secret's text (JSON for the credentials here).
-#[async_trait]
-pub trait SecretStore: Send + Sync {
-    /// `Ok(None)` when no secret has that name.
-    async fn get(&self, name: &str) -> PortResult<Option<SecretText>>;
-}
-
-/// A secret's text. Its `Debug` shows no content, so it cannot leak into logs by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretText(String);
-
-impl SecretText {
-    pub fn new(text: impl Into<String>) -> Self {
-        Self(text.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for SecretText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SecretText(<redacted>)")
-    }
-}
 
 /// A store in front of another that remembers values for `ttl` (per warm function).
 pub struct CachedSecrets {

@@ -12,14 +12,15 @@
 use crate::context::AppContext;
 use crate::executors::{payload_failure, store_value, ExecutionContext, StepOutput};
 use crate::invoke::materialize;
-use crate::ports::{ExchangeFilter, HandoffMessage, PortError, Timer, TimerKind};
 use chrono::Utc;
 use handoff_core::definition::StepAction;
 use handoff_core::exchange::{Exchange, ExchangeStatus, ParentLink, Payload, StepStatus};
+use handoff_core::handoff::{HandoffMessage, Timer, TimerKind};
 use handoff_core::ids::{ExchangeId, StepId};
 use handoff_core::plan::{SubStep, WorkerFamily};
 use handoff_core::retry::{ErrorClassification, Failure};
 use handoff_core::version::{select_version, VersionAvailability};
+use handoff_ports::{ExchangeFilter, PortError};
 use serde_json::Value;
 
 /// Sub-exchanges are written and started in chunks of this many.

@@ -3,8 +3,8 @@
 use crate::context::AppContext;
 use crate::function::{FunctionHandler, InvocationError};
 use crate::invoke::{invoke_exchange, InvokeError, InvokeRequest};
-use crate::ports::ScheduledTrigger;
 use async_trait::async_trait;
+use handoff_ports::ScheduledTrigger;
 use serde_json::{json, Value};
 use std::sync::Arc;
 

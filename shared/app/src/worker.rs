@@ -9,21 +9,22 @@ use crate::executors::{execute, ExecutionContext, StepOutput, Wait};
 use crate::function::{FunctionHandler, InvocationError};
 use crate::invoke::retry_policy;
 use crate::payloads::PayloadCodec;
-use crate::ports::{
-    ClaimOutcome, CommitOutcome, ErrorRecord, ExchangeChange, HandoffMessage, ParentTally, PortError, QueueMessage,
-    StepChange, StepCommit, Timer, TimerKind,
-};
 use crate::sqs::{batch_response, SqsEvent};
 use crate::subflow::{resume_parent_if_last, time_out_children};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use handoff_core::commit::{
+    ClaimOutcome, CommitOutcome, ErrorRecord, ExchangeChange, ParentTally, StepChange, StepCommit,
+};
 use handoff_core::exchange::{
     decide_after_attempt, AttemptOutcome, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, ParentLink,
     StepDecision, StepError, StepStatus,
 };
+use handoff_core::handoff::{HandoffMessage, QueueMessage, Timer, TimerKind};
 use handoff_core::ids::StepId;
 use handoff_core::plan::{PlannedSubStep, SubStep, WorkerFamily};
 use handoff_core::retry::{ErrorClassification, Failure};
+use handoff_ports::PortError;
 use serde_json::Value;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -688,7 +689,7 @@ pub async fn fire_timer(ctx: &AppContext, timer: Timer) -> Result<(), WorkerErro
 async fn secondary_timed_out(
     ctx: &AppContext,
     timer: &Timer,
-    detail: &crate::ports::ExchangeDetail,
+    detail: &handoff_core::exchange::ExchangeDetail,
     step: &ExchangeStep,
     failure: &Failure,
     commit: &mut StepCommit,
@@ -813,9 +814,9 @@ impl FunctionHandler for WorkerFunction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::StoredIntegration;
     use handoff_core::exchange::Payload;
     use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion};
+    use handoff_ports::StoredIntegration;
     use serde_json::json;
 
     fn loaded() -> LoadedIntegration {

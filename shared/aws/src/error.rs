@@ -2,11 +2,11 @@
 //! (throttling, timeouts, connection failures, 5xx) is `Unavailable`; everything else
 //! (validation, missing resources, access denied, bad input) is `Fault`.
 
-use crate::ports::PortError;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use handoff_ports::PortError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ErrorKind {

@@ -1,4 +1,5 @@
-//! AWS adapters of Handoff and the composition root that wires them into functions.
+//! AWS adapters of Handoff: the ports of `handoff-ports` over DynamoDB, SQS, S3,
+//! EventBridge Scheduler and Secrets Manager.
 //!
 //! * [`DynamoIntegrationRepository`] — integration versions (DynamoDB)
 //! * [`DynamoExchangeRepository`] — exchanges, steps and logs (DynamoDB single table)
@@ -6,16 +7,12 @@
 //! * [`S3DataFileStore`] — data file sets (S3, streamed, multipart)
 //! * [`EventBridgeScheduleManager`] — integration schedules (EventBridge Scheduler)
 //! * [`SecretsManagerStore`] — delivery credentials (Secrets Manager)
-pub mod compose;
 pub mod dynamo;
 mod error;
-pub mod lambda;
 pub mod s3;
 pub mod scheduler;
 pub mod secrets;
 pub mod sqs;
-
-pub(crate) use handoff_app::ports;
 
 pub use dynamo::{DynamoExchangeRepository, DynamoIntegrationRepository};
 pub use s3::S3DataFileStore;

@@ -6,7 +6,6 @@
 //! object body.
 
 use crate::error;
-use crate::ports::{ByteStream, DataFileInfo, DataFileStore, PortError, PortResult};
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -14,6 +13,7 @@ use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use handoff_core::ids::DataFileSetId;
+use handoff_ports::{ByteStream, DataFileInfo, DataFileStore, PortError, PortResult};
 
 const SERVICE: &str = "s3";
 /// Size of every multipart part but the last (S3 wants ≥ 5 MiB).

@@ -3,12 +3,12 @@
 //! `{"integrationCode": "<code>"}` ([`ScheduledTrigger`]).
 
 use crate::error;
-use crate::ports::{PortResult, ScheduleManager, ScheduledTrigger};
 use async_trait::async_trait;
 use aws_sdk_scheduler::types::{FlexibleTimeWindow, FlexibleTimeWindowMode, ScheduleState, Target};
 use aws_sdk_scheduler::Client;
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::ids::IntegrationCode;
+use handoff_ports::{PortResult, ScheduleManager, ScheduledTrigger};
 use sha2::{Digest, Sha256};
 
 const SERVICE: &str = "scheduler";

@@ -2,8 +2,8 @@
 
 use crate::error;
 use async_trait::async_trait;
-use handoff_app::ports::PortResult;
-use handoff_app::secrets::{SecretStore, SecretText};
+use handoff_ports::PortResult;
+use handoff_ports::{SecretStore, SecretText};
 
 pub struct SecretsManagerStore {
     client: aws_sdk_secretsmanager::Client,

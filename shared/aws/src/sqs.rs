@@ -9,11 +9,12 @@
 //! per request; entries that fail are sent once more, then reported.
 
 use crate::error;
-use crate::ports::{HandoffMessage, HandoffQueue, PortResult, QueueMessage, Timer};
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
+use handoff_core::handoff::{HandoffMessage, QueueMessage, Timer};
 use handoff_core::plan::WorkerFamily;
+use handoff_ports::{HandoffQueue, PortResult};
 use std::collections::HashMap;
 use std::ops::Range;
 
@@ -278,8 +279,8 @@ mod tests {
 
     #[test]
     fn encodes_timers_as_queue_messages() {
-        use crate::ports::TimerKind;
         use chrono::TimeZone;
+        use handoff_core::handoff::TimerKind;
         let due = chrono::Utc.timestamp_opt(1_767_225_600, 0).single().expect("time");
         let timers = [
             (TimerKind::StepTimeout { step_id: StepId::from_sequence(3) }, "stepTimeout"),
@@ -325,6 +326,6 @@ mod tests {
     #[test]
     fn rejects_oversized_messages() {
         let big = message(Some(Payload::raw("x".repeat(MAX_MESSAGE_BYTES))));
-        assert!(matches!(encode(&big), Err(crate::ports::PortError::Fault { .. })));
+        assert!(matches!(encode(&big), Err(handoff_ports::PortError::Fault { .. })));
     }
 }

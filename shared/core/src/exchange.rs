@@ -227,6 +227,15 @@ pub struct ExchangeStep {
     pub sub_exchanges: Option<SubExchangeCounts>,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeDetail {
+    pub exchange: Exchange,
+    /// In sequence order.
+    pub steps: Vec<ExchangeStep>,
+    /// In time order.
+    pub logs: Vec<LogLine>,
+}
+
 // ------------------------------------------------------------------ exchange transitions
 
 /// Something that happened to an exchange.

@@ -1,9 +1,11 @@
 //! The pure domain core of Handoff: definitions, version selection, the planner, and the
 //! exchange/step state machines. No AWS, no I/O — every function here is deterministic.
+pub mod commit;
 pub mod definition;
 pub mod exchange;
 pub mod expression;
 pub mod formats;
+pub mod handoff;
 pub mod ids;
 pub mod mapping;
 pub mod notification;

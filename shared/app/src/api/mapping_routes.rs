@@ -4,7 +4,6 @@
 use super::{json_body, ApiError, ApiResult, Ctx};
 use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
-use crate::mappings::{MappingWriteError, StoredMapping};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -14,6 +13,7 @@ use chrono::Utc;
 use handoff_core::definition::StepAction;
 use handoff_core::mapping::{parse_mapping, MappingName};
 use handoff_core::reader::FieldError;
+use handoff_ports::{MappingWriteError, StoredMapping};
 use serde_json::{json, Value};
 use std::sync::Arc;
 

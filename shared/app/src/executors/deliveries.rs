@@ -4,13 +4,13 @@
 
 use super::{ExecutionContext, Extras, StepOutput};
 use crate::payloads::PAYLOAD_FILE;
-use crate::ports::ByteStream;
 use bytes::Bytes;
 use futures::{stream, StreamExt};
 use handoff_core::definition::{Destination, DestinationTarget, StepAction};
 use handoff_core::exchange::Payload;
 use handoff_core::plan::SubStep;
 use handoff_core::retry::Failure;
+use handoff_ports::ByteStream;
 
 mod agent;
 mod custom;

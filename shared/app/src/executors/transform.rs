@@ -5,13 +5,12 @@
 //! S3 object body is read incrementally (a synchronous bridge over the async body, so the
 //! conversion runs on a blocking thread next to the async runtime), records are converted
 //! one at a time, and the output goes through a bounded channel of 64 KiB chunks into the
-//! multipart writer of [`DataFileStore::write`](crate::ports::DataFileStore::write).
+//! multipart writer of [`DataFileStore::write`](handoff_ports::DataFileStore::write).
 //! Memory is bounded by the read buffer, the channel (8 chunks), one multipart part and
 //! one record — not by the file size. (A JSON document with a jq program is read whole,
 //! because the program sees all of it; a JSON array without one streams element by element.)
 
 use super::{payload_failure, ExecutionContext, StepOutput};
-use crate::ports::{ByteStream, DataFileInfo};
 use bytes::Bytes;
 use futures::StreamExt;
 use handoff_core::definition::StepAction;
@@ -21,6 +20,7 @@ use handoff_core::formats::{convert, output_file_name, Conversion, ConvertError,
 use handoff_core::ids::DataFileSetId;
 use handoff_core::mapping::Mapping;
 use handoff_core::retry::Failure;
+use handoff_ports::{ByteStream, DataFileInfo};
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::sync::Arc;

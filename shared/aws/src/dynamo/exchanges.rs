@@ -71,11 +71,6 @@
 //!   (once, before expiry) and returns the token; releasing removes `usedAt`.
 
 use crate::error::{self, ErrorKind};
-use crate::ports::{
-    CallbackToken, ClaimOutcome, CommitOutcome, ErrorFilter, ErrorPage, ErrorRecord, ExchangeChange, ExchangeDetail,
-    ExchangeFilter, ExchangePage, ExchangeRepository, ParentTally, PortError, PortResult, RecoveryCommit, StepChange,
-    StepCommit, Timer,
-};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -86,12 +81,18 @@ use aws_sdk_dynamodb::Client;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use handoff_core::commit::{
+    ClaimOutcome, CommitOutcome, ErrorRecord, ExchangeChange, ParentTally, RecoveryCommit, StepChange, StepCommit,
+};
+use handoff_core::exchange::ExchangeDetail;
 use handoff_core::exchange::{
     Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, ParentLink, Payload, StepError, StepStatus,
     SubExchangeCounts,
 };
+use handoff_core::handoff::{CallbackToken, Timer};
 use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::plan::SubStep;
+use handoff_ports::{ErrorFilter, ErrorPage, ExchangeFilter, ExchangePage, ExchangeRepository, PortError, PortResult};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -1712,8 +1713,8 @@ impl ExchangeRepository for DynamoExchangeRepository {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::TimerKind;
     use handoff_core::exchange::LogType;
+    use handoff_core::handoff::TimerKind;
     use handoff_core::ids::DataFileSetId;
     use handoff_core::retry::ErrorClassification;
 
@@ -2236,7 +2237,7 @@ mod tests {
 
     #[test]
     fn timer_items_round_trip_and_sort_by_due() {
-        let message = crate::ports::HandoffMessage {
+        let message = handoff_core::handoff::HandoffMessage {
             exchange_id: ExchangeId::new("e"),
             integration_code: IntegrationCode::parse("A").expect("code"),
             integration_version: IntegrationVersion::NULL,

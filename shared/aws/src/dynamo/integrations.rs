@@ -10,12 +10,12 @@
 
 use super::exchanges::Item;
 use crate::error;
-use crate::ports::{IntegrationRepository, IntegrationWriteError, PortResult, StoredIntegration};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
 use handoff_core::ids::{IntegrationCode, IntegrationVersion};
+use handoff_ports::{IntegrationRepository, IntegrationWriteError, PortResult, StoredIntegration};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 

@@ -12,9 +12,9 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
-use handoff_app::mappings::{MappingRepository, MappingWriteError, StoredMapping};
-use handoff_app::ports::PortResult;
 use handoff_core::mapping::MappingName;
+use handoff_ports::PortResult;
+use handoff_ports::{MappingRepository, MappingWriteError, StoredMapping};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 

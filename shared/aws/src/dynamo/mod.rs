@@ -10,7 +10,7 @@ pub use integrations::DynamoIntegrationRepository;
 pub use mappings::DynamoMappingRepository;
 
 use crate::error;
-use crate::ports::PortResult;
+use handoff_ports::PortResult;
 
 /// A table answers: the health check every DynamoDB adapter reports.
 pub(crate) async fn table_health(client: &aws_sdk_dynamodb::Client, table: &str) -> PortResult<()> {

@@ -111,10 +111,10 @@ async fn upload_one(
 /// configuration fault on our side: it fails at once (system), naming the secret only.
 async fn credentials(cx: &ExecutionContext<'_>, secret_ref: &str) -> Result<LoginCredentials, Failure> {
     let text = cx.app.secrets.get(secret_ref).await.map_err(|e| match e {
-        crate::ports::PortError::Unavailable { .. } => {
+        handoff_ports::PortError::Unavailable { .. } => {
             Failure::transient(format!("reading secret '{secret_ref}': {e}"))
         }
-        crate::ports::PortError::Fault { .. } => Failure::system(format!("reading secret '{secret_ref}': {e}")),
+        handoff_ports::PortError::Fault { .. } => Failure::system(format!("reading secret '{secret_ref}': {e}")),
     })?;
     let text =
         text.ok_or_else(|| Failure::system(format!("secret '{secret_ref}' does not exist in the secret store")))?;

@@ -2,23 +2,23 @@
 //! from its environment variables and an AWS SDK configuration. Lambda `main.rs` files
 //! and the local emulator both go through here, so they run the same wiring.
 
-use crate::dynamo::{DynamoExchangeRepository, DynamoIntegrationRepository, DynamoMappingRepository};
-use crate::s3::S3DataFileStore;
-use crate::scheduler::EventBridgeScheduleManager;
-use crate::secrets::SecretsManagerStore;
-use crate::sqs::SqsHandoffQueue;
 use async_trait::async_trait;
 use handoff_app::api::ApiFunction;
 use handoff_app::context::{AppContext, AppSettings, Ports};
 use handoff_app::dlq::DlqFunction;
 use handoff_app::function::FunctionHandler;
 use handoff_app::jobs::JobsFunction;
-use handoff_app::ports::{PortError, PortResult, ScheduleManager};
 use handoff_app::trigger::TriggerFunction;
 use handoff_app::worker::WorkerFunction;
+use handoff_aws::dynamo::{DynamoExchangeRepository, DynamoIntegrationRepository, DynamoMappingRepository};
+use handoff_aws::s3::S3DataFileStore;
+use handoff_aws::scheduler::EventBridgeScheduleManager;
+use handoff_aws::secrets::SecretsManagerStore;
+use handoff_aws::sqs::SqsHandoffQueue;
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::ids::IntegrationCode;
 use handoff_core::plan::WorkerFamily;
+use handoff_ports::{PortError, PortResult, ScheduleManager};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

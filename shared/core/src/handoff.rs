@@ -1,0 +1,118 @@
+//! What travels between sub-steps: the handoff message, the durable timers that stand in
+//! for messages due later than a queue can delay them (and the outbox entries that make a
+//! send survive a crash), and the single-use callback tokens a waiting step hands out.
+
+use crate::exchange::Payload;
+use crate::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
+use crate::plan::SubStep;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What a durable timer does when it fires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum TimerKind {
+    /// A waiting step got no callback in time.
+    #[serde(rename_all = "camelCase")]
+    StepTimeout { step_id: StepId },
+    /// The exchange ran past the integration's `slaSeconds`.
+    Sla,
+    /// A handoff to send when due: a retry later than SQS can delay a message, or a
+    /// callback's handoff kept until it is on its way (an outbox entry).
+    #[serde(rename_all = "camelCase")]
+    Handoff { message: Box<HandoffMessage> },
+    /// The parent of a sub-exchange timed out; so does the sub-exchange.
+    #[serde(rename_all = "camelCase")]
+    ParentTimedOut { parent: ExchangeId },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timer {
+    pub exchange_id: ExchangeId,
+    pub recovery: u32,
+    pub due: DateTime<Utc>,
+    #[serde(flatten)]
+    pub kind: TimerKind,
+}
+
+impl Timer {
+    /// Identifies the timer within its exchange (a re-armed timer replaces the old one).
+    pub fn name(&self) -> String {
+        match &self.kind {
+            TimerKind::StepTimeout { step_id } => format!("timeout#{step_id}"),
+            TimerKind::Sla => "sla".into(),
+            TimerKind::Handoff { message } => format!("handoff#{}#{}", message.step_id, message.attempt),
+            TimerKind::ParentTimedOut { .. } => "parent-timed-out".into(),
+        }
+    }
+}
+
+/// The outbox entry of `message`: stored with the state change that decides to send it, due
+/// `delay` later, taken back once the message is sent — so a crash in between loses nothing.
+pub fn outbox_entry(message: &HandoffMessage, now: DateTime<Utc>, delay: std::time::Duration) -> Timer {
+    Timer {
+        exchange_id: message.exchange_id.clone(),
+        recovery: message.recovery,
+        due: now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(60)),
+        kind: TimerKind::Handoff { message: Box::new(message.clone()) },
+    }
+}
+
+/// A single-use callback token. Only its hash is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallbackToken {
+    pub hash: String,
+    pub exchange_id: ExchangeId,
+    pub integration_code: IntegrationCode,
+    pub integration_version: IntegrationVersion,
+    /// The waiting step the callback completes.
+    pub step_id: StepId,
+    pub sub_step: SubStep,
+    pub recovery: u32,
+    #[serde(default)]
+    pub parameters: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::exchange::ParentLink>,
+}
+
+/// The message that hands an exchange from one sub-step to the next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandoffMessage {
+    pub exchange_id: ExchangeId,
+    pub integration_code: IntegrationCode,
+    pub integration_version: IntegrationVersion,
+    pub step_id: StepId,
+    pub sub_step: SubStep,
+    pub attempt: u32,
+    /// The sub-step's input (the previous output), so a handoff needs no read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Payload>,
+    #[serde(default)]
+    pub parameters: Value,
+    /// Not to run before this time (delays longer than SQS's 15 minutes hop until due).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+    /// The exchange's recovery generation this handoff belongs to.
+    #[serde(default)]
+    pub recovery: u32,
+    /// For a sub-exchange: the parent step that counts it when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::exchange::ParentLink>,
+}
+
+/// Everything the control queue carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum QueueMessage {
+    /// A durable timer fired (distinguished by its `timer` field).
+    Timer {
+        timer: Timer,
+    },
+    Handoff(HandoffMessage),
+}

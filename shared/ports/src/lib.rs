@@ -1,0 +1,290 @@
+//! Ports: what the application needs from the outside world, one small trait per
+//! capability (integrations, exchanges, queues, data files, schedules, mappings, secrets).
+//! `handoff-aws` implements them with DynamoDB, SQS, S3, EventBridge Scheduler and Secrets
+//! Manager; the decisions they carry out are `handoff_core`'s.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use handoff_core::commit::{ClaimOutcome, CommitOutcome, ErrorRecord, RecoveryCommit, StepCommit};
+use handoff_core::definition::ScheduleSpec;
+use handoff_core::exchange::{Exchange, ExchangeDetail, ExchangeStatus, ExchangeStep};
+use handoff_core::handoff::{CallbackToken, HandoffMessage, Timer};
+use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
+use handoff_core::mapping::MappingName;
+use handoff_core::plan::WorkerFamily;
+use handoff_core::retry::ErrorClassification;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// An adapter failed. `Unavailable` is infrastructure trouble worth retrying (throttling,
+/// network); `Fault` means the data or the call itself is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("{service} unavailable: {message}")]
+    Unavailable { service: &'static str, message: String },
+    #[error("{service} error: {message}")]
+    Fault { service: &'static str, message: String },
+}
+
+pub type PortResult<T> = Result<T, PortError>;
+
+// ------------------------------------------------------------------ integrations
+
+/// One stored version of an integration. `document` is the definition JSON as accepted
+/// (with `enabled` kept in sync); `revision` increases on every change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredIntegration {
+    pub code: IntegrationCode,
+    pub version: IntegrationVersion,
+    pub enabled: bool,
+    pub document: Value,
+    pub revision: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntegrationWriteError {
+    #[error("integration {code} version {version} already exists")]
+    AlreadyExists { code: IntegrationCode, version: IntegrationVersion },
+    /// Someone else changed the version since it was read (optimistic concurrency).
+    #[error("integration changed concurrently; read it again")]
+    RevisionConflict,
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+#[async_trait]
+pub trait IntegrationRepository: Send + Sync {
+    /// Conditional put: fails with `AlreadyExists` if code+version exists.
+    async fn create(&self, integration: &StoredIntegration) -> Result<(), IntegrationWriteError>;
+    /// Every version of one code (one partition), any order.
+    async fn versions(&self, code: &IntegrationCode) -> PortResult<Vec<StoredIntegration>>;
+    /// Every version of every code.
+    async fn all(&self) -> PortResult<Vec<StoredIntegration>>;
+    async fn get(&self, code: &IntegrationCode, version: IntegrationVersion) -> PortResult<Option<StoredIntegration>>;
+    /// Replaces the stored version if its revision is still `expected_revision`
+    /// (the new one carries `expected_revision + 1`).
+    async fn replace(
+        &self,
+        integration: &StoredIntegration,
+        expected_revision: u64,
+    ) -> Result<(), IntegrationWriteError>;
+    async fn health(&self) -> PortResult<()>;
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ErrorFilter {
+    pub classification: Option<ErrorClassification>,
+    pub integration_code: Option<IntegrationCode>,
+    pub since: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorPage {
+    /// Newest first.
+    pub items: Vec<ErrorRecord>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExchangeFilter {
+    pub integration_code: Option<IntegrationCode>,
+    pub status: Option<ExchangeStatus>,
+    /// The sub-exchanges of one exchange (in creation order rather than newest first).
+    pub parent: Option<ExchangeId>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangePage {
+    pub items: Vec<Exchange>,
+    /// Opaque; pass back to get the next page.
+    pub next_cursor: Option<String>,
+}
+
+#[async_trait]
+pub trait ExchangeRepository: Send + Sync {
+    /// Writes the exchange and all its steps (batched, ≤ 25 items per request). Idempotent:
+    /// writing the same exchange again changes nothing.
+    async fn create(&self, exchange: &Exchange, steps: &[ExchangeStep]) -> PortResult<()>;
+    /// Writes many exchanges with their steps, packing items of several exchanges into each
+    /// batch of 25 (creating a thousand sub-exchanges costs requests per item, not per exchange).
+    async fn create_many(&self, exchanges: &[(Exchange, Vec<ExchangeStep>)]) -> PortResult<()> {
+        for (exchange, steps) in exchanges {
+            self.create(exchange, steps).await?;
+        }
+        Ok(())
+    }
+    /// Which of these exchanges exist, and their status (BatchGetItem, ≤ 100 keys a request).
+    async fn statuses(&self, ids: &[ExchangeId]) -> PortResult<Vec<(ExchangeId, ExchangeStatus)>> {
+        let mut found = Vec::new();
+        for id in ids {
+            if let Some(detail) = self.get(id).await? {
+                found.push((id.clone(), detail.exchange.status));
+            }
+        }
+        Ok(found)
+    }
+    /// Sets how many sub-exchanges a `ControlSubflow` step waits for (before any of them runs).
+    async fn set_sub_exchange_total(&self, id: &ExchangeId, step: StepId, total: u32) -> PortResult<()>;
+    async fn get(&self, id: &ExchangeId) -> PortResult<Option<ExchangeDetail>>;
+    async fn get_step(&self, id: &ExchangeId, step: StepId) -> PortResult<Option<ExchangeStep>>;
+    /// Newest first.
+    async fn list(&self, filter: &ExchangeFilter, limit: u32, cursor: Option<&str>) -> PortResult<ExchangePage>;
+    /// Claims attempt `attempt` of a step before an external side effect: applies only if the
+    /// step is `Initial`, `completedAttempt < attempt`, and (`claimedAttempt < attempt` or the
+    /// previous claim's lease ended before `now`), and the exchange is not final and at
+    /// generation `recovery`. Sets `claimedAttempt`, `attempts`, `leaseUntil`; clears `nextRetryAt`.
+    async fn claim(
+        &self,
+        id: &ExchangeId,
+        step: StepId,
+        attempt: u32,
+        recovery: u32,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> PortResult<ClaimOutcome>;
+    async fn commit(&self, commit: &StepCommit) -> PortResult<CommitOutcome>;
+    /// Conflict if the exchange is not Failed/TimedOut at generation `commit.recovery`.
+    async fn recover(&self, commit: &RecoveryCommit) -> PortResult<CommitOutcome>;
+    /// Failures, newest first.
+    async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage>;
+    /// Stored timers due up to `until`, oldest first.
+    async fn due_timers(&self, until: DateTime<Utc>, limit: u32) -> PortResult<Vec<Timer>>;
+    /// Takes a timer off the due index once its message is on its way; false if another
+    /// sweeper took it first.
+    async fn take_timer(&self, timer: &Timer) -> PortResult<bool>;
+    /// Stores a callback token (before the call that hands it out).
+    async fn put_token(&self, token: &CallbackToken) -> PortResult<()>;
+    /// A token that can still be used at `now`: `None` if unknown, used or expired.
+    async fn usable_token(&self, hash: &str, now: DateTime<Utc>) -> PortResult<Option<CallbackToken>>;
+    /// Uses a token once and, in the same write, stores `outbox` (the timer that hands the
+    /// callback on should its message never be sent). False if it was used or expired first.
+    async fn consume_token(&self, hash: &str, now: DateTime<Utc>, outbox: &Timer) -> PortResult<bool>;
+    async fn health(&self) -> PortResult<()>;
+}
+
+#[async_trait]
+pub trait HandoffQueue: Send + Sync {
+    /// Sends to the queue of `family`, delayed by up to 900 seconds.
+    async fn send(&self, family: WorkerFamily, message: &HandoffMessage, delay_seconds: u32) -> PortResult<()>;
+    /// Sends a fired (or soon due) timer to the control queue, delayed by up to 900 seconds.
+    async fn send_timer(&self, timer: &Timer, delay_seconds: u32) -> PortResult<()>;
+    /// Sends many messages to one family's queue, ten per request.
+    async fn send_many(&self, family: WorkerFamily, messages: &[HandoffMessage]) -> PortResult<()> {
+        for message in messages {
+            self.send(family, message, 0).await?;
+        }
+        Ok(())
+    }
+    async fn health(&self) -> PortResult<()>;
+}
+
+// ------------------------------------------------------------------ data files
+
+pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataFileInfo {
+    pub name: String,
+    pub size: u64,
+    pub content_type: String,
+}
+
+#[async_trait]
+pub trait DataFileStore: Send + Sync {
+    /// Streams `body` into file `name` of set `set` (multipart upload for large bodies;
+    /// memory bounded by the part size, not the file size).
+    async fn write(
+        &self,
+        set: &DataFileSetId,
+        name: &str,
+        content_type: &str,
+        body: ByteStream,
+    ) -> PortResult<DataFileInfo>;
+    /// Streams one file; `None` if it does not exist.
+    async fn read(&self, set: &DataFileSetId, name: &str) -> PortResult<Option<(DataFileInfo, ByteStream)>>;
+    /// The files of a set, by name; empty if the set does not exist.
+    async fn list(&self, set: &DataFileSetId) -> PortResult<Vec<DataFileInfo>>;
+    /// A short-lived URL that downloads one file directly (files too large for an API answer).
+    async fn download_url(&self, set: &DataFileSetId, name: &str, valid_for: std::time::Duration)
+        -> PortResult<String>;
+    async fn health(&self) -> PortResult<()>;
+}
+
+// ------------------------------------------------------------------ schedules
+
+#[async_trait]
+pub trait ScheduleManager: Send + Sync {
+    /// Creates or updates the schedule that starts exchanges of `code`.
+    async fn upsert(&self, code: &IntegrationCode, schedule: &ScheduleSpec) -> PortResult<()>;
+    /// Removes it; a missing schedule is fine.
+    async fn remove(&self, code: &IntegrationCode) -> PortResult<()>;
+}
+
+/// Input of the trigger function, as the schedule delivers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduledTrigger {
+    pub integration_code: IntegrationCode,
+}
+
+// ------------------------------------------------------------------ mappings
+
+/// One stored mapping: the document as accepted, with a revision increased on each write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMapping {
+    pub name: MappingName,
+    pub document: Value,
+    pub revision: u64,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MappingWriteError {
+    /// Someone else wrote the mapping since it was read (optimistic concurrency).
+    #[error("mapping changed concurrently; read it again")]
+    RevisionConflict,
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+#[async_trait]
+pub trait MappingRepository: Send + Sync {
+    async fn get(&self, name: &MappingName) -> PortResult<Option<StoredMapping>>;
+    /// Writes `mapping` if the stored revision is still `expected_revision` (`None`: only
+    /// if no mapping of that name exists yet).
+    async fn put(&self, mapping: &StoredMapping, expected_revision: Option<u64>) -> Result<(), MappingWriteError>;
+}
+
+// ------------------------------------------------------------------ secrets
+
+/// Reads secrets by name. The value is the secret's text (JSON for the credentials here).
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    /// `Ok(None)` when no secret has that name.
+    async fn get(&self, name: &str) -> PortResult<Option<SecretText>>;
+}
+
+/// A secret's text. Its `Debug` shows no content, so it cannot leak into logs by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretText(String);
+
+impl SecretText {
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretText(<redacted>)")
+    }
+}
