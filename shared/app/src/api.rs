@@ -7,7 +7,7 @@ use crate::apigw;
 use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
 use crate::function::{FunctionHandler, InvocationError};
-use crate::invoke::{invoke_exchange, retry_policy, InvokeError, InvokeRequest};
+use crate::invoke::{invoke_exchange, InvokeError, InvokeRequest};
 use crate::payloads::PayloadCodec;
 use crate::recover::{recover_exchange, retry_step_now, ActionError};
 use async_trait::async_trait;
@@ -21,8 +21,8 @@ use chrono::Utc;
 use handoff_core::definition::parse_definition;
 use handoff_core::exchange::ExchangeDetail;
 use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep};
-use handoff_core::handoff::{outbox_entry, HandoffMessage};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
+use handoff_core::machine::operator;
 use handoff_core::notification::parse_notification;
 use handoff_core::reader::{FieldError, ObjectReader};
 use handoff_core::retry::ErrorClassification;
@@ -460,7 +460,7 @@ async fn get_exchange(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
     if let Ok(Some(loaded)) = ctx.definitions.get(&exchange.integration_code, exchange.integration_version).await {
         for step in &mut detail.steps {
             if let Some(planned) = loaded.plan.get(step.sequence as usize) {
-                step.max_attempts = retry_policy(&loaded.definition, planned).max_attempts;
+                step.max_attempts = loaded.pipeline().retry_policy(planned).max_attempts;
             }
         }
     }
@@ -578,12 +578,15 @@ async fn notify(State(ctx): Ctx, Path(token): Path<String>, body: Bytes) -> ApiR
     }
     // Tell the caller plainly when its answer comes too late to matter.
     if let Some(detail) = ctx.exchanges.get(&armed.exchange_id).await? {
-        let status = detail.exchange.status;
-        if status.is_final() || detail.exchange.recoveries != armed.recovery {
+        if operator::callback_is_late(&armed, &detail.exchange) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "InvalidState",
-                format!("exchange {} is {} and no longer waits for this callback", armed.exchange_id, status.name()),
+                format!(
+                    "exchange {} is {} and no longer waits for this callback",
+                    armed.exchange_id,
+                    detail.exchange.status.name()
+                ),
             ));
         }
     }
@@ -594,20 +597,7 @@ async fn notify(State(ctx): Ctx, Path(token): Path<String>, body: Bytes) -> ApiR
         .store(bytes.into(), "application/json")
         .await
         .map_err(|e| PortError::Unavailable { service: "payloads", message: e.to_string() })?;
-    let message = HandoffMessage {
-        exchange_id: armed.exchange_id.clone(),
-        integration_code: armed.integration_code.clone(),
-        integration_version: armed.integration_version,
-        step_id: armed.step_id,
-        sub_step: armed.sub_step,
-        attempt: 1,
-        input: Some(input),
-        parameters: armed.parameters.clone(),
-        not_before: None,
-        recovery: armed.recovery,
-        parent: armed.parent.clone(),
-    };
-    let outbox = outbox_entry(&message, now, ctx.settings.outbox_delay);
+    let (message, outbox) = operator::callback_accepted(&armed, input, ctx.settings.outbox_delay, now);
     if !ctx.exchanges.consume_token(&hash, now, &outbox).await? {
         return Err(ApiError::not_found("unknown, used or expired notification token"));
     }

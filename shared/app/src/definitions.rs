@@ -4,6 +4,7 @@
 use crate::ttl::TtlMap;
 use handoff_core::definition::{parse_definition, IntegrationDefinition};
 use handoff_core::ids::{IntegrationCode, IntegrationVersion};
+use handoff_core::machine::Pipeline;
 use handoff_core::plan::{plan, PlannedSubStep};
 use handoff_ports::{IntegrationRepository, PortError, StoredIntegration};
 use std::sync::Arc;
@@ -26,6 +27,11 @@ impl LoadedIntegration {
         })?;
         let plan = plan(&definition);
         Ok(Self { stored, definition, plan })
+    }
+
+    /// The definition and plan, as the state machine takes them.
+    pub fn pipeline(&self) -> Pipeline<'_> {
+        Pipeline { definition: &self.definition, plan: &self.plan }
     }
 }
 

@@ -5,13 +5,14 @@ use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
 use crate::outbound::{self, OutboundBody};
 use crate::payloads::{PayloadCodec, PayloadError};
-use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use chrono::{Duration as ChronoDuration, Utc};
 use futures::TryStreamExt;
 use handoff_core::definition::{DestinationTarget, RequestTemplate, StepAction};
 use handoff_core::exchange::{LogType, Payload};
 use handoff_core::expression::{Expression, ExpressionVars};
 use handoff_core::handoff::{CallbackToken, HandoffMessage};
 use handoff_core::ids::{DataFileSetId, StepId};
+pub use handoff_core::machine::{StepOutput, Wait};
 use handoff_core::notification::{Notification, NotificationStatus};
 use handoff_core::placeholder::PlaceholderContext;
 use handoff_core::plan::{first_after_step, PlannedSubStep, SubStep};
@@ -23,25 +24,6 @@ use sha2::{Digest, Sha256};
 /// Deliveries to sftp, file upload and agent destinations, and custom data collection.
 mod deliveries;
 mod transform;
-
-/// A successful sub-step: its output (if it produced one; otherwise its input flows on)
-/// and, for a false condition, where the exchange continues.
-#[derive(Debug, Default)]
-pub struct StepOutput {
-    pub payload: Option<Payload>,
-    pub skip_to: Option<u32>,
-    /// The call handed out a callback: the exchange now waits for it.
-    pub wait: Option<Wait>,
-    /// Sub-exchanges are still running: the exchange waits for them (the last one resumes it).
-    pub wait_for_sub_exchanges: bool,
-}
-
-/// An armed wait: the step that takes the callback, and when it times out.
-#[derive(Debug, Clone)]
-pub struct Wait {
-    pub step_id: StepId,
-    pub timeout_at: Option<DateTime<Utc>>,
-}
 
 pub struct Execution {
     pub outcome: Result<StepOutput, Failure>,

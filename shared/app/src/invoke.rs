@@ -2,17 +2,15 @@
 
 use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
+use crate::effects::run_effects;
 use crate::payloads::{PayloadCodec, PayloadError};
-use crate::worker::{arm_timer, send_follow_ups, WorkerError};
 use bytes::Bytes;
 use chrono::Utc;
-use handoff_core::commit::{CommitOutcome, ErrorRecord, ExchangeChange, StepChange, StepCommit};
-use handoff_core::definition::IntegrationDefinition;
-use handoff_core::exchange::{Exchange, ExchangeError, ExchangeStatus, ExchangeStep, ParentLink, Payload, StepStatus};
-use handoff_core::handoff::{HandoffMessage, Timer, TimerKind};
+use handoff_core::commit::{CommitOutcome, ExchangeChange, StepCommit};
+use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep, ParentLink, Payload, StepStatus};
+use handoff_core::handoff::{sla_timer, HandoffMessage};
 use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
-use handoff_core::plan::PlannedSubStep;
-use handoff_core::retry::{ErrorClassification, RetryPolicy};
+use handoff_core::machine::{failures, Decision};
 use handoff_core::version::{select_version, VersionAvailability, VersionSelectionError};
 use handoff_ports::PortError;
 use serde_json::Value;
@@ -38,11 +36,6 @@ pub enum InvokeError {
     Payload(#[from] PayloadError),
     #[error(transparent)]
     Port(#[from] PortError),
-}
-
-/// The retry policy of a planned sub-step (bookkeeping sub-steps use the default).
-pub fn retry_policy(definition: &IntegrationDefinition, planned: &PlannedSubStep) -> RetryPolicy {
-    planned.step_index.and_then(|i| definition.steps.get(i)).map(|s| s.retry).unwrap_or_default()
 }
 
 pub async fn invoke_exchange(ctx: &AppContext, request: InvokeRequest) -> Result<Exchange, InvokeError> {
@@ -133,33 +126,15 @@ pub fn materialize(
             status: StepStatus::Initial,
             payload: if planned.sequence == 0 { input.clone() } else { None },
             attempts: 0,
-            max_attempts: retry_policy(&loaded.definition, planned).max_attempts,
+            max_attempts: loaded.pipeline().retry_policy(planned).max_attempts,
             last_error: None,
             next_retry_at: None,
             completed_at: None,
             sub_exchanges: None,
         })
         .collect();
-    let first = first_message(loaded, &exchange, input);
+    let first = HandoffMessage::start(&exchange, &loaded.plan[0], input);
     NewExchange { exchange, steps, first }
-}
-
-/// The message that starts `exchange`: its first sub-step, on the invocation's payload.
-fn first_message(loaded: &LoadedIntegration, exchange: &Exchange, input: Option<Payload>) -> HandoffMessage {
-    let first = &loaded.plan[0];
-    HandoffMessage {
-        exchange_id: exchange.exchange_id.clone(),
-        integration_code: exchange.integration_code.clone(),
-        integration_version: exchange.integration_version,
-        step_id: StepId::from_sequence(first.sequence),
-        sub_step: first.sub_step,
-        attempt: 1,
-        input,
-        parameters: exchange.parameters.clone(),
-        not_before: None,
-        recovery: exchange.recoveries,
-        parent: exchange.parent.clone(),
-    }
 }
 
 /// Starts again an exchange still `New` long after its creation: whoever created it stopped
@@ -185,12 +160,13 @@ pub async fn start_again(ctx: &AppContext, exchange: &Exchange) -> Result<(), Po
         .await?
         .and_then(|detail| detail.steps.into_iter().next())
         .and_then(|s| s.payload);
-    let message = first_message(&loaded, exchange, input);
+    let message = HandoffMessage::start(exchange, &loaded.plan[0], input);
     arm_sla(ctx, exchange, loaded.definition.sla_seconds, exchange.created_at).await?;
     ctx.queue.send(message.sub_step.family(), &message, 0).await
 }
 
-/// Starts the SLA clock of an exchange (at creation and again at each recovery).
+/// Starts the SLA clock of an exchange (at creation, and again when the regular job starts
+/// it again): a timer due within a delayed message's reach is sent, a later one stored.
 pub async fn arm_sla(
     ctx: &AppContext,
     exchange: &Exchange,
@@ -200,78 +176,26 @@ pub async fn arm_sla(
     let Some(timer) = sla_timer(exchange, sla_seconds, now) else {
         return Ok(());
     };
-    let mut commit =
-        StepCommit::new(exchange.exchange_id.clone(), exchange.recoveries, ExchangeChange::RequireNotFinal, now);
-    let mut follow_ups = Vec::new();
-    arm_timer(timer, now, &mut commit, &mut follow_ups);
-    if !commit.timers.is_empty() && ctx.exchanges.commit(&commit).await? == CommitOutcome::Conflict {
+    let mut decision = Decision {
+        commit: StepCommit::new(
+            exchange.exchange_id.clone(),
+            exchange.recoveries,
+            ExchangeChange::RequireNotFinal,
+            now,
+        ),
+        effects: Vec::new(),
+    };
+    decision.arm(timer);
+    if !decision.commit.timers.is_empty() && ctx.exchanges.commit(&decision.commit).await? == CommitOutcome::Conflict {
         return Ok(()); // already final: nothing to time out
     }
-    send_follow_ups(ctx, follow_ups).await.map_err(|e| match e {
-        WorkerError::Port(p) => p,
-        other => PortError::Fault { service: "queue", message: other.to_string() },
-    })
+    run_effects(ctx, decision.effects).await
 }
 
-/// The SLA timer of `exchange` (at its current generation) started at `now`, if it has one.
-pub fn sla_timer(exchange: &Exchange, sla_seconds: Option<u64>, now: chrono::DateTime<Utc>) -> Option<Timer> {
-    sla_seconds.map(|seconds| Timer {
-        exchange_id: exchange.exchange_id.clone(),
-        recovery: exchange.recoveries,
-        due: now + chrono::Duration::seconds(seconds as i64),
-        kind: TimerKind::Sla,
-    })
-}
-
+/// The exchange exists but nothing will pick it up: record that, so it is visible and recoverable.
 async fn mark_not_handed_off(ctx: &AppContext, exchange: &Exchange, error: &PortError) {
-    let now = Utc::now();
-    let failure = ExchangeError {
-        classification: ErrorClassification::System,
-        message: format!("could not hand off the exchange: {error}"),
-        retryable: true,
-        step_id: Some(StepId::from_sequence(0)),
-        sub_step: None,
-        at: now,
-    };
-    let mut commit = StepCommit::new(
-        exchange.exchange_id.clone(),
-        0,
-        ExchangeChange::SetStatus {
-            from: vec![ExchangeStatus::New],
-            to: ExchangeStatus::Failed,
-            error: Some(failure.clone()),
-            completed_at: None,
-        },
-        now,
-    );
-    commit.errors.push(ErrorRecord {
-        exchange_id: exchange.exchange_id.clone(),
-        integration_code: exchange.integration_code.clone(),
-        step_id: failure.step_id,
-        sub_step: None,
-        classification: failure.classification,
-        message: failure.message.clone(),
-        retryable: true,
-        exchange_failed: true,
-        at: now,
-    });
-    commit.step = Some(StepChange {
-        step_id: StepId::from_sequence(0),
-        attempt: 1,
-        claimed: false,
-        status: StepStatus::Failed,
-        payload: None,
-        max_attempts: RetryPolicy::default().max_attempts,
-        last_error: Some(handoff_core::exchange::StepError {
-            classification: ErrorClassification::System,
-            message: format!("could not hand off the exchange: {error}"),
-            at: now,
-        }),
-        next_retry_at: None,
-        completed_at: None,
-        logs: Vec::new(),
-    });
-    match ctx.exchanges.commit(&commit).await {
+    let decision = failures::handoff_failed(exchange, &error.to_string(), Utc::now());
+    match ctx.exchanges.commit(&decision.commit).await {
         Ok(CommitOutcome::Applied) => {}
         Ok(CommitOutcome::Conflict) => {
             tracing::warn!(exchangeId = %exchange.exchange_id, "exchange moved on before its hand-off failure was recorded")

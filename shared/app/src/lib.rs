@@ -5,6 +5,7 @@ pub mod apigw;
 pub mod context;
 pub mod definitions;
 pub mod dlq;
+pub mod effects;
 pub mod executors;
 pub mod function;
 pub mod invoke;

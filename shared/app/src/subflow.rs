@@ -215,19 +215,7 @@ pub async fn resume_parent_if_last(app: &AppContext, link: &ParentLink) -> Resul
     if parent.exchange.status.is_final() {
         return Ok(());
     }
-    let message = HandoffMessage {
-        exchange_id: parent.exchange.exchange_id.clone(),
-        integration_code: parent.exchange.integration_code.clone(),
-        integration_version: parent.exchange.integration_version,
-        step_id: link.step_id,
-        sub_step: SubStep::ControlSubflow,
-        attempt: 1,
-        input: None,
-        parameters: parent.exchange.parameters.clone(),
-        not_before: None,
-        recovery: parent.exchange.recoveries,
-        parent: parent.exchange.parent.clone(),
-    };
+    let message = HandoffMessage::at_step(&parent.exchange, link.step_id, SubStep::ControlSubflow, 1, None);
     tracing::info!(parent = %link.exchange_id, "last sub-exchange ended; parent resumes");
     app.queue.send(WorkerFamily::Control, &message, 0).await
 }

@@ -1,7 +1,7 @@
 //! The conditional writes that record what happened to an exchange: a step commit (one
 //! atomic transaction), a claim, a recovery, and the failure records listed for operators.
 
-use crate::exchange::{ExchangeError, ExchangeStatus, LogLine, Payload, StepError, StepStatus};
+use crate::exchange::{ExchangeError, ExchangeEvent, ExchangeStatus, LogLine, Payload, StepError, StepStatus};
 use crate::handoff::Timer;
 use crate::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use crate::plan::SubStep;
@@ -145,4 +145,56 @@ pub enum ClaimOutcome {
     Claimed,
     /// The step is final, the attempt was already recorded, or another worker holds a live claim.
     NotClaimable,
+}
+
+impl ExchangeChange {
+    /// The write that records `event`: from any status the event applies in to its target
+    /// (see [`crate::exchange::exchange_transition`]).
+    pub fn on(event: ExchangeEvent) -> Self {
+        Self::SetStatus { from: event.applies_in(), to: event.target(), error: None, completed_at: None }
+    }
+
+    /// The exchange fails (or times out) with `error`, from any status `event` applies in.
+    pub fn fail(event: ExchangeEvent, error: ExchangeError) -> Self {
+        Self::SetStatus { from: event.applies_in(), to: event.target(), error: Some(error), completed_at: None }
+    }
+}
+
+impl ErrorRecord {
+    /// `failure` of sub-step `sub_step` of step `step_id` as operators list it;
+    /// `exchange_failed` says whether the exchange failed because of it.
+    pub fn of(
+        exchange_id: &ExchangeId,
+        integration_code: &IntegrationCode,
+        step: Option<(StepId, SubStep)>,
+        failure: &crate::retry::Failure,
+        exchange_failed: bool,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            exchange_id: exchange_id.clone(),
+            integration_code: integration_code.clone(),
+            step_id: step.map(|(id, _)| id),
+            sub_step: step.map(|(_, sub_step)| sub_step),
+            classification: failure.classification,
+            message: failure.message.clone(),
+            retryable: failure.retryable,
+            exchange_failed,
+            at,
+        }
+    }
+}
+
+impl ExchangeError {
+    /// Why an exchange failed: `failure`, at the sub-step that failed (if one did).
+    pub fn of(failure: &crate::retry::Failure, step: Option<(StepId, SubStep)>, at: DateTime<Utc>) -> Self {
+        Self {
+            classification: failure.classification,
+            message: failure.message.clone(),
+            retryable: failure.retryable,
+            step_id: step.map(|(id, _)| id),
+            sub_step: step.map(|(_, sub_step)| sub_step),
+            at,
+        }
+    }
 }

@@ -61,6 +61,16 @@ impl ExchangeStatus {
     pub fn is_recoverable(&self) -> bool {
         matches!(self, Self::Failed | Self::TimedOut)
     }
+
+    /// Every status that is not final: where sub-steps may still run.
+    pub fn not_final() -> Vec<ExchangeStatus> {
+        Self::ALL.into_iter().filter(|s| !s.is_final()).collect()
+    }
+
+    /// Every status an exchange can be recovered from.
+    pub fn recoverable() -> Vec<ExchangeStatus> {
+        Self::ALL.into_iter().filter(|s| s.is_recoverable()).collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -238,50 +248,105 @@ pub struct ExchangeDetail {
 
 // ------------------------------------------------------------------ exchange transitions
 
-/// Something that happened to an exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Something that happens to an exchange and may change its status. Every status change
+/// the gateway writes is one of these, decided by [`exchange_transition`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ExchangeEvent {
-    /// A sub-step began executing.
-    SubStepStarted,
-    WaitingOnExternalSystem,
+    /// Its first sub-step (`ExchangeTriggered`) ran.
+    Triggered,
+    /// A call handed out a callback: the exchange waits for it.
+    WaitArmed,
+    /// The awaited callback (or agent report) was taken.
+    CallbackTaken,
+    /// A subflow started its sub-exchanges and waits for them.
     WaitingForSubExchanges,
-    /// A callback or the last sub-exchange arrived.
-    Resumed,
+    /// Every sub-exchange of the subflow is final; the parent goes on.
+    SubExchangesFinished,
+    /// `ExchangeSignoff` ran.
     SignedOff,
+    /// A sub-step failed for good (retries exhausted, business error, timeout, dead letter).
     StepFailed,
+    /// The exchange (or its parent) ran past its SLA.
     SlaExpired,
+    /// The exchange was written but its first handoff could not be sent.
+    HandoffFailed,
+    /// An operator (or the error-processing job) recovers it.
     RecoveryRequested,
+}
+
+impl ExchangeEvent {
+    pub const ALL: [ExchangeEvent; 10] = [
+        Self::Triggered,
+        Self::WaitArmed,
+        Self::CallbackTaken,
+        Self::WaitingForSubExchanges,
+        Self::SubExchangesFinished,
+        Self::SignedOff,
+        Self::StepFailed,
+        Self::SlaExpired,
+        Self::HandoffFailed,
+        Self::RecoveryRequested,
+    ];
+
+    /// The status this event leads to, wherever it applies.
+    pub fn target(self) -> ExchangeStatus {
+        use ExchangeStatus as S;
+        match self {
+            Self::Triggered | Self::CallbackTaken | Self::SubExchangesFinished | Self::RecoveryRequested => S::Started,
+            Self::WaitArmed => S::WaitingOnExternalSystem,
+            Self::WaitingForSubExchanges => S::WaitingForSubExchangesToFinish,
+            Self::SignedOff => S::Completed,
+            Self::StepFailed | Self::HandoffFailed => S::Failed,
+            Self::SlaExpired => S::TimedOut,
+        }
+    }
+
+    /// The statuses this event applies in: the precondition of the write that records it.
+    pub fn applies_in(self) -> Vec<ExchangeStatus> {
+        ExchangeStatus::ALL
+            .into_iter()
+            .filter(|s| exchange_transition(*s, self) == ExchangeTransition::To(self.target()))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExchangeTransition {
+    /// Write this status (it may be the current one: a duplicate of an event that applies).
     To(ExchangeStatus),
-    /// Nothing to change: already there, or a late/duplicate event absorbed by a final state.
+    /// Nothing to write: a final state absorbs the event, or the event does not apply in
+    /// this state (a late or out-of-order message); the write's precondition fails.
     Unchanged,
-    /// The request is not allowed in this state (e.g. recovering a Completed exchange).
+    /// An operator request that is not allowed in this state (recovering a running exchange).
     Rejected,
 }
 
+/// The one place that decides whether an event changes an exchange's status.
 pub fn exchange_transition(current: ExchangeStatus, event: ExchangeEvent) -> ExchangeTransition {
     use ExchangeEvent as E;
     use ExchangeStatus as S;
     use ExchangeTransition::*;
-    let target = match (current, event) {
-        (s, E::RecoveryRequested) => return if s.is_recoverable() { To(S::Started) } else { Rejected },
-        (s, _) if s.is_final() => return Unchanged,
-        (S::New, E::SubStepStarted) => S::Started,
-        (_, E::SubStepStarted) => return Unchanged,
-        (_, E::WaitingOnExternalSystem) => S::WaitingOnExternalSystem,
-        (_, E::WaitingForSubExchanges) => S::WaitingForSubExchangesToFinish,
-        (_, E::Resumed) => S::Started,
-        (_, E::SignedOff) => S::Completed,
-        (_, E::StepFailed) => S::Failed,
-        (_, E::SlaExpired) => S::TimedOut,
-    };
-    if target == current {
-        Unchanged
-    } else {
-        To(target)
+    match (current, event) {
+        (s, E::RecoveryRequested) => {
+            if s.is_recoverable() {
+                To(S::Started)
+            } else {
+                Rejected
+            }
+        }
+        (s, _) if s.is_final() => Unchanged,
+        (S::New | S::Started, E::Triggered) => To(S::Started),
+        (S::Started, E::WaitArmed) => To(S::WaitingOnExternalSystem),
+        (S::WaitingOnExternalSystem, E::CallbackTaken) => To(S::Started),
+        (S::Started | S::WaitingForSubExchangesToFinish, E::WaitingForSubExchanges) => {
+            To(S::WaitingForSubExchangesToFinish)
+        }
+        (S::Started | S::WaitingForSubExchangesToFinish, E::SubExchangesFinished) => To(S::Started),
+        (_, E::SignedOff) => To(S::Completed),
+        (_, E::StepFailed) => To(S::Failed),
+        (_, E::SlaExpired) => To(S::TimedOut),
+        (S::New, E::HandoffFailed) => To(S::Failed),
+        _ => Unchanged,
     }
 }
 
@@ -346,16 +411,7 @@ mod tests {
     }
 
     fn any_event() -> impl Strategy<Value = ExchangeEvent> {
-        prop_oneof![
-            Just(ExchangeEvent::SubStepStarted),
-            Just(ExchangeEvent::WaitingOnExternalSystem),
-            Just(ExchangeEvent::WaitingForSubExchanges),
-            Just(ExchangeEvent::Resumed),
-            Just(ExchangeEvent::SignedOff),
-            Just(ExchangeEvent::StepFailed),
-            Just(ExchangeEvent::SlaExpired),
-            Just(ExchangeEvent::RecoveryRequested),
-        ]
+        proptest::sample::select(ExchangeEvent::ALL.to_vec())
     }
 
     fn apply(s: ExchangeStatus, e: ExchangeEvent) -> ExchangeStatus {
@@ -368,14 +424,52 @@ mod tests {
     #[test]
     fn happy_path() {
         let mut s = ExchangeStatus::New;
-        s = apply(s, ExchangeEvent::SubStepStarted);
+        s = apply(s, ExchangeEvent::Triggered);
         assert_eq!(s, ExchangeStatus::Started);
-        s = apply(s, ExchangeEvent::WaitingOnExternalSystem);
+        s = apply(s, ExchangeEvent::WaitArmed);
         assert_eq!(s.code(), "W");
-        s = apply(s, ExchangeEvent::Resumed);
+        s = apply(s, ExchangeEvent::CallbackTaken);
         s = apply(s, ExchangeEvent::SignedOff);
         assert_eq!(s, ExchangeStatus::Completed);
         assert_eq!(s.code(), "C");
+    }
+
+    /// The statuses each event's write requires (what the adapter turns into a condition).
+    #[test]
+    fn each_event_applies_in_exactly_these_statuses() {
+        use ExchangeEvent as E;
+        use ExchangeStatus::*;
+        let cases: [(E, &[ExchangeStatus]); 10] = [
+            (E::Triggered, &[New, Started]),
+            (E::WaitArmed, &[Started]),
+            (E::CallbackTaken, &[WaitingOnExternalSystem]),
+            (E::WaitingForSubExchanges, &[Started, WaitingForSubExchangesToFinish]),
+            (E::SubExchangesFinished, &[Started, WaitingForSubExchangesToFinish]),
+            (E::SignedOff, &[New, Started, WaitingOnExternalSystem, WaitingForSubExchangesToFinish]),
+            (E::StepFailed, &[New, Started, WaitingOnExternalSystem, WaitingForSubExchangesToFinish]),
+            (E::SlaExpired, &[New, Started, WaitingOnExternalSystem, WaitingForSubExchangesToFinish]),
+            (E::HandoffFailed, &[New]),
+            (E::RecoveryRequested, &[Failed, TimedOut]),
+        ];
+        for (event, statuses) in cases {
+            assert_eq!(event.applies_in(), statuses.to_vec(), "{event:?}");
+        }
+        assert_eq!(E::StepFailed.applies_in(), ExchangeStatus::not_final());
+        assert_eq!(E::RecoveryRequested.applies_in(), ExchangeStatus::recoverable());
+    }
+
+    /// Every (status, event) pair is decided, and a write only ever leads to the event's target.
+    #[test]
+    fn every_pair_is_decided_with_one_target_per_event() {
+        for s in ExchangeStatus::ALL {
+            for e in ExchangeEvent::ALL {
+                match exchange_transition(s, e) {
+                    ExchangeTransition::To(t) => assert_eq!(t, e.target(), "{s:?} --{e:?}-->"),
+                    ExchangeTransition::Rejected => assert_eq!(e, ExchangeEvent::RecoveryRequested),
+                    ExchangeTransition::Unchanged => {}
+                }
+            }
+        }
     }
 
     #[test]
@@ -417,6 +511,16 @@ mod tests {
         #[test]
         fn completed_absorbs_every_event(e in any_event()) {
             prop_assert_eq!(apply(ExchangeStatus::Completed, e), ExchangeStatus::Completed);
+        }
+
+        /// Failed and TimedOut absorb everything but a recovery.
+        #[test]
+        fn final_states_absorb_every_event_but_recovery(e in any_event()) {
+            for s in [ExchangeStatus::Failed, ExchangeStatus::TimedOut] {
+                if e != ExchangeEvent::RecoveryRequested {
+                    prop_assert_eq!(exchange_transition(s, e), ExchangeTransition::Unchanged);
+                }
+            }
         }
 
         /// Step decisions: final steps ignore everything; retries never exceed the live maximum;

@@ -2,9 +2,9 @@
 //! for messages due later than a queue can delay them (and the outbox entries that make a
 //! send survive a crash), and the single-use callback tokens a waiting step hands out.
 
-use crate::exchange::Payload;
+use crate::exchange::{Exchange, Payload};
 use crate::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
-use crate::plan::SubStep;
+use crate::plan::{PlannedSubStep, SubStep};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -115,4 +115,79 @@ pub enum QueueMessage {
         timer: Timer,
     },
     Handoff(HandoffMessage),
+}
+
+impl HandoffMessage {
+    /// The message that starts `exchange`: its first sub-step, on the invocation's payload.
+    pub fn start(exchange: &Exchange, first: &PlannedSubStep, input: Option<Payload>) -> Self {
+        Self::at_step(exchange, StepId::from_sequence(first.sequence), first.sub_step, 1, input)
+    }
+
+    /// Attempt `attempt` of step `step_id` of `exchange` as it stands (its version, its
+    /// recovery generation, its parameters and parent).
+    pub fn at_step(
+        exchange: &Exchange,
+        step_id: StepId,
+        sub_step: SubStep,
+        attempt: u32,
+        input: Option<Payload>,
+    ) -> Self {
+        Self {
+            exchange_id: exchange.exchange_id.clone(),
+            integration_code: exchange.integration_code.clone(),
+            integration_version: exchange.integration_version,
+            step_id,
+            sub_step,
+            attempt,
+            input,
+            parameters: exchange.parameters.clone(),
+            not_before: None,
+            recovery: exchange.recoveries,
+            parent: exchange.parent.clone(),
+        }
+    }
+
+    /// The handoff from this sub-step to the planned sub-step `next`, on `input`.
+    pub fn next(&self, next: &PlannedSubStep, input: Option<Payload>) -> Self {
+        Self {
+            step_id: StepId::from_sequence(next.sequence),
+            sub_step: next.sub_step,
+            attempt: 1,
+            input,
+            not_before: None,
+            ..self.clone()
+        }
+    }
+
+    /// Attempt `attempt` of this same sub-step, not to run before `due`.
+    pub fn retry(&self, attempt: u32, due: DateTime<Utc>) -> Self {
+        Self { attempt, not_before: Some(due), ..self.clone() }
+    }
+
+    /// The handoff of an accepted callback to the step waiting for it, on the notification.
+    pub fn callback(token: &CallbackToken, notification: Payload) -> Self {
+        Self {
+            exchange_id: token.exchange_id.clone(),
+            integration_code: token.integration_code.clone(),
+            integration_version: token.integration_version,
+            step_id: token.step_id,
+            sub_step: token.sub_step,
+            attempt: 1,
+            input: Some(notification),
+            parameters: token.parameters.clone(),
+            not_before: None,
+            recovery: token.recovery,
+            parent: token.parent.clone(),
+        }
+    }
+}
+
+/// The SLA timer of `exchange` (at its current generation) started at `now`, if it has one.
+pub fn sla_timer(exchange: &Exchange, sla_seconds: Option<u64>, now: DateTime<Utc>) -> Option<Timer> {
+    sla_seconds.map(|seconds| Timer {
+        exchange_id: exchange.exchange_id.clone(),
+        recovery: exchange.recoveries,
+        due: now + chrono::Duration::seconds(seconds as i64),
+        kind: TimerKind::Sla,
+    })
 }

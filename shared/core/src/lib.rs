@@ -7,6 +7,7 @@ pub mod expression;
 pub mod formats;
 pub mod handoff;
 pub mod ids;
+pub mod machine;
 pub mod mapping;
 pub mod notification;
 pub mod placeholder;

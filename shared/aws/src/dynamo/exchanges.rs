@@ -84,11 +84,11 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use handoff_core::commit::{
     ClaimOutcome, CommitOutcome, ErrorRecord, ExchangeChange, ParentTally, RecoveryCommit, StepChange, StepCommit,
 };
-use handoff_core::exchange::ExchangeDetail;
 use handoff_core::exchange::{
     Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, ParentLink, Payload, StepError, StepStatus,
     SubExchangeCounts,
 };
+use handoff_core::exchange::{ExchangeDetail, ExchangeEvent};
 use handoff_core::handoff::{CallbackToken, Timer};
 use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::plan::SubStep;
@@ -620,13 +620,6 @@ pub(crate) fn skip_update(table: &str, exchange_id: &ExchangeId, step: StepId) -
         .map_err(build_fault)
 }
 
-const NOT_FINAL: [ExchangeStatus; 4] = [
-    ExchangeStatus::New,
-    ExchangeStatus::Started,
-    ExchangeStatus::WaitingOnExternalSystem,
-    ExchangeStatus::WaitingForSubExchangesToFinish,
-];
-
 /// `recoveries = :recovery`; an item without `recoveries` (written before recoveries
 /// existed) is at generation 0.
 fn recovery_condition(e: &mut Expr, recovery: u32) -> String {
@@ -641,7 +634,7 @@ fn recovery_condition(e: &mut Expr, recovery: u32) -> String {
 
 /// The exchange is not final and at generation `recovery`.
 fn not_final_condition(e: &mut Expr, recovery: u32) -> String {
-    format!("{} AND {}", e.status_in("s", &NOT_FINAL), recovery_condition(e, recovery))
+    format!("{} AND {}", e.status_in("s", &ExchangeStatus::not_final()), recovery_condition(e, recovery))
 }
 
 /// The check that the exchange is not final and at generation `recovery`.
@@ -859,9 +852,6 @@ fn conditional_update(
     Ok(TransactWriteItem::builder().update(update).build())
 }
 
-/// The statuses an exchange can be recovered from.
-const RECOVERABLE: [ExchangeStatus; 2] = [ExchangeStatus::Failed, ExchangeStatus::TimedOut];
-
 /// A recovery: the exchange update, then one reset per step (the step whose sub-exchange
 /// failures are cleared within its reset, or on its own after the resets).
 pub(crate) fn recover_actions(table: &str, commit: &RecoveryCommit) -> PortResult<Vec<TransactWriteItem>> {
@@ -880,8 +870,11 @@ pub(crate) fn recover_actions(table: &str, commit: &RecoveryCommit) -> PortResul
         ));
     }
     let mut e = Expr::default();
-    let condition =
-        format!("{} AND {}", e.status_in("from", &RECOVERABLE), recovery_condition(&mut e, commit.recovery));
+    let condition = format!(
+        "{} AND {}",
+        e.status_in("from", &ExchangeEvent::RecoveryRequested.applies_in()),
+        recovery_condition(&mut e, commit.recovery)
+    );
     e.set("status", "to", s(ExchangeStatus::Started.name()));
     e.set("gsi2pk", "gsi2pk", s(status_gsi_pk(ExchangeStatus::Started)));
     e.set("updatedAt", "now", to_av(&commit.now)?);
@@ -2084,7 +2077,7 @@ mod tests {
             ExchangeId::new("e"),
             1,
             ExchangeChange::SetStatus {
-                from: NOT_FINAL.to_vec(),
+                from: ExchangeStatus::not_final(),
                 to: ExchangeStatus::TimedOut,
                 error: None,
                 completed_at: Some(t("2026-01-02T03:04:05Z")),

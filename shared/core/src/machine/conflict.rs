@@ -1,0 +1,272 @@
+//! A claim or commit found its precondition failed: another delivery of the same message
+//! (or a final or recovered exchange) got there first. What to do then is decided here,
+//! from the exchange as it stands: send again what a crash between that other commit and
+//! its sends could have lost — the next handoff (when it evidently never happened), the
+//! retry, the wait's timeout — try again later when the other copy is still in flight,
+//! and otherwise drop the message. Duplicates of what is sent again are absorbed downstream.
+
+use super::{delay_until, Effect, Pipeline, MAX_SQS_DELAY_SECONDS};
+use crate::exchange::{ExchangeDetail, ExchangeStatus, ExchangeStep, StepStatus};
+use crate::handoff::{HandoffMessage, Timer, TimerKind};
+use crate::plan::SubStep;
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+
+/// What a conflicting message leads to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AfterConflict {
+    /// Nothing to do: the message is a duplicate, late or stale (the reason, for the log).
+    Drop(&'static str),
+    /// Send this again in case the first send was lost (the reason, for the log).
+    Resend(Effect, &'static str),
+    /// Another attempt is in flight or a callback overtook its call: leave the message on its
+    /// queue to come back later.
+    TryLater,
+    /// The message names a step the exchange does not have.
+    BadMessage(String),
+}
+
+/// Decides after a conflict of `message`; `detail` is its exchange as read after the conflict.
+pub fn after_conflict(
+    pipeline: Pipeline<'_>,
+    message: &HandoffMessage,
+    detail: Option<&ExchangeDetail>,
+    now: DateTime<Utc>,
+) -> AfterConflict {
+    use AfterConflict::*;
+    let Some(detail) = detail else { return Drop("handoff for an exchange that does not exist") };
+    if detail.exchange.status.is_final() || detail.exchange.recoveries != message.recovery {
+        return Drop("late or stale handoff (the exchange is final or was recovered since)");
+    }
+    let Some(step) = detail.steps.iter().find(|s| s.step_id == message.step_id) else {
+        return BadMessage(format!("exchange has no step {}", message.step_id));
+    };
+    let previous_done = message.step_id.sequence() == 0
+        || detail.steps.get(message.step_id.sequence() as usize - 1).is_some_and(|s| s.status != StepStatus::Initial);
+    match step.status {
+        StepStatus::Initial if step.attempts > message.attempt => Drop("stale attempt"),
+        // This attempt failed and scheduled the next; a crash (or a timed-out batch) between
+        // that commit and the send would lose the retry, so send it again: its claim lets only
+        // one copy run. A retry too far ahead for a delayed message was stored with the commit.
+        StepStatus::Initial if step.attempts == message.attempt && step.next_retry_at.is_some() => {
+            let Some(due) = step.next_retry_at else { return Drop("stale attempt") };
+            if (due - now).num_seconds() > MAX_SQS_DELAY_SECONDS {
+                return Drop("duplicate of a failed attempt; its retry is a stored timer");
+            }
+            let retry = message.retry(message.attempt + 1, due);
+            let family = message.sub_step.family();
+            Resend(
+                Effect::Send { family, message: retry, delay: delay_until(now, due) },
+                "duplicate of a failed attempt; its retry is sent again in case it was lost",
+            )
+        }
+        StepStatus::Initial if step.next_retry_at.is_some() => Drop("stale attempt"),
+        // A callback that overtook the call that armed it: try again once that call is recorded.
+        StepStatus::Initial if !previous_done => TryLater,
+        StepStatus::Initial if step.attempts == message.attempt || step.attempts == 0 => TryLater,
+        StepStatus::Initial => Drop("stale attempt"),
+        StepStatus::Failed | StepStatus::Skipped => Drop("step already final; duplicate"),
+        StepStatus::Done => after_done(pipeline, message, detail, step, now),
+    }
+}
+
+fn after_done(
+    pipeline: Pipeline<'_>,
+    message: &HandoffMessage,
+    detail: &ExchangeDetail,
+    step: &ExchangeStep,
+    now: DateTime<Utc>,
+) -> AfterConflict {
+    use AfterConflict::*;
+    let next = detail.steps.iter().find(|s| s.sequence > step.sequence && s.status != StepStatus::Skipped);
+    let waiting = detail.exchange.status == ExchangeStatus::WaitingOnExternalSystem;
+    match next {
+        Some(next) if next.status == StepStatus::Initial && next.attempts == 0 && !waiting => {
+            let Some(planned) = pipeline.plan.get(next.sequence as usize) else {
+                return BadMessage(format!("the plan has no sub-step {}", next.sequence));
+            };
+            let input = step.payload.clone().or_else(|| message.input.clone());
+            Resend(Effect::send(message.next(planned, input)), "step was done but its handoff is missing; sent again")
+        }
+        Some(next) if waiting && next.status == StepStatus::Initial && takes_callback_after(pipeline, step, next) => {
+            rearm_callback_timeout(pipeline, message, step, next, now)
+        }
+        _ => Drop("duplicate handoff; the step is done"),
+    }
+}
+
+/// Whether `next` is the sub-step taking the callback that `done` waits for.
+fn takes_callback_after(pipeline: Pipeline<'_>, done: &ExchangeStep, next: &ExchangeStep) -> bool {
+    next.sequence == done.sequence + 1
+        && pipeline
+            .plan
+            .get(next.sequence as usize)
+            .is_some_and(|p| matches!(p.sub_step, SubStep::ReceiveNotification | SubStep::ReceiveAgentNotification))
+}
+
+/// A wait's timeout timer travels as a delayed message sent after the commit, so it can be
+/// lost like a handoff: arm it again (a duplicate finds the step moved on and does nothing).
+fn rearm_callback_timeout(
+    pipeline: Pipeline<'_>,
+    message: &HandoffMessage,
+    done: &ExchangeStep,
+    waiting: &ExchangeStep,
+    now: DateTime<Utc>,
+) -> AfterConflict {
+    use AfterConflict::*;
+    let Some(planned) = pipeline.plan.get(done.sequence as usize) else {
+        return BadMessage(format!("the plan has no sub-step {}", done.sequence));
+    };
+    let timeout = pipeline.definition.callback_timeout_seconds(planned.step_index, planned.destination);
+    let (Some(seconds), Some(completed_at)) = (timeout, done.completed_at) else {
+        return Drop("duplicate handoff; the step is done and its wait has no deadline");
+    };
+    let due = completed_at + ChronoDuration::seconds(seconds as i64);
+    if (due - now).num_seconds() > MAX_SQS_DELAY_SECONDS {
+        return Drop("duplicate handoff; the wait's timeout is a stored timer");
+    }
+    let timer = Timer {
+        exchange_id: message.exchange_id.clone(),
+        recovery: message.recovery,
+        due,
+        kind: TimerKind::StepTimeout { step_id: waiting.step_id },
+    };
+    Resend(
+        Effect::SendTimer { timer, delay: delay_until(now, due) },
+        "duplicate handoff; the wait's timeout is armed again in case it was lost",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::{Exchange, ExchangeStep};
+    use crate::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
+    use crate::machine::attempt::tests::Fixture;
+    use serde_json::json;
+
+    fn fixture() -> Fixture {
+        // triggered (0), deliver (1), process (2) that calls back (3), signoff (4).
+        Fixture::new(json!({"code": "C", "version": 1, "steps": [
+            {"name": "d", "type": "delivery", "retry": {"maxAttempts": 5},
+             "destinations": [{"kind": "rest", "request": {"url": "http://t.example"}}]},
+            {"name": "p", "type": "invokeProcess", "kind": "process", "request": {"url": "http://p.example"},
+             "expectNotification": true, "timeoutSeconds": 60}
+        ]}))
+    }
+
+    fn detail(f: &Fixture, status: ExchangeStatus, steps: &[(StepStatus, u32)]) -> ExchangeDetail {
+        let now = Utc::now();
+        let exchange = Exchange {
+            exchange_id: ExchangeId::new("x"),
+            integration_code: IntegrationCode::parse("C").expect("code"),
+            integration_version: IntegrationVersion::number(1).expect("version"),
+            status,
+            parameters: json!({}),
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+            error: None,
+            recoveries: 2,
+            parent: None,
+            result: None,
+        };
+        let steps = f
+            .pipeline()
+            .plan
+            .iter()
+            .map(|p| {
+                let (status, attempts) = steps.get(p.sequence as usize).copied().unwrap_or((StepStatus::Initial, 0));
+                ExchangeStep {
+                    step_id: StepId::from_sequence(p.sequence),
+                    sequence: p.sequence,
+                    integration_step: p.integration_step.clone(),
+                    sub_step: p.sub_step,
+                    destination: p.destination,
+                    status,
+                    payload: None,
+                    attempts,
+                    max_attempts: 5,
+                    last_error: None,
+                    next_retry_at: None,
+                    completed_at: (status == StepStatus::Done).then_some(now),
+                    sub_exchanges: None,
+                }
+            })
+            .collect();
+        ExchangeDetail { exchange, steps, logs: vec![] }
+    }
+
+    use StepStatus::{Done, Initial};
+
+    #[test]
+    fn final_or_recovered_exchanges_drop_the_message() {
+        let f = fixture();
+        let m = f.message(1);
+        for status in [ExchangeStatus::Failed, ExchangeStatus::Completed, ExchangeStatus::TimedOut] {
+            let d = detail(&f, status, &[(Done, 1)]);
+            assert!(matches!(after_conflict(f.pipeline(), &m, Some(&d), Utc::now()), AfterConflict::Drop(_)));
+        }
+        let mut d = detail(&f, ExchangeStatus::Started, &[(Done, 1)]);
+        d.exchange.recoveries = 3;
+        assert!(matches!(after_conflict(f.pipeline(), &m, Some(&d), Utc::now()), AfterConflict::Drop(_)));
+        assert!(matches!(after_conflict(f.pipeline(), &m, None, Utc::now()), AfterConflict::Drop(_)));
+    }
+
+    #[test]
+    fn a_redelivered_failed_attempt_sends_its_retry_again() {
+        let f = fixture();
+        let now = Utc::now();
+        let mut d = detail(&f, ExchangeStatus::Started, &[(Done, 1), (Initial, 2)]);
+        d.steps[1].next_retry_at = Some(now + ChronoDuration::seconds(10));
+        let m = HandoffMessage { attempt: 2, ..f.message(1) };
+        match after_conflict(f.pipeline(), &m, Some(&d), now) {
+            AfterConflict::Resend(Effect::Send { message, delay, .. }, _) => {
+                assert_eq!(message.attempt, 3);
+                assert!((9..=10).contains(&delay));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A retry stored as a timer is not sent again; an older attempt is stale.
+        d.steps[1].next_retry_at = Some(now + ChronoDuration::hours(2));
+        assert!(matches!(after_conflict(f.pipeline(), &m, Some(&d), now), AfterConflict::Drop(_)));
+        let old = HandoffMessage { attempt: 1, ..f.message(1) };
+        assert!(matches!(after_conflict(f.pipeline(), &old, Some(&d), now), AfterConflict::Drop(_)));
+    }
+
+    #[test]
+    fn an_attempt_in_flight_or_a_callback_ahead_of_its_call_comes_back_later() {
+        let f = fixture();
+        let d = detail(&f, ExchangeStatus::Started, &[(Done, 1), (Initial, 1)]);
+        assert_eq!(after_conflict(f.pipeline(), &f.message(1), Some(&d), Utc::now()), AfterConflict::TryLater);
+        // The callback step (3) while its call (2) is not recorded yet.
+        let d = detail(&f, ExchangeStatus::Started, &[(Done, 1), (Done, 1), (Initial, 0)]);
+        assert_eq!(after_conflict(f.pipeline(), &f.message(3), Some(&d), Utc::now()), AfterConflict::TryLater);
+    }
+
+    #[test]
+    fn a_done_step_whose_handoff_never_happened_hands_off_again() {
+        let f = fixture();
+        let d = detail(&f, ExchangeStatus::Started, &[(Done, 1), (Done, 1)]);
+        match after_conflict(f.pipeline(), &f.message(1), Some(&d), Utc::now()) {
+            AfterConflict::Resend(Effect::Send { message, .. }, _) => {
+                assert_eq!(message.sub_step, SubStep::InvokeProcess)
+            }
+            other => panic!("{other:?}"),
+        }
+        // Once the next step has run, a duplicate is just dropped.
+        let d = detail(&f, ExchangeStatus::Started, &[(Done, 1), (Done, 1), (Initial, 1)]);
+        assert!(matches!(after_conflict(f.pipeline(), &f.message(1), Some(&d), Utc::now()), AfterConflict::Drop(_)));
+    }
+
+    #[test]
+    fn a_redelivered_call_arms_its_wait_timeout_again() {
+        let f = fixture();
+        let d = detail(&f, ExchangeStatus::WaitingOnExternalSystem, &[(Done, 1), (Done, 1), (Done, 1)]);
+        match after_conflict(f.pipeline(), &f.message(2), Some(&d), Utc::now()) {
+            AfterConflict::Resend(Effect::SendTimer { timer, .. }, _) => {
+                assert_eq!(timer.kind, TimerKind::StepTimeout { step_id: StepId::from_sequence(3) })
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

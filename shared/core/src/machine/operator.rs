@@ -1,0 +1,256 @@
+//! Inputs from outside the pipeline: an operator recovers an exchange (also onto another
+//! version) or retries a retrying step now, and an external system answers a waiting step.
+
+use super::{Pipeline, MAX_SQS_DELAY_SECONDS};
+use crate::commit::RecoveryCommit;
+use crate::exchange::{Exchange, ExchangeDetail, StepStatus};
+use crate::handoff::{outbox_entry, sla_timer, CallbackToken, HandoffMessage, Timer};
+use crate::ids::{IntegrationVersion, StepId};
+use crate::plan::SubStep;
+use crate::recovery::{check_compatible, input_before, resume_point, RecoveryError};
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+/// Everything a recovery writes and sends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovery {
+    /// The write: back to `Started` at the next generation, with the resume point's steps
+    /// reset, the resume handoff's outbox entry and the new SLA timer stored with it.
+    pub commit: RecoveryCommit,
+    /// Sent once the write applied (its outbox entry is then taken back).
+    pub resume: HandoffMessage,
+    pub outbox: Timer,
+    /// The new SLA timer (stored in the write); one due within a delayed message's reach is
+    /// also sent at once, for precision.
+    pub sla: Option<Timer>,
+    /// A subflow that failed because sub-exchanges failed re-drives only those: recover
+    /// its failed children too.
+    pub redrive_children: bool,
+}
+
+impl Recovery {
+    pub fn resumed_at(&self) -> StepId {
+        self.resume.step_id
+    }
+    pub fn recoveries(&self) -> u32 {
+        self.resume.recovery
+    }
+    /// The SLA timer to send as a delayed message now, if it falls due soon.
+    pub fn sla_due_soon(&self) -> Option<&Timer> {
+        self.sla.as_ref().filter(|t| (t.due - self.commit.now).num_seconds() <= MAX_SQS_DELAY_SECONDS)
+    }
+}
+
+/// Recovers `detail` (running `current`) onto `target` (the same pipeline, or version
+/// `target_version` whose plan must have the same shape).
+pub fn recovery(
+    detail: &ExchangeDetail,
+    current: Pipeline<'_>,
+    target: Pipeline<'_>,
+    target_version: IntegrationVersion,
+    outbox_delay: Duration,
+    now: DateTime<Utc>,
+) -> Result<Recovery, RecoveryError> {
+    let exchange = &detail.exchange;
+    let point = resume_point(exchange.status, exchange.error.as_ref().and_then(|e| e.step_id), &detail.steps)?;
+    let onto = (target_version != exchange.integration_version).then_some(target_version);
+    if onto.is_some() {
+        check_compatible(current.plan, target.plan)
+            .map_err(|problem| RecoveryError::IncompatibleVersion { version: target_version.to_string(), problem })?;
+    }
+    let planned = target.planned(point.step_id).ok_or(RecoveryError::NothingToResume)?;
+    let mut recovered = exchange.clone();
+    recovered.recoveries += 1;
+    recovered.integration_version = target_version;
+    let resume = HandoffMessage::at_step(&recovered, point.step_id, planned.sub_step, 1, point.input);
+    // The resume handoff and the new SLA are stored with the recovery itself: a crash after
+    // the write leaves them to the regular job instead of losing them.
+    let outbox = outbox_entry(&resume, now, outbox_delay);
+    let sla = sla_timer(&recovered, target.definition.sla_seconds, now);
+    let redrive_children = planned.sub_step == SubStep::ControlSubflow;
+    let commit = RecoveryCommit {
+        exchange_id: exchange.exchange_id.clone(),
+        recovery: exchange.recoveries,
+        integration_version: onto,
+        reset: point.reset,
+        clear_sub_failures: redrive_children.then_some(point.step_id),
+        timers: std::iter::once(outbox.clone()).chain(sla.clone()).collect(),
+        now,
+    };
+    Ok(Recovery { commit, resume, outbox, sla, redrive_children })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManualRetryError {
+    #[error("exchange has no step {0}")]
+    UnknownStep(StepId),
+    #[error("the exchange is {status}; recover it instead (POST /exchanges/{id}/recover)")]
+    ExchangeFinal { status: &'static str, id: String },
+    #[error("step {0} is not waiting for a retry")]
+    NotRetrying(StepId),
+}
+
+/// A manual retry of a step waiting for its next automatic attempt: that attempt runs now
+/// (and counts); the scheduled one then finds it done and changes nothing.
+pub fn manual_retry(detail: &ExchangeDetail, step_id: StepId) -> Result<HandoffMessage, ManualRetryError> {
+    let index = detail.steps.iter().position(|s| s.step_id == step_id).ok_or(ManualRetryError::UnknownStep(step_id))?;
+    let step = &detail.steps[index];
+    let exchange = &detail.exchange;
+    if exchange.status.is_final() {
+        return Err(ManualRetryError::ExchangeFinal {
+            status: exchange.status.name(),
+            id: exchange.exchange_id.to_string(),
+        });
+    }
+    if step.status != StepStatus::Initial || step.next_retry_at.is_none() {
+        return Err(ManualRetryError::NotRetrying(step_id));
+    }
+    Ok(HandoffMessage::at_step(exchange, step_id, step.sub_step, step.attempts + 1, input_before(&detail.steps, index)))
+}
+
+/// Whether a callback for `token` comes too late to matter: its exchange is final, or was
+/// recovered since the token was handed out.
+pub fn callback_is_late(token: &CallbackToken, exchange: &Exchange) -> bool {
+    exchange.status.is_final() || exchange.recoveries != token.recovery
+}
+
+/// An accepted callback: the handoff to the waiting step, on the stored notification, and
+/// its outbox entry — written together with using the token, so a `202` cannot be lost.
+pub fn callback_accepted(
+    token: &CallbackToken,
+    notification: crate::exchange::Payload,
+    outbox_delay: Duration,
+    now: DateTime<Utc>,
+) -> (HandoffMessage, Timer) {
+    let message = HandoffMessage::callback(token, notification);
+    let outbox = outbox_entry(&message, now, outbox_delay);
+    (message, outbox)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::{ExchangeError, ExchangeStatus, ExchangeStep};
+    use crate::handoff::TimerKind;
+    use crate::ids::{ExchangeId, IntegrationCode};
+    use crate::machine::attempt::tests::Fixture;
+    use crate::retry::ErrorClassification;
+    use serde_json::json;
+
+    fn fixture(url: &str) -> Fixture {
+        Fixture::new(json!({"code": "C", "version": 1, "slaSeconds": 600, "steps": [
+            {"name": "t", "type": "transformation", "function": {"jq": "."}},
+            {"name": "d", "type": "delivery", "destinations": [{"kind": "rest", "request": {"url": url}}]}]}))
+    }
+
+    /// triggered (0) done, transform (1) done with output, deliver (2) failed, signoff (3).
+    fn failed(f: &Fixture) -> ExchangeDetail {
+        let now = Utc::now();
+        let steps = f
+            .pipeline()
+            .plan
+            .iter()
+            .map(|p| ExchangeStep {
+                step_id: StepId::from_sequence(p.sequence),
+                sequence: p.sequence,
+                integration_step: p.integration_step.clone(),
+                sub_step: p.sub_step,
+                destination: p.destination,
+                status: [StepStatus::Done, StepStatus::Done, StepStatus::Failed, StepStatus::Initial]
+                    [p.sequence as usize],
+                payload: (p.sequence == 1).then(|| crate::exchange::Payload::raw("[2]")),
+                attempts: 1,
+                max_attempts: 3,
+                last_error: None,
+                next_retry_at: None,
+                completed_at: None,
+                sub_exchanges: None,
+            })
+            .collect();
+        let exchange = Exchange {
+            exchange_id: ExchangeId::new("x"),
+            integration_code: IntegrationCode::parse("C").expect("code"),
+            integration_version: IntegrationVersion::number(1).expect("version"),
+            status: ExchangeStatus::Failed,
+            parameters: json!({"a": 1}),
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+            error: Some(ExchangeError {
+                classification: ErrorClassification::Business,
+                message: "400".into(),
+                retryable: false,
+                step_id: Some(StepId::from_sequence(2)),
+                sub_step: Some(SubStep::DeliverRest),
+                at: now,
+            }),
+            recoveries: 0,
+            parent: None,
+            result: None,
+        };
+        ExchangeDetail { exchange, steps, logs: vec![] }
+    }
+
+    #[test]
+    fn a_recovery_resumes_at_the_failed_step_on_its_input_with_outbox_and_sla_stored() {
+        let f = fixture("http://t.example");
+        let d = failed(&f);
+        let now = Utc::now();
+        let version = d.exchange.integration_version;
+        let r = recovery(&d, f.pipeline(), f.pipeline(), version, Duration::from_secs(60), now).expect("recoverable");
+        assert_eq!(r.resumed_at(), StepId::from_sequence(2));
+        assert_eq!(r.recoveries(), 1);
+        assert_eq!(r.resume.input, Some(crate::exchange::Payload::raw("[2]")));
+        assert_eq!(r.commit.recovery, 0, "the write requires the generation being recovered");
+        assert_eq!(r.commit.integration_version, None);
+        assert!(matches!(
+            &r.commit.timers[..],
+            [Timer { kind: TimerKind::Handoff { .. }, .. }, Timer { kind: TimerKind::Sla, recovery: 1, .. }]
+        ));
+        assert!(r.sla_due_soon().is_some());
+        assert!(!r.redrive_children);
+    }
+
+    #[test]
+    fn a_running_or_completed_exchange_is_not_recovered_and_a_differently_shaped_version_cannot_take_over() {
+        let f = fixture("http://t.example");
+        let mut d = failed(&f);
+        let version = d.exchange.integration_version;
+        for status in [ExchangeStatus::Started, ExchangeStatus::Completed] {
+            d.exchange.status = status;
+            let e = recovery(&d, f.pipeline(), f.pipeline(), version, Duration::from_secs(60), Utc::now());
+            assert_eq!(e, Err(RecoveryError::NotRecoverable(status)));
+        }
+        d.exchange.status = ExchangeStatus::Failed;
+        let other = Fixture::new(json!({"code": "C", "version": 2, "steps": [
+            {"name": "d", "type": "delivery", "destinations": [{"kind": "rest", "request": {"url": "http://t.example"}}]}]}));
+        let v2 = IntegrationVersion::number(2).expect("version");
+        let e = recovery(&d, f.pipeline(), other.pipeline(), v2, Duration::from_secs(60), Utc::now());
+        assert!(matches!(e, Err(RecoveryError::IncompatibleVersion { .. })));
+        let same_shape = fixture("http://other.example");
+        let r = recovery(&d, f.pipeline(), same_shape.pipeline(), v2, Duration::from_secs(60), Utc::now())
+            .expect("same shape");
+        assert_eq!(r.commit.integration_version, Some(v2));
+        assert_eq!(r.resume.integration_version, v2);
+    }
+
+    #[test]
+    fn a_manual_retry_runs_the_next_attempt_of_a_retrying_step_only() {
+        let f = fixture("http://t.example");
+        let mut d = failed(&f);
+        assert!(matches!(manual_retry(&d, StepId::from_sequence(2)), Err(ManualRetryError::ExchangeFinal { .. })));
+        d.exchange.status = ExchangeStatus::Started;
+        assert_eq!(
+            manual_retry(&d, StepId::from_sequence(2)),
+            Err(ManualRetryError::NotRetrying(StepId::from_sequence(2)))
+        );
+        d.steps[2].status = StepStatus::Initial;
+        d.steps[2].next_retry_at = Some(Utc::now());
+        let m = manual_retry(&d, StepId::from_sequence(2)).expect("retrying");
+        assert_eq!((m.attempt, m.input.clone()), (2, Some(crate::exchange::Payload::raw("[2]"))));
+        assert_eq!(
+            manual_retry(&d, StepId::from_sequence(9)),
+            Err(ManualRetryError::UnknownStep(StepId::from_sequence(9)))
+        );
+    }
+}
