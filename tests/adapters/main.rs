@@ -221,9 +221,7 @@ fn commit(id: &ExchangeId, step: StepChange, exchange: ExchangeChange, now: Date
     StepCommit { step: Some(step), ..StepCommit::new(id.clone(), 0, exchange, now) }
 }
 
-#[tokio::test]
-async fn exchange_lifecycle_with_claims_commits_and_conflicts() {
-    let repo = exchange_repo().await;
+async fn exchange_lifecycle_with_claims_commits_and_conflicts(repo: &dyn ExchangeRepository) {
     repo.health().await.expect("health");
     let ex = exchange("ex-life", "LIFE", at(0));
     let id = ex.exchange_id.clone();
@@ -352,9 +350,7 @@ async fn exchange_lifecycle_with_claims_commits_and_conflicts() {
     assert!(repo.list(&new, 10, None).await.expect("list").items.is_empty());
 }
 
-#[tokio::test]
-async fn list_is_newest_first_and_paginates() {
-    let repo = exchange_repo().await;
+async fn list_is_newest_first_and_paginates(repo: &dyn ExchangeRepository) {
     // 7 of integration A (every other one Failed), 2 of B.
     for i in 0..7 {
         let mut ex = exchange(&format!("a{i}"), "A", at(i * 10));
@@ -367,7 +363,7 @@ async fn list_is_newest_first_and_paginates() {
         repo.create(&exchange(&format!("b{i}"), "B", at(100 + i)), &steps(1)).await.expect("create");
     }
 
-    async fn pages(repo: &DynamoExchangeRepository, filter: &ExchangeFilter, limit: u32) -> Vec<Vec<String>> {
+    async fn pages(repo: &dyn ExchangeRepository, filter: &ExchangeFilter, limit: u32) -> Vec<Vec<String>> {
         let mut out = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -383,13 +379,13 @@ async fn list_is_newest_first_and_paginates() {
         out
     }
     let by_a = ExchangeFilter { integration_code: Some(code("A")), status: None, parent: None };
-    assert_eq!(pages(&repo, &by_a, 3).await, vec![vec!["a6", "a5", "a4"], vec!["a3", "a2", "a1"], vec!["a0"]]);
+    assert_eq!(pages(repo, &by_a, 3).await, vec![vec!["a6", "a5", "a4"], vec!["a3", "a2", "a1"], vec!["a0"]]);
     let a_failed =
         ExchangeFilter { integration_code: Some(code("A")), status: Some(ExchangeStatus::Failed), parent: None };
-    assert_eq!(pages(&repo, &a_failed, 3).await, vec![vec!["a6", "a4", "a2"], vec!["a0"]]);
+    assert_eq!(pages(repo, &a_failed, 3).await, vec![vec!["a6", "a4", "a2"], vec!["a0"]]);
     let new = ExchangeFilter { integration_code: None, status: Some(ExchangeStatus::New), parent: None };
-    assert_eq!(pages(&repo, &new, 2).await, vec![vec!["b1", "b0"], vec!["a5", "a3"], vec!["a1"]]);
-    let all = pages(&repo, &ExchangeFilter::default(), 4).await;
+    assert_eq!(pages(repo, &new, 2).await, vec![vec!["b1", "b0"], vec!["a5", "a3"], vec!["a1"]]);
+    let all = pages(repo, &ExchangeFilter::default(), 4).await;
     assert_eq!(all, vec![vec!["b1", "b0", "a6", "a5"], vec!["a4", "a3", "a2", "a1"], vec!["a0"]]);
     // A cursor of another filter is refused.
     let page = repo.list(&by_a, 3, None).await.expect("list");
@@ -587,7 +583,7 @@ fn failed_error(step: u32, now: DateTime<Utc>) -> ExchangeError {
 }
 
 /// Fails the exchange at generation `recovery` with step `step`'s attempt 1.
-async fn fail_exchange(repo: &DynamoExchangeRepository, id: &ExchangeId, step: u32, recovery: u32, now: DateTime<Utc>) {
+async fn fail_exchange(repo: &dyn ExchangeRepository, id: &ExchangeId, step: u32, recovery: u32, now: DateTime<Utc>) {
     let mut fail = commit(
         id,
         change(step, 1, false, StepStatus::Failed, now),
@@ -603,9 +599,7 @@ async fn fail_exchange(repo: &DynamoExchangeRepository, id: &ExchangeId, step: u
     assert_eq!(repo.commit(&fail).await.expect("fail"), CommitOutcome::Applied);
 }
 
-#[tokio::test]
-async fn recovery_resets_steps_and_fences_older_generations() {
-    let repo = exchange_repo().await;
+async fn recovery_resets_steps_and_fences_older_generations(repo: &dyn ExchangeRepository) {
     let ex = exchange("ex-recover", "REC", at(0));
     let id = ex.exchange_id.clone();
     repo.create(&ex, &steps(4)).await.expect("create");
@@ -640,7 +634,7 @@ async fn recovery_resets_steps_and_fences_older_generations() {
         repo.claim(&id, StepId::from_sequence(3), 1, 1, at(10), at(70)).await.expect("claim"),
         ClaimOutcome::NotClaimable
     );
-    fail_exchange(&repo, &id, 3, 0, at(20)).await;
+    fail_exchange(repo, &id, 3, 0, at(20)).await;
     // Final: nothing can be claimed any more.
     assert_eq!(
         repo.claim(&id, StepId::from_sequence(2), 3, 0, at(200), at(260)).await.expect("claim"),
@@ -730,9 +724,7 @@ async fn recovery_resets_steps_and_fences_older_generations() {
     assert_eq!(detail.exchange.integration_version, v2, "kept when not given");
 }
 
-#[tokio::test]
-async fn commits_require_done_steps_and_store_errors_and_timers() {
-    let repo = exchange_repo().await;
+async fn commits_require_done_steps_and_store_errors_and_timers(repo: &dyn ExchangeRepository) {
     let ex = exchange("ex-extras", "EXTRA", at(0));
     let id = ex.exchange_id.clone();
     repo.create(&ex, &steps(3)).await.expect("create");
@@ -784,9 +776,7 @@ fn error_record(
     }
 }
 
-#[tokio::test]
-async fn errors_are_newest_first_and_filtered() {
-    let repo = exchange_repo().await;
+async fn errors_are_newest_first_and_filtered(repo: &dyn ExchangeRepository) {
     let mut all = Vec::new();
     // Two exchanges of two integrations; errors at 10..=70 s, some two in one commit.
     for (i, (name, integration)) in [("ex-e1", "ERR_A"), ("ex-e2", "ERR_B")].into_iter().enumerate() {
@@ -845,9 +835,7 @@ async fn errors_are_newest_first_and_filtered() {
     assert!(repo.errors(&ErrorFilter::default(), 10, Some("garbage!")).await.is_err());
 }
 
-#[tokio::test]
-async fn due_timers_are_taken_once() {
-    let repo = exchange_repo().await;
+async fn due_timers_are_taken_once(repo: &dyn ExchangeRepository) {
     let timer = |id: &ExchangeId, due: DateTime<Utc>, kind: TimerKind| Timer {
         exchange_id: id.clone(),
         recovery: 0,
@@ -907,9 +895,7 @@ async fn due_timers_are_taken_once() {
     assert!(!repo.due_timers(at(10_000), 10).await.expect("all").contains(&unknown));
 }
 
-#[tokio::test]
-async fn callback_tokens_are_used_once() {
-    let repo = exchange_repo().await;
+async fn callback_tokens_are_used_once(repo: &dyn ExchangeRepository) {
     let token = |hash: &str, expires_at: Option<DateTime<Utc>>| CallbackToken {
         hash: hash.into(),
         exchange_id: ExchangeId::new("ex-token"),
@@ -1086,7 +1072,7 @@ fn finish(id: &ExchangeId, parent: &ExchangeId, step: u32, completed: bool, now:
     commit
 }
 
-async fn counts(repo: &DynamoExchangeRepository, id: &ExchangeId, step: u32) -> Option<SubExchangeCounts> {
+async fn counts(repo: &dyn ExchangeRepository, id: &ExchangeId, step: u32) -> Option<SubExchangeCounts> {
     repo.get_step(id, StepId::from_sequence(step)).await.expect("get step").expect("step exists").sub_exchanges
 }
 
@@ -1094,15 +1080,13 @@ fn sub(total: u32, completed: u32, failed: u32) -> Option<SubExchangeCounts> {
     Some(SubExchangeCounts { total, completed, failed })
 }
 
-#[tokio::test]
-async fn sub_exchanges_count_once_on_the_parent_step_and_store_results() {
-    let repo = exchange_repo().await;
+async fn sub_exchanges_count_once_on_the_parent_step_and_store_results(repo: &dyn ExchangeRepository) {
     let parent = exchange("ex-parent", "PARENT", at(0));
     let pid = parent.exchange_id.clone();
     repo.create(&parent, &steps(3)).await.expect("create parent");
-    assert_eq!(counts(&repo, &pid, 1).await, None, "not a subflow step yet");
+    assert_eq!(counts(repo, &pid, 1).await, None, "not a subflow step yet");
     repo.set_sub_exchange_total(&pid, StepId::from_sequence(1), 3).await.expect("total");
-    assert_eq!(counts(&repo, &pid, 1).await, sub(3, 0, 0));
+    assert_eq!(counts(repo, &pid, 1).await, sub(3, 0, 0));
     assert!(matches!(
         repo.set_sub_exchange_total(&pid, StepId::from_sequence(9), 3).await,
         Err(PortError::Fault { .. })
@@ -1143,9 +1127,9 @@ async fn sub_exchanges_count_once_on_the_parent_step_and_store_results() {
     // Child 0 completes: counted once, its result stored; the replay changes nothing.
     let done = finish(&ids[0], &pid, 1, true, at(4));
     assert_eq!(repo.commit(&done).await.expect("complete"), CommitOutcome::Applied);
-    assert_eq!(counts(&repo, &pid, 1).await, sub(3, 1, 0));
+    assert_eq!(counts(repo, &pid, 1).await, sub(3, 1, 0));
     assert_eq!(repo.commit(&done).await.expect("replay"), CommitOutcome::Conflict);
-    assert_eq!(counts(&repo, &pid, 1).await, sub(3, 1, 0), "a duplicate does not count");
+    assert_eq!(counts(repo, &pid, 1).await, sub(3, 1, 0), "a duplicate does not count");
     let completed = repo.get(&ids[0]).await.expect("get").expect("exists").exchange;
     assert_eq!(completed.status, ExchangeStatus::Completed);
     assert_eq!(completed.result, Some(Payload::raw("result of ex-child-0")));
@@ -1161,7 +1145,7 @@ async fn sub_exchanges_count_once_on_the_parent_step_and_store_results() {
         completed_at: Some(at(6)),
     };
     assert_eq!(repo.commit(&timeout).await.expect("timeout"), CommitOutcome::Conflict);
-    assert_eq!(counts(&repo, &pid, 1).await, sub(3, 1, 1));
+    assert_eq!(counts(repo, &pid, 1).await, sub(3, 1, 1));
     let failed = repo.get(&ids[1]).await.expect("get").expect("exists").exchange;
     assert_eq!((failed.status, failed.result), (ExchangeStatus::Failed, None));
 
@@ -1170,12 +1154,12 @@ async fn sub_exchanges_count_once_on_the_parent_step_and_store_results() {
     assert!(repo.get_step(&pid, StepId::from_sequence(9)).await.expect("get").is_none(), "no phantom step");
     assert_eq!(repo.get(&ids[2]).await.expect("get").expect("exists").exchange.status, ExchangeStatus::Started);
     assert_eq!(repo.commit(&finish(&ids[2], &pid, 1, true, at(8))).await.expect("complete"), CommitOutcome::Applied);
-    assert_eq!(counts(&repo, &pid, 1).await, sub(3, 2, 1));
-    assert!(counts(&repo, &pid, 1).await.is_some_and(|c| c.all_final()));
+    assert_eq!(counts(repo, &pid, 1).await, sub(3, 2, 1));
+    assert!(counts(repo, &pid, 1).await.is_some_and(|c| c.all_final()));
 
     // Setting the total again, claims and commits of the step keep the counts.
     repo.set_sub_exchange_total(&pid, StepId::from_sequence(1), 3).await.expect("total again");
-    assert_eq!(counts(&repo, &pid, 1).await, sub(3, 2, 1));
+    assert_eq!(counts(repo, &pid, 1).await, sub(3, 2, 1));
     let start = commit(
         &pid,
         change(0, 1, false, StepStatus::Done, at(9)),
@@ -1201,9 +1185,7 @@ async fn sub_exchanges_count_once_on_the_parent_step_and_store_results() {
     assert_eq!(detail.exchange.parent, None);
 }
 
-#[tokio::test]
-async fn recovery_clears_sub_failures_and_keeps_completions() {
-    let repo = exchange_repo().await;
+async fn recovery_clears_sub_failures_and_keeps_completions(repo: &dyn ExchangeRepository) {
     let parent = exchange("ex-redrive", "PARENT", at(0));
     let pid = parent.exchange_id.clone();
     repo.create(&parent, &steps(3)).await.expect("create parent");
@@ -1228,10 +1210,10 @@ async fn recovery_clears_sub_failures_and_keeps_completions() {
         let outcome = repo.commit(&finish(id, &pid, 1, i < 2, at(3))).await.expect("finish");
         assert_eq!(outcome, CommitOutcome::Applied);
     }
-    assert_eq!(counts(&repo, &pid, 1).await, sub(5, 2, 2));
+    assert_eq!(counts(repo, &pid, 1).await, sub(5, 2, 2));
 
     // The parent fails on its subflow step: the step's own failure keeps the counts.
-    fail_exchange(&repo, &pid, 1, 0, at(4)).await;
+    fail_exchange(repo, &pid, 1, 0, at(4)).await;
     let step = repo.get_step(&pid, StepId::from_sequence(1)).await.expect("get").expect("exists");
     assert_eq!((step.status, step.sub_exchanges), (StepStatus::Failed, sub(5, 2, 2)));
 
@@ -1248,7 +1230,7 @@ async fn recovery_clears_sub_failures_and_keeps_completions() {
     };
     assert_eq!(repo.recover(&recover).await.expect("missing step"), CommitOutcome::Conflict);
     assert!(repo.get_step(&pid, StepId::from_sequence(9)).await.expect("get").is_none(), "no phantom step");
-    assert_eq!(counts(&repo, &pid, 1).await, sub(5, 2, 2), "nothing written");
+    assert_eq!(counts(repo, &pid, 1).await, sub(5, 2, 2), "nothing written");
     recover.clear_sub_failures = Some(StepId::from_sequence(1));
     assert_eq!(repo.recover(&recover).await.expect("recover"), CommitOutcome::Applied);
     let step = repo.get_step(&pid, StepId::from_sequence(1)).await.expect("get").expect("exists");
@@ -1257,8 +1239,8 @@ async fn recovery_clears_sub_failures_and_keeps_completions() {
     // The last child fails; the parent fails elsewhere and is recovered clearing step 1's
     // failures without resetting it (an update of its own).
     assert_eq!(repo.commit(&finish(&ids[4], &pid, 1, false, at(6))).await.expect("fail"), CommitOutcome::Applied);
-    assert_eq!(counts(&repo, &pid, 1).await, sub(5, 2, 1));
-    fail_exchange(&repo, &pid, 2, 1, at(7)).await;
+    assert_eq!(counts(repo, &pid, 1).await, sub(5, 2, 1));
+    fail_exchange(repo, &pid, 2, 1, at(7)).await;
     let again = RecoveryCommit { recovery: 1, reset: vec![StepId::from_sequence(2)], now: at(8), ..recover };
     assert_eq!(repo.recover(&again).await.expect("recover again"), CommitOutcome::Applied);
     let detail = repo.get(&pid).await.expect("get").expect("exists");
@@ -1322,7 +1304,7 @@ async fn create_many_packs_batches_and_statuses_find_them() {
     assert!(repo.statuses(&[ExchangeId::new("ex-missing-0")]).await.expect("missing").is_empty());
 }
 
-async fn list_pages(repo: &DynamoExchangeRepository, filter: &ExchangeFilter, limit: u32) -> Vec<Vec<String>> {
+async fn list_pages(repo: &dyn ExchangeRepository, filter: &ExchangeFilter, limit: u32) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -1338,9 +1320,7 @@ async fn list_pages(repo: &DynamoExchangeRepository, filter: &ExchangeFilter, li
     out
 }
 
-#[tokio::test]
-async fn list_by_parent_is_in_index_order_and_paginates() {
-    let repo = exchange_repo().await;
+async fn list_by_parent_is_in_index_order_and_paginates(repo: &dyn ExchangeRepository) {
     let (p, q) = (ExchangeId::new("ex-p"), ExchangeId::new("ex-q"));
     let mut all = Vec::new();
     // Step 4's children are created newest first: the index order is not the time order.
@@ -1360,16 +1340,16 @@ async fn list_by_parent_is_in_index_order_and_paginates() {
 
     let children = ExchangeFilter { parent: Some(p.clone()), ..ExchangeFilter::default() };
     assert_eq!(
-        list_pages(&repo, &children, 3).await,
+        list_pages(repo, &children, 3).await,
         vec![vec!["p2-0", "p2-1", "p4-0"], vec!["p4-1", "p4-2", "p4-3"], vec!["p4-4", "p4-5", "p4-6"]]
     );
-    assert_eq!(list_pages(&repo, &children, 100).await.concat().len(), 9);
+    assert_eq!(list_pages(repo, &children, 100).await.concat().len(), 9);
     let failed = ExchangeFilter { status: Some(ExchangeStatus::Failed), ..children.clone() };
-    assert_eq!(list_pages(&repo, &failed, 2).await, vec![vec!["p4-0", "p4-3"], vec!["p4-6"]]);
+    assert_eq!(list_pages(repo, &failed, 2).await, vec![vec!["p4-0", "p4-3"], vec!["p4-6"]]);
     let cb = ExchangeFilter { integration_code: Some(code("CB")), ..children.clone() };
-    assert_eq!(list_pages(&repo, &cb, 2).await, vec![vec!["p4-1", "p4-3"], vec!["p4-5"]]);
+    assert_eq!(list_pages(repo, &cb, 2).await, vec![vec!["p4-1", "p4-3"], vec!["p4-5"]]);
     let q_children = ExchangeFilter { parent: Some(q), ..ExchangeFilter::default() };
-    assert_eq!(list_pages(&repo, &q_children, 10).await, vec![vec!["q-0", "q-1"]]);
+    assert_eq!(list_pages(repo, &q_children, 10).await, vec![vec!["q-0", "q-1"]]);
     let none = ExchangeFilter { parent: Some(ExchangeId::new("ex-none")), ..ExchangeFilter::default() };
     let page = repo.list(&none, 10, None).await.expect("list");
     assert!(page.items.is_empty() && page.next_cursor.is_none());
@@ -1534,3 +1514,35 @@ async fn failing_transactions_undo_no_concurrent_write() {
         .expect("query");
     assert_eq!(never.count(), 0, "a failed transaction writes nothing");
 }
+
+/// The exchange-repository contract: each case runs against the DynamoDB adapter on moto
+/// and against the in-memory fake the use-case tests rely on, so the two cannot drift.
+macro_rules! exchange_contract {
+    ($($case:ident),* $(,)?) => {
+        mod exchange_contract_on_moto {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(&super::exchange_repo().await).await
+            })*
+        }
+        mod exchange_contract_in_memory {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(&handoff_ports::memory::MemoryExchangeRepository::new()).await
+            })*
+        }
+    };
+}
+
+exchange_contract!(
+    exchange_lifecycle_with_claims_commits_and_conflicts,
+    list_is_newest_first_and_paginates,
+    recovery_resets_steps_and_fences_older_generations,
+    commits_require_done_steps_and_store_errors_and_timers,
+    errors_are_newest_first_and_filtered,
+    due_timers_are_taken_once,
+    callback_tokens_are_used_once,
+    sub_exchanges_count_once_on_the_parent_step_and_store_results,
+    recovery_clears_sub_failures_and_keeps_completions,
+    list_by_parent_is_in_index_order_and_paginates,
+);

@@ -15,7 +15,8 @@ pub struct SqsEvent {
 pub struct SqsRecord {
     pub message_id: String,
     pub body: String,
-    #[serde(default)]
+    /// Lambda spells it `eventSourceARN` (not camelCase).
+    #[serde(default, rename = "eventSourceARN")]
     pub event_source_arn: Option<String>,
     #[serde(default)]
     pub attributes: std::collections::HashMap<String, String>,

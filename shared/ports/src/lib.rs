@@ -3,6 +3,9 @@
 //! `handoff-aws` implements them with DynamoDB, SQS, S3, EventBridge Scheduler and Secrets
 //! Manager; the decisions they carry out are `handoff_core`'s.
 
+#[cfg(feature = "test-util")]
+pub mod memory;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};

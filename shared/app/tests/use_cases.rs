@@ -1,0 +1,410 @@
+//! Use-case tests of the application layer against the in-memory fakes of every port
+//! (`handoff-ports`, feature `test-util`): the HTTP routes through axum `oneshot`, the
+//! workers, the DLQ handler, timers, recovery, callbacks and the jobs — no AWS emulator.
+//! External systems are real loopback servers (or a loopback port nobody listens on).
+
+use axum::body::Body;
+use handoff_app::api::router;
+use handoff_app::context::{AppContext, AppSettings, Ports};
+use handoff_app::dlq::DlqFunction;
+use handoff_app::function::FunctionHandler;
+use handoff_app::jobs::JobsFunction;
+use handoff_app::worker::{WorkerError, WorkerFunction};
+use handoff_core::exchange::{ExchangeDetail, ExchangeStatus, StepStatus};
+use handoff_core::handoff::{CallbackToken, HandoffMessage, QueueMessage, Timer, TimerKind};
+use handoff_core::ids::{ExchangeId, StepId};
+use handoff_core::plan::{SubStep, WorkerFamily};
+use handoff_ports::memory::{
+    MemoryDataFileStore, MemoryExchangeRepository, MemoryIntegrationRepository, MemoryMappings, MemoryQueue,
+    MemorySchedules, MemorySecrets, Queued,
+};
+use handoff_ports::{ExchangeRepository, ScheduleManager};
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+struct Harness {
+    ctx: Arc<AppContext>,
+    exchanges: Arc<MemoryExchangeRepository>,
+    queue: Arc<MemoryQueue>,
+    schedules: Arc<MemorySchedules>,
+    workers: HashMap<WorkerFamily, WorkerFunction>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let exchanges = Arc::new(MemoryExchangeRepository::new());
+        let queue = Arc::new(MemoryQueue::default());
+        let schedules = Arc::new(MemorySchedules::default());
+        let ports = Ports {
+            integrations: Arc::new(MemoryIntegrationRepository::default()),
+            exchanges: exchanges.clone(),
+            queue: queue.clone(),
+            files: Arc::new(MemoryDataFileStore::default()),
+            schedules: schedules.clone() as Arc<dyn ScheduleManager>,
+            secrets: Arc::new(MemorySecrets::default()),
+            mappings: Arc::new(MemoryMappings::default()),
+        };
+        // Definitions are read live, so a changed retry policy shows at the next decision.
+        let settings = AppSettings { definition_cache_ttl: Duration::ZERO, ..AppSettings::default() };
+        let ctx = AppContext::new(ports, settings);
+        let workers = WorkerFamily::ALL.into_iter().map(|f| (f, WorkerFunction::new(ctx.clone(), f))).collect();
+        Self { ctx, exchanges, queue, schedules, workers }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .expect("request");
+        let response = router(self.ctx.clone()).oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    async fn define(&self, definition: Value) {
+        let (status, body) = self.call("POST", "/integrations", Some(definition)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    async fn invoke(&self, code: &str, payload: Value) -> ExchangeId {
+        let (status, body) =
+            self.call("POST", "/exchanges", Some(json!({"integrationCode": code, "payload": payload}))).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        ExchangeId::new(body["exchangeId"].as_str().expect("exchangeId"))
+    }
+
+    async fn deliver(&self, queued: &Queued) -> Result<(), WorkerError> {
+        let (family, body) = match queued {
+            Queued::Handoff { family, message, .. } => (*family, QueueMessage::Handoff(message.clone())),
+            Queued::Timer { timer, .. } => (WorkerFamily::Control, QueueMessage::Timer { timer: timer.clone() }),
+        };
+        let body = serde_json::to_string(&body).expect("message");
+        self.workers[&family].handle_body(&body).await
+    }
+
+    /// Delivers every queued message, and what they send, until the queues are empty or only
+    /// messages due later (delayed) are left; returns those.
+    async fn run(&self) -> Vec<Queued> {
+        let mut later = Vec::new();
+        for _ in 0..200 {
+            let batch = self.queue.take();
+            if batch.is_empty() {
+                return later;
+            }
+            for queued in batch {
+                if delay(&queued) > 0 {
+                    later.push(queued);
+                    continue;
+                }
+                if let Err(e) = self.deliver(&queued).await {
+                    panic!("{queued:?}: {e}");
+                }
+            }
+        }
+        panic!("the exchange did not settle within 200 rounds");
+    }
+
+    async fn detail(&self, id: &ExchangeId) -> ExchangeDetail {
+        self.exchanges.get(id).await.expect("read").expect("exchange exists")
+    }
+}
+
+fn delay(queued: &Queued) -> u32 {
+    match queued {
+        Queued::Handoff { delay_seconds, .. } | Queued::Timer { delay_seconds, .. } => *delay_seconds,
+    }
+}
+
+fn transform(code: &str, jq: &str) -> Value {
+    json!({"code": code, "version": 1, "enabled": true, "steps": [
+        {"name": "map", "type": "transformation", "function": {"jq": jq}}]})
+}
+
+/// A delivery to a loopback port nobody listens on: every attempt is a connection error.
+fn unreachable_delivery(code: &str, max_attempts: u32) -> Value {
+    json!({"code": code, "version": 1, "enabled": true, "steps": [
+        {"name": "send", "type": "delivery", "retry": {"maxAttempts": max_attempts, "intervalSeconds": 0},
+         "destinations": [{"kind": "rest", "request": {"method": "POST", "url": "http://127.0.0.1:9/in"}}]}]})
+}
+
+#[tokio::test]
+async fn an_exchange_runs_to_completion_through_the_workers() {
+    let h = Harness::new();
+    h.define(transform("DOUBLE", "map(. * 2)")).await;
+    let id = h.invoke("DOUBLE", json!([1, 2])).await;
+    assert!(h.run().await.is_empty());
+    let detail = h.detail(&id).await;
+    assert_eq!(detail.exchange.status, ExchangeStatus::Completed);
+    assert!(detail.steps.iter().all(|s| s.status == StepStatus::Done), "{:?}", detail.steps);
+    let (status, body) = h.call("GET", &format!("/exchanges/{id}"), None).await;
+    assert_eq!((status, body["statusCode"].as_str()), (StatusCode::OK, Some("C")));
+}
+
+#[tokio::test]
+async fn a_duplicate_handoff_changes_nothing_and_a_lost_next_handoff_is_sent_again() {
+    let h = Harness::new();
+    h.define(transform("DUP", ".")).await;
+    let id = h.invoke("DUP", json!([1])).await;
+    let first = h.queue.take();
+    assert!(matches!(&first[..], [Queued::Handoff { message, .. }] if message.sub_step == SubStep::ExchangeTriggered));
+    h.deliver(&first[0]).await.expect("triggered");
+    // The transform's handoff is "lost" (taken and dropped); the duplicate of the first
+    // message finds its step done with no next step started, and sends the handoff again.
+    let lost = h.queue.take();
+    assert_eq!(lost.len(), 1);
+    h.deliver(&first[0]).await.expect("duplicate");
+    assert_eq!(h.queue.take(), lost, "the same handoff, sent again");
+    h.deliver(&lost[0]).await.expect("transform");
+    assert!(h.run().await.is_empty());
+    // Once everything ran, the same duplicate is simply dropped.
+    h.deliver(&first[0]).await.expect("late duplicate");
+    assert!(h.queue.take().is_empty());
+    let detail = h.detail(&id).await;
+    assert_eq!(detail.exchange.status, ExchangeStatus::Completed);
+    assert_eq!(detail.steps[1].attempts, 1, "the transform ran once");
+}
+
+#[tokio::test]
+async fn retries_follow_the_live_policy_then_fail_the_exchange_for_operators() {
+    let h = Harness::new();
+    h.define(unreachable_delivery("DOWN", 2)).await;
+    let id = h.invoke("DOWN", json!({"a": 1})).await;
+    let triggered = h.queue.take();
+    h.deliver(&triggered[0]).await.expect("triggered");
+    let attempt1 = h.queue.take();
+    h.deliver(&attempt1[0]).await.expect("attempt 1");
+    let step = h.detail(&id).await.steps[1].clone();
+    assert_eq!((step.attempts, step.status), (1, StepStatus::Initial));
+    assert!(step.next_retry_at.is_some() && step.last_error.is_some());
+    // Raise maxAttempts while it retries: the step goes on to the new maximum.
+    let (status, body) = h
+        .call(
+            "PATCH",
+            "/integrations/DOWN/versions/1",
+            Some(json!({"steps": [
+            {"name": "send", "type": "delivery", "retry": {"maxAttempts": 3, "intervalSeconds": 0},
+             "destinations": [{"kind": "rest", "request": {"method": "POST", "url": "http://127.0.0.1:9/in"}}]}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(h.run().await.is_empty());
+    let detail = h.detail(&id).await;
+    assert_eq!(detail.exchange.status, ExchangeStatus::Failed);
+    assert_eq!((detail.steps[1].attempts, detail.steps[1].status), (3, StepStatus::Failed));
+    let (status, errors) = h.call("GET", "/errors?classification=system", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(errors["items"][0]["exchangeId"], json!(id.as_str()), "{errors}");
+}
+
+#[tokio::test]
+async fn a_business_failure_is_recovered_onto_a_fixed_version() {
+    let h = Harness::new();
+    h.define(transform("FIX", "error(\"bad record\")")).await;
+    let id = h.invoke("FIX", json!([1])).await;
+    h.run().await;
+    let failed = h.detail(&id).await;
+    assert_eq!(failed.exchange.status, ExchangeStatus::Failed);
+    assert_eq!(failed.steps[1].attempts, 1, "business errors are not retried");
+    let mut fixed = transform("FIX", "map(. + 1)");
+    fixed["version"] = json!(2);
+    h.define(fixed).await;
+    let (status, body) =
+        h.call("POST", &format!("/exchanges/{id}/recover"), Some(json!({"integrationVersion": 2}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // A second recovery of a running exchange is refused.
+    let (status, _) = h.call("POST", &format!("/exchanges/{id}/recover"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    h.run().await;
+    let detail = h.detail(&id).await;
+    assert_eq!(detail.exchange.status, ExchangeStatus::Completed);
+    assert_eq!(detail.exchange.recoveries, 1);
+    assert_eq!(detail.steps[0].attempts, 1, "a Done step is not run again");
+}
+
+#[tokio::test]
+async fn an_sla_timer_times_the_exchange_out_and_a_stale_one_changes_nothing() {
+    let h = Harness::new();
+    let mut definition = unreachable_delivery("SLA", 5);
+    definition["slaSeconds"] = json!(60);
+    h.define(definition).await;
+    let id = h.invoke("SLA", json!([1])).await;
+    let sent = h.queue.take();
+    let sla = sent
+        .iter()
+        .find_map(|q| match q {
+            Queued::Timer { timer, delay_seconds } if timer.kind == TimerKind::Sla => {
+                Some((timer.clone(), *delay_seconds))
+            }
+            _ => None,
+        })
+        .expect("the SLA travels as a delayed message");
+    assert!((59..=60).contains(&sla.1));
+    let fired = Timer { due: chrono::Utc::now(), ..sla.0 };
+    let stale = Timer { recovery: 7, ..fired.clone() };
+    h.deliver(&Queued::Timer { timer: stale, delay_seconds: 0 }).await.expect("stale timer");
+    assert_eq!(h.detail(&id).await.exchange.status, ExchangeStatus::New);
+    h.deliver(&Queued::Timer { timer: fired, delay_seconds: 0 }).await.expect("timer");
+    let detail = h.detail(&id).await;
+    assert_eq!(detail.exchange.status, ExchangeStatus::TimedOut);
+    // The handoff still in the queue now finds a final exchange and changes nothing.
+    h.run().await;
+    assert_eq!(h.detail(&id).await.steps[1].attempts, 0);
+}
+
+#[tokio::test]
+async fn a_dead_letter_fails_its_exchange_recoverably() {
+    let h = Harness::new();
+    h.define(transform("DLQ", ".")).await;
+    let id = h.invoke("DLQ", json!([1])).await;
+    let Queued::Handoff { message, .. } = h.queue.take().remove(0) else { panic!("a handoff") };
+    let event = json!({"Records": [{
+        "messageId": "m1", "body": serde_json::to_string(&message).expect("json"),
+        "eventSourceARN": "arn:aws:sqs:us-east-1:1:handoff-control-dlq",
+        "attributes": {"ApproximateReceiveCount": "5"}}]});
+    let answer = DlqFunction::new(h.ctx.clone()).invoke(event.clone()).await.expect("dlq");
+    assert_eq!(answer["batchItemFailures"], json!([]));
+    let detail = h.detail(&id).await;
+    assert_eq!(detail.exchange.status, ExchangeStatus::Failed);
+    let error = detail.exchange.error.expect("error");
+    assert!(error.retryable && error.message.contains("handoff-control-dlq after 5 receives"), "{}", error.message);
+    // The same dead letter again finds the exchange failed already: nothing more is written.
+    DlqFunction::new(h.ctx.clone()).invoke(event).await.expect("dlq again");
+    let (_, errors) = h.call("GET", "/errors", None).await;
+    assert_eq!(errors["items"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn a_callback_is_taken_once_and_its_outbox_entry_is_taken_back() {
+    let h = Harness::new();
+    h.define(json!({"code": "CB", "version": 1, "enabled": true, "steps": [
+        {"name": "p", "type": "invokeProcess", "kind": "process", "request": {"url": "http://127.0.0.1:9/jobs"},
+         "expectNotification": true}]}))
+        .await;
+    let id = h.invoke("CB", json!([1])).await;
+    let detail = h.detail(&id).await;
+    let waiting = detail.steps.iter().find(|s| s.sub_step == SubStep::ReceiveNotification).expect("waiting step");
+    let token = "a-token-only-the-partner-knows";
+    let armed = CallbackToken {
+        hash: handoff_app::executors::token_hash(token),
+        exchange_id: id.clone(),
+        integration_code: detail.exchange.integration_code.clone(),
+        integration_version: detail.exchange.integration_version,
+        step_id: waiting.step_id,
+        sub_step: waiting.sub_step,
+        recovery: 0,
+        parameters: json!({}),
+        expires_at: None,
+        parent: None,
+    };
+    h.exchanges.put_token(&armed).await.expect("token");
+    h.queue.take();
+    let answer = json!({"status": "success", "data": {"ok": true}});
+    let (status, body) = h.call("POST", &format!("/notifications/{token}"), Some(answer.clone())).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let sent = h.queue.take();
+    assert!(matches!(&sent[..], [Queued::Handoff { message, .. }] if message.step_id == waiting.step_id));
+    assert!(h.exchanges.pending_timers().is_empty(), "the outbox entry was taken back once the handoff went out");
+    let (status, _) = h.call("POST", &format!("/notifications/{token}"), Some(answer)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a token is single use");
+}
+
+#[tokio::test]
+async fn a_callback_whose_handoff_fails_stays_in_the_outbox_for_the_regular_job() {
+    let h = Harness::new();
+    h.define(transform("OUTBOX", ".")).await;
+    let id = h.invoke("OUTBOX", json!([1])).await;
+    h.queue.take();
+    let token = "another-token";
+    let armed = CallbackToken {
+        hash: handoff_app::executors::token_hash(token),
+        exchange_id: id.clone(),
+        integration_code: handoff_core::ids::IntegrationCode::parse("OUTBOX").expect("code"),
+        integration_version: handoff_core::ids::IntegrationVersion::number(1).expect("version"),
+        step_id: StepId::from_sequence(1),
+        sub_step: SubStep::Transform,
+        recovery: 0,
+        parameters: json!({}),
+        expires_at: None,
+        parent: None,
+    };
+    h.exchanges.put_token(&armed).await.expect("token");
+    h.queue.fail_sends_to(WorkerFamily::Transform);
+    let (status, _) = h.call("POST", &format!("/notifications/{token}"), Some(json!({"status": "success"}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "the callback is stored even though its handoff failed");
+    h.queue.heal();
+    let kept = h.exchanges.pending_timers();
+    assert!(
+        matches!(&kept[..], [Timer { kind: TimerKind::Handoff { message }, .. }] if message.step_id == StepId::from_sequence(1))
+    );
+    // The regular job sweeps timers due within its lookahead: the outbox entry goes out.
+    let jobs = JobsFunction::new(h.ctx.clone(), 3);
+    let answer = jobs.invoke(json!({"job": "regular"})).await.expect("job");
+    assert_eq!(answer["timersSent"], json!(1));
+    assert!(h.exchanges.pending_timers().is_empty());
+    assert!(h
+        .queue
+        .take()
+        .iter()
+        .any(|q| matches!(q, Queued::Timer { timer, .. } if matches!(timer.kind, TimerKind::Handoff { .. }))));
+}
+
+#[tokio::test]
+async fn a_manual_retry_runs_the_next_attempt_now() {
+    let h = Harness::new();
+    let mut definition = unreachable_delivery("MANUAL", 5);
+    definition["steps"][0]["retry"] = json!({"maxAttempts": 5, "intervalSeconds": 3600, "maxIntervalSeconds": 3600});
+    h.define(definition).await;
+    let id = h.invoke("MANUAL", json!([1])).await;
+    let later = h.run().await;
+    assert!(later.is_empty(), "an hour's retry is a stored timer, not a message");
+    assert_eq!(h.exchanges.pending_timers().len(), 1);
+    let (status, body) = h.call("POST", &format!("/exchanges/{id}/steps/1/retry"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let sent = h.queue.take();
+    assert!(matches!(&sent[..], [Queued::Handoff { message, .. }] if message.attempt == 2));
+    h.deliver(&sent[0]).await.expect("attempt 2");
+    assert_eq!(h.detail(&id).await.steps[1].attempts, 2, "a manual retry counts as an attempt");
+    let (status, _) = h.call("POST", &format!("/exchanges/{id}/steps/0/retry"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a done step is not retried");
+}
+
+#[tokio::test]
+async fn a_handoff_beyond_a_lowered_maximum_fails_the_step_without_running_it() {
+    let h = Harness::new();
+    h.define(unreachable_delivery("LOWER", 5)).await;
+    let id = h.invoke("LOWER", json!([1])).await;
+    let detail = h.detail(&id).await;
+    let beyond = HandoffMessage::at_step(&detail.exchange, StepId::from_sequence(1), SubStep::DeliverRest, 6, None);
+    h.deliver(&Queued::Handoff { family: WorkerFamily::DeliverRest, message: beyond, delay_seconds: 0 })
+        .await
+        .expect("beyond the policy");
+    let detail = h.detail(&id).await;
+    assert_eq!(detail.exchange.status, ExchangeStatus::Failed);
+    assert!(detail.steps[1].last_error.as_ref().is_some_and(|e| e.message.contains("beyond maxAttempts 5")));
+}
+
+#[tokio::test]
+async fn routes_answer_clear_errors_for_bad_input() {
+    let h = Harness::new();
+    let (status, body) = h.call("POST", "/integrations", Some(json!({"code": "X", "steps": [{"name": "a"}]}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], json!("steps[0].type"), "{body}");
+    let (status, _) = h.call("POST", "/exchanges", Some(json!({"integrationCode": "NOPE"}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = h.call("GET", "/exchanges/unknown", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = h.call("GET", "/exchanges?cursor=garbage", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let mut scheduled = transform("SCHED", ".");
+    scheduled["schedule"] = json!({"expression": "rate(1 hour)"});
+    h.define(scheduled).await;
+    assert!(h.schedules.get(&handoff_core::ids::IntegrationCode::parse("SCHED").expect("code")).is_some());
+}

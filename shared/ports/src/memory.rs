@@ -1,0 +1,744 @@
+//! In-memory fakes of every port (feature `test-util`), for use-case tests without an AWS
+//! emulator. They enforce the same preconditions as the DynamoDB adapter — a commit applies
+//! all of its writes or none, under the same conditions — and the contract tests in
+//! `tests/adapters` run the same cases against both, so the two cannot drift.
+
+use crate::{
+    ByteStream, DataFileInfo, DataFileStore, ErrorFilter, ErrorPage, ExchangeFilter, ExchangePage, ExchangeRepository,
+    HandoffQueue, IntegrationRepository, IntegrationWriteError, MappingRepository, MappingWriteError, PortError,
+    PortResult, ScheduleManager, SecretStore, SecretText, StoredIntegration, StoredMapping,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use handoff_core::commit::{
+    ClaimOutcome, CommitOutcome, ErrorRecord, ExchangeChange, RecoveryCommit, StepChange, StepCommit,
+};
+use handoff_core::definition::ScheduleSpec;
+use handoff_core::exchange::{
+    Exchange, ExchangeDetail, ExchangeEvent, ExchangeStatus, ExchangeStep, LogLine, StepStatus, SubExchangeCounts,
+};
+use handoff_core::handoff::{CallbackToken, HandoffMessage, Timer};
+use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
+use handoff_core::mapping::MappingName;
+use handoff_core::plan::WorkerFamily;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+/// DynamoDB's limit of actions in one transaction.
+const MAX_TRANSACTION_ACTIONS: usize = 100;
+
+fn fault(message: impl Into<String>) -> PortError {
+    PortError::Fault { service: "memory", message: message.into() }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking test thread must not hide the state from the assertions that follow.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Pages `items` (already in order) with an offset cursor that belongs to `scope` (the
+/// listing's filter): like the adapter's, a cursor of another listing is refused.
+fn page<T: Clone>(items: &[T], scope: &str, limit: u32, cursor: Option<&str>) -> PortResult<(Vec<T>, Option<String>)> {
+    let start = match cursor {
+        None => 0,
+        Some(c) => {
+            let (offset, of) = c.split_once('@').ok_or_else(|| fault("invalid cursor"))?;
+            if of != scope {
+                return Err(fault("the cursor belongs to a different filter"));
+            }
+            offset.parse::<usize>().map_err(|_| fault("invalid cursor"))?
+        }
+    };
+    let limit = limit.clamp(1, 1000) as usize;
+    let end = (start + limit).min(items.len());
+    let slice = items.get(start..end).unwrap_or_default().to_vec();
+    let next = (end < items.len()).then(|| format!("{end}@{scope}"));
+    Ok((slice, next))
+}
+
+/// A short, URL-safe name of a listing's filter.
+fn scope_of(filter: &impl std::fmt::Debug) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    format!("{filter:?}").hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+// ------------------------------------------------------------------ exchanges
+
+#[derive(Debug, Clone)]
+struct StoredStep {
+    step: ExchangeStep,
+    completed_attempt: u32,
+    claimed_attempt: u32,
+    lease_until: i64,
+    logs: Vec<LogLine>,
+    sub_total: Option<u32>,
+    sub_completed: u32,
+    sub_failed: u32,
+}
+
+impl StoredStep {
+    fn view(&self) -> ExchangeStep {
+        let mut step = self.step.clone();
+        step.sub_exchanges = self.sub_total.map(|total| SubExchangeCounts {
+            total,
+            completed: self.sub_completed,
+            failed: self.sub_failed,
+        });
+        step
+    }
+}
+
+#[derive(Debug, Clone)]
+struct StoredTimer {
+    timer: Timer,
+    /// Still on the due index (not taken).
+    due: bool,
+}
+
+#[derive(Debug, Clone)]
+struct StoredToken {
+    token: CallbackToken,
+    used: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+struct ExchangeState {
+    exchanges: BTreeMap<ExchangeId, Exchange>,
+    steps: BTreeMap<(ExchangeId, StepId), StoredStep>,
+    errors: Vec<ErrorRecord>,
+    timers: BTreeMap<(ExchangeId, String), StoredTimer>,
+    tokens: HashMap<String, StoredToken>,
+}
+
+impl ExchangeState {
+    fn exchange_at(&self, id: &ExchangeId, statuses: &[ExchangeStatus], recovery: u32) -> bool {
+        self.exchanges.get(id).is_some_and(|e| statuses.contains(&e.status) && e.recoveries == recovery)
+    }
+    fn step(&self, id: &ExchangeId, step: StepId) -> Option<&StoredStep> {
+        self.steps.get(&(id.clone(), step))
+    }
+    fn step_mut(&mut self, id: &ExchangeId, step: StepId) -> Option<&mut StoredStep> {
+        self.steps.get_mut(&(id.clone(), step))
+    }
+    fn put_timer(&mut self, timer: &Timer) {
+        self.timers.insert((timer.exchange_id.clone(), timer.name()), StoredTimer { timer: timer.clone(), due: true });
+    }
+}
+
+/// The exchange store in memory: exchanges, steps, logs, errors, timers and tokens.
+#[derive(Debug, Default)]
+pub struct MemoryExchangeRepository {
+    state: Mutex<ExchangeState>,
+}
+
+impl MemoryExchangeRepository {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every timer still due (not taken), oldest first.
+    pub fn pending_timers(&self) -> Vec<Timer> {
+        let mut timers: Vec<Timer> =
+            lock(&self.state).timers.values().filter(|t| t.due).map(|t| t.timer.clone()).collect();
+        timers.sort_by(|a, b| (a.due, a.exchange_id.as_str()).cmp(&(b.due, b.exchange_id.as_str())));
+        timers
+    }
+}
+
+/// The commit's validity checks (faults, never conflicts), as the adapter makes them.
+fn check_commit(commit: &StepCommit) -> PortResult<Vec<StepId>> {
+    let changed = commit.step.as_ref().map(|c| c.step_id);
+    if commit.step.as_ref().is_some_and(|c| c.attempt == 0) {
+        return Err(fault("attempt numbers start at 1"));
+    }
+    let mut skips: Vec<StepId> = commit.skip.iter().copied().filter(|s| Some(*s) != changed).collect();
+    skips.sort();
+    skips.dedup();
+    if commit.tally.as_ref().is_some_and(|t| t.parent == commit.exchange_id) {
+        return Err(fault("an exchange cannot be its own parent"));
+    }
+    if let Some(done) = commit.require_done {
+        if Some(done) == changed || skips.contains(&done) {
+            return Err(fault(format!("step {done} cannot be both required done and changed in one commit")));
+        }
+    }
+    let mut names: Vec<String> = commit.timers.iter().map(Timer::name).collect();
+    names.sort();
+    names.dedup();
+    if names.len() != commit.timers.len() {
+        return Err(fault("a commit cannot store two timers of the same name"));
+    }
+    if let ExchangeChange::SetStatus { from, .. } = &commit.exchange {
+        if from.is_empty() {
+            return Err(fault("SetStatus needs at least one status to move from"));
+        }
+    }
+    let count = usize::from(changed.is_some())
+        + skips.len()
+        + usize::from(commit.require_done.is_some())
+        + commit.errors.len()
+        + commit.timers.len()
+        + 1
+        + usize::from(commit.tally.is_some());
+    if count > MAX_TRANSACTION_ACTIONS {
+        return Err(fault(format!("a commit of {count} writes exceeds {MAX_TRANSACTION_ACTIONS} per transaction")));
+    }
+    Ok(skips)
+}
+
+/// Whether every precondition of `commit` holds in `state`.
+fn commit_holds(state: &ExchangeState, commit: &StepCommit, skips: &[StepId]) -> bool {
+    let id = &commit.exchange_id;
+    let step_ok = commit.step.as_ref().is_none_or(|change| {
+        state.step(id, change.step_id).is_some_and(|s| {
+            s.step.status == StepStatus::Initial
+                && s.completed_attempt < change.attempt
+                && (!change.claimed || s.claimed_attempt == change.attempt)
+        })
+    });
+    let skips_ok = skips.iter().all(|step| state.step(id, *step).is_some_and(|s| s.step.status == StepStatus::Initial));
+    let done_ok =
+        commit.require_done.is_none_or(|d| state.step(id, d).is_some_and(|s| s.step.status == StepStatus::Done));
+    let exchange_ok = match &commit.exchange {
+        ExchangeChange::RequireNotFinal => state.exchange_at(id, &ExchangeStatus::not_final(), commit.recovery),
+        ExchangeChange::SetStatus { from, .. } => state.exchange_at(id, from, commit.recovery),
+    };
+    let tally_ok = commit.tally.as_ref().is_none_or(|t| state.step(&t.parent, t.step_id).is_some());
+    step_ok && skips_ok && done_ok && exchange_ok && tally_ok
+}
+
+fn apply_step(stored: &mut StoredStep, change: &StepChange) {
+    let step = &mut stored.step;
+    step.status = change.status;
+    step.attempts = change.attempt;
+    stored.completed_attempt = change.attempt;
+    step.max_attempts = change.max_attempts;
+    if let Some(payload) = &change.payload {
+        step.payload = Some(payload.clone());
+    }
+    step.last_error = change.last_error.clone();
+    step.next_retry_at = change.next_retry_at;
+    if let Some(at) = change.completed_at {
+        step.completed_at = Some(at);
+    }
+    stored.logs.extend(change.logs.iter().cloned());
+}
+
+fn apply_commit(state: &mut ExchangeState, commit: &StepCommit, skips: &[StepId]) {
+    let id = &commit.exchange_id;
+    if let Some(change) = &commit.step {
+        if let Some(stored) = state.step_mut(id, change.step_id) {
+            apply_step(stored, change);
+        }
+    }
+    for step in skips {
+        if let Some(stored) = state.step_mut(id, *step) {
+            stored.step.status = StepStatus::Skipped;
+        }
+    }
+    state.errors.extend(commit.errors.iter().cloned());
+    for timer in &commit.timers {
+        state.put_timer(timer);
+    }
+    if let Some(exchange) = state.exchanges.get_mut(id) {
+        if let ExchangeChange::SetStatus { to, error, completed_at, .. } = &commit.exchange {
+            exchange.status = *to;
+            exchange.updated_at = commit.now;
+            match error {
+                Some(err) => exchange.error = Some(err.clone()),
+                // A running exchange carries no error of an earlier run (recovery).
+                None if !to.is_final() => exchange.error = None,
+                None => {}
+            }
+            match completed_at {
+                Some(at) => exchange.completed_at = Some(*at),
+                None if !to.is_final() => exchange.completed_at = None,
+                None => {}
+            }
+        }
+        if let Some(result) = &commit.result {
+            exchange.result = Some(result.clone());
+        }
+    }
+    if let Some(tally) = &commit.tally {
+        if let Some(parent) = state.step_mut(&tally.parent, tally.step_id) {
+            if tally.completed {
+                parent.sub_completed += 1;
+            } else {
+                parent.sub_failed += 1;
+            }
+        }
+    }
+}
+
+fn outcome(applied: bool) -> CommitOutcome {
+    if applied {
+        CommitOutcome::Applied
+    } else {
+        CommitOutcome::Conflict
+    }
+}
+
+#[async_trait]
+impl ExchangeRepository for MemoryExchangeRepository {
+    async fn create(&self, exchange: &Exchange, steps: &[ExchangeStep]) -> PortResult<()> {
+        let mut state = lock(&self.state);
+        state.exchanges.insert(exchange.exchange_id.clone(), exchange.clone());
+        for step in steps {
+            let stored = StoredStep {
+                step: ExchangeStep { sub_exchanges: None, ..step.clone() },
+                completed_attempt: 0,
+                claimed_attempt: 0,
+                lease_until: 0,
+                logs: Vec::new(),
+                sub_total: None,
+                sub_completed: 0,
+                sub_failed: 0,
+            };
+            state.steps.insert((exchange.exchange_id.clone(), step.step_id), stored);
+        }
+        Ok(())
+    }
+
+    async fn statuses(&self, ids: &[ExchangeId]) -> PortResult<Vec<(ExchangeId, ExchangeStatus)>> {
+        let state = lock(&self.state);
+        Ok(ids.iter().filter_map(|id| state.exchanges.get(id).map(|e| (id.clone(), e.status))).collect())
+    }
+
+    async fn set_sub_exchange_total(&self, id: &ExchangeId, step: StepId, total: u32) -> PortResult<()> {
+        let mut state = lock(&self.state);
+        let stored = state
+            .step_mut(id, step)
+            .ok_or_else(|| fault(format!("exchange {id} has no step {step} to count sub-exchanges on")))?;
+        stored.sub_total = Some(total);
+        Ok(())
+    }
+
+    async fn get(&self, id: &ExchangeId) -> PortResult<Option<ExchangeDetail>> {
+        let state = lock(&self.state);
+        let Some(exchange) = state.exchanges.get(id).cloned() else { return Ok(None) };
+        let mut steps: Vec<&StoredStep> = state.steps.iter().filter(|((e, _), _)| e == id).map(|(_, s)| s).collect();
+        steps.sort_by_key(|s| (s.step.sequence, s.step.step_id));
+        let mut logs: Vec<LogLine> = steps.iter().flat_map(|s| s.logs.iter().cloned()).collect();
+        logs.sort_by_key(|l| l.timestamp);
+        Ok(Some(ExchangeDetail { exchange, steps: steps.into_iter().map(StoredStep::view).collect(), logs }))
+    }
+
+    async fn get_step(&self, id: &ExchangeId, step: StepId) -> PortResult<Option<ExchangeStep>> {
+        Ok(lock(&self.state).step(id, step).map(StoredStep::view))
+    }
+
+    async fn list(&self, filter: &ExchangeFilter, limit: u32, cursor: Option<&str>) -> PortResult<ExchangePage> {
+        let state = lock(&self.state);
+        let mut items: Vec<Exchange> = state
+            .exchanges
+            .values()
+            .filter(|e| filter.status.is_none_or(|s| e.status == s))
+            .filter(|e| filter.integration_code.as_ref().is_none_or(|c| &e.integration_code == c))
+            .filter(|e| filter.parent.as_ref().is_none_or(|p| e.parent.as_ref().is_some_and(|l| &l.exchange_id == p)))
+            .cloned()
+            .collect();
+        if filter.parent.is_some() {
+            items.sort_by_key(|e| e.parent.as_ref().map(|l| (l.step_id, l.index)));
+        } else {
+            items.sort_by(|a, b| (b.created_at, b.exchange_id.as_str()).cmp(&(a.created_at, a.exchange_id.as_str())));
+        }
+        let (items, next_cursor) = page(&items, &scope_of(filter), limit, cursor)?;
+        Ok(ExchangePage { items, next_cursor })
+    }
+
+    async fn claim(
+        &self,
+        id: &ExchangeId,
+        step: StepId,
+        attempt: u32,
+        recovery: u32,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> PortResult<ClaimOutcome> {
+        if attempt == 0 {
+            return Err(fault("attempt numbers start at 1"));
+        }
+        let mut state = lock(&self.state);
+        let claimable = state.exchange_at(id, &ExchangeStatus::not_final(), recovery)
+            && state.step(id, step).is_some_and(|s| {
+                s.step.status == StepStatus::Initial
+                    && s.completed_attempt < attempt
+                    && (s.claimed_attempt < attempt || s.lease_until < now.timestamp_millis())
+            });
+        if !claimable {
+            return Ok(ClaimOutcome::NotClaimable);
+        }
+        if let Some(stored) = state.step_mut(id, step) {
+            stored.claimed_attempt = attempt;
+            stored.step.attempts = attempt;
+            stored.lease_until = lease_until.timestamp_millis();
+            stored.step.next_retry_at = None;
+        }
+        Ok(ClaimOutcome::Claimed)
+    }
+
+    async fn commit(&self, commit: &StepCommit) -> PortResult<CommitOutcome> {
+        let skips = check_commit(commit)?;
+        let mut state = lock(&self.state);
+        let holds = commit_holds(&state, commit, &skips);
+        if holds {
+            apply_commit(&mut state, commit, &skips);
+        }
+        Ok(outcome(holds))
+    }
+
+    async fn recover(&self, commit: &RecoveryCommit) -> PortResult<CommitOutcome> {
+        let mut reset = commit.reset.clone();
+        reset.sort();
+        reset.dedup();
+        let clear_alone = commit.clear_sub_failures.filter(|step| !reset.contains(step));
+        let count = reset.len() + 1 + usize::from(clear_alone.is_some()) + commit.timers.len();
+        if count > MAX_TRANSACTION_ACTIONS {
+            return Err(fault(format!("a recovery can write at most {MAX_TRANSACTION_ACTIONS} items, not {count}")));
+        }
+        let id = &commit.exchange_id;
+        let mut state = lock(&self.state);
+        let holds = state.exchange_at(id, &ExchangeEvent::RecoveryRequested.applies_in(), commit.recovery)
+            && reset.iter().chain(clear_alone.iter()).all(|step| state.step(id, *step).is_some());
+        if !holds {
+            return Ok(CommitOutcome::Conflict);
+        }
+        if let Some(exchange) = state.exchanges.get_mut(id) {
+            exchange.status = ExchangeStatus::Started;
+            exchange.updated_at = commit.now;
+            exchange.recoveries += 1;
+            if let Some(version) = commit.integration_version {
+                exchange.integration_version = version;
+            }
+            exchange.error = None;
+            exchange.completed_at = None;
+        }
+        for step in &reset {
+            if let Some(stored) = state.step_mut(id, *step) {
+                stored.step.status = StepStatus::Initial;
+                stored.step.attempts = 0;
+                stored.completed_attempt = 0;
+                stored.claimed_attempt = 0;
+                stored.lease_until = 0;
+                stored.step.next_retry_at = None;
+                stored.step.last_error = None;
+                stored.step.completed_at = None;
+                stored.step.payload = None;
+                if commit.clear_sub_failures == Some(*step) {
+                    stored.sub_failed = 0;
+                }
+            }
+        }
+        if let Some(step) = clear_alone {
+            if let Some(stored) = state.step_mut(id, step) {
+                stored.sub_failed = 0;
+            }
+        }
+        for timer in &commit.timers {
+            state.put_timer(timer);
+        }
+        Ok(CommitOutcome::Applied)
+    }
+
+    async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage> {
+        let state = lock(&self.state);
+        let mut items: Vec<ErrorRecord> = state
+            .errors
+            .iter()
+            .filter(|e| filter.classification.is_none_or(|c| e.classification == c))
+            .filter(|e| filter.integration_code.as_ref().is_none_or(|c| &e.integration_code == c))
+            .filter(|e| filter.since.is_none_or(|since| e.at >= since))
+            .cloned()
+            .collect();
+        // Newest first; a stable sort keeps one commit's records in their order.
+        items.reverse();
+        items.sort_by_key(|e| std::cmp::Reverse(e.at));
+        let (items, next_cursor) = page(&items, &scope_of(filter), limit, cursor)?;
+        Ok(ErrorPage { items, next_cursor })
+    }
+
+    async fn due_timers(&self, until: DateTime<Utc>, limit: u32) -> PortResult<Vec<Timer>> {
+        let mut due: Vec<Timer> = self.pending_timers().into_iter().filter(|t| t.due <= until).collect();
+        due.truncate(limit.clamp(1, 1000) as usize);
+        Ok(due)
+    }
+
+    async fn take_timer(&self, timer: &Timer) -> PortResult<bool> {
+        let mut state = lock(&self.state);
+        match state.timers.get_mut(&(timer.exchange_id.clone(), timer.name())) {
+            // Only this very timer: one re-armed since it was read stays due.
+            Some(stored) if stored.due && stored.timer.due == timer.due => {
+                stored.due = false;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn put_token(&self, token: &CallbackToken) -> PortResult<()> {
+        let mut state = lock(&self.state);
+        if state.tokens.contains_key(&token.hash) {
+            return Err(fault("a callback token with this hash exists already"));
+        }
+        state.tokens.insert(token.hash.clone(), StoredToken { token: token.clone(), used: false });
+        Ok(())
+    }
+
+    async fn usable_token(&self, hash: &str, now: DateTime<Utc>) -> PortResult<Option<CallbackToken>> {
+        let state = lock(&self.state);
+        Ok(state.tokens.get(hash).filter(|t| usable(t, now)).map(|t| t.token.clone()))
+    }
+
+    async fn consume_token(&self, hash: &str, now: DateTime<Utc>, outbox: &Timer) -> PortResult<bool> {
+        let mut state = lock(&self.state);
+        match state.tokens.get_mut(hash) {
+            Some(stored) if usable(stored, now) => {
+                stored.used = true;
+                state.put_timer(outbox);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn health(&self) -> PortResult<()> {
+        Ok(())
+    }
+}
+
+fn usable(stored: &StoredToken, now: DateTime<Utc>) -> bool {
+    !stored.used && stored.token.expires_at.is_none_or(|at| at > now)
+}
+
+// ------------------------------------------------------------------ integrations
+
+/// Integration versions in memory, with the adapter's optimistic concurrency.
+#[derive(Debug, Default)]
+pub struct MemoryIntegrationRepository {
+    versions: Mutex<BTreeMap<(IntegrationCode, IntegrationVersion), StoredIntegration>>,
+}
+
+#[async_trait]
+impl IntegrationRepository for MemoryIntegrationRepository {
+    async fn create(&self, integration: &StoredIntegration) -> Result<(), IntegrationWriteError> {
+        let mut versions = lock(&self.versions);
+        let key = (integration.code.clone(), integration.version);
+        if versions.contains_key(&key) {
+            return Err(IntegrationWriteError::AlreadyExists {
+                code: integration.code.clone(),
+                version: integration.version,
+            });
+        }
+        versions.insert(key, integration.clone());
+        Ok(())
+    }
+    async fn versions(&self, code: &IntegrationCode) -> PortResult<Vec<StoredIntegration>> {
+        Ok(lock(&self.versions).values().filter(|v| &v.code == code).cloned().collect())
+    }
+    async fn all(&self) -> PortResult<Vec<StoredIntegration>> {
+        Ok(lock(&self.versions).values().cloned().collect())
+    }
+    async fn get(&self, code: &IntegrationCode, version: IntegrationVersion) -> PortResult<Option<StoredIntegration>> {
+        Ok(lock(&self.versions).get(&(code.clone(), version)).cloned())
+    }
+    async fn replace(
+        &self,
+        integration: &StoredIntegration,
+        expected_revision: u64,
+    ) -> Result<(), IntegrationWriteError> {
+        let mut versions = lock(&self.versions);
+        let key = (integration.code.clone(), integration.version);
+        match versions.get(&key) {
+            Some(current) if current.revision == expected_revision => {
+                versions.insert(key, integration.clone());
+                Ok(())
+            }
+            _ => Err(IntegrationWriteError::RevisionConflict),
+        }
+    }
+    async fn health(&self) -> PortResult<()> {
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ queues
+
+/// A message a fake queue holds: a handoff to a family's queue or a timer to the control queue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Queued {
+    Handoff { family: WorkerFamily, message: HandoffMessage, delay_seconds: u32 },
+    Timer { timer: Timer, delay_seconds: u32 },
+}
+
+/// Queues in memory: what was sent, in order, until a test takes it.
+#[derive(Debug, Default)]
+pub struct MemoryQueue {
+    sent: Mutex<Vec<Queued>>,
+    /// Families whose sends fail (an unavailable queue).
+    failing: Mutex<Vec<WorkerFamily>>,
+}
+
+impl MemoryQueue {
+    /// Takes everything sent so far.
+    pub fn take(&self) -> Vec<Queued> {
+        std::mem::take(&mut *lock(&self.sent))
+    }
+    /// Makes sends to `family` fail until [`Self::heal`].
+    pub fn fail_sends_to(&self, family: WorkerFamily) {
+        lock(&self.failing).push(family);
+    }
+    pub fn heal(&self) {
+        lock(&self.failing).clear();
+    }
+    fn check(&self, family: WorkerFamily) -> PortResult<()> {
+        if lock(&self.failing).contains(&family) {
+            return Err(PortError::Unavailable {
+                service: "sqs",
+                message: format!("the {} queue is down", family.name()),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl HandoffQueue for MemoryQueue {
+    async fn send(&self, family: WorkerFamily, message: &HandoffMessage, delay_seconds: u32) -> PortResult<()> {
+        self.check(family)?;
+        lock(&self.sent).push(Queued::Handoff {
+            family,
+            message: message.clone(),
+            delay_seconds: delay_seconds.min(900),
+        });
+        Ok(())
+    }
+    async fn send_timer(&self, timer: &Timer, delay_seconds: u32) -> PortResult<()> {
+        self.check(WorkerFamily::Control)?;
+        lock(&self.sent).push(Queued::Timer { timer: timer.clone(), delay_seconds: delay_seconds.min(900) });
+        Ok(())
+    }
+    async fn health(&self) -> PortResult<()> {
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ data files
+
+/// Data file sets in memory (whole files: fakes hold test-sized data).
+#[derive(Debug, Default)]
+pub struct MemoryDataFileStore {
+    files: Mutex<BTreeMap<(DataFileSetId, String), (DataFileInfo, Bytes)>>,
+}
+
+#[async_trait]
+impl DataFileStore for MemoryDataFileStore {
+    async fn write(
+        &self,
+        set: &DataFileSetId,
+        name: &str,
+        content_type: &str,
+        mut body: ByteStream,
+    ) -> PortResult<DataFileInfo> {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await {
+            bytes.extend_from_slice(&chunk.map_err(|e| fault(format!("reading the body: {e}")))?);
+        }
+        let info =
+            DataFileInfo { name: name.to_string(), size: bytes.len() as u64, content_type: content_type.to_string() };
+        lock(&self.files).insert((set.clone(), name.to_string()), (info.clone(), Bytes::from(bytes)));
+        Ok(info)
+    }
+    async fn read(&self, set: &DataFileSetId, name: &str) -> PortResult<Option<(DataFileInfo, ByteStream)>> {
+        let found = lock(&self.files).get(&(set.clone(), name.to_string())).cloned();
+        Ok(found.map(|(info, bytes)| {
+            let stream: ByteStream = futures::stream::once(async move { Ok(bytes) }).boxed();
+            (info, stream)
+        }))
+    }
+    async fn list(&self, set: &DataFileSetId) -> PortResult<Vec<DataFileInfo>> {
+        Ok(lock(&self.files).iter().filter(|((s, _), _)| s == set).map(|(_, (info, _))| info.clone()).collect())
+    }
+    async fn download_url(
+        &self,
+        set: &DataFileSetId,
+        name: &str,
+        _valid_for: std::time::Duration,
+    ) -> PortResult<String> {
+        Ok(format!("memory://{set}/{name}"))
+    }
+    async fn health(&self) -> PortResult<()> {
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ schedules, mappings, secrets
+
+/// Schedules in memory, by integration code.
+#[derive(Debug, Default)]
+pub struct MemorySchedules {
+    schedules: Mutex<BTreeMap<IntegrationCode, ScheduleSpec>>,
+}
+
+impl MemorySchedules {
+    pub fn get(&self, code: &IntegrationCode) -> Option<ScheduleSpec> {
+        lock(&self.schedules).get(code).cloned()
+    }
+}
+
+#[async_trait]
+impl ScheduleManager for MemorySchedules {
+    async fn upsert(&self, code: &IntegrationCode, schedule: &ScheduleSpec) -> PortResult<()> {
+        lock(&self.schedules).insert(code.clone(), schedule.clone());
+        Ok(())
+    }
+    async fn remove(&self, code: &IntegrationCode) -> PortResult<()> {
+        lock(&self.schedules).remove(code);
+        Ok(())
+    }
+}
+
+/// Mappings in memory, with the adapter's optimistic concurrency.
+#[derive(Debug, Default)]
+pub struct MemoryMappings {
+    mappings: Mutex<BTreeMap<String, StoredMapping>>,
+}
+
+#[async_trait]
+impl MappingRepository for MemoryMappings {
+    async fn get(&self, name: &MappingName) -> PortResult<Option<StoredMapping>> {
+        Ok(lock(&self.mappings).get(name.as_str()).cloned())
+    }
+    async fn put(&self, mapping: &StoredMapping, expected_revision: Option<u64>) -> Result<(), MappingWriteError> {
+        let mut mappings = lock(&self.mappings);
+        let current = mappings.get(mapping.name.as_str()).map(|m| m.revision);
+        if current != expected_revision {
+            return Err(MappingWriteError::RevisionConflict);
+        }
+        mappings.insert(mapping.name.as_str().to_string(), mapping.clone());
+        Ok(())
+    }
+}
+
+/// Secrets in memory, by name.
+#[derive(Debug, Default)]
+pub struct MemorySecrets {
+    secrets: Mutex<HashMap<String, String>>,
+}
+
+impl MemorySecrets {
+    pub fn put(&self, name: &str, text: &str) {
+        lock(&self.secrets).insert(name.to_string(), text.to_string());
+    }
+}
+
+#[async_trait]
+impl SecretStore for MemorySecrets {
+    async fn get(&self, name: &str) -> PortResult<Option<SecretText>> {
+        Ok(lock(&self.secrets).get(name).map(SecretText::new))
+    }
+}
