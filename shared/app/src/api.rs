@@ -53,17 +53,25 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     field: Option<String>,
+    /// Set on our own failures: the log line that has the detail.
+    error_id: Option<String>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None }
+        Self { status, code, message: message.into(), field: None, error_id: None }
     }
     fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
     fn field(error: FieldError, code: &'static str) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, code, message: error.to_string(), field: Some(error.path) }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message: error.to_string(),
+            field: Some(error.path),
+            error_id: None,
+        }
     }
     fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "NotFound", message)
@@ -84,23 +92,42 @@ fn only_parameters(query: &HashMap<String, String>, allowed: &[&str]) -> Result<
     }
 }
 
-/// A listing's storage error: a malformed `cursor` is the caller's (the adapters report it as
-/// a fault); anything else is ours.
+/// A listing's storage error: a malformed `cursor` is the caller's; anything else is ours.
 fn listing_error(e: PortError) -> ApiError {
     match e {
-        PortError::Fault { .. } => ApiError::parameter("cursor", e.to_string()),
+        PortError::InvalidCursor(problem) => ApiError::parameter("cursor", problem),
         other => other.into(),
     }
 }
 
+impl ApiError {
+    /// Our own failure: its text (which may name tables, roles or hosts) goes to the log
+    /// under a fresh `errorId`, and the caller gets only that id to quote.
+    fn internal(status: StatusCode, code: &'static str, what: &str, e: &dyn std::fmt::Display) -> Self {
+        let error_id = logged_error_id(what, e);
+        let message = match status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                format!("a service the gateway depends on is unavailable; try again shortly (errorId {error_id})")
+            }
+            _ => format!("the gateway failed to handle the request; quote errorId {error_id} when reporting it"),
+        };
+        Self { status, code, message, field: None, error_id: Some(error_id) }
+    }
+}
+
+/// Logs our own failure `e` under a fresh id and returns the id, the only part of it a caller sees.
+fn logged_error_id(what: &str, e: &dyn std::fmt::Display) -> String {
+    let error_id = uuid::Uuid::now_v7().to_string();
+    tracing::error!(errorId = %error_id, error = %e, "{what}");
+    error_id
+}
+
 impl From<PortError> for ApiError {
     fn from(e: PortError) -> Self {
-        tracing::error!(error = %e, "storage call failed");
-        match e {
-            PortError::Unavailable { .. } => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", e.to_string())
-            }
-            PortError::Fault { .. } => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()),
+        if e.is_retryable() {
+            Self::internal(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "storage call failed", &e)
+        } else {
+            Self::internal(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "storage call failed", &e)
         }
     }
 }
@@ -110,6 +137,9 @@ impl IntoResponse for ApiError {
         let mut body = json!({"error": self.code, "message": self.message});
         if let Some(field) = self.field {
             body["field"] = Value::String(field);
+        }
+        if let Some(error_id) = self.error_id {
+            body["errorId"] = Value::String(error_id);
         }
         (self.status, Json(body)).into_response()
     }
@@ -255,8 +285,8 @@ async fn sync_schedule(ctx: &AppContext, code: &IntegrationCode) -> Value {
         }
         Ok(None) => json!({"state": "none"}),
         Err(e) => {
-            tracing::error!(code = %code, error = %e, "schedule could not be synchronised");
-            json!({"state": "outOfSync", "error": e.to_string()})
+            let error_id = logged_error_id(&format!("the schedule of {code} could not be synchronised"), &e);
+            json!({"state": "outOfSync", "errorId": error_id})
         }
     }
 }
@@ -417,9 +447,12 @@ async fn post_exchange(State(ctx): Ctx, body: Bytes) -> ApiResult {
             InvokeError::NotFound { .. } => ApiError::not_found(e.to_string()),
             InvokeError::Disabled { .. } => ApiError::new(StatusCode::CONFLICT, "VersionDisabled", e.to_string()),
             InvokeError::Unusable(m) => ApiError::new(StatusCode::CONFLICT, "IntegrationUnusable", m),
-            InvokeError::Payload(p) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", p.to_string())
-            }
+            InvokeError::Payload(p) => ApiError::internal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "storing the payload failed",
+                &p,
+            ),
             InvokeError::Port(p) => p.into(),
         })?;
     if wait_seconds == 0 {
@@ -682,7 +715,7 @@ async fn health(State(ctx): Ctx) -> Response {
             Ok(()) => json!({"status": "ok"}),
             Err(e) => {
                 healthy = false;
-                json!({"status": "down", "error": e.to_string()})
+                json!({"status": "down", "errorId": logged_error_id(&format!("health check of {name} failed"), &e)})
             }
         };
         components.insert(name.to_string(), state);

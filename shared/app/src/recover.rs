@@ -47,7 +47,10 @@ pub async fn recover_exchange(
 ) -> Result<Recovered, ActionError> {
     let detail = load(ctx, id).await?;
     let exchange = &detail.exchange;
-    let unavailable = |e: DefinitionLoadError| ActionError::Conflict(e.to_string());
+    let unavailable = |e: DefinitionLoadError| match e {
+        DefinitionLoadError::Port(port) => ActionError::Port(port),
+        corrupt => ActionError::Conflict(corrupt.to_string()),
+    };
     let current = ctx
         .definitions
         .get(&exchange.integration_code, exchange.integration_version)

@@ -408,3 +408,19 @@ async fn routes_answer_clear_errors_for_bad_input() {
     h.define(scheduled).await;
     assert!(h.schedules.get(&handoff_core::ids::IntegrationCode::parse("SCHED").expect("code")).is_some());
 }
+
+#[tokio::test]
+async fn an_internal_failure_answers_an_error_id_never_its_text_and_the_exchange_is_kept() {
+    let h = Harness::new();
+    h.define(transform("NOSEND", ".")).await;
+    h.queue.fail_sends_to(WorkerFamily::Control);
+    let (status, body) = h.call("POST", "/exchanges", Some(json!({"integrationCode": "NOSEND", "payload": [1]}))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let error_id = body["errorId"].as_str().expect("an errorId to quote");
+    let message = body["message"].as_str().expect("message");
+    assert!(message.contains(error_id) && !message.contains("queue"), "internal text leaked: {message}");
+    // The exchange that could not be handed off is kept, Failed and recoverable.
+    h.queue.heal();
+    let (_, listed) = h.call("GET", "/exchanges?integrationCode=NOSEND", None).await;
+    assert_eq!(listed["items"][0]["status"], json!("Failed"), "{listed}");
+}

@@ -21,14 +21,33 @@ use handoff_core::retry::ErrorClassification;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// An adapter failed. `Unavailable` is infrastructure trouble worth retrying (throttling,
-/// network); `Fault` means the data or the call itself is wrong.
+/// An adapter failed, saying whether trying again can help.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
+    /// Infrastructure trouble worth retrying (throttling, network, a service down).
     #[error("{service} unavailable: {message}")]
     Unavailable { service: &'static str, message: String },
+    /// The call or the stored data is wrong (a bug, corrupt data, a missing resource,
+    /// denied access): the same call will fail again.
     #[error("{service} error: {message}")]
     Fault { service: &'static str, message: String },
+    /// A conditional write found its precondition false (someone else got there first).
+    #[error("{service}: precondition failed: {message}")]
+    Precondition { service: &'static str, message: String },
+    /// The item the call names does not exist.
+    #[error("{service}: not found: {message}")]
+    NotFound { service: &'static str, message: String },
+    /// A listing cursor the caller passed back is not one of ours (or belongs to another
+    /// listing). The message is safe to show the caller.
+    #[error("{0}")]
+    InvalidCursor(String),
+}
+
+impl PortError {
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
 }
 
 pub type PortResult<T> = Result<T, PortError>;

@@ -44,11 +44,12 @@ fn page<T: Clone>(items: &[T], scope: &str, limit: u32, cursor: Option<&str>) ->
     let start = match cursor {
         None => 0,
         Some(c) => {
-            let (offset, of) = c.split_once('@').ok_or_else(|| fault("invalid cursor"))?;
+            let invalid = || PortError::InvalidCursor("invalid cursor".into());
+            let (offset, of) = c.split_once('@').ok_or_else(invalid)?;
             if of != scope {
-                return Err(fault("the cursor belongs to a different filter"));
+                return Err(PortError::InvalidCursor("the cursor belongs to a different filter".into()));
             }
-            offset.parse::<usize>().map_err(|_| fault("invalid cursor"))?
+            offset.parse::<usize>().map_err(|_| invalid())?
         }
     };
     let limit = limit.clamp(1, 1000) as usize;
@@ -483,7 +484,10 @@ impl ExchangeRepository for MemoryExchangeRepository {
     async fn put_token(&self, token: &CallbackToken) -> PortResult<()> {
         let mut state = lock(&self.state);
         if state.tokens.contains_key(&token.hash) {
-            return Err(fault("a callback token with this hash exists already"));
+            return Err(PortError::Precondition {
+                service: "memory",
+                message: "a callback token with this hash exists already".into(),
+            });
         }
         state.tokens.insert(token.hash.clone(), StoredToken { token: token.clone(), used: false });
         Ok(())

@@ -4,6 +4,7 @@
 use super::{json_body, ApiError, ApiResult, Ctx};
 use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
+use crate::mappings::MappingLoadError;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -70,7 +71,10 @@ pub(super) async fn check_mappings(ctx: &AppContext, loaded: &LoadedIntegration)
                 .mappings
                 .get(name)
                 .await
-                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", e.to_string()))?
+                .map_err(|e| match e {
+                    MappingLoadError::Port(port) => ApiError::from(port),
+                    corrupt => ApiError::new(StatusCode::CONFLICT, "MappingUnusable", corrupt.to_string()),
+                })?
                 .is_none()
             {
                 return Err(ApiError::field(

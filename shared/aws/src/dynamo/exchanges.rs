@@ -1070,11 +1070,11 @@ pub(crate) fn encode_cursor(index: &str, key: &Item) -> PortResult<String> {
 }
 
 pub(crate) fn decode_cursor(index: &str, cursor: &str) -> PortResult<Item> {
-    let invalid = || error::fault(SERVICE, "invalid cursor");
+    let invalid = || PortError::InvalidCursor("invalid cursor".into());
     let bytes = URL_SAFE_NO_PAD.decode(cursor.trim_end_matches('=')).map_err(|_| invalid())?;
     let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
     if cursor.i != index {
-        return Err(error::fault(SERVICE, "the cursor belongs to a different filter"));
+        return Err(PortError::InvalidCursor("the cursor belongs to a different filter".into()));
     }
     let expected = ["pk", "sk", index_keys(index).0, index_keys(index).1];
     if cursor.k.len() != expected.len() || !expected.iter().all(|name| cursor.k.contains_key(*name)) {
@@ -1642,7 +1642,10 @@ impl ExchangeRepository for DynamoExchangeRepository {
         match result {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
-                Err(error::fault(SERVICE, "a callback token with this hash exists already"))
+                Err(PortError::Precondition {
+                    service: SERVICE,
+                    message: "a callback token with this hash exists already".into(),
+                })
             }
             Err(e) => Err(error::sdk(SERVICE, "PutItem", e)),
         }
@@ -1692,7 +1695,10 @@ impl ExchangeRepository for DynamoExchangeRepository {
         match result {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
-                Err(error::fault(SERVICE, format!("exchange {id} has no step {step} to count sub-exchanges on")))
+                Err(PortError::NotFound {
+                    service: SERVICE,
+                    message: format!("exchange {id} has no step {step} to count sub-exchanges on"),
+                })
             }
             Err(e) => Err(error::sdk(SERVICE, "UpdateItem", e)),
         }
