@@ -17,7 +17,8 @@ use handoff_aws::{
     DynamoExchangeRepository, DynamoIntegrationRepository, EventBridgeScheduleManager, S3DataFileStore, SqsHandoffQueue,
 };
 use handoff_core::commit::{
-    ClaimOutcome, CommitOutcome, ErrorRecord, ExchangeChange, ParentTally, RecoveryCommit, StepChange, StepCommit,
+    ClaimOutcome, CommitOutcome, ErrorRecord, ExchangeChange, ParentTally, Precondition, RecoveryCommit, StepChange,
+    StepCommit,
 };
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::exchange::{
@@ -1515,6 +1516,42 @@ async fn failing_transactions_undo_no_concurrent_write() {
     assert_eq!(never.count(), 0, "a failed transaction writes nothing");
 }
 
+async fn conflicts_name_the_preconditions_that_failed(repo: &dyn ExchangeRepository) {
+    let ex = exchange("ex-why", "WHY", at(0));
+    let id = ex.exchange_id.clone();
+    let step = StepId::from_sequence;
+    repo.create(&ex, &steps(4)).await.expect("create");
+    // A callback ahead of its call: the step it requires done is not.
+    let mut early = commit(&id, change(2, 1, false, StepStatus::Done, at(1)), ExchangeChange::RequireNotFinal, at(1));
+    early.require_done = Some(step(1));
+    let conflict = repo.try_commit(&early).await.expect("commit").expect_err("step 1 is not done");
+    assert_eq!(conflict.failed, vec![Precondition::StepDone { exchange: id.clone(), step: step(1) }]);
+    assert!(!conflict.is_stale());
+    // A live claim of the attempt: the step's preconditions are named (DynamoDB names items).
+    assert_eq!(repo.try_claim(&id, step(3), 1, 0, at(2), at(62)).await.expect("claim"), Ok(()));
+    let conflict = repo.try_claim(&id, step(3), 1, 0, at(3), at(63)).await.expect("claim").expect_err("claimed");
+    assert_eq!(
+        conflict.failed,
+        vec![
+            Precondition::StepOpen { exchange: id.clone(), step: step(3), attempt: 1 },
+            Precondition::Claimable { exchange: id.clone(), step: step(3), attempt: 1, now: at(3) },
+        ]
+    );
+    // Once the exchange is final, what is still in flight finds it stale.
+    let failed = ExchangeChange::SetStatus {
+        from: ExchangeStatus::not_final(),
+        to: ExchangeStatus::Failed,
+        error: None,
+        completed_at: None,
+    };
+    let fail = commit(&id, change(1, 1, false, StepStatus::Failed, at(4)), failed, at(4));
+    assert_eq!(repo.try_commit(&fail).await.expect("commit"), Ok(()));
+    let late = commit(&id, change(2, 1, false, StepStatus::Done, at(5)), ExchangeChange::RequireNotFinal, at(5));
+    let conflict = repo.try_commit(&late).await.expect("commit").expect_err("final");
+    assert_eq!(conflict.failed, vec![Precondition::ExchangeNotFinal { exchange: id.clone(), recovery: 0 }]);
+    assert!(conflict.is_stale());
+}
+
 /// The exchange-repository contract: each case runs against the DynamoDB adapter on moto
 /// and against the in-memory fake the use-case tests rely on, so the two cannot drift.
 macro_rules! exchange_contract {
@@ -1535,6 +1572,7 @@ macro_rules! exchange_contract {
 }
 
 exchange_contract!(
+    conflicts_name_the_preconditions_that_failed,
     exchange_lifecycle_with_claims_commits_and_conflicts,
     list_is_newest_first_and_paginates,
     recovery_resets_steps_and_fences_older_generations,

@@ -13,7 +13,7 @@ use crate::payloads::PayloadCodec;
 use crate::sqs::{batch_response, SqsEvent};
 use async_trait::async_trait;
 use chrono::{Duration as ChronoDuration, Utc};
-use handoff_core::commit::{ClaimOutcome, CommitOutcome};
+use handoff_core::commit::{CommitOutcome, Conflict};
 use handoff_core::exchange::LogLine;
 use handoff_core::handoff::{HandoffMessage, QueueMessage, Timer, TimerKind};
 use handoff_core::ids::StepId;
@@ -109,13 +109,13 @@ impl WorkerFunction {
         let claimed = planned.sub_step.has_external_effect();
         if claimed {
             let lease = ChronoDuration::from_std(self.ctx.settings.claim_lease).unwrap_or(ChronoDuration::seconds(60));
-            let outcome = self
+            let claim = self
                 .ctx
                 .exchanges
-                .claim(&message.exchange_id, message.step_id, message.attempt, message.recovery, now, now + lease)
+                .try_claim(&message.exchange_id, message.step_id, message.attempt, message.recovery, now, now + lease)
                 .await?;
-            if outcome == ClaimOutcome::NotClaimable {
-                return self.after_conflict(&message, &loaded).await;
+            if let Err(conflict) = claim {
+                return self.after_conflict(&message, &loaded, conflict).await;
             }
         }
         tracing::info!("sub-step started");
@@ -151,18 +151,29 @@ impl WorkerFunction {
         loaded: &LoadedIntegration,
         decision: Decision,
     ) -> Result<(), WorkerError> {
-        match self.ctx.exchanges.commit(&decision.commit).await? {
-            CommitOutcome::Applied => {
+        match self.ctx.exchanges.try_commit(&decision.commit).await? {
+            Ok(()) => {
                 tracing::info!(status = ?decision.commit.step.as_ref().map(|s| s.status), "sub-step recorded");
                 Ok(run_effects(&self.ctx, decision.effects).await?)
             }
-            CommitOutcome::Conflict => self.after_conflict(message, loaded).await,
+            Err(conflict) => self.after_conflict(message, loaded, conflict).await,
         }
     }
 
     /// Another delivery of this message (or a final or recovered exchange) got there first:
-    /// the state machine decides from the exchange as it stands now.
-    async fn after_conflict(&self, message: &HandoffMessage, loaded: &LoadedIntegration) -> Result<(), WorkerError> {
+    /// a failed not-final check says the message is stale; otherwise the state machine
+    /// decides from the exchange as it stands now.
+    async fn after_conflict(
+        &self,
+        message: &HandoffMessage,
+        loaded: &LoadedIntegration,
+        conflict: Conflict,
+    ) -> Result<(), WorkerError> {
+        if conflict.is_stale() {
+            tracing::info!("late or stale handoff dropped (the exchange is final or was recovered since)");
+            return Ok(());
+        }
+        tracing::debug!(failed = ?conflict.failed, "conflict");
         let detail = self.ctx.exchanges.get(&message.exchange_id).await?;
         match conflict::after_conflict(loaded.pipeline(), message, detail.as_ref(), Utc::now()) {
             AfterConflict::Drop(reason) => {

@@ -148,6 +148,16 @@ pub enum ClaimOutcome {
 }
 
 impl ExchangeChange {
+    /// What this change requires of the exchange at generation `recovery`.
+    pub fn precondition(&self, exchange: &ExchangeId, recovery: u32) -> Precondition {
+        match self {
+            Self::RequireNotFinal => Precondition::ExchangeNotFinal { exchange: exchange.clone(), recovery },
+            Self::SetStatus { from, .. } => {
+                Precondition::ExchangeIn { exchange: exchange.clone(), statuses: from.clone(), recovery }
+            }
+        }
+    }
+
     /// The write that records `event`: from any status the event applies in to its target
     /// (see [`crate::exchange::exchange_transition`]).
     pub fn on(event: ExchangeEvent) -> Self {
@@ -196,5 +206,238 @@ impl ExchangeError {
             sub_step: step.map(|(_, sub_step)| sub_step),
             at,
         }
+    }
+}
+
+// ------------------------------------------------------------------ preconditions
+
+/// What a write requires of the item it touches. The core states them; the DynamoDB adapter
+/// compiles each mechanically into a condition expression (and the in-memory fake evaluates
+/// them), and a conflict names the ones that did not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// The exchange is not final and at recovery generation `recovery`.
+    ExchangeNotFinal { exchange: ExchangeId, recovery: u32 },
+    /// The exchange is in one of `statuses` at recovery generation `recovery`.
+    ExchangeIn { exchange: ExchangeId, statuses: Vec<ExchangeStatus>, recovery: u32 },
+    /// The step is `Initial` and attempt `attempt` is not recorded yet.
+    StepOpen { exchange: ExchangeId, step: StepId, attempt: u32 },
+    /// Attempt `attempt` holds the step's claim.
+    ClaimedBy { exchange: ExchangeId, step: StepId, attempt: u32 },
+    /// No live claim of attempt `attempt` or later: none was made, or its lease ended by `now`.
+    Claimable { exchange: ExchangeId, step: StepId, attempt: u32, now: DateTime<Utc> },
+    /// The step is still `Initial`.
+    StepInitial { exchange: ExchangeId, step: StepId },
+    /// The step is `Done` (a callback must not overtake the call that armed it).
+    StepDone { exchange: ExchangeId, step: StepId },
+    /// The step exists (writes never create one).
+    StepExists { exchange: ExchangeId, step: StepId },
+    /// The callback token exists, is unused and not expired at `now`.
+    TokenUsable { hash: String, now: DateTime<Utc> },
+}
+
+/// The item a precondition is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ItemRef {
+    Exchange(ExchangeId),
+    Step(ExchangeId, StepId),
+    Token(String),
+}
+
+impl Precondition {
+    pub fn item(&self) -> ItemRef {
+        match self {
+            Self::ExchangeNotFinal { exchange, .. } | Self::ExchangeIn { exchange, .. } => {
+                ItemRef::Exchange(exchange.clone())
+            }
+            Self::StepOpen { exchange, step, .. }
+            | Self::ClaimedBy { exchange, step, .. }
+            | Self::Claimable { exchange, step, .. }
+            | Self::StepInitial { exchange, step }
+            | Self::StepDone { exchange, step }
+            | Self::StepExists { exchange, step } => ItemRef::Step(exchange.clone(), *step),
+            Self::TokenUsable { hash, .. } => ItemRef::Token(hash.clone()),
+        }
+    }
+
+    /// Whether this failed precondition shows the message that met it is stale: its
+    /// exchange is final or was recovered since (both only ever move forward).
+    pub fn shows_stale_exchange(&self) -> bool {
+        matches!(self, Self::ExchangeNotFinal { .. })
+    }
+}
+
+/// A write whose preconditions did not all hold; nothing of it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Conflict {
+    /// The preconditions that failed, as precisely as the store tells (DynamoDB names the
+    /// items whose conditions failed, so all of one item's preconditions are listed). Empty
+    /// when the store gave no reasons.
+    pub failed: Vec<Precondition>,
+}
+
+impl Conflict {
+    /// The message that met the conflict is stale (see [`Precondition::shows_stale_exchange`]).
+    pub fn is_stale(&self) -> bool {
+        self.failed.iter().any(Precondition::shows_stale_exchange)
+    }
+}
+
+impl StepChange {
+    /// What recording this change requires: the step open for this attempt, and its claim
+    /// held by it if the attempt was claimed.
+    pub fn preconditions(&self, exchange: &ExchangeId) -> Vec<Precondition> {
+        let (exchange, step, attempt) = (exchange.clone(), self.step_id, self.attempt);
+        let mut required = vec![Precondition::StepOpen { exchange: exchange.clone(), step, attempt }];
+        if self.claimed {
+            required.push(Precondition::ClaimedBy { exchange, step, attempt });
+        }
+        required
+    }
+}
+
+impl StepCommit {
+    /// The steps to mark `Skipped`: in order, once each, never the changed step itself.
+    pub fn skipped_steps(&self) -> Vec<StepId> {
+        let changed = self.step.as_ref().map(|c| c.step_id);
+        let mut skips: Vec<StepId> = self.skip.iter().copied().filter(|s| Some(*s) != changed).collect();
+        skips.sort();
+        skips.dedup();
+        skips
+    }
+
+    /// Every precondition of the commit, each on the item it concerns.
+    pub fn preconditions(&self) -> Vec<Precondition> {
+        let id = &self.exchange_id;
+        let mut required = self.step.as_ref().map(|change| change.preconditions(id)).unwrap_or_default();
+        for step in self.skipped_steps() {
+            required.push(Precondition::StepInitial { exchange: id.clone(), step });
+        }
+        if let Some(step) = self.require_done {
+            required.push(Precondition::StepDone { exchange: id.clone(), step });
+        }
+        required.push(self.exchange.precondition(id, self.recovery));
+        if let Some(tally) = &self.tally {
+            required.push(Precondition::StepExists { exchange: tally.parent.clone(), step: tally.step_id });
+        }
+        required
+    }
+}
+
+/// The preconditions of claiming attempt `attempt` of `step` at `now`.
+pub fn claim_preconditions(
+    exchange: &ExchangeId,
+    step: StepId,
+    attempt: u32,
+    recovery: u32,
+    now: DateTime<Utc>,
+) -> Vec<Precondition> {
+    vec![
+        Precondition::StepOpen { exchange: exchange.clone(), step, attempt },
+        Precondition::Claimable { exchange: exchange.clone(), step, attempt, now },
+        Precondition::ExchangeNotFinal { exchange: exchange.clone(), recovery },
+    ]
+}
+
+impl RecoveryCommit {
+    /// The steps to reset: in order, once each.
+    pub fn reset_steps(&self) -> Vec<StepId> {
+        let mut reset = self.reset.clone();
+        reset.sort();
+        reset.dedup();
+        reset
+    }
+
+    /// A step whose failed sub-exchanges count zero again without being reset itself.
+    pub fn clear_alone(&self) -> Option<StepId> {
+        self.clear_sub_failures.filter(|step| !self.reset.contains(step))
+    }
+
+    /// Every precondition of the recovery: the exchange recoverable at its generation, and
+    /// every step it touches existing.
+    pub fn preconditions(&self) -> Vec<Precondition> {
+        let id = &self.exchange_id;
+        let mut required = vec![Precondition::ExchangeIn {
+            exchange: id.clone(),
+            statuses: ExchangeEvent::RecoveryRequested.applies_in(),
+            recovery: self.recovery,
+        }];
+        for step in self.reset_steps().into_iter().chain(self.clear_alone()) {
+            required.push(Precondition::StepExists { exchange: id.clone(), step });
+        }
+        required
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit() -> StepCommit {
+        let id = ExchangeId::new("x");
+        let mut c = StepCommit::new(id, 2, ExchangeChange::on(ExchangeEvent::SignedOff), Utc::now());
+        c.step = Some(StepChange {
+            step_id: StepId::from_sequence(3),
+            attempt: 2,
+            claimed: true,
+            status: StepStatus::Done,
+            payload: None,
+            max_attempts: 3,
+            last_error: None,
+            next_retry_at: None,
+            completed_at: None,
+            logs: vec![],
+        });
+        c.skip = vec![
+            StepId::from_sequence(5),
+            StepId::from_sequence(3),
+            StepId::from_sequence(4),
+            StepId::from_sequence(5),
+        ];
+        c.require_done = Some(StepId::from_sequence(2));
+        c.tally =
+            Some(ParentTally { parent: ExchangeId::new("p"), step_id: StepId::from_sequence(7), completed: true });
+        c
+    }
+
+    #[test]
+    fn a_commit_states_each_precondition_on_its_item() {
+        let x = || ExchangeId::new("x");
+        let step = StepId::from_sequence;
+        assert_eq!(
+            commit().preconditions(),
+            vec![
+                Precondition::StepOpen { exchange: x(), step: step(3), attempt: 2 },
+                Precondition::ClaimedBy { exchange: x(), step: step(3), attempt: 2 },
+                Precondition::StepInitial { exchange: x(), step: step(4) },
+                Precondition::StepInitial { exchange: x(), step: step(5) },
+                Precondition::StepDone { exchange: x(), step: step(2) },
+                Precondition::ExchangeIn { exchange: x(), statuses: ExchangeStatus::not_final(), recovery: 2 },
+                Precondition::StepExists { exchange: ExchangeId::new("p"), step: step(7) },
+            ]
+        );
+        let mut plain = commit();
+        plain.exchange = ExchangeChange::RequireNotFinal;
+        assert!(plain.preconditions().contains(&Precondition::ExchangeNotFinal { exchange: x(), recovery: 2 }));
+    }
+
+    #[test]
+    fn only_a_failed_not_final_check_shows_a_stale_message() {
+        let x = ExchangeId::new("x");
+        let stale = Conflict { failed: vec![Precondition::ExchangeNotFinal { exchange: x.clone(), recovery: 0 }] };
+        assert!(stale.is_stale());
+        let moved_on = Conflict {
+            failed: vec![Precondition::StepOpen { exchange: x.clone(), step: StepId::from_sequence(1), attempt: 1 }],
+        };
+        assert!(!moved_on.is_stale());
+        let waiting = Conflict {
+            failed: vec![Precondition::ExchangeIn {
+                exchange: x,
+                statuses: vec![ExchangeStatus::WaitingOnExternalSystem],
+                recovery: 0,
+            }],
+        };
+        assert!(!waiting.is_stale(), "a running exchange in another status is not stale");
+        assert!(!Conflict::default().is_stale());
     }
 }

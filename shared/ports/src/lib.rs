@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
-use handoff_core::commit::{ClaimOutcome, CommitOutcome, ErrorRecord, RecoveryCommit, StepCommit};
+use handoff_core::commit::{ClaimOutcome, CommitOutcome, Conflict, ErrorRecord, RecoveryCommit, StepCommit};
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::exchange::{Exchange, ExchangeDetail, ExchangeStatus, ExchangeStep};
 use handoff_core::handoff::{CallbackToken, HandoffMessage, Timer};
@@ -21,7 +21,9 @@ use handoff_core::retry::ErrorClassification;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// An adapter failed, saying whether trying again can help.
+/// An adapter failed, saying whether trying again can help. The other outcomes are not
+/// errors: a write whose precondition failed answers a [`Conflict`] naming it, and an item
+/// that does not exist is `None`.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
     /// Infrastructure trouble worth retrying (throttling, network, a service down).
@@ -31,12 +33,6 @@ pub enum PortError {
     /// denied access): the same call will fail again.
     #[error("{service} error: {message}")]
     Fault { service: &'static str, message: String },
-    /// A conditional write found its precondition false (someone else got there first).
-    #[error("{service}: precondition failed: {message}")]
-    Precondition { service: &'static str, message: String },
-    /// The item the call names does not exist.
-    #[error("{service}: not found: {message}")]
-    NotFound { service: &'static str, message: String },
     /// A listing cursor the caller passed back is not one of ours (or belongs to another
     /// listing). The message is safe to show the caller.
     #[error("{0}")]
@@ -51,6 +47,13 @@ impl PortError {
 }
 
 pub type PortResult<T> = Result<T, PortError>;
+
+fn outcome(result: Result<(), Conflict>) -> CommitOutcome {
+    match result {
+        Ok(()) => CommitOutcome::Applied,
+        Err(_) => CommitOutcome::Conflict,
+    }
+}
 
 // ------------------------------------------------------------------ integrations
 
@@ -156,10 +159,27 @@ pub trait ExchangeRepository: Send + Sync {
     async fn get_step(&self, id: &ExchangeId, step: StepId) -> PortResult<Option<ExchangeStep>>;
     /// Newest first.
     async fn list(&self, filter: &ExchangeFilter, limit: u32, cursor: Option<&str>) -> PortResult<ExchangePage>;
-    /// Claims attempt `attempt` of a step before an external side effect: applies only if the
-    /// step is `Initial`, `completedAttempt < attempt`, and (`claimedAttempt < attempt` or the
-    /// previous claim's lease ended before `now`), and the exchange is not final and at
-    /// generation `recovery`. Sets `claimedAttempt`, `attempts`, `leaseUntil`; clears `nextRetryAt`.
+    /// Claims attempt `attempt` of a step before an external side effect, under
+    /// [`handoff_core::commit::claim_preconditions`]: the step is `Initial` with the attempt
+    /// not recorded, no live claim of it or a later one, the exchange not final and at
+    /// generation `recovery`. Sets `claimedAttempt`, `attempts`, `leaseUntil`; clears
+    /// `nextRetryAt`. A conflict names the preconditions that failed.
+    async fn try_claim(
+        &self,
+        id: &ExchangeId,
+        step: StepId,
+        attempt: u32,
+        recovery: u32,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> PortResult<Result<(), Conflict>>;
+    /// Writes `commit` atomically if every one of [`StepCommit::preconditions`] holds;
+    /// otherwise writes nothing and names the preconditions that failed.
+    async fn try_commit(&self, commit: &StepCommit) -> PortResult<Result<(), Conflict>>;
+    /// Writes `commit` atomically if every one of [`RecoveryCommit::preconditions`] holds
+    /// (the exchange Failed/TimedOut at generation `commit.recovery`).
+    async fn try_recover(&self, commit: &RecoveryCommit) -> PortResult<Result<(), Conflict>>;
+    /// [`Self::try_claim`], when the reasons do not matter.
     async fn claim(
         &self,
         id: &ExchangeId,
@@ -168,10 +188,20 @@ pub trait ExchangeRepository: Send + Sync {
         recovery: u32,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> PortResult<ClaimOutcome>;
-    async fn commit(&self, commit: &StepCommit) -> PortResult<CommitOutcome>;
-    /// Conflict if the exchange is not Failed/TimedOut at generation `commit.recovery`.
-    async fn recover(&self, commit: &RecoveryCommit) -> PortResult<CommitOutcome>;
+    ) -> PortResult<ClaimOutcome> {
+        Ok(match self.try_claim(id, step, attempt, recovery, now, lease_until).await? {
+            Ok(()) => ClaimOutcome::Claimed,
+            Err(_) => ClaimOutcome::NotClaimable,
+        })
+    }
+    /// [`Self::try_commit`], when the reasons do not matter.
+    async fn commit(&self, commit: &StepCommit) -> PortResult<CommitOutcome> {
+        Ok(outcome(self.try_commit(commit).await?))
+    }
+    /// [`Self::try_recover`], when the reasons do not matter.
+    async fn recover(&self, commit: &RecoveryCommit) -> PortResult<CommitOutcome> {
+        Ok(outcome(self.try_recover(commit).await?))
+    }
     /// Failures, newest first.
     async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage>;
     /// Stored timers due up to `until`, oldest first.

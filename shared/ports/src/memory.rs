@@ -13,11 +13,12 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use handoff_core::commit::{
-    ClaimOutcome, CommitOutcome, ErrorRecord, ExchangeChange, RecoveryCommit, StepChange, StepCommit,
+    claim_preconditions, Conflict, ErrorRecord, ExchangeChange, ItemRef, Precondition, RecoveryCommit, StepChange,
+    StepCommit,
 };
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::exchange::{
-    Exchange, ExchangeDetail, ExchangeEvent, ExchangeStatus, ExchangeStep, LogLine, StepStatus, SubExchangeCounts,
+    Exchange, ExchangeDetail, ExchangeStatus, ExchangeStep, LogLine, StepStatus, SubExchangeCounts,
 };
 use handoff_core::handoff::{CallbackToken, HandoffMessage, Timer};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
@@ -156,9 +157,7 @@ fn check_commit(commit: &StepCommit) -> PortResult<Vec<StepId>> {
     if commit.step.as_ref().is_some_and(|c| c.attempt == 0) {
         return Err(fault("attempt numbers start at 1"));
     }
-    let mut skips: Vec<StepId> = commit.skip.iter().copied().filter(|s| Some(*s) != changed).collect();
-    skips.sort();
-    skips.dedup();
+    let skips = commit.skipped_steps();
     if commit.tally.as_ref().is_some_and(|t| t.parent == commit.exchange_id) {
         return Err(fault("an exchange cannot be its own parent"));
     }
@@ -191,25 +190,38 @@ fn check_commit(commit: &StepCommit) -> PortResult<Vec<StepId>> {
     Ok(skips)
 }
 
-/// Whether every precondition of `commit` holds in `state`.
-fn commit_holds(state: &ExchangeState, commit: &StepCommit, skips: &[StepId]) -> bool {
-    let id = &commit.exchange_id;
-    let step_ok = commit.step.as_ref().is_none_or(|change| {
-        state.step(id, change.step_id).is_some_and(|s| {
-            s.step.status == StepStatus::Initial
-                && s.completed_attempt < change.attempt
-                && (!change.claimed || s.claimed_attempt == change.attempt)
-        })
-    });
-    let skips_ok = skips.iter().all(|step| state.step(id, *step).is_some_and(|s| s.step.status == StepStatus::Initial));
-    let done_ok =
-        commit.require_done.is_none_or(|d| state.step(id, d).is_some_and(|s| s.step.status == StepStatus::Done));
-    let exchange_ok = match &commit.exchange {
-        ExchangeChange::RequireNotFinal => state.exchange_at(id, &ExchangeStatus::not_final(), commit.recovery),
-        ExchangeChange::SetStatus { from, .. } => state.exchange_at(id, from, commit.recovery),
-    };
-    let tally_ok = commit.tally.as_ref().is_none_or(|t| state.step(&t.parent, t.step_id).is_some());
-    step_ok && skips_ok && done_ok && exchange_ok && tally_ok
+/// Whether `precondition` holds in `state`: the same conditions the DynamoDB adapter compiles.
+fn holds(state: &ExchangeState, precondition: &Precondition) -> bool {
+    use Precondition as P;
+    let step = |exchange: &ExchangeId, step: &StepId| state.step(exchange, *step);
+    match precondition {
+        P::ExchangeNotFinal { exchange, recovery } => {
+            state.exchange_at(exchange, &ExchangeStatus::not_final(), *recovery)
+        }
+        P::ExchangeIn { exchange, statuses, recovery } => state.exchange_at(exchange, statuses, *recovery),
+        P::StepOpen { exchange, step: s, attempt } => {
+            step(exchange, s).is_some_and(|s| s.step.status == StepStatus::Initial && s.completed_attempt < *attempt)
+        }
+        P::ClaimedBy { exchange, step: s, attempt } => step(exchange, s).is_some_and(|s| s.claimed_attempt == *attempt),
+        P::Claimable { exchange, step: s, attempt, now } => {
+            step(exchange, s).is_some_and(|s| s.claimed_attempt < *attempt || s.lease_until < now.timestamp_millis())
+        }
+        P::StepInitial { exchange, step: s } => step(exchange, s).is_some_and(|s| s.step.status == StepStatus::Initial),
+        P::StepDone { exchange, step: s } => step(exchange, s).is_some_and(|s| s.step.status == StepStatus::Done),
+        P::StepExists { exchange, step: s } => step(exchange, s).is_some(),
+        P::TokenUsable { hash, now } => state.tokens.get(hash).is_some_and(|t| usable(t, *now)),
+    }
+}
+
+/// Every precondition holds, or the conflict naming those that do not — item by item, as
+/// DynamoDB reports them: when any precondition on an item fails, all of that item's are named.
+fn check(state: &ExchangeState, preconditions: Vec<Precondition>) -> Result<(), Conflict> {
+    let failed_items: Vec<ItemRef> =
+        preconditions.iter().filter(|p| !holds(state, p)).map(Precondition::item).collect();
+    if failed_items.is_empty() {
+        return Ok(());
+    }
+    Err(Conflict { failed: preconditions.into_iter().filter(|p| failed_items.contains(&p.item())).collect() })
 }
 
 fn apply_step(stored: &mut StoredStep, change: &StepChange) {
@@ -273,14 +285,6 @@ fn apply_commit(state: &mut ExchangeState, commit: &StepCommit, skips: &[StepId]
                 parent.sub_failed += 1;
             }
         }
-    }
-}
-
-fn outcome(applied: bool) -> CommitOutcome {
-    if applied {
-        CommitOutcome::Applied
-    } else {
-        CommitOutcome::Conflict
     }
 }
 
@@ -352,7 +356,7 @@ impl ExchangeRepository for MemoryExchangeRepository {
         Ok(ExchangePage { items, next_cursor })
     }
 
-    async fn claim(
+    async fn try_claim(
         &self,
         id: &ExchangeId,
         step: StepId,
@@ -360,19 +364,13 @@ impl ExchangeRepository for MemoryExchangeRepository {
         recovery: u32,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> PortResult<ClaimOutcome> {
+    ) -> PortResult<Result<(), Conflict>> {
         if attempt == 0 {
             return Err(fault("attempt numbers start at 1"));
         }
         let mut state = lock(&self.state);
-        let claimable = state.exchange_at(id, &ExchangeStatus::not_final(), recovery)
-            && state.step(id, step).is_some_and(|s| {
-                s.step.status == StepStatus::Initial
-                    && s.completed_attempt < attempt
-                    && (s.claimed_attempt < attempt || s.lease_until < now.timestamp_millis())
-            });
-        if !claimable {
-            return Ok(ClaimOutcome::NotClaimable);
+        if let Err(conflict) = check(&state, claim_preconditions(id, step, attempt, recovery, now)) {
+            return Ok(Err(conflict));
         }
         if let Some(stored) = state.step_mut(id, step) {
             stored.claimed_attempt = attempt;
@@ -380,34 +378,30 @@ impl ExchangeRepository for MemoryExchangeRepository {
             stored.lease_until = lease_until.timestamp_millis();
             stored.step.next_retry_at = None;
         }
-        Ok(ClaimOutcome::Claimed)
+        Ok(Ok(()))
     }
 
-    async fn commit(&self, commit: &StepCommit) -> PortResult<CommitOutcome> {
+    async fn try_commit(&self, commit: &StepCommit) -> PortResult<Result<(), Conflict>> {
         let skips = check_commit(commit)?;
         let mut state = lock(&self.state);
-        let holds = commit_holds(&state, commit, &skips);
-        if holds {
-            apply_commit(&mut state, commit, &skips);
+        if let Err(conflict) = check(&state, commit.preconditions()) {
+            return Ok(Err(conflict));
         }
-        Ok(outcome(holds))
+        apply_commit(&mut state, commit, &skips);
+        Ok(Ok(()))
     }
 
-    async fn recover(&self, commit: &RecoveryCommit) -> PortResult<CommitOutcome> {
-        let mut reset = commit.reset.clone();
-        reset.sort();
-        reset.dedup();
-        let clear_alone = commit.clear_sub_failures.filter(|step| !reset.contains(step));
+    async fn try_recover(&self, commit: &RecoveryCommit) -> PortResult<Result<(), Conflict>> {
+        let reset = commit.reset_steps();
+        let clear_alone = commit.clear_alone();
         let count = reset.len() + 1 + usize::from(clear_alone.is_some()) + commit.timers.len();
         if count > MAX_TRANSACTION_ACTIONS {
             return Err(fault(format!("a recovery can write at most {MAX_TRANSACTION_ACTIONS} items, not {count}")));
         }
         let id = &commit.exchange_id;
         let mut state = lock(&self.state);
-        let holds = state.exchange_at(id, &ExchangeEvent::RecoveryRequested.applies_in(), commit.recovery)
-            && reset.iter().chain(clear_alone.iter()).all(|step| state.step(id, *step).is_some());
-        if !holds {
-            return Ok(CommitOutcome::Conflict);
+        if let Err(conflict) = check(&state, commit.preconditions()) {
+            return Ok(Err(conflict));
         }
         if let Some(exchange) = state.exchanges.get_mut(id) {
             exchange.status = ExchangeStatus::Started;
@@ -443,7 +437,7 @@ impl ExchangeRepository for MemoryExchangeRepository {
         for timer in &commit.timers {
             state.put_timer(timer);
         }
-        Ok(CommitOutcome::Applied)
+        Ok(Ok(()))
     }
 
     async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage> {
@@ -484,10 +478,7 @@ impl ExchangeRepository for MemoryExchangeRepository {
     async fn put_token(&self, token: &CallbackToken) -> PortResult<()> {
         let mut state = lock(&self.state);
         if state.tokens.contains_key(&token.hash) {
-            return Err(PortError::Precondition {
-                service: "memory",
-                message: "a callback token with this hash exists already".into(),
-            });
+            return Err(fault("a callback token with this hash exists already"));
         }
         state.tokens.insert(token.hash.clone(), StoredToken { token: token.clone(), used: false });
         Ok(())
@@ -500,14 +491,14 @@ impl ExchangeRepository for MemoryExchangeRepository {
 
     async fn consume_token(&self, hash: &str, now: DateTime<Utc>, outbox: &Timer) -> PortResult<bool> {
         let mut state = lock(&self.state);
-        match state.tokens.get_mut(hash) {
-            Some(stored) if usable(stored, now) => {
-                stored.used = true;
-                state.put_timer(outbox);
-                Ok(true)
-            }
-            _ => Ok(false),
+        if check(&state, vec![Precondition::TokenUsable { hash: hash.to_string(), now }]).is_err() {
+            return Ok(false);
         }
+        if let Some(stored) = state.tokens.get_mut(hash) {
+            stored.used = true;
+        }
+        state.put_timer(outbox);
+        Ok(true)
     }
 
     async fn health(&self) -> PortResult<()> {

@@ -82,7 +82,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use handoff_core::commit::{
-    ClaimOutcome, CommitOutcome, ErrorRecord, ExchangeChange, ParentTally, RecoveryCommit, StepChange, StepCommit,
+    claim_preconditions, Conflict, ErrorRecord, ExchangeChange, ItemRef, ParentTally, Precondition, RecoveryCommit,
+    StepChange, StepCommit,
 };
 use handoff_core::exchange::{
     Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, ParentLink, Payload, StepError, StepStatus,
@@ -555,6 +556,71 @@ fn status_name(status: StepStatus) -> &'static str {
     }
 }
 
+/// Compiles the preconditions a write requires of its item into its condition expression:
+/// one fragment per [`Precondition`], joined with `AND`. The one place that turns the core's
+/// stated preconditions into DynamoDB conditions.
+pub(crate) fn condition(e: &mut Expr, required: &[Precondition]) -> String {
+    required.iter().map(|p| compile(e, p)).collect::<Vec<_>>().join(" AND ")
+}
+
+fn compile(e: &mut Expr, precondition: &Precondition) -> String {
+    use Precondition as P;
+    match precondition {
+        P::ExchangeNotFinal { recovery, .. } => {
+            format!("{} AND {}", e.status_in("s", &ExchangeStatus::not_final()), recovery_condition(e, *recovery))
+        }
+        P::ExchangeIn { statuses, recovery, .. } => {
+            format!("{} AND {}", e.status_in("from", statuses), recovery_condition(e, *recovery))
+        }
+        P::StepOpen { attempt, .. } => {
+            let status = e.name("status");
+            let completed = e.name("completedAttempt");
+            let initial = e.value("initial", s(status_name(StepStatus::Initial)));
+            let attempt = e.value("attempt", n(attempt));
+            format!("{status} = {initial} AND {completed} < {attempt}")
+        }
+        P::ClaimedBy { attempt, .. } => {
+            let claimed = e.name("claimedAttempt");
+            format!("{claimed} = {}", e.value("attempt", n(attempt)))
+        }
+        P::Claimable { attempt, now, .. } => {
+            let claimed = e.name("claimedAttempt");
+            let lease = e.name("leaseUntil");
+            let attempt = e.value("attempt", n(attempt));
+            let now = e.value("now", n(now.timestamp_millis()));
+            format!("({claimed} < {attempt} OR {lease} < {now})")
+        }
+        P::StepInitial { .. } => {
+            let status = e.name("status");
+            format!("{status} = {}", e.value("initial", s(status_name(StepStatus::Initial))))
+        }
+        P::StepDone { .. } => {
+            let status = e.name("status");
+            format!("{status} = {}", e.value("done", s(status_name(StepStatus::Done))))
+        }
+        P::StepExists { .. } => format!("attribute_exists({})", e.name("pk")),
+        P::TokenUsable { now, .. } => {
+            let pk = e.name("pk");
+            let used = e.name("usedAt");
+            let expires = e.name("tokenExpiresAt");
+            let now = e.value("now", n(now.timestamp_millis()));
+            format!(
+                "attribute_exists({pk}) AND attribute_not_exists({used}) \
+                 AND (attribute_not_exists({expires}) OR {expires} > {now})"
+            )
+        }
+    }
+}
+
+/// One action of a transaction and the preconditions its condition encodes (what a
+/// cancellation of it means).
+pub(crate) type Action = (TransactWriteItem, Vec<Precondition>);
+
+#[cfg(test)] // The transactions as the tests read them; the adapter runs the plans.
+fn items(actions: Vec<Action>) -> Vec<TransactWriteItem> {
+    actions.into_iter().map(|(item, _)| item).collect()
+}
+
 /// The conditional update of the committed step.
 pub(crate) fn step_update(table: &str, exchange_id: &ExchangeId, change: &StepChange) -> PortResult<Update> {
     if change.attempt == 0 {
@@ -585,13 +651,7 @@ pub(crate) fn step_update(table: &str, exchange_id: &ExchangeId, change: &StepCh
     e.value("logs", to_av(&change.logs)?);
     e.set.push(format!("{logs} = list_append(if_not_exists({logs}, :empty), :logs)"));
 
-    let status = e.name("status");
-    e.value("initial", s("Initial"));
-    let mut condition = format!("{status} = :initial AND {completed} < :attempt");
-    if change.claimed {
-        let claimed = e.name("claimedAttempt");
-        condition.push_str(&format!(" AND {claimed} = :attempt"));
-    }
+    let condition = condition(&mut e, &change.preconditions(exchange_id));
     Update::builder()
         .table_name(table)
         .set_key(Some(step_key(exchange_id, change.step_id)))
@@ -607,13 +667,12 @@ pub(crate) fn step_update(table: &str, exchange_id: &ExchangeId, change: &StepCh
 pub(crate) fn skip_update(table: &str, exchange_id: &ExchangeId, step: StepId) -> PortResult<Update> {
     let mut e = Expr::default();
     e.set("status", "skipped", s("Skipped"));
-    let status = e.name("status");
-    e.value("initial", s("Initial"));
+    let condition = condition(&mut e, &[Precondition::StepInitial { exchange: exchange_id.clone(), step }]);
     Update::builder()
         .table_name(table)
         .set_key(Some(step_key(exchange_id, step)))
         .update_expression(e.update_expression())
-        .condition_expression(format!("{status} = :initial"))
+        .condition_expression(condition)
         .set_expression_attribute_names(e.names())
         .set_expression_attribute_values(e.values())
         .build()
@@ -632,15 +691,10 @@ fn recovery_condition(e: &mut Expr, recovery: u32) -> String {
     }
 }
 
-/// The exchange is not final and at generation `recovery`.
-fn not_final_condition(e: &mut Expr, recovery: u32) -> String {
-    format!("{} AND {}", e.status_in("s", &ExchangeStatus::not_final()), recovery_condition(e, recovery))
-}
-
 /// The check that the exchange is not final and at generation `recovery`.
 fn exchange_check(table: &str, exchange_id: &ExchangeId, recovery: u32) -> PortResult<TransactWriteItem> {
     let mut e = Expr::default();
-    let condition = not_final_condition(&mut e, recovery);
+    let condition = condition(&mut e, &[Precondition::ExchangeNotFinal { exchange: exchange_id.clone(), recovery }]);
     let check = ConditionCheck::builder()
         .table_name(table)
         .set_key(Some(exchange_key(exchange_id)))
@@ -667,7 +721,7 @@ pub(crate) fn exchange_action(
             let Some(result) = result else { return exchange_check(table, exchange_id, recovery) };
             // Same condition as the check, but writing the result.
             let mut e = Expr::default();
-            let condition = not_final_condition(&mut e, recovery);
+            let condition = condition(&mut e, &[change.precondition(exchange_id, recovery)]);
             e.set("result", "result", to_av(result)?);
             let update = Update::builder()
                 .table_name(table)
@@ -685,7 +739,7 @@ pub(crate) fn exchange_action(
                 return Err(error::fault(SERVICE, "SetStatus needs at least one status to move from"));
             }
             let mut e = Expr::default();
-            let condition = format!("{} AND {}", e.status_in("from", from), recovery_condition(&mut e, recovery));
+            let condition = condition(&mut e, &[change.precondition(exchange_id, recovery)]);
             e.set("status", "to", s(to.name()));
             e.set("gsi2pk", "gsi2pk", s(status_gsi_pk(*to)));
             e.set("updatedAt", "now", to_av(&now)?);
@@ -720,12 +774,11 @@ pub(crate) fn exchange_action(
 /// Checks that a step is `Done`.
 pub(crate) fn done_check(table: &str, exchange_id: &ExchangeId, step: StepId) -> PortResult<TransactWriteItem> {
     let mut e = Expr::default();
-    let status = e.name("status");
-    e.value("done", s(status_name(StepStatus::Done)));
+    let condition = condition(&mut e, &[Precondition::StepDone { exchange: exchange_id.clone(), step }]);
     let check = ConditionCheck::builder()
         .table_name(table)
         .set_key(Some(step_key(exchange_id, step)))
-        .condition_expression(format!("{status} = :done"))
+        .condition_expression(condition)
         .set_expression_attribute_names(e.names())
         .set_expression_attribute_values(e.values())
         .build()
@@ -738,12 +791,13 @@ pub(crate) fn tally_update(table: &str, tally: &ParentTally) -> PortResult<Updat
     let mut e = Expr::default();
     let counter = if tally.completed { SUB_COMPLETED } else { SUB_FAILED };
     e.add(counter, "one", n(1));
-    let pk = e.name("pk");
+    let condition =
+        condition(&mut e, &[Precondition::StepExists { exchange: tally.parent.clone(), step: tally.step_id }]);
     Update::builder()
         .table_name(table)
         .set_key(Some(step_key(&tally.parent, tally.step_id)))
         .update_expression(e.update_expression())
-        .condition_expression(format!("attribute_exists({pk})"))
+        .condition_expression(condition)
         .set_expression_attribute_names(e.names())
         .set_expression_attribute_values(e.values())
         .build()
@@ -757,12 +811,16 @@ fn put_action(table: &str, item: Item) -> PortResult<TransactWriteItem> {
 
 /// All actions of one commit, in order: the step, the skips, the `require_done` check, the
 /// error puts, the timer puts, the exchange (with the result), the parent tally.
+#[cfg(test)] // The transactions as the tests read them; the adapter runs the plans.
 pub(crate) fn commit_actions(table: &str, commit: &StepCommit) -> PortResult<Vec<TransactWriteItem>> {
+    commit_plan(table, commit).map(items)
+}
+
+/// [`commit_actions`] with the preconditions each action encodes.
+pub(crate) fn commit_plan(table: &str, commit: &StepCommit) -> PortResult<Vec<Action>> {
     let id = &commit.exchange_id;
     let changed = commit.step.as_ref().map(|c| c.step_id);
-    let mut skips: Vec<StepId> = commit.skip.iter().copied().filter(|s| Some(*s) != changed).collect();
-    skips.sort();
-    skips.dedup();
+    let skips = commit.skipped_steps();
     if commit.tally.as_ref().is_some_and(|t| t.parent == *id) {
         return Err(error::fault(SERVICE, "an exchange cannot be its own parent"));
     }
@@ -794,30 +852,35 @@ pub(crate) fn commit_actions(table: &str, commit: &StepCommit) -> PortResult<Vec
             format!("a commit of {count} writes exceeds DynamoDB's {MAX_TRANSACTION_ACTIONS} per transaction"),
         ));
     }
-    let mut actions = Vec::with_capacity(count);
+    let mut actions: Vec<Action> = Vec::with_capacity(count);
     if let Some(change) = &commit.step {
-        actions.push(TransactWriteItem::builder().update(step_update(table, id, change)?).build());
+        let update = TransactWriteItem::builder().update(step_update(table, id, change)?).build();
+        actions.push((update, change.preconditions(id)));
     }
     for step in skips {
-        actions.push(TransactWriteItem::builder().update(skip_update(table, id, step)?).build());
+        let update = TransactWriteItem::builder().update(skip_update(table, id, step)?).build();
+        actions.push((update, vec![Precondition::StepInitial { exchange: id.clone(), step }]));
     }
-    if let Some(done) = commit.require_done {
-        actions.push(done_check(table, id, done)?);
+    if let Some(step) = commit.require_done {
+        actions.push((done_check(table, id, step)?, vec![Precondition::StepDone { exchange: id.clone(), step }]));
     }
     for (i, record) in commit.errors.iter().enumerate() {
-        actions.push(put_action(table, error_to_item(id, record, i)?)?);
+        actions.push((put_action(table, error_to_item(id, record, i)?)?, Vec::new()));
     }
     for timer in &commit.timers {
-        actions.push(put_action(table, timer_to_item(id, timer)?)?);
+        actions.push((put_action(table, timer_to_item(id, timer)?)?, Vec::new()));
     }
-    actions.push(exchange_action(table, id, &commit.exchange, commit.recovery, commit.now, commit.result.as_ref())?);
+    let exchange = exchange_action(table, id, &commit.exchange, commit.recovery, commit.now, commit.result.as_ref())?;
+    actions.push((exchange, vec![commit.exchange.precondition(id, commit.recovery)]));
     if let Some(tally) = &commit.tally {
-        actions.push(TransactWriteItem::builder().update(tally_update(table, tally)?).build());
+        let update = TransactWriteItem::builder().update(tally_update(table, tally)?).build();
+        actions.push((update, vec![Precondition::StepExists { exchange: tally.parent.clone(), step: tally.step_id }]));
     }
     Ok(actions)
 }
 
 /// The claim: the conditional step update, then the exchange check.
+#[cfg(test)] // The transactions as the tests read them; the adapter runs the plans.
 pub(crate) fn claim_actions(
     table: &str,
     id: &ExchangeId,
@@ -827,11 +890,28 @@ pub(crate) fn claim_actions(
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
 ) -> PortResult<Vec<TransactWriteItem>> {
+    claim_plan(table, id, step, attempt, recovery, now, lease_until).map(items)
+}
+
+/// [`claim_actions`] with the preconditions each action encodes.
+pub(crate) fn claim_plan(
+    table: &str,
+    id: &ExchangeId,
+    step: StepId,
+    attempt: u32,
+    recovery: u32,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> PortResult<Vec<Action>> {
     if attempt == 0 {
         return Err(error::fault(SERVICE, "attempt numbers start at 1"));
     }
-    let claim = conditional_update(table, step_key(id, step), claim_update_parts(attempt, now, lease_until))?;
-    Ok(vec![claim, exchange_check(table, id, recovery)?])
+    let (on_step, on_exchange): (Vec<Precondition>, Vec<Precondition>) =
+        claim_preconditions(id, step, attempt, recovery, now)
+            .into_iter()
+            .partition(|p| p.item() == ItemRef::Step(id.clone(), step));
+    let claim = conditional_update(table, step_key(id, step), claim_update_parts(attempt, lease_until, &on_step))?;
+    Ok(vec![(claim, on_step), (exchange_check(table, id, recovery)?, on_exchange)])
 }
 
 /// A transaction's update of `key` from its expression parts (update, condition, names, values).
@@ -854,12 +934,16 @@ fn conditional_update(
 
 /// A recovery: the exchange update, then one reset per step (the step whose sub-exchange
 /// failures are cleared within its reset, or on its own after the resets).
+#[cfg(test)] // The transactions as the tests read them; the adapter runs the plans.
 pub(crate) fn recover_actions(table: &str, commit: &RecoveryCommit) -> PortResult<Vec<TransactWriteItem>> {
+    recover_plan(table, commit).map(items)
+}
+
+/// [`recover_actions`] with the preconditions each action encodes.
+pub(crate) fn recover_plan(table: &str, commit: &RecoveryCommit) -> PortResult<Vec<Action>> {
     let id = &commit.exchange_id;
-    let mut reset = commit.reset.clone();
-    reset.sort();
-    reset.dedup();
-    let clear_alone = commit.clear_sub_failures.filter(|step| !reset.contains(step));
+    let reset = commit.reset_steps();
+    let clear_alone = commit.clear_alone();
     let count = reset.len() + 1 + usize::from(clear_alone.is_some()) + commit.timers.len();
     if count > MAX_TRANSACTION_ACTIONS {
         return Err(error::fault(
@@ -869,12 +953,13 @@ pub(crate) fn recover_actions(table: &str, commit: &RecoveryCommit) -> PortResul
             ),
         ));
     }
+    let recoverable = Precondition::ExchangeIn {
+        exchange: id.clone(),
+        statuses: ExchangeEvent::RecoveryRequested.applies_in(),
+        recovery: commit.recovery,
+    };
     let mut e = Expr::default();
-    let condition = format!(
-        "{} AND {}",
-        e.status_in("from", &ExchangeEvent::RecoveryRequested.applies_in()),
-        recovery_condition(&mut e, commit.recovery)
-    );
+    let condition = condition(&mut e, std::slice::from_ref(&recoverable));
     e.set("status", "to", s(ExchangeStatus::Started.name()));
     e.set("gsi2pk", "gsi2pk", s(status_gsi_pk(ExchangeStatus::Started)));
     e.set("updatedAt", "now", to_av(&commit.now)?);
@@ -896,17 +981,20 @@ pub(crate) fn recover_actions(table: &str, commit: &RecoveryCommit) -> PortResul
         .set_expression_attribute_values(e.values())
         .build()
         .map_err(build_fault)?;
-    let mut actions = Vec::with_capacity(count);
-    actions.push(TransactWriteItem::builder().update(update).build());
+    let exists = |step: StepId| vec![Precondition::StepExists { exchange: id.clone(), step }];
+    let mut actions: Vec<Action> = Vec::with_capacity(count);
+    actions.push((TransactWriteItem::builder().update(update).build(), vec![recoverable]));
     for step in reset {
         let clear = commit.clear_sub_failures == Some(step);
-        actions.push(TransactWriteItem::builder().update(reset_update(table, id, step, clear)?).build());
+        let update = TransactWriteItem::builder().update(reset_update(table, id, step, clear)?).build();
+        actions.push((update, exists(step)));
     }
     if let Some(step) = clear_alone {
-        actions.push(TransactWriteItem::builder().update(clear_sub_failures_update(table, id, step)?).build());
+        let update = TransactWriteItem::builder().update(clear_sub_failures_update(table, id, step)?).build();
+        actions.push((update, exists(step)));
     }
     for timer in &commit.timers {
-        actions.push(put_action(table, timer_to_item(id, timer)?)?);
+        actions.push((put_action(table, timer_to_item(id, timer)?)?, Vec::new()));
     }
     Ok(actions)
 }
@@ -935,12 +1023,12 @@ pub(crate) fn reset_update(
         e.remove(attribute);
     }
     // Never create a step that does not exist.
-    let pk = e.name("pk");
+    let condition = condition(&mut e, &[Precondition::StepExists { exchange: exchange_id.clone(), step }]);
     Update::builder()
         .table_name(table)
         .set_key(Some(step_key(exchange_id, step)))
         .update_expression(e.update_expression())
-        .condition_expression(format!("attribute_exists({pk})"))
+        .condition_expression(condition)
         .set_expression_attribute_names(e.names())
         .set_expression_attribute_values(e.values())
         .build()
@@ -951,16 +1039,28 @@ pub(crate) fn reset_update(
 pub(crate) fn clear_sub_failures_update(table: &str, exchange_id: &ExchangeId, step: StepId) -> PortResult<Update> {
     let mut e = Expr::default();
     e.set(SUB_FAILED, "zero", n(0));
-    let pk = e.name("pk");
+    let condition = condition(&mut e, &[Precondition::StepExists { exchange: exchange_id.clone(), step }]);
     Update::builder()
         .table_name(table)
         .set_key(Some(step_key(exchange_id, step)))
         .update_expression(e.update_expression())
-        .condition_expression(format!("attribute_exists({pk})"))
+        .condition_expression(condition)
         .set_expression_attribute_names(e.names())
         .set_expression_attribute_values(e.values())
         .build()
         .map_err(build_fault)
+}
+
+/// The preconditions of the actions whose conditions failed (`codes` are the cancellation
+/// reasons, one per action in order).
+pub(crate) fn conflict_of(codes: &[Option<&str>], required: Vec<Vec<Precondition>>) -> Conflict {
+    let failed = codes
+        .iter()
+        .zip(required)
+        .filter(|(code, _)| **code == Some("ConditionalCheckFailed"))
+        .flat_map(|(_, required)| required)
+        .collect();
+    Conflict { failed }
 }
 
 /// What a cancelled transaction means.
@@ -978,8 +1078,8 @@ pub(crate) fn cancellation_outcome<'a>(reasons: impl IntoIterator<Item = Option<
 /// The claim update: see [`ExchangeRepository::claim`].
 pub(crate) fn claim_update_parts(
     attempt: u32,
-    now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
+    required: &[Precondition],
 ) -> (String, String, HashMap<String, String>, HashMap<String, AttributeValue>) {
     let mut e = Expr::default();
     e.set("claimedAttempt", "attempt", n(attempt));
@@ -989,14 +1089,7 @@ pub(crate) fn claim_update_parts(
     // A claimed attempt is running, not waiting: a stale `nextRetryAt` would tell a
     // duplicate message that this attempt already failed.
     e.remove("nextRetryAt");
-    let status = e.name("status");
-    let completed = e.name("completedAttempt");
-    let claimed = e.name("claimedAttempt");
-    let lease = e.name("leaseUntil");
-    e.value("initial", s("Initial"));
-    e.value("now", n(now.timestamp_millis()));
-    let condition =
-        format!("{status} = :initial AND {completed} < :attempt AND ({claimed} < :attempt OR {lease} < :now)");
+    let condition = condition(&mut e, required);
     (e.update_expression(), condition, e.names, e.values)
 }
 
@@ -1004,6 +1097,8 @@ pub(crate) fn claim_update_parts(
 /// counts start at zero but are kept if there are some already (a re-run of the step, or
 /// sub-exchanges that ended before it got here): only `ADD`s and a recovery change them.
 pub(crate) fn sub_total_parts(
+    exchange_id: &ExchangeId,
+    step: StepId,
     total: u32,
 ) -> (String, String, HashMap<String, String>, HashMap<String, AttributeValue>) {
     let mut e = Expr::default();
@@ -1014,37 +1109,44 @@ pub(crate) fn sub_total_parts(
         e.set.push(format!("{name} = if_not_exists({name}, :zero)"));
     }
     // Never create a step that does not exist.
-    let pk = e.name("pk");
-    (e.update_expression(), format!("attribute_exists({pk})"), e.names, e.values)
+    let condition = condition(&mut e, &[Precondition::StepExists { exchange: exchange_id.clone(), step }]);
+    (e.update_expression(), condition, e.names, e.values)
 }
 
 /// The token consumption and its outbox timer, one transaction: see
 /// [`ExchangeRepository::consume_token`].
+#[cfg(test)] // The transactions as the tests read them; the adapter runs the plans.
 pub(crate) fn consume_token_actions(
     table: &str,
     hash: &str,
     now: DateTime<Utc>,
     outbox: &Timer,
 ) -> PortResult<Vec<TransactWriteItem>> {
+    consume_token_plan(table, hash, now, outbox).map(items)
+}
+
+/// [`consume_token_actions`] with the preconditions each action encodes.
+pub(crate) fn consume_token_plan(
+    table: &str,
+    hash: &str,
+    now: DateTime<Utc>,
+    outbox: &Timer,
+) -> PortResult<Vec<Action>> {
+    let usable = Precondition::TokenUsable { hash: hash.to_string(), now };
     Ok(vec![
-        conditional_update(table, token_key(hash), consume_token_parts(now))?,
-        put_action(table, timer_to_item(&outbox.exchange_id, outbox)?)?,
+        (conditional_update(table, token_key(hash), consume_token_parts(hash, now))?, vec![usable]),
+        (put_action(table, timer_to_item(&outbox.exchange_id, outbox)?)?, Vec::new()),
     ])
 }
 
 /// The token consumption: see [`ExchangeRepository::consume_token`].
 pub(crate) fn consume_token_parts(
+    hash: &str,
     now: DateTime<Utc>,
 ) -> (String, String, HashMap<String, String>, HashMap<String, AttributeValue>) {
     let mut e = Expr::default();
     e.set("usedAt", "now", n(now.timestamp_millis()));
-    let pk = e.name("pk");
-    let used = e.name("usedAt");
-    let expires = e.name("tokenExpiresAt");
-    let condition = format!(
-        "attribute_exists({pk}) AND attribute_not_exists({used}) \
-         AND (attribute_not_exists({expires}) OR {expires} > :now)"
-    );
+    let condition = condition(&mut e, &[Precondition::TokenUsable { hash: hash.to_string(), now }]);
     (e.update_expression(), condition, e.names, e.values)
 }
 
@@ -1274,16 +1376,20 @@ impl DynamoExchangeRepository {
     }
 
     /// Runs one TransactWriteItems: `Conflict` if a condition failed, nothing written.
-    async fn transact(&self, actions: Vec<TransactWriteItem>) -> PortResult<CommitOutcome> {
-        let result = self.client.transact_write_items().set_transact_items(Some(actions)).send().await;
+    /// Runs one transaction. A cancellation for failed conditions is a [`Conflict`] naming
+    /// the preconditions of the actions whose conditions failed (from the cancellation
+    /// reasons, one per action in order).
+    async fn transact(&self, actions: Vec<Action>) -> PortResult<Result<(), Conflict>> {
+        let (items, required): (Vec<TransactWriteItem>, Vec<Vec<Precondition>>) = actions.into_iter().unzip();
+        let result = self.client.transact_write_items().set_transact_items(Some(items)).send().await;
         match result {
-            Ok(_) => Ok(CommitOutcome::Applied),
+            Ok(_) => Ok(Ok(())),
             Err(e) => {
                 if let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) = e.as_service_error() {
                     let reasons = cancel.cancellation_reasons();
                     let codes: Vec<Option<&str>> = reasons.iter().map(|r| r.code()).collect();
                     return match cancellation_outcome(codes.iter().copied()) {
-                        Ok(()) => Ok(CommitOutcome::Conflict),
+                        Ok(()) => Ok(Err(conflict_of(&codes, required))),
                         Err(kind) => Err(error::make(
                             kind,
                             SERVICE,
@@ -1298,7 +1404,7 @@ impl DynamoExchangeRepository {
                 if e.code() == Some("TransactionCanceledException") {
                     // Reasons not parsed: treat as a conflict only if the message says so.
                     if e.message().is_some_and(|m| m.contains("ConditionalCheckFailed")) {
-                        return Ok(CommitOutcome::Conflict);
+                        return Ok(Err(Conflict::default()));
                     }
                 }
                 Err(error::sdk(SERVICE, "TransactWriteItems", e))
@@ -1562,7 +1668,7 @@ impl ExchangeRepository for DynamoExchangeRepository {
         Ok(ExchangePage { items: exchanges, next_cursor })
     }
 
-    async fn claim(
+    async fn try_claim(
         &self,
         id: &ExchangeId,
         step: StepId,
@@ -1570,22 +1676,16 @@ impl ExchangeRepository for DynamoExchangeRepository {
         recovery: u32,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> PortResult<ClaimOutcome> {
-        let actions = claim_actions(&self.table, id, step, attempt, recovery, now, lease_until)?;
-        Ok(match self.transact(actions).await? {
-            CommitOutcome::Applied => ClaimOutcome::Claimed,
-            CommitOutcome::Conflict => ClaimOutcome::NotClaimable,
-        })
+    ) -> PortResult<Result<(), Conflict>> {
+        self.transact(claim_plan(&self.table, id, step, attempt, recovery, now, lease_until)?).await
     }
 
-    async fn commit(&self, commit: &StepCommit) -> PortResult<CommitOutcome> {
-        let actions = commit_actions(&self.table, commit)?;
-        self.transact(actions).await
+    async fn try_commit(&self, commit: &StepCommit) -> PortResult<Result<(), Conflict>> {
+        self.transact(commit_plan(&self.table, commit)?).await
     }
 
-    async fn recover(&self, commit: &RecoveryCommit) -> PortResult<CommitOutcome> {
-        let actions = recover_actions(&self.table, commit)?;
-        self.transact(actions).await
+    async fn try_recover(&self, commit: &RecoveryCommit) -> PortResult<Result<(), Conflict>> {
+        self.transact(recover_plan(&self.table, commit)?).await
     }
 
     async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage> {
@@ -1642,10 +1742,7 @@ impl ExchangeRepository for DynamoExchangeRepository {
         match result {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
-                Err(PortError::Precondition {
-                    service: SERVICE,
-                    message: "a callback token with this hash exists already".into(),
-                })
+                Err(error::fault(SERVICE, "a callback token with this hash exists already"))
             }
             Err(e) => Err(error::sdk(SERVICE, "PutItem", e)),
         }
@@ -1675,12 +1772,12 @@ impl ExchangeRepository for DynamoExchangeRepository {
     }
 
     async fn consume_token(&self, hash: &str, now: DateTime<Utc>, outbox: &Timer) -> PortResult<bool> {
-        let actions = consume_token_actions(&self.table, hash, now, outbox)?;
-        Ok(self.transact(actions).await? == CommitOutcome::Applied)
+        let actions = consume_token_plan(&self.table, hash, now, outbox)?;
+        Ok(self.transact(actions).await?.is_ok())
     }
 
     async fn set_sub_exchange_total(&self, id: &ExchangeId, step: StepId, total: u32) -> PortResult<()> {
-        let (update, condition, names, values) = sub_total_parts(total);
+        let (update, condition, names, values) = sub_total_parts(id, step, total);
         let result = self
             .client
             .update_item()
@@ -1695,10 +1792,7 @@ impl ExchangeRepository for DynamoExchangeRepository {
         match result {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
-                Err(PortError::NotFound {
-                    service: SERVICE,
-                    message: format!("exchange {id} has no step {step} to count sub-exchanges on"),
-                })
+                Err(error::fault(SERVICE, format!("exchange {id} has no step {step} to count sub-exchanges on")))
             }
             Err(e) => Err(error::sdk(SERVICE, "UpdateItem", e)),
         }
@@ -1881,7 +1975,7 @@ mod tests {
 
     #[test]
     fn sub_exchange_total_keeps_counts() {
-        let (update, condition, names, values) = sub_total_parts(7);
+        let (update, condition, names, values) = sub_total_parts(&ExchangeId::new("e"), StepId::from_sequence(1), 7);
         assert_eq!(
             update,
             "SET #subTotal = :total, #subCompleted = if_not_exists(#subCompleted, :zero), \
@@ -2299,7 +2393,7 @@ mod tests {
         assert_eq!(item.get("expiresAt"), Some(&n(t("2026-02-01T03:00:00Z").timestamp())));
         assert_eq!(token_from_item(&item).expect("decode"), token);
 
-        let (update, condition, names, values) = consume_token_parts(now);
+        let (update, condition, names, values) = consume_token_parts("h", now);
         assert_eq!(update, "SET #usedAt = :now");
         assert_eq!(
             condition,
@@ -2444,7 +2538,10 @@ mod tests {
         assert_eq!(actions.len(), 2);
         let update = actions[0].update().expect("step update");
         assert_eq!(update.key().get("sk"), Some(&s("STEP#0002")));
-        assert_eq!(update.condition_expression(), Some(claim_update_parts(3, now, lease).1.as_str()));
+        assert_eq!(
+            update.condition_expression(),
+            Some(claim_update_parts(3, lease, &on_step(&id, 2, 3, now)).1.as_str())
+        );
         let check = actions[1].condition_check().expect("exchange check");
         assert_eq!(check.key().get("sk"), Some(&s("EXCHANGE")));
         assert_eq!(check.condition_expression(), "#status IN (:s0, :s1, :s2, :s3) AND #recoveries = :recovery");
@@ -2548,10 +2645,21 @@ mod tests {
         assert!(expr.ends_with("REMOVE #error, #completedAt"), "{expr}");
     }
 
+    /// The preconditions a claim puts on its step.
+    fn on_step(id: &ExchangeId, step: u32, attempt: u32, now: DateTime<Utc>) -> Vec<Precondition> {
+        claim_preconditions(id, StepId::from_sequence(step), attempt, 0, now)
+            .into_iter()
+            .filter(|p| matches!(p.item(), ItemRef::Step(..)))
+            .collect()
+    }
+
     #[test]
     fn claim_condition() {
-        let (update, condition, names, values) =
-            claim_update_parts(2, t("2026-01-02T03:04:05Z"), t("2026-01-02T03:05:05Z"));
+        let (update, condition, names, values) = claim_update_parts(
+            2,
+            t("2026-01-02T03:05:05Z"),
+            &on_step(&ExchangeId::new("e"), 1, 2, t("2026-01-02T03:04:05Z")),
+        );
         assert_eq!(
             update,
             "SET #claimedAttempt = :attempt, #attempts = :attempt, #leaseUntil = :leaseUntil REMOVE #nextRetryAt"
