@@ -1,6 +1,7 @@
 //! DynamoDB adapters: [`DynamoExchangeRepository`] (exchanges table, single-table design —
 //! see [`exchanges`]), [`DynamoIntegrationRepository`] and [`DynamoMappingRepository`]
 //! (integrations table).
+mod backoff;
 pub mod exchanges;
 pub mod integrations;
 pub mod mappings;
