@@ -108,7 +108,7 @@ async fn the_regular_job_starts_exchanges_that_were_never_handed_off() {
     let loaded = LoadedIntegration::from_stored(stored).expect("definition");
     let id = ExchangeId::new(uuid::Uuid::now_v7().to_string());
     let created_at = Utc::now() - chrono::Duration::minutes(3);
-    let created = handoff_app::invoke::materialize(
+    let created = handoff_app::use_cases::invoke::materialize(
         &loaded,
         id.clone(),
         json!({}),

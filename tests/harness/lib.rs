@@ -311,7 +311,7 @@ async fn record(
 
 /// A function of the stack, built with the same wiring and environment the emulator uses,
 /// to invoke it as its schedule would (without waiting minutes for the schedule).
-pub async fn function(binary: &str) -> std::sync::Arc<dyn handoff_app::function::FunctionHandler> {
+pub async fn function(binary: &str) -> std::sync::Arc<dyn handoff_app::entry::function::FunctionHandler> {
     function_with(binary, &[]).await
 }
 
@@ -320,7 +320,7 @@ pub async fn function(binary: &str) -> std::sync::Arc<dyn handoff_app::function:
 pub async fn function_with(
     binary: &str,
     overrides: &[(&str, &str)],
-) -> std::sync::Arc<dyn handoff_app::function::FunctionHandler> {
+) -> std::sync::Arc<dyn handoff_app::entry::function::FunctionHandler> {
     let gw = gateway();
     let mut vars = gw.function_vars.get(binary).unwrap_or_else(|| panic!("no function {binary}")).clone();
     vars.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));

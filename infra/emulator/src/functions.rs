@@ -3,7 +3,7 @@
 
 use crate::template::FunctionSpec;
 use async_trait::async_trait;
-use handoff_app::function::{FunctionHandler, InvocationError};
+use handoff_app::entry::function::{FunctionHandler, InvocationError};
 use handoff_runtime::compose::{AwsEnvironment, ComposeError};
 use serde_json::Value;
 use std::collections::HashMap;

@@ -2,7 +2,7 @@
 //! by the emulator, with fake function handlers standing in for the Handoff functions.
 
 use async_trait::async_trait;
-use handoff_app::function::{FunctionHandler, InvocationError};
+use handoff_app::entry::function::{FunctionHandler, InvocationError};
 use handoff_emulator::functions::FunctionFactory;
 use handoff_emulator::{start, EmulatorOptions, RunningEmulator};
 use handoff_runtime::compose::{AwsEnvironment, ComposeError};

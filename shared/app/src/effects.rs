@@ -1,9 +1,14 @@
 //! The one effects runner: carries out what a core decision says follows its write, in order.
 
 use crate::context::AppContext;
-use crate::subflow::{resume_parent_if_last, time_out_children};
+use crate::sub_exchanges::children;
+use chrono::Utc;
+use handoff_core::exchange::{ParentLink, StepStatus};
+use handoff_core::handoff::{HandoffMessage, Timer, TimerKind};
+use handoff_core::ids::ExchangeId;
 use handoff_core::machine::Effect;
-use handoff_ports::PortResult;
+use handoff_core::plan::{SubStep, WorkerFamily};
+use handoff_ports::{PortError, PortResult};
 
 /// Runs `effects` once their decision's write has applied. An error leaves the rest unrun;
 /// the caller's message then comes back and the state machine sends again what is missing.
@@ -15,6 +20,44 @@ pub async fn run_effects(ctx: &AppContext, effects: Vec<Effect>) -> PortResult<(
             Effect::ResumeParentIfLast(link) => resume_parent_if_last(ctx, &link).await?,
             Effect::TimeOutChildren(exchange_id) => time_out_children(ctx, &exchange_id).await?,
         }
+    }
+    Ok(())
+}
+
+/// After a sub-exchange counted itself: if it completed the count, hand the parent on.
+/// Several may see the count complete; the parent's step takes only the first.
+pub async fn resume_parent_if_last(app: &AppContext, link: &ParentLink) -> Result<(), PortError> {
+    let Some(step) = app.exchanges.get_step(&link.exchange_id, link.step_id).await? else {
+        return Ok(());
+    };
+    if step.status != StepStatus::Initial || !step.sub_exchanges.is_some_and(|c| c.all_final()) {
+        return Ok(());
+    }
+    let Some(parent) = app.exchanges.get(&link.exchange_id).await? else {
+        return Ok(());
+    };
+    if parent.exchange.status.is_final() {
+        return Ok(());
+    }
+    let message = HandoffMessage::at_step(&parent.exchange, link.step_id, SubStep::ControlSubflow, 1, None);
+    tracing::info!(parent = %link.exchange_id, "last sub-exchange ended; parent resumes");
+    app.queue.send(WorkerFamily::Control, &message, 0).await
+}
+
+/// A parent that timed out takes its running sub-exchanges (and theirs) with it.
+pub async fn time_out_children(app: &AppContext, parent: &ExchangeId) -> Result<(), PortError> {
+    let now = Utc::now();
+    for child in children(app, parent).await? {
+        if child.status.is_final() {
+            continue;
+        }
+        let timer = Timer {
+            exchange_id: child.exchange_id.clone(),
+            recovery: child.recoveries,
+            due: now,
+            kind: TimerKind::ParentTimedOut { parent: parent.clone() },
+        };
+        app.queue.send_timer(&timer, 0).await?;
     }
     Ok(())
 }

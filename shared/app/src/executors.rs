@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 /// Deliveries to sftp, file upload and agent destinations, and custom data collection.
 mod deliveries;
+pub mod subflow;
 mod transform;
 
 pub struct Execution {
@@ -314,9 +315,9 @@ async fn run(
             }
             Ok(StepOutput::default())
         }
-        SubStep::CollectSubflowProperties => crate::subflow::collect_properties(cx, logs).await,
-        SubStep::CreateSubExchanges => crate::subflow::create_sub_exchanges(cx, logs).await,
-        SubStep::ControlSubflow => crate::subflow::control(cx, logs).await,
+        SubStep::CollectSubflowProperties => crate::executors::subflow::collect_properties(cx, logs).await,
+        SubStep::CreateSubExchanges => crate::executors::subflow::create_sub_exchanges(cx, logs).await,
+        SubStep::ControlSubflow => crate::executors::subflow::control(cx, logs).await,
         other => Err(Failure::system(format!("sub-step {other} has no executor in this release"))),
     }
 }

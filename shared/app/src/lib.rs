@@ -1,22 +1,24 @@
-//! Application layer of Handoff: the HTTP API, the sub-step workers, the trigger and the
-//! DLQ handler, written against the ports of `handoff-ports` that the AWS adapters implement.
-pub mod api;
-pub mod apigw;
+//! Application layer of Handoff, written against the ports of `handoff-ports` (the AWS
+//! adapters implement them) and deciding nothing itself: the state machine in
+//! `handoff_core::machine` does. Laid out by role, each depending only on the ones below it:
+//!
+//! * [`entry`] — the functions' entry points (HTTP routes, sub-step workers, DLQ handler,
+//!   jobs, trigger): they decode an event, call a use case or the state machine, encode.
+//! * [`use_cases`] — starting an exchange, recovering it.
+//! * [`executors`] — what each sub-step does; they only produce outputs (the worker records them).
+//! * [`effects`] — the one runner of the effects a decision names.
+//! * support: [`context`] (the wired ports and settings), [`definitions`] and [`mappings`]
+//!   (caches), [`payloads`], [`outbound`] (HTTP requests of sub-steps), [`secrets`],
+//!   [`sub_exchanges`] (reading a parent's sub-exchanges), [`ttl`].
 pub mod context;
 pub mod definitions;
-pub mod dlq;
 pub mod effects;
+pub mod entry;
 pub mod executors;
-pub mod function;
-pub mod invoke;
-pub mod jobs;
 pub mod mappings;
 pub mod outbound;
 pub mod payloads;
-pub mod recover;
 pub mod secrets;
-pub mod sqs;
-pub mod subflow;
-pub mod trigger;
+pub mod sub_exchanges;
 pub mod ttl;
-pub mod worker;
+pub mod use_cases;

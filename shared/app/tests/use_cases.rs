@@ -4,12 +4,12 @@
 //! External systems are real loopback servers (or a loopback port nobody listens on).
 
 use axum::body::Body;
-use handoff_app::api::router;
 use handoff_app::context::{AppContext, AppSettings, Ports};
-use handoff_app::dlq::DlqFunction;
-use handoff_app::function::FunctionHandler;
-use handoff_app::jobs::JobsFunction;
-use handoff_app::worker::{WorkerError, WorkerFunction};
+use handoff_app::entry::api::router;
+use handoff_app::entry::dlq::DlqFunction;
+use handoff_app::entry::function::FunctionHandler;
+use handoff_app::entry::jobs::JobsFunction;
+use handoff_app::entry::worker::{WorkerError, WorkerFunction};
 use handoff_core::exchange::{ExchangeDetail, ExchangeStatus, StepStatus};
 use handoff_core::handoff::{CallbackToken, HandoffMessage, QueueMessage, Timer, TimerKind};
 use handoff_core::ids::{ExchangeId, StepId};

@@ -3,13 +3,13 @@
 //! and the local emulator both go through here, so they run the same wiring.
 
 use async_trait::async_trait;
-use handoff_app::api::ApiFunction;
 use handoff_app::context::{AppContext, AppSettings, Ports};
-use handoff_app::dlq::DlqFunction;
-use handoff_app::function::FunctionHandler;
-use handoff_app::jobs::JobsFunction;
-use handoff_app::trigger::TriggerFunction;
-use handoff_app::worker::WorkerFunction;
+use handoff_app::entry::api::ApiFunction;
+use handoff_app::entry::dlq::DlqFunction;
+use handoff_app::entry::function::FunctionHandler;
+use handoff_app::entry::jobs::JobsFunction;
+use handoff_app::entry::trigger::TriggerFunction;
+use handoff_app::entry::worker::WorkerFunction;
 use handoff_aws::dynamo::{DynamoExchangeRepository, DynamoIntegrationRepository, DynamoMappingRepository};
 use handoff_aws::s3::S3DataFileStore;
 use handoff_aws::scheduler::EventBridgeScheduleManager;

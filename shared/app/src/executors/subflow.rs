@@ -6,21 +6,20 @@
 //!   attempt creates no extra ones, and starts them.
 //! * `ControlSubflow` — fan-in without polling: each sub-exchange counts itself on this step
 //!   in the same transaction that makes it final (exactly once), and the one that completes
-//!   the count hands the parent on. When all are final the parent continues with their
-//!   results, or fails if any of them failed.
+//!   the count hands the parent on (an effect, see [`crate::effects`]). When all are final
+//!   the parent continues with their results, or fails if any of them failed.
 
-use crate::context::AppContext;
 use crate::executors::{payload_failure, store_value, ExecutionContext, StepOutput};
-use crate::invoke::materialize;
+use crate::sub_exchanges::children;
+use crate::use_cases::invoke::materialize;
 use chrono::Utc;
 use handoff_core::definition::StepAction;
-use handoff_core::exchange::{Exchange, ExchangeStatus, ParentLink, Payload, StepStatus};
-use handoff_core::handoff::{HandoffMessage, Timer, TimerKind};
+use handoff_core::exchange::{Exchange, ExchangeStatus, ParentLink, Payload};
 use handoff_core::ids::{ExchangeId, StepId};
-use handoff_core::plan::{SubStep, WorkerFamily};
+use handoff_core::plan::WorkerFamily;
 use handoff_core::retry::{ErrorClassification, Failure};
 use handoff_core::version::{select_version, VersionAvailability};
-use handoff_ports::{ExchangeFilter, PortError};
+use handoff_ports::PortError;
 use serde_json::Value;
 
 /// Sub-exchanges are written and started in chunks of this many.
@@ -112,23 +111,6 @@ pub async fn create_sub_exchanges(cx: &ExecutionContext<'_>, logs: &mut Vec<Stri
     Ok(StepOutput::default())
 }
 
-/// Every sub-exchange of a parent step, in index order.
-pub async fn children(app: &AppContext, parent: &ExchangeId) -> Result<Vec<Exchange>, PortError> {
-    let filter = ExchangeFilter { parent: Some(parent.clone()), ..ExchangeFilter::default() };
-    let mut all = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = app.exchanges.list(&filter, 100, cursor.as_deref()).await?;
-        all.extend(page.items);
-        cursor = page.next_cursor;
-        if cursor.is_none() {
-            break;
-        }
-    }
-    all.sort_by_key(|e| e.parent.as_ref().map_or(0, |p| p.index));
-    Ok(all)
-}
-
 pub async fn control(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Result<StepOutput, Failure> {
     let app = cx.app;
     let step = app
@@ -198,56 +180,4 @@ pub async fn control(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Resul
     store_value(cx, &Value::Array(results))
         .await
         .map(|payload| StepOutput { payload: Some(payload), ..StepOutput::default() })
-}
-
-/// After a sub-exchange counted itself: if it completed the count, hand the parent on.
-/// Several may see the count complete; the parent's step takes only the first.
-pub async fn resume_parent_if_last(app: &AppContext, link: &ParentLink) -> Result<(), PortError> {
-    let Some(step) = app.exchanges.get_step(&link.exchange_id, link.step_id).await? else {
-        return Ok(());
-    };
-    if step.status != StepStatus::Initial || !step.sub_exchanges.is_some_and(|c| c.all_final()) {
-        return Ok(());
-    }
-    let Some(parent) = app.exchanges.get(&link.exchange_id).await? else {
-        return Ok(());
-    };
-    if parent.exchange.status.is_final() {
-        return Ok(());
-    }
-    let message = HandoffMessage::at_step(&parent.exchange, link.step_id, SubStep::ControlSubflow, 1, None);
-    tracing::info!(parent = %link.exchange_id, "last sub-exchange ended; parent resumes");
-    app.queue.send(WorkerFamily::Control, &message, 0).await
-}
-
-/// A parent that timed out takes its running sub-exchanges (and theirs) with it.
-pub async fn time_out_children(app: &AppContext, parent: &ExchangeId) -> Result<(), PortError> {
-    let now = Utc::now();
-    for child in children(app, parent).await? {
-        if child.status.is_final() {
-            continue;
-        }
-        let timer = Timer {
-            exchange_id: child.exchange_id.clone(),
-            recovery: child.recoveries,
-            due: now,
-            kind: TimerKind::ParentTimedOut { parent: parent.clone() },
-        };
-        app.queue.send_timer(&timer, 0).await?;
-    }
-    Ok(())
-}
-
-/// The failed or timed-out sub-exchanges of a parent step (what recovering the parent re-drives).
-pub async fn failed_children(
-    app: &AppContext,
-    parent: &ExchangeId,
-    step: StepId,
-) -> Result<Vec<ExchangeId>, PortError> {
-    Ok(children(app, parent)
-        .await?
-        .into_iter()
-        .filter(|c| c.parent.as_ref().is_some_and(|p| p.step_id == step) && c.status.is_recoverable())
-        .map(|c| c.exchange_id)
-        .collect())
 }

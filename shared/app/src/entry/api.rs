@@ -3,13 +3,13 @@
 /// The per-destination summary of delivery steps.
 mod destinations;
 
-use crate::apigw;
 use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
-use crate::function::{FunctionHandler, InvocationError};
-use crate::invoke::{invoke_exchange, InvokeError, InvokeRequest};
+use crate::entry::apigw;
+use crate::entry::function::{FunctionHandler, InvocationError};
 use crate::payloads::PayloadCodec;
-use crate::recover::{recover_exchange, retry_step_now, ActionError};
+use crate::use_cases::invoke::{invoke_exchange, InvokeError, InvokeRequest};
+use crate::use_cases::recover::{recover_exchange, retry_step_now, ActionError};
 use async_trait::async_trait;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};

@@ -4,8 +4,8 @@
 
 use crate::context::AppContext;
 use crate::effects::run_effects;
-use crate::function::{FunctionHandler, InvocationError};
-use crate::sqs::{batch_response, SqsEvent, SqsRecord};
+use crate::entry::function::{FunctionHandler, InvocationError};
+use crate::entry::sqs::{batch_response, SqsEvent, SqsRecord};
 use async_trait::async_trait;
 use chrono::Utc;
 use handoff_core::commit::CommitOutcome;

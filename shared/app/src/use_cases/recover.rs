@@ -5,7 +5,7 @@
 use crate::context::AppContext;
 use crate::definitions::DefinitionLoadError;
 use crate::effects::run_effects;
-use crate::subflow::failed_children;
+use crate::sub_exchanges::failed_children;
 use chrono::Utc;
 use handoff_core::commit::CommitOutcome;
 use handoff_core::exchange::ExchangeDetail;

@@ -1,7 +1,7 @@
 //! API Gateway HTTP API (payload format 2.0) ⇄ `http` request/response, so the axum router
 //! is the api function both in Lambda and in the emulator.
 
-use crate::function::InvocationError;
+use crate::entry::function::InvocationError;
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::BodyExt;

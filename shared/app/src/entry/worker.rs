@@ -7,10 +7,10 @@
 use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
 use crate::effects::run_effects;
+use crate::entry::function::{FunctionHandler, InvocationError};
+use crate::entry::sqs::{batch_response, SqsEvent};
 use crate::executors::{execute, ExecutionContext};
-use crate::function::{FunctionHandler, InvocationError};
 use crate::payloads::PayloadCodec;
-use crate::sqs::{batch_response, SqsEvent};
 use async_trait::async_trait;
 use chrono::{Duration as ChronoDuration, Utc};
 use handoff_core::commit::{CommitOutcome, Conflict};

@@ -1,6 +1,6 @@
 //! The parts of Lambda's SQS event and partial-batch response that the handlers use.
 
-use crate::function::InvocationError;
+use crate::entry::function::InvocationError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 

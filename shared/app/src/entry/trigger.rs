@@ -1,8 +1,8 @@
 //! The trigger function: an EventBridge Scheduler schedule fired; start an exchange.
 
 use crate::context::AppContext;
-use crate::function::{FunctionHandler, InvocationError};
-use crate::invoke::{invoke_exchange, InvokeError, InvokeRequest};
+use crate::entry::function::{FunctionHandler, InvocationError};
+use crate::use_cases::invoke::{invoke_exchange, InvokeError, InvokeRequest};
 use async_trait::async_trait;
 use handoff_ports::ScheduledTrigger;
 use serde_json::{json, Value};

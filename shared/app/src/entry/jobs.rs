@@ -4,9 +4,9 @@
 //! error-processing job re-drives exchanges whose failure was a retryable system error.
 
 use crate::context::AppContext;
-use crate::function::{FunctionHandler, InvocationError};
-use crate::invoke::start_again;
-use crate::recover::recover_exchange;
+use crate::entry::function::{FunctionHandler, InvocationError};
+use crate::use_cases::invoke::start_again;
+use crate::use_cases::recover::recover_exchange;
 use async_trait::async_trait;
 use chrono::{Duration as ChronoDuration, Utc};
 use handoff_core::exchange::ExchangeStatus;
