@@ -369,7 +369,7 @@ async fn arm_callback(cx: &ExecutionContext<'_>) -> Result<(String, Wait), Failu
     let timeout_at = timeout_seconds.map(|s| Utc::now() + ChronoDuration::seconds(s as i64));
     let secret = new_token();
     let token = CallbackToken {
-        hash: token_hash(&secret),
+        hash: CallbackToken::hash_of(&secret),
         exchange_id: cx.message.exchange_id.clone(),
         integration_code: cx.message.integration_code.clone(),
         integration_version: cx.message.integration_version,
@@ -396,11 +396,6 @@ async fn arm_callback(cx: &ExecutionContext<'_>) -> Result<(String, Wait), Failu
 /// An unguessable token: 256 random bits, hex.
 pub fn new_token() -> String {
     format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
-}
-
-/// Only hashes of tokens are stored.
-pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// The notification this sub-step runs on (its input).

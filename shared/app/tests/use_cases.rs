@@ -293,7 +293,7 @@ async fn a_callback_is_taken_once_and_its_outbox_entry_is_taken_back() {
     let waiting = detail.steps.iter().find(|s| s.sub_step == SubStep::ReceiveNotification).expect("waiting step");
     let token = "a-token-only-the-partner-knows";
     let armed = CallbackToken {
-        hash: handoff_app::executors::token_hash(token),
+        hash: CallbackToken::hash_of(token),
         exchange_id: id.clone(),
         integration_code: detail.exchange.integration_code.clone(),
         integration_version: detail.exchange.integration_version,
@@ -324,7 +324,7 @@ async fn a_callback_whose_handoff_fails_stays_in_the_outbox_for_the_regular_job(
     h.queue.take();
     let token = "another-token";
     let armed = CallbackToken {
-        hash: handoff_app::executors::token_hash(token),
+        hash: CallbackToken::hash_of(token),
         exchange_id: id.clone(),
         integration_code: handoff_core::ids::IntegrationCode::parse("OUTBOX").expect("code"),
         integration_version: handoff_core::ids::IntegrationVersion::number(1).expect("version"),

@@ -117,6 +117,15 @@ pub enum QueueMessage {
     Handoff(HandoffMessage),
 }
 
+impl CallbackToken {
+    /// The stored form of a token handed out: only its SHA-256 (hex) is kept, so the table
+    /// never holds a usable credential.
+    pub fn hash_of(token: &str) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(token.as_bytes()))
+    }
+}
+
 impl HandoffMessage {
     /// The message that starts `exchange`: its first sub-step, on the invocation's payload.
     pub fn start(exchange: &Exchange, first: &PlannedSubStep, input: Option<Payload>) -> Self {

@@ -7,7 +7,7 @@ use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
 use crate::entry::apigw;
 use crate::entry::function::{FunctionHandler, InvocationError};
-use crate::payloads::PayloadCodec;
+use crate::use_cases::callback::{accept_callback, CallbackError};
 use crate::use_cases::invoke::{invoke_exchange, InvokeError, InvokeRequest};
 use crate::use_cases::recover::{recover_exchange, retry_step_now, ActionError};
 use async_trait::async_trait;
@@ -22,7 +22,6 @@ use handoff_core::definition::parse_definition;
 use handoff_core::exchange::ExchangeDetail;
 use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
-use handoff_core::machine::operator;
 use handoff_core::notification::parse_notification;
 use handoff_core::reader::{FieldError, ObjectReader};
 use handoff_core::retry::ErrorClassification;
@@ -589,64 +588,23 @@ fn parse_limit(value: Option<&String>) -> Result<u32, String> {
     }
 }
 
-/// An external system answers a waiting step. The token is single use; an unknown, used or
-/// expired one is 404, so a duplicate callback changes nothing.
-///
-/// Accepting a callback uses its token and stores, in the same write, an outbox timer that
-/// hands the callback on if its message is never sent (a crash, SQS unavailable): once the
-/// caller hears 202, the callback cannot be lost. The message is then sent at once and the
-/// outbox entry taken back.
+/// An external system answers a waiting step ([`accept_callback`]): 202 once the callback
+/// is stored, 404 for an unknown, used or expired token, 409 when it comes too late.
 async fn notify(State(ctx): Ctx, Path(token): Path<String>, body: Bytes) -> ApiResult {
     let document = json_body(&body)?;
     let notification = parse_notification(&document).map_err(|e| ApiError::field(e, "InvalidNotification"))?;
-    let hash = crate::executors::token_hash(&token);
-    let now = Utc::now();
-    let Some(armed) = ctx.exchanges.usable_token(&hash, now).await? else {
-        return Err(ApiError::not_found("unknown, used or expired notification token"));
-    };
-    // An agent's report is checked here, so the agent hears of a malformed one (and may resend).
-    if armed.sub_step == handoff_core::plan::SubStep::ReceiveAgentNotification {
-        handoff_core::notification::parse_agent_report(&notification)
-            .map_err(|e| ApiError::field(e, "InvalidNotification"))?;
-    }
-    // Tell the caller plainly when its answer comes too late to matter.
-    if let Some(detail) = ctx.exchanges.get(&armed.exchange_id).await? {
-        if operator::callback_is_late(&armed, &detail.exchange) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "InvalidState",
-                format!(
-                    "exchange {} is {} and no longer waits for this callback",
-                    armed.exchange_id,
-                    detail.exchange.status.name()
-                ),
-            ));
+    match accept_callback(&ctx, &token, &notification).await {
+        Ok(accepted) => {
+            Ok((StatusCode::ACCEPTED, Json(json!({"exchangeId": accepted.exchange_id, "stepId": accepted.step_id})))
+                .into_response())
         }
-    }
-    let codec = PayloadCodec::new(ctx.files.clone(), ctx.settings.inline_payload_limit);
-    let bytes =
-        serde_json::to_vec(&notification).map_err(|e| PortError::Fault { service: "api", message: e.to_string() })?;
-    let input = codec
-        .store(bytes.into(), "application/json")
-        .await
-        .map_err(|e| PortError::Unavailable { service: "payloads", message: e.to_string() })?;
-    let (message, outbox) = operator::callback_accepted(&armed, input, ctx.settings.outbox_delay, now);
-    if !ctx.exchanges.consume_token(&hash, now, &outbox).await? {
-        return Err(ApiError::not_found("unknown, used or expired notification token"));
-    }
-    let family = armed.sub_step.family();
-    match ctx.queue.send(family, &message, 0).await {
-        Ok(()) => {
-            if let Err(e) = ctx.exchanges.take_timer(&outbox).await {
-                tracing::warn!(exchangeId = %armed.exchange_id, error = %e, "callback handed on; its outbox entry stays and will send a harmless duplicate");
-            }
+        Err(e @ CallbackError::UnknownToken) => Err(ApiError::not_found(e.to_string())),
+        Err(CallbackError::InvalidReport(field)) => Err(ApiError::field(field, "InvalidNotification")),
+        Err(e @ CallbackError::TooLate { .. }) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "InvalidState", e.to_string()))
         }
-        Err(e) => {
-            tracing::warn!(exchangeId = %armed.exchange_id, error = %e, "callback kept; the regular job hands it on from the outbox")
-        }
+        Err(CallbackError::Port(port)) => Err(port.into()),
     }
-    tracing::info!(exchangeId = %armed.exchange_id, stepId = %armed.step_id, status = ?notification.status, "callback accepted");
-    Ok((StatusCode::ACCEPTED, Json(json!({"exchangeId": armed.exchange_id, "stepId": armed.step_id}))).into_response())
 }
 
 async fn get_logs(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
