@@ -122,6 +122,30 @@ pub async fn provision(template: &Template, ids: &mut Identities, clients: &Clie
     Ok(())
 }
 
+/// Creates the table `logical_id` of the project's `infra/template.yaml` under `name`, with
+/// exactly the key schema, attributes and indexes the stack gets: adapter tests give each
+/// run its own table this way instead of writing the schema a second time.
+pub async fn create_template_table(
+    sdk: &aws_config::SdkConfig,
+    logical_id: &str,
+    name: &str,
+) -> Result<(), ProvisionError> {
+    let template = Template::load(&crate::moto::workspace_root().join("infra").join("template.yaml"))?;
+    let urls = crate::template::LocalUrls { aws_endpoint: String::new(), api_url: String::new() };
+    let ids = template.identities(&urls)?;
+    let fail = |message: String| ProvisionError::Resource {
+        logical_id: logical_id.to_string(),
+        kind: "AWS::DynamoDB::Table".into(),
+        message,
+    };
+    let table = template
+        .resource(logical_id)
+        .filter(|r| r.kind == "AWS::DynamoDB::Table")
+        .ok_or_else(|| fail("the template has no such table".into()))?;
+    let props = yaml_to_json(&ids.resolve(&table.properties)?);
+    create_table(&Clients::new(sdk), name, &props).await.map_err(fail)
+}
+
 /// Logical ids in an order where every resource comes after the resources it refers to
 /// (template order among independent ones).
 pub fn creation_order(template: &Template) -> Vec<String> {
