@@ -27,8 +27,8 @@ use handoff_core::plan::{SubStep, WorkerFamily};
 use handoff_core::retry::ErrorClassification;
 use handoff_emulator::moto::MotoServer;
 use handoff_ports::{
-    DataFileStore, ErrorFilter, ExchangeFilter, ExchangeRepository, HandoffQueue, IntegrationRepository,
-    IntegrationWriteError, PortError, ScheduleManager, StoredIntegration,
+    DataFileStore, ErrorFilter, ExchangeFilter, ExchangeReads, ExchangeRepository, ExchangeWrites, HandoffQueue,
+    IntegrationRepository, IntegrationWriteError, PortError, ScheduleManager, StoredIntegration,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -5,7 +5,7 @@ use handoff_core::commit::{ExchangeChange, StepCommit};
 use handoff_core::handoff::{Timer, TimerKind};
 use handoff_core::ids::{ExchangeId, StepId};
 use handoff_e2e::{function, gateway, unique_code, ExternalSystem};
-use handoff_ports::ExchangeRepository;
+use handoff_ports::{ExchangeWrites, TimerStore};
 use serde_json::json;
 use std::time::Duration;
 

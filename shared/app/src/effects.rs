@@ -47,7 +47,7 @@ pub async fn resume_parent_if_last(app: &AppContext, link: &ParentLink) -> Resul
 /// A parent that timed out takes its running sub-exchanges (and theirs) with it.
 pub async fn time_out_children(app: &AppContext, parent: &ExchangeId) -> Result<(), PortError> {
     let now = Utc::now();
-    for child in children(app, parent).await? {
+    for child in children(app.exchanges.as_ref(), parent).await? {
         if child.status.is_final() {
             continue;
         }

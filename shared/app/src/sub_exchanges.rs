@@ -1,18 +1,17 @@
 //! Reading the sub-exchanges of a parent: all of them in index order, and the failed ones a
 //! recovery of the parent re-drives.
 
-use crate::context::AppContext;
 use handoff_core::exchange::Exchange;
 use handoff_core::ids::{ExchangeId, StepId};
-use handoff_ports::{ExchangeFilter, PortError};
+use handoff_ports::{ExchangeFilter, ExchangeReads, PortError};
 
 /// Every sub-exchange of a parent step, in index order.
-pub async fn children(app: &AppContext, parent: &ExchangeId) -> Result<Vec<Exchange>, PortError> {
+pub async fn children(exchanges: &dyn ExchangeReads, parent: &ExchangeId) -> Result<Vec<Exchange>, PortError> {
     let filter = ExchangeFilter { parent: Some(parent.clone()), ..ExchangeFilter::default() };
     let mut all = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let page = app.exchanges.list(&filter, 100, cursor.as_deref()).await?;
+        let page = exchanges.list(&filter, 100, cursor.as_deref()).await?;
         all.extend(page.items);
         cursor = page.next_cursor;
         if cursor.is_none() {
@@ -25,11 +24,11 @@ pub async fn children(app: &AppContext, parent: &ExchangeId) -> Result<Vec<Excha
 
 /// The failed or timed-out sub-exchanges of a parent step (what recovering the parent re-drives).
 pub async fn failed_children(
-    app: &AppContext,
+    exchanges: &dyn ExchangeReads,
     parent: &ExchangeId,
     step: StepId,
 ) -> Result<Vec<ExchangeId>, PortError> {
-    Ok(children(app, parent)
+    Ok(children(exchanges, parent)
         .await?
         .into_iter()
         .filter(|c| c.parent.as_ref().is_some_and(|p| p.step_id == step) && c.status.is_recoverable())

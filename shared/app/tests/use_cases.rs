@@ -18,7 +18,7 @@ use handoff_ports::memory::{
     MemoryDataFileStore, MemoryExchangeRepository, MemoryIntegrationRepository, MemoryMappings, MemoryQueue,
     MemorySchedules, MemorySecrets, Queued,
 };
-use handoff_ports::{ExchangeRepository, ScheduleManager};
+use handoff_ports::{ExchangeReads, ScheduleManager, TokenStore};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};

@@ -130,19 +130,16 @@ pub struct ExchangePage {
     pub next_cursor: Option<String>,
 }
 
+/// Every exchange capability at once: what one store offers (the DynamoDB table, the
+/// in-memory fake) and what the composition root wires. Use cases name the capabilities
+/// they use.
+pub trait ExchangeRepository: ExchangeReads + ExchangeWrites + TimerStore + TokenStore {}
+
+impl<T: ExchangeReads + ExchangeWrites + TimerStore + TokenStore + ?Sized> ExchangeRepository for T {}
+
+/// Reading exchanges, their steps and logs, and the failures listed for operators.
 #[async_trait]
-pub trait ExchangeRepository: Send + Sync {
-    /// Writes the exchange and all its steps (batched, ≤ 25 items per request). Idempotent:
-    /// writing the same exchange again changes nothing.
-    async fn create(&self, exchange: &Exchange, steps: &[ExchangeStep]) -> PortResult<()>;
-    /// Writes many exchanges with their steps, packing items of several exchanges into each
-    /// batch of 25 (creating a thousand sub-exchanges costs requests per item, not per exchange).
-    async fn create_many(&self, exchanges: &[(Exchange, Vec<ExchangeStep>)]) -> PortResult<()> {
-        for (exchange, steps) in exchanges {
-            self.create(exchange, steps).await?;
-        }
-        Ok(())
-    }
+pub trait ExchangeReads: Send + Sync {
     /// Which of these exchanges exist, and their status (BatchGetItem, ≤ 100 keys a request).
     async fn statuses(&self, ids: &[ExchangeId]) -> PortResult<Vec<(ExchangeId, ExchangeStatus)>> {
         let mut found = Vec::new();
@@ -153,12 +150,39 @@ pub trait ExchangeRepository: Send + Sync {
         }
         Ok(found)
     }
-    /// Sets how many sub-exchanges a `ControlSubflow` step waits for (before any of them runs).
-    async fn set_sub_exchange_total(&self, id: &ExchangeId, step: StepId, total: u32) -> PortResult<()>;
+
     async fn get(&self, id: &ExchangeId) -> PortResult<Option<ExchangeDetail>>;
+
     async fn get_step(&self, id: &ExchangeId, step: StepId) -> PortResult<Option<ExchangeStep>>;
+
     /// Newest first.
     async fn list(&self, filter: &ExchangeFilter, limit: u32, cursor: Option<&str>) -> PortResult<ExchangePage>;
+
+    /// Failures, newest first.
+    async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage>;
+
+    async fn health(&self) -> PortResult<()>;
+}
+
+/// Writing exchanges: creation, and the conditional writes the state machine decides.
+#[async_trait]
+pub trait ExchangeWrites: Send + Sync {
+    /// Writes the exchange and all its steps (batched, ≤ 25 items per request). Idempotent:
+    /// writing the same exchange again changes nothing.
+    async fn create(&self, exchange: &Exchange, steps: &[ExchangeStep]) -> PortResult<()>;
+
+    /// Writes many exchanges with their steps, packing items of several exchanges into each
+    /// batch of 25 (creating a thousand sub-exchanges costs requests per item, not per exchange).
+    async fn create_many(&self, exchanges: &[(Exchange, Vec<ExchangeStep>)]) -> PortResult<()> {
+        for (exchange, steps) in exchanges {
+            self.create(exchange, steps).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets how many sub-exchanges a `ControlSubflow` step waits for (before any of them runs).
+    async fn set_sub_exchange_total(&self, id: &ExchangeId, step: StepId, total: u32) -> PortResult<()>;
+
     /// Claims attempt `attempt` of a step before an external side effect, under
     /// [`handoff_core::commit::claim_preconditions`]: the step is `Initial` with the attempt
     /// not recorded, no live claim of it or a later one, the exchange not final and at
@@ -173,12 +197,15 @@ pub trait ExchangeRepository: Send + Sync {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> PortResult<Result<(), Conflict>>;
+
     /// Writes `commit` atomically if every one of [`StepCommit::preconditions`] holds;
     /// otherwise writes nothing and names the preconditions that failed.
     async fn try_commit(&self, commit: &StepCommit) -> PortResult<Result<(), Conflict>>;
+
     /// Writes `commit` atomically if every one of [`RecoveryCommit::preconditions`] holds
     /// (the exchange Failed/TimedOut at generation `commit.recovery`).
     async fn try_recover(&self, commit: &RecoveryCommit) -> PortResult<Result<(), Conflict>>;
+
     /// [`Self::try_claim`], when the reasons do not matter.
     async fn claim(
         &self,
@@ -194,29 +221,41 @@ pub trait ExchangeRepository: Send + Sync {
             Err(_) => ClaimOutcome::NotClaimable,
         })
     }
+
     /// [`Self::try_commit`], when the reasons do not matter.
     async fn commit(&self, commit: &StepCommit) -> PortResult<CommitOutcome> {
         Ok(outcome(self.try_commit(commit).await?))
     }
+
     /// [`Self::try_recover`], when the reasons do not matter.
     async fn recover(&self, commit: &RecoveryCommit) -> PortResult<CommitOutcome> {
         Ok(outcome(self.try_recover(commit).await?))
     }
-    /// Failures, newest first.
-    async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage>;
+}
+
+/// Durable timers due later than a queue can delay a message (and outbox entries).
+#[async_trait]
+pub trait TimerStore: Send + Sync {
     /// Stored timers due up to `until`, oldest first.
     async fn due_timers(&self, until: DateTime<Utc>, limit: u32) -> PortResult<Vec<Timer>>;
+
     /// Takes a timer off the due index once its message is on its way; false if another
     /// sweeper took it first.
     async fn take_timer(&self, timer: &Timer) -> PortResult<bool>;
+}
+
+/// Single-use callback tokens.
+#[async_trait]
+pub trait TokenStore: Send + Sync {
     /// Stores a callback token (before the call that hands it out).
     async fn put_token(&self, token: &CallbackToken) -> PortResult<()>;
+
     /// A token that can still be used at `now`: `None` if unknown, used or expired.
     async fn usable_token(&self, hash: &str, now: DateTime<Utc>) -> PortResult<Option<CallbackToken>>;
+
     /// Uses a token once and, in the same write, stores `outbox` (the timer that hands the
     /// callback on should its message never be sent). False if it was used or expired first.
     async fn consume_token(&self, hash: &str, now: DateTime<Utc>, outbox: &Timer) -> PortResult<bool>;
-    async fn health(&self) -> PortResult<()>;
 }
 
 #[async_trait]

@@ -4,9 +4,10 @@
 //! `tests/adapters` run the same cases against both, so the two cannot drift.
 
 use crate::{
-    ByteStream, DataFileInfo, DataFileStore, ErrorFilter, ErrorPage, ExchangeFilter, ExchangePage, ExchangeRepository,
-    HandoffQueue, IntegrationRepository, IntegrationWriteError, MappingRepository, MappingWriteError, PortError,
-    PortResult, ScheduleManager, SecretStore, SecretText, StoredIntegration, StoredMapping,
+    ByteStream, DataFileInfo, DataFileStore, ErrorFilter, ErrorPage, ExchangeFilter, ExchangePage, ExchangeReads,
+    ExchangeWrites, HandoffQueue, IntegrationRepository, IntegrationWriteError, MappingRepository, MappingWriteError,
+    PortError, PortResult, ScheduleManager, SecretStore, SecretText, StoredIntegration, StoredMapping, TimerStore,
+    TokenStore,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -289,38 +290,10 @@ fn apply_commit(state: &mut ExchangeState, commit: &StepCommit, skips: &[StepId]
 }
 
 #[async_trait]
-impl ExchangeRepository for MemoryExchangeRepository {
-    async fn create(&self, exchange: &Exchange, steps: &[ExchangeStep]) -> PortResult<()> {
-        let mut state = lock(&self.state);
-        state.exchanges.insert(exchange.exchange_id.clone(), exchange.clone());
-        for step in steps {
-            let stored = StoredStep {
-                step: ExchangeStep { sub_exchanges: None, ..step.clone() },
-                completed_attempt: 0,
-                claimed_attempt: 0,
-                lease_until: 0,
-                logs: Vec::new(),
-                sub_total: None,
-                sub_completed: 0,
-                sub_failed: 0,
-            };
-            state.steps.insert((exchange.exchange_id.clone(), step.step_id), stored);
-        }
-        Ok(())
-    }
-
+impl ExchangeReads for MemoryExchangeRepository {
     async fn statuses(&self, ids: &[ExchangeId]) -> PortResult<Vec<(ExchangeId, ExchangeStatus)>> {
         let state = lock(&self.state);
         Ok(ids.iter().filter_map(|id| state.exchanges.get(id).map(|e| (id.clone(), e.status))).collect())
-    }
-
-    async fn set_sub_exchange_total(&self, id: &ExchangeId, step: StepId, total: u32) -> PortResult<()> {
-        let mut state = lock(&self.state);
-        let stored = state
-            .step_mut(id, step)
-            .ok_or_else(|| fault(format!("exchange {id} has no step {step} to count sub-exchanges on")))?;
-        stored.sub_total = Some(total);
-        Ok(())
     }
 
     async fn get(&self, id: &ExchangeId) -> PortResult<Option<ExchangeDetail>> {
@@ -354,6 +327,58 @@ impl ExchangeRepository for MemoryExchangeRepository {
         }
         let (items, next_cursor) = page(&items, &scope_of(filter), limit, cursor)?;
         Ok(ExchangePage { items, next_cursor })
+    }
+
+    async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage> {
+        let state = lock(&self.state);
+        let mut items: Vec<ErrorRecord> = state
+            .errors
+            .iter()
+            .filter(|e| filter.classification.is_none_or(|c| e.classification == c))
+            .filter(|e| filter.integration_code.as_ref().is_none_or(|c| &e.integration_code == c))
+            .filter(|e| filter.since.is_none_or(|since| e.at >= since))
+            .cloned()
+            .collect();
+        // Newest first; a stable sort keeps one commit's records in their order.
+        items.reverse();
+        items.sort_by_key(|e| std::cmp::Reverse(e.at));
+        let (items, next_cursor) = page(&items, &scope_of(filter), limit, cursor)?;
+        Ok(ErrorPage { items, next_cursor })
+    }
+
+    async fn health(&self) -> PortResult<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ExchangeWrites for MemoryExchangeRepository {
+    async fn create(&self, exchange: &Exchange, steps: &[ExchangeStep]) -> PortResult<()> {
+        let mut state = lock(&self.state);
+        state.exchanges.insert(exchange.exchange_id.clone(), exchange.clone());
+        for step in steps {
+            let stored = StoredStep {
+                step: ExchangeStep { sub_exchanges: None, ..step.clone() },
+                completed_attempt: 0,
+                claimed_attempt: 0,
+                lease_until: 0,
+                logs: Vec::new(),
+                sub_total: None,
+                sub_completed: 0,
+                sub_failed: 0,
+            };
+            state.steps.insert((exchange.exchange_id.clone(), step.step_id), stored);
+        }
+        Ok(())
+    }
+
+    async fn set_sub_exchange_total(&self, id: &ExchangeId, step: StepId, total: u32) -> PortResult<()> {
+        let mut state = lock(&self.state);
+        let stored = state
+            .step_mut(id, step)
+            .ok_or_else(|| fault(format!("exchange {id} has no step {step} to count sub-exchanges on")))?;
+        stored.sub_total = Some(total);
+        Ok(())
     }
 
     async fn try_claim(
@@ -439,24 +464,10 @@ impl ExchangeRepository for MemoryExchangeRepository {
         }
         Ok(Ok(()))
     }
+}
 
-    async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage> {
-        let state = lock(&self.state);
-        let mut items: Vec<ErrorRecord> = state
-            .errors
-            .iter()
-            .filter(|e| filter.classification.is_none_or(|c| e.classification == c))
-            .filter(|e| filter.integration_code.as_ref().is_none_or(|c| &e.integration_code == c))
-            .filter(|e| filter.since.is_none_or(|since| e.at >= since))
-            .cloned()
-            .collect();
-        // Newest first; a stable sort keeps one commit's records in their order.
-        items.reverse();
-        items.sort_by_key(|e| std::cmp::Reverse(e.at));
-        let (items, next_cursor) = page(&items, &scope_of(filter), limit, cursor)?;
-        Ok(ErrorPage { items, next_cursor })
-    }
-
+#[async_trait]
+impl TimerStore for MemoryExchangeRepository {
     async fn due_timers(&self, until: DateTime<Utc>, limit: u32) -> PortResult<Vec<Timer>> {
         let mut due: Vec<Timer> = self.pending_timers().into_iter().filter(|t| t.due <= until).collect();
         due.truncate(limit.clamp(1, 1000) as usize);
@@ -474,7 +485,10 @@ impl ExchangeRepository for MemoryExchangeRepository {
             _ => Ok(false),
         }
     }
+}
 
+#[async_trait]
+impl TokenStore for MemoryExchangeRepository {
     async fn put_token(&self, token: &CallbackToken) -> PortResult<()> {
         let mut state = lock(&self.state);
         if state.tokens.contains_key(&token.hash) {
@@ -499,10 +513,6 @@ impl ExchangeRepository for MemoryExchangeRepository {
         }
         state.put_timer(outbox);
         Ok(true)
-    }
-
-    async fn health(&self) -> PortResult<()> {
-        Ok(())
     }
 }
 

@@ -130,7 +130,7 @@ pub async fn control(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Resul
         ));
         return Ok(StepOutput { wait_for_sub_exchanges: true, ..StepOutput::default() });
     }
-    let mine: Vec<Exchange> = children(app, &cx.message.exchange_id)
+    let mine: Vec<Exchange> = children(app.exchanges.as_ref(), &cx.message.exchange_id)
         .await
         .map_err(transient)?
         .into_iter()

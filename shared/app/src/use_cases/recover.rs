@@ -84,8 +84,11 @@ pub async fn recover_exchange(
     )
     .map_err(|e| ActionError::Conflict(e.to_string()))?;
     // A subflow that failed because sub-exchanges failed re-drives only those.
-    let redrive =
-        if decided.redrive_children { failed_children(ctx, id, decided.resumed_at()).await? } else { Vec::new() };
+    let redrive = if decided.redrive_children {
+        failed_children(ctx.exchanges.as_ref(), id, decided.resumed_at()).await?
+    } else {
+        Vec::new()
+    };
     if ctx.exchanges.recover(&decided.commit).await? == CommitOutcome::Conflict {
         return Err(ActionError::Conflict("the exchange changed while it was being recovered; read it again".into()));
     }

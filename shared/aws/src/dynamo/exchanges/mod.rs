@@ -93,7 +93,10 @@ use handoff_core::exchange::{ExchangeDetail, ExchangeEvent};
 use handoff_core::handoff::{CallbackToken, Timer};
 use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::plan::SubStep;
-use handoff_ports::{ErrorFilter, ErrorPage, ExchangeFilter, ExchangePage, ExchangeRepository, PortError, PortResult};
+use handoff_ports::{
+    ErrorFilter, ErrorPage, ExchangeFilter, ExchangePage, ExchangeReads, ExchangeWrites, PortError, PortResult,
+    TimerStore, TokenStore,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -356,16 +359,7 @@ impl DynamoExchangeRepository {
 }
 
 #[async_trait]
-impl ExchangeRepository for DynamoExchangeRepository {
-    async fn create(&self, exchange: &Exchange, steps: &[ExchangeStep]) -> PortResult<()> {
-        self.batch_put(creation_items([(exchange, steps)])?).await
-    }
-
-    async fn create_many(&self, exchanges: &[(Exchange, Vec<ExchangeStep>)]) -> PortResult<()> {
-        let items = creation_items(exchanges.iter().map(|(exchange, steps)| (exchange, steps.as_slice())))?;
-        self.batch_put(items).await
-    }
-
+impl ExchangeReads for DynamoExchangeRepository {
     async fn statuses(&self, ids: &[ExchangeId]) -> PortResult<Vec<(ExchangeId, ExchangeStatus)>> {
         // One BatchGetItem refuses duplicate keys.
         let mut unique: Vec<&ExchangeId> = Vec::with_capacity(ids.len());
@@ -445,6 +439,29 @@ impl ExchangeRepository for DynamoExchangeRepository {
         Ok(ExchangePage { items: exchanges, next_cursor })
     }
 
+    async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage> {
+        let query = errors_query(filter)?;
+        let (items, next_cursor) = self.query_page(&query, limit, cursor).await?;
+        let items = items.into_iter().map(error_from_item).collect::<PortResult<Vec<_>>>()?;
+        Ok(ErrorPage { items, next_cursor })
+    }
+
+    async fn health(&self) -> PortResult<()> {
+        super::table_health(&self.client, &self.table).await
+    }
+}
+
+#[async_trait]
+impl ExchangeWrites for DynamoExchangeRepository {
+    async fn create(&self, exchange: &Exchange, steps: &[ExchangeStep]) -> PortResult<()> {
+        self.batch_put(creation_items([(exchange, steps)])?).await
+    }
+
+    async fn create_many(&self, exchanges: &[(Exchange, Vec<ExchangeStep>)]) -> PortResult<()> {
+        let items = creation_items(exchanges.iter().map(|(exchange, steps)| (exchange, steps.as_slice())))?;
+        self.batch_put(items).await
+    }
+
     async fn try_claim(
         &self,
         id: &ExchangeId,
@@ -465,13 +482,31 @@ impl ExchangeRepository for DynamoExchangeRepository {
         self.transact(recover_plan(&self.table, commit)?).await
     }
 
-    async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage> {
-        let query = errors_query(filter)?;
-        let (items, next_cursor) = self.query_page(&query, limit, cursor).await?;
-        let items = items.into_iter().map(error_from_item).collect::<PortResult<Vec<_>>>()?;
-        Ok(ErrorPage { items, next_cursor })
+    async fn set_sub_exchange_total(&self, id: &ExchangeId, step: StepId, total: u32) -> PortResult<()> {
+        let (update, condition, names, values) = sub_total_parts(id, step, total);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(step_key(id, step)))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
+                Err(error::fault(SERVICE, format!("exchange {id} has no step {step} to count sub-exchanges on")))
+            }
+            Err(e) => Err(error::sdk(SERVICE, "UpdateItem", e)),
+        }
     }
+}
 
+#[async_trait]
+impl TimerStore for DynamoExchangeRepository {
     async fn due_timers(&self, until: DateTime<Utc>, limit: u32) -> PortResult<Vec<Timer>> {
         let limit = limit.clamp(1, MAX_LIST_LIMIT) as usize;
         let (items, _) = self.query_items(&due_query(until), limit, None).await?;
@@ -504,7 +539,10 @@ impl ExchangeRepository for DynamoExchangeRepository {
             Err(e) => Err(error::sdk(SERVICE, "UpdateItem", e)),
         }
     }
+}
 
+#[async_trait]
+impl TokenStore for DynamoExchangeRepository {
     async fn put_token(&self, token: &CallbackToken) -> PortResult<()> {
         let item = token_to_item(token, Utc::now())?;
         let result = self
@@ -551,31 +589,5 @@ impl ExchangeRepository for DynamoExchangeRepository {
     async fn consume_token(&self, hash: &str, now: DateTime<Utc>, outbox: &Timer) -> PortResult<bool> {
         let actions = consume_token_plan(&self.table, hash, now, outbox)?;
         Ok(self.transact(actions).await?.is_ok())
-    }
-
-    async fn set_sub_exchange_total(&self, id: &ExchangeId, step: StepId, total: u32) -> PortResult<()> {
-        let (update, condition, names, values) = sub_total_parts(id, step, total);
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(step_key(id, step)))
-            .update_expression(update)
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
-                Err(error::fault(SERVICE, format!("exchange {id} has no step {step} to count sub-exchanges on")))
-            }
-            Err(e) => Err(error::sdk(SERVICE, "UpdateItem", e)),
-        }
-    }
-
-    async fn health(&self) -> PortResult<()> {
-        super::table_health(&self.client, &self.table).await
     }
 }
