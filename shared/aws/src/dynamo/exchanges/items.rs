@@ -2,6 +2,33 @@
 
 use super::*;
 
+/// An item that cannot be encoded, or a stored item that does not decode: never worth a
+/// retry (a bug or corrupt data), so a terminal fault of the port.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CodecError {
+    #[error("cannot encode {what}: {problem}")]
+    Encode { what: &'static str, problem: String },
+    #[error("stored {what} is malformed: {problem}")]
+    Malformed { what: &'static str, problem: String },
+    #[error("stored {what} has no body")]
+    NoBody { what: &'static str },
+}
+
+impl CodecError {
+    fn encode(what: &'static str, problem: impl std::fmt::Display) -> Self {
+        Self::Encode { what, problem: problem.to_string() }
+    }
+    fn malformed(what: &'static str, problem: impl std::fmt::Display) -> Self {
+        Self::Malformed { what, problem: problem.to_string() }
+    }
+}
+
+impl From<CodecError> for PortError {
+    fn from(e: CodecError) -> Self {
+        error::fault(SERVICE, e.to_string())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ExchangeItem {
@@ -40,10 +67,9 @@ pub(super) struct ExchangeItem {
     result: Option<Payload>,
 }
 
-pub(crate) fn exchange_to_item(exchange: &Exchange) -> PortResult<Item> {
+pub(crate) fn exchange_to_item(exchange: &Exchange) -> Result<Item, CodecError> {
     let sort = creation_sort_key(exchange.created_at, &exchange.exchange_id);
-    let parameters = serde_json::to_string(&exchange.parameters)
-        .map_err(|e| error::fault(SERVICE, format!("cannot encode parameters: {e}")))?;
+    let parameters = serde_json::to_string(&exchange.parameters).map_err(|e| CodecError::encode("parameters", e))?;
     let item = ExchangeItem {
         pk: exchange_pk(&exchange.exchange_id),
         sk: EXCHANGE_SK.to_string(),
@@ -68,16 +94,14 @@ pub(crate) fn exchange_to_item(exchange: &Exchange) -> PortResult<Item> {
         parent: exchange.parent.clone(),
         result: exchange.result.clone(),
     };
-    serde_dynamo::to_item(item).map_err(|e| error::fault(SERVICE, format!("cannot encode exchange: {e}")))
+    serde_dynamo::to_item(item).map_err(|e| CodecError::encode("exchange", e))
 }
 
-pub(crate) fn exchange_from_item(item: Item) -> PortResult<Exchange> {
-    let item: ExchangeItem = serde_dynamo::from_item(item)
-        .map_err(|e| error::fault(SERVICE, format!("stored exchange is malformed: {e}")))?;
+pub(crate) fn exchange_from_item(item: Item) -> Result<Exchange, CodecError> {
+    let item: ExchangeItem = serde_dynamo::from_item(item).map_err(|e| CodecError::malformed("exchange", e))?;
     let parameters = match item.parameters.as_deref() {
         None | Some("") => serde_json::Value::Null,
-        Some(text) => serde_json::from_str(text)
-            .map_err(|e| error::fault(SERVICE, format!("stored exchange parameters are malformed: {e}")))?,
+        Some(text) => serde_json::from_str(text).map_err(|e| CodecError::malformed("exchange parameters", e))?,
     };
     Ok(Exchange {
         exchange_id: item.exchange_id,
@@ -135,7 +159,7 @@ pub(super) struct StepItem {
     sub_failed: Option<u32>,
 }
 
-pub(crate) fn step_to_item(exchange_id: &ExchangeId, step: &ExchangeStep) -> PortResult<Item> {
+pub(crate) fn step_to_item(exchange_id: &ExchangeId, step: &ExchangeStep) -> Result<Item, CodecError> {
     let item = StepItem {
         pk: exchange_pk(exchange_id),
         sk: step_sk(step.step_id),
@@ -159,12 +183,11 @@ pub(crate) fn step_to_item(exchange_id: &ExchangeId, step: &ExchangeStep) -> Por
         sub_completed: None,
         sub_failed: None,
     };
-    serde_dynamo::to_item(item).map_err(|e| error::fault(SERVICE, format!("cannot encode step: {e}")))
+    serde_dynamo::to_item(item).map_err(|e| CodecError::encode("step", e))
 }
 
-pub(crate) fn step_from_item(item: Item) -> PortResult<(ExchangeStep, Vec<LogLine>)> {
-    let item: StepItem =
-        serde_dynamo::from_item(item).map_err(|e| error::fault(SERVICE, format!("stored step is malformed: {e}")))?;
+pub(crate) fn step_from_item(item: Item) -> Result<(ExchangeStep, Vec<LogLine>), CodecError> {
+    let item: StepItem = serde_dynamo::from_item(item).map_err(|e| CodecError::malformed("step", e))?;
     Ok((
         ExchangeStep {
             step_id: item.step_id,
@@ -190,9 +213,8 @@ pub(crate) fn step_from_item(item: Item) -> PortResult<(ExchangeStep, Vec<LogLin
 }
 
 /// The item of the `n`th error of a commit on exchange `exchange_id`.
-pub(crate) fn error_to_item(exchange_id: &ExchangeId, record: &ErrorRecord, n: usize) -> PortResult<Item> {
-    let mut item: Item =
-        serde_dynamo::to_item(record).map_err(|e| error::fault(SERVICE, format!("cannot encode error record: {e}")))?;
+pub(crate) fn error_to_item(exchange_id: &ExchangeId, record: &ErrorRecord, n: usize) -> Result<Item, CodecError> {
+    let mut item: Item = serde_dynamo::to_item(record).map_err(|e| CodecError::encode("error record", e))?;
     item.insert("pk".into(), s(exchange_pk(exchange_id)));
     item.insert("sk".into(), s(error_sk(record, n)));
     item.insert("gsi5pk".into(), s(ERRORS_GSI_PK));
@@ -200,24 +222,24 @@ pub(crate) fn error_to_item(exchange_id: &ExchangeId, record: &ErrorRecord, n: u
     Ok(item)
 }
 
-pub(crate) fn error_from_item(mut item: Item) -> PortResult<ErrorRecord> {
+pub(crate) fn error_from_item(mut item: Item) -> Result<ErrorRecord, CodecError> {
     for key in ["pk", "sk", "gsi5pk", "gsi5sk"] {
         item.remove(key);
     }
-    serde_dynamo::from_item(item).map_err(|e| error::fault(SERVICE, format!("stored error record is malformed: {e}")))
+    serde_dynamo::from_item(item).map_err(|e| CodecError::malformed("error record", e))
 }
 
-pub(super) fn json_text<T: Serialize>(value: &T, what: &str) -> PortResult<String> {
-    serde_json::to_string(value).map_err(|e| error::fault(SERVICE, format!("cannot encode {what}: {e}")))
+pub(super) fn json_text<T: Serialize>(value: &T, what: &'static str) -> Result<String, CodecError> {
+    serde_json::to_string(value).map_err(|e| CodecError::encode(what, e))
 }
 
-pub(super) fn json_body<T: serde::de::DeserializeOwned>(item: &Item, what: &str) -> PortResult<T> {
-    let body = attr_str(item, "body").ok_or_else(|| error::fault(SERVICE, format!("stored {what} has no body")))?;
-    serde_json::from_str(body).map_err(|e| error::fault(SERVICE, format!("stored {what} is malformed: {e}")))
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(item: &Item, what: &'static str) -> Result<T, CodecError> {
+    let body = attr_str(item, "body").ok_or(CodecError::NoBody { what })?;
+    serde_json::from_str(body).map_err(|e| CodecError::malformed(what, e))
 }
 
 /// The item of a timer on exchange `exchange_id`, on the due index until taken.
-pub(crate) fn timer_to_item(exchange_id: &ExchangeId, timer: &Timer) -> PortResult<Item> {
+pub(crate) fn timer_to_item(exchange_id: &ExchangeId, timer: &Timer) -> Result<Item, CodecError> {
     Ok(HashMap::from([
         ("pk".to_string(), s(exchange_pk(exchange_id))),
         ("sk".to_string(), s(timer_sk(timer))),
@@ -229,12 +251,12 @@ pub(crate) fn timer_to_item(exchange_id: &ExchangeId, timer: &Timer) -> PortResu
     ]))
 }
 
-pub(crate) fn timer_from_item(item: &Item) -> PortResult<Timer> {
+pub(crate) fn timer_from_item(item: &Item) -> Result<Timer, CodecError> {
     json_body(item, "timer")
 }
 
 /// The item of a callback token stored at `now`.
-pub(crate) fn token_to_item(token: &CallbackToken, now: DateTime<Utc>) -> PortResult<Item> {
+pub(crate) fn token_to_item(token: &CallbackToken, now: DateTime<Utc>) -> Result<Item, CodecError> {
     let keep_until = match token.expires_at {
         Some(at) => at + KEEP_AFTER_EXPIRY,
         None => now + KEEP_TOKEN_WITHOUT_EXPIRY,
@@ -252,7 +274,7 @@ pub(crate) fn token_to_item(token: &CallbackToken, now: DateTime<Utc>) -> PortRe
     Ok(item)
 }
 
-pub(crate) fn token_from_item(item: &Item) -> PortResult<CallbackToken> {
+pub(crate) fn token_from_item(item: &Item) -> Result<CallbackToken, CodecError> {
     json_body(item, "callback token")
 }
 

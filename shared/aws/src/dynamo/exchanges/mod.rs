@@ -435,14 +435,14 @@ impl ExchangeReads for DynamoExchangeRepository {
     async fn list(&self, filter: &ExchangeFilter, limit: u32, cursor: Option<&str>) -> PortResult<ExchangePage> {
         let query = list_query(filter);
         let (items, next_cursor) = self.query_page(&query, limit, cursor).await?;
-        let exchanges = items.into_iter().map(exchange_from_item).collect::<PortResult<Vec<_>>>()?;
+        let exchanges = items.into_iter().map(exchange_from_item).collect::<Result<Vec<_>, _>>()?;
         Ok(ExchangePage { items: exchanges, next_cursor })
     }
 
     async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage> {
         let query = errors_query(filter)?;
         let (items, next_cursor) = self.query_page(&query, limit, cursor).await?;
-        let items = items.into_iter().map(error_from_item).collect::<PortResult<Vec<_>>>()?;
+        let items = items.into_iter().map(error_from_item).collect::<Result<Vec<_>, _>>()?;
         Ok(ErrorPage { items, next_cursor })
     }
 
@@ -510,7 +510,7 @@ impl TimerStore for DynamoExchangeRepository {
     async fn due_timers(&self, until: DateTime<Utc>, limit: u32) -> PortResult<Vec<Timer>> {
         let limit = limit.clamp(1, MAX_LIST_LIMIT) as usize;
         let (items, _) = self.query_items(&due_query(until), limit, None).await?;
-        items.iter().map(timer_from_item).collect()
+        Ok(items.iter().map(timer_from_item).collect::<Result<_, _>>()?)
     }
 
     async fn take_timer(&self, timer: &Timer) -> PortResult<bool> {
