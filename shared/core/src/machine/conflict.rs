@@ -139,8 +139,8 @@ fn rearm_callback_timeout(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exchange::{Exchange, ExchangeStep};
-    use crate::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
+
+    use crate::ids::StepId;
     use crate::machine::attempt::tests::Fixture;
     use serde_json::json;
 
@@ -155,45 +155,7 @@ mod tests {
     }
 
     fn detail(f: &Fixture, status: ExchangeStatus, steps: &[(StepStatus, u32)]) -> ExchangeDetail {
-        let now = Utc::now();
-        let exchange = Exchange {
-            exchange_id: ExchangeId::new("x"),
-            integration_code: IntegrationCode::parse("C").expect("code"),
-            integration_version: IntegrationVersion::number(1).expect("version"),
-            status,
-            parameters: json!({}),
-            created_at: now,
-            updated_at: now,
-            completed_at: None,
-            error: None,
-            recoveries: 2,
-            parent: None,
-            result: None,
-        };
-        let steps = f
-            .pipeline()
-            .plan
-            .iter()
-            .map(|p| {
-                let (status, attempts) = steps.get(p.sequence as usize).copied().unwrap_or((StepStatus::Initial, 0));
-                ExchangeStep {
-                    step_id: StepId::from_sequence(p.sequence),
-                    sequence: p.sequence,
-                    integration_step: p.integration_step.clone(),
-                    sub_step: p.sub_step,
-                    destination: p.destination,
-                    status,
-                    payload: None,
-                    attempts,
-                    max_attempts: 5,
-                    last_error: None,
-                    next_retry_at: None,
-                    completed_at: (status == StepStatus::Done).then_some(now),
-                    sub_exchanges: None,
-                }
-            })
-            .collect();
-        ExchangeDetail { exchange, steps, logs: vec![] }
+        f.detail(status, 2, steps)
     }
 
     use StepStatus::{Done, Initial};

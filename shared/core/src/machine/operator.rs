@@ -130,9 +130,9 @@ pub fn callback_accepted(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exchange::{ExchangeError, ExchangeStatus, ExchangeStep};
+    use crate::exchange::{ExchangeError, ExchangeStatus};
     use crate::handoff::TimerKind;
-    use crate::ids::{ExchangeId, IntegrationCode};
+
     use crate::machine::attempt::tests::Fixture;
     use crate::retry::ErrorClassification;
     use serde_json::json;
@@ -146,49 +146,18 @@ mod tests {
     /// triggered (0) done, transform (1) done with output, deliver (2) failed, signoff (3).
     fn failed(f: &Fixture) -> ExchangeDetail {
         let now = Utc::now();
-        let steps = f
-            .pipeline()
-            .plan
-            .iter()
-            .map(|p| ExchangeStep {
-                step_id: StepId::from_sequence(p.sequence),
-                sequence: p.sequence,
-                integration_step: p.integration_step.clone(),
-                sub_step: p.sub_step,
-                destination: p.destination,
-                status: [StepStatus::Done, StepStatus::Done, StepStatus::Failed, StepStatus::Initial]
-                    [p.sequence as usize],
-                payload: (p.sequence == 1).then(|| crate::exchange::Payload::raw("[2]")),
-                attempts: 1,
-                max_attempts: 3,
-                last_error: None,
-                next_retry_at: None,
-                completed_at: None,
-                sub_exchanges: None,
-            })
-            .collect();
-        let exchange = Exchange {
-            exchange_id: ExchangeId::new("x"),
-            integration_code: IntegrationCode::parse("C").expect("code"),
-            integration_version: IntegrationVersion::number(1).expect("version"),
-            status: ExchangeStatus::Failed,
-            parameters: json!({"a": 1}),
-            created_at: now,
-            updated_at: now,
-            completed_at: None,
-            error: Some(ExchangeError {
-                classification: ErrorClassification::Business,
-                message: "400".into(),
-                retryable: false,
-                step_id: Some(StepId::from_sequence(2)),
-                sub_step: Some(SubStep::DeliverRest),
-                at: now,
-            }),
-            recoveries: 0,
-            parent: None,
-            result: None,
-        };
-        ExchangeDetail { exchange, steps, logs: vec![] }
+        let steps = [(StepStatus::Done, 1), (StepStatus::Done, 1), (StepStatus::Failed, 1), (StepStatus::Initial, 1)];
+        let mut d = f.detail(ExchangeStatus::Failed, 0, &steps);
+        d.steps[1].payload = Some(crate::exchange::Payload::raw("[2]"));
+        d.exchange.error = Some(ExchangeError {
+            classification: ErrorClassification::Business,
+            message: "400".into(),
+            retryable: false,
+            step_id: Some(StepId::from_sequence(2)),
+            sub_step: Some(SubStep::DeliverRest),
+            at: now,
+        });
+        d
     }
 
     #[test]

@@ -136,49 +136,16 @@ pub fn timer_fired(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exchange::{Exchange, ExchangeStatus, ExchangeStep, ParentLink};
-    use crate::ids::{ExchangeId, IntegrationCode, IntegrationVersion};
+    use crate::exchange::{ExchangeStatus, ParentLink};
+    use crate::ids::ExchangeId;
     use crate::machine::attempt::tests::Fixture;
     use chrono::Duration;
     use serde_json::json;
 
     fn detail(f: &Fixture, parent: Option<ParentLink>) -> ExchangeDetail {
-        let now = Utc::now();
-        let exchange = Exchange {
-            exchange_id: ExchangeId::new("x"),
-            integration_code: IntegrationCode::parse("C").expect("code"),
-            integration_version: IntegrationVersion::number(1).expect("version"),
-            status: ExchangeStatus::WaitingOnExternalSystem,
-            parameters: json!({}),
-            created_at: now,
-            updated_at: now,
-            completed_at: None,
-            error: None,
-            recoveries: 2,
-            parent,
-            result: None,
-        };
-        let steps = f
-            .pipeline()
-            .plan
-            .iter()
-            .map(|p| ExchangeStep {
-                step_id: StepId::from_sequence(p.sequence),
-                sequence: p.sequence,
-                integration_step: p.integration_step.clone(),
-                sub_step: p.sub_step,
-                destination: p.destination,
-                status: StepStatus::Initial,
-                payload: None,
-                attempts: 0,
-                max_attempts: 3,
-                last_error: None,
-                next_retry_at: None,
-                completed_at: None,
-                sub_exchanges: None,
-            })
-            .collect();
-        ExchangeDetail { exchange, steps, logs: vec![] }
+        let mut d = f.detail(ExchangeStatus::WaitingOnExternalSystem, 2, &[]);
+        d.exchange.parent = parent;
+        d
     }
 
     fn fixture() -> Fixture {
