@@ -209,6 +209,93 @@ impl ExchangeError {
     }
 }
 
+// ------------------------------------------------------------------ shape
+
+/// At most this many items one commit or recovery writes (DynamoDB's limit on the actions of
+/// one transaction: the write stays atomic only within it).
+pub const MAX_WRITES_PER_COMMIT: usize = 100;
+
+/// A commit that no store can carry out as one atomic write: a bug in whoever built it,
+/// never worth a retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommitShapeError {
+    #[error("attempt numbers start at 1")]
+    AttemptZero,
+    #[error("an exchange cannot be its own parent")]
+    OwnParent,
+    /// One transaction cannot touch an item twice, and these could never apply anyway.
+    #[error("step {0} cannot be both required done and changed in one commit")]
+    DoneAndChanged(StepId),
+    #[error("a commit cannot store two timers of the same name")]
+    TimerTwice,
+    #[error("SetStatus needs at least one status to move from")]
+    NoStatusToMoveFrom,
+    #[error("a commit of {0} writes exceeds DynamoDB's {MAX_WRITES_PER_COMMIT} per transaction")]
+    TooManyWrites(usize),
+    #[error(
+        "a recovery can write at most {MAX_WRITES_PER_COMMIT} items (the exchange, its steps and timers), not {0}"
+    )]
+    RecoveryTooLarge(usize),
+}
+
+impl StepCommit {
+    /// How many items the commit writes: the step, the skips, the done check, the errors,
+    /// the timers, the exchange and the parent tally.
+    pub fn write_count(&self) -> usize {
+        usize::from(self.step.is_some())
+            + self.skipped_steps().len()
+            + usize::from(self.require_done.is_some())
+            + self.errors.len()
+            + self.timers.len()
+            + 1
+            + usize::from(self.tally.is_some())
+    }
+
+    /// Whether the commit can be carried out as one atomic write (see [`CommitShapeError`]).
+    pub fn check_shape(&self) -> Result<(), CommitShapeError> {
+        if self.step.as_ref().is_some_and(|c| c.attempt == 0) {
+            return Err(CommitShapeError::AttemptZero);
+        }
+        if self.tally.as_ref().is_some_and(|t| t.parent == self.exchange_id) {
+            return Err(CommitShapeError::OwnParent);
+        }
+        if let Some(done) = self.require_done {
+            let changed = self.step.as_ref().map(|c| c.step_id);
+            if Some(done) == changed || self.skipped_steps().contains(&done) {
+                return Err(CommitShapeError::DoneAndChanged(done));
+            }
+        }
+        let mut names: Vec<String> = self.timers.iter().map(Timer::name).collect();
+        names.sort();
+        names.dedup();
+        if names.len() != self.timers.len() {
+            return Err(CommitShapeError::TimerTwice);
+        }
+        if matches!(&self.exchange, ExchangeChange::SetStatus { from, .. } if from.is_empty()) {
+            return Err(CommitShapeError::NoStatusToMoveFrom);
+        }
+        match self.write_count() {
+            count if count > MAX_WRITES_PER_COMMIT => Err(CommitShapeError::TooManyWrites(count)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl RecoveryCommit {
+    /// How many items the recovery writes: the exchange, the steps it resets or clears, the timers.
+    pub fn write_count(&self) -> usize {
+        self.reset_steps().len() + 1 + usize::from(self.clear_alone().is_some()) + self.timers.len()
+    }
+
+    /// Whether the recovery fits one atomic write.
+    pub fn check_shape(&self) -> Result<(), CommitShapeError> {
+        match self.write_count() {
+            count if count > MAX_WRITES_PER_COMMIT => Err(CommitShapeError::RecoveryTooLarge(count)),
+            _ => Ok(()),
+        }
+    }
+}
+
 // ------------------------------------------------------------------ preconditions
 
 /// What a write requires of the item it touches. The core states them; the DynamoDB adapter
@@ -419,6 +506,24 @@ mod tests {
         let mut plain = commit();
         plain.exchange = ExchangeChange::RequireNotFinal;
         assert!(plain.preconditions().contains(&Precondition::ExchangeNotFinal { exchange: x(), recovery: 2 }));
+    }
+
+    #[test]
+    fn a_commit_that_cannot_be_one_transaction_is_refused_before_any_store_sees_it() {
+        assert_eq!(commit().check_shape(), Ok(()));
+        assert_eq!(commit().write_count(), 6, "step, two skips (3 is the step itself), done check, exchange, tally");
+        let mut own = commit();
+        own.tally =
+            Some(ParentTally { parent: ExchangeId::new("x"), step_id: StepId::from_sequence(7), completed: true });
+        assert_eq!(own.check_shape(), Err(CommitShapeError::OwnParent));
+        let mut overlap = commit();
+        overlap.require_done = Some(StepId::from_sequence(4));
+        assert_eq!(overlap.check_shape(), Err(CommitShapeError::DoneAndChanged(StepId::from_sequence(4))));
+        let mut many = commit();
+        many.skip = (10..107).map(StepId::from_sequence).collect();
+        assert_eq!(many.check_shape(), Err(CommitShapeError::TooManyWrites(101)));
+        many.skip.pop();
+        assert_eq!(many.check_shape(), Ok(()), "exactly the limit");
     }
 
     #[test]

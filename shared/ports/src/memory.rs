@@ -28,9 +28,6 @@ use handoff_core::plan::WorkerFamily;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-/// DynamoDB's limit of actions in one transaction.
-const MAX_TRANSACTION_ACTIONS: usize = 100;
-
 fn fault(message: impl Into<String>) -> PortError {
     PortError::Fault { service: "memory", message: message.into() }
 }
@@ -150,45 +147,6 @@ impl MemoryExchangeRepository {
         timers.sort_by(|a, b| (a.due, a.exchange_id.as_str()).cmp(&(b.due, b.exchange_id.as_str())));
         timers
     }
-}
-
-/// The commit's validity checks (faults, never conflicts), as the adapter makes them.
-fn check_commit(commit: &StepCommit) -> PortResult<Vec<StepId>> {
-    let changed = commit.step.as_ref().map(|c| c.step_id);
-    if commit.step.as_ref().is_some_and(|c| c.attempt == 0) {
-        return Err(fault("attempt numbers start at 1"));
-    }
-    let skips = commit.skipped_steps();
-    if commit.tally.as_ref().is_some_and(|t| t.parent == commit.exchange_id) {
-        return Err(fault("an exchange cannot be its own parent"));
-    }
-    if let Some(done) = commit.require_done {
-        if Some(done) == changed || skips.contains(&done) {
-            return Err(fault(format!("step {done} cannot be both required done and changed in one commit")));
-        }
-    }
-    let mut names: Vec<String> = commit.timers.iter().map(Timer::name).collect();
-    names.sort();
-    names.dedup();
-    if names.len() != commit.timers.len() {
-        return Err(fault("a commit cannot store two timers of the same name"));
-    }
-    if let ExchangeChange::SetStatus { from, .. } = &commit.exchange {
-        if from.is_empty() {
-            return Err(fault("SetStatus needs at least one status to move from"));
-        }
-    }
-    let count = usize::from(changed.is_some())
-        + skips.len()
-        + usize::from(commit.require_done.is_some())
-        + commit.errors.len()
-        + commit.timers.len()
-        + 1
-        + usize::from(commit.tally.is_some());
-    if count > MAX_TRANSACTION_ACTIONS {
-        return Err(fault(format!("a commit of {count} writes exceeds {MAX_TRANSACTION_ACTIONS} per transaction")));
-    }
-    Ok(skips)
 }
 
 /// Whether `precondition` holds in `state`: the same conditions the DynamoDB adapter compiles.
@@ -407,7 +365,8 @@ impl ExchangeWrites for MemoryExchangeRepository {
     }
 
     async fn try_commit(&self, commit: &StepCommit) -> PortResult<Result<(), Conflict>> {
-        let skips = check_commit(commit)?;
+        commit.check_shape().map_err(|e| fault(e.to_string()))?;
+        let skips = commit.skipped_steps();
         let mut state = lock(&self.state);
         if let Err(conflict) = check(&state, commit.preconditions()) {
             return Ok(Err(conflict));
@@ -417,12 +376,9 @@ impl ExchangeWrites for MemoryExchangeRepository {
     }
 
     async fn try_recover(&self, commit: &RecoveryCommit) -> PortResult<Result<(), Conflict>> {
+        commit.check_shape().map_err(|e| fault(e.to_string()))?;
         let reset = commit.reset_steps();
         let clear_alone = commit.clear_alone();
-        let count = reset.len() + 1 + usize::from(clear_alone.is_some()) + commit.timers.len();
-        if count > MAX_TRANSACTION_ACTIONS {
-            return Err(fault(format!("a recovery can write at most {MAX_TRANSACTION_ACTIONS} items, not {count}")));
-        }
         let id = &commit.exchange_id;
         let mut state = lock(&self.state);
         if let Err(conflict) = check(&state, commit.preconditions()) {

@@ -116,8 +116,6 @@ const TOKEN_SK: &str = "TOKEN";
 const KEEP_AFTER_EXPIRY: TimeDelta = TimeDelta::days(7);
 /// How long DynamoDB keeps a token that never expires.
 const KEEP_TOKEN_WITHOUT_EXPIRY: TimeDelta = TimeDelta::days(30);
-/// DynamoDB's limit of actions in one TransactWriteItems.
-const MAX_TRANSACTION_ACTIONS: usize = 100;
 /// DynamoDB's limit of requests in one BatchWriteItem.
 const MAX_BATCH_WRITE: usize = 25;
 /// DynamoDB's limit of keys in one BatchGetItem.

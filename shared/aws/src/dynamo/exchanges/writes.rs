@@ -72,6 +72,11 @@ pub(super) fn compile(e: &mut Expr, precondition: &Precondition) -> String {
     }
 }
 
+/// A commit that cannot be one transaction is a terminal fault.
+fn shape_fault(e: handoff_core::commit::CommitShapeError) -> PortError {
+    error::fault(SERVICE, e.to_string())
+}
+
 /// One action of a transaction and the preconditions its condition encodes (what a
 /// cancellation of it means).
 pub(crate) type Action = (TransactWriteItem, Vec<Precondition>);
@@ -279,40 +284,9 @@ pub(crate) fn commit_actions(table: &str, commit: &StepCommit) -> PortResult<Vec
 /// [`commit_actions`] with the preconditions each action encodes.
 pub(crate) fn commit_plan(table: &str, commit: &StepCommit) -> PortResult<Vec<Action>> {
     let id = &commit.exchange_id;
-    let changed = commit.step.as_ref().map(|c| c.step_id);
+    commit.check_shape().map_err(shape_fault)?;
     let skips = commit.skipped_steps();
-    if commit.tally.as_ref().is_some_and(|t| t.parent == *id) {
-        return Err(error::fault(SERVICE, "an exchange cannot be its own parent"));
-    }
-    if let Some(done) = commit.require_done {
-        // One transaction cannot touch an item twice, and these could never apply anyway.
-        if Some(done) == changed || skips.contains(&done) {
-            return Err(error::fault(
-                SERVICE,
-                format!("step {done} cannot be both required done and changed in one commit"),
-            ));
-        }
-    }
-    let mut timer_names: Vec<String> = commit.timers.iter().map(Timer::name).collect();
-    timer_names.sort();
-    timer_names.dedup();
-    if timer_names.len() != commit.timers.len() {
-        return Err(error::fault(SERVICE, "a commit cannot store two timers of the same name"));
-    }
-    let count = usize::from(changed.is_some())
-        + skips.len()
-        + usize::from(commit.require_done.is_some())
-        + commit.errors.len()
-        + commit.timers.len()
-        + 1
-        + usize::from(commit.tally.is_some());
-    if count > MAX_TRANSACTION_ACTIONS {
-        return Err(error::fault(
-            SERVICE,
-            format!("a commit of {count} writes exceeds DynamoDB's {MAX_TRANSACTION_ACTIONS} per transaction"),
-        ));
-    }
-    let mut actions: Vec<Action> = Vec::with_capacity(count);
+    let mut actions: Vec<Action> = Vec::with_capacity(commit.write_count());
     if let Some(change) = &commit.step {
         let update = TransactWriteItem::builder().update(step_update(table, id, change)?).build();
         actions.push((update, change.preconditions(id)));
@@ -402,17 +376,9 @@ pub(crate) fn recover_actions(table: &str, commit: &RecoveryCommit) -> PortResul
 /// [`recover_actions`] with the preconditions each action encodes.
 pub(crate) fn recover_plan(table: &str, commit: &RecoveryCommit) -> PortResult<Vec<Action>> {
     let id = &commit.exchange_id;
+    commit.check_shape().map_err(shape_fault)?;
     let reset = commit.reset_steps();
     let clear_alone = commit.clear_alone();
-    let count = reset.len() + 1 + usize::from(clear_alone.is_some()) + commit.timers.len();
-    if count > MAX_TRANSACTION_ACTIONS {
-        return Err(error::fault(
-            SERVICE,
-            format!(
-                "a recovery can write at most {MAX_TRANSACTION_ACTIONS} items (the exchange, its steps and timers), not {count}"
-            ),
-        ));
-    }
     let recoverable = Precondition::ExchangeIn {
         exchange: id.clone(),
         statuses: ExchangeEvent::RecoveryRequested.applies_in(),
@@ -442,7 +408,7 @@ pub(crate) fn recover_plan(table: &str, commit: &RecoveryCommit) -> PortResult<V
         .build()
         .map_err(build_fault)?;
     let exists = |step: StepId| vec![Precondition::StepExists { exchange: id.clone(), step }];
-    let mut actions: Vec<Action> = Vec::with_capacity(count);
+    let mut actions: Vec<Action> = Vec::with_capacity(commit.write_count());
     actions.push((TransactWriteItem::builder().update(update).build(), vec![recoverable]));
     for step in reset {
         let clear = commit.clear_sub_failures == Some(step);
