@@ -1,7 +1,9 @@
 //! Everything a function needs, wired once per warm instance.
 
 use crate::definitions::DefinitionCache;
+use crate::effects::EffectPorts;
 use crate::mappings::MappingCache;
+use crate::payloads::PayloadCodec;
 use crate::secrets::CachedSecrets;
 use handoff_ports::MappingRepository;
 use handoff_ports::SecretStore;
@@ -40,6 +42,8 @@ impl Default for AppSettings {
     }
 }
 
+/// The ports of a deployment, listed once: the composition root wires them, use cases
+/// borrow the few they use.
 pub struct Ports {
     pub integrations: Arc<dyn IntegrationRepository>,
     pub exchanges: Arc<dyn ExchangeRepository>,
@@ -52,15 +56,12 @@ pub struct Ports {
     pub mappings: Arc<dyn MappingRepository>,
 }
 
+/// The ports with what a warm function instance keeps between invocations (caches, the
+/// HTTP client) and its settings.
 pub struct AppContext {
-    pub integrations: Arc<dyn IntegrationRepository>,
-    pub exchanges: Arc<dyn ExchangeRepository>,
-    pub queue: Arc<dyn HandoffQueue>,
-    pub files: Arc<dyn DataFileStore>,
-    pub schedules: Arc<dyn ScheduleManager>,
+    /// Secrets here are the cached view: a warm function remembers one briefly.
+    pub ports: Ports,
     pub settings: AppSettings,
-    /// Secrets, remembered briefly per warm function.
-    pub secrets: Arc<dyn SecretStore>,
     pub definitions: DefinitionCache,
     /// Metadata mappings, cached like definitions (same TTL).
     pub mappings: MappingCache,
@@ -70,14 +71,11 @@ pub struct AppContext {
 impl AppContext {
     pub fn new(ports: Ports, settings: AppSettings) -> Arc<Self> {
         let definitions = DefinitionCache::new(ports.integrations.clone(), settings.definition_cache_ttl);
+        let mappings = MappingCache::new(ports.mappings.clone(), settings.definition_cache_ttl);
+        let secrets: Arc<dyn SecretStore> = Arc::new(CachedSecrets::new(ports.secrets, SECRET_CACHE_TTL));
         Arc::new(Self {
-            integrations: ports.integrations,
-            exchanges: ports.exchanges,
-            queue: ports.queue,
-            files: ports.files,
-            schedules: ports.schedules,
-            secrets: Arc::new(CachedSecrets::new(ports.secrets, SECRET_CACHE_TTL)),
-            mappings: MappingCache::new(ports.mappings, settings.definition_cache_ttl),
+            ports: Ports { secrets, ..ports },
+            mappings,
             settings,
             definitions,
             http: reqwest::Client::builder()
@@ -88,5 +86,15 @@ impl AppContext {
                 .build()
                 .unwrap_or_default(),
         })
+    }
+
+    /// Payloads as this deployment stores them (inline up to the limit, else a data file).
+    pub fn codec(&self) -> PayloadCodec {
+        PayloadCodec::new(self.ports.files.clone(), self.settings.inline_payload_limit)
+    }
+
+    /// What running a decision's effects needs.
+    pub fn effects(&self) -> EffectPorts<'_> {
+        EffectPorts { exchanges: self.ports.exchanges.as_ref(), queue: self.ports.queue.as_ref() }
     }
 }

@@ -1,6 +1,5 @@
 //! The one effects runner: carries out what a core decision says follows its write, in order.
 
-use crate::context::AppContext;
 use crate::sub_exchanges::children;
 use chrono::Utc;
 use handoff_core::exchange::{ParentLink, StepStatus};
@@ -8,17 +7,24 @@ use handoff_core::handoff::{HandoffMessage, Timer, TimerKind};
 use handoff_core::ids::ExchangeId;
 use handoff_core::machine::Effect;
 use handoff_core::plan::{SubStep, WorkerFamily};
-use handoff_ports::{PortError, PortResult};
+use handoff_ports::{ExchangeReads, HandoffQueue, PortError, PortResult};
+
+/// The ports effects touch: sending to the queues, and reading a parent or its children.
+#[derive(Clone, Copy)]
+pub struct EffectPorts<'a> {
+    pub exchanges: &'a dyn ExchangeReads,
+    pub queue: &'a dyn HandoffQueue,
+}
 
 /// Runs `effects` once their decision's write has applied. An error leaves the rest unrun;
 /// the caller's message then comes back and the state machine sends again what is missing.
-pub async fn run_effects(ctx: &AppContext, effects: Vec<Effect>) -> PortResult<()> {
+pub async fn run_effects(ports: EffectPorts<'_>, effects: Vec<Effect>) -> PortResult<()> {
     for effect in effects {
         match effect {
-            Effect::Send { family, message, delay } => ctx.queue.send(family, &message, delay).await?,
-            Effect::SendTimer { timer, delay } => ctx.queue.send_timer(&timer, delay).await?,
-            Effect::ResumeParentIfLast(link) => resume_parent_if_last(ctx, &link).await?,
-            Effect::TimeOutChildren(exchange_id) => time_out_children(ctx, &exchange_id).await?,
+            Effect::Send { family, message, delay } => ports.queue.send(family, &message, delay).await?,
+            Effect::SendTimer { timer, delay } => ports.queue.send_timer(&timer, delay).await?,
+            Effect::ResumeParentIfLast(link) => resume_parent_if_last(ports, &link).await?,
+            Effect::TimeOutChildren(exchange_id) => time_out_children(ports, &exchange_id).await?,
         }
     }
     Ok(())
@@ -26,7 +32,7 @@ pub async fn run_effects(ctx: &AppContext, effects: Vec<Effect>) -> PortResult<(
 
 /// After a sub-exchange counted itself: if it completed the count, hand the parent on.
 /// Several may see the count complete; the parent's step takes only the first.
-pub async fn resume_parent_if_last(app: &AppContext, link: &ParentLink) -> Result<(), PortError> {
+pub async fn resume_parent_if_last(app: EffectPorts<'_>, link: &ParentLink) -> Result<(), PortError> {
     let Some(step) = app.exchanges.get_step(&link.exchange_id, link.step_id).await? else {
         return Ok(());
     };
@@ -45,9 +51,9 @@ pub async fn resume_parent_if_last(app: &AppContext, link: &ParentLink) -> Resul
 }
 
 /// A parent that timed out takes its running sub-exchanges (and theirs) with it.
-pub async fn time_out_children(app: &AppContext, parent: &ExchangeId) -> Result<(), PortError> {
+pub async fn time_out_children(app: EffectPorts<'_>, parent: &ExchangeId) -> Result<(), PortError> {
     let now = Utc::now();
-    for child in children(app.exchanges.as_ref(), parent).await? {
+    for child in children(app.exchanges, parent).await? {
         if child.status.is_final() {
             continue;
         }

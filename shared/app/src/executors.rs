@@ -269,6 +269,7 @@ async fn run(
                 let (content_type, body) = response_stream(response);
                 let info = cx
                     .app
+                    .ports
                     .files
                     .write(&set, &file.name, &content_type, body)
                     .await
@@ -385,6 +386,7 @@ async fn arm_callback(cx: &ExecutionContext<'_>) -> Result<(String, Wait), Failu
         parent: cx.message.parent.clone(),
     };
     cx.app
+        .ports
         .exchanges
         .put_token(&token)
         .await
@@ -416,6 +418,7 @@ async fn stored_notification(cx: &ExecutionContext<'_>) -> Result<Notification, 
         .ok_or_else(|| Failure::system("no ReceiveNotification sub-step precedes this one"))?;
     let step = cx
         .app
+        .ports
         .exchanges
         .get_step(&cx.message.exchange_id, StepId::from_sequence(receive.sequence))
         .await

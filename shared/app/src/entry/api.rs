@@ -7,9 +7,9 @@ use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
 use crate::entry::apigw;
 use crate::entry::function::{FunctionHandler, InvocationError};
-use crate::use_cases::callback::{accept_callback, CallbackError};
-use crate::use_cases::invoke::{invoke_exchange, InvokeError, InvokeRequest};
-use crate::use_cases::recover::{recover_exchange, retry_step_now, ActionError};
+use crate::use_cases::callback::{accept_callback, CallbackError, Callbacks};
+use crate::use_cases::invoke::{invoke_exchange, InvokeError, InvokeRequest, Starting};
+use crate::use_cases::recover::{recover_exchange, retry_step_now, ActionError, Recovering};
 use async_trait::async_trait;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -246,7 +246,7 @@ async fn create_integration(State(ctx): Ctx, body: Bytes) -> ApiResult {
     let loaded = LoadedIntegration::from_stored(stored.clone())
         .map_err(|e| ApiError::bad_request("InvalidDefinition", e.to_string()))?;
     mapping_routes::check_mappings(&ctx, &loaded).await?;
-    ctx.integrations.create(&stored).await.map_err(write_error)?;
+    ctx.ports.integrations.create(&stored).await.map_err(write_error)?;
     ctx.definitions.remember(Arc::new(loaded));
     let mut view = integration_view(&stored);
     view["schedule"] = sync_schedule(&ctx, &stored.code).await;
@@ -268,12 +268,12 @@ fn write_error(e: IntegrationWriteError) -> ApiError {
 /// The schedule follows the highest enabled version: created, updated or removed to match.
 async fn sync_schedule(ctx: &AppContext, code: &IntegrationCode) -> Value {
     let outcome = async {
-        let versions = ctx.integrations.versions(code).await?;
+        let versions = ctx.ports.integrations.versions(code).await?;
         let active = versions.iter().filter(|v| v.enabled).max_by_key(|v| v.version);
         let schedule = active.and_then(|v| parse_definition(&v.document).ok()).and_then(|d| d.schedule);
         match &schedule {
-            Some(spec) => ctx.schedules.upsert(code, spec).await?,
-            None => ctx.schedules.remove(code).await?,
+            Some(spec) => ctx.ports.schedules.upsert(code, spec).await?,
+            None => ctx.ports.schedules.remove(code).await?,
         }
         Ok::<_, PortError>(schedule.map(|s| (s, active.map(|v| v.version))))
     }
@@ -291,7 +291,7 @@ async fn sync_schedule(ctx: &AppContext, code: &IntegrationCode) -> Value {
 }
 
 async fn list_integrations(State(ctx): Ctx) -> ApiResult {
-    let mut all = ctx.integrations.all().await?;
+    let mut all = ctx.ports.integrations.all().await?;
     all.sort_by(|a, b| a.code.cmp(&b.code).then(b.version.cmp(&a.version)));
     let items: Vec<Value> = all.iter().map(integration_view).collect();
     Ok(Json(json!({"items": items})).into_response())
@@ -299,7 +299,7 @@ async fn list_integrations(State(ctx): Ctx) -> ApiResult {
 
 async fn get_integration(State(ctx): Ctx, Path(code): Path<String>) -> ApiResult {
     let code = path_code(&code)?;
-    let mut versions = ctx.integrations.versions(&code).await?;
+    let mut versions = ctx.ports.integrations.versions(&code).await?;
     if versions.is_empty() {
         return Err(ApiError::not_found(format!("integration {code} does not exist")));
     }
@@ -333,6 +333,7 @@ async fn patch_integration(State(ctx): Ctx, Path((code, version)): Path<(String,
     let reader = ObjectReader::new("", &patch).map_err(|e| ApiError::field(e, "InvalidPatch"))?;
     reader.deny_unknown(&MUTABLE_FIELDS).map_err(|e| ApiError::field(e, "InvalidPatch"))?;
     let current = ctx
+        .ports
         .integrations
         .get(&code, version)
         .await?
@@ -364,7 +365,7 @@ async fn patch_integration(State(ctx): Ctx, Path((code, version)): Path<(String,
         updated_at: Utc::now(),
         ..current.clone()
     };
-    ctx.integrations.replace(&updated, current.revision).await.map_err(write_error)?;
+    ctx.ports.integrations.replace(&updated, current.revision).await.map_err(write_error)?;
     if let Ok(loaded) = LoadedIntegration::from_stored(updated.clone()) {
         ctx.definitions.remember(Arc::new(loaded));
     }
@@ -440,20 +441,20 @@ async fn post_exchange(State(ctx): Ctx, body: Bytes) -> ApiResult {
     });
     let wait_seconds = r.optional_u64("waitSeconds", 0, 3600).map_err(invalid)?.unwrap_or(0).min(MAX_WAIT_SECONDS);
 
-    let exchange = invoke_exchange(&ctx, InvokeRequest { integration_code, integration_version, parameters, payload })
-        .await
-        .map_err(|e| match e {
-            InvokeError::NotFound { .. } => ApiError::not_found(e.to_string()),
-            InvokeError::Disabled { .. } => ApiError::new(StatusCode::CONFLICT, "VersionDisabled", e.to_string()),
-            InvokeError::Unusable(m) => ApiError::new(StatusCode::CONFLICT, "IntegrationUnusable", m),
-            InvokeError::Payload(p) => ApiError::internal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                "storing the payload failed",
-                &p,
-            ),
-            InvokeError::Port(p) => p.into(),
-        })?;
+    let exchange = invoke_exchange(
+        &Starting::of(&ctx),
+        InvokeRequest { integration_code, integration_version, parameters, payload },
+    )
+    .await
+    .map_err(|e| match e {
+        InvokeError::NotFound { .. } => ApiError::not_found(e.to_string()),
+        InvokeError::Disabled { .. } => ApiError::new(StatusCode::CONFLICT, "VersionDisabled", e.to_string()),
+        InvokeError::Unusable(m) => ApiError::new(StatusCode::CONFLICT, "IntegrationUnusable", m),
+        InvokeError::Payload(p) => {
+            ApiError::internal(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "storing the payload failed", &p)
+        }
+        InvokeError::Port(p) => p.into(),
+    })?;
     if wait_seconds == 0 {
         let body = json!({
             "exchangeId": exchange.exchange_id,
@@ -467,7 +468,7 @@ async fn post_exchange(State(ctx): Ctx, body: Bytes) -> ApiResult {
     // Request/response use: answer when final, or with the exchange as it stands.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_seconds);
     loop {
-        let detail = ctx.exchanges.get(&exchange.exchange_id).await?;
+        let detail = ctx.ports.exchanges.get(&exchange.exchange_id).await?;
         let is_final = detail.as_ref().is_some_and(|d| d.exchange.status.is_final());
         if is_final || tokio::time::Instant::now() >= deadline {
             let status = if is_final { StatusCode::OK } else { StatusCode::ACCEPTED };
@@ -479,7 +480,8 @@ async fn post_exchange(State(ctx): Ctx, body: Bytes) -> ApiResult {
 }
 
 async fn load_exchange(ctx: &AppContext, id: &str) -> Result<ExchangeDetail, ApiError> {
-    ctx.exchanges
+    ctx.ports
+        .exchanges
         .get(&ExchangeId::new(id))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("exchange {id} does not exist")))
@@ -524,7 +526,8 @@ async fn recover(State(ctx): Ctx, Path(id): Path<String>, body: Bytes) -> ApiRes
             ),
         }
     };
-    let recovered = recover_exchange(&ctx, &ExchangeId::new(id.clone()), version).await.map_err(action_error)?;
+    let recovered =
+        recover_exchange(&Recovering::of(&ctx), &ExchangeId::new(id.clone()), version).await.map_err(action_error)?;
     let body = json!({
         "exchangeId": id,
         "status": ExchangeStatus::Started,
@@ -539,7 +542,8 @@ async fn recover(State(ctx): Ctx, Path(id): Path<String>, body: Bytes) -> ApiRes
 async fn retry_step(State(ctx): Ctx, Path((id, step_id)): Path<(String, String)>) -> ApiResult {
     let step_id =
         StepId::parse(&step_id).map_err(|e| ApiError::bad_request("InvalidParameter", format!("stepId: {e}")))?;
-    let attempt = retry_step_now(&ctx, &ExchangeId::new(id.clone()), step_id).await.map_err(action_error)?;
+    let attempt =
+        retry_step_now(&Recovering::of(&ctx), &ExchangeId::new(id.clone()), step_id).await.map_err(action_error)?;
     Ok((StatusCode::ACCEPTED, Json(json!({"exchangeId": id, "stepId": step_id, "attempt": attempt}))).into_response())
 }
 
@@ -566,6 +570,7 @@ async fn list_errors(State(ctx): Ctx, Query(query): Query<HashMap<String, String
         .transpose()?;
     let limit = parse_limit(query.get("limit")).map_err(|m| invalid("limit", m))?;
     let page = ctx
+        .ports
         .exchanges
         .errors(
             &ErrorFilter { classification, integration_code, since },
@@ -593,7 +598,7 @@ fn parse_limit(value: Option<&String>) -> Result<u32, String> {
 async fn notify(State(ctx): Ctx, Path(token): Path<String>, body: Bytes) -> ApiResult {
     let document = json_body(&body)?;
     let notification = parse_notification(&document).map_err(|e| ApiError::field(e, "InvalidNotification"))?;
-    match accept_callback(&ctx, &token, &notification).await {
+    match accept_callback(&Callbacks::of(&ctx), &token, &notification).await {
         Ok(accepted) => {
             Ok((StatusCode::ACCEPTED, Json(json!({"exchangeId": accepted.exchange_id, "stepId": accepted.step_id})))
                 .into_response())
@@ -626,6 +631,7 @@ async fn list_exchanges(State(ctx): Ctx, Query(query): Query<HashMap<String, Str
         .transpose()?;
     let limit = parse_limit(query.get("limit")).map_err(|m| invalid("limit", m))?;
     let page = ctx
+        .ports
         .exchanges
         .list(&ExchangeFilter { integration_code, status, parent }, limit, query.get("cursor").map(String::as_str))
         .await
@@ -637,7 +643,7 @@ async fn list_exchanges(State(ctx): Ctx, Query(query): Query<HashMap<String, Str
 // ------------------------------------------------------------------ data files
 
 async fn get_data_file_set(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
-    let files = ctx.files.list(&DataFileSetId::new(id.clone())).await?;
+    let files = ctx.ports.files.list(&DataFileSetId::new(id.clone())).await?;
     if files.is_empty() {
         return Err(ApiError::not_found(format!("data file set {id} does not exist")));
     }
@@ -646,6 +652,7 @@ async fn get_data_file_set(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult
 
 async fn get_data_file(State(ctx): Ctx, Path((id, name)): Path<(String, String)>) -> ApiResult {
     let (info, stream) = ctx
+        .ports
         .files
         .read(&DataFileSetId::new(id.clone()), &name)
         .await?
@@ -653,7 +660,7 @@ async fn get_data_file(State(ctx): Ctx, Path((id, name)): Path<(String, String)>
     if info.size > MAX_DOWNLOAD_BYTES {
         // Too large for an API answer: the client downloads it straight from storage.
         drop(stream);
-        let url = ctx.files.download_url(&DataFileSetId::new(id.clone()), &name, DOWNLOAD_URL_VALIDITY).await?;
+        let url = ctx.ports.files.download_url(&DataFileSetId::new(id.clone()), &name, DOWNLOAD_URL_VALIDITY).await?;
         return Ok((StatusCode::SEE_OTHER, [(header::LOCATION, url)]).into_response());
     }
     Ok(([(header::CONTENT_TYPE, info.content_type.clone())], Body::from_stream(stream)).into_response())
@@ -662,8 +669,12 @@ async fn get_data_file(State(ctx): Ctx, Path((id, name)): Path<(String, String)>
 // ------------------------------------------------------------------ health
 
 async fn health(State(ctx): Ctx) -> Response {
-    let (integrations, exchanges, queue, files) =
-        tokio::join!(ctx.integrations.health(), ctx.exchanges.health(), ctx.queue.health(), ctx.files.health());
+    let (integrations, exchanges, queue, files) = tokio::join!(
+        ctx.ports.integrations.health(),
+        ctx.ports.exchanges.health(),
+        ctx.ports.queue.health(),
+        ctx.ports.files.health()
+    );
     let mut healthy = true;
     let mut components = Map::new();
     for (name, result) in

@@ -1,16 +1,12 @@
-//! The dead-letter handler: a handoff message that kept failing ends here. Its exchange is
-//! marked Failed (system error, cause recorded), so nothing is lost silently and the
-//! exchange can be recovered.
+//! The dead-letter handler: decodes each dead letter and hands it to
+//! [`crate::use_cases::dead_letter`]; one it cannot read stays in the DLQ for an operator.
 
 use crate::context::AppContext;
-use crate::effects::run_effects;
 use crate::entry::function::{FunctionHandler, InvocationError};
 use crate::entry::sqs::{batch_response, SqsEvent, SqsRecord};
+use crate::use_cases::dead_letter::{dead_lettered, DeadLetters};
 use async_trait::async_trait;
-use chrono::Utc;
-use handoff_core::commit::CommitOutcome;
 use handoff_core::handoff::HandoffMessage;
-use handoff_core::machine::failures;
 use handoff_ports::PortError;
 use serde_json::Value;
 use std::sync::Arc;
@@ -32,17 +28,7 @@ impl DlqFunction {
         };
         let queue = record.event_source_arn.as_deref().and_then(|a| a.rsplit(':').next()).unwrap_or("a queue");
         let receives = record.attributes.get("ApproximateReceiveCount").map(String::as_str).unwrap_or("repeated");
-        let decision = failures::dead_lettered(&message, queue, receives, Utc::now());
-        match self.ctx.exchanges.commit(&decision.commit).await? {
-            CommitOutcome::Applied => {
-                tracing::error!(exchangeId = %message.exchange_id, stepId = %message.step_id, queue, "exchange failed: dead-lettered handoff");
-                run_effects(&self.ctx, decision.effects).await?;
-            }
-            CommitOutcome::Conflict => {
-                tracing::warn!(exchangeId = %message.exchange_id, stepId = %message.step_id, "dead letter for a step or exchange that already moved on; nothing to mark")
-            }
-        }
-        Ok(())
+        dead_lettered(&DeadLetters::of(&self.ctx), &message, queue, receives).await
     }
 }
 

@@ -1,29 +1,14 @@
-//! The two scheduled jobs of a deployment (as in the Avni operations guide): the regular job
-//! sweeps durable timers whose time has come within reach of a delayed message and starts
-//! again exchanges left `New` (their creator stopped before handing them off); the
-//! error-processing job re-drives exchanges whose failure was a retryable system error.
+//! The jobs function: decodes which scheduled job to run, runs it
+//! ([`crate::use_cases::sweeps`]) and answers what it did.
 
 use crate::context::AppContext;
 use crate::entry::function::{FunctionHandler, InvocationError};
-use crate::use_cases::invoke::start_again;
-use crate::use_cases::recover::recover_exchange;
+use crate::use_cases::sweeps::Sweeps;
 use async_trait::async_trait;
-use chrono::{Duration as ChronoDuration, Utc};
-use handoff_core::exchange::ExchangeStatus;
 use handoff_core::ids::IntegrationCode;
-use handoff_core::machine::delay_until;
-use handoff_core::retry::ErrorClassification;
-use handoff_ports::{ExchangeFilter, PortError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-
-/// Timers due this far ahead are handed to SQS now (the job runs at least this often).
-const SWEEP_LOOKAHEAD_SECONDS: i64 = 120;
-const PAGE: u32 = 100;
-/// An exchange still `New` this long after its creation was never handed off. (Creation and
-/// the first handoff are one API call apart; a live creator is long done by then.)
-const UNSTARTED_AFTER_SECONDS: i64 = 120;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -51,87 +36,6 @@ impl JobsFunction {
     pub fn new(ctx: Arc<AppContext>, auto_recovery_limit: u32) -> Self {
         Self { ctx, auto_recovery_limit }
     }
-
-    /// Sends every stored timer due within the lookahead, delayed to its due time. Sent
-    /// first, taken off the index after: a crash in between sends a timer twice, which its
-    /// handler tolerates, rather than never.
-    pub async fn sweep_timers(&self) -> Result<usize, PortError> {
-        let mut sent = 0;
-        loop {
-            let now = Utc::now();
-            let due =
-                self.ctx.exchanges.due_timers(now + ChronoDuration::seconds(SWEEP_LOOKAHEAD_SECONDS), PAGE).await?;
-            let count = due.len();
-            for timer in due {
-                self.ctx.queue.send_timer(&timer, delay_until(now, timer.due)).await?;
-                if self.ctx.exchanges.take_timer(&timer).await? {
-                    sent += 1;
-                }
-            }
-            if count < PAGE as usize {
-                return Ok(sent);
-            }
-        }
-    }
-
-    /// Starts again every exchange left `New` for longer than [`UNSTARTED_AFTER_SECONDS`].
-    pub async fn start_unstarted(&self) -> Result<usize, PortError> {
-        let cutoff = Utc::now() - ChronoDuration::seconds(UNSTARTED_AFTER_SECONDS);
-        let filter = ExchangeFilter { status: Some(ExchangeStatus::New), integration_code: None, parent: None };
-        let mut started = 0;
-        let mut cursor: Option<String> = None;
-        loop {
-            let page = self.ctx.exchanges.list(&filter, PAGE, cursor.as_deref()).await?;
-            for exchange in page.items.iter().filter(|e| e.created_at < cutoff) {
-                match start_again(&self.ctx, exchange).await {
-                    Ok(()) => {
-                        tracing::warn!(exchangeId = %exchange.exchange_id, createdAt = %exchange.created_at, "exchange was never handed off; started again");
-                        started += 1;
-                    }
-                    Err(e) => {
-                        tracing::error!(exchangeId = %exchange.exchange_id, error = %e, "an exchange left New could not be started again")
-                    }
-                }
-            }
-            cursor = page.next_cursor;
-            if cursor.is_none() {
-                return Ok(started);
-            }
-        }
-    }
-
-    /// Recovers Failed exchanges whose error was a retryable system error, a few times each.
-    pub async fn redrive_failures(&self, integration_code: Option<IntegrationCode>) -> Result<Value, PortError> {
-        let mut recovered = Vec::new();
-        let mut skipped = 0;
-        let mut cursor: Option<String> = None;
-        let filter = ExchangeFilter { status: Some(ExchangeStatus::Failed), integration_code, parent: None };
-        loop {
-            let page = self.ctx.exchanges.list(&filter, PAGE, cursor.as_deref()).await?;
-            for exchange in page.items {
-                let eligible = exchange
-                    .error
-                    .as_ref()
-                    .is_some_and(|e| e.retryable && e.classification == ErrorClassification::System)
-                    && exchange.recoveries < self.auto_recovery_limit;
-                if !eligible {
-                    skipped += 1;
-                    continue;
-                }
-                match recover_exchange(&self.ctx, &exchange.exchange_id, None).await {
-                    Ok(_) => recovered.push(exchange.exchange_id),
-                    Err(e) => {
-                        tracing::warn!(exchangeId = %exchange.exchange_id, error = %e, "automatic recovery failed")
-                    }
-                }
-            }
-            cursor = page.next_cursor;
-            if cursor.is_none() {
-                break;
-            }
-        }
-        Ok(json!({"recovered": recovered, "left": skipped}))
-    }
 }
 
 #[async_trait]
@@ -143,12 +47,16 @@ impl FunctionHandler for JobsFunction {
                 format!("expected {{\"job\": \"regular\" | \"errorProcessing\"}}: {e}"),
             )
         })?;
+        let sweeps = Sweeps::of(&self.ctx, self.auto_recovery_limit);
         let outcome = match input.job {
-            Job::Regular => match (self.sweep_timers().await, self.start_unstarted().await) {
+            Job::Regular => match (sweeps.sweep_timers().await, sweeps.start_unstarted().await) {
                 (Ok(sent), Ok(started)) => Ok(json!({"timersSent": sent, "exchangesStarted": started})),
                 (Err(e), _) | (_, Err(e)) => Err(e),
             },
-            Job::ErrorProcessing => self.redrive_failures(input.integration_code).await,
+            Job::ErrorProcessing => sweeps
+                .redrive_failures(input.integration_code)
+                .await
+                .map(|done| json!({"recovered": done.recovered, "left": done.left})),
         };
         outcome.map_err(|e| InvocationError::new("JobFailed", e.to_string()))
     }

@@ -2,7 +2,7 @@
 
 use crate::context::AppContext;
 use crate::entry::function::{FunctionHandler, InvocationError};
-use crate::use_cases::invoke::{invoke_exchange, InvokeError, InvokeRequest};
+use crate::use_cases::invoke::{invoke_exchange, InvokeError, InvokeRequest, Starting};
 use async_trait::async_trait;
 use handoff_ports::ScheduledTrigger;
 use serde_json::{json, Value};
@@ -30,7 +30,7 @@ impl FunctionHandler for TriggerFunction {
             parameters: json!({}),
             payload: None,
         };
-        match invoke_exchange(&self.ctx, request).await {
+        match invoke_exchange(&Starting::of(&self.ctx), request).await {
             Ok(exchange) => {
                 tracing::info!(exchangeId = %exchange.exchange_id, integrationCode = %exchange.integration_code, "scheduled exchange started");
                 Ok(json!({"exchangeId": exchange.exchange_id}))

@@ -87,6 +87,7 @@ async fn delivery_files(cx: &ExecutionContext<'_>) -> Result<Vec<DeliveryFile>, 
         Some(Payload::DataFileSet { data_file_set_id }) => {
             let files = cx
                 .app
+                .ports
                 .files
                 .list(data_file_set_id)
                 .await
@@ -111,6 +112,7 @@ async fn open_file(cx: &ExecutionContext<'_>, file: &DeliveryFile) -> Result<Byt
         }
         Some(Payload::DataFileSet { data_file_set_id }) => cx
             .app
+            .ports
             .files
             .read(data_file_set_id, &file.name)
             .await

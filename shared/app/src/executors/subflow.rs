@@ -11,11 +11,11 @@
 
 use crate::executors::{payload_failure, store_value, ExecutionContext, StepOutput};
 use crate::sub_exchanges::children;
-use crate::use_cases::invoke::materialize;
 use chrono::Utc;
 use handoff_core::definition::StepAction;
 use handoff_core::exchange::{Exchange, ExchangeStatus, ParentLink, Payload};
 use handoff_core::ids::{ExchangeId, StepId};
+use handoff_core::machine::start::new_exchange;
 use handoff_core::plan::WorkerFamily;
 use handoff_core::retry::{ErrorClassification, Failure};
 use handoff_core::version::{select_version, VersionAvailability};
@@ -61,7 +61,7 @@ pub async fn create_sub_exchanges(cx: &ExecutionContext<'_>, logs: &mut Vec<Stri
         Value::Array(items) => items,
         _ => return Err(Failure::system("CreateSubExchanges needs the parameter objects of CollectSubflowProperties")),
     };
-    let versions = app.integrations.versions(integration_code).await.map_err(transient)?;
+    let versions = app.ports.integrations.versions(integration_code).await.map_err(transient)?;
     let available: Vec<VersionAvailability> =
         versions.iter().map(|v| VersionAvailability { version: v.version, enabled: v.enabled }).collect();
     let version = select_version(&available, None)
@@ -73,14 +73,14 @@ pub async fn create_sub_exchanges(cx: &ExecutionContext<'_>, logs: &mut Vec<Stri
     let control = StepId::from_sequence(cx.planned.sequence + 1);
     let parent = &cx.message.exchange_id;
     // The total is known before any sub-exchange can finish and count itself.
-    app.exchanges.set_sub_exchange_total(parent, control, parameters.len() as u32).await.map_err(transient)?;
+    app.ports.exchanges.set_sub_exchange_total(parent, control, parameters.len() as u32).await.map_err(transient)?;
 
     let now = Utc::now();
     let mut created = 0;
     for (chunk_index, chunk) in parameters.chunks(CREATE_CHUNK).enumerate() {
         let ids: Vec<ExchangeId> =
             (0..chunk.len()).map(|i| child_id(parent, control, chunk_index * CREATE_CHUNK + i)).collect();
-        let existing = app.exchanges.statuses(&ids).await.map_err(transient)?;
+        let existing = app.ports.exchanges.statuses(&ids).await.map_err(transient)?;
         let mut new = Vec::new();
         let mut start = Vec::new();
         for (i, (id, params)) in ids.iter().zip(chunk).enumerate() {
@@ -89,7 +89,7 @@ pub async fn create_sub_exchanges(cx: &ExecutionContext<'_>, logs: &mut Vec<Stri
                 step_id: control,
                 index: (chunk_index * CREATE_CHUNK + i) as u32,
             };
-            let fresh = materialize(&child, id.clone(), params.clone(), None, Some(link), now);
+            let fresh = new_exchange(child.pipeline(), id.clone(), params.clone(), None, Some(link), now);
             match existing.iter().find(|(e, _)| e == id) {
                 None => {
                     start.push(fresh.first.clone());
@@ -100,8 +100,8 @@ pub async fn create_sub_exchanges(cx: &ExecutionContext<'_>, logs: &mut Vec<Stri
                 Some(_) => {}
             }
         }
-        app.exchanges.create_many(&new).await.map_err(transient)?;
-        app.queue.send_many(WorkerFamily::Control, &start).await.map_err(transient)?;
+        app.ports.exchanges.create_many(&new).await.map_err(transient)?;
+        app.ports.queue.send_many(WorkerFamily::Control, &start).await.map_err(transient)?;
         created += new.len();
     }
     logs.push(format!(
@@ -114,6 +114,7 @@ pub async fn create_sub_exchanges(cx: &ExecutionContext<'_>, logs: &mut Vec<Stri
 pub async fn control(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Result<StepOutput, Failure> {
     let app = cx.app;
     let step = app
+        .ports
         .exchanges
         .get_step(&cx.message.exchange_id, cx.message.step_id)
         .await
@@ -130,7 +131,7 @@ pub async fn control(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Resul
         ));
         return Ok(StepOutput { wait_for_sub_exchanges: true, ..StepOutput::default() });
     }
-    let mine: Vec<Exchange> = children(app.exchanges.as_ref(), &cx.message.exchange_id)
+    let mine: Vec<Exchange> = children(app.ports.exchanges.as_ref(), &cx.message.exchange_id)
         .await
         .map_err(transient)?
         .into_iter()

@@ -133,8 +133,13 @@ async fn transform_set(
     set: &DataFileSetId,
     logs: &mut Vec<String>,
 ) -> Result<StepOutput, Failure> {
-    let files =
-        cx.app.files.list(set).await.map_err(|e| Failure::transient(format!("listing data file set {set}: {e}")))?;
+    let files = cx
+        .app
+        .ports
+        .files
+        .list(set)
+        .await
+        .map_err(|e| Failure::transient(format!("listing data file set {set}: {e}")))?;
     if files.is_empty() {
         return Err(Failure::system(format!("data file set {set} has no files")));
     }
@@ -150,6 +155,7 @@ async fn transform_set(
         }
         let (_, body) = cx
             .app
+            .ports
             .files
             .read(set, &file.name)
             .await
@@ -193,7 +199,7 @@ async fn stream_file(
     });
     let output: ByteStream =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed();
-    let written = cx.app.files.write(set, out_name, job_content_type(cx), output).await;
+    let written = cx.app.ports.files.write(set, out_name, job_content_type(cx), output).await;
     let converted = converter.await.map_err(|e| Failure::system(format!("the transformation task failed: {e}")))?;
     match (converted, written) {
         // The conversion's own error explains a failed write better than the write does.

@@ -15,7 +15,8 @@ use handoff_core::machine::operator;
 use handoff_core::notification::{parse_agent_report, Notification};
 use handoff_core::plan::SubStep;
 use handoff_core::reader::FieldError;
-use handoff_ports::PortError;
+use handoff_ports::{ExchangeReads, HandoffQueue, PortError, TimerStore, TokenStore};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallbackError {
@@ -37,37 +38,61 @@ pub struct Accepted {
     pub step_id: StepId,
 }
 
+/// The ports accepting a callback uses.
+pub struct Callbacks<'a> {
+    pub tokens: &'a dyn TokenStore,
+    /// Taking back the outbox entry once the handoff is sent.
+    pub timers: &'a dyn TimerStore,
+    pub reads: &'a dyn ExchangeReads,
+    pub queue: &'a dyn HandoffQueue,
+    pub codec: PayloadCodec,
+    pub outbox_delay: Duration,
+}
+
+impl<'a> Callbacks<'a> {
+    pub fn of(ctx: &'a AppContext) -> Self {
+        Self {
+            tokens: ctx.ports.exchanges.as_ref(),
+            timers: ctx.ports.exchanges.as_ref(),
+            reads: ctx.ports.exchanges.as_ref(),
+            queue: ctx.ports.queue.as_ref(),
+            codec: ctx.codec(),
+            outbox_delay: ctx.settings.outbox_delay,
+        }
+    }
+}
+
 pub async fn accept_callback(
-    ctx: &AppContext,
+    ctx: &Callbacks<'_>,
     token: &str,
     notification: &Notification,
 ) -> Result<Accepted, CallbackError> {
     let hash = CallbackToken::hash_of(token);
     let now = Utc::now();
-    let armed = ctx.exchanges.usable_token(&hash, now).await?.ok_or(CallbackError::UnknownToken)?;
+    let armed = ctx.tokens.usable_token(&hash, now).await?.ok_or(CallbackError::UnknownToken)?;
     if armed.sub_step == SubStep::ReceiveAgentNotification {
         parse_agent_report(notification).map_err(CallbackError::InvalidReport)?;
     }
     // Tell the caller plainly when its answer comes too late to matter.
-    if let Some(detail) = ctx.exchanges.get(&armed.exchange_id).await? {
+    if let Some(detail) = ctx.reads.get(&armed.exchange_id).await? {
         if operator::callback_is_late(&armed, &detail.exchange) {
             return Err(CallbackError::TooLate { exchange: armed.exchange_id, status: detail.exchange.status });
         }
     }
-    let codec = PayloadCodec::new(ctx.files.clone(), ctx.settings.inline_payload_limit);
     let bytes =
         serde_json::to_vec(notification).map_err(|e| PortError::Fault { service: "api", message: e.to_string() })?;
-    let input = codec
+    let input = ctx
+        .codec
         .store(bytes.into(), "application/json")
         .await
         .map_err(|e| PortError::Unavailable { service: "payloads", message: e.to_string() })?;
-    let (message, outbox) = operator::callback_accepted(&armed, input, ctx.settings.outbox_delay, now);
-    if !ctx.exchanges.consume_token(&hash, now, &outbox).await? {
+    let (message, outbox) = operator::callback_accepted(&armed, input, ctx.outbox_delay, now);
+    if !ctx.tokens.consume_token(&hash, now, &outbox).await? {
         return Err(CallbackError::UnknownToken);
     }
     match ctx.queue.send(armed.sub_step.family(), &message, 0).await {
         Ok(()) => {
-            if let Err(e) = ctx.exchanges.take_timer(&outbox).await {
+            if let Err(e) = ctx.timers.take_timer(&outbox).await {
                 tracing::warn!(exchangeId = %armed.exchange_id, error = %e, "callback handed on; its outbox entry stays and will send a harmless duplicate");
             }
         }

@@ -1,18 +1,19 @@
 //! Starting an exchange — one piece of code for the HTTP API and for scheduled triggers.
 
 use crate::context::AppContext;
-use crate::definitions::LoadedIntegration;
-use crate::effects::run_effects;
+use crate::definitions::{DefinitionCache, LoadedIntegration};
+use crate::effects::{run_effects, EffectPorts};
 use crate::payloads::{PayloadCodec, PayloadError};
 use bytes::Bytes;
 use chrono::Utc;
 use handoff_core::commit::{CommitOutcome, ExchangeChange, StepCommit};
-use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep, ParentLink, Payload, StepStatus};
+use handoff_core::exchange::{Exchange, ParentLink, Payload};
 use handoff_core::handoff::{sla_timer, HandoffMessage};
-use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
+use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion};
+use handoff_core::machine::start::{new_exchange, NewExchange};
 use handoff_core::machine::{failures, Decision};
 use handoff_core::version::{select_version, VersionAvailability, VersionSelectionError};
-use handoff_ports::PortError;
+use handoff_ports::{ExchangeWrites, IntegrationRepository, PortError};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -38,7 +39,29 @@ pub enum InvokeError {
     Port(#[from] PortError),
 }
 
-pub async fn invoke_exchange(ctx: &AppContext, request: InvokeRequest) -> Result<Exchange, InvokeError> {
+/// The ports starting an exchange uses.
+pub struct Starting<'a> {
+    pub integrations: &'a dyn IntegrationRepository,
+    pub definitions: &'a DefinitionCache,
+    pub writes: &'a dyn ExchangeWrites,
+    /// Reading the stored input back (a restart) and sending the first handoff.
+    pub effects: EffectPorts<'a>,
+    pub codec: PayloadCodec,
+}
+
+impl<'a> Starting<'a> {
+    pub fn of(ctx: &'a AppContext) -> Self {
+        Self {
+            integrations: ctx.ports.integrations.as_ref(),
+            definitions: &ctx.definitions,
+            writes: ctx.ports.exchanges.as_ref(),
+            effects: ctx.effects(),
+            codec: ctx.codec(),
+        }
+    }
+}
+
+pub async fn invoke_exchange(ctx: &Starting<'_>, request: InvokeRequest) -> Result<Exchange, InvokeError> {
     let code = request.integration_code;
     let versions = ctx.integrations.versions(&code).await?;
     let available: Vec<VersionAvailability> =
@@ -58,23 +81,22 @@ pub async fn invoke_exchange(ctx: &AppContext, request: InvokeRequest) -> Result
     let loaded = Arc::new(LoadedIntegration::from_stored(stored).map_err(|e| InvokeError::Unusable(e.to_string()))?);
     ctx.definitions.remember(loaded.clone());
 
-    let codec = PayloadCodec::new(ctx.files.clone(), ctx.settings.inline_payload_limit);
     let input = match request.payload {
-        Some((bytes, content_type)) => Some(codec.store(bytes, &content_type).await?),
+        Some((bytes, content_type)) => Some(ctx.codec.store(bytes, &content_type).await?),
         None => None,
     };
     let now = Utc::now();
     let created =
         materialize(&loaded, ExchangeId::new(uuid::Uuid::now_v7().to_string()), request.parameters, input, None, now);
     let (exchange, steps, message) = (created.exchange, created.steps, created.first);
-    ctx.exchanges.create(&exchange, &steps).await?;
+    ctx.writes.create(&exchange, &steps).await?;
 
     // The SLA first: an exchange still `New` is started again by the regular job (see
     // [`start_again`]), which arms the SLA again; one already `Started` is not.
     let family = message.sub_step.family();
     let sent = async {
         arm_sla(ctx, &exchange, loaded.definition.sla_seconds, now).await?;
-        ctx.queue.send(family, &message, 0).await
+        ctx.effects.queue.send(family, &message, 0).await
     };
     if let Err(send_error) = sent.await {
         // The exchange exists but nothing will pick it up: record that, so it is visible and recoverable.
@@ -84,14 +106,7 @@ pub async fn invoke_exchange(ctx: &AppContext, request: InvokeRequest) -> Result
     Ok(exchange)
 }
 
-/// A new exchange with all its steps (status `Initial`) and the message that starts it.
-pub struct NewExchange {
-    pub exchange: Exchange,
-    pub steps: Vec<ExchangeStep>,
-    pub first: HandoffMessage,
-}
-
-/// Materialises the whole plan of an exchange at once, so it is visible from the start.
+/// A new exchange of `loaded` (see [`new_exchange`]).
 pub fn materialize(
     loaded: &LoadedIntegration,
     exchange_id: ExchangeId,
@@ -100,48 +115,14 @@ pub fn materialize(
     parent: Option<ParentLink>,
     now: chrono::DateTime<Utc>,
 ) -> NewExchange {
-    let exchange = Exchange {
-        exchange_id,
-        integration_code: loaded.stored.code.clone(),
-        integration_version: loaded.stored.version,
-        status: ExchangeStatus::New,
-        parameters,
-        created_at: now,
-        updated_at: now,
-        completed_at: None,
-        error: None,
-        recoveries: 0,
-        parent,
-        result: None,
-    };
-    let steps = loaded
-        .plan
-        .iter()
-        .map(|planned| ExchangeStep {
-            step_id: StepId::from_sequence(planned.sequence),
-            sequence: planned.sequence,
-            integration_step: planned.integration_step.clone(),
-            sub_step: planned.sub_step,
-            destination: planned.destination,
-            status: StepStatus::Initial,
-            payload: if planned.sequence == 0 { input.clone() } else { None },
-            attempts: 0,
-            max_attempts: loaded.pipeline().retry_policy(planned).max_attempts,
-            last_error: None,
-            next_retry_at: None,
-            completed_at: None,
-            sub_exchanges: None,
-        })
-        .collect();
-    let first = HandoffMessage::start(&exchange, &loaded.plan[0], input);
-    NewExchange { exchange, steps, first }
+    new_exchange(loaded.pipeline(), exchange_id, parameters, input, parent, now)
 }
 
 /// Starts again an exchange still `New` long after its creation: whoever created it stopped
 /// before its first handoff (or before knowing it was sent). The same first message goes
 /// out (on the payload kept on its first step) and its SLA is armed again from its creation;
 /// if the first ones did go out after all, the duplicates change nothing.
-pub async fn start_again(ctx: &AppContext, exchange: &Exchange) -> Result<(), PortError> {
+pub async fn start_again(ctx: &Starting<'_>, exchange: &Exchange) -> Result<(), PortError> {
     let unusable = |message: String| PortError::Fault { service: "definitions", message };
     let loaded = ctx
         .definitions
@@ -155,6 +136,7 @@ pub async fn start_again(ctx: &AppContext, exchange: &Exchange) -> Result<(), Po
             ))
         })?;
     let input = ctx
+        .effects
         .exchanges
         .get(&exchange.exchange_id)
         .await?
@@ -162,13 +144,13 @@ pub async fn start_again(ctx: &AppContext, exchange: &Exchange) -> Result<(), Po
         .and_then(|s| s.payload);
     let message = HandoffMessage::start(exchange, &loaded.plan[0], input);
     arm_sla(ctx, exchange, loaded.definition.sla_seconds, exchange.created_at).await?;
-    ctx.queue.send(message.sub_step.family(), &message, 0).await
+    ctx.effects.queue.send(message.sub_step.family(), &message, 0).await
 }
 
 /// Starts the SLA clock of an exchange (at creation, and again when the regular job starts
 /// it again): a timer due within a delayed message's reach is sent, a later one stored.
 pub async fn arm_sla(
-    ctx: &AppContext,
+    ctx: &Starting<'_>,
     exchange: &Exchange,
     sla_seconds: Option<u64>,
     now: chrono::DateTime<Utc>,
@@ -186,16 +168,16 @@ pub async fn arm_sla(
         effects: Vec::new(),
     };
     decision.arm(timer);
-    if !decision.commit.timers.is_empty() && ctx.exchanges.commit(&decision.commit).await? == CommitOutcome::Conflict {
+    if !decision.commit.timers.is_empty() && ctx.writes.commit(&decision.commit).await? == CommitOutcome::Conflict {
         return Ok(()); // already final: nothing to time out
     }
-    run_effects(ctx, decision.effects).await
+    run_effects(ctx.effects, decision.effects).await
 }
 
 /// The exchange exists but nothing will pick it up: record that, so it is visible and recoverable.
-async fn mark_not_handed_off(ctx: &AppContext, exchange: &Exchange, error: &PortError) {
+async fn mark_not_handed_off(ctx: &Starting<'_>, exchange: &Exchange, error: &PortError) {
     let decision = failures::handoff_failed(exchange, &error.to_string(), Utc::now());
-    match ctx.exchanges.commit(&decision.commit).await {
+    match ctx.writes.commit(&decision.commit).await {
         Ok(CommitOutcome::Applied) => {}
         Ok(CommitOutcome::Conflict) => {
             tracing::warn!(exchangeId = %exchange.exchange_id, "exchange moved on before its hand-off failure was recorded")

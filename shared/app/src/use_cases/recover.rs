@@ -3,8 +3,8 @@
 //! the error-processing job.
 
 use crate::context::AppContext;
-use crate::definitions::DefinitionLoadError;
-use crate::effects::run_effects;
+use crate::definitions::{DefinitionCache, DefinitionLoadError};
+use crate::effects::{run_effects, EffectPorts};
 use crate::sub_exchanges::failed_children;
 use chrono::Utc;
 use handoff_core::commit::CommitOutcome;
@@ -12,7 +12,8 @@ use handoff_core::exchange::ExchangeDetail;
 use handoff_core::ids::{ExchangeId, IntegrationVersion, StepId};
 use handoff_core::machine::operator::{self, ManualRetryError};
 use handoff_core::machine::{delay_until, Effect};
-use handoff_ports::PortError;
+use handoff_ports::{ExchangeWrites, PortError, TimerStore};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
@@ -28,8 +29,31 @@ pub enum ActionError {
     Port(#[from] PortError),
 }
 
-async fn load(ctx: &AppContext, id: &ExchangeId) -> Result<ExchangeDetail, ActionError> {
-    ctx.exchanges.get(id).await?.ok_or_else(|| ActionError::UnknownExchange(id.clone()))
+/// The ports operator actions use.
+pub struct Recovering<'a> {
+    pub definitions: &'a DefinitionCache,
+    pub writes: &'a dyn ExchangeWrites,
+    /// Taking back the outbox entry once the resuming handoff is sent.
+    pub timers: &'a dyn TimerStore,
+    /// Reading the exchange and its children; sending the resuming handoff.
+    pub effects: EffectPorts<'a>,
+    pub outbox_delay: Duration,
+}
+
+impl<'a> Recovering<'a> {
+    pub fn of(ctx: &'a AppContext) -> Self {
+        Self {
+            definitions: &ctx.definitions,
+            writes: ctx.ports.exchanges.as_ref(),
+            timers: ctx.ports.exchanges.as_ref(),
+            effects: ctx.effects(),
+            outbox_delay: ctx.settings.outbox_delay,
+        }
+    }
+}
+
+async fn load(ctx: &Recovering<'_>, id: &ExchangeId) -> Result<ExchangeDetail, ActionError> {
+    ctx.effects.exchanges.get(id).await?.ok_or_else(|| ActionError::UnknownExchange(id.clone()))
 }
 
 /// What a recovery did.
@@ -41,7 +65,7 @@ pub struct Recovered {
 }
 
 pub async fn recover_exchange(
-    ctx: &AppContext,
+    ctx: &Recovering<'_>,
     id: &ExchangeId,
     onto_version: Option<IntegrationVersion>,
 ) -> Result<Recovered, ActionError> {
@@ -79,17 +103,17 @@ pub async fn recover_exchange(
         current.pipeline(),
         target.pipeline(),
         target.stored.version,
-        ctx.settings.outbox_delay,
+        ctx.outbox_delay,
         now,
     )
     .map_err(|e| ActionError::Conflict(e.to_string()))?;
     // A subflow that failed because sub-exchanges failed re-drives only those.
     let redrive = if decided.redrive_children {
-        failed_children(ctx.exchanges.as_ref(), id, decided.resumed_at()).await?
+        failed_children(ctx.effects.exchanges, id, decided.resumed_at()).await?
     } else {
         Vec::new()
     };
-    if ctx.exchanges.recover(&decided.commit).await? == CommitOutcome::Conflict {
+    if ctx.writes.recover(&decided.commit).await? == CommitOutcome::Conflict {
         return Err(ActionError::Conflict("the exchange changed while it was being recovered; read it again".into()));
     }
     for child in &redrive {
@@ -98,9 +122,9 @@ pub async fn recover_exchange(
             tracing::warn!(exchangeId = %id, child = %child, error = %e, "a failed sub-exchange could not be re-driven");
         }
     }
-    match run_effects(ctx, vec![Effect::send(decided.resume.clone())]).await {
+    match run_effects(ctx.effects, vec![Effect::send(decided.resume.clone())]).await {
         Ok(()) => {
-            if let Err(e) = ctx.exchanges.take_timer(&decided.outbox).await {
+            if let Err(e) = ctx.timers.take_timer(&decided.outbox).await {
                 tracing::warn!(exchangeId = %id, error = %e, "recovery handed on; its outbox entry stays and will send a harmless duplicate");
             }
         }
@@ -110,7 +134,7 @@ pub async fn recover_exchange(
     }
     // The stored SLA timer is swept when due; one due soon also goes now, for precision.
     if let Some(sla) = decided.sla_due_soon() {
-        if let Err(e) = ctx.queue.send_timer(sla, delay_until(now, sla.due)).await {
+        if let Err(e) = ctx.effects.queue.send_timer(sla, delay_until(now, sla.due)).await {
             tracing::warn!(exchangeId = %id, error = %e, "the SLA timer waits for the regular job");
         }
     }
@@ -121,13 +145,13 @@ pub async fn recover_exchange(
 
 /// A manual retry of a step waiting for its next automatic attempt: that attempt runs now
 /// (and counts); the scheduled one then finds it done and changes nothing.
-pub async fn retry_step_now(ctx: &AppContext, id: &ExchangeId, step_id: StepId) -> Result<u32, ActionError> {
+pub async fn retry_step_now(ctx: &Recovering<'_>, id: &ExchangeId, step_id: StepId) -> Result<u32, ActionError> {
     let detail = load(ctx, id).await?;
     let message = operator::manual_retry(&detail, step_id).map_err(|e| match e {
         ManualRetryError::UnknownStep(step) => ActionError::UnknownStep(step),
         other => ActionError::Conflict(other.to_string()),
     })?;
-    ctx.queue.send(message.sub_step.family(), &message, 0).await?;
+    ctx.effects.queue.send(message.sub_step.family(), &message, 0).await?;
     tracing::info!(exchangeId = %id, stepId = %step_id, attempt = message.attempt, "manual retry requested");
     Ok(message.attempt)
 }

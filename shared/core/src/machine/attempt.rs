@@ -263,41 +263,17 @@ pub(crate) mod tests {
             steps: &[(StepStatus, u32)],
         ) -> crate::exchange::ExchangeDetail {
             let now = Utc::now();
-            let exchange = crate::exchange::Exchange {
-                exchange_id: ExchangeId::new("x"),
-                integration_code: IntegrationCode::parse("C").expect("code"),
-                integration_version: IntegrationVersion::number(1).expect("version"),
-                status,
-                parameters: json!({}),
-                created_at: now,
-                updated_at: now,
-                completed_at: None,
-                error: None,
-                recoveries,
-                parent: None,
-                result: None,
-            };
-            let steps = self
-                .plan
-                .iter()
-                .map(|p| {
+            let created =
+                super::super::start::new_exchange(self.pipeline(), ExchangeId::new("x"), json!({}), None, None, now);
+            let exchange = crate::exchange::Exchange { status, recoveries, ..created.exchange };
+            let steps = created
+                .steps
+                .into_iter()
+                .map(|step| {
                     let (status, attempts) =
-                        steps.get(p.sequence as usize).copied().unwrap_or((StepStatus::Initial, 0));
-                    crate::exchange::ExchangeStep {
-                        step_id: StepId::from_sequence(p.sequence),
-                        sequence: p.sequence,
-                        integration_step: p.integration_step.clone(),
-                        sub_step: p.sub_step,
-                        destination: p.destination,
-                        status,
-                        payload: None,
-                        attempts,
-                        max_attempts: self.pipeline().retry_policy(p).max_attempts,
-                        last_error: None,
-                        next_retry_at: None,
-                        completed_at: (status == StepStatus::Done).then_some(now),
-                        sub_exchanges: None,
-                    }
+                        steps.get(step.sequence as usize).copied().unwrap_or((StepStatus::Initial, 0));
+                    let completed_at = (status == StepStatus::Done).then_some(now);
+                    crate::exchange::ExchangeStep { status, attempts, completed_at, ..step }
                 })
                 .collect();
             crate::exchange::ExchangeDetail { exchange, steps, logs: vec![] }

@@ -6,6 +6,7 @@
 //!
 //! | input | function |
 //! |---|---|
+//! | an exchange is triggered (API, schedule, parent) | [`start::new_exchange`] |
 //! | an attempt finished (done / retryable failure / business failure / waiting) | [`attempt::attempt_finished`] |
 //! | a durable timer fired (retry, wait timeout, SLA, outbox handoff, parent timed out) | [`timers::timer_fired`] |
 //! | a handoff was dead-lettered | [`failures::dead_lettered`] |
@@ -19,6 +20,7 @@ pub mod attempt;
 pub mod conflict;
 pub mod failures;
 pub mod operator;
+pub mod start;
 pub mod timers;
 
 use crate::commit::{ParentTally, StepCommit};

@@ -159,6 +159,7 @@ fn step_outcome(report: &AgentReport) -> Result<StepOutput, Failure> {
 async fn delivered_payload(cx: &ExecutionContext<'_>) -> Result<Option<Payload>, Failure> {
     let detail = cx
         .app
+        .ports
         .exchanges
         .get(&cx.message.exchange_id)
         .await

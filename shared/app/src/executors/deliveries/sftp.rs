@@ -110,7 +110,7 @@ async fn upload_one(
 /// Reads and parses the destination's credentials. A missing or malformed secret is a
 /// configuration fault on our side: it fails at once (system), naming the secret only.
 async fn credentials(cx: &ExecutionContext<'_>, secret_ref: &str) -> Result<LoginCredentials, Failure> {
-    let text = cx.app.secrets.get(secret_ref).await.map_err(|e| {
+    let text = cx.app.ports.secrets.get(secret_ref).await.map_err(|e| {
         let message = format!("reading secret '{secret_ref}': {e}");
         if e.is_retryable() {
             Failure::transient(message)

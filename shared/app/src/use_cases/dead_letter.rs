@@ -1,0 +1,44 @@
+//! A handoff message that kept failing reached its dead-letter queue: its exchange is marked
+//! Failed (system error, cause recorded) so nothing is lost silently and it can be recovered.
+
+use crate::context::AppContext;
+use crate::effects::{run_effects, EffectPorts};
+use chrono::Utc;
+use handoff_core::commit::CommitOutcome;
+use handoff_core::handoff::HandoffMessage;
+use handoff_core::machine::failures;
+use handoff_ports::{ExchangeWrites, PortError};
+
+/// The ports recording a dead letter uses.
+pub struct DeadLetters<'a> {
+    pub writes: &'a dyn ExchangeWrites,
+    /// Resuming a parent whose last sub-exchange this was.
+    pub effects: EffectPorts<'a>,
+}
+
+impl<'a> DeadLetters<'a> {
+    pub fn of(ctx: &'a AppContext) -> Self {
+        Self { writes: ctx.ports.exchanges.as_ref(), effects: ctx.effects() }
+    }
+}
+
+/// Fails the exchange of a dead-lettered `message` that left `queue` after `receives`
+/// receives; a dead letter for a step or exchange that already moved on changes nothing.
+pub async fn dead_lettered(
+    ctx: &DeadLetters<'_>,
+    message: &HandoffMessage,
+    queue: &str,
+    receives: &str,
+) -> Result<(), PortError> {
+    let decision = failures::dead_lettered(message, queue, receives, Utc::now());
+    match ctx.writes.commit(&decision.commit).await? {
+        CommitOutcome::Applied => {
+            tracing::error!(exchangeId = %message.exchange_id, stepId = %message.step_id, queue, "exchange failed: dead-lettered handoff");
+            run_effects(ctx.effects, decision.effects).await?;
+        }
+        CommitOutcome::Conflict => {
+            tracing::warn!(exchangeId = %message.exchange_id, stepId = %message.step_id, "dead letter for a step or exchange that already moved on; nothing to mark")
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! The two scheduled jobs of a deployment (as in the Avni operations guide): the regular job
+//! sweeps durable timers whose time has come within reach of a delayed message and starts
+//! again exchanges left `New` (their creator stopped before handing them off); the
+//! error-processing job re-drives exchanges whose failure was a retryable system error.
+
+use crate::context::AppContext;
+use crate::use_cases::invoke::{start_again, Starting};
+use crate::use_cases::recover::{recover_exchange, Recovering};
+use chrono::{Duration as ChronoDuration, Utc};
+use handoff_core::exchange::ExchangeStatus;
+use handoff_core::ids::{ExchangeId, IntegrationCode};
+use handoff_core::machine::delay_until;
+use handoff_core::retry::ErrorClassification;
+use handoff_ports::{ExchangeFilter, PortError, TimerStore};
+
+/// Timers due this far ahead are handed to SQS now (the job runs at least this often).
+const SWEEP_LOOKAHEAD_SECONDS: i64 = 120;
+const PAGE: u32 = 100;
+/// An exchange still `New` this long after its creation was never handed off. (Creation and
+/// the first handoff are one API call apart; a live creator is long done by then.)
+const UNSTARTED_AFTER_SECONDS: i64 = 120;
+
+/// The ports the jobs use: the timer index, and what starting and recovering use.
+pub struct Sweeps<'a> {
+    pub timers: &'a dyn TimerStore,
+    pub starting: Starting<'a>,
+    pub recovering: Recovering<'a>,
+    /// How often the error-processing job re-drives one exchange at most.
+    pub auto_recovery_limit: u32,
+}
+
+/// What one error-processing run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redriven {
+    pub recovered: Vec<ExchangeId>,
+    /// Failed exchanges it left for an operator (not a retryable system error, or re-driven
+    /// as often as allowed).
+    pub left: usize,
+}
+
+impl<'a> Sweeps<'a> {
+    pub fn of(ctx: &'a AppContext, auto_recovery_limit: u32) -> Self {
+        Self {
+            timers: ctx.ports.exchanges.as_ref(),
+            starting: Starting::of(ctx),
+            recovering: Recovering::of(ctx),
+            auto_recovery_limit,
+        }
+    }
+
+    /// Sends every stored timer due within the lookahead, delayed to its due time. Sent
+    /// first, taken off the index after: a crash in between sends a timer twice, which its
+    /// handler tolerates, rather than never.
+    pub async fn sweep_timers(&self) -> Result<usize, PortError> {
+        let mut sent = 0;
+        loop {
+            let now = Utc::now();
+            let due = self.timers.due_timers(now + ChronoDuration::seconds(SWEEP_LOOKAHEAD_SECONDS), PAGE).await?;
+            let count = due.len();
+            for timer in due {
+                self.starting.effects.queue.send_timer(&timer, delay_until(now, timer.due)).await?;
+                if self.timers.take_timer(&timer).await? {
+                    sent += 1;
+                }
+            }
+            if count < PAGE as usize {
+                return Ok(sent);
+            }
+        }
+    }
+
+    /// Starts again every exchange left `New` for longer than [`UNSTARTED_AFTER_SECONDS`].
+    pub async fn start_unstarted(&self) -> Result<usize, PortError> {
+        let cutoff = Utc::now() - ChronoDuration::seconds(UNSTARTED_AFTER_SECONDS);
+        let filter = ExchangeFilter { status: Some(ExchangeStatus::New), integration_code: None, parent: None };
+        let mut started = 0;
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.starting.effects.exchanges.list(&filter, PAGE, cursor.as_deref()).await?;
+            for exchange in page.items.iter().filter(|e| e.created_at < cutoff) {
+                match start_again(&self.starting, exchange).await {
+                    Ok(()) => {
+                        tracing::warn!(exchangeId = %exchange.exchange_id, createdAt = %exchange.created_at, "exchange was never handed off; started again");
+                        started += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(exchangeId = %exchange.exchange_id, error = %e, "an exchange left New could not be started again")
+                    }
+                }
+            }
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                return Ok(started);
+            }
+        }
+    }
+
+    /// Recovers Failed exchanges whose error was a retryable system error, a few times each.
+    pub async fn redrive_failures(&self, integration_code: Option<IntegrationCode>) -> Result<Redriven, PortError> {
+        let mut recovered = Vec::new();
+        let mut skipped = 0;
+        let mut cursor: Option<String> = None;
+        let filter = ExchangeFilter { status: Some(ExchangeStatus::Failed), integration_code, parent: None };
+        loop {
+            let page = self.starting.effects.exchanges.list(&filter, PAGE, cursor.as_deref()).await?;
+            for exchange in page.items {
+                let eligible = exchange
+                    .error
+                    .as_ref()
+                    .is_some_and(|e| e.retryable && e.classification == ErrorClassification::System)
+                    && exchange.recoveries < self.auto_recovery_limit;
+                if !eligible {
+                    skipped += 1;
+                    continue;
+                }
+                match recover_exchange(&self.recovering, &exchange.exchange_id, None).await {
+                    Ok(_) => recovered.push(exchange.exchange_id),
+                    Err(e) => {
+                        tracing::warn!(exchangeId = %exchange.exchange_id, error = %e, "automatic recovery failed")
+                    }
+                }
+            }
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        Ok(Redriven { recovered, left: skipped })
+    }
+}

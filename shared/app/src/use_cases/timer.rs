@@ -1,0 +1,60 @@
+//! Firing a durable timer (the control worker): a retry, a wait or SLA timeout, an outbox
+//! handoff. The state machine ([`handoff_core::machine::timers`]) decides; a timer the
+//! exchange has moved past changes nothing.
+
+use crate::context::AppContext;
+use crate::definitions::DefinitionCache;
+use crate::effects::{run_effects, EffectPorts};
+use crate::use_cases::handoff::WorkerError;
+use chrono::Utc;
+use handoff_core::commit::CommitOutcome;
+use handoff_core::handoff::{Timer, TimerKind};
+use handoff_core::machine::timers::{self, TimerOutcome};
+use handoff_ports::ExchangeWrites;
+
+/// The ports firing a timer uses.
+pub struct Timers<'a> {
+    pub definitions: &'a DefinitionCache,
+    pub writes: &'a dyn ExchangeWrites,
+    /// Reading the exchange; sending what the timer hands on.
+    pub effects: EffectPorts<'a>,
+}
+
+impl<'a> Timers<'a> {
+    pub fn of(ctx: &'a AppContext) -> Self {
+        Self { definitions: &ctx.definitions, writes: ctx.ports.exchanges.as_ref(), effects: ctx.effects() }
+    }
+}
+
+/// Fires a durable timer (control worker).
+pub async fn fire_timer(ctx: &Timers<'_>, timer: Timer) -> Result<(), WorkerError> {
+    let now = Utc::now();
+    let detail = match &timer.kind {
+        TimerKind::Handoff { .. } => None,
+        _ if timer.due > now => None,
+        _ => ctx.effects.exchanges.get(&timer.exchange_id).await?,
+    };
+    let loaded = match &detail {
+        Some(detail) if timers::needs_pipeline(&timer, detail) => ctx
+            .definitions
+            .get(&detail.exchange.integration_code, detail.exchange.integration_version)
+            .await
+            .map_err(|e| WorkerError::Definition(e.to_string()))?,
+        _ => None,
+    };
+    let pipeline = loaded.as_ref().map(|l| l.pipeline());
+    match timers::timer_fired(pipeline, &timer, detail.as_ref(), now) {
+        TimerOutcome::Nothing => Ok(()),
+        TimerOutcome::Send(effect) => Ok(run_effects(ctx.effects, vec![effect]).await?),
+        TimerOutcome::Write(decision) => match ctx.writes.commit(&decision.commit).await? {
+            CommitOutcome::Applied => {
+                tracing::warn!(exchange = ?decision.commit.exchange, "timer fired");
+                Ok(run_effects(ctx.effects, decision.effects).await?)
+            }
+            CommitOutcome::Conflict => {
+                tracing::info!("timer no longer relevant (the exchange or step moved on)");
+                Ok(())
+            }
+        },
+    }
+}
