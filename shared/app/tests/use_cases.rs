@@ -5,6 +5,7 @@
 
 use axum::body::Body;
 use handoff_app::context::{AppContext, AppSettings, Ports};
+use handoff_app::effects::run_effects;
 use handoff_app::entry::api::router;
 use handoff_app::entry::dlq::DlqFunction;
 use handoff_app::entry::function::FunctionHandler;
@@ -13,6 +14,7 @@ use handoff_app::entry::worker::{WorkerError, WorkerFunction};
 use handoff_core::exchange::{ExchangeDetail, ExchangeStatus, StepStatus};
 use handoff_core::handoff::{CallbackToken, HandoffMessage, QueueMessage, Timer, TimerKind};
 use handoff_core::ids::{ExchangeId, StepId};
+use handoff_core::machine::Effect;
 use handoff_core::plan::{SubStep, WorkerFamily};
 use handoff_ports::memory::{
     MemoryDataFileStore, MemoryExchangeRepository, MemoryIntegrationRepository, MemoryMappings, MemoryQueue,
@@ -423,4 +425,116 @@ async fn an_internal_failure_answers_an_error_id_never_its_text_and_the_exchange
     h.queue.heal();
     let (_, listed) = h.call("GET", "/exchanges?integrationCode=NOSEND", None).await;
     assert_eq!(listed["items"][0]["status"], json!("Failed"), "{listed}");
+}
+
+#[tokio::test]
+async fn a_parent_resumes_once_its_last_sub_exchange_ends_and_counts_each_child_once() {
+    let h = Harness::new();
+    h.define(transform("LEAF", ".")).await;
+    // After its sub-exchanges the parent delivers to a peer that is down, retrying in an hour.
+    h.define(json!({"code": "FAN", "version": 1, "enabled": true, "steps": [
+        {"name": "each", "type": "subflow", "integrationCode": "LEAF", "function": {"jq": "map({n: .})"}},
+        {"name": "send", "type": "delivery", "retry": {"maxAttempts": 3, "intervalSeconds": 3600, "maxIntervalSeconds": 3600},
+         "destinations": [{"kind": "rest", "request": {"method": "POST", "url": "http://127.0.0.1:9/in"}}]}]}))
+        .await;
+    let id = h.invoke("FAN", json!([1, 2, 3])).await;
+    assert!(h.run().await.is_empty());
+    let (status, children) = h.call("GET", &format!("/exchanges?parentExchangeId={id}&limit=10"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let children = children["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(children.len(), 3);
+    assert!(children.iter().all(|c| c["status"] == json!("Completed")), "{children:?}");
+    let parent = h.detail(&id).await;
+    let control = parent.steps.iter().find(|s| s.sub_exchanges.is_some()).expect("the control step counts");
+    let counted = control.sub_exchanges.expect("counts");
+    assert!(counted.all_final() && counted.total == 3, "{counted:?}");
+    assert_eq!(control.status, StepStatus::Done, "the parent resumed past its sub-exchanges");
+    let delivery = parent.steps.iter().find(|s| s.sub_step == SubStep::DeliverRest).expect("delivery");
+    assert_eq!((parent.exchange.status, delivery.attempts), (ExchangeStatus::Started, 1), "{:?}", parent.steps);
+    // A child's sign-off delivered again counts nothing twice and resumes nothing.
+    let child = ExchangeId::new(children[0]["exchangeId"].as_str().expect("id"));
+    let child = h.detail(&child).await;
+    let signoff = child.steps.last().expect("a sign-off step");
+    let again = HandoffMessage::at_step(&child.exchange, signoff.step_id, signoff.sub_step, 1, None);
+    h.deliver(&Queued::Handoff { family: signoff.sub_step.family(), message: again, delay_seconds: 0 })
+        .await
+        .expect("duplicate sign-off");
+    assert!(h.queue.take().is_empty(), "nothing resumes twice");
+    // Nor does a resume repeated after the parent moved on (a retried effect).
+    let link = child.exchange.parent.clone().expect("a child knows its parent");
+    run_effects(h.ctx.effects(), vec![Effect::ResumeParentIfLast(link)]).await.expect("effect");
+    assert!(h.queue.take().is_empty(), "the parent's control step is done: no second resume");
+    let after = h.detail(&id).await;
+    assert_eq!(after.steps.iter().find_map(|s| s.sub_exchanges), Some(counted));
+    assert_eq!(after.steps.iter().find(|s| s.sub_step == SubStep::DeliverRest).map(|s| s.attempts), Some(1));
+}
+
+#[tokio::test]
+async fn the_regular_job_starts_again_an_exchange_left_new() {
+    let h = Harness::new();
+    h.define(transform("ORPHAN", "map(. + 1)")).await;
+    let id = h.invoke("ORPHAN", json!([1])).await;
+    // Its creator "stopped" before the first handoff went out; a fresh one is left alone.
+    h.queue.take();
+    let jobs = JobsFunction::new(h.ctx.clone(), 3);
+    let answer = jobs.invoke(json!({"job": "regular"})).await.expect("job");
+    assert_eq!(answer["exchangesStarted"], json!(0), "created just now: its creator may still be at work");
+    h.exchanges.age(&id, chrono::Duration::minutes(3));
+    let answer = jobs.invoke(json!({"job": "regular"})).await.expect("job");
+    assert_eq!(answer["exchangesStarted"], json!(1));
+    assert!(h.run().await.is_empty());
+    assert_eq!(h.detail(&id).await.exchange.status, ExchangeStatus::Completed);
+    let answer = jobs.invoke(json!({"job": "nightly"})).await;
+    assert!(answer.is_err(), "an unknown job is refused");
+}
+
+#[tokio::test]
+async fn the_error_processing_job_redrives_retryable_system_failures_a_limited_number_of_times() {
+    let h = Harness::new();
+    h.define(unreachable_delivery("FLAKY", 1)).await;
+    h.define(transform("BROKEN", "error(\"bad record\")")).await;
+    let flaky = h.invoke("FLAKY", json!([1])).await;
+    let broken = h.invoke("BROKEN", json!([1])).await;
+    h.run().await;
+    assert_eq!(h.detail(&flaky).await.exchange.status, ExchangeStatus::Failed);
+    assert_eq!(h.detail(&broken).await.exchange.status, ExchangeStatus::Failed);
+    let jobs = JobsFunction::new(h.ctx.clone(), 1);
+    let answer = jobs.invoke(json!({"job": "errorProcessing"})).await.expect("job");
+    assert_eq!(answer["recovered"], json!([flaky.as_str()]), "a business failure waits for an operator");
+    assert_eq!(answer["left"], json!(1));
+    h.run().await;
+    let again = h.detail(&flaky).await;
+    assert_eq!((again.exchange.status, again.exchange.recoveries), (ExchangeStatus::Failed, 1));
+    let answer = jobs.invoke(json!({"job": "errorProcessing"})).await.expect("job");
+    assert_eq!(answer["recovered"], json!([]), "re-driven as often as allowed");
+    assert_eq!(answer["left"], json!(2));
+}
+
+#[tokio::test]
+async fn a_stored_version_changes_only_where_allowed_and_never_behind_a_concurrent_change() {
+    let h = Harness::new();
+    h.define(transform("AMEND", ".")).await;
+    let (status, body) = h.call("PATCH", "/integrations/AMEND/versions/1", Some(json!({"code": "OTHER"}))).await;
+    assert_eq!((status, body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("code")), "{body}");
+    let (status, body) = h
+        .call(
+            "PATCH",
+            "/integrations/AMEND/versions/1",
+            Some(json!({"steps": [{"name": "map", "type": "transformation", "function": {"jq": "map(1)"}}]})),
+        )
+        .await;
+    assert_eq!((status, body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("steps")), "{body}");
+    let (status, body) = h.call("PATCH", "/integrations/AMEND/versions/2", Some(json!({"enabled": false}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = h
+        .call("PATCH", "/integrations/AMEND/versions/1", Some(json!({"schedule": {"expression": "rate(5 minutes)"}})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["schedule"]["state"], json!("active"), "{body}");
+    assert_eq!(body["revision"], json!(2), "{body}");
+    let (status, body) = h.call("PATCH", "/integrations/AMEND/versions/1", Some(json!({"enabled": false}))).await;
+    assert_eq!((status, body["schedule"]["state"].as_str()), (StatusCode::OK, Some("none")), "{body}");
+    assert!(h.schedules.get(&handoff_core::ids::IntegrationCode::parse("AMEND").expect("code")).is_none());
+    let (status, _) = h.call("POST", "/integrations", Some(transform("AMEND", "."))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "version 1 exists");
 }

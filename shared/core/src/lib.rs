@@ -1,5 +1,6 @@
 //! The pure domain core of Handoff: definitions, version selection, the planner, and the
 //! exchange/step state machines. No AWS, no I/O — every function here is deterministic.
+pub mod amendment;
 pub mod commit;
 pub mod definition;
 pub mod exchange;

@@ -4,10 +4,12 @@
 mod destinations;
 
 use crate::context::AppContext;
-use crate::definitions::LoadedIntegration;
 use crate::entry::apigw;
 use crate::entry::function::{FunctionHandler, InvocationError};
 use crate::use_cases::callback::{accept_callback, CallbackError, Callbacks};
+use crate::use_cases::integrations::{
+    amend_integration, define_integration, DefineError, Defined, Integrations, ScheduleState,
+};
 use crate::use_cases::invoke::{invoke_exchange, InvokeError, InvokeRequest, Starting};
 use crate::use_cases::recover::{recover_exchange, retry_step_now, ActionError, Recovering};
 use async_trait::async_trait;
@@ -18,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use handoff_core::definition::parse_definition;
 use handoff_core::exchange::ExchangeDetail;
 use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
@@ -227,67 +228,41 @@ fn integration_view(i: &StoredIntegration) -> Value {
 }
 
 async fn create_integration(State(ctx): Ctx, body: Bytes) -> ApiResult {
-    let mut document = json_body(&body)?;
-    let definition = parse_definition(&document).map_err(|e| ApiError::field(e, "InvalidDefinition"))?;
-    if let Value::Object(map) = &mut document {
-        map.insert("enabled".into(), Value::Bool(definition.enabled));
-        map.insert("version".into(), json!(definition.version));
-    }
-    let now = Utc::now();
-    let stored = StoredIntegration {
-        code: definition.code.clone(),
-        version: definition.version,
-        enabled: definition.enabled,
-        document,
-        revision: 1,
-        created_at: now,
-        updated_at: now,
-    };
-    let loaded = LoadedIntegration::from_stored(stored.clone())
-        .map_err(|e| ApiError::bad_request("InvalidDefinition", e.to_string()))?;
-    mapping_routes::check_mappings(&ctx, &loaded).await?;
-    ctx.ports.integrations.create(&stored).await.map_err(write_error)?;
-    ctx.definitions.remember(Arc::new(loaded));
-    let mut view = integration_view(&stored);
-    view["schedule"] = sync_schedule(&ctx, &stored.code).await;
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    let defined = define_integration(&Integrations::of(&ctx), json_body(&body)?).await.map_err(define_error)?;
+    Ok((StatusCode::CREATED, Json(defined_view(&defined))).into_response())
 }
 
-fn write_error(e: IntegrationWriteError) -> ApiError {
+fn define_error(e: DefineError) -> ApiError {
     match e {
-        IntegrationWriteError::AlreadyExists { .. } => {
+        DefineError::InvalidDefinition(field) => ApiError::field(field, "InvalidDefinition"),
+        DefineError::InvalidChange(field) => ApiError::field(field, "InvalidPatch"),
+        DefineError::Unusable(problem) => ApiError::bad_request("InvalidDefinition", problem),
+        DefineError::MappingUnusable(problem) => ApiError::new(StatusCode::CONFLICT, "MappingUnusable", problem),
+        DefineError::NotFound { .. } => ApiError::not_found(e.to_string()),
+        DefineError::Write(e @ IntegrationWriteError::AlreadyExists { .. }) => {
             ApiError::new(StatusCode::CONFLICT, "AlreadyExists", e.to_string())
         }
-        IntegrationWriteError::RevisionConflict => {
+        DefineError::Write(e @ IntegrationWriteError::RevisionConflict) => {
             ApiError::new(StatusCode::CONFLICT, "ConcurrentModification", e.to_string())
         }
-        IntegrationWriteError::Port(p) => p.into(),
+        DefineError::Write(IntegrationWriteError::Port(p)) | DefineError::Port(p) => p.into(),
     }
 }
 
-/// The schedule follows the highest enabled version: created, updated or removed to match.
-async fn sync_schedule(ctx: &AppContext, code: &IntegrationCode) -> Value {
-    let outcome = async {
-        let versions = ctx.ports.integrations.versions(code).await?;
-        let active = versions.iter().filter(|v| v.enabled).max_by_key(|v| v.version);
-        let schedule = active.and_then(|v| parse_definition(&v.document).ok()).and_then(|d| d.schedule);
-        match &schedule {
-            Some(spec) => ctx.ports.schedules.upsert(code, spec).await?,
-            None => ctx.ports.schedules.remove(code).await?,
+/// A stored version with its code's schedule as the change left it.
+fn defined_view(defined: &Defined) -> Value {
+    let mut view = integration_view(&defined.stored);
+    view["schedule"] = match &defined.schedule {
+        ScheduleState::Active { spec, follows } => {
+            json!({"state": "active", "expression": spec.expression, "timezone": spec.timezone, "followsVersion": follows})
         }
-        Ok::<_, PortError>(schedule.map(|s| (s, active.map(|v| v.version))))
-    }
-    .await;
-    match outcome {
-        Ok(Some((spec, version))) => {
-            json!({"state": "active", "expression": spec.expression, "timezone": spec.timezone, "followsVersion": version})
+        ScheduleState::None => json!({"state": "none"}),
+        ScheduleState::OutOfSync(e) => {
+            let what = format!("the schedule of {} could not be synchronised", defined.stored.code);
+            json!({"state": "outOfSync", "errorId": logged_error_id(&what, e)})
         }
-        Ok(None) => json!({"state": "none"}),
-        Err(e) => {
-            let error_id = logged_error_id(&format!("the schedule of {code} could not be synchronised"), &e);
-            json!({"state": "outOfSync", "errorId": error_id})
-        }
-    }
+    };
+    view
 }
 
 async fn list_integrations(State(ctx): Ctx) -> ApiResult {
@@ -308,70 +283,13 @@ async fn get_integration(State(ctx): Ctx, Path(code): Path<String>) -> ApiResult
     Ok(Json(json!({"code": code, "versions": items})).into_response())
 }
 
-/// Fields of a stored version that may change after creation. `steps` may change only in
-/// their `retry` policies (read live by running exchanges); anything else needs a new version.
-const MUTABLE_FIELDS: [&str; 5] = ["enabled", "slaSeconds", "schedule", "description", "steps"];
-
-/// The steps with their retry policies taken out, to compare everything else.
-fn without_retry(steps: Option<&Value>) -> Value {
-    let mut steps = steps.cloned().unwrap_or(Value::Null);
-    if let Value::Array(items) = &mut steps {
-        for step in items {
-            if let Value::Object(fields) = step {
-                fields.remove("retry");
-            }
-        }
-    }
-    steps
-}
-
 async fn patch_integration(State(ctx): Ctx, Path((code, version)): Path<(String, String)>, body: Bytes) -> ApiResult {
     let code = path_code(&code)?;
     let version = IntegrationVersion::parse_path(&version)
         .map_err(|e| ApiError::bad_request("InvalidParameter", format!("version: {e}")))?;
     let patch = json_body(&body)?;
-    let reader = ObjectReader::new("", &patch).map_err(|e| ApiError::field(e, "InvalidPatch"))?;
-    reader.deny_unknown(&MUTABLE_FIELDS).map_err(|e| ApiError::field(e, "InvalidPatch"))?;
-    let current = ctx
-        .ports
-        .integrations
-        .get(&code, version)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("integration {code} version {version} does not exist")))?;
-    let mut document = current.document.clone();
-    if let (Value::Object(doc), Value::Object(changes)) = (&mut document, &patch) {
-        for (key, value) in changes {
-            if value.is_null() {
-                doc.remove(key);
-            } else {
-                doc.insert(key.clone(), value.clone());
-            }
-        }
-    }
-    if without_retry(document.get("steps")) != without_retry(current.document.get("steps")) {
-        return Err(ApiError::field(
-            FieldError::new(
-                "steps",
-                "only the retry policies of steps can change; define a new version for anything else",
-            ),
-            "InvalidPatch",
-        ));
-    }
-    let definition = parse_definition(&document).map_err(|e| ApiError::field(e, "InvalidDefinition"))?;
-    let updated = StoredIntegration {
-        enabled: definition.enabled,
-        document,
-        revision: current.revision + 1,
-        updated_at: Utc::now(),
-        ..current.clone()
-    };
-    ctx.ports.integrations.replace(&updated, current.revision).await.map_err(write_error)?;
-    if let Ok(loaded) = LoadedIntegration::from_stored(updated.clone()) {
-        ctx.definitions.remember(Arc::new(loaded));
-    }
-    let mut view = integration_view(&updated);
-    view["schedule"] = sync_schedule(&ctx, &code).await;
-    Ok(Json(view).into_response())
+    let defined = amend_integration(&Integrations::of(&ctx), &code, version, &patch).await.map_err(define_error)?;
+    Ok(Json(defined_view(&defined)).into_response())
 }
 
 // ------------------------------------------------------------------ exchanges

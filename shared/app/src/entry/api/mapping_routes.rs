@@ -2,18 +2,13 @@
 //! steps reference (see [`handoff_core::mapping`] for the document).
 
 use super::{json_body, ApiError, ApiResult, Ctx};
-use crate::context::AppContext;
-use crate::definitions::LoadedIntegration;
-use crate::mappings::MappingLoadError;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use chrono::Utc;
-use handoff_core::definition::StepAction;
 use handoff_core::mapping::{parse_mapping, MappingName};
-use handoff_core::reader::FieldError;
 use handoff_ports::{MappingWriteError, StoredMapping};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -60,32 +55,4 @@ pub(super) async fn get_mapping(State(ctx): Ctx, Path(name): Path<String>) -> Ap
         .await?
         .ok_or_else(|| ApiError::not_found(format!("mapping '{name}' does not exist")))?;
     Ok(Json(view(&stored)).into_response())
-}
-
-/// A definition may only reference mappings that exist: a typo is a 400 naming the step,
-/// not a failed exchange later.
-pub(super) async fn check_mappings(ctx: &AppContext, loaded: &LoadedIntegration) -> Result<(), ApiError> {
-    for (index, step) in loaded.definition.steps.iter().enumerate() {
-        if let StepAction::Transformation { mapping: Some(name), .. } = &step.action {
-            if ctx
-                .mappings
-                .get(name)
-                .await
-                .map_err(|e| match e {
-                    MappingLoadError::Port(port) => ApiError::from(port),
-                    corrupt => ApiError::new(StatusCode::CONFLICT, "MappingUnusable", corrupt.to_string()),
-                })?
-                .is_none()
-            {
-                return Err(ApiError::field(
-                    FieldError::new(
-                        format!("steps[{index}].mapping"),
-                        format!("mapping '{name}' does not exist (PUT /mappings/{name} first)"),
-                    ),
-                    "InvalidDefinition",
-                ));
-            }
-        }
-    }
-    Ok(())
 }

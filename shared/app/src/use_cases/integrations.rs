@@ -1,0 +1,170 @@
+//! Defining integrations: a new version (valid, its mappings present), a change to a stored
+//! version (only what [`handoff_core::amendment`] allows), and the schedule, which follows
+//! the highest enabled version of a code.
+
+use crate::context::AppContext;
+use crate::definitions::{DefinitionCache, LoadedIntegration};
+use crate::mappings::{MappingCache, MappingLoadError};
+use chrono::Utc;
+use handoff_core::amendment::amended;
+use handoff_core::definition::{parse_definition, ScheduleSpec, StepAction};
+use handoff_core::ids::{IntegrationCode, IntegrationVersion};
+use handoff_core::reader::FieldError;
+use handoff_ports::{IntegrationRepository, IntegrationWriteError, PortError, ScheduleManager, StoredIntegration};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The ports defining integrations uses.
+pub struct Integrations<'a> {
+    pub integrations: &'a dyn IntegrationRepository,
+    /// This instance sees its own writes at once.
+    pub definitions: &'a DefinitionCache,
+    pub mappings: &'a MappingCache,
+    pub schedules: &'a dyn ScheduleManager,
+}
+
+impl<'a> Integrations<'a> {
+    pub fn of(ctx: &'a AppContext) -> Self {
+        Self {
+            integrations: ctx.ports.integrations.as_ref(),
+            definitions: &ctx.definitions,
+            mappings: &ctx.mappings,
+            schedules: ctx.ports.schedules.as_ref(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DefineError {
+    /// The definition is not valid (the field says where).
+    #[error("{0}")]
+    InvalidDefinition(FieldError),
+    /// Valid as a document, but no plan can be made of it.
+    #[error("{0}")]
+    Unusable(String),
+    /// The change names a field that may not change.
+    #[error("{0}")]
+    InvalidChange(FieldError),
+    /// A mapping it references is stored but unusable.
+    #[error("{0}")]
+    MappingUnusable(String),
+    #[error("integration {code} version {version} does not exist")]
+    NotFound { code: IntegrationCode, version: IntegrationVersion },
+    #[error(transparent)]
+    Write(#[from] IntegrationWriteError),
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// Where a code's schedule stands after a change.
+#[derive(Debug)]
+pub enum ScheduleState {
+    Active {
+        spec: ScheduleSpec,
+        follows: Option<IntegrationVersion>,
+    },
+    None,
+    /// The change is stored but the schedule could not be made to match it.
+    OutOfSync(PortError),
+}
+
+/// A stored version as a change left it, and its code's schedule.
+#[derive(Debug)]
+pub struct Defined {
+    pub stored: StoredIntegration,
+    pub schedule: ScheduleState,
+}
+
+/// Stores `document` as a new version (the highest enabled one is what new exchanges run).
+pub async fn define_integration(ctx: &Integrations<'_>, mut document: Value) -> Result<Defined, DefineError> {
+    let definition = parse_definition(&document).map_err(DefineError::InvalidDefinition)?;
+    if let Value::Object(map) = &mut document {
+        map.insert("enabled".into(), Value::Bool(definition.enabled));
+        map.insert("version".into(), json!(definition.version));
+    }
+    let now = Utc::now();
+    let stored = StoredIntegration {
+        code: definition.code.clone(),
+        version: definition.version,
+        enabled: definition.enabled,
+        document,
+        revision: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    let loaded = LoadedIntegration::from_stored(stored.clone()).map_err(|e| DefineError::Unusable(e.to_string()))?;
+    check_mappings(ctx, &loaded).await?;
+    ctx.integrations.create(&stored).await?;
+    ctx.definitions.remember(Arc::new(loaded));
+    let schedule = sync_schedule(ctx, &stored.code).await;
+    Ok(Defined { stored, schedule })
+}
+
+/// Applies `patch` to a stored version (optimistically: a concurrent change is refused).
+pub async fn amend_integration(
+    ctx: &Integrations<'_>,
+    code: &IntegrationCode,
+    version: IntegrationVersion,
+    patch: &Value,
+) -> Result<Defined, DefineError> {
+    let current = ctx
+        .integrations
+        .get(code, version)
+        .await?
+        .ok_or_else(|| DefineError::NotFound { code: code.clone(), version })?;
+    let document = amended(&current.document, patch).map_err(DefineError::InvalidChange)?;
+    let definition = parse_definition(&document).map_err(DefineError::InvalidDefinition)?;
+    let updated = StoredIntegration {
+        enabled: definition.enabled,
+        document,
+        revision: current.revision + 1,
+        updated_at: Utc::now(),
+        ..current.clone()
+    };
+    ctx.integrations.replace(&updated, current.revision).await?;
+    if let Ok(loaded) = LoadedIntegration::from_stored(updated.clone()) {
+        ctx.definitions.remember(Arc::new(loaded));
+    }
+    let schedule = sync_schedule(ctx, code).await;
+    Ok(Defined { stored: updated, schedule })
+}
+
+/// A definition may only reference mappings that exist: a typo is refused naming the step,
+/// rather than failing exchanges later.
+async fn check_mappings(ctx: &Integrations<'_>, loaded: &LoadedIntegration) -> Result<(), DefineError> {
+    for (index, step) in loaded.definition.steps.iter().enumerate() {
+        if let StepAction::Transformation { mapping: Some(name), .. } = &step.action {
+            let found = ctx.mappings.get(name).await.map_err(|e| match e {
+                MappingLoadError::Port(port) => DefineError::Port(port),
+                corrupt => DefineError::MappingUnusable(corrupt.to_string()),
+            })?;
+            if found.is_none() {
+                return Err(DefineError::InvalidDefinition(FieldError::new(
+                    format!("steps[{index}].mapping"),
+                    format!("mapping '{name}' does not exist (PUT /mappings/{name} first)"),
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The schedule follows the highest enabled version: created, updated or removed to match.
+async fn sync_schedule(ctx: &Integrations<'_>, code: &IntegrationCode) -> ScheduleState {
+    let outcome = async {
+        let versions = ctx.integrations.versions(code).await?;
+        let active = versions.iter().filter(|v| v.enabled).max_by_key(|v| v.version);
+        let schedule = active.and_then(|v| parse_definition(&v.document).ok()).and_then(|d| d.schedule);
+        match &schedule {
+            Some(spec) => ctx.schedules.upsert(code, spec).await?,
+            None => ctx.schedules.remove(code).await?,
+        }
+        Ok::<_, PortError>(schedule.map(|spec| ScheduleState::Active { spec, follows: active.map(|v| v.version) }))
+    }
+    .await;
+    match outcome {
+        Ok(Some(active)) => active,
+        Ok(None) => ScheduleState::None,
+        Err(e) => ScheduleState::OutOfSync(e),
+    }
+}
