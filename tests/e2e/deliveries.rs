@@ -2,7 +2,7 @@
 //! with one main, and custom data collection — each against a real loopback server, each
 //! checking what the external system actually received.
 
-use handoff_e2e::{gateway, sub_steps, unique_code, ExternalSystem, Received, SftpServer};
+use handoff_e2e::{gateway, sub_steps, unique_code, ExternalSystem, NaiveHttpServer, Received, SftpServer};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -451,4 +451,34 @@ async fn a_secondary_agent_that_never_reports_does_not_fail_the_exchange() {
     );
     assert!(done["steps"][4]["lastError"]["message"].as_str().unwrap_or("").starts_with("Timeout"), "{done:#}");
     assert_eq!(last.received()[0].json(), payload, "the destination after the silent agent got the payload");
+}
+
+#[tokio::test]
+async fn a_target_that_knows_no_chunked_bodies_receives_the_whole_payload() {
+    let gw = gateway();
+    let target = NaiveHttpServer::start().await;
+    let code = unique_code("LENGTH");
+    gw.create_integration(&delivery(
+        &code,
+        json!([{"kind": "rest", "request": {"method": "POST", "url": format!("{}/in", target.url)}}]),
+    ))
+    .await;
+    // One payload kept inline, one large enough to travel as a data file in S3.
+    let small = json!({"order": 4711, "lines": [{"sku": "A-1", "qty": 2}]});
+    let large = json!((0..4000).map(|i| json!({"sku": format!("SKU-{i:05}"), "qty": i})).collect::<Vec<_>>());
+    assert!(large.to_string().len() > 64 * 1024, "beyond the inline payload limit");
+    for payload in [&small, &large] {
+        let id = gw.invoke(&json!({"integrationCode": code, "payload": payload})).await;
+        let done = gw.wait_final(&id).await;
+        assert_eq!(done["status"], "Completed", "{done:#}");
+    }
+    let received = target.received();
+    assert_eq!(received.len(), 2, "{received:?}");
+    for (request, sent) in received.iter().zip([&small, &large]) {
+        assert!(request.request_line.starts_with("POST /in"), "{}", request.request_line);
+        assert_eq!(request.header("transfer-encoding"), None, "a known size is not sent chunked");
+        assert_eq!(request.header("content-length"), Some(request.body.len().to_string().as_str()));
+        let body: Value = serde_json::from_slice(&request.body).expect("the whole JSON body");
+        assert_eq!(&body, sent);
+    }
 }

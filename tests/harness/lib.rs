@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 mod logs;
+mod naive_http;
 mod sftp;
+pub use naive_http::{NaiveHttpServer, NaiveRequest};
 pub use sftp::{ensure_python_package, SftpServer};
 
 /// What the emulator under test offers the tests.

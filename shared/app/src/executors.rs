@@ -47,6 +47,12 @@ pub struct ExecutionContext<'a> {
 }
 
 impl ExecutionContext<'_> {
+    /// `payload` as an outbound request body of `content_type`, its length sent when known.
+    pub(crate) async fn payload_body(&self, payload: &Payload, content_type: String) -> Result<OutboundBody, Failure> {
+        let opened = self.codec.open_sized(payload).await.map_err(payload_failure)?;
+        Ok(OutboundBody::Stream { body: opened.body, content_type, length: opened.length })
+    }
+
     fn placeholders(&self) -> PlaceholderContext {
         PlaceholderContext {
             parameters: self.message.parameters.clone(),
@@ -201,10 +207,7 @@ async fn run(
             let rendered = outbound::render(request, &cx.placeholders())?;
             let target = format!("{} {}", rendered.method, outbound::redact_query(&rendered.url));
             let body = match cx.input_stream_or_empty() {
-                Some(payload) => OutboundBody::Stream {
-                    body: cx.codec.open(payload).await.map_err(payload_failure)?,
-                    content_type: "application/json".into(),
-                },
+                Some(payload) => cx.payload_body(payload, "application/json".into()).await?,
                 None => OutboundBody::Empty,
             };
             let key = idempotency_key(cx.message);
@@ -342,10 +345,7 @@ async fn invoke_external(
         wait = Some(armed);
     }
     let body = match cx.input_stream_or_empty() {
-        Some(payload) if request.body.is_none() => OutboundBody::Stream {
-            body: cx.codec.open(payload).await.map_err(payload_failure)?,
-            content_type: "application/json".into(),
-        },
+        Some(payload) if request.body.is_none() => cx.payload_body(payload, "application/json".into()).await?,
         _ => OutboundBody::Empty,
     };
     let response = outbound::send(cx.http, rendered, body, &headers).await?;

@@ -15,6 +15,9 @@ pub enum OutboundBody {
     Stream {
         body: ByteStream,
         content_type: String,
+        /// Sent as `Content-Length` when known: many targets (Python's `http.server`, older
+        /// servlet stacks) read a chunked body as empty.
+        length: Option<u64>,
     },
     /// multipart/form-data (file uploads); the form sets its own content type and boundary.
     Multipart(reqwest::multipart::Form),
@@ -76,9 +79,14 @@ pub async fn send(
     }
     builder = match (request.body, body) {
         (Some(templated), _) => builder.body(templated),
-        (None, OutboundBody::Stream { body, content_type }) => {
+        (None, OutboundBody::Stream { body, content_type, length }) => {
             let has_type = request.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
             let builder = if has_type { builder } else { builder.header("Content-Type", content_type) };
+            // hyper frames a streamed body by a Content-Length header when one is set.
+            let builder = match length {
+                Some(length) => builder.header(reqwest::header::CONTENT_LENGTH, length),
+                None => builder,
+            };
             builder.body(reqwest::Body::wrap_stream(body))
         }
         (None, OutboundBody::Multipart(form)) => builder.multipart(form),

@@ -24,6 +24,12 @@ pub enum PayloadError {
     Port(#[from] PortError),
 }
 
+/// A payload opened for reading: its bytes, and how many there are when known.
+pub struct OpenedPayload {
+    pub body: ByteStream,
+    pub length: Option<u64>,
+}
+
 #[derive(Clone)]
 pub struct PayloadCodec {
     files: Arc<dyn DataFileStore>,
@@ -68,14 +74,21 @@ impl PayloadCodec {
 
     /// The payload as a stream (for deliveries).
     pub async fn open(&self, payload: &Payload) -> Result<ByteStream, PayloadError> {
+        Ok(self.open_sized(payload).await?.body)
+    }
+
+    /// The payload as a stream with its size when the store knows it (every inline payload
+    /// and stored file), so a delivery can send `Content-Length` rather than chunks.
+    pub async fn open_sized(&self, payload: &Payload) -> Result<OpenedPayload, PayloadError> {
         match payload {
             Payload::Raw { raw } => {
                 let bytes = Bytes::from(raw.clone());
-                Ok(stream::once(async move { Ok(bytes) }).boxed())
+                let length = Some(bytes.len() as u64);
+                Ok(OpenedPayload { body: stream::once(async move { Ok(bytes) }).boxed(), length })
             }
             Payload::DataFileSet { data_file_set_id } => {
-                if let Some((_, body)) = self.files.read(data_file_set_id, PAYLOAD_FILE).await? {
-                    return Ok(body);
+                if let Some((info, body)) = self.files.read(data_file_set_id, PAYLOAD_FILE).await? {
+                    return Ok(OpenedPayload { body, length: Some(info.size) });
                 }
                 // A set of one named file (collected, then transformed) is that file.
                 let files = self.files.list(data_file_set_id).await?;
@@ -86,12 +99,12 @@ impl PayloadCodec {
                         return Err(PayloadError::SeveralFiles { set: data_file_set_id.clone(), count: several.len() })
                     }
                 };
-                let (_, body) = self
+                let (info, body) = self
                     .files
                     .read(data_file_set_id, &only.name)
                     .await?
                     .ok_or_else(|| PayloadError::MissingFile(data_file_set_id.clone()))?;
-                Ok(body)
+                Ok(OpenedPayload { body, length: Some(info.size) })
             }
         }
     }

@@ -13,9 +13,7 @@
 //! (recoverable: recovery calls the agent again).
 
 use super::{delivery_files, DeliveryFile};
-use crate::executors::{
-    arm_callback, idempotency_key, notification_from, payload_failure, ExecutionContext, Extras, StepOutput,
-};
+use crate::executors::{arm_callback, idempotency_key, notification_from, ExecutionContext, Extras, StepOutput};
 use crate::outbound::{self, OutboundBody};
 use handoff_core::definition::RequestTemplate;
 use handoff_core::exchange::Payload;
@@ -89,15 +87,16 @@ async fn delivery_body(cx: &ExecutionContext<'_>) -> Result<OutboundBody, Failur
                 })).collect::<Vec<_>>(),
             });
             let bytes = bytes::Bytes::from(manifest.to_string());
+            let length = Some(bytes.len() as u64);
             Ok(OutboundBody::Stream {
                 body: Box::pin(futures::stream::once(async move { Ok(bytes) })),
                 content_type: "application/vnd.handoff.manifest+json".into(),
+                length,
             })
         }
-        _ => Ok(OutboundBody::Stream {
-            body: cx.codec.open(payload).await.map_err(payload_failure)?,
-            content_type: files.first().map_or("application/json".into(), |f| f.content_type.clone()),
-        }),
+        _ => {
+            cx.payload_body(payload, files.first().map_or("application/json".into(), |f| f.content_type.clone())).await
+        }
     }
 }
 

@@ -3,9 +3,7 @@
 //! The call sends its templated body if it has one; otherwise, for methods that carry a
 //! body (POST, PUT, PATCH), the current payload; GET and the rest send none.
 
-use crate::executors::{
-    describe_payload, payload_failure, run_jq, store_response, store_value, ExecutionContext, StepOutput,
-};
+use crate::executors::{describe_payload, run_jq, store_response, store_value, ExecutionContext, StepOutput};
 use crate::outbound::{self, OutboundBody};
 use handoff_core::definition::StepAction;
 use handoff_core::retry::Failure;
@@ -27,10 +25,7 @@ pub(super) async fn collect(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -
     let target = format!("{} {}", rendered.method, outbound::redact_query(&rendered.url));
     let sends_payload = request.body.is_none() && sends_body(&rendered.method);
     let body = match cx.message.input.as_ref() {
-        Some(payload) if sends_payload => OutboundBody::Stream {
-            body: cx.codec.open(payload).await.map_err(payload_failure)?,
-            content_type: "application/json".into(),
-        },
+        Some(payload) if sends_payload => cx.payload_body(payload, "application/json".into()).await?,
         _ => OutboundBody::Empty,
     };
     let response = outbound::send(cx.http, rendered, body, &[]).await?;
