@@ -117,10 +117,7 @@ async fn run(n: usize) -> Result<()> {
     )
     .await;
     let target = ExternalSystem::start(200, "{}").await;
-    let api = Api {
-        url: emulator.api_url().to_string(),
-        client: reqwest::Client::builder().timeout(Duration::from_secs(40)).build()?,
-    };
+    let api = Api { url: emulator.api_url().to_string(), client: emulator.api_client(Duration::from_secs(40)) };
     let code = format!("COST_{}", std::process::id());
     let definition = json!({
         "code": code, "version": 1, "enabled": true,

@@ -44,7 +44,7 @@ async fn run(n: usize) -> anyhow::Result<()> {
     let emulator =
         handoff_emulator::start(EmulatorOptions { aws_endpoint: Some(endpoint.clone()), ..Default::default() }).await?;
     let api = emulator.api_url().to_string();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    let client = emulator.api_client(Duration::from_secs(60));
     let post = |path: &str, body: Value| {
         let request = client.post(format!("{api}{path}")).json(&body);
         async move { anyhow::Ok(request.send().await?.error_for_status()?.json::<Value>().await?) }

@@ -229,7 +229,7 @@ async fn main() -> anyhow::Result<()> {
     let systems =
         Systems { bytes_per_file: total_bytes / args.files, json: args.input == "json", ..Systems::default() };
     let base = start_systems(systems.clone()).await?;
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    let client = emulator.api_client(Duration::from_secs(60));
 
     call(
         &client,

@@ -257,7 +257,12 @@ async fn files_too_large_for_an_api_answer_are_redirected_to_storage() {
     let set = exchange["steps"][0]["payload"]["dataFileSetId"].as_str().expect("a data file set").to_string();
 
     let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let answer = no_redirects.get(format!("{}/data-file-sets/{set}/files/payload", gw.api)).send().await.unwrap();
+    let answer = no_redirects
+        .get(format!("{}/data-file-sets/{set}/files/payload", gw.api))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(answer.status().as_u16(), 303);
     let location = answer.headers()["location"].to_str().unwrap().to_string();
     assert!(location.contains("X-Amz-Signature"), "a presigned URL: {location}");

@@ -227,8 +227,12 @@ async fn a_multi_file_data_file_set_is_transformed_file_by_file() {
         listing["files"].as_array().expect("files").iter().filter_map(|f| f["name"].as_str()).collect();
     assert_eq!(names, ["north.ndjson", "south.ndjson"]);
     for region in ["north", "south"] {
-        let response =
-            reqwest::get(format!("{}/data-file-sets/{set}/files/{region}.ndjson", gw.api)).await.expect("download");
+        let response = reqwest::Client::new()
+            .get(format!("{}/data-file-sets/{set}/files/{region}.ndjson", gw.api))
+            .bearer_auth(&gw.token)
+            .send()
+            .await
+            .expect("download");
         let text = response.text().await.expect("body");
         let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("NDJSON line")).collect();
         assert_eq!(lines.len(), 2_500);

@@ -21,6 +21,8 @@ pub use sftp::{ensure_python_package, SftpServer};
 /// What the emulator under test offers the tests.
 pub struct Gateway {
     pub api: String,
+    /// The development issuer's token with every scope, sent with every [`Gateway::request`].
+    pub token: String,
     pub aws_endpoint: String,
     /// Every function's resolved environment, by binary name.
     pub function_vars: HashMap<String, HashMap<String, String>>,
@@ -60,6 +62,7 @@ pub fn gateway() -> &'static Gateway {
                                 running.functions().iter().map(|f| (f.spec.binary.clone(), f.vars.clone())).collect();
                             let _ = tx.send(Ok((
                                 running.api_url().to_string(),
+                                running.dev_token().unwrap_or_default().to_string(),
                                 running.aws_endpoint().to_string(),
                                 function_vars,
                             )));
@@ -74,12 +77,14 @@ pub fn gateway() -> &'static Gateway {
                 });
             })
             .expect("spawn emulator thread");
-        let (api, aws_endpoint, function_vars) = rx
+        let (api, token, aws_endpoint, function_vars) = rx
             .recv()
             .expect("emulator thread ended before reporting")
             .unwrap_or_else(|e| panic!("emulator failed to start: {e}"));
+        assert!(!token.is_empty(), "the emulator runs its development issuer in tests");
         Gateway {
             api,
+            token,
             aws_endpoint,
             function_vars,
             // No pooled connections: a pooled connection belongs to the runtime of the test that
@@ -101,7 +106,21 @@ pub fn unique_code(prefix: &str) -> String {
 
 impl Gateway {
     pub async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> (StatusCode, Value) {
+        self.request_as(Some(&self.token), method, path, body).await
+    }
+
+    /// A request with `token` as its bearer token (`None`: anonymous).
+    pub async fn request_as(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
         let mut request = self.client.request(method, format!("{}{path}", self.api));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
         if let Some(body) = body {
             request = request.header("content-type", "application/json").body(body);
         }

@@ -120,10 +120,11 @@ fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("?")
 }
 
-/// Runs the demo against the API at `api_url`. Called by `main` after the emulator is up.
-pub async fn run_demo(api_url: &str) -> anyhow::Result<()> {
+/// Runs the demo against the API at `api_url`, as the holder of `token` (the development
+/// token; `None` only for an API without an authorizer). Called by `main` once the emulator is up.
+pub async fn run_demo(api_url: &str, token: Option<&str>) -> anyhow::Result<()> {
     let api = api_url.trim_end_matches('/');
-    tokio::time::timeout(DEMO_TIMEOUT, demo(api))
+    tokio::time::timeout(DEMO_TIMEOUT, demo(api, token))
         .await
         .map_err(|_| anyhow!("the demo exchange did not finish within {} s", DEMO_TIMEOUT.as_secs()))?
 }
@@ -159,9 +160,17 @@ async fn previous_ports(http: &reqwest::Client, api: &str) -> (u16, u16) {
     )
 }
 
-async fn demo(api: &str) -> anyhow::Result<()> {
-    let http =
-        reqwest::Client::builder().timeout(Duration::from_secs(10)).build().context("building the HTTP client")?;
+async fn demo(api: &str, token: Option<&str>) -> anyhow::Result<()> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).context("the token")?;
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .default_headers(headers)
+        .build()
+        .context("building the HTTP client")?;
     let (source_port, target_port) = previous_ports(&http, api).await;
 
     let inbox: Inbox = Arc::new(Mutex::new(Vec::new()));

@@ -6,6 +6,7 @@
 //! unknown route, 413 above 10 MB, 503 after the 30 s integration timeout), otherwise
 //! tests would pass locally against behaviour production does not have.
 
+use crate::auth::{Denied, JwtAuthorizer};
 use crate::functions::{Function, InvokeFailure};
 use crate::template::ACCOUNT_ID;
 use axum::body::Body;
@@ -38,6 +39,14 @@ struct Route {
     segments: Vec<Segment>,
     route_key: String,
     target: usize,
+    guard: Option<RouteGuard>,
+}
+
+/// The authorizer a route goes through, and the scopes it requires (any one of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteGuard {
+    pub authorizer: String,
+    pub scopes: Vec<String>,
 }
 
 /// The routes of the HTTP API and the function (by index) each one invokes.
@@ -45,6 +54,7 @@ struct Route {
 pub struct RouteTable {
     routes: Vec<Route>,
     default_target: Option<usize>,
+    default_guard: Option<RouteGuard>,
 }
 
 /// A matched route.
@@ -54,12 +64,20 @@ pub struct RouteMatch {
     /// `"POST /exchanges"` or `"$default"`.
     pub route_key: String,
     pub path_parameters: BTreeMap<String, String>,
+    /// `None`: a public route.
+    pub guard: Option<RouteGuard>,
 }
 
 impl RouteTable {
-    /// Adds a route; `path = None` is the `$default` route.
+    /// Adds a public route; `path = None` is the `$default` route.
     pub fn add(&mut self, method: &str, path: Option<&str>, target: usize) {
+        self.add_guarded(method, path, target, None);
+    }
+
+    /// Adds a route behind `guard` (`None`: public).
+    pub fn add_guarded(&mut self, method: &str, path: Option<&str>, target: usize, guard: Option<RouteGuard>) {
         let Some(path) = path else {
+            self.default_guard = guard;
             self.default_target = Some(target);
             return;
         };
@@ -76,7 +94,7 @@ impl RouteTable {
                 }
             })
             .collect();
-        self.routes.push(Route { route_key: format!("{method} {path}"), method, segments, target });
+        self.routes.push(Route { route_key: format!("{method} {path}"), method, segments, target, guard });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -105,7 +123,12 @@ impl RouteTable {
                 best = Some((
                     rank,
                     method_rank,
-                    RouteMatch { target: r.target, route_key: r.route_key.clone(), path_parameters: params },
+                    RouteMatch {
+                        target: r.target,
+                        route_key: r.route_key.clone(),
+                        path_parameters: params,
+                        guard: r.guard.clone(),
+                    },
                 ));
             }
         }
@@ -114,6 +137,7 @@ impl RouteTable {
                 target,
                 route_key: "$default".into(),
                 path_parameters: BTreeMap::new(),
+                guard: self.default_guard.clone(),
             })
         })
     }
@@ -176,7 +200,8 @@ pub struct RequestInfo {
 }
 
 /// Builds the API Gateway HTTP API payload format 2.0 event.
-pub fn payload_v2_event(req: &RequestInfo, route: &RouteMatch, body: &[u8]) -> Value {
+/// `authorizer` is the `requestContext.authorizer` of a guarded route.
+pub fn payload_v2_event(req: &RequestInfo, route: &RouteMatch, authorizer: Option<Value>, body: &[u8]) -> Value {
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     let mut cookies: Vec<String> = Vec::new();
     for (name, value) in &req.headers {
@@ -248,6 +273,9 @@ pub fn payload_v2_event(req: &RequestInfo, route: &RouteMatch, body: &[u8]) -> V
             "timeEpoch": req.time.timestamp_millis(),
         }),
     );
+    if let (Some(authorizer), Some(Value::Object(context))) = (authorizer, event.get_mut("requestContext")) {
+        context.insert("authorizer".into(), authorizer);
+    }
     if !body.is_empty() {
         match std::str::from_utf8(body) {
             Ok(text) => {
@@ -339,6 +367,10 @@ fn insert_header(headers: &mut HeaderMap, name: &str, value: &str, append: bool)
 #[derive(Clone)]
 pub struct HttpState {
     pub routes: Arc<RouteTable>,
+    /// The template's JWT authorizers by name.
+    pub authorizers: Arc<BTreeMap<String, JwtAuthorizer>>,
+    /// The development issuer's JWKS, served under `/.well-known/` when it is in use.
+    pub issuer_keys: Option<Arc<jsonwebtoken::jwk::JwkSet>>,
     pub functions: Arc<Vec<Arc<Function>>>,
     pub api_id: String,
     pub integration_timeout: Duration,
@@ -346,7 +378,64 @@ pub struct HttpState {
 
 /// The axum application: every request goes through the template's route table.
 pub fn router(state: HttpState) -> axum::Router {
-    axum::Router::new().fallback(handle).with_state(state)
+    axum::Router::new()
+        .route("/.well-known/jwks.json", axum::routing::get(jwks))
+        .route("/.well-known/openid-configuration", axum::routing::get(openid_configuration))
+        .fallback(handle)
+        .with_state(state)
+}
+
+/// The development issuer's keys (404 when an external issuer is configured).
+async fn jwks(State(state): State<HttpState>) -> Response<Body> {
+    match &state.issuer_keys {
+        Some(keys) => json_response(StatusCode::OK, &json!(keys.as_ref())),
+        None => gateway_error(StatusCode::NOT_FOUND, "Not Found", ""),
+    }
+}
+
+/// Discovery for the development issuer, for tools that look its keys up.
+async fn openid_configuration(State(state): State<HttpState>, headers: HeaderMap) -> Response<Body> {
+    if state.issuer_keys.is_none() {
+        return gateway_error(StatusCode::NOT_FOUND, "Not Found", "");
+    }
+    let host = headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "issuer": crate::auth::DEV_ISSUER,
+            "jwks_uri": format!("http://{host}/.well-known/jwks.json"),
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "scopes_supported": crate::auth::ALL_SCOPES,
+        }),
+    )
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// API Gateway's own 401/403, with the RFC 6750 challenge.
+fn denied(denied: Denied, request_id: &str) -> Response<Body> {
+    let (status, message, challenge) = match denied {
+        Denied::Unauthorized(why) => (
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            format!("Bearer error=\"invalid_token\", error_description=\"{why}\""),
+        ),
+        Denied::Forbidden { required } => (
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("Bearer error=\"insufficient_scope\", scope=\"{}\"", required.join(" ")),
+        ),
+    };
+    let mut response = gateway_error(status, message, request_id);
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    response
 }
 
 fn gateway_error(status: StatusCode, message: &str, request_id: &str) -> Response<Body> {
@@ -393,6 +482,23 @@ async fn handle(State(state): State<HttpState>, req: Request<Body>) -> Response<
     let Some(route) = state.routes.find(parts.method.as_str(), &raw_path) else {
         return gateway_error(StatusCode::NOT_FOUND, "Not Found", &request_id);
     };
+    let authorizer = match &route.guard {
+        None => None,
+        Some(guard) => {
+            let Some(authorizer) = state.authorizers.get(&guard.authorizer) else {
+                tracing::error!(route = %route.route_key, authorizer = %guard.authorizer, "route names an unknown authorizer");
+                return gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", &request_id);
+            };
+            let header = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            match authorizer.authorize(header, &guard.scopes).await {
+                Ok(authorized) => Some(authorized.event_context()),
+                Err(refused) => {
+                    tracing::info!(route = %route.route_key, refused = ?refused, "request refused by the authorizer");
+                    return denied(refused, &request_id);
+                }
+            }
+        }
+    };
     let body = match read_body(body).await {
         Ok(b) => b,
         Err(status) => {
@@ -415,7 +521,7 @@ async fn handle(State(state): State<HttpState>, req: Request<Body>) -> Response<
         time: Utc::now(),
         api_id: state.api_id.clone(),
     };
-    let event = payload_v2_event(&info, &route, &body);
+    let event = payload_v2_event(&info, &route, authorizer, &body);
     let started = std::time::Instant::now();
     let result = function.invoke_within(event, state.integration_timeout).await;
     let elapsed = started.elapsed();
@@ -521,8 +627,13 @@ mod tests {
 
     #[test]
     fn event_is_payload_format_2() {
-        let route = RouteMatch { target: 0, route_key: "POST /exchanges".into(), path_parameters: BTreeMap::new() };
-        let e = payload_v2_event(&info("a=1&a=2&b=x%20y"), &route, b"{\"k\":1}");
+        let route = RouteMatch {
+            target: 0,
+            route_key: "POST /exchanges".into(),
+            path_parameters: BTreeMap::new(),
+            guard: None,
+        };
+        let e = payload_v2_event(&info("a=1&a=2&b=x%20y"), &route, None, b"{\"k\":1}");
         assert_eq!(e["version"], "2.0");
         assert_eq!(e["routeKey"], "POST /exchanges");
         assert_eq!(e["rawPath"], "/exchanges");
@@ -550,8 +661,13 @@ mod tests {
 
     #[test]
     fn binary_bodies_are_base64() {
-        let route = RouteMatch { target: 0, route_key: "POST /exchanges".into(), path_parameters: BTreeMap::new() };
-        let e = payload_v2_event(&info(""), &route, &[0xff, 0x00, 0x01]);
+        let route = RouteMatch {
+            target: 0,
+            route_key: "POST /exchanges".into(),
+            path_parameters: BTreeMap::new(),
+            guard: None,
+        };
+        let e = payload_v2_event(&info(""), &route, None, &[0xff, 0x00, 0x01]);
         assert_eq!(e["isBase64Encoded"], true);
         assert_eq!(e["body"], "/wAB");
         assert!(e.get("queryStringParameters").is_none());

@@ -6,6 +6,7 @@
 //! Usable in-process by the test harness: [`start`] returns a [`RunningEmulator`] whose
 //! [`RunningEmulator::shutdown`] drains in-flight work and stops moto.
 
+pub mod auth;
 pub mod demo;
 pub mod functions;
 pub mod http;
@@ -31,6 +32,10 @@ use tokio_util::task::TaskTracker;
 
 /// Environment variable naming an already-running AWS emulator to use instead of moto.
 pub const AWS_ENDPOINT_ENV: &str = "HANDOFF_AWS_ENDPOINT";
+/// Environment variables naming an external JWT issuer (and its audience) instead of the
+/// emulator's development issuer.
+pub const JWT_ISSUER_ENV: &str = "HANDOFF_JWT_ISSUER";
+pub const JWT_AUDIENCE_ENV: &str = "HANDOFF_JWT_AUDIENCE";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmulatorError {
@@ -46,6 +51,12 @@ pub enum EmulatorError {
     Bind { port: u16, source: std::io::Error },
     #[error("event source {function}.{event}: queue {queue_arn} is not a queue of the template")]
     UnknownQueue { function: String, event: String, queue_arn: String },
+    #[error("route {route} of {function} names authorizer {authorizer}, which the HttpApi does not define")]
+    UnknownAuthorizer { function: String, route: String, authorizer: String },
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("writing the development token to {path}: {source}")]
+    DevToken { path: PathBuf, source: std::io::Error },
 }
 
 /// How to start the emulator.
@@ -69,6 +80,12 @@ pub struct EmulatorOptions {
     pub scheduler_interval: Duration,
     /// API Gateway's integration timeout (30 s in AWS).
     pub http_integration_timeout: Duration,
+    /// Template parameters set as `sam deploy --parameter-overrides` would. [`Default`]
+    /// sets `JwtIssuer` (and `JwtAudience`) from `HANDOFF_JWT_ISSUER` / `HANDOFF_JWT_AUDIENCE`,
+    /// or to the development issuer.
+    pub parameter_overrides: BTreeMap<String, String>,
+    /// Where the development issuer keeps its key and writes `dev-token`.
+    pub state_dir: PathBuf,
 }
 
 impl Default for EmulatorOptions {
@@ -83,8 +100,21 @@ impl Default for EmulatorOptions {
             sqs_wait_seconds: 1,
             scheduler_interval: Duration::from_secs(1),
             http_integration_timeout: http::INTEGRATION_TIMEOUT,
+            parameter_overrides: issuer_parameters(),
+            state_dir: moto::workspace_root().join(".handoff"),
         }
     }
+}
+
+/// `JwtIssuer`/`JwtAudience` from the environment, or the development issuer's.
+fn issuer_parameters() -> BTreeMap<String, String> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let mut parameters = BTreeMap::new();
+    parameters.insert("JwtIssuer".to_string(), env(JWT_ISSUER_ENV).unwrap_or_else(|| auth::DEV_ISSUER.to_string()));
+    if let Some(audience) = env(JWT_AUDIENCE_ENV) {
+        parameters.insert("JwtAudience".to_string(), audience);
+    }
+    parameters
 }
 
 impl std::fmt::Debug for EmulatorOptions {
@@ -102,6 +132,9 @@ impl std::fmt::Debug for EmulatorOptions {
 /// [`RunningEmulator::shutdown`], which waits for in-flight work first.
 pub struct RunningEmulator {
     api_url: String,
+    /// A token with every scope from the development issuer (none with an external issuer).
+    dev_token: Option<String>,
+    dev_token_path: Option<PathBuf>,
     aws_endpoint: String,
     sdk: aws_config::SdkConfig,
     functions: Vec<Arc<Function>>,
@@ -123,6 +156,28 @@ impl RunningEmulator {
     /// `http://127.0.0.1:PORT` of the HTTP API.
     pub fn api_url(&self) -> &str {
         &self.api_url
+    }
+
+    /// A token with every scope, from the development issuer (`None` when an external
+    /// issuer is configured).
+    pub fn dev_token(&self) -> Option<&str> {
+        self.dev_token.as_deref()
+    }
+
+    /// An HTTP client for the API that sends the development token with every request.
+    pub fn api_client(&self, timeout: Duration) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(value) =
+            self.dev_token.as_ref().and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok())
+        {
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        reqwest::Client::builder().timeout(timeout).default_headers(headers).build().unwrap_or_default()
+    }
+
+    /// Where [`RunningEmulator::dev_token`] was written.
+    pub fn dev_token_path(&self) -> Option<&std::path::Path> {
+        self.dev_token_path.as_deref()
     }
 
     /// The AWS emulator endpoint in use.
@@ -174,7 +229,8 @@ pub async fn sdk_config_for(endpoint: &str) -> aws_config::SdkConfig {
 /// Provisions the template and starts every function. Returns once the HTTP API
 /// accepts requests.
 pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, EmulatorError> {
-    let template = Template::load(&options.template_path)?;
+    let mut template = Template::load(&options.template_path)?;
+    template.parameters.extend(options.parameter_overrides.clone());
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
         .await
@@ -245,13 +301,56 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
     let sched = scheduler::Scheduler::new(clients.scheduler.clone(), by_arn, options.scheduler_interval);
     tracker.spawn(sched.run(cancel.clone(), tracker.clone()));
 
-    // HTTP API.
+    // HTTP API, behind the template's authorizers.
+    let api_auth = template.http_api_auth(&ids)?;
+    let uses_dev_issuer = api_auth.authorizers.values().any(|a| a.issuer == auth::DEV_ISSUER);
+    let dev_issuer = if uses_dev_issuer { Some(auth::DevIssuer::load_or_create(&options.state_dir)?) } else { None };
+    let mut authorizers = BTreeMap::new();
+    for (name, spec) in &api_auth.authorizers {
+        let authorizer = match &dev_issuer {
+            Some(dev) if spec.issuer == auth::DEV_ISSUER => {
+                auth::JwtAuthorizer::local(&spec.issuer, spec.audience.clone(), dev)
+            }
+            _ => auth::JwtAuthorizer::discovered(&spec.issuer, spec.audience.clone()),
+        };
+        authorizers.insert(name.clone(), authorizer);
+    }
     let mut routes = http::RouteTable::default();
     for (i, f) in functions.iter().enumerate() {
         for r in &f.spec.http_routes {
-            routes.add(&r.method, r.path.as_deref(), i);
+            let authorizer = match &r.auth.authorizer {
+                template::RouteAuthorizer::Public => None,
+                template::RouteAuthorizer::Default => api_auth.default_authorizer.clone(),
+                template::RouteAuthorizer::Named(name) => Some(name.clone()),
+            };
+            if let Some(name) = authorizer.as_ref().filter(|n| !authorizers.contains_key(*n)) {
+                return Err(EmulatorError::UnknownAuthorizer {
+                    function: f.spec.logical_id.clone(),
+                    route: r.event_name.clone(),
+                    authorizer: name.clone(),
+                });
+            }
+            let guard = authorizer.map(|authorizer| http::RouteGuard { authorizer, scopes: r.auth.scopes.clone() });
+            routes.add_guarded(&r.method, r.path.as_deref(), i, guard);
         }
     }
+    // The development token, where the README says (audience: the first the template accepts).
+    let (dev_token, dev_token_path) = match &dev_issuer {
+        Some(dev) => {
+            let audience = api_auth.authorizers.values().find_map(|a| a.audience.first().cloned());
+            let token = dev.mint(
+                "developer",
+                &auth::ALL_SCOPES,
+                audience.as_deref().unwrap_or(auth::DEV_AUDIENCE),
+                auth::DEV_TOKEN_TTL,
+            )?;
+            let path = options.state_dir.join("dev-token");
+            auth::write_token(&path, &token)
+                .map_err(|source| EmulatorError::DevToken { path: path.clone(), source })?;
+            (Some(token), Some(path))
+        }
+        None => (None, None),
+    };
     let api_id = template
         .resources_of("AWS::Serverless::HttpApi")
         .next()
@@ -259,6 +358,8 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
         .unwrap_or_else(|| "local".into());
     let app = http::router(http::HttpState {
         routes: Arc::new(routes),
+        authorizers: Arc::new(authorizers),
+        issuer_keys: dev_issuer.as_ref().map(|d| Arc::new(d.jwks())),
         functions: Arc::new(functions.clone()),
         api_id,
         integration_timeout: options.http_integration_timeout,
@@ -274,5 +375,5 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
     });
 
     tracing::info!(api = %api_url, aws = %aws_endpoint, functions = functions.len(), "emulator started");
-    Ok(RunningEmulator { api_url, aws_endpoint, sdk, functions, cancel, tracker, moto })
+    Ok(RunningEmulator { api_url, dev_token, dev_token_path, aws_endpoint, sdk, functions, cancel, tracker, moto })
 }

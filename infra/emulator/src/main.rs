@@ -1,4 +1,5 @@
-//! `handoff-emulator up --port PORT [--demo] [--template PATH]` (SPEC §5 command contract).
+//! `handoff-emulator up --port PORT [--demo] [--template PATH]` (SPEC §5 command contract)
+//! and `handoff-emulator token --scope S…` (a token from the development issuer, SPEC §6).
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -25,6 +26,21 @@ enum Command {
         /// The SAM template to run (default: infra/template.yaml of this workspace).
         #[arg(long)]
         template: Option<PathBuf>,
+    },
+    /// Print a token from the development issuer (the key under .handoff/) with the scopes asked for.
+    Token {
+        /// A scope to grant (repeatable): handoff:admin, handoff:invoke, handoff:operate, handoff:read.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// The token's subject (`sub`), recorded on what it changes.
+        #[arg(long, default_value = "developer")]
+        subject: String,
+        /// How long the token is valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
+        /// The audience (`aud`): the template's JwtAudience.
+        #[arg(long, default_value = handoff_emulator::auth::DEV_AUDIENCE)]
+        audience: String,
     },
 }
 
@@ -57,11 +73,15 @@ async fn main() -> anyhow::Result<()> {
                 options.template_path = t;
             }
             let emulator = start(options).await.context("starting the emulator")?;
+            if let Some(path) = emulator.dev_token_path() {
+                println!("Development token (every scope, 12 h) in {}", path.display());
+            }
             println!("Handoff API listening on {}", emulator.api_url());
             let api_url = emulator.api_url().to_string();
+            let token = emulator.dev_token().map(str::to_string);
             let demo_task = demo.then(|| {
                 tokio::spawn(async move {
-                    if let Err(e) = handoff_emulator::demo::run_demo(&api_url).await {
+                    if let Err(e) = handoff_emulator::demo::run_demo(&api_url, token.as_deref()).await {
                         eprintln!("demo failed: {e:#}");
                     }
                 })
@@ -71,6 +91,18 @@ async fn main() -> anyhow::Result<()> {
                 t.abort();
             }
             emulator.shutdown().await;
+            Ok(())
+        }
+        Command::Token { scopes, subject, ttl_seconds, audience } => {
+            if let Some(unknown) = scopes.iter().find(|s| !handoff_emulator::auth::ALL_SCOPES.contains(&s.as_str())) {
+                anyhow::bail!(
+                    "--scope {unknown}: not a Handoff scope (expected {})",
+                    handoff_emulator::auth::ALL_SCOPES.join(", ")
+                );
+            }
+            let issuer = handoff_emulator::auth::DevIssuer::load_or_create(&EmulatorOptions::default().state_dir)?;
+            let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+            println!("{}", issuer.mint(&subject, &scopes, &audience, std::time::Duration::from_secs(ttl_seconds))?);
             Ok(())
         }
     }

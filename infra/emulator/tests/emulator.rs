@@ -175,7 +175,7 @@ async fn failing_messages_are_redriven_to_the_dead_letter_queue() {
 async fn http_requests_become_payload_v2_events() {
     let s = setup(|o| o.http_integration_timeout = Duration::from_millis(500)).await;
     let api = s.emulator.api_url().to_string();
-    let client = reqwest::Client::new();
+    let client = s.emulator.api_client(Duration::from_secs(10));
 
     let r = client
         .post(format!("{api}/exchanges?a=1&a=2&b=x%20y"))
@@ -202,6 +202,27 @@ async fn http_requests_become_payload_v2_events() {
     assert_eq!(e["requestContext"]["http"]["sourceIp"], "127.0.0.1");
     assert_eq!(e["requestContext"]["stage"], "$default");
     assert_eq!(e["requestContext"]["accountId"], "123456789012");
+    // The JWT authorizer validated the development token and passes its claims on.
+    assert_eq!(e["requestContext"]["authorizer"]["jwt"]["claims"]["sub"], "developer");
+    assert_eq!(e["requestContext"]["authorizer"]["jwt"]["claims"]["iss"], "urn:handoff:emulator");
+    let scopes = e["requestContext"]["authorizer"]["jwt"]["scopes"].as_array().cloned().unwrap_or_default();
+    assert!(scopes.contains(&json!("handoff:invoke")), "{scopes:?}");
+
+    // Without a token API Gateway answers 401 itself; a token without the route's scope, 403.
+    let anonymous = reqwest::Client::new();
+    let r = anonymous.post(format!("{api}/exchanges")).body("{}").send().await.expect("401");
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("www-authenticate").is_some_and(|v| v.to_str().unwrap_or("").starts_with("Bearer")));
+    assert_eq!(r.json::<Value>().await.expect("json"), json!({"message": "Unauthorized"}));
+    let issuer =
+        handoff_emulator::auth::DevIssuer::load_or_create(&EmulatorOptions::default().state_dir).expect("issuer");
+    let reader = issuer.mint("reader", &["handoff:read"], "handoff", Duration::from_secs(60)).expect("token");
+    let r = anonymous.post(format!("{api}/exchanges")).bearer_auth(&reader).body("{}").send().await.expect("403");
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.json::<Value>().await.expect("json"), json!({"message": "Forbidden"}));
+    // The callback route is public: the function is reached without a token.
+    let r = anonymous.post(format!("{api}/notifications/some-token")).body("{}").send().await.expect("public");
+    assert_eq!(r.status(), 200);
 
     let e: Value = client
         .patch(format!("{api}/integrations/PROVIDER_IMPORT/versions/null"))

@@ -7,6 +7,7 @@ pub mod exchange;
 pub mod expression;
 pub mod formats;
 pub mod handoff;
+pub mod identity;
 pub mod ids;
 pub mod machine;
 pub mod mapping;

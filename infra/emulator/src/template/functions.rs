@@ -38,6 +38,24 @@ pub struct HttpRouteSpec {
     /// Upper-case method or `ANY`.
     pub method: String,
     pub path: Option<String>,
+    /// The route's `Auth`: which authorizer, and the scopes it requires (any one of them).
+    pub auth: RouteAuth,
+}
+
+/// Which authorizer guards a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAuthorizer {
+    /// The API's `DefaultAuthorizer` (none if it has none).
+    Default,
+    /// `Authorizer: NONE`: a public route.
+    Public,
+    Named(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteAuth {
+    pub authorizer: RouteAuthorizer,
+    pub scopes: Vec<String>,
 }
 
 /// A SAM `Type: ScheduleV2` event (an EventBridge Scheduler schedule).
@@ -137,10 +155,22 @@ impl Template {
                             .map(|m| m.to_ascii_uppercase())
                             .unwrap_or_else(|| "ANY".to_string());
                         let path = props.get("Path").and_then(scalar_string);
+                        let auth = props.get("Auth");
+                        let authorizer = match auth.and_then(|a| a.get("Authorizer")).and_then(scalar_string) {
+                            None => RouteAuthorizer::Default,
+                            Some(name) if name == "NONE" => RouteAuthorizer::Public,
+                            Some(name) => RouteAuthorizer::Named(name),
+                        };
+                        let scopes = auth
+                            .and_then(|a| a.get("AuthorizationScopes"))
+                            .and_then(Value::as_sequence)
+                            .map(|s| s.iter().filter_map(scalar_string).collect())
+                            .unwrap_or_default();
                         spec.http_routes.push(HttpRouteSpec {
                             event_name,
                             method: if method == "X-AMAZON-APIGATEWAY-ANY-METHOD" { "ANY".into() } else { method },
                             path,
+                            auth: RouteAuth { authorizer, scopes },
                         });
                     }
                     "ScheduleV2" => {

@@ -9,12 +9,14 @@
 //! resources again.
 
 mod functions;
+mod http_api;
 mod intrinsics;
 mod names;
 #[cfg(test)]
 mod tests;
 
-pub use functions::{FunctionSpec, HttpRouteSpec, ScheduleSpec, SqsEventSource};
+pub use functions::{FunctionSpec, HttpRouteSpec, RouteAuth, RouteAuthorizer, ScheduleSpec, SqsEventSource};
+pub use http_api::{HttpApiAuth, JwtAuthorizerSpec};
 use intrinsics::*;
 use names::*;
 pub use names::{physical_name, Identities, LocalUrls};
