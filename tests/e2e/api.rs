@@ -169,7 +169,7 @@ async fn exchanges_are_listed_newest_first_with_pagination() {
 
 #[tokio::test]
 async fn health_reports_every_component() {
-    let (status, body) = gateway().get("/health").await;
+    let (status, body) = gateway().get("/health/components").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "ok");
     for component in ["integrations", "exchanges", "queues", "dataFiles"] {

@@ -7,5 +7,6 @@ mod jobs;
 mod operations;
 mod pipeline;
 mod schedule;
+mod security;
 mod subflows;
 mod transform;

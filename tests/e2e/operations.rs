@@ -118,13 +118,15 @@ async fn a_failure_callback_fails_the_step_with_its_reason() {
 
 /// POSTs `body` to `path` through the API function as deployed, except that the queue named
 /// by `queue_var` does not exist (every send to it fails); outbox entries fall due in 2 s.
+/// The event carries what API Gateway's authorizer passes on for an operator's token.
 async fn post_to_api_without_queue(queue_var: &str, path: &str, body: Value) -> Value {
     let nowhere = format!("{}/000000000000/no-such-queue", gateway().aws_endpoint);
     let api =
         handoff_e2e::function_with("handoff-api", &[(queue_var, &nowhere), ("HANDOFF_OUTBOX_SECONDS", "2")]).await;
     let event = json!({
         "rawPath": path, "headers": {"content-type": "application/json"}, "body": body.to_string(),
-        "requestContext": {"http": {"method": "POST"}}
+        "requestContext": {"http": {"method": "POST"},
+                           "authorizer": {"jwt": {"claims": {"sub": "operator"}, "scopes": ["handoff:operate"]}}}
     });
     api.invoke(event).await.expect("api invocation")
 }

@@ -111,14 +111,18 @@ impl DevIssuer {
     /// A token for `subject` with `scopes`, valid for `ttl`.
     pub fn mint(&self, subject: &str, scopes: &[&str], audience: &str, ttl: Duration) -> Result<String, AuthError> {
         let now = chrono::Utc::now().timestamp();
-        let claims = json!({
+        self.sign(&json!({
             "iss": DEV_ISSUER, "sub": subject, "aud": audience,
             "iat": now, "nbf": now, "exp": now + ttl.as_secs() as i64,
             "scope": scopes.join(" "), "jti": uuid::Uuid::new_v4().to_string(),
-        });
+        }))
+    }
+
+    /// Signs `claims` as they are (tests use it for expired or foreign tokens).
+    pub fn sign(&self, claims: &Value) -> Result<String, AuthError> {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| AuthError::Sign(e.to_string()))
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| AuthError::Sign(e.to_string()))
     }
 }
 
@@ -389,11 +393,9 @@ mod tests {
     async fn an_expired_token_is_401_and_the_key_survives_a_restart() {
         let dir = tempdir::Dir::new();
         let dev = DevIssuer::load_or_create(&dir.0).expect("issuer");
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(dev.kid.clone());
         let past = chrono::Utc::now().timestamp() - 3600;
         let claims = json!({"iss": DEV_ISSUER, "sub": "x", "aud": DEV_AUDIENCE, "iat": past, "exp": past + 60});
-        let expired = jsonwebtoken::encode(&header, &claims, &dev.encoding).expect("token");
+        let expired = dev.sign(&claims).expect("token");
         assert_eq!(
             authorizer(&dev).authorize(Some(&expired), &[]).await.err(),
             Some(Denied::Unauthorized("the token has expired".into()))

@@ -298,3 +298,29 @@ async fn stored_schedules_fire() {
     assert_eq!(s.recorder.calls_of("handoff-trigger").len(), 1);
     s.emulator.shutdown().await;
 }
+
+#[test]
+fn the_token_command_mints_a_token_with_the_scopes_asked_for() {
+    let binary = env!("CARGO_BIN_EXE_handoff-emulator");
+    let out = std::process::Command::new(binary)
+        .args(["token", "--scope", "handoff:read", "--scope", "handoff:operate", "--subject", "dashboard"])
+        .output()
+        .expect("run handoff-emulator token");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).expect("utf-8").trim().to_string();
+    let payload = token.split('.').nth(1).expect("a JWT");
+    use base64::Engine as _;
+    let claims: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64url"))
+            .expect("claims");
+    assert_eq!(claims["sub"], "dashboard");
+    assert_eq!(claims["scope"], "handoff:read handoff:operate");
+    assert_eq!(claims["iss"], handoff_emulator::auth::DEV_ISSUER);
+    let out = std::process::Command::new(binary).args(["token", "--scope", "handoff:root"]).output().expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a Handoff scope"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

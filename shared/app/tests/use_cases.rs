@@ -13,6 +13,7 @@ use handoff_app::entry::jobs::JobsFunction;
 use handoff_app::entry::worker::{WorkerError, WorkerFunction};
 use handoff_core::exchange::{ExchangeDetail, ExchangeStatus, StepStatus};
 use handoff_core::handoff::{CallbackToken, HandoffMessage, QueueMessage, Timer, TimerKind};
+use handoff_core::identity::{Caller, Scope};
 use handoff_core::ids::{ExchangeId, StepId};
 use handoff_core::machine::Effect;
 use handoff_core::plan::{SubStep, WorkerFamily};
@@ -58,13 +59,28 @@ impl Harness {
         Self { ctx, exchanges, queue, schedules, workers }
     }
 
+    /// A request as a caller with every scope (what API Gateway's authorizer hands on).
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let request = Request::builder()
+        let everything = Caller::new("tester", Scope::ALL.map(Scope::as_str));
+        self.call_as(Some(everything), method, path, body).await
+    }
+
+    async fn call_as(
+        &self,
+        caller: Option<Caller>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header("content-type", "application/json")
             .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
             .expect("request");
+        if let Some(caller) = caller {
+            request.extensions_mut().insert(caller);
+        }
         let response = router(self.ctx.clone()).oneshot(request).await.expect("infallible");
         let status = response.status();
         let bytes = response.into_body().collect().await.expect("body").to_bytes();
@@ -537,4 +553,36 @@ async fn a_stored_version_changes_only_where_allowed_and_never_behind_a_concurre
     assert!(h.schedules.get(&handoff_core::ids::IntegrationCode::parse("AMEND").expect("code")).is_none());
     let (status, _) = h.call("POST", "/integrations", Some(transform("AMEND", "."))).await;
     assert_eq!(status, StatusCode::CONFLICT, "version 1 exists");
+}
+
+#[tokio::test]
+async fn each_route_asks_its_scope_and_only_the_callback_and_shallow_health_are_public() {
+    let h = Harness::new();
+    h.define(transform("SCOPED", ".")).await;
+    let reader = Caller::new("reader", ["handoff:read"]);
+    let (status, body) = h.call_as(None, "GET", "/exchanges", None).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("Unauthorized")), "{body}");
+    let (status, body) = h.call_as(Some(reader.clone()), "GET", "/integrations/SCOPED", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) =
+        h.call_as(Some(reader.clone()), "POST", "/exchanges", Some(json!({"integrationCode": "SCOPED"}))).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("Forbidden")), "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("handoff:invoke")), "{body}");
+    let invoker = Caller::new("app", ["handoff:invoke"]);
+    let (status, _) =
+        h.call_as(Some(invoker.clone()), "POST", "/exchanges", Some(json!({"integrationCode": "SCOPED"}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _) = h.call_as(Some(invoker), "POST", "/integrations", Some(transform("OTHER", "."))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "defining integrations needs handoff:admin");
+    let (status, _) = h.call_as(Some(reader.clone()), "POST", "/exchanges/x/recover", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "recovering needs handoff:operate");
+    // Public: the callback (its token is the credential) and the shallow health check.
+    let (status, _) = h.call_as(None, "POST", "/notifications/unknown-token", Some(json!({"status": "success"}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "reached the function: an unknown token");
+    let (status, body) = h.call_as(None, "GET", "/health", None).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+    let (status, _) = h.call_as(None, "GET", "/health/components", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = h.call_as(Some(reader), "GET", "/health/components", None).await;
+    assert_eq!((status, &body["components"]["exchanges"]["status"]), (StatusCode::OK, &json!("ok")), "{body}");
 }

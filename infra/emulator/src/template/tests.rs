@@ -124,3 +124,37 @@ Resources:
     assert_eq!(input, serde_json::json!({"kind": "nightly", "fn": "handoff-Fn"}));
     assert_eq!(fns[0].timeout, Duration::from_secs(3));
 }
+
+#[test]
+fn every_route_requires_the_scope_the_api_function_checks() {
+    let mut t = real_template();
+    t.parameters.insert("JwtIssuer".into(), "https://issuer.example".into());
+    let ids = t.identities(&urls()).expect("identities");
+    let auth = t.http_api_auth(&ids).expect("auth");
+    assert_eq!(auth.default_authorizer.as_deref(), Some("HandoffJwt"));
+    assert_eq!(
+        auth.authorizers.get("HandoffJwt"),
+        Some(&JwtAuthorizerSpec { issuer: "https://issuer.example".into(), audience: vec!["handoff".into()] })
+    );
+    let api = t.functions(&ids).expect("functions").into_iter().find(|f| f.binary == "handoff-api").expect("api");
+    let in_template: BTreeSet<(String, String, Option<String>)> = api
+        .http_routes
+        .iter()
+        .map(|r| {
+            let path = r.path.clone().expect("no $default route");
+            let scope = match r.auth.authorizer {
+                RouteAuthorizer::Public => None,
+                _ => {
+                    assert_eq!(r.auth.scopes.len(), 1, "{} {path}: one scope per route", r.method);
+                    Some(r.auth.scopes[0].clone())
+                }
+            };
+            (r.method.clone(), path, scope)
+        })
+        .collect();
+    let in_code: BTreeSet<(String, String, Option<String>)> = handoff_app::entry::api::ROUTE_SCOPES
+        .iter()
+        .map(|(m, p, s)| (m.to_string(), p.to_string(), s.map(|s| s.as_str().to_string())))
+        .collect();
+    assert_eq!(in_template, in_code, "template routes and the api function's scopes differ");
+}

@@ -14,14 +14,17 @@ use crate::use_cases::invoke::{invoke_exchange, InvokeError, InvokeRequest, Star
 use crate::use_cases::recover::{recover_exchange, retry_step_now, ActionError, Recovering};
 use async_trait::async_trait;
 use axum::body::{Body, Bytes};
+use axum::extract::MatchedPath;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use handoff_core::exchange::ExchangeDetail;
 use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep};
+use handoff_core::identity::{Caller, Scope};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::notification::parse_notification;
 use handoff_core::reader::{FieldError, ObjectReader};
@@ -147,6 +150,58 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// The scope each route requires (SPEC §6); `None`: public. The template's
+/// `AuthorizationScopes` say the same (a test keeps them equal) and API Gateway checks them
+/// first; the function checks again from the authorizer context, so a template mistake
+/// never opens a route.
+pub const ROUTE_SCOPES: &[(&str, &str, Option<Scope>)] = &[
+    ("POST", "/integrations", Some(Scope::Admin)),
+    ("GET", "/integrations", Some(Scope::Read)),
+    ("GET", "/integrations/{code}", Some(Scope::Read)),
+    ("PATCH", "/integrations/{code}/versions/{version}", Some(Scope::Admin)),
+    ("POST", "/exchanges", Some(Scope::Invoke)),
+    ("GET", "/exchanges", Some(Scope::Read)),
+    ("GET", "/exchanges/{id}", Some(Scope::Read)),
+    ("GET", "/exchanges/{id}/logs", Some(Scope::Read)),
+    ("POST", "/exchanges/{id}/recover", Some(Scope::Operate)),
+    ("POST", "/exchanges/{id}/steps/{stepId}/retry", Some(Scope::Operate)),
+    ("GET", "/errors", Some(Scope::Read)),
+    ("POST", "/notifications/{token}", None),
+    ("GET", "/data-file-sets/{id}", Some(Scope::Read)),
+    ("GET", "/data-file-sets/{id}/files/{name}", Some(Scope::Read)),
+    ("GET", "/health", None),
+    ("GET", "/health/components", Some(Scope::Read)),
+    ("PUT", "/mappings/{name}", Some(Scope::Admin)),
+    ("GET", "/mappings/{name}", Some(Scope::Read)),
+];
+
+/// Refuses a request whose route needs a scope its caller lacks: 401 without a caller,
+/// 403 without the scope. A route missing from [`ROUTE_SCOPES`] is refused (fail closed).
+async fn authorize(matched: MatchedPath, request: axum::extract::Request, next: Next) -> Response {
+    let method = request.method().as_str();
+    let required = ROUTE_SCOPES.iter().find(|(m, p, _)| *m == method && *p == matched.as_str()).map(|(_, _, s)| *s);
+    let caller = request.extensions().get::<Caller>();
+    match (required, caller) {
+        (Some(None), _) => next.run(request).await,
+        (Some(Some(scope)), Some(caller)) if caller.may(scope) => next.run(request).await,
+        (Some(Some(_)), None) => {
+            let mut response =
+                ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "this route needs a bearer token")
+                    .into_response();
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            response
+        }
+        (Some(Some(scope)), Some(_)) => {
+            ApiError::new(StatusCode::FORBIDDEN, "Forbidden", format!("this route needs the {scope} scope"))
+                .into_response()
+        }
+        (None, _) => {
+            tracing::error!(method, route = matched.as_str(), "route has no entry in ROUTE_SCOPES; refused");
+            ApiError::new(StatusCode::FORBIDDEN, "Forbidden", "this route is not open to callers").into_response()
+        }
+    }
+}
+
 pub fn router(ctx: Arc<AppContext>) -> Router {
     Router::new()
         .route("/integrations", post(create_integration).get(list_integrations))
@@ -156,13 +211,15 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/exchanges/{id}", get(get_exchange))
         .route("/exchanges/{id}/logs", get(get_logs))
         .route("/exchanges/{id}/recover", post(recover))
-        .route("/exchanges/{id}/steps/{step_id}/retry", post(retry_step))
+        .route("/exchanges/{id}/steps/{stepId}/retry", post(retry_step))
         .route("/errors", get(list_errors))
         .route("/notifications/{token}", post(notify))
         .route("/data-file-sets/{id}", get(get_data_file_set))
         .route("/data-file-sets/{id}/files/{name}", get(get_data_file))
-        .route("/health", get(health))
+        .route("/health", get(shallow_health))
+        .route("/health/components", get(health))
         .route("/mappings/{name}", axum::routing::put(mapping_routes::put_mapping).get(mapping_routes::get_mapping))
+        .route_layer(axum::middleware::from_fn(authorize))
         .fallback(|| async { ApiError::not_found("no such route") })
         // Size limits are checked in `json_body`, so oversized requests get our JSON error.
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -585,6 +642,12 @@ async fn get_data_file(State(ctx): Ctx, Path((id, name)): Path<(String, String)>
 }
 
 // ------------------------------------------------------------------ health
+
+/// Public liveness: the function answers. It touches no dependency, so an anonymous caller
+/// cannot make it cost anything; `GET /health/components` checks each one.
+async fn shallow_health() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
 
 async fn health(State(ctx): Ctx) -> Response {
     let (integrations, exchanges, queue, files) = tokio::join!(

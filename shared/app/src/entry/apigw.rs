@@ -4,6 +4,7 @@
 use crate::entry::function::InvocationError;
 use base64::Engine;
 use bytes::Bytes;
+use handoff_core::identity::Caller;
 use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -30,6 +31,37 @@ struct HttpApiEvent {
 #[derive(Debug, Deserialize)]
 struct RequestContext {
     http: HttpContext,
+    /// Set by a JWT authorizer on a guarded route.
+    #[serde(default)]
+    authorizer: Option<AuthorizerContext>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AuthorizerContext {
+    #[serde(default)]
+    jwt: Option<JwtContext>,
+}
+
+/// `requestContext.authorizer.jwt`: the validated token's claims (as strings) and scopes.
+#[derive(Debug, Deserialize)]
+struct JwtContext {
+    #[serde(default)]
+    claims: HashMap<String, Value>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+}
+
+impl JwtContext {
+    /// The caller the authorizer vouched for; none without a `sub`.
+    fn caller(&self) -> Option<Caller> {
+        let subject = self.claims.get("sub").and_then(Value::as_str).filter(|s| !s.is_empty())?;
+        let claimed = ["scope", "scp"].into_iter().filter_map(|k| self.claims.get(k)).filter_map(Value::as_str);
+        let scopes: Vec<&str> = match &self.scopes {
+            Some(scopes) => scopes.iter().map(String::as_str).collect(),
+            None => claimed.map(|s| s.trim_matches(['[', ']'])).collect(),
+        };
+        Some(Caller::new(subject, scopes))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +95,12 @@ pub fn to_request(event: Value) -> Result<http::Request<axum::body::Body>, Invoc
     if !event.cookies.is_empty() {
         builder = builder.header("cookie", event.cookies.join("; "));
     }
+    // Only API Gateway sets the authorizer context: a header a caller sends proves nothing.
+    if let Some(caller) =
+        event.request_context.authorizer.as_ref().and_then(|a| a.jwt.as_ref()).and_then(JwtContext::caller)
+    {
+        builder = builder.extension(caller);
+    }
     builder.body(axum::body::Body::from(body)).map_err(|e| InvocationError::new("InvalidEvent", e.to_string()))
 }
 
@@ -92,4 +130,33 @@ pub async fn from_response(response: http::Response<axum::body::Body>) -> Result
         "isBase64Encoded": is_base64,
         "cookies": [],
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use handoff_core::identity::Scope;
+
+    fn event(authorizer: Value) -> Value {
+        json!({"rawPath": "/exchanges", "rawQueryString": "", "headers": {},
+               "requestContext": {"http": {"method": "GET"}, "authorizer": authorizer}})
+    }
+
+    #[test]
+    fn the_caller_comes_from_the_authorizer_context_only() {
+        let request = to_request(event(json!({"jwt": {"claims": {"sub": "alice", "scope": "handoff:read"},
+                                                       "scopes": ["handoff:read", "handoff:admin"]}})))
+        .expect("request");
+        let caller = request.extensions().get::<Caller>().expect("a caller");
+        assert_eq!(caller.subject, "alice");
+        assert!(caller.may(Scope::Admin) && caller.may(Scope::Read) && !caller.may(Scope::Operate));
+        // Without `scopes` (a route without authorization scopes), the claim is read.
+        let request =
+            to_request(event(json!({"jwt": {"claims": {"sub": "bob", "scp": "handoff:operate"}}}))).expect("request");
+        assert!(request.extensions().get::<Caller>().is_some_and(|c| c.may(Scope::Operate)));
+        let request = to_request(event(Value::Null)).expect("request");
+        assert!(request.extensions().get::<Caller>().is_none(), "a public route has no caller");
+        let request = to_request(event(json!({"jwt": {"claims": {"scope": "handoff:admin"}}}))).expect("request");
+        assert!(request.extensions().get::<Caller>().is_none(), "no sub, no caller");
+    }
 }

@@ -1,0 +1,86 @@
+//! Identity at the HTTP API, as a client sees it through the emulator's API Gateway:
+//! tokens from the development issuer, 401 for a missing or bad token, 403 for a missing
+//! scope, and the two public routes.
+
+use handoff_e2e::{gateway, unique_code};
+use handoff_emulator::auth::{DevIssuer, ALL_SCOPES, DEV_AUDIENCE, DEV_ISSUER};
+use handoff_emulator::EmulatorOptions;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn issuer() -> DevIssuer {
+    DevIssuer::load_or_create(&EmulatorOptions::default().state_dir).expect("the development issuer")
+}
+
+fn token(scopes: &[&str]) -> String {
+    issuer().mint("e2e-caller", scopes, DEV_AUDIENCE, Duration::from_secs(300)).expect("token")
+}
+
+#[tokio::test]
+async fn a_request_without_a_valid_token_is_401() {
+    let gw = gateway();
+    let now = chrono::Utc::now().timestamp();
+    let expired = issuer()
+        .sign(&json!({"iss": DEV_ISSUER, "sub": "late", "aud": DEV_AUDIENCE, "iat": now - 600, "exp": now - 60,
+                      "scope": ALL_SCOPES.join(" ")}))
+        .expect("token");
+    let other_audience = issuer().mint("x", &ALL_SCOPES, "another-api", Duration::from_secs(60)).expect("token");
+    let foreign_dir = std::env::temp_dir().join(format!("handoff-foreign-issuer-{}", std::process::id()));
+    let foreign = DevIssuer::load_or_create(&foreign_dir).expect("another key");
+    let wrongly_signed = foreign.mint("mallory", &ALL_SCOPES, DEV_AUDIENCE, Duration::from_secs(60)).expect("token");
+    let _ = std::fs::remove_dir_all(&foreign_dir);
+    for (what, credential) in [
+        ("no token", None),
+        ("a malformed token", Some("not-a-jwt")),
+        ("an expired token", Some(expired.as_str())),
+        ("a token for another audience", Some(other_audience.as_str())),
+        ("a token signed by another key", Some(wrongly_signed.as_str())),
+    ] {
+        let (status, body) = gw.request_as(credential, Method::GET, "/exchanges", None).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert_eq!(body, json!({"message": "Unauthorized"}), "{what}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_without_the_route_scope_is_403_and_each_scope_opens_its_routes() {
+    let gw = gateway();
+    let code = unique_code("SCOPES");
+    let definition = json!({"code": code, "version": 1, "steps": [
+        {"name": "t", "type": "transformation", "function": {"jq": "."}}]});
+    let reader = token(&["handoff:read"]);
+    let admin = token(&["handoff:admin"]);
+    let invoker = token(&["handoff:invoke"]);
+    let body = |v: &Value| Some(serde_json::to_vec(v).expect("json"));
+
+    let (status, answer) = gw.request_as(Some(&reader), Method::POST, "/integrations", body(&definition)).await;
+    assert_eq!((status.as_u16(), answer), (403, json!({"message": "Forbidden"})));
+    let (status, answer) = gw.request_as(Some(&admin), Method::POST, "/integrations", body(&definition)).await;
+    assert_eq!(status, 201, "{answer}");
+    let start = json!({"integrationCode": code});
+    let (status, _) = gw.request_as(Some(&admin), Method::POST, "/exchanges", body(&start)).await;
+    assert_eq!(status, 403, "invoking needs handoff:invoke");
+    let (status, started) = gw.request_as(Some(&invoker), Method::POST, "/exchanges", body(&start)).await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["exchangeId"].as_str().expect("exchangeId");
+    let (status, _) = gw.request_as(Some(&invoker), Method::GET, &format!("/exchanges/{id}"), None).await;
+    assert_eq!(status, 403, "reading needs handoff:read");
+    let (status, _) = gw.request_as(Some(&reader), Method::GET, &format!("/exchanges/{id}"), None).await;
+    assert_eq!(status, 200);
+    let (status, _) = gw.request_as(Some(&reader), Method::POST, &format!("/exchanges/{id}/recover"), None).await;
+    assert_eq!(status, 403, "recovering needs handoff:operate");
+}
+
+#[tokio::test]
+async fn the_callback_and_the_shallow_health_check_are_public() {
+    let gw = gateway();
+    let (status, body) = gw.request_as(None, Method::GET, "/health", None).await;
+    assert_eq!((status.as_u16(), body), (200, json!({"status": "ok"})), "nothing about components");
+    let (status, _) = gw.request_as(None, Method::GET, "/health/components", None).await;
+    assert_eq!(status, 401);
+    let answer = Some(serde_json::to_vec(&json!({"status": "success"})).expect("json"));
+    let (status, body) = gw.request_as(None, Method::POST, "/notifications/no-such-token", answer).await;
+    assert_eq!(status, 404, "the function answered: the token is the credential");
+    assert_eq!(body["error"], "NotFound", "{body}");
+}
