@@ -626,7 +626,7 @@ async fn counted_exchange_repo() -> (DynamoExchangeRepository, BatchCounter) {
 
 fn child(id: &str, integration: &str, parent: &ExchangeId, step: u32, index: u32, created: DateTime<Utc>) -> Exchange {
     Exchange {
-        parent: Some(ParentLink { exchange_id: parent.clone(), step_id: StepId::from_sequence(step), index }),
+        parent: Some(ParentLink { exchange_id: parent.clone(), step_id: StepId::from_sequence(step), index, depth: 1 }),
         ..exchange(id, integration, created)
     }
 }

@@ -104,6 +104,7 @@ async fn send_many_delivers_every_message_in_batches() {
             exchange_id: ExchangeId::new("ex-top"),
             step_id: StepId::from_sequence(3),
             index: i,
+            depth: 1,
         }),
     };
 

@@ -185,3 +185,20 @@ async fn a_parent_that_times_out_times_out_its_running_sub_exchanges() {
         assert!(c["error"]["message"].as_str().unwrap().contains("parent"), "{c:#}");
     }
 }
+
+#[tokio::test]
+async fn a_subflow_that_starts_its_own_integration_is_refused_at_creation() {
+    let gw = gateway();
+    let code = unique_code("SELF_FAN");
+    let (status, body) = gw
+        .post(
+            "/integrations",
+            &json!({"code": code, "version": 1, "steps": [
+                {"name": "again", "type": "subflow", "integrationCode": code, "function": {"jq": "[{}, {}]"}}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "steps[0].integrationCode", "{body}");
+    let (status, _) = gw.get(&format!("/integrations/{code}")).await;
+    assert_eq!(status, 404, "nothing stored");
+}

@@ -586,3 +586,42 @@ async fn each_route_asks_its_scope_and_only_the_callback_and_shallow_health_are_
     let (status, body) = h.call_as(Some(reader), "GET", "/health/components", None).await;
     assert_eq!((status, &body["components"]["exchanges"]["status"]), (StatusCode::OK, &json!("ok")), "{body}");
 }
+
+#[tokio::test]
+async fn a_subflow_past_its_caps_fails_as_a_business_error_and_creates_nothing() {
+    let h = Harness::new();
+    h.define(transform("LEAF2", ".")).await;
+    h.define(json!({"code": "WIDE", "version": 1, "enabled": true, "steps": [
+        {"name": "each", "type": "subflow", "integrationCode": "LEAF2", "maxSubExchanges": 2, "function": {"jq": "map({n: .})"}}]}))
+    .await;
+    let id = h.invoke("WIDE", json!([1, 2, 3])).await;
+    h.run().await;
+    let wide = h.detail(&id).await;
+    assert_eq!(wide.exchange.status, ExchangeStatus::Failed);
+    let error = wide.exchange.error.expect("error");
+    assert!(error.message.contains("3 sub-exchanges, more than maxSubExchanges 2"), "{}", error.message);
+    let (_, children) = h.call("GET", &format!("/exchanges?parentExchangeId={id}"), None).await;
+    assert_eq!(children["items"], json!([]), "no orphans");
+
+    // Two integrations that start each other stop at the depth limit.
+    h.define(json!({"code": "PING", "version": 1, "enabled": true, "steps": [
+        {"name": "to", "type": "subflow", "integrationCode": "PONG", "function": {"jq": "[{}]"}}]}))
+        .await;
+    h.define(json!({"code": "PONG", "version": 1, "enabled": true, "steps": [
+        {"name": "to", "type": "subflow", "integrationCode": "PING", "function": {"jq": "[{}]"}}]}))
+        .await;
+    let root = h.invoke("PING", json!([1])).await;
+    h.run().await;
+    let mut level = h.detail(&root).await;
+    let mut depth = 0;
+    loop {
+        let (_, children) =
+            h.call("GET", &format!("/exchanges?parentExchangeId={}", level.exchange.exchange_id), None).await;
+        let Some(child) = children["items"].as_array().and_then(|c| c.first()).cloned() else { break };
+        depth += 1;
+        level = h.detail(&ExchangeId::new(child["exchangeId"].as_str().expect("id"))).await;
+    }
+    assert_eq!(depth, 5, "five levels below the root, no more");
+    let error = level.exchange.error.expect("the deepest one failed");
+    assert!(error.message.contains("nested 6 deep; the limit is 5"), "{}", error.message);
+}

@@ -97,6 +97,8 @@ pub enum StepAction {
     Subflow {
         integration_code: IntegrationCode,
         function: Expression,
+        /// More sub-exchanges than this fail the step before any is created.
+        max_sub_exchanges: u32,
     },
 }
 
@@ -171,6 +173,14 @@ pub enum DestinationTarget {
 }
 
 /// Parses and validates a definition document.
+/// Sub-exchanges one subflow step may start unless it says otherwise (`maxSubExchanges`).
+pub const DEFAULT_MAX_SUB_EXCHANGES: u32 = 10_000;
+/// The most `maxSubExchanges` may allow.
+pub const MAX_SUB_EXCHANGES_LIMIT: u64 = 100_000;
+/// How deep sub-exchanges may nest (a child of a root exchange is at depth 1): a cycle
+/// through other integrations ends here.
+pub const MAX_SUBFLOW_DEPTH: u32 = 5;
+
 pub fn parse_definition(document: &Value) -> Result<IntegrationDefinition, FieldError> {
     let root = ObjectReader::new("", document)?;
     root.deny_unknown(&["code", "version", "enabled", "slaSeconds", "schedule", "steps", "description"])?;
@@ -190,6 +200,12 @@ pub fn parse_definition(document: &Value) -> Result<IntegrationDefinition, Field
             return Err(FieldError::new(
                 format!("steps[{i}].name"),
                 format!("'{}' is already the name of steps[{j}]", parsed.name),
+            ));
+        }
+        if matches!(&parsed.action, StepAction::Subflow { integration_code, .. } if *integration_code == code) {
+            return Err(FieldError::new(
+                format!("steps[{i}].integrationCode"),
+                "a subflow may not start its own integration (it would fan out without end)",
             ));
         }
         steps.push(parsed);
@@ -297,12 +313,15 @@ fn parse_step(path: &str, value: &Value) -> FieldResult<IntegrationStep> {
             }
         }
         "subflow" => {
-            step.deny_unknown(&allowed(&["integrationCode", "function"]))?;
+            step.deny_unknown(&allowed(&["integrationCode", "function", "maxSubExchanges"]))?;
             let integration_code = IntegrationCode::parse(step.required_str("integrationCode")?)
                 .map_err(|e| FieldError::new(step.field_path("integrationCode"), e))?;
             let function = parse_function(&step)?
                 .ok_or_else(|| FieldError::new(step.field_path("function"), "is required"))?;
-            StepAction::Subflow { integration_code, function }
+            let max_sub_exchanges = step
+                .optional_u64("maxSubExchanges", 1, MAX_SUB_EXCHANGES_LIMIT)?
+                .map_or(DEFAULT_MAX_SUB_EXCHANGES, |m| m as u32);
+            StepAction::Subflow { integration_code, function, max_sub_exchanges }
         }
         other => {
             return Err(FieldError::new(
@@ -769,5 +788,30 @@ mod tests {
         let mut doc = spec_example();
         doc["schedule"]["expression"] = json!("every day");
         assert_eq!(error_of(doc).path, "schedule.expression");
+    }
+
+    #[test]
+    fn a_subflow_is_bounded_and_may_not_start_its_own_integration() {
+        let subflow = |target: &str, extra: Value| {
+            let mut step =
+                json!({"name": "fan", "type": "subflow", "integrationCode": target, "function": {"jq": "."}});
+            if let (Value::Object(step), Value::Object(extra)) = (&mut step, extra) {
+                step.extend(extra);
+            }
+            json!({"code": "SELF", "version": 1, "steps": [step]})
+        };
+        let error = parse_definition(&subflow("SELF", json!({}))).expect_err("self-recursive");
+        assert_eq!(error.path, "steps[0].integrationCode");
+        let parsed = parse_definition(&subflow("OTHER", json!({}))).expect("valid");
+        assert!(matches!(
+            parsed.steps[0].action,
+            StepAction::Subflow { max_sub_exchanges: DEFAULT_MAX_SUB_EXCHANGES, .. }
+        ));
+        let parsed = parse_definition(&subflow("OTHER", json!({"maxSubExchanges": 3}))).expect("valid");
+        assert!(matches!(parsed.steps[0].action, StepAction::Subflow { max_sub_exchanges: 3, .. }));
+        let error = parse_definition(&subflow("OTHER", json!({"maxSubExchanges": 0}))).expect_err("zero");
+        assert_eq!(error.path, "steps[0].maxSubExchanges");
+        let error = parse_definition(&subflow("OTHER", json!({"maxSubExchanges": 1_000_000}))).expect_err("too many");
+        assert_eq!(error.path, "steps[0].maxSubExchanges");
     }
 }

@@ -191,6 +191,13 @@ pub struct ParentLink {
     pub step_id: StepId,
     /// Position among the siblings (the order of the parent's collected payloads).
     pub index: u32,
+    /// How deep the child is nested: 1 under a root exchange, one more per level.
+    #[serde(default = "first_level")]
+    pub depth: u32,
+}
+
+fn first_level() -> u32 {
+    1
 }
 
 /// How the sub-exchanges of a subflow stand.

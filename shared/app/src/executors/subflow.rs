@@ -12,7 +12,7 @@
 use crate::executors::{payload_failure, store_value, ExecutionContext, StepOutput};
 use crate::sub_exchanges::children;
 use chrono::Utc;
-use handoff_core::definition::StepAction;
+use handoff_core::definition::{StepAction, MAX_SUBFLOW_DEPTH};
 use handoff_core::exchange::{Exchange, ExchangeStatus, ParentLink, Payload};
 use handoff_core::ids::{ExchangeId, StepId};
 use handoff_core::machine::start::new_exchange;
@@ -48,8 +48,29 @@ pub async fn collect_properties(cx: &ExecutionContext<'_>, logs: &mut Vec<String
     if let Some(i) = items.iter().position(|v| !v.is_object()) {
         return Err(Failure::business(format!("subflow function result [{i}] is not an object of parameters")));
     }
+    // Bounded before anything is created: a cap that fails here leaves no orphans.
+    let Some(StepAction::Subflow { max_sub_exchanges, .. }) = cx.action() else {
+        return Err(Failure::system("sub-step CollectSubflowProperties on a step that is not a subflow"));
+    };
+    if items.len() > *max_sub_exchanges as usize {
+        return Err(Failure::business(format!(
+            "subflow function yields {} sub-exchanges, more than maxSubExchanges {max_sub_exchanges}",
+            items.len()
+        )));
+    }
+    if child_depth(cx) > MAX_SUBFLOW_DEPTH {
+        return Err(Failure::business(format!(
+            "sub-exchanges would be nested {} deep; the limit is {MAX_SUBFLOW_DEPTH} (does a subflow cycle through other integrations?)",
+            child_depth(cx)
+        )));
+    }
     logs.push(format!("{} sub-exchange(s) to create", items.len()));
     store_value(cx, &value).await.map(|payload| StepOutput { payload: Some(payload), ..StepOutput::default() })
+}
+
+/// The depth of the sub-exchanges this step starts: one below its own exchange.
+fn child_depth(cx: &ExecutionContext<'_>) -> u32 {
+    cx.message.parent.as_ref().map_or(1, |p| p.depth + 1)
 }
 
 pub async fn create_sub_exchanges(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Result<StepOutput, Failure> {
@@ -88,6 +109,7 @@ pub async fn create_sub_exchanges(cx: &ExecutionContext<'_>, logs: &mut Vec<Stri
                 exchange_id: parent.clone(),
                 step_id: control,
                 index: (chunk_index * CREATE_CHUNK + i) as u32,
+                depth: child_depth(cx),
             };
             let fresh = new_exchange(child.pipeline(), id.clone(), params.clone(), None, Some(link), now);
             match existing.iter().find(|(e, _)| e == id) {

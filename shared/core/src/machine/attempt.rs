@@ -414,6 +414,7 @@ pub(crate) mod tests {
             exchange_id: ExchangeId::new("parent"),
             step_id: StepId::from_sequence(3),
             index: 0,
+            depth: 1,
         });
         let attempt = Attempt {
             claimed: false,

@@ -88,7 +88,12 @@ mod tests {
         let f = Fixture::new(json!({"code": "C", "steps": [
             {"name": "d", "type": "delivery", "destinations": [{"kind": "rest", "request": {"url": "http://t.example"}}]}]}));
         let mut m = f.message(1);
-        m.parent = Some(ParentLink { exchange_id: ExchangeId::new("p"), step_id: StepId::from_sequence(3), index: 0 });
+        m.parent = Some(ParentLink {
+            exchange_id: ExchangeId::new("p"),
+            step_id: StepId::from_sequence(3),
+            index: 0,
+            depth: 1,
+        });
         let d = dead_lettered(&m, "handoff-deliver-rest-dlq", "5", Utc::now());
         let ExchangeChange::SetStatus { from, to, error: Some(error), .. } = &d.commit.exchange else {
             panic!("{:?}", d.commit.exchange)

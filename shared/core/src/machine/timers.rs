@@ -180,7 +180,8 @@ mod tests {
     fn an_sla_times_the_exchange_and_its_children_out_and_counts_on_the_parent() {
         let f = fixture();
         let now = Utc::now();
-        let link = ParentLink { exchange_id: ExchangeId::new("p"), step_id: StepId::from_sequence(3), index: 1 };
+        let link =
+            ParentLink { exchange_id: ExchangeId::new("p"), step_id: StepId::from_sequence(3), index: 1, depth: 1 };
         let d = detail(&f, Some(link));
         let TimerOutcome::Write(decision) = timer_fired(None, &timer(TimerKind::Sla, now), Some(&d), now) else {
             panic!("a write")

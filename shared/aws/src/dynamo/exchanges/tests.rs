@@ -100,8 +100,12 @@ fn exchange_item_round_trips() {
     let mut child = exchange();
     child.status = ExchangeStatus::Completed;
     child.error = None;
-    child.parent =
-        Some(ParentLink { exchange_id: ExchangeId::new("parent-1"), step_id: StepId::from_sequence(4), index: 17 });
+    child.parent = Some(ParentLink {
+        exchange_id: ExchangeId::new("parent-1"),
+        step_id: StepId::from_sequence(4),
+        index: 17,
+        depth: 1,
+    });
     child.result = Some(Payload::raw("{\"total\":3}"));
     let item = exchange_to_item(&child).expect("encode");
     assert_eq!(attr_str(&item, "gsi6pk"), Some("PARENT#parent-1"));
@@ -112,7 +116,8 @@ fn exchange_item_round_trips() {
     assert!(item.get("result").is_some_and(|r| r.as_m().is_ok()), "result as a map");
     assert_eq!(exchange_from_item(item).expect("decode"), child);
     // Siblings sort by index as text.
-    let link = |index| ParentLink { exchange_id: ExchangeId::new("p"), step_id: StepId::from_sequence(4), index };
+    let link =
+        |index| ParentLink { exchange_id: ExchangeId::new("p"), step_id: StepId::from_sequence(4), index, depth: 1 };
     assert!(parent_gsi_sk(&link(9)) < parent_gsi_sk(&link(10)));
     assert!(
         parent_gsi_sk(&link(99_999_999)) < parent_gsi_sk(&ParentLink { step_id: StepId::from_sequence(5), ..link(0) })
@@ -521,7 +526,12 @@ fn timer_items_round_trip_and_sort_by_due() {
         parameters: serde_json::json!({"n": 12345678901234_i64, "deep": [[{"a": null}]]}),
         not_before: Some(t("2026-01-02T05:00:00Z")),
         recovery: 1,
-        parent: Some(ParentLink { exchange_id: ExchangeId::new("p"), step_id: StepId::from_sequence(2), index: 3 }),
+        parent: Some(ParentLink {
+            exchange_id: ExchangeId::new("p"),
+            step_id: StepId::from_sequence(2),
+            index: 3,
+            depth: 1,
+        }),
     };
     let retry = timer(TimerKind::Handoff { message: Box::new(message) }, "2026-01-02T05:00:00.5Z");
     let item = timer_to_item(&ExchangeId::new("e"), &retry).expect("encode");
@@ -555,7 +565,12 @@ fn token_items_and_consumption() {
         recovery: 2,
         parameters: serde_json::json!({"n": 12345678901234_i64, "x": 1.5}),
         expires_at: Some(t("2026-01-02T04:00:00.250Z")),
-        parent: Some(ParentLink { exchange_id: ExchangeId::new("p"), step_id: StepId::from_sequence(1), index: 0 }),
+        parent: Some(ParentLink {
+            exchange_id: ExchangeId::new("p"),
+            step_id: StepId::from_sequence(1),
+            index: 0,
+            depth: 1,
+        }),
     };
     let now = t("2026-01-02T03:00:00Z");
     let item = token_to_item(&token, now).expect("encode");
