@@ -16,6 +16,8 @@ async fn integrations_create_replace_and_read() {
         revision,
         created_at: at(0),
         updated_at: at(revision as i64),
+        created_by: Some("admin-1".into()),
+        updated_by: (revision > 1).then(|| "admin-2".to_string()),
     };
     let v1 = IntegrationVersion::number(1).expect("v");
     repo.create(&stored(IntegrationVersion::NULL, 1, true)).await.expect("create null");

@@ -58,6 +58,14 @@ async fn a_token_without_the_route_scope_is_403_and_each_scope_opens_its_routes(
     assert_eq!((status.as_u16(), answer), (403, json!({"message": "Forbidden"})));
     let (status, answer) = gw.request_as(Some(&admin), Method::POST, "/integrations", body(&definition)).await;
     assert_eq!(status, 201, "{answer}");
+    assert_eq!((&answer["createdBy"], &answer["updatedBy"]), (&json!("e2e-caller"), &json!("e2e-caller")));
+    let other_admin =
+        issuer().mint("second-admin", &["handoff:admin"], DEV_AUDIENCE, Duration::from_secs(60)).expect("t");
+    let change = json!({"description": "changed by a second admin"});
+    let path = format!("/integrations/{code}/versions/1");
+    let (status, answer) = gw.request_as(Some(&other_admin), Method::PATCH, &path, body(&change)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!((&answer["createdBy"], &answer["updatedBy"]), (&json!("e2e-caller"), &json!("second-admin")));
     let start = json!({"integrationCode": code});
     let (status, _) = gw.request_as(Some(&admin), Method::POST, "/exchanges", body(&start)).await;
     assert_eq!(status, 403, "invoking needs handoff:invoke");

@@ -69,6 +69,11 @@ pub struct StoredIntegration {
     pub revision: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The `sub` of the caller who created this version (none for versions stored before
+    /// the API had identities).
+    pub created_by: Option<String>,
+    /// The `sub` of the caller who last changed it.
+    pub updated_by: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::Utc;
 use handoff_core::exchange::ExchangeDetail;
 use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep};
@@ -278,14 +278,17 @@ fn integration_view(i: &StoredIntegration) -> Value {
         "version": i.version,
         "enabled": i.enabled,
         "revision": i.revision,
+        "createdBy": i.created_by,
+        "updatedBy": i.updated_by,
         "createdAt": i.created_at,
         "updatedAt": i.updated_at,
         "definition": i.document,
     })
 }
 
-async fn create_integration(State(ctx): Ctx, body: Bytes) -> ApiResult {
-    let defined = define_integration(&Integrations::of(&ctx), json_body(&body)?).await.map_err(define_error)?;
+async fn create_integration(State(ctx): Ctx, Extension(caller): Extension<Caller>, body: Bytes) -> ApiResult {
+    let defined =
+        define_integration(&Integrations::of(&ctx), json_body(&body)?, &caller.subject).await.map_err(define_error)?;
     Ok((StatusCode::CREATED, Json(defined_view(&defined))).into_response())
 }
 
@@ -340,12 +343,19 @@ async fn get_integration(State(ctx): Ctx, Path(code): Path<String>) -> ApiResult
     Ok(Json(json!({"code": code, "versions": items})).into_response())
 }
 
-async fn patch_integration(State(ctx): Ctx, Path((code, version)): Path<(String, String)>, body: Bytes) -> ApiResult {
+async fn patch_integration(
+    State(ctx): Ctx,
+    Extension(caller): Extension<Caller>,
+    Path((code, version)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
     let code = path_code(&code)?;
     let version = IntegrationVersion::parse_path(&version)
         .map_err(|e| ApiError::bad_request("InvalidParameter", format!("version: {e}")))?;
     let patch = json_body(&body)?;
-    let defined = amend_integration(&Integrations::of(&ctx), &code, version, &patch).await.map_err(define_error)?;
+    let defined = amend_integration(&Integrations::of(&ctx), &code, version, &patch, &caller.subject)
+        .await
+        .map_err(define_error)?;
     Ok(Json(defined_view(&defined)).into_response())
 }
 

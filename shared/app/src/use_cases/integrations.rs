@@ -75,8 +75,9 @@ pub struct Defined {
     pub schedule: ScheduleState,
 }
 
-/// Stores `document` as a new version (the highest enabled one is what new exchanges run).
-pub async fn define_integration(ctx: &Integrations<'_>, mut document: Value) -> Result<Defined, DefineError> {
+/// Stores `document` as a new version created `by` a caller (the highest enabled one is
+/// what new exchanges run).
+pub async fn define_integration(ctx: &Integrations<'_>, mut document: Value, by: &str) -> Result<Defined, DefineError> {
     let definition = parse_definition(&document).map_err(DefineError::InvalidDefinition)?;
     if let Value::Object(map) = &mut document {
         map.insert("enabled".into(), Value::Bool(definition.enabled));
@@ -91,6 +92,8 @@ pub async fn define_integration(ctx: &Integrations<'_>, mut document: Value) -> 
         revision: 1,
         created_at: now,
         updated_at: now,
+        created_by: Some(by.to_string()),
+        updated_by: Some(by.to_string()),
     };
     let loaded = LoadedIntegration::from_stored(stored.clone()).map_err(|e| DefineError::Unusable(e.to_string()))?;
     check_mappings(ctx, &loaded).await?;
@@ -100,12 +103,14 @@ pub async fn define_integration(ctx: &Integrations<'_>, mut document: Value) -> 
     Ok(Defined { stored, schedule })
 }
 
-/// Applies `patch` to a stored version (optimistically: a concurrent change is refused).
+/// Applies `patch` to a stored version on behalf of `by` (optimistically: a concurrent
+/// change is refused).
 pub async fn amend_integration(
     ctx: &Integrations<'_>,
     code: &IntegrationCode,
     version: IntegrationVersion,
     patch: &Value,
+    by: &str,
 ) -> Result<Defined, DefineError> {
     let current = ctx
         .integrations
@@ -119,6 +124,7 @@ pub async fn amend_integration(
         document,
         revision: current.revision + 1,
         updated_at: Utc::now(),
+        updated_by: Some(by.to_string()),
         ..current.clone()
     };
     ctx.integrations.replace(&updated, current.revision).await?;

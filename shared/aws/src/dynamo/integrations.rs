@@ -38,6 +38,10 @@ struct IntegrationItem {
     revision: u64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    updated_by: Option<String>,
 }
 
 pub(crate) fn integration_to_item(integration: &StoredIntegration) -> PortResult<Item> {
@@ -53,6 +57,8 @@ pub(crate) fn integration_to_item(integration: &StoredIntegration) -> PortResult
         revision: integration.revision,
         created_at: integration.created_at,
         updated_at: integration.updated_at,
+        created_by: integration.created_by.clone(),
+        updated_by: integration.updated_by.clone(),
     };
     serde_dynamo::to_item(item).map_err(|e| error::fault(SERVICE, format!("cannot encode integration: {e}")))
 }
@@ -70,6 +76,8 @@ pub(crate) fn integration_from_item(item: Item) -> PortResult<StoredIntegration>
         revision: item.revision,
         created_at: item.created_at,
         updated_at: item.updated_at,
+        created_by: item.created_by,
+        updated_by: item.updated_by,
     })
 }
 
@@ -232,6 +240,8 @@ mod tests {
                 revision: 7,
                 created_at: at,
                 updated_at: at,
+                created_by: Some("alice".into()),
+                updated_by: None,
             };
             let item = integration_to_item(&stored).expect("encode");
             assert_eq!(item.get("pk"), Some(&AttributeValue::S("INT#PROVIDER_IMPORT".into())));
