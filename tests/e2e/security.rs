@@ -92,3 +92,45 @@ async fn the_callback_and_the_shallow_health_check_are_public() {
     assert_eq!(status, 404, "the function answered: the token is the credential");
     assert_eq!(body["error"], "NotFound", "{body}");
 }
+
+/// A delivery of one step to `url`, retried (a refusal must not be).
+fn delivery_to(code: &str, url: &str) -> Value {
+    json!({"code": code, "version": 1, "steps": [
+        {"name": "send", "type": "delivery", "retry": {"maxAttempts": 3, "intervalSeconds": 1},
+         "destinations": [{"kind": "rest", "request": {"method": "POST", "url": url}}]}]})
+}
+
+#[tokio::test]
+async fn metadata_and_private_addresses_are_refused_as_business_errors() {
+    let gw = gateway();
+    for (url, refusal) in [
+        ("http://169.254.169.254/latest/meta-data/iam/security-credentials/", "link-local or metadata"),
+        ("http://[fd00:ec2::254]/latest/meta-data/", "link-local or metadata"),
+        ("http://10.0.0.1/internal", "not listed in AllowedOutboundNetworks"),
+    ] {
+        let code = unique_code("GUARD");
+        gw.create_integration(&delivery_to(&code, url)).await;
+        let id = gw.invoke(&json!({"integrationCode": code, "payload": {"a": 1}})).await;
+        let done = gw.wait_final(&id).await;
+        assert_eq!(done["status"], "Failed", "{url}: {done:#}");
+        assert_eq!(done["error"]["classification"], "business", "{url}: not retried");
+        let message = done["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("refused") && message.contains(refusal), "{url}: {message}");
+        assert_eq!(done["steps"][1]["attempts"], 1, "{url}: {done:#}");
+    }
+}
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_names_its_location() {
+    let gw = gateway();
+    let target = handoff_e2e::ExternalSystem::start(200, "{}").await;
+    target.script([(302, "http://127.0.0.1:1/elsewhere")]);
+    let code = unique_code("REDIRECT");
+    gw.create_integration(&delivery_to(&code, &format!("{}/in", target.url))).await;
+    let id = gw.invoke(&json!({"integrationCode": code, "payload": {"a": 1}})).await;
+    let done = gw.wait_final(&id).await;
+    assert_eq!(done["status"], "Failed", "{done:#}");
+    let message = done["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("HTTP 302 redirecting to 'http://127.0.0.1:1/elsewhere'"), "{message}");
+    assert_eq!(target.received().len(), 1, "the redirect was not followed");
+}

@@ -296,7 +296,7 @@ async fn record(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> impl IntoResponse {
+) -> axum::response::Response {
     b.received.lock().expect("lock").push(Received {
         method: method.to_string(),
         path: uri.to_string(),
@@ -315,17 +315,22 @@ async fn record(
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             [("content-type", "application/json")],
             Bytes::from_static(b"{}"),
-        );
+        )
+            .into_response();
     }
     let (status, body) = match b.script.lock().expect("lock").pop_front() {
         Some(answer) => answer,
         None => b.default.lock().expect("lock").clone(),
     };
-    (
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        [("content-type", "application/json")],
-        body,
-    )
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, [("content-type", "application/json")], body.clone()).into_response();
+    // A scripted redirect: its body is the Location.
+    if status.is_redirection() {
+        if let Ok(location) = axum::http::HeaderValue::from_bytes(&body) {
+            response.headers_mut().insert(axum::http::header::LOCATION, location);
+        }
+    }
+    response
 }
 
 // ------------------------------------------------------------------ direct AWS access

@@ -106,7 +106,8 @@ impl Default for EmulatorOptions {
     }
 }
 
-/// `JwtIssuer`/`JwtAudience` from the environment, or the development issuer's.
+/// `JwtIssuer`/`JwtAudience` from the environment, or the development issuer's; loopback
+/// opened to outbound calls.
 fn issuer_parameters() -> BTreeMap<String, String> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let mut parameters = BTreeMap::new();
@@ -114,6 +115,8 @@ fn issuer_parameters() -> BTreeMap<String, String> {
     if let Some(audience) = env(JWT_AUDIENCE_ENV) {
         parameters.insert("JwtAudience".to_string(), audience);
     }
+    // Local source and target systems run on loopback; everything else keeps the guard.
+    parameters.insert("AllowedOutboundNetworks".to_string(), "127.0.0.0/8,::1/128".to_string());
     parameters
 }
 

@@ -3,8 +3,10 @@
 use crate::definitions::DefinitionCache;
 use crate::effects::EffectPorts;
 use crate::mappings::MappingCache;
+use crate::outbound::OutboundClient;
 use crate::payloads::PayloadCodec;
 use crate::secrets::CachedSecrets;
+use handoff_core::network::OutboundPolicy;
 use handoff_ports::MappingRepository;
 use handoff_ports::SecretStore;
 use handoff_ports::{DataFileStore, ExchangeRepository, HandoffQueue, IntegrationRepository, ScheduleManager};
@@ -28,6 +30,8 @@ pub struct AppSettings {
     /// with the state change) falls due: long enough for the handoff sent at once to take it
     /// back first; the regular job hands a lost one on after it.
     pub outbox_delay: Duration,
+    /// Where sub-steps may connect (`AllowedOutboundNetworks`).
+    pub outbound: OutboundPolicy,
 }
 
 impl Default for AppSettings {
@@ -38,6 +42,7 @@ impl Default for AppSettings {
             public_base_url: None,
             claim_lease: Duration::from_secs(60),
             outbox_delay: Duration::from_secs(60),
+            outbound: OutboundPolicy::default(),
         }
     }
 }
@@ -65,7 +70,8 @@ pub struct AppContext {
     pub definitions: DefinitionCache,
     /// Metadata mappings, cached like definitions (same TTL).
     pub mappings: MappingCache,
-    pub http: reqwest::Client,
+    /// The guarded client of sub-steps' outbound calls.
+    pub http: OutboundClient,
 }
 
 impl AppContext {
@@ -73,19 +79,8 @@ impl AppContext {
         let definitions = DefinitionCache::new(ports.integrations.clone(), settings.definition_cache_ttl);
         let mappings = MappingCache::new(ports.mappings.clone(), settings.definition_cache_ttl);
         let secrets: Arc<dyn SecretStore> = Arc::new(CachedSecrets::new(ports.secrets, SECRET_CACHE_TTL));
-        Arc::new(Self {
-            ports: Ports { secrets, ..ports },
-            mappings,
-            settings,
-            definitions,
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                // A silent peer fails after 25 s; a long transfer (a multi-GB data file
-                // streamed in or out) does not — the function timeout bounds the whole.
-                .read_timeout(Duration::from_secs(25))
-                .build()
-                .unwrap_or_default(),
-        })
+        let http = OutboundClient::new(settings.outbound.clone());
+        Arc::new(Self { ports: Ports { secrets, ..ports }, mappings, settings, definitions, http })
     }
 
     /// Payloads as this deployment stores them (inline up to the limit, else a data file).

@@ -39,7 +39,7 @@ pub struct Execution {
 
 pub struct ExecutionContext<'a> {
     pub app: &'a AppContext,
-    pub http: &'a reqwest::Client,
+    pub http: &'a crate::outbound::OutboundClient,
     pub codec: &'a PayloadCodec,
     pub loaded: &'a LoadedIntegration,
     pub planned: &'a PlannedSubStep,

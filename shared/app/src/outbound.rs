@@ -1,11 +1,19 @@
 //! Calls to external systems: placeholders filled, failures classified (SPEC §2:
-//! connection errors, timeouts, 429 and 5xx are retryable; other 4xx are business errors).
+//! connection errors, timeouts, 429 and 5xx are retryable; other 4xx are business errors),
+//! and every connection guarded by the [`OutboundPolicy`]: names are resolved here and
+//! only allowed addresses are connected to (so DNS rebinding does not pass), an address in
+//! the URL is checked the same way, and redirects are not followed (a 3xx is a business
+//! error naming its `Location`).
 
 use handoff_core::definition::RequestTemplate;
+use handoff_core::network::{OutboundPolicy, Refused};
 use handoff_core::placeholder::{self, PlaceholderContext};
 use handoff_core::retry::Failure;
 use handoff_ports::ByteStream;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Characters left as they are when a value is put into a URL.
 const URL_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
@@ -62,14 +70,80 @@ fn json_escape(value: &str) -> String {
     quoted[1..quoted.len() - 1].to_string()
 }
 
+/// The HTTP client of sub-steps: guarded connections, no redirects, bounded waits.
+pub fn guarded_client(policy: OutboundPolicy) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        // A silent peer fails after 25 s; a long transfer (a multi-GB data file streamed
+        // in or out) does not — the function timeout bounds the whole.
+        .read_timeout(Duration::from_secs(25))
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(GuardedResolver { policy }))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Resolves a host and keeps only the addresses the policy allows.
+struct GuardedResolver {
+    policy: OutboundPolicy,
+}
+
+/// A destination the policy refuses (found in a request error's sources).
+#[derive(Debug, thiserror::Error)]
+#[error("{host}: {refused}")]
+struct RefusedDestination {
+    host: String,
+    refused: Refused,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut first_refusal = None;
+            let allowed: Vec<SocketAddr> = resolved
+                .into_iter()
+                .filter(|addr| match policy.check(addr.ip()) {
+                    Ok(()) => true,
+                    Err(refused) => {
+                        first_refusal.get_or_insert(refused);
+                        false
+                    }
+                })
+                .collect();
+            match (allowed.is_empty(), first_refusal) {
+                (true, Some(refused)) => Err(Box::new(RefusedDestination { host, refused }) as _),
+                _ => Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs),
+            }
+        })
+    }
+}
+
+/// The policy's verdict on a URL whose host is an address (names are checked on resolution).
+fn check_literal_host(policy: &OutboundPolicy, url: &str) -> Result<(), Failure> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Err(Failure::business(format!("'{}' is not a valid URL", redact_query(url))));
+    };
+    let ip = match parsed.host() {
+        Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
+        Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
+        _ => return Ok(()),
+    };
+    policy.check(ip).map_err(|refused| Failure::business(format!("{} refused: {refused}", redact_query(url))))
+}
+
 /// Sends a rendered request. A templated body wins over `body`.
 pub async fn send(
-    client: &reqwest::Client,
+    client: &OutboundClient,
     request: RenderedRequest,
     body: OutboundBody,
     extra_headers: &[(&str, String)],
 ) -> Result<reqwest::Response, Failure> {
     let target = format!("{} {}", request.method, redact_query(&request.url));
+    check_literal_host(&client.policy, &request.url)?;
+    let client = &client.http;
     let mut builder = client.request(request.method, &request.url);
     for (k, v) in &request.headers {
         builder = builder.header(k, v);
@@ -93,6 +167,9 @@ pub async fn send(
         (None, OutboundBody::Empty) => builder,
     };
     let response = builder.send().await.map_err(|e| {
+        if let Some(refused) = refusal_in(&e) {
+            return Failure::business(format!("{target} refused: {refused}"));
+        }
         let kind = if e.is_timeout() {
             "timed out"
         } else if e.is_connect() {
@@ -102,10 +179,43 @@ pub async fn send(
         };
         Failure::transient(format!("{target} {kind}: {}", root_cause(&e)))
     })?;
-    match Failure::from_http_status(response.status().as_u16(), &target) {
+    let status = response.status();
+    if status.is_redirection() {
+        let location = response.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).unwrap_or("");
+        return Err(Failure::business(format!(
+            "{target} answered HTTP {} redirecting to '{}'; redirects are not followed",
+            status.as_u16(),
+            redact_query(location)
+        )));
+    }
+    match Failure::from_http_status(status.as_u16(), &target) {
         Some(failure) => Err(failure),
         None => Ok(response),
     }
+}
+
+/// The guarded client with the policy it applies (the policy also checks address URLs).
+#[derive(Clone)]
+pub struct OutboundClient {
+    pub http: reqwest::Client,
+    pub policy: OutboundPolicy,
+}
+
+impl OutboundClient {
+    pub fn new(policy: OutboundPolicy) -> Self {
+        Self { http: guarded_client(policy.clone()), policy }
+    }
+}
+
+fn refusal_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a RefusedDestination> {
+    let mut cause: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
+    while let Some(current) = cause {
+        if let Some(refused) = current.downcast_ref::<RefusedDestination>() {
+            return Some(refused);
+        }
+        cause = current.source();
+    }
+    None
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -157,5 +267,28 @@ mod tests {
         let f = render(&template, &PlaceholderContext::default()).err().unwrap();
         assert!(!f.retryable);
         assert!(f.message.contains("'id'"));
+    }
+
+    fn post(url: &str) -> RenderedRequest {
+        RenderedRequest { method: reqwest::Method::POST, url: url.into(), headers: Vec::new(), body: None }
+    }
+
+    #[tokio::test]
+    async fn a_name_that_resolves_to_a_refused_address_is_a_business_error() {
+        let closed = OutboundClient::new(OutboundPolicy::default());
+        let failure =
+            send(&closed, post("http://localhost:9/in"), OutboundBody::Empty, &[]).await.expect_err("refused");
+        assert!(!failure.retryable, "{failure:?}");
+        assert!(
+            failure.message.contains("localhost") && failure.message.contains("AllowedOutboundNetworks"),
+            "{failure:?}"
+        );
+        // Opened, the same call reaches the network (nobody listens: a retryable connection error).
+        let open = OutboundClient::new(OutboundPolicy::parse("127.0.0.0/8, ::1").expect("policy"));
+        let failure =
+            send(&open, post("http://localhost:9/in"), OutboundBody::Empty, &[]).await.expect_err("closed port");
+        assert!(failure.retryable, "{failure:?}");
+        let failure = send(&open, post("http://169.254.169.254/"), OutboundBody::Empty, &[]).await.expect_err("never");
+        assert!(!failure.retryable && failure.message.contains("metadata"), "{failure:?}");
     }
 }

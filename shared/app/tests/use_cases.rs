@@ -53,7 +53,12 @@ impl Harness {
             mappings: Arc::new(MemoryMappings::default()),
         };
         // Definitions are read live, so a changed retry policy shows at the next decision.
-        let settings = AppSettings { definition_cache_ttl: Duration::ZERO, ..AppSettings::default() };
+        // Loopback systems stand in for partners, so loopback is opened as the emulator does.
+        let settings = AppSettings {
+            definition_cache_ttl: Duration::ZERO,
+            outbound: handoff_core::network::OutboundPolicy::parse("127.0.0.0/8").expect("policy"),
+            ..AppSettings::default()
+        };
         let ctx = AppContext::new(ports, settings);
         let workers = WorkerFamily::ALL.into_iter().map(|f| (f, WorkerFunction::new(ctx.clone(), f))).collect();
         Self { ctx, exchanges, queue, schedules, workers }

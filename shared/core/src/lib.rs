@@ -11,6 +11,7 @@ pub mod identity;
 pub mod ids;
 pub mod machine;
 pub mod mapping;
+pub mod network;
 pub mod notification;
 pub mod placeholder;
 pub mod plan;

@@ -17,6 +17,7 @@ use handoff_aws::secrets::SecretsManagerStore;
 use handoff_aws::sqs::SqsHandoffQueue;
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::ids::IntegrationCode;
+use handoff_core::network::OutboundPolicy;
 use handoff_core::plan::WorkerFamily;
 use handoff_ports::{PortError, PortResult, ScheduleManager};
 use std::collections::HashMap;
@@ -129,6 +130,11 @@ pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Re
         public_base_url: vars.0.get("HANDOFF_PUBLIC_BASE_URL").cloned(),
         claim_lease: Duration::from_secs(vars.number("HANDOFF_CLAIM_LEASE_SECONDS", defaults.claim_lease.as_secs())?),
         outbox_delay: Duration::from_secs(vars.number("HANDOFF_OUTBOX_SECONDS", defaults.outbox_delay.as_secs())?),
+        outbound: OutboundPolicy::parse(vars.0.get("HANDOFF_ALLOWED_OUTBOUND_NETWORKS").map_or("", String::as_str))
+            .map_err(|problem| ComposeError::Environment {
+                name: "HANDOFF_ALLOWED_OUTBOUND_NETWORKS".into(),
+                problem,
+            })?,
     };
     Ok(AppContext::new(ports, settings))
 }
