@@ -134,3 +134,30 @@ async fn a_redirect_is_not_followed_and_names_its_location() {
     assert!(message.contains("HTTP 302 redirecting to 'http://127.0.0.1:1/elsewhere'"), "{message}");
     assert_eq!(target.received().len(), 1, "the redirect was not followed");
 }
+
+#[tokio::test]
+async fn a_callback_file_on_another_host_than_the_step_request_is_refused() {
+    let gw = gateway();
+    let partner = handoff_e2e::ExternalSystem::start(202, "{}").await;
+    let files = handoff_e2e::ExternalSystem::start(200, "a,b\n1,2\n").await;
+    let code = unique_code("LINK_HOST");
+    gw.create_integration(&json!({"code": code, "version": 1, "steps": [
+        {"name": "extract", "type": "dataCollection", "kind": "extract",
+         "request": {"method": "POST", "url": format!("{}/extract", partner.url)}}]}))
+        .await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+    gw.wait_for(&id, Duration::from_secs(60), |e| e["statusCode"] == "W").await;
+    let callback = partner.received()[0].header("x-handoff-callback-url").expect("callback url");
+    let path = callback.split_once("/notifications/").map(|(_, t)| format!("/notifications/{t}")).expect("path");
+    // The partner's request went to 127.0.0.1; the file is named through another host name.
+    let elsewhere = files.url.replace("127.0.0.1", "localhost");
+    let (status, body) = gw
+        .post(&path, &json!({"status": "success", "files": [{"name": "x.csv", "url": format!("{elsewhere}/x.csv")}]}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let done = gw.wait_final(&id).await;
+    assert_eq!(done["status"], "Failed", "{done:#}");
+    let message = done["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("host 'localhost'") && message.contains("allowedLinkHosts"), "{message}");
+    assert!(files.received().is_empty(), "nothing was fetched");
+}

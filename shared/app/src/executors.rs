@@ -74,7 +74,17 @@ impl ExecutionContext<'_> {
     }
 
     pub(crate) fn action(&self) -> Option<&StepAction> {
-        self.planned.step_index.map(|i| &self.loaded.definition.steps[i].action)
+        self.step().map(|s| &s.action)
+    }
+
+    pub(crate) fn step(&self) -> Option<&handoff_core::definition::IntegrationStep> {
+        self.planned.step_index.map(|i| &self.loaded.definition.steps[i])
+    }
+
+    /// A link from a callback may be followed (see [`handoff_core::links`]).
+    fn check_link(&self, link: &str) -> Result<(), Failure> {
+        let step = self.step().ok_or_else(|| Failure::system("a callback link outside a step"))?;
+        handoff_core::links::check_link(step, link).map_err(Failure::business)
     }
 
     /// The input as JSON (empty input reads as `null`).
@@ -257,6 +267,7 @@ async fn run(
             }
             let set = DataFileSetId::new(format!("dfs-{}", uuid::Uuid::now_v7()));
             for file in &notification.files {
+                cx.check_link(&file.url)?;
                 let response = outbound::send(
                     cx.http,
                     outbound::RenderedRequest {
@@ -287,6 +298,7 @@ async fn run(
                 logs.push("No recovery links in the notification".into());
             }
             for link in &notification.recovery_links {
+                cx.check_link(&link.url)?;
                 let method = reqwest::Method::from_bytes(link.method.as_bytes())
                     .map_err(|_| Failure::business(format!("recovery link method {} is not HTTP", link.method)))?;
                 let request =

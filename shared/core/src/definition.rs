@@ -60,6 +60,8 @@ pub struct IntegrationStep {
     pub retry: RetryPolicy,
     /// How long a waiting sub-step of this step may wait for its callback.
     pub timeout_seconds: Option<u64>,
+    /// Hosts besides its request's that links in its callbacks may point to ([`crate::links`]).
+    pub allowed_link_hosts: Vec<String>,
     pub action: StepAction,
 }
 
@@ -235,8 +237,8 @@ fn parse_schedule(s: &ObjectReader) -> FieldResult<ScheduleSpec> {
     Ok(ScheduleSpec { expression: expression.to_string(), timezone: timezone.to_string() })
 }
 
-const COMMON_STEP_FIELDS: [&str; 7] =
-    ["name", "type", "condition", "postProcess", "retry", "timeoutSeconds", "description"];
+const COMMON_STEP_FIELDS: [&str; 8] =
+    ["name", "type", "condition", "postProcess", "retry", "timeoutSeconds", "description", "allowedLinkHosts"];
 
 fn allowed(extra: &[&'static str]) -> Vec<&'static str> {
     COMMON_STEP_FIELDS.iter().chain(extra).copied().collect()
@@ -253,6 +255,7 @@ fn parse_step(path: &str, value: &Value) -> FieldResult<IntegrationStep> {
         None => RetryPolicy::default(),
     };
     let timeout_seconds = step.optional_u64("timeoutSeconds", 1, 7 * 24 * 3600)?;
+    let allowed_link_hosts = crate::links::parse_allowed_link_hosts(&step)?;
     let action = match step_type {
         "dataCollection" => {
             let kind = step.required_str("kind")?;
@@ -330,7 +333,7 @@ fn parse_step(path: &str, value: &Value) -> FieldResult<IntegrationStep> {
             ))
         }
     };
-    Ok(IntegrationStep { name, condition, post_process, retry, timeout_seconds, action })
+    Ok(IntegrationStep { name, condition, post_process, retry, timeout_seconds, allowed_link_hosts, action })
 }
 
 fn unknown_kind(step: &ObjectReader, kind: &str, expected: &[&str]) -> FieldError {
@@ -432,6 +435,18 @@ fn http_header_name_ok(name: &str) -> Result<(), String> {
 /// placeholder replaced by a neutral token, since parameters are unknown at definition time.
 fn validate_url(path: &str, url: &str) -> FieldResult<()> {
     placeholder::validate(url).map_err(|e| FieldError::new(path, e.to_string()))?;
+    // Where a call goes is the definition's, never the data's: a parameter may fill the
+    // path and query, not the scheme or the host.
+    let authority_end = url.find("://").map_or(0, |at| {
+        let after = at + 3;
+        after + url[after..].find(['/', '?', '#']).unwrap_or(url.len() - after)
+    });
+    if url[..authority_end].contains("{{") || url.starts_with("{{") {
+        return Err(FieldError::new(
+            path,
+            format!("'{url}': placeholders may fill the path and query of a URL, not its scheme or host"),
+        ));
+    }
     let mut probe = String::with_capacity(url.len());
     let mut rest = url;
     while let Some(start) = rest.find("{{") {
@@ -813,5 +828,26 @@ mod tests {
         assert_eq!(error.path, "steps[0].maxSubExchanges");
         let error = parse_definition(&subflow("OTHER", json!({"maxSubExchanges": 1_000_000}))).expect_err("too many");
         assert_eq!(error.path, "steps[0].maxSubExchanges");
+    }
+
+    #[test]
+    fn placeholders_may_not_choose_where_a_call_goes() {
+        let with_url = |url: &str| {
+            json!({"code": "C", "version": 1, "steps": [
+                {"name": "send", "type": "delivery", "destinations": [{"kind": "rest", "request": {"url": url}}]}]})
+        };
+        for url in [
+            "https://{{parameters.host}}/in",
+            "{{parameters.url}}",
+            "https://api.{{parameters.tenant}}.example/x",
+            "https://user:{{parameters.p}}@host/x",
+        ] {
+            let error = parse_definition(&with_url(url)).expect_err(url);
+            assert_eq!(error.path, "steps[0].destinations[0].request.url", "{url}");
+            assert!(error.problem.contains("not its scheme or host"), "{url}: {error}");
+        }
+        for url in ["https://target.example/{{parameters.region}}/in?tenant={{parameters.t}}", "http://127.0.0.1:9/x"] {
+            assert!(parse_definition(&with_url(url)).is_ok(), "{url}");
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod formats;
 pub mod handoff;
 pub mod identity;
 pub mod ids;
+pub mod links;
 pub mod machine;
 pub mod mapping;
 pub mod network;

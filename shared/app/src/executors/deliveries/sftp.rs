@@ -45,7 +45,7 @@ pub(super) async fn deliver(
         .map_err(|e| Failure::business(format!("sftp path: {e}")))?;
     let files = delivery_files(cx).await?;
     let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
-    let targets = remote_paths(&path, &names);
+    let targets = remote_paths(&path, &names).map_err(Failure::business)?;
     let credentials = credentials(cx, secret_ref).await?;
 
     let session = connect(host, *port, host_key_fingerprint.as_deref(), &credentials, logs).await?;
@@ -236,14 +236,22 @@ fn fingerprint_matches(expected: &str, seen: &str) -> bool {
     expected.trim().trim_end_matches('=') == seen.trim_end_matches('=')
 }
 
-/// Where each file goes (see the module documentation).
-fn remote_paths(path: &str, names: &[&str]) -> Vec<String> {
+/// Where each file goes (see the module documentation). A path (as its parameters filled
+/// it) with a `.` or `..` segment, or a file name that is not a plain name, is refused: a
+/// delivery never leaves the directory its definition names.
+fn remote_paths(path: &str, names: &[&str]) -> Result<Vec<String>, String> {
+    if path.split('/').any(|segment| segment == ".." || segment == ".") {
+        return Err(format!("sftp path '{path}' has a '.' or '..' segment; it may not leave its directory"));
+    }
+    if let Some(bad) = names.iter().find(|n| n.is_empty() || n.contains('/') || **n == ".." || **n == ".") {
+        return Err(format!("file name '{bad}' is not a plain file name"));
+    }
     if !path.ends_with('/') && names.len() == 1 {
-        return vec![path.to_string()];
+        return Ok(vec![path.to_string()]);
     }
     let dir =
         if path.ends_with('/') { path.trim_end_matches('/') } else { path.rsplit_once('/').map_or("", |(dir, _)| dir) };
-    names.iter().map(|name| format!("{dir}/{name}")).collect()
+    Ok(names.iter().map(|name| format!("{dir}/{name}")).collect())
 }
 
 /// The hidden name a file is written under before it is renamed into place.
@@ -258,11 +266,19 @@ mod tests {
 
     #[test]
     fn a_single_file_goes_to_the_path_and_several_into_its_directory() {
-        assert_eq!(remote_paths("/in/providers.json", &["payload"]), ["/in/providers.json"]);
-        assert_eq!(remote_paths("/in/providers.json", &["a.csv", "b.csv"]), ["/in/a.csv", "/in/b.csv"]);
-        assert_eq!(remote_paths("/in/", &["payload"]), ["/in/payload"]);
-        assert_eq!(remote_paths("/in//", &["a.csv", "b.csv"]), ["/in/a.csv", "/in/b.csv"]);
-        assert_eq!(remote_paths("/x.json", &["a", "b"]), ["/a", "/b"]);
+        assert_eq!(remote_paths("/in/providers.json", &["payload"]).expect("contained"), ["/in/providers.json"]);
+        assert_eq!(
+            remote_paths("/in/providers.json", &["a.csv", "b.csv"]).expect("contained"),
+            ["/in/a.csv", "/in/b.csv"]
+        );
+        assert_eq!(remote_paths("/in/", &["payload"]).expect("contained"), ["/in/payload"]);
+        assert_eq!(remote_paths("/in//", &["a.csv", "b.csv"]).expect("contained"), ["/in/a.csv", "/in/b.csv"]);
+        assert_eq!(remote_paths("/x.json", &["a", "b"]).expect("contained"), ["/a", "/b"]);
+        // A parameter of ".." (slashes in values are already replaced) or a crafted file name.
+        assert!(remote_paths("/in/../etc/passwd", &["payload"]).is_err());
+        assert!(remote_paths("/in/./x", &["payload"]).is_err());
+        assert!(remote_paths("/in/", &["../escape"]).is_err());
+        assert!(remote_paths("/in/", &[".."]).is_err());
     }
 
     #[test]
