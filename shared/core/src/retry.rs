@@ -21,18 +21,35 @@ pub struct Failure {
     pub message: String,
 }
 
+/// A failure's message is kept to this many bytes: it goes to the step, the exchange, the
+/// error list and the logs, and a step item must stay far below DynamoDB's 400 KB.
+pub const MAX_FAILURE_MESSAGE_BYTES: usize = 1024;
+
+/// `message` cut to [`MAX_FAILURE_MESSAGE_BYTES`] on a character boundary, marked as cut.
+fn bounded(message: String) -> String {
+    if message.len() <= MAX_FAILURE_MESSAGE_BYTES {
+        return message;
+    }
+    const MARK: &str = "… (truncated)";
+    let mut end = MAX_FAILURE_MESSAGE_BYTES - MARK.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &message[..end])
+}
+
 impl Failure {
     /// Transient trouble on the remote side or ours: worth another attempt.
     pub fn transient(message: impl Into<String>) -> Self {
-        Self { classification: ErrorClassification::System, retryable: true, message: message.into() }
+        Self { classification: ErrorClassification::System, retryable: true, message: bounded(message.into()) }
     }
     /// The data or the remote system's answer is at fault: retrying will not help.
     pub fn business(message: impl Into<String>) -> Self {
-        Self { classification: ErrorClassification::Business, retryable: false, message: message.into() }
+        Self { classification: ErrorClassification::Business, retryable: false, message: bounded(message.into()) }
     }
     /// Our side is broken in a way another attempt will not fix (e.g. misconfiguration).
     pub fn system(message: impl Into<String>) -> Self {
-        Self { classification: ErrorClassification::System, retryable: false, message: message.into() }
+        Self { classification: ErrorClassification::System, retryable: false, message: bounded(message.into()) }
     }
 
     /// Classifies an HTTP answer of an external system (SPEC §2: 429 and 5xx retryable,
@@ -127,5 +144,14 @@ mod tests {
             let p = RetryPolicy { max_attempts: 100, interval_seconds: 3, backoff_rate: rate, max_interval_seconds: 60, jitter: Jitter::Full };
             prop_assert!(p.delay_seconds(n, r) <= 60);
         }
+    }
+
+    #[test]
+    fn failure_messages_are_bounded_on_a_character_boundary() {
+        let long = "é".repeat(2000);
+        let failure = Failure::business(long);
+        assert!(failure.message.len() <= MAX_FAILURE_MESSAGE_BYTES, "{}", failure.message.len());
+        assert!(failure.message.ends_with("(truncated)"));
+        assert_eq!(Failure::transient("short").message, "short");
     }
 }
