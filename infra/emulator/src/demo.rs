@@ -120,11 +120,12 @@ fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("?")
 }
 
-/// Runs the demo against the API at `api_url`, as the holder of `token` (the development
-/// token; `None` only for an API without an authorizer). Called by `main` once the emulator is up.
-pub async fn run_demo(api_url: &str, token: Option<&str>) -> anyhow::Result<()> {
+/// Runs the demo against the API at `api_url` with `http`, a client that sends the
+/// development token ([`crate::RunningEmulator::api_client`]). Called by `main` once the
+/// emulator is up.
+pub async fn run_demo(api_url: &str, http: reqwest::Client) -> anyhow::Result<()> {
     let api = api_url.trim_end_matches('/');
-    tokio::time::timeout(DEMO_TIMEOUT, demo(api, token))
+    tokio::time::timeout(DEMO_TIMEOUT, demo(api, &http))
         .await
         .map_err(|_| anyhow!("the demo exchange did not finish within {} s", DEMO_TIMEOUT.as_secs()))?
 }
@@ -160,18 +161,8 @@ async fn previous_ports(http: &reqwest::Client, api: &str) -> (u16, u16) {
     )
 }
 
-async fn demo(api: &str, token: Option<&str>) -> anyhow::Result<()> {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(token) = token {
-        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).context("the token")?;
-        headers.insert(reqwest::header::AUTHORIZATION, value);
-    }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .default_headers(headers)
-        .build()
-        .context("building the HTTP client")?;
-    let (source_port, target_port) = previous_ports(&http, api).await;
+async fn demo(api: &str, http: &reqwest::Client) -> anyhow::Result<()> {
+    let (source_port, target_port) = previous_ports(http, api).await;
 
     let inbox: Inbox = Arc::new(Mutex::new(Vec::new()));
     let source = serve("source", source_port, Router::new().route("/providers", get(source_providers))).await?;
@@ -265,12 +256,15 @@ async fn demo(api: &str, token: Option<&str>) -> anyhow::Result<()> {
         println!("demo: the target system received POST /providers:\n{pretty}");
         println!("demo: Idempotency-Key: {}", r.idempotency_key.as_deref().unwrap_or("(none)"));
     }
-    println!("demo: try it yourself:");
-    println!("  curl -s {api}/exchanges/{exchange_id}");
-    println!("  curl -s {api}/exchanges/{exchange_id}/logs");
-    println!("  curl -s '{api}/exchanges?integrationCode={CODE}&limit=20'");
+    // The API wants a bearer token: the same alias the README's curl session uses.
+    println!("demo: try it yourself (the API wants the development token):");
+    println!("  export TOKEN=$(cat .handoff/dev-token)");
+    println!("  alias hc='curl -s -H \"Authorization: Bearer $TOKEN\" -H \"content-type: application/json\"'");
+    println!("  hc {api}/exchanges/{exchange_id}");
+    println!("  hc {api}/exchanges/{exchange_id}/logs");
+    println!("  hc '{api}/exchanges?integrationCode={CODE}&limit=20'");
     println!(
-        "  curl -s {api}/exchanges -H 'content-type: application/json' -d '{{\"integrationCode\": \"{CODE}\", \"parameters\": {{\"region\": \"north\"}}, \"waitSeconds\": 20}}'"
+        "  hc {api}/exchanges -d '{{\"integrationCode\": \"{CODE}\", \"parameters\": {{\"region\": \"north\"}}, \"waitSeconds\": 20}}'"
     );
     if str_field(&exchange, "status") != "Completed" {
         bail!("the demo exchange ended {}", str_field(&exchange, "status"));

@@ -78,10 +78,10 @@ async fn main() -> anyhow::Result<()> {
             }
             println!("Handoff API listening on {}", emulator.api_url());
             let api_url = emulator.api_url().to_string();
-            let token = emulator.dev_token().map(str::to_string);
+            let http = emulator.api_client(std::time::Duration::from_secs(10));
             let demo_task = demo.then(|| {
                 tokio::spawn(async move {
-                    if let Err(e) = handoff_emulator::demo::run_demo(&api_url, token.as_deref()).await {
+                    if let Err(e) = handoff_emulator::demo::run_demo(&api_url, http).await {
                         eprintln!("demo failed: {e:#}");
                     }
                 })

@@ -71,7 +71,7 @@ fn json_escape(value: &str) -> String {
 }
 
 /// The HTTP client of sub-steps: guarded connections, no redirects, bounded waits.
-pub fn guarded_client(policy: OutboundPolicy) -> reqwest::Client {
+fn guarded_client(policy: OutboundPolicy) -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         // A silent peer fails after 25 s; a long transfer (a multi-GB data file streamed

@@ -35,9 +35,16 @@ pub fn child_id(parent: &ExchangeId, control_step: StepId, index: usize) -> Exch
 }
 
 pub async fn collect_properties(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Result<StepOutput, Failure> {
-    let Some(StepAction::Subflow { function, .. }) = cx.action() else {
+    let Some(StepAction::Subflow { function, max_sub_exchanges, .. }) = cx.action() else {
         return Err(Failure::system("sub-step CollectSubflowProperties on a step that is not a subflow"));
     };
+    // Bounded before anything is created: a cap that fails here leaves no orphans.
+    let depth = child_depth(cx);
+    if depth > MAX_SUBFLOW_DEPTH {
+        return Err(Failure::business(format!(
+            "sub-exchanges would be nested {depth} deep; the limit is {MAX_SUBFLOW_DEPTH} (does a subflow cycle through other integrations?)"
+        )));
+    }
     let input = cx.input_json().await?;
     let value = function
         .evaluate_single(&input, &cx.vars())
@@ -48,20 +55,10 @@ pub async fn collect_properties(cx: &ExecutionContext<'_>, logs: &mut Vec<String
     if let Some(i) = items.iter().position(|v| !v.is_object()) {
         return Err(Failure::business(format!("subflow function result [{i}] is not an object of parameters")));
     }
-    // Bounded before anything is created: a cap that fails here leaves no orphans.
-    let Some(StepAction::Subflow { max_sub_exchanges, .. }) = cx.action() else {
-        return Err(Failure::system("sub-step CollectSubflowProperties on a step that is not a subflow"));
-    };
     if items.len() > *max_sub_exchanges as usize {
         return Err(Failure::business(format!(
             "subflow function yields {} sub-exchanges, more than maxSubExchanges {max_sub_exchanges}",
             items.len()
-        )));
-    }
-    if child_depth(cx) > MAX_SUBFLOW_DEPTH {
-        return Err(Failure::business(format!(
-            "sub-exchanges would be nested {} deep; the limit is {MAX_SUBFLOW_DEPTH} (does a subflow cycle through other integrations?)",
-            child_depth(cx)
         )));
     }
     logs.push(format!("{} sub-exchange(s) to create", items.len()));
