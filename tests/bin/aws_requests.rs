@@ -44,6 +44,8 @@ const OTHER: &str = "unattributed";
 type Result<T> = anyhow::Result<T>;
 
 fn main() -> Result<()> {
+    // The emulator's functions start their jq sandboxes from this binary.
+    handoff_emulator::serve_jq_sandbox_if_requested();
     let exchanges: usize = match std::env::args().nth(1) {
         Some(n) => n.parse().map_err(|e| anyhow::anyhow!("N must be a number: {e}"))?,
         None => 5,

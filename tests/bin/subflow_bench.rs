@@ -28,6 +28,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 fn main() -> anyhow::Result<()> {
+    // The emulator's functions start their jq sandboxes from this binary.
+    handoff_emulator::serve_jq_sandbox_if_requested();
     let n: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(1000);
     // Set before any thread starts; the moto child process inherits them.
     std::env::set_var("MOTO_ENABLE_RECORDING", "True");

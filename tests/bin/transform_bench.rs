@@ -221,6 +221,8 @@ async fn call(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The emulator's functions start their jq sandboxes from this binary.
+    handoff_emulator::serve_jq_sandbox_if_requested();
     let args = args()?;
     let total_bytes = args.size_mb * MIB;
     eprintln!("starting the emulator (moto in a child process)…");

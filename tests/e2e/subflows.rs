@@ -170,7 +170,8 @@ async fn a_parent_that_times_out_times_out_its_running_sub_exchanges() {
          "request": {"method": "POST", "url": format!("{}/jobs", partner.url)}, "expectNotification": true}]}))
         .await;
     let mut p = parent(&parent_code, &child_code, &partner.url);
-    p["slaSeconds"] = json!(3);
+    // Long enough to see the parent waiting on a loaded machine, short enough to wait out.
+    p["slaSeconds"] = json!(10);
     gw.create_integration(&p).await;
 
     let id = gw.invoke(&json!({"integrationCode": parent_code, "payload": ["a", "b"]})).await;

@@ -243,3 +243,45 @@ async fn a_multi_file_data_file_set_is_transformed_file_by_file() {
     let text = logs.to_string();
     assert!(text.contains("csv → ndjson: 5000 record(s) in, 2500 out"), "{logs:#}");
 }
+
+#[tokio::test]
+async fn a_runaway_program_fails_its_step_at_the_deadline_while_another_exchange_completes() {
+    let started = std::time::Instant::now();
+    let (never_yields, too_deep, fine) = tokio::join!(
+        run_pipeline("RUNAWAY_LOOP", r#"[1]"#, json!({"function": {"jq": "last(range(1e15))"}})),
+        run_pipeline("RUNAWAY_STACK", r#"[1]"#, json!({"function": {"jq": "def f: 1 + f; f"}})),
+        async {
+            // Starts once the runaways are in their sandboxes.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            run_pipeline("BESIDE_RUNAWAY", r#"[{"id": 1}]"#, json!({"function": {"jq": "map(.id)"}})).await
+        },
+    );
+    assert_eq!(fine.0["status"], "Completed", "{:#}", fine.0);
+    assert_eq!(fine.1.as_deref(), Some("[1]"));
+    let (failed, delivered) = never_yields;
+    assert_eq!(failed["status"], "Failed", "{failed:#}");
+    assert_eq!(failed["error"]["classification"], "business", "{failed:#}");
+    let message = failed["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("step 'convert'")
+            && message.contains("JqTimeoutMs")
+            && message.contains(&format!("{} ms", handoff_e2e::JQ_TIMEOUT_MS)),
+        "{message}"
+    );
+    assert_eq!(delivered, None, "nothing is delivered");
+    let (failed, _) = too_deep;
+    assert_eq!(failed["status"], "Failed", "{failed:#}");
+    assert!(failed["error"]["message"].as_str().unwrap_or_default().contains("JqMaxMemoryMB"), "{failed:#}");
+    // Each ran once (a business error is not retried) and was stopped at its deadline.
+    assert!(started.elapsed() < Duration::from_millis(handoff_e2e::JQ_TIMEOUT_MS) * 4, "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_program_error_names_types_never_the_payloads_values() {
+    let (failed, _) =
+        run_pipeline("JQ_REDACTED", r#"[{"ssn": "123-45-6789"}]"#, json!({"function": {"jq": ".[0].ssn | .x"}})).await;
+    assert_eq!(failed["status"], "Failed", "{failed:#}");
+    let message = failed["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("cannot index string with string"), "{message}");
+    assert!(!message.contains("123-45-6789"), "{message}");
+}

@@ -31,6 +31,19 @@ pub struct Gateway {
 
 static GATEWAY: OnceLock<Gateway> = OnceLock::new();
 
+/// The `JqTimeoutMs` the tests' emulator is deployed with.
+pub const JQ_TIMEOUT_MS: u64 = 10_000;
+
+/// The tests package's `handoff-jq-sandbox` binary: cargo builds a package's binaries with
+/// its integration tests, next to the `deps/` directory the test binary runs from.
+pub fn jq_sandbox_executable() -> std::path::PathBuf {
+    let name = format!("handoff-jq-sandbox{}", std::env::consts::EXE_SUFFIX);
+    let found = std::env::current_exe().ok().and_then(|exe| {
+        exe.ancestors().skip(1).take(2).map(|dir| dir.join(&name)).find(|candidate| candidate.is_file())
+    });
+    found.unwrap_or_else(|| panic!("{name} was not built next to this test binary (cargo test builds it)"))
+}
+
 /// The shared emulator, started on first use on a thread (and runtime) of its own so it
 /// outlives every test's runtime.
 pub fn gateway() -> &'static Gateway {
@@ -48,14 +61,18 @@ pub fn gateway() -> &'static Gateway {
                     }
                 };
                 runtime.block_on(async move {
-                    let options = handoff_emulator::EmulatorOptions {
+                    let mut options = handoff_emulator::EmulatorOptions {
                         // Tests change versions and expect the next exchange to see it.
                         env_overrides: BTreeMap::from([(
                             "HANDOFF_DEFINITION_CACHE_SECONDS".to_string(),
                             "1".to_string(),
                         )]),
+                        jq_sandbox_executable: jq_sandbox_executable(),
                         ..Default::default()
                     };
+                    // Short enough for the runaway-program test to wait out, long enough for the tests' largest
+                    // documents in a dev build on a loaded machine.
+                    options.parameter_overrides.insert("JqTimeoutMs".into(), JQ_TIMEOUT_MS.to_string());
                     match handoff_emulator::start(options).await {
                         Ok(running) => {
                             let function_vars =

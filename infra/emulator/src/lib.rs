@@ -86,7 +86,16 @@ pub struct EmulatorOptions {
     pub parameter_overrides: BTreeMap<String, String>,
     /// Where the development issuer keeps its key and writes `dev-token`.
     pub state_dir: PathBuf,
+    /// The Handoff binary the functions start their jq sandboxes from (its `main` calls
+    /// [`serve_jq_sandbox_if_requested`] first). Default: this process's executable, right
+    /// for the emulator binary and the benches; a test binary names one (libtest's `main`
+    /// cannot be a sandbox).
+    pub jq_sandbox_executable: PathBuf,
 }
+
+/// Serves as a jq sandbox when this process was started as one, else returns at once:
+/// every binary that runs the emulator calls it first.
+pub use handoff_app::jq_sandbox::serve_if_requested as serve_jq_sandbox_if_requested;
 
 impl Default for EmulatorOptions {
     fn default() -> Self {
@@ -102,6 +111,7 @@ impl Default for EmulatorOptions {
             http_integration_timeout: http::INTEGRATION_TIMEOUT,
             parameter_overrides: issuer_parameters(),
             state_dir: moto::workspace_root().join(".handoff"),
+            jq_sandbox_executable: std::env::current_exe().unwrap_or_default(),
         }
     }
 }
@@ -127,6 +137,7 @@ impl std::fmt::Debug for EmulatorOptions {
             .field("aws_endpoint", &self.aws_endpoint)
             .field("template_path", &self.template_path)
             .field("env_overrides", &self.env_overrides)
+            .field("jq_sandbox_executable", &self.jq_sandbox_executable)
             .finish_non_exhaustive()
     }
 }
@@ -267,6 +278,10 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
         vars.insert("HANDOFF_PUBLIC_BASE_URL".into(), api_url.clone());
         vars.insert("AWS_REGION".into(), template::REGION.into());
         vars.insert("AWS_LAMBDA_FUNCTION_NAME".into(), spec.name.clone());
+        vars.insert(
+            handoff_runtime::compose::SANDBOX_EXE_VARIABLE.into(),
+            options.jq_sandbox_executable.display().to_string(),
+        );
         vars.extend(options.env_overrides.clone());
         let handler = options.function_factory.build(&spec.binary, &vars, &aws_env).await.map_err(|source| {
             EmulatorError::Compose { function: spec.logical_id.clone(), binary: spec.binary.clone(), source }

@@ -64,6 +64,8 @@ async fn interrupted() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The functions run their jq programs in child processes of this binary.
+    handoff_emulator::serve_jq_sandbox_if_requested();
     init_logging();
     let cli = Cli::parse();
     match cli.command {

@@ -6,6 +6,7 @@ use crate::mappings::MappingCache;
 use crate::outbound::OutboundClient;
 use crate::payloads::PayloadCodec;
 use crate::secrets::CachedSecrets;
+use handoff_core::expression::{JqRunner, SandboxLimits};
 use handoff_core::network::OutboundPolicy;
 use handoff_ports::MappingRepository;
 use handoff_ports::SecretStore;
@@ -32,6 +33,8 @@ pub struct AppSettings {
     pub outbox_delay: Duration,
     /// Where sub-steps may connect (`AllowedOutboundNetworks`).
     pub outbound: OutboundPolicy,
+    /// The bounds of every jq run (`JqTimeoutMs`, `JqMaxOutputs`, `JqMaxOutputBytes`, `JqMaxMemoryMB`).
+    pub jq: SandboxLimits,
 }
 
 impl Default for AppSettings {
@@ -43,6 +46,7 @@ impl Default for AppSettings {
             claim_lease: Duration::from_secs(60),
             outbox_delay: Duration::from_secs(60),
             outbound: OutboundPolicy::default(),
+            jq: SandboxLimits::default(),
         }
     }
 }
@@ -72,15 +76,17 @@ pub struct AppContext {
     pub mappings: MappingCache,
     /// The guarded client of sub-steps' outbound calls.
     pub http: OutboundClient,
+    /// Where jq programs run: the sandbox in a deployment (`crate::jq_sandbox`).
+    pub jq: Arc<dyn JqRunner>,
 }
 
 impl AppContext {
-    pub fn new(ports: Ports, settings: AppSettings) -> Arc<Self> {
+    pub fn new(ports: Ports, settings: AppSettings, jq: Arc<dyn JqRunner>) -> Arc<Self> {
         let definitions = DefinitionCache::new(ports.integrations.clone(), settings.definition_cache_ttl);
         let mappings = MappingCache::new(ports.mappings.clone(), settings.definition_cache_ttl);
         let secrets: Arc<dyn SecretStore> = Arc::new(CachedSecrets::new(ports.secrets, SECRET_CACHE_TTL));
         let http = OutboundClient::new(settings.outbound.clone());
-        Arc::new(Self { ports: Ports { secrets, ..ports }, mappings, settings, definitions, http })
+        Arc::new(Self { ports: Ports { secrets, ..ports }, mappings, settings, definitions, http, jq })
     }
 
     /// Payloads as this deployment stores them (inline up to the limit, else a data file).

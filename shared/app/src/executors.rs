@@ -9,7 +9,7 @@ use chrono::{Duration as ChronoDuration, Utc};
 use futures::TryStreamExt;
 use handoff_core::definition::{DestinationTarget, RequestTemplate, StepAction};
 use handoff_core::exchange::{LogType, Payload};
-use handoff_core::expression::{Expression, ExpressionVars};
+use handoff_core::expression::{Expression, ExpressionError, ExpressionVars};
 use handoff_core::handoff::{CallbackToken, HandoffMessage};
 use handoff_core::ids::{DataFileSetId, StepId};
 pub use handoff_core::machine::{StepOutput, Wait};
@@ -51,6 +51,22 @@ impl ExecutionContext<'_> {
     pub(crate) async fn payload_body(&self, payload: &Payload, content_type: String) -> Result<OutboundBody, Failure> {
         let opened = self.codec.open_sized(payload).await.map_err(payload_failure)?;
         Ok(OutboundBody::Stream { body: opened.body, content_type, length: opened.length })
+    }
+
+    /// Every value `program` yields for `input`, run where the deployment runs programs (the
+    /// sandbox) on a blocking thread: a run may take until its deadline, and the other
+    /// messages of the batch go on meanwhile. `what` names the program in a failure.
+    pub(crate) async fn run_program(
+        &self,
+        program: &Expression,
+        input: Value,
+        what: &str,
+    ) -> Result<Vec<Value>, Failure> {
+        let (runner, program, vars) = (self.app.jq.clone(), program.clone(), self.vars());
+        tokio::task::spawn_blocking(move || program.evaluate(runner.as_ref(), &input, &vars))
+            .await
+            .map_err(|e| Failure::system(format!("the {what} task failed: {e}")))?
+            .map_err(|e| expression_failure(self.step().map(|s| s.name.as_str()), what, e))
     }
 
     fn placeholders(&self) -> PlaceholderContext {
@@ -113,8 +129,18 @@ pub(crate) fn payload_failure(e: PayloadError) -> Failure {
     }
 }
 
-fn expression_failure(what: &str, e: handoff_core::expression::ExpressionError) -> Failure {
-    Failure::business(format!("{what}: {e}"))
+/// A program's failure names the step and the program; over a limit or wrong in itself it
+/// is the definition's fault (business), a sandbox that cannot start is worth a retry.
+fn expression_failure(step: Option<&str>, what: &str, e: ExpressionError) -> Failure {
+    let message = match step {
+        Some(step) => format!("step '{step}' {what}: {e}"),
+        None => format!("{what}: {e}"),
+    };
+    if e.is_program_error() {
+        Failure::business(message)
+    } else {
+        Failure::transient(message)
+    }
 }
 
 /// The key a target uses to drop duplicates: the same for every attempt of one sub-step.
@@ -172,8 +198,7 @@ async fn run(
             let condition =
                 step.and_then(|s| s.condition.as_ref()).ok_or_else(|| Failure::system("step has no condition"))?;
             let input = cx.input_json().await?;
-            let holds =
-                condition.evaluate_condition(&input, &cx.vars()).map_err(|e| expression_failure("condition", e))?;
+            let holds = handoff_core::expression::truthy(&cx.run_program(condition, input, "condition").await?);
             if holds {
                 logs.push("Condition is true: the step runs".into());
                 Ok(StepOutput::default())
@@ -450,7 +475,9 @@ pub(crate) async fn store_value(cx: &ExecutionContext<'_>, value: &Value) -> Res
 
 async fn run_jq(cx: &ExecutionContext<'_>, program: &Expression, what: &str) -> Result<Value, Failure> {
     let input = cx.input_json().await?;
-    program.evaluate_single(&input, &cx.vars()).map_err(|e| expression_failure(what, e))
+    let values = cx.run_program(program, input, what).await?;
+    handoff_core::expression::single(values)
+        .map_err(|e| expression_failure(cx.step().map(|s| s.name.as_str()), what, e))
 }
 
 /// An external system's answer as a stream, with its content type.

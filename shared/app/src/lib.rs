@@ -8,13 +8,15 @@
 //! * [`executors`] — what each sub-step does; they only produce outputs (the worker records them).
 //! * [`effects`] — the one runner of the effects a decision names.
 //! * support: [`context`] (the wired ports and settings), [`definitions`] and [`mappings`]
-//!   (caches), [`payloads`], [`outbound`] (HTTP requests of sub-steps), [`secrets`],
+//!   (caches), [`payloads`], [`outbound`] (HTTP requests of sub-steps), [`jq_sandbox`] (where
+//!   jq programs run), [`secrets`],
 //!   [`sub_exchanges`] (reading a parent's sub-exchanges), [`ttl`].
 pub mod context;
 pub mod definitions;
 pub mod effects;
 pub mod entry;
 pub mod executors;
+pub mod jq_sandbox;
 pub mod mappings;
 pub mod outbound;
 pub mod payloads;

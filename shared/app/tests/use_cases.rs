@@ -59,7 +59,7 @@ impl Harness {
             outbound: handoff_core::network::OutboundPolicy::parse("127.0.0.0/8").expect("policy"),
             ..AppSettings::default()
         };
-        let ctx = AppContext::new(ports, settings);
+        let ctx = AppContext::new(ports, settings, Arc::new(handoff_core::expression::InProcess::default()));
         let workers = WorkerFamily::ALL.into_iter().map(|f| (f, WorkerFunction::new(ctx.clone(), f))).collect();
         Self { ctx, exchanges, queue, schedules, workers }
     }

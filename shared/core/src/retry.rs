@@ -27,11 +27,16 @@ pub const MAX_FAILURE_MESSAGE_BYTES: usize = 1024;
 
 /// `message` cut to [`MAX_FAILURE_MESSAGE_BYTES`] on a character boundary, marked as cut.
 fn bounded(message: String) -> String {
-    if message.len() <= MAX_FAILURE_MESSAGE_BYTES {
+    bounded_to(message, MAX_FAILURE_MESSAGE_BYTES)
+}
+
+/// `message` cut to at most `max` bytes on a character boundary, marked as cut.
+pub fn bounded_to(message: String, max: usize) -> String {
+    if message.len() <= max {
         return message;
     }
     const MARK: &str = "… (truncated)";
-    let mut end = MAX_FAILURE_MESSAGE_BYTES - MARK.len();
+    let mut end = max.saturating_sub(MARK.len());
     while !message.is_char_boundary(end) {
         end -= 1;
     }

@@ -10,12 +10,14 @@ use handoff_app::entry::function::FunctionHandler;
 use handoff_app::entry::jobs::JobsFunction;
 use handoff_app::entry::trigger::TriggerFunction;
 use handoff_app::entry::worker::WorkerFunction;
+use handoff_app::jq_sandbox::JqSandbox;
 use handoff_aws::dynamo::{DynamoExchangeRepository, DynamoIntegrationRepository, DynamoMappingRepository};
 use handoff_aws::s3::S3DataFileStore;
 use handoff_aws::scheduler::EventBridgeScheduleManager;
 use handoff_aws::secrets::SecretsManagerStore;
 use handoff_aws::sqs::SqsHandoffQueue;
 use handoff_core::definition::ScheduleSpec;
+use handoff_core::expression::{OutputLimits, SandboxLimits};
 use handoff_core::ids::IntegrationCode;
 use handoff_core::network::OutboundPolicy;
 use handoff_core::plan::WorkerFamily;
@@ -121,6 +123,15 @@ pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Re
         mappings: Arc::new(DynamoMappingRepository::new(dynamo.clone(), vars.required("HANDOFF_INTEGRATIONS_TABLE")?)),
     };
     let defaults = AppSettings::default();
+    let jq = SandboxLimits {
+        outputs: OutputLimits {
+            max_outputs: vars.number("HANDOFF_JQ_MAX_OUTPUTS", defaults.jq.outputs.max_outputs as u64)? as usize,
+            max_output_bytes: vars.number("HANDOFF_JQ_MAX_OUTPUT_BYTES", defaults.jq.outputs.max_output_bytes as u64)?
+                as usize,
+        },
+        timeout: Duration::from_millis(vars.number("HANDOFF_JQ_TIMEOUT_MS", defaults.jq.timeout.as_millis() as u64)?),
+        max_memory_mb: vars.number("HANDOFF_JQ_MAX_MEMORY_MB", defaults.jq.max_memory_mb)?,
+    };
     let settings = AppSettings {
         inline_payload_limit: vars.number("HANDOFF_INLINE_PAYLOAD_LIMIT_BYTES", defaults.inline_payload_limit as u64)?
             as usize,
@@ -135,9 +146,25 @@ pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Re
                 name: "HANDOFF_ALLOWED_OUTBOUND_NETWORKS".into(),
                 problem,
             })?,
+        jq,
     };
-    Ok(AppContext::new(ports, settings))
+    Ok(AppContext::new(ports, settings, Arc::new(JqSandbox::new(sandbox_executable(&vars)?, jq))))
 }
+
+/// The executable jq sandboxes are started from: `HANDOFF_JQ_SANDBOX_EXE` (the emulator and
+/// tests name a Handoff binary), else this process's own (a Lambda function's `bootstrap`).
+fn sandbox_executable(vars: &Vars) -> Result<std::path::PathBuf, ComposeError> {
+    match vars.0.get(SANDBOX_EXE_VARIABLE).filter(|v| !v.is_empty()) {
+        Some(path) => Ok(path.into()),
+        None => std::env::current_exe().map_err(|e| ComposeError::Environment {
+            name: SANDBOX_EXE_VARIABLE.into(),
+            problem: format!("unset, and this process's executable is unknown: {e}"),
+        }),
+    }
+}
+
+/// Names the executable of jq sandboxes (see [`sandbox_executable`]).
+pub const SANDBOX_EXE_VARIABLE: &str = "HANDOFF_JQ_SANDBOX_EXE";
 
 /// Builds the function named by `binary` (e.g. `handoff-api`).
 pub async fn build_function(

@@ -6,6 +6,8 @@ use serde_json::Value;
 
 /// Runs the function named `binary` under the Lambda runtime, configured from the environment.
 pub async fn run(binary: &str) -> Result<(), lambda_runtime::Error> {
+    // Started as its own jq sandbox (`handoff_app::jq_sandbox`): serve that and exit.
+    handoff_app::jq_sandbox::serve_if_requested();
     lambda_runtime::tracing::init_default_subscriber();
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let aws = AwsEnvironment { sdk, s3_force_path_style: false };

@@ -46,9 +46,9 @@ pub async fn collect_properties(cx: &ExecutionContext<'_>, logs: &mut Vec<String
         )));
     }
     let input = cx.input_json().await?;
-    let value = function
-        .evaluate_single(&input, &cx.vars())
-        .map_err(|e| Failure::business(format!("subflow function: {e}")))?;
+    let values = cx.run_program(function, input, "subflow function").await?;
+    let value =
+        handoff_core::expression::single(values).map_err(|e| Failure::business(format!("subflow function: {e}")))?;
     let Value::Array(items) = &value else {
         return Err(Failure::business("subflow function must yield an array of parameter objects"));
     };

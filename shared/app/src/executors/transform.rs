@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use handoff_core::definition::StepAction;
 use handoff_core::exchange::Payload;
-use handoff_core::expression::{Expression, ExpressionVars};
+use handoff_core::expression::{Expression, ExpressionVars, JqRunner};
 use handoff_core::formats::{convert, output_file_name, Conversion, ConvertError, InputSpec, OutputSpec, Summary};
 use handoff_core::ids::DataFileSetId;
 use handoff_core::mapping::Mapping;
@@ -38,6 +38,7 @@ struct Job {
     mapping: Option<Arc<Mapping>>,
     function: Option<Expression>,
     vars: ExpressionVars,
+    runner: Arc<dyn JqRunner>,
 }
 
 impl Job {
@@ -48,6 +49,7 @@ impl Job {
             mapping: self.mapping.as_deref(),
             function: self.function.as_ref(),
             vars: &self.vars,
+            runner: self.runner.as_ref(),
         };
         convert(input, &conversion, output)
     }
@@ -64,10 +66,12 @@ impl Job {
 }
 
 /// Bad data (or a failing program) is the customer's to fix; I/O trouble is worth a retry.
-fn convert_failure(e: ConvertError, file: Option<&str>) -> Failure {
+/// Names the step, and the file of a data file set, the conversion failed in.
+fn convert_failure(cx: &ExecutionContext<'_>, e: ConvertError, file: Option<&str>) -> Failure {
+    let step = cx.step().map_or_else(String::new, |s| format!("step '{}' ", s.name));
     let message = match file {
-        Some(name) => format!("file '{name}': {e}"),
-        None => e.to_string(),
+        Some(name) => format!("{step}file '{name}': {e}"),
+        None => format!("{step}{e}"),
     };
     if e.is_data_error() {
         Failure::business(message)
@@ -104,6 +108,7 @@ pub(super) async fn transform(cx: &ExecutionContext<'_>, logs: &mut Vec<String>)
         mapping,
         function: function.clone(),
         vars: cx.vars(),
+        runner: cx.app.jq.clone(),
     });
     match &cx.message.input {
         Some(Payload::DataFileSet { data_file_set_id }) => transform_set(cx, job, data_file_set_id, logs).await,
@@ -117,7 +122,7 @@ pub(super) async fn transform(cx: &ExecutionContext<'_>, logs: &mut Vec<String>)
                 tokio::task::spawn_blocking(move || worker.run(std::io::Cursor::new(bytes), Vec::new()))
                     .await
                     .map_err(|e| Failure::system(format!("the transformation task failed: {e}")))?
-                    .map_err(|e| convert_failure(e, None))?;
+                    .map_err(|e| convert_failure(cx, e, None))?;
             logs.push(format!("Transformed {}", job.describe(&summary)));
             let payload =
                 cx.codec.store(out.into(), job.output.format.content_type()).await.map_err(payload_failure)?;
@@ -203,7 +208,7 @@ async fn stream_file(
     let converted = converter.await.map_err(|e| Failure::system(format!("the transformation task failed: {e}")))?;
     match (converted, written) {
         // The conversion's own error explains a failed write better than the write does.
-        (Err(e), _) => Err(convert_failure(e, Some(in_name))),
+        (Err(e), _) => Err(convert_failure(cx, e, Some(in_name))),
         (Ok(_), Err(e)) => Err(Failure::transient(format!("storing {out_name}: {e}"))),
         (Ok(summary), Ok(info)) => Ok((summary, info)),
     }

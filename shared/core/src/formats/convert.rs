@@ -21,7 +21,11 @@ pub enum ConvertError {
 impl ConvertError {
     /// The data (or the program over it) is at fault: a business error, not worth retrying.
     pub fn is_data_error(&self) -> bool {
-        matches!(self, ConvertError::Record(_) | ConvertError::Malformed { .. } | ConvertError::Program(_))
+        match self {
+            ConvertError::Record(_) | ConvertError::Malformed { .. } => true,
+            ConvertError::Program(e) => e.is_program_error(),
+            ConvertError::Read(_) | ConvertError::Write(_) => false,
+        }
     }
 }
 
@@ -32,6 +36,69 @@ pub struct Conversion<'a> {
     pub mapping: Option<&'a Mapping>,
     pub function: Option<&'a Expression>,
     pub vars: &'a ExpressionVars,
+    /// Where the program runs (a sandbox in a deployment).
+    pub runner: &'a dyn JqRunner,
+}
+
+/// Records waiting for the program: a sandboxed program costs a round trip to its process,
+/// so records go in batches of a bounded count and size.
+#[derive(Default)]
+struct ProgramBatch {
+    records: Vec<Value>,
+    positions: Vec<RecordPosition>,
+    bytes: usize,
+}
+
+impl ProgramBatch {
+    const MAX_RECORDS: usize = 256;
+    const MAX_BYTES: usize = 1024 * 1024;
+
+    fn push(&mut self, record: Value, position: RecordPosition) {
+        self.bytes += approximate_size(&record);
+        self.records.push(record);
+        self.positions.push(position);
+    }
+
+    fn is_full(&self) -> bool {
+        self.records.len() >= Self::MAX_RECORDS || self.bytes >= Self::MAX_BYTES
+    }
+
+    /// Runs the program over the waiting records and writes what each yields, in order.
+    fn run<W: Write>(
+        &mut self,
+        program: &Expression,
+        c: &Conversion,
+        writer: &mut RecordWriter<W>,
+    ) -> Result<(), ConvertError> {
+        if self.records.is_empty() {
+            return Ok(());
+        }
+        let results = c.runner.run_batch(program.source(), &self.records, c.vars);
+        for (result, position) in results.into_iter().zip(&self.positions) {
+            let outputs = result.map_err(|e| match e {
+                // Not the record's fault: the step may be retried.
+                unavailable @ ExpressionError::Unavailable { .. } => ConvertError::Program(unavailable),
+                e => RecordError::new(position, e.to_string()).into(),
+            })?;
+            for out in &outputs {
+                writer.write(out, position)?;
+            }
+        }
+        self.records.clear();
+        self.positions.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
+/// A cheap upper-bound-ish estimate of a value's JSON size, for batching only.
+fn approximate_size(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => items.iter().map(approximate_size).sum::<usize>() + 2,
+        Value::Object(fields) => fields.iter().map(|(k, v)| k.len() + 3 + approximate_size(v)).sum::<usize>() + 2,
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,25 +122,29 @@ pub(super) fn convert_records<R: Read, W: Write>(
     c: &Conversion,
     output: W,
 ) -> Result<(W, Summary), ConvertError> {
-    let program = c.function.map(|f| f.for_records(c.vars)).transpose().map_err(ConvertError::Program)?;
     let mut writer = RecordWriter::new(c.output, output)?;
     let mut records_in = 0;
+    let mut batch = ProgramBatch::default();
     read_records(input, c.input, |record, position| {
         records_in += 1;
         let record = match c.mapping {
             Some(m) => m.apply(record, &position)?,
             None => record,
         };
-        match &program {
+        match c.function {
             None => writer.write(&record, &position),
-            Some(p) => {
-                for out in p.run(&record).map_err(|e| RecordError::new(&position, e.to_string()))? {
-                    writer.write(&out, &position)?;
+            Some(program) => {
+                batch.push(record, position);
+                if batch.is_full() {
+                    batch.run(program, c, &mut writer)?;
                 }
                 Ok(())
             }
         }
     })?;
+    if let Some(program) = c.function {
+        batch.run(program, c, &mut writer)?;
+    }
     let records_out = writer.written;
     Ok((writer.finish()?, Summary { records_in, records_out }))
 }
@@ -204,7 +275,7 @@ pub(super) fn convert_whole_document<R: Read, W: Write>(
         (Some(m), single) => m.apply(single, &RecordPosition { record: 1, line: None })?,
     };
     let value = match c.function {
-        Some(f) => f.evaluate_single(&document, c.vars).map_err(ConvertError::Program)?,
+        Some(f) => f.evaluate_single(c.runner, &document, c.vars).map_err(ConvertError::Program)?,
         None => document,
     };
     let records_out = match c.output.format {

@@ -13,7 +13,14 @@ fn conversion_output(
     let input_spec = parse_input(&ObjectReader::new("input", &json!({"format": "json"})).unwrap()).unwrap();
     let output_spec = parse_output(&ObjectReader::new("output", &output).unwrap()).unwrap();
     let vars = ExpressionVars { parameters: json!({}), exchange: json!({}) };
-    let c = Conversion { input: &input_spec, output: &output_spec, mapping, function: None, vars: &vars };
+    let c = Conversion {
+        input: &input_spec,
+        output: &output_spec,
+        mapping,
+        function: None,
+        vars: &vars,
+        runner: &crate::expression::InProcess::default(),
+    };
     let (out, summary) =
         if whole { convert_whole_document(input, &c, Vec::new())? } else { convert(input, &c, Vec::new())? };
     Ok((String::from_utf8(out).unwrap(), summary))
@@ -118,7 +125,14 @@ fn a_large_array_is_written_while_it_is_read() {
     let input_spec = parse_input(&ObjectReader::new("input", &json!({"format": "json"})).unwrap()).unwrap();
     let output_spec = parse_output(&ObjectReader::new("output", &json!({"format": "ndjson"})).unwrap()).unwrap();
     let vars = ExpressionVars { parameters: json!({}), exchange: json!({}) };
-    let c = Conversion { input: &input_spec, output: &output_spec, mapping: None, function: None, vars: &vars };
+    let c = Conversion {
+        input: &input_spec,
+        output: &output_spec,
+        mapping: None,
+        function: None,
+        vars: &vars,
+        runner: &crate::expression::InProcess::default(),
+    };
     // Unbuffered output: the first record reaches it as soon as it is converted.
     let (out, summary) =
         convert(input, &c, FirstWrite { read: read.clone(), read_at_first_write: None, written: 0 }).unwrap();

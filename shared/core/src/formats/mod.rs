@@ -40,7 +40,7 @@ pub use convert::*;
 pub use write::*;
 
 use crate::definition::OutputFormat;
-use crate::expression::{Expression, ExpressionError, ExpressionVars};
+use crate::expression::{Expression, ExpressionError, ExpressionVars, JqRunner};
 use crate::mapping::{Mapping, RecordError, RecordPosition};
 use crate::reader::{describe, FieldError, FieldResult, ObjectReader};
 use serde_json::{Map, Value};

@@ -21,6 +21,7 @@ fn run(input: &str, i: Value, o: Value, mapping: Option<Value>, jq: Option<&str>
         mapping: mapping.as_ref(),
         function: function.as_ref(),
         vars: &vars,
+        runner: &crate::expression::InProcess::default(),
     };
     let (out, _) = convert(input.as_bytes(), &c, Vec::new())?;
     Ok(String::from_utf8(out).unwrap())
