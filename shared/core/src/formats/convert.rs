@@ -18,6 +18,14 @@ pub enum ConvertError {
     Write(std::io::Error),
 }
 
+/// A failed read: over a bound of [`limits`] it is the data's fault, else the store's.
+fn read_failed(format: &'static str, e: std::io::Error) -> ConvertError {
+    match TooLarge::in_io(&e) {
+        Some(bound) => ConvertError::Malformed { format, problem: bound.to_string() },
+        None => ConvertError::Read(e),
+    }
+}
+
 impl ConvertError {
     /// The data (or the program over it) is at fault: a business error, not worth retrying.
     pub fn is_data_error(&self) -> bool {
@@ -154,9 +162,11 @@ pub(super) fn convert_document<R: Read, W: Write>(
     c: &Conversion,
     output: W,
 ) -> Result<(W, Summary), ConvertError> {
+    let (input, meter) = Metered::new(input, "the JSON document (read whole)", MAX_DOCUMENT_BYTES);
     let mut input = BufReader::with_capacity(64 * 1024, input);
-    if c.function.is_none() && first_non_blank(&mut input).map_err(ConvertError::Read)? == Some(b'[') {
-        return convert_array_elements(input, c, output);
+    if c.function.is_none() && first_non_blank(&mut input).map_err(|e| read_failed("JSON", e))? == Some(b'[') {
+        meter.rebound("an element of the JSON array", MAX_RECORD_BYTES);
+        return convert_array_elements(input, &meter, c, output);
     }
     convert_whole_document(input, c, output)
 }
@@ -185,11 +195,12 @@ pub(super) fn first_non_blank<R: BufRead>(input: &mut R) -> std::io::Result<Opti
 /// A top-level JSON array, element by element: mapped and written as it is read.
 pub(super) fn convert_array_elements<R: Read, W: Write>(
     input: R,
+    meter: &Meter,
     c: &Conversion,
     output: W,
 ) -> Result<(W, Summary), ConvertError> {
     let mut writer = RecordWriter::new(c.output, output)?;
-    let records_in = read_json_array(input, |record, position| {
+    let records_in = read_json_array(input, meter, |record, position| {
         let record = match c.mapping {
             Some(m) => m.apply(record, &position)?,
             None => record,
@@ -204,6 +215,7 @@ pub(super) fn convert_array_elements<R: Read, W: Write>(
 /// time; returns how many there were.
 pub(super) fn read_json_array<R: Read>(
     input: R,
+    meter: &Meter,
     mut each: impl FnMut(Value, RecordPosition) -> Result<(), ConvertError>,
 ) -> Result<u64, ConvertError> {
     use serde::de::{Deserializer as _, Error as _, SeqAccess, Visitor};
@@ -233,12 +245,17 @@ pub(super) fn read_json_array<R: Read>(
 
     let malformed = |e: serde_json::Error| ConvertError::Malformed { format: "JSON", problem: e.to_string() };
     let mut stopped = None;
+    // Each element parsed ends a record: the next one is bounded afresh.
+    let mut each = |element, position| {
+        meter.record_done();
+        each(element, position)
+    };
     let mut deserializer = serde_json::Deserializer::from_reader(input);
     let counted = (&mut deserializer).deserialize_seq(Elements { each: &mut each, stopped: &mut stopped });
     if let Some(e) = stopped {
         return Err(e);
     }
-    let count = counted.map_err(|e| if e.is_io() { ConvertError::Read(e.into()) } else { malformed(e) })?;
+    let count = counted.map_err(|e| if e.is_io() { read_failed("JSON", e.into()) } else { malformed(e) })?;
     deserializer.end().map_err(malformed)?;
     Ok(count)
 }
@@ -250,7 +267,7 @@ pub(super) fn convert_whole_document<R: Read, W: Write>(
     mut output: W,
 ) -> Result<(W, Summary), ConvertError> {
     let mut bytes = Vec::new();
-    input.read_to_end(&mut bytes).map_err(ConvertError::Read)?;
+    input.read_to_end(&mut bytes).map_err(|e| read_failed("JSON", e))?;
     let document = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
@@ -307,14 +324,16 @@ pub fn read_records<R: Read>(
     spec: &InputSpec,
     each: impl FnMut(Value, RecordPosition) -> Result<(), ConvertError>,
 ) -> Result<(), ConvertError> {
+    let (input, meter) = Metered::new(input, "a record", MAX_RECORD_BYTES);
     match spec.format {
-        InputFormat::Ndjson => read_ndjson(input, each),
-        InputFormat::Csv => read_csv(input, &spec.csv, each),
-        InputFormat::Xml => read_xml(input, each),
+        InputFormat::Ndjson => read_ndjson(input, &meter, each),
+        InputFormat::Csv => read_csv(input, &meter, &spec.csv, each),
+        InputFormat::Xml => read_xml(input, &meter, each),
         InputFormat::Json => {
+            meter.rebound("the JSON document (read whole)", MAX_DOCUMENT_BYTES);
             let mut bytes = Vec::new();
             let mut input = input;
-            input.read_to_end(&mut bytes).map_err(ConvertError::Read)?;
+            input.read_to_end(&mut bytes).map_err(|e| read_failed("JSON", e))?;
             let document: Value = serde_json::from_slice(&bytes)
                 .map_err(|e| ConvertError::Malformed { format: "JSON", problem: e.to_string() })?;
             let mut each = each;
@@ -332,6 +351,7 @@ pub fn read_records<R: Read>(
 
 pub(super) fn read_ndjson<R: Read>(
     input: R,
+    meter: &Meter,
     mut each: impl FnMut(Value, RecordPosition) -> Result<(), ConvertError>,
 ) -> Result<(), ConvertError> {
     let mut reader = BufReader::with_capacity(READ_BUFFER, input);
@@ -339,7 +359,16 @@ pub(super) fn read_ndjson<R: Read>(
     let (mut line_number, mut record) = (0u64, 0u64);
     loop {
         line.clear();
-        if reader.read_until(b'\n', &mut line).map_err(ConvertError::Read)? == 0 {
+        meter.record_done();
+        let read = reader.read_until(b'\n', &mut line).map_err(|e| match TooLarge::in_io(&e) {
+            Some(bound) => RecordError::new(
+                &RecordPosition { record: record + 1, line: Some(line_number + 1) },
+                format!("is too long: {bound}"),
+            )
+            .into(),
+            None => ConvertError::Read(e),
+        })?;
+        if read == 0 {
             return Ok(());
         }
         line_number += 1;
@@ -358,7 +387,10 @@ pub(super) fn csv_error(e: csv::Error, record: u64) -> ConvertError {
     let line = e.position().map(|p| p.line());
     let message = e.to_string();
     match e.into_kind() {
-        csv::ErrorKind::Io(io) => ConvertError::Read(io),
+        csv::ErrorKind::Io(io) => match TooLarge::in_io(&io) {
+            Some(bound) => RecordError::new(&RecordPosition { record, line }, format!("is too long: {bound}")).into(),
+            None => ConvertError::Read(io),
+        },
         other => {
             let problem = match other {
                 csv::ErrorKind::Utf8 { err, .. } => format!("is not valid UTF-8 ({err})"),
@@ -371,6 +403,7 @@ pub(super) fn csv_error(e: csv::Error, record: u64) -> ConvertError {
 
 pub(super) fn read_csv<R: Read>(
     input: R,
+    meter: &Meter,
     options: &CsvOptions,
     mut each: impl FnMut(Value, RecordPosition) -> Result<(), ConvertError>,
 ) -> Result<(), ConvertError> {
@@ -395,6 +428,7 @@ pub(super) fn read_csv<R: Read>(
     let mut row = csv::StringRecord::new();
     let mut record = 0u64;
     loop {
+        meter.record_done();
         match reader.read_record(&mut row) {
             Ok(true) => {}
             Ok(false) => return Ok(()),
@@ -402,6 +436,14 @@ pub(super) fn read_csv<R: Read>(
         }
         record += 1;
         let position = RecordPosition { record, line: row.position().map(|p| p.line()) };
+        if let Some((i, _)) = row.iter().enumerate().find(|(_, field)| field.len() > MAX_CSV_FIELD_BYTES) {
+            let column = names.get(i).map_or_else(|| format!("{}", i + 1), |n| format!("'{n}'"));
+            return Err(RecordError::new(
+                &position,
+                format!("has a field ({column}) larger than {MAX_CSV_FIELD_BYTES} bytes"),
+            )
+            .into());
+        }
         if row.len() != names.len() {
             return Err(RecordError::new(
                 &position,
@@ -455,6 +497,7 @@ pub(super) fn malformed_xml(problem: String) -> ConvertError {
 
 pub(super) fn read_xml<R: Read>(
     input: R,
+    meter: &Meter,
     mut each: impl FnMut(Value, RecordPosition) -> Result<(), ConvertError>,
 ) -> Result<(), ConvertError> {
     use quick_xml::events::Event;
@@ -469,6 +512,7 @@ pub(super) fn read_xml<R: Read>(
             0 => Ok(()),
             1 => {
                 *record += 1;
+                meter.record_done();
                 each(value, RecordPosition { record: *record, line: None })
             }
             _ => {
@@ -491,13 +535,19 @@ pub(super) fn read_xml<R: Read>(
     };
     loop {
         let event = reader.read_event_into(&mut buf).map_err(|e| match e {
-            quick_xml::Error::Io(io) => ConvertError::Read(std::io::Error::new(io.kind(), io.to_string())),
+            quick_xml::Error::Io(io) => match TooLarge::in_io(&io) {
+                Some(bound) => malformed_xml(format!("record {} {bound}", record + 1)),
+                None => ConvertError::Read(std::io::Error::new(io.kind(), io.to_string())),
+            },
             other => malformed_xml(format!("{other} (near byte {})", reader.buffer_position())),
         })?;
         match event {
             Event::Start(start) => {
                 if stack.is_empty() && std::mem::replace(&mut root_seen, true) {
                     return Err(malformed_xml("the document has more than one document element".into()));
+                }
+                if stack.len() >= MAX_XML_DEPTH {
+                    return Err(malformed_xml(format!("elements nest deeper than {MAX_XML_DEPTH}")));
                 }
                 stack.push(Frame::open(&start)?);
             }

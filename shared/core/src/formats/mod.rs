@@ -28,10 +28,16 @@
 //! A `json` document that is an array and has no program to see it whole (a conversion,
 //! perhaps with a mapping) streams too: its elements are read, mapped and written one at a
 //! time, so a multi-GB array needs the memory of one element.
+//!
+//! **Bounds** ([`limits`]): a record (NDJSON line, CSV row, XML record, streamed array
+//! element) holds at most 16 MiB, a CSV field 1 MiB, XML nests at most 64 deep, and a JSON
+//! document read whole holds at most 64 MiB; past a bound the transformation fails as a
+//! business error naming the bound.
 
 mod convert;
 #[cfg(test)]
 mod json_array_streaming;
+pub mod limits;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -43,6 +49,7 @@ use crate::definition::OutputFormat;
 use crate::expression::{Expression, ExpressionError, ExpressionVars, JqRunner};
 use crate::mapping::{Mapping, RecordError, RecordPosition};
 use crate::reader::{describe, FieldError, FieldResult, ObjectReader};
+use limits::{Meter, Metered, TooLarge, MAX_CSV_FIELD_BYTES, MAX_DOCUMENT_BYTES, MAX_RECORD_BYTES, MAX_XML_DEPTH};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::io::{BufRead, BufReader, Read, Write};

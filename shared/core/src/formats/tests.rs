@@ -168,3 +168,62 @@ fn output_names_follow_the_format() {
     assert_eq!(output_file_name("data.bin", OutputFormat::Xml), "data.bin.xml");
     assert_eq!(output_file_name(".csv", OutputFormat::Json), ".csv.json");
 }
+
+/// The text of a failed conversion, which must be the data's fault.
+fn data_error(result: Result<String, ConvertError>) -> String {
+    let Err(e) = result else { panic!("the input is over a bound, yet it converted") };
+    assert!(e.is_data_error(), "{e}");
+    e.to_string()
+}
+
+#[test]
+fn a_record_over_its_bound_is_refused_before_it_is_buffered_whole() {
+    // Over by more than the read-ahead of one buffer (the bound is exact to within one).
+    let long = "x".repeat(limits::MAX_RECORD_BYTES as usize + 2 * READ_BUFFER);
+    let ndjson = format!("{{\"a\": 1}}\n{{\"a\": \"{long}\"}}\n");
+    let e = data_error(run(&ndjson, json!({"format": "ndjson"}), json!({"format": "ndjson"}), None, None));
+    assert!(e.contains("record 2 (line 2)") && e.contains("is too long") && e.contains("16777216"), "{e}");
+    // A quote that never closes would swallow the rest of the file as one field.
+    let csv = format!("id,name\n1,\"{long}\n");
+    let e = data_error(run(&csv, json!({"format": "csv"}), json!({"format": "ndjson"}), None, None));
+    assert!(e.contains("is too long"), "{e}");
+    let array = format!("[{{\"a\": 1}}, \"{long}\"]");
+    let e = data_error(run(&array, json!({"format": "json"}), json!({"format": "ndjson"}), None, None));
+    assert!(e.contains("an element of the JSON array is larger than 16777216 bytes"), "{e}");
+    let xml = format!("<r><a>{long}</a></r>");
+    let e = data_error(run(&xml, json!({"format": "xml"}), json!({"format": "ndjson"}), None, None));
+    assert!(e.contains("record 1") && e.contains("larger than 16777216"), "{e}");
+}
+
+#[test]
+fn bounds_are_per_record_so_a_large_stream_passes() {
+    // 20 MiB in all, each line small.
+    let line = format!("{{\"filler\": \"{}\"}}\n", "y".repeat(1000));
+    let ndjson = line.repeat(20 * 1024);
+    let out = run(&ndjson, json!({"format": "ndjson"}), json!({"format": "ndjson"}), None, None).unwrap();
+    assert_eq!(out.len(), ndjson.len() - 20 * 1024, "one space fewer per record");
+    let array = format!("[{}]", vec![format!("\"{}\"", "z".repeat(1000)); 20 * 1024].join(","));
+    assert!(run(&array, json!({"format": "json"}), json!({"format": "ndjson"}), None, None).is_ok());
+}
+
+#[test]
+fn a_csv_field_xml_nesting_and_a_whole_document_have_bounds_too() {
+    let field = "f".repeat(limits::MAX_CSV_FIELD_BYTES + 1);
+    let e = data_error(run(
+        &format!("id,name\n1,{field}\n"),
+        json!({"format": "csv"}),
+        json!({"format": "ndjson"}),
+        None,
+        None,
+    ));
+    assert!(e.contains("record 1") && e.contains("field ('name') larger than 1048576 bytes"), "{e}");
+    let deep = format!("<r>{}{}</r>", "<a>".repeat(limits::MAX_XML_DEPTH), "</a>".repeat(limits::MAX_XML_DEPTH));
+    let e = data_error(run(&deep, json!({"format": "xml"}), json!({"format": "ndjson"}), None, None));
+    assert!(e.contains("nest deeper than 64"), "{e}");
+    let nested_ok = format!("<r>{}{}</r>", "<a>".repeat(10), "</a>".repeat(10));
+    assert!(run(&nested_ok, json!({"format": "xml"}), json!({"format": "ndjson"}), None, None).is_ok());
+    // Read whole because a program sees it all.
+    let document = format!("{{\"a\": \"{}\"}}", "d".repeat(limits::MAX_DOCUMENT_BYTES as usize + 2 * READ_BUFFER));
+    let e = data_error(run(&document, json!({"format": "json"}), json!({"format": "json"}), None, Some(".a | length")));
+    assert!(e.contains("the JSON document (read whole) is larger than 67108864 bytes"), "{e}");
+}
