@@ -93,7 +93,8 @@ async fn post_callback(url: &str, body: Value) -> (u16, Value) {
 async fn sftp_delivery_uploads_the_payload_with_credentials_from_secrets_manager() {
     let gw = gateway();
     let server = SftpServer::start().await;
-    let secret = unique_code("sftp-target");
+    // Under the deployment's SecretsPrefix (default handoff/), as the SFTP worker's policy requires.
+    let secret = format!("handoff/{}", unique_code("sftp-target"));
     put_secret(&secret, &server.secret_json()).await;
     let code = unique_code("SFTP");
     gw.create_integration(&delivery(
@@ -131,13 +132,13 @@ async fn sftp_delivery_uploads_the_payload_with_credentials_from_secrets_manager
     // A secretRef that names no secret fails at once, naming it (and never its content).
     let missing = unique_code("SFTP_SECRET");
     gw.create_integration(&delivery(&missing, json!([
-        {"kind": "sftp", "host": "127.0.0.1", "port": server.port, "path": "/in/x.json", "credentials": {"secretRef": "no-such-secret"}}])))
+        {"kind": "sftp", "host": "127.0.0.1", "port": server.port, "path": "/in/x.json", "credentials": {"secretRef": "handoff/no-such-secret"}}])))
         .await;
     let id = gw.invoke(&json!({"integrationCode": missing, "payload": payload})).await;
     let failed = gw.wait_final(&id).await;
     assert_eq!(failed["error"]["classification"], "system", "{failed:#}");
     assert!(
-        failed["error"]["message"].as_str().unwrap_or("").contains("'no-such-secret' does not exist"),
+        failed["error"]["message"].as_str().unwrap_or("").contains("'handoff/no-such-secret' does not exist"),
         "{failed:#}"
     );
 }
@@ -146,7 +147,7 @@ async fn sftp_delivery_uploads_the_payload_with_credentials_from_secrets_manager
 async fn sftp_login_refused_is_a_business_error() {
     let gw = gateway();
     let server = SftpServer::start().await;
-    let secret = unique_code("sftp-wrong");
+    let secret = format!("handoff/{}", unique_code("sftp-wrong"));
     put_secret(&secret, &json!({"username": server.username, "password": "not-it"}).to_string()).await;
     let code = unique_code("SFTP_LOGIN");
     gw.create_integration(&delivery(&code, json!([

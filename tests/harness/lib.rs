@@ -34,6 +34,12 @@ static GATEWAY: OnceLock<Gateway> = OnceLock::new();
 /// The `JqTimeoutMs` the tests' emulator is deployed with.
 pub const JQ_TIMEOUT_MS: u64 = 10_000;
 
+/// Where the suite's emulator records every AWS request (moto's recorder, one JSON object
+/// per line), next to the test binaries: `cargo run -p handoff-e2e --bin iam-check` reads it.
+pub fn aws_request_recording() -> std::path::PathBuf {
+    jq_sandbox_executable().with_file_name("e2e-aws-requests.jsonl")
+}
+
 /// The tests package's `handoff-jq-sandbox` binary: cargo builds a package's binaries with
 /// its integration tests, next to the `deps/` directory the test binary runs from.
 pub fn jq_sandbox_executable() -> std::path::PathBuf {
@@ -68,6 +74,8 @@ pub fn gateway() -> &'static Gateway {
                             "1".to_string(),
                         )]),
                         jq_sandbox_executable: jq_sandbox_executable(),
+                        // For `iam-check`: every AWS request the suite makes, by function.
+                        aws_request_recording: Some(aws_request_recording()),
                         ..Default::default()
                     };
                     // Short enough for the runaway-program test to wait out, long enough for the tests' largest

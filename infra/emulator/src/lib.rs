@@ -91,6 +91,10 @@ pub struct EmulatorOptions {
     /// for the emulator binary and the benches; a test binary names one (libtest's `main`
     /// cannot be a sandbox).
     pub jq_sandbox_executable: PathBuf,
+    /// When moto is started here: record every request it serves to this file (moto's
+    /// recorder, JSON lines), from before provisioning on. Each function signs with its own
+    /// access key ([`function_access_key`]), so the recording attributes every request.
+    pub aws_request_recording: Option<PathBuf>,
 }
 
 /// Serves as a jq sandbox when this process was started as one, else returns at once:
@@ -112,6 +116,7 @@ impl Default for EmulatorOptions {
             parameter_overrides: issuer_parameters(),
             state_dir: moto::workspace_root().join(".handoff"),
             jq_sandbox_executable: std::env::current_exe().unwrap_or_default(),
+            aws_request_recording: None,
         }
     }
 }
@@ -240,6 +245,23 @@ pub async fn sdk_config_for(endpoint: &str) -> aws_config::SdkConfig {
         .await
 }
 
+/// `sdk` signing with the function's own access key: its logical id (see [`function_sdk_config`]).
+pub fn function_sdk_config(sdk: &aws_config::SdkConfig, logical_id: &str) -> aws_config::SdkConfig {
+    let credentials = aws_sdk_dynamodb::config::Credentials::new(
+        function_access_key(logical_id),
+        "handoff-emulator-secret",
+        None,
+        None,
+        "handoff-emulator",
+    );
+    sdk.to_builder().credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(credentials)).build()
+}
+
+/// The access key id a function's requests are signed with in the emulator.
+pub fn function_access_key(logical_id: &str) -> String {
+    logical_id.to_string()
+}
+
 /// Provisions the template and starts every function. Returns once the HTTP API
 /// accepts requests.
 pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, EmulatorError> {
@@ -259,7 +281,7 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
             ep.trim_end_matches('/').to_string()
         }
         None => {
-            let server = MotoServer::start().await?;
+            let server = MotoServer::start_recording(options.aws_request_recording.as_deref()).await?;
             let ep = server.endpoint().to_string();
             moto = Some(server);
             ep
@@ -271,7 +293,6 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
     let mut ids = template.identities(&LocalUrls { aws_endpoint: aws_endpoint.clone(), api_url: api_url.clone() })?;
     provision::provision(&template, &mut ids, &clients).await?;
 
-    let aws_env = AwsEnvironment { sdk: sdk.clone(), s3_force_path_style: true };
     let mut functions = Vec::new();
     for spec in template.functions(&ids)? {
         let mut vars: HashMap<String, String> = spec.env.clone().into_iter().collect();
@@ -283,6 +304,9 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
             options.jq_sandbox_executable.display().to_string(),
         );
         vars.extend(options.env_overrides.clone());
+        // Each function signs with its own access key, as each has its own role in AWS: a
+        // recording of the requests then says which function made each one.
+        let aws_env = AwsEnvironment { sdk: function_sdk_config(&sdk, &spec.logical_id), s3_force_path_style: true };
         let handler = options.function_factory.build(&spec.binary, &vars, &aws_env).await.map_err(|source| {
             EmulatorError::Compose { function: spec.logical_id.clone(), binary: spec.binary.clone(), source }
         })?;

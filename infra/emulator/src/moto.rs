@@ -172,6 +172,12 @@ pub struct MotoServer {
 impl MotoServer {
     /// Installs (if needed) and starts moto on a free port and waits until it answers.
     pub async fn start() -> Result<Self, MotoError> {
+        Self::start_recording(None).await
+    }
+
+    /// [`MotoServer::start`], recording every request it serves to `recording` if given
+    /// (the file is emptied first).
+    pub async fn start_recording(recording: Option<&Path>) -> Result<Self, MotoError> {
         let server = tokio::task::spawn_blocking(ensure_installed).await.map_err(|e| MotoError::Io {
             action: "installing moto".into(),
             source: std::io::Error::other(e.to_string()),
@@ -195,12 +201,27 @@ impl MotoServer {
             .env("HANDOFF_EXIT_WITH_PARENT", "1")
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err_log));
-        // MOTO_ENABLE_RECORDING etc. are inherited from our environment.
+        // Otherwise MOTO_ENABLE_RECORDING etc. are inherited from our environment.
+        if let Some(path) = recording {
+            cmd.env("MOTO_ENABLE_RECORDING", "True").env("MOTO_RECORDER_FILEPATH", path);
+        }
         let child = cmd.spawn().map_err(io(format!("starting moto_server with {}", python.display())))?;
         let mut me = Self { child, endpoint: format!("http://127.0.0.1:{port}"), log: log_path };
         me.wait_ready().await?;
+        if recording.is_some() {
+            me.recorder("reset-recording").await?;
+            me.recorder("start-recording").await?;
+        }
         tracing::info!(endpoint = %me.endpoint, log = %me.log.display(), "moto started");
         Ok(me)
+    }
+
+    /// POSTs to moto's request recorder (`start-recording`, `reset-recording`, …).
+    async fn recorder(&self, action: &str) -> Result<(), MotoError> {
+        let url = format!("{}/moto-api/recorder/{action}", self.endpoint);
+        let failed = |e: String| MotoError::Io { action: format!("POST {url}"), source: std::io::Error::other(e) };
+        let response = reqwest::Client::new().post(&url).send().await.map_err(|e| failed(e.to_string()))?;
+        response.error_for_status().map(|_| ()).map_err(|e| failed(e.to_string()))
     }
 
     async fn wait_ready(&mut self) -> Result<(), MotoError> {
