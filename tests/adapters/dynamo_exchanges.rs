@@ -263,8 +263,14 @@ async fn recovery_resets_steps_and_fences_older_generations(repo: &dyn ExchangeR
         ClaimOutcome::NotClaimable
     );
 
-    // Recover generation 0 onto version 2, resetting steps 2 and 3.
+    // Recover generation 0 onto version 2, resetting steps 2 and 3, logged on step 2.
     let v2 = IntegrationVersion::number(2).expect("version");
+    let asked = LogLine {
+        kind: LogType::System,
+        line: "Recovery 1 requested by alice".into(),
+        timestamp: at(30),
+        step_id: StepId::from_sequence(2),
+    };
     let recover = RecoveryCommit {
         exchange_id: id.clone(),
         recovery: 0,
@@ -272,6 +278,7 @@ async fn recovery_resets_steps_and_fences_older_generations(repo: &dyn ExchangeR
         reset: vec![StepId::from_sequence(2), StepId::from_sequence(3)],
         clear_sub_failures: None,
         timers: vec![Timer { exchange_id: id.clone(), recovery: 1, due: at(7200), kind: TimerKind::Sla }],
+        log: Some(asked.clone()),
         now: at(30),
     };
     assert_eq!(repo.recover(&recover).await.expect("recover"), CommitOutcome::Applied);
@@ -292,6 +299,7 @@ async fn recovery_resets_steps_and_fences_older_generations(repo: &dyn ExchangeR
     let fresh = |step: u32| ExchangeStep { attempts: 0, ..steps(4)[step as usize].clone() };
     assert_eq!(detail.steps[2], fresh(2), "status, attempts, error, retry time, payload, completion reset");
     assert_eq!(detail.steps[3], fresh(3));
+    assert!(detail.logs.contains(&asked), "who asked is logged on the resumed step: {:?}", detail.logs);
     assert_eq!((detail.steps[1].status, detail.steps[1].attempts), (StepStatus::Done, 1), "not reset");
     let started = ExchangeFilter { integration_code: None, status: Some(ExchangeStatus::Started), parent: None };
     let listed: Vec<String> =
@@ -802,6 +810,7 @@ async fn recovery_clears_sub_failures_and_keeps_completions(repo: &dyn ExchangeR
     // Re-drive: the step is reset and its failures cleared in one update (a missing step to
     // clear refuses the whole recovery).
     let mut recover = RecoveryCommit {
+        log: None,
         exchange_id: pid.clone(),
         recovery: 0,
         integration_version: None,

@@ -451,6 +451,16 @@ async fn exhausted_retries_fail_then_recovery_completes_without_rerunning_done_s
     let delivered = target.received();
     assert_eq!(delivered.len(), 3);
     assert_eq!(delivered[2].json(), json!([1, 2]), "the stored payload of the Done step is reused");
+    // Who asked is on record: the token's subject, on the step it resumed at.
+    let (_, logs) = gw.get(&format!("/exchanges/{id}/logs")).await;
+    let asked: Vec<&Value> = logs["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["line"].as_str().is_some_and(|t| t.starts_with("Recovery 1 requested by developer")))
+        .collect();
+    assert_eq!(asked.len(), 1, "{logs:#}");
+    assert_eq!(asked[0]["stepId"], "0002");
 
     let (status, body) = gw.post(&format!("/exchanges/{id}/recover"), &json!({})).await;
     assert_eq!(status, 409, "a Completed exchange cannot be recovered: {body}");

@@ -130,6 +130,9 @@ pub struct RecoveryCommit {
     pub clear_sub_failures: Option<StepId>,
     /// Stored with the recovery: the resume handoff's outbox entry, the new SLA timer.
     pub timers: Vec<Timer>,
+    /// Who asked and what it does, appended to the logs of the step it resumes at (that
+    /// step is among `reset`): the audit trail of recoveries.
+    pub log: Option<LogLine>,
     pub now: DateTime<Utc>,
 }
 
@@ -228,6 +231,9 @@ pub enum CommitShapeError {
     DoneAndChanged(StepId),
     #[error("a commit cannot store two timers of the same name")]
     TimerTwice,
+    /// The recovery's log line goes on a step it resets; any other would be lost.
+    #[error("a recovery logs on step {0}, which it does not reset")]
+    RecoveryLogElsewhere(StepId),
     #[error("SetStatus needs at least one status to move from")]
     NoStatusToMoveFrom,
     #[error("a commit of {0} writes exceeds DynamoDB's {MAX_WRITES_PER_COMMIT} per transaction")]
@@ -289,6 +295,9 @@ impl RecoveryCommit {
 
     /// Whether the recovery fits one atomic write.
     pub fn check_shape(&self) -> Result<(), CommitShapeError> {
+        if let Some(line) = self.log.as_ref().filter(|line| !self.reset.contains(&line.step_id)) {
+            return Err(CommitShapeError::RecoveryLogElsewhere(line.step_id));
+        }
         match self.write_count() {
             count if count > MAX_WRITES_PER_COMMIT => Err(CommitShapeError::RecoveryTooLarge(count)),
             _ => Ok(()),

@@ -415,6 +415,9 @@ impl ExchangeWrites for MemoryExchangeRepository {
                 if commit.clear_sub_failures == Some(*step) {
                     stored.sub_failed = 0;
                 }
+                if let Some(line) = commit.log.as_ref().filter(|line| line.step_id == *step) {
+                    stored.logs.push(line.clone());
+                }
             }
         }
         if let Some(step) = clear_alone {

@@ -496,7 +496,12 @@ fn action_error(e: ActionError) -> ApiError {
     }
 }
 
-async fn recover(State(ctx): Ctx, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn recover(
+    State(ctx): Ctx,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     let version = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -511,8 +516,9 @@ async fn recover(State(ctx): Ctx, Path(id): Path<String>, body: Bytes) -> ApiRes
             ),
         }
     };
-    let recovered =
-        recover_exchange(&Recovering::of(&ctx), &ExchangeId::new(id.clone()), version).await.map_err(action_error)?;
+    let recovered = recover_exchange(&Recovering::of(&ctx), &ExchangeId::new(id.clone()), version, &caller.subject)
+        .await
+        .map_err(action_error)?;
     let body = json!({
         "exchangeId": id,
         "status": ExchangeStatus::Started,
@@ -524,11 +530,16 @@ async fn recover(State(ctx): Ctx, Path(id): Path<String>, body: Bytes) -> ApiRes
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-async fn retry_step(State(ctx): Ctx, Path((id, step_id)): Path<(String, String)>) -> ApiResult {
+async fn retry_step(
+    State(ctx): Ctx,
+    Extension(caller): Extension<Caller>,
+    Path((id, step_id)): Path<(String, String)>,
+) -> ApiResult {
     let step_id =
         StepId::parse(&step_id).map_err(|e| ApiError::bad_request("InvalidParameter", format!("stepId: {e}")))?;
-    let attempt =
-        retry_step_now(&Recovering::of(&ctx), &ExchangeId::new(id.clone()), step_id).await.map_err(action_error)?;
+    let attempt = retry_step_now(&Recovering::of(&ctx), &ExchangeId::new(id.clone()), step_id, &caller.subject)
+        .await
+        .map_err(action_error)?;
     Ok((StatusCode::ACCEPTED, Json(json!({"exchangeId": id, "stepId": step_id, "attempt": attempt}))).into_response())
 }
 

@@ -64,10 +64,13 @@ pub struct Recovered {
     pub recoveries: u32,
 }
 
+/// Recovers `id` (onto `onto_version` if given); `requested_by` (an operator's `sub`, or
+/// the job that re-drives failures) is logged on the step it resumes at.
 pub async fn recover_exchange(
     ctx: &Recovering<'_>,
     id: &ExchangeId,
     onto_version: Option<IntegrationVersion>,
+    requested_by: &str,
 ) -> Result<Recovered, ActionError> {
     let detail = load(ctx, id).await?;
     let exchange = &detail.exchange;
@@ -106,7 +109,8 @@ pub async fn recover_exchange(
         ctx.outbox_delay,
         now,
     )
-    .map_err(|e| ActionError::Conflict(e.to_string()))?;
+    .map_err(|e| ActionError::Conflict(e.to_string()))?
+    .requested_by(requested_by);
     // A subflow that failed because sub-exchanges failed re-drives only those.
     let redrive = if decided.redrive_children {
         failed_children(ctx.effects.exchanges, id, decided.resumed_at()).await?
@@ -118,7 +122,7 @@ pub async fn recover_exchange(
     }
     for child in &redrive {
         // Boxed: sub-exchanges may themselves be subflows.
-        if let Err(e) = Box::pin(recover_exchange(ctx, child, None)).await {
+        if let Err(e) = Box::pin(recover_exchange(ctx, child, None, requested_by)).await {
             tracing::warn!(exchangeId = %id, child = %child, error = %e, "a failed sub-exchange could not be re-driven");
         }
     }
@@ -139,19 +143,24 @@ pub async fn recover_exchange(
         }
     }
     let recoveries = decided.recoveries();
-    tracing::info!(exchangeId = %id, resumedAt = %decided.resumed_at(), recoveries, "exchange recovered");
+    tracing::info!(exchangeId = %id, resumedAt = %decided.resumed_at(), recoveries, requestedBy = requested_by, "exchange recovered");
     Ok(Recovered { resumed_at: decided.resumed_at(), integration_version: target.stored.version, recoveries })
 }
 
 /// A manual retry of a step waiting for its next automatic attempt: that attempt runs now
 /// (and counts); the scheduled one then finds it done and changes nothing.
-pub async fn retry_step_now(ctx: &Recovering<'_>, id: &ExchangeId, step_id: StepId) -> Result<u32, ActionError> {
+pub async fn retry_step_now(
+    ctx: &Recovering<'_>,
+    id: &ExchangeId,
+    step_id: StepId,
+    requested_by: &str,
+) -> Result<u32, ActionError> {
     let detail = load(ctx, id).await?;
     let message = operator::manual_retry(&detail, step_id).map_err(|e| match e {
         ManualRetryError::UnknownStep(step) => ActionError::UnknownStep(step),
         other => ActionError::Conflict(other.to_string()),
     })?;
     ctx.effects.queue.send(message.sub_step.family(), &message, 0).await?;
-    tracing::info!(exchangeId = %id, stepId = %step_id, attempt = message.attempt, "manual retry requested");
+    tracing::info!(exchangeId = %id, stepId = %step_id, attempt = message.attempt, requestedBy = requested_by, "manual retry requested");
     Ok(message.attempt)
 }

@@ -15,6 +15,8 @@ use handoff_ports::{ExchangeFilter, PortError, TimerStore};
 
 /// Timers due this far ahead are handed to SQS now (the job runs at least this often).
 const SWEEP_LOOKAHEAD_SECONDS: i64 = 120;
+/// Who asked, in the log of an exchange the error-processing job recovers.
+const AUTO_RECOVERY: &str = "the error-processing job (a retryable system error)";
 const PAGE: u32 = 100;
 /// An exchange still `New` this long after its creation was never handed off. (Creation and
 /// the first handoff are one API call apart; a live creator is long done by then.)
@@ -113,7 +115,7 @@ impl<'a> Sweeps<'a> {
                     skipped += 1;
                     continue;
                 }
-                match recover_exchange(&self.recovering, &exchange.exchange_id, None).await {
+                match recover_exchange(&self.recovering, &exchange.exchange_id, None, AUTO_RECOVERY).await {
                     Ok(_) => recovered.push(exchange.exchange_id),
                     Err(e) => {
                         tracing::warn!(exchangeId = %exchange.exchange_id, error = %e, "automatic recovery failed")

@@ -3,7 +3,7 @@
 
 use super::{Pipeline, MAX_SQS_DELAY_SECONDS};
 use crate::commit::RecoveryCommit;
-use crate::exchange::{Exchange, ExchangeDetail, StepStatus};
+use crate::exchange::{Exchange, ExchangeDetail, LogLine, LogType, StepStatus};
 use crate::handoff::{outbox_entry, sla_timer, CallbackToken, HandoffMessage, Timer};
 use crate::ids::{IntegrationVersion, StepId};
 use crate::plan::SubStep;
@@ -29,6 +29,22 @@ pub struct Recovery {
 }
 
 impl Recovery {
+    /// Records who asked (an operator's `sub`, or the job that re-drives failures) on the
+    /// step the exchange resumes at, with where and onto which version.
+    pub fn requested_by(mut self, who: &str) -> Self {
+        let onto = match self.commit.integration_version {
+            Some(version) => format!(" onto version {version}"),
+            None => String::new(),
+        };
+        self.commit.log = Some(LogLine {
+            kind: LogType::System,
+            line: format!("Recovery {} requested by {who}: resumes at this step{onto}", self.commit.recovery + 1),
+            timestamp: self.commit.now,
+            step_id: self.resume.step_id,
+        });
+        self
+    }
+
     pub fn resumed_at(&self) -> StepId {
         self.resume.step_id
     }
@@ -75,6 +91,7 @@ pub fn recovery(
         reset: point.reset,
         clear_sub_failures: redrive_children.then_some(point.step_id),
         timers: std::iter::once(outbox.clone()).chain(sla.clone()).collect(),
+        log: None,
         now,
     };
     Ok(Recovery { commit, resume, outbox, sla, redrive_children })
@@ -178,6 +195,12 @@ mod tests {
         ));
         assert!(r.sla_due_soon().is_some());
         assert!(!r.redrive_children);
+        assert_eq!(r.commit.log, None);
+        let asked = r.requested_by("alice");
+        let log = asked.commit.log.expect("the recovery is logged");
+        assert_eq!(log.step_id, StepId::from_sequence(2), "on the step it resumes at");
+        assert!(asked.commit.reset.contains(&log.step_id), "a step the recovery writes anyway");
+        assert_eq!(log.line, "Recovery 1 requested by alice: resumes at this step");
     }
 
     #[test]

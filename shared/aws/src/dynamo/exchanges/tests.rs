@@ -618,6 +618,7 @@ fn recovery_actions() {
         reset: vec![StepId::from_sequence(3), StepId::from_sequence(2), StepId::from_sequence(3)],
         clear_sub_failures: None,
         timers: Vec::new(),
+        log: None,
         now: t("2026-01-02T03:04:05Z"),
     };
     let actions = recover_actions("T", &commit).expect("actions");
@@ -688,6 +689,7 @@ fn recovery_clears_sub_failures() {
         reset: vec![StepId::from_sequence(3), StepId::from_sequence(2)],
         clear_sub_failures: Some(StepId::from_sequence(3)),
         timers: Vec::new(),
+        log: None,
         now: t("2026-01-02T03:04:05Z"),
     };
     // Merged into the step's reset: one action per item.

@@ -412,7 +412,8 @@ pub(crate) fn recover_plan(table: &str, commit: &RecoveryCommit) -> PortResult<V
     actions.push((TransactWriteItem::builder().update(update).build(), vec![recoverable]));
     for step in reset {
         let clear = commit.clear_sub_failures == Some(step);
-        let update = TransactWriteItem::builder().update(reset_update(table, id, step, clear)?).build();
+        let log = commit.log.as_ref().filter(|line| line.step_id == step);
+        let update = TransactWriteItem::builder().update(reset_update(table, id, step, clear, log)?).build();
         actions.push((update, exists(step)));
     }
     if let Some(step) = clear_alone {
@@ -433,6 +434,7 @@ pub(crate) fn reset_update(
     exchange_id: &ExchangeId,
     step: StepId,
     clear_sub_failures: bool,
+    log: Option<&LogLine>,
 ) -> PortResult<Update> {
     let mut e = Expr::default();
     e.set("status", "initial", s(status_name(StepStatus::Initial)));
@@ -447,6 +449,12 @@ pub(crate) fn reset_update(
     }
     for attribute in ["nextRetryAt", "lastError", "completedAt", "payload"] {
         e.remove(attribute);
+    }
+    if let Some(line) = log {
+        let logs = e.name("logs");
+        e.value("empty", AttributeValue::L(Vec::new()));
+        e.value("logs", to_av(&vec![line])?);
+        e.set.push(format!("{logs} = list_append(if_not_exists({logs}, :empty), :logs)"));
     }
     // Never create a step that does not exist.
     let condition = condition(&mut e, &[Precondition::StepExists { exchange: exchange_id.clone(), step }]);
