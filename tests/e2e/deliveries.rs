@@ -141,6 +141,16 @@ async fn sftp_delivery_uploads_the_payload_with_credentials_from_secrets_manager
         failed["error"]["message"].as_str().unwrap_or("").contains("'handoff/no-such-secret' does not exist"),
         "{failed:#}"
     );
+
+    // An SFTP host on a metadata address is refused before its secret is read.
+    let metadata = unique_code("SFTP_GUARD");
+    gw.create_integration(&delivery(&metadata, json!([
+        {"kind": "sftp", "host": "169.254.169.254", "port": 22, "path": "/in/x.json", "credentials": {"secretRef": secret}}])))
+        .await;
+    let id = gw.invoke(&json!({"integrationCode": metadata, "payload": payload})).await;
+    let failed = gw.wait_final(&id).await;
+    assert_eq!(failed["error"]["classification"], "business", "{failed:#}");
+    assert!(failed["error"]["message"].as_str().unwrap_or("").contains("169.254.169.254:22 refused"), "{failed:#}");
 }
 
 #[tokio::test]

@@ -102,23 +102,50 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let host = name.as_str().to_string();
         Box::pin(async move {
             let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let mut first_refusal = None;
-            let allowed: Vec<SocketAddr> = resolved
-                .into_iter()
-                .filter(|addr| match policy.check(addr.ip()) {
-                    Ok(()) => true,
-                    Err(refused) => {
-                        first_refusal.get_or_insert(refused);
-                        false
-                    }
-                })
-                .collect();
-            match (allowed.is_empty(), first_refusal) {
-                (true, Some(refused)) => Err(Box::new(RefusedDestination { host, refused }) as _),
-                _ => Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs),
+            match allowed_addresses(&policy, resolved) {
+                Ok(allowed) => Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs),
+                Err(refused) => Err(Box::new(RefusedDestination { host, refused }) as _),
             }
         })
     }
+}
+
+/// The addresses the policy allows; refused when it allows none of them (an empty
+/// resolution is left to the connection to report).
+fn allowed_addresses(policy: &OutboundPolicy, resolved: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, Refused> {
+    let mut first_refusal = None;
+    let allowed: Vec<SocketAddr> = resolved
+        .into_iter()
+        .filter(|addr| match policy.check(addr.ip()) {
+            Ok(()) => true,
+            Err(refused) => {
+                first_refusal.get_or_insert(refused);
+                false
+            }
+        })
+        .collect();
+    match (allowed.is_empty(), first_refusal) {
+        (true, Some(refused)) => Err(refused),
+        _ => Ok(allowed),
+    }
+}
+
+/// Resolves `host` for a connection that is not HTTP (SFTP) and keeps the addresses the
+/// policy allows: connect to exactly these, so a name that resolves again differently
+/// (rebinding) cannot pass. A refusal is a business error naming the host, a failed
+/// resolution a transient one.
+pub async fn resolve_guarded(
+    policy: &OutboundPolicy,
+    scheme: &str,
+    host: &str,
+    port: u16,
+) -> Result<Vec<SocketAddr>, Failure> {
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| Failure::transient(format!("{scheme} {host}: the name does not resolve: {e}")))?
+        .collect();
+    allowed_addresses(policy, resolved)
+        .map_err(|refused| Failure::business(format!("{scheme} {host}:{port} refused: {refused}")))
 }
 
 /// The policy's verdict on a URL whose host is an address (names are checked on resolution).
@@ -290,5 +317,20 @@ mod tests {
         assert!(failure.retryable, "{failure:?}");
         let failure = send(&open, post("http://169.254.169.254/"), OutboundBody::Empty, &[]).await.expect_err("never");
         assert!(!failure.retryable && failure.message.contains("metadata"), "{failure:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_is_not_http_is_guarded_the_same_way() {
+        let closed = OutboundPolicy::default();
+        let refused = resolve_guarded(&closed, "sftp", "127.0.0.1", 22).await.expect_err("loopback is closed");
+        assert!(!refused.retryable && refused.message.starts_with("sftp 127.0.0.1:22 refused"), "{refused:?}");
+        let metadata =
+            resolve_guarded(&OutboundPolicy::parse("0.0.0.0/0").expect("policy"), "sftp", "169.254.169.254", 22)
+                .await
+                .expect_err("never");
+        assert!(metadata.message.contains("metadata"), "{metadata:?}");
+        let open = OutboundPolicy::parse("127.0.0.0/8").expect("policy");
+        let addresses = resolve_guarded(&open, "sftp", "127.0.0.1", 2222).await.expect("allowed");
+        assert_eq!(addresses, vec![SocketAddr::from(([127, 0, 0, 1], 2222))]);
     }
 }

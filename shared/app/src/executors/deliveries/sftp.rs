@@ -25,6 +25,7 @@ use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertific
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::client::SftpSession;
 use russh_sftp::protocol::StatusCode;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -46,9 +47,11 @@ pub(super) async fn deliver(
     let files = delivery_files(cx).await?;
     let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
     let targets = remote_paths(&path, &names).map_err(Failure::business)?;
+    // Checked before the secret is even read: a refused host never sees a password.
+    let addresses = crate::outbound::resolve_guarded(&cx.http.policy, "sftp", host, *port).await?;
     let credentials = credentials(cx, secret_ref).await?;
 
-    let session = connect(host, *port, host_key_fingerprint.as_deref(), &credentials, logs).await?;
+    let session = connect(host, &addresses, *port, host_key_fingerprint.as_deref(), &credentials, logs).await?;
     let result = upload_all(cx, &session, &files, &targets, logs).await;
     // The upload's outcome decides; closing is courtesy.
     let _ = session.sftp.close().await;
@@ -154,6 +157,7 @@ impl russh::client::Handler for HostKeyCheck {
 
 async fn connect(
     host: &str,
+    addresses: &[SocketAddr],
     port: u16,
     expected_fingerprint: Option<&str>,
     credentials: &LoginCredentials,
@@ -164,7 +168,7 @@ async fn connect(
     let config =
         Arc::new(russh::client::Config { inactivity_timeout: Some(Duration::from_secs(60)), ..Default::default() });
     let address = format!("{host}:{port}");
-    let connected = tokio::time::timeout(CONNECT_TIMEOUT, russh::client::connect(config, (host, port), handler)).await;
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, russh::client::connect(config, addresses, handler)).await;
     let mut ssh = match connected {
         Err(_) => {
             return Err(Failure::transient(format!("sftp {address}: no SSH handshake within {CONNECT_TIMEOUT:?}")))
