@@ -12,12 +12,17 @@ use std::time::{Duration, Instant};
 const TIMEOUT: Duration = Duration::from_millis(1500);
 
 fn sandbox() -> JqSandbox {
+    sandbox_of(2)
+}
+
+fn sandbox_of(max_processes: usize) -> JqSandbox {
     JqSandbox::new(
         PathBuf::from(env!("CARGO_BIN_EXE_handoff-jq-sandbox")),
         SandboxLimits {
             outputs: OutputLimits { max_outputs: 1000, max_output_bytes: 1024 * 1024 },
             timeout: TIMEOUT,
             max_memory_mb: 96,
+            max_processes,
         },
     )
 }
@@ -85,6 +90,20 @@ fn a_runaway_program_does_not_hold_up_one_beside_it() {
     let started = Instant::now();
     assert_eq!(run(&sandbox, ".a", json!({"a": "ok"})), Ok(vec![json!("ok")]));
     assert!(started.elapsed() < TIMEOUT, "the quick program waited {:?}", started.elapsed());
+    assert_eq!(runaway.join().unwrap(), Err(ExpressionError::TimedOut { limit_ms: 1500 }));
+}
+
+#[test]
+fn no_more_than_max_processes_run_at_once_and_the_others_wait_their_turn() {
+    let sandbox = std::sync::Arc::new(sandbox_of(1));
+    let runaway = {
+        let sandbox = sandbox.clone();
+        std::thread::spawn(move || run(&sandbox, "last(range(1e15))", json!(null)))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    assert_eq!(run(&sandbox, ". + 1", json!(1)), Ok(vec![json!(2)]));
+    assert!(started.elapsed() >= TIMEOUT / 2, "it waited for the only process ({:?})", started.elapsed());
     assert_eq!(runaway.join().unwrap(), Err(ExpressionError::TimedOut { limit_ms: 1500 }));
 }
 

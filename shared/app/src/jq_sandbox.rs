@@ -34,9 +34,8 @@ const READY: &str = "handoff-jq-sandbox/1 ready";
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// The stack of the thread that runs programs (counted in the memory limit).
 const PROGRAM_STACK_BYTES: usize = 32 * 1024 * 1024;
-/// Children kept alive between runs, and the most alive at once (each may use the memory limit).
+/// Children kept alive between runs (at most `max_processes` are alive at once).
 const MAX_IDLE: usize = 4;
-const MAX_CHILDREN: usize = 8;
 
 const ENV_MAX_OUTPUTS: &str = "HANDOFF_JQ_SANDBOX_MAX_OUTPUTS";
 const ENV_MAX_OUTPUT_BYTES: &str = "HANDOFF_JQ_SANDBOX_MAX_OUTPUT_BYTES";
@@ -154,14 +153,14 @@ impl JqSandbox {
         }
     }
 
-    /// An idle child, or a new one once fewer than [`MAX_CHILDREN`] are alive.
+    /// An idle child, or a new one once fewer than `max_processes` are alive.
     fn checkout(&self) -> Result<SandboxChild, ExpressionError> {
         let mut pool = self.lock();
         loop {
             if let Some(child) = pool.idle.pop() {
                 return Ok(child);
             }
-            if pool.alive < MAX_CHILDREN {
+            if pool.alive < self.limits.max_processes.max(1) {
                 pool.alive += 1;
                 drop(pool);
                 return self.spawn_counted();
@@ -172,7 +171,7 @@ impl JqSandbox {
 
     fn checkout_fresh(&self) -> Result<SandboxChild, ExpressionError> {
         let mut pool = self.lock();
-        while pool.alive >= MAX_CHILDREN {
+        while pool.alive >= self.limits.max_processes.max(1) {
             pool = self.freed.wait(pool).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         pool.alive += 1;

@@ -223,12 +223,15 @@ pub struct SandboxLimits {
     pub timeout: Duration,
     /// The sandbox process's data limit (heap and stacks).
     pub max_memory_mb: u64,
+    /// How many sandbox processes may run at once (each may use `max_memory_mb`); more runs
+    /// wait for one to be free.
+    pub max_processes: usize,
 }
 
 impl Default for SandboxLimits {
     fn default() -> Self {
         // As the template's defaults (JqTimeoutMs, JqMaxMemoryMB).
-        Self { outputs: OutputLimits::default(), timeout: Duration::from_secs(5), max_memory_mb: 128 }
+        Self { outputs: OutputLimits::default(), timeout: Duration::from_secs(5), max_memory_mb: 128, max_processes: 8 }
     }
 }
 

@@ -131,6 +131,16 @@ pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Re
         },
         timeout: Duration::from_millis(vars.number("HANDOFF_JQ_TIMEOUT_MS", defaults.jq.timeout.as_millis() as u64)?),
         max_memory_mb: vars.number("HANDOFF_JQ_MAX_MEMORY_MB", defaults.jq.max_memory_mb)?,
+        max_processes: defaults.jq.max_processes,
+    };
+    // In Lambda the sandboxes share the function's memory: give them at most half of it, so
+    // a batch of runaway programs cannot get the whole function killed.
+    let jq = match vars.0.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").and_then(|mb| mb.parse::<u64>().ok()) {
+        Some(function_mb) => SandboxLimits {
+            max_processes: usize::try_from(function_mb / 2 / jq.max_memory_mb.max(1)).unwrap_or(1).max(1),
+            ..jq
+        },
+        None => jq,
     };
     let settings = AppSettings {
         inline_payload_limit: vars.number("HANDOFF_INLINE_PAYLOAD_LIMIT_BYTES", defaults.inline_payload_limit as u64)?
