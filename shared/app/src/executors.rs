@@ -66,7 +66,7 @@ impl ExecutionContext<'_> {
         tokio::task::spawn_blocking(move || program.evaluate(runner.as_ref(), &input, &vars))
             .await
             .map_err(|e| Failure::system(format!("the {what} task failed: {e}")))?
-            .map_err(|e| expression_failure(self.step().map(|s| s.name.as_str()), what, e))
+            .map_err(|e| expression_failure(self, what, e))
     }
 
     fn placeholders(&self) -> PlaceholderContext {
@@ -95,6 +95,11 @@ impl ExecutionContext<'_> {
 
     pub(crate) fn step(&self) -> Option<&handoff_core::definition::IntegrationStep> {
         self.planned.step_index.map(|i| &self.loaded.definition.steps[i])
+    }
+
+    /// `step '<name>' ` to lead a failure message with (nothing outside a step).
+    pub(crate) fn naming_the_step(&self) -> String {
+        self.step().map_or_else(String::new, |s| format!("step '{}' ", s.name))
     }
 
     /// A link from a callback may be followed (see [`handoff_core::links`]).
@@ -131,11 +136,8 @@ pub(crate) fn payload_failure(e: PayloadError) -> Failure {
 
 /// A program's failure names the step and the program; over a limit or wrong in itself it
 /// is the definition's fault (business), a sandbox that cannot start is worth a retry.
-fn expression_failure(step: Option<&str>, what: &str, e: ExpressionError) -> Failure {
-    let message = match step {
-        Some(step) => format!("step '{step}' {what}: {e}"),
-        None => format!("{what}: {e}"),
-    };
+fn expression_failure(cx: &ExecutionContext<'_>, what: &str, e: ExpressionError) -> Failure {
+    let message = format!("{}{what}: {e}", cx.naming_the_step());
     if e.is_program_error() {
         Failure::business(message)
     } else {
@@ -476,8 +478,7 @@ pub(crate) async fn store_value(cx: &ExecutionContext<'_>, value: &Value) -> Res
 async fn run_jq(cx: &ExecutionContext<'_>, program: &Expression, what: &str) -> Result<Value, Failure> {
     let input = cx.input_json().await?;
     let values = cx.run_program(program, input, what).await?;
-    handoff_core::expression::single(values)
-        .map_err(|e| expression_failure(cx.step().map(|s| s.name.as_str()), what, e))
+    handoff_core::expression::single(values).map_err(|e| expression_failure(cx, what, e))
 }
 
 /// An external system's answer as a stream, with its content type.

@@ -94,10 +94,6 @@ impl JqSandbox {
         Self { executable, limits, pool: Mutex::new(Pool::default()), freed: Condvar::new() }
     }
 
-    pub fn limits(&self) -> SandboxLimits {
-        self.limits
-    }
-
     fn request(&self, request: &Request<'_>) -> Result<Reply, ExpressionError> {
         let line = serde_json::to_string(request).map_err(|e| ExpressionError::NotJson { message: e.to_string() })?;
         let mut child = self.checkout()?;

@@ -68,7 +68,7 @@ impl Job {
 /// Bad data (or a failing program) is the customer's to fix; I/O trouble is worth a retry.
 /// Names the step, and the file of a data file set, the conversion failed in.
 fn convert_failure(cx: &ExecutionContext<'_>, e: ConvertError, file: Option<&str>) -> Failure {
-    let step = cx.step().map_or_else(String::new, |s| format!("step '{}' ", s.name));
+    let step = cx.naming_the_step();
     let message = match file {
         Some(name) => format!("{step}file '{name}': {e}"),
         None => format!("{step}{e}"),

@@ -83,10 +83,10 @@ impl ProgramBatch {
         }
         let results = c.runner.run_batch(program.source(), &self.records, c.vars);
         for (result, position) in results.into_iter().zip(&self.positions) {
-            let outputs = result.map_err(|e| match e {
+            let outputs = result.map_err(|e| match e.is_program_error() {
+                true => RecordError::new(position, e.to_string()).into(),
                 // Not the record's fault: the step may be retried.
-                unavailable @ ExpressionError::Unavailable { .. } => ConvertError::Program(unavailable),
-                e => RecordError::new(position, e.to_string()).into(),
+                false => ConvertError::Program(e),
             })?;
             for out in &outputs {
                 writer.write(out, position)?;
