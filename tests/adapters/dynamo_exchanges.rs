@@ -986,6 +986,62 @@ async fn conflicts_name_the_preconditions_that_failed(repo: &dyn ExchangeReposit
     assert!(conflict.is_stale());
 }
 
+/// Retention: a finished exchange goes with its steps, errors and timers; one recovered
+/// since (another generation) stays; deleting twice finds nothing.
+async fn finished_exchanges_are_deleted_with_everything_under_them(repo: &dyn ExchangeRepository) {
+    let kept = exchange("ex-kept", "RET", at(0));
+    repo.create(&kept, &steps(2)).await.expect("create");
+    let ex = exchange("ex-gone", "RET", at(0));
+    let id = ex.exchange_id.clone();
+    repo.create(&ex, &steps(30)).await.expect("create");
+    let mut start = commit(
+        &id,
+        change(0, 1, false, StepStatus::Done, at(1)),
+        ExchangeChange::SetStatus {
+            from: vec![ExchangeStatus::New],
+            to: ExchangeStatus::Started,
+            error: None,
+            completed_at: None,
+        },
+        at(1),
+    );
+    start.errors = vec![error_record(&id, "RET", Some(0), ErrorClassification::Business, at(1))];
+    start.timers = vec![Timer { exchange_id: id.clone(), recovery: 0, due: at(100), kind: TimerKind::Sla }];
+    assert_eq!(repo.commit(&start).await.expect("start"), CommitOutcome::Applied);
+    // Running: not deletable.
+    assert_eq!(repo.delete_finished(&id, 0).await.expect("delete running"), CommitOutcome::Conflict);
+    fail_exchange(repo, &id, 1, 0, at(2)).await;
+    // Recovered (generation 1) and failed again: the generation-0 retention no longer applies.
+    let recover = RecoveryCommit {
+        exchange_id: id.clone(),
+        recovery: 0,
+        integration_version: None,
+        reset: vec![StepId::from_sequence(1)],
+        clear_sub_failures: None,
+        timers: vec![],
+        log: None,
+        now: at(3),
+    };
+    assert_eq!(repo.recover(&recover).await.expect("recover"), CommitOutcome::Applied);
+    fail_exchange(repo, &id, 1, 1, at(4)).await;
+    assert_eq!(repo.delete_finished(&id, 0).await.expect("stale retention"), CommitOutcome::Conflict);
+    assert!(repo.get(&id).await.expect("get").is_some());
+
+    assert_eq!(repo.delete_finished(&id, 1).await.expect("delete"), CommitOutcome::Applied);
+    assert!(repo.get(&id).await.expect("get").is_none());
+    assert!(repo.get_step(&id, StepId::from_sequence(29)).await.expect("get step").is_none());
+    let errors = repo.errors(&ErrorFilter::default(), 100, None).await.expect("errors").items;
+    assert!(errors.iter().all(|e| e.exchange_id != id), "{errors:?}");
+    assert!(repo.due_timers(at(1000), 100).await.expect("timers").iter().all(|t| t.exchange_id != id));
+    assert_eq!(repo.delete_finished(&id, 1).await.expect("delete again"), CommitOutcome::Conflict);
+    assert_eq!(
+        repo.recover(&RecoveryCommit { recovery: 1, ..recover }).await.expect("recover"),
+        CommitOutcome::Conflict
+    );
+    // Other exchanges are untouched.
+    assert_eq!(repo.get(&kept.exchange_id).await.expect("get").expect("kept").steps.len(), 2);
+}
+
 /// The exchange-repository contract: each case runs against the DynamoDB adapter on moto
 /// and against the in-memory fake the use-case tests rely on, so the two cannot drift.
 macro_rules! exchange_contract {
@@ -1017,4 +1073,56 @@ exchange_contract!(
     sub_exchanges_count_once_on_the_parent_step_and_store_results,
     recovery_clears_sub_failures_and_keeps_completions,
     list_by_parent_is_in_index_order_and_paginates,
+    finished_exchanges_are_deleted_with_everything_under_them,
 );
+
+/// A deletion interrupted after its first write (the exchange marked): no recovery revives
+/// the half-deleted exchange, and the deletion repeated finishes it.
+#[tokio::test]
+async fn an_interrupted_deletion_blocks_recovery_and_finishes_when_repeated() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let client = aws_sdk_dynamodb::Client::new(&sdk().await);
+    let table = exchanges_table().await;
+    let repo = DynamoExchangeRepository::new(client.clone(), table.clone());
+    let ex = exchange("ex-half", "RET", at(0));
+    let id = ex.exchange_id.clone();
+    repo.create(&ex, &steps(3)).await.expect("create");
+    let start = commit(
+        &id,
+        change(0, 1, false, StepStatus::Done, at(1)),
+        ExchangeChange::SetStatus {
+            from: vec![ExchangeStatus::New],
+            to: ExchangeStatus::Started,
+            error: None,
+            completed_at: None,
+        },
+        at(1),
+    );
+    assert_eq!(repo.commit(&start).await.expect("start"), CommitOutcome::Applied);
+    fail_exchange(&repo, &id, 1, 0, at(2)).await;
+    // What the first write of a deletion does, and then the crash.
+    client
+        .update_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S(format!("EX#{id}")))
+        .key("sk", AttributeValue::S("EXCHANGE".into()))
+        .update_expression("SET deletingAt = :now")
+        .expression_attribute_values(":now", AttributeValue::S(at(3).to_rfc3339()))
+        .send()
+        .await
+        .expect("mark");
+    let recover = RecoveryCommit {
+        exchange_id: id.clone(),
+        recovery: 0,
+        integration_version: None,
+        reset: vec![StepId::from_sequence(1)],
+        clear_sub_failures: None,
+        timers: vec![],
+        log: None,
+        now: at(4),
+    };
+    assert_eq!(repo.recover(&recover).await.expect("recover"), CommitOutcome::Conflict);
+    assert_eq!(repo.delete_finished(&id, 0).await.expect("delete"), CommitOutcome::Applied);
+    assert!(repo.get(&id).await.expect("get").is_none());
+    assert!(repo.get_step(&id, StepId::from_sequence(2)).await.expect("get step").is_none());
+}

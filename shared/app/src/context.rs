@@ -35,6 +35,9 @@ pub struct AppSettings {
     pub outbound: OutboundPolicy,
     /// The bounds of every jq run (`JqTimeoutMs`, `JqMaxOutputs`, `JqMaxOutputBytes`, `JqMaxMemoryMB`).
     pub jq: SandboxLimits,
+    /// How long a finished exchange is kept before it is deleted (`ExchangeRetentionDays`);
+    /// `None` keeps finished exchanges for ever.
+    pub exchange_retention: Option<chrono::Duration>,
 }
 
 impl Default for AppSettings {
@@ -47,6 +50,7 @@ impl Default for AppSettings {
             outbox_delay: Duration::from_secs(60),
             outbound: OutboundPolicy::default(),
             jq: SandboxLimits::default(),
+            exchange_retention: None,
         }
     }
 }

@@ -40,6 +40,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    /// A harness whose deployment settings `adjust` changes.
+    fn with(adjust: impl FnOnce(&mut AppSettings)) -> Self {
         let exchanges = Arc::new(MemoryExchangeRepository::new());
         let queue = Arc::new(MemoryQueue::default());
         let schedules = Arc::new(MemorySchedules::default());
@@ -59,6 +64,8 @@ impl Harness {
             outbound: handoff_core::network::OutboundPolicy::parse("127.0.0.0/8").expect("policy"),
             ..AppSettings::default()
         };
+        let mut settings = settings;
+        adjust(&mut settings);
         let ctx = AppContext::new(ports, settings, Arc::new(handoff_core::expression::InProcess::default()));
         let workers = WorkerFamily::ALL.into_iter().map(|f| (f, WorkerFunction::new(ctx.clone(), f))).collect();
         Self { ctx, exchanges, queue, schedules, workers }
@@ -629,4 +636,71 @@ async fn a_subflow_past_its_caps_fails_as_a_business_error_and_creates_nothing()
     assert_eq!(depth, 5, "five levels below the root, no more");
     let error = level.exchange.error.expect("the deepest one failed");
     assert!(error.message.contains("nested 6 deep; the limit is 5"), "{}", error.message);
+}
+
+/// The retention timers stored for `id`, oldest generation first.
+async fn retention_timers(h: &Harness, id: &ExchangeId) -> Vec<Timer> {
+    use handoff_ports::TimerStore;
+    let far = chrono::Utc::now() + chrono::Duration::days(3);
+    let mut timers: Vec<Timer> = h
+        .exchanges
+        .due_timers(far, 100)
+        .await
+        .expect("timers")
+        .into_iter()
+        .filter(|t| t.exchange_id == *id && t.kind == TimerKind::Retention)
+        .collect();
+    timers.sort_by_key(|t| t.recovery);
+    timers
+}
+
+/// Fires `timer` as if its time had come.
+async fn fire_now(h: &Harness, timer: &Timer) {
+    let due = Timer { due: chrono::Utc::now() - chrono::Duration::seconds(1), ..timer.clone() };
+    h.deliver(&Queued::Timer { timer: due, delay_seconds: 0 }).await.expect("timer");
+}
+
+#[tokio::test]
+async fn a_finished_exchange_is_deleted_once_kept_its_retention_unless_recovered_since() {
+    let h = Harness::with(|s| s.exchange_retention = Some(chrono::Duration::days(1)));
+    h.define(transform("KEEP", "error(\"bad record\")")).await;
+    let id = h.invoke("KEEP", json!([1])).await;
+    h.run().await;
+    let failed = h.detail(&id).await;
+    assert_eq!(failed.exchange.status, ExchangeStatus::Failed);
+    let first = retention_timers(&h, &id).await;
+    assert_eq!(first.len(), 1, "stored with the commit that failed the exchange");
+    let completed_at = failed.exchange.completed_at.unwrap_or(failed.exchange.updated_at);
+    assert!((first[0].due - completed_at - chrono::Duration::days(1)).num_seconds().abs() <= 1, "{first:?}");
+
+    // Recovered, it fails again: its new retention replaces the first, and the first, had it
+    // fired meanwhile, would have found the exchange at another generation.
+    let (status, body) = h.call("POST", &format!("/exchanges/{id}/recover"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    fire_now(&h, &first[0]).await;
+    h.run().await;
+    assert_eq!(h.detail(&id).await.exchange.status, ExchangeStatus::Failed);
+    let second = retention_timers(&h, &id).await;
+    assert_eq!(second.iter().map(|t| t.recovery).collect::<Vec<_>>(), vec![1]);
+    fire_now(&h, &first[0]).await;
+    let (status, _) = h.call("GET", &format!("/exchanges/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK, "kept: recovered since the first retention was armed");
+
+    fire_now(&h, &second[0]).await;
+    let (status, _) = h.call("GET", &format!("/exchanges/{id}"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, errors) = h.call("GET", "/errors", None).await;
+    assert!(
+        errors["items"].as_array().is_some_and(|items| items.iter().all(|e| e["exchangeId"] != json!(id.as_str()))),
+        "{errors}"
+    );
+    assert!(retention_timers(&h, &id).await.is_empty());
+
+    // Without a retention (the default), nothing is armed.
+    let kept = Harness::new();
+    kept.define(transform("KEPT", ".")).await;
+    let id = kept.invoke("KEPT", json!([1])).await;
+    kept.run().await;
+    assert_eq!(kept.detail(&id).await.exchange.status, ExchangeStatus::Completed);
+    assert!(retention_timers(&kept, &id).await.is_empty());
 }

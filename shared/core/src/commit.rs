@@ -78,6 +78,27 @@ pub struct ParentTally {
 }
 
 impl StepCommit {
+    /// Whether this commit makes the exchange final.
+    pub fn finishes_exchange(&self) -> bool {
+        matches!(&self.exchange, ExchangeChange::SetStatus { to, .. } if to.is_final())
+    }
+
+    /// A commit that finishes the exchange also stores the timer that deletes it once it
+    /// has been kept `retention` (`None`: finished exchanges are kept for ever). Stored in
+    /// the same write, so no finished exchange escapes its retention; a recovery moves the
+    /// exchange to the next generation, which the timer then no longer matches.
+    pub fn keep_finished_for(&mut self, retention: Option<chrono::Duration>) {
+        let Some(retention) = retention.filter(|_| self.finishes_exchange()) else {
+            return;
+        };
+        self.timers.push(Timer {
+            exchange_id: self.exchange_id.clone(),
+            recovery: self.recovery,
+            due: self.now + retention,
+            kind: crate::handoff::TimerKind::Retention,
+        });
+    }
+
     /// A commit with no extras; callers fill in what they need.
     pub fn new(exchange_id: ExchangeId, recovery: u32, exchange: ExchangeChange, now: DateTime<Utc>) -> Self {
         Self {
@@ -306,6 +327,12 @@ impl RecoveryCommit {
 }
 
 // ------------------------------------------------------------------ preconditions
+
+/// What deleting an exchange whose retention ran out requires: it is still final at
+/// generation `recovery` (a recovery meanwhile keeps it).
+pub fn deletion_preconditions(exchange: &ExchangeId, recovery: u32) -> Vec<Precondition> {
+    vec![Precondition::ExchangeIn { exchange: exchange.clone(), statuses: ExchangeStatus::finished(), recovery }]
+}
 
 /// What a write requires of the item it touches. The core states them; the DynamoDB adapter
 /// compiles each mechanically into a condition expression (and the in-memory fake evaluates
@@ -553,5 +580,29 @@ mod tests {
         };
         assert!(!waiting.is_stale(), "a running exchange in another status is not stale");
         assert!(!Conflict::default().is_stale());
+    }
+
+    #[test]
+    fn only_a_commit_that_finishes_the_exchange_stores_its_retention() {
+        let days = Some(chrono::Duration::days(30));
+        let mut finishing = commit();
+        assert!(finishing.finishes_exchange());
+        finishing.keep_finished_for(days);
+        assert!(matches!(
+            &finishing.timers[..],
+            [Timer { kind: crate::handoff::TimerKind::Retention, recovery: 2, due, .. }] if *due == finishing.now + chrono::Duration::days(30)
+        ));
+        assert_eq!(finishing.check_shape(), Ok(()));
+
+        let mut kept_for_ever = commit();
+        kept_for_ever.keep_finished_for(None);
+        assert!(kept_for_ever.timers.is_empty());
+
+        let mut running = StepCommit::new(ExchangeId::new("x"), 0, ExchangeChange::RequireNotFinal, Utc::now());
+        running.keep_finished_for(days);
+        let mut failing_over =
+            StepCommit::new(ExchangeId::new("x"), 0, ExchangeChange::on(ExchangeEvent::CallbackTaken), Utc::now());
+        failing_over.keep_finished_for(days);
+        assert!(!running.finishes_exchange() && running.timers.is_empty() && failing_over.timers.is_empty());
     }
 }

@@ -67,6 +67,11 @@ impl ExchangeStatus {
         Self::ALL.into_iter().filter(|s| !s.is_final()).collect()
     }
 
+    /// Every final status: where an exchange is kept, but nothing runs.
+    pub fn finished() -> Vec<ExchangeStatus> {
+        Self::ALL.into_iter().filter(|s| s.is_final()).collect()
+    }
+
     /// Every status an exchange can be recovered from.
     pub fn recoverable() -> Vec<ExchangeStatus> {
         Self::ALL.into_iter().filter(|s| s.is_recoverable()).collect()

@@ -25,6 +25,10 @@ pub enum TimerKind {
     /// The parent of a sub-exchange timed out; so does the sub-exchange.
     #[serde(rename_all = "camelCase")]
     ParentTimedOut { parent: ExchangeId },
+    /// The finished exchange has been kept as long as the deployment keeps finished
+    /// exchanges (`ExchangeRetentionDays`): it is deleted, with everything stored under it,
+    /// unless it was recovered meanwhile.
+    Retention,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +49,7 @@ impl Timer {
             TimerKind::Sla => "sla".into(),
             TimerKind::Handoff { message } => format!("handoff#{}#{}", message.step_id, message.attempt),
             TimerKind::ParentTimedOut { .. } => "parent-timed-out".into(),
+            TimerKind::Retention => "retention".into(),
         }
     }
 }

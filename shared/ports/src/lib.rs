@@ -211,6 +211,12 @@ pub trait ExchangeWrites: Send + Sync {
     /// (the exchange Failed/TimedOut at generation `commit.recovery`).
     async fn try_recover(&self, commit: &RecoveryCommit) -> PortResult<Result<(), Conflict>>;
 
+    /// Deletes a finished exchange and everything stored under it (steps and their logs,
+    /// failures listed for operators, timers) if [`handoff_core::commit::deletion_preconditions`]
+    /// hold: its retention ran out and it was not recovered meanwhile. Once it has begun,
+    /// nothing else can write to the exchange; repeating it finishes what a crash left.
+    async fn delete_finished(&self, id: &ExchangeId, recovery: u32) -> PortResult<CommitOutcome>;
+
     /// [`Self::try_claim`], when the reasons do not matter.
     async fn claim(
         &self,

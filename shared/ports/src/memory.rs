@@ -14,8 +14,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use handoff_core::commit::{
-    claim_preconditions, Conflict, ErrorRecord, ExchangeChange, ItemRef, Precondition, RecoveryCommit, StepChange,
-    StepCommit,
+    claim_preconditions, CommitOutcome, Conflict, ErrorRecord, ExchangeChange, ItemRef, Precondition, RecoveryCommit,
+    StepChange, StepCommit,
 };
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::exchange::{
@@ -380,6 +380,18 @@ impl ExchangeWrites for MemoryExchangeRepository {
         }
         apply_commit(&mut state, commit, &skips);
         Ok(Ok(()))
+    }
+
+    async fn delete_finished(&self, id: &ExchangeId, recovery: u32) -> PortResult<CommitOutcome> {
+        let mut state = lock(&self.state);
+        if check(&state, handoff_core::commit::deletion_preconditions(id, recovery)).is_err() {
+            return Ok(CommitOutcome::Conflict);
+        }
+        state.exchanges.remove(id);
+        state.steps.retain(|(exchange, _), _| exchange != id);
+        state.errors.retain(|error| &error.exchange_id != id);
+        state.timers.retain(|(exchange, _), _| exchange != id);
+        Ok(CommitOutcome::Applied)
     }
 
     async fn try_recover(&self, commit: &RecoveryCommit) -> PortResult<Result<(), Conflict>> {

@@ -157,6 +157,11 @@ pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Re
                 problem,
             })?,
         jq,
+        exchange_retention: match vars.number("HANDOFF_EXCHANGE_RETENTION_DAYS", 0)? {
+            0 => None,
+            // The template caps it at 36,500 days (a century).
+            days => Some(chrono::Duration::days(days.min(36_500) as i64)),
+        },
     };
     Ok(AppContext::new(ports, settings, Arc::new(JqSandbox::new(sandbox_executable(&vars)?, jq))))
 }

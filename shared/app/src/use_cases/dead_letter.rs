@@ -12,13 +12,18 @@ use handoff_ports::{ExchangeWrites, PortError};
 /// The ports recording a dead letter uses.
 pub struct DeadLetters<'a> {
     pub writes: &'a dyn ExchangeWrites,
+    pub retention: Option<chrono::Duration>,
     /// Resuming a parent whose last sub-exchange this was.
     pub effects: EffectPorts<'a>,
 }
 
 impl<'a> DeadLetters<'a> {
     pub fn of(ctx: &'a AppContext) -> Self {
-        Self { writes: ctx.ports.exchanges.as_ref(), effects: ctx.effects() }
+        Self {
+            writes: ctx.ports.exchanges.as_ref(),
+            retention: ctx.settings.exchange_retention,
+            effects: ctx.effects(),
+        }
     }
 }
 
@@ -30,7 +35,8 @@ pub async fn dead_lettered(
     queue: &str,
     receives: &str,
 ) -> Result<(), PortError> {
-    let decision = failures::dead_lettered(message, queue, receives, Utc::now());
+    let mut decision = failures::dead_lettered(message, queue, receives, Utc::now());
+    decision.commit.keep_finished_for(ctx.retention);
     match ctx.writes.commit(&decision.commit).await? {
         CommitOutcome::Applied => {
             tracing::error!(exchangeId = %message.exchange_id, stepId = %message.step_id, queue, "exchange failed: dead-lettered handoff");

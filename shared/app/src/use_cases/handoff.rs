@@ -111,8 +111,9 @@ async fn apply(
     ctx: &AppContext,
     message: &HandoffMessage,
     loaded: &LoadedIntegration,
-    decision: Decision,
+    mut decision: Decision,
 ) -> Result<(), WorkerError> {
+    decision.commit.keep_finished_for(ctx.settings.exchange_retention);
     match ctx.ports.exchanges.try_commit(&decision.commit).await? {
         Ok(()) => {
             tracing::info!(status = ?decision.commit.step.as_ref().map(|s| s.status), "sub-step recorded");

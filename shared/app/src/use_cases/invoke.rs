@@ -44,6 +44,7 @@ pub struct Starting<'a> {
     pub integrations: &'a dyn IntegrationRepository,
     pub definitions: &'a DefinitionCache,
     pub writes: &'a dyn ExchangeWrites,
+    pub retention: Option<chrono::Duration>,
     /// Reading the stored input back (a restart) and sending the first handoff.
     pub effects: EffectPorts<'a>,
     pub codec: PayloadCodec,
@@ -55,6 +56,7 @@ impl<'a> Starting<'a> {
             integrations: ctx.ports.integrations.as_ref(),
             definitions: &ctx.definitions,
             writes: ctx.ports.exchanges.as_ref(),
+            retention: ctx.settings.exchange_retention,
             effects: ctx.effects(),
             codec: ctx.codec(),
         }
@@ -176,7 +178,8 @@ pub async fn arm_sla(
 
 /// The exchange exists but nothing will pick it up: record that, so it is visible and recoverable.
 async fn mark_not_handed_off(ctx: &Starting<'_>, exchange: &Exchange, error: &PortError) {
-    let decision = failures::handoff_failed(exchange, &error.to_string(), Utc::now());
+    let mut decision = failures::handoff_failed(exchange, &error.to_string(), Utc::now());
+    decision.commit.keep_finished_for(ctx.retention);
     match ctx.writes.commit(&decision.commit).await {
         Ok(CommitOutcome::Applied) => {}
         Ok(CommitOutcome::Conflict) => {

@@ -16,13 +16,19 @@ use handoff_ports::ExchangeWrites;
 pub struct Timers<'a> {
     pub definitions: &'a DefinitionCache,
     pub writes: &'a dyn ExchangeWrites,
+    pub retention: Option<chrono::Duration>,
     /// Reading the exchange; sending what the timer hands on.
     pub effects: EffectPorts<'a>,
 }
 
 impl<'a> Timers<'a> {
     pub fn of(ctx: &'a AppContext) -> Self {
-        Self { definitions: &ctx.definitions, writes: ctx.ports.exchanges.as_ref(), effects: ctx.effects() }
+        Self {
+            definitions: &ctx.definitions,
+            writes: ctx.ports.exchanges.as_ref(),
+            retention: ctx.settings.exchange_retention,
+            effects: ctx.effects(),
+        }
     }
 }
 
@@ -46,15 +52,29 @@ pub async fn fire_timer(ctx: &Timers<'_>, timer: Timer) -> Result<(), WorkerErro
     match timers::timer_fired(pipeline, &timer, detail.as_ref(), now) {
         TimerOutcome::Nothing => Ok(()),
         TimerOutcome::Send(effect) => Ok(run_effects(ctx.effects, vec![effect]).await?),
-        TimerOutcome::Write(decision) => match ctx.writes.commit(&decision.commit).await? {
-            CommitOutcome::Applied => {
-                tracing::warn!(exchange = ?decision.commit.exchange, "timer fired");
-                Ok(run_effects(ctx.effects, decision.effects).await?)
+        TimerOutcome::Delete { exchange_id, recovery } => {
+            match ctx.writes.delete_finished(&exchange_id, recovery).await? {
+                CommitOutcome::Applied => {
+                    tracing::info!(exchangeId = %exchange_id, "finished exchange deleted: its retention ran out")
+                }
+                CommitOutcome::Conflict => {
+                    tracing::info!(exchangeId = %exchange_id, "retention no longer relevant (the exchange was recovered or is gone)")
+                }
             }
-            CommitOutcome::Conflict => {
-                tracing::info!("timer no longer relevant (the exchange or step moved on)");
-                Ok(())
+            Ok(())
+        }
+        TimerOutcome::Write(mut decision) => {
+            decision.commit.keep_finished_for(ctx.retention);
+            match ctx.writes.commit(&decision.commit).await? {
+                CommitOutcome::Applied => {
+                    tracing::warn!(exchange = ?decision.commit.exchange, "timer fired");
+                    Ok(run_effects(ctx.effects, decision.effects).await?)
+                }
+                CommitOutcome::Conflict => {
+                    tracing::info!("timer no longer relevant (the exchange or step moved on)");
+                    Ok(())
+                }
             }
-        },
+        }
     }
 }

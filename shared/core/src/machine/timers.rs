@@ -5,7 +5,7 @@ use super::{delay_until, step_error, Decision, Effect, Pipeline};
 use crate::commit::{ErrorRecord, ExchangeChange, StepChange, StepCommit};
 use crate::exchange::{ExchangeDetail, ExchangeError, ExchangeEvent, LogLine, LogType, StepStatus};
 use crate::handoff::{HandoffMessage, Timer, TimerKind};
-use crate::ids::StepId;
+use crate::ids::{ExchangeId, StepId};
 use crate::recovery::input_before;
 use crate::retry::{ErrorClassification, Failure};
 use chrono::{DateTime, Utc};
@@ -19,6 +19,9 @@ pub enum TimerOutcome {
     Write(Box<Decision>),
     /// Nothing to do: the exchange or step it names does not exist.
     Nothing,
+    /// Delete the exchange and everything stored under it, if it is still final at
+    /// generation `recovery` (its retention ran out).
+    Delete { exchange_id: ExchangeId, recovery: u32 },
 }
 
 /// Whether deciding `timer` needs the exchange's pipeline: a wait on a destination may be a
@@ -48,10 +51,19 @@ pub fn timer_fired(
     }
     let Some(detail) = detail else { return TimerOutcome::Nothing };
     let exchange = &detail.exchange;
+    if timer.kind == TimerKind::Retention {
+        // A recovered exchange runs again at a later generation: its own next finish arms
+        // a new retention.
+        return if exchange.status.is_final() && exchange.recoveries == timer.recovery {
+            TimerOutcome::Delete { exchange_id: timer.exchange_id.clone(), recovery: timer.recovery }
+        } else {
+            TimerOutcome::Nothing
+        };
+    }
     let mut d =
         Decision::new(StepCommit::new(timer.exchange_id.clone(), timer.recovery, ExchangeChange::RequireNotFinal, now));
     let (failure, step, event) = match &timer.kind {
-        TimerKind::Handoff { .. } => return TimerOutcome::Nothing,
+        TimerKind::Handoff { .. } | TimerKind::Retention => return TimerOutcome::Nothing,
         TimerKind::Sla => {
             let failure = Failure::system(format!(
                 "TimedOut: the exchange exceeded its SLA (due {})",
@@ -137,7 +149,6 @@ pub fn timer_fired(
 mod tests {
     use super::*;
     use crate::exchange::{ExchangeStatus, ParentLink};
-    use crate::ids::ExchangeId;
     use crate::machine::attempt::tests::Fixture;
     use chrono::Duration;
     use serde_json::json;
@@ -214,5 +225,25 @@ mod tests {
         assert!(
             matches!(&goes_on.effects[..], [Effect::Send { message, .. }] if message.step_id == StepId::from_sequence(5) && message.recovery == 2)
         );
+    }
+
+    #[test]
+    fn a_retention_deletes_the_exchange_only_while_it_is_final_at_the_timers_generation() {
+        let f = fixture();
+        let now = Utc::now();
+        let retention = timer(TimerKind::Retention, now);
+        let mut d = f.detail(ExchangeStatus::Completed, 2, &[]);
+        assert_eq!(
+            timer_fired(None, &retention, Some(&d), now),
+            TimerOutcome::Delete { exchange_id: ExchangeId::new("x"), recovery: 2 }
+        );
+        d.exchange.status = ExchangeStatus::Failed;
+        assert!(matches!(timer_fired(None, &retention, Some(&d), now), TimerOutcome::Delete { .. }));
+        // Recovered: running again, or final again at a later generation.
+        d.exchange.status = ExchangeStatus::Started;
+        assert_eq!(timer_fired(None, &retention, Some(&d), now), TimerOutcome::Nothing);
+        let later = f.detail(ExchangeStatus::Completed, 3, &[]);
+        assert_eq!(timer_fired(None, &retention, Some(&later), now), TimerOutcome::Nothing);
+        assert_eq!(timer_fired(None, &retention, None, now), TimerOutcome::Nothing);
     }
 }

@@ -63,6 +63,10 @@
 //!   generation (only from `Failed`/`TimedOut` at the given one) and the step resets; the
 //!   step of `clear_sub_failures` gets `subFailed = 0` within its reset (or in an update of
 //!   its own if it is not reset).
+//! * `delete_finished` (retention): a conditional UpdateItem marking the exchange item
+//!   `deletingAt` (only while final at the given generation; recoveries require its absence),
+//!   then BatchWriteItem deletes of every other item under its `pk`, then the exchange item
+//!   itself. Repeated after a crash, it finds the mark and finishes.
 //! * `errors`: Query on `byError` (`gsi5sk >= since`), filtering on classification and code;
 //!   the cursor works like `list`'s.
 //! * `due_timers` / `take_timer`: Query on `byDue` up to a time; a conditional UpdateItem
@@ -75,15 +79,16 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, KeysAndAttributes, Put, PutRequest, TransactWriteItem, Update, WriteRequest,
+    AttributeValue, ConditionCheck, DeleteRequest, KeysAndAttributes, Put, PutRequest, TransactWriteItem, Update,
+    WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use handoff_core::commit::{
-    claim_preconditions, Conflict, ErrorRecord, ExchangeChange, ItemRef, ParentTally, Precondition, RecoveryCommit,
-    StepChange, StepCommit,
+    claim_preconditions, CommitOutcome, Conflict, ErrorRecord, ExchangeChange, ItemRef, ParentTally, Precondition,
+    RecoveryCommit, StepChange, StepCommit,
 };
 use handoff_core::exchange::{
     Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, ParentLink, Payload, StepError, StepStatus,
@@ -125,6 +130,8 @@ const MAX_LIST_LIMIT: u32 = 1000;
 const SUB_TOTAL: &str = "subTotal";
 const SUB_COMPLETED: &str = "subCompleted";
 const SUB_FAILED: &str = "subFailed";
+/// Set on an exchange item while the exchange is being deleted (its retention ran out).
+const DELETING_AT: &str = "deletingAt";
 
 mod expr;
 mod items;
@@ -273,15 +280,20 @@ impl DynamoExchangeRepository {
     /// backoff. An item given twice (same key) is written once, with its last content, at its
     /// first place: one BatchWriteItem refuses duplicate keys.
     async fn batch_put(&self, items: Vec<Item>) -> PortResult<()> {
-        let items = dedup_by_key(items);
-        for chunk in items.chunks(MAX_BATCH_WRITE) {
-            let mut requests: Vec<WriteRequest> = chunk
-                .iter()
-                .map(|item| {
-                    let put = PutRequest::builder().set_item(Some(item.clone())).build().map_err(build_fault)?;
-                    Ok(WriteRequest::builder().put_request(put).build())
-                })
-                .collect::<PortResult<_>>()?;
+        let requests = dedup_by_key(items)
+            .into_iter()
+            .map(|item| {
+                let put = PutRequest::builder().set_item(Some(item)).build().map_err(build_fault)?;
+                Ok(WriteRequest::builder().put_request(put).build())
+            })
+            .collect::<PortResult<Vec<_>>>()?;
+        self.batch_write(requests).await
+    }
+
+    /// Sends `requests` in order, ≤ 25 per BatchWriteItem, retrying unprocessed ones with backoff.
+    async fn batch_write(&self, requests: Vec<WriteRequest>) -> PortResult<()> {
+        for chunk in requests.chunks(MAX_BATCH_WRITE) {
+            let mut requests = chunk.to_vec();
             let mut backoff = Backoff::new();
             while !requests.is_empty() {
                 let out = self
@@ -304,6 +316,63 @@ impl DynamoExchangeRepository {
             }
         }
         Ok(())
+    }
+
+    /// Whether the exchange item exists with the mark of a deletion under way.
+    async fn is_being_deleted(&self, id: &ExchangeId) -> PortResult<bool> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(exchange_key(id)))
+            .projection_expression("#pk, #deleting")
+            .expression_attribute_names("#pk", "pk")
+            .expression_attribute_names("#deleting", DELETING_AT)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| error::sdk(SERVICE, "GetItem", e))?;
+        Ok(out.item.is_some_and(|item| item.contains_key(DELETING_AT)))
+    }
+
+    /// The keys of every item stored under the exchange's `pk` (consistent, paginated).
+    async fn item_keys(&self, id: &ExchangeId) -> PortResult<Vec<Item>> {
+        let mut keys = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk")
+                .projection_expression("#pk, #sk")
+                .expression_attribute_names("#pk", "pk")
+                .expression_attribute_names("#sk", "sk")
+                .expression_attribute_values(":pk", s(exchange_pk(id)))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| error::sdk(SERVICE, "Query", e))?;
+            keys.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Deletes the items of `keys`, ≤ 25 per BatchWriteItem, retrying unprocessed ones with backoff.
+    async fn batch_delete(&self, keys: Vec<Item>) -> PortResult<()> {
+        let requests = keys
+            .into_iter()
+            .map(|key| {
+                let delete = DeleteRequest::builder().set_key(Some(key)).build().map_err(build_fault)?;
+                Ok(WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect::<PortResult<Vec<_>>>()?;
+        self.batch_write(requests).await
     }
 
     /// The status of each exchange item found among `keys` (≤ 100), by `pk`, retrying
@@ -478,6 +547,45 @@ impl ExchangeWrites for DynamoExchangeRepository {
 
     async fn try_recover(&self, commit: &RecoveryCommit) -> PortResult<Result<(), Conflict>> {
         self.transact(recover_plan(&self.table, commit)?).await
+    }
+
+    async fn delete_finished(&self, id: &ExchangeId, recovery: u32) -> PortResult<CommitOutcome> {
+        let (update, condition, names, values) = deletion_mark_parts(id, recovery, Utc::now())?;
+        let marked = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(exchange_key(id)))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await;
+        match marked {
+            Ok(_) => {}
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
+                // Either recovered (or deleted) meanwhile, or marked by a deletion a crash
+                // interrupted: that one is finished now.
+                if !self.is_being_deleted(id).await? {
+                    return Ok(CommitOutcome::Conflict);
+                }
+            }
+            Err(e) => return Err(error::sdk(SERVICE, "UpdateItem", e)),
+        }
+        let mut keys = self.item_keys(id).await?;
+        let exchange_item = exchange_key(id);
+        keys.retain(|key| key != &exchange_item);
+        self.batch_delete(keys).await?;
+        // The exchange item last: while it exists, a repeated deletion finds what is left.
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(exchange_item))
+            .send()
+            .await
+            .map_err(|e| error::sdk(SERVICE, "DeleteItem", e))?;
+        Ok(CommitOutcome::Applied)
     }
 
     async fn set_sub_exchange_total(&self, id: &ExchangeId, step: StepId, total: u32) -> PortResult<()> {

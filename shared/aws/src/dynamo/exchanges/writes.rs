@@ -30,7 +30,14 @@ pub(super) fn compile(e: &mut Expr, precondition: &Precondition) -> String {
             format!("{} AND {}", e.status_in("s", &ExchangeStatus::not_final()), recovery_condition(e, *recovery))
         }
         P::ExchangeIn { statuses, recovery, .. } => {
-            format!("{} AND {}", e.status_in("from", statuses), recovery_condition(e, *recovery))
+            // An exchange being deleted (its retention ran out) is in no status any more:
+            // a recovery must not revive what is half gone.
+            let deleting = e.name(DELETING_AT);
+            format!(
+                "{} AND {} AND attribute_not_exists({deleting})",
+                e.status_in("from", statuses),
+                recovery_condition(e, *recovery)
+            )
         }
         P::StepOpen { attempt, .. } => {
             let status = e.name("status");
@@ -71,6 +78,9 @@ pub(super) fn compile(e: &mut Expr, precondition: &Precondition) -> String {
         }
     }
 }
+
+/// A single-item conditional update as its parts: update expression, condition, names, values.
+pub(crate) type UpdateParts = (String, String, HashMap<String, String>, HashMap<String, AttributeValue>);
 
 /// A commit that cannot be one transaction is a terminal fault.
 fn shape_fault(e: handoff_core::commit::CommitShapeError) -> PortError {
@@ -352,7 +362,7 @@ pub(crate) fn claim_plan(
 pub(super) fn conditional_update(
     table: &str,
     key: Item,
-    (update, condition, names, values): (String, String, HashMap<String, String>, HashMap<String, AttributeValue>),
+    (update, condition, names, values): UpdateParts,
 ) -> PortResult<TransactWriteItem> {
     let update = Update::builder()
         .table_name(table)
@@ -514,7 +524,7 @@ pub(crate) fn claim_update_parts(
     attempt: u32,
     lease_until: DateTime<Utc>,
     required: &[Precondition],
-) -> (String, String, HashMap<String, String>, HashMap<String, AttributeValue>) {
+) -> UpdateParts {
     let mut e = Expr::default();
     e.set("claimedAttempt", "attempt", n(attempt));
     let attempts = e.name("attempts");
@@ -534,7 +544,7 @@ pub(crate) fn sub_total_parts(
     exchange_id: &ExchangeId,
     step: StepId,
     total: u32,
-) -> (String, String, HashMap<String, String>, HashMap<String, AttributeValue>) {
+) -> UpdateParts {
     let mut e = Expr::default();
     e.set(SUB_TOTAL, "total", n(total));
     e.value("zero", n(0));
@@ -577,9 +587,23 @@ pub(crate) fn consume_token_plan(
 pub(crate) fn consume_token_parts(
     hash: &str,
     now: DateTime<Utc>,
-) -> (String, String, HashMap<String, String>, HashMap<String, AttributeValue>) {
+) -> UpdateParts {
     let mut e = Expr::default();
     e.set("usedAt", "now", n(now.timestamp_millis()));
     let condition = condition(&mut e, &[Precondition::TokenUsable { hash: hash.to_string(), now }]);
     (e.update_expression(), condition, e.names, e.values)
+}
+
+/// The first write of a deletion (update expression, condition, names, values): marks the
+/// exchange `deletingAt` if [`handoff_core::commit::deletion_preconditions`] hold. From then
+/// on no recovery applies; the rest of its items go next.
+pub(crate) fn deletion_mark_parts(
+    exchange_id: &ExchangeId,
+    recovery: u32,
+    now: DateTime<Utc>,
+) -> PortResult<UpdateParts> {
+    let mut e = Expr::default();
+    let condition = condition(&mut e, &handoff_core::commit::deletion_preconditions(exchange_id, recovery));
+    e.set(DELETING_AT, "now", to_av(&now)?);
+    Ok((e.update_expression(), condition, e.names, e.values))
 }
