@@ -136,6 +136,31 @@ async fn a_redirect_is_not_followed_and_names_its_location() {
 }
 
 #[tokio::test]
+async fn a_request_that_opts_in_follows_a_redirect_without_its_headers_to_another_host() {
+    let gw = gateway();
+    let old = handoff_e2e::ExternalSystem::start(200, "{}").await;
+    let new = handoff_e2e::ExternalSystem::start(200, r#"[{"id": 1}]"#).await;
+    // The API moved to another host (another name for loopback: another origin).
+    let moved: &'static str =
+        Box::leak(format!("{}/v2/items", new.url.replace("127.0.0.1", "localhost")).into_boxed_str());
+    old.script([(301, moved)]);
+    let code = unique_code("FOLLOW");
+    gw.create_integration(&json!({"code": code, "version": 1, "steps": [
+        {"name": "fetch", "type": "dataCollection", "kind": "query",
+         "request": {"url": format!("{}/v1/items", old.url), "headers": {"X-Api-Key": "key-for-old"},
+                     "followRedirects": true}}]}))
+        .await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+    let done = gw.wait_final(&id).await;
+    assert_eq!(done["status"], "Completed", "{done:#}");
+    assert_eq!(old.received()[0].header("x-api-key").as_deref(), Some("key-for-old"));
+    let hop = new.received();
+    assert_eq!(hop.len(), 1, "followed once");
+    assert_eq!(hop[0].path, "/v2/items");
+    assert_eq!(hop[0].header("x-api-key"), None, "the old host's key stays with it");
+}
+
+#[tokio::test]
 async fn a_callback_file_on_another_host_than_the_step_request_is_refused() {
     let gw = gateway();
     let partner = handoff_e2e::ExternalSystem::start(202, "{}").await;

@@ -302,6 +302,8 @@ async fn run(
                         url: file.url.clone(),
                         headers: Vec::new(),
                         body: None,
+                        // Checked against the step's host: a redirect would leave that check behind.
+                        follow_redirects: false,
                     },
                     OutboundBody::Empty,
                     &[],
@@ -328,8 +330,13 @@ async fn run(
                 cx.check_link(&link.url)?;
                 let method = reqwest::Method::from_bytes(link.method.as_bytes())
                     .map_err(|_| Failure::business(format!("recovery link method {} is not HTTP", link.method)))?;
-                let request =
-                    outbound::RenderedRequest { method, url: link.url.clone(), headers: Vec::new(), body: None };
+                let request = outbound::RenderedRequest {
+                    method,
+                    url: link.url.clone(),
+                    headers: Vec::new(),
+                    body: None,
+                    follow_redirects: false,
+                };
                 let response = outbound::send(
                     cx.http,
                     request,
@@ -380,7 +387,7 @@ async fn invoke_external(
     let mut wait = None;
     if waits {
         let (callback_url, armed) = arm_callback(cx).await?;
-        headers.push(("X-Handoff-Callback-Url", callback_url));
+        headers.push((outbound::CALLBACK_HEADER, callback_url));
         wait = Some(armed);
     }
     let body = match cx.input_stream_or_empty() {

@@ -3,9 +3,11 @@
 //! and every connection guarded by the [`OutboundPolicy`]: names are resolved here and
 //! only allowed addresses are connected to (so DNS rebinding does not pass), an address in
 //! the URL is checked the same way, and redirects are not followed (a 3xx is a business
-//! error naming its `Location`).
+//! error naming its `Location`) unless the request sets `followRedirects`: then each hop is
+//! checked like the first, and a hop to another origin carries none of the request's own
+//! headers (credentials, the callback URL).
 
-use handoff_core::definition::RequestTemplate;
+use handoff_core::definition::{RequestTemplate, MAX_REDIRECTS};
 use handoff_core::network::{OutboundPolicy, Refused};
 use handoff_core::placeholder::{self, PlaceholderContext};
 use handoff_core::retry::Failure;
@@ -37,6 +39,8 @@ pub struct RenderedRequest {
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub body: Option<String>,
+    /// Follow up to [`MAX_REDIRECTS`] redirects (the request's `followRedirects`).
+    pub follow_redirects: bool,
 }
 
 pub fn render(template: &RequestTemplate, ctx: &PlaceholderContext) -> Result<RenderedRequest, Failure> {
@@ -60,7 +64,7 @@ pub fn render(template: &RequestTemplate, ctx: &PlaceholderContext) -> Result<Re
         .transpose()?;
     let method = reqwest::Method::from_bytes(template.method.as_bytes())
         .map_err(|_| Failure::system(format!("invalid HTTP method {}", template.method)))?;
-    Ok(RenderedRequest { method, url, headers, body })
+    Ok(RenderedRequest { method, url, headers, body, follow_redirects: template.follow_redirects })
 }
 
 /// Values substituted into a body are escaped as JSON string content, so a templated JSON
@@ -161,25 +165,126 @@ fn check_literal_host(policy: &OutboundPolicy, url: &str) -> Result<(), Failure>
     policy.check(ip).map_err(|refused| Failure::business(format!("{} refused: {refused}", redact_query(url))))
 }
 
-/// Sends a rendered request. A templated body wins over `body`.
+/// Sends a rendered request. A templated body wins over `body`. `extra_headers` are the
+/// gateway's own (`Idempotency-Key`, `X-Handoff-Callback-Url`).
 pub async fn send(
     client: &OutboundClient,
     request: RenderedRequest,
     body: OutboundBody,
     extra_headers: &[(&str, String)],
 ) -> Result<reqwest::Response, Failure> {
-    let target = format!("{} {}", request.method, redact_query(&request.url));
+    let first = format!("{} {}", request.method, redact_query(&request.url));
+    let follow = request.follow_redirects;
+    let streamed = request.body.is_none() && !matches!(body, OutboundBody::Empty);
+    let mut hop = Hop { request, streamed, foreign: false };
+    let mut body = body;
+    for redirects in 0..=MAX_REDIRECTS {
+        let target = format!("{} {}", hop.request.method, redact_query(&hop.request.url));
+        // Only the first hop has a payload to stream; later ones resend a templated body or none.
+        let this_body = std::mem::replace(&mut body, OutboundBody::Empty);
+        let response = send_once(client, &hop, this_body, extra_headers, &target).await?;
+        let status = response.status();
+        if !status.is_redirection() || status == reqwest::StatusCode::NOT_MODIFIED {
+            return match Failure::from_http_status(status.as_u16(), &target) {
+                Some(failure) => Err(failure),
+                None => Ok(response),
+            };
+        }
+        let location = response.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).unwrap_or("");
+        let redirected =
+            format!("{target} answered HTTP {} redirecting to '{}'", status.as_u16(), redact_query(location));
+        if !follow {
+            return Err(Failure::business(format!("{redirected}; redirects are not followed")));
+        }
+        if redirects == MAX_REDIRECTS {
+            break;
+        }
+        hop = hop.redirected(status, location).map_err(|why| Failure::business(format!("{redirected}: {why}")))?;
+    }
+    Err(Failure::business(format!("{first}: more than {MAX_REDIRECTS} redirects; not followed further")))
+}
+
+/// One request of a call: the first, or a redirect's.
+struct Hop {
+    request: RenderedRequest,
+    /// The first hop streamed a payload (not kept: it cannot be sent again).
+    streamed: bool,
+    /// On another origin than the first request: none of its headers go there.
+    foreign: bool,
+}
+
+impl Hop {
+    /// The hop `status` and `location` redirect to (RFC 9110 §15.4): 301/302/303 turn a
+    /// request other than GET/HEAD into a GET without body, 307/308 repeat it as it was —
+    /// possible only for a templated body or none, since a streamed payload went out once.
+    fn redirected(self, status: reqwest::StatusCode, location: &str) -> Result<Hop, String> {
+        let from = url::Url::parse(&self.request.url).map_err(|e| format!("the request URL is invalid: {e}"))?;
+        if location.is_empty() {
+            return Err("there is no Location to follow".into());
+        }
+        let to = from.join(location).map_err(|e| format!("the Location is not a URL: {e}"))?;
+        match (from.scheme(), to.scheme()) {
+            ("https", "http") => return Err("a redirect from https to http is not followed".into()),
+            (_, "http" | "https") => {}
+            (_, other) => return Err(format!("a redirect to a {other}: URL is not followed")),
+        }
+        let foreign = self.foreign || from.origin() != to.origin();
+        let keeps_method = matches!(status.as_u16(), 307 | 308);
+        let RenderedRequest { method, headers, body, .. } = self.request;
+        let (method, body) = if keeps_method {
+            if self.streamed {
+                return Err("following it would send the streamed payload again, which is not kept".into());
+            }
+            (method, body)
+        } else if method == reqwest::Method::HEAD {
+            (method, None)
+        } else {
+            (reqwest::Method::GET, None)
+        };
+        // The request's own headers carry credentials: they stay on its first origin. A
+        // body that is dropped takes its content headers with it.
+        let headers = if foreign {
+            Vec::new()
+        } else {
+            headers
+                .into_iter()
+                .filter(|(name, _)| body.is_some() || !name.to_ascii_lowercase().starts_with("content-"))
+                .collect()
+        };
+        Ok(Hop {
+            request: RenderedRequest { method, url: to.to_string(), headers, body, follow_redirects: true },
+            streamed: false,
+            foreign,
+        })
+    }
+}
+
+/// The header that hands a waiting step's callback URL to the system it calls.
+pub const CALLBACK_HEADER: &str = "X-Handoff-Callback-Url";
+
+/// Sends one hop; classifies a failure to get an answer.
+async fn send_once(
+    client: &OutboundClient,
+    hop: &Hop,
+    body: OutboundBody,
+    extra_headers: &[(&str, String)],
+    target: &str,
+) -> Result<reqwest::Response, Failure> {
+    let request = &hop.request;
     check_literal_host(&client.policy, &request.url)?;
-    let client = &client.http;
-    let mut builder = client.request(request.method, &request.url);
+    let mut builder = client.http.request(request.method.clone(), &request.url);
     for (k, v) in &request.headers {
         builder = builder.header(k, v);
     }
     for (k, v) in extra_headers {
+        // The callback URL is a credential for the step's own system, never another's.
+        if hop.foreign && k.eq_ignore_ascii_case(CALLBACK_HEADER) {
+            continue;
+        }
         builder = builder.header(*k, v);
     }
-    builder = match (request.body, body) {
-        (Some(templated), _) => builder.body(templated),
+    builder = match (&request.body, body) {
+        (Some(templated), _) => builder.body(templated.clone()),
         (None, OutboundBody::Stream { body, content_type, length }) => {
             let has_type = request.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
             let builder = if has_type { builder } else { builder.header("Content-Type", content_type) };
@@ -193,7 +298,7 @@ pub async fn send(
         (None, OutboundBody::Multipart(form)) => builder.multipart(form),
         (None, OutboundBody::Empty) => builder,
     };
-    let response = builder.send().await.map_err(|e| {
+    builder.send().await.map_err(|e| {
         if let Some(refused) = refusal_in(&e) {
             return Failure::business(format!("{target} refused: {refused}"));
         }
@@ -205,20 +310,7 @@ pub async fn send(
             "failed"
         };
         Failure::transient(format!("{target} {kind}: {}", root_cause(&e)))
-    })?;
-    let status = response.status();
-    if status.is_redirection() {
-        let location = response.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).unwrap_or("");
-        return Err(Failure::business(format!(
-            "{target} answered HTTP {} redirecting to '{}'; redirects are not followed",
-            status.as_u16(),
-            redact_query(location)
-        )));
-    }
-    match Failure::from_http_status(status.as_u16(), &target) {
-        Some(failure) => Err(failure),
-        None => Ok(response),
-    }
+    })
 }
 
 /// The guarded client with the policy it applies (the policy also checks address URLs).
@@ -270,6 +362,7 @@ mod tests {
             url: "http://h.example/r/{{parameters.region}}".into(),
             headers: vec![("X-Region".into(), "{{parameters.region}}".into())],
             body: Some(r#"{"region": "{{parameters.region}}", "x": "{{exchange.exchangeId}}"}"#.into()),
+            follow_redirects: false,
         };
         let ctx = PlaceholderContext {
             parameters: json!({"region": "a \"b\"/c"}),
@@ -290,6 +383,7 @@ mod tests {
             url: "http://h.example/{{parameters.id}}".into(),
             headers: vec![],
             body: None,
+            follow_redirects: false,
         };
         let f = render(&template, &PlaceholderContext::default()).err().unwrap();
         assert!(!f.retryable);
@@ -297,7 +391,13 @@ mod tests {
     }
 
     fn post(url: &str) -> RenderedRequest {
-        RenderedRequest { method: reqwest::Method::POST, url: url.into(), headers: Vec::new(), body: None }
+        RenderedRequest {
+            method: reqwest::Method::POST,
+            url: url.into(),
+            headers: Vec::new(),
+            body: None,
+            follow_redirects: false,
+        }
     }
 
     #[tokio::test]
@@ -332,5 +432,132 @@ mod tests {
         let open = OutboundPolicy::parse("127.0.0.0/8").expect("policy");
         let addresses = resolve_guarded(&open, "sftp", "127.0.0.1", 2222).await.expect("allowed");
         assert_eq!(addresses, vec![SocketAddr::from(([127, 0, 0, 1], 2222))]);
+    }
+
+    /// What a loopback target received: method, path, headers (lower-case names), body.
+    type Received = Arc<std::sync::Mutex<Vec<(String, String, std::collections::HashMap<String, String>, String)>>>;
+
+    /// A loopback target whose paths redirect as their names say; `/final` answers 200.
+    async fn redirecting_target() -> (u16, Received) {
+        use axum::http::{HeaderMap, Method, StatusCode, Uri};
+        use axum::response::IntoResponse;
+        let received: Received = Arc::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let log = received.clone();
+        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: String| {
+            let log = log.clone();
+            async move {
+                let names = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                    .collect();
+                log.lock().expect("log").push((method.to_string(), uri.path().to_string(), names, body));
+                let to = |status: StatusCode, location: String| (status, [("location", location)]).into_response();
+                match uri.path() {
+                    "/moved" => to(StatusCode::FOUND, "/final".into()),
+                    "/keep" => to(StatusCode::TEMPORARY_REDIRECT, "/final".into()),
+                    "/away" => to(StatusCode::TEMPORARY_REDIRECT, format!("http://localhost:{port}/final")),
+                    "/loop" => to(StatusCode::FOUND, "/loop".into()),
+                    "/metadata" => to(StatusCode::FOUND, "http://169.254.169.254/latest/meta-data/".into()),
+                    "/ftp" => to(StatusCode::FOUND, "ftp://127.0.0.1/file".into()),
+                    _ => (StatusCode::OK, "done").into_response(),
+                }
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (port, received)
+    }
+
+    fn following(url: String, body: Option<&str>) -> RenderedRequest {
+        RenderedRequest {
+            method: reqwest::Method::POST,
+            url,
+            headers: vec![
+                ("Authorization".into(), "Bearer partner".into()),
+                ("Content-Type".into(), "application/json".into()),
+            ],
+            body: body.map(str::to_string),
+            follow_redirects: true,
+        }
+    }
+
+    fn loopback() -> OutboundClient {
+        OutboundClient::new(OutboundPolicy::parse("127.0.0.0/8, ::1").expect("policy"))
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_only_when_asked_and_each_hop_is_checked() {
+        let (port, received) = redirecting_target().await;
+        let base = format!("http://127.0.0.1:{port}");
+        let callback = [(CALLBACK_HEADER, "https://gw.example/notifications/t".to_string())];
+        let client = loopback();
+        let last = || received.lock().expect("log").last().cloned().expect("a request");
+
+        // Not asked: the 3xx is a business error naming where it pointed.
+        let mut plain = following(format!("{base}/moved"), Some("{}"));
+        plain.follow_redirects = false;
+        let refused = send(&client, plain, OutboundBody::Empty, &[]).await.expect_err("not followed");
+        assert!(
+            !refused.retryable && refused.message.contains("'/final'") && refused.message.contains("not followed"),
+            "{refused:?}"
+        );
+
+        // 302: the POST becomes a GET without its body or content headers, on the same origin
+        // with its other headers.
+        let ok = send(&client, following(format!("{base}/moved"), Some(r#"{"a":1}"#)), OutboundBody::Empty, &callback)
+            .await
+            .expect("followed");
+        assert_eq!(ok.status(), 200);
+        let (method, path, headers, body) = last();
+        assert_eq!((method.as_str(), path.as_str(), body.as_str()), ("GET", "/final", ""));
+        assert_eq!(headers.get("authorization").map(String::as_str), Some("Bearer partner"));
+        assert!(!headers.contains_key("content-type"), "{headers:?}");
+        assert!(headers.contains_key("x-handoff-callback-url"), "the same origin keeps the callback URL");
+
+        // 307: the same method and templated body again.
+        send(&client, following(format!("{base}/keep"), Some(r#"{"a":1}"#)), OutboundBody::Empty, &[])
+            .await
+            .expect("followed");
+        let (method, path, _, body) = last();
+        assert_eq!((method.as_str(), path.as_str(), body.as_str()), ("POST", "/final", r#"{"a":1}"#));
+
+        // Another origin: none of the request's headers, never the callback URL.
+        send(&client, following(format!("{base}/away"), Some("{}")), OutboundBody::Empty, &callback)
+            .await
+            .expect("followed");
+        let (_, path, headers, _) = last();
+        assert_eq!(path, "/final");
+        assert!(headers.get("host").is_some_and(|h| h.starts_with("localhost")), "{headers:?}");
+        assert!(
+            !headers.contains_key("authorization") && !headers.contains_key("x-handoff-callback-url"),
+            "{headers:?}"
+        );
+
+        // Each hop is checked: the metadata address, another scheme, an endless loop.
+        let metadata = send(&client, following(format!("{base}/metadata"), None), OutboundBody::Empty, &[])
+            .await
+            .expect_err("refused");
+        assert!(!metadata.retryable && metadata.message.contains("metadata"), "{metadata:?}");
+        let ftp =
+            send(&client, following(format!("{base}/ftp"), None), OutboundBody::Empty, &[]).await.expect_err("ftp");
+        assert!(ftp.message.contains("ftp: URL is not followed"), "{ftp:?}");
+        let before = received.lock().expect("log").len();
+        let endless =
+            send(&client, following(format!("{base}/loop"), None), OutboundBody::Empty, &[]).await.expect_err("loop");
+        assert!(endless.message.contains(&format!("more than {MAX_REDIRECTS} redirects")), "{endless:?}");
+        assert_eq!(received.lock().expect("log").len() - before, MAX_REDIRECTS + 1);
+    }
+
+    #[tokio::test]
+    async fn a_307_that_would_send_a_streamed_payload_again_is_not_followed() {
+        let (port, _) = redirecting_target().await;
+        let payload = bytes::Bytes::from_static(b"[1,2,3]");
+        let stream: ByteStream = Box::pin(futures::stream::once(async move { Ok::<_, std::io::Error>(payload) }));
+        let body = OutboundBody::Stream { body: stream, content_type: "application/json".into(), length: Some(7) };
+        let failure = send(&loopback(), following(format!("http://127.0.0.1:{port}/keep"), None), body, &[])
+            .await
+            .expect_err("not resent");
+        assert!(!failure.retryable && failure.message.contains("streamed payload"), "{failure:?}");
     }
 }

@@ -139,7 +139,13 @@ pub struct RequestTemplate {
     pub headers: Vec<(String, String)>,
     /// A templated body; when absent, deliveries send the payload as the body.
     pub body: Option<String>,
+    /// `followRedirects`: follow up to [`MAX_REDIRECTS`] redirects, each hop checked like
+    /// the first call (default: a 3xx is a business error naming its `Location`).
+    pub follow_redirects: bool,
 }
+
+/// Most redirects one call follows when its request opts in.
+pub const MAX_REDIRECTS: usize = 5;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Destination {
@@ -388,7 +394,7 @@ fn parse_retry(r: &ObjectReader) -> FieldResult<RetryPolicy> {
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
 fn parse_request(r: &ObjectReader) -> FieldResult<RequestTemplate> {
-    r.deny_unknown(&["method", "url", "headers", "body"])?;
+    r.deny_unknown(&["method", "url", "headers", "body", "followRedirects"])?;
     let method = r.optional_str("method")?.unwrap_or("GET").to_ascii_uppercase();
     if !METHODS.contains(&method.as_str()) {
         return Err(FieldError::new(
@@ -419,7 +425,8 @@ fn parse_request(r: &ObjectReader) -> FieldResult<RequestTemplate> {
     if let Some(body) = &body {
         placeholder::validate(body).map_err(|e| FieldError::new(r.field_path("body"), e.to_string()))?;
     }
-    Ok(RequestTemplate { method, url: url.to_string(), headers, body })
+    let follow_redirects = r.optional_bool("followRedirects")?.unwrap_or(false);
+    Ok(RequestTemplate { method, url: url.to_string(), headers, body, follow_redirects })
 }
 
 fn http_header_name_ok(name: &str) -> Result<(), String> {
@@ -641,6 +648,22 @@ mod tests {
         let d = parse_definition(&doc).unwrap();
         assert_eq!(d.callback_timeout_seconds(Some(2), Some(2)), Some(60), "else the step's");
         assert_eq!(d.callback_timeout_seconds(Some(2), Some(3)), Some(120));
+    }
+
+    #[test]
+    fn a_request_opts_in_to_redirects_with_a_boolean() {
+        let d = parse_definition(&spec_example()).unwrap();
+        let StepAction::Delivery { destinations } = &d.steps[2].action else { panic!("a delivery") };
+        let DestinationTarget::Rest { request } = &destinations[0].target else { panic!("rest") };
+        assert!(!request.follow_redirects, "not followed unless asked");
+        let mut doc = spec_example();
+        doc["steps"][2]["destinations"][0]["request"]["followRedirects"] = json!(true);
+        let d = parse_definition(&doc).unwrap();
+        let StepAction::Delivery { destinations } = &d.steps[2].action else { panic!("a delivery") };
+        assert!(matches!(&destinations[0].target, DestinationTarget::Rest { request } if request.follow_redirects));
+        doc["steps"][2]["destinations"][0]["request"]["followRedirects"] = json!("yes");
+        let e = error_of(doc);
+        assert_eq!(e.path, "steps[2].destinations[0].request.followRedirects");
     }
 
     #[test]

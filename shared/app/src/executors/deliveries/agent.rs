@@ -30,8 +30,13 @@ pub(super) async fn check_health(
     health_url: &str,
     logs: &mut Vec<String>,
 ) -> Result<StepOutput, Failure> {
-    let template =
-        RequestTemplate { method: "GET".into(), url: health_url.to_string(), headers: Vec::new(), body: None };
+    let template = RequestTemplate {
+        method: "GET".into(),
+        url: health_url.to_string(),
+        headers: Vec::new(),
+        body: None,
+        follow_redirects: false,
+    };
     let rendered = outbound::render(&template, &cx.placeholders())?;
     let target = outbound::redact_query(&rendered.url).to_string();
     let response = outbound::send(cx.http, rendered, OutboundBody::Empty, &[])
@@ -54,7 +59,7 @@ pub(super) async fn invoke(
     let target = format!("{} {}", rendered.method, outbound::redact_query(&rendered.url));
     let body = if request.body.is_some() { OutboundBody::Empty } else { delivery_body(cx).await? };
     let (callback_url, wait) = arm_callback(cx).await?;
-    let headers = [("Idempotency-Key", idempotency_key(cx.message)), ("X-Handoff-Callback-Url", callback_url)];
+    let headers = [("Idempotency-Key", idempotency_key(cx.message)), (outbound::CALLBACK_HEADER, callback_url)];
     let response = outbound::send(cx.http, rendered, body, &headers).await?;
     let status = response.status().as_u16();
     if status != 201 {

@@ -328,7 +328,10 @@ fn commit_actions_order_and_limits() {
     let actions = commit_actions("T", &commit).expect("actions");
     assert_eq!(actions.len(), 4, "the step itself and duplicates are not skipped");
     let ex = actions[3].update().expect("exchange update");
-    assert_eq!(ex.condition_expression(), Some("#status IN (:from0, :from1) AND #recoveries = :recovery AND attribute_not_exists(#deletingAt)"));
+    assert_eq!(
+        ex.condition_expression(),
+        Some("#status IN (:from0, :from1) AND #recoveries = :recovery AND attribute_not_exists(#deletingAt)")
+    );
     assert_eq!(values_of(ex.expression_attribute_values(), ":recovery"), Some(n(2)));
     assert!(ex.update_expression().contains("#gsi2pk = :gsi2pk"));
     assert_eq!(ex.expression_attribute_values().and_then(|v| v.get(":gsi2pk")), Some(&s("STATUS#Completed")));
@@ -633,7 +636,10 @@ fn recovery_actions() {
     commit.timers.clear();
     let ex = actions[0].update().expect("exchange update");
     assert_eq!(ex.key().get("sk"), Some(&s("EXCHANGE")));
-    assert_eq!(ex.condition_expression(), Some("#status IN (:from0, :from1) AND #recoveries = :recovery AND attribute_not_exists(#deletingAt)"));
+    assert_eq!(
+        ex.condition_expression(),
+        Some("#status IN (:from0, :from1) AND #recoveries = :recovery AND attribute_not_exists(#deletingAt)")
+    );
     assert_eq!(
         ex.update_expression(),
         "SET #status = :to, #gsi2pk = :gsi2pk, #updatedAt = :now, \

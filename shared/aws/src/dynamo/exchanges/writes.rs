@@ -520,11 +520,7 @@ pub(crate) fn cancellation_outcome<'a>(reasons: impl IntoIterator<Item = Option<
 }
 
 /// The claim update: see [`ExchangeRepository::claim`].
-pub(crate) fn claim_update_parts(
-    attempt: u32,
-    lease_until: DateTime<Utc>,
-    required: &[Precondition],
-) -> UpdateParts {
+pub(crate) fn claim_update_parts(attempt: u32, lease_until: DateTime<Utc>, required: &[Precondition]) -> UpdateParts {
     let mut e = Expr::default();
     e.set("claimedAttempt", "attempt", n(attempt));
     let attempts = e.name("attempts");
@@ -540,11 +536,7 @@ pub(crate) fn claim_update_parts(
 /// The sub-exchange total of a step: see [`ExchangeRepository::set_sub_exchange_total`]. The
 /// counts start at zero but are kept if there are some already (a re-run of the step, or
 /// sub-exchanges that ended before it got here): only `ADD`s and a recovery change them.
-pub(crate) fn sub_total_parts(
-    exchange_id: &ExchangeId,
-    step: StepId,
-    total: u32,
-) -> UpdateParts {
+pub(crate) fn sub_total_parts(exchange_id: &ExchangeId, step: StepId, total: u32) -> UpdateParts {
     let mut e = Expr::default();
     e.set(SUB_TOTAL, "total", n(total));
     e.value("zero", n(0));
@@ -584,10 +576,7 @@ pub(crate) fn consume_token_plan(
 }
 
 /// The token consumption: see [`ExchangeRepository::consume_token`].
-pub(crate) fn consume_token_parts(
-    hash: &str,
-    now: DateTime<Utc>,
-) -> UpdateParts {
+pub(crate) fn consume_token_parts(hash: &str, now: DateTime<Utc>) -> UpdateParts {
     let mut e = Expr::default();
     e.set("usedAt", "now", n(now.timestamp_millis()));
     let condition = condition(&mut e, &[Precondition::TokenUsable { hash: hash.to_string(), now }]);
