@@ -489,6 +489,7 @@ async fn due_timers_are_taken_once(repo: &dyn ExchangeRepository) {
             not_before: Some(at(3600)),
             recovery: 0,
             parent: None,
+            requested_by: None,
         };
         let offset = if name == "ex-t1" { 0 } else { 1 };
         let mut c = StepCommit::new(id.clone(), 0, ExchangeChange::RequireNotFinal, at(1));
@@ -557,6 +558,7 @@ async fn callback_tokens_are_used_once(repo: &dyn ExchangeRepository) {
             not_before: None,
             recovery: 1,
             parent: None,
+            requested_by: None,
         };
         Timer {
             exchange_id: ExchangeId::new("ex-token"),

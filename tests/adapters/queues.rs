@@ -20,6 +20,7 @@ async fn queue_sends_with_delay_and_attributes() {
         not_before: None,
         recovery: 0,
         parent: None,
+        requested_by: Some("ops@example.com".into()),
     };
     queue.send(WorkerFamily::Control, &message, 0).await.expect("send");
     let received = client
@@ -106,6 +107,7 @@ async fn send_many_delivers_every_message_in_batches() {
             index: i,
             depth: 1,
         }),
+        requested_by: None,
     };
 
     async fn receive_all(client: &aws_sdk_sqs::Client, url: &str, expected: usize) -> Vec<HandoffMessage> {

@@ -593,6 +593,16 @@ async fn a_manual_retry_runs_now_and_counts_as_an_attempt() {
     assert_eq!(done["status"], "Completed", "{done:#}");
     assert_eq!(done["steps"][2]["attempts"], 3, "both manual retries counted");
     assert_eq!(target.received().len(), 3);
+    // Who asked is on record, with each attempt it ran.
+    let (_, logs) = gw.get(&format!("/exchanges/{id}/logs")).await;
+    let asked: Vec<&str> = logs["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["line"].as_str().filter(|t| t.contains("a manual retry requested by developer")))
+        .collect();
+    assert_eq!(asked.len(), 2, "{logs:#}");
+    assert!(asked[0].starts_with("Attempt 2 ran now") && asked[1].starts_with("Attempt 3 ran now"), "{asked:?}");
 
     let (status, _) = gw.post(&format!("/exchanges/{id}/steps/0002/retry"), &json!({})).await;
     assert_eq!(status, 409, "nothing to retry in a Completed exchange");

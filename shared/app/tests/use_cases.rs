@@ -401,7 +401,10 @@ async fn a_manual_retry_runs_the_next_attempt_now() {
     let sent = h.queue.take();
     assert!(matches!(&sent[..], [Queued::Handoff { message, .. }] if message.attempt == 2));
     h.deliver(&sent[0]).await.expect("attempt 2");
-    assert_eq!(h.detail(&id).await.steps[1].attempts, 2, "a manual retry counts as an attempt");
+    let detail = h.detail(&id).await;
+    assert_eq!(detail.steps[1].attempts, 2, "a manual retry counts as an attempt");
+    let asked: Vec<&str> = detail.logs.iter().map(|l| l.line.as_str()).filter(|l| l.contains("manual retry")).collect();
+    assert_eq!(asked, ["Attempt 2 ran now: a manual retry requested by tester"], "stored with the attempt");
     let (status, _) = h.call("POST", &format!("/exchanges/{id}/steps/0/retry"), None).await;
     assert_eq!(status, StatusCode::CONFLICT, "a done step is not retried");
 }

@@ -265,6 +265,7 @@ mod tests {
             not_before: None,
             recovery: 0,
             parent: None,
+            requested_by: None,
         }
     }
 

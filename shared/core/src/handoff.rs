@@ -109,6 +109,10 @@ pub struct HandoffMessage {
     /// For a sub-exchange: the parent step that counts it when it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<crate::exchange::ParentLink>,
+    /// Who asked for this attempt to run now (a manual retry: the caller's `sub`), logged on
+    /// the step with the attempt. Never carried on to later handoffs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
 }
 
 /// Everything the control queue carries.
@@ -158,6 +162,7 @@ impl HandoffMessage {
             not_before: None,
             recovery: exchange.recoveries,
             parent: exchange.parent.clone(),
+            requested_by: None,
         }
     }
 
@@ -169,13 +174,14 @@ impl HandoffMessage {
             attempt: 1,
             input,
             not_before: None,
+            requested_by: None,
             ..self.clone()
         }
     }
 
     /// Attempt `attempt` of this same sub-step, not to run before `due`.
     pub fn retry(&self, attempt: u32, due: DateTime<Utc>) -> Self {
-        Self { attempt, not_before: Some(due), ..self.clone() }
+        Self { attempt, not_before: Some(due), requested_by: None, ..self.clone() }
     }
 
     /// The handoff of an accepted callback to the step waiting for it, on the notification.
@@ -192,6 +198,7 @@ impl HandoffMessage {
             not_before: None,
             recovery: token.recovery,
             parent: token.parent.clone(),
+            requested_by: None,
         }
     }
 }

@@ -145,7 +145,7 @@ async fn after_conflict(
         }
         AfterConflict::Resend(effect, reason) => {
             tracing::info!(reason, "sent again");
-            Ok(run_effects(ctx.effects(), vec![effect]).await?)
+            Ok(run_effects(ctx.effects(), vec![*effect]).await?)
         }
         AfterConflict::TryLater => Err(WorkerError::InFlightElsewhere(message.step_id)),
         AfterConflict::BadMessage(problem) => Err(WorkerError::BadMessage(problem)),

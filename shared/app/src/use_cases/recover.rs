@@ -156,7 +156,7 @@ pub async fn retry_step_now(
     requested_by: &str,
 ) -> Result<u32, ActionError> {
     let detail = load(ctx, id).await?;
-    let message = operator::manual_retry(&detail, step_id).map_err(|e| match e {
+    let message = operator::manual_retry(&detail, step_id, requested_by).map_err(|e| match e {
         ManualRetryError::UnknownStep(step) => ActionError::UnknownStep(step),
         other => ActionError::Conflict(other.to_string()),
     })?;

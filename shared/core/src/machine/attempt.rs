@@ -4,7 +4,8 @@
 use super::{step_error, Decision, Effect, Pipeline, StepOutput, Wait};
 use crate::commit::{ErrorRecord, ExchangeChange, StepChange, StepCommit};
 use crate::exchange::{
-    decide_after_attempt, AttemptOutcome, ExchangeError, ExchangeEvent, LogLine, Payload, StepDecision, StepStatus,
+    decide_after_attempt, AttemptOutcome, ExchangeError, ExchangeEvent, LogLine, LogType, Payload, StepDecision,
+    StepStatus,
 };
 use crate::handoff::{HandoffMessage, Timer, TimerKind};
 use crate::ids::StepId;
@@ -51,7 +52,7 @@ pub fn attempt_finished(
         Some(payload) if decided => HandoffMessage { input: Some(payload), ..message.clone() },
         _ => message.clone(),
     };
-    let step = step_change(&message, attempt.claimed, policy.max_attempts, attempt.logs);
+    let step = step_change(&message, attempt.claimed, policy.max_attempts, attempt.logs, now);
     let mut result = record(pipeline, planned, &message, step, decision, attempt.outcome, now);
     if decided {
         let side = attempt.recorded.iter().map(|failure| {
@@ -85,11 +86,23 @@ pub fn beyond_policy(
         "retries exhausted: attempt {} is beyond maxAttempts {max_attempts} now in force",
         message.attempt
     ));
-    let step = step_change(message, false, max_attempts, Vec::new());
+    let step = step_change(message, false, max_attempts, Vec::new(), now);
     Some(record(pipeline, planned, message, step, StepDecision::MarkFailed(failure.clone()), Err(failure), now))
 }
 
-fn step_change(message: &HandoffMessage, claimed: bool, max_attempts: u32, logs: Vec<LogLine>) -> StepChange {
+/// The step's change for this attempt; an attempt someone asked to run now says who, in the
+/// same write (the audit trail of manual retries).
+fn step_change(
+    message: &HandoffMessage,
+    claimed: bool,
+    max_attempts: u32,
+    mut logs: Vec<LogLine>,
+    now: DateTime<Utc>,
+) -> StepChange {
+    if let Some(by) = &message.requested_by {
+        let line = format!("Attempt {} ran now: a manual retry requested by {by}", message.attempt);
+        logs.insert(0, LogLine { kind: LogType::System, line, timestamp: now, step_id: message.step_id });
+    }
     StepChange {
         step_id: message.step_id,
         attempt: message.attempt,
@@ -292,11 +305,12 @@ pub(crate) mod tests {
                 not_before: None,
                 recovery: 2,
                 parent: None,
+                requested_by: None,
             }
         }
         fn record(&self, sequence: u32, decision: StepDecision, outcome: Result<StepOutput, Failure>) -> Decision {
             let m = self.message(sequence);
-            let step = step_change(&m, false, 3, Vec::new());
+            let step = step_change(&m, false, 3, Vec::new(), Utc::now());
             record(self.pipeline(), &self.plan[sequence as usize], &m, step, decision, outcome, Utc::now())
         }
     }
@@ -431,6 +445,36 @@ pub(crate) mod tests {
         assert_eq!(d.commit.result, m.input);
         assert!(d.commit.tally.as_ref().is_some_and(|t| t.completed && t.parent.as_str() == "parent"));
         assert!(matches!(&d.effects[..], [Effect::ResumeParentIfLast(_)]));
+    }
+
+    #[test]
+    fn a_manual_retry_is_logged_with_its_attempt_and_not_carried_on() {
+        let f = Fixture::new(json!({"code": "C", "version": 1, "steps": [
+            {"name": "d", "type": "delivery", "retry": {"maxAttempts": 5, "intervalSeconds": 1},
+             "destinations": [{"kind": "rest", "request": {"url": "http://main.example"}}]}]}));
+        let asked = HandoffMessage { attempt: 2, requested_by: Some("ops".into()), ..f.message(1) };
+        let run = |outcome: Result<StepOutput, Failure>| {
+            let a = Attempt { claimed: true, outcome, logs: vec![], pass_on: None, recorded: vec![] };
+            attempt_finished(f.pipeline(), &f.plan[1], &asked, a, 0.0, Utc::now())
+        };
+        let failed = run(Err(Failure::transient("503")));
+        let lines: Vec<&str> = failed.commit.step.iter().flat_map(|s| s.logs.iter()).map(|l| l.line.as_str()).collect();
+        assert_eq!(lines, ["Attempt 2 ran now: a manual retry requested by ops"]);
+        assert!(
+            matches!(&failed.effects[..], [Effect::Send { message, .. }] if message.attempt == 3 && message.requested_by.is_none())
+        );
+        let done = run(Ok(StepOutput::default()));
+        assert!(only_send(&done.effects).requested_by.is_none(), "the next step was not asked for");
+        let plain = HandoffMessage { attempt: 2, ..f.message(1) };
+        let a = Attempt {
+            claimed: true,
+            outcome: Err(Failure::transient("503")),
+            logs: vec![],
+            pass_on: None,
+            recorded: vec![],
+        };
+        let d = attempt_finished(f.pipeline(), &f.plan[1], &plain, a, 0.0, Utc::now());
+        assert!(d.commit.step.is_some_and(|s| s.logs.is_empty()), "an automatic attempt logs nothing of the kind");
     }
 
     #[test]

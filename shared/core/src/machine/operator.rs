@@ -108,8 +108,12 @@ pub enum ManualRetryError {
 }
 
 /// A manual retry of a step waiting for its next automatic attempt: that attempt runs now
-/// (and counts); the scheduled one then finds it done and changes nothing.
-pub fn manual_retry(detail: &ExchangeDetail, step_id: StepId) -> Result<HandoffMessage, ManualRetryError> {
+/// (and counts), logging who asked; the scheduled one then finds it done and changes nothing.
+pub fn manual_retry(
+    detail: &ExchangeDetail,
+    step_id: StepId,
+    requested_by: &str,
+) -> Result<HandoffMessage, ManualRetryError> {
     let index = detail.steps.iter().position(|s| s.step_id == step_id).ok_or(ManualRetryError::UnknownStep(step_id))?;
     let step = &detail.steps[index];
     let exchange = &detail.exchange;
@@ -122,7 +126,14 @@ pub fn manual_retry(detail: &ExchangeDetail, step_id: StepId) -> Result<HandoffM
     if step.status != StepStatus::Initial || step.next_retry_at.is_none() {
         return Err(ManualRetryError::NotRetrying(step_id));
     }
-    Ok(HandoffMessage::at_step(exchange, step_id, step.sub_step, step.attempts + 1, input_before(&detail.steps, index)))
+    let message = HandoffMessage::at_step(
+        exchange,
+        step_id,
+        step.sub_step,
+        step.attempts + 1,
+        input_before(&detail.steps, index),
+    );
+    Ok(HandoffMessage { requested_by: Some(requested_by.to_string()), ..message })
 }
 
 /// Whether a callback for `token` comes too late to matter: its exchange is final, or was
@@ -230,18 +241,22 @@ mod tests {
     fn a_manual_retry_runs_the_next_attempt_of_a_retrying_step_only() {
         let f = fixture("http://t.example");
         let mut d = failed(&f);
-        assert!(matches!(manual_retry(&d, StepId::from_sequence(2)), Err(ManualRetryError::ExchangeFinal { .. })));
+        assert!(matches!(
+            manual_retry(&d, StepId::from_sequence(2), "ops"),
+            Err(ManualRetryError::ExchangeFinal { .. })
+        ));
         d.exchange.status = ExchangeStatus::Started;
         assert_eq!(
-            manual_retry(&d, StepId::from_sequence(2)),
+            manual_retry(&d, StepId::from_sequence(2), "ops"),
             Err(ManualRetryError::NotRetrying(StepId::from_sequence(2)))
         );
         d.steps[2].status = StepStatus::Initial;
         d.steps[2].next_retry_at = Some(Utc::now());
-        let m = manual_retry(&d, StepId::from_sequence(2)).expect("retrying");
+        let m = manual_retry(&d, StepId::from_sequence(2), "ops").expect("retrying");
         assert_eq!((m.attempt, m.input.clone()), (2, Some(crate::exchange::Payload::raw("[2]"))));
+        assert_eq!(m.requested_by.as_deref(), Some("ops"));
         assert_eq!(
-            manual_retry(&d, StepId::from_sequence(9)),
+            manual_retry(&d, StepId::from_sequence(9), "ops"),
             Err(ManualRetryError::UnknownStep(StepId::from_sequence(9)))
         );
     }

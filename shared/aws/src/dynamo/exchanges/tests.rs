@@ -535,6 +535,7 @@ fn timer_items_round_trip_and_sort_by_due() {
             index: 3,
             depth: 1,
         }),
+        requested_by: None,
     };
     let retry = timer(TimerKind::Handoff { message: Box::new(message) }, "2026-01-02T05:00:00.5Z");
     let item = timer_to_item(&ExchangeId::new("e"), &retry).expect("encode");
