@@ -36,6 +36,7 @@ use std::sync::{Arc, OnceLock};
 
 mod data_files;
 mod dynamo_exchanges;
+mod endpoints;
 mod integrations;
 mod jq_sandbox;
 mod moto_launcher;

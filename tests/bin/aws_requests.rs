@@ -122,7 +122,7 @@ async fn run(n: usize) -> Result<()> {
     let api = Api { url: emulator.api_url().to_string(), client: emulator.api_client(Duration::from_secs(40)) };
     let code = format!("COST_{}", std::process::id());
     let definition = json!({
-        "code": code, "version": 1, "enabled": true,
+        "code": code, "version": 1, "enabled": true, "endpointStatus": "Enabled",
         "steps": [
             {"name": "fetch", "type": "dataCollection", "kind": "query",
              "request": {"method": "GET", "url": format!("{}/providers?region={{{{parameters.region}}}}", source.url)}},

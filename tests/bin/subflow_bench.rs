@@ -55,11 +55,11 @@ async fn run(n: usize) -> anyhow::Result<()> {
     let (child, parent) = (format!("BENCH_CHILD_{suffix}"), format!("BENCH_PARENT_{suffix}"));
     post(
         "/integrations",
-        json!({"code": child, "version": 1, "steps": [
+        json!({"code": child, "version": 1, "endpointStatus": "Enabled", "steps": [
         {"name": "shape", "type": "transformation", "function": {"jq": "{i: $parameters.i}"}}]}),
     )
     .await?;
-    post("/integrations", json!({"code": parent, "version": 1, "steps": [
+    post("/integrations", json!({"code": parent, "version": 1, "endpointStatus": "Enabled", "steps": [
         {"name": "fan", "type": "subflow", "integrationCode": child, "function": {"jq": "[range(0; length) as $i | {i: $i}]"}}]})).await?;
 
     eprintln!("emulator up; integrations defined");

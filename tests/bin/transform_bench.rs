@@ -249,7 +249,7 @@ async fn main() -> anyhow::Result<()> {
         reqwest::Method::POST,
         format!("{api}/integrations"),
         Some(json!({
-            "code": code, "version": 1,
+            "code": code, "version": 1, "endpointStatus": "Enabled",
             "steps": [
                 {"name": "extract", "type": "dataCollection", "kind": "extract", "timeoutSeconds": 3600,
                  "request": {"method": "POST", "url": format!("{base}/extract")}},

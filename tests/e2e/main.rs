@@ -3,6 +3,7 @@
 
 mod api;
 mod deliveries;
+mod endpoints;
 mod jobs;
 mod operations;
 mod pipeline;

@@ -66,6 +66,13 @@ async fn a_token_without_the_route_scope_is_403_and_each_scope_opens_its_routes(
     let (status, answer) = gw.request_as(Some(&other_admin), Method::PATCH, &path, body(&change)).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!((&answer["createdBy"], &answer["updatedBy"]), (&json!("e2e-caller"), &json!("second-admin")));
+    // A new code is Disabled; enabling it is an operator's act, not an admin's.
+    let enable = format!("/integrations/{code}/enable");
+    let (status, _) = gw.request_as(Some(&admin), Method::POST, &enable, None).await;
+    assert_eq!(status, 403, "enabling needs handoff:operate");
+    let operator = token(&["handoff:operate"]);
+    let (status, answer) = gw.request_as(Some(&operator), Method::POST, &enable, None).await;
+    assert_eq!((status.as_u16(), &answer["endpoint"]["changedBy"]), (200, &json!("e2e-caller")), "{answer}");
     let start = json!({"integrationCode": code});
     let (status, _) = gw.request_as(Some(&admin), Method::POST, "/exchanges", body(&start)).await;
     assert_eq!(status, 403, "invoking needs handoff:invoke");

@@ -169,9 +169,15 @@ impl Gateway {
         self.request(Method::GET, path, None).await
     }
 
-    /// Creates an integration version and insists on 201.
+    /// Creates an integration version and insists on 201. A new code is created with its
+    /// endpoint enabled unless the definition says otherwise (`endpointStatus`): tests not
+    /// about endpoints create and enable in one call, as a user may.
     pub async fn create_integration(&self, definition: &Value) -> Value {
-        let (status, body) = self.post("/integrations", definition).await;
+        let mut definition = definition.clone();
+        if let Some(map) = definition.as_object_mut() {
+            map.entry("endpointStatus").or_insert_with(|| Value::String("Enabled".into()));
+        }
+        let (status, body) = self.post("/integrations", &definition).await;
         assert_eq!(status, StatusCode::CREATED, "creating integration: {body}");
         body
     }

@@ -190,7 +190,17 @@ async fn demo(api: &str, http: &reqwest::Client) -> anyhow::Result<()> {
         println!("demo: created integration {CODE} v1 (fetch -> map -> send)");
     }
 
-    // 2. Invoke it.
+    // 2. Enable its endpoint (a new code starts Disabled: configure first, then enable).
+    let resp = http
+        .post(format!("{api}/integrations/{CODE}/enable"))
+        .json(&json!({"reason": "demo ready"}))
+        .send()
+        .await
+        .context("POST /integrations/{code}/enable")?;
+    let enabled = expect_json(resp, &[200], "POST /integrations/{code}/enable").await?;
+    println!("demo: endpoint {CODE} is {}", enabled["endpoint"]["status"].as_str().unwrap_or("?"));
+
+    // 3. Invoke it.
     let resp = http
         .post(format!("{api}/exchanges"))
         .json(&json!({"integrationCode": CODE, "parameters": {"region": "north"}}))
@@ -205,7 +215,7 @@ async fn demo(api: &str, http: &reqwest::Client) -> anyhow::Result<()> {
         .to_string();
     println!("demo: started exchange {exchange_id} (parameters {{\"region\": \"north\"}})");
 
-    // 3. Poll until final, printing each step change.
+    // 4. Poll until final, printing each step change.
     let mut seen: HashMap<String, String> = HashMap::new();
     let mut last_status = String::new();
     let exchange = loop {
@@ -238,7 +248,7 @@ async fn demo(api: &str, http: &reqwest::Client) -> anyhow::Result<()> {
         tokio::time::sleep(POLL_INTERVAL).await;
     };
 
-    // 4. Summary.
+    // 5. Summary.
     println!(
         "demo: exchange {exchange_id} finished: {} ({})",
         str_field(&exchange, "status"),

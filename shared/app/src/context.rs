@@ -10,7 +10,9 @@ use handoff_core::expression::{JqRunner, SandboxLimits};
 use handoff_core::network::OutboundPolicy;
 use handoff_ports::MappingRepository;
 use handoff_ports::SecretStore;
-use handoff_ports::{DataFileStore, ExchangeRepository, HandoffQueue, IntegrationRepository, ScheduleManager};
+use handoff_ports::{
+    DataFileStore, EndpointStore, ExchangeRepository, HandoffQueue, IntegrationRepository, ScheduleManager,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,6 +69,8 @@ pub struct Ports {
     pub secrets: Arc<dyn SecretStore>,
     /// Metadata mappings (`PUT /mappings/{name}`).
     pub mappings: Arc<dyn MappingRepository>,
+    /// Each integration code's endpoint status (enabled, disabled, failed).
+    pub endpoints: Arc<dyn EndpointStore>,
 }
 
 /// The ports with what a warm function instance keeps between invocations (caches, the

@@ -18,8 +18,8 @@ use handoff_core::ids::{ExchangeId, StepId};
 use handoff_core::machine::Effect;
 use handoff_core::plan::{SubStep, WorkerFamily};
 use handoff_ports::memory::{
-    MemoryDataFileStore, MemoryExchangeRepository, MemoryIntegrationRepository, MemoryMappings, MemoryQueue,
-    MemorySchedules, MemorySecrets, Queued,
+    MemoryDataFileStore, MemoryEndpoints, MemoryExchangeRepository, MemoryIntegrationRepository, MemoryMappings,
+    MemoryQueue, MemorySchedules, MemorySecrets, Queued,
 };
 use handoff_ports::{ExchangeReads, ScheduleManager, TokenStore};
 use http::{Request, StatusCode};
@@ -56,6 +56,7 @@ impl Harness {
             schedules: schedules.clone() as Arc<dyn ScheduleManager>,
             secrets: Arc::new(MemorySecrets::default()),
             mappings: Arc::new(MemoryMappings::default()),
+            endpoints: Arc::new(MemoryEndpoints::default()),
         };
         // Definitions are read live, so a changed retry policy shows at the next decision.
         // Loopback systems stand in for partners, so loopback is opened as the emulator does.
@@ -99,7 +100,11 @@ impl Harness {
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
-    async fn define(&self, definition: Value) {
+    /// Defines a version; a new code's endpoint is enabled unless `endpointStatus` says otherwise.
+    async fn define(&self, mut definition: Value) {
+        if let Some(map) = definition.as_object_mut() {
+            map.entry("endpointStatus").or_insert_with(|| json!("Enabled"));
+        }
         let (status, body) = self.call("POST", "/integrations", Some(definition)).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
@@ -706,4 +711,80 @@ async fn a_finished_exchange_is_deleted_once_kept_its_retention_unless_recovered
     kept.run().await;
     assert_eq!(kept.detail(&id).await.exchange.status, ExchangeStatus::Completed);
     assert!(retention_timers(&kept, &id).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_new_code_starts_disabled_and_runs_only_once_enabled_with_its_schedule() {
+    let h = Harness::new();
+    let code = handoff_core::ids::IntegrationCode::parse("HELD").expect("code");
+    let mut definition = transform("HELD", ".");
+    definition["schedule"] = json!({"expression": "cron(0 18 * * ? *)", "timezone": "Europe/Amsterdam"});
+    // Without endpointStatus, as a user posts it: configured first, enabled later.
+    let (status, created) = h.call("POST", "/integrations", Some(definition.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["endpoint"]["status"], "Disabled");
+    assert!(created["definition"].get("endpointStatus").is_none(), "not part of the definition");
+    assert!(h.schedules.get(&code).is_none(), "a held endpoint has no schedule");
+    let (_, shown) = h.call("GET", "/integrations/HELD", None).await;
+    assert_eq!(shown["endpoint"]["status"], "Disabled", "{shown}");
+    assert_eq!(shown["endpoint"]["schedule"], "not scheduled: the endpoint is Disabled");
+    assert_eq!(shown["endpoint"]["changedBy"], "tester");
+
+    let (status, refused) =
+        h.call("POST", "/exchanges", Some(json!({"integrationCode": "HELD", "payload": [1]}))).await;
+    assert_eq!((status, refused["error"].as_str()), (StatusCode::CONFLICT, Some("EndpointDisabled")), "{refused}");
+    assert!(refused["message"].as_str().is_some_and(|m| m.contains("POST /integrations/HELD/enable")), "{refused}");
+    let (status, body) = h.call("POST", "/integrations/HELD/resume", None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "only a Failed endpoint resumes: {body}");
+    let reader = Caller::new("reader", ["handoff:read"]);
+    let (status, _) = h.call_as(Some(reader), "POST", "/integrations/HELD/enable", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "enabling needs handoff:operate");
+
+    let (status, enabled) = h.call("POST", "/integrations/HELD/enable", Some(json!({"reason": "partner ready"}))).await;
+    assert_eq!(status, StatusCode::OK, "{enabled}");
+    let endpoint = &enabled["endpoint"];
+    assert_eq!((endpoint["status"].as_str(), endpoint["changed"].as_bool()), (Some("Enabled"), Some(true)));
+    assert_eq!((endpoint["reason"].as_str(), endpoint["changedBy"].as_str()), (Some("partner ready"), Some("tester")));
+    assert_eq!(endpoint["schedule"]["nextRuns"].as_array().map(Vec::len), Some(5), "{endpoint}");
+    assert!(h.schedules.get(&code).is_some(), "enabling arms the schedule");
+    let id = h.invoke("HELD", json!([1])).await;
+    h.run().await;
+    assert_eq!(h.detail(&id).await.exchange.status, ExchangeStatus::Completed);
+    let (_, again) = h.call("POST", "/integrations/HELD/enable", None).await;
+    assert_eq!(again["endpoint"]["changed"], false);
+
+    // A new version leaves the endpoint alone, even if it asks otherwise.
+    let (status, body) = h.call("POST", "/integrations/HELD/disable", None).await;
+    assert_eq!((status, body["endpoint"]["status"].as_str()), (StatusCode::OK, Some("Disabled")), "{body}");
+    assert!(h.schedules.get(&code).is_none(), "disabling removes the schedule");
+    let mut v2 = definition;
+    v2["version"] = json!(2);
+    v2["endpointStatus"] = json!("Enabled");
+    let (status, body) = h.call("POST", "/integrations", Some(v2)).await;
+    assert_eq!((status, body["endpoint"]["status"].as_str()), (StatusCode::CREATED, Some("Disabled")), "{body}");
+
+    let (status, _) = h.call("POST", "/integrations/NOPE/enable", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let mut bad = transform("BAD_STATUS", ".");
+    bad["endpointStatus"] = json!("Paused");
+    let (status, body) = h.call("POST", "/integrations", Some(bad)).await;
+    assert_eq!((status, body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("endpointStatus")), "{body}");
+    let (status, _) = h.call("GET", "/integrations/BAD_STATUS", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing stored");
+}
+
+#[tokio::test]
+async fn a_scheduled_run_of_a_held_endpoint_is_skipped_with_its_reason() {
+    use handoff_app::entry::trigger::TriggerFunction;
+    let h = Harness::new();
+    let mut definition = transform("NIGHTLY", ".");
+    definition["endpointStatus"] = json!("Disabled");
+    h.define(definition).await;
+    let trigger = TriggerFunction::new(h.ctx.clone());
+    let answer = trigger.invoke(json!({"integrationCode": "NIGHTLY"})).await.expect("not an error to retry");
+    assert!(answer["skipped"].as_str().is_some_and(|s| s.contains("is Disabled")), "{answer}");
+    assert!(h.queue.take().is_empty(), "nothing started");
+    h.call("POST", "/integrations/NIGHTLY/enable", None).await;
+    let answer = trigger.invoke(json!({"integrationCode": "NIGHTLY"})).await.expect("started");
+    assert!(answer["exchangeId"].is_string(), "{answer}");
 }

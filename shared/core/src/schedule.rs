@@ -110,6 +110,22 @@ impl ScheduleExpression {
     }
 }
 
+/// The next `count` runs of `spec` after `after` (fewer when it ends, none when it does not
+/// parse): what an operator is shown of a schedule. `anchor` is when a `rate` schedule started.
+pub fn next_runs(
+    spec: &crate::definition::ScheduleSpec,
+    after: DateTime<Utc>,
+    anchor: DateTime<Utc>,
+    count: usize,
+) -> Vec<DateTime<Utc>> {
+    let (Ok(expression), Ok(tz)) = (ScheduleExpression::parse(&spec.expression), parse_timezone(&spec.timezone)) else {
+        return Vec::new();
+    };
+    std::iter::successors(expression.next_after(after, anchor, tz), |last| expression.next_after(*last, anchor, tz))
+        .take(count)
+        .collect()
+}
+
 /// Parses an IANA time zone name as EventBridge Scheduler's `ScheduleExpressionTimezone`
 /// (empty means UTC, as AWS defaults it).
 pub fn parse_timezone(tz: &str) -> Result<Tz, String> {
@@ -230,6 +246,32 @@ mod tests {
 
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).expect("test timestamp").with_timezone(&Utc)
+    }
+
+    #[test]
+    fn an_operator_sees_the_next_five_runs_in_the_schedules_time_zone() {
+        let spec = crate::definition::ScheduleSpec {
+            expression: "cron(0 18 * * ? *)".into(),
+            timezone: "Europe/Amsterdam".into(),
+        };
+        let runs = next_runs(&spec, utc("2026-03-27T12:00:00Z"), utc("2026-01-01T00:00:00Z"), 5);
+        // 18:00 in Amsterdam: 17:00 UTC until the clocks change on 29 March, then 16:00 UTC.
+        let expected = [
+            "2026-03-27T17:00:00Z",
+            "2026-03-28T17:00:00Z",
+            "2026-03-29T16:00:00Z",
+            "2026-03-30T16:00:00Z",
+            "2026-03-31T16:00:00Z",
+        ];
+        assert_eq!(runs, expected.map(utc).to_vec());
+        let once =
+            crate::definition::ScheduleSpec { expression: "at(2026-04-01T09:00:00)".into(), timezone: String::new() };
+        assert_eq!(
+            next_runs(&once, utc("2026-03-27T12:00:00Z"), utc("2026-01-01T00:00:00Z"), 5),
+            vec![utc("2026-04-01T09:00:00Z")]
+        );
+        let bad = crate::definition::ScheduleSpec { expression: "every day".into(), timezone: String::new() };
+        assert!(next_runs(&bad, utc("2026-03-27T12:00:00Z"), utc("2026-01-01T00:00:00Z"), 5).is_empty());
     }
 
     fn next(expr: &str, after: &str, tz: &str) -> Option<DateTime<Utc>> {

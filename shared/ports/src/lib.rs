@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use handoff_core::commit::{ClaimOutcome, CommitOutcome, Conflict, ErrorRecord, RecoveryCommit, StepCommit};
 use handoff_core::definition::ScheduleSpec;
+use handoff_core::endpoint::Endpoint;
 use handoff_core::exchange::{Exchange, ExchangeDetail, ExchangeStatus, ExchangeStep};
 use handoff_core::handoff::{CallbackToken, HandoffMessage, Timer};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
@@ -104,6 +105,28 @@ pub trait IntegrationRepository: Send + Sync {
         expected_revision: u64,
     ) -> Result<(), IntegrationWriteError>;
     async fn health(&self) -> PortResult<()>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointWriteError {
+    /// Someone else changed the endpoint since it was read (optimistic concurrency).
+    #[error("the endpoint changed concurrently; read it again")]
+    RevisionConflict,
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// Endpoints (an integration code's operational status), kept with the exchanges: the
+/// gateway's own runtime state, which workers may change (issue 10), unlike definitions.
+#[async_trait]
+pub trait EndpointStore: Send + Sync {
+    /// The endpoint of `code` as stored; `None` if it never was (a code defined before
+    /// endpoints were stored, or none at all).
+    async fn endpoint(&self, code: &IntegrationCode) -> PortResult<Option<Endpoint>>;
+
+    /// Stores `endpoint` if the stored one is still at `endpoint.revision` (0: none is
+    /// stored yet) and returns it as stored, at the next revision.
+    async fn save_endpoint(&self, endpoint: &Endpoint) -> Result<Endpoint, EndpointWriteError>;
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

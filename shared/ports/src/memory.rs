@@ -4,10 +4,10 @@
 //! `tests/adapters` run the same cases against both, so the two cannot drift.
 
 use crate::{
-    ByteStream, DataFileInfo, DataFileStore, ErrorFilter, ErrorPage, ExchangeFilter, ExchangePage, ExchangeReads,
-    ExchangeWrites, HandoffQueue, IntegrationRepository, IntegrationWriteError, MappingRepository, MappingWriteError,
-    PortError, PortResult, ScheduleManager, SecretStore, SecretText, StoredIntegration, StoredMapping, TimerStore,
-    TokenStore,
+    ByteStream, DataFileInfo, DataFileStore, EndpointStore, EndpointWriteError, ErrorFilter, ErrorPage, ExchangeFilter,
+    ExchangePage, ExchangeReads, ExchangeWrites, HandoffQueue, IntegrationRepository, IntegrationWriteError,
+    MappingRepository, MappingWriteError, PortError, PortResult, ScheduleManager, SecretStore, SecretText,
+    StoredIntegration, StoredMapping, TimerStore, TokenStore,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use handoff_core::commit::{
     StepChange, StepCommit,
 };
 use handoff_core::definition::ScheduleSpec;
+use handoff_core::endpoint::Endpoint;
 use handoff_core::exchange::{
     Exchange, ExchangeDetail, ExchangeStatus, ExchangeStep, LogLine, StepStatus, SubExchangeCounts,
 };
@@ -682,6 +683,29 @@ impl ScheduleManager for MemorySchedules {
     async fn remove(&self, code: &IntegrationCode) -> PortResult<()> {
         lock(&self.schedules).remove(code);
         Ok(())
+    }
+}
+
+/// Endpoints in memory, with the adapter's optimistic concurrency.
+#[derive(Debug, Default)]
+pub struct MemoryEndpoints {
+    endpoints: Mutex<BTreeMap<IntegrationCode, Endpoint>>,
+}
+
+#[async_trait]
+impl EndpointStore for MemoryEndpoints {
+    async fn endpoint(&self, code: &IntegrationCode) -> PortResult<Option<Endpoint>> {
+        Ok(lock(&self.endpoints).get(code).cloned())
+    }
+    async fn save_endpoint(&self, endpoint: &Endpoint) -> Result<Endpoint, EndpointWriteError> {
+        let mut endpoints = lock(&self.endpoints);
+        let current = endpoints.get(&endpoint.code).map_or(0, |e| e.revision);
+        if current != endpoint.revision {
+            return Err(EndpointWriteError::RevisionConflict);
+        }
+        let stored = Endpoint { revision: endpoint.revision + 1, ..endpoint.clone() };
+        endpoints.insert(endpoint.code.clone(), stored.clone());
+        Ok(stored)
     }
 }
 

@@ -11,7 +11,9 @@ use handoff_app::entry::jobs::JobsFunction;
 use handoff_app::entry::trigger::TriggerFunction;
 use handoff_app::entry::worker::WorkerFunction;
 use handoff_app::jq_sandbox::JqSandbox;
-use handoff_aws::dynamo::{DynamoExchangeRepository, DynamoIntegrationRepository, DynamoMappingRepository};
+use handoff_aws::dynamo::{
+    DynamoEndpointStore, DynamoExchangeRepository, DynamoIntegrationRepository, DynamoMappingRepository,
+};
 use handoff_aws::s3::S3DataFileStore;
 use handoff_aws::scheduler::EventBridgeScheduleManager;
 use handoff_aws::secrets::SecretsManagerStore;
@@ -121,6 +123,7 @@ pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Re
         schedules,
         secrets: Arc::new(SecretsManagerStore::new(aws_sdk_secretsmanager::Client::new(&aws.sdk))),
         mappings: Arc::new(DynamoMappingRepository::new(dynamo.clone(), vars.required("HANDOFF_INTEGRATIONS_TABLE")?)),
+        endpoints: Arc::new(DynamoEndpointStore::new(dynamo.clone(), vars.required("HANDOFF_EXCHANGES_TABLE")?)),
     };
     let defaults = AppSettings::default();
     let jq = SandboxLimits {

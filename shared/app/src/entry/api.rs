@@ -7,6 +7,7 @@ use crate::context::AppContext;
 use crate::entry::apigw;
 use crate::entry::function::{FunctionHandler, InvocationError};
 use crate::use_cases::callback::{accept_callback, CallbackError, Callbacks};
+use crate::use_cases::endpoints::{operate_endpoint, EndpointError};
 use crate::use_cases::integrations::{
     amend_integration, define_integration, DefineError, Defined, Integrations, ScheduleState,
 };
@@ -22,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Extension, Json, Router};
 use chrono::Utc;
+use handoff_core::endpoint::{Endpoint, EndpointCommand, EndpointStatus};
 use handoff_core::exchange::ExchangeDetail;
 use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep};
 use handoff_core::identity::{Caller, Scope};
@@ -159,6 +161,9 @@ pub const ROUTE_SCOPES: &[(&str, &str, Option<Scope>)] = &[
     ("GET", "/integrations", Some(Scope::Read)),
     ("GET", "/integrations/{code}", Some(Scope::Read)),
     ("PATCH", "/integrations/{code}/versions/{version}", Some(Scope::Admin)),
+    ("POST", "/integrations/{code}/enable", Some(Scope::Operate)),
+    ("POST", "/integrations/{code}/disable", Some(Scope::Operate)),
+    ("POST", "/integrations/{code}/resume", Some(Scope::Operate)),
     ("POST", "/exchanges", Some(Scope::Invoke)),
     ("GET", "/exchanges", Some(Scope::Read)),
     ("GET", "/exchanges/{id}", Some(Scope::Read)),
@@ -207,6 +212,9 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/integrations", post(create_integration).get(list_integrations))
         .route("/integrations/{code}", get(get_integration))
         .route("/integrations/{code}/versions/{version}", patch(patch_integration))
+        .route("/integrations/{code}/enable", post(enable_endpoint))
+        .route("/integrations/{code}/disable", post(disable_endpoint))
+        .route("/integrations/{code}/resume", post(resume_endpoint))
         .route("/exchanges", post(post_exchange).get(list_exchanges))
         .route("/exchanges/{id}", get(get_exchange))
         .route("/exchanges/{id}/logs", get(get_logs))
@@ -312,6 +320,11 @@ fn define_error(e: DefineError) -> ApiError {
 /// A stored version with its code's schedule as the change left it.
 fn defined_view(defined: &Defined) -> Value {
     let mut view = integration_view(&defined.stored);
+    view["endpoint"] = json!({
+        "status": defined.endpoint.status.name(),
+        "since": defined.endpoint.since,
+        "changedBy": defined.endpoint.changed_by,
+    });
     view["schedule"] = match &defined.schedule {
         ScheduleState::Active { spec, follows } => {
             json!({"state": "active", "expression": spec.expression, "timezone": spec.timezone, "followsVersion": follows})
@@ -328,7 +341,15 @@ fn defined_view(defined: &Defined) -> Value {
 async fn list_integrations(State(ctx): Ctx) -> ApiResult {
     let mut all = ctx.ports.integrations.all().await?;
     all.sort_by(|a, b| a.code.cmp(&b.code).then(b.version.cmp(&a.version)));
-    let items: Vec<Value> = all.iter().map(integration_view).collect();
+    let mut items: Vec<Value> = Vec::with_capacity(all.len());
+    for versions in all.chunk_by(|a, b| a.code == b.code) {
+        let endpoint = endpoint_view(&stored_endpoint(&ctx, &versions[0].code, versions).await?, versions);
+        items.extend(versions.iter().map(|v| {
+            let mut item = integration_view(v);
+            item["endpoint"] = endpoint.clone();
+            item
+        }));
+    }
     Ok(Json(json!({"items": items})).into_response())
 }
 
@@ -339,8 +360,97 @@ async fn get_integration(State(ctx): Ctx, Path(code): Path<String>) -> ApiResult
         return Err(ApiError::not_found(format!("integration {code} does not exist")));
     }
     versions.sort_by_key(|v| std::cmp::Reverse(v.version));
+    let endpoint = stored_endpoint(&ctx, &code, &versions).await?;
     let items: Vec<Value> = versions.iter().map(integration_view).collect();
-    Ok(Json(json!({"code": code, "versions": items})).into_response())
+    Ok(Json(json!({"code": code, "endpoint": endpoint_view(&endpoint, &versions), "versions": items})).into_response())
+}
+
+/// The endpoint of a code whose `versions` are read (a code from before endpoints runs).
+async fn stored_endpoint(
+    ctx: &AppContext,
+    code: &IntegrationCode,
+    versions: &[StoredIntegration],
+) -> Result<Endpoint, ApiError> {
+    let since = versions.iter().map(|v| v.created_at).min().unwrap_or_else(Utc::now);
+    Ok(ctx.ports.endpoints.endpoint(code).await?.unwrap_or_else(|| Endpoint::unrecorded(code.clone(), since)))
+}
+
+/// How many upcoming runs an endpoint shows.
+const SHOWN_RUNS: usize = 5;
+
+/// An endpoint as operators read it, with the schedule of the version that runs (the
+/// highest enabled one) and its next runs — or "not scheduled".
+fn endpoint_view(endpoint: &Endpoint, versions: &[StoredIntegration]) -> Value {
+    let active = versions.iter().filter(|v| v.enabled).max_by_key(|v| v.version);
+    let spec =
+        active.and_then(|v| handoff_core::definition::parse_definition(&v.document).ok()).and_then(|d| d.schedule);
+    let schedule = match spec {
+        Some(spec) if endpoint.status.runs() => {
+            let runs = handoff_core::schedule::next_runs(&spec, Utc::now(), endpoint.since, SHOWN_RUNS);
+            json!({"expression": spec.expression, "timezone": spec.timezone, "nextRuns": runs})
+        }
+        Some(_) => json!(format!("not scheduled: the endpoint is {}", endpoint.status.name())),
+        None => json!("not scheduled"),
+    };
+    json!({
+        "status": endpoint.status.name(),
+        "since": endpoint.since,
+        "reason": endpoint.reason,
+        "changedBy": endpoint.changed_by,
+        "queueStatus": endpoint.queue_status,
+        "onSystemFailure": endpoint.on_system_failure(false),
+        "schedule": schedule,
+    })
+}
+
+async fn enable_endpoint(ctx: Ctx, caller: Extension<Caller>, code: Path<String>, body: Bytes) -> ApiResult {
+    command_endpoint(ctx, caller, code, body, EndpointCommand::Enable).await
+}
+
+async fn disable_endpoint(ctx: Ctx, caller: Extension<Caller>, code: Path<String>, body: Bytes) -> ApiResult {
+    command_endpoint(ctx, caller, code, body, EndpointCommand::Disable).await
+}
+
+async fn resume_endpoint(ctx: Ctx, caller: Extension<Caller>, code: Path<String>, body: Bytes) -> ApiResult {
+    command_endpoint(ctx, caller, code, body, EndpointCommand::Resume).await
+}
+
+/// A status change's reason is shown to operators, not a document.
+const MAX_REASON_BYTES: usize = 1024;
+
+/// `POST /integrations/{code}/enable|disable|resume`, with an optional `{"reason": "..."}`.
+async fn command_endpoint(
+    State(ctx): Ctx,
+    Extension(caller): Extension<Caller>,
+    Path(code): Path<String>,
+    body: Bytes,
+    command: EndpointCommand,
+) -> ApiResult {
+    let code = path_code(&code)?;
+    let request = if body.is_empty() { json!({}) } else { json_body(&body)? };
+    let invalid = |e| ApiError::field(e, "InvalidRequest");
+    let r = ObjectReader::new("", &request).map_err(invalid)?;
+    r.deny_unknown(&["reason"]).map_err(invalid)?;
+    let reason = r.optional_str("reason").map_err(invalid)?;
+    if reason.is_some_and(|r| r.len() > MAX_REASON_BYTES) {
+        return Err(invalid(FieldError::new("reason", format!("must be at most {MAX_REASON_BYTES} bytes"))));
+    }
+    let operated = operate_endpoint(&Integrations::of(&ctx), &code, command, &caller.subject, reason).await.map_err(
+        |e| match e {
+            EndpointError::NotFound(_) => ApiError::not_found(e.to_string()),
+            EndpointError::Refused(_) => ApiError::new(StatusCode::CONFLICT, "EndpointStatusConflict", e.to_string()),
+            EndpointError::Contended(_) => ApiError::new(StatusCode::CONFLICT, "ConcurrentChange", e.to_string()),
+            EndpointError::Port(p) => p.into(),
+        },
+    )?;
+    let versions = ctx.ports.integrations.versions(&code).await?;
+    let mut view = endpoint_view(&operated.endpoint, &versions);
+    view["changed"] = json!(operated.changed);
+    if let ScheduleState::OutOfSync(e) = &operated.schedule {
+        let what = format!("the schedule of {code} could not be synchronised");
+        view["schedule"] = json!({"state": "outOfSync", "errorId": logged_error_id(&what, e)});
+    }
+    Ok(Json(json!({"code": code, "endpoint": view})).into_response())
 }
 
 async fn patch_integration(
@@ -434,6 +544,10 @@ async fn post_exchange(State(ctx): Ctx, body: Bytes) -> ApiResult {
     .map_err(|e| match e {
         InvokeError::NotFound { .. } => ApiError::not_found(e.to_string()),
         InvokeError::Disabled { .. } => ApiError::new(StatusCode::CONFLICT, "VersionDisabled", e.to_string()),
+        InvokeError::EndpointHeld { status, refusal } => {
+            let code = if status == EndpointStatus::Failed { "EndpointFailed" } else { "EndpointDisabled" };
+            ApiError::new(StatusCode::CONFLICT, code, refusal)
+        }
         InvokeError::Unusable(m) => ApiError::new(StatusCode::CONFLICT, "IntegrationUnusable", m),
         InvokeError::Payload(p) => {
             ApiError::internal(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "storing the payload failed", &p)

@@ -35,8 +35,11 @@ impl FunctionHandler for TriggerFunction {
                 tracing::info!(exchangeId = %exchange.exchange_id, integrationCode = %exchange.integration_code, "scheduled exchange started");
                 Ok(json!({"exchangeId": exchange.exchange_id}))
             }
-            // A schedule of a code with nothing enabled has nothing to run; not an error to retry.
-            Err(e @ (InvokeError::NotFound { .. } | InvokeError::Disabled { .. })) => {
+            // A schedule of a code with nothing enabled, or of a held endpoint, has nothing
+            // to run; not an error to retry.
+            Err(
+                e @ (InvokeError::NotFound { .. } | InvokeError::Disabled { .. } | InvokeError::EndpointHeld { .. }),
+            ) => {
                 tracing::warn!(integrationCode = %trigger.integration_code, reason = %e, "scheduled run skipped");
                 Ok(json!({"skipped": e.to_string()}))
             }

@@ -1,6 +1,7 @@
 //! Defining integrations: a new version (valid, its mappings present), a change to a stored
 //! version (only what [`handoff_core::amendment`] allows), and the schedule, which follows
-//! the highest enabled version of a code.
+//! the highest enabled version of a code while its endpoint runs. A new code gets its
+//! endpoint, `Disabled` unless the request asks `"endpointStatus": "Enabled"`.
 
 use crate::context::AppContext;
 use crate::definitions::{DefinitionCache, LoadedIntegration};
@@ -8,9 +9,13 @@ use crate::mappings::{MappingCache, MappingLoadError};
 use chrono::Utc;
 use handoff_core::amendment::amended;
 use handoff_core::definition::{parse_definition, ScheduleSpec, StepAction};
+use handoff_core::endpoint::{Endpoint, EndpointStatus};
 use handoff_core::ids::{IntegrationCode, IntegrationVersion};
 use handoff_core::reader::FieldError;
-use handoff_ports::{IntegrationRepository, IntegrationWriteError, PortError, ScheduleManager, StoredIntegration};
+use handoff_ports::{
+    EndpointStore, EndpointWriteError, IntegrationRepository, IntegrationWriteError, PortError, ScheduleManager,
+    StoredIntegration,
+};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -21,6 +26,7 @@ pub struct Integrations<'a> {
     pub definitions: &'a DefinitionCache,
     pub mappings: &'a MappingCache,
     pub schedules: &'a dyn ScheduleManager,
+    pub endpoints: &'a dyn EndpointStore,
 }
 
 impl<'a> Integrations<'a> {
@@ -30,6 +36,7 @@ impl<'a> Integrations<'a> {
             definitions: &ctx.definitions,
             mappings: &ctx.mappings,
             schedules: ctx.ports.schedules.as_ref(),
+            endpoints: ctx.ports.endpoints.as_ref(),
         }
     }
 }
@@ -68,16 +75,18 @@ pub enum ScheduleState {
     OutOfSync(PortError),
 }
 
-/// A stored version as a change left it, and its code's schedule.
+/// A stored version as a change left it, its code's endpoint and schedule.
 #[derive(Debug)]
 pub struct Defined {
     pub stored: StoredIntegration,
+    pub endpoint: Endpoint,
     pub schedule: ScheduleState,
 }
 
 /// Stores `document` as a new version created `by` a caller (the highest enabled one is
 /// what new exchanges run).
 pub async fn define_integration(ctx: &Integrations<'_>, mut document: Value, by: &str) -> Result<Defined, DefineError> {
+    let requested = take_endpoint_status(&mut document)?;
     let definition = parse_definition(&document).map_err(DefineError::InvalidDefinition)?;
     if let Value::Object(map) = &mut document {
         map.insert("enabled".into(), Value::Bool(definition.enabled));
@@ -97,10 +106,52 @@ pub async fn define_integration(ctx: &Integrations<'_>, mut document: Value, by:
     };
     let loaded = LoadedIntegration::from_stored(stored.clone()).map_err(|e| DefineError::Unusable(e.to_string()))?;
     check_mappings(ctx, &loaded).await?;
+    // The endpoint before the first version: a code never runs without one saying so.
+    let endpoint = match endpoint_of(ctx.endpoints, ctx.integrations, &stored.code).await? {
+        Some(existing) => existing,
+        None => {
+            let status = requested.unwrap_or(EndpointStatus::Disabled);
+            let new = Endpoint::new(stored.code.clone(), status, by, now);
+            match ctx.endpoints.save_endpoint(&new).await {
+                Ok(saved) => saved,
+                // Another request created the code at the same moment: its endpoint stands.
+                Err(EndpointWriteError::RevisionConflict) => ctx.endpoints.endpoint(&stored.code).await?.unwrap_or(new),
+                Err(EndpointWriteError::Port(e)) => return Err(e.into()),
+            }
+        }
+    };
     ctx.integrations.create(&stored).await?;
     ctx.definitions.remember(Arc::new(loaded));
-    let schedule = sync_schedule(ctx, &stored.code).await;
-    Ok(Defined { stored, schedule })
+    let schedule = sync_schedule(ctx, &stored.code, &endpoint).await;
+    Ok(Defined { stored, endpoint, schedule })
+}
+
+/// The request's `endpointStatus` (not part of the definition): how a new code starts.
+fn take_endpoint_status(document: &mut Value) -> Result<Option<EndpointStatus>, DefineError> {
+    let Some(value) = document.as_object_mut().and_then(|map| map.remove("endpointStatus")) else {
+        return Ok(None);
+    };
+    match value.as_str().and_then(EndpointStatus::parse) {
+        Some(status @ (EndpointStatus::Enabled | EndpointStatus::Disabled)) => Ok(Some(status)),
+        _ => Err(DefineError::InvalidDefinition(FieldError::new(
+            "endpointStatus",
+            format!("must be \"Enabled\" or \"Disabled\", found {value}"),
+        ))),
+    }
+}
+
+/// The endpoint of `code`: as stored; for a code defined before endpoints were stored,
+/// running as it did; `None` when the code has neither an endpoint nor a version.
+pub async fn endpoint_of(
+    endpoints: &dyn EndpointStore,
+    integrations: &dyn IntegrationRepository,
+    code: &IntegrationCode,
+) -> Result<Option<Endpoint>, PortError> {
+    if let Some(stored) = endpoints.endpoint(code).await? {
+        return Ok(Some(stored));
+    }
+    let versions = integrations.versions(code).await?;
+    Ok(versions.iter().map(|v| v.created_at).min().map(|since| Endpoint::unrecorded(code.clone(), since)))
 }
 
 /// Applies `patch` to a stored version on behalf of `by` (optimistically: a concurrent
@@ -131,8 +182,11 @@ pub async fn amend_integration(
     if let Ok(loaded) = LoadedIntegration::from_stored(updated.clone()) {
         ctx.definitions.remember(Arc::new(loaded));
     }
-    let schedule = sync_schedule(ctx, code).await;
-    Ok(Defined { stored: updated, schedule })
+    let endpoint = endpoint_of(ctx.endpoints, ctx.integrations, code)
+        .await?
+        .unwrap_or_else(|| Endpoint::unrecorded(code.clone(), updated.created_at));
+    let schedule = sync_schedule(ctx, code, &endpoint).await;
+    Ok(Defined { stored: updated, endpoint, schedule })
 }
 
 /// A definition may only reference mappings that exist: a typo is refused naming the step,
@@ -155,12 +209,20 @@ async fn check_mappings(ctx: &Integrations<'_>, loaded: &LoadedIntegration) -> R
     Ok(())
 }
 
-/// The schedule follows the highest enabled version: created, updated or removed to match.
-async fn sync_schedule(ctx: &Integrations<'_>, code: &IntegrationCode) -> ScheduleState {
+/// The schedule follows the highest enabled version while the endpoint runs: created,
+/// updated or removed to match (a held endpoint has no schedule, so no run fires).
+pub(crate) async fn sync_schedule(
+    ctx: &Integrations<'_>,
+    code: &IntegrationCode,
+    endpoint: &Endpoint,
+) -> ScheduleState {
     let outcome = async {
         let versions = ctx.integrations.versions(code).await?;
         let active = versions.iter().filter(|v| v.enabled).max_by_key(|v| v.version);
-        let schedule = active.and_then(|v| parse_definition(&v.document).ok()).and_then(|d| d.schedule);
+        let schedule = active
+            .filter(|_| endpoint.status.runs())
+            .and_then(|v| parse_definition(&v.document).ok())
+            .and_then(|d| d.schedule);
         match &schedule {
             Some(spec) => ctx.schedules.upsert(code, spec).await?,
             None => ctx.schedules.remove(code).await?,

@@ -7,13 +7,14 @@ use crate::payloads::{PayloadCodec, PayloadError};
 use bytes::Bytes;
 use chrono::Utc;
 use handoff_core::commit::{CommitOutcome, ExchangeChange, StepCommit};
+use handoff_core::endpoint::EndpointStatus;
 use handoff_core::exchange::{Exchange, ParentLink, Payload};
 use handoff_core::handoff::{sla_timer, HandoffMessage};
 use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion};
 use handoff_core::machine::start::{new_exchange, NewExchange};
 use handoff_core::machine::{failures, Decision};
 use handoff_core::version::{select_version, VersionAvailability, VersionSelectionError};
-use handoff_ports::{ExchangeWrites, IntegrationRepository, PortError};
+use handoff_ports::{EndpointStore, ExchangeWrites, IntegrationRepository, PortError};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -31,6 +32,9 @@ pub enum InvokeError {
     NotFound { code: IntegrationCode, reason: String },
     #[error("integration {code}: {reason}")]
     Disabled { code: IntegrationCode, reason: String },
+    /// The endpoint is held (Disabled or Failed): the refusal says how to go on.
+    #[error("{refusal}")]
+    EndpointHeld { status: EndpointStatus, refusal: String },
     #[error("{0}")]
     Unusable(String),
     #[error(transparent)]
@@ -42,6 +46,7 @@ pub enum InvokeError {
 /// The ports starting an exchange uses.
 pub struct Starting<'a> {
     pub integrations: &'a dyn IntegrationRepository,
+    pub endpoints: &'a dyn EndpointStore,
     pub definitions: &'a DefinitionCache,
     pub writes: &'a dyn ExchangeWrites,
     pub retention: Option<chrono::Duration>,
@@ -54,6 +59,7 @@ impl<'a> Starting<'a> {
     pub fn of(ctx: &'a AppContext) -> Self {
         Self {
             integrations: ctx.ports.integrations.as_ref(),
+            endpoints: ctx.ports.endpoints.as_ref(),
             definitions: &ctx.definitions,
             writes: ctx.ports.exchanges.as_ref(),
             retention: ctx.settings.exchange_retention,
@@ -76,6 +82,12 @@ pub async fn invoke_exchange(ctx: &Starting<'_>, request: InvokeRequest) -> Resu
             InvokeError::NotFound { code: code.clone(), reason: e.to_string() }
         }
     })?;
+    // A held endpoint starts nothing (no endpoint stored: a code from before endpoints runs).
+    if let Some(endpoint) = ctx.endpoints.endpoint(&code).await? {
+        if let Some(refusal) = endpoint.refusal() {
+            return Err(InvokeError::EndpointHeld { status: endpoint.status, refusal });
+        }
+    }
     let stored = versions
         .into_iter()
         .find(|v| v.version == version)

@@ -1,11 +1,13 @@
 //! DynamoDB adapters: [`DynamoExchangeRepository`] (exchanges table, single-table design —
 //! see [`exchanges`]), [`DynamoIntegrationRepository`] and [`DynamoMappingRepository`]
-//! (integrations table).
+//! (integrations table), [`DynamoEndpointStore`] (exchanges table).
 mod backoff;
+pub mod endpoints;
 pub mod exchanges;
 pub mod integrations;
 pub mod mappings;
 
+pub use endpoints::DynamoEndpointStore;
 pub use exchanges::DynamoExchangeRepository;
 pub use integrations::DynamoIntegrationRepository;
 pub use mappings::DynamoMappingRepository;

@@ -1,0 +1,64 @@
+//! Holding an endpoint: an operator enables, disables or resumes an integration code. The
+//! core decides ([`handoff_core::endpoint::operate`]); the endpoint is stored under the
+//! revision it was read at, and the code's schedule follows (armed while it runs, removed
+//! while it is held).
+
+use crate::use_cases::integrations::{endpoint_of, sync_schedule, Integrations, ScheduleState};
+use chrono::Utc;
+use handoff_core::endpoint::{operate, Endpoint, EndpointChange, EndpointCommand, EndpointCommandError};
+use handoff_core::ids::IntegrationCode;
+use handoff_ports::{EndpointWriteError, PortError};
+
+/// How often a command is decided again when the endpoint changed under it.
+const ATTEMPTS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("integration {0} does not exist")]
+    NotFound(IntegrationCode),
+    #[error(transparent)]
+    Refused(#[from] EndpointCommandError),
+    #[error("integration {0}'s endpoint kept changing while this request was decided; try again")]
+    Contended(IntegrationCode),
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// The endpoint after a command, and its code's schedule.
+#[derive(Debug)]
+pub struct Operated {
+    pub endpoint: Endpoint,
+    /// Whether the command changed anything (an endpoint already enabled stays as it is).
+    pub changed: bool,
+    pub schedule: ScheduleState,
+}
+
+/// Carries out `command` on `code`'s endpoint on behalf of `by`.
+pub async fn operate_endpoint(
+    ctx: &Integrations<'_>,
+    code: &IntegrationCode,
+    command: EndpointCommand,
+    by: &str,
+    reason: Option<&str>,
+) -> Result<Operated, EndpointError> {
+    for _ in 0..ATTEMPTS {
+        let endpoint = endpoint_of(ctx.endpoints, ctx.integrations, code)
+            .await?
+            .ok_or_else(|| EndpointError::NotFound(code.clone()))?;
+        let (endpoint, changed) = match operate(&endpoint, command, by, reason, Utc::now())? {
+            EndpointChange::Unchanged => (endpoint, false),
+            EndpointChange::To(next) => match ctx.endpoints.save_endpoint(&next).await {
+                Ok(saved) => (saved, true),
+                Err(EndpointWriteError::RevisionConflict) => continue,
+                Err(EndpointWriteError::Port(e)) => return Err(e.into()),
+            },
+        };
+        if changed {
+            tracing::info!(integrationCode = %code, status = endpoint.status.name(), changedBy = by, command = command.name(), "endpoint status changed");
+        }
+        // Also when unchanged: a schedule left out of step by an earlier failure is set right.
+        let schedule = sync_schedule(ctx, code, &endpoint).await;
+        return Ok(Operated { endpoint, changed, schedule });
+    }
+    Err(EndpointError::Contended(code.clone()))
+}

@@ -1,0 +1,275 @@
+//! The endpoint: an integration code (all its versions) as operators hold it — Enabled,
+//! Disabled, FailedRetrying or Failed — and what each status lets through. Operator
+//! commands (enable, disable, resume) are pure decisions on the endpoint as stored; the
+//! store writes the result under the revision it was read at.
+
+use crate::ids::IntegrationCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndpointStatus {
+    /// Runs: invocations, schedules and outbound sub-steps go ahead.
+    Enabled,
+    /// Held by an operator: nothing starts and nothing leaves the gateway until enabled.
+    Disabled,
+    /// Runs, while an exchange of it retries a connection-type (system, retryable) error.
+    FailedRetrying,
+    /// Halted by a system failure (`onSystemFailure: halt`): held like `Disabled` until resumed.
+    Failed,
+}
+
+impl EndpointStatus {
+    pub const ALL: [EndpointStatus; 4] = [Self::Enabled, Self::Disabled, Self::FailedRetrying, Self::Failed];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Enabled => "Enabled",
+            Self::Disabled => "Disabled",
+            Self::FailedRetrying => "FailedRetrying",
+            Self::Failed => "Failed",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == value)
+    }
+
+    /// Whether exchanges may start and data may leave the gateway.
+    pub fn runs(self) -> bool {
+        matches!(self, Self::Enabled | Self::FailedRetrying)
+    }
+}
+
+/// What becomes of events sent to the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum QueueStatus {
+    /// Kept until an exchange takes them.
+    #[default]
+    ReadEvents,
+    /// Dropped and counted.
+    DiscardEvents,
+}
+
+/// What a system failure of one of its exchanges does to the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OnSystemFailure {
+    /// The endpoint goes `Failed` and holds until resumed (events must wait in order).
+    Halt,
+    /// The endpoint keeps running; the failure is shown on it.
+    Continue,
+}
+
+/// An integration code's endpoint as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    pub code: IntegrationCode,
+    pub status: EndpointStatus,
+    /// When the status last changed.
+    pub since: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The `sub` of whoever changed the status last (none for the gateway itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_by: Option<String>,
+    #[serde(default)]
+    pub queue_status: QueueStatus,
+    /// `None`: the default for the kind of integration (see [`Endpoint::on_system_failure`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_system_failure: Option<OnSystemFailure>,
+    /// Increases with every write (optimistic concurrency); 0 for an endpoint never stored.
+    #[serde(default)]
+    pub revision: u64,
+}
+
+impl Endpoint {
+    /// The endpoint of a new code, created `status` by `by`.
+    pub fn new(code: IntegrationCode, status: EndpointStatus, by: &str, now: DateTime<Utc>) -> Self {
+        Self {
+            code,
+            status,
+            since: now,
+            reason: Some(format!("created {}", status.name())),
+            changed_by: Some(by.to_string()),
+            queue_status: QueueStatus::default(),
+            on_system_failure: None,
+            revision: 0,
+        }
+    }
+
+    /// The endpoint of a code defined before endpoints were stored: it runs, as it did.
+    pub fn unrecorded(code: IntegrationCode, since: DateTime<Utc>) -> Self {
+        Self {
+            code,
+            status: EndpointStatus::Enabled,
+            since,
+            reason: None,
+            changed_by: None,
+            queue_status: QueueStatus::default(),
+            on_system_failure: None,
+            revision: 0,
+        }
+    }
+
+    /// The policy in force: the endpoint's own, else `halt` for event-based integrations
+    /// (their events must wait in order) and `continue` for the others.
+    pub fn on_system_failure(&self, event_based: bool) -> OnSystemFailure {
+        self.on_system_failure.unwrap_or(if event_based { OnSystemFailure::Halt } else { OnSystemFailure::Continue })
+    }
+
+    /// Why nothing may start on this endpoint now, with how to change that; `None` when it runs.
+    pub fn refusal(&self) -> Option<String> {
+        let since = self.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let why = self.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+        let code = &self.code;
+        match self.status {
+            EndpointStatus::Enabled | EndpointStatus::FailedRetrying => None,
+            EndpointStatus::Disabled => Some(format!(
+                "integration {code} is Disabled since {since}{why}; enable it with POST /integrations/{code}/enable"
+            )),
+            EndpointStatus::Failed => Some(format!(
+                "integration {code} is Failed since {since}{why}; resume it with POST /integrations/{code}/resume"
+            )),
+        }
+    }
+}
+
+/// What an operator asks of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointCommand {
+    Enable,
+    Disable,
+    Resume,
+}
+
+impl EndpointCommand {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Enable => "enable",
+            Self::Disable => "disable",
+            Self::Resume => "resume",
+        }
+    }
+}
+
+/// An operator command that does not apply to the endpoint as it stands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointCommandError {
+    #[error("integration {code} is Failed; resume it instead (POST /integrations/{code}/resume)")]
+    ResumeFailedFirst { code: IntegrationCode },
+    #[error("integration {code} is {status}, not Failed; only a Failed endpoint is resumed{hint}")]
+    NotFailed { code: IntegrationCode, status: &'static str, hint: String },
+}
+
+/// What a command leads to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EndpointChange {
+    /// The endpoint already stands where the command would put it.
+    Unchanged,
+    /// Store this (under the revision the endpoint was read at).
+    To(Endpoint),
+}
+
+/// Decides `command` by `by` on `endpoint` as read, at `now`.
+pub fn operate(
+    endpoint: &Endpoint,
+    command: EndpointCommand,
+    by: &str,
+    reason: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<EndpointChange, EndpointCommandError> {
+    use EndpointStatus as S;
+    let code = endpoint.code.clone();
+    let to = match (command, endpoint.status) {
+        (EndpointCommand::Enable, S::Enabled | S::FailedRetrying) => return Ok(EndpointChange::Unchanged),
+        (EndpointCommand::Enable, S::Failed) => return Err(EndpointCommandError::ResumeFailedFirst { code }),
+        (EndpointCommand::Enable, S::Disabled) => S::Enabled,
+        (EndpointCommand::Disable, S::Disabled) => return Ok(EndpointChange::Unchanged),
+        (EndpointCommand::Disable, _) => S::Disabled,
+        (EndpointCommand::Resume, S::Failed) => S::Enabled,
+        (EndpointCommand::Resume, status) => {
+            let hint = match status {
+                S::Disabled => format!("; enable it (POST /integrations/{code}/enable)"),
+                _ => String::new(),
+            };
+            return Err(EndpointCommandError::NotFailed { code, status: status.name(), hint });
+        }
+    };
+    let reason = reason.map(str::to_string).unwrap_or_else(|| format!("{} by {by}", past(command)));
+    Ok(EndpointChange::To(Endpoint {
+        status: to,
+        since: now,
+        reason: Some(reason),
+        changed_by: Some(by.to_string()),
+        ..endpoint.clone()
+    }))
+}
+
+fn past(command: EndpointCommand) -> &'static str {
+    match command {
+        EndpointCommand::Enable => "enabled",
+        EndpointCommand::Disable => "disabled",
+        EndpointCommand::Resume => "resumed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(status: EndpointStatus) -> Endpoint {
+        Endpoint {
+            revision: 3,
+            ..Endpoint::new(IntegrationCode::parse("ORDERS").expect("code"), status, "admin", Utc::now())
+        }
+    }
+
+    #[test]
+    fn only_a_running_endpoint_lets_exchanges_start_and_a_refusal_says_how_to_go_on() {
+        assert_eq!(endpoint(EndpointStatus::Enabled).refusal(), None);
+        assert_eq!(endpoint(EndpointStatus::FailedRetrying).refusal(), None);
+        let disabled = endpoint(EndpointStatus::Disabled).refusal().expect("refused");
+        assert!(disabled.contains("is Disabled since") && disabled.contains("POST /integrations/ORDERS/enable"));
+        let failed = endpoint(EndpointStatus::Failed).refusal().expect("refused");
+        assert!(failed.contains("is Failed since") && failed.contains("POST /integrations/ORDERS/resume"));
+        let legacy = Endpoint::unrecorded(IntegrationCode::parse("OLD").expect("code"), Utc::now());
+        assert!(legacy.status.runs() && legacy.refusal().is_none(), "codes from before endpoints keep running");
+    }
+
+    #[test]
+    fn commands_move_the_endpoint_as_operators_expect() {
+        use EndpointCommand::*;
+        use EndpointStatus as S;
+        let now = Utc::now();
+        let to = |from: S, command: EndpointCommand| match operate(&endpoint(from), command, "ops", None, now) {
+            Ok(EndpointChange::To(e)) => Ok(Some(e)),
+            Ok(EndpointChange::Unchanged) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let enabled = to(S::Disabled, Enable).expect("enable").expect("changed");
+        assert_eq!((enabled.status, enabled.since, enabled.revision), (S::Enabled, now, 3));
+        assert_eq!((enabled.changed_by.as_deref(), enabled.reason.as_deref()), (Some("ops"), Some("enabled by ops")));
+        assert_eq!(to(S::Enabled, Enable), Ok(None));
+        assert_eq!(to(S::FailedRetrying, Enable), Ok(None));
+        assert!(matches!(to(S::Failed, Enable), Err(EndpointCommandError::ResumeFailedFirst { .. })));
+        for from in [S::Enabled, S::FailedRetrying, S::Failed] {
+            assert_eq!(to(from, Disable).expect("disable").map(|e| e.status), Some(S::Disabled));
+        }
+        assert_eq!(to(S::Disabled, Disable), Ok(None));
+        assert_eq!(to(S::Failed, Resume).expect("resume").map(|e| e.status), Some(S::Enabled));
+        let not_failed = to(S::Disabled, Resume).expect_err("not failed").to_string();
+        assert!(not_failed.contains("enable it"), "{not_failed}");
+        assert!(to(S::Enabled, Resume).is_err());
+    }
+
+    #[test]
+    fn event_based_endpoints_halt_by_default_others_continue() {
+        let mut e = endpoint(EndpointStatus::Enabled);
+        assert_eq!(e.on_system_failure(true), OnSystemFailure::Halt);
+        assert_eq!(e.on_system_failure(false), OnSystemFailure::Continue);
+        e.on_system_failure = Some(OnSystemFailure::Halt);
+        assert_eq!(e.on_system_failure(false), OnSystemFailure::Halt);
+    }
+}
