@@ -3,7 +3,7 @@
 
 use super::*;
 use handoff_aws::dynamo::DynamoEndpointStore;
-use handoff_core::endpoint::{Endpoint, EndpointStatus, OnSystemFailure};
+use handoff_core::endpoint::{Endpoint, EndpointStatus, HeldHandoff, OnSystemFailure};
 use handoff_ports::{EndpointStore, EndpointWriteError};
 
 async fn endpoints_are_written_once_then_only_at_the_revision_read(store: &dyn EndpointStore) {
@@ -31,6 +31,54 @@ async fn endpoints_are_written_once_then_only_at_the_revision_read(store: &dyn E
     assert_eq!(store.endpoint(&code).await.expect("read"), Some(saved));
 }
 
+fn handoff(exchange: &str, step: u32) -> HandoffMessage {
+    HandoffMessage {
+        exchange_id: ExchangeId::new(exchange),
+        integration_code: code("HOLDING"),
+        integration_version: IntegrationVersion::number(1).expect("version"),
+        step_id: StepId::from_sequence(step),
+        sub_step: SubStep::DeliverRest,
+        attempt: 1,
+        input: Some(Payload::raw("[1]")),
+        parameters: serde_json::json!({"region": "EU"}),
+        not_before: None,
+        recovery: 0,
+        parent: None,
+        requested_by: None,
+    }
+}
+
+async fn handoffs_are_held_only_while_the_endpoint_is_held_as_read(store: &dyn EndpointStore) {
+    let held_at = |n: i64, exchange: &str| HeldHandoff {
+        message: handoff(exchange, 2),
+        held_at: at(n),
+        reason: "held before DeliverRest: the endpoint is Disabled".into(),
+    };
+    // No endpoint stored: it runs, nothing can be held.
+    assert!(matches!(store.hold(&held_at(1, "a"), 0).await, Err(EndpointWriteError::RevisionConflict)));
+    let disabled = store
+        .save_endpoint(&Endpoint::new(code("HOLDING"), EndpointStatus::Disabled, "ops", at(0)))
+        .await
+        .expect("save");
+    store.hold(&held_at(2, "b"), disabled.revision).await.expect("held");
+    store.hold(&held_at(1, "a"), disabled.revision).await.expect("held");
+    store.hold(&held_at(1, "a"), disabled.revision).await.expect("held again: one kept");
+    let held = store.held(&code("HOLDING")).await.expect("held");
+    assert_eq!(held.iter().map(|h| h.message.exchange_id.as_str()).collect::<Vec<_>>(), ["a", "b"], "oldest first");
+    assert_eq!(held[0], held_at(1, "a"));
+    assert!(store.held(&code("OTHER")).await.expect("held").is_empty());
+
+    // Enabled since it was read: holding is refused, so the release cannot miss it.
+    let enabled =
+        store.save_endpoint(&Endpoint { status: EndpointStatus::Enabled, ..disabled.clone() }).await.expect("enable");
+    assert!(matches!(store.hold(&held_at(3, "c"), disabled.revision).await, Err(EndpointWriteError::RevisionConflict)));
+    assert!(matches!(store.hold(&held_at(3, "c"), enabled.revision).await, Err(EndpointWriteError::RevisionConflict)));
+    store.release(&held[0]).await.expect("release");
+    store.release(&held[0]).await.expect("release twice");
+    let left = store.held(&code("HOLDING")).await.expect("held");
+    assert_eq!(left.iter().map(|h| h.message.exchange_id.as_str()).collect::<Vec<_>>(), ["b"]);
+}
+
 mod endpoint_contract_on_moto {
     use super::*;
 
@@ -39,6 +87,12 @@ mod endpoint_contract_on_moto {
         let store = DynamoEndpointStore::new(aws_sdk_dynamodb::Client::new(&sdk().await), exchanges_table().await);
         super::endpoints_are_written_once_then_only_at_the_revision_read(&store).await
     }
+
+    #[tokio::test]
+    async fn handoffs_are_held_only_while_the_endpoint_is_held_as_read() {
+        let store = DynamoEndpointStore::new(aws_sdk_dynamodb::Client::new(&sdk().await), exchanges_table().await);
+        super::handoffs_are_held_only_while_the_endpoint_is_held_as_read(&store).await
+    }
 }
 
 mod endpoint_contract_in_memory {
@@ -46,5 +100,11 @@ mod endpoint_contract_in_memory {
     async fn endpoints_are_written_once_then_only_at_the_revision_read() {
         let store = handoff_ports::memory::MemoryEndpoints::default();
         super::endpoints_are_written_once_then_only_at_the_revision_read(&store).await
+    }
+
+    #[tokio::test]
+    async fn handoffs_are_held_only_while_the_endpoint_is_held_as_read() {
+        let store = handoff_ports::memory::MemoryEndpoints::default();
+        super::handoffs_are_held_only_while_the_endpoint_is_held_as_read(&store).await
     }
 }

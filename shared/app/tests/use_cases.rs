@@ -788,3 +788,59 @@ async fn a_scheduled_run_of_a_held_endpoint_is_skipped_with_its_reason() {
     let answer = trigger.invoke(json!({"integrationCode": "NIGHTLY"})).await.expect("started");
     assert!(answer["exchangeId"].is_string(), "{answer}");
 }
+
+/// A loopback target that answers 200 and counts what it received.
+async fn counting_target() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/in", listener.local_addr().expect("addr"));
+    let count = received.clone();
+    let app = axum::Router::new().fallback(move || {
+        let count = count.clone();
+        async move {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            "{}"
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+#[tokio::test]
+async fn a_running_exchange_holds_before_its_delivery_while_disabled_and_goes_on_when_enabled() {
+    use std::sync::atomic::Ordering;
+    let h = Harness::new();
+    let (url, received) = counting_target().await;
+    h.define(json!({"code": "HOLD", "version": 1, "steps": [
+        {"name": "map", "type": "transformation", "function": {"jq": "."}},
+        {"name": "send", "type": "delivery", "destinations": [{"kind": "rest", "request": {"method": "POST", "url": url}}]}]}))
+    .await;
+    let id = h.invoke("HOLD", json!([1])).await;
+    // The exchange is under way (triggered) when the operator disables the endpoint.
+    let first = h.queue.take();
+    h.deliver(&first[0]).await.expect("triggered");
+    let (status, _) =
+        h.call("POST", "/integrations/HOLD/disable", Some(json!({"reason": "target down for repair"}))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(h.run().await.is_empty());
+    let detail = h.detail(&id).await;
+    assert_eq!(detail.exchange.status, ExchangeStatus::Started, "held, not failed");
+    assert_eq!(detail.steps[1].status, StepStatus::Done, "work inside the gateway went on");
+    assert_eq!((detail.steps[2].status, detail.steps[2].attempts), (StepStatus::Initial, 0), "no attempt used");
+    assert_eq!(received.load(Ordering::SeqCst), 0, "nothing left the gateway");
+    let (_, shown) = h.call("GET", &format!("/exchanges/{id}"), None).await;
+    assert_eq!(shown["held"]["stepId"], "0002", "{shown}");
+    assert!(shown["held"]["reason"].as_str().is_some_and(|r| r.contains("target down for repair")), "{shown}");
+
+    let (status, enabled) = h.call("POST", "/integrations/HOLD/enable", None).await;
+    assert_eq!(status, StatusCode::OK, "{enabled}");
+    assert!(h.run().await.is_empty());
+    assert_eq!(h.detail(&id).await.exchange.status, ExchangeStatus::Completed);
+    assert_eq!(received.load(Ordering::SeqCst), 1, "delivered once");
+    let (_, shown) = h.call("GET", &format!("/exchanges/{id}"), None).await;
+    assert!(shown.get("held").is_none(), "{shown}");
+    // Enabling again releases nothing twice.
+    h.call("POST", "/integrations/HOLD/enable", None).await;
+    assert!(h.run().await.is_empty());
+    assert_eq!(received.load(Ordering::SeqCst), 1);
+}

@@ -3,6 +3,7 @@
 //! commands (enable, disable, resume) are pure decisions on the endpoint as stored; the
 //! store writes the result under the revision it was read at.
 
+use crate::handoff::HandoffMessage;
 use crate::ids::IntegrationCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -134,6 +135,29 @@ impl Endpoint {
             )),
         }
     }
+}
+
+/// A handoff stopped at a held endpoint, before a sub-step that sends data out: it keeps
+/// its place (no attempt is used) and is sent again when the endpoint runs again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldHandoff {
+    pub message: HandoffMessage,
+    pub held_at: DateTime<Utc>,
+    /// Why, as the exchange shows it.
+    pub reason: String,
+}
+
+/// Whether `message` holds at `endpoint` (as read, `None`: never stored, so it runs):
+/// only before a sub-step that sends data out, only while the endpoint does not run.
+pub fn hold(endpoint: Option<&Endpoint>, message: &HandoffMessage, now: DateTime<Utc>) -> Option<HeldHandoff> {
+    let endpoint = endpoint.filter(|e| !e.status.runs() && message.sub_step.sends_data_out())?;
+    let why = endpoint.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+    Some(HeldHandoff {
+        message: message.clone(),
+        held_at: now,
+        reason: format!("held before {}: the endpoint is {}{why}", message.sub_step, endpoint.status.name()),
+    })
 }
 
 /// What an operator asks of an endpoint.
@@ -271,5 +295,26 @@ mod tests {
         assert_eq!(e.on_system_failure(false), OnSystemFailure::Continue);
         e.on_system_failure = Some(OnSystemFailure::Halt);
         assert_eq!(e.on_system_failure(false), OnSystemFailure::Halt);
+    }
+
+    #[test]
+    fn a_held_endpoint_stops_its_exchanges_only_before_data_goes_out() {
+        let f = crate::machine::attempt::tests::Fixture::new(serde_json::json!({"code": "C", "version": 1, "steps": [
+            {"name": "t", "type": "transformation", "function": {"jq": "."}},
+            {"name": "d", "type": "delivery", "destinations": [{"kind": "rest", "request": {"url": "http://t.example"}}]}]}));
+        let transform = f.message(1);
+        let delivery = f.message(2);
+        assert_eq!(delivery.sub_step, crate::plan::SubStep::DeliverRest);
+        let now = Utc::now();
+        let mut disabled = endpoint(EndpointStatus::Disabled);
+        disabled.reason = Some("partner maintenance".into());
+        let held = hold(Some(&disabled), &delivery, now).expect("held");
+        assert_eq!((held.message, held.held_at), (delivery.clone(), now));
+        assert_eq!(held.reason, "held before DeliverRest: the endpoint is Disabled: partner maintenance");
+        assert!(hold(Some(&endpoint(EndpointStatus::Failed)), &delivery, now).is_some());
+        assert!(hold(Some(&disabled), &transform, now).is_none(), "work inside the gateway goes on");
+        assert!(hold(Some(&endpoint(EndpointStatus::Enabled)), &delivery, now).is_none());
+        assert!(hold(Some(&endpoint(EndpointStatus::FailedRetrying)), &delivery, now).is_none());
+        assert!(hold(None, &delivery, now).is_none(), "an endpoint never stored runs");
     }
 }

@@ -109,6 +109,20 @@ impl SubStep {
         }
     }
 
+    /// Sub-steps that send data out of the gateway (deliveries, invokes, agents): a held
+    /// endpoint stops its exchanges before them.
+    pub fn sends_data_out(&self) -> bool {
+        matches!(
+            self,
+            Self::DeliverRest
+                | Self::DeliverSftp
+                | Self::DeliverFileUpload
+                | Self::InvokeAgent
+                | Self::InvokeActivity
+                | Self::InvokeProcess
+        )
+    }
+
     /// Sub-steps whose effect is outside our system: they claim their attempt before acting,
     /// so a duplicate message never repeats the call.
     pub fn has_external_effect(&self) -> bool {

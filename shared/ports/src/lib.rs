@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use handoff_core::commit::{ClaimOutcome, CommitOutcome, Conflict, ErrorRecord, RecoveryCommit, StepCommit};
 use handoff_core::definition::ScheduleSpec;
-use handoff_core::endpoint::Endpoint;
+use handoff_core::endpoint::{Endpoint, HeldHandoff};
 use handoff_core::exchange::{Exchange, ExchangeDetail, ExchangeStatus, ExchangeStep};
 use handoff_core::handoff::{CallbackToken, HandoffMessage, Timer};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
@@ -127,6 +127,17 @@ pub trait EndpointStore: Send + Sync {
     /// Stores `endpoint` if the stored one is still at `endpoint.revision` (0: none is
     /// stored yet) and returns it as stored, at the next revision.
     async fn save_endpoint(&self, endpoint: &Endpoint) -> Result<Endpoint, EndpointWriteError>;
+
+    /// Keeps `held` if the endpoint is still held (Disabled or Failed) at `endpoint_revision`,
+    /// as it was read — so nothing is held once the endpoint runs again (its release would
+    /// have missed it). Holding the same handoff again keeps one.
+    async fn hold(&self, held: &HeldHandoff, endpoint_revision: u64) -> Result<(), EndpointWriteError>;
+
+    /// The handoffs held at `code`, oldest first.
+    async fn held(&self, code: &IntegrationCode) -> PortResult<Vec<HeldHandoff>>;
+
+    /// Forgets a held handoff once it was sent again.
+    async fn release(&self, held: &HeldHandoff) -> PortResult<()>;
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

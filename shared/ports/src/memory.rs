@@ -18,7 +18,7 @@ use handoff_core::commit::{
     StepChange, StepCommit,
 };
 use handoff_core::definition::ScheduleSpec;
-use handoff_core::endpoint::Endpoint;
+use handoff_core::endpoint::{Endpoint, HeldHandoff};
 use handoff_core::exchange::{
     Exchange, ExchangeDetail, ExchangeStatus, ExchangeStep, LogLine, StepStatus, SubExchangeCounts,
 };
@@ -690,6 +690,13 @@ impl ScheduleManager for MemorySchedules {
 #[derive(Debug, Default)]
 pub struct MemoryEndpoints {
     endpoints: Mutex<BTreeMap<IntegrationCode, Endpoint>>,
+    /// By code, then (exchange, step, attempt).
+    held: Mutex<BTreeMap<(IntegrationCode, ExchangeId, StepId, u32), HeldHandoff>>,
+}
+
+fn held_key(held: &HeldHandoff) -> (IntegrationCode, ExchangeId, StepId, u32) {
+    let m = &held.message;
+    (m.integration_code.clone(), m.exchange_id.clone(), m.step_id, m.attempt)
 }
 
 #[async_trait]
@@ -706,6 +713,28 @@ impl EndpointStore for MemoryEndpoints {
         let stored = Endpoint { revision: endpoint.revision + 1, ..endpoint.clone() };
         endpoints.insert(endpoint.code.clone(), stored.clone());
         Ok(stored)
+    }
+    async fn hold(&self, held: &HeldHandoff, endpoint_revision: u64) -> Result<(), EndpointWriteError> {
+        // Both locks, endpoints first (as everywhere): the check and the write are one step.
+        let endpoints = lock(&self.endpoints);
+        let still_held = endpoints
+            .get(&held.message.integration_code)
+            .is_some_and(|e| e.revision == endpoint_revision && !e.status.runs());
+        if !still_held {
+            return Err(EndpointWriteError::RevisionConflict);
+        }
+        lock(&self.held).insert(held_key(held), held.clone());
+        Ok(())
+    }
+    async fn held(&self, code: &IntegrationCode) -> PortResult<Vec<HeldHandoff>> {
+        let mut held: Vec<HeldHandoff> =
+            lock(&self.held).iter().filter(|(key, _)| &key.0 == code).map(|(_, h)| h.clone()).collect();
+        held.sort_by_key(|h| h.held_at);
+        Ok(held)
+    }
+    async fn release(&self, held: &HeldHandoff) -> PortResult<()> {
+        lock(&self.held).remove(&held_key(held));
+        Ok(())
     }
 }
 

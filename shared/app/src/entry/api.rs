@@ -597,7 +597,20 @@ async fn get_exchange(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
             }
         }
     }
-    Ok(Json(exchange_view(&detail)).into_response())
+    let mut view = exchange_view(&detail);
+    // Held at its endpoint: where, since when and why (it keeps its place).
+    if !detail.exchange.status.is_final() {
+        let held = ctx.ports.endpoints.held(&detail.exchange.integration_code).await?;
+        if let Some(h) = held.iter().find(|h| h.message.exchange_id == detail.exchange.exchange_id) {
+            view["held"] = json!({
+                "stepId": h.message.step_id,
+                "subStep": h.message.sub_step,
+                "since": h.held_at,
+                "reason": h.reason,
+            });
+        }
+    }
+    Ok(Json(view).into_response())
 }
 
 fn action_error(e: ActionError) -> ApiError {

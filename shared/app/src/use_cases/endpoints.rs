@@ -1,7 +1,7 @@
 //! Holding an endpoint: an operator enables, disables or resumes an integration code. The
 //! core decides ([`handoff_core::endpoint::operate`]); the endpoint is stored under the
 //! revision it was read at, and the code's schedule follows (armed while it runs, removed
-//! while it is held).
+//! while it is held). Handoffs held meanwhile go out again once it runs.
 
 use crate::use_cases::integrations::{endpoint_of, sync_schedule, Integrations, ScheduleState};
 use chrono::Utc;
@@ -31,6 +31,8 @@ pub struct Operated {
     /// Whether the command changed anything (an endpoint already enabled stays as it is).
     pub changed: bool,
     pub schedule: ScheduleState,
+    /// Held handoffs sent on again.
+    pub released: usize,
 }
 
 /// Carries out `command` on `code`'s endpoint on behalf of `by`.
@@ -56,9 +58,25 @@ pub async fn operate_endpoint(
         if changed {
             tracing::info!(integrationCode = %code, status = endpoint.status.name(), changedBy = by, command = command.name(), "endpoint status changed");
         }
-        // Also when unchanged: a schedule left out of step by an earlier failure is set right.
+        // Also when unchanged: a schedule left out of step by an earlier failure is set
+        // right, and handoffs a crash left held go out.
         let schedule = sync_schedule(ctx, code, &endpoint).await;
-        return Ok(Operated { endpoint, changed, schedule });
+        let released = if endpoint.status.runs() { release_held(ctx, code).await? } else { 0 };
+        return Ok(Operated { endpoint, changed, schedule, released });
     }
     Err(EndpointError::Contended(code.clone()))
+}
+
+/// Sends on every handoff held at `code` (the endpoint runs again), each forgotten only once
+/// sent: a crash in between sends it again later, and the duplicate changes nothing.
+async fn release_held(ctx: &Integrations<'_>, code: &IntegrationCode) -> Result<usize, PortError> {
+    let held = ctx.endpoints.held(code).await?;
+    for handoff in &held {
+        ctx.queue.send(handoff.message.sub_step.family(), &handoff.message, 0).await?;
+        ctx.endpoints.release(handoff).await?;
+    }
+    if !held.is_empty() {
+        tracing::info!(integrationCode = %code, released = held.len(), "held handoffs sent on");
+    }
+    Ok(held.len())
 }

@@ -12,13 +12,14 @@ use crate::effects::run_effects;
 use crate::executors::{execute, ExecutionContext};
 use chrono::{Duration as ChronoDuration, Utc};
 use handoff_core::commit::Conflict;
+use handoff_core::endpoint::hold;
 use handoff_core::exchange::LogLine;
 use handoff_core::handoff::HandoffMessage;
 use handoff_core::ids::StepId;
 use handoff_core::machine::conflict::{self, AfterConflict};
 use handoff_core::machine::{attempt, delay_until, Decision};
 use handoff_core::plan::WorkerFamily;
-use handoff_ports::PortError;
+use handoff_ports::{EndpointWriteError, PortError};
 
 /// Errors that leave the message on the queue for another try (infrastructure trouble).
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,8 @@ pub enum WorkerError {
     Definition(String),
     #[error("step {0} is being worked on by another attempt; try again later")]
     InFlightElsewhere(StepId),
+    #[error("the endpoint kept changing while deciding whether to hold; try again later")]
+    EndpointChanging,
 }
 
 /// Handles one handoff message arrived at the `family` worker.
@@ -65,6 +68,10 @@ pub async fn handle_handoff(
     // The policy in force now: a lowered maximum ends a retrying step before it runs again.
     if let Some(decision) = attempt::beyond_policy(pipeline, planned, &message, now) {
         return apply(ctx, &message, &loaded, decision).await;
+    }
+
+    if planned.sub_step.sends_data_out() && held(ctx, &message, now).await? {
+        return Ok(());
     }
 
     let claimed = planned.sub_step.has_external_effect();
@@ -105,6 +112,29 @@ pub async fn handle_handoff(
     };
     let decision = attempt::attempt_finished(pipeline, planned, &message, attempt, random_unit(), now);
     apply(ctx, &message, &loaded, decision).await
+}
+
+/// How often holding is decided again when the endpoint changes under it.
+const HOLD_ATTEMPTS: usize = 3;
+
+/// Whether `message` is held at its endpoint (Disabled or Failed): kept, with no attempt
+/// used, until the endpoint runs again. An endpoint that changes meanwhile is read again.
+async fn held(ctx: &AppContext, message: &HandoffMessage, now: chrono::DateTime<Utc>) -> Result<bool, WorkerError> {
+    for _ in 0..HOLD_ATTEMPTS {
+        let endpoint = ctx.ports.endpoints.endpoint(&message.integration_code).await?;
+        let (Some(endpoint), Some(held)) = (endpoint.as_ref(), hold(endpoint.as_ref(), message, now)) else {
+            return Ok(false);
+        };
+        match ctx.ports.endpoints.hold(&held, endpoint.revision).await {
+            Ok(()) => {
+                tracing::warn!(reason = %held.reason, "handoff held at its endpoint");
+                return Ok(true);
+            }
+            Err(EndpointWriteError::RevisionConflict) => continue,
+            Err(EndpointWriteError::Port(e)) => return Err(e.into()),
+        }
+    }
+    Err(WorkerError::EndpointChanging)
 }
 
 async fn apply(

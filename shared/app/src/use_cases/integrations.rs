@@ -13,8 +13,8 @@ use handoff_core::endpoint::{Endpoint, EndpointStatus};
 use handoff_core::ids::{IntegrationCode, IntegrationVersion};
 use handoff_core::reader::FieldError;
 use handoff_ports::{
-    EndpointStore, EndpointWriteError, IntegrationRepository, IntegrationWriteError, PortError, ScheduleManager,
-    StoredIntegration,
+    EndpointStore, EndpointWriteError, HandoffQueue, IntegrationRepository, IntegrationWriteError, PortError,
+    ScheduleManager, StoredIntegration,
 };
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -27,6 +27,8 @@ pub struct Integrations<'a> {
     pub mappings: &'a MappingCache,
     pub schedules: &'a dyn ScheduleManager,
     pub endpoints: &'a dyn EndpointStore,
+    /// Handoffs held at an endpoint go out again when it runs again.
+    pub queue: &'a dyn HandoffQueue,
 }
 
 impl<'a> Integrations<'a> {
@@ -37,6 +39,7 @@ impl<'a> Integrations<'a> {
             mappings: &ctx.mappings,
             schedules: ctx.ports.schedules.as_ref(),
             endpoints: ctx.ports.endpoints.as_ref(),
+            queue: ctx.ports.queue.as_ref(),
         }
     }
 }

@@ -5,21 +5,27 @@
 //! is a put on condition `attribute_not_exists(pk)`, a later one a put on
 //! `revision = :expected`.
 //!
+//! Held handoffs share the endpoint's partition: `sk=HELD#<exchangeId>#<stepId>#<attempt>`,
+//! attributes `body` (the [`HeldHandoff`] JSON). Holding is one TransactWriteItems: a
+//! condition check that the endpoint is still held at the revision read, and the put.
+//!
 //! Endpoints live with the exchanges, not the definitions: they are runtime state that the
 //! workers move (a failing endpoint), while workers only read the integrations table.
 
 use super::exchanges::Item;
 use crate::error;
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
 use aws_sdk_dynamodb::Client;
-use handoff_core::endpoint::Endpoint;
+use handoff_core::endpoint::{Endpoint, EndpointStatus, HeldHandoff};
 use handoff_core::ids::IntegrationCode;
 use handoff_ports::{EndpointStore, EndpointWriteError, PortResult};
 use std::collections::HashMap;
 
 const SERVICE: &str = "dynamodb";
 const SORT_KEY: &str = "ENDPOINT";
+const HELD_PREFIX: &str = "HELD#";
 
 pub fn endpoint_pk(code: &IntegrationCode) -> String {
     format!("ENDPOINT#{code}")
@@ -30,6 +36,30 @@ fn key(code: &IntegrationCode) -> Item {
         ("pk".to_string(), AttributeValue::S(endpoint_pk(code))),
         ("sk".to_string(), AttributeValue::S(SORT_KEY.into())),
     ])
+}
+
+fn held_key(held: &HeldHandoff) -> Item {
+    let m = &held.message;
+    HashMap::from([
+        ("pk".to_string(), AttributeValue::S(endpoint_pk(&m.integration_code))),
+        ("sk".to_string(), AttributeValue::S(format!("{HELD_PREFIX}{}#{}#{}", m.exchange_id, m.step_id, m.attempt))),
+    ])
+}
+
+fn held_to_item(held: &HeldHandoff) -> PortResult<Item> {
+    let body =
+        serde_json::to_string(held).map_err(|e| error::fault(SERVICE, format!("cannot encode held handoff: {e}")))?;
+    let mut item = held_key(held);
+    item.insert("body".into(), AttributeValue::S(body));
+    Ok(item)
+}
+
+fn held_from_item(item: &Item) -> PortResult<HeldHandoff> {
+    let body = item
+        .get("body")
+        .and_then(|v| v.as_s().ok())
+        .ok_or_else(|| error::fault(SERVICE, "stored held handoff has no body"))?;
+    serde_json::from_str(body).map_err(|e| error::fault(SERVICE, format!("stored held handoff is malformed: {e}")))
 }
 
 fn to_item(endpoint: &Endpoint) -> PortResult<Item> {
@@ -43,6 +73,11 @@ fn from_item(mut item: Item) -> PortResult<Endpoint> {
     item.remove("pk");
     item.remove("sk");
     serde_dynamo::from_item(item).map_err(|e| error::fault(SERVICE, format!("stored endpoint is malformed: {e}")))
+}
+
+fn condition_failed(error: Option<&TransactWriteItemsError>) -> bool {
+    let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) = error else { return false };
+    cancel.cancellation_reasons().iter().any(|r| r.code() == Some("ConditionalCheckFailed"))
 }
 
 /// Endpoints in the exchanges table.
@@ -93,6 +128,77 @@ impl EndpointStore for DynamoEndpointStore {
             }
             Err(e) => Err(error::sdk(SERVICE, "PutItem", e).into()),
         }
+    }
+
+    async fn hold(&self, held: &HeldHandoff, endpoint_revision: u64) -> Result<(), EndpointWriteError> {
+        let build =
+            |e: aws_sdk_dynamodb::error::BuildError| error::fault(SERVICE, format!("cannot build request: {e}"));
+        let check = ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(&held.message.integration_code)))
+            .condition_expression("#revision = :revision AND #status IN (:disabled, :failed)")
+            .expression_attribute_names("#revision", "revision")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":revision", AttributeValue::N(endpoint_revision.to_string()))
+            .expression_attribute_values(":disabled", AttributeValue::S(EndpointStatus::Disabled.name().into()))
+            .expression_attribute_values(":failed", AttributeValue::S(EndpointStatus::Failed.name().into()))
+            .build()
+            .map_err(build)?;
+        let put = Put::builder().table_name(&self.table).set_item(Some(held_to_item(held)?)).build().map_err(build)?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().condition_check(check).build())
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Only the endpoint's check has a condition: its failure means the endpoint moved.
+            Err(e) if condition_failed(e.as_service_error()) => Err(EndpointWriteError::RevisionConflict),
+            Err(e) => Err(error::sdk(SERVICE, "TransactWriteItems", e).into()),
+        }
+    }
+
+    async fn held(&self, code: &IntegrationCode) -> PortResult<Vec<HeldHandoff>> {
+        let mut held = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :held)")
+                .expression_attribute_names("#pk", "pk")
+                .expression_attribute_names("#sk", "sk")
+                .expression_attribute_values(":pk", AttributeValue::S(endpoint_pk(code)))
+                .expression_attribute_values(":held", AttributeValue::S(HELD_PREFIX.into()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| error::sdk(SERVICE, "Query", e))?;
+            for item in out.items.unwrap_or_default() {
+                held.push(held_from_item(&item)?);
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        held.sort_by_key(|h| h.held_at);
+        Ok(held)
+    }
+
+    async fn release(&self, held: &HeldHandoff) -> PortResult<()> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(held_key(held)))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| error::sdk(SERVICE, "DeleteItem", e))
     }
 }
 
