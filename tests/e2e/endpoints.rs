@@ -77,3 +77,62 @@ async fn disabling_during_a_run_holds_it_before_its_delivery_and_enabling_comple
     assert_eq!(done["status"], "Completed", "{done:#}");
     assert_eq!(target.received().len(), 1, "delivered once");
 }
+
+#[tokio::test]
+async fn a_target_down_halts_the_endpoint_holds_the_next_run_and_resume_recovers_both() {
+    let gw = gateway();
+    let source = ExternalSystem::start(200, "[1]").await;
+    let target = ExternalSystem::start(200, "{}").await;
+    target.fail_path("/in", 503);
+    let code = unique_code("HALTING");
+    gw.create_integration(&json!({"code": code, "version": 1, "steps": [
+        {"name": "fetch", "type": "dataCollection", "kind": "query", "retry": {"maxAttempts": 3, "intervalSeconds": 4},
+         "request": {"method": "GET", "url": format!("{}/items/{{{{parameters.n}}}}", source.url)}},
+        {"name": "send", "type": "delivery", "retry": {"maxAttempts": 2, "intervalSeconds": 1},
+         "destinations": [{"kind": "rest", "request": {"method": "POST", "url": format!("{}/in", target.url)}}]}]}))
+        .await;
+    let (status, body) = gw.patch(&format!("/integrations/{code}"), &json!({"onSystemFailure": "halt"})).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The second exchange's fetch fails once and retries 4 s later; the first goes straight
+    // to the delivery, which is down.
+    source.fail_path("/items/2", 503);
+    let second = gw.invoke(&json!({"integrationCode": code, "parameters": {"n": 2}})).await;
+    let first = gw.invoke(&json!({"integrationCode": code, "parameters": {"n": 1}})).await;
+    let endpoint = |gw: &'static handoff_e2e::Gateway| {
+        let code = code.clone();
+        async move { gw.get(&format!("/integrations/{code}")).await.1["endpoint"].clone() }
+    };
+    let mut seen_retrying = false;
+    for _ in 0..100 {
+        let e = endpoint(gw).await;
+        seen_retrying |= e["status"] == "FailedRetrying";
+        if e["status"] == "Failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen_retrying, "FailedRetrying while the delivery retried");
+    let halted = endpoint(gw).await;
+    assert_eq!(halted["status"], "Failed", "{halted:#}");
+    assert_eq!(gw.wait_final(&first).await["status"], "Failed");
+    let (status, refused) = gw.post("/exchanges", &json!({"integrationCode": code, "parameters": {"n": 3}})).await;
+    assert_eq!((status.as_u16(), refused["error"].as_str()), (409, Some("EndpointFailed")), "{refused}");
+
+    // The second one's fetch now succeeds, and it holds before its delivery.
+    source.clear_failing_paths();
+    let held = gw.wait_for(&second, Duration::from_secs(60), |e| e["held"].is_object()).await;
+    assert_eq!(held["held"]["stepId"], "0002", "{held:#}");
+
+    target.clear_failing_paths();
+    let before = target.received().len();
+    let (status, resumed) = gw.post(&format!("/integrations/{code}/resume"), &json!({"recoverFailed": true})).await;
+    assert_eq!(status, 200, "{resumed}");
+    assert_eq!(resumed["endpoint"]["recovered"][0]["exchangeId"], json!(first), "{resumed}");
+    for id in [&first, &second] {
+        assert_eq!(gw.wait_final(id).await["status"], "Completed", "{id}");
+    }
+    let applied = &target.received()[before..];
+    assert_eq!(applied.len(), 2, "each delivered once after the resume");
+    assert_ne!(applied[0].header("idempotency-key"), applied[1].header("idempotency-key"));
+}

@@ -104,6 +104,10 @@ impl AppContext {
 
     /// What running a decision's effects needs.
     pub fn effects(&self) -> EffectPorts<'_> {
-        EffectPorts { exchanges: self.ports.exchanges.as_ref(), queue: self.ports.queue.as_ref() }
+        EffectPorts {
+            exchanges: self.ports.exchanges.as_ref(),
+            queue: self.ports.queue.as_ref(),
+            endpoints: self.ports.endpoints.as_ref(),
+        }
     }
 }

@@ -2,18 +2,22 @@
 
 use crate::sub_exchanges::children;
 use chrono::Utc;
+use handoff_core::endpoint::{observe, Endpoint, Observation};
 use handoff_core::exchange::{ParentLink, StepStatus};
 use handoff_core::handoff::{HandoffMessage, Timer, TimerKind};
 use handoff_core::ids::ExchangeId;
+use handoff_core::ids::IntegrationCode;
 use handoff_core::machine::Effect;
 use handoff_core::plan::{SubStep, WorkerFamily};
-use handoff_ports::{ExchangeReads, HandoffQueue, PortError, PortResult};
+use handoff_ports::{EndpointStore, EndpointWriteError, ExchangeReads, HandoffQueue, PortError, PortResult};
 
-/// The ports effects touch: sending to the queues, and reading a parent or its children.
+/// The ports effects touch: sending to the queues, reading a parent or its children, and
+/// the endpoints attempts tell of.
 #[derive(Clone, Copy)]
 pub struct EffectPorts<'a> {
     pub exchanges: &'a dyn ExchangeReads,
     pub queue: &'a dyn HandoffQueue,
+    pub endpoints: &'a dyn EndpointStore,
 }
 
 /// Runs `effects` once their decision's write has applied. An error leaves the rest unrun;
@@ -25,6 +29,7 @@ pub async fn run_effects(ports: EffectPorts<'_>, effects: Vec<Effect>) -> PortRe
             Effect::SendTimer { timer, delay } => ports.queue.send_timer(&timer, delay).await?,
             Effect::ResumeParentIfLast(link) => resume_parent_if_last(ports, &link).await?,
             Effect::TimeOutChildren(exchange_id) => time_out_children(ports, &exchange_id).await?,
+            Effect::Observe { code, observation } => observe_endpoint(ports, &code, &observation).await,
         }
     }
     Ok(())
@@ -66,4 +71,39 @@ pub async fn time_out_children(app: EffectPorts<'_>, parent: &ExchangeId) -> Res
         app.queue.send_timer(&timer, 0).await?;
     }
     Ok(())
+}
+
+/// How often an observation is decided again when the endpoint changes under it.
+const OBSERVE_ATTEMPTS: usize = 3;
+
+/// Shows on `code`'s endpoint what an attempt told of it (and halts it if its policy says
+/// so). The exchange's own state is already written: an endpoint that cannot be updated
+/// is logged, never a reason to run the message again (its commit would not repeat).
+async fn observe_endpoint(ports: EffectPorts<'_>, code: &IntegrationCode, observation: &Observation) {
+    for _ in 0..OBSERVE_ATTEMPTS {
+        let now = Utc::now();
+        let stored = match ports.endpoints.endpoint(code).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::error!(integrationCode = %code, error = %e, "endpoint not updated: it could not be read");
+                return;
+            }
+        };
+        // A code from before endpoints gets its endpoint stored at its first change.
+        let current = stored.unwrap_or_else(|| Endpoint::unrecorded(code.clone(), now));
+        // Events (issue 10, point 3) are not there yet: no integration is event-based.
+        let Some(next) = observe(&current, observation, false, now) else { return };
+        match ports.endpoints.save_endpoint(&next).await {
+            Ok(saved) => {
+                tracing::info!(integrationCode = %code, status = saved.status.name(), reason = saved.reason.as_deref().unwrap_or(""), "endpoint status");
+                return;
+            }
+            Err(EndpointWriteError::RevisionConflict) => continue,
+            Err(EndpointWriteError::Port(e)) => {
+                tracing::error!(integrationCode = %code, error = %e, "endpoint not updated");
+                return;
+            }
+        }
+    }
+    tracing::warn!(integrationCode = %code, "endpoint not updated: it kept changing");
 }

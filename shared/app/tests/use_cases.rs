@@ -844,3 +844,90 @@ async fn a_running_exchange_holds_before_its_delivery_while_disabled_and_goes_on
     assert!(h.run().await.is_empty());
     assert_eq!(received.load(Ordering::SeqCst), 1);
 }
+
+/// A loopback target that answers 503 while `down` is set, and counts what it applied.
+async fn switchable_target() -> (String, Arc<std::sync::atomic::AtomicBool>, Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::http::StatusCode as S;
+    use std::sync::atomic::Ordering;
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let applied = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/in", listener.local_addr().expect("addr"));
+    let (is_down, count) = (down.clone(), applied.clone());
+    let app = axum::Router::new().fallback(move || {
+        let (is_down, count) = (is_down.clone(), count.clone());
+        async move {
+            if is_down.load(Ordering::SeqCst) {
+                return (S::SERVICE_UNAVAILABLE, "down");
+            }
+            count.fetch_add(1, Ordering::SeqCst);
+            (S::OK, "{}")
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, down, applied)
+}
+
+#[tokio::test]
+async fn a_target_down_shows_failed_retrying_then_halts_the_endpoint_and_resume_recovers_what_it_halted() {
+    use std::sync::atomic::Ordering;
+    let h = Harness::new();
+    let (url, down, applied) = switchable_target().await;
+    h.define(json!({"code": "HALT", "version": 1, "steps": [
+        {"name": "send", "type": "delivery", "retry": {"maxAttempts": 2, "intervalSeconds": 0},
+         "destinations": [{"kind": "rest", "request": {"method": "POST", "url": url}}]}]}))
+        .await;
+    let (status, body) = h.call("PATCH", "/integrations/HALT", Some(json!({"onSystemFailure": "halt"}))).await;
+    assert_eq!((status, body["endpoint"]["onSystemFailure"].as_str()), (StatusCode::OK, Some("halt")), "{body}");
+    down.store(true, Ordering::SeqCst);
+    let x1 = h.invoke("HALT", json!({"n": 1})).await;
+    let triggered = h.queue.take();
+    h.deliver(&triggered[0]).await.expect("triggered");
+    let attempt1 = h.queue.take();
+    h.deliver(&attempt1[0]).await.expect("attempt 1");
+    let (_, shown) = h.call("GET", "/integrations/HALT", None).await;
+    let endpoint = &shown["endpoint"];
+    assert_eq!(endpoint["status"], "FailedRetrying", "{shown}");
+    assert_eq!(
+        (endpoint["retrying"]["attempt"].as_u64(), endpoint["retrying"]["maxAttempts"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert!(endpoint["retrying"]["error"].as_str().is_some_and(|e| e.contains("503")), "{shown}");
+
+    // A second exchange starts while the endpoint still runs; then x1's retries run out.
+    let x2 = h.invoke("HALT", json!({"n": 2})).await;
+    let queued = h.queue.take();
+    let (retry, start2): (Vec<_>, Vec<_>) =
+        queued.into_iter().partition(|q| matches!(q, Queued::Handoff { message, .. } if message.exchange_id == x1));
+    h.deliver(&retry[0]).await.expect("attempt 2");
+    assert_eq!(h.detail(&x1).await.exchange.status, ExchangeStatus::Failed);
+    let (_, shown) = h.call("GET", "/integrations/HALT", None).await;
+    assert_eq!(shown["endpoint"]["status"], "Failed", "{shown}");
+    assert_eq!(shown["endpoint"]["haltedBy"], json!([x1.as_str()]));
+    let (status, refused) = h.call("POST", "/exchanges", Some(json!({"integrationCode": "HALT"}))).await;
+    assert_eq!((status, refused["error"].as_str()), (StatusCode::CONFLICT, Some("EndpointFailed")), "{refused}");
+    // x2 holds before its delivery: nothing sent, nothing failed.
+    h.deliver(&start2[0]).await.expect("x2 triggered");
+    assert!(h.run().await.is_empty());
+    let (_, held) = h.call("GET", &format!("/exchanges/{x2}"), None).await;
+    assert_eq!((held["status"].as_str(), held["held"]["stepId"].as_str()), (Some("Started"), Some("0001")), "{held}");
+    let (status, _) = h.call("POST", "/integrations/HALT/enable", None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a Failed endpoint is resumed, not enabled");
+
+    down.store(false, Ordering::SeqCst);
+    let (status, resumed) = h.call("POST", "/integrations/HALT/resume", Some(json!({"recoverFailed": true}))).await;
+    assert_eq!(status, StatusCode::OK, "{resumed}");
+    assert_eq!(resumed["endpoint"]["status"], "Enabled");
+    assert_eq!(resumed["endpoint"]["recovered"][0]["exchangeId"], json!(x1.as_str()), "{resumed}");
+    assert_eq!(resumed["endpoint"]["recovered"][0]["recovered"], true, "{resumed}");
+    assert!(h.run().await.is_empty());
+    for id in [&x1, &x2] {
+        assert_eq!(h.detail(id).await.exchange.status, ExchangeStatus::Completed, "{id}");
+    }
+    assert_eq!(applied.load(Ordering::SeqCst), 2, "each delivered once");
+    let (_, shown) = h.call("GET", "/integrations/HALT", None).await;
+    assert_eq!(
+        (shown["endpoint"]["status"].as_str(), shown["endpoint"]["haltedBy"].clone()),
+        (Some("Enabled"), json!([]))
+    );
+}

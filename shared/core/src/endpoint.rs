@@ -4,7 +4,7 @@
 //! store writes the result under the revision it was read at.
 
 use crate::handoff::HandoffMessage;
-use crate::ids::IntegrationCode;
+use crate::ids::{ExchangeId, IntegrationCode, StepId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -80,9 +80,123 @@ pub struct Endpoint {
     /// `None`: the default for the kind of integration (see [`Endpoint::on_system_failure`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_system_failure: Option<OnSystemFailure>,
+    /// While `FailedRetrying`: the retry that shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrying: Option<Retrying>,
+    /// The last system failure of one of its exchanges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<SystemFailure>,
+    /// The exchanges whose system failures halted it (`Failed`): what `resume` with
+    /// `recoverFailed` recovers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub halted_by: Vec<ExchangeId>,
     /// Increases with every write (optimistic concurrency); 0 for an endpoint never stored.
     #[serde(default)]
     pub revision: u64,
+}
+
+/// An exchange of the endpoint retrying a connection-type (system, retryable) error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retrying {
+    pub exchange_id: ExchangeId,
+    pub step_id: StepId,
+    pub error: String,
+    pub at: DateTime<Utc>,
+    pub next_attempt_at: DateTime<Utc>,
+    /// The attempt that failed, of `max_attempts`.
+    pub attempt: u32,
+    pub max_attempts: u32,
+}
+
+/// A system failure of an exchange of the endpoint (retries exhausted, or not retryable).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemFailure {
+    pub exchange_id: ExchangeId,
+    pub step_id: StepId,
+    pub error: String,
+    pub at: DateTime<Utc>,
+}
+
+/// What an exchange's attempt at a call outside the gateway tells of its endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// A connection-type error is being retried.
+    Retrying(Retrying),
+    /// A call succeeded.
+    Succeeded,
+    /// The exchange failed on a system error (not a secondary destination's).
+    Failed(SystemFailure),
+}
+
+/// Most exchanges an endpoint remembers as having halted it.
+pub const MAX_HALTED_BY: usize = 1000;
+
+/// The endpoint after `seen` (`None`: nothing to change). `event_based` chooses the default
+/// `onSystemFailure`. An operator's hold (`Disabled`) is never changed by what exchanges do;
+/// business errors never reach here.
+pub fn observe(endpoint: &Endpoint, seen: &Observation, event_based: bool, now: DateTime<Utc>) -> Option<Endpoint> {
+    use EndpointStatus as S;
+    let mut next = endpoint.clone();
+    match (seen, endpoint.status) {
+        (Observation::Retrying(retrying), S::Enabled | S::FailedRetrying) => {
+            if endpoint.status == S::Enabled {
+                next.since = now;
+            }
+            next.status = S::FailedRetrying;
+            next.reason = Some(format!(
+                "exchange {} retrying step {} (attempt {}/{}, next at {}): {}",
+                retrying.exchange_id,
+                retrying.step_id,
+                retrying.attempt,
+                retrying.max_attempts,
+                retrying.next_attempt_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                retrying.error
+            ));
+            next.changed_by = None;
+            next.retrying = Some(retrying.clone());
+        }
+        (Observation::Succeeded, S::FailedRetrying) => {
+            next.status = S::Enabled;
+            next.since = now;
+            next.reason = Some("a call succeeded again".into());
+            next.changed_by = None;
+            next.retrying = None;
+        }
+        (Observation::Failed(failure), status) => {
+            next.last_failure = Some(failure.clone());
+            next.retrying = None;
+            let halts = endpoint.on_system_failure(event_based) == OnSystemFailure::Halt;
+            match status {
+                S::Enabled | S::FailedRetrying if halts => {
+                    next.status = S::Failed;
+                    next.since = now;
+                    next.reason = Some(format!(
+                        "exchange {} failed on a system error at step {}: {}",
+                        failure.exchange_id, failure.step_id, failure.error
+                    ));
+                    next.changed_by = None;
+                    next.halted_by = vec![failure.exchange_id.clone()];
+                }
+                S::Failed
+                    if !endpoint.halted_by.contains(&failure.exchange_id)
+                        && endpoint.halted_by.len() < MAX_HALTED_BY =>
+                {
+                    next.halted_by.push(failure.exchange_id.clone());
+                }
+                S::FailedRetrying => {
+                    next.status = S::Enabled;
+                    next.since = now;
+                    next.reason = Some(format!("exchange {} failed; the endpoint continues", failure.exchange_id));
+                    next.changed_by = None;
+                }
+                _ => {}
+            }
+        }
+        _ => return None,
+    }
+    (next != *endpoint).then_some(next)
 }
 
 impl Endpoint {
@@ -96,6 +210,9 @@ impl Endpoint {
             changed_by: Some(by.to_string()),
             queue_status: QueueStatus::default(),
             on_system_failure: None,
+            retrying: None,
+            last_failure: None,
+            halted_by: Vec::new(),
             revision: 0,
         }
     }
@@ -110,6 +227,9 @@ impl Endpoint {
             changed_by: None,
             queue_status: QueueStatus::default(),
             on_system_failure: None,
+            retrying: None,
+            last_failure: None,
+            halted_by: Vec::new(),
             revision: 0,
         }
     }
@@ -193,7 +313,7 @@ pub enum EndpointChange {
     /// The endpoint already stands where the command would put it.
     Unchanged,
     /// Store this (under the revision the endpoint was read at).
-    To(Endpoint),
+    To(Box<Endpoint>),
 }
 
 /// Decides `command` by `by` on `endpoint` as read, at `now`.
@@ -222,13 +342,16 @@ pub fn operate(
         }
     };
     let reason = reason.map(str::to_string).unwrap_or_else(|| format!("{} by {by}", past(command)));
-    Ok(EndpointChange::To(Endpoint {
+    Ok(EndpointChange::To(Box::new(Endpoint {
         status: to,
         since: now,
         reason: Some(reason),
         changed_by: Some(by.to_string()),
+        // A resumed endpoint starts afresh; what halted it is handed to the caller to recover.
+        halted_by: if command == EndpointCommand::Resume { Vec::new() } else { endpoint.halted_by.clone() },
+        retrying: if to == S::Enabled { None } else { endpoint.retrying.clone() },
         ..endpoint.clone()
-    }))
+    })))
 }
 
 fn past(command: EndpointCommand) -> &'static str {
@@ -268,7 +391,7 @@ mod tests {
         use EndpointStatus as S;
         let now = Utc::now();
         let to = |from: S, command: EndpointCommand| match operate(&endpoint(from), command, "ops", None, now) {
-            Ok(EndpointChange::To(e)) => Ok(Some(e)),
+            Ok(EndpointChange::To(e)) => Ok(Some(*e)),
             Ok(EndpointChange::Unchanged) => Ok(None),
             Err(e) => Err(e),
         };
@@ -316,5 +439,57 @@ mod tests {
         assert!(hold(Some(&endpoint(EndpointStatus::Enabled)), &delivery, now).is_none());
         assert!(hold(Some(&endpoint(EndpointStatus::FailedRetrying)), &delivery, now).is_none());
         assert!(hold(None, &delivery, now).is_none(), "an endpoint never stored runs");
+    }
+
+    #[test]
+    fn retries_failures_and_successes_move_a_running_endpoint_but_never_an_operators_hold() {
+        use EndpointStatus as S;
+        let now = Utc::now();
+        let retrying = Retrying {
+            exchange_id: ExchangeId::new("x1"),
+            step_id: StepId::from_sequence(2),
+            error: "POST http://t/in could not connect".into(),
+            at: now,
+            next_attempt_at: now + chrono::Duration::seconds(30),
+            attempt: 1,
+            max_attempts: 3,
+        };
+        let failure = |id: &str| SystemFailure {
+            exchange_id: ExchangeId::new(id),
+            step_id: StepId::from_sequence(2),
+            error: "retries exhausted".into(),
+            at: now,
+        };
+        let enabled = endpoint(S::Enabled);
+        let shown = observe(&enabled, &Observation::Retrying(retrying.clone()), false, now).expect("changed");
+        assert_eq!((shown.status, shown.since), (S::FailedRetrying, now));
+        assert!(shown.reason.as_deref().is_some_and(|r| r.contains("attempt 1/3") && r.contains("could not connect")));
+        assert_eq!(shown.retrying.as_ref(), Some(&retrying));
+        let back = observe(&shown, &Observation::Succeeded, false, now).expect("changed");
+        assert_eq!((back.status, back.retrying.clone()), (S::Enabled, None));
+        assert_eq!(observe(&enabled, &Observation::Succeeded, false, now), None, "nothing to change");
+
+        // continue (the default for integrations that are not event-based): shown, not halted.
+        let continued = observe(&shown, &Observation::Failed(failure("x1")), false, now).expect("changed");
+        assert_eq!(continued.status, S::Enabled);
+        assert_eq!(continued.last_failure, Some(failure("x1")));
+        // halt: Failed, remembering who halted it; later failures join.
+        let halted = observe(&shown, &Observation::Failed(failure("x1")), true, now).expect("changed");
+        assert_eq!((halted.status, halted.halted_by.clone()), (S::Failed, vec![ExchangeId::new("x1")]));
+        assert!(halted.refusal().is_some_and(|r| r.contains("resume")));
+        let more = observe(&halted, &Observation::Failed(failure("x2")), true, now).expect("changed");
+        assert_eq!(more.halted_by, vec![ExchangeId::new("x1"), ExchangeId::new("x2")]);
+        assert_eq!(observe(&more, &Observation::Retrying(retrying.clone()), true, now), None);
+        // An operator's hold stays.
+        let disabled = endpoint(S::Disabled);
+        assert_eq!(observe(&disabled, &Observation::Retrying(retrying), true, now), None);
+        let seen = observe(&disabled, &Observation::Failed(failure("x3")), true, now).expect("failure shown");
+        assert_eq!(seen.status, S::Disabled);
+        // Resuming clears what halted it.
+        let EndpointChange::To(resumed) = operate(&more, EndpointCommand::Resume, "ops", None, now).expect("resume")
+        else {
+            panic!("changed")
+        };
+        assert_eq!((resumed.status, resumed.halted_by.len()), (S::Enabled, 0));
     }
 }

@@ -44,6 +44,12 @@ pub fn bounded_to(message: String, max: usize) -> String {
 }
 
 impl Failure {
+    /// A connection-type error (system, retryable: connection refused, timeout, 429, 5xx):
+    /// the kind that shows an endpoint `FailedRetrying`.
+    pub fn is_connection_type(&self) -> bool {
+        self.classification == ErrorClassification::System && self.retryable
+    }
+
     /// Transient trouble on the remote side or ours: worth another attempt.
     pub fn transient(message: impl Into<String>) -> Self {
         Self { classification: ErrorClassification::System, retryable: true, message: bounded(message.into()) }

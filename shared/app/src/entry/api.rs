@@ -7,7 +7,7 @@ use crate::context::AppContext;
 use crate::entry::apigw;
 use crate::entry::function::{FunctionHandler, InvocationError};
 use crate::use_cases::callback::{accept_callback, CallbackError, Callbacks};
-use crate::use_cases::endpoints::{operate_endpoint, EndpointError};
+use crate::use_cases::endpoints::{configure_endpoint, operate_endpoint, EndpointError};
 use crate::use_cases::integrations::{
     amend_integration, define_integration, DefineError, Defined, Integrations, ScheduleState,
 };
@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Extension, Json, Router};
 use chrono::Utc;
-use handoff_core::endpoint::{Endpoint, EndpointCommand, EndpointStatus};
+use handoff_core::endpoint::{Endpoint, EndpointCommand, EndpointStatus, OnSystemFailure, QueueStatus};
 use handoff_core::exchange::ExchangeDetail;
 use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep};
 use handoff_core::identity::{Caller, Scope};
@@ -161,6 +161,7 @@ pub const ROUTE_SCOPES: &[(&str, &str, Option<Scope>)] = &[
     ("GET", "/integrations", Some(Scope::Read)),
     ("GET", "/integrations/{code}", Some(Scope::Read)),
     ("PATCH", "/integrations/{code}/versions/{version}", Some(Scope::Admin)),
+    ("PATCH", "/integrations/{code}", Some(Scope::Operate)),
     ("POST", "/integrations/{code}/enable", Some(Scope::Operate)),
     ("POST", "/integrations/{code}/disable", Some(Scope::Operate)),
     ("POST", "/integrations/{code}/resume", Some(Scope::Operate)),
@@ -210,7 +211,7 @@ async fn authorize(matched: MatchedPath, request: axum::extract::Request, next: 
 pub fn router(ctx: Arc<AppContext>) -> Router {
     Router::new()
         .route("/integrations", post(create_integration).get(list_integrations))
-        .route("/integrations/{code}", get(get_integration))
+        .route("/integrations/{code}", get(get_integration).patch(patch_endpoint))
         .route("/integrations/{code}/versions/{version}", patch(patch_integration))
         .route("/integrations/{code}/enable", post(enable_endpoint))
         .route("/integrations/{code}/disable", post(disable_endpoint))
@@ -399,8 +400,53 @@ fn endpoint_view(endpoint: &Endpoint, versions: &[StoredIntegration]) -> Value {
         "changedBy": endpoint.changed_by,
         "queueStatus": endpoint.queue_status,
         "onSystemFailure": endpoint.on_system_failure(false),
+        "retrying": endpoint.retrying,
+        "lastFailure": endpoint.last_failure,
+        "haltedBy": endpoint.halted_by,
         "schedule": schedule,
     })
+}
+
+/// `PATCH /integrations/{code}`: `{"onSystemFailure": "halt"|"continue", "queueStatus":
+/// "ReadEvents"|"DiscardEvents"}`, each optional.
+async fn patch_endpoint(State(ctx): Ctx, Path(code): Path<String>, body: Bytes) -> ApiResult {
+    let code = path_code(&code)?;
+    let request = json_body(&body)?;
+    let invalid = |e| ApiError::field(e, "InvalidRequest");
+    let r = ObjectReader::new("", &request).map_err(invalid)?;
+    r.deny_unknown(&["onSystemFailure", "queueStatus"]).map_err(invalid)?;
+    let on_system_failure = match r.optional_str("onSystemFailure").map_err(invalid)? {
+        None => None,
+        Some("halt") => Some(OnSystemFailure::Halt),
+        Some("continue") => Some(OnSystemFailure::Continue),
+        Some(other) => {
+            let problem = format!("must be \"halt\" or \"continue\", found \"{other}\"");
+            return Err(invalid(FieldError::new("onSystemFailure", problem)));
+        }
+    };
+    let queue_status = match r.optional_str("queueStatus").map_err(invalid)? {
+        None => None,
+        Some("ReadEvents") => Some(QueueStatus::ReadEvents),
+        Some("DiscardEvents") => Some(QueueStatus::DiscardEvents),
+        Some(other) => {
+            let problem = format!("must be \"ReadEvents\" or \"DiscardEvents\", found \"{other}\"");
+            return Err(invalid(FieldError::new("queueStatus", problem)));
+        }
+    };
+    let endpoint = configure_endpoint(&Integrations::of(&ctx), &code, on_system_failure, queue_status)
+        .await
+        .map_err(endpoint_error)?;
+    let versions = ctx.ports.integrations.versions(&code).await?;
+    Ok(Json(json!({"code": code, "endpoint": endpoint_view(&endpoint, &versions)})).into_response())
+}
+
+fn endpoint_error(e: EndpointError) -> ApiError {
+    match e {
+        EndpointError::NotFound(_) => ApiError::not_found(e.to_string()),
+        EndpointError::Refused(_) => ApiError::new(StatusCode::CONFLICT, "EndpointStatusConflict", e.to_string()),
+        EndpointError::Contended(_) => ApiError::new(StatusCode::CONFLICT, "ConcurrentChange", e.to_string()),
+        EndpointError::Port(p) => p.into(),
+    }
 }
 
 async fn enable_endpoint(ctx: Ctx, caller: Extension<Caller>, code: Path<String>, body: Bytes) -> ApiResult {
@@ -430,22 +476,34 @@ async fn command_endpoint(
     let request = if body.is_empty() { json!({}) } else { json_body(&body)? };
     let invalid = |e| ApiError::field(e, "InvalidRequest");
     let r = ObjectReader::new("", &request).map_err(invalid)?;
-    r.deny_unknown(&["reason"]).map_err(invalid)?;
+    match command {
+        EndpointCommand::Resume => r.deny_unknown(&["reason", "recoverFailed"]),
+        _ => r.deny_unknown(&["reason"]),
+    }
+    .map_err(invalid)?;
     let reason = r.optional_str("reason").map_err(invalid)?;
+    let recover_failed = r.optional_bool("recoverFailed").map_err(invalid)?.unwrap_or(false);
     if reason.is_some_and(|r| r.len() > MAX_REASON_BYTES) {
         return Err(invalid(FieldError::new("reason", format!("must be at most {MAX_REASON_BYTES} bytes"))));
     }
-    let operated = operate_endpoint(&Integrations::of(&ctx), &code, command, &caller.subject, reason).await.map_err(
-        |e| match e {
-            EndpointError::NotFound(_) => ApiError::not_found(e.to_string()),
-            EndpointError::Refused(_) => ApiError::new(StatusCode::CONFLICT, "EndpointStatusConflict", e.to_string()),
-            EndpointError::Contended(_) => ApiError::new(StatusCode::CONFLICT, "ConcurrentChange", e.to_string()),
-            EndpointError::Port(p) => p.into(),
-        },
-    )?;
+    let operated = operate_endpoint(&Integrations::of(&ctx), &code, command, &caller.subject, reason)
+        .await
+        .map_err(endpoint_error)?;
     let versions = ctx.ports.integrations.versions(&code).await?;
     let mut view = endpoint_view(&operated.endpoint, &versions);
     view["changed"] = json!(operated.changed);
+    if recover_failed {
+        // The exchanges that halted it, each recovered as if asked one by one.
+        let mut recovered = Vec::new();
+        for id in &operated.halted_by {
+            let outcome = match recover_exchange(&Recovering::of(&ctx), id, None, &caller.subject).await {
+                Ok(r) => json!({"exchangeId": id, "recovered": true, "resumedAt": r.resumed_at}),
+                Err(e) => json!({"exchangeId": id, "recovered": false, "reason": action_error(e).message}),
+            };
+            recovered.push(outcome);
+        }
+        view["recovered"] = json!(recovered);
+    }
     if let ScheduleState::OutOfSync(e) = &operated.schedule {
         let what = format!("the schedule of {code} could not be synchronised");
         view["schedule"] = json!({"state": "outOfSync", "errorId": logged_error_id(&what, e)});

@@ -6,7 +6,8 @@
 use crate::use_cases::integrations::{endpoint_of, sync_schedule, Integrations, ScheduleState};
 use chrono::Utc;
 use handoff_core::endpoint::{operate, Endpoint, EndpointChange, EndpointCommand, EndpointCommandError};
-use handoff_core::ids::IntegrationCode;
+use handoff_core::endpoint::{OnSystemFailure, QueueStatus};
+use handoff_core::ids::{ExchangeId, IntegrationCode};
 use handoff_ports::{EndpointWriteError, PortError};
 
 /// How often a command is decided again when the endpoint changed under it.
@@ -33,6 +34,8 @@ pub struct Operated {
     pub schedule: ScheduleState,
     /// Held handoffs sent on again.
     pub released: usize,
+    /// A resumed endpoint: the exchanges whose failures had halted it.
+    pub halted_by: Vec<ExchangeId>,
 }
 
 /// Carries out `command` on `code`'s endpoint on behalf of `by`.
@@ -47,6 +50,7 @@ pub async fn operate_endpoint(
         let endpoint = endpoint_of(ctx.endpoints, ctx.integrations, code)
             .await?
             .ok_or_else(|| EndpointError::NotFound(code.clone()))?;
+        let halted_by = if command == EndpointCommand::Resume { endpoint.halted_by.clone() } else { Vec::new() };
         let (endpoint, changed) = match operate(&endpoint, command, by, reason, Utc::now())? {
             EndpointChange::Unchanged => (endpoint, false),
             EndpointChange::To(next) => match ctx.endpoints.save_endpoint(&next).await {
@@ -62,7 +66,7 @@ pub async fn operate_endpoint(
         // right, and handoffs a crash left held go out.
         let schedule = sync_schedule(ctx, code, &endpoint).await;
         let released = if endpoint.status.runs() { release_held(ctx, code).await? } else { 0 };
-        return Ok(Operated { endpoint, changed, schedule, released });
+        return Ok(Operated { endpoint, changed, schedule, released, halted_by });
     }
     Err(EndpointError::Contended(code.clone()))
 }
@@ -79,4 +83,33 @@ async fn release_held(ctx: &Integrations<'_>, code: &IntegrationCode) -> Result<
         tracing::info!(integrationCode = %code, released = held.len(), "held handoffs sent on");
     }
     Ok(held.len())
+}
+
+/// Changes how `code`'s endpoint treats system failures and events (`PATCH
+/// /integrations/{code}`); `None` leaves a setting as it is.
+pub async fn configure_endpoint(
+    ctx: &Integrations<'_>,
+    code: &IntegrationCode,
+    on_system_failure: Option<OnSystemFailure>,
+    queue_status: Option<QueueStatus>,
+) -> Result<Endpoint, EndpointError> {
+    for _ in 0..ATTEMPTS {
+        let endpoint = endpoint_of(ctx.endpoints, ctx.integrations, code)
+            .await?
+            .ok_or_else(|| EndpointError::NotFound(code.clone()))?;
+        let next = Endpoint {
+            on_system_failure: on_system_failure.or(endpoint.on_system_failure),
+            queue_status: queue_status.unwrap_or(endpoint.queue_status),
+            ..endpoint.clone()
+        };
+        if next == endpoint {
+            return Ok(endpoint);
+        }
+        match ctx.endpoints.save_endpoint(&next).await {
+            Ok(saved) => return Ok(saved),
+            Err(EndpointWriteError::RevisionConflict) => continue,
+            Err(EndpointWriteError::Port(e)) => return Err(e.into()),
+        }
+    }
+    Err(EndpointError::Contended(code.clone()))
 }

@@ -3,6 +3,7 @@
 
 use super::{step_error, Decision, Effect, Pipeline, StepOutput, Wait};
 use crate::commit::{ErrorRecord, ExchangeChange, StepChange, StepCommit};
+use crate::endpoint::{Observation, Retrying, SystemFailure};
 use crate::exchange::{
     decide_after_attempt, AttemptOutcome, ExchangeError, ExchangeEvent, LogLine, LogType, Payload, StepDecision,
     StepStatus,
@@ -10,6 +11,7 @@ use crate::exchange::{
 use crate::handoff::{HandoffMessage, Timer, TimerKind};
 use crate::ids::StepId;
 use crate::plan::{PlannedSubStep, SubStep};
+use crate::retry::ErrorClassification;
 use crate::retry::Failure;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 
@@ -144,6 +146,9 @@ fn record(
             step.status = StepStatus::Done;
             step.completed_at = Some(now);
             step.payload = output.payload.clone();
+            if planned.sub_step.has_external_effect() {
+                d.effects.push(Effect::observe(message, Observation::Succeeded));
+            }
             let next_sequence = output.skip_to.unwrap_or(planned.sequence + 1);
             d.commit.skip = (planned.sequence + 1..next_sequence).map(StepId::from_sequence).collect();
             let event = match (planned.sub_step, &output.wait) {
@@ -197,7 +202,20 @@ fn record(
         StepDecision::ScheduleRetry { next_attempt, delay_seconds } => {
             let due = now + ChronoDuration::seconds(delay_seconds as i64);
             step.next_retry_at = Some(due);
-            step.last_error = outcome.err().map(|f| step_error(&f, now));
+            let failure = outcome.err();
+            if let Some(failure) = failure.as_ref().filter(|f| f.is_connection_type()) {
+                let retrying = Retrying {
+                    exchange_id: message.exchange_id.clone(),
+                    step_id: message.step_id,
+                    error: failure.message.clone(),
+                    at: now,
+                    next_attempt_at: due,
+                    attempt: message.attempt,
+                    max_attempts: step.max_attempts,
+                };
+                d.effects.push(Effect::observe(message, Observation::Retrying(retrying)));
+            }
+            step.last_error = failure.map(|f| step_error(&f, now));
             let retry = message.retry(next_attempt, due);
             if delay_seconds as i64 <= super::MAX_SQS_DELAY_SECONDS {
                 let delay = super::delay_until(now, due);
@@ -237,6 +255,16 @@ fn record(
                 d.commit.exchange =
                     ExchangeChange::fail(ExchangeEvent::StepFailed, ExchangeError::of(&failure, at, now));
                 d.count_on_parent(message.parent.as_ref(), false);
+                // Business errors and secondary destinations never halt an endpoint.
+                if failure.classification == ErrorClassification::System {
+                    let failed = SystemFailure {
+                        exchange_id: message.exchange_id.clone(),
+                        step_id: message.step_id,
+                        error: failure.message.clone(),
+                        at: now,
+                    };
+                    d.effects.push(Effect::observe(message, Observation::Failed(failed)));
+                }
             }
         }
     }
@@ -335,10 +363,12 @@ pub(crate) mod tests {
         ]}))
     }
 
+    /// The one handoff among `effects` (what an attempt tells its endpoint aside).
     fn only_send(effects: &[Effect]) -> &HandoffMessage {
-        match effects {
+        let sends: Vec<&Effect> = effects.iter().filter(|e| !matches!(e, Effect::Observe { .. })).collect();
+        match sends[..] {
             [Effect::Send { message, .. }] => message,
-            other => panic!("expected one handoff, got {other:?}"),
+            _ => panic!("expected one handoff, got {effects:?}"),
         }
     }
 
@@ -392,11 +422,15 @@ pub(crate) mod tests {
         let retry = StepDecision::ScheduleRetry { next_attempt: 2, delay_seconds: 5 };
         let d = f.record(3, retry, Err(Failure::transient("503")));
         assert!(d.commit.timers.is_empty());
-        assert!(matches!(&d.effects[..], [Effect::Send { delay: 5, message, .. }] if message.attempt == 2));
+        assert!(matches!(
+            &d.effects[..],
+            [Effect::Observe { observation: Observation::Retrying(r), .. }, Effect::Send { delay: 5, message, .. }]
+                if message.attempt == 2 && r.next_attempt_at > r.at && r.error == "503"
+        ));
         assert_eq!(d.commit.step.as_ref().and_then(|s| s.last_error.as_ref()).map(|e| e.message.as_str()), Some("503"));
         let retry = StepDecision::ScheduleRetry { next_attempt: 2, delay_seconds: 3600 };
         let d = f.record(3, retry, Err(Failure::transient("503")));
-        assert!(d.effects.is_empty());
+        assert!(matches!(&d.effects[..], [Effect::Observe { .. }]), "the endpoint is told; the retry is stored");
         assert!(matches!(&d.commit.timers[..], [Timer { kind: TimerKind::Handoff { .. }, .. }]));
     }
 
@@ -412,7 +446,10 @@ pub(crate) mod tests {
         ));
         assert!(matches!(
             &d.effects[..],
-            [Effect::SendTimer { timer: Timer { kind: TimerKind::StepTimeout { .. }, .. }, .. }]
+            [
+                Effect::Observe { observation: Observation::Succeeded, .. },
+                Effect::SendTimer { timer: Timer { kind: TimerKind::StepTimeout { .. }, .. }, .. }
+            ]
         ));
         let d = f.record(6, StepDecision::MarkDone, Ok(StepOutput::default()));
         assert_eq!(d.commit.require_done, Some(StepId::from_sequence(5)), "a callback cannot overtake its call");
@@ -461,7 +498,7 @@ pub(crate) mod tests {
         let lines: Vec<&str> = failed.commit.step.iter().flat_map(|s| s.logs.iter()).map(|l| l.line.as_str()).collect();
         assert_eq!(lines, ["Attempt 2 ran now: a manual retry requested by ops"]);
         assert!(
-            matches!(&failed.effects[..], [Effect::Send { message, .. }] if message.attempt == 3 && message.requested_by.is_none())
+            matches!(&failed.effects[..], [Effect::Observe { .. }, Effect::Send { message, .. }] if message.attempt == 3 && message.requested_by.is_none())
         );
         let done = run(Ok(StepOutput::default()));
         assert!(only_send(&done.effects).requested_by.is_none(), "the next step was not asked for");
@@ -494,9 +531,17 @@ pub(crate) mod tests {
             };
             attempt_finished(f.pipeline(), planned, &m, a, 0.0, Utc::now())
         };
-        assert!(matches!(&failed(1).effects[..], [Effect::Send { message, .. }] if message.attempt == 2));
+        assert!(matches!(
+            &failed(1).effects[..],
+            [Effect::Observe { observation: Observation::Retrying(r), .. }, Effect::Send { message, .. }]
+                if message.attempt == 2 && (r.attempt, r.max_attempts) == (1, 3)
+        ));
         let last = failed(3);
-        assert!(last.effects.is_empty());
+        assert!(
+            matches!(&last.effects[..], [Effect::Observe { observation: Observation::Failed(f), .. }] if f.error.starts_with("503")),
+            "a system failure is told to the endpoint: {:?}",
+            last.effects
+        );
         assert_eq!(last.commit.step.as_ref().map(|s| s.status), Some(StepStatus::Failed));
         assert!(matches!(last.commit.exchange, ExchangeChange::SetStatus { to: ExchangeStatus::Failed, .. }));
         // Lowered below the attempt a queued retry carries: it fails without running.

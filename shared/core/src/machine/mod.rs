@@ -27,7 +27,7 @@ use crate::commit::{ParentTally, StepCommit};
 use crate::definition::{IntegrationDefinition, StepAction};
 use crate::exchange::{ParentLink, Payload, StepError};
 use crate::handoff::{HandoffMessage, Timer};
-use crate::ids::{ExchangeId, StepId};
+use crate::ids::{ExchangeId, IntegrationCode, StepId};
 use crate::plan::{PlannedSubStep, WorkerFamily};
 use crate::retry::{Failure, RetryPolicy};
 use chrono::{DateTime, Utc};
@@ -116,9 +116,17 @@ pub enum Effect {
     ResumeParentIfLast(ParentLink),
     /// The exchange timed out: so do its running sub-exchanges.
     TimeOutChildren(ExchangeId),
+    /// What an attempt tells of its endpoint (retrying, recovered, failed): shown on it, and
+    /// a system failure may halt it ([`crate::endpoint::observe`]).
+    Observe { code: IntegrationCode, observation: crate::endpoint::Observation },
 }
 
 impl Effect {
+    /// What `message`'s attempt tells of its endpoint.
+    pub fn observe(message: &HandoffMessage, observation: crate::endpoint::Observation) -> Self {
+        Self::Observe { code: message.integration_code.clone(), observation }
+    }
+
     /// The handoff of `message` to the family of its sub-step, now.
     pub fn send(message: HandoffMessage) -> Self {
         Self::Send { family: message.sub_step.family(), message, delay: 0 }
