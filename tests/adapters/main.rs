@@ -143,6 +143,7 @@ fn exchange(id: &str, integration: &str, created: DateTime<Utc>) -> Exchange {
         recoveries: 0,
         parent: None,
         result: None,
+        trigger: Some(handoff_core::exchange::Trigger::api("e2e-caller")),
     }
 }
 

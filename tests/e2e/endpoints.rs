@@ -44,6 +44,20 @@ async fn a_new_code_is_disabled_and_answers_409_until_enabled() {
     let (_, listed) = gw.get("/integrations").await;
     let item = listed["items"].as_array().into_iter().flatten().find(|i| i["code"] == json!(code)).cloned();
     assert_eq!(item.map(|i| i["endpoint"]["status"].clone()), Some(json!("Disabled")), "listings show the endpoint");
+
+    // Who started it, and the endpoint's log, newest first (paged).
+    let (_, exchange) = gw.get(&format!("/exchanges/{id}")).await;
+    assert_eq!(exchange["trigger"], json!({"kind": "api", "caller": "developer"}));
+    let (status, log) = gw.get(&format!("/integrations/{code}/log?limit=2")).await;
+    assert_eq!(status, 200, "{log}");
+    let items = log["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 2, "{log}");
+    assert_eq!((items[0]["kind"].as_str(), items[0]["to"].as_str()), (Some("statusChanged"), Some("Disabled")));
+    assert_eq!(items[0]["reason"], "partner maintenance");
+    assert_eq!((items[1]["kind"].as_str(), items[1]["exchangeId"].as_str()), (Some("invoked"), Some(id.as_str())));
+    let cursor = log["nextCursor"].as_str().expect("a next page");
+    let (_, older) = gw.get(&format!("/integrations/{code}/log?limit=2&cursor={cursor}")).await;
+    assert_eq!(older["items"][0]["to"], "Enabled", "{older}");
 }
 
 #[tokio::test]

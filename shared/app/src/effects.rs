@@ -2,7 +2,7 @@
 
 use crate::sub_exchanges::children;
 use chrono::Utc;
-use handoff_core::endpoint::{observe, Endpoint, Observation};
+use handoff_core::endpoint::{observe, Endpoint, EndpointLogEntry, Observation};
 use handoff_core::exchange::{ParentLink, StepStatus};
 use handoff_core::handoff::{HandoffMessage, Timer, TimerKind};
 use handoff_core::ids::ExchangeId;
@@ -96,6 +96,7 @@ async fn observe_endpoint(ports: EffectPorts<'_>, code: &IntegrationCode, observ
         match ports.endpoints.save_endpoint(&next).await {
             Ok(saved) => {
                 tracing::info!(integrationCode = %code, status = saved.status.name(), reason = saved.reason.as_deref().unwrap_or(""), "endpoint status");
+                log_status_change(ports.endpoints, &current, &saved).await;
                 return;
             }
             Err(EndpointWriteError::RevisionConflict) => continue,
@@ -106,4 +107,13 @@ async fn observe_endpoint(ports: EffectPorts<'_>, code: &IntegrationCode, observ
         }
     }
     tracing::warn!(integrationCode = %code, "endpoint not updated: it kept changing");
+}
+
+/// Adds the status change from `before` to `after` to the endpoint log (if the status
+/// changed). The log is for people: a line that cannot be written is logged, and that is all.
+pub async fn log_status_change(endpoints: &dyn EndpointStore, before: &Endpoint, after: &Endpoint) {
+    let Some(entry) = EndpointLogEntry::status_change(before, after) else { return };
+    if let Err(e) = endpoints.append_log(&after.code, &entry, None).await {
+        tracing::warn!(integrationCode = %after.code, error = %e, "endpoint log line not written");
+    }
 }

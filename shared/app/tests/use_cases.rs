@@ -787,6 +787,35 @@ async fn a_scheduled_run_of_a_held_endpoint_is_skipped_with_its_reason() {
     h.call("POST", "/integrations/NIGHTLY/enable", None).await;
     let answer = trigger.invoke(json!({"integrationCode": "NIGHTLY"})).await.expect("started");
     assert!(answer["exchangeId"].is_string(), "{answer}");
+    let scheduled = answer["exchangeId"].as_str().expect("id").to_string();
+    let id = h.invoke("NIGHTLY", json!([1])).await;
+    let (_, shown) = h.call("GET", &format!("/exchanges/{id}"), None).await;
+    assert_eq!(shown["trigger"], json!({"kind": "api", "caller": "tester"}), "{shown}");
+
+    // The endpoint log, newest first: both invocations, the status change, the skipped run.
+    let (status, log) = h.call("GET", "/integrations/NIGHTLY/log", None).await;
+    assert_eq!(status, StatusCode::OK, "{log}");
+    let kinds: Vec<&str> = log["items"].as_array().into_iter().flatten().filter_map(|l| l["kind"].as_str()).collect();
+    assert_eq!(kinds, ["invoked", "invoked", "statusChanged", "skipped"], "{log}");
+    let items = &log["items"];
+    assert_eq!((items[0]["exchangeId"].as_str(), &items[0]["trigger"]["kind"]), (Some(id.as_str()), &json!("api")));
+    assert_eq!(
+        (items[1]["exchangeId"].as_str(), &items[1]["trigger"]["kind"]),
+        (Some(scheduled.as_str()), &json!("schedule"))
+    );
+    assert_eq!(
+        (items[2]["from"].as_str(), items[2]["to"].as_str(), items[2]["by"].as_str()),
+        (Some("Disabled"), Some("Enabled"), Some("tester"))
+    );
+    assert!(items[3]["reason"].as_str().is_some_and(|r| r.contains("is Disabled")), "{log}");
+    // Paged.
+    let (_, first) = h.call("GET", "/integrations/NIGHTLY/log?limit=3", None).await;
+    let cursor = first["nextCursor"].as_str().expect("more");
+    let (_, rest) = h.call("GET", &format!("/integrations/NIGHTLY/log?limit=3&cursor={cursor}"), None).await;
+    assert_eq!(rest["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(rest["items"][0]["kind"], "skipped");
+    let (status, _) = h.call("GET", "/integrations/NOPE/log", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 /// A loopback target that answers 200 and counts what it received.

@@ -219,19 +219,7 @@ impl Endpoint {
 
     /// The endpoint of a code defined before endpoints were stored: it runs, as it did.
     pub fn unrecorded(code: IntegrationCode, since: DateTime<Utc>) -> Self {
-        Self {
-            code,
-            status: EndpointStatus::Enabled,
-            since,
-            reason: None,
-            changed_by: None,
-            queue_status: QueueStatus::default(),
-            on_system_failure: None,
-            retrying: None,
-            last_failure: None,
-            halted_by: Vec::new(),
-            revision: 0,
-        }
+        Self { reason: None, changed_by: None, ..Self::new(code, EndpointStatus::Enabled, "", since) }
     }
 
     /// The policy in force: the endpoint's own, else `halt` for event-based integrations
@@ -278,6 +266,51 @@ pub fn hold(endpoint: Option<&Endpoint>, message: &HandoffMessage, now: DateTime
         held_at: now,
         reason: format!("held before {}: the endpoint is {}{why}", message.sub_step, endpoint.status.name()),
     })
+}
+
+/// One line of an endpoint's log (`GET /integrations/{code}/log`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointLogEntry {
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub event: EndpointEvent,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum EndpointEvent {
+    /// An exchange started.
+    #[serde(rename_all = "camelCase")]
+    Invoked { exchange_id: ExchangeId, trigger: crate::exchange::Trigger },
+    /// A run that did not start, and why (a scheduled run of a held endpoint).
+    #[serde(rename_all = "camelCase")]
+    Skipped { trigger: crate::exchange::Trigger, reason: String },
+    /// The status changed: by an operator (`by`), or by what its exchanges did.
+    #[serde(rename_all = "camelCase")]
+    StatusChanged {
+        from: EndpointStatus,
+        to: EndpointStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+impl EndpointLogEntry {
+    /// The log line of a change from `before` to `after`, if the status changed.
+    pub fn status_change(before: &Endpoint, after: &Endpoint) -> Option<Self> {
+        (before.status != after.status).then(|| Self {
+            at: after.since,
+            event: EndpointEvent::StatusChanged {
+                from: before.status,
+                to: after.status,
+                by: after.changed_by.clone(),
+                reason: after.reason.clone(),
+            },
+        })
+    }
 }
 
 /// What an operator asks of an endpoint.

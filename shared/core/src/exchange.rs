@@ -185,6 +185,42 @@ pub struct Exchange {
     /// The payload the exchange completed with (what a parent subflow collects).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Payload>,
+    /// What started it, and who (none on exchanges from before triggers were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
+}
+
+/// What started an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TriggerKind {
+    /// `POST /exchanges`.
+    Api,
+    /// The integration's schedule.
+    Schedule,
+    /// A parent's subflow step.
+    Subflow,
+}
+
+/// What started an exchange and on whose behalf (the caller's `sub`; none for the schedule).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Trigger {
+    pub kind: TriggerKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+}
+
+impl Trigger {
+    pub fn api(caller: &str) -> Self {
+        Self { kind: TriggerKind::Api, caller: Some(caller.to_string()) }
+    }
+    pub fn schedule() -> Self {
+        Self { kind: TriggerKind::Schedule, caller: None }
+    }
+    pub fn subflow() -> Self {
+        Self { kind: TriggerKind::Subflow, caller: None }
+    }
 }
 
 /// Ties a sub-exchange to the parent step that waits for it.

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use handoff_core::commit::{ClaimOutcome, CommitOutcome, Conflict, ErrorRecord, RecoveryCommit, StepCommit};
 use handoff_core::definition::ScheduleSpec;
-use handoff_core::endpoint::{Endpoint, HeldHandoff};
+use handoff_core::endpoint::{Endpoint, EndpointLogEntry, HeldHandoff};
 use handoff_core::exchange::{Exchange, ExchangeDetail, ExchangeStatus, ExchangeStep};
 use handoff_core::handoff::{CallbackToken, HandoffMessage, Timer};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
@@ -138,6 +138,23 @@ pub trait EndpointStore: Send + Sync {
 
     /// Forgets a held handoff once it was sent again.
     async fn release(&self, held: &HeldHandoff) -> PortResult<()>;
+
+    /// Adds a line to `code`'s endpoint log, kept until `expires_at` (if given).
+    async fn append_log(
+        &self,
+        code: &IntegrationCode,
+        entry: &EndpointLogEntry,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> PortResult<()>;
+
+    /// `code`'s endpoint log, newest first: up to `limit` lines from `cursor` on, and the
+    /// cursor of the next page.
+    async fn log(
+        &self,
+        code: &IntegrationCode,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> PortResult<(Vec<EndpointLogEntry>, Option<String>)>;
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

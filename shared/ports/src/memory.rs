@@ -18,7 +18,7 @@ use handoff_core::commit::{
     StepChange, StepCommit,
 };
 use handoff_core::definition::ScheduleSpec;
-use handoff_core::endpoint::{Endpoint, HeldHandoff};
+use handoff_core::endpoint::{Endpoint, EndpointLogEntry, HeldHandoff};
 use handoff_core::exchange::{
     Exchange, ExchangeDetail, ExchangeStatus, ExchangeStep, LogLine, StepStatus, SubExchangeCounts,
 };
@@ -692,6 +692,8 @@ pub struct MemoryEndpoints {
     endpoints: Mutex<BTreeMap<IntegrationCode, Endpoint>>,
     /// By code, then (exchange, step, attempt).
     held: Mutex<BTreeMap<(IntegrationCode, ExchangeId, StepId, u32), HeldHandoff>>,
+    /// By code, in the order appended.
+    log: Mutex<BTreeMap<IntegrationCode, Vec<EndpointLogEntry>>>,
 }
 
 fn held_key(held: &HeldHandoff) -> (IntegrationCode, ExchangeId, StepId, u32) {
@@ -735,6 +737,32 @@ impl EndpointStore for MemoryEndpoints {
     async fn release(&self, held: &HeldHandoff) -> PortResult<()> {
         lock(&self.held).remove(&held_key(held));
         Ok(())
+    }
+    async fn append_log(
+        &self,
+        code: &IntegrationCode,
+        entry: &EndpointLogEntry,
+        _expires_at: Option<DateTime<Utc>>,
+    ) -> PortResult<()> {
+        lock(&self.log).entry(code.clone()).or_default().push(entry.clone());
+        Ok(())
+    }
+    async fn log(
+        &self,
+        code: &IntegrationCode,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> PortResult<(Vec<EndpointLogEntry>, Option<String>)> {
+        // Newest first; the cursor is how many lines were handed out already.
+        let mut lines = lock(&self.log).get(code).cloned().unwrap_or_default();
+        lines.sort_by_key(|l| std::cmp::Reverse(l.at));
+        let skip = match cursor.filter(|c| !c.is_empty()) {
+            None => 0,
+            Some(c) => c.parse::<usize>().map_err(|_| PortError::InvalidCursor("invalid cursor".into()))?,
+        };
+        let page: Vec<EndpointLogEntry> = lines.iter().skip(skip).take(limit.max(1) as usize).cloned().collect();
+        let next = (skip + page.len() < lines.len()).then(|| (skip + page.len()).to_string());
+        Ok((page, next))
     }
 }
 

@@ -24,8 +24,8 @@ use axum::routing::{get, patch, post};
 use axum::{Extension, Json, Router};
 use chrono::Utc;
 use handoff_core::endpoint::{Endpoint, EndpointCommand, EndpointStatus, OnSystemFailure, QueueStatus};
-use handoff_core::exchange::ExchangeDetail;
 use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep};
+use handoff_core::exchange::{ExchangeDetail, Trigger};
 use handoff_core::identity::{Caller, Scope};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::notification::parse_notification;
@@ -162,6 +162,7 @@ pub const ROUTE_SCOPES: &[(&str, &str, Option<Scope>)] = &[
     ("GET", "/integrations/{code}", Some(Scope::Read)),
     ("PATCH", "/integrations/{code}/versions/{version}", Some(Scope::Admin)),
     ("PATCH", "/integrations/{code}", Some(Scope::Operate)),
+    ("GET", "/integrations/{code}/log", Some(Scope::Read)),
     ("POST", "/integrations/{code}/enable", Some(Scope::Operate)),
     ("POST", "/integrations/{code}/disable", Some(Scope::Operate)),
     ("POST", "/integrations/{code}/resume", Some(Scope::Operate)),
@@ -213,6 +214,7 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/integrations", post(create_integration).get(list_integrations))
         .route("/integrations/{code}", get(get_integration).patch(patch_endpoint))
         .route("/integrations/{code}/versions/{version}", patch(patch_integration))
+        .route("/integrations/{code}/log", get(endpoint_log))
         .route("/integrations/{code}/enable", post(enable_endpoint))
         .route("/integrations/{code}/disable", post(disable_endpoint))
         .route("/integrations/{code}/resume", post(resume_endpoint))
@@ -568,7 +570,7 @@ fn exchange_view(detail: &ExchangeDetail) -> Value {
     v
 }
 
-async fn post_exchange(State(ctx): Ctx, body: Bytes) -> ApiResult {
+async fn post_exchange(State(ctx): Ctx, Extension(caller): Extension<Caller>, body: Bytes) -> ApiResult {
     let request = json_body(&body)?;
     let r = ObjectReader::new("", &request).map_err(|e| ApiError::field(e, "InvalidRequest"))?;
     let invalid = |e| ApiError::field(e, "InvalidRequest");
@@ -596,7 +598,13 @@ async fn post_exchange(State(ctx): Ctx, body: Bytes) -> ApiResult {
 
     let exchange = invoke_exchange(
         &Starting::of(&ctx),
-        InvokeRequest { integration_code, integration_version, parameters, payload },
+        InvokeRequest {
+            integration_code,
+            integration_version,
+            parameters,
+            payload,
+            trigger: Trigger::api(&caller.subject),
+        },
     )
     .await
     .map_err(|e| match e {
@@ -726,6 +734,25 @@ async fn retry_step(
         .await
         .map_err(action_error)?;
     Ok((StatusCode::ACCEPTED, Json(json!({"exchangeId": id, "stepId": step_id, "attempt": attempt}))).into_response())
+}
+
+/// `GET /integrations/{code}/log?limit=&cursor=`: invocations, skipped runs and status
+/// changes, newest first.
+async fn endpoint_log(
+    State(ctx): Ctx,
+    Path(code): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let code = path_code(&code)?;
+    only_parameters(&query, &["limit", "cursor"])?;
+    let limit = parse_limit(query.get("limit")).map_err(|m| ApiError::parameter("limit", m))?;
+    if ctx.ports.endpoints.endpoint(&code).await?.is_none() && ctx.ports.integrations.versions(&code).await?.is_empty()
+    {
+        return Err(ApiError::not_found(format!("integration {code} does not exist")));
+    }
+    let (items, next) =
+        ctx.ports.endpoints.log(&code, limit, query.get("cursor").map(String::as_str)).await.map_err(listing_error)?;
+    Ok(Json(json!({"code": code, "items": items, "nextCursor": next})).into_response())
 }
 
 async fn list_errors(State(ctx): Ctx, Query(query): Query<HashMap<String, String>>) -> ApiResult {

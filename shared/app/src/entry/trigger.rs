@@ -4,6 +4,7 @@ use crate::context::AppContext;
 use crate::entry::function::{FunctionHandler, InvocationError};
 use crate::use_cases::invoke::{invoke_exchange, InvokeError, InvokeRequest, Starting};
 use async_trait::async_trait;
+use handoff_core::exchange::Trigger;
 use handoff_ports::ScheduledTrigger;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -29,6 +30,7 @@ impl FunctionHandler for TriggerFunction {
             integration_version: None,
             parameters: json!({}),
             payload: None,
+            trigger: Trigger::schedule(),
         };
         match invoke_exchange(&Starting::of(&self.ctx), request).await {
             Ok(exchange) => {

@@ -3,6 +3,7 @@
 //! revision it was read at, and the code's schedule follows (armed while it runs, removed
 //! while it is held). Handoffs held meanwhile go out again once it runs.
 
+use crate::effects::log_status_change;
 use crate::use_cases::integrations::{endpoint_of, sync_schedule, Integrations, ScheduleState};
 use chrono::Utc;
 use handoff_core::endpoint::{operate, Endpoint, EndpointChange, EndpointCommand, EndpointCommandError};
@@ -51,10 +52,14 @@ pub async fn operate_endpoint(
             .await?
             .ok_or_else(|| EndpointError::NotFound(code.clone()))?;
         let halted_by = if command == EndpointCommand::Resume { endpoint.halted_by.clone() } else { Vec::new() };
+        let before = endpoint.clone();
         let (endpoint, changed) = match operate(&endpoint, command, by, reason, Utc::now())? {
             EndpointChange::Unchanged => (endpoint, false),
             EndpointChange::To(next) => match ctx.endpoints.save_endpoint(&next).await {
-                Ok(saved) => (saved, true),
+                Ok(saved) => {
+                    log_status_change(ctx.endpoints, &before, &saved).await;
+                    (saved, true)
+                }
                 Err(EndpointWriteError::RevisionConflict) => continue,
                 Err(EndpointWriteError::Port(e)) => return Err(e.into()),
             },

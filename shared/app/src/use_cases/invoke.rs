@@ -7,8 +7,9 @@ use crate::payloads::{PayloadCodec, PayloadError};
 use bytes::Bytes;
 use chrono::Utc;
 use handoff_core::commit::{CommitOutcome, ExchangeChange, StepCommit};
-use handoff_core::endpoint::EndpointStatus;
+use handoff_core::endpoint::{EndpointEvent, EndpointLogEntry, EndpointStatus};
 use handoff_core::exchange::{Exchange, ParentLink, Payload};
+use handoff_core::exchange::{Trigger, TriggerKind};
 use handoff_core::handoff::{sla_timer, HandoffMessage};
 use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion};
 use handoff_core::machine::start::{new_exchange, NewExchange};
@@ -24,6 +25,8 @@ pub struct InvokeRequest {
     pub parameters: Value,
     /// The invocation payload and its content type.
     pub payload: Option<(Bytes, String)>,
+    /// What asks for it (the API on behalf of a caller, the schedule).
+    pub trigger: Trigger,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +88,10 @@ pub async fn invoke_exchange(ctx: &Starting<'_>, request: InvokeRequest) -> Resu
     // A held endpoint starts nothing (no endpoint stored: a code from before endpoints runs).
     if let Some(endpoint) = ctx.endpoints.endpoint(&code).await? {
         if let Some(refusal) = endpoint.refusal() {
+            if request.trigger.kind == TriggerKind::Schedule {
+                let skipped = EndpointEvent::Skipped { trigger: request.trigger.clone(), reason: refusal.clone() };
+                log_endpoint(ctx, &code, skipped, Utc::now()).await;
+            }
             return Err(InvokeError::EndpointHeld { status: endpoint.status, refusal });
         }
     }
@@ -102,7 +109,8 @@ pub async fn invoke_exchange(ctx: &Starting<'_>, request: InvokeRequest) -> Resu
     let now = Utc::now();
     let created =
         materialize(&loaded, ExchangeId::new(uuid::Uuid::now_v7().to_string()), request.parameters, input, None, now);
-    let (exchange, steps, message) = (created.exchange, created.steps, created.first);
+    let (mut exchange, steps, message) = (created.exchange, created.steps, created.first);
+    exchange.trigger = Some(request.trigger.clone());
     ctx.writes.create(&exchange, &steps).await?;
 
     // The SLA first: an exchange still `New` is started again by the regular job (see
@@ -117,7 +125,19 @@ pub async fn invoke_exchange(ctx: &Starting<'_>, request: InvokeRequest) -> Resu
         mark_not_handed_off(ctx, &exchange, &send_error).await;
         return Err(send_error.into());
     }
+    let invoked = EndpointEvent::Invoked { exchange_id: exchange.exchange_id.clone(), trigger: request.trigger };
+    log_endpoint(ctx, &code, invoked, now).await;
     Ok(exchange)
+}
+
+/// Adds a line to the endpoint log, kept as long as finished exchanges. The log is for
+/// people: a line that cannot be written is logged, never a reason to fail the run.
+async fn log_endpoint(ctx: &Starting<'_>, code: &IntegrationCode, event: EndpointEvent, at: chrono::DateTime<Utc>) {
+    let entry = EndpointLogEntry { at, event };
+    let expires_at = ctx.retention.map(|keep| at + keep);
+    if let Err(e) = ctx.endpoints.append_log(code, &entry, expires_at).await {
+        tracing::warn!(integrationCode = %code, error = %e, "endpoint log line not written");
+    }
 }
 
 /// A new exchange of `loaded` (see [`new_exchange`]).

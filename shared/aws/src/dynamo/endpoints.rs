@@ -5,6 +5,10 @@
 //! is a put on condition `attribute_not_exists(pk)`, a later one a put on
 //! `revision = :expected`.
 //!
+//! The endpoint log shares it too: `sk=LOG#<at, RFC 3339 nanoseconds>#<what>`, attributes
+//! `body` (the [`EndpointLogEntry`] JSON) and `expiresAt` (the table's TTL, epoch seconds),
+//! read newest first; the cursor is the base64url of the last sort key handed out.
+//!
 //! Held handoffs share the endpoint's partition: `sk=HELD#<exchangeId>#<stepId>#<attempt>`,
 //! attributes `body` (the [`HeldHandoff`] JSON). Holding is one TransactWriteItems: a
 //! condition check that the endpoint is still held at the revision read, and the put.
@@ -18,14 +22,29 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
 use aws_sdk_dynamodb::Client;
-use handoff_core::endpoint::{Endpoint, EndpointStatus, HeldHandoff};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use chrono::{DateTime, SecondsFormat, Utc};
+use handoff_core::endpoint::{Endpoint, EndpointEvent, EndpointLogEntry, EndpointStatus, HeldHandoff};
 use handoff_core::ids::IntegrationCode;
-use handoff_ports::{EndpointStore, EndpointWriteError, PortResult};
+use handoff_ports::{EndpointStore, EndpointWriteError, PortError, PortResult};
 use std::collections::HashMap;
 
 const SERVICE: &str = "dynamodb";
 const SORT_KEY: &str = "ENDPOINT";
 const HELD_PREFIX: &str = "HELD#";
+const LOG_PREFIX: &str = "LOG#";
+/// Most log lines one page reads.
+const MAX_LOG_PAGE: u32 = 1000;
+
+fn log_sort_key(entry: &EndpointLogEntry) -> String {
+    let what = match &entry.event {
+        EndpointEvent::Invoked { exchange_id, .. } => format!("invoked#{exchange_id}"),
+        EndpointEvent::Skipped { .. } => "skipped".into(),
+        EndpointEvent::StatusChanged { to, .. } => format!("status#{}", to.name()),
+    };
+    format!("{LOG_PREFIX}{}#{what}", entry.at.to_rfc3339_opts(SecondsFormat::Nanos, true))
+}
 
 pub fn endpoint_pk(code: &IntegrationCode) -> String {
     format!("ENDPOINT#{code}")
@@ -188,6 +207,84 @@ impl EndpointStore for DynamoEndpointStore {
         }
         held.sort_by_key(|h| h.held_at);
         Ok(held)
+    }
+
+    async fn append_log(
+        &self,
+        code: &IntegrationCode,
+        entry: &EndpointLogEntry,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> PortResult<()> {
+        let body =
+            serde_json::to_string(entry).map_err(|e| error::fault(SERVICE, format!("cannot encode log line: {e}")))?;
+        let mut item: Item = HashMap::from([
+            ("pk".to_string(), AttributeValue::S(endpoint_pk(code))),
+            ("sk".to_string(), AttributeValue::S(log_sort_key(entry))),
+            ("body".to_string(), AttributeValue::S(body)),
+        ]);
+        if let Some(at) = expires_at {
+            item.insert("expiresAt".into(), AttributeValue::N(at.timestamp().to_string()));
+        }
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| error::sdk(SERVICE, "PutItem", e))
+    }
+
+    async fn log(
+        &self,
+        code: &IntegrationCode,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> PortResult<(Vec<EndpointLogEntry>, Option<String>)> {
+        let start = match cursor.filter(|c| !c.is_empty()) {
+            None => None,
+            Some(c) => {
+                let bad = || PortError::InvalidCursor("invalid cursor".into());
+                let sk = URL_SAFE_NO_PAD.decode(c).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad)?;
+                if !sk.starts_with(LOG_PREFIX) {
+                    return Err(bad());
+                }
+                Some(HashMap::from([
+                    ("pk".to_string(), AttributeValue::S(endpoint_pk(code))),
+                    ("sk".to_string(), AttributeValue::S(sk)),
+                ]))
+            }
+        };
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :log)")
+            .expression_attribute_names("#pk", "pk")
+            .expression_attribute_names("#sk", "sk")
+            .expression_attribute_values(":pk", AttributeValue::S(endpoint_pk(code)))
+            .expression_attribute_values(":log", AttributeValue::S(LOG_PREFIX.into()))
+            .scan_index_forward(false)
+            .limit(limit.clamp(1, MAX_LOG_PAGE) as i32)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| error::sdk(SERVICE, "Query", e))?;
+        let mut lines = Vec::new();
+        for item in out.items.unwrap_or_default() {
+            let body = item
+                .get("body")
+                .and_then(|v| v.as_s().ok())
+                .ok_or_else(|| error::fault(SERVICE, "stored log line has no body"))?;
+            lines.push(
+                serde_json::from_str(body)
+                    .map_err(|e| error::fault(SERVICE, format!("stored log line is malformed: {e}")))?,
+            );
+        }
+        let next = out
+            .last_evaluated_key
+            .and_then(|key| key.get("sk").and_then(|v| v.as_s().ok()).map(|sk| URL_SAFE_NO_PAD.encode(sk)));
+        Ok((lines, next))
     }
 
     async fn release(&self, held: &HeldHandoff) -> PortResult<()> {

@@ -37,6 +37,8 @@ pub fn new_exchange(
         completed_at: None,
         error: None,
         recoveries: 0,
+        // A sub-exchange is started by its parent's subflow; the caller sets any other trigger.
+        trigger: parent.as_ref().map(|_| crate::exchange::Trigger::subflow()),
         parent,
         result: None,
     };

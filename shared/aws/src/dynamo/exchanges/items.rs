@@ -65,6 +65,8 @@ pub(super) struct ExchangeItem {
     gsi6sk: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     result: Option<Payload>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trigger: Option<Trigger>,
 }
 
 pub(crate) fn exchange_to_item(exchange: &Exchange) -> Result<Item, CodecError> {
@@ -93,6 +95,7 @@ pub(crate) fn exchange_to_item(exchange: &Exchange) -> Result<Item, CodecError> 
         gsi6sk: exchange.parent.as_ref().map(parent_gsi_sk),
         parent: exchange.parent.clone(),
         result: exchange.result.clone(),
+        trigger: exchange.trigger.clone(),
     };
     serde_dynamo::to_item(item).map_err(|e| CodecError::encode("exchange", e))
 }
@@ -116,6 +119,7 @@ pub(crate) fn exchange_from_item(item: Item) -> Result<Exchange, CodecError> {
         recoveries: item.recoveries,
         parent: item.parent,
         result: item.result,
+        trigger: item.trigger,
     })
 }
 

@@ -94,7 +94,7 @@ use handoff_core::exchange::{
     Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, ParentLink, Payload, StepError, StepStatus,
     SubExchangeCounts,
 };
-use handoff_core::exchange::{ExchangeDetail, ExchangeEvent};
+use handoff_core::exchange::{ExchangeDetail, ExchangeEvent, Trigger};
 use handoff_core::handoff::{CallbackToken, Timer};
 use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::plan::SubStep;

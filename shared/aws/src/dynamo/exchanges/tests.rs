@@ -29,6 +29,7 @@ fn exchange() -> Exchange {
         recoveries: 3,
         parent: None,
         result: None,
+        trigger: Some(handoff_core::exchange::Trigger::schedule()),
     }
 }
 
