@@ -3,6 +3,21 @@
 
 use super::*;
 
+/// The commit that starts exchange `id` at `now`: step 0 done, `New` → `Started`.
+fn started(id: &ExchangeId, now: DateTime<Utc>) -> StepCommit {
+    commit(
+        id,
+        change(0, 1, false, StepStatus::Done, now),
+        ExchangeChange::SetStatus {
+            from: vec![ExchangeStatus::New],
+            to: ExchangeStatus::Started,
+            error: None,
+            completed_at: None,
+        },
+        now,
+    )
+}
+
 async fn exchange_lifecycle_with_claims_commits_and_conflicts(repo: &dyn ExchangeRepository) {
     repo.health().await.expect("health");
     let ex = exchange("ex-life", "LIFE", at(0));
@@ -17,17 +32,7 @@ async fn exchange_lifecycle_with_claims_commits_and_conflicts(repo: &dyn Exchang
     assert!(repo.get(&ExchangeId::new("missing")).await.expect("get").is_none());
 
     // Start: step 0 done, exchange New -> Started. Applied once, Conflict on replay.
-    let start = commit(
-        &id,
-        change(0, 1, false, StepStatus::Done, at(1)),
-        ExchangeChange::SetStatus {
-            from: vec![ExchangeStatus::New],
-            to: ExchangeStatus::Started,
-            error: None,
-            completed_at: None,
-        },
-        at(1),
-    );
+    let start = started(&id, at(1));
     assert_eq!(repo.commit(&start).await.expect("commit"), CommitOutcome::Applied);
     assert_eq!(repo.commit(&start).await.expect("replay"), CommitOutcome::Conflict);
 
@@ -226,17 +231,7 @@ async fn recovery_resets_steps_and_fences_older_generations(repo: &dyn ExchangeR
     let id = ex.exchange_id.clone();
     repo.create(&ex, &steps(4)).await.expect("create");
     assert_eq!(repo.get(&id).await.expect("get").expect("exists").exchange.recoveries, 0);
-    let start = commit(
-        &id,
-        change(0, 1, false, StepStatus::Done, at(1)),
-        ExchangeChange::SetStatus {
-            from: vec![ExchangeStatus::New],
-            to: ExchangeStatus::Started,
-            error: None,
-            completed_at: None,
-        },
-        at(1),
-    );
+    let start = started(&id, at(1));
     assert_eq!(repo.commit(&start).await.expect("start"), CommitOutcome::Applied);
     // Step 1 done, step 2 retried once (error, retry time), then claimed again.
     let done = commit(&id, change(1, 1, false, StepStatus::Done, at(2)), ExchangeChange::RequireNotFinal, at(2));
@@ -690,17 +685,7 @@ async fn sub_exchanges_count_once_on_the_parent_step_and_store_results(repo: &dy
     repo.create_many(&children).await.expect("create children");
     let ids: Vec<ExchangeId> = children.iter().map(|(e, _)| e.exchange_id.clone()).collect();
     for id in &ids {
-        let start = commit(
-            id,
-            change(0, 1, false, StepStatus::Done, at(2)),
-            ExchangeChange::SetStatus {
-                from: vec![ExchangeStatus::New],
-                to: ExchangeStatus::Started,
-                error: None,
-                completed_at: None,
-            },
-            at(2),
-        );
+        let start = started(id, at(2));
         assert_eq!(repo.commit(&start).await.expect("start"), CommitOutcome::Applied);
     }
 
@@ -752,17 +737,7 @@ async fn sub_exchanges_count_once_on_the_parent_step_and_store_results(repo: &dy
     // Setting the total again, claims and commits of the step keep the counts.
     repo.set_sub_exchange_total(&pid, StepId::from_sequence(1), 3).await.expect("total again");
     assert_eq!(counts(repo, &pid, 1).await, sub(3, 2, 1));
-    let start = commit(
-        &pid,
-        change(0, 1, false, StepStatus::Done, at(9)),
-        ExchangeChange::SetStatus {
-            from: vec![ExchangeStatus::New],
-            to: ExchangeStatus::Started,
-            error: None,
-            completed_at: None,
-        },
-        at(9),
-    );
+    let start = started(&pid, at(9));
     assert_eq!(repo.commit(&start).await.expect("start parent"), CommitOutcome::Applied);
     assert_eq!(
         repo.claim(&pid, StepId::from_sequence(1), 1, 0, at(10), at(70)).await.expect("claim"),
@@ -781,17 +756,7 @@ async fn recovery_clears_sub_failures_and_keeps_completions(repo: &dyn ExchangeR
     let parent = exchange("ex-redrive", "PARENT", at(0));
     let pid = parent.exchange_id.clone();
     repo.create(&parent, &steps(3)).await.expect("create parent");
-    let start = commit(
-        &pid,
-        change(0, 1, false, StepStatus::Done, at(1)),
-        ExchangeChange::SetStatus {
-            from: vec![ExchangeStatus::New],
-            to: ExchangeStatus::Started,
-            error: None,
-            completed_at: None,
-        },
-        at(1),
-    );
+    let start = started(&pid, at(1));
     assert_eq!(repo.commit(&start).await.expect("start"), CommitOutcome::Applied);
     repo.set_sub_exchange_total(&pid, StepId::from_sequence(1), 5).await.expect("total");
     let children: Vec<(Exchange, Vec<ExchangeStep>)> =
@@ -862,17 +827,7 @@ async fn create_many_packs_batches_and_statuses_find_them() {
     assert_eq!(repo.get(&many[1].0.exchange_id).await.expect("get").expect("exists").exchange, many[1].0);
 
     // Statuses: every id found (in the order asked), missing ones skipped, 100 keys a request.
-    let start = commit(
-        &many[5].0.exchange_id,
-        change(0, 1, false, StepStatus::Done, at(100)),
-        ExchangeChange::SetStatus {
-            from: vec![ExchangeStatus::New],
-            to: ExchangeStatus::Started,
-            error: None,
-            completed_at: None,
-        },
-        at(100),
-    );
+    let start = started(&many[5].0.exchange_id, at(100));
     assert_eq!(repo.commit(&start).await.expect("start"), CommitOutcome::Applied);
     let mut ask = Vec::new();
     for (i, (ex, _)) in many.iter().enumerate() {
@@ -996,17 +951,7 @@ async fn finished_exchanges_are_deleted_with_everything_under_them(repo: &dyn Ex
     let ex = exchange("ex-gone", "RET", at(0));
     let id = ex.exchange_id.clone();
     repo.create(&ex, &steps(30)).await.expect("create");
-    let mut start = commit(
-        &id,
-        change(0, 1, false, StepStatus::Done, at(1)),
-        ExchangeChange::SetStatus {
-            from: vec![ExchangeStatus::New],
-            to: ExchangeStatus::Started,
-            error: None,
-            completed_at: None,
-        },
-        at(1),
-    );
+    let mut start = started(&id, at(1));
     start.errors = vec![error_record(&id, "RET", Some(0), ErrorClassification::Business, at(1))];
     start.timers = vec![Timer { exchange_id: id.clone(), recovery: 0, due: at(100), kind: TimerKind::Sla }];
     assert_eq!(repo.commit(&start).await.expect("start"), CommitOutcome::Applied);
@@ -1089,17 +1034,7 @@ async fn an_interrupted_deletion_blocks_recovery_and_finishes_when_repeated() {
     let ex = exchange("ex-half", "RET", at(0));
     let id = ex.exchange_id.clone();
     repo.create(&ex, &steps(3)).await.expect("create");
-    let start = commit(
-        &id,
-        change(0, 1, false, StepStatus::Done, at(1)),
-        ExchangeChange::SetStatus {
-            from: vec![ExchangeStatus::New],
-            to: ExchangeStatus::Started,
-            error: None,
-            completed_at: None,
-        },
-        at(1),
-    );
+    let start = started(&id, at(1));
     assert_eq!(repo.commit(&start).await.expect("start"), CommitOutcome::Applied);
     fail_exchange(&repo, &id, 1, 0, at(2)).await;
     // What the first write of a deletion does, and then the crash.

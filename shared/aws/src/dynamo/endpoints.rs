@@ -180,31 +180,17 @@ impl EndpointStore for DynamoEndpointStore {
     }
 
     async fn held(&self, code: &IntegrationCode) -> PortResult<Vec<HeldHandoff>> {
-        let mut held = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#pk = :pk AND begins_with(#sk, :held)")
-                .expression_attribute_names("#pk", "pk")
-                .expression_attribute_names("#sk", "sk")
-                .expression_attribute_values(":pk", AttributeValue::S(endpoint_pk(code)))
-                .expression_attribute_values(":held", AttributeValue::S(HELD_PREFIX.into()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| error::sdk(SERVICE, "Query", e))?;
-            for item in out.items.unwrap_or_default() {
-                held.push(held_from_item(&item)?);
-            }
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
-            }
-        }
+        let request = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :held)")
+            .expression_attribute_names("#pk", "pk")
+            .expression_attribute_names("#sk", "sk")
+            .expression_attribute_values(":pk", AttributeValue::S(endpoint_pk(code)))
+            .expression_attribute_values(":held", AttributeValue::S(HELD_PREFIX.into()))
+            .consistent_read(true);
+        let mut held = super::query_all(request).await?.iter().map(held_from_item).collect::<PortResult<Vec<_>>>()?;
         held.sort_by_key(|h| h.held_at);
         Ok(held)
     }

@@ -25,3 +25,25 @@ pub(crate) async fn table_health(client: &aws_sdk_dynamodb::Client, table: &str)
         .map(|_| ())
         .map_err(|e| error::sdk("dynamodb", "DescribeTable", e))
 }
+
+/// Every item one Query answers, following DynamoDB's pages (for a partition's items, which
+/// are few: an exchange's steps, an endpoint's held handoffs).
+pub(crate) async fn query_all(
+    request: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+) -> PortResult<Vec<exchanges::Item>> {
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let out = request
+            .clone()
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(|e| error::sdk("dynamodb", "Query", e))?;
+        items.extend(out.items.unwrap_or_default());
+        match out.last_evaluated_key {
+            Some(key) if !key.is_empty() => start = Some(key),
+            _ => return Ok(items),
+        }
+    }
+}

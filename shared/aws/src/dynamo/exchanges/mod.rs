@@ -337,30 +337,17 @@ impl DynamoExchangeRepository {
 
     /// The keys of every item stored under the exchange's `pk` (consistent, paginated).
     async fn item_keys(&self, id: &ExchangeId) -> PortResult<Vec<Item>> {
-        let mut keys = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#pk = :pk")
-                .projection_expression("#pk, #sk")
-                .expression_attribute_names("#pk", "pk")
-                .expression_attribute_names("#sk", "sk")
-                .expression_attribute_values(":pk", s(exchange_pk(id)))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| error::sdk(SERVICE, "Query", e))?;
-            keys.extend(out.items.unwrap_or_default());
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
-            }
-        }
-        Ok(keys)
+        let request = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk")
+            .projection_expression("#pk, #sk")
+            .expression_attribute_names("#pk", "pk")
+            .expression_attribute_names("#sk", "sk")
+            .expression_attribute_values(":pk", s(exchange_pk(id)))
+            .consistent_read(true);
+        super::query_all(request).await
     }
 
     /// Deletes the items of `keys`, ≤ 25 per BatchWriteItem, retrying unprocessed ones with backoff.
@@ -447,33 +434,22 @@ impl ExchangeReads for DynamoExchangeRepository {
         let mut exchange = None;
         let mut steps = Vec::new();
         let mut logs = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(exchange_pk(id)))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| error::sdk(SERVICE, "Query", e))?;
-            for item in out.items.unwrap_or_default() {
-                match attr_str(&item, "sk") {
-                    Some(EXCHANGE_SK) => exchange = Some(exchange_from_item(item)?),
-                    Some(sk) if sk.starts_with(STEP_SK_PREFIX) => {
-                        let (step, step_logs) = step_from_item(item)?;
-                        steps.push(step);
-                        logs.extend(step_logs);
-                    }
-                    _ => {}
+        let request = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(exchange_pk(id)))
+            .consistent_read(true);
+        for item in super::query_all(request).await? {
+            match attr_str(&item, "sk") {
+                Some(EXCHANGE_SK) => exchange = Some(exchange_from_item(item)?),
+                Some(sk) if sk.starts_with(STEP_SK_PREFIX) => {
+                    let (step, step_logs) = step_from_item(item)?;
+                    steps.push(step);
+                    logs.extend(step_logs);
                 }
-            }
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
+                _ => {}
             }
         }
         let Some(exchange) = exchange else { return Ok(None) };
