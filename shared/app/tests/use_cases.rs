@@ -960,3 +960,42 @@ async fn a_target_down_shows_failed_retrying_then_halts_the_endpoint_and_resume_
         (Some("Enabled"), json!([]))
     );
 }
+
+#[tokio::test]
+async fn the_regular_job_sends_on_a_handoff_left_held_at_an_endpoint_that_runs_again() {
+    use handoff_core::endpoint::{EndpointStatus, HeldHandoff};
+    use std::sync::atomic::Ordering;
+    let h = Harness::new();
+    let (url, received) = counting_target().await;
+    h.define(json!({"code": "STRANDED", "version": 1, "steps": [
+        {"name": "send", "type": "delivery", "destinations": [{"kind": "rest", "request": {"method": "POST", "url": url}}]}]}))
+    .await;
+    let id = h.invoke("STRANDED", json!([1])).await;
+    let first = h.queue.take();
+    h.deliver(&first[0]).await.expect("triggered");
+    h.call("POST", "/integrations/STRANDED/disable", None).await;
+    assert!(h.run().await.is_empty());
+    let code = handoff_core::ids::IntegrationCode::parse("STRANDED").expect("code");
+    let endpoints = h.ctx.ports.endpoints.clone();
+    let held = endpoints.held(&code).await.expect("held");
+    assert_eq!(held.len(), 1, "held before its delivery");
+    // Held two minutes ago; then the endpoint was enabled and the caller stopped before
+    // sending it on (the enable's own release never ran).
+    let endpoint = endpoints.endpoint(&code).await.expect("read").expect("stored");
+    endpoints.release(&held[0]).await.expect("release");
+    let old = HeldHandoff { held_at: held[0].held_at - chrono::Duration::minutes(2), ..held[0].clone() };
+    endpoints.hold(&old, endpoint.revision).await.expect("held again");
+    endpoints
+        .save_endpoint(&handoff_core::endpoint::Endpoint { status: EndpointStatus::Enabled, ..endpoint })
+        .await
+        .expect("enabled");
+
+    let jobs = JobsFunction::new(h.ctx.clone(), 3);
+    let answer = jobs.invoke(json!({"job": "regular"})).await.expect("job");
+    assert_eq!(answer["heldReleased"], json!(1), "{answer}");
+    assert!(h.run().await.is_empty());
+    assert_eq!(h.detail(&id).await.exchange.status, ExchangeStatus::Completed);
+    assert_eq!(received.load(Ordering::SeqCst), 1);
+    let answer = jobs.invoke(json!({"job": "regular"})).await.expect("job");
+    assert_eq!(answer["heldReleased"], json!(0), "nothing sent twice");
+}

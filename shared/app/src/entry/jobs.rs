@@ -49,10 +49,14 @@ impl FunctionHandler for JobsFunction {
         })?;
         let sweeps = Sweeps::of(&self.ctx, self.auto_recovery_limit);
         let outcome = match input.job {
-            Job::Regular => match (sweeps.sweep_timers().await, sweeps.start_unstarted().await) {
-                (Ok(sent), Ok(started)) => Ok(json!({"timersSent": sent, "exchangesStarted": started})),
-                (Err(e), _) | (_, Err(e)) => Err(e),
-            },
+            Job::Regular => {
+                match (sweeps.sweep_timers().await, sweeps.start_unstarted().await, sweeps.release_stranded().await) {
+                    (Ok(sent), Ok(started), Ok(released)) => {
+                        Ok(json!({"timersSent": sent, "exchangesStarted": started, "heldReleased": released}))
+                    }
+                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+                }
+            }
             Job::ErrorProcessing => sweeps
                 .redrive_failures(input.integration_code)
                 .await

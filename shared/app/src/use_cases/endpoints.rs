@@ -5,11 +5,12 @@
 
 use crate::effects::log_status_change;
 use crate::use_cases::integrations::{endpoint_of, sync_schedule, Integrations, ScheduleState};
+use chrono::DateTime;
 use chrono::Utc;
 use handoff_core::endpoint::{operate, Endpoint, EndpointChange, EndpointCommand, EndpointCommandError};
 use handoff_core::endpoint::{OnSystemFailure, QueueStatus};
 use handoff_core::ids::{ExchangeId, IntegrationCode};
-use handoff_ports::{EndpointWriteError, PortError};
+use handoff_ports::{EndpointStore, EndpointWriteError, HandoffQueue, PortError};
 
 /// How often a command is decided again when the endpoint changed under it.
 const ATTEMPTS: usize = 3;
@@ -70,19 +71,27 @@ pub async fn operate_endpoint(
         // Also when unchanged: a schedule left out of step by an earlier failure is set
         // right, and handoffs a crash left held go out.
         let schedule = sync_schedule(ctx, code, &endpoint).await;
-        let released = if endpoint.status.runs() { release_held(ctx, code).await? } else { 0 };
+        let released =
+            if endpoint.status.runs() { release_held(ctx.endpoints, ctx.queue, code, None).await? } else { 0 };
         return Ok(Operated { endpoint, changed, schedule, released, halted_by });
     }
     Err(EndpointError::Contended(code.clone()))
 }
 
-/// Sends on every handoff held at `code` (the endpoint runs again), each forgotten only once
-/// sent: a crash in between sends it again later, and the duplicate changes nothing.
-async fn release_held(ctx: &Integrations<'_>, code: &IntegrationCode) -> Result<usize, PortError> {
-    let held = ctx.endpoints.held(code).await?;
+/// Sends on every handoff held at `code` (the endpoint runs again) — only those held before
+/// `held_before`, if given — each forgotten only once sent: a crash in between sends it
+/// again later, and the duplicate changes nothing.
+pub(crate) async fn release_held(
+    endpoints: &dyn EndpointStore,
+    queue: &dyn HandoffQueue,
+    code: &IntegrationCode,
+    held_before: Option<DateTime<Utc>>,
+) -> Result<usize, PortError> {
+    let mut held = endpoints.held(code).await?;
+    held.retain(|h| held_before.is_none_or(|before| h.held_at < before));
     for handoff in &held {
-        ctx.queue.send(handoff.message.sub_step.family(), &handoff.message, 0).await?;
-        ctx.endpoints.release(handoff).await?;
+        queue.send(handoff.message.sub_step.family(), &handoff.message, 0).await?;
+        endpoints.release(handoff).await?;
     }
     if !held.is_empty() {
         tracing::info!(integrationCode = %code, released = held.len(), "held handoffs sent on");

@@ -1,9 +1,11 @@
 //! The two scheduled jobs of a deployment (as in the Avni operations guide): the regular job
 //! sweeps durable timers whose time has come within reach of a delayed message and starts
-//! again exchanges left `New` (their creator stopped before handing them off); the
+//! again exchanges left `New` (their creator stopped before handing them off) and handoffs
+//! left held at an endpoint that runs again; the
 //! error-processing job re-drives exchanges whose failure was a retryable system error.
 
 use crate::context::AppContext;
+use crate::use_cases::endpoints::release_held;
 use crate::use_cases::invoke::{start_again, Starting};
 use crate::use_cases::recover::{recover_exchange, Recovering};
 use chrono::{Duration as ChronoDuration, Utc};
@@ -21,6 +23,8 @@ const PAGE: u32 = 100;
 /// An exchange still `New` this long after its creation was never handed off. (Creation and
 /// the first handoff are one API call apart; a live creator is long done by then.)
 const UNSTARTED_AFTER_SECONDS: i64 = 120;
+/// A handoff held at a running endpoint this long was missed by an interrupted release.
+const STRANDED_AFTER_SECONDS: i64 = 60;
 
 /// The ports the jobs use: the timer index, and what starting and recovering use.
 pub struct Sweeps<'a> {
@@ -69,6 +73,26 @@ impl<'a> Sweeps<'a> {
                 return Ok(sent);
             }
         }
+    }
+
+    /// Sends on handoffs still held at an endpoint that runs (its release was interrupted:
+    /// the endpoint was enabled, then the caller stopped before sending them), once they
+    /// are older than [`STRANDED_AFTER_SECONDS`] so a release under way finishes first.
+    pub async fn release_stranded(&self) -> Result<usize, PortError> {
+        let mut codes: Vec<IntegrationCode> =
+            self.starting.integrations.all().await?.into_iter().map(|v| v.code).collect();
+        codes.sort();
+        codes.dedup();
+        let held_before = Utc::now() - ChronoDuration::seconds(STRANDED_AFTER_SECONDS);
+        let mut released = 0;
+        for code in codes {
+            let endpoint = self.starting.endpoints.endpoint(&code).await?;
+            if endpoint.is_some_and(|e| e.status.runs()) {
+                let queue = self.starting.effects.queue;
+                released += release_held(self.starting.endpoints, queue, &code, Some(held_before)).await?;
+            }
+        }
+        Ok(released)
     }
 
     /// Starts again every exchange left `New` for longer than [`UNSTARTED_AFTER_SECONDS`].
