@@ -943,6 +943,20 @@ async fn conflicts_name_the_preconditions_that_failed(repo: &dyn ExchangeReposit
     assert!(conflict.is_stale());
 }
 
+/// Recovering `id` from generation 0 at step `step`, nothing else.
+fn plain_recovery(id: &ExchangeId, step: u32, now: DateTime<Utc>) -> RecoveryCommit {
+    RecoveryCommit {
+        exchange_id: id.clone(),
+        recovery: 0,
+        integration_version: None,
+        reset: vec![StepId::from_sequence(step)],
+        clear_sub_failures: None,
+        timers: vec![],
+        log: None,
+        now,
+    }
+}
+
 /// Retention: a finished exchange goes with its steps, errors and timers; one recovered
 /// since (another generation) stays; deleting twice finds nothing.
 async fn finished_exchanges_are_deleted_with_everything_under_them(repo: &dyn ExchangeRepository) {
@@ -959,16 +973,7 @@ async fn finished_exchanges_are_deleted_with_everything_under_them(repo: &dyn Ex
     assert_eq!(repo.delete_finished(&id, 0).await.expect("delete running"), CommitOutcome::Conflict);
     fail_exchange(repo, &id, 1, 0, at(2)).await;
     // Recovered (generation 1) and failed again: the generation-0 retention no longer applies.
-    let recover = RecoveryCommit {
-        exchange_id: id.clone(),
-        recovery: 0,
-        integration_version: None,
-        reset: vec![StepId::from_sequence(1)],
-        clear_sub_failures: None,
-        timers: vec![],
-        log: None,
-        now: at(3),
-    };
+    let recover = plain_recovery(&id, 1, at(3));
     assert_eq!(repo.recover(&recover).await.expect("recover"), CommitOutcome::Applied);
     fail_exchange(repo, &id, 1, 1, at(4)).await;
     assert_eq!(repo.delete_finished(&id, 0).await.expect("stale retention"), CommitOutcome::Conflict);
@@ -1048,16 +1053,7 @@ async fn an_interrupted_deletion_blocks_recovery_and_finishes_when_repeated() {
         .send()
         .await
         .expect("mark");
-    let recover = RecoveryCommit {
-        exchange_id: id.clone(),
-        recovery: 0,
-        integration_version: None,
-        reset: vec![StepId::from_sequence(1)],
-        clear_sub_failures: None,
-        timers: vec![],
-        log: None,
-        now: at(4),
-    };
+    let recover = plain_recovery(&id, 1, at(4));
     assert_eq!(repo.recover(&recover).await.expect("recover"), CommitOutcome::Conflict);
     assert_eq!(repo.delete_finished(&id, 0).await.expect("delete"), CommitOutcome::Applied);
     assert!(repo.get(&id).await.expect("get").is_none());

@@ -9,7 +9,8 @@ use crate::entry::function::{FunctionHandler, InvocationError};
 use crate::use_cases::callback::{accept_callback, CallbackError, Callbacks};
 use crate::use_cases::endpoints::{configure_endpoint, operate_endpoint, EndpointError};
 use crate::use_cases::integrations::{
-    amend_integration, define_integration, DefineError, Defined, Integrations, ScheduleState,
+    active_schedule, amend_integration, define_integration, endpoint_of, unrecorded_endpoint, DefineError, Defined,
+    Integrations, ScheduleState,
 };
 use crate::use_cases::invoke::{invoke_exchange, InvokeError, InvokeRequest, Starting};
 use crate::use_cases::recover::{recover_exchange, retry_step_now, ActionError, Recovering};
@@ -374,8 +375,10 @@ async fn stored_endpoint(
     code: &IntegrationCode,
     versions: &[StoredIntegration],
 ) -> Result<Endpoint, ApiError> {
-    let since = versions.iter().map(|v| v.created_at).min().unwrap_or_else(Utc::now);
-    Ok(ctx.ports.endpoints.endpoint(code).await?.unwrap_or_else(|| Endpoint::unrecorded(code.clone(), since)))
+    let stored = ctx.ports.endpoints.endpoint(code).await?;
+    stored
+        .or_else(|| unrecorded_endpoint(code, versions))
+        .ok_or_else(|| ApiError::not_found(format!("integration {code} does not exist")))
 }
 
 /// How many upcoming runs an endpoint shows.
@@ -384,10 +387,7 @@ const SHOWN_RUNS: usize = 5;
 /// An endpoint as operators read it, with the schedule of the version that runs (the
 /// highest enabled one) and its next runs — or "not scheduled".
 fn endpoint_view(endpoint: &Endpoint, versions: &[StoredIntegration]) -> Value {
-    let active = versions.iter().filter(|v| v.enabled).max_by_key(|v| v.version);
-    let spec =
-        active.and_then(|v| handoff_core::definition::parse_definition(&v.document).ok()).and_then(|d| d.schedule);
-    let schedule = match spec {
+    let schedule = match active_schedule(versions).map(|(_, spec)| spec) {
         Some(spec) if endpoint.status.runs() => {
             let runs = handoff_core::schedule::next_runs(&spec, Utc::now(), endpoint.since, SHOWN_RUNS);
             json!({"expression": spec.expression, "timezone": spec.timezone, "nextRuns": runs})
@@ -746,8 +746,7 @@ async fn endpoint_log(
     let code = path_code(&code)?;
     only_parameters(&query, &["limit", "cursor"])?;
     let limit = parse_limit(query.get("limit")).map_err(|m| ApiError::parameter("limit", m))?;
-    if ctx.ports.endpoints.endpoint(&code).await?.is_none() && ctx.ports.integrations.versions(&code).await?.is_empty()
-    {
+    if endpoint_of(ctx.ports.endpoints.as_ref(), ctx.ports.integrations.as_ref(), &code).await?.is_none() {
         return Err(ApiError::not_found(format!("integration {code} does not exist")));
     }
     let (items, next) =

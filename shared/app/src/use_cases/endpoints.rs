@@ -48,32 +48,44 @@ pub async fn operate_endpoint(
     by: &str,
     reason: Option<&str>,
 ) -> Result<Operated, EndpointError> {
+    let (before, saved) =
+        change_endpoint(ctx, code, |endpoint| match operate(endpoint, command, by, reason, Utc::now())? {
+            EndpointChange::Unchanged => Ok(None),
+            EndpointChange::To(next) => Ok(Some(*next)),
+        })
+        .await?;
+    let changed = saved.is_some();
+    if let Some(saved) = &saved {
+        log_status_change(ctx.endpoints, &before, saved).await;
+        tracing::info!(integrationCode = %code, status = saved.status.name(), changedBy = by, command = command.name(), "endpoint status changed");
+    }
+    let halted_by = if command == EndpointCommand::Resume { before.halted_by.clone() } else { Vec::new() };
+    let endpoint = saved.unwrap_or(before);
+    // Also when unchanged: a schedule left out of step by an earlier failure is set right,
+    // and handoffs a crash left held go out.
+    let schedule = sync_schedule(ctx, code, &endpoint).await;
+    let released = if endpoint.status.runs() { release_held(ctx.endpoints, ctx.queue, code, None).await? } else { 0 };
+    Ok(Operated { endpoint, changed, schedule, released, halted_by })
+}
+
+/// Reads `code`'s endpoint, lets `decide` say what it becomes (`None`: it stays), and stores
+/// that under the revision read — deciding again on the endpoint as it then stands when it
+/// changed meanwhile. The endpoint as last read, and as stored if it changed.
+async fn change_endpoint(
+    ctx: &Integrations<'_>,
+    code: &IntegrationCode,
+    mut decide: impl FnMut(&Endpoint) -> Result<Option<Endpoint>, EndpointError>,
+) -> Result<(Endpoint, Option<Endpoint>), EndpointError> {
     for _ in 0..ATTEMPTS {
         let endpoint = endpoint_of(ctx.endpoints, ctx.integrations, code)
             .await?
             .ok_or_else(|| EndpointError::NotFound(code.clone()))?;
-        let halted_by = if command == EndpointCommand::Resume { endpoint.halted_by.clone() } else { Vec::new() };
-        let before = endpoint.clone();
-        let (endpoint, changed) = match operate(&endpoint, command, by, reason, Utc::now())? {
-            EndpointChange::Unchanged => (endpoint, false),
-            EndpointChange::To(next) => match ctx.endpoints.save_endpoint(&next).await {
-                Ok(saved) => {
-                    log_status_change(ctx.endpoints, &before, &saved).await;
-                    (saved, true)
-                }
-                Err(EndpointWriteError::RevisionConflict) => continue,
-                Err(EndpointWriteError::Port(e)) => return Err(e.into()),
-            },
-        };
-        if changed {
-            tracing::info!(integrationCode = %code, status = endpoint.status.name(), changedBy = by, command = command.name(), "endpoint status changed");
+        let Some(next) = decide(&endpoint)? else { return Ok((endpoint, None)) };
+        match ctx.endpoints.save_endpoint(&next).await {
+            Ok(saved) => return Ok((endpoint, Some(saved))),
+            Err(EndpointWriteError::RevisionConflict) => continue,
+            Err(EndpointWriteError::Port(e)) => return Err(e.into()),
         }
-        // Also when unchanged: a schedule left out of step by an earlier failure is set
-        // right, and handoffs a crash left held go out.
-        let schedule = sync_schedule(ctx, code, &endpoint).await;
-        let released =
-            if endpoint.status.runs() { release_held(ctx.endpoints, ctx.queue, code, None).await? } else { 0 };
-        return Ok(Operated { endpoint, changed, schedule, released, halted_by });
     }
     Err(EndpointError::Contended(code.clone()))
 }
@@ -107,23 +119,14 @@ pub async fn configure_endpoint(
     on_system_failure: Option<OnSystemFailure>,
     queue_status: Option<QueueStatus>,
 ) -> Result<Endpoint, EndpointError> {
-    for _ in 0..ATTEMPTS {
-        let endpoint = endpoint_of(ctx.endpoints, ctx.integrations, code)
-            .await?
-            .ok_or_else(|| EndpointError::NotFound(code.clone()))?;
+    let (current, saved) = change_endpoint(ctx, code, |endpoint| {
         let next = Endpoint {
             on_system_failure: on_system_failure.or(endpoint.on_system_failure),
             queue_status: queue_status.unwrap_or(endpoint.queue_status),
             ..endpoint.clone()
         };
-        if next == endpoint {
-            return Ok(endpoint);
-        }
-        match ctx.endpoints.save_endpoint(&next).await {
-            Ok(saved) => return Ok(saved),
-            Err(EndpointWriteError::RevisionConflict) => continue,
-            Err(EndpointWriteError::Port(e)) => return Err(e.into()),
-        }
-    }
-    Err(EndpointError::Contended(code.clone()))
+        Ok((next != *endpoint).then_some(next))
+    })
+    .await?;
+    Ok(saved.unwrap_or(current))
 }

@@ -153,8 +153,20 @@ pub async fn endpoint_of(
     if let Some(stored) = endpoints.endpoint(code).await? {
         return Ok(Some(stored));
     }
-    let versions = integrations.versions(code).await?;
-    Ok(versions.iter().map(|v| v.created_at).min().map(|since| Endpoint::unrecorded(code.clone(), since)))
+    Ok(unrecorded_endpoint(code, &integrations.versions(code).await?))
+}
+
+/// The endpoint of a code with these `versions` and no stored endpoint (defined before
+/// endpoints were stored): running since its first version; `None` without versions.
+pub fn unrecorded_endpoint(code: &IntegrationCode, versions: &[StoredIntegration]) -> Option<Endpoint> {
+    versions.iter().map(|v| v.created_at).min().map(|since| Endpoint::unrecorded(code.clone(), since))
+}
+
+/// The version new exchanges run (the highest enabled one) and its schedule, if it has one.
+pub fn active_schedule(versions: &[StoredIntegration]) -> Option<(IntegrationVersion, ScheduleSpec)> {
+    let active = versions.iter().filter(|v| v.enabled).max_by_key(|v| v.version)?;
+    let schedule = parse_definition(&active.document).ok()?.schedule?;
+    Some((active.version, schedule))
 }
 
 /// Applies `patch` to a stored version on behalf of `by` (optimistically: a concurrent
@@ -221,16 +233,12 @@ pub(crate) async fn sync_schedule(
 ) -> ScheduleState {
     let outcome = async {
         let versions = ctx.integrations.versions(code).await?;
-        let active = versions.iter().filter(|v| v.enabled).max_by_key(|v| v.version);
-        let schedule = active
-            .filter(|_| endpoint.status.runs())
-            .and_then(|v| parse_definition(&v.document).ok())
-            .and_then(|d| d.schedule);
+        let schedule = active_schedule(&versions).filter(|_| endpoint.status.runs());
         match &schedule {
-            Some(spec) => ctx.schedules.upsert(code, spec).await?,
+            Some((_, spec)) => ctx.schedules.upsert(code, spec).await?,
             None => ctx.schedules.remove(code).await?,
         }
-        Ok::<_, PortError>(schedule.map(|spec| ScheduleState::Active { spec, follows: active.map(|v| v.version) }))
+        Ok::<_, PortError>(schedule.map(|(version, spec)| ScheduleState::Active { spec, follows: Some(version) }))
     }
     .await;
     match outcome {

@@ -133,14 +133,8 @@ impl EndpointStore for DynamoEndpointStore {
     async fn save_endpoint(&self, endpoint: &Endpoint) -> Result<Endpoint, EndpointWriteError> {
         let stored = Endpoint { revision: endpoint.revision + 1, ..endpoint.clone() };
         let request = self.client.put_item().table_name(&self.table).set_item(Some(to_item(&stored)?));
-        let request = match endpoint.revision {
-            0 => request.condition_expression("attribute_not_exists(pk)"),
-            revision => request
-                .condition_expression("#revision = :expected")
-                .expression_attribute_names("#revision", "revision")
-                .expression_attribute_values(":expected", AttributeValue::N(revision.to_string())),
-        };
-        match request.send().await {
+        let expected = (endpoint.revision > 0).then_some(endpoint.revision);
+        match super::at_revision(request, expected).send().await {
             Ok(_) => Ok(stored),
             Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
                 Err(EndpointWriteError::RevisionConflict)

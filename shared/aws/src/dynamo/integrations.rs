@@ -105,14 +105,8 @@ impl DynamoIntegrationRepository {
 impl IntegrationRepository for DynamoIntegrationRepository {
     async fn create(&self, integration: &StoredIntegration) -> Result<(), IntegrationWriteError> {
         let item = integration_to_item(integration)?;
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
+        let request = self.client.put_item().table_name(&self.table).set_item(Some(item));
+        let result = super::at_revision(request, None).send().await;
         match result {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
@@ -200,16 +194,8 @@ impl IntegrationRepository for DynamoIntegrationRepository {
         expected_revision: u64,
     ) -> Result<(), IntegrationWriteError> {
         let item = integration_to_item(integration)?;
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("#revision = :expected")
-            .expression_attribute_names("#revision", "revision")
-            .expression_attribute_values(":expected", AttributeValue::N(expected_revision.to_string()))
-            .send()
-            .await;
+        let request = self.client.put_item().table_name(&self.table).set_item(Some(item));
+        let result = super::at_revision(request, Some(expected_revision)).send().await;
         match result {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {

@@ -98,14 +98,7 @@ impl MappingRepository for DynamoMappingRepository {
 
     async fn put(&self, mapping: &StoredMapping, expected_revision: Option<u64>) -> Result<(), MappingWriteError> {
         let request = self.client.put_item().table_name(&self.table).set_item(Some(to_item(mapping)?));
-        let request = match expected_revision {
-            None => request.condition_expression("attribute_not_exists(pk)"),
-            Some(revision) => request
-                .condition_expression("#revision = :expected")
-                .expression_attribute_names("#revision", "revision")
-                .expression_attribute_values(":expected", AttributeValue::N(revision.to_string())),
-        };
-        match request.send().await {
+        match super::at_revision(request, expected_revision).send().await {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
                 Err(MappingWriteError::RevisionConflict)

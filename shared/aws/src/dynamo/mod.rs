@@ -26,6 +26,22 @@ pub(crate) async fn table_health(client: &aws_sdk_dynamodb::Client, table: &str)
         .map_err(|e| error::sdk("dynamodb", "DescribeTable", e))
 }
 
+/// A put that applies only to the revision it was decided on: no item yet (`None`), or
+/// the stored one still at `expected` (optimistic concurrency of definitions, mappings and
+/// endpoints).
+pub(crate) fn at_revision(
+    request: aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder,
+    expected: Option<u64>,
+) -> aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder {
+    match expected {
+        None => request.condition_expression("attribute_not_exists(pk)"),
+        Some(revision) => request
+            .condition_expression("#revision = :expected")
+            .expression_attribute_names("#revision", "revision")
+            .expression_attribute_values(":expected", aws_sdk_dynamodb::types::AttributeValue::N(revision.to_string())),
+    }
+}
+
 /// Every item one Query answers, following DynamoDB's pages (for a partition's items, which
 /// are few: an exchange's steps, an endpoint's held handoffs).
 pub(crate) async fn query_all(
