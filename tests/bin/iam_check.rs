@@ -5,7 +5,8 @@
 //! used are listed.
 //!
 //! `cargo run -p handoff-e2e --bin iam-check [-- RECORDING [TEMPLATE]]` (after `cargo test
-//! -p handoff-e2e --test e2e`, which writes the recording next to the test binaries). Exits
+//! -p handoff-e2e --test e2e`, which writes the recordings of its two emulators next to the
+//! test binaries). Exits
 //! non-zero when a request is not allowed or cannot be mapped.
 //!
 //! The mapping follows the Service Authorization Reference: a `TransactWriteItems` needs the
@@ -46,14 +47,19 @@ struct Access {
 fn main() -> Result<()> {
     let verbose = std::env::args().any(|a| a == "--verbose");
     let mut args = std::env::args().skip(1).filter(|a| a != "--verbose");
-    let recording = match args.next() {
-        Some(path) => PathBuf::from(path),
-        None => handoff_e2e::aws_request_recording(),
+    // Both of the suite's emulators record: the shared one and the one whose clock moves.
+    let recordings = match args.next() {
+        Some(path) => vec![PathBuf::from(path)],
+        None => vec![handoff_e2e::aws_request_recording(), handoff_e2e::clock_aws_request_recording()],
     };
     let template_path = args.next().map(PathBuf::from).unwrap_or_else(|| EmulatorOptions::default().template_path);
     let policies = function_policies(&template_path)?;
-    let text = std::fs::read_to_string(&recording)
-        .with_context(|| format!("reading {} (run the e2e tests first)", recording.display()))?;
+    let mut text = String::new();
+    for recording in &recordings {
+        text += &std::fs::read_to_string(recording)
+            .with_context(|| format!("reading {} (run the e2e tests first)", recording.display()))?;
+        text.push('\n');
+    }
 
     // function → access → how many requests needed it
     let mut used: BTreeMap<String, BTreeMap<Access, usize>> = BTreeMap::new();

@@ -2,6 +2,7 @@
 //! servers as the external systems. One emulator (and one moto) serves the whole binary.
 
 mod api;
+mod clock;
 mod deliveries;
 mod endpoints;
 mod jobs;

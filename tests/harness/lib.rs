@@ -51,76 +51,96 @@ pub fn jq_sandbox_executable() -> std::path::PathBuf {
 }
 
 /// The shared emulator, started on first use on a thread (and runtime) of its own so it
-/// outlives every test's runtime.
+/// outlives every test's runtime. Its clock never moves: tests run on it side by side.
 pub fn gateway() -> &'static Gateway {
-    GATEWAY.get_or_init(|| {
-        logs::capture();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("emulator".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build() {
-                    Ok(rt) => rt,
+    GATEWAY.get_or_init(|| start_gateway(aws_request_recording()))
+}
+
+/// A second emulator (its own moto) for the tests that move the clock
+/// ([`Gateway::advance_clock_to`]): a move would fire the timers and schedules of every
+/// other test running on the shared one. Tests on it run one after the other
+/// ([`clock_lock`]), as each assumes nobody else moves its time.
+pub fn clock_gateway() -> &'static Gateway {
+    CLOCK_GATEWAY.get_or_init(|| start_gateway(clock_aws_request_recording()))
+}
+
+static CLOCK_GATEWAY: OnceLock<Gateway> = OnceLock::new();
+
+/// Held by a test for as long as it moves [`clock_gateway`]'s clock.
+pub async fn clock_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// Where [`clock_gateway`]'s moto records (iam-check reads it with the shared one's).
+pub fn clock_aws_request_recording() -> std::path::PathBuf {
+    jq_sandbox_executable().with_file_name("e2e-clock-aws-requests.jsonl")
+}
+
+fn start_gateway(recording: std::path::PathBuf) -> Gateway {
+    logs::capture();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("emulator".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut options = handoff_emulator::EmulatorOptions {
+                    // Tests change versions and expect the next exchange to see it.
+                    env_overrides: BTreeMap::from([("HANDOFF_DEFINITION_CACHE_SECONDS".to_string(), "1".to_string())]),
+                    jq_sandbox_executable: jq_sandbox_executable(),
+                    // For `iam-check`: every AWS request the suite makes, by function.
+                    aws_request_recording: Some(recording),
+                    ..Default::default()
+                };
+                // Short enough for the runaway-program test to wait out, long enough for the tests' largest
+                // documents in a dev build on a loaded machine.
+                options.parameter_overrides.insert("JqTimeoutMs".into(), JQ_TIMEOUT_MS.to_string());
+                match handoff_emulator::start(options).await {
+                    Ok(running) => {
+                        let function_vars =
+                            running.functions().iter().map(|f| (f.spec.binary.clone(), f.vars.clone())).collect();
+                        let _ = tx.send(Ok((
+                            running.api_url().to_string(),
+                            running.dev_token().unwrap_or_default().to_string(),
+                            running.aws_endpoint().to_string(),
+                            function_vars,
+                        )));
+                        // Keep it running for the life of the test binary.
+                        std::future::pending::<()>().await;
+                        drop(running);
+                    }
                     Err(e) => {
                         let _ = tx.send(Err(e.to_string()));
-                        return;
                     }
-                };
-                runtime.block_on(async move {
-                    let mut options = handoff_emulator::EmulatorOptions {
-                        // Tests change versions and expect the next exchange to see it.
-                        env_overrides: BTreeMap::from([(
-                            "HANDOFF_DEFINITION_CACHE_SECONDS".to_string(),
-                            "1".to_string(),
-                        )]),
-                        jq_sandbox_executable: jq_sandbox_executable(),
-                        // For `iam-check`: every AWS request the suite makes, by function.
-                        aws_request_recording: Some(aws_request_recording()),
-                        ..Default::default()
-                    };
-                    // Short enough for the runaway-program test to wait out, long enough for the tests' largest
-                    // documents in a dev build on a loaded machine.
-                    options.parameter_overrides.insert("JqTimeoutMs".into(), JQ_TIMEOUT_MS.to_string());
-                    match handoff_emulator::start(options).await {
-                        Ok(running) => {
-                            let function_vars =
-                                running.functions().iter().map(|f| (f.spec.binary.clone(), f.vars.clone())).collect();
-                            let _ = tx.send(Ok((
-                                running.api_url().to_string(),
-                                running.dev_token().unwrap_or_default().to_string(),
-                                running.aws_endpoint().to_string(),
-                                function_vars,
-                            )));
-                            // Keep it running for the life of the test binary.
-                            std::future::pending::<()>().await;
-                            drop(running);
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e.to_string()));
-                        }
-                    }
-                });
-            })
-            .expect("spawn emulator thread");
-        let (api, token, aws_endpoint, function_vars) = rx
-            .recv()
-            .expect("emulator thread ended before reporting")
-            .unwrap_or_else(|e| panic!("emulator failed to start: {e}"));
-        assert!(!token.is_empty(), "the emulator runs its development issuer in tests");
-        Gateway {
-            api,
-            token,
-            aws_endpoint,
-            function_vars,
-            // No pooled connections: a pooled connection belongs to the runtime of the test that
-            // opened it and dies with that test.
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(40))
-                .pool_max_idle_per_host(0)
-                .build()
-                .expect("http client"),
-        }
-    })
+                }
+            });
+        })
+        .expect("spawn emulator thread");
+    let (api, token, aws_endpoint, function_vars) = rx
+        .recv()
+        .expect("emulator thread ended before reporting")
+        .unwrap_or_else(|e| panic!("emulator failed to start: {e}"));
+    assert!(!token.is_empty(), "the emulator runs its development issuer in tests");
+    Gateway {
+        api,
+        token,
+        aws_endpoint,
+        function_vars,
+        // No pooled connections: a pooled connection belongs to the runtime of the test that
+        // opened it and dies with that test.
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(40))
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("http client"),
+    }
 }
 
 /// A code no other test uses.
@@ -167,6 +187,22 @@ impl Gateway {
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         self.request(Method::GET, path, None).await
+    }
+
+    /// The emulator's time (`GET /_emulator/clock`), as RFC 3339.
+    pub async fn clock_now(&self) -> String {
+        let (status, body) = self.get("/_emulator/clock").await;
+        assert_eq!(status, StatusCode::OK, "reading the emulator's clock: {body}");
+        body["now"].as_str().expect("now").to_string()
+    }
+
+    /// Moves the emulator's clock forward to `to` (RFC 3339) with `POST /_emulator/clock`,
+    /// as a user would; returns once its scheduler has ticked on the new time. Only on
+    /// [`clock_gateway`], under [`clock_lock`].
+    pub async fn advance_clock_to(&self, to: &str) {
+        let (status, body) = self.post("/_emulator/clock", &serde_json::json!({"to": to})).await;
+        assert_eq!(status, StatusCode::OK, "moving the clock to {to}: {body}");
+        assert_eq!(body["schedulerCaughtUp"], true, "the scheduler did not tick on the new time: {body}");
     }
 
     /// Creates an integration version and insists on 201. A new code is created with its
@@ -384,6 +420,8 @@ pub async fn function_with(
     let aws = handoff_runtime::compose::AwsEnvironment {
         sdk: handoff_emulator::sdk_config_for(&gw.aws_endpoint).await,
         s3_force_path_style: true,
+        // The shared emulator's clock never moves (see [`clock_gateway`]).
+        clock: std::sync::Arc::new(handoff_ports::SystemClock),
     };
     handoff_runtime::compose::build_function(binary, &vars, &aws)
         .await

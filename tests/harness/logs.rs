@@ -12,7 +12,13 @@ static LOG_FILE: OnceLock<PathBuf> = OnceLock::new();
 const QUOTED: usize = 40;
 
 /// Sends this test binary's logs (the emulator's and the functions') to a file of its own.
+/// Once per binary, however many emulators it starts.
 pub(crate) fn capture() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(install);
+}
+
+fn install() {
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))

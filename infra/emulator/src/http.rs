@@ -7,6 +7,7 @@
 //! tests would pass locally against behaviour production does not have.
 
 use crate::auth::{Denied, JwtAuthorizer};
+use crate::clock::EmulatorClock;
 use crate::functions::{Function, InvokeFailure};
 use crate::template::ACCOUNT_ID;
 use axum::body::Body;
@@ -14,6 +15,7 @@ use axum::extract::{ConnectInfo, State};
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use handoff_ports::Clock;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -374,6 +376,10 @@ pub struct HttpState {
     pub functions: Arc<Vec<Arc<Function>>>,
     pub api_id: String,
     pub integration_timeout: Duration,
+    /// The emulator's clock, which `/_emulator/clock` moves.
+    pub clock: Arc<EmulatorClock>,
+    /// How often the scheduler ticks (a move waits a few ticks for it at most).
+    pub scheduler_interval: Duration,
 }
 
 /// The axum application: every request goes through the template's route table.
@@ -381,8 +387,64 @@ pub fn router(state: HttpState) -> axum::Router {
     axum::Router::new()
         .route("/.well-known/jwks.json", axum::routing::get(jwks))
         .route("/.well-known/openid-configuration", axum::routing::get(openid_configuration))
+        .route(CLOCK_ROUTE, axum::routing::get(read_clock).post(move_clock))
         .fallback(handle)
         .with_state(state)
+}
+
+/// The emulator-only route that reads and moves the clock (not in the AWS template).
+pub const CLOCK_ROUTE: &str = "/_emulator/clock";
+
+/// The scope a caller needs to move the clock: it changes what every function sees.
+const CLOCK_SCOPE: &str = "handoff:admin";
+
+fn clock_view(clock: &EmulatorClock) -> Value {
+    json!({"now": clock.now(), "offsetSeconds": clock.offset().num_seconds()})
+}
+
+/// `GET /_emulator/clock`: `{"now", "offsetSeconds"}`.
+async fn read_clock(State(state): State<HttpState>) -> Response<Body> {
+    json_response(StatusCode::OK, &clock_view(&state.clock))
+}
+
+/// `POST /_emulator/clock` with `{"advanceSeconds": N}` or `{"to": "<RFC 3339>"}` (forward
+/// only; scope `handoff:admin`): moves the clock, then answers once the scheduler has ticked
+/// on the new time — every schedule due by then has fired (its invocation may still run).
+async fn move_clock(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response<Body> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let header = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some(authorizer) = state.authorizers.values().next() else {
+        return gateway_error(StatusCode::NOT_FOUND, "Not Found", &request_id);
+    };
+    if let Err(refused) = authorizer.authorize(header, &[CLOCK_SCOPE.to_string()]).await {
+        return denied(refused, &request_id);
+    }
+    let bad = |message: String| {
+        json_response(StatusCode::BAD_REQUEST, &json!({"error": "InvalidClockMove", "message": message}))
+    };
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(Value::Object(o)) => Value::Object(o),
+        _ => return bad("the body must be a JSON object with advanceSeconds or to".into()),
+    };
+    let moved = match (request.get("advanceSeconds"), request.get("to")) {
+        (Some(seconds), None) => match seconds.as_i64() {
+            Some(seconds) => state.clock.advance_by(chrono::Duration::seconds(seconds)),
+            None => return bad("advanceSeconds must be a whole number of seconds".into()),
+        },
+        (None, Some(to)) => match to.as_str().map(DateTime::parse_from_rfc3339) {
+            Some(Ok(to)) => state.clock.advance_to(to.with_timezone(&Utc)),
+            _ => return bad("to must be an RFC 3339 time, e.g. 2026-12-04T18:00:00Z".into()),
+        },
+        _ => return bad("give exactly one of advanceSeconds and to".into()),
+    };
+    let to = match moved {
+        Ok(to) => to,
+        Err(e) => return bad(e.to_string()),
+    };
+    let caught_up = state.clock.wait_for_tick(to, state.scheduler_interval * 5 + Duration::from_secs(5)).await;
+    let mut view = clock_view(&state.clock);
+    view["schedulerCaughtUp"] = json!(caught_up);
+    json_response(StatusCode::OK, &view)
 }
 
 /// The development issuer's keys (404 when an external issuer is configured).

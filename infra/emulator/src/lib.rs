@@ -7,6 +7,7 @@
 //! [`RunningEmulator::shutdown`] drains in-flight work and stops moto.
 
 pub mod auth;
+pub mod clock;
 pub mod demo;
 pub mod functions;
 pub mod http;
@@ -157,6 +158,7 @@ pub struct RunningEmulator {
     aws_endpoint: String,
     sdk: aws_config::SdkConfig,
     functions: Vec<Arc<Function>>,
+    clock: Arc<clock::EmulatorClock>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     moto: Option<MotoServer>,
@@ -208,6 +210,11 @@ impl RunningEmulator {
     /// `force_path_style(true)`).
     pub fn sdk_config(&self) -> &aws_config::SdkConfig {
         &self.sdk
+    }
+
+    /// The emulator's clock (moved by `POST /_emulator/clock`).
+    pub fn clock(&self) -> Arc<clock::EmulatorClock> {
+        self.clock.clone()
     }
 
     /// The functions of the stack (spec, resolved variables).
@@ -293,6 +300,7 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
     let mut ids = template.identities(&LocalUrls { aws_endpoint: aws_endpoint.clone(), api_url: api_url.clone() })?;
     provision::provision(&template, &mut ids, &clients).await?;
 
+    let clock = Arc::new(clock::EmulatorClock::default());
     let mut functions = Vec::new();
     for spec in template.functions(&ids)? {
         let mut vars: HashMap<String, String> = spec.env.clone().into_iter().collect();
@@ -306,7 +314,11 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
         vars.extend(options.env_overrides.clone());
         // Each function signs with its own access key, as each has its own role in AWS: a
         // recording of the requests then says which function made each one.
-        let aws_env = AwsEnvironment { sdk: function_sdk_config(&sdk, &spec.logical_id), s3_force_path_style: true };
+        let aws_env = AwsEnvironment {
+            sdk: function_sdk_config(&sdk, &spec.logical_id),
+            s3_force_path_style: true,
+            clock: clock.clone(),
+        };
         let handler = options.function_factory.build(&spec.binary, &vars, &aws_env).await.map_err(|source| {
             EmulatorError::Compose { function: spec.logical_id.clone(), binary: spec.binary.clone(), source }
         })?;
@@ -340,7 +352,7 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
 
     // Schedules.
     let by_arn: HashMap<String, Arc<Function>> = functions.iter().map(|f| (f.spec.arn.clone(), f.clone())).collect();
-    let sched = scheduler::Scheduler::new(clients.scheduler.clone(), by_arn, options.scheduler_interval);
+    let sched = scheduler::Scheduler::new(clients.scheduler.clone(), by_arn, options.scheduler_interval, clock.clone());
     tracker.spawn(sched.run(cancel.clone(), tracker.clone()));
 
     // HTTP API, behind the template's authorizers.
@@ -405,6 +417,8 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
         functions: Arc::new(functions.clone()),
         api_id,
         integration_timeout: options.http_integration_timeout,
+        clock: clock.clone(),
+        scheduler_interval: options.scheduler_interval,
     });
     let shutdown = cancel.clone();
     tracker.spawn(async move {
@@ -417,5 +431,16 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
     });
 
     tracing::info!(api = %api_url, aws = %aws_endpoint, functions = functions.len(), "emulator started");
-    Ok(RunningEmulator { api_url, dev_token, dev_token_path, aws_endpoint, sdk, functions, cancel, tracker, moto })
+    Ok(RunningEmulator {
+        api_url,
+        dev_token,
+        dev_token_path,
+        aws_endpoint,
+        sdk,
+        functions,
+        clock,
+        cancel,
+        tracker,
+        moto,
+    })
 }

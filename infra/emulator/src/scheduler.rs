@@ -5,11 +5,13 @@
 //! the AWS emulator every tick instead of from the template. Only what changed
 //! (`LastModificationDate`) is fetched in full.
 
+use crate::clock::EmulatorClock;
 use crate::functions::Function;
 use aws_sdk_scheduler::types::ScheduleState;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use handoff_core::schedule::{parse_timezone, ScheduleExpression};
+use handoff_ports::Clock;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,6 +58,11 @@ impl ScheduleEntry {
     }
 }
 
+/// A schedule's own dates (StartDate, EndDate) are on the schedule's time: not translated.
+fn to_utc(t: &aws_sdk_scheduler::primitives::DateTime) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+}
+
 /// The scheduler loop.
 pub struct Scheduler {
     pub client: aws_sdk_scheduler::Client,
@@ -63,11 +70,10 @@ pub struct Scheduler {
     pub functions: HashMap<String, Arc<Function>>,
     pub interval: Duration,
     pub started: DateTime<Utc>,
+    /// The emulator's clock: schedules fire on its time, and moto's timestamps are
+    /// translated to it.
+    pub clock: Arc<EmulatorClock>,
     entries: HashMap<(String, String), ScheduleEntry>,
-}
-
-fn to_chrono(t: &aws_sdk_scheduler::primitives::DateTime) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(t.secs(), t.subsec_nanos())
 }
 
 impl Scheduler {
@@ -75,8 +81,14 @@ impl Scheduler {
         client: aws_sdk_scheduler::Client,
         functions: HashMap<String, Arc<Function>>,
         interval: Duration,
+        clock: Arc<EmulatorClock>,
     ) -> Self {
-        Self { client, functions, interval, started: Utc::now(), entries: HashMap::new() }
+        Self { client, functions, interval, started: clock.now(), clock, entries: HashMap::new() }
+    }
+
+    /// A moto timestamp on the emulator's clock.
+    fn emulated(&self, t: &aws_sdk_scheduler::primitives::DateTime) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp(t.secs(), t.subsec_nanos()).map(|real| self.clock.emulated(real))
     }
 
     /// Ticks until `cancel`; invocations run on `tracker` so shutdown can wait for them.
@@ -107,7 +119,7 @@ impl Scheduler {
                     continue;
                 };
                 let key = (group.to_string(), name.to_string());
-                let modified = s.last_modification_date().and_then(to_chrono);
+                let modified = s.last_modification_date().and_then(|t| self.emulated(t));
                 let known = self.entries.get(&key).map(|e| Some(e.last_modified) == modified).unwrap_or(false);
                 if !known {
                     match self.load(group, name).await {
@@ -133,7 +145,9 @@ impl Scheduler {
         }
         self.entries.retain(|k, _| seen.contains(k));
 
-        let now = Utc::now();
+        // Read after the changes are loaded: a schedule changed before a clock move is
+        // replaced before the move can fire its old time.
+        let now = self.clock.now();
         let mut completed = Vec::new();
         for (key, entry) in self.entries.iter_mut() {
             let Some(due) = entry.next.filter(|t| *t <= now && entry.enabled) else {
@@ -173,6 +187,7 @@ impl Scheduler {
                 tracing::warn!(schedule = %name, error = %err(&e), "cannot delete completed schedule");
             }
         }
+        self.clock.tick_finished(now);
         Ok(())
     }
 
@@ -187,8 +202,11 @@ impl Scheduler {
                 return Err(aws_sdk_scheduler::error::DisplayErrorContext(&e).to_string());
             }
         };
-        let last_modified =
-            s.last_modification_date().or(s.creation_date()).and_then(to_chrono).unwrap_or_else(Utc::now);
+        let last_modified = s
+            .last_modification_date()
+            .or(s.creation_date())
+            .and_then(|t| self.emulated(t))
+            .unwrap_or_else(|| self.clock.now());
         let expression = match s.schedule_expression().map(ScheduleExpression::parse) {
             Some(Ok(e)) => Some(e),
             Some(Err(e)) => {
@@ -212,11 +230,11 @@ impl Scheduler {
             target_arn: s.target().map(|t| t.arn().to_string()).unwrap_or_default(),
             input: s.target().and_then(|t| t.input()).map(str::to_string),
             enabled: s.state().is_none_or(|st| *st == ScheduleState::Enabled),
-            end: s.end_date().and_then(to_chrono),
+            end: s.end_date().and_then(to_utc),
             delete_after_completion: s.action_after_completion().is_some_and(|a| a.as_str() == "DELETE"),
             next: None,
         };
-        entry.next = entry.first_fire(self.started, s.start_date().and_then(to_chrono));
+        entry.next = entry.first_fire(self.started, s.start_date().and_then(to_utc));
         tracing::info!(schedule = name, group, next = ?entry.next, "schedule loaded");
         Ok(Some(entry))
     }

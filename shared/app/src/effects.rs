@@ -1,7 +1,6 @@
 //! The one effects runner: carries out what a core decision says follows its write, in order.
 
 use crate::sub_exchanges::children;
-use chrono::Utc;
 use handoff_core::endpoint::{observe, Endpoint, EndpointLogEntry, Observation};
 use handoff_core::exchange::{ParentLink, StepStatus};
 use handoff_core::handoff::{HandoffMessage, Timer, TimerKind};
@@ -9,7 +8,7 @@ use handoff_core::ids::ExchangeId;
 use handoff_core::ids::IntegrationCode;
 use handoff_core::machine::Effect;
 use handoff_core::plan::{SubStep, WorkerFamily};
-use handoff_ports::{EndpointStore, EndpointWriteError, ExchangeReads, HandoffQueue, PortError, PortResult};
+use handoff_ports::{Clock, EndpointStore, EndpointWriteError, ExchangeReads, HandoffQueue, PortError, PortResult};
 
 /// The ports effects touch: sending to the queues, reading a parent or its children, and
 /// the endpoints attempts tell of.
@@ -18,6 +17,7 @@ pub struct EffectPorts<'a> {
     pub exchanges: &'a dyn ExchangeReads,
     pub queue: &'a dyn HandoffQueue,
     pub endpoints: &'a dyn EndpointStore,
+    pub clock: &'a dyn Clock,
 }
 
 /// Runs `effects` once their decision's write has applied. An error leaves the rest unrun;
@@ -57,7 +57,7 @@ pub async fn resume_parent_if_last(app: EffectPorts<'_>, link: &ParentLink) -> R
 
 /// A parent that timed out takes its running sub-exchanges (and theirs) with it.
 pub async fn time_out_children(app: EffectPorts<'_>, parent: &ExchangeId) -> Result<(), PortError> {
-    let now = Utc::now();
+    let now = app.clock.now();
     for child in children(app.exchanges, parent).await? {
         if child.status.is_final() {
             continue;
@@ -81,7 +81,7 @@ const OBSERVE_ATTEMPTS: usize = 3;
 /// is logged, never a reason to run the message again (its commit would not repeat).
 async fn observe_endpoint(ports: EffectPorts<'_>, code: &IntegrationCode, observation: &Observation) {
     for _ in 0..OBSERVE_ATTEMPTS {
-        let now = Utc::now();
+        let now = ports.clock.now();
         let stored = match ports.endpoints.endpoint(code).await {
             Ok(stored) => stored,
             Err(e) => {

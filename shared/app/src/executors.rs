@@ -5,7 +5,7 @@ use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
 use crate::outbound::{self, OutboundBody};
 use crate::payloads::{PayloadCodec, PayloadError};
-use chrono::{Duration as ChronoDuration, Utc};
+use chrono::Duration as ChronoDuration;
 use futures::TryStreamExt;
 use handoff_core::definition::{DestinationTarget, RequestTemplate, StepAction};
 use handoff_core::exchange::{LogType, Payload};
@@ -413,7 +413,7 @@ async fn arm_callback(cx: &ExecutionContext<'_>) -> Result<(String, Wait), Failu
         cx.app.settings.public_base_url.as_deref().ok_or_else(|| {
             Failure::system("HANDOFF_PUBLIC_BASE_URL is not configured: no callback URL can be given")
         })?;
-    let timeout_at = timeout_seconds.map(|s| Utc::now() + ChronoDuration::seconds(s as i64));
+    let timeout_at = timeout_seconds.map(|s| cx.app.ports.clock.now() + ChronoDuration::seconds(s as i64));
     let secret = new_token();
     let token = CallbackToken {
         hash: CallbackToken::hash_of(&secret),

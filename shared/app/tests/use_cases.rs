@@ -18,10 +18,10 @@ use handoff_core::ids::{ExchangeId, StepId};
 use handoff_core::machine::Effect;
 use handoff_core::plan::{SubStep, WorkerFamily};
 use handoff_ports::memory::{
-    MemoryDataFileStore, MemoryEndpoints, MemoryExchangeRepository, MemoryIntegrationRepository, MemoryMappings,
-    MemoryQueue, MemorySchedules, MemorySecrets, Queued,
+    ManualClock, MemoryDataFileStore, MemoryEndpoints, MemoryExchangeRepository, MemoryIntegrationRepository,
+    MemoryMappings, MemoryQueue, MemorySchedules, MemorySecrets, Queued,
 };
-use handoff_ports::{ExchangeReads, ScheduleManager, TokenStore};
+use handoff_ports::{Clock, ExchangeReads, ScheduleManager, TokenStore};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -35,6 +35,8 @@ struct Harness {
     exchanges: Arc<MemoryExchangeRepository>,
     queue: Arc<MemoryQueue>,
     schedules: Arc<MemorySchedules>,
+    /// Stands still until a test moves it.
+    clock: Arc<ManualClock>,
     workers: HashMap<WorkerFamily, WorkerFunction>,
 }
 
@@ -48,6 +50,7 @@ impl Harness {
         let exchanges = Arc::new(MemoryExchangeRepository::new());
         let queue = Arc::new(MemoryQueue::default());
         let schedules = Arc::new(MemorySchedules::default());
+        let clock = Arc::new(ManualClock::default());
         let ports = Ports {
             integrations: Arc::new(MemoryIntegrationRepository::default()),
             exchanges: exchanges.clone(),
@@ -57,6 +60,7 @@ impl Harness {
             secrets: Arc::new(MemorySecrets::default()),
             mappings: Arc::new(MemoryMappings::default()),
             endpoints: Arc::new(MemoryEndpoints::default()),
+            clock: clock.clone(),
         };
         // Definitions are read live, so a changed retry policy shows at the next decision.
         // Loopback systems stand in for partners, so loopback is opened as the emulator does.
@@ -69,7 +73,7 @@ impl Harness {
         adjust(&mut settings);
         let ctx = AppContext::new(ports, settings, Arc::new(handoff_core::expression::InProcess::default()));
         let workers = WorkerFamily::ALL.into_iter().map(|f| (f, WorkerFunction::new(ctx.clone(), f))).collect();
-        Self { ctx, exchanges, queue, schedules, workers }
+        Self { ctx, exchanges, queue, schedules, clock, workers }
     }
 
     /// A request as a caller with every scope (what API Gateway's authorizer hands on).
@@ -282,7 +286,7 @@ async fn an_sla_timer_times_the_exchange_out_and_a_stale_one_changes_nothing() {
         })
         .expect("the SLA travels as a delayed message");
     assert!((59..=60).contains(&sla.1));
-    let fired = Timer { due: chrono::Utc::now(), ..sla.0 };
+    let fired = Timer { due: h.clock.now(), ..sla.0 };
     let stale = Timer { recovery: 7, ..fired.clone() };
     h.deliver(&Queued::Timer { timer: stale, delay_seconds: 0 }).await.expect("stale timer");
     assert_eq!(h.detail(&id).await.exchange.status, ExchangeStatus::New);
@@ -649,7 +653,7 @@ async fn a_subflow_past_its_caps_fails_as_a_business_error_and_creates_nothing()
 /// The retention timers stored for `id`, oldest generation first.
 async fn retention_timers(h: &Harness, id: &ExchangeId) -> Vec<Timer> {
     use handoff_ports::TimerStore;
-    let far = chrono::Utc::now() + chrono::Duration::days(3);
+    let far = h.clock.now() + chrono::Duration::days(3);
     let mut timers: Vec<Timer> = h
         .exchanges
         .due_timers(far, 100)
@@ -664,7 +668,7 @@ async fn retention_timers(h: &Harness, id: &ExchangeId) -> Vec<Timer> {
 
 /// Fires `timer` as if its time had come.
 async fn fire_now(h: &Harness, timer: &Timer) {
-    let due = Timer { due: chrono::Utc::now() - chrono::Duration::seconds(1), ..timer.clone() };
+    let due = Timer { due: h.clock.now() - chrono::Duration::seconds(1), ..timer.clone() };
     h.deliver(&Queued::Timer { timer: due, delay_seconds: 0 }).await.expect("timer");
 }
 

@@ -40,6 +40,13 @@ impl EndpointStatus {
     pub fn runs(self) -> bool {
         matches!(self, Self::Enabled | Self::FailedRetrying)
     }
+
+    /// Whether the code's schedule stays armed. An operator's disable removes it (as in
+    /// STEP, a disabled endpoint has no schedule); a halted endpoint keeps it, so each run it
+    /// misses is logged as skipped and the operator sees what the halt held back.
+    pub fn keeps_schedule(self) -> bool {
+        !matches!(self, Self::Disabled)
+    }
 }
 
 /// What becomes of events sent to the endpoint.

@@ -441,3 +441,20 @@ impl std::fmt::Debug for SecretText {
         f.write_str("SecretText(<redacted>)")
     }
 }
+
+/// What time it is for the gateway: timers, timeouts, schedules shown and exchange times are
+/// read from here. The system clock in AWS; locally the emulator's, which its time control
+/// moves forward so schedule and timer tests take seconds.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}

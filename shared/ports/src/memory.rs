@@ -806,3 +806,33 @@ impl SecretStore for MemorySecrets {
         Ok(lock(&self.secrets).get(name).map(SecretText::new))
     }
 }
+
+/// A clock a test moves by hand: it starts at the real time and moves a millisecond per
+/// reading (so events read in order keep that order, as on a real clock) plus what the
+/// test moves it.
+#[derive(Debug)]
+pub struct ManualClock {
+    now: Mutex<DateTime<Utc>>,
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self { now: Mutex::new(Utc::now()) }
+    }
+}
+
+impl ManualClock {
+    /// Moves the clock by `by`.
+    pub fn advance(&self, by: chrono::Duration) {
+        let mut now = lock(&self.now);
+        *now += by;
+    }
+}
+
+impl crate::Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        let mut now = lock(&self.now);
+        *now += chrono::Duration::milliseconds(1);
+        *now
+    }
+}

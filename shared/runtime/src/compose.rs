@@ -23,17 +23,19 @@ use handoff_core::expression::{OutputLimits, SandboxLimits};
 use handoff_core::ids::IntegrationCode;
 use handoff_core::network::OutboundPolicy;
 use handoff_core::plan::WorkerFamily;
-use handoff_ports::{PortError, PortResult, ScheduleManager};
+use handoff_ports::{Clock, PortError, PortResult, ScheduleManager};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Where the AWS services are. In Lambda: the default chain. In the emulator: moto.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AwsEnvironment {
     pub sdk: aws_config::SdkConfig,
     /// moto serves buckets by path, not by virtual host.
     pub s3_force_path_style: bool,
+    /// What time it is: the system clock in Lambda, the emulator's movable clock locally.
+    pub clock: Arc<dyn Clock>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +126,7 @@ pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Re
         secrets: Arc::new(SecretsManagerStore::new(aws_sdk_secretsmanager::Client::new(&aws.sdk))),
         mappings: Arc::new(DynamoMappingRepository::new(dynamo.clone(), vars.required("HANDOFF_INTEGRATIONS_TABLE")?)),
         endpoints: Arc::new(DynamoEndpointStore::new(dynamo.clone(), vars.required("HANDOFF_EXCHANGES_TABLE")?)),
+        clock: aws.clock.clone(),
     };
     let defaults = AppSettings::default();
     let jq = SandboxLimits {

@@ -10,7 +10,8 @@ pub async fn run(binary: &str) -> Result<(), lambda_runtime::Error> {
     handoff_app::jq_sandbox::serve_if_requested();
     lambda_runtime::tracing::init_default_subscriber();
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let aws = AwsEnvironment { sdk, s3_force_path_style: false };
+    let aws =
+        AwsEnvironment { sdk, s3_force_path_style: false, clock: std::sync::Arc::new(handoff_ports::SystemClock) };
     let vars = std::env::vars().collect();
     let function = build_function(binary, &vars, &aws).await?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {

@@ -23,7 +23,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Extension, Json, Router};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use handoff_core::endpoint::{Endpoint, EndpointCommand, EndpointStatus, OnSystemFailure, QueueStatus};
 use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep};
 use handoff_core::exchange::{ExchangeDetail, Trigger};
@@ -347,7 +347,8 @@ async fn list_integrations(State(ctx): Ctx) -> ApiResult {
     all.sort_by(|a, b| a.code.cmp(&b.code).then(b.version.cmp(&a.version)));
     let mut items: Vec<Value> = Vec::with_capacity(all.len());
     for versions in all.chunk_by(|a, b| a.code == b.code) {
-        let endpoint = endpoint_view(&stored_endpoint(&ctx, &versions[0].code, versions).await?, versions);
+        let endpoint =
+            endpoint_view(&stored_endpoint(&ctx, &versions[0].code, versions).await?, versions, ctx.ports.clock.now());
         items.extend(versions.iter().map(|v| {
             let mut item = integration_view(v);
             item["endpoint"] = endpoint.clone();
@@ -366,7 +367,7 @@ async fn get_integration(State(ctx): Ctx, Path(code): Path<String>) -> ApiResult
     versions.sort_by_key(|v| std::cmp::Reverse(v.version));
     let endpoint = stored_endpoint(&ctx, &code, &versions).await?;
     let items: Vec<Value> = versions.iter().map(integration_view).collect();
-    Ok(Json(json!({"code": code, "endpoint": endpoint_view(&endpoint, &versions), "versions": items})).into_response())
+    Ok(Json(json!({"code": code, "endpoint": endpoint_view(&endpoint, &versions, ctx.ports.clock.now()), "versions": items})).into_response())
 }
 
 /// The endpoint of a code whose `versions` are read (a code from before endpoints runs).
@@ -386,11 +387,15 @@ const SHOWN_RUNS: usize = 5;
 
 /// An endpoint as operators read it, with the schedule of the version that runs (the
 /// highest enabled one) and its next runs — or "not scheduled".
-fn endpoint_view(endpoint: &Endpoint, versions: &[StoredIntegration]) -> Value {
+fn endpoint_view(endpoint: &Endpoint, versions: &[StoredIntegration], now: DateTime<Utc>) -> Value {
     let schedule = match active_schedule(versions).map(|(_, spec)| spec) {
-        Some(spec) if endpoint.status.runs() => {
-            let runs = handoff_core::schedule::next_runs(&spec, Utc::now(), endpoint.since, SHOWN_RUNS);
-            json!({"expression": spec.expression, "timezone": spec.timezone, "nextRuns": runs})
+        Some(spec) if endpoint.status.keeps_schedule() => {
+            let runs = handoff_core::schedule::next_runs(&spec, now, endpoint.since, SHOWN_RUNS);
+            let mut view = json!({"expression": spec.expression, "timezone": spec.timezone, "nextRuns": runs});
+            if !endpoint.status.runs() {
+                view["runs"] = json!(format!("skipped (and logged) while the endpoint is {}", endpoint.status.name()));
+            }
+            view
         }
         Some(_) => json!(format!("not scheduled: the endpoint is {}", endpoint.status.name())),
         None => json!("not scheduled"),
@@ -439,7 +444,8 @@ async fn patch_endpoint(State(ctx): Ctx, Path(code): Path<String>, body: Bytes) 
         .await
         .map_err(endpoint_error)?;
     let versions = ctx.ports.integrations.versions(&code).await?;
-    Ok(Json(json!({"code": code, "endpoint": endpoint_view(&endpoint, &versions)})).into_response())
+    Ok(Json(json!({"code": code, "endpoint": endpoint_view(&endpoint, &versions, ctx.ports.clock.now())}))
+        .into_response())
 }
 
 fn endpoint_error(e: EndpointError) -> ApiError {
@@ -492,7 +498,7 @@ async fn command_endpoint(
         .await
         .map_err(endpoint_error)?;
     let versions = ctx.ports.integrations.versions(&code).await?;
-    let mut view = endpoint_view(&operated.endpoint, &versions);
+    let mut view = endpoint_view(&operated.endpoint, &versions, ctx.ports.clock.now());
     view["changed"] = json!(operated.changed);
     if recover_failed {
         // The exchanges that halted it, each recovered as if asked one by one.

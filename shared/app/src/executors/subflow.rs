@@ -11,7 +11,6 @@
 
 use crate::executors::{payload_failure, store_value, ExecutionContext, StepOutput};
 use crate::sub_exchanges::children;
-use chrono::Utc;
 use handoff_core::definition::{StepAction, MAX_SUBFLOW_DEPTH};
 use handoff_core::exchange::{Exchange, ExchangeStatus, ParentLink, Payload};
 use handoff_core::ids::{ExchangeId, StepId};
@@ -93,7 +92,7 @@ pub async fn create_sub_exchanges(cx: &ExecutionContext<'_>, logs: &mut Vec<Stri
     // The total is known before any sub-exchange can finish and count itself.
     app.ports.exchanges.set_sub_exchange_total(parent, control, parameters.len() as u32).await.map_err(transient)?;
 
-    let now = Utc::now();
+    let now = app.ports.clock.now();
     let mut created = 0;
     for (chunk_index, chunk) in parameters.chunks(CREATE_CHUNK).enumerate() {
         let ids: Vec<ExchangeId> =

@@ -7,7 +7,6 @@
 
 use crate::context::AppContext;
 use crate::payloads::PayloadCodec;
-use chrono::Utc;
 use handoff_core::exchange::ExchangeStatus;
 use handoff_core::handoff::CallbackToken;
 use handoff_core::ids::{ExchangeId, StepId};
@@ -15,7 +14,7 @@ use handoff_core::machine::operator;
 use handoff_core::notification::{parse_agent_report, Notification};
 use handoff_core::plan::SubStep;
 use handoff_core::reader::FieldError;
-use handoff_ports::{ExchangeReads, HandoffQueue, PortError, TimerStore, TokenStore};
+use handoff_ports::{Clock, ExchangeReads, HandoffQueue, PortError, TimerStore, TokenStore};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +46,7 @@ pub struct Callbacks<'a> {
     pub queue: &'a dyn HandoffQueue,
     pub codec: PayloadCodec,
     pub outbox_delay: Duration,
+    pub clock: &'a dyn Clock,
 }
 
 impl<'a> Callbacks<'a> {
@@ -58,6 +58,7 @@ impl<'a> Callbacks<'a> {
             queue: ctx.ports.queue.as_ref(),
             codec: ctx.codec(),
             outbox_delay: ctx.settings.outbox_delay,
+            clock: ctx.ports.clock.as_ref(),
         }
     }
 }
@@ -68,7 +69,7 @@ pub async fn accept_callback(
     notification: &Notification,
 ) -> Result<Accepted, CallbackError> {
     let hash = CallbackToken::hash_of(token);
-    let now = Utc::now();
+    let now = ctx.clock.now();
     let armed = ctx.tokens.usable_token(&hash, now).await?.ok_or(CallbackError::UnknownToken)?;
     if armed.sub_step == SubStep::ReceiveAgentNotification {
         parse_agent_report(notification).map_err(CallbackError::InvalidReport)?;

@@ -3,7 +3,6 @@
 
 use crate::context::AppContext;
 use crate::effects::{run_effects, EffectPorts};
-use chrono::Utc;
 use handoff_core::commit::CommitOutcome;
 use handoff_core::handoff::HandoffMessage;
 use handoff_core::machine::failures;
@@ -35,7 +34,7 @@ pub async fn dead_lettered(
     queue: &str,
     receives: &str,
 ) -> Result<(), PortError> {
-    let mut decision = failures::dead_lettered(message, queue, receives, Utc::now());
+    let mut decision = failures::dead_lettered(message, queue, receives, ctx.effects.clock.now());
     decision.commit.keep_finished_for(ctx.retention);
     match ctx.writes.commit(&decision.commit).await? {
         CommitOutcome::Applied => {

@@ -49,7 +49,7 @@ pub async fn operate_endpoint(
     reason: Option<&str>,
 ) -> Result<Operated, EndpointError> {
     let (before, saved) =
-        change_endpoint(ctx, code, |endpoint| match operate(endpoint, command, by, reason, Utc::now())? {
+        change_endpoint(ctx, code, |endpoint| match operate(endpoint, command, by, reason, ctx.clock.now())? {
             EndpointChange::Unchanged => Ok(None),
             EndpointChange::To(next) => Ok(Some(*next)),
         })

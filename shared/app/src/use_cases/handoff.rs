@@ -42,7 +42,7 @@ pub async fn handle_handoff(
     family: WorkerFamily,
     message: HandoffMessage,
 ) -> Result<(), WorkerError> {
-    let now = Utc::now();
+    let now = ctx.ports.clock.now();
     if let Some(due) = message.not_before.filter(|due| *due > now) {
         // Sent early (whole-second delays): wait out the rest.
         return Ok(ctx.ports.queue.send(family, &message, delay_until(now, due)).await?);
@@ -97,7 +97,7 @@ pub async fn handle_handoff(
         message: &message,
     })
     .await;
-    let now = Utc::now();
+    let now = ctx.ports.clock.now();
     let logs = execution
         .logs
         .into_iter()
@@ -168,7 +168,7 @@ async fn after_conflict(
     }
     tracing::debug!(failed = ?conflict.failed, "conflict");
     let detail = ctx.ports.exchanges.get(&message.exchange_id).await?;
-    match conflict::after_conflict(loaded.pipeline(), message, detail.as_ref(), Utc::now()) {
+    match conflict::after_conflict(loaded.pipeline(), message, detail.as_ref(), ctx.ports.clock.now()) {
         AfterConflict::Drop(reason) => {
             tracing::info!(reason, "message dropped");
             Ok(())

@@ -6,14 +6,13 @@
 use crate::context::AppContext;
 use crate::definitions::{DefinitionCache, LoadedIntegration};
 use crate::mappings::{MappingCache, MappingLoadError};
-use chrono::Utc;
 use handoff_core::amendment::amended;
 use handoff_core::definition::{parse_definition, ScheduleSpec, StepAction};
 use handoff_core::endpoint::{Endpoint, EndpointStatus};
 use handoff_core::ids::{IntegrationCode, IntegrationVersion};
 use handoff_core::reader::FieldError;
 use handoff_ports::{
-    EndpointStore, EndpointWriteError, HandoffQueue, IntegrationRepository, IntegrationWriteError, PortError,
+    Clock, EndpointStore, EndpointWriteError, HandoffQueue, IntegrationRepository, IntegrationWriteError, PortError,
     ScheduleManager, StoredIntegration,
 };
 use serde_json::{json, Value};
@@ -29,6 +28,7 @@ pub struct Integrations<'a> {
     pub endpoints: &'a dyn EndpointStore,
     /// Handoffs held at an endpoint go out again when it runs again.
     pub queue: &'a dyn HandoffQueue,
+    pub clock: &'a dyn Clock,
 }
 
 impl<'a> Integrations<'a> {
@@ -40,6 +40,7 @@ impl<'a> Integrations<'a> {
             schedules: ctx.ports.schedules.as_ref(),
             endpoints: ctx.ports.endpoints.as_ref(),
             queue: ctx.ports.queue.as_ref(),
+            clock: ctx.ports.clock.as_ref(),
         }
     }
 }
@@ -95,7 +96,7 @@ pub async fn define_integration(ctx: &Integrations<'_>, mut document: Value, by:
         map.insert("enabled".into(), Value::Bool(definition.enabled));
         map.insert("version".into(), json!(definition.version));
     }
-    let now = Utc::now();
+    let now = ctx.clock.now();
     let stored = StoredIntegration {
         code: definition.code.clone(),
         version: definition.version,
@@ -189,7 +190,7 @@ pub async fn amend_integration(
         enabled: definition.enabled,
         document,
         revision: current.revision + 1,
-        updated_at: Utc::now(),
+        updated_at: ctx.clock.now(),
         updated_by: Some(by.to_string()),
         ..current.clone()
     };
@@ -224,8 +225,9 @@ async fn check_mappings(ctx: &Integrations<'_>, loaded: &LoadedIntegration) -> R
     Ok(())
 }
 
-/// The schedule follows the highest enabled version while the endpoint runs: created,
-/// updated or removed to match (a held endpoint has no schedule, so no run fires).
+/// The schedule follows the highest enabled version unless the endpoint is Disabled:
+/// created, updated or removed to match (a disabled endpoint has no schedule, so no run
+/// fires; a Failed one keeps it and logs each run it skips).
 pub(crate) async fn sync_schedule(
     ctx: &Integrations<'_>,
     code: &IntegrationCode,
@@ -233,7 +235,7 @@ pub(crate) async fn sync_schedule(
 ) -> ScheduleState {
     let outcome = async {
         let versions = ctx.integrations.versions(code).await?;
-        let schedule = active_schedule(&versions).filter(|_| endpoint.status.runs());
+        let schedule = active_schedule(&versions).filter(|_| endpoint.status.keeps_schedule());
         match &schedule {
             Some((_, spec)) => ctx.schedules.upsert(code, spec).await?,
             None => ctx.schedules.remove(code).await?,

@@ -90,7 +90,7 @@ pub async fn invoke_exchange(ctx: &Starting<'_>, request: InvokeRequest) -> Resu
         if let Some(refusal) = endpoint.refusal() {
             if request.trigger.kind == TriggerKind::Schedule {
                 let skipped = EndpointEvent::Skipped { trigger: request.trigger.clone(), reason: refusal.clone() };
-                log_endpoint(ctx, &code, skipped, Utc::now()).await;
+                log_endpoint(ctx, &code, skipped, ctx.effects.clock.now()).await;
             }
             return Err(InvokeError::EndpointHeld { status: endpoint.status, refusal });
         }
@@ -106,7 +106,7 @@ pub async fn invoke_exchange(ctx: &Starting<'_>, request: InvokeRequest) -> Resu
         Some((bytes, content_type)) => Some(ctx.codec.store(bytes, &content_type).await?),
         None => None,
     };
-    let now = Utc::now();
+    let now = ctx.effects.clock.now();
     let created =
         materialize(&loaded, ExchangeId::new(uuid::Uuid::now_v7().to_string()), request.parameters, input, None, now);
     let (mut exchange, steps, message) = (created.exchange, created.steps, created.first);
@@ -210,7 +210,7 @@ pub async fn arm_sla(
 
 /// The exchange exists but nothing will pick it up: record that, so it is visible and recoverable.
 async fn mark_not_handed_off(ctx: &Starting<'_>, exchange: &Exchange, error: &PortError) {
-    let mut decision = failures::handoff_failed(exchange, &error.to_string(), Utc::now());
+    let mut decision = failures::handoff_failed(exchange, &error.to_string(), ctx.effects.clock.now());
     decision.commit.keep_finished_for(ctx.retention);
     match ctx.writes.commit(&decision.commit).await {
         Ok(CommitOutcome::Applied) => {}

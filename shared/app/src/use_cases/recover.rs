@@ -6,7 +6,6 @@ use crate::context::AppContext;
 use crate::definitions::{DefinitionCache, DefinitionLoadError};
 use crate::effects::{run_effects, EffectPorts};
 use crate::sub_exchanges::failed_children;
-use chrono::Utc;
 use handoff_core::commit::CommitOutcome;
 use handoff_core::exchange::ExchangeDetail;
 use handoff_core::ids::{ExchangeId, IntegrationVersion, StepId};
@@ -100,7 +99,7 @@ pub async fn recover_exchange(
             })?
         }
     };
-    let now = Utc::now();
+    let now = ctx.effects.clock.now();
     let decided = operator::recovery(
         &detail,
         current.pipeline(),

@@ -8,7 +8,7 @@ use crate::context::AppContext;
 use crate::use_cases::endpoints::release_held;
 use crate::use_cases::invoke::{start_again, Starting};
 use crate::use_cases::recover::{recover_exchange, Recovering};
-use chrono::{Duration as ChronoDuration, Utc};
+use chrono::Duration as ChronoDuration;
 use handoff_core::exchange::ExchangeStatus;
 use handoff_core::ids::{ExchangeId, IntegrationCode};
 use handoff_core::machine::delay_until;
@@ -60,7 +60,7 @@ impl<'a> Sweeps<'a> {
     pub async fn sweep_timers(&self) -> Result<usize, PortError> {
         let mut sent = 0;
         loop {
-            let now = Utc::now();
+            let now = self.starting.effects.clock.now();
             let due = self.timers.due_timers(now + ChronoDuration::seconds(SWEEP_LOOKAHEAD_SECONDS), PAGE).await?;
             let count = due.len();
             for timer in due {
@@ -83,7 +83,7 @@ impl<'a> Sweeps<'a> {
             self.starting.integrations.all().await?.into_iter().map(|v| v.code).collect();
         codes.sort();
         codes.dedup();
-        let held_before = Utc::now() - ChronoDuration::seconds(STRANDED_AFTER_SECONDS);
+        let held_before = self.starting.effects.clock.now() - ChronoDuration::seconds(STRANDED_AFTER_SECONDS);
         let mut released = 0;
         for code in codes {
             let endpoint = self.starting.endpoints.endpoint(&code).await?;
@@ -97,7 +97,7 @@ impl<'a> Sweeps<'a> {
 
     /// Starts again every exchange left `New` for longer than [`UNSTARTED_AFTER_SECONDS`].
     pub async fn start_unstarted(&self) -> Result<usize, PortError> {
-        let cutoff = Utc::now() - ChronoDuration::seconds(UNSTARTED_AFTER_SECONDS);
+        let cutoff = self.starting.effects.clock.now() - ChronoDuration::seconds(UNSTARTED_AFTER_SECONDS);
         let filter = ExchangeFilter { status: Some(ExchangeStatus::New), integration_code: None, parent: None };
         let mut started = 0;
         let mut cursor: Option<String> = None;

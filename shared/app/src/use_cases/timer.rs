@@ -6,7 +6,6 @@ use crate::context::AppContext;
 use crate::definitions::DefinitionCache;
 use crate::effects::{run_effects, EffectPorts};
 use crate::use_cases::handoff::WorkerError;
-use chrono::Utc;
 use handoff_core::commit::CommitOutcome;
 use handoff_core::handoff::{Timer, TimerKind};
 use handoff_core::machine::timers::{self, TimerOutcome};
@@ -34,7 +33,7 @@ impl<'a> Timers<'a> {
 
 /// Fires a durable timer (control worker).
 pub async fn fire_timer(ctx: &Timers<'_>, timer: Timer) -> Result<(), WorkerError> {
-    let now = Utc::now();
+    let now = ctx.effects.clock.now();
     let detail = match &timer.kind {
         TimerKind::Handoff { .. } => None,
         _ if timer.due > now => None,

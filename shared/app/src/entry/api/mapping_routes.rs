@@ -7,7 +7,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use chrono::Utc;
 use handoff_core::mapping::{parse_mapping, MappingName};
 use handoff_ports::{MappingWriteError, StoredMapping};
 use serde_json::{json, Value};
@@ -33,7 +32,7 @@ pub(super) async fn put_mapping(State(ctx): Ctx, Path(name): Path<String>, body:
         name,
         document,
         revision: current.as_ref().map_or(1, |c| c.revision + 1),
-        updated_at: Utc::now(),
+        updated_at: ctx.ports.clock.now(),
     };
     repository.put(&stored, current.as_ref().map(|c| c.revision)).await.map_err(|e| match e {
         MappingWriteError::RevisionConflict => {
