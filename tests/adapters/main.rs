@@ -37,6 +37,7 @@ use std::sync::{Arc, OnceLock};
 mod data_files;
 mod dynamo_exchanges;
 mod endpoints;
+mod events;
 mod integrations;
 mod jq_sandbox;
 mod moto_launcher;

@@ -11,7 +11,8 @@ use handoff_core::network::OutboundPolicy;
 use handoff_ports::MappingRepository;
 use handoff_ports::SecretStore;
 use handoff_ports::{
-    Clock, DataFileStore, EndpointStore, ExchangeRepository, HandoffQueue, IntegrationRepository, ScheduleManager,
+    Clock, DataFileStore, EndpointStore, EventQueue, ExchangeRepository, HandoffQueue, IntegrationRepository,
+    ScheduleManager,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,8 @@ pub struct Ports {
     pub mappings: Arc<dyn MappingRepository>,
     /// Each integration code's endpoint status (enabled, disabled, failed).
     pub endpoints: Arc<dyn EndpointStore>,
+    /// Each endpoint's queue of events.
+    pub events: Arc<dyn EventQueue>,
     /// What time it is (the emulator's clock moves when its time control says so).
     pub clock: Arc<dyn Clock>,
 }
@@ -110,6 +113,7 @@ impl AppContext {
             exchanges: self.ports.exchanges.as_ref(),
             queue: self.ports.queue.as_ref(),
             endpoints: self.ports.endpoints.as_ref(),
+            events: self.ports.events.as_ref(),
             clock: self.ports.clock.as_ref(),
         }
     }

@@ -8,15 +8,18 @@ use handoff_core::ids::ExchangeId;
 use handoff_core::ids::IntegrationCode;
 use handoff_core::machine::Effect;
 use handoff_core::plan::{SubStep, WorkerFamily};
-use handoff_ports::{Clock, EndpointStore, EndpointWriteError, ExchangeReads, HandoffQueue, PortError, PortResult};
+use handoff_ports::{
+    Clock, EndpointStore, EndpointWriteError, EventQueue, ExchangeReads, HandoffQueue, PortError, PortResult,
+};
 
-/// The ports effects touch: sending to the queues, reading a parent or its children, and
-/// the endpoints attempts tell of.
+/// The ports effects touch: sending to the queues, reading a parent or its children, the
+/// endpoints attempts tell of and their event queues.
 #[derive(Clone, Copy)]
 pub struct EffectPorts<'a> {
     pub exchanges: &'a dyn ExchangeReads,
     pub queue: &'a dyn HandoffQueue,
     pub endpoints: &'a dyn EndpointStore,
+    pub events: &'a dyn EventQueue,
     pub clock: &'a dyn Clock,
 }
 
@@ -29,10 +32,27 @@ pub async fn run_effects(ports: EffectPorts<'_>, effects: Vec<Effect>) -> PortRe
             Effect::SendTimer { timer, delay } => ports.queue.send_timer(&timer, delay).await?,
             Effect::ResumeParentIfLast(link) => resume_parent_if_last(ports, &link).await?,
             Effect::TimeOutChildren(exchange_id) => time_out_children(ports, &exchange_id).await?,
-            Effect::Observe { code, observation } => observe_endpoint(ports, &code, &observation).await,
+            Effect::Observe { code, observation, event_based } => {
+                observe_endpoint(ports, &code, &observation, event_based).await
+            }
+            Effect::ConsumeEvents { code, exchange_id } => consume_events(ports, &code, &exchange_id).await?,
         }
     }
     Ok(())
+}
+
+/// An event exchange completed: the events it took leave the queue. The claim is checked to
+/// be this exchange's (a claim found on a Completed exchange is consumed by the next
+/// invocation too, should this not run). An error sends the message back, and it repeats.
+async fn consume_events(ports: EffectPorts<'_>, code: &IntegrationCode, exchange_id: &ExchangeId) -> PortResult<()> {
+    match ports.events.claim(code).await? {
+        Some(claim) if claim.exchange_id == *exchange_id => {
+            ports.events.consume(code, &claim).await?;
+            tracing::info!(integrationCode = %code, exchangeId = %exchange_id, events = claim.taken.len(), "events consumed");
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// After a sub-exchange counted itself: if it completed the count, hand the parent on.
@@ -79,7 +99,12 @@ const OBSERVE_ATTEMPTS: usize = 3;
 /// Shows on `code`'s endpoint what an attempt told of it (and halts it if its policy says
 /// so). The exchange's own state is already written: an endpoint that cannot be updated
 /// is logged, never a reason to run the message again (its commit would not repeat).
-async fn observe_endpoint(ports: EffectPorts<'_>, code: &IntegrationCode, observation: &Observation) {
+async fn observe_endpoint(
+    ports: EffectPorts<'_>,
+    code: &IntegrationCode,
+    observation: &Observation,
+    event_based: bool,
+) {
     for _ in 0..OBSERVE_ATTEMPTS {
         let now = ports.clock.now();
         let stored = match ports.endpoints.endpoint(code).await {
@@ -91,8 +116,7 @@ async fn observe_endpoint(ports: EffectPorts<'_>, code: &IntegrationCode, observ
         };
         // A code from before endpoints gets its endpoint stored at its first change.
         let current = stored.unwrap_or_else(|| Endpoint::unrecorded(code.clone(), now));
-        // Events (issue 10, point 3) are not there yet: no integration is event-based.
-        let Some(next) = observe(&current, observation, false, now) else { return };
+        let Some(next) = observe(&current, observation, event_based, now) else { return };
         match ports.endpoints.save_endpoint(&next).await {
             Ok(saved) => {
                 tracing::info!(integrationCode = %code, status = saved.status.name(), reason = saved.reason.as_deref().unwrap_or(""), "endpoint status");

@@ -18,8 +18,8 @@ use handoff_core::ids::{ExchangeId, StepId};
 use handoff_core::machine::Effect;
 use handoff_core::plan::{SubStep, WorkerFamily};
 use handoff_ports::memory::{
-    ManualClock, MemoryDataFileStore, MemoryEndpoints, MemoryExchangeRepository, MemoryIntegrationRepository,
-    MemoryMappings, MemoryQueue, MemorySchedules, MemorySecrets, Queued,
+    ManualClock, MemoryDataFileStore, MemoryEndpoints, MemoryEventQueues, MemoryExchangeRepository,
+    MemoryIntegrationRepository, MemoryMappings, MemoryQueue, MemorySchedules, MemorySecrets, Queued,
 };
 use handoff_ports::{Clock, ExchangeReads, ScheduleManager, TokenStore};
 use http::{Request, StatusCode};
@@ -60,6 +60,7 @@ impl Harness {
             secrets: Arc::new(MemorySecrets::default()),
             mappings: Arc::new(MemoryMappings::default()),
             endpoints: Arc::new(MemoryEndpoints::default()),
+            events: Arc::new(MemoryEventQueues::default()),
             clock: clock.clone(),
         };
         // Definitions are read live, so a changed retry policy shows at the next decision.
@@ -1002,4 +1003,199 @@ async fn the_regular_job_sends_on_a_handoff_left_held_at_an_endpoint_that_runs_a
     assert_eq!(received.load(Ordering::SeqCst), 1);
     let answer = jobs.invoke(json!({"job": "regular"})).await.expect("job");
     assert_eq!(answer["heldReleased"], json!(0), "nothing sent twice");
+}
+
+/// A loopback target that answers 503 while `down` is set and otherwise keeps each body it
+/// received (as JSON).
+async fn recording_target() -> (String, Arc<std::sync::atomic::AtomicBool>, Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::http::StatusCode as S;
+    use std::sync::atomic::Ordering;
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/in", listener.local_addr().expect("addr"));
+    let (is_down, kept) = (down.clone(), bodies.clone());
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let (is_down, kept) = (is_down.clone(), kept.clone());
+        async move {
+            if is_down.load(Ordering::SeqCst) {
+                return (S::SERVICE_UNAVAILABLE, "down");
+            }
+            kept.lock().expect("lock").push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            (S::OK, "{}")
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, down, bodies)
+}
+
+/// An event-based integration that delivers the events it takes to `url`.
+fn event_delivery(code: &str, url: &str, max_attempts: u32) -> Value {
+    json!({"code": code, "version": 1, "events": {"maxPerExchange": 10}, "steps": [
+        {"name": "send", "type": "delivery", "retry": {"maxAttempts": max_attempts, "intervalSeconds": 0},
+         "destinations": [{"kind": "rest", "request": {"method": "POST", "url": url}}]}]})
+}
+
+fn event_data(delivered: &Value) -> Vec<(Option<&str>, Value)> {
+    delivered.as_array().into_iter().flatten().map(|e| (e["key"].as_str(), e["data"].clone())).collect()
+}
+
+#[tokio::test]
+async fn events_sent_while_disabled_arrive_in_one_exchange_once_enabled_the_latest_per_key() {
+    use handoff_app::entry::trigger::TriggerFunction;
+    let h = Harness::new();
+    let (url, _, delivered) = recording_target().await;
+    let mut definition = event_delivery("ORDERS", &url, 3);
+    definition["endpointStatus"] = json!("Disabled");
+    h.define(definition).await;
+    let events = json!([
+        {"key": "order-1", "type": "changed", "data": {"qty": 1}},
+        {"key": "order-2", "data": {"qty": 5}},
+        {"key": "order-1", "type": "changed", "data": {"qty": 2}},
+        {"data": {"note": "no key"}}]);
+    let (status, accepted) = h.call("POST", "/integrations/ORDERS/events", Some(events)).await;
+    assert_eq!((status, accepted["accepted"].as_u64()), (StatusCode::ACCEPTED, Some(4)), "{accepted}");
+    let (status, queue) = h.call("GET", "/integrations/ORDERS/events?limit=3", None).await;
+    assert_eq!((status, queue["pending"].as_u64()), (StatusCode::OK, Some(4)), "{queue}");
+    assert_eq!(queue["items"].as_array().map(Vec::len), Some(3), "paged: {queue}");
+    assert_eq!(queue["items"][0]["key"], "order-1");
+    assert_eq!(queue["items"][0]["type"], "changed");
+    assert!(queue["oldestAgeSeconds"].is_number(), "{queue}");
+    let cursor = queue["nextCursor"].as_str().expect("a second page");
+    let (_, rest) = h.call("GET", &format!("/integrations/ORDERS/events?cursor={cursor}"), None).await;
+    assert_eq!(rest["items"].as_array().map(Vec::len), Some(1), "{rest}");
+    assert!(rest["nextCursor"].is_null(), "{rest}");
+    let (status, refused) = h.call("POST", "/exchanges", Some(json!({"integrationCode": "ORDERS"}))).await;
+    assert_eq!((status, refused["error"].as_str()), (StatusCode::CONFLICT, Some("EndpointDisabled")), "{refused}");
+    assert!(delivered.lock().expect("lock").is_empty(), "nothing left while Disabled");
+
+    h.call("POST", "/integrations/ORDERS/enable", None).await;
+    let (status, refused) =
+        h.call("POST", "/exchanges", Some(json!({"integrationCode": "ORDERS", "payload": [1]}))).await;
+    assert_eq!((status, refused["field"].as_str()), (StatusCode::BAD_REQUEST, Some("payload")), "{refused}");
+    let (status, started) = h.call("POST", "/exchanges", Some(json!({"integrationCode": "ORDERS"}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let id = ExchangeId::new(started["exchangeId"].as_str().expect("id"));
+    let (_, queue) = h.call("GET", "/integrations/ORDERS/events", None).await;
+    assert_eq!((queue["pending"].as_u64(), queue["takenBy"].as_str()), (Some(4), Some(id.as_str())), "{queue}");
+    assert_eq!(queue["items"][0]["takenBy"], json!(id.as_str()));
+    assert!(h.run().await.is_empty());
+    assert_eq!(h.detail(&id).await.exchange.status, ExchangeStatus::Completed);
+    let bodies = delivered.lock().expect("lock").clone();
+    assert_eq!(bodies.len(), 1, "one exchange, one delivery: {bodies:?}");
+    assert_eq!(
+        event_data(&bodies[0]),
+        [(Some("order-1"), json!({"qty": 2})), (Some("order-2"), json!({"qty": 5})), (None, json!({"note": "no key"}))],
+        "the latest per key, in the order the keys first arrived"
+    );
+    assert_eq!(bodies[0][0]["type"], "changed");
+    let (_, queue) = h.call("GET", "/integrations/ORDERS/events", None).await;
+    assert_eq!((queue["pending"].as_u64(), &queue["takenBy"]), (Some(0), &Value::Null), "consumed: {queue}");
+
+    // Nothing pending: a manual run is refused, a scheduled one skipped and logged.
+    let (status, refused) = h.call("POST", "/exchanges", Some(json!({"integrationCode": "ORDERS"}))).await;
+    assert_eq!((status, refused["error"].as_str()), (StatusCode::CONFLICT, Some("NoPendingEvents")), "{refused}");
+    let answer = TriggerFunction::new(h.ctx.clone()).invoke(json!({"integrationCode": "ORDERS"})).await.expect("ok");
+    assert!(answer["skipped"].as_str().is_some_and(|s| s.contains("no pending events")), "{answer}");
+    assert!(h.queue.take().is_empty(), "nothing started");
+    let (_, log) = h.call("GET", "/integrations/ORDERS/log", None).await;
+    assert_eq!(log["items"][0]["kind"], "skipped", "{log}");
+    assert_eq!(log["items"][1]["events"], 3, "the invocation tells how many events it took: {log}");
+
+    // Bad input names its field; a code that takes no events says so.
+    let (status, body) = h.call("POST", "/integrations/ORDERS/events", Some(json!([{"key": "k"}]))).await;
+    assert_eq!((status, body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("[0].data")), "{body}");
+    let (status, body) = h.call("POST", "/integrations/ORDERS/events", Some(json!({"events": []}))).await;
+    assert_eq!((status, body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("events")), "{body}");
+    h.define(transform("PLAIN", ".")).await;
+    let (status, body) = h.call("POST", "/integrations/PLAIN/events", Some(json!({"data": 1}))).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::CONFLICT, Some("NotEventBased")), "{body}");
+    let (status, _) = h.call("POST", "/integrations/NOPE/events", Some(json!({"data": 1}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let reader = Caller::new("reader", ["handoff:read"]);
+    let (status, _) = h.call_as(Some(reader), "POST", "/integrations/ORDERS/events", Some(json!({"data": 1}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "sending events needs handoff:invoke");
+}
+
+#[tokio::test]
+async fn an_endpoint_that_discards_events_counts_them_and_never_delivers_them() {
+    let h = Harness::new();
+    let (url, _, delivered) = recording_target().await;
+    h.define(event_delivery("DROPS", &url, 3)).await;
+    let (status, body) = h.call("PATCH", "/integrations/DROPS", Some(json!({"queueStatus": "DiscardEvents"}))).await;
+    assert_eq!((status, body["endpoint"]["queueStatus"].as_str()), (StatusCode::OK, Some("DiscardEvents")), "{body}");
+    for _ in 0..2 {
+        let (status, answer) =
+            h.call("POST", "/integrations/DROPS/events", Some(json!([{"data": 1}, {"key": "a", "data": 2}]))).await;
+        assert_eq!((status, answer["discarded"].as_u64()), (StatusCode::ACCEPTED, Some(2)), "{answer}");
+        assert_eq!(answer["accepted"], 0);
+    }
+    let (_, queue) = h.call("GET", "/integrations/DROPS/events", None).await;
+    assert_eq!((queue["pending"].as_u64(), queue["discarded"].as_u64()), (Some(0), Some(4)), "{queue}");
+    let (status, refused) = h.call("POST", "/exchanges", Some(json!({"integrationCode": "DROPS"}))).await;
+    assert_eq!((status, refused["error"].as_str()), (StatusCode::CONFLICT, Some("NoPendingEvents")), "{refused}");
+    assert!(h.run().await.is_empty());
+    assert!(delivered.lock().expect("lock").is_empty());
+    // Reading again keeps what arrives from then on.
+    h.call("PATCH", "/integrations/DROPS", Some(json!({"queueStatus": "ReadEvents"}))).await;
+    h.call("POST", "/integrations/DROPS/events", Some(json!({"data": 3}))).await;
+    let (_, queue) = h.call("GET", "/integrations/DROPS/events", None).await;
+    assert_eq!((queue["pending"].as_u64(), queue["discarded"].as_u64()), (Some(1), Some(4)), "{queue}");
+}
+
+#[tokio::test]
+async fn a_failed_event_exchange_keeps_its_events_through_recovery_and_later_events_wait_for_the_next() {
+    use std::sync::atomic::Ordering;
+    let h = Harness::new();
+    let (url, down, delivered) = recording_target().await;
+    h.define(event_delivery("STOCK", &url, 1)).await;
+    let (_, shown) = h.call("GET", "/integrations/STOCK", None).await;
+    assert_eq!(shown["endpoint"]["onSystemFailure"], "halt", "the default of an event-based endpoint");
+    h.call(
+        "POST",
+        "/integrations/STOCK/events",
+        Some(json!([{"key": "sku-1", "data": 1}, {"key": "sku-2", "data": 1}])),
+    )
+    .await;
+    down.store(true, Ordering::SeqCst);
+    let (_, started) = h.call("POST", "/exchanges", Some(json!({"integrationCode": "STOCK"}))).await;
+    let x1 = ExchangeId::new(started["exchangeId"].as_str().expect("id"));
+    assert!(h.run().await.is_empty());
+    assert_eq!(h.detail(&x1).await.exchange.status, ExchangeStatus::Failed);
+    let (_, shown) = h.call("GET", "/integrations/STOCK", None).await;
+    assert_eq!(shown["endpoint"]["status"], "Failed", "halted: its events must wait in order");
+    // Events keep arriving while it is Failed; those taken stay, under the failed exchange.
+    h.call("POST", "/integrations/STOCK/events", Some(json!({"key": "sku-1", "data": 2}))).await;
+    let (_, queue) = h.call("GET", "/integrations/STOCK/events", None).await;
+    assert_eq!((queue["pending"].as_u64(), queue["takenBy"].as_str()), (Some(3), Some(x1.as_str())), "{queue}");
+    assert!(queue["items"][2].get("takenBy").is_none(), "the later event is not x1's: {queue}");
+    h.call("POST", "/integrations/STOCK/resume", None).await;
+    let (status, refused) = h.call("POST", "/exchanges", Some(json!({"integrationCode": "STOCK"}))).await;
+    assert_eq!((status, refused["error"].as_str()), (StatusCode::CONFLICT, Some("EventsInUse")), "{refused}");
+    assert!(refused["message"].as_str().is_some_and(|m| m.contains("/recover")), "{refused}");
+
+    down.store(false, Ordering::SeqCst);
+    let (status, body) = h.call("POST", &format!("/exchanges/{x1}/recover"), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert!(h.run().await.is_empty());
+    assert_eq!(h.detail(&x1).await.exchange.status, ExchangeStatus::Completed);
+    let (_, queue) = h.call("GET", "/integrations/STOCK/events", None).await;
+    assert_eq!((queue["pending"].as_u64(), &queue["takenBy"]), (Some(1), &Value::Null), "{queue}");
+    let x2 = {
+        let (status, started) = h.call("POST", "/exchanges", Some(json!({"integrationCode": "STOCK"}))).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+        ExchangeId::new(started["exchangeId"].as_str().expect("id"))
+    };
+    assert!(h.run().await.is_empty());
+    assert_eq!(h.detail(&x2).await.exchange.status, ExchangeStatus::Completed);
+    let bodies = delivered.lock().expect("lock").clone();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert_eq!(
+        event_data(&bodies[0]),
+        [(Some("sku-1"), json!(1)), (Some("sku-2"), json!(1))],
+        "recovery used x1's events"
+    );
+    assert_eq!(event_data(&bodies[1]), [(Some("sku-1"), json!(2))]);
+    let (_, queue) = h.call("GET", "/integrations/STOCK/events", None).await;
+    assert_eq!(queue["pending"], 0);
 }

@@ -18,7 +18,16 @@ pub struct IntegrationDefinition {
     pub enabled: bool,
     pub sla_seconds: Option<u64>,
     pub schedule: Option<ScheduleSpec>,
+    /// Event-based: each exchange runs on events taken from the endpoint's queue.
+    pub events: Option<EventsSpec>,
     pub steps: Vec<IntegrationStep>,
+}
+
+/// `"events": {"maxPerExchange": N}`: the integration runs on its endpoint's queued events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventsSpec {
+    /// Most events (distinct keys) one exchange takes.
+    pub max_per_exchange: u32,
 }
 
 /// How long an agent may take to report when neither the destination nor the step says.
@@ -191,12 +200,22 @@ pub const MAX_SUBFLOW_DEPTH: u32 = 5;
 
 pub fn parse_definition(document: &Value) -> Result<IntegrationDefinition, FieldError> {
     let root = ObjectReader::new("", document)?;
-    root.deny_unknown(&["code", "version", "enabled", "slaSeconds", "schedule", "steps", "description"])?;
+    root.deny_unknown(&["code", "version", "enabled", "slaSeconds", "schedule", "events", "steps", "description"])?;
     let code = IntegrationCode::parse(root.required_str("code")?).map_err(|e| FieldError::new("code", e))?;
     let version = parse_version(root.get("version"))?;
     let enabled = root.optional_bool("enabled")?.unwrap_or(true);
     let sla_seconds = root.optional_u64("slaSeconds", 1, 31 * 24 * 3600)?;
     let schedule = root.optional_object("schedule")?.map(|s| parse_schedule(&s)).transpose()?;
+    let events = match root.optional_object("events")? {
+        None => None,
+        Some(e) => {
+            e.deny_unknown(&["maxPerExchange"])?;
+            let max = e
+                .optional_u64("maxPerExchange", 1, crate::events::MAX_PER_EXCHANGE_LIMIT)?
+                .ok_or_else(|| FieldError::new(e.field_path("maxPerExchange"), "is required"))?;
+            Some(EventsSpec { max_per_exchange: max as u32 })
+        }
+    };
     let steps_value = root.required_array("steps")?;
     if steps_value.is_empty() {
         return Err(FieldError::new("steps", "must list at least one step"));
@@ -218,7 +237,7 @@ pub fn parse_definition(document: &Value) -> Result<IntegrationDefinition, Field
         }
         steps.push(parsed);
     }
-    Ok(IntegrationDefinition { code, version, enabled, sla_seconds, schedule, steps })
+    Ok(IntegrationDefinition { code, version, enabled, sla_seconds, schedule, events, steps })
 }
 
 pub fn parse_version(value: Option<&Value>) -> FieldResult<IntegrationVersion> {
@@ -826,6 +845,21 @@ mod tests {
         let mut doc = spec_example();
         doc["schedule"]["expression"] = json!("every day");
         assert_eq!(error_of(doc).path, "schedule.expression");
+    }
+
+    #[test]
+    fn events_make_an_integration_event_based() {
+        let mut doc = spec_example();
+        doc["events"] = json!({"maxPerExchange": 50});
+        let parsed = parse_definition(&doc).expect("event-based");
+        assert_eq!(parsed.events, Some(EventsSpec { max_per_exchange: 50 }));
+        doc["events"] = json!({});
+        assert_eq!(error_of(doc.clone()).path, "events.maxPerExchange");
+        doc["events"] = json!({"maxPerExchange": 0});
+        assert_eq!(error_of(doc.clone()).path, "events.maxPerExchange");
+        doc["events"] = json!({"maxPerExchange": 5, "batch": true});
+        assert_eq!(error_of(doc).path, "events.batch");
+        assert_eq!(parse_definition(&spec_example()).expect("plain").events, None);
     }
 
     #[test]

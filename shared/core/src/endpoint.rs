@@ -287,9 +287,14 @@ pub struct EndpointLogEntry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum EndpointEvent {
-    /// An exchange started.
+    /// An exchange started (on `events` queued events, for an event-based integration).
     #[serde(rename_all = "camelCase")]
-    Invoked { exchange_id: ExchangeId, trigger: crate::exchange::Trigger },
+    Invoked {
+        exchange_id: ExchangeId,
+        trigger: crate::exchange::Trigger,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        events: Option<usize>,
+    },
     /// A run that did not start, and why (a scheduled run of a held endpoint).
     #[serde(rename_all = "camelCase")]
     Skipped { trigger: crate::exchange::Trigger, reason: String },

@@ -4,6 +4,7 @@ pub mod amendment;
 pub mod commit;
 pub mod definition;
 pub mod endpoint;
+pub mod events;
 pub mod exchange;
 pub mod expression;
 pub mod formats;

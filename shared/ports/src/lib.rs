@@ -1,5 +1,6 @@
 //! Ports: what the application needs from the outside world, one small trait per
-//! capability (integrations, exchanges, queues, data files, schedules, mappings, secrets).
+//! capability (integrations, exchanges, queues, data files, schedules, mappings, secrets,
+//! endpoints and their event queues, the clock).
 //! `handoff-aws` implements them with DynamoDB, SQS, S3, EventBridge Scheduler and Secrets
 //! Manager; the decisions they carry out are `handoff_core`'s.
 
@@ -13,6 +14,7 @@ use futures::stream::BoxStream;
 use handoff_core::commit::{ClaimOutcome, CommitOutcome, Conflict, ErrorRecord, RecoveryCommit, StepCommit};
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::endpoint::{Endpoint, EndpointLogEntry, HeldHandoff};
+use handoff_core::events::{EventClaim, QueuedEvent};
 use handoff_core::exchange::{Exchange, ExchangeDetail, ExchangeStatus, ExchangeStep};
 use handoff_core::handoff::{CallbackToken, HandoffMessage, Timer};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
@@ -155,6 +157,63 @@ pub trait EndpointStore: Send + Sync {
         limit: u32,
         cursor: Option<&str>,
     ) -> PortResult<(Vec<EndpointLogEntry>, Option<String>)>;
+}
+
+/// The claim could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum EventClaimError {
+    /// Another exchange holds the endpoint's events.
+    #[error("another exchange holds the endpoint's events")]
+    Taken,
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// How an endpoint's queue stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventQueueSummary {
+    /// Events in the queue (those an exchange holds included: they leave when it completes).
+    pub pending: u64,
+    /// When the oldest of them arrived.
+    pub oldest: Option<DateTime<Utc>>,
+    /// Events dropped while the endpoint discarded them.
+    pub discarded: u64,
+}
+
+/// An endpoint's event queue (issue 10, point 3), kept with the endpoint: events in arrival
+/// order ([`QueuedEvent::position`]), the one claim an exchange may hold on them, and the
+/// count of those discarded.
+#[async_trait]
+pub trait EventQueue: Send + Sync {
+    /// Keeps `events` in `code`'s queue, durably: once this answers, they are stored.
+    async fn append(&self, code: &IntegrationCode, events: &[QueuedEvent]) -> PortResult<()>;
+
+    /// Counts `count` events dropped unread (the endpoint discards events).
+    async fn count_discarded(&self, code: &IntegrationCode, count: u64) -> PortResult<()>;
+
+    /// Queued events, oldest first: up to `limit` after position `after`, and the position
+    /// to read the next page after (if there may be more).
+    async fn pending(
+        &self,
+        code: &IntegrationCode,
+        limit: usize,
+        after: Option<&str>,
+    ) -> PortResult<(Vec<QueuedEvent>, Option<String>)>;
+
+    async fn summary(&self, code: &IntegrationCode) -> PortResult<EventQueueSummary>;
+
+    /// The claim `code`'s events are under, if any.
+    async fn claim(&self, code: &IntegrationCode) -> PortResult<Option<EventClaim>>;
+
+    /// Stores `claim` if no claim stands (one write: two exchanges cannot both take events).
+    async fn take(&self, code: &IntegrationCode, claim: &EventClaim) -> Result<(), EventClaimError>;
+
+    /// Takes the claimed events off the queue, then the claim if it is still this exchange's.
+    /// Repeatable: a crash half-way is finished by the next call.
+    async fn consume(&self, code: &IntegrationCode, claim: &EventClaim) -> PortResult<()>;
+
+    /// Lets the claim go (if it is still this exchange's), leaving its events queued.
+    async fn let_go(&self, code: &IntegrationCode, claim: &EventClaim) -> PortResult<()>;
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -4,10 +4,10 @@
 //! `tests/adapters` run the same cases against both, so the two cannot drift.
 
 use crate::{
-    ByteStream, DataFileInfo, DataFileStore, EndpointStore, EndpointWriteError, ErrorFilter, ErrorPage, ExchangeFilter,
-    ExchangePage, ExchangeReads, ExchangeWrites, HandoffQueue, IntegrationRepository, IntegrationWriteError,
-    MappingRepository, MappingWriteError, PortError, PortResult, ScheduleManager, SecretStore, SecretText,
-    StoredIntegration, StoredMapping, TimerStore, TokenStore,
+    ByteStream, DataFileInfo, DataFileStore, EndpointStore, EndpointWriteError, ErrorFilter, ErrorPage,
+    EventClaimError, EventQueue, EventQueueSummary, ExchangeFilter, ExchangePage, ExchangeReads, ExchangeWrites,
+    HandoffQueue, IntegrationRepository, IntegrationWriteError, MappingRepository, MappingWriteError, PortError,
+    PortResult, ScheduleManager, SecretStore, SecretText, StoredIntegration, StoredMapping, TimerStore, TokenStore,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use handoff_core::commit::{
 };
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::endpoint::{Endpoint, EndpointLogEntry, HeldHandoff};
+use handoff_core::events::{EventClaim, QueuedEvent};
 use handoff_core::exchange::{
     Exchange, ExchangeDetail, ExchangeStatus, ExchangeStep, LogLine, StepStatus, SubExchangeCounts,
 };
@@ -763,6 +764,84 @@ impl EndpointStore for MemoryEndpoints {
         let page: Vec<EndpointLogEntry> = lines.iter().skip(skip).take(limit.max(1) as usize).cloned().collect();
         let next = (skip + page.len() < lines.len()).then(|| (skip + page.len()).to_string());
         Ok((page, next))
+    }
+}
+
+/// Event queues in memory: events by position, one claim per code taken only when none
+/// stands, as the adapter's conditional put.
+#[derive(Debug, Default)]
+pub struct MemoryEventQueues {
+    events: Mutex<BTreeMap<(IntegrationCode, String), QueuedEvent>>,
+    claims: Mutex<BTreeMap<IntegrationCode, EventClaim>>,
+    discarded: Mutex<BTreeMap<IntegrationCode, u64>>,
+}
+
+#[async_trait]
+impl EventQueue for MemoryEventQueues {
+    async fn append(&self, code: &IntegrationCode, events: &[QueuedEvent]) -> PortResult<()> {
+        let mut stored = lock(&self.events);
+        for event in events {
+            stored.insert((code.clone(), event.position.clone()), event.clone());
+        }
+        Ok(())
+    }
+    async fn count_discarded(&self, code: &IntegrationCode, count: u64) -> PortResult<()> {
+        *lock(&self.discarded).entry(code.clone()).or_default() += count;
+        Ok(())
+    }
+    async fn pending(
+        &self,
+        code: &IntegrationCode,
+        limit: usize,
+        after: Option<&str>,
+    ) -> PortResult<(Vec<QueuedEvent>, Option<String>)> {
+        let events = lock(&self.events);
+        let mut page: Vec<QueuedEvent> = events
+            .iter()
+            .filter(|((c, position), _)| c == code && after.is_none_or(|after| position.as_str() > after))
+            .map(|(_, e)| e.clone())
+            .take(limit.max(1) + 1)
+            .collect();
+        let more = page.len() > limit.max(1);
+        page.truncate(limit.max(1));
+        let next = if more { page.last().map(|e| e.position.clone()) } else { None };
+        Ok((page, next))
+    }
+    async fn summary(&self, code: &IntegrationCode) -> PortResult<EventQueueSummary> {
+        let events = lock(&self.events);
+        let mine: Vec<&QueuedEvent> = events.iter().filter(|((c, _), _)| c == code).map(|(_, e)| e).collect();
+        Ok(EventQueueSummary {
+            pending: mine.len() as u64,
+            oldest: mine.first().map(|e| e.received_at),
+            discarded: lock(&self.discarded).get(code).copied().unwrap_or(0),
+        })
+    }
+    async fn claim(&self, code: &IntegrationCode) -> PortResult<Option<EventClaim>> {
+        Ok(lock(&self.claims).get(code).cloned())
+    }
+    async fn take(&self, code: &IntegrationCode, claim: &EventClaim) -> Result<(), EventClaimError> {
+        let mut claims = lock(&self.claims);
+        if claims.contains_key(code) {
+            return Err(EventClaimError::Taken);
+        }
+        claims.insert(code.clone(), claim.clone());
+        Ok(())
+    }
+    async fn consume(&self, code: &IntegrationCode, claim: &EventClaim) -> PortResult<()> {
+        {
+            let mut events = lock(&self.events);
+            for position in &claim.taken {
+                events.remove(&(code.clone(), position.clone()));
+            }
+        }
+        self.let_go(code, claim).await
+    }
+    async fn let_go(&self, code: &IntegrationCode, claim: &EventClaim) -> PortResult<()> {
+        let mut claims = lock(&self.claims);
+        if claims.get(code).is_some_and(|c| c.exchange_id == claim.exchange_id) {
+            claims.remove(code);
+        }
+        Ok(())
     }
 }
 

@@ -12,7 +12,8 @@ use handoff_app::entry::trigger::TriggerFunction;
 use handoff_app::entry::worker::WorkerFunction;
 use handoff_app::jq_sandbox::JqSandbox;
 use handoff_aws::dynamo::{
-    DynamoEndpointStore, DynamoExchangeRepository, DynamoIntegrationRepository, DynamoMappingRepository,
+    DynamoEndpointStore, DynamoEventQueue, DynamoExchangeRepository, DynamoIntegrationRepository,
+    DynamoMappingRepository,
 };
 use handoff_aws::s3::S3DataFileStore;
 use handoff_aws::scheduler::EventBridgeScheduleManager;
@@ -126,6 +127,7 @@ pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Re
         secrets: Arc::new(SecretsManagerStore::new(aws_sdk_secretsmanager::Client::new(&aws.sdk))),
         mappings: Arc::new(DynamoMappingRepository::new(dynamo.clone(), vars.required("HANDOFF_INTEGRATIONS_TABLE")?)),
         endpoints: Arc::new(DynamoEndpointStore::new(dynamo.clone(), vars.required("HANDOFF_EXCHANGES_TABLE")?)),
+        events: Arc::new(DynamoEventQueue::new(dynamo.clone(), vars.required("HANDOFF_EXCHANGES_TABLE")?)),
         clock: aws.clock.clone(),
     };
     let defaults = AppSettings::default();

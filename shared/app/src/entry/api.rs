@@ -8,6 +8,7 @@ use crate::entry::apigw;
 use crate::entry::function::{FunctionHandler, InvocationError};
 use crate::use_cases::callback::{accept_callback, CallbackError, Callbacks};
 use crate::use_cases::endpoints::{configure_endpoint, operate_endpoint, EndpointError};
+use crate::use_cases::events::{is_event_based, EventsRefusal};
 use crate::use_cases::integrations::{
     active_schedule, amend_integration, define_integration, endpoint_of, unrecorded_endpoint, DefineError, Defined,
     Integrations, ScheduleState,
@@ -39,6 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
 
+mod event_routes;
 mod mapping_routes;
 
 /// Requests above this are refused (Lambda's synchronous payload limit is 6 MB).
@@ -164,6 +166,8 @@ pub const ROUTE_SCOPES: &[(&str, &str, Option<Scope>)] = &[
     ("PATCH", "/integrations/{code}/versions/{version}", Some(Scope::Admin)),
     ("PATCH", "/integrations/{code}", Some(Scope::Operate)),
     ("GET", "/integrations/{code}/log", Some(Scope::Read)),
+    ("POST", "/integrations/{code}/events", Some(Scope::Invoke)),
+    ("GET", "/integrations/{code}/events", Some(Scope::Read)),
     ("POST", "/integrations/{code}/enable", Some(Scope::Operate)),
     ("POST", "/integrations/{code}/disable", Some(Scope::Operate)),
     ("POST", "/integrations/{code}/resume", Some(Scope::Operate)),
@@ -216,6 +220,7 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/integrations/{code}", get(get_integration).patch(patch_endpoint))
         .route("/integrations/{code}/versions/{version}", patch(patch_integration))
         .route("/integrations/{code}/log", get(endpoint_log))
+        .route("/integrations/{code}/events", post(event_routes::post_events).get(event_routes::get_events))
         .route("/integrations/{code}/enable", post(enable_endpoint))
         .route("/integrations/{code}/disable", post(disable_endpoint))
         .route("/integrations/{code}/resume", post(resume_endpoint))
@@ -406,7 +411,7 @@ fn endpoint_view(endpoint: &Endpoint, versions: &[StoredIntegration], now: DateT
         "reason": endpoint.reason,
         "changedBy": endpoint.changed_by,
         "queueStatus": endpoint.queue_status,
-        "onSystemFailure": endpoint.on_system_failure(false),
+        "onSystemFailure": endpoint.on_system_failure(is_event_based(versions)),
         "retrying": endpoint.retrying,
         "lastFailure": endpoint.last_failure,
         "haltedBy": endpoint.halted_by,
@@ -621,6 +626,13 @@ async fn post_exchange(State(ctx): Ctx, Extension(caller): Extension<Caller>, bo
             ApiError::new(StatusCode::CONFLICT, code, refusal)
         }
         InvokeError::Unusable(m) => ApiError::new(StatusCode::CONFLICT, "IntegrationUnusable", m),
+        InvokeError::EventBased(_) => ApiError::field(FieldError::new("payload", e.to_string()), "InvalidRequest"),
+        InvokeError::Events { refusal: EventsRefusal::NonePending, .. } => {
+            ApiError::new(StatusCode::CONFLICT, "NoPendingEvents", e.to_string())
+        }
+        InvokeError::Events { refusal: EventsRefusal::Busy(_), .. } => {
+            ApiError::new(StatusCode::CONFLICT, "EventsInUse", e.to_string())
+        }
         InvokeError::Payload(p) => {
             ApiError::internal(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "storing the payload failed", &p)
         }

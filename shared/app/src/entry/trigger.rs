@@ -40,7 +40,10 @@ impl FunctionHandler for TriggerFunction {
             // A schedule of a code with nothing enabled, or of a held endpoint, has nothing
             // to run; not an error to retry.
             Err(
-                e @ (InvokeError::NotFound { .. } | InvokeError::Disabled { .. } | InvokeError::EndpointHeld { .. }),
+                e @ (InvokeError::NotFound { .. }
+                | InvokeError::Disabled { .. }
+                | InvokeError::EndpointHeld { .. }
+                | InvokeError::Events { .. }),
             ) => {
                 tracing::warn!(integrationCode = %trigger.integration_code, reason = %e, "scheduled run skipped");
                 Ok(json!({"skipped": e.to_string()}))

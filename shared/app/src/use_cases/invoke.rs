@@ -4,6 +4,7 @@ use crate::context::AppContext;
 use crate::definitions::{DefinitionCache, LoadedIntegration};
 use crate::effects::{run_effects, EffectPorts};
 use crate::payloads::{PayloadCodec, PayloadError};
+use crate::use_cases::events::{take_events, EventsRefusal};
 use bytes::Bytes;
 use chrono::Utc;
 use handoff_core::commit::{CommitOutcome, ExchangeChange, StepCommit};
@@ -15,7 +16,7 @@ use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion};
 use handoff_core::machine::start::{new_exchange, NewExchange};
 use handoff_core::machine::{failures, Decision};
 use handoff_core::version::{select_version, VersionAvailability, VersionSelectionError};
-use handoff_ports::{EndpointStore, ExchangeWrites, IntegrationRepository, PortError};
+use handoff_ports::{EndpointStore, EventQueue, ExchangeWrites, IntegrationRepository, PortError};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -40,6 +41,14 @@ pub enum InvokeError {
     EndpointHeld { status: EndpointStatus, refusal: String },
     #[error("{0}")]
     Unusable(String),
+    /// An event-based integration runs on its queued events, not on a payload.
+    #[error(
+        "integration {0} is event-based: it runs on its queued events; send them with POST /integrations/{0}/events"
+    )]
+    EventBased(IntegrationCode),
+    /// An event-based run with nothing to run on, or whose events another exchange holds.
+    #[error("integration {code}: {refusal}")]
+    Events { code: IntegrationCode, refusal: EventsRefusal },
     #[error(transparent)]
     Payload(#[from] PayloadError),
     #[error(transparent)]
@@ -50,6 +59,7 @@ pub enum InvokeError {
 pub struct Starting<'a> {
     pub integrations: &'a dyn IntegrationRepository,
     pub endpoints: &'a dyn EndpointStore,
+    pub events: &'a dyn EventQueue,
     pub definitions: &'a DefinitionCache,
     pub writes: &'a dyn ExchangeWrites,
     pub retention: Option<chrono::Duration>,
@@ -63,6 +73,7 @@ impl<'a> Starting<'a> {
         Self {
             integrations: ctx.ports.integrations.as_ref(),
             endpoints: ctx.ports.endpoints.as_ref(),
+            events: ctx.ports.events.as_ref(),
             definitions: &ctx.definitions,
             writes: ctx.ports.exchanges.as_ref(),
             retention: ctx.settings.exchange_retention,
@@ -102,13 +113,30 @@ pub async fn invoke_exchange(ctx: &Starting<'_>, request: InvokeRequest) -> Resu
     let loaded = Arc::new(LoadedIntegration::from_stored(stored).map_err(|e| InvokeError::Unusable(e.to_string()))?);
     ctx.definitions.remember(loaded.clone());
 
-    let input = match request.payload {
+    let now = ctx.effects.clock.now();
+    let exchange_id = ExchangeId::new(uuid::Uuid::now_v7().to_string());
+    // An event-based integration runs on the events it takes (under a claim that a failed
+    // exchange keeps for its recovery, and one that completes consumes).
+    let (payload, events) = match loaded.definition.events {
+        None => (request.payload, None),
+        Some(_) if request.payload.is_some() => return Err(InvokeError::EventBased(code)),
+        Some(spec) => match take_events(ctx.events, ctx.effects.exchanges, &code, spec, &exchange_id, now).await? {
+            Ok(taken) => (Some((taken.input, "application/json".to_string())), Some(taken.count)),
+            Err(refusal) => {
+                if request.trigger.kind == TriggerKind::Schedule {
+                    let skipped =
+                        EndpointEvent::Skipped { trigger: request.trigger.clone(), reason: refusal.to_string() };
+                    log_endpoint(ctx, &code, skipped, now).await;
+                }
+                return Err(InvokeError::Events { code, refusal });
+            }
+        },
+    };
+    let input = match payload {
         Some((bytes, content_type)) => Some(ctx.codec.store(bytes, &content_type).await?),
         None => None,
     };
-    let now = ctx.effects.clock.now();
-    let created =
-        materialize(&loaded, ExchangeId::new(uuid::Uuid::now_v7().to_string()), request.parameters, input, None, now);
+    let created = materialize(&loaded, exchange_id, request.parameters, input, None, now);
     let (mut exchange, steps, message) = (created.exchange, created.steps, created.first);
     exchange.trigger = Some(request.trigger.clone());
     ctx.writes.create(&exchange, &steps).await?;
@@ -125,7 +153,8 @@ pub async fn invoke_exchange(ctx: &Starting<'_>, request: InvokeRequest) -> Resu
         mark_not_handed_off(ctx, &exchange, &send_error).await;
         return Err(send_error.into());
     }
-    let invoked = EndpointEvent::Invoked { exchange_id: exchange.exchange_id.clone(), trigger: request.trigger };
+    let invoked =
+        EndpointEvent::Invoked { exchange_id: exchange.exchange_id.clone(), trigger: request.trigger, events };
     log_endpoint(ctx, &code, invoked, now).await;
     Ok(exchange)
 }

@@ -1,13 +1,15 @@
 //! DynamoDB adapters: [`DynamoExchangeRepository`] (exchanges table, single-table design —
 //! see [`exchanges`]), [`DynamoIntegrationRepository`] and [`DynamoMappingRepository`]
-//! (integrations table), [`DynamoEndpointStore`] (exchanges table).
+//! (integrations table), [`DynamoEndpointStore`] and [`DynamoEventQueue`] (exchanges table).
 mod backoff;
 pub mod endpoints;
+pub mod events;
 pub mod exchanges;
 pub mod integrations;
 pub mod mappings;
 
 pub use endpoints::DynamoEndpointStore;
+pub use events::DynamoEventQueue;
 pub use exchanges::DynamoExchangeRepository;
 pub use integrations::DynamoIntegrationRepository;
 pub use mappings::DynamoMappingRepository;
@@ -62,4 +64,35 @@ pub(crate) async fn query_all(
             _ => return Ok(items),
         }
     }
+}
+
+/// Sends `requests` in order, ≤ 25 per BatchWriteItem, retrying unprocessed ones with backoff.
+pub(crate) async fn batch_write(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    requests: Vec<aws_sdk_dynamodb::types::WriteRequest>,
+) -> PortResult<()> {
+    for chunk in requests.chunks(exchanges::MAX_BATCH_WRITE) {
+        let mut requests = chunk.to_vec();
+        let mut backoff = backoff::Backoff::new();
+        while !requests.is_empty() {
+            let out = client
+                .batch_write_item()
+                .request_items(table, requests)
+                .send()
+                .await
+                .map_err(|e| error::sdk("dynamodb", "BatchWriteItem", e))?;
+            requests = out.unprocessed_items.and_then(|mut m| m.remove(table)).unwrap_or_default();
+            if requests.is_empty() {
+                break;
+            }
+            if !backoff.wait().await {
+                return Err(error::unavailable(
+                    "dynamodb",
+                    format!("BatchWriteItem: {} items still unprocessed after retries", requests.len()),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -147,7 +147,7 @@ fn record(
             step.completed_at = Some(now);
             step.payload = output.payload.clone();
             if planned.sub_step.has_external_effect() {
-                d.effects.push(Effect::observe(message, Observation::Succeeded));
+                d.effects.push(Effect::observe(pipeline, message, Observation::Succeeded));
             }
             let next_sequence = output.skip_to.unwrap_or(planned.sequence + 1);
             d.commit.skip = (planned.sequence + 1..next_sequence).map(StepId::from_sequence).collect();
@@ -173,6 +173,12 @@ fn record(
                 };
                 d.commit.result = message.input.clone();
                 d.count_on_parent(message.parent.as_ref(), true);
+                if pipeline.definition.events.is_some() {
+                    d.effects.push(Effect::ConsumeEvents {
+                        code: message.integration_code.clone(),
+                        exchange_id: message.exchange_id.clone(),
+                    });
+                }
             }
             if matches!(
                 planned.sub_step,
@@ -213,7 +219,7 @@ fn record(
                     attempt: message.attempt,
                     max_attempts: step.max_attempts,
                 };
-                d.effects.push(Effect::observe(message, Observation::Retrying(retrying)));
+                d.effects.push(Effect::observe(pipeline, message, Observation::Retrying(retrying)));
             }
             step.last_error = failure.map(|f| step_error(&f, now));
             let retry = message.retry(next_attempt, due);
@@ -263,7 +269,7 @@ fn record(
                         error: failure.message.clone(),
                         at: now,
                     };
-                    d.effects.push(Effect::observe(message, Observation::Failed(failed)));
+                    d.effects.push(Effect::observe(pipeline, message, Observation::Failed(failed)));
                 }
             }
         }

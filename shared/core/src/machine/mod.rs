@@ -117,14 +117,26 @@ pub enum Effect {
     /// The exchange timed out: so do its running sub-exchanges.
     TimeOutChildren(ExchangeId),
     /// What an attempt tells of its endpoint (retrying, recovered, failed): shown on it, and
-    /// a system failure may halt it ([`crate::endpoint::observe`]).
-    Observe { code: IntegrationCode, observation: crate::endpoint::Observation },
+    /// a system failure may halt it ([`crate::endpoint::observe`]; an event-based
+    /// integration halts by default).
+    Observe { code: IntegrationCode, observation: crate::endpoint::Observation, event_based: bool },
+    /// An exchange of an event-based integration completed: the events it took leave the
+    /// endpoint's queue ([`crate::events`]).
+    ConsumeEvents { code: IntegrationCode, exchange_id: ExchangeId },
 }
 
 impl Effect {
-    /// What `message`'s attempt tells of its endpoint.
-    pub fn observe(message: &HandoffMessage, observation: crate::endpoint::Observation) -> Self {
-        Self::Observe { code: message.integration_code.clone(), observation }
+    /// What `message`'s attempt (of an integration version `pipeline`) tells of its endpoint.
+    pub fn observe(
+        pipeline: Pipeline<'_>,
+        message: &HandoffMessage,
+        observation: crate::endpoint::Observation,
+    ) -> Self {
+        Self::Observe {
+            code: message.integration_code.clone(),
+            observation,
+            event_based: pipeline.definition.events.is_some(),
+        }
     }
 
     /// The handoff of `message` to the family of its sub-step, now.

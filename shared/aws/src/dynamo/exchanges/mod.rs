@@ -122,7 +122,7 @@ const KEEP_AFTER_EXPIRY: TimeDelta = TimeDelta::days(7);
 /// How long DynamoDB keeps a token that never expires.
 const KEEP_TOKEN_WITHOUT_EXPIRY: TimeDelta = TimeDelta::days(30);
 /// DynamoDB's limit of requests in one BatchWriteItem.
-const MAX_BATCH_WRITE: usize = 25;
+pub(crate) const MAX_BATCH_WRITE: usize = 25;
 /// DynamoDB's limit of keys in one BatchGetItem.
 const MAX_BATCH_GET: usize = 100;
 const MAX_LIST_LIMIT: u32 = 1000;
@@ -290,32 +290,8 @@ impl DynamoExchangeRepository {
         self.batch_write(requests).await
     }
 
-    /// Sends `requests` in order, ≤ 25 per BatchWriteItem, retrying unprocessed ones with backoff.
     async fn batch_write(&self, requests: Vec<WriteRequest>) -> PortResult<()> {
-        for chunk in requests.chunks(MAX_BATCH_WRITE) {
-            let mut requests = chunk.to_vec();
-            let mut backoff = Backoff::new();
-            while !requests.is_empty() {
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .request_items(self.table.clone(), requests)
-                    .send()
-                    .await
-                    .map_err(|e| error::sdk(SERVICE, "BatchWriteItem", e))?;
-                requests = out.unprocessed_items.and_then(|mut m| m.remove(&self.table)).unwrap_or_default();
-                if requests.is_empty() {
-                    break;
-                }
-                if !backoff.wait().await {
-                    return Err(error::unavailable(
-                        SERVICE,
-                        format!("BatchWriteItem: {} items still unprocessed after retries", requests.len()),
-                    ));
-                }
-            }
-        }
-        Ok(())
+        super::batch_write(&self.client, &self.table, requests).await
     }
 
     /// Whether the exchange item exists with the mark of a deletion under way.
