@@ -43,6 +43,7 @@ mod jq_sandbox;
 mod moto_launcher;
 mod queues;
 mod schedules;
+mod unrouted;
 
 /// The moto endpoint of this test binary.
 fn endpoint() -> &'static str {

@@ -13,3 +13,4 @@ mod schedule;
 mod security;
 mod subflows;
 mod transform;
+mod unrouted;

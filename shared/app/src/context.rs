@@ -12,7 +12,7 @@ use handoff_ports::MappingRepository;
 use handoff_ports::SecretStore;
 use handoff_ports::{
     Clock, DataFileStore, EndpointStore, EventQueue, ExchangeRepository, HandoffQueue, IntegrationRepository,
-    ScheduleManager,
+    ScheduleManager, UnroutedStore,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +74,8 @@ pub struct Ports {
     pub endpoints: Arc<dyn EndpointStore>,
     /// Each endpoint's queue of events.
     pub events: Arc<dyn EventQueue>,
+    /// Requests the API could not route, kept for replay.
+    pub unrouted: Arc<dyn UnroutedStore>,
     /// What time it is (the emulator's clock moves when its time control says so).
     pub clock: Arc<dyn Clock>,
 }

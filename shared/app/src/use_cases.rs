@@ -13,3 +13,4 @@ pub mod invoke;
 pub mod recover;
 pub mod sweeps;
 pub mod timer;
+pub mod unrouted;

@@ -19,7 +19,7 @@ use handoff_core::machine::Effect;
 use handoff_core::plan::{SubStep, WorkerFamily};
 use handoff_ports::memory::{
     ManualClock, MemoryDataFileStore, MemoryEndpoints, MemoryEventQueues, MemoryExchangeRepository,
-    MemoryIntegrationRepository, MemoryMappings, MemoryQueue, MemorySchedules, MemorySecrets, Queued,
+    MemoryIntegrationRepository, MemoryMappings, MemoryQueue, MemorySchedules, MemorySecrets, MemoryUnrouted, Queued,
 };
 use handoff_ports::{Clock, ExchangeReads, ScheduleManager, TokenStore};
 use http::{Request, StatusCode};
@@ -61,6 +61,7 @@ impl Harness {
             mappings: Arc::new(MemoryMappings::default()),
             endpoints: Arc::new(MemoryEndpoints::default()),
             events: Arc::new(MemoryEventQueues::default()),
+            unrouted: Arc::new(MemoryUnrouted::default()),
             clock: clock.clone(),
         };
         // Definitions are read live, so a changed retry policy shows at the next decision.
@@ -1198,4 +1199,68 @@ async fn a_failed_event_exchange_keeps_its_events_through_recovery_and_later_eve
     assert_eq!(event_data(&bodies[1]), [(Some("sku-1"), json!(2))]);
     let (_, queue) = h.call("GET", "/integrations/STOCK/events", None).await;
     assert_eq!(queue["pending"], 0);
+}
+
+#[tokio::test]
+async fn a_request_that_cannot_be_routed_is_kept_listed_and_replayed_once_the_integration_exists() {
+    let h = Harness::new();
+    let (url, _, delivered) = recording_target().await;
+    let request = json!({"integrationCode": "LATER", "parameters": {"region": "EU"}, "payload": {"order": 7}});
+    let (status, refused) = h.call("POST", "/exchanges", Some(request.clone())).await;
+    assert_eq!((status, refused["error"].as_str()), (StatusCode::NOT_FOUND, Some("NotFound")), "{refused}");
+    let unrouted = refused["unroutedId"].as_str().expect("kept").to_string();
+    let (status, listed) = h.call("GET", "/unrouted", None).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let kept = &listed["items"][0];
+    assert_eq!((kept["unroutedId"].as_str(), kept["caller"].as_str()), (Some(unrouted.as_str()), Some("tester")));
+    assert_eq!(
+        (kept["integrationCode"].as_str(), kept["refusal"]["error"].as_str()),
+        (Some("LATER"), Some("NotFound"))
+    );
+    assert_eq!(kept["parameters"], json!({"region": "EU"}));
+    assert_eq!(kept["replayed"], false);
+
+    // Not routable yet: the replay is refused and the message stays.
+    let replay = format!("/unrouted/{unrouted}/replay");
+    let (status, body) = h.call("POST", &replay, None).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::CONFLICT, Some("NotRoutable")), "{body}");
+    let (_, shown) = h.call("GET", &format!("/unrouted/{unrouted}"), None).await;
+    assert!(shown.get("replay").is_none(), "{shown}");
+
+    // A held endpoint's refusals are kept too.
+    h.define(json!({"code": "LATER", "version": 1, "endpointStatus": "Disabled", "steps": [
+        {"name": "send", "type": "delivery", "destinations": [{"kind": "rest", "request": {"method": "POST", "url": url}}]}]}))
+    .await;
+    let (status, held) = h.call("POST", "/exchanges", Some(json!({"integrationCode": "LATER"}))).await;
+    assert_eq!((status, held["error"].as_str()), (StatusCode::CONFLICT, Some("EndpointDisabled")), "{held}");
+    assert!(held["unroutedId"].is_string(), "{held}");
+    let (_, listed) = h.call("GET", "/unrouted?limit=1", None).await;
+    assert_eq!(listed["items"][0]["refusal"]["error"], "EndpointDisabled", "newest first: {listed}");
+    let cursor = listed["nextCursor"].as_str().expect("a next page");
+    let (_, older) = h.call("GET", &format!("/unrouted?limit=1&cursor={cursor}"), None).await;
+    assert_eq!(older["items"][0]["unroutedId"], json!(unrouted), "{older}");
+
+    h.call("POST", "/integrations/LATER/enable", None).await;
+    let (status, replayed) = h.call("POST", &replay, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{replayed}");
+    let id = ExchangeId::new(replayed["exchangeId"].as_str().expect("exchange"));
+    assert!(h.run().await.is_empty());
+    assert_eq!(h.detail(&id).await.exchange.status, ExchangeStatus::Completed);
+    assert_eq!(delivered.lock().expect("lock").clone(), [json!({"order": 7})], "the kept payload, delivered once");
+    let (_, exchange) = h.call("GET", &format!("/exchanges/{id}"), None).await;
+    assert_eq!(exchange["trigger"], json!({"kind": "replay", "caller": "tester"}), "{exchange}");
+    assert_eq!(exchange["parameters"], json!({"region": "EU"}));
+    let (_, shown) = h.call("GET", &format!("/unrouted/{unrouted}"), None).await;
+    assert_eq!((shown["replayed"].as_bool(), shown["replay"]["exchangeId"].as_str()), (Some(true), Some(id.as_str())));
+    let (status, again) = h.call("POST", &replay, None).await;
+    assert_eq!((status, again["error"].as_str()), (StatusCode::CONFLICT, Some("AlreadyReplayed")), "{again}");
+    assert_eq!(again["exchangeId"], json!(id.as_str()));
+
+    let (status, body) = h.call("GET", "/unrouted/not-an-id", None).await;
+    assert_eq!((status, body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("id")), "{body}");
+    let (status, _) = h.call("GET", "/unrouted/01900000-0000-7000-8000-000000000000", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let reader = Caller::new("reader", ["handoff:read"]);
+    let (status, _) = h.call_as(Some(reader), "POST", &replay, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "replaying needs handoff:operate");
 }

@@ -6,8 +6,9 @@
 
 use crate::exchange::ExchangeStatus;
 use crate::ids::ExchangeId;
+use crate::machine::start::never_started;
 use crate::reader::{describe, FieldError, FieldResult, ObjectReader};
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -23,9 +24,6 @@ pub const MAX_PER_EXCHANGE_LIMIT: u64 = 1000;
 /// How many of the oldest pending events one exchange looks at when it takes its events
 /// (superseded ones included): bounds the read and the claim's size.
 pub const MAX_EVENTS_CONSIDERED: usize = 1000;
-/// A claim whose exchange does not exist this long after it was made was left by an
-/// invocation that stopped before creating its exchange: it is let go.
-pub const ABANDONED_CLAIM_AFTER_SECONDS: i64 = 120;
 
 /// One event as sent: `{key?, type?, data}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -205,7 +203,7 @@ pub enum ClaimFate {
 pub fn claim_fate(claim: &EventClaim, status: Option<ExchangeStatus>, now: DateTime<Utc>) -> ClaimFate {
     match status {
         Some(ExchangeStatus::Completed) => ClaimFate::Consume,
-        None if now - claim.claimed_at >= Duration::seconds(ABANDONED_CLAIM_AFTER_SECONDS) => ClaimFate::Abandon,
+        None if never_started(claim.claimed_at, now) => ClaimFate::Abandon,
         None => ClaimFate::Keep { reason: format!("exchange {} is taking the pending events", claim.exchange_id) },
         Some(status) if status.is_final() => ClaimFate::Keep {
             reason: format!(
@@ -224,6 +222,7 @@ pub fn claim_fate(claim: &EventClaim, status: Option<ExchangeStatus>, now: DateT
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Duration;
     use serde_json::json;
 
     fn queued(events: &[(Option<&str>, i64)]) -> Vec<QueuedEvent> {
@@ -311,7 +310,7 @@ mod tests {
         );
         assert!(matches!(claim_fate(&claim, Some(ExchangeStatus::Started), now), ClaimFate::Keep { .. }));
         assert!(matches!(claim_fate(&claim, None, now), ClaimFate::Keep { .. }), "its exchange may be being created");
-        let later = now + Duration::seconds(ABANDONED_CLAIM_AFTER_SECONDS);
+        let later = now + Duration::seconds(crate::machine::start::NEVER_STARTED_AFTER_SECONDS);
         assert_eq!(claim_fate(&claim, None, later), ClaimFate::Abandon);
     }
 }

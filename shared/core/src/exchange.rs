@@ -200,6 +200,9 @@ pub enum TriggerKind {
     Schedule,
     /// A parent's subflow step.
     Subflow,
+    /// `POST /unrouted/{id}/replay`: a request kept because it could not be routed, replayed
+    /// by an operator (the caller) once it can be.
+    Replay,
 }
 
 /// What started an exchange and on whose behalf (the caller's `sub`; none for the schedule).
@@ -220,6 +223,9 @@ impl Trigger {
     }
     pub fn subflow() -> Self {
         Self { kind: TriggerKind::Subflow, caller: None }
+    }
+    pub fn replay(operator: &str) -> Self {
+        Self { kind: TriggerKind::Replay, caller: Some(operator.to_string()) }
     }
 }
 

@@ -37,6 +37,10 @@ string_id!(
     /// Identifies a set of data files in object storage.
     DataFileSetId
 );
+string_id!(
+    /// Identifies a request kept because it could not be routed (time-ordered, like exchanges).
+    UnroutedId
+);
 
 /// Identifies an integration across its versions, e.g. `PROVIDER_IMPORT`.
 /// Letters, digits, `_` and `-`, 1..=64 characters: it becomes part of storage keys and schedule names.

@@ -22,4 +22,5 @@ pub mod reader;
 pub mod recovery;
 pub mod retry;
 pub mod schedule;
+pub mod unrouted;
 pub mod version;

@@ -17,10 +17,11 @@ use handoff_core::endpoint::{Endpoint, EndpointLogEntry, HeldHandoff};
 use handoff_core::events::{EventClaim, QueuedEvent};
 use handoff_core::exchange::{Exchange, ExchangeDetail, ExchangeStatus, ExchangeStep};
 use handoff_core::handoff::{CallbackToken, HandoffMessage, Timer};
-use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
+use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId, UnroutedId};
 use handoff_core::mapping::MappingName;
 use handoff_core::plan::WorkerFamily;
 use handoff_core::retry::ErrorClassification;
+use handoff_core::unrouted::UnroutedMessage;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -214,6 +215,45 @@ pub trait EventQueue: Send + Sync {
 
     /// Lets the claim go (if it is still this exchange's), leaving its events queued.
     async fn let_go(&self, code: &IntegrationCode, claim: &EventClaim) -> PortResult<()>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnroutedWriteError {
+    /// The message is not as the writer read it: kept already, or its replay changed since.
+    #[error("the unrouted message changed concurrently; read it again")]
+    Conflict,
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// Unrouted messages (issue 10, point 5): requests the API could not route, kept until
+/// replayed and for as long as finished exchanges are kept.
+#[async_trait]
+pub trait UnroutedStore: Send + Sync {
+    /// Keeps a new message (once: a second write of the same id is a conflict), to be
+    /// forgotten at `expires_at`.
+    async fn keep(
+        &self,
+        message: &UnroutedMessage,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<(), UnroutedWriteError>;
+
+    async fn unrouted(&self, id: &UnroutedId) -> PortResult<Option<UnroutedMessage>>;
+
+    /// Newest first: up to `limit` after the cursor `after`, and the cursor of the next page.
+    async fn list_unrouted(
+        &self,
+        limit: usize,
+        after: Option<&str>,
+    ) -> PortResult<(Vec<UnroutedMessage>, Option<String>)>;
+
+    /// Writes `message`'s replay, if the stored one is still `expected` (the exchange of the
+    /// replay read, `None`: never replayed): two replays cannot both start.
+    async fn save_replay(
+        &self,
+        message: &UnroutedMessage,
+        expected: Option<&ExchangeId>,
+    ) -> Result<(), UnroutedWriteError>;
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

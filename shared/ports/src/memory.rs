@@ -8,6 +8,7 @@ use crate::{
     EventClaimError, EventQueue, EventQueueSummary, ExchangeFilter, ExchangePage, ExchangeReads, ExchangeWrites,
     HandoffQueue, IntegrationRepository, IntegrationWriteError, MappingRepository, MappingWriteError, PortError,
     PortResult, ScheduleManager, SecretStore, SecretText, StoredIntegration, StoredMapping, TimerStore, TokenStore,
+    UnroutedStore, UnroutedWriteError,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -24,9 +25,10 @@ use handoff_core::exchange::{
     Exchange, ExchangeDetail, ExchangeStatus, ExchangeStep, LogLine, StepStatus, SubExchangeCounts,
 };
 use handoff_core::handoff::{CallbackToken, HandoffMessage, Timer};
-use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
+use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId, UnroutedId};
 use handoff_core::mapping::MappingName;
 use handoff_core::plan::WorkerFamily;
+use handoff_core::unrouted::UnroutedMessage;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
@@ -764,6 +766,64 @@ impl EndpointStore for MemoryEndpoints {
         let page: Vec<EndpointLogEntry> = lines.iter().skip(skip).take(limit.max(1) as usize).cloned().collect();
         let next = (skip + page.len() < lines.len()).then(|| (skip + page.len()).to_string());
         Ok((page, next))
+    }
+}
+
+/// Unrouted messages in memory, by id (time-ordered): kept once, replays written only over
+/// the replay read, as the adapter's conditional writes. Expiry is not played.
+#[derive(Debug, Default)]
+pub struct MemoryUnrouted {
+    messages: Mutex<BTreeMap<UnroutedId, UnroutedMessage>>,
+}
+
+#[async_trait]
+impl UnroutedStore for MemoryUnrouted {
+    async fn keep(
+        &self,
+        message: &UnroutedMessage,
+        _expires_at: Option<DateTime<Utc>>,
+    ) -> Result<(), UnroutedWriteError> {
+        let mut messages = lock(&self.messages);
+        if messages.contains_key(&message.unrouted_id) {
+            return Err(UnroutedWriteError::Conflict);
+        }
+        messages.insert(message.unrouted_id.clone(), message.clone());
+        Ok(())
+    }
+    async fn unrouted(&self, id: &UnroutedId) -> PortResult<Option<UnroutedMessage>> {
+        Ok(lock(&self.messages).get(id).cloned())
+    }
+    async fn list_unrouted(
+        &self,
+        limit: usize,
+        after: Option<&str>,
+    ) -> PortResult<(Vec<UnroutedMessage>, Option<String>)> {
+        let limit = limit.max(1);
+        let messages = lock(&self.messages);
+        let mut page: Vec<UnroutedMessage> = messages
+            .values()
+            .rev()
+            .filter(|m| after.is_none_or(|after| m.unrouted_id.as_str() < after))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next = if more { page.last().map(|m| m.unrouted_id.to_string()) } else { None };
+        Ok((page, next))
+    }
+    async fn save_replay(
+        &self,
+        message: &UnroutedMessage,
+        expected: Option<&ExchangeId>,
+    ) -> Result<(), UnroutedWriteError> {
+        let mut messages = lock(&self.messages);
+        let Some(stored) = messages.get_mut(&message.unrouted_id) else { return Err(UnroutedWriteError::Conflict) };
+        if stored.replay.as_ref().map(|r| &r.exchange_id) != expected {
+            return Err(UnroutedWriteError::Conflict);
+        }
+        stored.replay = message.replay.clone();
+        Ok(())
     }
 }
 

@@ -13,7 +13,7 @@ use handoff_app::entry::worker::WorkerFunction;
 use handoff_app::jq_sandbox::JqSandbox;
 use handoff_aws::dynamo::{
     DynamoEndpointStore, DynamoEventQueue, DynamoExchangeRepository, DynamoIntegrationRepository,
-    DynamoMappingRepository,
+    DynamoMappingRepository, DynamoUnroutedStore,
 };
 use handoff_aws::s3::S3DataFileStore;
 use handoff_aws::scheduler::EventBridgeScheduleManager;
@@ -128,6 +128,7 @@ pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Re
         mappings: Arc::new(DynamoMappingRepository::new(dynamo.clone(), vars.required("HANDOFF_INTEGRATIONS_TABLE")?)),
         endpoints: Arc::new(DynamoEndpointStore::new(dynamo.clone(), vars.required("HANDOFF_EXCHANGES_TABLE")?)),
         events: Arc::new(DynamoEventQueue::new(dynamo.clone(), vars.required("HANDOFF_EXCHANGES_TABLE")?)),
+        unrouted: Arc::new(DynamoUnroutedStore::new(dynamo.clone(), vars.required("HANDOFF_EXCHANGES_TABLE")?)),
         clock: aws.clock.clone(),
     };
     let defaults = AppSettings::default();

@@ -13,8 +13,9 @@ use crate::use_cases::integrations::{
     active_schedule, amend_integration, define_integration, endpoint_of, unrecorded_endpoint, DefineError, Defined,
     Integrations, ScheduleState,
 };
-use crate::use_cases::invoke::{invoke_exchange, InvokeError, InvokeRequest, Starting};
+use crate::use_cases::invoke::InvokeError;
 use crate::use_cases::recover::{recover_exchange, retry_step_now, ActionError, Recovering};
+use crate::use_cases::unrouted::{request_exchange, ExchangeRequest, Routing};
 use async_trait::async_trait;
 use axum::body::{Body, Bytes};
 use axum::extract::MatchedPath;
@@ -25,9 +26,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
-use handoff_core::endpoint::{Endpoint, EndpointCommand, EndpointStatus, OnSystemFailure, QueueStatus};
+use handoff_core::endpoint::{Endpoint, EndpointCommand, OnSystemFailure, QueueStatus};
+use handoff_core::exchange::ExchangeDetail;
 use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep};
-use handoff_core::exchange::{ExchangeDetail, Trigger};
 use handoff_core::identity::{Caller, Scope};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::notification::parse_notification;
@@ -42,6 +43,7 @@ use tower::ServiceExt;
 
 mod event_routes;
 mod mapping_routes;
+mod unrouted_routes;
 
 /// Requests above this are refused (Lambda's synchronous payload limit is 6 MB).
 pub const MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
@@ -63,11 +65,13 @@ pub struct ApiError {
     field: Option<String>,
     /// Set on our own failures: the log line that has the detail.
     error_id: Option<String>,
+    /// More that the caller can act on (e.g. where a refused request was kept).
+    details: Map<String, Value>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None, error_id: None }
+        Self { status, code, message: message.into(), field: None, error_id: None, details: Map::new() }
     }
     fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -79,7 +83,13 @@ impl ApiError {
             message: error.to_string(),
             field: Some(error.path),
             error_id: None,
+            details: Map::new(),
         }
+    }
+    /// The error with `key` set in its body.
+    fn with(mut self, key: &str, value: Value) -> Self {
+        self.details.insert(key.to_string(), value);
+        self
     }
     fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "NotFound", message)
@@ -119,7 +129,7 @@ impl ApiError {
             }
             _ => format!("the gateway failed to handle the request; quote errorId {error_id} when reporting it"),
         };
-        Self { status, code, message, field: None, error_id: Some(error_id) }
+        Self { status, code, message, field: None, error_id: Some(error_id), details: Map::new() }
     }
 }
 
@@ -142,7 +152,9 @@ impl From<PortError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({"error": self.code, "message": self.message});
+        let mut body = Value::Object(self.details);
+        body["error"] = json!(self.code);
+        body["message"] = json!(self.message);
         if let Some(field) = self.field {
             body["field"] = Value::String(field);
         }
@@ -178,6 +190,9 @@ pub const ROUTE_SCOPES: &[(&str, &str, Option<Scope>)] = &[
     ("POST", "/exchanges/{id}/recover", Some(Scope::Operate)),
     ("POST", "/exchanges/{id}/steps/{stepId}/retry", Some(Scope::Operate)),
     ("GET", "/errors", Some(Scope::Read)),
+    ("GET", "/unrouted", Some(Scope::Read)),
+    ("GET", "/unrouted/{id}", Some(Scope::Read)),
+    ("POST", "/unrouted/{id}/replay", Some(Scope::Operate)),
     ("POST", "/notifications/{token}", None),
     ("GET", "/data-file-sets/{id}", Some(Scope::Read)),
     ("GET", "/data-file-sets/{id}/files/{name}", Some(Scope::Read)),
@@ -230,6 +245,9 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/exchanges/{id}/recover", post(recover))
         .route("/exchanges/{id}/steps/{stepId}/retry", post(retry_step))
         .route("/errors", get(list_errors))
+        .route("/unrouted", get(unrouted_routes::list_unrouted))
+        .route("/unrouted/{id}", get(unrouted_routes::get_unrouted))
+        .route("/unrouted/{id}/replay", post(unrouted_routes::replay))
         .route("/notifications/{token}", post(notify))
         .route("/data-file-sets/{id}", get(get_data_file_set))
         .route("/data-file-sets/{id}/files/{name}", get(get_data_file))
@@ -581,6 +599,29 @@ fn exchange_view(detail: &ExchangeDetail) -> Value {
     v
 }
 
+/// The API's answer to an invocation that started no exchange.
+fn invoke_error(e: InvokeError) -> ApiError {
+    match e {
+        InvokeError::NotFound { .. } | InvokeError::Disabled { .. } | InvokeError::EndpointHeld { .. } => {
+            let (code, message) = e.routing_refusal().unwrap_or(("NotRouted", e.to_string()));
+            let status = if code == "NotFound" { StatusCode::NOT_FOUND } else { StatusCode::CONFLICT };
+            ApiError::new(status, code, message)
+        }
+        InvokeError::Unusable(m) => ApiError::new(StatusCode::CONFLICT, "IntegrationUnusable", m),
+        InvokeError::EventBased(_) => ApiError::field(FieldError::new("payload", e.to_string()), "InvalidRequest"),
+        InvokeError::Events { refusal: EventsRefusal::NonePending, .. } => {
+            ApiError::new(StatusCode::CONFLICT, "NoPendingEvents", e.to_string())
+        }
+        InvokeError::Events { refusal: EventsRefusal::Busy(_), .. } => {
+            ApiError::new(StatusCode::CONFLICT, "EventsInUse", e.to_string())
+        }
+        InvokeError::Payload(p) => {
+            ApiError::internal(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "storing the payload failed", &p)
+        }
+        InvokeError::Port(p) => p.into(),
+    }
+}
+
 async fn post_exchange(State(ctx): Ctx, Extension(caller): Extension<Caller>, body: Bytes) -> ApiResult {
     let request = json_body(&body)?;
     let r = ObjectReader::new("", &request).map_err(|e| ApiError::field(e, "InvalidRequest"))?;
@@ -607,36 +648,16 @@ async fn post_exchange(State(ctx): Ctx, Extension(caller): Extension<Caller>, bo
     });
     let wait_seconds = r.optional_u64("waitSeconds", 0, 3600).map_err(invalid)?.unwrap_or(0).min(MAX_WAIT_SECONDS);
 
-    let exchange = invoke_exchange(
-        &Starting::of(&ctx),
-        InvokeRequest {
-            integration_code,
-            integration_version,
-            parameters,
-            payload,
-            trigger: Trigger::api(&caller.subject),
-        },
-    )
-    .await
-    .map_err(|e| match e {
-        InvokeError::NotFound { .. } => ApiError::not_found(e.to_string()),
-        InvokeError::Disabled { .. } => ApiError::new(StatusCode::CONFLICT, "VersionDisabled", e.to_string()),
-        InvokeError::EndpointHeld { status, refusal } => {
-            let code = if status == EndpointStatus::Failed { "EndpointFailed" } else { "EndpointDisabled" };
-            ApiError::new(StatusCode::CONFLICT, code, refusal)
+    let request =
+        ExchangeRequest { integration_code, integration_version, parameters, payload, caller: caller.subject.clone() };
+    let exchange = request_exchange(&Routing::of(&ctx), request).await.map_err(|refused| {
+        let kept = refused.kept.clone();
+        let error = invoke_error(refused.error);
+        match kept {
+            // Kept: the caller learns where, and the operator can replay it.
+            Some(id) => error.with("unroutedId", json!(id)),
+            None => error,
         }
-        InvokeError::Unusable(m) => ApiError::new(StatusCode::CONFLICT, "IntegrationUnusable", m),
-        InvokeError::EventBased(_) => ApiError::field(FieldError::new("payload", e.to_string()), "InvalidRequest"),
-        InvokeError::Events { refusal: EventsRefusal::NonePending, .. } => {
-            ApiError::new(StatusCode::CONFLICT, "NoPendingEvents", e.to_string())
-        }
-        InvokeError::Events { refusal: EventsRefusal::Busy(_), .. } => {
-            ApiError::new(StatusCode::CONFLICT, "EventsInUse", e.to_string())
-        }
-        InvokeError::Payload(p) => {
-            ApiError::internal(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "storing the payload failed", &p)
-        }
-        InvokeError::Port(p) => p.into(),
     })?;
     if wait_seconds == 0 {
         let body = json!({

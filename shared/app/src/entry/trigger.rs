@@ -31,6 +31,7 @@ impl FunctionHandler for TriggerFunction {
             parameters: json!({}),
             payload: None,
             trigger: Trigger::schedule(),
+            exchange_id: None,
         };
         match invoke_exchange(&Starting::of(&self.ctx), request).await {
             Ok(exchange) => {

@@ -24,10 +24,20 @@ pub struct InvokeRequest {
     pub integration_code: IntegrationCode,
     pub integration_version: Option<IntegrationVersion>,
     pub parameters: Value,
-    /// The invocation payload and its content type.
-    pub payload: Option<(Bytes, String)>,
-    /// What asks for it (the API on behalf of a caller, the schedule).
+    pub payload: Option<InvokeInput>,
+    /// What asks for it (the API on behalf of a caller, the schedule, a replay).
     pub trigger: Trigger,
+    /// The id its exchange gets when one was promised before (a replay's); else a new one.
+    pub exchange_id: Option<ExchangeId>,
+}
+
+/// An invocation's payload.
+#[derive(Debug, Clone)]
+pub enum InvokeInput {
+    /// As sent, with its content type: stored when the exchange is created.
+    Sent(Bytes, String),
+    /// Stored already (a kept request's).
+    Stored(Payload),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +93,23 @@ impl<'a> Starting<'a> {
     }
 }
 
+impl InvokeError {
+    /// A request that could not be routed — unknown code, unknown or disabled version,
+    /// endpoint Disabled or Failed — as the API refuses it (its error code and message) and
+    /// keeps it ([`crate::use_cases::unrouted`]); `None` for every other error.
+    pub fn routing_refusal(&self) -> Option<(&'static str, String)> {
+        match self {
+            InvokeError::NotFound { .. } => Some(("NotFound", self.to_string())),
+            InvokeError::Disabled { .. } => Some(("VersionDisabled", self.to_string())),
+            InvokeError::EndpointHeld { status: EndpointStatus::Failed, refusal } => {
+                Some(("EndpointFailed", refusal.clone()))
+            }
+            InvokeError::EndpointHeld { refusal, .. } => Some(("EndpointDisabled", refusal.clone())),
+            _ => None,
+        }
+    }
+}
+
 pub async fn invoke_exchange(ctx: &Starting<'_>, request: InvokeRequest) -> Result<Exchange, InvokeError> {
     let code = request.integration_code;
     let versions = ctx.integrations.versions(&code).await?;
@@ -114,14 +141,14 @@ pub async fn invoke_exchange(ctx: &Starting<'_>, request: InvokeRequest) -> Resu
     ctx.definitions.remember(loaded.clone());
 
     let now = ctx.effects.clock.now();
-    let exchange_id = ExchangeId::new(uuid::Uuid::now_v7().to_string());
+    let exchange_id = request.exchange_id.unwrap_or_else(|| ExchangeId::new(uuid::Uuid::now_v7().to_string()));
     // An event-based integration runs on the events it takes (under a claim that a failed
     // exchange keeps for its recovery, and one that completes consumes).
     let (payload, events) = match loaded.definition.events {
         None => (request.payload, None),
         Some(_) if request.payload.is_some() => return Err(InvokeError::EventBased(code)),
         Some(spec) => match take_events(ctx.events, ctx.effects.exchanges, &code, spec, &exchange_id, now).await? {
-            Ok(taken) => (Some((taken.input, "application/json".to_string())), Some(taken.count)),
+            Ok(taken) => (Some(InvokeInput::Sent(taken.input, "application/json".to_string())), Some(taken.count)),
             Err(refusal) => {
                 if request.trigger.kind == TriggerKind::Schedule {
                     let skipped =
@@ -133,7 +160,8 @@ pub async fn invoke_exchange(ctx: &Starting<'_>, request: InvokeRequest) -> Resu
         },
     };
     let input = match payload {
-        Some((bytes, content_type)) => Some(ctx.codec.store(bytes, &content_type).await?),
+        Some(InvokeInput::Sent(bytes, content_type)) => Some(ctx.codec.store(bytes, &content_type).await?),
+        Some(InvokeInput::Stored(payload)) => Some(payload),
         None => None,
     };
     let created = materialize(&loaded, exchange_id, request.parameters, input, None, now);

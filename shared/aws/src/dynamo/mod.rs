@@ -1,18 +1,21 @@
 //! DynamoDB adapters: [`DynamoExchangeRepository`] (exchanges table, single-table design —
 //! see [`exchanges`]), [`DynamoIntegrationRepository`] and [`DynamoMappingRepository`]
-//! (integrations table), [`DynamoEndpointStore`] and [`DynamoEventQueue`] (exchanges table).
+//! (integrations table), [`DynamoEndpointStore`], [`DynamoEventQueue`] and [`DynamoUnroutedStore`] (exchanges
+//! table).
 mod backoff;
 pub mod endpoints;
 pub mod events;
 pub mod exchanges;
 pub mod integrations;
 pub mod mappings;
+pub mod unrouted;
 
 pub use endpoints::DynamoEndpointStore;
 pub use events::DynamoEventQueue;
 pub use exchanges::DynamoExchangeRepository;
 pub use integrations::DynamoIntegrationRepository;
 pub use mappings::DynamoMappingRepository;
+pub use unrouted::DynamoUnroutedStore;
 
 use crate::error;
 use handoff_ports::PortResult;

@@ -9,6 +9,17 @@ use crate::ids::{ExchangeId, StepId};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+/// An exchange id promised before its exchange is written (to a claim on events, to a
+/// replayed request) whose exchange does not exist this long after is taken to have never
+/// started: its invocation stopped first, and what was promised to it is free again.
+pub const NEVER_STARTED_AFTER_SECONDS: i64 = 120;
+
+/// Whether an exchange promised at `promised_at`, and not found at `now`, never started
+/// (rather than being about to be written).
+pub fn never_started(promised_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    now - promised_at >= chrono::Duration::seconds(NEVER_STARTED_AFTER_SECONDS)
+}
+
 /// What creating an exchange writes, and the handoff to send once it is written.
 #[derive(Debug, Clone)]
 pub struct NewExchange {
