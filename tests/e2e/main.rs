@@ -11,6 +11,7 @@ mod operations;
 mod pipeline;
 mod schedule;
 mod security;
+mod signoff;
 mod subflows;
 mod transform;
 mod unrouted;

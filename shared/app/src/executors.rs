@@ -192,8 +192,24 @@ async fn run(
             ));
             Ok(StepOutput::default())
         }
+        SubStep::AwaitSignoff => {
+            let timeout_seconds = match cx.loaded.definition.signoff {
+                handoff_core::definition::Signoff::Requester { timeout_seconds } => timeout_seconds,
+                handoff_core::definition::Signoff::Auto => None,
+            };
+            let timeout_at = timeout_seconds.map(|s| cx.app.ports.clock.now() + ChronoDuration::seconds(s as i64));
+            logs.push(match timeout_at {
+                Some(at) => format!("Waiting for the requester's sign-off (POST /exchanges/{{id}}/signoff) until {at}"),
+                None => "Waiting for the requester's sign-off (POST /exchanges/{id}/signoff)".into(),
+            });
+            let signoff = StepId::from_sequence(cx.planned.sequence + 1);
+            Ok(StepOutput { wait: Some(Wait { step_id: signoff, timeout_at }), ..StepOutput::default() })
+        }
         SubStep::ExchangeSignoff => {
-            logs.push("Exchange signed off".into());
+            logs.push(match &cx.message.requested_by {
+                Some(by) => format!("Exchange signed off by {by}"),
+                _ => "Exchange signed off".into(),
+            });
             Ok(StepOutput::default())
         }
         SubStep::ConditionInvocation => {

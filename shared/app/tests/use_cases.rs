@@ -153,6 +153,14 @@ impl Harness {
         panic!("the exchange did not settle within 200 rounds");
     }
 
+    /// A completed exchange of a plain integration (it signs off by itself).
+    async fn invoke_completed_plain(&self) -> ExchangeId {
+        self.define(transform("PLAIN_SIGNOFF", ".")).await;
+        let id = self.invoke("PLAIN_SIGNOFF", json!([1])).await;
+        assert!(self.run().await.is_empty());
+        id
+    }
+
     async fn detail(&self, id: &ExchangeId) -> ExchangeDetail {
         self.exchanges.get(id).await.expect("read").expect("exchange exists")
     }
@@ -1263,4 +1271,62 @@ async fn a_request_that_cannot_be_routed_is_kept_listed_and_replayed_once_the_in
     let reader = Caller::new("reader", ["handoff:read"]);
     let (status, _) = h.call_as(Some(reader), "POST", &replay, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "replaying needs handoff:operate");
+}
+
+#[tokio::test]
+async fn a_requester_signoff_completes_the_exchange_and_without_one_it_times_out_recoverably() {
+    let h = Harness::new();
+    let mut definition = transform("SIGNED", "map(. * 10)");
+    definition["signoff"] = json!("requester");
+    h.define(definition).await;
+    let id = h.invoke("SIGNED", json!([1, 2])).await;
+    assert!(h.run().await.is_empty(), "no timeout armed without signoffTimeoutSeconds");
+    let (_, waiting) = h.call("GET", &format!("/exchanges/{id}"), None).await;
+    assert_eq!(waiting["statusCode"], "W", "it waits after its last step: {waiting}");
+    let signoff = format!("/exchanges/{id}/signoff");
+    let operator = Caller::new("ops", ["handoff:operate", "handoff:read"]);
+    let (status, _) = h.call_as(Some(operator), "POST", &signoff, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "signing off needs handoff:invoke");
+    let requester = Caller::new("partner", ["handoff:invoke"]);
+    let (status, body) = h.call_as(Some(requester.clone()), "POST", &signoff, None).await;
+    assert_eq!((status, body["signedOffBy"].as_str()), (StatusCode::ACCEPTED, Some("partner")), "{body}");
+    // Signed off twice before the first ran: the sign-off runs once.
+    let (status, _) = h.call_as(Some(requester.clone()), "POST", &signoff, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(h.run().await.is_empty());
+    let detail = h.detail(&id).await;
+    assert_eq!(detail.exchange.status, ExchangeStatus::Completed);
+    assert_eq!(detail.exchange.result, Some(handoff_core::exchange::Payload::raw("[10,20]")), "the result flows on");
+    assert!(detail.logs.iter().any(|l| l.line == "Exchange signed off by partner"), "{:?}", detail.logs);
+    let (status, body) = h.call_as(Some(requester), "POST", &signoff, None).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::CONFLICT, Some("InvalidState")), "{body}");
+    let plain = h.invoke_completed_plain().await;
+    let (status, body) = h.call("POST", &format!("/exchanges/{plain}/signoff"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "an integration that signs off by itself: {body}");
+
+    // With a timeout and no sign-off: Failed with reason Timeout, recoverable into a new wait.
+    let mut definition = transform("SIGNED_IN_TIME", ".");
+    definition["signoff"] = json!("requester");
+    definition["signoffTimeoutSeconds"] = json!(60);
+    h.define(definition).await;
+    let id = h.invoke("SIGNED_IN_TIME", json!([1])).await;
+    let later = h.run().await;
+    let timeout = later.iter().find_map(|q| match q {
+        Queued::Timer { timer, .. } if matches!(timer.kind, TimerKind::StepTimeout { .. }) => Some(timer.clone()),
+        _ => None,
+    });
+    let timeout = timeout.expect("the sign-off timeout is armed");
+    fire_now(&h, &timeout).await;
+    let detail = h.detail(&id).await;
+    assert_eq!(detail.exchange.status, ExchangeStatus::Failed);
+    let error = detail.exchange.error.as_ref().expect("error");
+    assert!(error.message.starts_with("Timeout"), "{error:?}");
+    let (status, body) = h.call("POST", &format!("/exchanges/{id}/recover"), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    h.run().await;
+    assert_eq!(h.detail(&id).await.exchange.status, ExchangeStatus::WaitingOnExternalSystem, "waiting again");
+    let (status, _) = h.call("POST", &format!("/exchanges/{id}/signoff"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    h.run().await;
+    assert_eq!(h.detail(&id).await.exchange.status, ExchangeStatus::Completed);
 }

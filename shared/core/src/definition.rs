@@ -20,8 +20,25 @@ pub struct IntegrationDefinition {
     pub schedule: Option<ScheduleSpec>,
     /// Event-based: each exchange runs on events taken from the endpoint's queue.
     pub events: Option<EventsSpec>,
+    /// Who signs an exchange off after its last step.
+    pub signoff: Signoff,
     pub steps: Vec<IntegrationStep>,
 }
+
+/// `"signoff"`: an exchange completes after its last step (`auto`, the default), or waits
+/// (`W`) for `POST /exchanges/{id}/signoff` by the requester (`requester`), at most
+/// `signoffTimeoutSeconds` when given (then it fails with reason `Timeout`, recoverably).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Signoff {
+    #[default]
+    Auto,
+    Requester {
+        timeout_seconds: Option<u64>,
+    },
+}
+
+/// The longest `signoffTimeoutSeconds` (31 days).
+pub const MAX_SIGNOFF_TIMEOUT_SECONDS: u64 = 31 * 24 * 3600;
 
 /// `"events": {"maxPerExchange": N}`: the integration runs on its endpoint's queued events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,7 +217,18 @@ pub const MAX_SUBFLOW_DEPTH: u32 = 5;
 
 pub fn parse_definition(document: &Value) -> Result<IntegrationDefinition, FieldError> {
     let root = ObjectReader::new("", document)?;
-    root.deny_unknown(&["code", "version", "enabled", "slaSeconds", "schedule", "events", "steps", "description"])?;
+    root.deny_unknown(&[
+        "code",
+        "version",
+        "enabled",
+        "slaSeconds",
+        "schedule",
+        "events",
+        "signoff",
+        "signoffTimeoutSeconds",
+        "steps",
+        "description",
+    ])?;
     let code = IntegrationCode::parse(root.required_str("code")?).map_err(|e| FieldError::new("code", e))?;
     let version = parse_version(root.get("version"))?;
     let enabled = root.optional_bool("enabled")?.unwrap_or(true);
@@ -214,6 +242,17 @@ pub fn parse_definition(document: &Value) -> Result<IntegrationDefinition, Field
                 .optional_u64("maxPerExchange", 1, crate::events::MAX_PER_EXCHANGE_LIMIT)?
                 .ok_or_else(|| FieldError::new(e.field_path("maxPerExchange"), "is required"))?;
             Some(EventsSpec { max_per_exchange: max as u32 })
+        }
+    };
+    let signoff_timeout = root.optional_u64("signoffTimeoutSeconds", 1, MAX_SIGNOFF_TIMEOUT_SECONDS)?;
+    let signoff = match (root.optional_str("signoff")?, signoff_timeout) {
+        (None | Some("auto"), None) => Signoff::Auto,
+        (None | Some("auto"), Some(_)) => {
+            return Err(FieldError::new("signoffTimeoutSeconds", "applies only with \"signoff\": \"requester\""))
+        }
+        (Some("requester"), timeout_seconds) => Signoff::Requester { timeout_seconds },
+        (Some(other), _) => {
+            return Err(FieldError::new("signoff", format!("'{other}' is not a sign-off (expected auto or requester)")))
         }
     };
     let steps_value = root.required_array("steps")?;
@@ -237,7 +276,7 @@ pub fn parse_definition(document: &Value) -> Result<IntegrationDefinition, Field
         }
         steps.push(parsed);
     }
-    Ok(IntegrationDefinition { code, version, enabled, sla_seconds, schedule, events, steps })
+    Ok(IntegrationDefinition { code, version, enabled, sla_seconds, schedule, events, signoff, steps })
 }
 
 pub fn parse_version(value: Option<&Value>) -> FieldResult<IntegrationVersion> {
@@ -860,6 +899,23 @@ mod tests {
         doc["events"] = json!({"maxPerExchange": 5, "batch": true});
         assert_eq!(error_of(doc).path, "events.batch");
         assert_eq!(parse_definition(&spec_example()).expect("plain").events, None);
+    }
+
+    #[test]
+    fn a_requester_signoff_may_have_a_timeout_and_only_then() {
+        let mut doc = spec_example();
+        assert_eq!(parse_definition(&doc).expect("plain").signoff, Signoff::Auto);
+        doc["signoff"] = json!("requester");
+        assert_eq!(parse_definition(&doc).expect("ok").signoff, Signoff::Requester { timeout_seconds: None });
+        doc["signoffTimeoutSeconds"] = json!(600);
+        assert_eq!(parse_definition(&doc).expect("ok").signoff, Signoff::Requester { timeout_seconds: Some(600) });
+        doc["signoff"] = json!("auto");
+        assert_eq!(error_of(doc.clone()).path, "signoffTimeoutSeconds");
+        doc["signoff"] = json!("partner");
+        assert_eq!(error_of(doc.clone()).path, "signoff");
+        doc["signoff"] = json!("requester");
+        doc["signoffTimeoutSeconds"] = json!(0);
+        assert_eq!(error_of(doc).path, "signoffTimeoutSeconds");
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub enum SubStep {
     CreateSubExchanges,
     ControlSubflow,
     PostProcess,
+    /// With `"signoff": "requester"`: the exchange waits (`W`) for the requester's sign-off
+    /// (`POST /exchanges/{id}/signoff` hands off to the `ExchangeSignoff` after it).
+    AwaitSignoff,
     ExchangeSignoff,
 }
 
@@ -89,6 +92,7 @@ impl SubStep {
             Self::ExchangeTriggered
             | Self::ConditionInvocation
             | Self::PostProcess
+            | Self::AwaitSignoff
             | Self::ExchangeSignoff
             | Self::ReceiveNotification
             | Self::ReceiveAgentNotification
@@ -134,6 +138,7 @@ impl SubStep {
                 | Self::ReceiveAgentNotification
                 | Self::Transform
                 | Self::PostProcess
+                | Self::AwaitSignoff
                 | Self::ExchangeSignoff
                 | Self::CollectSubflowProperties
                 | Self::ControlSubflow
@@ -237,6 +242,9 @@ pub fn plan(definition: &IntegrationDefinition) -> Vec<PlannedSubStep> {
         if step.post_process.is_some() {
             push(at, SubStep::PostProcess, None);
         }
+    }
+    if matches!(definition.signoff, crate::definition::Signoff::Requester { .. }) {
+        push(None, SubStep::AwaitSignoff, None);
     }
     push(None, SubStep::ExchangeSignoff, None);
     planned

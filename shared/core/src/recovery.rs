@@ -26,10 +26,12 @@ pub struct ResumePoint {
     pub reset: Vec<StepId>,
 }
 
-/// Sub-steps that wait for a callback: a recovery re-runs the call that armed them,
-/// since a fresh wait without a fresh call would wait for nothing.
-fn waits_for_callback(sub_step: SubStep) -> bool {
-    matches!(sub_step, SubStep::ReceiveNotification | SubStep::ReceiveAgentNotification)
+/// Sub-steps handed on by a callback (or a requester's sign-off) that the sub-step before
+/// them waits for: a recovery re-runs that one, since a fresh wait without a fresh call (or
+/// a fresh sign-off wait) would wait for nothing.
+fn armed_by_previous(steps: &[ExchangeStep], at: usize) -> bool {
+    matches!(steps[at].sub_step, SubStep::ReceiveNotification | SubStep::ReceiveAgentNotification)
+        || (at > 0 && steps[at - 1].sub_step == SubStep::AwaitSignoff)
 }
 
 /// Decides where a recovery resumes. `failed_step` is the step the exchange error names
@@ -45,7 +47,7 @@ pub fn resume_point(
     let named = failed_step.and_then(|id| steps.iter().position(|s| s.step_id == id && s.status != StepStatus::Done));
     let first_unfinished = steps.iter().position(|s| s.status == StepStatus::Initial);
     let mut at = named.or(first_unfinished).ok_or(RecoveryError::NothingToResume)?;
-    if waits_for_callback(steps[at].sub_step) && at > 0 {
+    if armed_by_previous(steps, at) && at > 0 {
         at -= 1;
     }
     let input = input_before(steps, at);
@@ -157,6 +159,20 @@ mod tests {
         assert_eq!(p.step_id, StepId::from_sequence(1));
         assert_eq!(p.input, Some(Payload::raw("in")));
         assert_eq!(p.reset.len(), 3);
+    }
+
+    #[test]
+    fn a_sign_off_that_timed_out_resumes_at_its_wait() {
+        let s = vec![
+            step(0, SubStep::ExchangeTriggered, StepStatus::Done, Some("in")),
+            step(1, SubStep::Transform, StepStatus::Done, Some("mapped")),
+            step(2, SubStep::AwaitSignoff, StepStatus::Done, Some("mapped")),
+            step(3, SubStep::ExchangeSignoff, StepStatus::Failed, None),
+        ];
+        let p = resume_point(ExchangeStatus::Failed, Some(StepId::from_sequence(3)), &s).unwrap();
+        assert_eq!(p.step_id, StepId::from_sequence(2), "it waits for a sign-off again");
+        assert_eq!(p.input, Some(Payload::raw("mapped")));
+        assert_eq!(p.reset, vec![StepId::from_sequence(2), StepId::from_sequence(3)]);
     }
 
     #[test]

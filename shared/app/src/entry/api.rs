@@ -14,7 +14,7 @@ use crate::use_cases::integrations::{
     Integrations, ScheduleState,
 };
 use crate::use_cases::invoke::InvokeError;
-use crate::use_cases::recover::{recover_exchange, retry_step_now, ActionError, Recovering};
+use crate::use_cases::recover::{recover_exchange, retry_step_now, sign_off, ActionError, Recovering};
 use crate::use_cases::unrouted::{request_exchange, ExchangeRequest, Routing};
 use async_trait::async_trait;
 use axum::body::{Body, Bytes};
@@ -189,6 +189,7 @@ pub const ROUTE_SCOPES: &[(&str, &str, Option<Scope>)] = &[
     ("GET", "/exchanges/{id}/logs", Some(Scope::Read)),
     ("POST", "/exchanges/{id}/recover", Some(Scope::Operate)),
     ("POST", "/exchanges/{id}/steps/{stepId}/retry", Some(Scope::Operate)),
+    ("POST", "/exchanges/{id}/signoff", Some(Scope::Invoke)),
     ("GET", "/errors", Some(Scope::Read)),
     ("GET", "/unrouted", Some(Scope::Read)),
     ("GET", "/unrouted/{id}", Some(Scope::Read)),
@@ -244,6 +245,7 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/exchanges/{id}/logs", get(get_logs))
         .route("/exchanges/{id}/recover", post(recover))
         .route("/exchanges/{id}/steps/{stepId}/retry", post(retry_step))
+        .route("/exchanges/{id}/signoff", post(signoff))
         .route("/errors", get(list_errors))
         .route("/unrouted", get(unrouted_routes::list_unrouted))
         .route("/unrouted/{id}", get(unrouted_routes::get_unrouted))
@@ -773,6 +775,14 @@ async fn retry_step(
         .await
         .map_err(action_error)?;
     Ok((StatusCode::ACCEPTED, Json(json!({"exchangeId": id, "stepId": step_id, "attempt": attempt}))).into_response())
+}
+
+/// 202 once the sign-off is handed to the exchange (it completes shortly after).
+async fn signoff(State(ctx): Ctx, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult {
+    let step_id =
+        sign_off(&Recovering::of(&ctx), &ExchangeId::new(id.clone()), &caller.subject).await.map_err(action_error)?;
+    let body = json!({"exchangeId": id, "stepId": step_id, "signedOffBy": caller.subject});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// `GET /integrations/{code}/log?limit=&cursor=`: invocations, skipped runs and status

@@ -163,3 +163,14 @@ pub async fn retry_step_now(
     tracing::info!(exchangeId = %id, stepId = %step_id, attempt = message.attempt, requestedBy = requested_by, "manual retry requested");
     Ok(message.attempt)
 }
+
+/// `POST /exchanges/{id}/signoff`: the requester signs a waiting exchange off; its
+/// `ExchangeSignoff` runs and the exchange completes. Signing off twice changes nothing.
+pub async fn sign_off(ctx: &Recovering<'_>, id: &ExchangeId, signed_off_by: &str) -> Result<StepId, ActionError> {
+    let detail = load(ctx, id).await?;
+    let message =
+        operator::requester_signoff(&detail, signed_off_by).map_err(|e| ActionError::Conflict(e.to_string()))?;
+    ctx.effects.queue.send(message.sub_step.family(), &message, 0).await?;
+    tracing::info!(exchangeId = %id, signedOffBy = signed_off_by, "signed off by the requester");
+    Ok(message.step_id)
+}

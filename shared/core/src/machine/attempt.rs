@@ -180,11 +180,19 @@ fn record(
                     });
                 }
             }
-            if matches!(
-                planned.sub_step,
-                SubStep::ReceiveNotification | SubStep::ReceiveAgentNotification | SubStep::ControlSubflow
-            ) {
-                // A callback (or the last sub-exchange) must not overtake the call that armed it.
+            let signed_off_by_requester = planned.sub_step == SubStep::ExchangeSignoff
+                && planned
+                    .sequence
+                    .checked_sub(1)
+                    .and_then(|before| pipeline.plan.get(before as usize))
+                    .is_some_and(|before| before.sub_step == SubStep::AwaitSignoff);
+            if signed_off_by_requester
+                || matches!(
+                    planned.sub_step,
+                    SubStep::ReceiveNotification | SubStep::ReceiveAgentNotification | SubStep::ControlSubflow
+                )
+            {
+                // A callback (the last sub-exchange, a sign-off) must not overtake the step that armed it.
                 d.commit.require_done = planned.sequence.checked_sub(1).map(StepId::from_sequence);
             }
             match output.wait {

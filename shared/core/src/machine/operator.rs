@@ -1,9 +1,10 @@
 //! Inputs from outside the pipeline: an operator recovers an exchange (also onto another
-//! version) or retries a retrying step now, and an external system answers a waiting step.
+//! version) or retries a retrying step now, an external system answers a waiting step, and
+//! a requester signs an exchange off.
 
 use super::{Pipeline, MAX_SQS_DELAY_SECONDS};
 use crate::commit::RecoveryCommit;
-use crate::exchange::{Exchange, ExchangeDetail, LogLine, LogType, StepStatus};
+use crate::exchange::{Exchange, ExchangeDetail, ExchangeStatus, LogLine, LogType, StepStatus};
 use crate::handoff::{outbox_entry, sla_timer, CallbackToken, HandoffMessage, Timer};
 use crate::ids::{IntegrationVersion, StepId};
 use crate::plan::SubStep;
@@ -153,6 +154,43 @@ pub fn callback_accepted(
     let message = HandoffMessage::callback(token, notification);
     let outbox = outbox_entry(&message, now, outbox_delay);
     (message, outbox)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignoffError {
+    #[error("exchange {0} does not wait for a sign-off by its requester (its integration signs off by itself)")]
+    NotRequesterSignoff(String),
+    #[error("exchange {id} is {status}: only an exchange waiting for its sign-off (W) can be signed off")]
+    NotAwaiting { id: String, status: &'static str },
+    #[error("exchange {0} was signed off already")]
+    SignedOff(String),
+}
+
+/// The requester signs `detail` off: the handoff to its `ExchangeSignoff`, once the
+/// `AwaitSignoff` before it is done (the exchange waits, `W`). Sending it twice is harmless:
+/// the sign-off step is claimed once, and it requires the wait to be done.
+pub fn requester_signoff(detail: &ExchangeDetail, signed_off_by: &str) -> Result<HandoffMessage, SignoffError> {
+    let exchange = &detail.exchange;
+    let id = exchange.exchange_id.to_string();
+    let at = detail.steps.iter().position(|s| s.sub_step == SubStep::AwaitSignoff);
+    let Some(wait) = at else { return Err(SignoffError::NotRequesterSignoff(id)) };
+    let Some(signoff) = detail.steps.get(wait + 1).filter(|s| s.sub_step == SubStep::ExchangeSignoff) else {
+        return Err(SignoffError::NotRequesterSignoff(id));
+    };
+    if signoff.status == StepStatus::Done || exchange.status == ExchangeStatus::Completed {
+        return Err(SignoffError::SignedOff(id));
+    }
+    if exchange.status != ExchangeStatus::WaitingOnExternalSystem || detail.steps[wait].status != StepStatus::Done {
+        return Err(SignoffError::NotAwaiting { id, status: exchange.status.name() });
+    }
+    let message = HandoffMessage::at_step(
+        exchange,
+        signoff.step_id,
+        SubStep::ExchangeSignoff,
+        1,
+        input_before(&detail.steps, wait + 1),
+    );
+    Ok(HandoffMessage { requested_by: Some(signed_off_by.to_string()), ..message })
 }
 
 #[cfg(test)]

@@ -82,7 +82,11 @@ pub fn timer_fired(
             let failure = Failure {
                 classification: ErrorClassification::System,
                 retryable: false,
-                message: "Timeout: no callback arrived in time".into(),
+                message: if step.sub_step == crate::plan::SubStep::ExchangeSignoff {
+                    "Timeout: the requester did not sign the exchange off in time".into()
+                } else {
+                    "Timeout: no callback arrived in time".into()
+                },
             };
             d.commit.step = Some(StepChange {
                 step_id: *step_id,
