@@ -493,3 +493,30 @@ async fn a_target_that_knows_no_chunked_bodies_receives_the_whole_payload() {
         assert_eq!(&body, sent);
     }
 }
+
+#[tokio::test]
+async fn a_captured_answer_is_returned_to_a_waiting_caller_and_delivered_to_the_response_address() {
+    let gw = gateway();
+    let target = ExternalSystem::start(200, r#"{"confirmation": "C-9", "state": "accepted"}"#).await;
+    let answers = ExternalSystem::start(202, "{}").await;
+    let code = unique_code("CAPTURE");
+    gw.create_integration(&json!({"code": code, "version": 1, "steps": [
+        {"name": "order", "type": "delivery", "destinations": [{"kind": "rest",
+         "request": {"method": "POST", "url": format!("{}/orders", target.url)},
+         "response": {"capture": true,
+                      "deliverTo": {"kind": "rest", "request": {"url": format!("{}/answers", answers.url)}}}}]}]}))
+        .await;
+    let (status, answered) =
+        gw.post("/exchanges", &json!({"integrationCode": code, "payload": {"order": 9}, "waitSeconds": 30})).await;
+    assert_eq!(status, 200, "answered once final: {answered:#}");
+    assert_eq!(answered["status"], "Completed", "{answered:#}");
+    let result: serde_json::Value =
+        serde_json::from_str(answered["result"]["raw"].as_str().expect("an inline result")).expect("JSON");
+    assert_eq!(result, json!({"confirmation": "C-9", "state": "accepted"}), "the target's answer");
+    assert_eq!(target.received()[0].json(), json!({"order": 9}));
+    let delivered = answers.received_at("/answers");
+    assert_eq!(delivered.len(), 1, "delivered once to the response address");
+    assert_eq!(delivered[0].json(), result);
+    assert_eq!(delivered[0].method, "POST");
+    assert!(delivered[0].header("idempotency-key").is_some());
+}

@@ -246,16 +246,27 @@ async fn run(
             logs.push(format!("Queried {target}: HTTP {status}, {}", describe_payload(&payload)));
             Ok(StepOutput { payload: Some(payload), ..StepOutput::default() })
         }
-        SubStep::DeliverRest => {
+        SubStep::DeliverRest | SubStep::DeliverResponse => {
             let destination = cx
                 .action()
                 .and_then(|a| match a {
                     StepAction::Delivery { destinations } => cx.planned.destination.and_then(|d| destinations.get(d)),
                     _ => None,
                 })
-                .ok_or_else(|| Failure::system("sub-step DeliverRest without a destination"))?;
+                .ok_or_else(|| Failure::system(format!("sub-step {} without a destination", cx.planned.sub_step)))?;
             let DestinationTarget::Rest { request } = &destination.target else {
-                return Err(Failure::system("sub-step DeliverRest on a destination that is not rest"));
+                return Err(Failure::system(format!(
+                    "sub-step {} on a destination that is not rest",
+                    cx.planned.sub_step
+                )));
+            };
+            let response_address = destination.response.as_ref().and_then(|r| r.deliver_to.as_ref());
+            let (request, what) = match cx.planned.sub_step {
+                SubStep::DeliverResponse => (
+                    response_address.ok_or_else(|| Failure::system("sub-step DeliverResponse without a deliverTo"))?,
+                    "Delivered the answer to its response address",
+                ),
+                _ => (request, "Delivered to"),
             };
             let rendered = outbound::render(request, &cx.placeholders())?;
             let target = format!("{} {}", rendered.method, outbound::redact_query(&rendered.url));
@@ -265,7 +276,16 @@ async fn run(
             };
             let key = idempotency_key(cx.message);
             let response = outbound::send(cx.http, rendered, body, &[("Idempotency-Key", key)]).await?;
-            logs.push(format!("Delivered to {target}: HTTP {}", response.status().as_u16()));
+            let status = response.status().as_u16();
+            let captures =
+                cx.planned.sub_step == SubStep::DeliverRest && destination.response.as_ref().is_some_and(|r| r.capture);
+            if captures {
+                // The answer is the step's output: it flows on and becomes the exchange's result.
+                let payload = store_response(cx, response).await?;
+                logs.push(format!("{what} {target}: HTTP {status}, answer kept ({})", describe_payload(&payload)));
+                return Ok(StepOutput { payload: Some(payload), ..StepOutput::default() });
+            }
+            logs.push(format!("{what} {target}: HTTP {status}"));
             Ok(StepOutput::default())
         }
         SubStep::InvokeProcess | SubStep::InvokeActivity | SubStep::InvokeExtract => {

@@ -1330,3 +1330,35 @@ async fn a_requester_signoff_completes_the_exchange_and_without_one_it_times_out
     h.run().await;
     assert_eq!(h.detail(&id).await.exchange.status, ExchangeStatus::Completed);
 }
+
+#[tokio::test]
+async fn a_captured_answer_flows_on_is_the_result_and_is_delivered_to_the_response_address() {
+    let h = Harness::new();
+    // The target answers with a confirmation of what it got.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let target = format!("http://{}/orders", listener.local_addr().expect("addr"));
+    let app = axum::Router::new().fallback(|body: axum::body::Bytes| async move {
+        let got: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        axum::Json(json!({"confirmation": "C-1", "for": got}))
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (answers, _, delivered) = recording_target().await;
+    h.define(json!({"code": "ASKING", "version": 1, "steps": [
+        {"name": "order", "type": "delivery", "destinations": [{"kind": "rest",
+         "request": {"method": "POST", "url": target},
+         "response": {"capture": true, "deliverTo": {"kind": "rest", "request": {"url": answers}}}}]},
+        {"name": "pick", "type": "transformation", "function": {"jq": "{confirmation, order: .for.order}"}}]}))
+        .await;
+    let id = h.invoke("ASKING", json!({"order": 7})).await;
+    assert!(h.run().await.is_empty());
+    let detail = h.detail(&id).await;
+    assert_eq!(detail.exchange.status, ExchangeStatus::Completed);
+    let answer = json!({"confirmation": "C-1", "for": {"order": 7}});
+    assert_eq!(delivered.lock().expect("lock").clone(), [answer], "the answer, at its response address");
+    let (_, shown) = h.call("GET", &format!("/exchanges/{id}"), None).await;
+    let result: Value = serde_json::from_str(shown["result"]["raw"].as_str().expect("inline result")).expect("json");
+    assert_eq!(result, json!({"confirmation": "C-1", "order": 7}), "the answer flowed on: {shown}");
+    assert_eq!(shown["destinations"][0]["status"], "Done", "{shown}");
+    let subs: Vec<String> = detail.steps.iter().map(|s| s.sub_step.to_string()).collect();
+    assert!(subs.iter().any(|s| s == "DeliverResponse"), "{subs:?}");
+}

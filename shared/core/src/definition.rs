@@ -177,6 +177,19 @@ pub const MAX_REDIRECTS: usize = 5;
 pub struct Destination {
     pub main: bool,
     pub target: DestinationTarget,
+    /// What becomes of the target's answer (`"response"`, REST destinations).
+    pub response: Option<ResponseHandling>,
+}
+
+/// `"response": {"capture": true, "deliverTo": {...}}`: the answer's body becomes the
+/// step's output — it flows on and is the exchange's `result` (IFS inbound request) — and
+/// may be delivered to a response address, a REST destination with its own attempts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponseHandling {
+    pub capture: bool,
+    /// The response address: where the captured answer is delivered (sub-step
+    /// `DeliverResponse` after the destination's own).
+    pub deliver_to: Option<RequestTemplate>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -528,6 +541,48 @@ fn validate_url(path: &str, url: &str) -> FieldResult<()> {
     Ok(())
 }
 
+/// A REST destination's `response` (`destinations` = how many the step has: one answer
+/// can be the step's output only when there is one destination).
+fn parse_response(r: &ObjectReader, destinations: usize) -> FieldResult<ResponseHandling> {
+    r.deny_unknown(&["capture", "deliverTo"])?;
+    let capture = r.optional_bool("capture")?.unwrap_or(false);
+    if capture && destinations > 1 {
+        return Err(FieldError::new(
+            r.field_path("capture"),
+            "a step with several destinations has no single answer: capture needs the step's only destination",
+        ));
+    }
+    let deliver_to = match r.optional_object("deliverTo")? {
+        None => None,
+        Some(to) => {
+            if !capture {
+                return Err(FieldError::new(
+                    r.field_path("deliverTo"),
+                    "delivers the captured answer: it needs \"capture\": true",
+                ));
+            }
+            match to.required_str("kind")? {
+                "rest" => {}
+                other => {
+                    return Err(FieldError::new(
+                        to.field_path("kind"),
+                        format!("a response address of kind '{other}' is not supported yet (only rest)"),
+                    ))
+                }
+            }
+            to.deny_unknown(&["kind", "request"])?;
+            let request_object = to.required_object("request")?;
+            let mut request = parse_request(&request_object)?;
+            // It is handed the answer: without a method it is a POST.
+            if !request_object.has("method") {
+                request.method = "POST".into();
+            }
+            Some(request)
+        }
+    };
+    Ok(ResponseHandling { capture, deliver_to })
+}
+
 fn parse_destinations(step: &ObjectReader) -> FieldResult<Vec<Destination>> {
     let list = step.required_array("destinations")?;
     if list.is_empty() {
@@ -539,7 +594,7 @@ fn parse_destinations(step: &ObjectReader) -> FieldResult<Vec<Destination>> {
         let main = d.optional_bool("main")?.unwrap_or(list.len() == 1);
         let target = match d.required_str("kind")? {
             "rest" => {
-                d.deny_unknown(&["kind", "main", "request"])?;
+                d.deny_unknown(&["kind", "main", "request", "response"])?;
                 DestinationTarget::Rest { request: parse_request(&d.required_object("request")?)? }
             }
             "sftp" => {
@@ -628,7 +683,11 @@ fn parse_destinations(step: &ObjectReader) -> FieldResult<Vec<Destination>> {
                 ))
             }
         };
-        destinations.push(Destination { main, target });
+        let response = match d.optional_object("response")? {
+            None => None,
+            Some(r) => Some(parse_response(&r, list.len())?),
+        };
+        destinations.push(Destination { main, target, response });
     }
     let mains: Vec<usize> = destinations.iter().enumerate().filter(|(_, d)| d.main).map(|(i, _)| i).collect();
     if mains.len() != 1 {
@@ -899,6 +958,36 @@ mod tests {
         doc["events"] = json!({"maxPerExchange": 5, "batch": true});
         assert_eq!(error_of(doc).path, "events.batch");
         assert_eq!(parse_definition(&spec_example()).expect("plain").events, None);
+    }
+
+    #[test]
+    fn a_captured_answer_needs_a_single_destination_and_its_response_address_a_capture() {
+        let delivery = |destinations: Value| json!({"code": "C", "version": 1, "steps": [{"name": "send", "type": "delivery", "destinations": destinations}]});
+        let rest =
+            |response: Value| json!({"kind": "rest", "request": {"url": "https://t.example/in"}, "response": response});
+        let parsed = parse_definition(&delivery(json!([rest(
+            json!({"capture": true, "deliverTo": {"kind": "rest", "request": {"url": "https://caller.example/answers"}}})
+        )])))
+        .expect("valid");
+        let StepAction::Delivery { destinations } = &parsed.steps[0].action else { panic!("a delivery") };
+        let response = destinations[0].response.as_ref().expect("response");
+        assert!(response.capture);
+        assert_eq!(response.deliver_to.as_ref().map(|r| r.method.as_str()), Some("POST"), "a POST by default");
+        let two = |first: Value| {
+            let mut first = rest(first);
+            first["main"] = json!(true);
+            delivery(json!([first, {"kind": "rest", "request": {"url": "https://u.example/in"}}]))
+        };
+        assert_eq!(error_of(two(json!({"capture": true}))).path, "steps[0].destinations[0].response.capture");
+        let uncaptured =
+            delivery(json!([rest(json!({"deliverTo": {"kind": "rest", "request": {"url": "https://c.example"}}}))]));
+        assert_eq!(error_of(uncaptured).path, "steps[0].destinations[0].response.deliverTo");
+        let sftp = json!({"capture": true, "deliverTo": {"kind": "sftp", "host": "h", "path": "/in"}});
+        assert_eq!(error_of(delivery(json!([rest(sftp)]))).path, "steps[0].destinations[0].response.deliverTo.kind");
+        assert_eq!(
+            error_of(delivery(json!([rest(json!({"keep": true}))]))).path,
+            "steps[0].destinations[0].response.keep"
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub enum SubStep {
     InvokeAgent,
     ReceiveAgentNotification,
     DeliverRest,
+    /// The captured answer of a REST destination, delivered to its response address.
+    DeliverResponse,
     DeliverSftp,
     DeliverFileUpload,
     InvokeActivity,
@@ -105,7 +107,7 @@ impl SubStep {
             Self::DeliverFileUpload => WorkerFamily::DeliverFileUpload,
             Self::CheckAgentHealth | Self::InvokeAgent => WorkerFamily::Agent,
             Self::Transform => WorkerFamily::Transform,
-            Self::DeliverRest => WorkerFamily::DeliverRest,
+            Self::DeliverRest | Self::DeliverResponse => WorkerFamily::DeliverRest,
             Self::InvokeExtract | Self::InvokeProcess | Self::InvokeActivity | Self::CheckRecovery => {
                 WorkerFamily::Invoke
             }
@@ -119,6 +121,7 @@ impl SubStep {
         matches!(
             self,
             Self::DeliverRest
+                | Self::DeliverResponse
                 | Self::DeliverSftp
                 | Self::DeliverFileUpload
                 | Self::InvokeAgent
@@ -202,7 +205,12 @@ pub fn plan(definition: &IntegrationDefinition) -> Vec<PlannedSubStep> {
                 order.sort_by_key(|&d| !destinations[d].main);
                 for d in order {
                     match destinations[d].target {
-                        DestinationTarget::Rest { .. } => push(at, SubStep::DeliverRest, Some(d)),
+                        DestinationTarget::Rest { .. } => {
+                            push(at, SubStep::DeliverRest, Some(d));
+                            if destinations[d].response.as_ref().is_some_and(|r| r.deliver_to.is_some()) {
+                                push(at, SubStep::DeliverResponse, Some(d));
+                            }
+                        }
                         DestinationTarget::Sftp { .. } => push(at, SubStep::DeliverSftp, Some(d)),
                         DestinationTarget::FileUpload { .. } => push(at, SubStep::DeliverFileUpload, Some(d)),
                         DestinationTarget::Agent { .. } => {
@@ -322,6 +330,29 @@ mod tests {
                 ControlSubflow,
                 ExchangeSignoff,
             ]
+        );
+    }
+
+    #[test]
+    fn a_response_address_and_a_requester_signoff_add_their_sub_steps() {
+        use SubStep::*;
+        let doc = json!({"code": "X", "signoff": "requester", "steps": [
+            {"name": "send", "type": "delivery", "destinations": [{"kind": "rest", "request": req(),
+             "response": {"capture": true, "deliverTo": {"kind": "rest", "request": req()}}}]}]});
+        let got = subs(doc);
+        assert_eq!(
+            got.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+            [ExchangeTriggered, DeliverRest, DeliverResponse, AwaitSignoff, ExchangeSignoff]
+        );
+        let d = parse_definition(&json!({"code": "X", "steps": [
+            {"name": "send", "type": "delivery", "destinations": [{"kind": "rest", "request": req(),
+             "response": {"capture": true, "deliverTo": {"kind": "rest", "request": req()}}}]}]}))
+        .expect("valid");
+        let p = plan(&d);
+        assert_eq!(
+            (p[2].destination, p[2].sub_step.family()),
+            (Some(0), WorkerFamily::DeliverRest),
+            "the destination's own"
         );
     }
 
