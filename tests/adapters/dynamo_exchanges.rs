@@ -485,6 +485,7 @@ async fn due_timers_are_taken_once(repo: &dyn ExchangeRepository) {
             recovery: 0,
             parent: None,
             requested_by: None,
+            reexecution: false,
         };
         let offset = if name == "ex-t1" { 0 } else { 1 };
         let mut c = StepCommit::new(id.clone(), 0, ExchangeChange::RequireNotFinal, at(1));
@@ -554,6 +555,7 @@ async fn callback_tokens_are_used_once(repo: &dyn ExchangeRepository) {
             recovery: 1,
             parent: None,
             requested_by: None,
+            reexecution: false,
         };
         Timer {
             exchange_id: ExchangeId::new("ex-token"),
@@ -919,8 +921,18 @@ async fn conflicts_name_the_preconditions_that_failed(repo: &dyn ExchangeReposit
     assert_eq!(conflict.failed, vec![Precondition::StepDone { exchange: id.clone(), step: step(1) }]);
     assert!(!conflict.is_stale());
     // A live claim of the attempt: the step's preconditions are named (DynamoDB names items).
-    assert_eq!(repo.try_claim(&id, step(3), 1, 0, at(2), at(62)).await.expect("claim"), Ok(()));
-    let conflict = repo.try_claim(&id, step(3), 1, 0, at(3), at(63)).await.expect("claim").expect_err("claimed");
+    let claim = |now: i64, requires: ExchangeChange| ClaimRequest {
+        exchange_id: id.clone(),
+        step: step(3),
+        attempt: 1,
+        recovery: 0,
+        requires,
+        now: at(now),
+        lease_until: at(now + 60),
+    };
+    assert_eq!(repo.try_claim(&claim(2, ExchangeChange::RequireNotFinal)).await.expect("claim"), Ok(()));
+    let conflict =
+        repo.try_claim(&claim(3, ExchangeChange::RequireNotFinal)).await.expect("claim").expect_err("claimed");
     assert_eq!(
         conflict.failed,
         vec![
@@ -941,6 +953,66 @@ async fn conflicts_name_the_preconditions_that_failed(repo: &dyn ExchangeReposit
     let conflict = repo.try_commit(&late).await.expect("commit").expect_err("final");
     assert_eq!(conflict.failed, vec![Precondition::ExchangeNotFinal { exchange: id.clone(), recovery: 0 }]);
     assert!(conflict.is_stale());
+}
+
+async fn a_failed_step_of_a_completed_exchange_is_reset_only_for_a_reexecution(repo: &dyn ExchangeRepository) {
+    let ex = exchange("ex-again", "AGAIN", at(0));
+    let id = ex.exchange_id.clone();
+    let step = StepId::from_sequence;
+    repo.create(&ex, &steps(4)).await.expect("create");
+    let mut failed = change(2, 3, false, StepStatus::Failed, at(1));
+    failed.payload = None;
+    assert_eq!(repo.try_commit(&commit(&id, failed, ExchangeChange::RequireNotFinal, at(1))).await.expect("c"), Ok(()));
+    let log = |n: i64| LogLine {
+        kind: LogType::System,
+        line: "Re-executed by ops".into(),
+        timestamp: at(n),
+        step_id: step(2),
+    };
+    let again = ReexecutionCommit { exchange_id: id.clone(), recovery: 0, step: step(2), log: log(2), now: at(2) };
+    // Not Completed yet: refused, naming the exchange.
+    let conflict = repo.try_reexecute(&again).await.expect("write").expect_err("running");
+    assert_eq!(
+        conflict.failed,
+        vec![Precondition::ExchangeIn { exchange: id.clone(), statuses: vec![ExchangeStatus::Completed], recovery: 0 }]
+    );
+    let complete = ExchangeChange::SetStatus {
+        from: ExchangeStatus::not_final(),
+        to: ExchangeStatus::Completed,
+        error: None,
+        completed_at: Some(at(3)),
+    };
+    assert_eq!(
+        repo.try_commit(&commit(&id, change(3, 1, false, StepStatus::Done, at(3)), complete, at(3))).await.expect("c"),
+        Ok(())
+    );
+    let done_step = ReexecutionCommit { step: step(3), ..again.clone() };
+    let conflict = repo.try_reexecute(&done_step).await.expect("write").expect_err("not failed");
+    assert_eq!(conflict.failed, vec![Precondition::StepFailed { exchange: id.clone(), step: step(3) }]);
+    assert_eq!(repo.try_reexecute(&again).await.expect("write"), Ok(()));
+    let detail = repo.get(&id).await.expect("read").expect("exists");
+    let reset = &detail.steps[2];
+    assert_eq!((reset.status, reset.attempts, reset.last_error.is_none()), (StepStatus::Initial, 0, true));
+    assert!(detail.logs.iter().any(|l| l.line == "Re-executed by ops"), "{:?}", detail.logs);
+    assert_eq!(detail.exchange.status, ExchangeStatus::Completed, "the exchange stays Completed");
+    // Its claim requires the exchange Completed; a running exchange's claim is refused.
+    let claim = |requires| ClaimRequest {
+        exchange_id: id.clone(),
+        step: step(2),
+        attempt: 1,
+        recovery: 0,
+        requires,
+        now: at(4),
+        lease_until: at(64),
+    };
+    let stale = repo.try_claim(&claim(ExchangeChange::RequireNotFinal)).await.expect("claim").expect_err("final");
+    assert!(stale.is_stale());
+    let completed = ExchangeChange::RequireIn(vec![ExchangeStatus::Completed]);
+    assert_eq!(repo.try_claim(&claim(completed.clone())).await.expect("claim"), Ok(()));
+    let done = commit(&id, change(2, 1, true, StepStatus::Done, at(5)), completed, at(5));
+    assert_eq!(repo.try_commit(&done).await.expect("commit"), Ok(()));
+    assert_eq!(repo.get(&id).await.expect("read").expect("exists").steps[2].status, StepStatus::Done);
+    assert!(repo.try_reexecute(&again).await.expect("write").is_err(), "done now: nothing to re-execute");
 }
 
 /// Recovering `id` from generation 0 at step `step`, nothing else.
@@ -1026,6 +1098,7 @@ exchange_contract!(
     recovery_clears_sub_failures_and_keeps_completions,
     list_by_parent_is_in_index_order_and_paginates,
     finished_exchanges_are_deleted_with_everything_under_them,
+    a_failed_step_of_a_completed_exchange_is_reset_only_for_a_reexecution,
 );
 
 /// A deletion interrupted after its first write (the exchange marked): no recovery revives

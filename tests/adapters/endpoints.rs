@@ -45,6 +45,7 @@ fn handoff(exchange: &str, step: u32) -> HandoffMessage {
         recovery: 0,
         parent: None,
         requested_by: None,
+        reexecution: false,
     }
 }
 

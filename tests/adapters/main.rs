@@ -13,8 +13,8 @@ use handoff_aws::{
     DynamoExchangeRepository, DynamoIntegrationRepository, EventBridgeScheduleManager, S3DataFileStore, SqsHandoffQueue,
 };
 use handoff_core::commit::{
-    ClaimOutcome, CommitOutcome, ErrorRecord, ExchangeChange, ParentTally, Precondition, RecoveryCommit, StepChange,
-    StepCommit,
+    ClaimOutcome, ClaimRequest, CommitOutcome, ErrorRecord, ExchangeChange, ParentTally, Precondition, RecoveryCommit,
+    ReexecutionCommit, StepChange, StepCommit,
 };
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::exchange::{

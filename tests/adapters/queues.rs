@@ -21,6 +21,7 @@ async fn queue_sends_with_delay_and_attributes() {
         recovery: 0,
         parent: None,
         requested_by: Some("ops@example.com".into()),
+        reexecution: false,
     };
     queue.send(WorkerFamily::Control, &message, 0).await.expect("send");
     let received = client
@@ -108,6 +109,7 @@ async fn send_many_delivers_every_message_in_batches() {
             depth: 1,
         }),
         requested_by: None,
+        reexecution: false,
     };
 
     async fn receive_all(client: &aws_sdk_sqs::Client, url: &str, expected: usize) -> Vec<HandoffMessage> {

@@ -520,3 +520,35 @@ async fn a_captured_answer_is_returned_to_a_waiting_caller_and_delivered_to_the_
     assert_eq!(delivered[0].method, "POST");
     assert!(delivered[0].header("idempotency-key").is_some());
 }
+
+#[tokio::test]
+async fn a_failed_secondary_of_a_completed_exchange_is_re_executed_with_the_same_idempotency_key() {
+    let gw = gateway();
+    let main = ExternalSystem::start(200, "{}").await;
+    let secondary = ExternalSystem::start(200, "{}").await;
+    secondary.fail_path("/copy", 503);
+    let code = unique_code("REEXECUTE");
+    gw.create_integration(&json!({"code": code, "version": 1, "steps": [
+        {"name": "send", "type": "delivery", "retry": {"maxAttempts": 1}, "destinations": [
+            {"kind": "rest", "main": true, "request": {"method": "POST", "url": format!("{}/in", main.url)}},
+            {"kind": "rest", "request": {"method": "POST", "url": format!("{}/copy", secondary.url)}}]}]}))
+        .await;
+    let id = gw.invoke(&json!({"integrationCode": code, "payload": {"n": 1}})).await;
+    let done = gw.wait_final(&id).await;
+    assert_eq!(
+        (done["status"].as_str(), done["destinations"][1]["status"].as_str()),
+        (Some("Completed"), Some("Failed"))
+    );
+    let step_id = done["destinations"][1]["stepIds"][0].as_str().expect("step").to_string();
+
+    secondary.clear_failing_paths();
+    let (status, body) = gw.post(&format!("/exchanges/{id}/steps/{step_id}/retry"), &json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let again = gw.wait_for(&id, Duration::from_secs(30), |e| e["destinations"][1]["status"] == "Done").await;
+    assert_eq!(again["status"], "Completed", "{again:#}");
+    let copies = secondary.received_at("/copy");
+    assert_eq!(copies.len(), 2, "the failed attempt and the re-execution");
+    assert_eq!(copies[1].json(), json!({"n": 1}), "the same data");
+    assert_eq!(copies[0].header("idempotency-key"), copies[1].header("idempotency-key"), "the same Idempotency-Key");
+    assert_eq!(main.received().len(), 1, "the main destination did not run again");
+}

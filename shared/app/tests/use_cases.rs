@@ -973,6 +973,14 @@ async fn a_target_down_shows_failed_retrying_then_halts_the_endpoint_and_resume_
         (shown["endpoint"]["status"].as_str(), shown["endpoint"]["haltedBy"].clone()),
         (Some("Enabled"), json!([]))
     );
+    // The recovery is an invocation in the endpoint's log, by whom it was asked.
+    let (_, log) = h.call("GET", "/integrations/HALT/log", None).await;
+    let recovery = log["items"].as_array().into_iter().flatten().find(|l| l["trigger"]["kind"] == "recovery").cloned();
+    let recovery = recovery.unwrap_or_else(|| panic!("no recovery logged: {log}"));
+    assert_eq!(
+        (recovery["exchangeId"].as_str(), recovery["trigger"]["caller"].as_str()),
+        (Some(x1.as_str()), Some("tester"))
+    );
 }
 
 #[tokio::test]
@@ -1361,4 +1369,50 @@ async fn a_captured_answer_flows_on_is_the_result_and_is_delivered_to_the_respon
     assert_eq!(shown["destinations"][0]["status"], "Done", "{shown}");
     let subs: Vec<String> = detail.steps.iter().map(|s| s.sub_step.to_string()).collect();
     assert!(subs.iter().any(|s| s == "DeliverResponse"), "{subs:?}");
+}
+
+#[tokio::test]
+async fn a_failed_secondary_of_a_completed_exchange_runs_again_and_its_outcome_shows() {
+    use std::sync::atomic::Ordering;
+    let h = Harness::new();
+    let (main, main_received) = counting_target().await;
+    let (secondary, down, applied) = switchable_target().await;
+    h.define(json!({"code": "FANOUT", "version": 1, "steps": [
+        {"name": "send", "type": "delivery", "retry": {"maxAttempts": 2, "intervalSeconds": 0}, "destinations": [
+            {"kind": "rest", "main": true, "request": {"method": "POST", "url": main}},
+            {"kind": "rest", "request": {"method": "POST", "url": secondary}}]}]}))
+        .await;
+    down.store(true, Ordering::SeqCst);
+    let id = h.invoke("FANOUT", json!([1])).await;
+    assert!(h.run().await.is_empty());
+    let (_, shown) = h.call("GET", &format!("/exchanges/{id}"), None).await;
+    assert_eq!(shown["status"], "Completed", "a secondary never fails the exchange: {shown}");
+    assert_eq!(shown["destinations"][1]["status"], "Failed", "{shown}");
+    let step_id = shown["destinations"][1]["stepIds"][0].as_str().expect("step").to_string();
+    let retry = format!("/exchanges/{id}/steps/{step_id}/retry");
+
+    down.store(false, Ordering::SeqCst);
+    let reader = Caller::new("reader", ["handoff:read"]);
+    let (status, _) = h.call_as(Some(reader), "POST", &retry, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "re-executing needs handoff:operate");
+    let (status, body) = h.call("POST", &retry, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert!(h.run().await.is_empty());
+    let (_, shown) = h.call("GET", &format!("/exchanges/{id}"), None).await;
+    assert_eq!(
+        (shown["status"].as_str(), shown["destinations"][1]["status"].as_str()),
+        (Some("Completed"), Some("Done"))
+    );
+    assert!(shown["destinations"][1]["lastError"].is_null(), "{shown}");
+    assert_eq!(applied.load(Ordering::SeqCst), 1, "the secondary got it once");
+    assert_eq!(main_received.load(Ordering::SeqCst), 1, "nothing else ran again");
+    let detail = h.detail(&id).await;
+    assert!(detail.logs.iter().any(|l| l.line.starts_with("Re-executed by tester")), "{:?}", detail.logs);
+
+    // Done now, and the main destination never was a failed secondary: refused.
+    let (status, body) = h.call("POST", &retry, None).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::CONFLICT, Some("InvalidState")), "{body}");
+    let main_step = shown["destinations"][0]["stepIds"][0].as_str().expect("step");
+    let (status, _) = h.call("POST", &format!("/exchanges/{id}/steps/{main_step}/retry"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
 }

@@ -266,6 +266,7 @@ mod tests {
             recovery: 0,
             parent: None,
             requested_by: None,
+            reexecution: false,
         }
     }
 

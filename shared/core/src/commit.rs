@@ -34,6 +34,9 @@ pub struct StepChange {
 pub enum ExchangeChange {
     /// Only check the exchange is not final (a TimedOut/Failed exchange stops everything in flight).
     RequireNotFinal,
+    /// Only check the exchange is in one of these statuses (a failed secondary destination
+    /// re-executed on a Completed exchange requires it to stay Completed).
+    RequireIn(Vec<ExchangeStatus>),
     /// Move the exchange from one of `from` to `to` (updating the status index), optionally recording an error.
     SetStatus {
         from: Vec<ExchangeStatus>,
@@ -176,6 +179,9 @@ impl ExchangeChange {
     pub fn precondition(&self, exchange: &ExchangeId, recovery: u32) -> Precondition {
         match self {
             Self::RequireNotFinal => Precondition::ExchangeNotFinal { exchange: exchange.clone(), recovery },
+            Self::RequireIn(statuses) => {
+                Precondition::ExchangeIn { exchange: exchange.clone(), statuses: statuses.clone(), recovery }
+            }
             Self::SetStatus { from, .. } => {
                 Precondition::ExchangeIn { exchange: exchange.clone(), statuses: from.clone(), recovery }
             }
@@ -353,6 +359,8 @@ pub enum Precondition {
     StepInitial { exchange: ExchangeId, step: StepId },
     /// The step is `Done` (a callback must not overtake the call that armed it).
     StepDone { exchange: ExchangeId, step: StepId },
+    /// The step is `Failed` (a re-execution starts only from a failure).
+    StepFailed { exchange: ExchangeId, step: StepId },
     /// The step exists (writes never create one).
     StepExists { exchange: ExchangeId, step: StepId },
     /// The callback token exists, is unused and not expired at `now`.
@@ -378,6 +386,7 @@ impl Precondition {
             | Self::Claimable { exchange, step, .. }
             | Self::StepInitial { exchange, step }
             | Self::StepDone { exchange, step }
+            | Self::StepFailed { exchange, step }
             | Self::StepExists { exchange, step } => ItemRef::Step(exchange.clone(), *step),
             Self::TokenUsable { hash, .. } => ItemRef::Token(hash.clone()),
         }
@@ -447,19 +456,55 @@ impl StepCommit {
     }
 }
 
-/// The preconditions of claiming attempt `attempt` of `step` at `now`.
-pub fn claim_preconditions(
-    exchange: &ExchangeId,
-    step: StepId,
-    attempt: u32,
-    recovery: u32,
-    now: DateTime<Utc>,
-) -> Vec<Precondition> {
-    vec![
-        Precondition::StepOpen { exchange: exchange.clone(), step, attempt },
-        Precondition::Claimable { exchange: exchange.clone(), step, attempt, now },
-        Precondition::ExchangeNotFinal { exchange: exchange.clone(), recovery },
-    ]
+/// What claiming one attempt of a step requires.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimRequest {
+    pub exchange_id: ExchangeId,
+    pub step: StepId,
+    pub attempt: u32,
+    pub recovery: u32,
+    /// What the exchange must be ([`crate::handoff::HandoffMessage::exchange_requirement`]).
+    pub requires: ExchangeChange,
+    pub now: DateTime<Utc>,
+    pub lease_until: DateTime<Utc>,
+}
+
+impl ClaimRequest {
+    /// Its preconditions: the step open for the attempt, no live claim of it, the exchange
+    /// as required at its generation.
+    pub fn preconditions(&self) -> Vec<Precondition> {
+        let (exchange, step, attempt) = (&self.exchange_id, self.step, self.attempt);
+        vec![
+            Precondition::StepOpen { exchange: exchange.clone(), step, attempt },
+            Precondition::Claimable { exchange: exchange.clone(), step, attempt, now: self.now },
+            self.requires.precondition(exchange, self.recovery),
+        ]
+    }
+}
+
+/// A failed secondary destination of a Completed exchange run again: its sub-step back to
+/// `Initial` with no attempts (a fresh run under its retry policy), with who asked logged,
+/// while the exchange stays Completed at its generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReexecutionCommit {
+    pub exchange_id: ExchangeId,
+    pub recovery: u32,
+    pub step: StepId,
+    pub log: LogLine,
+    pub now: DateTime<Utc>,
+}
+
+impl ReexecutionCommit {
+    pub fn preconditions(&self) -> Vec<Precondition> {
+        vec![
+            Precondition::ExchangeIn {
+                exchange: self.exchange_id.clone(),
+                statuses: vec![ExchangeStatus::Completed],
+                recovery: self.recovery,
+            },
+            Precondition::StepFailed { exchange: self.exchange_id.clone(), step: self.step },
+        ]
+    }
 }
 
 impl RecoveryCommit {

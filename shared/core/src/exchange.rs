@@ -203,6 +203,9 @@ pub enum TriggerKind {
     /// `POST /unrouted/{id}/replay`: a request kept because it could not be routed, replayed
     /// by an operator (the caller) once it can be.
     Replay,
+    /// A recovery of a failed or timed-out exchange (by an operator, or the error job): an
+    /// endpoint log line, not the exchange's own trigger.
+    Recovery,
 }
 
 /// What started an exchange and on whose behalf (the caller's `sub`; none for the schedule).
@@ -223,6 +226,9 @@ impl Trigger {
     }
     pub fn subflow() -> Self {
         Self { kind: TriggerKind::Subflow, caller: None }
+    }
+    pub fn recovery(by: &str) -> Self {
+        Self { kind: TriggerKind::Recovery, caller: Some(by.to_string()) }
     }
     pub fn replay(operator: &str) -> Self {
         Self { kind: TriggerKind::Replay, caller: Some(operator.to_string()) }

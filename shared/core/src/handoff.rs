@@ -113,6 +113,10 @@ pub struct HandoffMessage {
     /// the step with the attempt. Never carried on to later handoffs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_by: Option<String>,
+    /// A failed secondary destination of a Completed exchange, run again: it runs on the
+    /// Completed exchange, and nothing follows it (the exchange ran on long ago).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reexecution: bool,
 }
 
 /// Everything the control queue carries.
@@ -163,6 +167,7 @@ impl HandoffMessage {
             recovery: exchange.recoveries,
             parent: exchange.parent.clone(),
             requested_by: None,
+            reexecution: false,
         }
     }
 
@@ -180,6 +185,25 @@ impl HandoffMessage {
     }
 
     /// Attempt `attempt` of this same sub-step, not to run before `due`.
+    /// What this handoff requires of its exchange: running — or, re-executing a secondary
+    /// destination, Completed.
+    pub fn exchange_requirement(&self) -> crate::commit::ExchangeChange {
+        if self.reexecution {
+            crate::commit::ExchangeChange::RequireIn(vec![crate::exchange::ExchangeStatus::Completed])
+        } else {
+            crate::commit::ExchangeChange::RequireNotFinal
+        }
+    }
+
+    /// Whether this handoff may still do its work on an exchange in `status`.
+    pub fn runs_in(&self, status: crate::exchange::ExchangeStatus) -> bool {
+        if self.reexecution {
+            status == crate::exchange::ExchangeStatus::Completed
+        } else {
+            !status.is_final()
+        }
+    }
+
     pub fn retry(&self, attempt: u32, due: DateTime<Utc>) -> Self {
         Self { attempt, not_before: Some(due), requested_by: None, ..self.clone() }
     }
@@ -199,6 +223,7 @@ impl HandoffMessage {
             recovery: token.recovery,
             parent: token.parent.clone(),
             requested_by: None,
+            reexecution: false,
         }
     }
 }

@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
-use handoff_core::commit::{ClaimOutcome, CommitOutcome, Conflict, ErrorRecord, RecoveryCommit, StepCommit};
+use handoff_core::commit::{
+    ClaimOutcome, ClaimRequest, CommitOutcome, Conflict, ErrorRecord, RecoveryCommit, ReexecutionCommit, StepCommit,
+};
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::endpoint::{Endpoint, EndpointLogEntry, HeldHandoff};
 use handoff_core::events::{EventClaim, QueuedEvent};
@@ -338,20 +340,18 @@ pub trait ExchangeWrites: Send + Sync {
     /// Sets how many sub-exchanges a `ControlSubflow` step waits for (before any of them runs).
     async fn set_sub_exchange_total(&self, id: &ExchangeId, step: StepId, total: u32) -> PortResult<()>;
 
-    /// Claims attempt `attempt` of a step before an external side effect, under
-    /// [`handoff_core::commit::claim_preconditions`]: the step is `Initial` with the attempt
-    /// not recorded, no live claim of it or a later one, the exchange not final and at
-    /// generation `recovery`. Sets `claimedAttempt`, `attempts`, `leaseUntil`; clears
-    /// `nextRetryAt`. A conflict names the preconditions that failed.
-    async fn try_claim(
-        &self,
-        id: &ExchangeId,
-        step: StepId,
-        attempt: u32,
-        recovery: u32,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> PortResult<Result<(), Conflict>>;
+    /// Claims an attempt of a step before an external side effect, under
+    /// [`ClaimRequest::preconditions`]: the step is `Initial` with the attempt not recorded,
+    /// no live claim of it or a later one, the exchange as required (not final, or Completed
+    /// for a re-execution) at its generation. Sets `claimedAttempt`, `attempts`,
+    /// `leaseUntil`; clears `nextRetryAt`. A conflict names the preconditions that failed.
+    async fn try_claim(&self, request: &ClaimRequest) -> PortResult<Result<(), Conflict>>;
+
+    /// Resets a failed secondary destination of a Completed exchange for a re-execution if
+    /// [`ReexecutionCommit::preconditions`] hold (exchange Completed at its generation, step
+    /// Failed): the step `Initial` with no attempts, claims, error, retry time or output, the
+    /// log line appended.
+    async fn try_reexecute(&self, commit: &ReexecutionCommit) -> PortResult<Result<(), Conflict>>;
 
     /// Writes `commit` atomically if every one of [`StepCommit::preconditions`] holds;
     /// otherwise writes nothing and names the preconditions that failed.
@@ -367,7 +367,7 @@ pub trait ExchangeWrites: Send + Sync {
     /// nothing else can write to the exchange; repeating it finishes what a crash left.
     async fn delete_finished(&self, id: &ExchangeId, recovery: u32) -> PortResult<CommitOutcome>;
 
-    /// [`Self::try_claim`], when the reasons do not matter.
+    /// [`Self::try_claim`] of a running exchange's step, when the reasons do not matter.
     async fn claim(
         &self,
         id: &ExchangeId,
@@ -377,7 +377,16 @@ pub trait ExchangeWrites: Send + Sync {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> PortResult<ClaimOutcome> {
-        Ok(match self.try_claim(id, step, attempt, recovery, now, lease_until).await? {
+        let request = ClaimRequest {
+            exchange_id: id.clone(),
+            step,
+            attempt,
+            recovery,
+            requires: handoff_core::commit::ExchangeChange::RequireNotFinal,
+            now,
+            lease_until,
+        };
+        Ok(match self.try_claim(&request).await? {
             Ok(()) => ClaimOutcome::Claimed,
             Err(_) => ClaimOutcome::NotClaimable,
         })

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use handoff_core::commit::{
-    claim_preconditions, CommitOutcome, Conflict, ErrorRecord, ExchangeChange, ItemRef, Precondition, RecoveryCommit,
-    StepChange, StepCommit,
+    ClaimRequest, CommitOutcome, Conflict, ErrorRecord, ExchangeChange, ItemRef, Precondition, RecoveryCommit,
+    ReexecutionCommit, StepChange, StepCommit,
 };
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::endpoint::{Endpoint, EndpointLogEntry, HeldHandoff};
@@ -178,6 +178,7 @@ fn holds(state: &ExchangeState, precondition: &Precondition) -> bool {
         }
         P::StepInitial { exchange, step: s } => step(exchange, s).is_some_and(|s| s.step.status == StepStatus::Initial),
         P::StepDone { exchange, step: s } => step(exchange, s).is_some_and(|s| s.step.status == StepStatus::Done),
+        P::StepFailed { exchange, step: s } => step(exchange, s).is_some_and(|s| s.step.status == StepStatus::Failed),
         P::StepExists { exchange, step: s } => step(exchange, s).is_some(),
         P::TokenUsable { hash, now } => state.tokens.get(hash).is_some_and(|t| usable(t, *now)),
     }
@@ -192,6 +193,20 @@ fn check(state: &ExchangeState, preconditions: Vec<Precondition>) -> Result<(), 
         return Ok(());
     }
     Err(Conflict { failed: preconditions.into_iter().filter(|p| failed_items.contains(&p.item())).collect() })
+}
+
+/// A step back to `Initial` with no attempts, claims, error, retry time or output (as the
+/// adapter's `reset_update`).
+fn reset_step(stored: &mut StoredStep) {
+    stored.step.status = StepStatus::Initial;
+    stored.step.attempts = 0;
+    stored.completed_attempt = 0;
+    stored.claimed_attempt = 0;
+    stored.lease_until = 0;
+    stored.step.next_retry_at = None;
+    stored.step.last_error = None;
+    stored.step.completed_at = None;
+    stored.step.payload = None;
 }
 
 fn apply_step(stored: &mut StoredStep, change: &StepChange) {
@@ -350,27 +365,31 @@ impl ExchangeWrites for MemoryExchangeRepository {
         Ok(())
     }
 
-    async fn try_claim(
-        &self,
-        id: &ExchangeId,
-        step: StepId,
-        attempt: u32,
-        recovery: u32,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> PortResult<Result<(), Conflict>> {
-        if attempt == 0 {
+    async fn try_claim(&self, request: &ClaimRequest) -> PortResult<Result<(), Conflict>> {
+        if request.attempt == 0 {
             return Err(fault("attempt numbers start at 1"));
         }
         let mut state = lock(&self.state);
-        if let Err(conflict) = check(&state, claim_preconditions(id, step, attempt, recovery, now)) {
+        if let Err(conflict) = check(&state, request.preconditions()) {
             return Ok(Err(conflict));
         }
-        if let Some(stored) = state.step_mut(id, step) {
-            stored.claimed_attempt = attempt;
-            stored.step.attempts = attempt;
-            stored.lease_until = lease_until.timestamp_millis();
+        if let Some(stored) = state.step_mut(&request.exchange_id, request.step) {
+            stored.claimed_attempt = request.attempt;
+            stored.step.attempts = request.attempt;
+            stored.lease_until = request.lease_until.timestamp_millis();
             stored.step.next_retry_at = None;
+        }
+        Ok(Ok(()))
+    }
+
+    async fn try_reexecute(&self, commit: &ReexecutionCommit) -> PortResult<Result<(), Conflict>> {
+        let mut state = lock(&self.state);
+        if let Err(conflict) = check(&state, commit.preconditions()) {
+            return Ok(Err(conflict));
+        }
+        if let Some(stored) = state.step_mut(&commit.exchange_id, commit.step) {
+            reset_step(stored);
+            stored.logs.push(commit.log.clone());
         }
         Ok(Ok(()))
     }
@@ -419,15 +438,7 @@ impl ExchangeWrites for MemoryExchangeRepository {
         }
         for step in &reset {
             if let Some(stored) = state.step_mut(id, *step) {
-                stored.step.status = StepStatus::Initial;
-                stored.step.attempts = 0;
-                stored.completed_attempt = 0;
-                stored.claimed_attempt = 0;
-                stored.lease_until = 0;
-                stored.step.next_retry_at = None;
-                stored.step.last_error = None;
-                stored.step.completed_at = None;
-                stored.step.payload = None;
+                reset_step(stored);
                 if commit.clear_sub_failures == Some(*step) {
                     stored.sub_failed = 0;
                 }

@@ -11,7 +11,7 @@ use crate::definitions::LoadedIntegration;
 use crate::effects::run_effects;
 use crate::executors::{execute, ExecutionContext};
 use chrono::{Duration as ChronoDuration, Utc};
-use handoff_core::commit::Conflict;
+use handoff_core::commit::{ClaimRequest, Conflict};
 use handoff_core::endpoint::hold;
 use handoff_core::exchange::LogLine;
 use handoff_core::handoff::HandoffMessage;
@@ -77,11 +77,16 @@ pub async fn handle_handoff(
     let claimed = planned.sub_step.has_external_effect();
     if claimed {
         let lease = ChronoDuration::from_std(ctx.settings.claim_lease).unwrap_or(ChronoDuration::seconds(60));
-        let claim = ctx
-            .ports
-            .exchanges
-            .try_claim(&message.exchange_id, message.step_id, message.attempt, message.recovery, now, now + lease)
-            .await?;
+        let request = ClaimRequest {
+            exchange_id: message.exchange_id.clone(),
+            step: message.step_id,
+            attempt: message.attempt,
+            recovery: message.recovery,
+            requires: message.exchange_requirement(),
+            now,
+            lease_until: now + lease,
+        };
+        let claim = ctx.ports.exchanges.try_claim(&request).await?;
         if let Err(conflict) = claim {
             return after_conflict(ctx, &message, &loaded, conflict).await;
         }

@@ -187,12 +187,22 @@ pub async fn invoke_exchange(ctx: &Starting<'_>, request: InvokeRequest) -> Resu
     Ok(exchange)
 }
 
-/// Adds a line to the endpoint log, kept as long as finished exchanges. The log is for
-/// people: a line that cannot be written is logged, never a reason to fail the run.
 async fn log_endpoint(ctx: &Starting<'_>, code: &IntegrationCode, event: EndpointEvent, at: chrono::DateTime<Utc>) {
+    log_on_endpoint(ctx.endpoints, ctx.retention, code, event, at).await
+}
+
+/// Adds a line to the endpoint log, kept as long as finished exchanges (`retention`). The
+/// log is for people: a line that cannot be written is logged, never a reason to fail the run.
+pub async fn log_on_endpoint(
+    endpoints: &dyn EndpointStore,
+    retention: Option<chrono::Duration>,
+    code: &IntegrationCode,
+    event: EndpointEvent,
+    at: chrono::DateTime<Utc>,
+) {
     let entry = EndpointLogEntry { at, event };
-    let expires_at = ctx.retention.map(|keep| at + keep);
-    if let Err(e) = ctx.endpoints.append_log(code, &entry, expires_at).await {
+    let expires_at = retention.map(|keep| at + keep);
+    if let Err(e) = endpoints.append_log(code, &entry, expires_at).await {
         tracing::warn!(integrationCode = %code, error = %e, "endpoint log line not written");
     }
 }

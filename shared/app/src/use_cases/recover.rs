@@ -6,8 +6,10 @@ use crate::context::AppContext;
 use crate::definitions::{DefinitionCache, DefinitionLoadError};
 use crate::effects::{run_effects, EffectPorts};
 use crate::sub_exchanges::failed_children;
+use crate::use_cases::invoke::log_on_endpoint;
 use handoff_core::commit::CommitOutcome;
-use handoff_core::exchange::ExchangeDetail;
+use handoff_core::endpoint::EndpointEvent;
+use handoff_core::exchange::{ExchangeDetail, ExchangeStatus, Trigger};
 use handoff_core::ids::{ExchangeId, IntegrationVersion, StepId};
 use handoff_core::machine::operator::{self, ManualRetryError};
 use handoff_core::machine::{delay_until, Effect};
@@ -37,6 +39,8 @@ pub struct Recovering<'a> {
     /// Reading the exchange and its children; sending the resuming handoff.
     pub effects: EffectPorts<'a>,
     pub outbox_delay: Duration,
+    /// How long endpoint log lines are kept.
+    pub retention: Option<chrono::Duration>,
 }
 
 impl<'a> Recovering<'a> {
@@ -47,6 +51,7 @@ impl<'a> Recovering<'a> {
             timers: ctx.ports.exchanges.as_ref(),
             effects: ctx.effects(),
             outbox_delay: ctx.settings.outbox_delay,
+            retention: ctx.settings.exchange_retention,
         }
     }
 }
@@ -143,6 +148,9 @@ pub async fn recover_exchange(
     }
     let recoveries = decided.recoveries();
     tracing::info!(exchangeId = %id, resumedAt = %decided.resumed_at(), recoveries, requestedBy = requested_by, "exchange recovered");
+    let invoked =
+        EndpointEvent::Invoked { exchange_id: id.clone(), trigger: Trigger::recovery(requested_by), events: None };
+    log_on_endpoint(ctx.effects.endpoints, ctx.retention, &exchange.integration_code, invoked, now).await;
     Ok(Recovered { resumed_at: decided.resumed_at(), integration_version: target.stored.version, recoveries })
 }
 
@@ -155,6 +163,9 @@ pub async fn retry_step_now(
     requested_by: &str,
 ) -> Result<u32, ActionError> {
     let detail = load(ctx, id).await?;
+    if detail.exchange.status == ExchangeStatus::Completed {
+        return reexecute(ctx, &detail, step_id, requested_by).await;
+    }
     let message = operator::manual_retry(&detail, step_id, requested_by).map_err(|e| match e {
         ManualRetryError::UnknownStep(step) => ActionError::UnknownStep(step),
         other => ActionError::Conflict(other.to_string()),
@@ -173,4 +184,47 @@ pub async fn sign_off(ctx: &Recovering<'_>, id: &ExchangeId, signed_off_by: &str
     ctx.effects.queue.send(message.sub_step.family(), &message, 0).await?;
     tracing::info!(exchangeId = %id, signedOffBy = signed_off_by, "signed off by the requester");
     Ok(message.step_id)
+}
+
+/// A failed secondary destination of a Completed exchange runs again (same
+/// `Idempotency-Key`, a fresh run under its retry policy); its outcome shows in the
+/// exchange's `destinations`.
+async fn reexecute(
+    ctx: &Recovering<'_>,
+    detail: &ExchangeDetail,
+    step_id: StepId,
+    requested_by: &str,
+) -> Result<u32, ActionError> {
+    let exchange = &detail.exchange;
+    let loaded = ctx
+        .definitions
+        .get(&exchange.integration_code, exchange.integration_version)
+        .await
+        .map_err(|e| match e {
+            DefinitionLoadError::Port(port) => ActionError::Port(port),
+            corrupt => ActionError::Conflict(corrupt.to_string()),
+        })?
+        .ok_or_else(|| {
+            ActionError::Conflict(format!(
+                "version {} of the integration no longer exists",
+                exchange.integration_version
+            ))
+        })?;
+    let now = ctx.effects.clock.now();
+    let (reset, message) = operator::reexecute_secondary(loaded.pipeline(), detail, step_id, requested_by, now)
+        .map_err(|e| match e {
+            ManualRetryError::UnknownStep(step) => ActionError::UnknownStep(step),
+            other => ActionError::Conflict(other.to_string()),
+        })?;
+    if let Some(reset) = reset {
+        if ctx.writes.try_reexecute(&reset).await?.is_err() {
+            return Err(ActionError::Conflict(
+                "the exchange changed while the step was being reset; read it again".into(),
+            ));
+        }
+    }
+    // Sent after the reset; if the send fails, asking again sends it (the step waits, reset).
+    ctx.effects.queue.send(message.sub_step.family(), &message, 0).await?;
+    tracing::info!(exchangeId = %exchange.exchange_id, stepId = %step_id, requestedBy = requested_by, "secondary destination re-executed");
+    Ok(message.attempt)
 }

@@ -132,7 +132,7 @@ fn record(
     let mut d = Decision::new(StepCommit::new(
         message.exchange_id.clone(),
         message.recovery,
-        ExchangeChange::RequireNotFinal,
+        message.exchange_requirement(),
         now,
     ));
     match decision {
@@ -148,6 +148,11 @@ fn record(
             step.payload = output.payload.clone();
             if planned.sub_step.has_external_effect() {
                 d.effects.push(Effect::observe(pipeline, message, Observation::Succeeded));
+            }
+            if message.reexecution {
+                // Run again on a Completed exchange: the destination is done, nothing follows.
+                d.commit.step = Some(step);
+                return d;
             }
             let next_sequence = output.skip_to.unwrap_or(planned.sequence + 1);
             d.commit.skip = (planned.sequence + 1..next_sequence).map(StepId::from_sequence).collect();
@@ -256,7 +261,9 @@ fn record(
                 !secondary,
                 now,
             ));
-            if secondary {
+            if secondary && message.reexecution {
+                // Run again on a Completed exchange and failed again: recorded on its step, as before.
+            } else if secondary {
                 // A secondary destination's failure is recorded on its step; the exchange goes on
                 // with the next destination (the rest of this one's sub-steps — an agent's — are skipped).
                 let next = pipeline.after_destination(planned);
@@ -348,6 +355,7 @@ pub(crate) mod tests {
                 recovery: 2,
                 parent: None,
                 requested_by: None,
+                reexecution: false,
             }
         }
         fn record(&self, sequence: u32, decision: StepDecision, outcome: Result<StepOutput, Failure>) -> Decision {
@@ -415,6 +423,28 @@ pub(crate) mod tests {
             matches!(d.commit.exchange, ExchangeChange::SetStatus { to: ExchangeStatus::Started, ref from, .. } if from == &[ExchangeStatus::WaitingOnExternalSystem])
         );
         assert_eq!(only_send(&d.effects).step_id, StepId::from_sequence(5));
+    }
+
+    #[test]
+    fn a_reexecuted_secondary_runs_on_the_completed_exchange_and_nothing_follows_it() {
+        let f = fixture_with_secondary_agent();
+        let m = HandoffMessage { reexecution: true, ..f.message(5) };
+        let completed = ExchangeChange::RequireIn(vec![ExchangeStatus::Completed]);
+        for (decision, outcome) in [
+            (StepDecision::MarkDone, Ok(StepOutput::default())),
+            (StepDecision::MarkFailed(Failure::business("nope")), Err(Failure::business("nope"))),
+        ] {
+            let step = step_change(&m, true, 3, Vec::new(), Utc::now());
+            let d = record(f.pipeline(), &f.plan[5], &m, step, decision, outcome, Utc::now());
+            assert_eq!(d.commit.exchange, completed, "it requires the exchange Completed and moves it not");
+            assert!(d.commit.skip.is_empty());
+            assert!(d.effects.iter().all(|e| matches!(e, Effect::Observe { .. })), "no handoff: {:?}", d.effects);
+        }
+        // Its retries stay re-executions.
+        let retry = StepDecision::ScheduleRetry { next_attempt: 2, delay_seconds: 1 };
+        let step = step_change(&m, true, 3, Vec::new(), Utc::now());
+        let d = record(f.pipeline(), &f.plan[5], &m, step, retry, Err(Failure::transient("503")), Utc::now());
+        assert!(only_send(&d.effects).reexecution);
     }
 
     #[test]

@@ -34,12 +34,16 @@ pub fn after_conflict(
 ) -> AfterConflict {
     use AfterConflict::*;
     let Some(detail) = detail else { return Drop("handoff for an exchange that does not exist") };
-    if detail.exchange.status.is_final() || detail.exchange.recoveries != message.recovery {
+    if !message.runs_in(detail.exchange.status) || detail.exchange.recoveries != message.recovery {
         return Drop("late or stale handoff (the exchange is final or was recovered since)");
     }
     let Some(step) = detail.steps.iter().find(|s| s.step_id == message.step_id) else {
         return BadMessage(format!("exchange has no step {}", message.step_id));
     };
+    if message.reexecution && step.status != StepStatus::Initial {
+        // Nothing follows a re-execution: once recorded, a duplicate has nothing to send.
+        return Drop("re-execution already recorded; duplicate");
+    }
     let previous_done = message.step_id.sequence() == 0
         || detail.steps.get(message.step_id.sequence() as usize - 1).is_some_and(|s| s.status != StepStatus::Initial);
     match step.status {

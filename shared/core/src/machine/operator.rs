@@ -3,7 +3,7 @@
 //! a requester signs an exchange off.
 
 use super::{Pipeline, MAX_SQS_DELAY_SECONDS};
-use crate::commit::RecoveryCommit;
+use crate::commit::{RecoveryCommit, ReexecutionCommit};
 use crate::exchange::{Exchange, ExchangeDetail, ExchangeStatus, LogLine, LogType, StepStatus};
 use crate::handoff::{outbox_entry, sla_timer, CallbackToken, HandoffMessage, Timer};
 use crate::ids::{IntegrationVersion, StepId};
@@ -102,6 +102,12 @@ pub fn recovery(
 pub enum ManualRetryError {
     #[error("exchange has no step {0}")]
     UnknownStep(StepId),
+    #[error(
+        "the exchange is Completed: only a failed secondary destination of it can run again, and step {0} is not one"
+    )]
+    NotAFailedSecondary(StepId),
+    #[error("step {0} is an agent destination: running one again on a Completed exchange is not supported yet")]
+    AgentNotReexecutable(StepId),
     #[error("the exchange is {status}; recover it instead (POST /exchanges/{id}/recover)")]
     ExchangeFinal { status: &'static str, id: String },
     #[error("step {0} is not waiting for a retry")]
@@ -135,6 +141,53 @@ pub fn manual_retry(
         input_before(&detail.steps, index),
     );
     Ok(HandoffMessage { requested_by: Some(requested_by.to_string()), ..message })
+}
+
+/// A failed secondary destination of a Completed exchange run again (`POST
+/// /exchanges/{id}/steps/{stepId}/retry`): the reset of its sub-step (a fresh run under its
+/// retry policy, with the same `Idempotency-Key`) and the handoff that runs it on the
+/// Completed exchange. Its outcome shows in the exchange's `destinations`; nothing else moves.
+/// A re-execution reset but never handed on (the send failed) is handed on again, with no
+/// second reset (`None`).
+pub fn reexecute_secondary(
+    pipeline: Pipeline<'_>,
+    detail: &ExchangeDetail,
+    step_id: StepId,
+    requested_by: &str,
+    now: DateTime<Utc>,
+) -> Result<(Option<ReexecutionCommit>, HandoffMessage), ManualRetryError> {
+    let index = detail.steps.iter().position(|s| s.step_id == step_id).ok_or(ManualRetryError::UnknownStep(step_id))?;
+    let step = &detail.steps[index];
+    let exchange = &detail.exchange;
+    let secondary = pipeline.planned(step_id).is_some_and(|planned| pipeline.is_secondary_destination(planned));
+    let reset_not_run = step.status == StepStatus::Initial && step.attempts == 0;
+    if exchange.status != ExchangeStatus::Completed
+        || !secondary
+        || !(step.status == StepStatus::Failed || reset_not_run)
+    {
+        return Err(ManualRetryError::NotAFailedSecondary(step_id));
+    }
+    if !matches!(step.sub_step, SubStep::DeliverRest | SubStep::DeliverSftp | SubStep::DeliverFileUpload) {
+        return Err(ManualRetryError::AgentNotReexecutable(step_id));
+    }
+    let was = step.last_error.as_ref().map_or_else(String::new, |e| format!(" (it had failed: {})", e.message));
+    let commit = ReexecutionCommit {
+        exchange_id: exchange.exchange_id.clone(),
+        recovery: exchange.recoveries,
+        step: step_id,
+        log: LogLine {
+            kind: LogType::System,
+            line: format!("Re-executed by {requested_by}: the secondary destination runs again{was}"),
+            timestamp: now,
+            step_id,
+        },
+        now,
+    };
+    let message = HandoffMessage {
+        reexecution: true,
+        ..HandoffMessage::at_step(exchange, step_id, step.sub_step, 1, input_before(&detail.steps, index))
+    };
+    Ok(((!reset_not_run).then_some(commit), message))
 }
 
 /// Whether a callback for `token` comes too late to matter: its exchange is final, or was
@@ -297,5 +350,48 @@ mod tests {
             manual_retry(&d, StepId::from_sequence(9), "ops"),
             Err(ManualRetryError::UnknownStep(StepId::from_sequence(9)))
         );
+    }
+
+    #[test]
+    fn only_a_failed_secondary_of_a_completed_exchange_runs_again_once_reset() {
+        let f = Fixture::new(json!({"code": "C", "version": 1, "steps": [
+            {"name": "d", "type": "delivery", "destinations": [
+                {"kind": "rest", "main": true, "request": {"url": "http://main.example"}},
+                {"kind": "agent", "healthUrl": "http://agent.example/h", "request": {"url": "http://agent.example"}},
+                {"kind": "rest", "request": {"url": "http://third.example"}}]}]}));
+        // triggered, main, agent (health, invoke, report), third, signoff.
+        let (done, failed) = ((StepStatus::Done, 1), (StepStatus::Failed, 3));
+        let detail = f.detail(
+            ExchangeStatus::Completed,
+            1,
+            &[done, done, failed, (StepStatus::Skipped, 0), (StepStatus::Skipped, 0), failed, done],
+        );
+        let now = Utc::now();
+        let (reset, message) =
+            reexecute_secondary(f.pipeline(), &detail, StepId::from_sequence(5), "ops", now).expect("ok");
+        let reset = reset.expect("a reset of the failed step");
+        assert_eq!((reset.step, reset.recovery), (StepId::from_sequence(5), 1));
+        assert!(reset.log.line.starts_with("Re-executed by ops"));
+        assert!(message.reexecution && message.attempt == 1 && message.sub_step == SubStep::DeliverRest);
+        assert_eq!(message.recovery, 1);
+        for step in [1, 6] {
+            assert_eq!(
+                reexecute_secondary(f.pipeline(), &detail, StepId::from_sequence(step), "ops", now).map(|_| ()),
+                Err(ManualRetryError::NotAFailedSecondary(StepId::from_sequence(step)))
+            );
+        }
+        assert_eq!(
+            reexecute_secondary(f.pipeline(), &detail, StepId::from_sequence(2), "ops", now).map(|_| ()),
+            Err(ManualRetryError::AgentNotReexecutable(StepId::from_sequence(2)))
+        );
+        let mut running = detail.clone();
+        running.exchange.status = ExchangeStatus::Started;
+        assert!(reexecute_secondary(f.pipeline(), &running, StepId::from_sequence(5), "ops", now).is_err());
+        // Reset but never handed on: handed on again, not reset twice.
+        let mut lost = detail;
+        lost.steps[5].status = StepStatus::Initial;
+        lost.steps[5].attempts = 0;
+        let (reset, _) = reexecute_secondary(f.pipeline(), &lost, StepId::from_sequence(5), "ops", now).expect("ok");
+        assert!(reset.is_none());
     }
 }

@@ -87,8 +87,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use handoff_core::commit::{
-    claim_preconditions, CommitOutcome, Conflict, ErrorRecord, ExchangeChange, ItemRef, ParentTally, Precondition,
-    RecoveryCommit, StepChange, StepCommit,
+    ClaimRequest, CommitOutcome, Conflict, ErrorRecord, ExchangeChange, ItemRef, ParentTally, Precondition,
+    RecoveryCommit, ReexecutionCommit, StepChange, StepCommit,
 };
 use handoff_core::exchange::{
     Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, ParentLink, Payload, StepError, StepStatus,
@@ -481,16 +481,12 @@ impl ExchangeWrites for DynamoExchangeRepository {
         self.batch_put(items).await
     }
 
-    async fn try_claim(
-        &self,
-        id: &ExchangeId,
-        step: StepId,
-        attempt: u32,
-        recovery: u32,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> PortResult<Result<(), Conflict>> {
-        self.transact(claim_plan(&self.table, id, step, attempt, recovery, now, lease_until)?).await
+    async fn try_claim(&self, request: &ClaimRequest) -> PortResult<Result<(), Conflict>> {
+        self.transact(claim_plan(&self.table, request)?).await
+    }
+
+    async fn try_reexecute(&self, commit: &ReexecutionCommit) -> PortResult<Result<(), Conflict>> {
+        self.transact(reexecute_plan(&self.table, commit)?).await
     }
 
     async fn try_commit(&self, commit: &StepCommit) -> PortResult<Result<(), Conflict>> {

@@ -537,6 +537,7 @@ fn timer_items_round_trip_and_sort_by_due() {
             depth: 1,
         }),
         requested_by: None,
+        reexecution: false,
     };
     let retry = timer(TimerKind::Handoff { message: Box::new(message) }, "2026-01-02T05:00:00.5Z");
     let item = timer_to_item(&ExchangeId::new("e"), &retry).expect("encode");
@@ -839,7 +840,8 @@ fn recovery_clears_error_and_completion() {
 
 /// The preconditions a claim puts on its step.
 fn on_step(id: &ExchangeId, step: u32, attempt: u32, now: DateTime<Utc>) -> Vec<Precondition> {
-    claim_preconditions(id, StepId::from_sequence(step), attempt, 0, now)
+    running_claim(id, StepId::from_sequence(step), attempt, 0, now, now)
+        .preconditions()
         .into_iter()
         .filter(|p| matches!(p.item(), ItemRef::Step(..)))
         .collect()

@@ -65,6 +65,10 @@ pub(super) fn compile(e: &mut Expr, precondition: &Precondition) -> String {
             let status = e.name("status");
             format!("{status} = {}", e.value("done", s(status_name(StepStatus::Done))))
         }
+        P::StepFailed { .. } => {
+            let status = e.name("status");
+            format!("{status} = {}", e.value("failed", s(status_name(StepStatus::Failed))))
+        }
         P::StepExists { .. } => format!("attribute_exists({})", e.name("pk")),
         P::TokenUsable { now, .. } => {
             let pk = e.name("pk");
@@ -166,10 +170,14 @@ pub(super) fn recovery_condition(e: &mut Expr, recovery: u32) -> String {
     }
 }
 
-/// The check that the exchange is not final and at generation `recovery`.
-pub(super) fn exchange_check(table: &str, exchange_id: &ExchangeId, recovery: u32) -> PortResult<TransactWriteItem> {
+/// The check of the exchange item alone: `required` (its status and generation).
+pub(super) fn exchange_check(
+    table: &str,
+    exchange_id: &ExchangeId,
+    required: &[Precondition],
+) -> PortResult<TransactWriteItem> {
     let mut e = Expr::default();
-    let condition = condition(&mut e, &[Precondition::ExchangeNotFinal { exchange: exchange_id.clone(), recovery }]);
+    let condition = condition(&mut e, required);
     let check = ConditionCheck::builder()
         .table_name(table)
         .set_key(Some(exchange_key(exchange_id)))
@@ -192,8 +200,9 @@ pub(crate) fn exchange_action(
     result: Option<&Payload>,
 ) -> PortResult<TransactWriteItem> {
     match change {
-        ExchangeChange::RequireNotFinal => {
-            let Some(result) = result else { return exchange_check(table, exchange_id, recovery) };
+        ExchangeChange::RequireNotFinal | ExchangeChange::RequireIn(_) => {
+            let required = [change.precondition(exchange_id, recovery)];
+            let Some(result) = result else { return exchange_check(table, exchange_id, &required) };
             // Same condition as the check, but writing the result.
             let mut e = Expr::default();
             let condition = condition(&mut e, &[change.precondition(exchange_id, recovery)]);
@@ -334,28 +343,54 @@ pub(crate) fn claim_actions(
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
 ) -> PortResult<Vec<TransactWriteItem>> {
-    claim_plan(table, id, step, attempt, recovery, now, lease_until).map(items)
+    claim_plan(table, &running_claim(id, step, attempt, recovery, now, lease_until)).map(items)
 }
 
-/// [`claim_actions`] with the preconditions each action encodes.
-pub(crate) fn claim_plan(
-    table: &str,
+/// The claim of a running exchange's step (as the tests state it).
+#[cfg(test)]
+pub(crate) fn running_claim(
     id: &ExchangeId,
     step: StepId,
     attempt: u32,
     recovery: u32,
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
-) -> PortResult<Vec<Action>> {
+) -> ClaimRequest {
+    ClaimRequest {
+        exchange_id: id.clone(),
+        step,
+        attempt,
+        recovery,
+        requires: ExchangeChange::RequireNotFinal,
+        now,
+        lease_until,
+    }
+}
+
+/// [`claim_actions`] with the preconditions each action encodes.
+pub(crate) fn claim_plan(table: &str, request: &ClaimRequest) -> PortResult<Vec<Action>> {
+    let (id, step, attempt) = (&request.exchange_id, request.step, request.attempt);
     if attempt == 0 {
         return Err(error::fault(SERVICE, "attempt numbers start at 1"));
     }
     let (on_step, on_exchange): (Vec<Precondition>, Vec<Precondition>) =
-        claim_preconditions(id, step, attempt, recovery, now)
-            .into_iter()
-            .partition(|p| p.item() == ItemRef::Step(id.clone(), step));
-    let claim = conditional_update(table, step_key(id, step), claim_update_parts(attempt, lease_until, &on_step))?;
-    Ok(vec![(claim, on_step), (exchange_check(table, id, recovery)?, on_exchange)])
+        request.preconditions().into_iter().partition(|p| p.item() == ItemRef::Step(id.clone(), step));
+    let claim =
+        conditional_update(table, step_key(id, step), claim_update_parts(attempt, request.lease_until, &on_step))?;
+    Ok(vec![(claim, on_step), (exchange_check(table, id, &on_exchange)?, on_exchange)])
+}
+
+/// A re-execution: the check that the exchange is still Completed at its generation, and
+/// the reset of the failed step (conditional on its failure), with who asked logged.
+pub(crate) fn reexecute_plan(table: &str, commit: &ReexecutionCommit) -> PortResult<Vec<Action>> {
+    let id = &commit.exchange_id;
+    let (on_step, on_exchange): (Vec<Precondition>, Vec<Precondition>) =
+        commit.preconditions().into_iter().partition(|p| p.item() == ItemRef::Step(id.clone(), commit.step));
+    let reset = reset_update_when(table, id, commit.step, false, Some(&commit.log), &on_step)?;
+    Ok(vec![
+        (exchange_check(table, id, &on_exchange)?, on_exchange),
+        (TransactWriteItem::builder().update(reset).build(), on_step),
+    ])
 }
 
 /// A transaction's update of `key` from its expression parts (update, condition, names, values).
@@ -446,6 +481,20 @@ pub(crate) fn reset_update(
     clear_sub_failures: bool,
     log: Option<&LogLine>,
 ) -> PortResult<Update> {
+    // Never create a step that does not exist.
+    let exists = [Precondition::StepExists { exchange: exchange_id.clone(), step }];
+    reset_update_when(table, exchange_id, step, clear_sub_failures, log, &exists)
+}
+
+/// [`reset_update`] under the step's preconditions `required`.
+fn reset_update_when(
+    table: &str,
+    exchange_id: &ExchangeId,
+    step: StepId,
+    clear_sub_failures: bool,
+    log: Option<&LogLine>,
+    required: &[Precondition],
+) -> PortResult<Update> {
     let mut e = Expr::default();
     e.set("status", "initial", s(status_name(StepStatus::Initial)));
     e.value("zero", n(0));
@@ -466,8 +515,7 @@ pub(crate) fn reset_update(
         e.value("logs", to_av(&vec![line])?);
         e.set.push(format!("{logs} = list_append(if_not_exists({logs}, :empty), :logs)"));
     }
-    // Never create a step that does not exist.
-    let condition = condition(&mut e, &[Precondition::StepExists { exchange: exchange_id.clone(), step }]);
+    let condition = condition(&mut e, required);
     Update::builder()
         .table_name(table)
         .set_key(Some(step_key(exchange_id, step)))
