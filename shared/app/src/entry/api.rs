@@ -793,13 +793,11 @@ async fn endpoint_log(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let code = path_code(&code)?;
-    only_parameters(&query, &["limit", "cursor"])?;
-    let limit = parse_limit(query.get("limit")).map_err(|m| ApiError::parameter("limit", m))?;
+    let (limit, cursor) = paging(&query)?;
     if endpoint_of(ctx.ports.endpoints.as_ref(), ctx.ports.integrations.as_ref(), &code).await?.is_none() {
         return Err(ApiError::not_found(format!("integration {code} does not exist")));
     }
-    let (items, next) =
-        ctx.ports.endpoints.log(&code, limit, query.get("cursor").map(String::as_str)).await.map_err(listing_error)?;
+    let (items, next) = ctx.ports.endpoints.log(&code, limit, cursor).await.map_err(listing_error)?;
     Ok(Json(json!({"code": code, "items": items, "nextCursor": next})).into_response())
 }
 
@@ -836,6 +834,14 @@ async fn list_errors(State(ctx): Ctx, Query(query): Query<HashMap<String, String
         .await
         .map_err(listing_error)?;
     Ok(Json(json!({"items": page.items, "nextCursor": page.next_cursor})).into_response())
+}
+
+/// A listing's `?limit=&cursor=` (its only parameters): the page size, and the cursor if
+/// one was given.
+fn paging(query: &HashMap<String, String>) -> Result<(u32, Option<&str>), ApiError> {
+    only_parameters(query, &["limit", "cursor"])?;
+    let limit = parse_limit(query.get("limit")).map_err(|m| ApiError::parameter("limit", m))?;
+    Ok((limit, query.get("cursor").map(String::as_str).filter(|c| !c.is_empty())))
 }
 
 fn parse_limit(value: Option<&String>) -> Result<u32, String> {

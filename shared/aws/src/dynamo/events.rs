@@ -212,20 +212,10 @@ impl EventQueue for DynamoEventQueue {
         let mut item = key(code, CLAIM_KEY.into());
         item.insert("exchangeId".into(), AttributeValue::S(claim.exchange_id.to_string()));
         item.insert("body".into(), encode(claim, "event claim")?);
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match put {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
-                Err(EventClaimError::Taken)
-            }
-            Err(e) => Err(error::sdk(SERVICE, "PutItem", e).into()),
+        if super::put_if_absent(&self.client, &self.table, item).await? {
+            Ok(())
+        } else {
+            Err(EventClaimError::Taken)
         }
     }
 

@@ -47,6 +47,21 @@ pub(crate) fn at_revision(
     }
 }
 
+/// Puts `item` unless its key is taken: `Ok(false)` when an item with that key exists (a
+/// first write that lost, a claim already held).
+pub(crate) async fn put_if_absent(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    item: exchanges::Item,
+) -> PortResult<bool> {
+    let put = at_revision(client.put_item().table_name(table).set_item(Some(item)), None).send().await;
+    match put {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(false),
+        Err(e) => Err(error::sdk("dynamodb", "PutItem", e)),
+    }
+}
+
 /// Every item one Query answers, following DynamoDB's pages (for a partition's items, which
 /// are few: an exchange's steps, an endpoint's held handoffs).
 pub(crate) async fn query_all(

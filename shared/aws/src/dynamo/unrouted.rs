@@ -86,15 +86,10 @@ impl UnroutedStore for DynamoUnroutedStore {
         if let Some(at) = expires_at {
             item.insert("expiresAt".into(), AttributeValue::N(at.timestamp().to_string()));
         }
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        conditional(put, "PutItem", |e| e.is_conditional_check_failed_exception())
+        match super::put_if_absent(&self.client, &self.table, item).await? {
+            true => Ok(()),
+            false => Err(UnroutedWriteError::Conflict),
+        }
     }
 
     async fn unrouted(&self, id: &UnroutedId) -> PortResult<Option<UnroutedMessage>> {

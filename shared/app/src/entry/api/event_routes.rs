@@ -1,7 +1,7 @@
 //! `POST /integrations/{code}/events` and `GET /integrations/{code}/events`: an endpoint's
 //! event queue (see [`crate::use_cases::events`]).
 
-use super::{json_body, only_parameters, parse_limit, path_code, ApiError, ApiResult, Ctx};
+use super::{json_body, paging, path_code, ApiError, ApiResult, Ctx};
 use crate::use_cases::events::{queue_view, receive_events, EventIntake, EventsError, Received};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -53,9 +53,8 @@ pub(super) async fn get_events(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let code = path_code(&code)?;
-    only_parameters(&query, &["limit", "cursor"])?;
-    let limit = parse_limit(query.get("limit")).map_err(|m| ApiError::parameter("limit", m))?;
-    let after = match query.get("cursor").filter(|c| !c.is_empty()) {
+    let (limit, cursor) = paging(&query)?;
+    let after = match cursor {
         None => None,
         Some(c) => Some(
             URL_SAFE_NO_PAD

@@ -1,7 +1,7 @@
 //! `GET /unrouted`, `GET /unrouted/{id}` and `POST /unrouted/{id}/replay`: requests the
 //! gateway could not route, kept for operators (see [`crate::use_cases::unrouted`]).
 
-use super::{exchange_summary, invoke_error, only_parameters, parse_limit, ApiError, ApiResult, Ctx};
+use super::{exchange_summary, invoke_error, paging, ApiError, ApiResult, Ctx};
 use crate::use_cases::unrouted::{replay_unrouted, ReplayError, Routing};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -27,9 +27,8 @@ fn view(message: &UnroutedMessage) -> Value {
 }
 
 pub(super) async fn list_unrouted(State(ctx): Ctx, Query(query): Query<HashMap<String, String>>) -> ApiResult {
-    only_parameters(&query, &["limit", "cursor"])?;
-    let limit = parse_limit(query.get("limit")).map_err(|m| ApiError::parameter("limit", m))?;
-    let after = match query.get("cursor").filter(|c| !c.is_empty()) {
+    let (limit, cursor) = paging(&query)?;
+    let after = match cursor {
         Some(c) => Some(unrouted_id(c, "cursor")?),
         None => None,
     };
