@@ -41,6 +41,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
 
+mod action_routes;
+mod endpoint_routes;
 mod event_routes;
 mod mapping_routes;
 mod unrouted_routes;
@@ -233,19 +235,19 @@ async fn authorize(matched: MatchedPath, request: axum::extract::Request, next: 
 pub fn router(ctx: Arc<AppContext>) -> Router {
     Router::new()
         .route("/integrations", post(create_integration).get(list_integrations))
-        .route("/integrations/{code}", get(get_integration).patch(patch_endpoint))
+        .route("/integrations/{code}", get(endpoint_routes::get_integration).patch(endpoint_routes::patch_endpoint))
         .route("/integrations/{code}/versions/{version}", patch(patch_integration))
-        .route("/integrations/{code}/log", get(endpoint_log))
+        .route("/integrations/{code}/log", get(endpoint_routes::endpoint_log))
         .route("/integrations/{code}/events", post(event_routes::post_events).get(event_routes::get_events))
-        .route("/integrations/{code}/enable", post(enable_endpoint))
-        .route("/integrations/{code}/disable", post(disable_endpoint))
-        .route("/integrations/{code}/resume", post(resume_endpoint))
+        .route("/integrations/{code}/enable", post(endpoint_routes::enable_endpoint))
+        .route("/integrations/{code}/disable", post(endpoint_routes::disable_endpoint))
+        .route("/integrations/{code}/resume", post(endpoint_routes::resume_endpoint))
         .route("/exchanges", post(post_exchange).get(list_exchanges))
         .route("/exchanges/{id}", get(get_exchange))
         .route("/exchanges/{id}/logs", get(get_logs))
-        .route("/exchanges/{id}/recover", post(recover))
-        .route("/exchanges/{id}/steps/{stepId}/retry", post(retry_step))
-        .route("/exchanges/{id}/signoff", post(signoff))
+        .route("/exchanges/{id}/recover", post(action_routes::recover))
+        .route("/exchanges/{id}/steps/{stepId}/retry", post(action_routes::retry_step))
+        .route("/exchanges/{id}/signoff", post(action_routes::signoff))
         .route("/errors", get(list_errors))
         .route("/unrouted", get(unrouted_routes::list_unrouted))
         .route("/unrouted/{id}", get(unrouted_routes::get_unrouted))
@@ -372,8 +374,11 @@ async fn list_integrations(State(ctx): Ctx) -> ApiResult {
     all.sort_by(|a, b| a.code.cmp(&b.code).then(b.version.cmp(&a.version)));
     let mut items: Vec<Value> = Vec::with_capacity(all.len());
     for versions in all.chunk_by(|a, b| a.code == b.code) {
-        let endpoint =
-            endpoint_view(&stored_endpoint(&ctx, &versions[0].code, versions).await?, versions, ctx.ports.clock.now());
+        let endpoint = endpoint_routes::endpoint_view(
+            &endpoint_routes::stored_endpoint(&ctx, &versions[0].code, versions).await?,
+            versions,
+            ctx.ports.clock.now(),
+        );
         items.extend(versions.iter().map(|v| {
             let mut item = integration_view(v);
             item["endpoint"] = endpoint.clone();
@@ -383,166 +388,11 @@ async fn list_integrations(State(ctx): Ctx) -> ApiResult {
     Ok(Json(json!({"items": items})).into_response())
 }
 
-async fn get_integration(State(ctx): Ctx, Path(code): Path<String>) -> ApiResult {
-    let code = path_code(&code)?;
-    let mut versions = ctx.ports.integrations.versions(&code).await?;
-    if versions.is_empty() {
-        return Err(ApiError::not_found(format!("integration {code} does not exist")));
-    }
-    versions.sort_by_key(|v| std::cmp::Reverse(v.version));
-    let endpoint = stored_endpoint(&ctx, &code, &versions).await?;
-    let items: Vec<Value> = versions.iter().map(integration_view).collect();
-    Ok(Json(json!({"code": code, "endpoint": endpoint_view(&endpoint, &versions, ctx.ports.clock.now()), "versions": items})).into_response())
-}
-
-/// The endpoint of a code whose `versions` are read (a code from before endpoints runs).
-async fn stored_endpoint(
-    ctx: &AppContext,
-    code: &IntegrationCode,
-    versions: &[StoredIntegration],
-) -> Result<Endpoint, ApiError> {
-    let stored = ctx.ports.endpoints.endpoint(code).await?;
-    stored
-        .or_else(|| unrecorded_endpoint(code, versions))
-        .ok_or_else(|| ApiError::not_found(format!("integration {code} does not exist")))
-}
-
 /// How many upcoming runs an endpoint shows.
 const SHOWN_RUNS: usize = 5;
 
-/// An endpoint as operators read it, with the schedule of the version that runs (the
-/// highest enabled one) and its next runs — or "not scheduled".
-fn endpoint_view(endpoint: &Endpoint, versions: &[StoredIntegration], now: DateTime<Utc>) -> Value {
-    let schedule = match active_schedule(versions).map(|(_, spec)| spec) {
-        Some(spec) if endpoint.status.keeps_schedule() => {
-            let runs = handoff_core::schedule::next_runs(&spec, now, endpoint.since, SHOWN_RUNS);
-            let mut view = json!({"expression": spec.expression, "timezone": spec.timezone, "nextRuns": runs});
-            if !endpoint.status.runs() {
-                view["runs"] = json!(format!("skipped (and logged) while the endpoint is {}", endpoint.status.name()));
-            }
-            view
-        }
-        Some(_) => json!(format!("not scheduled: the endpoint is {}", endpoint.status.name())),
-        None => json!("not scheduled"),
-    };
-    json!({
-        "status": endpoint.status.name(),
-        "since": endpoint.since,
-        "reason": endpoint.reason,
-        "changedBy": endpoint.changed_by,
-        "queueStatus": endpoint.queue_status,
-        "onSystemFailure": endpoint.on_system_failure(is_event_based(versions)),
-        "retrying": endpoint.retrying,
-        "lastFailure": endpoint.last_failure,
-        "haltedBy": endpoint.halted_by,
-        "schedule": schedule,
-    })
-}
-
-/// `PATCH /integrations/{code}`: `{"onSystemFailure": "halt"|"continue", "queueStatus":
-/// "ReadEvents"|"DiscardEvents"}`, each optional.
-async fn patch_endpoint(State(ctx): Ctx, Path(code): Path<String>, body: Bytes) -> ApiResult {
-    let code = path_code(&code)?;
-    let request = json_body(&body)?;
-    let invalid = |e| ApiError::field(e, "InvalidRequest");
-    let r = ObjectReader::new("", &request).map_err(invalid)?;
-    r.deny_unknown(&["onSystemFailure", "queueStatus"]).map_err(invalid)?;
-    let on_system_failure = match r.optional_str("onSystemFailure").map_err(invalid)? {
-        None => None,
-        Some("halt") => Some(OnSystemFailure::Halt),
-        Some("continue") => Some(OnSystemFailure::Continue),
-        Some(other) => {
-            let problem = format!("must be \"halt\" or \"continue\", found \"{other}\"");
-            return Err(invalid(FieldError::new("onSystemFailure", problem)));
-        }
-    };
-    let queue_status = match r.optional_str("queueStatus").map_err(invalid)? {
-        None => None,
-        Some("ReadEvents") => Some(QueueStatus::ReadEvents),
-        Some("DiscardEvents") => Some(QueueStatus::DiscardEvents),
-        Some(other) => {
-            let problem = format!("must be \"ReadEvents\" or \"DiscardEvents\", found \"{other}\"");
-            return Err(invalid(FieldError::new("queueStatus", problem)));
-        }
-    };
-    let endpoint = configure_endpoint(&Integrations::of(&ctx), &code, on_system_failure, queue_status)
-        .await
-        .map_err(endpoint_error)?;
-    let versions = ctx.ports.integrations.versions(&code).await?;
-    Ok(Json(json!({"code": code, "endpoint": endpoint_view(&endpoint, &versions, ctx.ports.clock.now())}))
-        .into_response())
-}
-
-fn endpoint_error(e: EndpointError) -> ApiError {
-    match e {
-        EndpointError::NotFound(_) => ApiError::not_found(e.to_string()),
-        EndpointError::Refused(_) => ApiError::new(StatusCode::CONFLICT, "EndpointStatusConflict", e.to_string()),
-        EndpointError::Contended(_) => ApiError::new(StatusCode::CONFLICT, "ConcurrentChange", e.to_string()),
-        EndpointError::Port(p) => p.into(),
-    }
-}
-
-async fn enable_endpoint(ctx: Ctx, caller: Extension<Caller>, code: Path<String>, body: Bytes) -> ApiResult {
-    command_endpoint(ctx, caller, code, body, EndpointCommand::Enable).await
-}
-
-async fn disable_endpoint(ctx: Ctx, caller: Extension<Caller>, code: Path<String>, body: Bytes) -> ApiResult {
-    command_endpoint(ctx, caller, code, body, EndpointCommand::Disable).await
-}
-
-async fn resume_endpoint(ctx: Ctx, caller: Extension<Caller>, code: Path<String>, body: Bytes) -> ApiResult {
-    command_endpoint(ctx, caller, code, body, EndpointCommand::Resume).await
-}
-
 /// A status change's reason is shown to operators, not a document.
 const MAX_REASON_BYTES: usize = 1024;
-
-/// `POST /integrations/{code}/enable|disable|resume`, with an optional `{"reason": "..."}`.
-async fn command_endpoint(
-    State(ctx): Ctx,
-    Extension(caller): Extension<Caller>,
-    Path(code): Path<String>,
-    body: Bytes,
-    command: EndpointCommand,
-) -> ApiResult {
-    let code = path_code(&code)?;
-    let request = if body.is_empty() { json!({}) } else { json_body(&body)? };
-    let invalid = |e| ApiError::field(e, "InvalidRequest");
-    let r = ObjectReader::new("", &request).map_err(invalid)?;
-    match command {
-        EndpointCommand::Resume => r.deny_unknown(&["reason", "recoverFailed"]),
-        _ => r.deny_unknown(&["reason"]),
-    }
-    .map_err(invalid)?;
-    let reason = r.optional_str("reason").map_err(invalid)?;
-    let recover_failed = r.optional_bool("recoverFailed").map_err(invalid)?.unwrap_or(false);
-    if reason.is_some_and(|r| r.len() > MAX_REASON_BYTES) {
-        return Err(invalid(FieldError::new("reason", format!("must be at most {MAX_REASON_BYTES} bytes"))));
-    }
-    let operated = operate_endpoint(&Integrations::of(&ctx), &code, command, &caller.subject, reason)
-        .await
-        .map_err(endpoint_error)?;
-    let versions = ctx.ports.integrations.versions(&code).await?;
-    let mut view = endpoint_view(&operated.endpoint, &versions, ctx.ports.clock.now());
-    view["changed"] = json!(operated.changed);
-    if recover_failed {
-        // The exchanges that halted it, each recovered as if asked one by one.
-        let mut recovered = Vec::new();
-        for id in &operated.halted_by {
-            let outcome = match recover_exchange(&Recovering::of(&ctx), id, None, &caller.subject).await {
-                Ok(r) => json!({"exchangeId": id, "recovered": true, "resumedAt": r.resumed_at}),
-                Err(e) => json!({"exchangeId": id, "recovered": false, "reason": action_error(e).message}),
-            };
-            recovered.push(outcome);
-        }
-        view["recovered"] = json!(recovered);
-    }
-    if let ScheduleState::OutOfSync(e) = &operated.schedule {
-        let what = format!("the schedule of {code} could not be synchronised");
-        view["schedule"] = json!({"state": "outOfSync", "errorId": logged_error_id(&what, e)});
-    }
-    Ok(Json(json!({"code": code, "endpoint": view})).into_response())
-}
 
 async fn patch_integration(
     State(ctx): Ctx,
@@ -718,87 +568,6 @@ async fn get_exchange(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
         }
     }
     Ok(Json(view).into_response())
-}
-
-fn action_error(e: ActionError) -> ApiError {
-    match e {
-        ActionError::UnknownExchange(_) | ActionError::UnknownStep(_) | ActionError::UnknownVersion(_) => {
-            ApiError::not_found(e.to_string())
-        }
-        ActionError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "InvalidState", m),
-        ActionError::Port(p) => p.into(),
-    }
-}
-
-async fn recover(
-    State(ctx): Ctx,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let version = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        let request = json_body(&body)?;
-        let r = ObjectReader::new("", &request).map_err(|e| ApiError::field(e, "InvalidRequest"))?;
-        r.deny_unknown(&["integrationVersion"]).map_err(|e| ApiError::field(e, "InvalidRequest"))?;
-        match r.get("integrationVersion") {
-            None => None,
-            some => Some(
-                handoff_core::definition::parse_version(some)
-                    .map_err(|e| ApiError::field(FieldError::new("integrationVersion", e.problem), "InvalidRequest"))?,
-            ),
-        }
-    };
-    let recovered = recover_exchange(&Recovering::of(&ctx), &ExchangeId::new(id.clone()), version, &caller.subject)
-        .await
-        .map_err(action_error)?;
-    let body = json!({
-        "exchangeId": id,
-        "status": ExchangeStatus::Started,
-        "statusCode": ExchangeStatus::Started.code(),
-        "resumedAt": recovered.resumed_at,
-        "integrationVersion": recovered.integration_version,
-        "recoveries": recovered.recoveries,
-    });
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
-}
-
-async fn retry_step(
-    State(ctx): Ctx,
-    Extension(caller): Extension<Caller>,
-    Path((id, step_id)): Path<(String, String)>,
-) -> ApiResult {
-    let step_id =
-        StepId::parse(&step_id).map_err(|e| ApiError::bad_request("InvalidParameter", format!("stepId: {e}")))?;
-    let attempt = retry_step_now(&Recovering::of(&ctx), &ExchangeId::new(id.clone()), step_id, &caller.subject)
-        .await
-        .map_err(action_error)?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"exchangeId": id, "stepId": step_id, "attempt": attempt}))).into_response())
-}
-
-/// 202 once the sign-off is handed to the exchange (it completes shortly after).
-async fn signoff(State(ctx): Ctx, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult {
-    let step_id =
-        sign_off(&Recovering::of(&ctx), &ExchangeId::new(id.clone()), &caller.subject).await.map_err(action_error)?;
-    let body = json!({"exchangeId": id, "stepId": step_id, "signedOffBy": caller.subject});
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
-}
-
-/// `GET /integrations/{code}/log?limit=&cursor=`: invocations, skipped runs and status
-/// changes, newest first.
-async fn endpoint_log(
-    State(ctx): Ctx,
-    Path(code): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let code = path_code(&code)?;
-    let (limit, cursor) = paging(&query)?;
-    if endpoint_of(ctx.ports.endpoints.as_ref(), ctx.ports.integrations.as_ref(), &code).await?.is_none() {
-        return Err(ApiError::not_found(format!("integration {code} does not exist")));
-    }
-    let (items, next) = ctx.ports.endpoints.log(&code, limit, cursor).await.map_err(listing_error)?;
-    Ok(Json(json!({"code": code, "items": items, "nextCursor": next})).into_response())
 }
 
 async fn list_errors(State(ctx): Ctx, Query(query): Query<HashMap<String, String>>) -> ApiResult {
