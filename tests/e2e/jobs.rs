@@ -126,3 +126,33 @@ async fn the_regular_job_starts_exchanges_that_were_never_handed_off() {
     assert_eq!(done["status"], "Completed", "{done:#}");
     assert_eq!(target.received().iter().map(|r| r.json()).collect::<Vec<_>>(), vec![json!({"n": 42})]);
 }
+
+/// The regular job pings its heartbeat (healthchecks.io protocol) when it starts and when it
+/// succeeds, and `/fail` with the reason when it fails; the URL comes from the template's
+/// `RegularJobHeartbeatUrl` (empty here: not monitored unless set).
+#[tokio::test]
+async fn the_regular_job_pings_start_then_success_and_a_failing_run_pings_fail() {
+    let gw = gateway();
+    assert_eq!(gw.var("handoff-jobs", "HANDOFF_REGULAR_JOB_HEARTBEAT_URL"), "", "wired from the template, unset");
+    let monitor = ExternalSystem::start(200, "OK").await;
+    let check = format!("{}/ping/{}", monitor.url, uuid::Uuid::new_v4());
+    let jobs = handoff_e2e::function_with("handoff-jobs", &[("HANDOFF_REGULAR_JOB_HEARTBEAT_URL", &check)]).await;
+    jobs.invoke(json!({"job": "regular"})).await.expect("the regular job runs");
+    let paths: Vec<String> = monitor.received().iter().map(|r| r.path.clone()).collect();
+    let base = check.trim_start_matches(&monitor.url).to_string();
+    assert_eq!(paths, [format!("{base}/start"), base.clone()]);
+
+    // A run that cannot reach its table fails, and says so to the monitor.
+    let broken = handoff_e2e::function_with(
+        "handoff-jobs",
+        &[("HANDOFF_REGULAR_JOB_HEARTBEAT_URL", &check), ("HANDOFF_EXCHANGES_TABLE", "no-such-table")],
+    )
+    .await;
+    assert!(broken.invoke(json!({"job": "regular"})).await.is_err(), "the job fails");
+    let received = monitor.received();
+    let tail: Vec<&str> = received[2..].iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(tail, [format!("{base}/start"), format!("{base}/fail")]);
+    let reason = String::from_utf8_lossy(&received[3].body).to_string();
+    assert!(!reason.is_empty() && reason.len() <= 1000, "{reason}");
+    assert_eq!(received[3].header("content-length"), Some(reason.len().to_string()), "Content-Length sent");
+}

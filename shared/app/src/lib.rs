@@ -16,6 +16,7 @@ pub mod definitions;
 pub mod effects;
 pub mod entry;
 pub mod executors;
+pub mod heartbeat;
 pub mod jq_sandbox;
 pub mod mappings;
 pub mod outbound;

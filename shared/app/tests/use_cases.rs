@@ -1416,3 +1416,66 @@ async fn a_failed_secondary_of_a_completed_exchange_runs_again_and_its_outcome_s
     let (status, _) = h.call("POST", &format!("/exchanges/{id}/steps/{main_step}/retry"), None).await;
     assert_eq!(status, StatusCode::CONFLICT);
 }
+
+/// A loopback healthchecks.io stand-in: keeps each ping's path and body.
+async fn heartbeat_monitor() -> (String, Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+    let pings = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/ping/check-1234", listener.local_addr().expect("addr"));
+    let kept = pings.clone();
+    let app = axum::Router::new().fallback(move |uri: http::Uri, body: String| {
+        let kept = kept.clone();
+        async move {
+            kept.lock().expect("lock").push((uri.path().to_string(), body));
+            "OK"
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, pings)
+}
+
+#[tokio::test]
+async fn each_job_run_pings_its_heartbeat_start_then_success_or_fail() {
+    use handoff_app::entry::jobs::JobHeartbeats;
+    use handoff_core::heartbeat::HeartbeatUrl;
+    let h = Harness::new();
+    let (regular_url, pings) = heartbeat_monitor().await;
+    let heartbeats = JobHeartbeats {
+        regular: HeartbeatUrl::parse(&regular_url).expect("valid"),
+        error_processing: HeartbeatUrl::parse(&format!("{regular_url}-errors")).expect("valid"),
+    };
+    let jobs = JobsFunction::new(h.ctx.clone(), 3).with_heartbeats(heartbeats);
+    jobs.invoke(json!({"job": "regular"})).await.expect("job");
+    jobs.invoke(json!({"job": "errorProcessing"})).await.expect("job");
+    let seen = pings.lock().expect("lock").clone();
+    let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/ping/check-1234/start", "/ping/check-1234", "/ping/check-1234-errors/start", "/ping/check-1234-errors"]
+    );
+
+    // A run that fails: a stored retry comes due, and the control queue refuses it.
+    let mut definition = unreachable_delivery("LATER_RETRY", 2);
+    definition["steps"][0]["retry"] = json!({"maxAttempts": 2, "intervalSeconds": 3600, "maxIntervalSeconds": 3600});
+    h.define(definition).await;
+    h.invoke("LATER_RETRY", json!([1])).await;
+    assert!(h.run().await.is_empty(), "the retry an hour ahead is a stored timer");
+    h.clock.advance(chrono::Duration::hours(2));
+    h.queue.fail_sends_to(WorkerFamily::Control);
+    pings.lock().expect("lock").clear();
+    assert!(jobs.invoke(json!({"job": "regular"})).await.is_err(), "the job fails");
+    let seen = pings.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].0, "/ping/check-1234/start");
+    assert_eq!(seen[1].0, "/ping/check-1234/fail");
+    assert!(!seen[1].1.is_empty(), "the fail ping says why");
+
+    // No heartbeat configured, or one nobody answers: the job itself is not affected.
+    let silent = JobsFunction::new(h.ctx.clone(), 3).with_heartbeats(JobHeartbeats {
+        regular: HeartbeatUrl::parse("http://127.0.0.1:9/ping/x").expect("valid"),
+        error_processing: None,
+    });
+    h.queue.heal();
+    silent.invoke(json!({"job": "errorProcessing"})).await.expect("no heartbeat configured");
+    silent.invoke(json!({"job": "regular"})).await.expect("a heartbeat nobody answers");
+}

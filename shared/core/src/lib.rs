@@ -9,6 +9,7 @@ pub mod exchange;
 pub mod expression;
 pub mod formats;
 pub mod handoff;
+pub mod heartbeat;
 pub mod identity;
 pub mod ids;
 pub mod links;

@@ -7,7 +7,7 @@ use handoff_app::context::{AppContext, AppSettings, Ports};
 use handoff_app::entry::api::ApiFunction;
 use handoff_app::entry::dlq::DlqFunction;
 use handoff_app::entry::function::FunctionHandler;
-use handoff_app::entry::jobs::JobsFunction;
+use handoff_app::entry::jobs::{JobHeartbeats, JobsFunction};
 use handoff_app::entry::trigger::TriggerFunction;
 use handoff_app::entry::worker::WorkerFunction;
 use handoff_app::jq_sandbox::JqSandbox;
@@ -21,6 +21,7 @@ use handoff_aws::secrets::SecretsManagerStore;
 use handoff_aws::sqs::SqsHandoffQueue;
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::expression::{OutputLimits, SandboxLimits};
+use handoff_core::heartbeat::HeartbeatUrl;
 use handoff_core::ids::IntegrationCode;
 use handoff_core::network::OutboundPolicy;
 use handoff_core::plan::WorkerFamily;
@@ -65,6 +66,11 @@ impl Vars<'_> {
             .filter(|v| !v.is_empty())
             .cloned()
             .ok_or_else(|| ComposeError::Environment { name: name.into(), problem: "missing".into() })
+    }
+    /// A heartbeat URL, if set (an invalid one is refused without showing it: it is a credential).
+    fn heartbeat(&self, name: &str) -> Result<Option<HeartbeatUrl>, ComposeError> {
+        HeartbeatUrl::parse(self.0.get(name).map_or("", String::as_str))
+            .map_err(|problem| ComposeError::Environment { name: name.into(), problem })
     }
     fn number(&self, name: &str, default: u64) -> Result<u64, ComposeError> {
         match self.0.get(name) {
@@ -204,7 +210,13 @@ pub async fn build_function(
     let auto_recovery_limit = Vars(vars).number("HANDOFF_AUTO_RECOVERY_LIMIT", 3)? as u32;
     let ctx = build_context(vars, aws)?;
     Ok(match binary {
-        "handoff-jobs" => Arc::new(JobsFunction::new(ctx, auto_recovery_limit)),
+        "handoff-jobs" => {
+            let heartbeats = JobHeartbeats {
+                regular: Vars(vars).heartbeat("HANDOFF_REGULAR_JOB_HEARTBEAT_URL")?,
+                error_processing: Vars(vars).heartbeat("HANDOFF_ERROR_JOB_HEARTBEAT_URL")?,
+            };
+            Arc::new(JobsFunction::new(ctx, auto_recovery_limit).with_heartbeats(heartbeats))
+        }
         "handoff-api" => Arc::new(ApiFunction::new(ctx)),
         "handoff-trigger" => Arc::new(TriggerFunction::new(ctx)),
         "handoff-dlq" => Arc::new(DlqFunction::new(ctx)),

@@ -1,10 +1,13 @@
 //! The jobs function: decodes which scheduled job to run, runs it
-//! ([`crate::use_cases::sweeps`]) and answers what it did.
+//! ([`crate::use_cases::sweeps`]) between its heartbeat pings ([`crate::heartbeat`]) and
+//! answers what it did.
 
 use crate::context::AppContext;
 use crate::entry::function::{FunctionHandler, InvocationError};
+use crate::heartbeat::ping;
 use crate::use_cases::sweeps::Sweeps;
 use async_trait::async_trait;
+use handoff_core::heartbeat::{HeartbeatUrl, Ping};
 use handoff_core::ids::IntegrationCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -26,15 +29,27 @@ enum Job {
     ErrorProcessing,
 }
 
+/// Where each job reports its runs (healthchecks.io protocol); none: not monitored.
+#[derive(Debug, Clone, Default)]
+pub struct JobHeartbeats {
+    pub regular: Option<HeartbeatUrl>,
+    pub error_processing: Option<HeartbeatUrl>,
+}
+
 pub struct JobsFunction {
     ctx: Arc<AppContext>,
     /// How often the error-processing job re-drives one exchange at most.
     auto_recovery_limit: u32,
+    heartbeats: JobHeartbeats,
 }
 
 impl JobsFunction {
     pub fn new(ctx: Arc<AppContext>, auto_recovery_limit: u32) -> Self {
-        Self { ctx, auto_recovery_limit }
+        Self { ctx, auto_recovery_limit, heartbeats: JobHeartbeats::default() }
+    }
+
+    pub fn with_heartbeats(self, heartbeats: JobHeartbeats) -> Self {
+        Self { heartbeats, ..self }
     }
 }
 
@@ -48,6 +63,11 @@ impl FunctionHandler for JobsFunction {
             )
         })?;
         let sweeps = Sweeps::of(&self.ctx, self.auto_recovery_limit);
+        let heartbeat = match input.job {
+            Job::Regular => self.heartbeats.regular.as_ref(),
+            Job::ErrorProcessing => self.heartbeats.error_processing.as_ref(),
+        };
+        ping(&self.ctx.http, heartbeat, Ping::Start).await;
         let outcome = match input.job {
             Job::Regular => {
                 match (sweeps.sweep_timers().await, sweeps.start_unstarted().await, sweeps.release_stranded().await) {
@@ -62,6 +82,15 @@ impl FunctionHandler for JobsFunction {
                 .await
                 .map(|done| json!({"recovered": done.recovered, "left": done.left})),
         };
-        outcome.map_err(|e| InvocationError::new("JobFailed", e.to_string()))
+        match outcome {
+            Ok(done) => {
+                ping(&self.ctx.http, heartbeat, Ping::Success).await;
+                Ok(done)
+            }
+            Err(e) => {
+                ping(&self.ctx.http, heartbeat, Ping::failed(&e.to_string())).await;
+                Err(InvocationError::new("JobFailed", e.to_string()))
+            }
+        }
     }
 }
