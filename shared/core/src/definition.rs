@@ -292,6 +292,14 @@ pub fn parse_definition(document: &Value) -> Result<IntegrationDefinition, Field
     Ok(IntegrationDefinition { code, version, enabled, sla_seconds, schedule, events, signoff, steps })
 }
 
+/// Whether a *stored* definition document (valid: it was parsed before it was stored) is
+/// event-based — what [`parse_definition`]'s `events` says, read without parsing the whole
+/// document again (which compiles its jq programs): listings and event intake ask it of
+/// every version of a code.
+pub fn declares_events(stored_document: &Value) -> bool {
+    stored_document.get("events").is_some_and(|events| !events.is_null())
+}
+
 pub fn parse_version(value: Option<&Value>) -> FieldResult<IntegrationVersion> {
     match value {
         None | Some(Value::Null) => Ok(IntegrationVersion::NULL),
@@ -958,6 +966,13 @@ mod tests {
         doc["events"] = json!({"maxPerExchange": 5, "batch": true});
         assert_eq!(error_of(doc).path, "events.batch");
         assert_eq!(parse_definition(&spec_example()).expect("plain").events, None);
+        // Read from a stored document, the same answer without parsing it.
+        let mut stored = spec_example();
+        assert!(!declares_events(&stored));
+        stored["events"] = json!(null);
+        assert!(!declares_events(&stored) && parse_definition(&stored).expect("valid").events.is_none());
+        stored["events"] = json!({"maxPerExchange": 5});
+        assert!(declares_events(&stored) && parse_definition(&stored).expect("valid").events.is_some());
     }
 
     #[test]

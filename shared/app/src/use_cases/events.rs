@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use handoff_core::definition::{parse_definition, EventsSpec};
+use handoff_core::definition::{declares_events, EventsSpec};
 use handoff_core::endpoint::QueueStatus;
 use handoff_core::events::{
     claim_fate, parse_events, select, ClaimFate, EventClaim, QueuedEvent, MAX_EVENTS_CONSIDERED,
@@ -63,7 +63,7 @@ pub enum Received {
 /// Whether a code with these versions takes events: one of them declares `events` (so an
 /// endpoint keeps its queue while a new version is prepared).
 pub fn is_event_based(versions: &[StoredIntegration]) -> bool {
-    versions.iter().any(|v| parse_definition(&v.document).is_ok_and(|definition| definition.events.is_some()))
+    versions.iter().any(|v| declares_events(&v.document))
 }
 
 /// The code exists and one of its versions is event-based.
