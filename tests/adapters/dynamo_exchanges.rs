@@ -38,8 +38,7 @@ async fn exchange_lifecycle_with_claims_commits_and_conflicts(repo: &dyn Exchang
 
     // A retry of step 1: status stays Initial, attempt 1 recorded; replaying attempt 1 conflicts.
     let mut retry = change(1, 1, false, StepStatus::Initial, at(2));
-    retry.last_error =
-        Some(StepError { classification: ErrorClassification::System, message: "503".into(), at: at(2) });
+    retry.last_error = Some(StepError { code: ErrorCode::Unavailable, ..step_error_503(at(2)) });
     retry.next_retry_at = Some(at(6));
     let retry = commit(&id, retry, ExchangeChange::RequireNotFinal, at(2));
     assert_eq!(repo.commit(&retry).await.expect("retry"), CommitOutcome::Applied);
@@ -91,6 +90,7 @@ async fn exchange_lifecycle_with_claims_commits_and_conflicts(repo: &dyn Exchang
     // The exchange fails: later commits conflict, listing by status finds it.
     let error = ExchangeError {
         classification: ErrorClassification::System,
+        code: ErrorCode::SystemFault,
         message: "gave up".into(),
         retryable: false,
         step_id: Some(StepId::from_sequence(4)),
@@ -201,6 +201,7 @@ async fn health_reports_missing_resources_as_faults() {
 fn failed_error(step: u32, now: DateTime<Utc>) -> ExchangeError {
     ExchangeError {
         classification: ErrorClassification::System,
+        code: ErrorCode::Unavailable,
         message: "gave up".into(),
         retryable: true,
         step_id: Some(StepId::from_sequence(step)),
@@ -237,8 +238,7 @@ async fn recovery_resets_steps_and_fences_older_generations(repo: &dyn ExchangeR
     let done = commit(&id, change(1, 1, false, StepStatus::Done, at(2)), ExchangeChange::RequireNotFinal, at(2));
     assert_eq!(repo.commit(&done).await.expect("step 1"), CommitOutcome::Applied);
     let mut retry = change(2, 1, false, StepStatus::Initial, at(3));
-    retry.last_error =
-        Some(StepError { classification: ErrorClassification::System, message: "503".into(), at: at(3) });
+    retry.last_error = Some(step_error_503(at(3)));
     retry.next_retry_at = Some(at(10));
     let retry = commit(&id, retry, ExchangeChange::RequireNotFinal, at(3));
     assert_eq!(repo.commit(&retry).await.expect("retry"), CommitOutcome::Applied);
@@ -369,7 +369,7 @@ async fn commits_require_done_steps_and_store_errors_and_timers(repo: &dyn Excha
     assert_eq!(repo.commit(&only).await.expect("exchange only"), CommitOutcome::Applied);
     let detail = repo.get(&id).await.expect("get").expect("exists");
     assert_eq!(detail.steps.len(), 3);
-    assert_eq!(repo.errors(&ErrorFilter::default(), 10, None).await.expect("errors").items, only.errors);
+    assert_eq!(listed_records(repo).await, only.errors);
     assert_eq!(repo.due_timers(at(100), 10).await.expect("timers"), only.timers);
     // A refused commit stores neither.
     let mut refused = only.clone();
@@ -377,8 +377,23 @@ async fn commits_require_done_steps_and_store_errors_and_timers(repo: &dyn Excha
     refused.errors[0].at = at(4);
     refused.timers[0].due = at(50);
     assert_eq!(repo.commit(&refused).await.expect("refused"), CommitOutcome::Conflict);
-    assert_eq!(repo.errors(&ErrorFilter::default(), 10, None).await.expect("errors").items, only.errors);
+    assert_eq!(listed_records(repo).await, only.errors);
     assert_eq!(repo.due_timers(at(100), 10).await.expect("timers"), only.timers);
+}
+
+fn step_error_503(when: DateTime<Utc>) -> StepError {
+    StepError {
+        classification: ErrorClassification::System,
+        code: ErrorCode::Unavailable,
+        message: "503".into(),
+        at: when,
+    }
+}
+
+/// The failures the error list shows, newest first.
+async fn listed_records(repo: &dyn ExchangeRepository) -> Vec<ErrorRecord> {
+    let page = repo.errors(&ErrorFilter::default(), 100, None).await.expect("errors");
+    page.items.into_iter().map(|e| e.record).collect()
 }
 
 fn error_record(
@@ -388,22 +403,26 @@ fn error_record(
     classification: ErrorClassification,
     when: DateTime<Utc>,
 ) -> ErrorRecord {
+    let retryable = classification == ErrorClassification::System;
     ErrorRecord {
         exchange_id: id.clone(),
         integration_code: code(integration),
         step_id: step.map(StepId::from_sequence),
         sub_step: step.map(|_| SubStep::InvokeQuery),
         classification,
+        code: if retryable { ErrorCode::Unavailable } else { ErrorCode::InvalidRecord },
         message: format!("{classification:?} at {when}"),
-        retryable: classification == ErrorClassification::System,
+        retryable,
         exchange_failed: step.is_none(),
+        recovery: 0,
         at: when,
     }
 }
 
 async fn errors_are_newest_first_and_filtered(repo: &dyn ExchangeRepository) {
-    let mut all = Vec::new();
-    // Two exchanges of two integrations; errors at 10..=70 s, some two in one commit.
+    // Two exchanges of two integrations: step 1 fails at 10 s (+10 s for the second) and
+    // again 30 s later; the second time the exchange as a whole fails too.
+    let mut entries: Vec<StoredError> = Vec::new();
     for (i, (name, integration)) in [("ex-e1", "ERR_A"), ("ex-e2", "ERR_B")].into_iter().enumerate() {
         let ex = exchange(name, integration, at(0));
         let id = ex.exchange_id.clone();
@@ -411,53 +430,120 @@ async fn errors_are_newest_first_and_filtered(repo: &dyn ExchangeRepository) {
         for round in 0..2_i64 {
             let when = at(10 + 30 * round + 10 * i as i64);
             let mut c = StepCommit::new(id.clone(), 0, ExchangeChange::RequireNotFinal, when);
-            c.errors = vec![error_record(&id, integration, Some(1), ErrorClassification::System, when)];
+            c.record_error(error_record(&id, integration, Some(1), ErrorClassification::System, when));
             if round == 1 {
-                c.errors.push(error_record(&id, integration, None, ErrorClassification::Business, when));
+                c.record_error(error_record(&id, integration, None, ErrorClassification::Business, when));
             }
             assert_eq!(repo.commit(&c).await.expect("commit"), CommitOutcome::Applied);
-            all.extend(c.errors);
+            for record in c.errors {
+                match entries.iter().position(|e| e.error_id == ErrorId::of(&record)) {
+                    Some(i) => {
+                        let earlier = entries.remove(i);
+                        entries.push(earlier.recurred(record));
+                    }
+                    None => entries.push(StoredError::first(record)),
+                }
+            }
         }
     }
-    // Newest first; within one instant, the later record of the commit first.
-    all.sort_by_key(|e| std::cmp::Reverse((e.at, e.exchange_failed)));
+    // One entry per failing step, counted; newest (last failure) first, then by id.
+    entries.sort_by(|a, b| (b.record.at, &b.error_id).cmp(&(a.record.at, &a.error_id)));
     let page = repo.errors(&ErrorFilter::default(), 100, None).await.expect("errors");
-    assert_eq!(page.items, all);
+    assert_eq!(page.items, entries);
+    assert_eq!(page.items.iter().map(|e| e.occurrences).collect::<Vec<_>>(), vec![2, 1, 2, 1]);
     assert_eq!(page.next_cursor, None);
 
-    // Pages of 2, following cursors.
+    // Pages of 1, following cursors.
     let mut paged = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..10 {
-        let page = repo.errors(&ErrorFilter::default(), 2, cursor.as_deref()).await.expect("page");
-        assert!(page.items.len() <= 2);
+        let page = repo.errors(&ErrorFilter::default(), 1, cursor.as_deref()).await.expect("page");
+        assert!(page.items.len() <= 1);
         paged.extend(page.items);
         cursor = page.next_cursor;
         if cursor.is_none() {
             break;
         }
     }
-    assert_eq!(paged, all);
+    assert_eq!(paged, entries);
 
     let business = ErrorFilter { classification: Some(ErrorClassification::Business), ..ErrorFilter::default() };
     let page = repo.errors(&business, 1, None).await.expect("business");
-    assert_eq!(page.items, all.iter().filter(|e| !e.retryable).take(1).cloned().collect::<Vec<_>>());
+    let of_business = |e: &&StoredError| e.record.classification == ErrorClassification::Business;
+    assert_eq!(page.items, entries.iter().filter(of_business).take(1).cloned().collect::<Vec<_>>());
     let rest = repo.errors(&business, 10, page.next_cursor.as_deref()).await.expect("business rest");
-    assert_eq!(rest.items, all.iter().filter(|e| !e.retryable).skip(1).cloned().collect::<Vec<_>>());
+    assert_eq!(rest.items, entries.iter().filter(of_business).skip(1).cloned().collect::<Vec<_>>());
 
-    // `since` is inclusive.
-    let since = ErrorFilter { since: Some(at(40)), ..ErrorFilter::default() };
+    // `since` is inclusive and reads the last failure.
+    let since = ErrorFilter { since: Some(at(50)), ..ErrorFilter::default() };
     let page = repo.errors(&since, 100, None).await.expect("since");
-    assert_eq!(page.items, all.iter().filter(|e| e.at >= at(40)).cloned().collect::<Vec<_>>());
-    assert_eq!(page.items.len(), 4);
+    assert_eq!(page.items, entries.iter().filter(|e| e.record.at >= at(50)).cloned().collect::<Vec<_>>());
+    assert_eq!(page.items.len(), 2);
     let narrow = ErrorFilter {
         classification: Some(ErrorClassification::System),
         integration_code: Some(code("ERR_A")),
         since: Some(at(11)),
+        state: Some(ErrorState::Open),
     };
     let page = repo.errors(&narrow, 100, None).await.expect("narrow");
-    assert_eq!(page.items.iter().map(|e| (e.exchange_id.as_str(), e.at)).collect::<Vec<_>>(), vec![("ex-e1", at(40))]);
+    let listed: Vec<(String, DateTime<Utc>)> =
+        page.items.iter().map(|e| (e.error_id.to_string(), e.record.at)).collect();
+    assert_eq!(listed, vec![("ex-e1.1".to_string(), at(40))]);
     assert!(repo.errors(&ErrorFilter::default(), 10, Some("garbage!")).await.is_err());
+}
+
+/// An entry is resolved once, while open; its re-processing is recorded once per
+/// resolution; a new failure of its step opens it again with its history.
+async fn error_entries_are_resolved_once_and_reopen_when_the_step_fails_again(repo: &dyn ExchangeRepository) {
+    let ex = exchange("ex-r1", "ERR_R", at(0));
+    let id = ex.exchange_id.clone();
+    repo.create(&ex, &steps(2)).await.expect("create");
+    let mut c = StepCommit::new(id.clone(), 0, ExchangeChange::RequireNotFinal, at(5));
+    c.record_error(error_record(&id, "ERR_R", Some(1), ErrorClassification::Business, at(5)));
+    assert_eq!(repo.commit(&c).await.expect("commit"), CommitOutcome::Applied);
+    let error_id = ErrorId::of(&c.errors[0]);
+    let unknown = ErrorId::parse("ex-nobody.1").expect("id");
+    assert_eq!(repo.error(&unknown).await.expect("read"), None);
+    let open = repo.error(&error_id).await.expect("read").expect("listed");
+    assert_eq!((open.state, open.occurrences, open.resolution.clone()), (ErrorState::Open, 1, None));
+
+    let resolution = Resolution { by: "alice".into(), note: "fixed the postcode".into(), at: at(10) };
+    assert!(!repo.resolve_error(&unknown, &resolution).await.expect("unknown"), "nothing to resolve");
+    let reprocessing = Reprocessing { resolution_at: at(10), at: at(20), outcome: "recovered".into() };
+    assert!(!repo.record_reprocessing(&error_id, &reprocessing).await.expect("open"), "not resolved yet");
+    assert!(repo.resolve_error(&error_id, &resolution).await.expect("resolve"));
+    let second = Resolution { by: "bob".into(), note: "me too".into(), at: at(11) };
+    assert!(!repo.resolve_error(&error_id, &second).await.expect("again"), "resolved once");
+    let resolved = repo.error(&error_id).await.expect("read").expect("listed");
+    assert_eq!((resolved.state, resolved.resolution.as_ref()), (ErrorState::Resolved, Some(&resolution)));
+    let state = |state| ErrorFilter { state: Some(state), ..ErrorFilter::default() };
+    let listed = repo.errors(&state(ErrorState::Resolved), 100, None).await.expect("resolved");
+    assert!(listed.items.iter().any(|e| e.error_id == error_id));
+    let listed = repo.errors(&state(ErrorState::Open), 100, None).await.expect("open");
+    assert!(listed.items.iter().all(|e| e.error_id != error_id));
+
+    let stale = Reprocessing { resolution_at: at(9), ..reprocessing.clone() };
+    assert!(!repo.record_reprocessing(&error_id, &stale).await.expect("stale"), "only for the current resolution");
+    assert!(repo.record_reprocessing(&error_id, &reprocessing).await.expect("record"));
+    assert!(!repo.record_reprocessing(&error_id, &reprocessing).await.expect("twice"), "once per resolution");
+    let done = repo.error(&error_id).await.expect("read").expect("listed");
+    assert_eq!(done.reprocessing.as_ref(), Some(&reprocessing));
+    assert_eq!(done.pending_resolution(), None);
+
+    // The step fails again (a later generation): open again, counted, history kept.
+    let mut again = StepCommit::new(id.clone(), 0, ExchangeChange::RequireNotFinal, at(30));
+    again.record_error(ErrorRecord {
+        message: "still 422".into(),
+        ..error_record(&id, "ERR_R", Some(1), ErrorClassification::Business, at(30))
+    });
+    assert_eq!(repo.commit(&again).await.expect("commit"), CommitOutcome::Applied);
+    let reopened = repo.error(&error_id).await.expect("read").expect("listed");
+    assert_eq!(reopened, done.recurred(again.errors[0].clone()));
+    assert_eq!(
+        (reopened.state, reopened.occurrences, reopened.record.message.as_str()),
+        (ErrorState::Open, 2, "still 422")
+    );
+    assert!(repo.resolve_error(&error_id, &second).await.expect("resolve the re-opened entry"));
 }
 
 async fn due_timers_are_taken_once(repo: &dyn ExchangeRepository) {
@@ -1055,7 +1141,7 @@ async fn finished_exchanges_are_deleted_with_everything_under_them(repo: &dyn Ex
     assert!(repo.get(&id).await.expect("get").is_none());
     assert!(repo.get_step(&id, StepId::from_sequence(29)).await.expect("get step").is_none());
     let errors = repo.errors(&ErrorFilter::default(), 100, None).await.expect("errors").items;
-    assert!(errors.iter().all(|e| e.exchange_id != id), "{errors:?}");
+    assert!(errors.iter().all(|e| e.error_id.exchange_id != id), "{errors:?}");
     assert!(repo.due_timers(at(1000), 100).await.expect("timers").iter().all(|t| t.exchange_id != id));
     assert_eq!(repo.delete_finished(&id, 1).await.expect("delete again"), CommitOutcome::Conflict);
     assert_eq!(
@@ -1092,6 +1178,7 @@ exchange_contract!(
     recovery_resets_steps_and_fences_older_generations,
     commits_require_done_steps_and_store_errors_and_timers,
     errors_are_newest_first_and_filtered,
+    error_entries_are_resolved_once_and_reopen_when_the_step_fails_again,
     due_timers_are_taken_once,
     callback_tokens_are_used_once,
     sub_exchanges_count_once_on_the_parent_step_and_store_results,

@@ -17,6 +17,8 @@ use handoff_core::commit::{
     ReexecutionCommit, StepChange, StepCommit,
 };
 use handoff_core::definition::ScheduleSpec;
+use handoff_core::error_code::ErrorCode;
+use handoff_core::error_list::{ErrorId, ErrorState, Reprocessing, Resolution, StoredError};
 use handoff_core::exchange::{
     Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, LogType, ParentLink, Payload, StepError,
     StepStatus, SubExchangeCounts,

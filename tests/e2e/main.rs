@@ -5,6 +5,7 @@ mod api;
 mod clock;
 mod deliveries;
 mod endpoints;
+mod errors;
 mod events;
 mod jobs;
 mod operations;

@@ -8,6 +8,7 @@ use crate::payloads::{PayloadCodec, PayloadError};
 use chrono::Duration as ChronoDuration;
 use futures::TryStreamExt;
 use handoff_core::definition::{DestinationTarget, RequestTemplate, StepAction};
+use handoff_core::error_code::ErrorCode;
 use handoff_core::exchange::{LogType, Payload};
 use handoff_core::expression::{Expression, ExpressionError, ExpressionVars};
 use handoff_core::handoff::{CallbackToken, HandoffMessage};
@@ -105,7 +106,7 @@ impl ExecutionContext<'_> {
     /// A link from a callback may be followed (see [`handoff_core::links`]).
     fn check_link(&self, link: &str) -> Result<(), Failure> {
         let step = self.step().ok_or_else(|| Failure::system("a callback link outside a step"))?;
-        handoff_core::links::check_link(step, link).map_err(Failure::business)
+        handoff_core::links::check_link(step, link).map_err(|e| Failure::business(ErrorCode::DestinationRefused, e))
     }
 
     /// The input as JSON (empty input reads as `null`).
@@ -117,7 +118,8 @@ impl ExecutionContext<'_> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&bytes).map_err(|e| Failure::business(format!("the payload is not valid JSON: {e}")))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Failure::business(ErrorCode::InvalidPayload, format!("the payload is not valid JSON: {e}")))
     }
 
     fn input_stream_or_empty(&self) -> Option<&Payload> {
@@ -129,7 +131,7 @@ pub(crate) fn payload_failure(e: PayloadError) -> Failure {
     match e {
         PayloadError::Port(p) => Failure::transient(format!("payload storage: {p}")),
         // The definition asks for one body where the data has several files: the customer's to fix.
-        e @ PayloadError::SeveralFiles { .. } => Failure::business(e.to_string()),
+        e @ PayloadError::SeveralFiles { .. } => Failure::business(ErrorCode::InvalidPayload, e.to_string()),
         other => Failure::system(other.to_string()),
     }
 }
@@ -139,7 +141,7 @@ pub(crate) fn payload_failure(e: PayloadError) -> Failure {
 fn expression_failure(cx: &ExecutionContext<'_>, what: &str, e: ExpressionError) -> Failure {
     let message = format!("{}{what}: {e}", cx.naming_the_step());
     if e.is_program_error() {
-        Failure::business(message)
+        Failure::business(e.code(), message)
     } else {
         Failure::transient(message)
     }
@@ -314,7 +316,10 @@ async fn run(
                 }
                 NotificationStatus::Failure => {
                     let reason = notification.reason.unwrap_or_else(|| "no reason given".into());
-                    Err(Failure::business(format!("the external system reported failure: {reason}")))
+                    Err(Failure::business(
+                        ErrorCode::CallbackFailure,
+                        format!("the external system reported failure: {reason}"),
+                    ))
                 }
             }
         }
@@ -364,8 +369,12 @@ async fn run(
             }
             for link in &notification.recovery_links {
                 cx.check_link(&link.url)?;
-                let method = reqwest::Method::from_bytes(link.method.as_bytes())
-                    .map_err(|_| Failure::business(format!("recovery link method {} is not HTTP", link.method)))?;
+                let method = reqwest::Method::from_bytes(link.method.as_bytes()).map_err(|_| {
+                    Failure::business(
+                        ErrorCode::CallbackFailure,
+                        format!("recovery link method {} is not HTTP", link.method),
+                    )
+                })?;
                 let request = outbound::RenderedRequest {
                     method,
                     url: link.url.clone(),

@@ -8,6 +8,7 @@
 //! headers (credentials, the callback URL).
 
 use handoff_core::definition::{RequestTemplate, MAX_REDIRECTS};
+use handoff_core::error_code::ErrorCode;
 use handoff_core::network::{OutboundPolicy, Refused};
 use handoff_core::placeholder::{self, PlaceholderContext};
 use handoff_core::retry::Failure;
@@ -44,7 +45,9 @@ pub struct RenderedRequest {
 }
 
 pub fn render(template: &RequestTemplate, ctx: &PlaceholderContext) -> Result<RenderedRequest, Failure> {
-    let fail = |what: &str, e: placeholder::PlaceholderError| Failure::business(format!("{what}: {e}"));
+    let fail = |what: &str, e: placeholder::PlaceholderError| {
+        Failure::business(ErrorCode::InvalidParameters, format!("{what}: {e}"))
+    };
     let url = placeholder::render(&template.url, ctx, |v| utf8_percent_encode(v, URL_VALUE).to_string())
         .map_err(|e| fail("request url", e))?;
     let headers = template
@@ -148,21 +151,27 @@ pub async fn resolve_guarded(
         .await
         .map_err(|e| Failure::transient(format!("{scheme} {host}: the name does not resolve: {e}")))?
         .collect();
-    allowed_addresses(policy, resolved)
-        .map_err(|refused| Failure::business(format!("{scheme} {host}:{port} refused: {refused}")))
+    allowed_addresses(policy, resolved).map_err(|refused| {
+        Failure::business(ErrorCode::DestinationRefused, format!("{scheme} {host}:{port} refused: {refused}"))
+    })
 }
 
 /// The policy's verdict on a URL whose host is an address (names are checked on resolution).
 fn check_literal_host(policy: &OutboundPolicy, url: &str) -> Result<(), Failure> {
     let Ok(parsed) = url::Url::parse(url) else {
-        return Err(Failure::business(format!("'{}' is not a valid URL", redact_query(url))));
+        return Err(Failure::business(
+            ErrorCode::DestinationRefused,
+            format!("'{}' is not a valid URL", redact_query(url)),
+        ));
     };
     let ip = match parsed.host() {
         Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
         Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
         _ => return Ok(()),
     };
-    policy.check(ip).map_err(|refused| Failure::business(format!("{} refused: {refused}", redact_query(url))))
+    policy.check(ip).map_err(|refused| {
+        Failure::business(ErrorCode::DestinationRefused, format!("{} refused: {refused}", redact_query(url)))
+    })
 }
 
 /// Sends a rendered request. A templated body wins over `body`. `extra_headers` are the
@@ -194,14 +203,22 @@ pub async fn send(
         let redirected =
             format!("{target} answered HTTP {} redirecting to '{}'", status.as_u16(), redact_query(location));
         if !follow {
-            return Err(Failure::business(format!("{redirected}; redirects are not followed")));
+            return Err(Failure::business(
+                ErrorCode::DestinationRefused,
+                format!("{redirected}; redirects are not followed"),
+            ));
         }
         if redirects == MAX_REDIRECTS {
             break;
         }
-        hop = hop.redirected(status, location).map_err(|why| Failure::business(format!("{redirected}: {why}")))?;
+        hop = hop
+            .redirected(status, location)
+            .map_err(|why| Failure::business(ErrorCode::DestinationRefused, format!("{redirected}: {why}")))?;
     }
-    Err(Failure::business(format!("{first}: more than {MAX_REDIRECTS} redirects; not followed further")))
+    Err(Failure::business(
+        ErrorCode::DestinationRefused,
+        format!("{first}: more than {MAX_REDIRECTS} redirects; not followed further"),
+    ))
 }
 
 /// One request of a call: the first, or a redirect's.
@@ -300,7 +317,7 @@ async fn send_once(
     };
     builder.send().await.map_err(|e| {
         if let Some(refused) = refusal_in(&e) {
-            return Failure::business(format!("{target} refused: {refused}"));
+            return Failure::business(ErrorCode::DestinationRefused, format!("{target} refused: {refused}"));
         }
         let kind = if e.is_timeout() {
             "timed out"

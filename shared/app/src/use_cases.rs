@@ -6,6 +6,7 @@
 pub mod callback;
 pub mod dead_letter;
 pub mod endpoints;
+pub mod errors;
 pub mod events;
 pub mod handoff;
 pub mod integrations;

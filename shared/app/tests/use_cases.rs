@@ -11,6 +11,7 @@ use handoff_app::entry::dlq::DlqFunction;
 use handoff_app::entry::function::FunctionHandler;
 use handoff_app::entry::jobs::JobsFunction;
 use handoff_app::entry::worker::{WorkerError, WorkerFunction};
+use handoff_core::error_code::ErrorCode;
 use handoff_core::exchange::{ExchangeDetail, ExchangeStatus, StepStatus};
 use handoff_core::handoff::{CallbackToken, HandoffMessage, QueueMessage, Timer, TimerKind};
 use handoff_core::identity::{Caller, Scope};
@@ -558,6 +559,47 @@ async fn the_error_processing_job_redrives_retryable_system_failures_a_limited_n
     let answer = jobs.invoke(json!({"job": "errorProcessing"})).await.expect("job");
     assert_eq!(answer["recovered"], json!([]), "re-driven as often as allowed");
     assert_eq!(answer["left"], json!(2));
+}
+
+#[tokio::test]
+async fn a_resolved_error_is_reprocessed_once_reopens_when_it_fails_again_and_is_only_recorded_if_recovered_since() {
+    let h = Harness::new();
+    h.define(transform("STILL_BROKEN", "error(\"bad record\")")).await;
+    let id = h.invoke("STILL_BROKEN", json!([1])).await;
+    h.run().await;
+    let (_, listed) = h.call("GET", "/errors?state=open&integrationCode=STILL_BROKEN", None).await;
+    let entry = &listed["items"][0];
+    assert_eq!(
+        (entry["code"].as_str(), entry["occurrences"].as_u64()),
+        (Some("ExpressionFailed"), Some(1)),
+        "{listed}"
+    );
+    assert_eq!(entry["action"], json!(ErrorCode::ExpressionFailed.action()));
+    let error_id = entry["errorId"].as_str().expect("id").to_string();
+    let resolve_path = format!("/errors/{error_id}/resolve");
+    let (status, _) = h.call("POST", &resolve_path, Some(json!({"note": "tried a fix"}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let jobs = JobsFunction::new(h.ctx.clone(), 1);
+    let answer = jobs.invoke(json!({"job": "errorProcessing"})).await.expect("job");
+    assert_eq!(answer["reprocessed"], json!([error_id]), "{answer}");
+    assert_eq!(answer["recovered"], json!([]), "a business failure is not re-driven as a system one");
+    h.run().await;
+    let again = h.detail(&id).await;
+    assert_eq!((again.exchange.status, again.exchange.recoveries), (ExchangeStatus::Failed, 1));
+    let (_, reopened) = h.call("GET", &format!("/errors/{error_id}"), None).await;
+    assert_eq!((reopened["state"].as_str(), reopened["occurrences"].as_u64()), (Some("open"), Some(2)), "{reopened}");
+    assert_eq!(reopened["recovery"], 1, "the failure of the re-processed generation");
+
+    // Resolved again, but an operator recovers it first: the job only records that.
+    let (status, _) = h.call("POST", &resolve_path, Some(json!({"note": "fixed for real"}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = h.call("POST", &format!("/exchanges/{id}/recover"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let answer = jobs.invoke(json!({"job": "errorProcessing"})).await.expect("job");
+    assert_eq!((answer["reprocessed"].clone(), answer["resolutionsRecorded"].clone()), (json!([]), json!(1)));
+    let (_, recorded) = h.call("GET", &format!("/errors/{error_id}"), None).await;
+    assert_eq!(recorded["reprocessing"]["outcome"], "the exchange was recovered since it failed", "{recorded}");
+    assert_eq!(h.detail(&id).await.exchange.recoveries, 2, "not recovered a second time");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The conditional writes that record what happened to an exchange: a step commit (one
 //! atomic transaction), a claim, a recovery, and the failure records listed for operators.
 
+use crate::error_code::ErrorCode;
 use crate::exchange::{ExchangeError, ExchangeEvent, ExchangeStatus, LogLine, Payload, StepError, StepStatus};
 use crate::handoff::Timer;
 use crate::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
@@ -102,6 +103,11 @@ impl StepCommit {
         });
     }
 
+    /// Lists `record` with this commit, in the commit's recovery generation.
+    pub fn record_error(&mut self, record: ErrorRecord) {
+        self.errors.push(ErrorRecord { recovery: self.recovery, ..record });
+    }
+
     /// A commit with no extras; callers fill in what they need.
     pub fn new(exchange_id: ExchangeId, recovery: u32, exchange: ExchangeChange, now: DateTime<Utc>) -> Self {
         Self {
@@ -131,10 +137,17 @@ pub struct ErrorRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_step: Option<SubStep>,
     pub classification: ErrorClassification,
+    /// Its catalogue code ([`crate::error_code`]); the action shown with it comes from there.
+    #[serde(default)]
+    pub code: ErrorCode,
     pub message: String,
     pub retryable: bool,
     /// Whether the exchange failed because of it (a secondary destination's failure does not).
     pub exchange_failed: bool,
+    /// The exchange's recovery generation it happened in (the error job re-processes only
+    /// an exchange nobody has recovered since).
+    #[serde(default)]
+    pub recovery: u32,
     pub at: DateTime<Utc>,
 }
 
@@ -217,9 +230,11 @@ impl ErrorRecord {
             step_id: step.map(|(id, _)| id),
             sub_step: step.map(|(_, sub_step)| sub_step),
             classification: failure.classification,
+            code: failure.code,
             message: failure.message.clone(),
             retryable: failure.retryable,
             exchange_failed,
+            recovery: 0,
             at,
         }
     }
@@ -230,6 +245,7 @@ impl ExchangeError {
     pub fn of(failure: &crate::retry::Failure, step: Option<(StepId, SubStep)>, at: DateTime<Utc>) -> Self {
         Self {
             classification: failure.classification,
+            code: failure.code,
             message: failure.message.clone(),
             retryable: failure.retryable,
             step_id: step.map(|(id, _)| id),
@@ -258,6 +274,9 @@ pub enum CommitShapeError {
     DoneAndChanged(StepId),
     #[error("a commit cannot store two timers of the same name")]
     TimerTwice,
+    /// Errors are listed one per failing step ([`crate::error_list::ErrorId`]).
+    #[error("a commit cannot list two errors of the same step")]
+    ErrorTwice,
     /// The recovery's log line goes on a step it resets; any other would be lost.
     #[error("a recovery logs on step {0}, which it does not reset")]
     RecoveryLogElsewhere(StepId),
@@ -303,6 +322,12 @@ impl StepCommit {
         names.dedup();
         if names.len() != self.timers.len() {
             return Err(CommitShapeError::TimerTwice);
+        }
+        let mut failing: Vec<Option<StepId>> = self.errors.iter().map(|e| e.step_id).collect();
+        failing.sort();
+        failing.dedup();
+        if failing.len() != self.errors.len() {
+            return Err(CommitShapeError::ErrorTwice);
         }
         if matches!(&self.exchange, ExchangeChange::SetStatus { from, .. } if from.is_empty()) {
             return Err(CommitShapeError::NoStatusToMoveFrom);

@@ -8,6 +8,7 @@ use crate::ids::{IntegrationCode, IntegrationVersion};
 use crate::mapping::MappingName;
 use crate::placeholder;
 use crate::reader::{describe, FieldError, FieldResult, ObjectReader};
+use crate::recovery::ResumeFrom;
 use crate::retry::{Jitter, RetryPolicy};
 use serde_json::Value;
 
@@ -22,6 +23,9 @@ pub struct IntegrationDefinition {
     pub events: Option<EventsSpec>,
     /// Who signs an exchange off after its last step.
     pub signoff: Signoff,
+    /// `"errorProcessing": {"from": "failedStep" | "collection"}`: where the error job
+    /// re-processes an exchange whose error was resolved.
+    pub reprocess_from: ResumeFrom,
     pub steps: Vec<IntegrationStep>,
 }
 
@@ -239,6 +243,7 @@ pub fn parse_definition(document: &Value) -> Result<IntegrationDefinition, Field
         "events",
         "signoff",
         "signoffTimeoutSeconds",
+        "errorProcessing",
         "steps",
         "description",
     ])?;
@@ -268,6 +273,22 @@ pub fn parse_definition(document: &Value) -> Result<IntegrationDefinition, Field
             return Err(FieldError::new("signoff", format!("'{other}' is not a sign-off (expected auto or requester)")))
         }
     };
+    let reprocess_from = match root.optional_object("errorProcessing")? {
+        None => ResumeFrom::FailedStep,
+        Some(e) => {
+            e.deny_unknown(&["from"])?;
+            match e.optional_str("from")? {
+                None | Some("failedStep") => ResumeFrom::FailedStep,
+                Some("collection") => ResumeFrom::Collection,
+                Some(other) => {
+                    return Err(FieldError::new(
+                        e.field_path("from"),
+                        format!("'{other}' is not where re-processing starts (expected failedStep or collection)"),
+                    ))
+                }
+            }
+        }
+    };
     let steps_value = root.required_array("steps")?;
     if steps_value.is_empty() {
         return Err(FieldError::new("steps", "must list at least one step"));
@@ -289,7 +310,7 @@ pub fn parse_definition(document: &Value) -> Result<IntegrationDefinition, Field
         }
         steps.push(parsed);
     }
-    Ok(IntegrationDefinition { code, version, enabled, sla_seconds, schedule, events, signoff, steps })
+    Ok(IntegrationDefinition { code, version, enabled, sla_seconds, schedule, events, signoff, reprocess_from, steps })
 }
 
 /// Whether a *stored* definition document (valid: it was parsed before it was stored) is
@@ -1020,6 +1041,20 @@ mod tests {
         doc["signoff"] = json!("requester");
         doc["signoffTimeoutSeconds"] = json!(0);
         assert_eq!(error_of(doc).path, "signoffTimeoutSeconds");
+    }
+
+    #[test]
+    fn error_processing_starts_at_the_failed_step_unless_it_says_collection() {
+        let mut doc = spec_example();
+        assert_eq!(parse_definition(&doc).expect("plain").reprocess_from, ResumeFrom::FailedStep);
+        doc["errorProcessing"] = json!({"from": "collection"});
+        assert_eq!(parse_definition(&doc).expect("ok").reprocess_from, ResumeFrom::Collection);
+        doc["errorProcessing"] = json!({"from": "failedStep"});
+        assert_eq!(parse_definition(&doc).expect("ok").reprocess_from, ResumeFrom::FailedStep);
+        doc["errorProcessing"] = json!({"from": "start"});
+        assert_eq!(error_of(doc.clone()).path, "errorProcessing.from");
+        doc["errorProcessing"] = json!({"from": "collection", "every": 5});
+        assert_eq!(error_of(doc).path, "errorProcessing.every");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Exchanges and their steps: states, payloads, log lines, and the transition functions
 //! that decide what happens next. Decisions only — the caller performs them.
 
+use crate::error_code::ErrorCode;
 use crate::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use crate::plan::SubStep;
 use crate::retry::{ErrorClassification, Failure, RetryPolicy};
@@ -141,6 +142,9 @@ pub struct LogLine {
 #[serde(rename_all = "camelCase")]
 pub struct ExchangeError {
     pub classification: ErrorClassification,
+    /// Its catalogue code ([`crate::error_code`]).
+    #[serde(default)]
+    pub code: ErrorCode,
     pub message: String,
     /// Whether the cause was transient (the error-processing job re-drives only these).
     #[serde(default)]
@@ -157,6 +161,8 @@ pub struct ExchangeError {
 #[serde(rename_all = "camelCase")]
 pub struct StepError {
     pub classification: ErrorClassification,
+    #[serde(default)]
+    pub code: ErrorCode,
     pub message: String,
     pub at: DateTime<Utc>,
 }
@@ -592,7 +598,7 @@ mod tests {
         ) {
             let policy = RetryPolicy { max_attempts: max, ..RetryPolicy::default() };
             let outcome = if succeeded { AttemptOutcome::Succeeded } else {
-                AttemptOutcome::Failed(Failure { classification: ErrorClassification::System, retryable, message: "x".into() })
+                AttemptOutcome::Failed(Failure { retryable, ..Failure::transient("x") })
             };
             let d = decide_after_attempt(status, attempts, &policy, outcome, 0.3);
             if status.is_final() {

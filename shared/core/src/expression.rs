@@ -55,6 +55,21 @@ impl ExpressionError {
     pub fn is_program_error(&self) -> bool {
         !matches!(self, ExpressionError::Unavailable { .. })
     }
+
+    /// Its catalogue code: the program's own failure, or a limit of the deployment it hit.
+    pub fn code(&self) -> crate::error_code::ErrorCode {
+        use crate::error_code::ErrorCode;
+        match self {
+            Self::Invalid { .. } | Self::Runtime { .. } | Self::NotSingle { .. } | Self::NotJson { .. } => {
+                ErrorCode::ExpressionFailed
+            }
+            Self::TooManyOutputs { .. }
+            | Self::OutputTooLarge { .. }
+            | Self::TimedOut { .. }
+            | Self::OutOfResources { .. } => ErrorCode::ExpressionLimit,
+            Self::Unavailable { .. } => ErrorCode::Unavailable,
+        }
+    }
 }
 
 /// What an expression sees besides its input.

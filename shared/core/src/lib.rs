@@ -4,6 +4,8 @@ pub mod amendment;
 pub mod commit;
 pub mod definition;
 pub mod endpoint;
+pub mod error_code;
+pub mod error_list;
 pub mod events;
 pub mod exchange;
 pub mod expression;

@@ -52,11 +52,28 @@ impl fmt::Display for RecordPosition {
 pub struct RecordError {
     pub position: RecordPosition,
     pub problem: String,
+    /// Whether a value lacked its translation (the mapping may be what needs fixing),
+    /// rather than the record being invalid in itself.
+    pub unmapped: bool,
 }
 
 impl RecordError {
+    /// The record is invalid in itself.
     pub fn new(position: &RecordPosition, problem: impl Into<String>) -> Self {
-        Self { position: position.clone(), problem: problem.into() }
+        Self { position: position.clone(), problem: problem.into(), unmapped: false }
+    }
+
+    /// A value of the record has no translation in the mapping.
+    pub fn unmapped(position: &RecordPosition, problem: impl Into<String>) -> Self {
+        Self { unmapped: true, ..Self::new(position, problem) }
+    }
+
+    pub fn code(&self) -> crate::error_code::ErrorCode {
+        if self.unmapped {
+            crate::error_code::ErrorCode::UnmappedValue
+        } else {
+            crate::error_code::ErrorCode::InvalidRecord
+        }
     }
 }
 
@@ -235,7 +252,7 @@ impl Mapping {
         match table.get(&key) {
             Some(translated) => Ok(translated.clone()),
             None => match self.unmapped_values {
-                UnmappedValues::Error => Err(RecordError::new(
+                UnmappedValues::Error => Err(RecordError::unmapped(
                     position,
                     format!("value '{key}' of field '{field}' has no translation in mapping '{}'", self.name),
                 )),

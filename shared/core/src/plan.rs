@@ -115,6 +115,15 @@ impl SubStep {
         }
     }
 
+    /// Sub-steps that fetch the data an exchange works on (queries, extracts and their
+    /// downloads): where a re-collection starts again.
+    pub fn collects_data(&self) -> bool {
+        matches!(
+            self,
+            Self::InvokeQuery | Self::InvokeCustom | Self::InvokeExtract | Self::CollectData | Self::CollectMessages
+        )
+    }
+
     /// Sub-steps that send data out of the gateway (deliveries, invokes, agents): a held
     /// endpoint stops its exchanges before them.
     pub fn sends_data_out(&self) -> bool {

@@ -15,6 +15,18 @@ pub enum RecoveryError {
     IncompatibleVersion { version: String, problem: String },
 }
 
+/// Where a recovery starts (an integration's `errorProcessing.from`, for the error job).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ResumeFrom {
+    /// At the step that failed, on the data it had (the fix was elsewhere: a mapping, the target).
+    #[default]
+    FailedStep,
+    /// At the first step that collects data, every step after it run again, so data fixed
+    /// at the source is fetched again (falls back to the failed step without one).
+    Collection,
+}
+
 /// Where a recovered exchange starts again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResumePoint {
@@ -40,9 +52,15 @@ pub fn resume_point(
     status: ExchangeStatus,
     failed_step: Option<StepId>,
     steps: &[ExchangeStep],
+    from: ResumeFrom,
 ) -> Result<ResumePoint, RecoveryError> {
     if !status.is_recoverable() {
         return Err(RecoveryError::NotRecoverable(status));
+    }
+    let collection = steps.iter().position(|s| s.sub_step.collects_data());
+    if let (ResumeFrom::Collection, Some(at)) = (from, collection) {
+        let reset = steps[at..].iter().map(|s| s.step_id).collect();
+        return Ok(ResumePoint { step_id: steps[at].step_id, input: input_before(steps, at), reset });
     }
     let named = failed_step.and_then(|id| steps.iter().position(|s| s.step_id == id && s.status != StepStatus::Done));
     let first_unfinished = steps.iter().position(|s| s.status == StepStatus::Initial);
@@ -133,17 +151,36 @@ mod tests {
 
     #[test]
     fn resumes_at_the_failed_step_with_the_last_output() {
-        let p = resume_point(ExchangeStatus::Failed, Some(StepId::from_sequence(3)), &steps()).unwrap();
+        let p = resume_point(ExchangeStatus::Failed, Some(StepId::from_sequence(3)), &steps(), ResumeFrom::FailedStep)
+            .unwrap();
         assert_eq!(p.step_id, StepId::from_sequence(3));
         assert_eq!(p.input, Some(Payload::raw("queried")));
         assert_eq!(p.reset, vec![StepId::from_sequence(3), StepId::from_sequence(4)]);
     }
 
     #[test]
+    fn a_re_collection_runs_again_from_the_first_collecting_step_on_the_exchange_input() {
+        let p = resume_point(ExchangeStatus::Failed, Some(StepId::from_sequence(3)), &steps(), ResumeFrom::Collection)
+            .unwrap();
+        assert_eq!(p.step_id, StepId::from_sequence(1));
+        assert_eq!(p.input, Some(Payload::raw("in")));
+        assert_eq!(p.reset, (1..=4).map(StepId::from_sequence).collect::<Vec<_>>(), "done steps after it run again");
+        // Without a collecting step it is a recovery from the failed step.
+        let mut s = steps();
+        s.remove(1);
+        let from_failed =
+            resume_point(ExchangeStatus::Failed, Some(StepId::from_sequence(3)), &s, ResumeFrom::FailedStep);
+        assert_eq!(
+            resume_point(ExchangeStatus::Failed, Some(StepId::from_sequence(3)), &s, ResumeFrom::Collection),
+            from_failed
+        );
+    }
+
+    #[test]
     fn a_timed_out_exchange_resumes_at_its_first_unfinished_step() {
         let mut s = steps();
         s[3].status = StepStatus::Initial;
-        let p = resume_point(ExchangeStatus::TimedOut, None, &s).unwrap();
+        let p = resume_point(ExchangeStatus::TimedOut, None, &s, ResumeFrom::FailedStep).unwrap();
         assert_eq!(p.step_id, StepId::from_sequence(3));
     }
 
@@ -155,7 +192,8 @@ mod tests {
             step(2, SubStep::ReceiveNotification, StepStatus::Failed, None),
             step(3, SubStep::ExchangeSignoff, StepStatus::Initial, None),
         ];
-        let p = resume_point(ExchangeStatus::Failed, Some(StepId::from_sequence(2)), &s).unwrap();
+        let p =
+            resume_point(ExchangeStatus::Failed, Some(StepId::from_sequence(2)), &s, ResumeFrom::FailedStep).unwrap();
         assert_eq!(p.step_id, StepId::from_sequence(1));
         assert_eq!(p.input, Some(Payload::raw("in")));
         assert_eq!(p.reset.len(), 3);
@@ -169,7 +207,8 @@ mod tests {
             step(2, SubStep::AwaitSignoff, StepStatus::Done, Some("mapped")),
             step(3, SubStep::ExchangeSignoff, StepStatus::Failed, None),
         ];
-        let p = resume_point(ExchangeStatus::Failed, Some(StepId::from_sequence(3)), &s).unwrap();
+        let p =
+            resume_point(ExchangeStatus::Failed, Some(StepId::from_sequence(3)), &s, ResumeFrom::FailedStep).unwrap();
         assert_eq!(p.step_id, StepId::from_sequence(2), "it waits for a sign-off again");
         assert_eq!(p.input, Some(Payload::raw("mapped")));
         assert_eq!(p.reset, vec![StepId::from_sequence(2), StepId::from_sequence(3)]);
@@ -178,7 +217,10 @@ mod tests {
     #[test]
     fn only_failed_and_timed_out_exchanges_recover() {
         for status in [ExchangeStatus::Completed, ExchangeStatus::Started, ExchangeStatus::New] {
-            assert_eq!(resume_point(status, None, &steps()), Err(RecoveryError::NotRecoverable(status)));
+            assert_eq!(
+                resume_point(status, None, &steps(), ResumeFrom::FailedStep),
+                Err(RecoveryError::NotRecoverable(status))
+            );
         }
     }
 

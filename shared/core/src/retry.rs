@@ -1,5 +1,6 @@
 //! Retry policies and the failure classification every error carries.
 
+use crate::error_code::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 /// Who has to act on a failure: the customer fixes data (`Business`), or we/infrastructure
@@ -18,6 +19,9 @@ pub struct Failure {
     pub classification: ErrorClassification,
     /// Connection errors, timeouts, 429 and 5xx: another attempt may succeed.
     pub retryable: bool,
+    /// What kind of failure it is, from the catalogue ([`crate::error_code`]).
+    #[serde(default)]
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -52,15 +56,30 @@ impl Failure {
 
     /// Transient trouble on the remote side or ours: worth another attempt.
     pub fn transient(message: impl Into<String>) -> Self {
-        Self { classification: ErrorClassification::System, retryable: true, message: bounded(message.into()) }
+        Self {
+            classification: ErrorClassification::System,
+            retryable: true,
+            code: ErrorCode::Unavailable,
+            message: bounded(message.into()),
+        }
     }
-    /// The data or the remote system's answer is at fault: retrying will not help.
-    pub fn business(message: impl Into<String>) -> Self {
-        Self { classification: ErrorClassification::Business, retryable: false, message: bounded(message.into()) }
+    /// The data or the remote system's answer is at fault: retrying will not help. `code`
+    /// says which fault, so the customer can look up what to fix.
+    pub fn business(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { classification: ErrorClassification::Business, retryable: false, code, message: bounded(message.into()) }
     }
     /// Our side is broken in a way another attempt will not fix (e.g. misconfiguration).
     pub fn system(message: impl Into<String>) -> Self {
-        Self { classification: ErrorClassification::System, retryable: false, message: bounded(message.into()) }
+        Self {
+            classification: ErrorClassification::System,
+            retryable: false,
+            code: ErrorCode::SystemFault,
+            message: bounded(message.into()),
+        }
+    }
+    /// The same failure under a more precise code (a timeout, say, rather than any system fault).
+    pub fn coded(self, code: ErrorCode) -> Self {
+        Self { code, ..self }
     }
 
     /// Classifies an HTTP answer of an external system (SPEC §2: 429 and 5xx retryable,
@@ -69,7 +88,7 @@ impl Failure {
         match status {
             200..=399 => None,
             429 | 500..=599 => Some(Self::transient(format!("{context} answered HTTP {status}"))),
-            _ => Some(Self::business(format!("{context} answered HTTP {status}"))),
+            _ => Some(Self::business(ErrorCode::TargetRejected, format!("{context} answered HTTP {status}"))),
         }
     }
 }
@@ -160,7 +179,7 @@ mod tests {
     #[test]
     fn failure_messages_are_bounded_on_a_character_boundary() {
         let long = "é".repeat(2000);
-        let failure = Failure::business(long);
+        let failure = Failure::business(crate::error_code::ErrorCode::InvalidRecord, long);
         assert!(failure.message.len() <= MAX_FAILURE_MESSAGE_BYTES, "{}", failure.message.len());
         assert!(failure.message.ends_with("(truncated)"));
         assert_eq!(Failure::transient("short").message, "short");

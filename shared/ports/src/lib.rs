@@ -12,10 +12,11 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use handoff_core::commit::{
-    ClaimOutcome, ClaimRequest, CommitOutcome, Conflict, ErrorRecord, RecoveryCommit, ReexecutionCommit, StepCommit,
+    ClaimOutcome, ClaimRequest, CommitOutcome, Conflict, RecoveryCommit, ReexecutionCommit, StepCommit,
 };
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::endpoint::{Endpoint, EndpointLogEntry, HeldHandoff};
+use handoff_core::error_list::{ErrorId, ErrorState, Reprocessing, Resolution, StoredError};
 use handoff_core::events::{EventClaim, QueuedEvent};
 use handoff_core::exchange::{Exchange, ExchangeDetail, ExchangeStatus, ExchangeStep};
 use handoff_core::handoff::{CallbackToken, HandoffMessage, Timer};
@@ -262,14 +263,31 @@ pub trait UnroutedStore: Send + Sync {
 pub struct ErrorFilter {
     pub classification: Option<ErrorClassification>,
     pub integration_code: Option<IntegrationCode>,
+    /// Failed (last) at or after this time.
     pub since: Option<DateTime<Utc>>,
+    pub state: Option<ErrorState>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ErrorPage {
-    /// Newest first.
-    pub items: Vec<ErrorRecord>,
+    /// Newest (last failure) first.
+    pub items: Vec<StoredError>,
     pub next_cursor: Option<String>,
+}
+
+/// The error list ([`handoff_core::error_list`]): written by the commits that record
+/// failures (one entry per failing step, re-opened when it fails again), resolved by
+/// people, re-processed by the error job. Kept with the exchanges.
+#[async_trait]
+pub trait ErrorStore: Send + Sync {
+    async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage>;
+    async fn error(&self, id: &ErrorId) -> PortResult<Option<StoredError>>;
+    /// Resolves `id` while it is still open: `false` (nothing written) if it is not (any
+    /// more), or does not exist.
+    async fn resolve_error(&self, id: &ErrorId, resolution: &Resolution) -> PortResult<bool>;
+    /// Records what the error job did with the resolution `reprocessing.resolution_at`,
+    /// while that is still the entry's resolution and not yet recorded: `false` otherwise.
+    async fn record_reprocessing(&self, id: &ErrorId, reprocessing: &Reprocessing) -> PortResult<bool>;
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -290,9 +308,9 @@ pub struct ExchangePage {
 /// Every exchange capability at once: what one store offers (the DynamoDB table, the
 /// in-memory fake) and what the composition root wires. Use cases name the capabilities
 /// they use.
-pub trait ExchangeRepository: ExchangeReads + ExchangeWrites + TimerStore + TokenStore {}
+pub trait ExchangeRepository: ExchangeReads + ExchangeWrites + ErrorStore + TimerStore + TokenStore {}
 
-impl<T: ExchangeReads + ExchangeWrites + TimerStore + TokenStore + ?Sized> ExchangeRepository for T {}
+impl<T: ExchangeReads + ExchangeWrites + ErrorStore + TimerStore + TokenStore + ?Sized> ExchangeRepository for T {}
 
 /// Reading exchanges, their steps and logs, and the failures listed for operators.
 #[async_trait]
@@ -316,8 +334,6 @@ pub trait ExchangeReads: Send + Sync {
     async fn list(&self, filter: &ExchangeFilter, limit: u32, cursor: Option<&str>) -> PortResult<ExchangePage>;
 
     /// Failures, newest first.
-    async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage>;
-
     async fn health(&self) -> PortResult<()>;
 }
 

@@ -4,7 +4,7 @@
 //! `tests/adapters` run the same cases against both, so the two cannot drift.
 
 use crate::{
-    ByteStream, DataFileInfo, DataFileStore, EndpointStore, EndpointWriteError, ErrorFilter, ErrorPage,
+    ByteStream, DataFileInfo, DataFileStore, EndpointStore, EndpointWriteError, ErrorFilter, ErrorPage, ErrorStore,
     EventClaimError, EventQueue, EventQueueSummary, ExchangeFilter, ExchangePage, ExchangeReads, ExchangeWrites,
     HandoffQueue, IntegrationRepository, IntegrationWriteError, MappingRepository, MappingWriteError, PortError,
     PortResult, ScheduleManager, SecretStore, SecretText, StoredIntegration, StoredMapping, TimerStore, TokenStore,
@@ -15,11 +15,12 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use handoff_core::commit::{
-    ClaimRequest, CommitOutcome, Conflict, ErrorRecord, ExchangeChange, ItemRef, Precondition, RecoveryCommit,
-    ReexecutionCommit, StepChange, StepCommit,
+    ClaimRequest, CommitOutcome, Conflict, ExchangeChange, ItemRef, Precondition, RecoveryCommit, ReexecutionCommit,
+    StepChange, StepCommit,
 };
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::endpoint::{Endpoint, EndpointLogEntry, HeldHandoff};
+use handoff_core::error_list::{ErrorId, ErrorState, Reprocessing, Resolution, StoredError};
 use handoff_core::events::{EventClaim, QueuedEvent};
 use handoff_core::exchange::{
     Exchange, ExchangeDetail, ExchangeStatus, ExchangeStep, LogLine, StepStatus, SubExchangeCounts,
@@ -116,7 +117,7 @@ struct StoredToken {
 struct ExchangeState {
     exchanges: BTreeMap<ExchangeId, Exchange>,
     steps: BTreeMap<(ExchangeId, StepId), StoredStep>,
-    errors: Vec<ErrorRecord>,
+    errors: BTreeMap<ErrorId, StoredError>,
     timers: BTreeMap<(ExchangeId, String), StoredTimer>,
     tokens: HashMap<String, StoredToken>,
 }
@@ -241,7 +242,14 @@ fn apply_commit(state: &mut ExchangeState, commit: &StepCommit, skips: &[StepId]
             stored.step.status = StepStatus::Skipped;
         }
     }
-    state.errors.extend(commit.errors.iter().cloned());
+    for record in &commit.errors {
+        let id = ErrorId::of(record);
+        let entry = match state.errors.remove(&id) {
+            Some(listed) => listed.recurred(record.clone()),
+            None => StoredError::first(record.clone()),
+        };
+        state.errors.insert(id, entry);
+    }
     for timer in &commit.timers {
         state.put_timer(timer);
     }
@@ -316,25 +324,56 @@ impl ExchangeReads for MemoryExchangeRepository {
         Ok(ExchangePage { items, next_cursor })
     }
 
+    async fn health(&self) -> PortResult<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ErrorStore for MemoryExchangeRepository {
     async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage> {
         let state = lock(&self.state);
-        let mut items: Vec<ErrorRecord> = state
+        let mut items: Vec<StoredError> = state
             .errors
-            .iter()
-            .filter(|e| filter.classification.is_none_or(|c| e.classification == c))
-            .filter(|e| filter.integration_code.as_ref().is_none_or(|c| &e.integration_code == c))
-            .filter(|e| filter.since.is_none_or(|since| e.at >= since))
+            .values()
+            .filter(|e| filter.classification.is_none_or(|c| e.record.classification == c))
+            .filter(|e| filter.integration_code.as_ref().is_none_or(|c| &e.record.integration_code == c))
+            .filter(|e| filter.since.is_none_or(|since| e.record.at >= since))
+            .filter(|e| filter.state.is_none_or(|wanted| e.state == wanted))
             .cloned()
             .collect();
-        // Newest first; a stable sort keeps one commit's records in their order.
-        items.reverse();
-        items.sort_by_key(|e| std::cmp::Reverse(e.at));
+        // Newest first, as the store's index sorts them (time, exchange, step).
+        items.sort_by(|a, b| (b.record.at, &b.error_id).cmp(&(a.record.at, &a.error_id)));
         let (items, next_cursor) = page(&items, &scope_of(filter), limit, cursor)?;
         Ok(ErrorPage { items, next_cursor })
     }
 
-    async fn health(&self) -> PortResult<()> {
-        Ok(())
+    async fn error(&self, id: &ErrorId) -> PortResult<Option<StoredError>> {
+        Ok(lock(&self.state).errors.get(id).cloned())
+    }
+
+    async fn resolve_error(&self, id: &ErrorId, resolution: &Resolution) -> PortResult<bool> {
+        let mut state = lock(&self.state);
+        match state.errors.get_mut(id) {
+            Some(entry) if entry.state == ErrorState::Open => {
+                entry.state = ErrorState::Resolved;
+                entry.resolution = Some(resolution.clone());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn record_reprocessing(&self, id: &ErrorId, reprocessing: &Reprocessing) -> PortResult<bool> {
+        let mut state = lock(&self.state);
+        let Some(entry) = state.errors.get_mut(id) else { return Ok(false) };
+        let current = entry.state == ErrorState::Resolved
+            && entry.resolution.as_ref().is_some_and(|r| r.at == reprocessing.resolution_at)
+            && entry.reprocessing.as_ref().is_none_or(|r| r.resolution_at != reprocessing.resolution_at);
+        if current {
+            entry.reprocessing = Some(reprocessing.clone());
+        }
+        Ok(current)
     }
 }
 
@@ -415,7 +454,7 @@ impl ExchangeWrites for MemoryExchangeRepository {
         }
         state.exchanges.remove(id);
         state.steps.retain(|(exchange, _), _| exchange != id);
-        state.errors.retain(|error| &error.exchange_id != id);
+        state.errors.retain(|error, _| &error.exchange_id != id);
         state.timers.retain(|(exchange, _), _| exchange != id);
         Ok(CommitOutcome::Applied)
     }

@@ -33,8 +33,8 @@ use handoff_core::identity::{Caller, Scope};
 use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::notification::parse_notification;
 use handoff_core::reader::{FieldError, ObjectReader};
-use handoff_core::retry::ErrorClassification;
-use handoff_ports::{ErrorFilter, ExchangeFilter, IntegrationWriteError, PortError, StoredIntegration};
+use handoff_core::recovery::ResumeFrom;
+use handoff_ports::{ExchangeFilter, IntegrationWriteError, PortError, StoredIntegration};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +43,7 @@ use tower::ServiceExt;
 
 mod action_routes;
 mod endpoint_routes;
+mod error_routes;
 mod event_routes;
 mod mapping_routes;
 mod unrouted_routes;
@@ -193,6 +194,8 @@ pub const ROUTE_SCOPES: &[(&str, &str, Option<Scope>)] = &[
     ("POST", "/exchanges/{id}/steps/{stepId}/retry", Some(Scope::Operate)),
     ("POST", "/exchanges/{id}/signoff", Some(Scope::Invoke)),
     ("GET", "/errors", Some(Scope::Read)),
+    ("GET", "/errors/{errorId}", Some(Scope::Read)),
+    ("POST", "/errors/{errorId}/resolve", Some(Scope::Operate)),
     ("GET", "/unrouted", Some(Scope::Read)),
     ("GET", "/unrouted/{id}", Some(Scope::Read)),
     ("POST", "/unrouted/{id}/replay", Some(Scope::Operate)),
@@ -248,7 +251,9 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/exchanges/{id}/recover", post(action_routes::recover))
         .route("/exchanges/{id}/steps/{stepId}/retry", post(action_routes::retry_step))
         .route("/exchanges/{id}/signoff", post(action_routes::signoff))
-        .route("/errors", get(list_errors))
+        .route("/errors", get(error_routes::list_errors))
+        .route("/errors/{errorId}", get(error_routes::get_error))
+        .route("/errors/{errorId}/resolve", post(error_routes::resolve))
         .route("/unrouted", get(unrouted_routes::list_unrouted))
         .route("/unrouted/{id}", get(unrouted_routes::get_unrouted))
         .route("/unrouted/{id}/replay", post(unrouted_routes::replay))
@@ -568,41 +573,6 @@ async fn get_exchange(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
         }
     }
     Ok(Json(view).into_response())
-}
-
-async fn list_errors(State(ctx): Ctx, Query(query): Query<HashMap<String, String>>) -> ApiResult {
-    let invalid = ApiError::parameter;
-    only_parameters(&query, &["classification", "integrationCode", "since", "limit", "cursor"])?;
-    let classification = match query.get("classification").map(String::as_str) {
-        None => None,
-        Some("business") => Some(ErrorClassification::Business),
-        Some("system") => Some(ErrorClassification::System),
-        Some(other) => return Err(invalid("classification", format!("'{other}' is not business or system"))),
-    };
-    let integration_code = query
-        .get("integrationCode")
-        .map(|c| IntegrationCode::parse(c).map_err(|e| invalid("integrationCode", e)))
-        .transpose()?;
-    let since = query
-        .get("since")
-        .map(|s| {
-            chrono::DateTime::parse_from_rfc3339(s)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|e| invalid("since", format!("'{s}' is not an RFC 3339 time ({e})")))
-        })
-        .transpose()?;
-    let limit = parse_limit(query.get("limit")).map_err(|m| invalid("limit", m))?;
-    let page = ctx
-        .ports
-        .exchanges
-        .errors(
-            &ErrorFilter { classification, integration_code, since },
-            limit,
-            query.get("cursor").map(String::as_str),
-        )
-        .await
-        .map_err(listing_error)?;
-    Ok(Json(json!({"items": page.items, "nextCursor": page.next_cursor})).into_response())
 }
 
 /// A listing's `?limit=&cursor=` (its only parameters): the page size, and the cursor if

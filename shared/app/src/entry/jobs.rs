@@ -77,10 +77,19 @@ impl FunctionHandler for JobsFunction {
                     (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
                 }
             }
-            Job::ErrorProcessing => sweeps
-                .redrive_failures(input.integration_code)
-                .await
-                .map(|done| json!({"recovered": done.recovered, "left": done.left})),
+            // Resolutions first: an exchange they recover is not re-driven a second time.
+            Job::ErrorProcessing => match sweeps.reprocess_resolved(input.integration_code.clone()).await {
+                Err(e) => Err(e),
+                Ok(reprocessed) => sweeps.redrive_failures(input.integration_code).await.map(|done| {
+                    let rerun: Vec<String> = reprocessed.rerun.iter().map(ToString::to_string).collect();
+                    json!({
+                        "reprocessed": rerun,
+                        "resolutionsRecorded": reprocessed.recorded,
+                        "recovered": done.recovered,
+                        "left": done.left,
+                    })
+                }),
+            },
         };
         match outcome {
             Ok(done) => {

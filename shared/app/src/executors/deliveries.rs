@@ -7,6 +7,7 @@ use crate::payloads::PAYLOAD_FILE;
 use bytes::Bytes;
 use futures::{stream, StreamExt};
 use handoff_core::definition::{Destination, DestinationTarget, StepAction};
+use handoff_core::error_code::ErrorCode;
 use handoff_core::exchange::Payload;
 use handoff_core::plan::SubStep;
 use handoff_core::retry::Failure;
@@ -78,7 +79,10 @@ struct DeliveryFile {
 /// set is each of its files. Nothing to deliver is the data's problem, not ours.
 async fn delivery_files(cx: &ExecutionContext<'_>) -> Result<Vec<DeliveryFile>, Failure> {
     match cx.message.input.as_ref() {
-        None => Err(Failure::business("there is no payload to deliver (the steps before produced none)")),
+        None => Err(Failure::business(
+            ErrorCode::NothingToDeliver,
+            "there is no payload to deliver (the steps before produced none)",
+        )),
         Some(Payload::Raw { raw }) => Ok(vec![DeliveryFile {
             name: PAYLOAD_FILE.to_string(),
             content_type: sniff_content_type(raw).to_string(),
@@ -93,7 +97,10 @@ async fn delivery_files(cx: &ExecutionContext<'_>) -> Result<Vec<DeliveryFile>, 
                 .await
                 .map_err(|e| Failure::transient(format!("listing data file set {data_file_set_id}: {e}")))?;
             if files.is_empty() {
-                return Err(Failure::business(format!("data file set {data_file_set_id} holds no file to deliver")));
+                return Err(Failure::business(
+                    ErrorCode::NothingToDeliver,
+                    format!("data file set {data_file_set_id} holds no file to deliver"),
+                ));
             }
             Ok(files
                 .into_iter()
@@ -119,7 +126,7 @@ async fn open_file(cx: &ExecutionContext<'_>, file: &DeliveryFile) -> Result<Byt
             .map_err(|e| Failure::transient(format!("reading {} of data file set {data_file_set_id}: {e}", file.name)))?
             .map(|(_, body)| body)
             .ok_or_else(|| Failure::system(format!("data file set {data_file_set_id} lost its file {}", file.name))),
-        None => Err(Failure::business("there is no payload to deliver")),
+        None => Err(Failure::business(ErrorCode::NothingToDeliver, "there is no payload to deliver")),
     }
 }
 

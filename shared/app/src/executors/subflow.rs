@@ -12,6 +12,7 @@
 use crate::executors::{payload_failure, store_value, ExecutionContext, StepOutput};
 use crate::sub_exchanges::children;
 use handoff_core::definition::{StepAction, MAX_SUBFLOW_DEPTH};
+use handoff_core::error_code::ErrorCode;
 use handoff_core::exchange::{Exchange, ExchangeStatus, ParentLink, Payload};
 use handoff_core::ids::{ExchangeId, StepId};
 use handoff_core::machine::start::new_exchange;
@@ -40,25 +41,34 @@ pub async fn collect_properties(cx: &ExecutionContext<'_>, logs: &mut Vec<String
     // Bounded before anything is created: a cap that fails here leaves no orphans.
     let depth = child_depth(cx);
     if depth > MAX_SUBFLOW_DEPTH {
-        return Err(Failure::business(format!(
+        return Err(Failure::business(ErrorCode::SubflowInvalid, format!(
             "sub-exchanges would be nested {depth} deep; the limit is {MAX_SUBFLOW_DEPTH} (does a subflow cycle through other integrations?)"
         )));
     }
     let input = cx.input_json().await?;
     let values = cx.run_program(function, input, "subflow function").await?;
-    let value =
-        handoff_core::expression::single(values).map_err(|e| Failure::business(format!("subflow function: {e}")))?;
+    let value = handoff_core::expression::single(values)
+        .map_err(|e| Failure::business(ErrorCode::SubflowInvalid, format!("subflow function: {e}")))?;
     let Value::Array(items) = &value else {
-        return Err(Failure::business("subflow function must yield an array of parameter objects"));
+        return Err(Failure::business(
+            ErrorCode::SubflowInvalid,
+            "subflow function must yield an array of parameter objects",
+        ));
     };
     if let Some(i) = items.iter().position(|v| !v.is_object()) {
-        return Err(Failure::business(format!("subflow function result [{i}] is not an object of parameters")));
+        return Err(Failure::business(
+            ErrorCode::SubflowInvalid,
+            format!("subflow function result [{i}] is not an object of parameters"),
+        ));
     }
     if items.len() > *max_sub_exchanges as usize {
-        return Err(Failure::business(format!(
-            "subflow function yields {} sub-exchanges, more than maxSubExchanges {max_sub_exchanges}",
-            items.len()
-        )));
+        return Err(Failure::business(
+            ErrorCode::SubflowInvalid,
+            format!(
+                "subflow function yields {} sub-exchanges, more than maxSubExchanges {max_sub_exchanges}",
+                items.len()
+            ),
+        ));
     }
     logs.push(format!("{} sub-exchange(s) to create", items.len()));
     store_value(cx, &value).await.map(|payload| StepOutput { payload: Some(payload), ..StepOutput::default() })
@@ -81,11 +91,17 @@ pub async fn create_sub_exchanges(cx: &ExecutionContext<'_>, logs: &mut Vec<Stri
     let versions = app.ports.integrations.versions(integration_code).await.map_err(transient)?;
     let available: Vec<VersionAvailability> =
         versions.iter().map(|v| VersionAvailability { version: v.version, enabled: v.enabled }).collect();
-    let version = select_version(&available, None)
-        .map_err(|e| Failure::business(format!("sub-integration {integration_code}: {e}")))?;
+    let version = select_version(&available, None).map_err(|e| {
+        Failure::business(ErrorCode::SubflowInvalid, format!("sub-integration {integration_code}: {e}"))
+    })?;
     let child =
         app.definitions.get(integration_code, version).await.map_err(|e| Failure::system(e.to_string()))?.ok_or_else(
-            || Failure::business(format!("sub-integration {integration_code} version {version} vanished")),
+            || {
+                Failure::business(
+                    ErrorCode::SubflowInvalid,
+                    format!("sub-integration {integration_code} version {version} vanished"),
+                )
+            },
         )?;
     let control = StepId::from_sequence(cx.planned.sequence + 1);
     let parent = &cx.message.exchange_id;
@@ -181,6 +197,7 @@ pub async fn control(cx: &ExecutionContext<'_>, logs: &mut Vec<String>) -> Resul
         return Err(Failure {
             classification,
             retryable: false,
+            code: ErrorCode::SubExchangesFailed,
             message: format!("{} of {} sub-exchange(s) did not complete{detail}", counts.failed, counts.total),
         });
     }

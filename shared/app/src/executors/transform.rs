@@ -14,6 +14,7 @@ use super::{payload_failure, ExecutionContext, StepOutput};
 use bytes::Bytes;
 use futures::StreamExt;
 use handoff_core::definition::StepAction;
+use handoff_core::error_code::ErrorCode;
 use handoff_core::exchange::Payload;
 use handoff_core::expression::{Expression, ExpressionVars, JqRunner};
 use handoff_core::formats::{convert, output_file_name, Conversion, ConvertError, InputSpec, OutputSpec, Summary};
@@ -74,7 +75,7 @@ fn convert_failure(cx: &ExecutionContext<'_>, e: ConvertError, file: Option<&str
         None => format!("{step}{e}"),
     };
     if e.is_data_error() {
-        Failure::business(message)
+        Failure::business(e.code(), message)
     } else {
         Failure::transient(message)
     }
@@ -98,7 +99,10 @@ pub(super) async fn transform(cx: &ExecutionContext<'_>, logs: &mut Vec<String>)
                     corrupt => Failure::system(corrupt.to_string()),
                 })?
                 .ok_or_else(|| {
-                    Failure::business(format!("mapping '{name}' does not exist (PUT /mappings/{name} defines it)"))
+                    Failure::business(
+                        ErrorCode::MappingMissing,
+                        format!("mapping '{name}' does not exist (PUT /mappings/{name} defines it)"),
+                    )
                 })?,
         ),
     };
@@ -153,10 +157,13 @@ async fn transform_set(
     for file in &files {
         let out_name = output_file_name(&file.name, job.output.format);
         if !names.insert(out_name.clone()) {
-            return Err(Failure::business(format!(
-                "two files of data file set {set} would both become '{out_name}' in {} format",
-                job.output.format_name()
-            )));
+            return Err(Failure::business(
+                ErrorCode::InvalidPayload,
+                format!(
+                    "two files of data file set {set} would both become '{out_name}' in {} format",
+                    job.output.format_name()
+                ),
+            ));
         }
         let (_, body) = cx
             .app

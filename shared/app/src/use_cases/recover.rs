@@ -13,6 +13,7 @@ use handoff_core::exchange::{ExchangeDetail, ExchangeStatus, Trigger};
 use handoff_core::ids::{ExchangeId, IntegrationVersion, StepId};
 use handoff_core::machine::operator::{self, ManualRetryError};
 use handoff_core::machine::{delay_until, Effect};
+use handoff_core::recovery::ResumeFrom;
 use handoff_ports::{ExchangeWrites, PortError, TimerStore};
 use std::time::Duration;
 
@@ -68,12 +69,14 @@ pub struct Recovered {
     pub recoveries: u32,
 }
 
-/// Recovers `id` (onto `onto_version` if given); `requested_by` (an operator's `sub`, or
-/// the job that re-drives failures) is logged on the step it resumes at.
+/// Recovers `id` (onto `onto_version` if given) from where `from` says; `requested_by`
+/// (an operator's `sub`, or the job that re-drives failures) is logged on the step it
+/// resumes at.
 pub async fn recover_exchange(
     ctx: &Recovering<'_>,
     id: &ExchangeId,
     onto_version: Option<IntegrationVersion>,
+    from: ResumeFrom,
     requested_by: &str,
 ) -> Result<Recovered, ActionError> {
     let detail = load(ctx, id).await?;
@@ -110,6 +113,7 @@ pub async fn recover_exchange(
         current.pipeline(),
         target.pipeline(),
         target.stored.version,
+        from,
         ctx.outbox_delay,
         now,
     )
@@ -126,7 +130,7 @@ pub async fn recover_exchange(
     }
     for child in &redrive {
         // Boxed: sub-exchanges may themselves be subflows.
-        if let Err(e) = Box::pin(recover_exchange(ctx, child, None, requested_by)).await {
+        if let Err(e) = Box::pin(recover_exchange(ctx, child, None, ResumeFrom::FailedStep, requested_by)).await {
             tracing::warn!(exchangeId = %id, child = %child, error = %e, "a failed sub-exchange could not be re-driven");
         }
     }

@@ -2,18 +2,21 @@
 //! sweeps durable timers whose time has come within reach of a delayed message and starts
 //! again exchanges left `New` (their creator stopped before handing them off) and handoffs
 //! left held at an endpoint that runs again; the
-//! error-processing job re-drives exchanges whose failure was a retryable system error.
+//! error-processing job re-processes resolved errors ([`crate::use_cases::errors`]) and
+//! re-drives exchanges whose failure was a retryable system error.
 
 use crate::context::AppContext;
 use crate::use_cases::endpoints::release_held;
+use crate::use_cases::errors::{reprocess_resolved, Reprocessed};
 use crate::use_cases::invoke::{start_again, Starting};
 use crate::use_cases::recover::{recover_exchange, Recovering};
 use chrono::Duration as ChronoDuration;
 use handoff_core::exchange::ExchangeStatus;
 use handoff_core::ids::{ExchangeId, IntegrationCode};
 use handoff_core::machine::delay_until;
+use handoff_core::recovery::ResumeFrom;
 use handoff_core::retry::ErrorClassification;
-use handoff_ports::{ExchangeFilter, PortError, TimerStore};
+use handoff_ports::{ErrorStore, ExchangeFilter, PortError, TimerStore};
 
 /// Timers due this far ahead are handed to SQS now (the job runs at least this often).
 const SWEEP_LOOKAHEAD_SECONDS: i64 = 120;
@@ -29,6 +32,7 @@ const STRANDED_AFTER_SECONDS: i64 = 60;
 /// The ports the jobs use: the timer index, and what starting and recovering use.
 pub struct Sweeps<'a> {
     pub timers: &'a dyn TimerStore,
+    pub errors: &'a dyn ErrorStore,
     pub starting: Starting<'a>,
     pub recovering: Recovering<'a>,
     /// How often the error-processing job re-drives one exchange at most.
@@ -48,6 +52,7 @@ impl<'a> Sweeps<'a> {
     pub fn of(ctx: &'a AppContext, auto_recovery_limit: u32) -> Self {
         Self {
             timers: ctx.ports.exchanges.as_ref(),
+            errors: ctx.ports.exchanges.as_ref(),
             starting: Starting::of(ctx),
             recovering: Recovering::of(ctx),
             auto_recovery_limit,
@@ -121,6 +126,14 @@ impl<'a> Sweeps<'a> {
         }
     }
 
+    /// Runs again what failed because of an error someone has since resolved.
+    pub async fn reprocess_resolved(
+        &self,
+        integration_code: Option<IntegrationCode>,
+    ) -> Result<Reprocessed, PortError> {
+        reprocess_resolved(&self.recovering, self.errors, integration_code).await
+    }
+
     /// Recovers Failed exchanges whose error was a retryable system error, a few times each.
     pub async fn redrive_failures(&self, integration_code: Option<IntegrationCode>) -> Result<Redriven, PortError> {
         let mut recovered = Vec::new();
@@ -139,7 +152,15 @@ impl<'a> Sweeps<'a> {
                     skipped += 1;
                     continue;
                 }
-                match recover_exchange(&self.recovering, &exchange.exchange_id, None, AUTO_RECOVERY).await {
+                match recover_exchange(
+                    &self.recovering,
+                    &exchange.exchange_id,
+                    None,
+                    ResumeFrom::FailedStep,
+                    AUTO_RECOVERY,
+                )
+                .await
+                {
                     Ok(_) => recovered.push(exchange.exchange_id),
                     Err(e) => {
                         tracing::warn!(exchangeId = %exchange.exchange_id, error = %e, "automatic recovery failed")

@@ -35,6 +35,17 @@ impl ConvertError {
             ConvertError::Read(_) | ConvertError::Write(_) => false,
         }
     }
+
+    /// Its catalogue code (I/O trouble is the store's: [`ErrorCode::Unavailable`]).
+    pub fn code(&self) -> crate::error_code::ErrorCode {
+        use crate::error_code::ErrorCode;
+        match self {
+            ConvertError::Record(record) => record.code(),
+            ConvertError::Malformed { .. } => ErrorCode::InvalidPayload,
+            ConvertError::Program(e) => e.code(),
+            ConvertError::Read(_) | ConvertError::Write(_) => ErrorCode::Unavailable,
+        }
+    }
 }
 
 /// Everything one conversion needs besides its input and output.

@@ -253,7 +253,7 @@ fn record(
             step.last_error = Some(step_error(&failure, now));
             let secondary = pipeline.is_secondary_destination(planned);
             let at = Some((message.step_id, message.sub_step));
-            d.commit.errors.push(ErrorRecord::of(
+            d.commit.record_error(ErrorRecord::of(
                 &message.exchange_id,
                 &message.integration_code,
                 at,
@@ -416,7 +416,8 @@ pub(crate) mod tests {
         let next = only_send(&d.effects);
         assert!(next.sub_step == SubStep::DeliverRest && next.step_id == StepId::from_sequence(5));
         // A rejected report of a secondary agent ends the wait: the exchange runs on.
-        let failure = Failure::business("the agent reported failure: no");
+        let failure =
+            Failure::business(crate::error_code::ErrorCode::CallbackFailure, "the agent reported failure: no");
         let d = f.record(4, StepDecision::MarkFailed(failure.clone()), Err(failure));
         assert!(d.commit.skip.is_empty());
         assert!(
@@ -432,7 +433,10 @@ pub(crate) mod tests {
         let completed = ExchangeChange::RequireIn(vec![ExchangeStatus::Completed]);
         for (decision, outcome) in [
             (StepDecision::MarkDone, Ok(StepOutput::default())),
-            (StepDecision::MarkFailed(Failure::business("nope")), Err(Failure::business("nope"))),
+            (
+                StepDecision::MarkFailed(Failure::business(crate::error_code::ErrorCode::CallbackFailure, "nope")),
+                Err(Failure::business(crate::error_code::ErrorCode::CallbackFailure, "nope")),
+            ),
         ] {
             let step = step_change(&m, true, 3, Vec::new(), Utc::now());
             let d = record(f.pipeline(), &f.plan[5], &m, step, decision, outcome, Utc::now());
@@ -450,12 +454,20 @@ pub(crate) mod tests {
     #[test]
     fn a_failed_secondary_destination_is_recorded_and_the_exchange_goes_on() {
         let f = fixture();
-        let d = f.record(4, StepDecision::MarkFailed(Failure::business("nope")), Err(Failure::business("nope")));
+        let d = f.record(
+            4,
+            StepDecision::MarkFailed(Failure::business(crate::error_code::ErrorCode::CallbackFailure, "nope")),
+            Err(Failure::business(crate::error_code::ErrorCode::CallbackFailure, "nope")),
+        );
         assert_eq!(d.commit.exchange, ExchangeChange::RequireNotFinal);
         assert_eq!(d.commit.errors.len(), 1);
         assert!(!d.commit.errors[0].exchange_failed);
         only_send(&d.effects);
-        let d = f.record(3, StepDecision::MarkFailed(Failure::business("nope")), Err(Failure::business("nope")));
+        let d = f.record(
+            3,
+            StepDecision::MarkFailed(Failure::business(crate::error_code::ErrorCode::CallbackFailure, "nope")),
+            Err(Failure::business(crate::error_code::ErrorCode::CallbackFailure, "nope")),
+        );
         assert!(matches!(d.commit.exchange, ExchangeChange::SetStatus { to: ExchangeStatus::Failed, .. }));
         assert!(d.effects.is_empty(), "a failed main destination stops the exchange");
     }

@@ -25,7 +25,7 @@ pub fn dead_lettered(message: &HandoffMessage, queue: &str, receives: &str, now:
         ExchangeChange::fail(ExchangeEvent::StepFailed, ExchangeError::of(&failure, at, now)),
         now,
     ));
-    d.commit.errors.push(ErrorRecord::of(&message.exchange_id, &message.integration_code, at, &failure, true, now));
+    d.commit.record_error(ErrorRecord::of(&message.exchange_id, &message.integration_code, at, &failure, true, now));
     d.commit.step = Some(StepChange {
         step_id: message.step_id,
         attempt: message.attempt,
@@ -57,7 +57,7 @@ pub fn handoff_failed(exchange: &Exchange, problem: &str, now: DateTime<Utc>) ->
     ));
     let mut record = ErrorRecord::of(&exchange.exchange_id, &exchange.integration_code, None, &failure, true, now);
     record.step_id = Some(first);
-    d.commit.errors.push(record);
+    d.commit.record_error(record);
     d.commit.step = Some(StepChange {
         step_id: first,
         attempt: 1,

@@ -181,5 +181,5 @@ impl Decision {
 }
 
 fn step_error(failure: &Failure, at: DateTime<Utc>) -> StepError {
-    StepError { classification: failure.classification, message: failure.message.clone(), at }
+    StepError { classification: failure.classification, code: failure.code, message: failure.message.clone(), at }
 }

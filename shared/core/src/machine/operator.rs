@@ -8,7 +8,7 @@ use crate::exchange::{Exchange, ExchangeDetail, ExchangeStatus, LogLine, LogType
 use crate::handoff::{outbox_entry, sla_timer, CallbackToken, HandoffMessage, Timer};
 use crate::ids::{IntegrationVersion, StepId};
 use crate::plan::SubStep;
-use crate::recovery::{check_compatible, input_before, resume_point, RecoveryError};
+use crate::recovery::{check_compatible, input_before, resume_point, RecoveryError, ResumeFrom};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -65,11 +65,13 @@ pub fn recovery(
     current: Pipeline<'_>,
     target: Pipeline<'_>,
     target_version: IntegrationVersion,
+    from: ResumeFrom,
     outbox_delay: Duration,
     now: DateTime<Utc>,
 ) -> Result<Recovery, RecoveryError> {
     let exchange = &detail.exchange;
-    let point = resume_point(exchange.status, exchange.error.as_ref().and_then(|e| e.step_id), &detail.steps)?;
+    let failed_step = exchange.error.as_ref().and_then(|e| e.step_id);
+    let point = resume_point(exchange.status, failed_step, &detail.steps, from)?;
     let onto = (target_version != exchange.integration_version).then_some(target_version);
     if onto.is_some() {
         check_compatible(current.plan, target.plan)
@@ -270,6 +272,7 @@ mod tests {
         d.steps[1].payload = Some(crate::exchange::Payload::raw("[2]"));
         d.exchange.error = Some(ExchangeError {
             classification: ErrorClassification::Business,
+            code: crate::error_code::ErrorCode::TargetRejected,
             message: "400".into(),
             retryable: false,
             step_id: Some(StepId::from_sequence(2)),
@@ -285,7 +288,8 @@ mod tests {
         let d = failed(&f);
         let now = Utc::now();
         let version = d.exchange.integration_version;
-        let r = recovery(&d, f.pipeline(), f.pipeline(), version, Duration::from_secs(60), now).expect("recoverable");
+        let r = recovery(&d, f.pipeline(), f.pipeline(), version, ResumeFrom::FailedStep, Duration::from_secs(60), now)
+            .expect("recoverable");
         assert_eq!(r.resumed_at(), StepId::from_sequence(2));
         assert_eq!(r.recoveries(), 1);
         assert_eq!(r.resume.input, Some(crate::exchange::Payload::raw("[2]")));
@@ -312,18 +316,42 @@ mod tests {
         let version = d.exchange.integration_version;
         for status in [ExchangeStatus::Started, ExchangeStatus::Completed] {
             d.exchange.status = status;
-            let e = recovery(&d, f.pipeline(), f.pipeline(), version, Duration::from_secs(60), Utc::now());
+            let e = recovery(
+                &d,
+                f.pipeline(),
+                f.pipeline(),
+                version,
+                ResumeFrom::FailedStep,
+                Duration::from_secs(60),
+                Utc::now(),
+            );
             assert_eq!(e, Err(RecoveryError::NotRecoverable(status)));
         }
         d.exchange.status = ExchangeStatus::Failed;
         let other = Fixture::new(json!({"code": "C", "version": 2, "steps": [
             {"name": "d", "type": "delivery", "destinations": [{"kind": "rest", "request": {"url": "http://t.example"}}]}]}));
         let v2 = IntegrationVersion::number(2).expect("version");
-        let e = recovery(&d, f.pipeline(), other.pipeline(), v2, Duration::from_secs(60), Utc::now());
+        let e = recovery(
+            &d,
+            f.pipeline(),
+            other.pipeline(),
+            v2,
+            ResumeFrom::FailedStep,
+            Duration::from_secs(60),
+            Utc::now(),
+        );
         assert!(matches!(e, Err(RecoveryError::IncompatibleVersion { .. })));
         let same_shape = fixture("http://other.example");
-        let r = recovery(&d, f.pipeline(), same_shape.pipeline(), v2, Duration::from_secs(60), Utc::now())
-            .expect("same shape");
+        let r = recovery(
+            &d,
+            f.pipeline(),
+            same_shape.pipeline(),
+            v2,
+            ResumeFrom::FailedStep,
+            Duration::from_secs(60),
+            Utc::now(),
+        )
+        .expect("same shape");
         assert_eq!(r.commit.integration_version, Some(v2));
         assert_eq!(r.resume.integration_version, v2);
     }

@@ -3,11 +3,12 @@
 
 use super::{delay_until, step_error, Decision, Effect, Pipeline};
 use crate::commit::{ErrorRecord, ExchangeChange, StepChange, StepCommit};
+use crate::error_code::ErrorCode;
 use crate::exchange::{ExchangeDetail, ExchangeError, ExchangeEvent, LogLine, LogType, StepStatus};
 use crate::handoff::{HandoffMessage, Timer, TimerKind};
 use crate::ids::{ExchangeId, StepId};
 use crate::recovery::input_before;
-use crate::retry::{ErrorClassification, Failure};
+use crate::retry::Failure;
 use chrono::{DateTime, Utc};
 
 /// What a fired timer leads to.
@@ -68,25 +69,24 @@ pub fn timer_fired(
             let failure = Failure::system(format!(
                 "TimedOut: the exchange exceeded its SLA (due {})",
                 timer.due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ));
+            ))
+            .coded(ErrorCode::SlaExceeded);
             (failure, None, ExchangeEvent::SlaExpired)
         }
         TimerKind::ParentTimedOut { parent } => {
-            let failure = Failure::system(format!("TimedOut: its parent exchange {parent} timed out"));
+            let failure = Failure::system(format!("TimedOut: its parent exchange {parent} timed out"))
+                .coded(ErrorCode::SlaExceeded);
             (failure, None, ExchangeEvent::SlaExpired)
         }
         TimerKind::StepTimeout { step_id } => {
             let Some((index, step)) = detail.steps.iter().enumerate().find(|(_, s)| s.step_id == *step_id) else {
                 return TimerOutcome::Nothing;
             };
-            let failure = Failure {
-                classification: ErrorClassification::System,
-                retryable: false,
-                message: if step.sub_step == crate::plan::SubStep::ExchangeSignoff {
-                    "Timeout: the requester did not sign the exchange off in time".into()
-                } else {
-                    "Timeout: no callback arrived in time".into()
-                },
+            let failure = if step.sub_step == crate::plan::SubStep::ExchangeSignoff {
+                Failure::system("Timeout: the requester did not sign the exchange off in time")
+                    .coded(ErrorCode::SignoffTimeout)
+            } else {
+                Failure::system("Timeout: no callback arrived in time").coded(ErrorCode::CallbackTimeout)
             };
             d.commit.step = Some(StepChange {
                 step_id: *step_id,
@@ -114,7 +114,7 @@ pub fn timer_fired(
                 d.commit.skip = (planned.sequence + 1..next).map(StepId::from_sequence).collect();
                 d.commit.exchange = ExchangeChange::on(ExchangeEvent::CallbackTaken);
                 let at = Some((step.step_id, step.sub_step));
-                d.commit.errors.push(ErrorRecord::of(
+                d.commit.record_error(ErrorRecord::of(
                     &timer.exchange_id,
                     &exchange.integration_code,
                     at,
@@ -141,7 +141,7 @@ pub fn timer_fired(
         }
     };
     d.commit.exchange = ExchangeChange::fail(event, ExchangeError::of(&failure, step, now));
-    d.commit.errors.push(ErrorRecord::of(&timer.exchange_id, &exchange.integration_code, step, &failure, true, now));
+    d.commit.record_error(ErrorRecord::of(&timer.exchange_id, &exchange.integration_code, step, &failure, true, now));
     if event == ExchangeEvent::SlaExpired {
         d.effects.push(Effect::TimeOutChildren(timer.exchange_id.clone()));
     }

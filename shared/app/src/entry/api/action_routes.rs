@@ -34,9 +34,15 @@ pub(super) async fn recover(
             ),
         }
     };
-    let recovered = recover_exchange(&Recovering::of(&ctx), &ExchangeId::new(id.clone()), version, &caller.subject)
-        .await
-        .map_err(action_error)?;
+    let recovered = recover_exchange(
+        &Recovering::of(&ctx),
+        &ExchangeId::new(id.clone()),
+        version,
+        ResumeFrom::FailedStep,
+        &caller.subject,
+    )
+    .await
+    .map_err(action_error)?;
     let body = json!({
         "exchangeId": id,
         "status": ExchangeStatus::Started,

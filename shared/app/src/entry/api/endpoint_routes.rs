@@ -149,7 +149,15 @@ async fn command_endpoint(
         // The exchanges that halted it, each recovered as if asked one by one.
         let mut recovered = Vec::new();
         for id in &operated.halted_by {
-            let outcome = match recover_exchange(&Recovering::of(&ctx), id, None, &caller.subject).await {
+            let outcome = match recover_exchange(
+                &Recovering::of(&ctx),
+                id,
+                None,
+                ResumeFrom::FailedStep,
+                &caller.subject,
+            )
+            .await
+            {
                 Ok(r) => json!({"exchangeId": id, "recovered": true, "resumedAt": r.resumed_at}),
                 Err(e) => {
                     json!({"exchangeId": id, "recovered": false, "reason": super::action_routes::action_error(e).message})

@@ -16,6 +16,7 @@ use super::{delivery_files, DeliveryFile};
 use crate::executors::{arm_callback, idempotency_key, notification_from, ExecutionContext, Extras, StepOutput};
 use crate::outbound::{self, OutboundBody};
 use handoff_core::definition::RequestTemplate;
+use handoff_core::error_code::ErrorCode;
 use handoff_core::exchange::Payload;
 use handoff_core::notification::{parse_agent_report, AgentReport, NotificationStatus};
 use handoff_core::recovery::input_before;
@@ -63,9 +64,10 @@ pub(super) async fn invoke(
     let response = outbound::send(cx.http, rendered, body, &headers).await?;
     let status = response.status().as_u16();
     if status != 201 {
-        return Err(Failure::business(format!(
-            "agent {target} answered HTTP {status}; only 201 Created accepts a delivery"
-        )));
+        return Err(Failure::business(
+            ErrorCode::TargetRejected,
+            format!("agent {target} answered HTTP {status}; only 201 Created accepts a delivery"),
+        ));
     }
     let until = wait
         .timeout_at
@@ -120,10 +122,10 @@ pub(super) async fn receive(
     let notification = notification_from(cx).await?;
     if notification.status == NotificationStatus::Failure {
         let reason = notification.reason.unwrap_or_else(|| "no reason given".into());
-        return Err(Failure::business(format!("the agent reported failure: {reason}")));
+        return Err(Failure::business(ErrorCode::CallbackFailure, format!("the agent reported failure: {reason}")));
     }
-    let report =
-        parse_agent_report(&notification).map_err(|e| Failure::business(format!("the agent's report: {e}")))?;
+    let report = parse_agent_report(&notification)
+        .map_err(|e| Failure::business(ErrorCode::CallbackFailure, format!("the agent's report: {e}")))?;
     let (lines, rejected) = file_errors(&report);
     user_logs.extend(lines);
     extras.recorded.extend(rejected);
@@ -140,7 +142,7 @@ fn file_errors(report: &AgentReport) -> (Vec<String>, Vec<Failure>) {
             let message: String = e.message.chars().take(MAX_MESSAGE_CHARS).collect();
             (
                 format!("File {}: {message}", e.file),
-                Failure::business(format!("the agent rejected file {}: {message}", e.file)),
+                Failure::business(ErrorCode::CallbackFailure, format!("the agent rejected file {}: {message}", e.file)),
             )
         })
         .unzip()
@@ -149,12 +151,15 @@ fn file_errors(report: &AgentReport) -> (Vec<String>, Vec<Failure>) {
 /// Rejects alone fail the step; some processed files make it a success (see module docs).
 fn step_outcome(report: &AgentReport) -> Result<StepOutput, Failure> {
     match (report.processed.len(), report.errors.first()) {
-        (0, Some(first)) => Err(Failure::business(format!(
-            "the agent processed none of the files: {} rejected (first: {}: {})",
-            report.errors.len(),
-            first.file,
-            first.message.chars().take(MAX_MESSAGE_CHARS).collect::<String>()
-        ))),
+        (0, Some(first)) => Err(Failure::business(
+            ErrorCode::CallbackFailure,
+            format!(
+                "the agent processed none of the files: {} rejected (first: {}: {})",
+                report.errors.len(),
+                first.file,
+                first.message.chars().take(MAX_MESSAGE_CHARS).collect::<String>()
+            ),
+        )),
         _ => Ok(StepOutput::default()),
     }
 }

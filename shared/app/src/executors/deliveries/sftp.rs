@@ -19,6 +19,7 @@ use crate::executors::{idempotency_key, ExecutionContext, StepOutput};
 use crate::secrets::{parse_login_credentials, LoginCredentials};
 use futures::StreamExt;
 use handoff_core::definition::DestinationTarget;
+use handoff_core::error_code::ErrorCode;
 use handoff_core::placeholder;
 use handoff_core::retry::Failure;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
@@ -43,10 +44,10 @@ pub(super) async fn deliver(
         return Err(Failure::system("an sftp delivery needs an sftp destination"));
     };
     let path = placeholder::render(path, &cx.placeholders(), |v| v.replace('/', "_"))
-        .map_err(|e| Failure::business(format!("sftp path: {e}")))?;
+        .map_err(|e| Failure::business(ErrorCode::InvalidParameters, format!("sftp path: {e}")))?;
     let files = delivery_files(cx).await?;
     let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
-    let targets = remote_paths(&path, &names).map_err(Failure::business)?;
+    let targets = remote_paths(&path, &names).map_err(|e| Failure::business(ErrorCode::InvalidParameters, e))?;
     // Checked before the secret is even read: a refused host never sees a password.
     let addresses = crate::outbound::resolve_guarded(&cx.http.policy, "sftp", host, *port).await?;
     let credentials = credentials(cx, secret_ref).await?;
@@ -202,7 +203,10 @@ async fn connect(
     .map_err(|e| Failure::transient(format!("sftp {address}: authentication did not complete: {e}")))?;
     if !auth.success() {
         // The server's answer about our credentials, like an HTTP 401: not worth retrying.
-        return Err(Failure::business(format!("sftp {address}: the server refused the login of user '{user}'")));
+        return Err(Failure::business(
+            ErrorCode::SftpRefused,
+            format!("sftp {address}: the server refused the login of user '{user}'"),
+        ));
     }
     let channel = ssh
         .channel_open_session()
@@ -229,7 +233,7 @@ fn sftp_failure(action: &str, e: SftpError) -> Failure {
                 StatusCode::NoSuchFile | StatusCode::PermissionDenied | StatusCode::OpUnsupported
             ) =>
         {
-            Failure::business(format!("sftp {action}: {e}"))
+            Failure::business(ErrorCode::SftpRefused, format!("sftp {action}: {e}"))
         }
         _ => Failure::transient(format!("sftp {action}: {e}")),
     }

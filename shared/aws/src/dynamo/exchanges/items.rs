@@ -216,21 +216,44 @@ pub(crate) fn step_from_item(item: Item) -> Result<(ExchangeStep, Vec<LogLine>),
     ))
 }
 
-/// The item of the `n`th error of a commit on exchange `exchange_id`.
-pub(crate) fn error_to_item(exchange_id: &ExchangeId, record: &ErrorRecord, n: usize) -> Result<Item, CodecError> {
-    let mut item: Item = serde_dynamo::to_item(record).map_err(|e| CodecError::encode("error record", e))?;
-    item.insert("pk".into(), s(exchange_pk(exchange_id)));
-    item.insert("sk".into(), s(error_sk(record, n)));
-    item.insert("gsi5pk".into(), s(ERRORS_GSI_PK));
-    item.insert("gsi5sk".into(), s(error_gsi_sk(record, n)));
-    Ok(item)
+/// A commit's failure on its error entry: the first one creates it open; a later one of
+/// the same step replaces the failure, opens it again and counts it, keeping the
+/// resolution and re-processing history ([`StoredError::recurred`]).
+pub(crate) fn error_upsert(table: &str, record: &ErrorRecord) -> PortResult<Update> {
+    let id = ErrorId::of(record);
+    let fields: Item = serde_dynamo::to_item(record).map_err(|e| CodecError::encode("error record", e))?;
+    let mut e = Expr::default();
+    for (attribute, value) in fields.iter() {
+        e.set(attribute, attribute, value.clone());
+    }
+    for optional in ["stepId", "subStep"] {
+        if !fields.contains_key(optional) {
+            e.remove(optional);
+        }
+    }
+    e.set("errorId", "errorId", s(id.to_string()));
+    e.set("state", "state", s(ErrorState::Open.name()));
+    let occurrences = e.name("occurrences");
+    e.value("zero", n(0));
+    e.value("one", n(1));
+    e.set.push(format!("{occurrences} = if_not_exists({occurrences}, :zero) + :one"));
+    e.set("gsi5pk", "gsi5pk", s(ERRORS_GSI_PK));
+    e.set("gsi5sk", "gsi5sk", s(error_gsi_sk(record)));
+    Update::builder()
+        .table_name(table)
+        .set_key(Some(error_key(&id)))
+        .update_expression(e.update_expression())
+        .set_expression_attribute_names(e.names())
+        .set_expression_attribute_values(e.values())
+        .build()
+        .map_err(super::writes::build_fault)
 }
 
-pub(crate) fn error_from_item(mut item: Item) -> Result<ErrorRecord, CodecError> {
+pub(crate) fn error_from_item(mut item: Item) -> Result<StoredError, CodecError> {
     for key in ["pk", "sk", "gsi5pk", "gsi5sk"] {
         item.remove(key);
     }
-    serde_dynamo::from_item(item).map_err(|e| CodecError::malformed("error record", e))
+    serde_dynamo::from_item(item).map_err(|e| CodecError::malformed("error entry", e))
 }
 
 pub(super) fn json_text<T: Serialize>(value: &T, what: &'static str) -> Result<String, CodecError> {

@@ -35,14 +35,20 @@ pub const TIMERS_GSI_PK: &str = "TIMERS";
 pub(super) fn millis_text(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
-/// Sort key of an error item: `ERROR#<at>#<stepId or ->#<n>`.
-pub fn error_sk(record: &ErrorRecord, n: usize) -> String {
-    let step = record.step_id.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
-    format!("ERROR#{}#{step}#{n}", millis_text(record.at))
+fn failing_step(step: Option<StepId>) -> String {
+    step.map(|s| s.to_string()).unwrap_or_else(|| "-".into())
 }
-/// `byError` sort key: `<at>#<exchangeId>#<n>` (newest first when read backwards).
-pub fn error_gsi_sk(record: &ErrorRecord, n: usize) -> String {
-    format!("{}#{}#{n}", millis_text(record.at), record.exchange_id)
+/// Sort key of an error item: `ERROR#<stepId or ->` (one entry per failing step).
+pub fn error_sk(id: &ErrorId) -> String {
+    format!("ERROR#{}", failing_step(id.step_id))
+}
+/// `byError` sort key: `<at of the last failure>#<exchangeId>#<stepId or ->` (newest
+/// first when read backwards; it moves up when the step fails again).
+pub fn error_gsi_sk(record: &ErrorRecord) -> String {
+    format!("{}#{}#{}", millis_text(record.at), record.exchange_id, failing_step(record.step_id))
+}
+pub(super) fn error_key(id: &ErrorId) -> Item {
+    HashMap::from([("pk".to_string(), s(exchange_pk(&id.exchange_id))), ("sk".to_string(), s(error_sk(id)))])
 }
 /// The lowest `byError` sort key at or after `since`.
 pub fn error_since_key(since: DateTime<Utc>) -> String {

@@ -7,7 +7,7 @@
 //! |---|---|---|---|
 //! | exchange | `EX#<exchangeId>` | `EXCHANGE` | `gsi1pk=INT#<code>`, `gsi2pk=STATUS#<statusName>`, `gsi3pk=EXCHANGES`; every `gsiNsk=<createdAt RFC 3339, UTC, millis>#<exchangeId>`; sub-exchanges also `gsi6pk=PARENT#<parentId>`, `gsi6sk=<parent stepId>#<index, 8 digits>` |
 //! | step | `EX#<exchangeId>` | `STEP#<stepId>` (zero-padded, e.g. `STEP#0003`) | none (steps stay out of the sparse indexes) |
-//! | error | `EX#<exchangeId>` | `ERROR#<at RFC 3339 millis>#<stepId or ->#<n>` | `gsi5pk=ERRORS`, `gsi5sk=<at RFC 3339 millis>#<exchangeId>#<n>` |
+//! | error entry | `EX#<exchangeId>` | `ERROR#<stepId or ->` | `gsi5pk=ERRORS`, `gsi5sk=<last failure's at, RFC 3339 millis>#<exchangeId>#<stepId or ->` |
 //! | timer | `EX#<exchangeId>` | `TIMER#<timer name>` | `gsi4pk=TIMERS`, `gsi4sk=<due epoch millis, 15 digits>#<exchangeId>#<name>` (removed once taken) |
 //! | callback token | `TOKEN#<hash>` | `TOKEN` | none |
 //!
@@ -23,8 +23,10 @@
 //!   [`LogLine`] maps, appended by commits). A `ControlSubflow` step also has `subTotal`,
 //!   `subCompleted` and `subFailed` (numbers, [`SubExchangeCounts`]) once its total is set;
 //!   only `set_sub_exchange_total`, the tallies of commits and recoveries change them.
-//! * Error attributes: every [`ErrorRecord`] field in camelCase (`classification` as
-//!   `business`/`system`).
+//! * Error attributes: every [`StoredError`] field in camelCase: the last failure's
+//!   [`ErrorRecord`] fields (`classification` as `business`/`system`, `code` its name),
+//!   `errorId`, `state` (`open`/`resolved`), `occurrences`, and the maps `resolution` and
+//!   `reprocessing` once written.
 //! * Timer attributes: `body` (the [`Timer`] JSON), `exchangeId`, and `expiresAt` (epoch
 //!   seconds, the table's TTL attribute: due + 7 days).
 //! * Token attributes: `body` (the [`CallbackToken`] JSON), `exchangeId`, `tokenExpiresAt`
@@ -67,8 +69,12 @@
 //!   `deletingAt` (only while final at the given generation; recoveries require its absence),
 //!   then BatchWriteItem deletes of every other item under its `pk`, then the exchange item
 //!   itself. Repeated after a crash, it finds the mark and finishes.
-//! * `errors`: Query on `byError` (`gsi5sk >= since`), filtering on classification and code;
-//!   the cursor works like `list`'s.
+//! * `errors`: Query on `byError` (`gsi5sk >= since`), filtering on classification, code
+//!   and state; the cursor works like `list`'s. A commit's failure is an UpdateItem of its
+//!   entry in the commit's transaction (fields replaced, `state = open`, `occurrences + 1`).
+//! * `resolve_error`: an UpdateItem setting `state = resolved` and `resolution`, only while
+//!   `state = open`; `record_reprocessing`: an UpdateItem setting `reprocessing`, only while
+//!   resolved by that very resolution (`resolution.at`) and not yet re-processed for it.
 //! * `due_timers` / `take_timer`: Query on `byDue` up to a time; a conditional UpdateItem
 //!   that removes the timer's index keys (only one sweeper wins).
 //! * Tokens: a conditional PutItem; consuming is a conditional UpdateItem that sets `usedAt`
@@ -90,6 +96,7 @@ use handoff_core::commit::{
     ClaimRequest, CommitOutcome, Conflict, ErrorRecord, ExchangeChange, ItemRef, ParentTally, Precondition,
     RecoveryCommit, ReexecutionCommit, StepChange, StepCommit,
 };
+use handoff_core::error_list::{ErrorId, ErrorState, Reprocessing, Resolution, StoredError};
 use handoff_core::exchange::{
     Exchange, ExchangeError, ExchangeStatus, ExchangeStep, LogLine, ParentLink, Payload, StepError, StepStatus,
     SubExchangeCounts,
@@ -99,8 +106,8 @@ use handoff_core::handoff::{CallbackToken, Timer};
 use handoff_core::ids::{ExchangeId, IntegrationCode, IntegrationVersion, StepId};
 use handoff_core::plan::SubStep;
 use handoff_ports::{
-    ErrorFilter, ErrorPage, ExchangeFilter, ExchangePage, ExchangeReads, ExchangeWrites, PortError, PortResult,
-    TimerStore, TokenStore,
+    ErrorFilter, ErrorPage, ErrorStore, ExchangeFilter, ExchangePage, ExchangeReads, ExchangeWrites, PortError,
+    PortResult, TimerStore, TokenStore,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -458,6 +465,13 @@ impl ExchangeReads for DynamoExchangeRepository {
         Ok(ExchangePage { items: exchanges, next_cursor })
     }
 
+    async fn health(&self) -> PortResult<()> {
+        super::table_health(&self.client, &self.table).await
+    }
+}
+
+#[async_trait]
+impl ErrorStore for DynamoExchangeRepository {
     async fn errors(&self, filter: &ErrorFilter, limit: u32, cursor: Option<&str>) -> PortResult<ErrorPage> {
         let query = errors_query(filter)?;
         let (items, next_cursor) = self.query_page(&query, limit, cursor).await?;
@@ -465,8 +479,62 @@ impl ExchangeReads for DynamoExchangeRepository {
         Ok(ErrorPage { items, next_cursor })
     }
 
-    async fn health(&self) -> PortResult<()> {
-        super::table_health(&self.client, &self.table).await
+    async fn error(&self, id: &ErrorId) -> PortResult<Option<StoredError>> {
+        let result = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(error_key(id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| error::sdk(SERVICE, "GetItem", e))?;
+        Ok(result.item.map(error_from_item).transpose()?)
+    }
+
+    async fn resolve_error(&self, id: &ErrorId, resolution: &Resolution) -> PortResult<bool> {
+        let mut e = Expr::default();
+        e.set("state", "resolved", s(ErrorState::Resolved.name()));
+        e.set("resolution", "resolution", to_av(resolution)?);
+        let state = e.name("state");
+        let open = e.value("open", s(ErrorState::Open.name()));
+        self.conditional_error_update(id, e, format!("{state} = {open}")).await
+    }
+
+    async fn record_reprocessing(&self, id: &ErrorId, reprocessing: &Reprocessing) -> PortResult<bool> {
+        let mut e = Expr::default();
+        e.set("reprocessing", "reprocessing", to_av(reprocessing)?);
+        let (state, resolution, repro, at, of) =
+            (e.name("state"), e.name("resolution"), e.name("reprocessing"), e.name("at"), e.name("resolutionAt"));
+        let resolved = e.value("resolved", s(ErrorState::Resolved.name()));
+        let seen = e.value("seen", to_av(&reprocessing.resolution_at)?);
+        let condition = format!(
+            "{state} = {resolved} AND {resolution}.{at} = {seen} AND (attribute_not_exists({repro}) OR {repro}.{of} <> {seen})"
+        );
+        self.conditional_error_update(id, e, condition).await
+    }
+}
+
+impl DynamoExchangeRepository {
+    /// An UpdateItem of an existing error entry under `condition`: `false` if it failed.
+    async fn conditional_error_update(&self, id: &ErrorId, mut e: Expr, condition: String) -> PortResult<bool> {
+        let pk = e.name("pk");
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(error_key(id)))
+            .update_expression(e.update_expression())
+            .condition_expression(format!("attribute_exists({pk}) AND {condition}"))
+            .set_expression_attribute_names(e.names())
+            .set_expression_attribute_values(e.values())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(false),
+            Err(e) => Err(error::sdk(SERVICE, "UpdateItem", e)),
+        }
     }
 }
 

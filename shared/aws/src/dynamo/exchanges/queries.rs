@@ -124,6 +124,11 @@ pub(crate) fn errors_query(filter: &ErrorFilter) -> PortResult<IndexQuery> {
         let value = e.value("integrationCode", s(code.to_string()));
         conditions.push(format!("{name} = {value}"));
     }
+    if let Some(state) = filter.state {
+        let name = e.name("state");
+        let value = e.value("state", s(state.name()));
+        conditions.push(format!("{name} = {value}"));
+    }
     if !conditions.is_empty() {
         query.filter = Some(conditions.join(" AND "));
     }

@@ -20,6 +20,7 @@ fn exchange() -> Exchange {
         completed_at: Some(t("2026-01-02T03:05:00Z")),
         error: Some(ExchangeError {
             classification: ErrorClassification::Business,
+            code: handoff_core::error_code::ErrorCode::InvalidRecord,
             message: "bad data".into(),
             retryable: true,
             step_id: Some(StepId::from_sequence(3)),
@@ -46,6 +47,7 @@ fn step(seq: u32) -> ExchangeStep {
         max_attempts: 5,
         last_error: Some(StepError {
             classification: ErrorClassification::System,
+            code: handoff_core::error_code::ErrorCode::Unavailable,
             message: "timeout".into(),
             at: t("2026-01-02T03:04:05Z"),
         }),
@@ -295,9 +297,11 @@ fn error_record(at: &str, step: Option<u32>, classification: ErrorClassification
         step_id: step.map(StepId::from_sequence),
         sub_step: step.map(|_| SubStep::InvokeQuery),
         classification,
+        code: handoff_core::error_code::ErrorCode::Unavailable,
         message: "503 from upstream".into(),
         retryable: true,
         exchange_failed: false,
+        recovery: 2,
         at: t(at),
     }
 }
@@ -400,16 +404,21 @@ fn commit_without_step_with_extras() {
     assert_eq!(done.key().get("sk"), Some(&s("STEP#0002")));
     assert_eq!(values_of(done.expression_attribute_values(), ":done"), Some(s("Done")));
 
-    let err = actions[2].put().expect("error put").item();
-    assert_eq!(attr_str(err, "pk"), Some("EX#e"));
-    assert_eq!(attr_str(err, "sk"), Some("ERROR#2026-01-02T03:04:05.123Z#0003#0"));
-    assert_eq!(attr_str(err, "gsi5pk"), Some("ERRORS"));
-    assert_eq!(attr_str(err, "gsi5sk"), Some("2026-01-02T03:04:05.123Z#e#0"));
-    assert_eq!(attr_str(err, "classification"), Some("system"));
-    assert_eq!(attr_str(err, "integrationCode"), Some("A"));
-    let err = actions[3].put().expect("error put").item();
-    assert_eq!(attr_str(err, "sk"), Some("ERROR#2026-01-02T03:04:05.000Z#-#1"));
-    assert_eq!(attr_str(err, "gsi5sk"), Some("2026-01-02T03:04:05.000Z#e#1"));
+    // Each failure lands on its step's error entry (see an_error_entry_is_upserted_by_its_step_and_reads_back).
+    let err = actions[2].update().expect("error upsert");
+    assert_eq!(err.key().get("pk"), Some(&s("EX#e")));
+    assert_eq!(err.key().get("sk"), Some(&s("ERROR#0003")));
+    let values = err.expression_attribute_values().expect("values");
+    assert_eq!(values.get(":gsi5pk"), Some(&s("ERRORS")));
+    assert_eq!(values.get(":gsi5sk"), Some(&s("2026-01-02T03:04:05.123Z#e#0003")));
+    assert_eq!(values.get(":classification"), Some(&s("system")));
+    assert_eq!(values.get(":integrationCode"), Some(&s("A")));
+    let err = actions[3].update().expect("error upsert");
+    assert_eq!(err.key().get("sk"), Some(&s("ERROR#-")));
+    assert_eq!(
+        err.expression_attribute_values().and_then(|v| v.get(":gsi5sk")),
+        Some(&s("2026-01-02T03:04:05.000Z#e#-"))
+    );
 
     let sla = actions[4].put().expect("timer put").item();
     assert_eq!(attr_str(sla, "sk"), Some("TIMER#sla"));
@@ -429,15 +438,24 @@ fn commit_without_step_with_extras() {
     let mut twice = commit.clone();
     twice.timers.push(timer(TimerKind::Sla, "2026-01-02T05:00:00Z"));
     assert!(matches!(commit_actions("T", &twice), Err(PortError::Fault { .. })));
+    let mut same_step = commit.clone();
+    same_step.errors.push(error_record("2026-01-02T03:04:06Z", Some(3), ErrorClassification::Business));
+    assert!(matches!(commit_actions("T", &same_step), Err(PortError::Fault { .. })), "one entry per step");
     let mut many = commit.clone();
-    many.errors = (0..96).map(|_| error_record("2026-01-02T03:04:05Z", None, ErrorClassification::System)).collect();
+    many.errors =
+        (10..106).map(|step| error_record("2026-01-02T03:04:05Z", Some(step), ErrorClassification::System)).collect();
     assert!(matches!(commit_actions("T", &many), Err(PortError::Fault { .. })), "101 actions");
     many.errors.pop();
     let actions = commit_actions("T", &many).expect("100 actions");
-    let mut sks: Vec<&str> = actions.iter().filter_map(|a| a.put()).filter_map(|p| attr_str(p.item(), "sk")).collect();
+    let mut sks: Vec<String> = actions
+        .iter()
+        .filter_map(|a| a.update())
+        .filter_map(|u| u.key().get("sk").and_then(|v| v.as_s().ok()).cloned())
+        .filter(|sk| sk.starts_with("ERROR#"))
+        .collect();
     sks.sort();
     sks.dedup();
-    assert_eq!(sks.len(), 95 + 2, "errors of one instant get distinct keys");
+    assert_eq!(sks.len(), 95, "each failing step has its own entry");
 }
 
 #[test]
@@ -499,22 +517,33 @@ fn commit_stores_the_result_and_tallies_the_parent() {
 }
 
 #[test]
-fn error_items_round_trip() {
+fn an_error_entry_is_upserted_by_its_step_and_reads_back() {
     let record = error_record("2026-01-02T03:04:05.123456Z", Some(3), ErrorClassification::Business);
-    let item = error_to_item(&ExchangeId::new("e"), &record, 7).expect("encode");
-    assert_eq!(attr_str(&item, "sk"), Some("ERROR#2026-01-02T03:04:05.123Z#0003#7"));
-    assert_eq!(item.get("retryable"), Some(&AttributeValue::Bool(true)));
-    assert_eq!(item.get("exchangeFailed"), Some(&AttributeValue::Bool(false)));
-    assert_eq!(attr_str(&item, "exchangeId"), Some("e"));
-    assert_eq!(error_from_item(item).expect("decode"), record);
-    let mut bare = error_record("2026-01-02T03:04:05Z", None, ErrorClassification::System);
-    bare.exchange_failed = true;
-    let item = error_to_item(&ExchangeId::new("e"), &bare, 0).expect("encode");
-    assert!(!item.contains_key("stepId") && !item.contains_key("subStep"));
-    assert_eq!(error_from_item(item).expect("decode"), bare);
+    let update = error_upsert("T", &record).expect("encode");
+    let key = update.key();
+    assert_eq!(key.get("pk"), Some(&s("EX#e")));
+    assert_eq!(key.get("sk"), Some(&s("ERROR#0003")));
+    let expression = update.update_expression();
+    assert!(expression.contains("#occurrences = if_not_exists(#occurrences, :zero) + :one"), "{expression}");
+    assert!(!expression.contains("REMOVE"), "{expression}");
+    assert!(update.condition_expression().is_none(), "a failure always lands on its entry");
+    let values = update.expression_attribute_values().expect("values");
+    assert_eq!(values.get(":state"), Some(&s("open")));
+    assert_eq!(values.get(":errorId"), Some(&s("e.3")));
+    assert_eq!(values.get(":gsi5sk"), Some(&s("2026-01-02T03:04:05.123Z#e#0003")));
+    assert_eq!(values.get(":recovery"), Some(&n(2)));
+    // The item the update leaves behind (what a first failure stores) reads back.
+    let mut item: Item = serde_dynamo::to_item(StoredError::first(record.clone())).expect("item");
+    item.insert("pk".into(), s("EX#e"));
+    item.insert("sk".into(), s("ERROR#0003"));
+    assert_eq!(error_from_item(item).expect("decode"), StoredError::first(record));
+    let bare = error_record("2026-01-02T03:04:05Z", None, ErrorClassification::System);
+    let update = error_upsert("T", &bare).expect("encode");
+    assert_eq!(update.key().get("sk"), Some(&s("ERROR#-")));
+    assert!(update.update_expression().contains("REMOVE #stepId, #subStep"), "{}", update.update_expression());
     assert_eq!(error_since_key(t("2026-01-02T03:04:05Z")), "2026-01-02T03:04:05.000Z");
-    assert!(error_since_key(t("2026-01-02T03:04:05Z")) <= error_gsi_sk(&bare, 0));
-    assert!(error_since_key(t("2026-01-02T03:04:05.001Z")) > error_gsi_sk(&bare, 0));
+    assert!(error_since_key(t("2026-01-02T03:04:05Z")) <= error_gsi_sk(&bare));
+    assert!(error_since_key(t("2026-01-02T03:04:05.001Z")) > error_gsi_sk(&bare));
 }
 
 #[test]
@@ -760,10 +789,15 @@ fn index_queries() {
         classification: Some(ErrorClassification::Business),
         integration_code: Some(IntegrationCode::parse("A").expect("code")),
         since: Some(t("2026-01-02T03:04:05Z")),
+        state: Some(handoff_core::error_list::ErrorState::Resolved),
     };
     let q = errors_query(&filter).expect("query");
     assert_eq!(q.key_condition, "#gsi5pk = :gpk AND #gsi5sk >= :since");
-    assert_eq!(q.filter.as_deref(), Some("#classification = :classification AND #integrationCode = :integrationCode"));
+    assert_eq!(
+        q.filter.as_deref(),
+        Some("#classification = :classification AND #integrationCode = :integrationCode AND #state = :state")
+    );
+    assert_eq!(q.values.get(":state"), Some(&s("resolved")));
     assert_eq!(q.values.get(":since"), Some(&s("2026-01-02T03:04:05.000Z")));
     assert_eq!(q.values.get(":classification"), Some(&s("business")));
     assert_eq!(q.values.get(":integrationCode"), Some(&s("A")));

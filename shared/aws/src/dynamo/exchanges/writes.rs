@@ -317,8 +317,8 @@ pub(crate) fn commit_plan(table: &str, commit: &StepCommit) -> PortResult<Vec<Ac
     if let Some(step) = commit.require_done {
         actions.push((done_check(table, id, step)?, vec![Precondition::StepDone { exchange: id.clone(), step }]));
     }
-    for (i, record) in commit.errors.iter().enumerate() {
-        actions.push((put_action(table, error_to_item(id, record, i)?)?, Vec::new()));
+    for record in &commit.errors {
+        actions.push((TransactWriteItem::builder().update(error_upsert(table, record)?).build(), Vec::new()));
     }
     for timer in &commit.timers {
         actions.push((put_action(table, timer_to_item(id, timer)?)?, Vec::new()));
