@@ -8,6 +8,7 @@ mod endpoints;
 mod errors;
 mod events;
 mod jobs;
+mod metrics;
 mod operations;
 mod pipeline;
 mod schedule;

@@ -380,6 +380,8 @@ pub struct HttpState {
     pub clock: Arc<EmulatorClock>,
     /// How often the scheduler ticks (a move waits a few ticks for it at most).
     pub scheduler_interval: Duration,
+    /// The functions' figures, as CloudWatch would have them (`/_emulator/metrics`).
+    pub metrics: Arc<crate::metrics::MetricStore>,
 }
 
 /// The axum application: every request goes through the template's route table.
@@ -388,6 +390,8 @@ pub fn router(state: HttpState) -> axum::Router {
         .route("/.well-known/jwks.json", axum::routing::get(jwks))
         .route("/.well-known/openid-configuration", axum::routing::get(openid_configuration))
         .route(CLOCK_ROUTE, axum::routing::get(read_clock).post(move_clock))
+        .route(METRICS_ROUTE, axum::routing::get(prometheus_metrics))
+        .route(EMF_ROUTE, axum::routing::get(emf_documents))
         .fallback(handle)
         .with_state(state)
 }
@@ -397,6 +401,43 @@ pub const CLOCK_ROUTE: &str = "/_emulator/clock";
 
 /// The scope a caller needs to move the clock: it changes what every function sees.
 const CLOCK_SCOPE: &str = "handoff:admin";
+
+/// The emulator-only routes of the functions' figures (scope `handoff:read`): Prometheus
+/// text, and the embedded-metric-format documents themselves.
+pub const METRICS_ROUTE: &str = "/_emulator/metrics";
+pub const EMF_ROUTE: &str = "/_emulator/metrics/emf";
+
+/// Refuses a caller without `scope` (any of the template's authorizers decides).
+async fn emulator_route_allowed(state: &HttpState, headers: &HeaderMap, scope: &str) -> Result<(), Response<Body>> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let header = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some(authorizer) = state.authorizers.values().next() else {
+        return Err(gateway_error(StatusCode::NOT_FOUND, "Not Found", &request_id));
+    };
+    authorizer.authorize(header, &[scope.to_string()]).await.map(|_| ()).map_err(|refused| denied(refused, &request_id))
+}
+
+fn text_response(content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    response
+}
+
+/// `GET /_emulator/metrics`: every figure so far, summed, in Prometheus text format.
+async fn prometheus_metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response<Body> {
+    if let Err(refused) = emulator_route_allowed(&state, &headers, "handoff:read").await {
+        return refused;
+    }
+    text_response("text/plain; version=0.0.4; charset=utf-8", state.metrics.prometheus())
+}
+
+/// `GET /_emulator/metrics/emf`: the documents the functions flushed, oldest first (NDJSON).
+async fn emf_documents(State(state): State<HttpState>, headers: HeaderMap) -> Response<Body> {
+    if let Err(refused) = emulator_route_allowed(&state, &headers, "handoff:read").await {
+        return refused;
+    }
+    text_response("application/x-ndjson", state.metrics.documents())
+}
 
 fn clock_view(clock: &EmulatorClock) -> Value {
     json!({"now": clock.now(), "offsetSeconds": clock.offset().num_seconds()})
@@ -411,13 +452,8 @@ async fn read_clock(State(state): State<HttpState>) -> Response<Body> {
 /// only; scope `handoff:admin`): moves the clock, then answers once the scheduler has ticked
 /// on the new time — every schedule due by then has fired (its invocation may still run).
 async fn move_clock(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response<Body> {
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let header = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let Some(authorizer) = state.authorizers.values().next() else {
-        return gateway_error(StatusCode::NOT_FOUND, "Not Found", &request_id);
-    };
-    if let Err(refused) = authorizer.authorize(header, &[CLOCK_SCOPE.to_string()]).await {
-        return denied(refused, &request_id);
+    if let Err(refused) = emulator_route_allowed(&state, &headers, CLOCK_SCOPE).await {
+        return refused;
     }
     let bad = |message: String| {
         json_response(StatusCode::BAD_REQUEST, &json!({"error": "InvalidClockMove", "message": message}))

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod demo;
 pub mod functions;
 pub mod http;
+pub mod metrics;
 pub mod moto;
 pub mod provision;
 pub mod scheduler;
@@ -419,6 +420,7 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
         integration_timeout: options.http_integration_timeout,
         clock: clock.clone(),
         scheduler_interval: options.scheduler_interval,
+        metrics: metrics::store(),
     });
     let shutdown = cancel.clone();
     tracker.spawn(async move {

@@ -19,6 +19,7 @@ pub mod executors;
 pub mod heartbeat;
 pub mod jq_sandbox;
 pub mod mappings;
+pub mod metrics;
 pub mod outbound;
 pub mod payloads;
 pub mod secrets;

@@ -214,6 +214,19 @@ pub enum TriggerKind {
     Recovery,
 }
 
+impl TriggerKind {
+    /// As stored and shown (`api`, `schedule`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Schedule => "schedule",
+            Self::Subflow => "subflow",
+            Self::Replay => "replay",
+            Self::Recovery => "recovery",
+        }
+    }
+}
+
 /// What started an exchange and on whose behalf (the caller's `sub`; none for the schedule).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -209,13 +209,19 @@ pub async fn build_function(
     }
     let auto_recovery_limit = Vars(vars).number("HANDOFF_AUTO_RECOVERY_LIMIT", 3)? as u32;
     let ctx = build_context(vars, aws)?;
-    Ok(match binary {
+    let namespace = vars.get("HANDOFF_METRICS_NAMESPACE").map_or(crate::metrics::DEFAULT_NAMESPACE, String::as_str);
+    let metrics = crate::metrics::install(namespace);
+    let inner: Arc<dyn FunctionHandler> = match binary {
         "handoff-jobs" => {
             let heartbeats = JobHeartbeats {
                 regular: Vars(vars).heartbeat("HANDOFF_REGULAR_JOB_HEARTBEAT_URL")?,
                 error_processing: Vars(vars).heartbeat("HANDOFF_ERROR_JOB_HEARTBEAT_URL")?,
             };
-            Arc::new(JobsFunction::new(ctx, auto_recovery_limit).with_heartbeats(heartbeats))
+            let regular_every = Vars(vars).number("HANDOFF_REGULAR_JOB_EVERY_MINUTES", 1)?.max(1);
+            let jobs = JobsFunction::new(ctx, auto_recovery_limit)
+                .running_every(std::time::Duration::from_secs(regular_every * 60))
+                .with_heartbeats(heartbeats);
+            Arc::new(jobs)
         }
         "handoff-api" => Arc::new(ApiFunction::new(ctx)),
         "handoff-trigger" => Arc::new(TriggerFunction::new(ctx)),
@@ -224,7 +230,8 @@ pub async fn build_function(
             Some(family) => Arc::new(WorkerFunction::new(ctx, family)),
             None => return Err(ComposeError::UnknownBinary(binary.to_string())),
         },
-    })
+    };
+    Ok(Arc::new(crate::metrics::Metered { inner, metrics }))
 }
 
 #[cfg(test)]

@@ -3,3 +3,4 @@
 //! their functions here, so they run the same wiring.
 pub mod compose;
 pub mod lambda;
+pub mod metrics;

@@ -104,6 +104,23 @@ impl Identities {
                     .cloned()
                     .ok_or_else(|| TemplateError::Invalid("!Select index out of range".into()))
             }
+            "Fn::FindInMap" => {
+                let v = self.resolve(arg)?;
+                let keys: Vec<String> = v.as_sequence().into_iter().flatten().filter_map(scalar_string).collect();
+                let [map, top, second] = keys.as_slice() else {
+                    return Err(TemplateError::Invalid(
+                        "!FindInMap needs [MapName, TopLevelKey, SecondLevelKey]".into(),
+                    ));
+                };
+                let found = self
+                    .mappings
+                    .get(map.as_str())
+                    .and_then(|m| m.get(top.as_str()))
+                    .and_then(|t| t.get(second.as_str()));
+                found.cloned().ok_or_else(|| {
+                    TemplateError::Invalid(format!("!FindInMap [{map}, {top}, {second}]: no such entry"))
+                })
+            }
             other => Err(TemplateError::UnsupportedIntrinsic(other.to_string())),
         }
     }

@@ -81,6 +81,8 @@ pub struct Template {
     pub globals_function: Mapping,
     /// Resources in template order.
     pub resources: Vec<Resource>,
+    /// `Mappings` (unresolved), read by `!FindInMap`.
+    pub mappings: Value,
 }
 
 impl Template {
@@ -131,7 +133,8 @@ impl Template {
                 metadata: body.get("Metadata").cloned().unwrap_or(Value::Null),
             });
         }
-        Ok(Self { parameters, globals_function, resources })
+        let mappings = root.get("Mappings").cloned().unwrap_or(Value::Null);
+        Ok(Self { parameters, globals_function, resources, mappings })
     }
 
     /// A resource by logical id.
@@ -149,7 +152,12 @@ impl Template {
     /// Names may themselves use intrinsics (`Name: !Sub "${AWS::StackName}-x"`), so this
     /// iterates to a fixpoint; a reference cycle is reported as an unresolved reference.
     pub fn identities(&self, urls: &LocalUrls) -> Result<Identities, TemplateError> {
-        let mut ids = Identities { parameters: self.parameters.clone(), refs: HashMap::new(), attrs: HashMap::new() };
+        let mut ids = Identities {
+            parameters: self.parameters.clone(),
+            mappings: self.mappings.clone(),
+            refs: HashMap::new(),
+            attrs: HashMap::new(),
+        };
         let mut pending: Vec<&Resource> = self.resources.iter().collect();
         while !pending.is_empty() {
             let mut still = Vec::new();

@@ -16,6 +16,8 @@ pub struct LocalUrls {
 #[derive(Debug, Clone)]
 pub struct Identities {
     pub(super) parameters: BTreeMap<String, String>,
+    /// The template's `Mappings` (for `!FindInMap`).
+    pub(super) mappings: Value,
     pub(super) refs: HashMap<String, String>,
     pub(super) attrs: HashMap<(String, String), String>,
 }

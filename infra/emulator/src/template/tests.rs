@@ -158,3 +158,79 @@ fn every_route_requires_the_scope_the_api_function_checks() {
         .collect();
     assert_eq!(in_template, in_code, "template routes and the api function's scopes differ");
 }
+
+/// The alarms operators rely on exist for every piece they watch, and notify the topic.
+#[test]
+fn every_dead_letter_queue_scheduled_job_and_function_has_its_alarm() {
+    let t = real_template();
+    let alarms: Vec<serde_json::Value> = t
+        .resources_of("AWS::CloudWatch::Alarm")
+        .map(|a| yaml_to_json(&a.properties))
+        .inspect(|a| {
+            let notifies = |key: &str| a[key].to_string().contains("AlertTopic");
+            assert!(notifies("AlarmActions") && notifies("OKActions"), "alarm without the alert topic: {a}");
+        })
+        .collect();
+    let watching = |metric: &str, dimension: &str, value: &str| {
+        alarms.iter().any(|a| {
+            a["MetricName"] == metric
+                && a["Dimensions"].as_array().is_some_and(|ds| {
+                    ds.iter().any(|d| d["Name"] == dimension && d["Value"].to_string().contains(value))
+                })
+        })
+    };
+    let dead_letter_queues: Vec<String> = t
+        .resources_of("AWS::SQS::Queue")
+        .filter_map(|q| q.property("RedrivePolicy"))
+        .map(|p| yaml_to_json(p)["deadLetterTargetArn"].to_string())
+        .collect();
+    assert_eq!(dead_letter_queues.len(), 10, "{dead_letter_queues:?}");
+    for dlq in &dead_letter_queues {
+        let id = dlq.split(['"', '.', '[', ']', ',', ' ']).find(|s| s.ends_with("Dlq")).expect("a Dlq logical id");
+        assert!(watching("ApproximateNumberOfMessagesVisible", "QueueName", id), "no alarm on {id}");
+    }
+    let mut jobs = Vec::new();
+    for function in t.resources_of("AWS::Serverless::Function") {
+        let id = &function.logical_id;
+        assert!(watching("Errors", "FunctionName", id), "no Errors alarm on {id}");
+        assert!(watching("Throttles", "FunctionName", id), "no Throttles alarm on {id}");
+        let events = function.property("Events").map(yaml_to_json).unwrap_or_default();
+        for event in events.as_object().into_iter().flat_map(|e| e.values()) {
+            if event["Type"] == "ScheduleV2" {
+                let input: serde_json::Value =
+                    serde_json::from_str(event["Properties"]["Input"].as_str().unwrap_or("{}")).expect("input");
+                jobs.push(input["job"].as_str().expect("a job").to_string());
+            }
+        }
+    }
+    jobs.sort();
+    assert_eq!(jobs, ["errorProcessing", "regular"]);
+    for job in &jobs {
+        let alarm = alarms.iter().find(|a| {
+            a["MetricName"] == "JobRunsCompleted" && a["Dimensions"][0]["Value"].as_str() == Some(job.as_str())
+        });
+        let alarm = alarm.unwrap_or_else(|| panic!("no alarm on the {job} job"));
+        assert_eq!(alarm["TreatMissingData"], "breaching", "a job that never reports must alarm");
+    }
+    assert!(alarms.iter().any(|a| a["MetricName"] == "SystemFailures"), "no system-error alarm");
+    assert!(alarms.iter().any(|a| a["MetricName"] == "5xx" && a["Namespace"] == "AWS/ApiGateway"), "no API 5xx alarm");
+}
+
+#[test]
+fn job_schedules_follow_their_every_minutes_parameter_through_the_mapping() {
+    let mut t = real_template();
+    let expressions = |t: &Template| -> Vec<String> {
+        let ids = t.identities(&urls()).expect("identities");
+        let functions = t.functions(&ids).expect("functions");
+        let jobs = functions.iter().find(|f| f.logical_id == "JobsFunction").expect("jobs function");
+        let mut expressions: Vec<String> = jobs.schedules.iter().map(|s| s.expression.clone()).collect();
+        expressions.sort();
+        expressions
+    };
+    assert_eq!(expressions(&t), ["rate(1 minute)", "rate(5 minutes)"]);
+    t.parameters.insert("RegularJobEveryMinutes".into(), "2".into());
+    assert_eq!(expressions(&t), ["rate(2 minutes)", "rate(5 minutes)"]);
+    t.parameters.insert("ErrorJobEveryMinutes".into(), "7".into());
+    let ids = t.identities(&urls()).expect("identities");
+    assert!(t.functions(&ids).is_err(), "a value the mapping lacks is refused, as CloudFormation would");
+}

@@ -40,12 +40,20 @@ pub struct JobsFunction {
     ctx: Arc<AppContext>,
     /// How often the error-processing job re-drives one exchange at most.
     auto_recovery_limit: u32,
+    /// How often the regular job runs (the deployment's RegularJobEveryMinutes).
+    regular_every: std::time::Duration,
     heartbeats: JobHeartbeats,
 }
 
 impl JobsFunction {
     pub fn new(ctx: Arc<AppContext>, auto_recovery_limit: u32) -> Self {
-        Self { ctx, auto_recovery_limit, heartbeats: JobHeartbeats::default() }
+        let regular_every = std::time::Duration::from_secs(60);
+        Self { ctx, auto_recovery_limit, regular_every, heartbeats: JobHeartbeats::default() }
+    }
+
+    /// The regular job runs every `every`: its sweeps look two periods ahead.
+    pub fn running_every(self, every: std::time::Duration) -> Self {
+        Self { regular_every: every, ..self }
     }
 
     pub fn with_heartbeats(self, heartbeats: JobHeartbeats) -> Self {
@@ -62,12 +70,13 @@ impl FunctionHandler for JobsFunction {
                 format!("expected {{\"job\": \"regular\" | \"errorProcessing\"}}: {e}"),
             )
         })?;
-        let sweeps = Sweeps::of(&self.ctx, self.auto_recovery_limit);
+        let sweeps = Sweeps::of(&self.ctx, self.auto_recovery_limit, self.regular_every);
         let heartbeat = match input.job {
             Job::Regular => self.heartbeats.regular.as_ref(),
             Job::ErrorProcessing => self.heartbeats.error_processing.as_ref(),
         };
         ping(&self.ctx.http, heartbeat, Ping::Start).await;
+        let started = std::time::Instant::now();
         let outcome = match input.job {
             Job::Regular => {
                 match (sweeps.sweep_timers().await, sweeps.start_unstarted().await, sweeps.release_stranded().await) {
@@ -91,6 +100,11 @@ impl FunctionHandler for JobsFunction {
                 }),
             },
         };
+        let job = match input.job {
+            Job::Regular => "regular",
+            Job::ErrorProcessing => "errorProcessing",
+        };
+        crate::metrics::job_ran(job, started.elapsed(), outcome.is_ok());
         match outcome {
             Ok(done) => {
                 ping(&self.ctx.http, heartbeat, Ping::Success).await;

@@ -135,6 +135,12 @@ pub async fn create_sub_exchanges(cx: &ExecutionContext<'_>, logs: &mut Vec<Stri
             }
         }
         app.ports.exchanges.create_many(&new).await.map_err(transient)?;
+        for (child, _) in &new {
+            crate::metrics::exchange_started(
+                &child.integration_code,
+                Some(handoff_core::exchange::TriggerKind::Subflow),
+            );
+        }
         app.ports.queue.send_many(WorkerFamily::Control, &start).await.map_err(transient)?;
         created += new.len();
     }

@@ -75,11 +75,17 @@ pub async fn accept_callback(
         parse_agent_report(notification).map_err(CallbackError::InvalidReport)?;
     }
     // Tell the caller plainly when its answer comes too late to matter.
-    if let Some(detail) = ctx.reads.get(&armed.exchange_id).await? {
+    let detail = ctx.reads.get(&armed.exchange_id).await?;
+    if let Some(detail) = &detail {
         if operator::callback_is_late(&armed, &detail.exchange) {
             return Err(CallbackError::TooLate { exchange: armed.exchange_id, status: detail.exchange.status });
         }
     }
+    // The wait began when the call before it (which armed it) was done.
+    let waiting_since = detail.as_ref().and_then(|d| {
+        let at = d.steps.iter().position(|s| s.step_id == armed.step_id)?;
+        d.steps.get(at.checked_sub(1)?)?.completed_at
+    });
     let bytes =
         serde_json::to_vec(notification).map_err(|e| PortError::Fault { service: "api", message: e.to_string() })?;
     let input = ctx
@@ -90,6 +96,9 @@ pub async fn accept_callback(
     let (message, outbox) = operator::callback_accepted(&armed, input, ctx.outbox_delay, now);
     if !ctx.tokens.consume_token(&hash, now, &outbox).await? {
         return Err(CallbackError::UnknownToken);
+    }
+    if let Some(waited) = waiting_since.and_then(|since| (now - since).to_std().ok()) {
+        crate::metrics::callback_arrived(waited);
     }
     match ctx.queue.send(armed.sub_step.family(), &message, 0).await {
         Ok(()) => {

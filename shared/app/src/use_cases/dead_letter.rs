@@ -34,11 +34,13 @@ pub async fn dead_lettered(
     queue: &str,
     receives: &str,
 ) -> Result<(), PortError> {
+    crate::metrics::dead_lettered(message.sub_step.family());
     let mut decision = failures::dead_lettered(message, queue, receives, ctx.effects.clock.now());
     decision.commit.keep_finished_for(ctx.retention);
     match ctx.writes.commit(&decision.commit).await? {
         CommitOutcome::Applied => {
             tracing::error!(exchangeId = %message.exchange_id, stepId = %message.step_id, queue, "exchange failed: dead-lettered handoff");
+            crate::metrics::commit_applied(&message.integration_code, &decision.commit);
             run_effects(ctx.effects, decision.effects).await?;
         }
         CommitOutcome::Conflict => {

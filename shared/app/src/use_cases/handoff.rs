@@ -93,6 +93,7 @@ pub async fn handle_handoff(
     }
     tracing::info!("sub-step started");
     let codec = ctx.codec();
+    let started = std::time::Instant::now();
     let execution = execute(&ExecutionContext {
         app: ctx,
         http: &ctx.http,
@@ -102,6 +103,7 @@ pub async fn handle_handoff(
         message: &message,
     })
     .await;
+    crate::metrics::attempt_ran(planned.sub_step, started.elapsed());
     let now = ctx.ports.clock.now();
     let logs = execution
         .logs
@@ -152,6 +154,7 @@ async fn apply(
     match ctx.ports.exchanges.try_commit(&decision.commit).await? {
         Ok(()) => {
             tracing::info!(status = ?decision.commit.step.as_ref().map(|s| s.status), "sub-step recorded");
+            crate::metrics::commit_applied(&message.integration_code, &decision.commit);
             Ok(run_effects(ctx.effects(), decision.effects).await?)
         }
         Err(conflict) => after_conflict(ctx, message, loaded, conflict).await,

@@ -181,6 +181,7 @@ pub async fn invoke_exchange(ctx: &Starting<'_>, request: InvokeRequest) -> Resu
         mark_not_handed_off(ctx, &exchange, &send_error).await;
         return Err(send_error.into());
     }
+    crate::metrics::exchange_started(&code, Some(request.trigger.kind));
     let invoked =
         EndpointEvent::Invoked { exchange_id: exchange.exchange_id.clone(), trigger: request.trigger, events };
     log_endpoint(ctx, &code, invoked, now).await;
@@ -280,7 +281,7 @@ async fn mark_not_handed_off(ctx: &Starting<'_>, exchange: &Exchange, error: &Po
     let mut decision = failures::handoff_failed(exchange, &error.to_string(), ctx.effects.clock.now());
     decision.commit.keep_finished_for(ctx.retention);
     match ctx.writes.commit(&decision.commit).await {
-        Ok(CommitOutcome::Applied) => {}
+        Ok(CommitOutcome::Applied) => crate::metrics::commit_applied(&exchange.integration_code, &decision.commit),
         Ok(CommitOutcome::Conflict) => {
             tracing::warn!(exchangeId = %exchange.exchange_id, "exchange moved on before its hand-off failure was recorded")
         }

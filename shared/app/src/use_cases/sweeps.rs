@@ -18,8 +18,15 @@ use handoff_core::recovery::ResumeFrom;
 use handoff_core::retry::ErrorClassification;
 use handoff_ports::{ErrorStore, ExchangeFilter, PortError, TimerStore};
 
-/// Timers due this far ahead are handed to SQS now (the job runs at least this often).
-const SWEEP_LOOKAHEAD_SECONDS: i64 = 120;
+/// Timers due within this many periods of the regular job are handed to SQS now: the next
+/// run may come a little late, and a timer must never wait for the run after it.
+const SWEEP_PERIODS_AHEAD: i32 = 2;
+
+/// How far ahead a sweep hands timers on when the regular job runs every `every`.
+pub fn sweep_lookahead(every: std::time::Duration) -> ChronoDuration {
+    let every = ChronoDuration::from_std(every).unwrap_or(ChronoDuration::minutes(1)).max(ChronoDuration::minutes(1));
+    every * SWEEP_PERIODS_AHEAD
+}
 /// Who asked, in the log of an exchange the error-processing job recovers.
 const AUTO_RECOVERY: &str = "the error-processing job (a retryable system error)";
 const PAGE: u32 = 100;
@@ -37,6 +44,8 @@ pub struct Sweeps<'a> {
     pub recovering: Recovering<'a>,
     /// How often the error-processing job re-drives one exchange at most.
     pub auto_recovery_limit: u32,
+    /// How far ahead [`Self::sweep_timers`] hands timers on ([`sweep_lookahead`]).
+    pub lookahead: ChronoDuration,
 }
 
 /// What one error-processing run did.
@@ -49,13 +58,14 @@ pub struct Redriven {
 }
 
 impl<'a> Sweeps<'a> {
-    pub fn of(ctx: &'a AppContext, auto_recovery_limit: u32) -> Self {
+    pub fn of(ctx: &'a AppContext, auto_recovery_limit: u32, regular_every: std::time::Duration) -> Self {
         Self {
             timers: ctx.ports.exchanges.as_ref(),
             errors: ctx.ports.exchanges.as_ref(),
             starting: Starting::of(ctx),
             recovering: Recovering::of(ctx),
             auto_recovery_limit,
+            lookahead: sweep_lookahead(regular_every),
         }
     }
 
@@ -66,7 +76,7 @@ impl<'a> Sweeps<'a> {
         let mut sent = 0;
         loop {
             let now = self.starting.effects.clock.now();
-            let due = self.timers.due_timers(now + ChronoDuration::seconds(SWEEP_LOOKAHEAD_SECONDS), PAGE).await?;
+            let due = self.timers.due_timers(now + self.lookahead, PAGE).await?;
             let count = due.len();
             for timer in due {
                 self.starting.effects.queue.send_timer(&timer, delay_until(now, timer.due)).await?;
@@ -173,5 +183,18 @@ impl<'a> Sweeps<'a> {
             }
         }
         Ok(Redriven { recovered, left: skipped })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_sweep_looks_two_periods_of_the_regular_job_ahead_and_never_less_than_two_minutes() {
+        assert_eq!(sweep_lookahead(Duration::from_secs(60)), ChronoDuration::minutes(2));
+        assert_eq!(sweep_lookahead(Duration::from_secs(6 * 60)), ChronoDuration::minutes(12));
+        assert_eq!(sweep_lookahead(Duration::from_secs(5)), ChronoDuration::minutes(2));
     }
 }

@@ -67,6 +67,9 @@ pub async fn fire_timer(ctx: &Timers<'_>, timer: Timer) -> Result<(), WorkerErro
             match ctx.writes.commit(&decision.commit).await? {
                 CommitOutcome::Applied => {
                     tracing::warn!(exchange = ?decision.commit.exchange, "timer fired");
+                    if let Some(detail) = &detail {
+                        crate::metrics::commit_applied(&detail.exchange.integration_code, &decision.commit);
+                    }
                     Ok(run_effects(ctx.effects, decision.effects).await?)
                 }
                 CommitOutcome::Conflict => {
