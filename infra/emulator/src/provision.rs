@@ -60,18 +60,6 @@ pub async fn provision(template: &Template, ids: &mut Identities, clients: &Clie
             kind: r.kind.clone(),
             message,
         };
-        // Only what the emulator plays is resolved: alarms, topics and the like are left
-        // alone (and may use intrinsics it does not implement, such as `!FindInMap`).
-        const PROVISIONED: [&str; 5] = [
-            "AWS::DynamoDB::Table",
-            "AWS::SQS::Queue",
-            "AWS::S3::Bucket",
-            "AWS::Scheduler::ScheduleGroup",
-            "AWS::Scheduler::Schedule",
-        ];
-        if !PROVISIONED.contains(&r.kind.as_str()) {
-            continue;
-        }
         let props = yaml_to_json(&ids.resolve(&r.properties)?);
         match r.kind.as_str() {
             "AWS::DynamoDB::Table" => {

@@ -618,14 +618,19 @@ async fn get_logs(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
     Ok(Json(json!({"exchangeId": id, "items": detail.logs})).into_response())
 }
 
+/// A listing's `?integrationCode=` filter, if given.
+fn integration_code_filter(query: &HashMap<String, String>) -> Result<Option<IntegrationCode>, ApiError> {
+    query
+        .get("integrationCode")
+        .map(|c| IntegrationCode::parse(c).map_err(|e| ApiError::parameter("integrationCode", e)))
+        .transpose()
+}
+
 async fn list_exchanges(State(ctx): Ctx, Query(query): Query<HashMap<String, String>>) -> ApiResult {
     let invalid = ApiError::parameter;
     only_parameters(&query, &["integrationCode", "status", "parentExchangeId", "limit", "cursor"])?;
     let parent = query.get("parentExchangeId").map(|p| ExchangeId::new(p.clone()));
-    let integration_code = query
-        .get("integrationCode")
-        .map(|c| IntegrationCode::parse(c).map_err(|e| invalid("integrationCode", e)))
-        .transpose()?;
+    let integration_code = integration_code_filter(&query)?;
     let status = query
         .get("status")
         .map(|s| ExchangeStatus::parse(s).ok_or_else(|| invalid("status", format!("'{s}' is not an exchange status"))))

@@ -2,7 +2,9 @@
 //! list, each entry with its catalogue code and the action that fixes it (see
 //! [`crate::use_cases::errors`] and [`handoff_core::error_code`]).
 
-use super::{json_body, listing_error, only_parameters, parse_limit, ApiError, ApiResult, Ctx};
+use super::{
+    integration_code_filter, json_body, listing_error, only_parameters, parse_limit, ApiError, ApiResult, Ctx,
+};
 use crate::use_cases::errors::{resolve_error, ResolveFailure};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -12,7 +14,6 @@ use axum::{Extension, Json};
 use chrono::Utc;
 use handoff_core::error_list::{ErrorId, ErrorState, ResolveError, StoredError};
 use handoff_core::identity::Caller;
-use handoff_core::ids::IntegrationCode;
 use handoff_core::reader::{FieldError, ObjectReader};
 use handoff_core::retry::ErrorClassification;
 use handoff_ports::ErrorFilter;
@@ -39,10 +40,7 @@ pub(super) async fn list_errors(State(ctx): Ctx, Query(query): Query<HashMap<Str
         Some("system") => Some(ErrorClassification::System),
         Some(other) => return Err(invalid("classification", format!("'{other}' is not business or system"))),
     };
-    let integration_code = query
-        .get("integrationCode")
-        .map(|c| IntegrationCode::parse(c).map_err(|e| invalid("integrationCode", e)))
-        .transpose()?;
+    let integration_code = integration_code_filter(&query)?;
     let since = query
         .get("since")
         .map(|s| {

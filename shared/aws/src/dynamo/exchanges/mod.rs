@@ -517,13 +517,19 @@ impl ErrorStore for DynamoExchangeRepository {
 
 impl DynamoExchangeRepository {
     /// An UpdateItem of an existing error entry under `condition`: `false` if it failed.
-    async fn conditional_error_update(&self, id: &ErrorId, mut e: Expr, condition: String) -> PortResult<bool> {
+    async fn conditional_error_update(&self, id: &ErrorId, e: Expr, condition: String) -> PortResult<bool> {
+        self.update_existing_if(error_key(id), e, condition).await
+    }
+
+    /// The UpdateItem `e` of the existing item `key`, only while `condition` holds: `false`
+    /// (nothing written) if the item is gone or the condition failed.
+    async fn update_existing_if(&self, key: Item, mut e: Expr, condition: String) -> PortResult<bool> {
         let pk = e.name("pk");
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(error_key(id)))
+            .set_key(Some(key))
             .update_expression(e.update_expression())
             .condition_expression(format!("attribute_exists({pk}) AND {condition}"))
             .set_expression_attribute_names(e.names())
@@ -640,26 +646,12 @@ impl TimerStore for DynamoExchangeRepository {
         let (gpk, gsk) = index_keys(INDEX_BY_DUE);
         e.remove(gpk);
         e.remove(gsk);
-        let pk_name = e.name(gpk);
         let sk_name = e.name(gsk);
-        // Only this very timer: one re-armed since it was read stays due.
+        // Only this very timer, still on the index: one re-armed since it was read stays due.
         let sk_value = e.value("gsi4sk", s(timer_gsi_sk(timer)));
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(timer_key(timer)))
-            .update_expression(e.update_expression())
-            .condition_expression(format!("attribute_exists({pk_name}) AND {sk_name} = {sk_value}"))
-            .set_expression_attribute_names(e.names())
-            .set_expression_attribute_values(e.values())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(false),
-            Err(e) => Err(error::sdk(SERVICE, "UpdateItem", e)),
-        }
+        let pk_name = e.name(gpk);
+        let condition = format!("attribute_exists({pk_name}) AND {sk_name} = {sk_value}");
+        self.update_existing_if(timer_key(timer), e, condition).await
     }
 }
 
