@@ -241,6 +241,7 @@ fn accesses(service: &str, request: &Value) -> Result<Vec<Access>, String> {
         "s3" => s3(request),
         "secretsmanager" => secrets(request),
         "scheduler" => scheduler(request),
+        "sns" => sns(request),
         other => Err(format!("service {other}")),
     }
 }
@@ -392,6 +393,15 @@ fn secrets(request: &Value) -> Result<Vec<Access>, String> {
         format!("arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{id}-AbCdEf")
     };
     Ok(vec![access(format!("secretsmanager:{operation}"), arn)])
+}
+
+/// SNS speaks the query protocol: a form body naming the `Action` and its `TopicArn`.
+fn sns(request: &Value) -> Result<Vec<Access>, String> {
+    let text = body(request);
+    let form: BTreeMap<String, String> = url::form_urlencoded::parse(text.as_bytes()).into_owned().collect();
+    let action = form.get("Action").ok_or("an SNS request without an Action")?;
+    let topic = form.get("TopicArn").ok_or_else(|| format!("SNS {action} without a TopicArn"))?;
+    Ok(vec![access(format!("sns:{action}"), topic.clone())])
 }
 
 fn scheduler(request: &Value) -> Result<Vec<Access>, String> {

@@ -15,5 +15,6 @@ mod schedule;
 mod security;
 mod signoff;
 mod subflows;
+mod telling;
 mod transform;
 mod unrouted;

@@ -26,7 +26,51 @@ pub struct Gateway {
     pub aws_endpoint: String,
     /// Every function's resolved environment, by binary name.
     pub function_vars: HashMap<String, HashMap<String, String>>,
+    /// The error tracker the emulator reports to, as a deployment with `ErrorTracker` on
+    /// would: a loopback server taking Sentry envelopes ([`ErrorTrackerServer`]).
+    pub error_tracker: ErrorTrackerServer,
     client: reqwest::Client,
+}
+
+/// A loopback Sentry-protocol endpoint (as Sentry, self-hosted or GlitchTip): it takes the
+/// envelopes `POST /api/<project>/envelope/` and answers as Sentry does.
+pub struct ErrorTrackerServer {
+    pub dsn: String,
+    server: ExternalSystem,
+}
+
+/// The project of the tests' DSN.
+pub const ERROR_TRACKER_PROJECT: &str = "42";
+
+impl ErrorTrackerServer {
+    async fn start() -> Self {
+        let server = ExternalSystem::start(200, r#"{"id": "00000000000000000000000000000000"}"#).await;
+        let dsn = server.url.replacen("http://", "http://handoff-e2e-key@", 1) + "/" + ERROR_TRACKER_PROJECT;
+        Self { dsn, server }
+    }
+
+    /// The events received so far (each envelope's items of type `event`).
+    pub fn events(&self) -> Vec<Value> {
+        let prefix = format!("/api/{ERROR_TRACKER_PROJECT}/envelope/");
+        let mut events = Vec::new();
+        for request in self.server.received_at(&prefix) {
+            // An envelope: a header line, then for each item a header line and its payload.
+            let text = String::from_utf8_lossy(&request.body).to_string();
+            let mut lines = text.lines().skip(1);
+            while let (Some(header), Some(payload)) = (lines.next(), lines.next()) {
+                let header: Value = serde_json::from_str(header).unwrap_or(Value::Null);
+                if header["type"] == "event" {
+                    events.push(serde_json::from_str(payload).unwrap_or(Value::Null));
+                }
+            }
+        }
+        events
+    }
+
+    /// The raw envelopes received (to check what they do not carry).
+    pub fn envelopes(&self) -> Vec<Received> {
+        self.server.received()
+    }
 }
 
 static GATEWAY: OnceLock<Gateway> = OnceLock::new();
@@ -102,15 +146,36 @@ fn start_gateway(recording: std::path::PathBuf) -> Gateway {
                 // Short enough for the runaway-program test to wait out, long enough for the tests' largest
                 // documents in a dev build on a loaded machine.
                 options.parameter_overrides.insert("JqTimeoutMs".into(), JQ_TIMEOUT_MS.to_string());
+                // System failures go to an error tracker, as in a deployment that has one; its
+                // DSN secret is created before anything can fail (it is read at the first report).
+                options.parameter_overrides.insert("ErrorTracker".into(), "on".into());
+                let tracker = ErrorTrackerServer::start().await;
                 match handoff_emulator::start(options).await {
                     Ok(running) => {
-                        let function_vars =
+                        let function_vars: HashMap<String, HashMap<String, String>> =
                             running.functions().iter().map(|f| (f.spec.binary.clone(), f.vars.clone())).collect();
+                        let secret = function_vars
+                            .get("handoff-dlq")
+                            .and_then(|vars| vars.get("HANDOFF_ERROR_TRACKER_DSN_SECRET"))
+                            .cloned()
+                            .unwrap_or_default();
+                        let sdk = handoff_emulator::sdk_config_for(running.aws_endpoint()).await;
+                        let created = aws_sdk_secretsmanager::Client::new(&sdk)
+                            .create_secret()
+                            .name(&secret)
+                            .secret_string(&tracker.dsn)
+                            .send()
+                            .await;
+                        if let Err(e) = created {
+                            let _ = tx.send(Err(format!("the error tracker's DSN secret '{secret}': {e:?}")));
+                            return;
+                        }
                         let _ = tx.send(Ok((
                             running.api_url().to_string(),
                             running.dev_token().unwrap_or_default().to_string(),
                             running.aws_endpoint().to_string(),
                             function_vars,
+                            tracker,
                         )));
                         // Keep it running for the life of the test binary.
                         std::future::pending::<()>().await;
@@ -123,7 +188,7 @@ fn start_gateway(recording: std::path::PathBuf) -> Gateway {
             });
         })
         .expect("spawn emulator thread");
-    let (api, token, aws_endpoint, function_vars) = rx
+    let (api, token, aws_endpoint, function_vars, error_tracker) = rx
         .recv()
         .expect("emulator thread ended before reporting")
         .unwrap_or_else(|e| panic!("emulator failed to start: {e}"));
@@ -133,6 +198,7 @@ fn start_gateway(recording: std::path::PathBuf) -> Gateway {
         token,
         aws_endpoint,
         function_vars,
+        error_tracker,
         // No pooled connections: a pooled connection belongs to the runtime of the test that
         // opened it and dies with that test.
         client: reqwest::Client::builder()

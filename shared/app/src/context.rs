@@ -1,18 +1,18 @@
 //! Everything a function needs, wired once per warm instance.
 
 use crate::definitions::DefinitionCache;
-use crate::effects::EffectPorts;
 use crate::mappings::MappingCache;
 use crate::outbound::OutboundClient;
 use crate::payloads::PayloadCodec;
 use crate::secrets::CachedSecrets;
 use handoff_core::expression::{JqRunner, SandboxLimits};
+use handoff_core::heartbeat::HeartbeatPattern;
 use handoff_core::network::OutboundPolicy;
 use handoff_ports::MappingRepository;
 use handoff_ports::SecretStore;
 use handoff_ports::{
-    Clock, DataFileStore, EndpointStore, EventQueue, ExchangeRepository, HandoffQueue, IntegrationRepository,
-    ScheduleManager, UnroutedStore,
+    Clock, DataFileStore, EndpointStore, ErrorTracker, EventQueue, ExchangeReads, ExchangeRepository, HandoffQueue,
+    IntegrationRepository, ScheduleManager, TopicPublisher, UnroutedStore,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +41,12 @@ pub struct AppSettings {
     /// How long a finished exchange is kept before it is deleted (`ExchangeRetentionDays`);
     /// `None` keeps finished exchanges for ever.
     pub exchange_retention: Option<chrono::Duration>,
+    /// How often the error-processing job re-drives one exchange at most
+    /// (`AutoRecoveryLimit`); a failure past it is one the owner is told of.
+    pub auto_recovery_limit: u32,
+    /// The ping URL of scheduled integrations without their own `heartbeatUrl`
+    /// (`IntegrationHeartbeatUrlPattern`).
+    pub integration_heartbeats: Option<HeartbeatPattern>,
 }
 
 impl Default for AppSettings {
@@ -54,6 +60,8 @@ impl Default for AppSettings {
             outbound: OutboundPolicy::default(),
             jq: SandboxLimits::default(),
             exchange_retention: None,
+            auto_recovery_limit: 3,
+            integration_heartbeats: None,
         }
     }
 }
@@ -78,6 +86,10 @@ pub struct Ports {
     pub unrouted: Arc<dyn UnroutedStore>,
     /// What time it is (the emulator's clock moves when its time control says so).
     pub clock: Arc<dyn Clock>,
+    /// Where system failures and panics are reported (none unless a DSN is configured).
+    pub tracker: Arc<dyn ErrorTracker>,
+    /// SNS topics `notify` targets name.
+    pub topics: Arc<dyn TopicPublisher>,
 }
 
 /// The ports with what a warm function instance keeps between invocations (caches, the
@@ -117,6 +129,28 @@ impl AppContext {
             endpoints: self.ports.endpoints.as_ref(),
             events: self.ports.events.as_ref(),
             clock: self.ports.clock.as_ref(),
+            definitions: &self.definitions,
+            http: &self.http,
+            tracker: self.ports.tracker.as_ref(),
+            topics: self.ports.topics.as_ref(),
+            settings: &self.settings,
         }
     }
+}
+
+/// The ports effects touch: sending to the queues, reading a parent or its children, the
+/// endpoints attempts tell of and their event queues; and what telling people of a write
+/// needs ([`crate::telling`]): definitions, the outbound client, the error tracker, topics.
+#[derive(Clone, Copy)]
+pub struct EffectPorts<'a> {
+    pub exchanges: &'a dyn ExchangeReads,
+    pub queue: &'a dyn HandoffQueue,
+    pub endpoints: &'a dyn EndpointStore,
+    pub events: &'a dyn EventQueue,
+    pub clock: &'a dyn Clock,
+    pub definitions: &'a DefinitionCache,
+    pub http: &'a OutboundClient,
+    pub tracker: &'a dyn ErrorTracker,
+    pub topics: &'a dyn TopicPublisher,
+    pub settings: &'a AppSettings,
 }

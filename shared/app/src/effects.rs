@@ -1,27 +1,17 @@
 //! The one effects runner: carries out what a core decision says follows its write, in order.
 
 use crate::sub_exchanges::children;
-use handoff_core::endpoint::{observe, Endpoint, EndpointLogEntry, Observation};
+use handoff_core::commit::StepCommit;
+use handoff_core::endpoint::{observe, Endpoint, EndpointLogEntry, EndpointStatus, Observation};
 use handoff_core::exchange::{ParentLink, StepStatus};
 use handoff_core::handoff::{HandoffMessage, Timer, TimerKind};
 use handoff_core::ids::ExchangeId;
-use handoff_core::ids::IntegrationCode;
+use handoff_core::ids::{IntegrationCode, IntegrationVersion};
 use handoff_core::machine::Effect;
 use handoff_core::plan::{SubStep, WorkerFamily};
-use handoff_ports::{
-    Clock, EndpointStore, EndpointWriteError, EventQueue, ExchangeReads, HandoffQueue, PortError, PortResult,
-};
+use handoff_ports::{EndpointStore, EndpointWriteError, PortError, PortResult};
 
-/// The ports effects touch: sending to the queues, reading a parent or its children, the
-/// endpoints attempts tell of and their event queues.
-#[derive(Clone, Copy)]
-pub struct EffectPorts<'a> {
-    pub exchanges: &'a dyn ExchangeReads,
-    pub queue: &'a dyn HandoffQueue,
-    pub endpoints: &'a dyn EndpointStore,
-    pub events: &'a dyn EventQueue,
-    pub clock: &'a dyn Clock,
-}
+pub use crate::context::EffectPorts;
 
 /// Runs `effects` once their decision's write has applied. An error leaves the rest unrun;
 /// the caller's message then comes back and the state machine sends again what is missing.
@@ -32,13 +22,29 @@ pub async fn run_effects(ports: EffectPorts<'_>, effects: Vec<Effect>) -> PortRe
             Effect::SendTimer { timer, delay } => ports.queue.send_timer(&timer, delay).await?,
             Effect::ResumeParentIfLast(link) => resume_parent_if_last(ports, &link).await?,
             Effect::TimeOutChildren(exchange_id) => time_out_children(ports, &exchange_id).await?,
-            Effect::Observe { code, observation, event_based } => {
-                observe_endpoint(ports, &code, &observation, event_based).await
+            Effect::Observe { code, version, observation, event_based } => {
+                observe_endpoint(ports, &code, version, &observation, event_based).await
             }
             Effect::ConsumeEvents { code, exchange_id } => consume_events(ports, &code, &exchange_id).await?,
         }
     }
     Ok(())
+}
+
+/// What follows a decision whose write applied: its effects, then telling of the write
+/// ([`crate::telling::commit_applied`]). Telling comes last, so the next handoff or an
+/// endpoint's halt never waits on an error tracker or a webhook; and it comes even when an
+/// effect failed, as the message that comes back finds the write made and tells nothing.
+pub async fn after_applied(
+    ports: EffectPorts<'_>,
+    code: &IntegrationCode,
+    version: IntegrationVersion,
+    commit: &StepCommit,
+    effects: Vec<Effect>,
+) -> PortResult<()> {
+    let ran = run_effects(ports, effects).await;
+    crate::telling::commit_applied(ports, code, version, commit).await;
+    ran
 }
 
 /// An event exchange completed: the events it took leave the queue. The claim is checked to
@@ -102,6 +108,7 @@ const OBSERVE_ATTEMPTS: usize = 3;
 async fn observe_endpoint(
     ports: EffectPorts<'_>,
     code: &IntegrationCode,
+    version: IntegrationVersion,
     observation: &Observation,
     event_based: bool,
 ) {
@@ -121,6 +128,9 @@ async fn observe_endpoint(
             Ok(saved) => {
                 tracing::info!(integrationCode = %code, status = saved.status.name(), reason = saved.reason.as_deref().unwrap_or(""), "endpoint status");
                 log_status_change(ports.endpoints, &current, &saved).await;
+                if let (Observation::Failed(failure), true) = (observation, halted(&current, &saved)) {
+                    crate::telling::endpoint_halted(ports, code, version, &failure.exchange_id, failure.code).await;
+                }
                 return;
             }
             Err(EndpointWriteError::RevisionConflict) => continue,
@@ -131,6 +141,11 @@ async fn observe_endpoint(
         }
     }
     tracing::warn!(integrationCode = %code, "endpoint not updated: it kept changing");
+}
+
+/// Whether the change from `before` to `after` halted the endpoint.
+fn halted(before: &Endpoint, after: &Endpoint) -> bool {
+    before.status != EndpointStatus::Failed && after.status == EndpointStatus::Failed
 }
 
 /// Adds the status change from `before` to `after` to the endpoint log (if the status

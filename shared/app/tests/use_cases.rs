@@ -19,8 +19,9 @@ use handoff_core::ids::{ExchangeId, StepId};
 use handoff_core::machine::Effect;
 use handoff_core::plan::{SubStep, WorkerFamily};
 use handoff_ports::memory::{
-    ManualClock, MemoryDataFileStore, MemoryEndpoints, MemoryEventQueues, MemoryExchangeRepository,
-    MemoryIntegrationRepository, MemoryMappings, MemoryQueue, MemorySchedules, MemorySecrets, MemoryUnrouted, Queued,
+    ManualClock, MemoryDataFileStore, MemoryEndpoints, MemoryErrorTracker, MemoryEventQueues, MemoryExchangeRepository,
+    MemoryIntegrationRepository, MemoryMappings, MemoryQueue, MemorySchedules, MemorySecrets, MemoryTopics,
+    MemoryUnrouted, Queued,
 };
 use handoff_ports::{Clock, ExchangeReads, ScheduleManager, TokenStore};
 use http::{Request, StatusCode};
@@ -36,6 +37,9 @@ struct Harness {
     exchanges: Arc<MemoryExchangeRepository>,
     queue: Arc<MemoryQueue>,
     schedules: Arc<MemorySchedules>,
+    /// What was published to SNS topics, and reported to the error tracker.
+    topics: Arc<MemoryTopics>,
+    tracker: Arc<MemoryErrorTracker>,
     /// Stands still until a test moves it.
     clock: Arc<ManualClock>,
     workers: HashMap<WorkerFamily, WorkerFunction>,
@@ -52,6 +56,8 @@ impl Harness {
         let queue = Arc::new(MemoryQueue::default());
         let schedules = Arc::new(MemorySchedules::default());
         let clock = Arc::new(ManualClock::default());
+        let topics = Arc::new(MemoryTopics::default());
+        let tracker = Arc::new(MemoryErrorTracker::default());
         let ports = Ports {
             integrations: Arc::new(MemoryIntegrationRepository::default()),
             exchanges: exchanges.clone(),
@@ -64,6 +70,8 @@ impl Harness {
             events: Arc::new(MemoryEventQueues::default()),
             unrouted: Arc::new(MemoryUnrouted::default()),
             clock: clock.clone(),
+            tracker: tracker.clone(),
+            topics: topics.clone(),
         };
         // Definitions are read live, so a changed retry policy shows at the next decision.
         // Loopback systems stand in for partners, so loopback is opened as the emulator does.
@@ -76,7 +84,7 @@ impl Harness {
         adjust(&mut settings);
         let ctx = AppContext::new(ports, settings, Arc::new(handoff_core::expression::InProcess::default()));
         let workers = WorkerFamily::ALL.into_iter().map(|f| (f, WorkerFunction::new(ctx.clone(), f))).collect();
-        Self { ctx, exchanges, queue, schedules, clock, workers }
+        Self { ctx, exchanges, queue, schedules, topics, tracker, clock, workers }
     }
 
     /// A request as a caller with every scope (what API Gateway's authorizer hands on).
@@ -1520,4 +1528,107 @@ async fn each_job_run_pings_its_heartbeat_start_then_success_or_fail() {
     h.queue.heal();
     silent.invoke(json!({"job": "errorProcessing"})).await.expect("no heartbeat configured");
     silent.invoke(json!({"job": "regular"})).await.expect("a heartbeat nobody answers");
+}
+
+/// A scheduled run pings its integration's heartbeat `/start` before it is handed on and
+/// success or `/fail` when its exchange ends; a run started over the API pings nothing. An
+/// integration without its own `heartbeatUrl` pings the deployment's pattern.
+#[tokio::test]
+async fn a_scheduled_run_pings_its_heartbeat_start_then_success_or_fail_and_other_runs_do_not() {
+    use handoff_app::entry::trigger::TriggerFunction;
+    use handoff_core::heartbeat::HeartbeatPattern;
+    let (check, pings) = heartbeat_monitor().await;
+    let pattern = check.replace("check-1234", "pattern/{code}");
+    let h = Harness::with(|s| s.integration_heartbeats = HeartbeatPattern::parse(&pattern).expect("valid"));
+    let mut own = transform("NIGHTLY_OWN", ".");
+    own["schedule"] = json!({"expression": "rate(1 hour)"});
+    own["heartbeatUrl"] = json!(check);
+    h.define(own).await;
+    let mut by_pattern = transform("NIGHTLY_PATTERN", "error(\"customer Jane Roe has no account\")");
+    by_pattern["schedule"] = json!({"expression": "rate(1 hour)"});
+    h.define(by_pattern).await;
+
+    let trigger = TriggerFunction::new(h.ctx.clone());
+    trigger.invoke(json!({"integrationCode": "NIGHTLY_OWN"})).await.expect("scheduled run");
+    assert_eq!(pings.lock().expect("lock").clone(), [("/ping/check-1234/start".to_string(), String::new())]);
+    assert!(h.run().await.is_empty());
+    h.invoke("NIGHTLY_OWN", json!([1])).await;
+    assert!(h.run().await.is_empty());
+    let seen: Vec<String> = pings.lock().expect("lock").iter().map(|(p, _)| p.clone()).collect();
+    assert_eq!(seen, ["/ping/check-1234/start", "/ping/check-1234"], "the API run pinged nothing");
+
+    pings.lock().expect("lock").clear();
+    trigger.invoke(json!({"integrationCode": "NIGHTLY_PATTERN"})).await.expect("scheduled run");
+    h.run().await;
+    let seen = pings.lock().expect("lock").clone();
+    let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths, ["/ping/pattern/nightly_pattern/start", "/ping/pattern/nightly_pattern/fail"]);
+    assert!(seen[1].1.contains("ExpressionFailed"), "{}", seen[1].1);
+    assert!(!seen[1].1.contains("Jane Roe"), "the fail text quotes no data: {}", seen[1].1);
+}
+
+/// `notify` targets hear of an exchange that failed for good (a business error) and of an
+/// endpoint a system failure halted — not of a failure the error job re-drives on its own —
+/// with the code, the exchange, the error code and its action and a link, never the data.
+/// System failures, and only they, reach the error tracker with where they happened.
+#[tokio::test]
+async fn the_owner_is_told_of_failures_for_good_and_halts_and_system_failures_are_tracked() {
+    use handoff_core::notice::NoticeEvent;
+    let (hook, received) = heartbeat_monitor().await;
+    let hook = hook.replace("/ping/check-1234", "/hooks/owner");
+    let topic = "arn:aws:sns:us-east-1:123456789012:handoff-notify-owner";
+    let h = Harness::with(|s| s.public_base_url = Some("https://gw.example.com".into()));
+    let notify = json!([{"webhook": hook}, {"snsTopicArn": topic, "on": ["endpointHalted"]}]);
+    let mut business = transform("TOLD_BIZ", "error(\"customer Jane Roe has no account\")");
+    business["notify"] = notify.clone();
+    h.define(business).await;
+    let mut system = unreachable_delivery("TOLD_SYS", 1);
+    system["notify"] = notify;
+    h.define(system).await;
+    let (status, body) = h.call("PATCH", "/integrations/TOLD_SYS", Some(json!({"onSystemFailure": "halt"}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let failed = h.invoke("TOLD_BIZ", json!({"name": "Jane Roe"})).await;
+    assert!(h.run().await.is_empty());
+    assert_eq!(h.detail(&failed).await.exchange.status, ExchangeStatus::Failed);
+    let heard = received.lock().expect("lock").clone();
+    assert_eq!(heard.len(), 1, "the webhook heard once: {heard:?}");
+    assert_eq!(heard[0].0, "/hooks/owner");
+    let notice: Value = serde_json::from_str(&heard[0].1).expect("json");
+    assert_eq!(notice["event"], "exchangeFailed");
+    assert_eq!(notice["integrationCode"], "TOLD_BIZ");
+    assert_eq!(notice["exchangeId"], failed.as_str());
+    assert_eq!(notice["errorCode"], "ExpressionFailed");
+    assert_eq!(notice["action"], handoff_core::error_code::ErrorCode::ExpressionFailed.action());
+    assert_eq!(notice["link"], format!("https://gw.example.com/exchanges/{failed}"));
+    assert!(!heard[0].1.contains("Jane Roe"), "{}", heard[0].1);
+    assert!(h.topics.published().is_empty(), "the topic wants halts only");
+    assert!(h.tracker.reports().is_empty(), "a business failure is not a system error");
+
+    // A connection failure: retryable, so the error job re-drives it (nobody is told it
+    // failed), but it halts the endpoint, which both targets hear of.
+    received.lock().expect("lock").clear();
+    let halted = h.invoke("TOLD_SYS", json!({"name": "Jane Roe"})).await;
+    assert!(h.run().await.is_empty());
+    assert_eq!(h.detail(&halted).await.exchange.status, ExchangeStatus::Failed);
+    let heard = received.lock().expect("lock").clone();
+    let events: Vec<String> =
+        heard.iter().map(|(_, body)| serde_json::from_str::<Value>(body).expect("json")["event"].to_string()).collect();
+    assert_eq!(events, [format!("\"{}\"", NoticeEvent::EndpointHalted.name())]);
+    let published = h.topics.published();
+    assert_eq!(published.len(), 1, "{published:?}");
+    assert_eq!(published[0].topic_arn, topic);
+    assert_eq!(published[0].subject, "Handoff: TOLD_SYS endpoint halted (Unavailable)");
+    assert!(published[0].message.contains(&format!("Exchange: {halted}")), "{}", published[0].message);
+    assert!(published[0].message.contains("/integrations/TOLD_SYS/resume"), "{}", published[0].message);
+    assert!(!published[0].message.contains("Jane Roe"));
+
+    let reports = h.tracker.reports();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let report = &reports[0];
+    assert_eq!((report.kind.as_str(), report.exchange_id.as_ref()), ("Unavailable", Some(&halted)));
+    assert_eq!(report.integration_code.as_ref().map(|c| c.as_str()), Some("TOLD_SYS"));
+    assert_eq!((report.sub_step, report.attempt), (Some(SubStep::DeliverRest), Some(1)));
+    assert_eq!(report.link.as_deref(), Some(format!("https://gw.example.com/exchanges/{halted}").as_str()));
+    assert!(!report.message.contains("Jane Roe"));
 }

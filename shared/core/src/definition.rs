@@ -4,8 +4,10 @@
 
 use crate::expression::Expression;
 use crate::formats::{parse_input, parse_output, InputSpec, OutputSpec};
+use crate::heartbeat::HeartbeatUrl;
 use crate::ids::{IntegrationCode, IntegrationVersion};
 use crate::mapping::MappingName;
+use crate::notice::{parse_notify, Notify};
 use crate::placeholder;
 use crate::reader::{describe, FieldError, FieldResult, ObjectReader};
 use crate::recovery::ResumeFrom;
@@ -26,6 +28,13 @@ pub struct IntegrationDefinition {
     /// `"errorProcessing": {"from": "failedStep" | "collection"}`: where the error job
     /// re-processes an exchange whose error was resolved.
     pub reprocess_from: ResumeFrom,
+    /// `"heartbeatUrl"`: a scheduled integration's check (healthchecks.io protocol), pinged
+    /// when a scheduled run starts and when its exchange ends. Overrides the deployment's
+    /// `IntegrationHeartbeatUrlPattern`.
+    pub heartbeat_url: Option<HeartbeatUrl>,
+    /// `"notify"`: who is told when an exchange fails for good, times out, or the endpoint
+    /// halts ([`crate::notice`]).
+    pub notify: Vec<Notify>,
     pub steps: Vec<IntegrationStep>,
 }
 
@@ -244,6 +253,8 @@ pub fn parse_definition(document: &Value) -> Result<IntegrationDefinition, Field
         "signoff",
         "signoffTimeoutSeconds",
         "errorProcessing",
+        "heartbeatUrl",
+        "notify",
         "steps",
         "description",
     ])?;
@@ -289,6 +300,17 @@ pub fn parse_definition(document: &Value) -> Result<IntegrationDefinition, Field
             }
         }
     };
+    let heartbeat_url = match root.optional_str("heartbeatUrl")? {
+        None => None,
+        Some(_) if schedule.is_none() => {
+            return Err(FieldError::new(
+                "heartbeatUrl",
+                "only a scheduled integration has a heartbeat (it needs a schedule)",
+            ))
+        }
+        Some(url) => HeartbeatUrl::parse(url).map_err(|e| FieldError::new("heartbeatUrl", e))?,
+    };
+    let notify = parse_notify(&root)?;
     let steps_value = root.required_array("steps")?;
     if steps_value.is_empty() {
         return Err(FieldError::new("steps", "must list at least one step"));
@@ -310,7 +332,19 @@ pub fn parse_definition(document: &Value) -> Result<IntegrationDefinition, Field
         }
         steps.push(parsed);
     }
-    Ok(IntegrationDefinition { code, version, enabled, sla_seconds, schedule, events, signoff, reprocess_from, steps })
+    Ok(IntegrationDefinition {
+        code,
+        version,
+        enabled,
+        sla_seconds,
+        schedule,
+        events,
+        signoff,
+        reprocess_from,
+        heartbeat_url,
+        notify,
+        steps,
+    })
 }
 
 /// Whether a *stored* definition document (valid: it was parsed before it was stored) is
@@ -1055,6 +1089,24 @@ mod tests {
         assert_eq!(error_of(doc.clone()).path, "errorProcessing.from");
         doc["errorProcessing"] = json!({"from": "collection", "every": 5});
         assert_eq!(error_of(doc).path, "errorProcessing.every");
+    }
+
+    #[test]
+    fn a_heartbeat_url_needs_a_schedule_and_notify_targets_are_read() {
+        let mut doc =
+            json!({"code": "HB", "steps": [{"name": "a", "type": "transformation", "function": {"jq": "."}}]});
+        doc["heartbeatUrl"] = json!("https://hc-ping.com/abc");
+        assert_eq!(parse_definition(&doc).expect_err("no schedule").path, "heartbeatUrl");
+        doc["schedule"] = json!({"expression": "rate(1 hour)"});
+        let parsed = parse_definition(&doc).expect("scheduled");
+        assert!(parsed.heartbeat_url.is_some());
+        doc["heartbeatUrl"] = json!("https://hc-ping.com/abc?x=1");
+        assert_eq!(parse_definition(&doc).expect_err("query").path, "heartbeatUrl");
+        doc["heartbeatUrl"] = json!("https://hc-ping.com/abc");
+        doc["notify"] = json!([{"webhook": "https://hooks.example.com/x"}]);
+        assert_eq!(parse_definition(&doc).expect("notify").notify.len(), 1);
+        doc["notify"] = json!([{"webhook": 3}]);
+        assert_eq!(parse_definition(&doc).expect_err("bad").path, "notify[0].webhook");
     }
 
     #[test]

@@ -122,6 +122,9 @@ pub struct Retrying {
 pub struct SystemFailure {
     pub exchange_id: ExchangeId,
     pub step_id: StepId,
+    /// Its catalogue code ([`crate::error_code`]).
+    #[serde(default)]
+    pub code: crate::error_code::ErrorCode,
     pub error: String,
     pub at: DateTime<Utc>,
 }
@@ -502,6 +505,7 @@ mod tests {
         let failure = |id: &str| SystemFailure {
             exchange_id: ExchangeId::new(id),
             step_id: StepId::from_sequence(2),
+            code: crate::error_code::ErrorCode::Unavailable,
             error: "retries exhausted".into(),
             at: now,
         };

@@ -4,6 +4,7 @@
 //! module owns the URL (validated; never shown whole, as it is a credential) and what each
 //! ping is; the application sends them.
 
+use crate::ids::IntegrationCode;
 use std::fmt;
 
 /// The most characters of a failure's text a `fail` ping carries.
@@ -53,6 +54,50 @@ impl fmt::Debug for HeartbeatUrl {
     }
 }
 
+/// The deployment-wide ping URL of scheduled integrations (`IntegrationHeartbeatUrlPattern`),
+/// e.g. `https://hc-ping.com/<ping-key>/{code}`: `{code}` becomes the integration's code
+/// as a healthchecks.io slug (lower case), so one setting monitors every schedule — a check
+/// is created at its first ping when the project allows it. An integration's own
+/// `heartbeatUrl` wins over it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HeartbeatPattern(String);
+
+/// Where the integration code goes in a [`HeartbeatPattern`].
+pub const CODE_PLACEHOLDER: &str = "{code}";
+
+impl HeartbeatPattern {
+    /// `None` for an empty setting.
+    pub fn parse(value: &str) -> Result<Option<Self>, String> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Ok(None);
+        }
+        if !value.contains(CODE_PLACEHOLDER) {
+            return Err(format!("a heartbeat URL pattern must contain {CODE_PLACEHOLDER}"));
+        }
+        let pattern = Self(value.to_string());
+        HeartbeatUrl::parse(&pattern.expand("CHECK"))?;
+        Ok(Some(pattern))
+    }
+
+    fn expand(&self, code: &str) -> String {
+        self.0.replace(CODE_PLACEHOLDER, &code.to_ascii_lowercase())
+    }
+
+    /// The ping URL of the integration `code`.
+    pub fn url_for(&self, code: &IntegrationCode) -> Option<HeartbeatUrl> {
+        // A code is letters, digits, '_' and '-': it always makes a valid path segment.
+        HeartbeatUrl::parse(&self.expand(code.as_str())).ok().flatten()
+    }
+}
+
+impl fmt::Debug for HeartbeatPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = HeartbeatUrl::parse(&self.expand("CHECK")).ok().flatten().map(|u| u.redacted()).unwrap_or_default();
+        write!(f, "HeartbeatPattern({shown})")
+    }
+}
+
 /// One ping of a job's run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ping {
@@ -95,6 +140,20 @@ mod tests {
         assert_eq!(url.url_for(&Ping::Success), "https://hc-ping.com/5f1a-secret");
         assert_eq!(url.url_for(&Ping::failed("boom")), "https://hc-ping.com/5f1a-secret/fail");
         assert_eq!(Ping::failed(&"x".repeat(5000)).body().len(), MAX_FAIL_TEXT_CHARS);
+    }
+
+    #[test]
+    fn a_pattern_gives_each_integration_its_check() {
+        let pattern = HeartbeatPattern::parse("https://hc-ping.com/key-123/{code}").expect("valid").expect("set");
+        let code = IntegrationCode::parse("ORDER_SYNC").expect("code");
+        assert_eq!(
+            pattern.url_for(&code).expect("url").url_for(&Ping::Start),
+            "https://hc-ping.com/key-123/order_sync/start"
+        );
+        assert!(!format!("{pattern:?}").contains("key-123"));
+        assert_eq!(HeartbeatPattern::parse("").expect("empty"), None);
+        assert!(HeartbeatPattern::parse("https://hc-ping.com/key").is_err(), "no {{code}}");
+        assert!(HeartbeatPattern::parse("hc-ping.com/{code}").is_err(), "not absolute");
     }
 
     #[test]

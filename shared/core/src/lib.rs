@@ -18,6 +18,7 @@ pub mod links;
 pub mod machine;
 pub mod mapping;
 pub mod network;
+pub mod notice;
 pub mod notification;
 pub mod placeholder;
 pub mod plan;

@@ -566,6 +566,31 @@ impl std::fmt::Debug for SecretText {
     }
 }
 
+// ------------------------------------------------------------------ telling people
+
+/// Publishes a notice to an SNS topic (`notify` targets of kind `snsTopicArn`).
+#[async_trait]
+pub trait TopicPublisher: Send + Sync {
+    /// Publishes `message` with `subject` to the topic `topic_arn`.
+    async fn publish(&self, topic_arn: &str, subject: &str, message: &str) -> PortResult<()>;
+}
+
+/// Where system failures and panics are reported (a Sentry-protocol endpoint), if anywhere.
+/// A report that cannot be sent is the tracker's to log: reporting never fails the work.
+#[async_trait]
+pub trait ErrorTracker: Send + Sync {
+    async fn report(&self, report: &handoff_core::notice::ErrorReport);
+}
+
+/// The tracker of a deployment without one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoErrorTracker;
+
+#[async_trait]
+impl ErrorTracker for NoErrorTracker {
+    async fn report(&self, _report: &handoff_core::notice::ErrorReport) {}
+}
+
 /// What time it is for the gateway: timers, timeouts, schedules shown and exchange times are
 /// read from here. The system clock in AWS; locally the emulator's, which its time control
 /// moves forward so schedule and timer tests take seconds.

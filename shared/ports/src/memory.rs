@@ -783,6 +783,61 @@ impl SecretStore for MemorySecrets {
     }
 }
 
+/// SNS topics in memory: what was published to each.
+#[derive(Debug, Default)]
+pub struct MemoryTopics {
+    published: Mutex<Vec<PublishedNotice>>,
+}
+
+/// One message published to a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedNotice {
+    pub topic_arn: String,
+    pub subject: String,
+    pub message: String,
+}
+
+impl MemoryTopics {
+    pub fn published(&self) -> Vec<PublishedNotice> {
+        lock(&self.published).clone()
+    }
+}
+
+#[async_trait]
+impl crate::TopicPublisher for MemoryTopics {
+    async fn publish(&self, topic_arn: &str, subject: &str, message: &str) -> PortResult<()> {
+        // SNS refuses subjects over 100 characters, or with line breaks.
+        if subject.chars().count() > 100 || subject.contains('\n') {
+            return Err(fault(format!("invalid subject '{subject}'")));
+        }
+        lock(&self.published).push(PublishedNotice {
+            topic_arn: topic_arn.to_string(),
+            subject: subject.to_string(),
+            message: message.to_string(),
+        });
+        Ok(())
+    }
+}
+
+/// An error tracker that keeps what it was sent.
+#[derive(Debug, Default)]
+pub struct MemoryErrorTracker {
+    reports: Mutex<Vec<handoff_core::notice::ErrorReport>>,
+}
+
+impl MemoryErrorTracker {
+    pub fn reports(&self) -> Vec<handoff_core::notice::ErrorReport> {
+        lock(&self.reports).clone()
+    }
+}
+
+#[async_trait]
+impl crate::ErrorTracker for MemoryErrorTracker {
+    async fn report(&self, report: &handoff_core::notice::ErrorReport) {
+        lock(&self.reports).push(report.clone());
+    }
+}
+
 /// A clock a test moves by hand: it starts at the real time and moves a millisecond per
 /// reading (so events read in order keep that order, as on a real clock) plus what the
 /// test moves it.

@@ -2,6 +2,7 @@
 //! from its environment variables and an AWS SDK configuration. Lambda `main.rs` files
 //! and the local emulator both go through here, so they run the same wiring.
 
+use crate::error_tracker::SentryTracker;
 use async_trait::async_trait;
 use handoff_app::context::{AppContext, AppSettings, Ports};
 use handoff_app::entry::api::ApiFunction;
@@ -18,14 +19,15 @@ use handoff_aws::dynamo::{
 use handoff_aws::s3::S3DataFileStore;
 use handoff_aws::scheduler::EventBridgeScheduleManager;
 use handoff_aws::secrets::SecretsManagerStore;
+use handoff_aws::sns::SnsTopicPublisher;
 use handoff_aws::sqs::SqsHandoffQueue;
 use handoff_core::definition::ScheduleSpec;
 use handoff_core::expression::{OutputLimits, SandboxLimits};
-use handoff_core::heartbeat::HeartbeatUrl;
+use handoff_core::heartbeat::{HeartbeatPattern, HeartbeatUrl};
 use handoff_core::ids::IntegrationCode;
 use handoff_core::network::OutboundPolicy;
 use handoff_core::plan::WorkerFamily;
-use handoff_ports::{Clock, PortError, PortResult, ScheduleManager};
+use handoff_ports::{Clock, ErrorTracker, NoErrorTracker, PortError, PortResult, ScheduleManager};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,7 +104,27 @@ impl ScheduleManager for NoScheduleManagement {
     }
 }
 
-pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Result<Arc<AppContext>, ComposeError> {
+/// The error tracker `HANDOFF_ERROR_TRACKER` (`on` / `off`) asks for, reporting as `binary`.
+fn error_tracker(vars: &Vars, aws: &AwsEnvironment, binary: &str) -> Result<Arc<dyn ErrorTracker>, ComposeError> {
+    match vars.0.get("HANDOFF_ERROR_TRACKER").map_or("off", String::as_str) {
+        "off" | "" => Ok(Arc::new(NoErrorTracker)),
+        "on" => {
+            let secret = vars.required("HANDOFF_ERROR_TRACKER_DSN_SECRET")?;
+            let secrets = Arc::new(SecretsManagerStore::new(aws_sdk_secretsmanager::Client::new(&aws.sdk)));
+            Ok(Arc::new(SentryTracker::new(secrets, secret, binary.to_string())))
+        }
+        other => Err(ComposeError::Environment {
+            name: "HANDOFF_ERROR_TRACKER".into(),
+            problem: format!("'{other}' is not on or off"),
+        }),
+    }
+}
+
+pub fn build_context(
+    binary: &str,
+    vars: &HashMap<String, String>,
+    aws: &AwsEnvironment,
+) -> Result<Arc<AppContext>, ComposeError> {
     let vars = Vars(vars);
     let dynamo = aws_sdk_dynamodb::Client::new(&aws.sdk);
     let s3_config = aws_sdk_s3::config::Builder::from(&aws.sdk).force_path_style(aws.s3_force_path_style).build();
@@ -136,6 +158,8 @@ pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Re
         events: Arc::new(DynamoEventQueue::new(dynamo.clone(), vars.required("HANDOFF_EXCHANGES_TABLE")?)),
         unrouted: Arc::new(DynamoUnroutedStore::new(dynamo.clone(), vars.required("HANDOFF_EXCHANGES_TABLE")?)),
         clock: aws.clock.clone(),
+        tracker: error_tracker(&vars, aws, binary)?,
+        topics: Arc::new(SnsTopicPublisher::new(aws_sdk_sns::Client::new(&aws.sdk))),
     };
     let defaults = AppSettings::default();
     let jq = SandboxLimits {
@@ -177,6 +201,14 @@ pub fn build_context(vars: &HashMap<String, String>, aws: &AwsEnvironment) -> Re
             // The template caps it at 36,500 days (a century).
             days => Some(chrono::Duration::days(days.min(36_500) as i64)),
         },
+        auto_recovery_limit: vars.number("HANDOFF_AUTO_RECOVERY_LIMIT", defaults.auto_recovery_limit as u64)? as u32,
+        integration_heartbeats: HeartbeatPattern::parse(
+            vars.0.get("HANDOFF_INTEGRATION_HEARTBEAT_URL_PATTERN").map_or("", String::as_str),
+        )
+        .map_err(|problem| ComposeError::Environment {
+            name: "HANDOFF_INTEGRATION_HEARTBEAT_URL_PATTERN".into(),
+            problem,
+        })?,
     };
     Ok(AppContext::new(ports, settings, Arc::new(JqSandbox::new(sandbox_executable(&vars)?, jq))))
 }
@@ -207,10 +239,10 @@ pub async fn build_function(
     if !known {
         return Err(ComposeError::UnknownBinary(binary.to_string()));
     }
-    let auto_recovery_limit = Vars(vars).number("HANDOFF_AUTO_RECOVERY_LIMIT", 3)? as u32;
-    let ctx = build_context(vars, aws)?;
+    let ctx = build_context(binary, vars, aws)?;
     let namespace = vars.get("HANDOFF_METRICS_NAMESPACE").map_or(crate::metrics::DEFAULT_NAMESPACE, String::as_str);
     let metrics = crate::metrics::install(namespace);
+    let tracker = ctx.ports.tracker.clone();
     let inner: Arc<dyn FunctionHandler> = match binary {
         "handoff-jobs" => {
             let heartbeats = JobHeartbeats {
@@ -218,7 +250,8 @@ pub async fn build_function(
                 error_processing: Vars(vars).heartbeat("HANDOFF_ERROR_JOB_HEARTBEAT_URL")?,
             };
             let regular_every = Vars(vars).number("HANDOFF_REGULAR_JOB_EVERY_MINUTES", 1)?.max(1);
-            let jobs = JobsFunction::new(ctx, auto_recovery_limit)
+            let limit = ctx.settings.auto_recovery_limit;
+            let jobs = JobsFunction::new(ctx, limit)
                 .running_every(std::time::Duration::from_secs(regular_every * 60))
                 .with_heartbeats(heartbeats);
             Arc::new(jobs)
@@ -231,7 +264,7 @@ pub async fn build_function(
             None => return Err(ComposeError::UnknownBinary(binary.to_string())),
         },
     };
-    Ok(Arc::new(crate::metrics::Metered { inner, metrics }))
+    Ok(Arc::new(crate::metrics::Metered { inner, metrics, tracker }))
 }
 
 #[cfg(test)]

@@ -5,9 +5,13 @@
 //! receiver of the emulator's, which reads them as CloudWatch would.
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use handoff_app::entry::function::{FunctionHandler, InvocationError};
+use handoff_core::notice::ErrorReport;
+use handoff_ports::ErrorTracker;
 use metrics_cloudwatch_embedded::Collector;
 use serde_json::Value;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// The namespace when `HANDOFF_METRICS_NAMESPACE` is not set.
@@ -67,17 +71,68 @@ impl Metrics {
     }
 }
 
-/// A function whose every invocation ends with a [`Metrics::flush`].
+/// A function whose every invocation ends with a [`Metrics::flush`], and whose panics are
+/// reported to the error tracker (then answered as the error `Panic`, as the Lambda
+/// runtime would answer them).
 pub struct Metered {
     pub inner: Arc<dyn FunctionHandler>,
     pub metrics: &'static Metrics,
+    pub tracker: Arc<dyn ErrorTracker>,
 }
 
 #[async_trait]
 impl FunctionHandler for Metered {
     async fn invoke(&self, event: Value) -> Result<Value, InvocationError> {
-        let outcome = self.inner.invoke(event).await;
+        let outcome = match AssertUnwindSafe(self.inner.invoke(event)).catch_unwind().await {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                tracing::error!(panic = %message, "the function panicked");
+                self.tracker.report(&ErrorReport::panic(&message)).await;
+                Err(InvocationError::new("Panic", message))
+            }
+        };
         self.metrics.flush();
         outcome
+    }
+}
+
+/// A panic's text (`panic!` carries a `&str` or a `String`).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic without a message".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use handoff_ports::memory::MemoryErrorTracker;
+
+    struct Panics;
+
+    #[async_trait]
+    impl FunctionHandler for Panics {
+        async fn invoke(&self, event: Value) -> Result<Value, InvocationError> {
+            let items: Vec<u32> = serde_json::from_value(event).unwrap_or_default();
+            // An index out of bounds: the kind of bug that panics.
+            Ok(Value::from(items[3]))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_reported_and_answered_as_an_error() {
+        let tracker = Arc::new(MemoryErrorTracker::default());
+        let metered =
+            Metered { inner: Arc::new(Panics), metrics: install(DEFAULT_NAMESPACE), tracker: tracker.clone() };
+        let answer = metered.invoke(serde_json::json!([1])).await.expect_err("a panic is an error");
+        assert_eq!(answer.error_type, "Panic");
+        let reports = tracker.reports();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].kind, "Panic");
+        assert!(reports[0].message.contains("index out of bounds"), "{:?}", reports[0]);
+        assert_eq!(metered.invoke(serde_json::json!([1, 2, 3, 4])).await.expect("no panic"), Value::from(4));
     }
 }

@@ -1,10 +1,9 @@
 //! The jobs function: decodes which scheduled job to run, runs it
-//! ([`crate::use_cases::sweeps`]) between its heartbeat pings ([`crate::heartbeat`]) and
+//! ([`crate::use_cases::sweeps`]) between its heartbeat pings ([`crate::telling::ping`]) and
 //! answers what it did.
 
 use crate::context::AppContext;
 use crate::entry::function::{FunctionHandler, InvocationError};
-use crate::heartbeat::ping;
 use crate::use_cases::sweeps::Sweeps;
 use async_trait::async_trait;
 use handoff_core::heartbeat::{HeartbeatUrl, Ping};
@@ -59,6 +58,12 @@ impl JobsFunction {
     pub fn with_heartbeats(self, heartbeats: JobHeartbeats) -> Self {
         Self { heartbeats, ..self }
     }
+
+    async fn ping(&self, heartbeat: Option<&HeartbeatUrl>, ping: Ping) {
+        if let Some(url) = heartbeat {
+            crate::telling::ping(&self.ctx.http, url, &ping).await;
+        }
+    }
 }
 
 #[async_trait]
@@ -75,7 +80,7 @@ impl FunctionHandler for JobsFunction {
             Job::Regular => self.heartbeats.regular.as_ref(),
             Job::ErrorProcessing => self.heartbeats.error_processing.as_ref(),
         };
-        ping(&self.ctx.http, heartbeat, Ping::Start).await;
+        self.ping(heartbeat, Ping::Start).await;
         let started = std::time::Instant::now();
         let outcome = match input.job {
             Job::Regular => {
@@ -107,11 +112,11 @@ impl FunctionHandler for JobsFunction {
         crate::metrics::job_ran(job, started.elapsed(), outcome.is_ok());
         match outcome {
             Ok(done) => {
-                ping(&self.ctx.http, heartbeat, Ping::Success).await;
+                self.ping(heartbeat, Ping::Success).await;
                 Ok(done)
             }
             Err(e) => {
-                ping(&self.ctx.http, heartbeat, Ping::failed(&e.to_string())).await;
+                self.ping(heartbeat, Ping::failed(&e.to_string())).await;
                 Err(InvocationError::new("JobFailed", e.to_string()))
             }
         }

@@ -2,7 +2,7 @@
 //! Failed (system error, cause recorded) so nothing is lost silently and it can be recovered.
 
 use crate::context::AppContext;
-use crate::effects::{run_effects, EffectPorts};
+use crate::effects::{after_applied, EffectPorts};
 use handoff_core::commit::CommitOutcome;
 use handoff_core::handoff::HandoffMessage;
 use handoff_core::machine::failures;
@@ -40,8 +40,8 @@ pub async fn dead_lettered(
     match ctx.writes.commit(&decision.commit).await? {
         CommitOutcome::Applied => {
             tracing::error!(exchangeId = %message.exchange_id, stepId = %message.step_id, queue, "exchange failed: dead-lettered handoff");
-            crate::metrics::commit_applied(&message.integration_code, &decision.commit);
-            run_effects(ctx.effects, decision.effects).await?;
+            let (code, version) = (&message.integration_code, message.integration_version);
+            after_applied(ctx.effects, code, version, &decision.commit, decision.effects).await?;
         }
         CommitOutcome::Conflict => {
             tracing::warn!(exchangeId = %message.exchange_id, stepId = %message.step_id, "dead letter for a step or exchange that already moved on; nothing to mark")

@@ -8,7 +8,7 @@
 
 use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
-use crate::effects::run_effects;
+use crate::effects::{after_applied, run_effects};
 use crate::executors::{execute, ExecutionContext};
 use chrono::{Duration as ChronoDuration, Utc};
 use handoff_core::commit::{ClaimRequest, Conflict};
@@ -154,8 +154,8 @@ async fn apply(
     match ctx.ports.exchanges.try_commit(&decision.commit).await? {
         Ok(()) => {
             tracing::info!(status = ?decision.commit.step.as_ref().map(|s| s.status), "sub-step recorded");
-            crate::metrics::commit_applied(&message.integration_code, &decision.commit);
-            Ok(run_effects(ctx.effects(), decision.effects).await?)
+            let (code, version) = (&message.integration_code, message.integration_version);
+            Ok(after_applied(ctx.effects(), code, version, &decision.commit, decision.effects).await?)
         }
         Err(conflict) => after_conflict(ctx, message, loaded, conflict).await,
     }

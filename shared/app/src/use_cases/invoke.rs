@@ -168,6 +168,9 @@ pub async fn invoke_exchange(ctx: &Starting<'_>, request: InvokeRequest) -> Resu
     let (mut exchange, steps, message) = (created.exchange, created.steps, created.first);
     exchange.trigger = Some(request.trigger.clone());
     ctx.writes.create(&exchange, &steps).await?;
+    if request.trigger.kind == TriggerKind::Schedule {
+        crate::telling::scheduled_run_started(ctx.effects, &loaded.definition, &exchange.exchange_id).await;
+    }
 
     // The SLA first: an exchange still `New` is started again by the regular job (see
     // [`start_again`]), which arms the SLA again; one already `Started` is not.
@@ -281,7 +284,15 @@ async fn mark_not_handed_off(ctx: &Starting<'_>, exchange: &Exchange, error: &Po
     let mut decision = failures::handoff_failed(exchange, &error.to_string(), ctx.effects.clock.now());
     decision.commit.keep_finished_for(ctx.retention);
     match ctx.writes.commit(&decision.commit).await {
-        Ok(CommitOutcome::Applied) => crate::metrics::commit_applied(&exchange.integration_code, &decision.commit),
+        Ok(CommitOutcome::Applied) => {
+            crate::telling::commit_applied(
+                ctx.effects,
+                &exchange.integration_code,
+                exchange.integration_version,
+                &decision.commit,
+            )
+            .await
+        }
         Ok(CommitOutcome::Conflict) => {
             tracing::warn!(exchangeId = %exchange.exchange_id, "exchange moved on before its hand-off failure was recorded")
         }

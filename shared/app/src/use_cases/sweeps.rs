@@ -14,8 +14,8 @@ use chrono::Duration as ChronoDuration;
 use handoff_core::exchange::ExchangeStatus;
 use handoff_core::ids::{ExchangeId, IntegrationCode};
 use handoff_core::machine::delay_until;
+use handoff_core::notice::redriven_automatically;
 use handoff_core::recovery::ResumeFrom;
-use handoff_core::retry::ErrorClassification;
 use handoff_ports::{ErrorStore, ExchangeFilter, PortError, TimerStore};
 
 /// Timers due within this many periods of the regular job are handed to SQS now: the next
@@ -156,8 +156,7 @@ impl<'a> Sweeps<'a> {
                 let eligible = exchange
                     .error
                     .as_ref()
-                    .is_some_and(|e| e.retryable && e.classification == ErrorClassification::System)
-                    && exchange.recoveries < self.auto_recovery_limit;
+                    .is_some_and(|e| redriven_automatically(e, exchange.recoveries, self.auto_recovery_limit));
                 if !eligible {
                     skipped += 1;
                     continue;

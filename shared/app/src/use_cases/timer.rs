@@ -4,7 +4,7 @@
 
 use crate::context::AppContext;
 use crate::definitions::DefinitionCache;
-use crate::effects::{run_effects, EffectPorts};
+use crate::effects::{after_applied, run_effects, EffectPorts};
 use crate::use_cases::handoff::WorkerError;
 use handoff_core::commit::CommitOutcome;
 use handoff_core::handoff::{Timer, TimerKind};
@@ -67,10 +67,15 @@ pub async fn fire_timer(ctx: &Timers<'_>, timer: Timer) -> Result<(), WorkerErro
             match ctx.writes.commit(&decision.commit).await? {
                 CommitOutcome::Applied => {
                     tracing::warn!(exchange = ?decision.commit.exchange, "timer fired");
-                    if let Some(detail) = &detail {
-                        crate::metrics::commit_applied(&detail.exchange.integration_code, &decision.commit);
+                    let (commit, effects) = (&decision.commit, decision.effects);
+                    match &detail {
+                        Some(detail) => {
+                            let (code, version) =
+                                (&detail.exchange.integration_code, detail.exchange.integration_version);
+                            Ok(after_applied(ctx.effects, code, version, commit, effects).await?)
+                        }
+                        None => Ok(run_effects(ctx.effects, effects).await?),
                     }
-                    Ok(run_effects(ctx.effects, decision.effects).await?)
                 }
                 CommitOutcome::Conflict => {
                     tracing::info!("timer no longer relevant (the exchange or step moved on)");

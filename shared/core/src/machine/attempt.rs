@@ -281,6 +281,7 @@ fn record(
                     let failed = SystemFailure {
                         exchange_id: message.exchange_id.clone(),
                         step_id: message.step_id,
+                        code: failure.code,
                         error: failure.message.clone(),
                         at: now,
                     };

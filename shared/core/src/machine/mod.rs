@@ -119,7 +119,13 @@ pub enum Effect {
     /// What an attempt tells of its endpoint (retrying, recovered, failed): shown on it, and
     /// a system failure may halt it ([`crate::endpoint::observe`]; an event-based
     /// integration halts by default).
-    Observe { code: IntegrationCode, observation: crate::endpoint::Observation, event_based: bool },
+    /// `version` is the integration version whose `notify` is told when it halts.
+    Observe {
+        code: IntegrationCode,
+        version: crate::ids::IntegrationVersion,
+        observation: crate::endpoint::Observation,
+        event_based: bool,
+    },
     /// An exchange of an event-based integration completed: the events it took leave the
     /// endpoint's queue ([`crate::events`]).
     ConsumeEvents { code: IntegrationCode, exchange_id: ExchangeId },
@@ -134,6 +140,7 @@ impl Effect {
     ) -> Self {
         Self::Observe {
             code: message.integration_code.clone(),
+            version: pipeline.definition.version,
             observation,
             event_based: pipeline.definition.events.is_some(),
         }
