@@ -240,12 +240,22 @@ async fn recovery_resets_steps_and_fences_older_generations(repo: &dyn ExchangeR
     let mut retry = change(2, 1, false, StepStatus::Initial, at(3));
     retry.last_error = Some(step_error_503(at(3)));
     retry.next_retry_at = Some(at(10));
+    retry.started_at = Some(at(2));
     let retry = commit(&id, retry, ExchangeChange::RequireNotFinal, at(3));
     assert_eq!(repo.commit(&retry).await.expect("retry"), CommitOutcome::Applied);
     assert_eq!(
         repo.claim(&id, StepId::from_sequence(2), 2, 0, at(10), at(70)).await.expect("claim"),
         ClaimOutcome::Claimed
     );
+    // Attempt 2 fails too: the step keeps the start of its first attempt.
+    let mut again = change(2, 2, true, StepStatus::Initial, at(11));
+    again.last_error = Some(step_error_503(at(11)));
+    again.next_retry_at = Some(at(40));
+    again.started_at = Some(at(10));
+    let again = commit(&id, again, ExchangeChange::RequireNotFinal, at(11));
+    assert_eq!(repo.commit(&again).await.expect("attempt 2"), CommitOutcome::Applied);
+    let step2 = repo.get(&id).await.expect("get").expect("exists").steps[2].clone();
+    assert_eq!((step2.attempts, step2.started_at), (2, Some(at(2))), "the first attempt's start is kept");
     // A claim or commit for another generation is refused even while the exchange runs.
     assert_eq!(
         repo.claim(&id, StepId::from_sequence(3), 1, 1, at(10), at(70)).await.expect("claim"),

@@ -165,6 +165,7 @@ fn steps(n: u32) -> Vec<ExchangeStep> {
             max_attempts: 3,
             last_error: None,
             next_retry_at: None,
+            started_at: None,
             completed_at: None,
             sub_exchanges: None,
         })
@@ -181,6 +182,7 @@ fn change(step: u32, attempt: u32, claimed: bool, status: StepStatus, now: DateT
         max_attempts: 3,
         last_error: None,
         next_retry_at: None,
+        started_at: None,
         completed_at: (status != StepStatus::Initial).then_some(now),
         logs: vec![LogLine {
             kind: LogType::System,

@@ -2,15 +2,27 @@
 //! and `handoff-emulator token --scope S…` (a token from the development issuer, SPEC §6).
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use handoff_emulator::{start, EmulatorOptions};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = "handoff-emulator", about = "Runs Handoff locally against an AWS emulator")]
 struct Cli {
+    /// How log lines look: one short line per event for people (`human`), JSON lines as
+    /// Lambda writes them (`json`), or `human` when standard error is a terminal (`auto`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Auto,
+    Human,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -44,10 +56,25 @@ enum Command {
     },
 }
 
-fn init_logging() {
+/// JSON lines (what the functions write in Lambda, for tools), or for a person at a terminal
+/// one short line per event — time, level, message and its fields (exchange, step) — of the
+/// gateway's own crates, warnings of the rest. `RUST_LOG` overrides either filter.
+fn init_logging(format: LogFormat) {
+    let human = match format {
+        LogFormat::Auto => std::io::stderr().is_terminal(),
+        LogFormat::Human => true,
+        LogFormat::Json => false,
+    };
+    let default = if human { "warn,handoff_app=info,handoff_emulator=info" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if human {
+        let time = tracing_subscriber::fmt::time::ChronoLocal::new("%H:%M:%S%.3f".into());
+        fmt.compact().with_target(false).with_timer(time).init();
+    } else {
+        fmt.json().init();
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
@@ -66,8 +93,8 @@ async fn interrupted() -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     // The functions run their jq programs in child processes of this binary.
     handoff_emulator::serve_jq_sandbox_if_requested();
-    init_logging();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match cli.command {
         Command::Up { port, demo, template } => {
             let mut options = EmulatorOptions { port, ..EmulatorOptions::default() };

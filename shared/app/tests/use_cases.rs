@@ -204,6 +204,18 @@ async fn an_exchange_runs_to_completion_through_the_workers() {
     assert!(detail.steps.iter().all(|s| s.status == StepStatus::Done), "{:?}", detail.steps);
     let (status, body) = h.call("GET", &format!("/exchanges/{id}"), None).await;
     assert_eq!((status, body["statusCode"].as_str()), (StatusCode::OK, Some("C")));
+    // What an operator asks first: final? recoverable? who started it? how long each step took?
+    assert_eq!((body["final"].as_bool(), body["recoverable"].as_bool()), (Some(true), Some(false)), "{body}");
+    assert_eq!(body["trigger"], json!({"kind": "api", "caller": "tester"}));
+    assert!(body["durationMs"].as_i64().is_some_and(|ms| ms >= 0), "{body}");
+    for step in body["steps"].as_array().expect("steps") {
+        assert!(step["startedAt"].is_string() && step["durationMs"].as_i64().is_some_and(|ms| ms >= 0), "{step}");
+    }
+    let (_, listed) = h.call("GET", "/exchanges?integrationCode=DOUBLE", None).await;
+    let item = &listed["items"][0];
+    for field in ["final", "recoverable", "trigger", "durationMs", "statusCode", "status", "createdAt"] {
+        assert_eq!(item[field], body[field], "list items carry the detail's summary field {field}");
+    }
 }
 
 #[tokio::test]
@@ -241,6 +253,9 @@ async fn retries_follow_the_live_policy_then_fail_the_exchange_for_operators() {
     h.deliver(&attempt1[0]).await.expect("attempt 1");
     let step = h.detail(&id).await.steps[1].clone();
     assert_eq!((step.attempts, step.status), (1, StepStatus::Initial));
+    let step_started = step.started_at.expect("started");
+    let (_, running) = h.call("GET", &format!("/exchanges/{id}"), None).await;
+    assert_eq!((running["final"].as_bool(), running["recoverable"].as_bool()), (Some(false), Some(false)));
     assert!(step.next_retry_at.is_some() && step.last_error.is_some());
     // Raise maxAttempts while it retries: the step goes on to the new maximum.
     let (status, body) = h
@@ -257,6 +272,9 @@ async fn retries_follow_the_live_policy_then_fail_the_exchange_for_operators() {
     let detail = h.detail(&id).await;
     assert_eq!(detail.exchange.status, ExchangeStatus::Failed);
     assert_eq!((detail.steps[1].attempts, detail.steps[1].status), (3, StepStatus::Failed));
+    let (_, shown) = h.call("GET", &format!("/exchanges/{id}"), None).await;
+    assert_eq!((shown["final"].as_bool(), shown["recoverable"].as_bool()), (Some(true), Some(true)), "{shown}");
+    assert_eq!(shown["steps"][1]["startedAt"], json!(step_started), "the first attempt's start is kept");
     let (status, errors) = h.call("GET", "/errors?classification=system", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(errors["items"][0]["exchangeId"], json!(id.as_str()), "{errors}");

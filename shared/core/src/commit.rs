@@ -25,6 +25,8 @@ pub struct StepChange {
     pub max_attempts: u32,
     pub last_error: Option<StepError>,
     pub next_retry_at: Option<DateTime<Utc>>,
+    /// When the attempt began: stored only if the step has no start yet (its first attempt).
+    pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     /// Appended to the step's log lines.
     pub logs: Vec<LogLine>,
@@ -578,6 +580,7 @@ mod tests {
             max_attempts: 3,
             last_error: None,
             next_retry_at: None,
+            started_at: None,
             completed_at: None,
             logs: vec![],
         });

@@ -309,6 +309,10 @@ pub struct ExchangeStep {
     pub last_error: Option<StepError>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_retry_at: Option<DateTime<Utc>>,
+    /// When its first attempt began (kept through retries; a recovery that runs it again
+    /// starts it again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
     /// On a `ControlSubflow` step: its sub-exchanges.

@@ -134,6 +134,7 @@ mod tests {
             max_attempts: 3,
             last_error: None,
             next_retry_at: None,
+            started_at: None,
             completed_at: None,
             sub_exchanges: None,
         }

@@ -209,6 +209,7 @@ fn reset_step(stored: &mut StoredStep) {
     stored.lease_until = 0;
     stored.step.next_retry_at = None;
     stored.step.last_error = None;
+    stored.step.started_at = None;
     stored.step.completed_at = None;
     stored.step.payload = None;
 }
@@ -224,6 +225,8 @@ fn apply_step(stored: &mut StoredStep, change: &StepChange) {
     }
     step.last_error = change.last_error.clone();
     step.next_retry_at = change.next_retry_at;
+    // The step's start is its first attempt's: later attempts keep it.
+    step.started_at = step.started_at.or(change.started_at);
     if let Some(at) = change.completed_at {
         step.completed_at = Some(at);
     }

@@ -417,10 +417,23 @@ async fn patch_integration(
 
 // ------------------------------------------------------------------ exchanges
 
+/// An exchange as lists and its detail show it: its stored fields (with `trigger`: what
+/// started it and who), and what an operator asks first — whether it is `final`, whether
+/// it is `recoverable`, and how long it took (`durationMs`, once final).
 fn exchange_summary(e: &Exchange) -> Value {
     let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
     v["statusCode"] = json!(e.status.code());
+    v["final"] = json!(e.status.is_final());
+    v["recoverable"] = json!(e.status.is_recoverable());
+    if let Some(ms) = duration_ms(Some(e.created_at), e.completed_at) {
+        v["durationMs"] = json!(ms);
+    }
     v
+}
+
+/// Milliseconds from `from` to `to`, when both are known.
+fn duration_ms(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Option<i64> {
+    Some((to? - from?).num_milliseconds().max(0))
 }
 
 fn counts_view(c: &handoff_core::exchange::SubExchangeCounts) -> Value {
@@ -430,6 +443,10 @@ fn counts_view(c: &handoff_core::exchange::SubExchangeCounts) -> Value {
 fn step_view(s: &ExchangeStep) -> Value {
     let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
     v["statusCode"] = json!(s.status.code());
+    // From its first attempt's start to its end: retries and their waits included.
+    if let Some(ms) = duration_ms(s.started_at, s.completed_at) {
+        v["durationMs"] = json!(ms);
+    }
     if let Some(counts) = &s.sub_exchanges {
         v["subExchanges"] = counts_view(counts);
     }

@@ -94,6 +94,7 @@ pub async fn handle_handoff(
     tracing::info!("sub-step started");
     let codec = ctx.codec();
     let started = std::time::Instant::now();
+    let started_at = ctx.ports.clock.now();
     let execution = execute(&ExecutionContext {
         app: ctx,
         http: &ctx.http,
@@ -116,6 +117,7 @@ pub async fn handle_handoff(
         logs,
         pass_on: execution.pass_on,
         recorded: execution.recorded,
+        started_at: Some(started_at),
     };
     let decision = attempt::attempt_finished(pipeline, planned, &message, attempt, random_unit(), now);
     apply(ctx, &message, &loaded, decision).await

@@ -28,6 +28,8 @@ pub struct Attempt {
     /// Problems to list for operators that do not fail the step by themselves (the files an
     /// agent rejected); recorded once the attempt is decided.
     pub recorded: Vec<Failure>,
+    /// When the attempt began (the step's start, if it is the first).
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 /// The attempt `message.attempt` of `planned` finished. `random` (in `[0, 1)`) is the
@@ -54,7 +56,8 @@ pub fn attempt_finished(
         Some(payload) if decided => HandoffMessage { input: Some(payload), ..message.clone() },
         _ => message.clone(),
     };
-    let step = step_change(&message, attempt.claimed, policy.max_attempts, attempt.logs, now);
+    let mut step = step_change(&message, attempt.claimed, policy.max_attempts, attempt.logs, now);
+    step.started_at = attempt.started_at;
     let mut result = record(pipeline, planned, &message, step, decision, attempt.outcome, now);
     if decided {
         let side = attempt.recorded.iter().map(|failure| {
@@ -114,6 +117,7 @@ fn step_change(
         max_attempts,
         last_error: None,
         next_retry_at: None,
+        started_at: None,
         completed_at: None,
         logs,
     }
@@ -530,6 +534,7 @@ pub(crate) mod tests {
             logs: vec![],
             pass_on: None,
             recorded: vec![],
+            started_at: None,
         };
         let d = attempt_finished(f.pipeline(), &f.plan[last as usize], &m, attempt, 0.5, Utc::now());
         assert!(matches!(
@@ -548,7 +553,7 @@ pub(crate) mod tests {
              "destinations": [{"kind": "rest", "request": {"url": "http://main.example"}}]}]}));
         let asked = HandoffMessage { attempt: 2, requested_by: Some("ops".into()), ..f.message(1) };
         let run = |outcome: Result<StepOutput, Failure>| {
-            let a = Attempt { claimed: true, outcome, logs: vec![], pass_on: None, recorded: vec![] };
+            let a = Attempt { claimed: true, outcome, logs: vec![], pass_on: None, recorded: vec![], started_at: None };
             attempt_finished(f.pipeline(), &f.plan[1], &asked, a, 0.0, Utc::now())
         };
         let failed = run(Err(Failure::transient("503")));
@@ -566,6 +571,7 @@ pub(crate) mod tests {
             logs: vec![],
             pass_on: None,
             recorded: vec![],
+            started_at: None,
         };
         let d = attempt_finished(f.pipeline(), &f.plan[1], &plain, a, 0.0, Utc::now());
         assert!(d.commit.step.is_some_and(|s| s.logs.is_empty()), "an automatic attempt logs nothing of the kind");
@@ -585,6 +591,7 @@ pub(crate) mod tests {
                 logs: vec![],
                 pass_on: None,
                 recorded: vec![],
+                started_at: None,
             };
             attempt_finished(f.pipeline(), planned, &m, a, 0.0, Utc::now())
         };

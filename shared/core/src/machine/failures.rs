@@ -35,6 +35,7 @@ pub fn dead_lettered(message: &HandoffMessage, queue: &str, receives: &str, now:
         max_attempts: message.attempt,
         last_error: Some(step_error(&failure, now)),
         next_retry_at: None,
+        started_at: None,
         completed_at: None,
         logs: Vec::new(),
     });
@@ -67,6 +68,7 @@ pub fn handoff_failed(exchange: &Exchange, problem: &str, now: DateTime<Utc>) ->
         max_attempts: RetryPolicy::default().max_attempts,
         last_error: Some(step_error(&failure, now)),
         next_retry_at: None,
+        started_at: None,
         completed_at: None,
         logs: Vec::new(),
     });

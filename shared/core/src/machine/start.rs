@@ -68,6 +68,7 @@ pub fn new_exchange(
             max_attempts: pipeline.retry_policy(planned).max_attempts,
             last_error: None,
             next_retry_at: None,
+            started_at: None,
             completed_at: None,
             sub_exchanges: None,
         })

@@ -97,6 +97,7 @@ pub fn timer_fired(
                 max_attempts: step.max_attempts,
                 last_error: Some(step_error(&failure, now)),
                 next_retry_at: None,
+                started_at: None,
                 completed_at: None,
                 logs: vec![LogLine {
                     kind: LogType::System,

@@ -145,6 +145,8 @@ pub(super) struct StepItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     next_retry_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     completed_at: Option<DateTime<Utc>>,
     #[serde(default)]
     completed_attempt: u32,
@@ -178,6 +180,7 @@ pub(crate) fn step_to_item(exchange_id: &ExchangeId, step: &ExchangeStep) -> Res
         max_attempts: step.max_attempts,
         last_error: step.last_error.clone(),
         next_retry_at: step.next_retry_at,
+        started_at: step.started_at,
         completed_at: step.completed_at,
         completed_attempt: 0,
         claimed_attempt: 0,
@@ -205,6 +208,7 @@ pub(crate) fn step_from_item(item: Item) -> Result<(ExchangeStep, Vec<LogLine>),
             max_attempts: item.max_attempts,
             last_error: item.last_error,
             next_retry_at: item.next_retry_at,
+            started_at: item.started_at,
             completed_at: item.completed_at,
             sub_exchanges: item.sub_total.map(|total| SubExchangeCounts {
                 total,

@@ -52,6 +52,7 @@ fn step(seq: u32) -> ExchangeStep {
             at: t("2026-01-02T03:04:05Z"),
         }),
         next_retry_at: Some(t("2026-01-02T03:04:09Z")),
+        started_at: None,
         completed_at: None,
         sub_exchanges: None,
     }
@@ -262,6 +263,7 @@ fn change(claimed: bool) -> StepChange {
         max_attempts: 5,
         last_error: None,
         next_retry_at: None,
+        started_at: None,
         completed_at: Some(t("2026-01-02T03:04:05Z")),
         logs: vec![],
     }
@@ -692,7 +694,7 @@ fn recovery_actions() {
     assert_eq!(
         reset.update_expression(),
         "SET #status = :initial, #attempts = :zero, #completedAttempt = :zero, #claimedAttempt = :zero, \
-         #leaseUntil = :zero REMOVE #nextRetryAt, #lastError, #completedAt, #payload"
+         #leaseUntil = :zero REMOVE #nextRetryAt, #lastError, #startedAt, #completedAt, #payload"
     );
     assert_eq!(values_of(reset.expression_attribute_values(), ":initial"), Some(s("Initial")));
     assert_eq!(actions[2].update().expect("reset").key().get("sk"), Some(&s("STEP#0003")));
@@ -740,7 +742,7 @@ fn recovery_clears_sub_failures() {
     assert_eq!(
         merged.update_expression(),
         "SET #status = :initial, #attempts = :zero, #completedAttempt = :zero, #claimedAttempt = :zero, \
-         #leaseUntil = :zero, #subFailed = :zero REMOVE #nextRetryAt, #lastError, #completedAt, #payload"
+         #leaseUntil = :zero, #subFailed = :zero REMOVE #nextRetryAt, #lastError, #startedAt, #completedAt, #payload"
     );
     for update in [plain, merged] {
         let expr = update.update_expression();

@@ -122,6 +122,12 @@ pub(crate) fn step_update(table: &str, exchange_id: &ExchangeId, change: &StepCh
         Some(at) => e.set("nextRetryAt", "nextRetryAt", to_av(at)?),
         None => e.remove("nextRetryAt"),
     }
+    if let Some(at) = &change.started_at {
+        // The step's start is its first attempt's: later attempts keep it.
+        let started = e.name("startedAt");
+        e.value("startedAt", to_av(at)?);
+        e.set.push(format!("{started} = if_not_exists({started}, :startedAt)"));
+    }
     if let Some(at) = &change.completed_at {
         e.set("completedAt", "completedAt", to_av(at)?);
     }
@@ -506,7 +512,7 @@ fn reset_update_when(
         let name = e.name(attribute);
         e.set.push(format!("{name} = :zero"));
     }
-    for attribute in ["nextRetryAt", "lastError", "completedAt", "payload"] {
+    for attribute in ["nextRetryAt", "lastError", "startedAt", "completedAt", "payload"] {
         e.remove(attribute);
     }
     if let Some(line) = log {
