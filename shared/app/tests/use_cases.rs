@@ -421,7 +421,7 @@ async fn a_callback_whose_handoff_fails_stays_in_the_outbox_for_the_regular_job(
         matches!(&kept[..], [Timer { kind: TimerKind::Handoff { message }, .. }] if message.step_id == StepId::from_sequence(1))
     );
     // The regular job sweeps timers due within its lookahead: the outbox entry goes out.
-    let jobs = JobsFunction::new(h.ctx.clone(), 3);
+    let jobs = JobsFunction::new(h.ctx.clone());
     let answer = jobs.invoke(json!({"job": "regular"})).await.expect("job");
     assert_eq!(answer["timersSent"], json!(1));
     assert!(h.exchanges.pending_timers().is_empty());
@@ -553,7 +553,7 @@ async fn the_regular_job_starts_again_an_exchange_left_new() {
     let id = h.invoke("ORPHAN", json!([1])).await;
     // Its creator "stopped" before the first handoff went out; a fresh one is left alone.
     h.queue.take();
-    let jobs = JobsFunction::new(h.ctx.clone(), 3);
+    let jobs = JobsFunction::new(h.ctx.clone());
     let answer = jobs.invoke(json!({"job": "regular"})).await.expect("job");
     assert_eq!(answer["exchangesStarted"], json!(0), "created just now: its creator may still be at work");
     h.exchanges.age(&id, chrono::Duration::minutes(3));
@@ -567,7 +567,7 @@ async fn the_regular_job_starts_again_an_exchange_left_new() {
 
 #[tokio::test]
 async fn the_error_processing_job_redrives_retryable_system_failures_a_limited_number_of_times() {
-    let h = Harness::new();
+    let h = Harness::with(|s| s.auto_recovery_limit = 1);
     h.define(unreachable_delivery("FLAKY", 1)).await;
     h.define(transform("BROKEN", "error(\"bad record\")")).await;
     let flaky = h.invoke("FLAKY", json!([1])).await;
@@ -575,7 +575,7 @@ async fn the_error_processing_job_redrives_retryable_system_failures_a_limited_n
     h.run().await;
     assert_eq!(h.detail(&flaky).await.exchange.status, ExchangeStatus::Failed);
     assert_eq!(h.detail(&broken).await.exchange.status, ExchangeStatus::Failed);
-    let jobs = JobsFunction::new(h.ctx.clone(), 1);
+    let jobs = JobsFunction::new(h.ctx.clone());
     let answer = jobs.invoke(json!({"job": "errorProcessing"})).await.expect("job");
     assert_eq!(answer["recovered"], json!([flaky.as_str()]), "a business failure waits for an operator");
     assert_eq!(answer["left"], json!(1));
@@ -589,7 +589,7 @@ async fn the_error_processing_job_redrives_retryable_system_failures_a_limited_n
 
 #[tokio::test]
 async fn a_resolved_error_is_reprocessed_once_reopens_when_it_fails_again_and_is_only_recorded_if_recovered_since() {
-    let h = Harness::new();
+    let h = Harness::with(|s| s.auto_recovery_limit = 1);
     h.define(transform("STILL_BROKEN", "error(\"bad record\")")).await;
     let id = h.invoke("STILL_BROKEN", json!([1])).await;
     h.run().await;
@@ -605,7 +605,7 @@ async fn a_resolved_error_is_reprocessed_once_reopens_when_it_fails_again_and_is
     let resolve_path = format!("/errors/{error_id}/resolve");
     let (status, _) = h.call("POST", &resolve_path, Some(json!({"note": "tried a fix"}))).await;
     assert_eq!(status, StatusCode::OK);
-    let jobs = JobsFunction::new(h.ctx.clone(), 1);
+    let jobs = JobsFunction::new(h.ctx.clone());
     let answer = jobs.invoke(json!({"job": "errorProcessing"})).await.expect("job");
     assert_eq!(answer["reprocessed"], json!([error_id]), "{answer}");
     assert_eq!(answer["recovered"], json!([]), "a business failure is not re-driven as a system one");
@@ -1080,7 +1080,7 @@ async fn the_regular_job_sends_on_a_handoff_left_held_at_an_endpoint_that_runs_a
         .await
         .expect("enabled");
 
-    let jobs = JobsFunction::new(h.ctx.clone(), 3);
+    let jobs = JobsFunction::new(h.ctx.clone());
     let answer = jobs.invoke(json!({"job": "regular"})).await.expect("job");
     assert_eq!(answer["heldReleased"], json!(1), "{answer}");
     assert!(h.run().await.is_empty());
@@ -1512,7 +1512,7 @@ async fn each_job_run_pings_its_heartbeat_start_then_success_or_fail() {
         regular: HeartbeatUrl::parse(&regular_url).expect("valid"),
         error_processing: HeartbeatUrl::parse(&format!("{regular_url}-errors")).expect("valid"),
     };
-    let jobs = JobsFunction::new(h.ctx.clone(), 3).with_heartbeats(heartbeats);
+    let jobs = JobsFunction::new(h.ctx.clone()).with_heartbeats(heartbeats);
     jobs.invoke(json!({"job": "regular"})).await.expect("job");
     jobs.invoke(json!({"job": "errorProcessing"})).await.expect("job");
     let seen = pings.lock().expect("lock").clone();
@@ -1539,7 +1539,7 @@ async fn each_job_run_pings_its_heartbeat_start_then_success_or_fail() {
     assert!(!seen[1].1.is_empty(), "the fail ping says why");
 
     // No heartbeat configured, or one nobody answers: the job itself is not affected.
-    let silent = JobsFunction::new(h.ctx.clone(), 3).with_heartbeats(JobHeartbeats {
+    let silent = JobsFunction::new(h.ctx.clone()).with_heartbeats(JobHeartbeats {
         regular: HeartbeatUrl::parse("http://127.0.0.1:9/ping/x").expect("valid"),
         error_processing: None,
     });

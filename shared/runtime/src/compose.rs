@@ -250,8 +250,7 @@ pub async fn build_function(
                 error_processing: Vars(vars).heartbeat("HANDOFF_ERROR_JOB_HEARTBEAT_URL")?,
             };
             let regular_every = Vars(vars).number("HANDOFF_REGULAR_JOB_EVERY_MINUTES", 1)?.max(1);
-            let limit = ctx.settings.auto_recovery_limit;
-            let jobs = JobsFunction::new(ctx, limit)
+            let jobs = JobsFunction::new(ctx)
                 .running_every(std::time::Duration::from_secs(regular_every * 60))
                 .with_heartbeats(heartbeats);
             Arc::new(jobs)

@@ -37,17 +37,15 @@ pub struct JobHeartbeats {
 
 pub struct JobsFunction {
     ctx: Arc<AppContext>,
-    /// How often the error-processing job re-drives one exchange at most.
-    auto_recovery_limit: u32,
     /// How often the regular job runs (the deployment's RegularJobEveryMinutes).
     regular_every: std::time::Duration,
     heartbeats: JobHeartbeats,
 }
 
 impl JobsFunction {
-    pub fn new(ctx: Arc<AppContext>, auto_recovery_limit: u32) -> Self {
+    pub fn new(ctx: Arc<AppContext>) -> Self {
         let regular_every = std::time::Duration::from_secs(60);
-        Self { ctx, auto_recovery_limit, regular_every, heartbeats: JobHeartbeats::default() }
+        Self { ctx, regular_every, heartbeats: JobHeartbeats::default() }
     }
 
     /// The regular job runs every `every`: its sweeps look two periods ahead.
@@ -75,7 +73,7 @@ impl FunctionHandler for JobsFunction {
                 format!("expected {{\"job\": \"regular\" | \"errorProcessing\"}}: {e}"),
             )
         })?;
-        let sweeps = Sweeps::of(&self.ctx, self.auto_recovery_limit, self.regular_every);
+        let sweeps = Sweeps::of(&self.ctx, self.regular_every);
         let heartbeat = match input.job {
             Job::Regular => self.heartbeats.regular.as_ref(),
             Job::ErrorProcessing => self.heartbeats.error_processing.as_ref(),

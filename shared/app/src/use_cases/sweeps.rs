@@ -58,13 +58,13 @@ pub struct Redriven {
 }
 
 impl<'a> Sweeps<'a> {
-    pub fn of(ctx: &'a AppContext, auto_recovery_limit: u32, regular_every: std::time::Duration) -> Self {
+    pub fn of(ctx: &'a AppContext, regular_every: std::time::Duration) -> Self {
         Self {
             timers: ctx.ports.exchanges.as_ref(),
             errors: ctx.ports.exchanges.as_ref(),
             starting: Starting::of(ctx),
             recovering: Recovering::of(ctx),
-            auto_recovery_limit,
+            auto_recovery_limit: ctx.settings.auto_recovery_limit,
             lookahead: sweep_lookahead(regular_every),
         }
     }
