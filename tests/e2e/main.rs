@@ -3,6 +3,7 @@
 
 mod api;
 mod clock;
+mod contract;
 mod deliveries;
 mod endpoints;
 mod errors;

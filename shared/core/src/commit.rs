@@ -129,7 +129,7 @@ impl StepCommit {
 }
 
 /// A failure as operators list it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorRecord {
     pub exchange_id: ExchangeId,

@@ -8,7 +8,7 @@ use crate::ids::{ExchangeId, IntegrationCode, StepId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum EndpointStatus {
     /// Runs: invocations, schedules and outbound sub-steps go ahead.
     Enabled,
@@ -50,7 +50,7 @@ impl EndpointStatus {
 }
 
 /// What becomes of events sent to the endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum QueueStatus {
     /// Kept until an exchange takes them.
     #[default]
@@ -60,7 +60,7 @@ pub enum QueueStatus {
 }
 
 /// What a system failure of one of its exchanges does to the endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum OnSystemFailure {
     /// The endpoint goes `Failed` and holds until resumed (events must wait in order).
@@ -103,7 +103,7 @@ pub struct Endpoint {
 }
 
 /// An exchange of the endpoint retrying a connection-type (system, retryable) error.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Retrying {
     pub exchange_id: ExchangeId,
@@ -117,7 +117,7 @@ pub struct Retrying {
 }
 
 /// A system failure of an exchange of the endpoint (retries exhausted, or not retryable).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SystemFailure {
     pub exchange_id: ExchangeId,
@@ -279,7 +279,7 @@ pub fn hold(endpoint: Option<&Endpoint>, message: &HandoffMessage, now: DateTime
 }
 
 /// One line of an endpoint's log (`GET /integrations/{code}/log`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointLogEntry {
     pub at: DateTime<Utc>,
@@ -287,7 +287,7 @@ pub struct EndpointLogEntry {
     pub event: EndpointEvent,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum EndpointEvent {
     /// An exchange started (on `events` queued events, for an event-based integration).

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 /// What went wrong, in words a customer can look up. Stable: stored with every error and
 /// matched on by whoever automates around them; a new kind of failure gets a new code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default, utoipa::ToSchema,
+)]
 pub enum ErrorCode {
     /// A target answered 4xx (other than 429): it refuses this data.
     TargetRejected,

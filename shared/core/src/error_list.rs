@@ -57,6 +57,17 @@ impl fmt::Display for ErrorId {
     }
 }
 
+impl utoipa::PartialSchema for ErrorId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("`<exchangeId>.<step sequence>`, or `<exchangeId>.exchange`."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ErrorId {}
+
 impl Serialize for ErrorId {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
@@ -70,7 +81,7 @@ impl<'de> Deserialize<'de> for ErrorId {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ErrorState {
     /// Someone has to act.
@@ -96,7 +107,7 @@ impl ErrorState {
 }
 
 /// Who resolved an entry, when, and what they did about it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Resolution {
     pub by: String,
@@ -105,7 +116,7 @@ pub struct Resolution {
 }
 
 /// What the error job did with a resolution.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Reprocessing {
     /// The resolution it acted on (its `at`): each resolution is re-processed once.
@@ -116,7 +127,7 @@ pub struct Reprocessing {
 }
 
 /// An entry as stored and listed: the last failure of its step, and where it stands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredError {
     pub error_id: ErrorId,

@@ -34,7 +34,7 @@ pub struct NewEvent {
 }
 
 /// An event in an endpoint's queue. `position` orders the queue (arrival order).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueuedEvent {
     pub event_id: String,

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ExchangeStatus {
     New,
     Started,
@@ -79,7 +79,7 @@ impl ExchangeStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum StepStatus {
     Initial,
     Skipped,
@@ -102,7 +102,7 @@ impl StepStatus {
 }
 
 /// What flows between sub-steps: small payloads inline, large ones as a data file set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type")]
 pub enum Payload {
     Raw {
@@ -120,14 +120,14 @@ impl Payload {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum LogType {
     System,
     User,
 }
 
 /// A log line of a sub-step execution. Never carries payload contents.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogLine {
     #[serde(rename = "type")]
@@ -138,7 +138,7 @@ pub struct LogLine {
 }
 
 /// Why an exchange failed, for operators.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExchangeError {
     pub classification: ErrorClassification,
@@ -157,7 +157,7 @@ pub struct ExchangeError {
 }
 
 /// The last error of a step attempt, with when it happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepError {
     pub classification: ErrorClassification,
@@ -167,7 +167,7 @@ pub struct StepError {
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Exchange {
     pub exchange_id: ExchangeId,
@@ -197,7 +197,7 @@ pub struct Exchange {
 }
 
 /// What started an exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum TriggerKind {
     /// `POST /exchanges`.
@@ -228,7 +228,7 @@ impl TriggerKind {
 }
 
 /// What started an exchange and on whose behalf (the caller's `sub`; none for the schedule).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Trigger {
     pub kind: TriggerKind,
@@ -255,7 +255,7 @@ impl Trigger {
 }
 
 /// Ties a sub-exchange to the parent step that waits for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ParentLink {
     pub exchange_id: ExchangeId,
@@ -273,7 +273,7 @@ fn first_level() -> u32 {
 }
 
 /// How the sub-exchanges of a subflow stand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SubExchangeCounts {
     pub total: u32,
@@ -291,7 +291,7 @@ impl SubExchangeCounts {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExchangeStep {
     pub step_id: StepId,

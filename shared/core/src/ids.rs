@@ -8,7 +8,7 @@ use std::fmt;
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(transparent)]
         pub struct $name(String);
 
@@ -42,10 +42,34 @@ string_id!(
     UnroutedId
 );
 
+impl DataFileSetId {
+    /// A set id as a caller names it: 1 to 128 letters, digits, `_` or `-` (the gateway's
+    /// own are `dfs-<uuid>`); it becomes part of a storage key.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let valid = (1..=128).contains(&value.len())
+            && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if valid {
+            Ok(Self(value.to_string()))
+        } else {
+            Err(format!("'{value}' is not a data file set id (1 to 128 letters, digits, '_' or '-')"))
+        }
+    }
+}
+
+/// Whether `name` can be a file of a data file set: a plain name (no `/`, not starting
+/// with `.`), 1 to 255 bytes, no control characters.
+pub fn is_plain_file_name(name: &str) -> bool {
+    (1..=255).contains(&name.len())
+        && !name.starts_with('.')
+        && !name.contains('/')
+        && !name.chars().any(char::is_control)
+}
+
 /// Identifies an integration across its versions, e.g. `PROVIDER_IMPORT`.
 /// Letters, digits, `_` and `-`, 1..=64 characters: it becomes part of storage keys and schedule names.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, pattern = "^[A-Za-z0-9_-]{1,64}$", example = "PROVIDER_IMPORT")]
 pub struct IntegrationCode(String);
 
 impl IntegrationCode {
@@ -84,8 +108,9 @@ impl fmt::Display for IntegrationCode {
 }
 
 /// An integration version: a positive integer or `null`. `null` ranks lowest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = Option<u32>)]
 pub struct IntegrationVersion(Option<u32>);
 
 impl IntegrationVersion {
@@ -170,6 +195,18 @@ impl Serialize for StepId {
         s.collect_str(self)
     }
 }
+
+impl utoipa::PartialSchema for StepId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9]{4,}$"))
+            .description(Some("The step's position in the plan, zero-padded (`0003`)."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for StepId {}
 
 impl<'de> Deserialize<'de> for StepId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -4,7 +4,7 @@
 use crate::definition::{DestinationTarget, IntegrationDefinition, ProcessKind, StepAction};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum SubStep {
     ExchangeTriggered,
     ConditionInvocation,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// Who has to act on a failure: the customer fixes data (`Business`), or we/infrastructure
 /// do (`System`, the ones to alert on).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ErrorClassification {
     Business,

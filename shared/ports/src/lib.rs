@@ -464,7 +464,7 @@ pub trait HandoffQueue: Send + Sync {
 
 pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataFileInfo {
     pub name: String,

@@ -23,14 +23,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
 use handoff_core::endpoint::{Endpoint, EndpointCommand, OnSystemFailure, QueueStatus};
 use handoff_core::exchange::ExchangeDetail;
-use handoff_core::exchange::{Exchange, ExchangeStatus, ExchangeStep};
+use handoff_core::exchange::ExchangeStatus;
 use handoff_core::identity::{Caller, Scope};
-use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId};
+use handoff_core::ids::{DataFileSetId, ExchangeId, IntegrationCode, IntegrationVersion, StepId, UnroutedId};
 use handoff_core::notification::parse_notification;
 use handoff_core::reader::{FieldError, ObjectReader};
 use handoff_core::recovery::ResumeFrom;
@@ -40,13 +39,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 mod action_routes;
 mod endpoint_routes;
 mod error_routes;
 mod event_routes;
 mod mapping_routes;
+mod openapi;
+mod requests;
 mod unrouted_routes;
+pub mod views;
 
 /// Requests above this are refused (Lambda's synchronous payload limit is 6 MB).
 pub const MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
@@ -59,39 +63,51 @@ const DOWNLOAD_URL_VALIDITY: Duration = Duration::from_secs(300);
 
 type Ctx = State<Arc<AppContext>>;
 
-/// An error answer: `{"error": "<Code>", "message": "...", "field": "..."}`.
+/// An error answer ([`views::ErrorBody`]): `{"error": "<Code>", "message": "...", "field": "..."}`.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
-    message: String,
-    field: Option<String>,
-    /// Set on our own failures: the log line that has the detail.
-    error_id: Option<String>,
-    /// More that the caller can act on (e.g. where a refused request was kept).
-    details: Map<String, Value>,
+    body: views::ErrorBody,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None, error_id: None, details: Map::new() }
+        let body = views::ErrorBody {
+            error: code.to_string(),
+            message: message.into(),
+            field: None,
+            error_id: None,
+            unrouted_id: None,
+            exchange_id: None,
+            refusal: None,
+        };
+        Self { status, body }
+    }
+    /// The message as the caller sees it.
+    fn message(&self) -> &str {
+        &self.body.message
     }
     fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
     fn field(error: FieldError, code: &'static str) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            code,
-            message: error.to_string(),
-            field: Some(error.path),
-            error_id: None,
-            details: Map::new(),
-        }
+        let mut e = Self::new(StatusCode::BAD_REQUEST, code, error.to_string());
+        e.body.field = Some(error.path);
+        e
     }
-    /// The error with `key` set in its body.
-    fn with(mut self, key: &str, value: Value) -> Self {
-        self.details.insert(key.to_string(), value);
+    /// A replay refused because it started exchange `id` already.
+    fn replayed_as(mut self, id: ExchangeId) -> Self {
+        self.body.exchange_id = Some(id);
+        self
+    }
+    /// Why a kept request still cannot be routed.
+    fn refused_as(mut self, refusal: &str) -> Self {
+        self.body.refusal = Some(refusal.to_string());
+        self
+    }
+    /// The refused request was kept as `id`: the caller learns where, and an operator can replay it.
+    fn kept_as(mut self, id: UnroutedId) -> Self {
+        self.body.unrouted_id = Some(id);
         self
     }
     fn not_found(message: impl Into<String>) -> Self {
@@ -103,9 +119,11 @@ impl ApiError {
     }
 }
 
-/// Refuses a query parameter that is not one of `allowed`.
-fn only_parameters(query: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
-    match query.keys().find(|k| !allowed.contains(&k.as_str())) {
+/// Refuses a query parameter that `P` (the operation's documented parameters) does not name.
+fn only_parameters<P: utoipa::IntoParams>(query: &HashMap<String, String>) -> Result<(), ApiError> {
+    let allowed: Vec<String> =
+        P::into_params(|| Some(utoipa::openapi::path::ParameterIn::Query)).into_iter().map(|p| p.name).collect();
+    match query.keys().find(|k| !allowed.contains(k)) {
         Some(unknown) => {
             Err(ApiError::parameter(unknown, format!("unknown query parameter (expected {})", allowed.join(", "))))
         }
@@ -132,7 +150,9 @@ impl ApiError {
             }
             _ => format!("the gateway failed to handle the request; quote errorId {error_id} when reporting it"),
         };
-        Self { status, code, message, field: None, error_id: Some(error_id), details: Map::new() }
+        let mut e = Self::new(status, code, message);
+        e.body.error_id = Some(error_id);
+        e
     }
 }
 
@@ -155,16 +175,7 @@ impl From<PortError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = Value::Object(self.details);
-        body["error"] = json!(self.code);
-        body["message"] = json!(self.message);
-        if let Some(field) = self.field {
-            body["field"] = Value::String(field);
-        }
-        if let Some(error_id) = self.error_id {
-            body["errorId"] = Value::String(error_id);
-        }
-        (self.status, Json(body)).into_response()
+        (self.status, Json(self.body)).into_response()
     }
 }
 
@@ -206,6 +217,7 @@ pub const ROUTE_SCOPES: &[(&str, &str, Option<Scope>)] = &[
     ("GET", "/health/components", Some(Scope::Read)),
     ("PUT", "/mappings/{name}", Some(Scope::Admin)),
     ("GET", "/mappings/{name}", Some(Scope::Read)),
+    ("GET", "/openapi.json", None),
 ];
 
 /// Refuses a request whose route needs a scope its caller lacks: 401 without a caller,
@@ -235,38 +247,60 @@ async fn authorize(matched: MatchedPath, request: axum::extract::Request, next: 
     }
 }
 
+/// The routes, each with its OpenAPI operation (`#[utoipa::path]` on its handler names the
+/// path once, for both).
+fn routes() -> OpenApiRouter<Arc<AppContext>> {
+    OpenApiRouter::new()
+        .routes(routes!(create_integration, list_integrations))
+        .routes(routes!(endpoint_routes::get_integration, endpoint_routes::patch_endpoint))
+        .routes(routes!(patch_integration))
+        .routes(routes!(endpoint_routes::endpoint_log))
+        .routes(routes!(event_routes::post_events, event_routes::get_events))
+        .routes(routes!(endpoint_routes::enable_endpoint))
+        .routes(routes!(endpoint_routes::disable_endpoint))
+        .routes(routes!(endpoint_routes::resume_endpoint))
+        .routes(routes!(post_exchange, list_exchanges))
+        .routes(routes!(get_exchange))
+        .routes(routes!(get_logs))
+        .routes(routes!(action_routes::recover))
+        .routes(routes!(action_routes::retry_step))
+        .routes(routes!(action_routes::signoff))
+        .routes(routes!(error_routes::list_errors))
+        .routes(routes!(error_routes::get_error))
+        .routes(routes!(error_routes::resolve))
+        .routes(routes!(unrouted_routes::list_unrouted))
+        .routes(routes!(unrouted_routes::get_unrouted))
+        .routes(routes!(unrouted_routes::replay))
+        .routes(routes!(notify))
+        .routes(routes!(get_data_file_set))
+        .routes(routes!(get_data_file))
+        .routes(routes!(shallow_health))
+        .routes(routes!(health))
+        .routes(routes!(mapping_routes::put_mapping, mapping_routes::get_mapping))
+        .routes(routes!(openapi::openapi_json))
+}
+
+/// The API's OpenAPI 3.1 document, as `GET /openapi.json` serves it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    openapi::document(routes().split_for_parts().1)
+}
+
+/// The document as `docs/openapi.json` holds it: pretty-printed, with a final newline.
+pub fn openapi_json_text() -> String {
+    let mut text = serde_json::to_string_pretty(&openapi_document()).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
 pub fn router(ctx: Arc<AppContext>) -> Router {
-    Router::new()
-        .route("/integrations", post(create_integration).get(list_integrations))
-        .route("/integrations/{code}", get(endpoint_routes::get_integration).patch(endpoint_routes::patch_endpoint))
-        .route("/integrations/{code}/versions/{version}", patch(patch_integration))
-        .route("/integrations/{code}/log", get(endpoint_routes::endpoint_log))
-        .route("/integrations/{code}/events", post(event_routes::post_events).get(event_routes::get_events))
-        .route("/integrations/{code}/enable", post(endpoint_routes::enable_endpoint))
-        .route("/integrations/{code}/disable", post(endpoint_routes::disable_endpoint))
-        .route("/integrations/{code}/resume", post(endpoint_routes::resume_endpoint))
-        .route("/exchanges", post(post_exchange).get(list_exchanges))
-        .route("/exchanges/{id}", get(get_exchange))
-        .route("/exchanges/{id}/logs", get(get_logs))
-        .route("/exchanges/{id}/recover", post(action_routes::recover))
-        .route("/exchanges/{id}/steps/{stepId}/retry", post(action_routes::retry_step))
-        .route("/exchanges/{id}/signoff", post(action_routes::signoff))
-        .route("/errors", get(error_routes::list_errors))
-        .route("/errors/{errorId}", get(error_routes::get_error))
-        .route("/errors/{errorId}/resolve", post(error_routes::resolve))
-        .route("/unrouted", get(unrouted_routes::list_unrouted))
-        .route("/unrouted/{id}", get(unrouted_routes::get_unrouted))
-        .route("/unrouted/{id}/replay", post(unrouted_routes::replay))
-        .route("/notifications/{token}", post(notify))
-        .route("/data-file-sets/{id}", get(get_data_file_set))
-        .route("/data-file-sets/{id}/files/{name}", get(get_data_file))
-        .route("/health", get(shallow_health))
-        .route("/health/components", get(health))
-        .route("/mappings/{name}", axum::routing::put(mapping_routes::put_mapping).get(mapping_routes::get_mapping))
+    let (router, api) = routes().split_for_parts();
+    let document = Arc::new(openapi::document(api));
+    router
         .route_layer(axum::middleware::from_fn(authorize))
         .fallback(|| async { ApiError::not_found("no such route") })
         // Size limits are checked in `json_body`, so oversized requests get our JSON error.
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(Extension(document))
         .with_state(ctx)
 }
 
@@ -316,20 +350,13 @@ fn path_code(code: &str) -> Result<IntegrationCode, ApiError> {
 
 // ------------------------------------------------------------------ integrations
 
-fn integration_view(i: &StoredIntegration) -> Value {
-    json!({
-        "code": i.code,
-        "version": i.version,
-        "enabled": i.enabled,
-        "revision": i.revision,
-        "createdBy": i.created_by,
-        "updatedBy": i.updated_by,
-        "createdAt": i.created_at,
-        "updatedAt": i.updated_at,
-        "definition": i.document,
-    })
-}
-
+#[utoipa::path(post, path = "/integrations", tag = "integrations",
+    request_body(content = requests::IntegrationDefinition, description = "The definition (SPEC §3)"),
+    responses(
+        (status = 201, description = "Stored as a new version", body = views::DefinedView),
+        (status = 400, description = "Not valid JSON, or a definition that is not valid (`field` names the problem)", body = views::ErrorBody),
+        (status = 409, description = "The version exists (`AlreadyExists`), a concurrent change won, or a mapping it uses is unusable", body = views::ErrorBody),
+    ))]
 async fn create_integration(State(ctx): Ctx, Extension(caller): Extension<Caller>, body: Bytes) -> ApiResult {
     let defined =
         define_integration(&Integrations::of(&ctx), json_body(&body)?, &caller.subject).await.map_err(define_error)?;
@@ -354,43 +381,37 @@ fn define_error(e: DefineError) -> ApiError {
 }
 
 /// A stored version with its code's schedule as the change left it.
-fn defined_view(defined: &Defined) -> Value {
-    let mut view = integration_view(&defined.stored);
-    view["endpoint"] = json!({
-        "status": defined.endpoint.status.name(),
-        "since": defined.endpoint.since,
-        "changedBy": defined.endpoint.changed_by,
-    });
-    view["schedule"] = match &defined.schedule {
-        ScheduleState::Active { spec, follows } => {
-            json!({"state": "active", "expression": spec.expression, "timezone": spec.timezone, "followsVersion": follows})
-        }
-        ScheduleState::None => json!({"state": "none"}),
-        ScheduleState::OutOfSync(e) => {
-            let what = format!("the schedule of {} could not be synchronised", defined.stored.code);
-            json!({"state": "outOfSync", "errorId": logged_error_id(&what, e)})
-        }
-    };
-    view
+fn defined_view(defined: &Defined) -> views::DefinedView {
+    let what = format!("the schedule of {} could not be synchronised", defined.stored.code);
+    views::DefinedView {
+        integration: views::IntegrationView::from(&defined.stored),
+        endpoint: views::EndpointBrief {
+            status: defined.endpoint.status,
+            since: defined.endpoint.since,
+            changed_by: defined.endpoint.changed_by.clone(),
+        },
+        schedule: views::ScheduleStateView::of(&defined.schedule, &what),
+    }
 }
 
+#[utoipa::path(get, path = "/integrations", tag = "integrations",
+    responses((status = 200, description = "Every version of every integration, with its endpoint", body = views::IntegrationList)))]
 async fn list_integrations(State(ctx): Ctx) -> ApiResult {
     let mut all = ctx.ports.integrations.all().await?;
     all.sort_by(|a, b| a.code.cmp(&b.code).then(b.version.cmp(&a.version)));
-    let mut items: Vec<Value> = Vec::with_capacity(all.len());
+    let mut items = Vec::with_capacity(all.len());
     for versions in all.chunk_by(|a, b| a.code == b.code) {
         let endpoint = endpoint_routes::endpoint_view(
             &endpoint_routes::stored_endpoint(&ctx, &versions[0].code, versions).await?,
             versions,
             ctx.ports.clock.now(),
         );
-        items.extend(versions.iter().map(|v| {
-            let mut item = integration_view(v);
-            item["endpoint"] = endpoint.clone();
-            item
+        items.extend(versions.iter().map(|v| views::ListedIntegration {
+            integration: views::IntegrationView::from(v),
+            endpoint: endpoint.clone(),
         }));
     }
-    Ok(Json(json!({"items": items})).into_response())
+    Ok(Json(views::IntegrationList { items }).into_response())
 }
 
 /// How many upcoming runs an endpoint shows.
@@ -399,6 +420,15 @@ const SHOWN_RUNS: usize = 5;
 /// A status change's reason is shown to operators, not a document.
 const MAX_REASON_BYTES: usize = 1024;
 
+#[utoipa::path(patch, path = "/integrations/{code}/versions/{version}", tag = "integrations",
+    params(requests::VersionPath),
+    request_body(content = requests::IntegrationPatch, description = "What to change on the version (e.g. `{\"enabled\": false}`)"),
+    responses(
+        (status = 200, description = "The version as changed", body = views::DefinedView),
+        (status = 400, description = "A parameter, or the change, is not valid", body = views::ErrorBody),
+        (status = 404, description = "No such version", body = views::ErrorBody),
+        (status = 409, description = "A concurrent change won, or a mapping it uses is unusable", body = views::ErrorBody),
+    ))]
 async fn patch_integration(
     State(ctx): Ctx,
     Extension(caller): Extension<Caller>,
@@ -406,8 +436,7 @@ async fn patch_integration(
     body: Bytes,
 ) -> ApiResult {
     let code = path_code(&code)?;
-    let version = IntegrationVersion::parse_path(&version)
-        .map_err(|e| ApiError::bad_request("InvalidParameter", format!("version: {e}")))?;
+    let version = IntegrationVersion::parse_path(&version).map_err(|e| ApiError::parameter("version", e))?;
     let patch = json_body(&body)?;
     let defined = amend_integration(&Integrations::of(&ctx), &code, version, &patch, &caller.subject)
         .await
@@ -417,60 +446,29 @@ async fn patch_integration(
 
 // ------------------------------------------------------------------ exchanges
 
-/// An exchange as lists and its detail show it: its stored fields (with `trigger`: what
-/// started it and who), and what an operator asks first — whether it is `final`, whether
-/// it is `recoverable`, and how long it took (`durationMs`, once final).
-fn exchange_summary(e: &Exchange) -> Value {
-    let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
-    v["statusCode"] = json!(e.status.code());
-    v["final"] = json!(e.status.is_final());
-    v["recoverable"] = json!(e.status.is_recoverable());
-    if let Some(ms) = duration_ms(Some(e.created_at), e.completed_at) {
-        v["durationMs"] = json!(ms);
-    }
-    v
-}
-
-/// Milliseconds from `from` to `to`, when both are known.
-fn duration_ms(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Option<i64> {
-    Some((to? - from?).num_milliseconds().max(0))
-}
-
-fn counts_view(c: &handoff_core::exchange::SubExchangeCounts) -> Value {
-    json!({"total": c.total, "completed": c.completed, "failed": c.failed, "running": c.running()})
-}
-
-fn step_view(s: &ExchangeStep) -> Value {
-    let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
-    v["statusCode"] = json!(s.status.code());
-    // From its first attempt's start to its end: retries and their waits included.
-    if let Some(ms) = duration_ms(s.started_at, s.completed_at) {
-        v["durationMs"] = json!(ms);
-    }
-    if let Some(counts) = &s.sub_exchanges {
-        v["subExchanges"] = counts_view(counts);
-    }
-    v
-}
-
-fn exchange_view(detail: &ExchangeDetail) -> Value {
-    let mut v = exchange_summary(&detail.exchange);
-    v["steps"] = Value::Array(detail.steps.iter().map(step_view).collect());
-    if detail.steps.iter().any(|s| s.destination.is_some()) {
-        v["destinations"] = destinations::destinations_view(&detail.steps);
-    }
+fn exchange_view(detail: &ExchangeDetail) -> views::ExchangeView {
     // A parent shows how its sub-exchanges stand, over all its subflow steps.
     let mut subflow_steps = detail.steps.iter().filter_map(|s| s.sub_exchanges).peekable();
-    if subflow_steps.peek().is_some() {
+    let sub_exchanges = subflow_steps.peek().is_some().then(|| {
         let sum = subflow_steps.fold(handoff_core::exchange::SubExchangeCounts::default(), |mut sum, c| {
             sum.total += c.total;
             sum.completed += c.completed;
             sum.failed += c.failed;
             sum
         });
-        v["subExchanges"] = counts_view(&sum);
+        views::CountsView::from(&sum)
+    });
+    views::ExchangeView {
+        summary: views::ExchangeSummary::from(&detail.exchange),
+        steps: detail.steps.iter().map(views::StepView::from).collect(),
+        destinations: detail
+            .steps
+            .iter()
+            .any(|s| s.destination.is_some())
+            .then(|| destinations::destinations_view(&detail.steps)),
+        sub_exchanges,
+        held: None,
     }
-    v
 }
 
 /// The API's answer to an invocation that started no exchange.
@@ -496,6 +494,15 @@ fn invoke_error(e: InvokeError) -> ApiError {
     }
 }
 
+#[utoipa::path(post, path = "/exchanges", tag = "exchanges",
+    request_body = requests::ExchangeRequest,
+    responses(
+        (status = 200, description = "With `waitSeconds`: the exchange, final within the wait", body = views::ExchangeView),
+        (status = 202, description = "The exchange started; with `waitSeconds`, as it stands when the wait ended (then with its `steps`)", body = views::ExchangeSummary),
+        (status = 400, description = "The request is not valid (`field` names the problem)", body = views::ErrorBody),
+        (status = 404, description = "No such integration (the request is kept: `unroutedId`)", body = views::ErrorBody),
+        (status = 409, description = "The version or endpoint does not run now, or an event-based integration has no events to take (kept when routable later: `unroutedId`)", body = views::ErrorBody),
+    ))]
 async fn post_exchange(State(ctx): Ctx, Extension(caller): Extension<Caller>, body: Bytes) -> ApiResult {
     let request = json_body(&body)?;
     let r = ObjectReader::new("", &request).map_err(|e| ApiError::field(e, "InvalidRequest"))?;
@@ -525,22 +532,14 @@ async fn post_exchange(State(ctx): Ctx, Extension(caller): Extension<Caller>, bo
     let request =
         ExchangeRequest { integration_code, integration_version, parameters, payload, caller: caller.subject.clone() };
     let exchange = request_exchange(&Routing::of(&ctx), request).await.map_err(|refused| {
-        let kept = refused.kept.clone();
         let error = invoke_error(refused.error);
-        match kept {
-            // Kept: the caller learns where, and the operator can replay it.
-            Some(id) => error.with("unroutedId", json!(id)),
+        match refused.kept {
+            Some(id) => error.kept_as(id),
             None => error,
         }
     })?;
     if wait_seconds == 0 {
-        let body = json!({
-            "exchangeId": exchange.exchange_id,
-            "status": exchange.status,
-            "statusCode": exchange.status.code(),
-            "integrationCode": exchange.integration_code,
-            "integrationVersion": exchange.integration_version,
-        });
+        let body = views::StartedExchange::Summary(views::ExchangeSummary::from(&exchange));
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
     // Request/response use: answer when final, or with the exchange as it stands.
@@ -550,7 +549,10 @@ async fn post_exchange(State(ctx): Ctx, Extension(caller): Extension<Caller>, bo
         let is_final = detail.as_ref().is_some_and(|d| d.exchange.status.is_final());
         if is_final || tokio::time::Instant::now() >= deadline {
             let status = if is_final { StatusCode::OK } else { StatusCode::ACCEPTED };
-            let body = detail.as_ref().map(exchange_view).unwrap_or_else(|| exchange_summary(&exchange));
+            let body = match &detail {
+                Some(detail) => views::StartedExchange::Detail(Box::new(exchange_view(detail))),
+                None => views::StartedExchange::Summary(views::ExchangeSummary::from(&exchange)),
+            };
             return Ok((status, Json(body)).into_response());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -565,6 +567,12 @@ async fn load_exchange(ctx: &AppContext, id: &str) -> Result<ExchangeDetail, Api
         .ok_or_else(|| ApiError::not_found(format!("exchange {id} does not exist")))
 }
 
+#[utoipa::path(get, path = "/exchanges/{id}", tag = "exchanges",
+    params(requests::ExchangePath),
+    responses(
+        (status = 200, description = "The exchange with its steps", body = views::ExchangeView),
+        (status = 404, description = "No such exchange", body = views::ErrorBody),
+    ))]
 async fn get_exchange(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
     let mut detail = load_exchange(&ctx, &id).await?;
     // Show the retry maximum in force now (it is read live at every decision).
@@ -581,11 +589,11 @@ async fn get_exchange(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
     if !detail.exchange.status.is_final() {
         let held = ctx.ports.endpoints.held(&detail.exchange.integration_code).await?;
         if let Some(h) = held.iter().find(|h| h.message.exchange_id == detail.exchange.exchange_id) {
-            view["held"] = json!({
-                "stepId": h.message.step_id,
-                "subStep": h.message.sub_step,
-                "since": h.held_at,
-                "reason": h.reason,
+            view.held = Some(views::HeldView {
+                step_id: h.message.step_id,
+                sub_step: h.message.sub_step,
+                since: h.held_at,
+                reason: h.reason.clone(),
             });
         }
     }
@@ -595,7 +603,7 @@ async fn get_exchange(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
 /// A listing's `?limit=&cursor=` (its only parameters): the page size, and the cursor if
 /// one was given.
 fn paging(query: &HashMap<String, String>) -> Result<(u32, Option<&str>), ApiError> {
-    only_parameters(query, &["limit", "cursor"])?;
+    only_parameters::<requests::Paging>(query)?;
     let limit = parse_limit(query.get("limit")).map_err(|m| ApiError::parameter("limit", m))?;
     Ok((limit, query.get("cursor").map(String::as_str).filter(|c| !c.is_empty())))
 }
@@ -613,13 +621,22 @@ fn parse_limit(value: Option<&String>) -> Result<u32, String> {
 
 /// An external system answers a waiting step ([`accept_callback`]): 202 once the callback
 /// is stored, 404 for an unknown, used or expired token, 409 when it comes too late.
+#[utoipa::path(post, path = "/notifications/{token}", tag = "exchanges",
+    params(requests::TokenPath),
+    request_body = requests::Notification,
+    responses(
+        (status = 202, description = "Stored; the step goes on", body = views::CallbackAccepted),
+        (status = 400, description = "The callback is not valid (`field` names the problem)", body = views::ErrorBody),
+        (status = 404, description = "Unknown, used or expired token", body = views::ErrorBody),
+        (status = 409, description = "The step no longer waits (`InvalidState`)", body = views::ErrorBody),
+    ))]
 async fn notify(State(ctx): Ctx, Path(token): Path<String>, body: Bytes) -> ApiResult {
     let document = json_body(&body)?;
     let notification = parse_notification(&document).map_err(|e| ApiError::field(e, "InvalidNotification"))?;
     match accept_callback(&Callbacks::of(&ctx), &token, &notification).await {
         Ok(accepted) => {
-            Ok((StatusCode::ACCEPTED, Json(json!({"exchangeId": accepted.exchange_id, "stepId": accepted.step_id})))
-                .into_response())
+            let body = views::CallbackAccepted { exchange_id: accepted.exchange_id, step_id: accepted.step_id };
+            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
         }
         Err(e @ CallbackError::UnknownToken) => Err(ApiError::not_found(e.to_string())),
         Err(CallbackError::InvalidReport(field)) => Err(ApiError::field(field, "InvalidNotification")),
@@ -630,9 +647,15 @@ async fn notify(State(ctx): Ctx, Path(token): Path<String>, body: Bytes) -> ApiR
     }
 }
 
+#[utoipa::path(get, path = "/exchanges/{id}/logs", tag = "exchanges",
+    params(requests::ExchangePath),
+    responses(
+        (status = 200, description = "Its System and User log lines, in time order", body = views::ExchangeLogs),
+        (status = 404, description = "No such exchange", body = views::ErrorBody),
+    ))]
 async fn get_logs(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
     let detail = load_exchange(&ctx, &id).await?;
-    Ok(Json(json!({"exchangeId": id, "items": detail.logs})).into_response())
+    Ok(Json(views::ExchangeLogs { exchange_id: detail.exchange.exchange_id, items: detail.logs }).into_response())
 }
 
 /// A listing's `?integrationCode=` filter, if given.
@@ -643,9 +666,15 @@ fn integration_code_filter(query: &HashMap<String, String>) -> Result<Option<Int
         .transpose()
 }
 
+#[utoipa::path(get, path = "/exchanges", tag = "exchanges",
+    params(requests::ExchangeQuery),
+    responses(
+        (status = 200, description = "Exchanges, newest first", body = views::ExchangePage),
+        (status = 400, description = "A parameter is not valid (`field` names it)", body = views::ErrorBody),
+    ))]
 async fn list_exchanges(State(ctx): Ctx, Query(query): Query<HashMap<String, String>>) -> ApiResult {
     let invalid = ApiError::parameter;
-    only_parameters(&query, &["integrationCode", "status", "parentExchangeId", "limit", "cursor"])?;
+    only_parameters::<requests::ExchangeQuery>(&query)?;
     let parent = query.get("parentExchangeId").map(|p| ExchangeId::new(p.clone()));
     let integration_code = integration_code_filter(&query)?;
     let status = query
@@ -659,65 +688,107 @@ async fn list_exchanges(State(ctx): Ctx, Query(query): Query<HashMap<String, Str
         .list(&ExchangeFilter { integration_code, status, parent }, limit, query.get("cursor").map(String::as_str))
         .await
         .map_err(listing_error)?;
-    let items: Vec<Value> = page.items.iter().map(exchange_summary).collect();
-    Ok(Json(json!({"items": items, "nextCursor": page.next_cursor})).into_response())
+    let items = page.items.iter().map(views::ExchangeSummary::from).collect();
+    Ok(Json(views::ExchangePage { items, next_cursor: page.next_cursor }).into_response())
 }
 
 // ------------------------------------------------------------------ data files
 
+fn path_data_file_set(id: &str) -> Result<DataFileSetId, ApiError> {
+    DataFileSetId::parse(id).map_err(|e| ApiError::parameter("id", e))
+}
+
+#[utoipa::path(get, path = "/data-file-sets/{id}", tag = "data files",
+    params(requests::DataFileSetPath),
+    responses(
+        (status = 200, description = "Its files", body = views::DataFileSetView),
+        (status = 400, description = "Not a data file set id", body = views::ErrorBody),
+        (status = 404, description = "No such set", body = views::ErrorBody),
+    ))]
 async fn get_data_file_set(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult {
-    let files = ctx.ports.files.list(&DataFileSetId::new(id.clone())).await?;
+    let data_file_set_id = path_data_file_set(&id)?;
+    let files = ctx.ports.files.list(&data_file_set_id).await?;
     if files.is_empty() {
         return Err(ApiError::not_found(format!("data file set {id} does not exist")));
     }
-    Ok(Json(json!({"dataFileSetId": id, "files": files})).into_response())
+    Ok(Json(views::DataFileSetView { data_file_set_id, files }).into_response())
 }
 
+#[utoipa::path(get, path = "/data-file-sets/{id}/files/{name}", tag = "data files",
+    params(requests::DataFilePath),
+    responses(
+        (status = 200, description = "The file, with its content type", content_type = "*/*", body = Vec<u8>),
+        (status = 303, description = "Too large for an API answer: a short-lived download URL (`Location`)",
+            headers(("Location" = String, description = "Where to download it"))),
+        (status = 400, description = "Not a data file set id, or not a plain file name", body = views::ErrorBody),
+        (status = 404, description = "No such file", body = views::ErrorBody),
+    ))]
 async fn get_data_file(State(ctx): Ctx, Path((id, name)): Path<(String, String)>) -> ApiResult {
+    let set = path_data_file_set(&id)?;
+    if !handoff_core::ids::is_plain_file_name(&name) {
+        return Err(ApiError::parameter(
+            "name",
+            "must be a plain file name (1 to 255 bytes, no '/', no control characters, not starting with '.')",
+        ));
+    }
     let (info, stream) = ctx
         .ports
         .files
-        .read(&DataFileSetId::new(id.clone()), &name)
+        .read(&set, &name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("data file set {id} has no file {name}")))?;
     if info.size > MAX_DOWNLOAD_BYTES {
         // Too large for an API answer: the client downloads it straight from storage.
         drop(stream);
-        let url = ctx.ports.files.download_url(&DataFileSetId::new(id.clone()), &name, DOWNLOAD_URL_VALIDITY).await?;
+        let url = ctx.ports.files.download_url(&set, &name, DOWNLOAD_URL_VALIDITY).await?;
         return Ok((StatusCode::SEE_OTHER, [(header::LOCATION, url)]).into_response());
     }
-    Ok(([(header::CONTENT_TYPE, info.content_type.clone())], Body::from_stream(stream)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, info.content_type.clone()), (header::CONTENT_LENGTH, info.size.to_string())],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 // ------------------------------------------------------------------ health
 
 /// Public liveness: the function answers. It touches no dependency, so an anonymous caller
 /// cannot make it cost anything; `GET /health/components` checks each one.
-async fn shallow_health() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+#[utoipa::path(get, path = "/health", tag = "meta",
+    responses((status = 200, description = "The API answers", body = views::Liveness)))]
+async fn shallow_health() -> ApiResult {
+    Ok(Json(views::Liveness { status: "ok".to_string() }).into_response())
 }
 
-async fn health(State(ctx): Ctx) -> Response {
+#[utoipa::path(get, path = "/health/components", tag = "meta",
+    responses(
+        (status = 200, description = "Every component answers", body = views::ComponentsHealth),
+        (status = 503, description = "A component is down (`status`: `degraded`)", body = views::ComponentsHealth),
+    ))]
+async fn health(State(ctx): Ctx) -> ApiResult {
     let (integrations, exchanges, queue, files) = tokio::join!(
         ctx.ports.integrations.health(),
         ctx.ports.exchanges.health(),
         ctx.ports.queue.health(),
         ctx.ports.files.health()
     );
-    let mut healthy = true;
-    let mut components = Map::new();
-    for (name, result) in
-        [("integrations", integrations), ("exchanges", exchanges), ("queues", queue), ("dataFiles", files)]
-    {
-        let state = match result {
-            Ok(()) => json!({"status": "ok"}),
-            Err(e) => {
-                healthy = false;
-                json!({"status": "down", "errorId": logged_error_id(&format!("health check of {name} failed"), &e)})
-            }
-        };
-        components.insert(name.to_string(), state);
-    }
+    let state = |name: &str, result: Result<(), PortError>| match result {
+        Ok(()) => views::ComponentState { status: "ok".to_string(), error_id: None },
+        Err(e) => views::ComponentState {
+            status: "down".to_string(),
+            error_id: Some(logged_error_id(&format!("health check of {name} failed"), &e)),
+        },
+    };
+    let components = views::Components {
+        integrations: state("integrations", integrations),
+        exchanges: state("exchanges", exchanges),
+        queues: state("queues", queue),
+        data_files: state("dataFiles", files),
+    };
+    let healthy = [&components.integrations, &components.exchanges, &components.queues, &components.data_files]
+        .iter()
+        .all(|c| c.status == "ok");
     let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"status": if healthy { "ok" } else { "degraded" }, "components": components}))).into_response()
+    let body = views::ComponentsHealth { status: if healthy { "ok" } else { "degraded" }.to_string(), components };
+    Ok((status, Json(body)).into_response())
 }

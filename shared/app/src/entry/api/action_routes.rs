@@ -14,6 +14,15 @@ pub(super) fn action_error(e: ActionError) -> ApiError {
     }
 }
 
+#[utoipa::path(post, path = "/exchanges/{id}/recover", tag = "exchanges",
+    params(requests::ExchangePath),
+    request_body(content = Option<requests::RecoverRequest>, description = "Optional: the version to recover onto"),
+    responses(
+        (status = 202, description = "Recovering from its failed step", body = views::RecoveryAccepted),
+        (status = 400, description = "The request is not valid", body = views::ErrorBody),
+        (status = 404, description = "No such exchange or version", body = views::ErrorBody),
+        (status = 409, description = "Not recoverable in its state (`InvalidState`)", body = views::ErrorBody),
+    ))]
 pub(super) async fn recover(
     State(ctx): Ctx,
     Extension(caller): Extension<Caller>,
@@ -43,31 +52,46 @@ pub(super) async fn recover(
     )
     .await
     .map_err(action_error)?;
-    let body = json!({
-        "exchangeId": id,
-        "status": ExchangeStatus::Started,
-        "statusCode": ExchangeStatus::Started.code(),
-        "resumedAt": recovered.resumed_at,
-        "integrationVersion": recovered.integration_version,
-        "recoveries": recovered.recoveries,
-    });
+    let body = views::RecoveryAccepted {
+        exchange_id: ExchangeId::new(id),
+        status: ExchangeStatus::Started,
+        status_code: ExchangeStatus::Started.code().to_string(),
+        resumed_at: recovered.resumed_at,
+        integration_version: recovered.integration_version,
+        recoveries: recovered.recoveries,
+    };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
+#[utoipa::path(post, path = "/exchanges/{id}/steps/{stepId}/retry", tag = "exchanges",
+    params(requests::StepPath),
+    responses(
+        (status = 202, description = "The step runs again now", body = views::RetryAccepted),
+        (status = 400, description = "Not a step id", body = views::ErrorBody),
+        (status = 404, description = "No such exchange or step", body = views::ErrorBody),
+        (status = 409, description = "The step cannot be retried in its state (`InvalidState`)", body = views::ErrorBody),
+    ))]
 pub(super) async fn retry_step(
     State(ctx): Ctx,
     Extension(caller): Extension<Caller>,
     Path((id, step_id)): Path<(String, String)>,
 ) -> ApiResult {
-    let step_id =
-        StepId::parse(&step_id).map_err(|e| ApiError::bad_request("InvalidParameter", format!("stepId: {e}")))?;
+    let step_id = StepId::parse(&step_id).map_err(|e| ApiError::parameter("stepId", e))?;
     let attempt = retry_step_now(&Recovering::of(&ctx), &ExchangeId::new(id.clone()), step_id, &caller.subject)
         .await
         .map_err(action_error)?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"exchangeId": id, "stepId": step_id, "attempt": attempt}))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(views::RetryAccepted { exchange_id: ExchangeId::new(id), step_id, attempt }))
+        .into_response())
 }
 
 /// 202 once the sign-off is handed to the exchange (it completes shortly after).
+#[utoipa::path(post, path = "/exchanges/{id}/signoff", tag = "exchanges",
+    params(requests::ExchangePath),
+    responses(
+        (status = 202, description = "Signed off; the exchange completes shortly", body = views::SignoffAccepted),
+        (status = 404, description = "No such exchange", body = views::ErrorBody),
+        (status = 409, description = "It does not wait for a sign-off (`InvalidState`)", body = views::ErrorBody),
+    ))]
 pub(super) async fn signoff(
     State(ctx): Ctx,
     Extension(caller): Extension<Caller>,
@@ -75,6 +99,6 @@ pub(super) async fn signoff(
 ) -> ApiResult {
     let step_id =
         sign_off(&Recovering::of(&ctx), &ExchangeId::new(id.clone()), &caller.subject).await.map_err(action_error)?;
-    let body = json!({"exchangeId": id, "stepId": step_id, "signedOffBy": caller.subject});
+    let body = views::SignoffAccepted { exchange_id: ExchangeId::new(id), step_id, signed_off_by: caller.subject };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }

@@ -2,11 +2,25 @@
 //! delivery step, so a failed secondary destination (which does not fail the exchange)
 //! is visible at a glance, with its error, next to the exchange's `Completed`.
 
-use handoff_core::exchange::{ExchangeStep, StepStatus};
-use serde_json::{json, Value};
+use handoff_core::exchange::{ExchangeStep, StepError, StepStatus};
+use handoff_core::ids::StepId;
+use serde::Serialize;
+
+/// One destination of a delivery step, over the sub-steps that deliver to it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationView {
+    pub integration_step: Option<String>,
+    /// Its position in the step's destinations (0: the primary).
+    pub destination: usize,
+    /// `Failed`, `Done`, `Skipped`, or `Pending` (running, waiting or retrying).
+    pub status: String,
+    pub step_ids: Vec<StepId>,
+    pub last_error: Option<StepError>,
+}
 
 /// Groups delivery sub-steps by (integration step, destination), in plan order.
-pub(super) fn destinations_view(steps: &[ExchangeStep]) -> Value {
+pub(super) fn destinations_view(steps: &[ExchangeStep]) -> Vec<DestinationView> {
     let mut groups: Vec<(&Option<String>, usize, Vec<&ExchangeStep>)> = Vec::new();
     for step in steps {
         let Some(destination) = step.destination else { continue };
@@ -15,22 +29,16 @@ pub(super) fn destinations_view(steps: &[ExchangeStep]) -> Value {
             None => groups.push((&step.integration_step, destination, vec![step])),
         }
     }
-    Value::Array(
-        groups
-            .into_iter()
-            .map(|(name, destination, members)| {
-                let status = group_status(&members);
-                let last_error = members.iter().rev().find_map(|s| s.last_error.as_ref());
-                json!({
-                    "integrationStep": name,
-                    "destination": destination,
-                    "status": status,
-                    "stepIds": members.iter().map(|s| s.step_id).collect::<Vec<_>>(),
-                    "lastError": last_error,
-                })
-            })
-            .collect(),
-    )
+    groups
+        .into_iter()
+        .map(|(name, destination, members)| DestinationView {
+            integration_step: name.clone(),
+            destination,
+            status: group_status(&members).to_string(),
+            step_ids: members.iter().map(|s| s.step_id).collect(),
+            last_error: members.iter().rev().find_map(|s| s.last_error.clone()),
+        })
+        .collect()
 }
 
 /// Failed if any sub-step failed; Done when all are done; Skipped when the step did not
@@ -50,6 +58,7 @@ fn group_status(members: &[&ExchangeStep]) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn step(
         sequence: u32,
@@ -81,7 +90,7 @@ mod tests {
             step(4, "ReceiveAgentNotification", Some(1), "Skipped", None),
             step(5, "DeliverSftp", Some(2), "Initial", None),
         ];
-        let view = destinations_view(&steps);
+        let view = serde_json::to_value(destinations_view(&steps)).expect("json");
         let list = view.as_array().expect("array");
         assert_eq!(list.len(), 3);
         assert_eq!(list[0]["status"], "Done");

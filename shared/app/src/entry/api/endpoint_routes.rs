@@ -4,6 +4,13 @@
 
 use super::*;
 
+#[utoipa::path(get, path = "/integrations/{code}", tag = "integrations",
+    params(requests::CodePath),
+    responses(
+        (status = 200, description = "The code's endpoint and every version, newest first", body = views::IntegrationDetail),
+        (status = 400, description = "Not an integration code", body = views::ErrorBody),
+        (status = 404, description = "No such integration", body = views::ErrorBody),
+    ))]
 pub(super) async fn get_integration(State(ctx): Ctx, Path(code): Path<String>) -> ApiResult {
     let code = path_code(&code)?;
     let mut versions = ctx.ports.integrations.versions(&code).await?;
@@ -12,8 +19,9 @@ pub(super) async fn get_integration(State(ctx): Ctx, Path(code): Path<String>) -
     }
     versions.sort_by_key(|v| std::cmp::Reverse(v.version));
     let endpoint = stored_endpoint(&ctx, &code, &versions).await?;
-    let items: Vec<Value> = versions.iter().map(integration_view).collect();
-    Ok(Json(json!({"code": code, "endpoint": endpoint_view(&endpoint, &versions, ctx.ports.clock.now()), "versions": items})).into_response())
+    let endpoint = endpoint_view(&endpoint, &versions, ctx.ports.clock.now());
+    let versions = versions.iter().map(views::IntegrationView::from).collect();
+    Ok(Json(views::IntegrationDetail { code, endpoint, versions }).into_response())
 }
 
 /// The endpoint of a code whose `versions` are read (a code from before endpoints runs).
@@ -30,35 +38,51 @@ pub(super) async fn stored_endpoint(
 
 /// An endpoint as operators read it, with the schedule of the version that runs (the
 /// highest enabled one) and its next runs — or "not scheduled".
-pub(super) fn endpoint_view(endpoint: &Endpoint, versions: &[StoredIntegration], now: DateTime<Utc>) -> Value {
+pub(super) fn endpoint_view(
+    endpoint: &Endpoint,
+    versions: &[StoredIntegration],
+    now: DateTime<Utc>,
+) -> views::EndpointView {
     let schedule = match active_schedule(versions).map(|(_, spec)| spec) {
-        Some(spec) if endpoint.status.keeps_schedule() => {
-            let runs = handoff_core::schedule::next_runs(&spec, now, endpoint.since, SHOWN_RUNS);
-            let mut view = json!({"expression": spec.expression, "timezone": spec.timezone, "nextRuns": runs});
-            if !endpoint.status.runs() {
-                view["runs"] = json!(format!("skipped (and logged) while the endpoint is {}", endpoint.status.name()));
-            }
-            view
+        Some(spec) if endpoint.status.keeps_schedule() => views::EndpointSchedule::Scheduled {
+            next_runs: handoff_core::schedule::next_runs(&spec, now, endpoint.since, SHOWN_RUNS),
+            runs: (!endpoint.status.runs())
+                .then(|| format!("skipped (and logged) while the endpoint is {}", endpoint.status.name())),
+            expression: spec.expression,
+            timezone: spec.timezone,
+        },
+        Some(_) => {
+            views::EndpointSchedule::NotScheduled(format!("not scheduled: the endpoint is {}", endpoint.status.name()))
         }
-        Some(_) => json!(format!("not scheduled: the endpoint is {}", endpoint.status.name())),
-        None => json!("not scheduled"),
+        None => views::EndpointSchedule::NotScheduled("not scheduled".to_string()),
     };
-    json!({
-        "status": endpoint.status.name(),
-        "since": endpoint.since,
-        "reason": endpoint.reason,
-        "changedBy": endpoint.changed_by,
-        "queueStatus": endpoint.queue_status,
-        "onSystemFailure": endpoint.on_system_failure(is_event_based(versions)),
-        "retrying": endpoint.retrying,
-        "lastFailure": endpoint.last_failure,
-        "haltedBy": endpoint.halted_by,
-        "schedule": schedule,
-    })
+    views::EndpointView {
+        status: endpoint.status,
+        since: endpoint.since,
+        reason: endpoint.reason.clone(),
+        changed_by: endpoint.changed_by.clone(),
+        queue_status: endpoint.queue_status,
+        on_system_failure: endpoint.on_system_failure(is_event_based(versions)),
+        retrying: endpoint.retrying.clone(),
+        last_failure: endpoint.last_failure.clone(),
+        halted_by: endpoint.halted_by.clone(),
+        schedule,
+        changed: None,
+        recovered: None,
+    }
 }
 
 /// `PATCH /integrations/{code}`: `{"onSystemFailure": "halt"|"continue", "queueStatus":
 /// "ReadEvents"|"DiscardEvents"}`, each optional.
+#[utoipa::path(patch, path = "/integrations/{code}", tag = "endpoints",
+    params(requests::CodePath),
+    request_body = requests::EndpointPatch,
+    responses(
+        (status = 200, description = "The endpoint as configured", body = views::EndpointAnswer),
+        (status = 400, description = "The request is not valid (`field` names the problem)", body = views::ErrorBody),
+        (status = 404, description = "No such integration", body = views::ErrorBody),
+        (status = 409, description = "A concurrent change won (`ConcurrentChange`)", body = views::ErrorBody),
+    ))]
 pub(super) async fn patch_endpoint(State(ctx): Ctx, Path(code): Path<String>, body: Bytes) -> ApiResult {
     let code = path_code(&code)?;
     let request = json_body(&body)?;
@@ -87,8 +111,8 @@ pub(super) async fn patch_endpoint(State(ctx): Ctx, Path(code): Path<String>, bo
         .await
         .map_err(endpoint_error)?;
     let versions = ctx.ports.integrations.versions(&code).await?;
-    Ok(Json(json!({"code": code, "endpoint": endpoint_view(&endpoint, &versions, ctx.ports.clock.now())}))
-        .into_response())
+    let endpoint = endpoint_view(&endpoint, &versions, ctx.ports.clock.now());
+    Ok(Json(views::EndpointAnswer { code, endpoint }).into_response())
 }
 
 fn endpoint_error(e: EndpointError) -> ApiError {
@@ -100,10 +124,28 @@ fn endpoint_error(e: EndpointError) -> ApiError {
     }
 }
 
+#[utoipa::path(post, path = "/integrations/{code}/enable", tag = "endpoints",
+    params(requests::CodePath),
+    request_body(content = Option<requests::EndpointCommand>, description = "Optional"),
+    responses(
+        (status = 200, description = "Enabled (`changed`: whether it was not already)", body = views::EndpointAnswer),
+        (status = 400, description = "The request is not valid", body = views::ErrorBody),
+        (status = 404, description = "No such integration", body = views::ErrorBody),
+        (status = 409, description = "Not allowed from its status, or a concurrent change won", body = views::ErrorBody),
+    ))]
 pub(super) async fn enable_endpoint(ctx: Ctx, caller: Extension<Caller>, code: Path<String>, body: Bytes) -> ApiResult {
     command_endpoint(ctx, caller, code, body, EndpointCommand::Enable).await
 }
 
+#[utoipa::path(post, path = "/integrations/{code}/disable", tag = "endpoints",
+    params(requests::CodePath),
+    request_body(content = Option<requests::EndpointCommand>, description = "Optional"),
+    responses(
+        (status = 200, description = "Held: nothing starts and nothing leaves until enabled", body = views::EndpointAnswer),
+        (status = 400, description = "The request is not valid", body = views::ErrorBody),
+        (status = 404, description = "No such integration", body = views::ErrorBody),
+        (status = 409, description = "Not allowed from its status, or a concurrent change won", body = views::ErrorBody),
+    ))]
 pub(super) async fn disable_endpoint(
     ctx: Ctx,
     caller: Extension<Caller>,
@@ -113,6 +155,15 @@ pub(super) async fn disable_endpoint(
     command_endpoint(ctx, caller, code, body, EndpointCommand::Disable).await
 }
 
+#[utoipa::path(post, path = "/integrations/{code}/resume", tag = "endpoints",
+    params(requests::CodePath),
+    request_body(content = Option<requests::ResumeCommand>, description = "Optional"),
+    responses(
+        (status = 200, description = "Resumed; held handoffs go on (with `recoverFailed`: `recovered`)", body = views::EndpointAnswer),
+        (status = 400, description = "The request is not valid", body = views::ErrorBody),
+        (status = 404, description = "No such integration", body = views::ErrorBody),
+        (status = 409, description = "Not halted, or a concurrent change won", body = views::ErrorBody),
+    ))]
 pub(super) async fn resume_endpoint(ctx: Ctx, caller: Extension<Caller>, code: Path<String>, body: Bytes) -> ApiResult {
     command_endpoint(ctx, caller, code, body, EndpointCommand::Resume).await
 }
@@ -144,7 +195,7 @@ async fn command_endpoint(
         .map_err(endpoint_error)?;
     let versions = ctx.ports.integrations.versions(&code).await?;
     let mut view = endpoint_view(&operated.endpoint, &versions, ctx.ports.clock.now());
-    view["changed"] = json!(operated.changed);
+    view.changed = Some(operated.changed);
     if recover_failed {
         // The exchanges that halted it, each recovered as if asked one by one.
         let mut recovered = Vec::new();
@@ -158,24 +209,40 @@ async fn command_endpoint(
             )
             .await
             {
-                Ok(r) => json!({"exchangeId": id, "recovered": true, "resumedAt": r.resumed_at}),
-                Err(e) => {
-                    json!({"exchangeId": id, "recovered": false, "reason": super::action_routes::action_error(e).message})
-                }
+                Ok(r) => views::RecoveredExchange {
+                    exchange_id: id.clone(),
+                    recovered: true,
+                    resumed_at: Some(r.resumed_at),
+                    reason: None,
+                },
+                Err(e) => views::RecoveredExchange {
+                    exchange_id: id.clone(),
+                    recovered: false,
+                    resumed_at: None,
+                    reason: Some(super::action_routes::action_error(e).message().to_string()),
+                },
             };
             recovered.push(outcome);
         }
-        view["recovered"] = json!(recovered);
+        view.recovered = Some(recovered);
     }
     if let ScheduleState::OutOfSync(e) = &operated.schedule {
         let what = format!("the schedule of {code} could not be synchronised");
-        view["schedule"] = json!({"state": "outOfSync", "errorId": logged_error_id(&what, e)});
+        view.schedule =
+            views::EndpointSchedule::OutOfSync { state: "outOfSync".to_string(), error_id: logged_error_id(&what, e) };
     }
-    Ok(Json(json!({"code": code, "endpoint": view})).into_response())
+    Ok(Json(views::EndpointAnswer { code, endpoint: view }).into_response())
 }
 
 /// `GET /integrations/{code}/log?limit=&cursor=`: invocations, skipped runs and status
 /// changes, newest first.
+#[utoipa::path(get, path = "/integrations/{code}/log", tag = "endpoints",
+    params(requests::CodePath, requests::Paging),
+    responses(
+        (status = 200, description = "Invocations, skipped runs and status changes, newest first", body = views::EndpointLogPage),
+        (status = 400, description = "A parameter is not valid", body = views::ErrorBody),
+        (status = 404, description = "No such integration", body = views::ErrorBody),
+    ))]
 pub(super) async fn endpoint_log(
     State(ctx): Ctx,
     Path(code): Path<String>,
@@ -187,5 +254,5 @@ pub(super) async fn endpoint_log(
         return Err(ApiError::not_found(format!("integration {code} does not exist")));
     }
     let (items, next) = ctx.ports.endpoints.log(&code, limit, cursor).await.map_err(listing_error)?;
-    Ok(Json(json!({"code": code, "items": items, "nextCursor": next})).into_response())
+    Ok(Json(views::EndpointLogPage { code, items, next_cursor: next }).into_response())
 }

@@ -1,7 +1,7 @@
 //! `PUT /mappings/{name}` and `GET /mappings/{name}`: the metadata mappings transformation
 //! steps reference (see [`handoff_core::mapping`] for the document).
 
-use super::{json_body, ApiError, ApiResult, Ctx};
+use super::{json_body, requests, views, ApiError, ApiResult, Ctx};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -9,19 +9,23 @@ use axum::response::IntoResponse;
 use axum::Json;
 use handoff_core::mapping::{parse_mapping, MappingName};
 use handoff_ports::{MappingWriteError, StoredMapping};
-use serde_json::{json, Value};
 use std::sync::Arc;
 
 fn path_name(name: &str) -> Result<MappingName, ApiError> {
-    MappingName::parse(name).map_err(|e| ApiError::bad_request("InvalidParameter", format!("name: {e}")))
-}
-
-fn view(m: &StoredMapping) -> Value {
-    json!({"name": m.name.as_str(), "revision": m.revision, "updatedAt": m.updated_at, "mapping": m.document})
+    MappingName::parse(name).map_err(|e| ApiError::parameter("name", e))
 }
 
 /// Creates (201) or replaces (200) a mapping. Running exchanges see a replacement within
 /// the mapping cache's TTL.
+#[utoipa::path(put, path = "/mappings/{name}", tag = "mappings",
+    params(requests::MappingPath),
+    request_body = requests::MappingDocument,
+    responses(
+        (status = 200, description = "Replaced", body = views::MappingView),
+        (status = 201, description = "Created", body = views::MappingView),
+        (status = 400, description = "Not a mapping name, or not a valid mapping (`field` names the problem)", body = views::ErrorBody),
+        (status = 409, description = "A concurrent change won (`ConcurrentModification`)", body = views::ErrorBody),
+    ))]
 pub(super) async fn put_mapping(State(ctx): Ctx, Path(name): Path<String>, body: Bytes) -> ApiResult {
     let name = path_name(&name)?;
     let document = json_body(&body)?;
@@ -42,9 +46,16 @@ pub(super) async fn put_mapping(State(ctx): Ctx, Path(name): Path<String>, body:
     })?;
     ctx.mappings.remember(Arc::new(parsed));
     let status = if current.is_some() { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(view(&stored))).into_response())
+    Ok((status, Json(views::MappingView::from(&stored))).into_response())
 }
 
+#[utoipa::path(get, path = "/mappings/{name}", tag = "mappings",
+    params(requests::MappingPath),
+    responses(
+        (status = 200, description = "The mapping", body = views::MappingView),
+        (status = 400, description = "Not a mapping name", body = views::ErrorBody),
+        (status = 404, description = "No such mapping", body = views::ErrorBody),
+    ))]
 pub(super) async fn get_mapping(State(ctx): Ctx, Path(name): Path<String>) -> ApiResult {
     let name = path_name(&name)?;
     let stored = ctx
@@ -53,5 +64,5 @@ pub(super) async fn get_mapping(State(ctx): Ctx, Path(name): Path<String>) -> Ap
         .get(&name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("mapping '{name}' does not exist")))?;
-    Ok(Json(view(&stored)).into_response())
+    Ok(Json(views::MappingView::from(&stored)).into_response())
 }
