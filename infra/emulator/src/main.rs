@@ -106,6 +106,11 @@ async fn main() -> anyhow::Result<()> {
                 println!("Development token (every scope, 12 h) in {}", path.display());
             }
             println!("Handoff API listening on {}", emulator.api_url());
+            // Where the `handoff` CLI finds this API when HANDOFF_URL is not set.
+            let url_file = EmulatorOptions::default().state_dir.join("api-url");
+            if let Err(e) = std::fs::write(&url_file, emulator.api_url()) {
+                eprintln!("could not write {}: {e}", url_file.display());
+            }
             let api_url = emulator.api_url().to_string();
             let http = emulator.api_client(std::time::Duration::from_secs(10));
             let demo_task = demo.then(|| {

@@ -275,6 +275,9 @@ async fn retries_follow_the_live_policy_then_fail_the_exchange_for_operators() {
     let (_, shown) = h.call("GET", &format!("/exchanges/{id}"), None).await;
     assert_eq!((shown["final"].as_bool(), shown["recoverable"].as_bool()), (Some(true), Some(true)), "{shown}");
     assert_eq!(shown["steps"][1]["startedAt"], json!(step_started), "the first attempt's start is kept");
+    assert!(shown["durationMs"].as_i64().is_some_and(|ms| ms >= 0), "a failed exchange took as long: {shown}");
+    assert!(shown["steps"][1]["durationMs"].as_i64().is_some_and(|ms| ms >= 0), "so did its failed step: {shown}");
+    assert!(running["durationMs"].is_null(), "a running one has no duration yet: {running}");
     let (status, errors) = h.call("GET", "/errors?classification=system", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(errors["items"][0]["exchangeId"], json!(id.as_str()), "{errors}");

@@ -67,12 +67,12 @@ type Ctx = State<Arc<AppContext>>;
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    body: views::ErrorBody,
+    body: Box<views::ErrorBody>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        let body = views::ErrorBody {
+        let body = Box::new(views::ErrorBody {
             error: code.to_string(),
             message: message.into(),
             field: None,
@@ -80,7 +80,7 @@ impl ApiError {
             unrouted_id: None,
             exchange_id: None,
             refusal: None,
-        };
+        });
         Self { status, body }
     }
     /// The message as the caller sees it.
@@ -539,7 +539,7 @@ async fn post_exchange(State(ctx): Ctx, Extension(caller): Extension<Caller>, bo
         }
     })?;
     if wait_seconds == 0 {
-        let body = views::StartedExchange::Summary(views::ExchangeSummary::from(&exchange));
+        let body = views::StartedExchange::Summary(Box::new(views::ExchangeSummary::from(&exchange)));
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
     // Request/response use: answer when final, or with the exchange as it stands.
@@ -551,7 +551,7 @@ async fn post_exchange(State(ctx): Ctx, Extension(caller): Extension<Caller>, bo
             let status = if is_final { StatusCode::OK } else { StatusCode::ACCEPTED };
             let body = match &detail {
                 Some(detail) => views::StartedExchange::Detail(Box::new(exchange_view(detail))),
-                None => views::StartedExchange::Summary(views::ExchangeSummary::from(&exchange)),
+                None => views::StartedExchange::Summary(Box::new(views::ExchangeSummary::from(&exchange))),
             };
             return Ok((status, Json(body)).into_response());
         }

@@ -290,7 +290,8 @@ pub struct ExchangeSummary {
     pub updated_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
-    /// From creation to completion, once final.
+    /// From creation to its end, once final (for a Failed or TimedOut exchange, to when it
+    /// became so).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -319,7 +320,11 @@ impl From<&Exchange> for ExchangeSummary {
             created_at: e.created_at,
             updated_at: e.updated_at,
             completed_at: e.completed_at,
-            duration_ms: duration_ms(Some(e.created_at), e.completed_at),
+            duration_ms: e
+                .status
+                .is_final()
+                .then(|| duration_ms(Some(e.created_at), e.completed_at.or(Some(e.updated_at))))
+                .flatten(),
             error: e.error.clone(),
             recoveries: e.recoveries,
             parent: e.parent.clone(),
@@ -402,7 +407,8 @@ pub struct StepView {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
-    /// From its first attempt's start to its end: retries and their waits included.
+    /// From its first attempt's start to its end (for a failed step, its last failure):
+    /// retries and their waits included.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -426,7 +432,11 @@ impl From<&ExchangeStep> for StepView {
             next_retry_at: s.next_retry_at,
             started_at: s.started_at,
             completed_at: s.completed_at,
-            duration_ms: duration_ms(s.started_at, s.completed_at),
+            // A failed step ended when it failed for the last time.
+            duration_ms: duration_ms(
+                s.started_at,
+                s.completed_at.or(s.last_error.as_ref().filter(|_| s.status == StepStatus::Failed).map(|e| e.at)),
+            ),
             sub_exchanges: s.sub_exchanges.as_ref().map(CountsView::from),
         }
     }
@@ -445,7 +455,7 @@ pub struct ExchangePage {
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum StartedExchange {
-    Summary(ExchangeSummary),
+    Summary(Box<ExchangeSummary>),
     Detail(Box<ExchangeView>),
 }
 
