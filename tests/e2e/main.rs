@@ -3,6 +3,7 @@
 
 mod api;
 mod clock;
+mod console;
 mod contract;
 mod deliveries;
 mod endpoints;

@@ -382,6 +382,8 @@ pub struct HttpState {
     pub scheduler_interval: Duration,
     /// The functions' figures, as CloudWatch would have them (`/_emulator/metrics`).
     pub metrics: Arc<crate::metrics::MetricStore>,
+    /// The development issuer's sign-in (`/oauth2/...`), when it is in use.
+    pub sign_in: Option<Arc<crate::oidc::DevSignIn>>,
 }
 
 /// The axum application: every request goes through the template's route table.
@@ -389,6 +391,8 @@ pub fn router(state: HttpState) -> axum::Router {
     axum::Router::new()
         .route("/.well-known/jwks.json", axum::routing::get(jwks))
         .route("/.well-known/openid-configuration", axum::routing::get(openid_configuration))
+        .route(crate::oidc::AUTHORIZE_PATH, axum::routing::get(crate::oidc::authorize))
+        .route(crate::oidc::TOKEN_PATH, axum::routing::post(crate::oidc::token))
         .route(CLOCK_ROUTE, axum::routing::get(read_clock).post(move_clock))
         .route(METRICS_ROUTE, axum::routing::get(prometheus_metrics))
         .route(EMF_ROUTE, axum::routing::get(emf_documents))
@@ -502,6 +506,12 @@ async fn openid_configuration(State(state): State<HttpState>, headers: HeaderMap
         &json!({
             "issuer": crate::auth::DEV_ISSUER,
             "jwks_uri": format!("http://{host}/.well-known/jwks.json"),
+            "authorization_endpoint": format!("http://{host}{}", crate::oidc::AUTHORIZE_PATH),
+            "token_endpoint": format!("http://{host}{}", crate::oidc::TOKEN_PATH),
+            "response_types_supported": ["code"],
+            "grant_types_supported": ["authorization_code"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["none"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "scopes_supported": crate::auth::ALL_SCOPES,
         }),

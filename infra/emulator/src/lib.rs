@@ -13,6 +13,7 @@ pub mod functions;
 pub mod http;
 pub mod metrics;
 pub mod moto;
+pub mod oidc;
 pub mod provision;
 pub mod scheduler;
 pub mod sqs_poller;
@@ -281,6 +282,18 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
         .map_err(|source| EmulatorError::Bind { port: options.port, source })?;
     let port = listener.local_addr().map_err(|source| EmulatorError::Bind { port: options.port, source })?.port();
     let api_url = format!("http://127.0.0.1:{port}");
+    // With the development issuer, the console signs in there (unless told otherwise).
+    let development_issuer = template.parameters.get("JwtIssuer").map(String::as_str) == Some(auth::DEV_ISSUER);
+    if development_issuer {
+        for (parameter, path) in
+            [("ConsoleAuthorizationEndpoint", oidc::AUTHORIZE_PATH), ("ConsoleTokenEndpoint", oidc::TOKEN_PATH)]
+        {
+            let value = template.parameters.entry(parameter.to_string()).or_default();
+            if value.is_empty() {
+                *value = format!("{api_url}{path}");
+            }
+        }
+    }
 
     let mut moto = None;
     let aws_endpoint = match &options.aws_endpoint {
@@ -306,6 +319,9 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
     for spec in template.functions(&ids)? {
         let mut vars: HashMap<String, String> = spec.env.clone().into_iter().collect();
         vars.insert("HANDOFF_PUBLIC_BASE_URL".into(), api_url.clone());
+        if development_issuer {
+            vars.insert("HANDOFF_CONSOLE_DEVELOPMENT_ISSUER".into(), "true".into());
+        }
         vars.insert("AWS_REGION".into(), template::REGION.into());
         vars.insert("AWS_LAMBDA_FUNCTION_NAME".into(), spec.name.clone());
         vars.insert(
@@ -421,6 +437,18 @@ pub async fn start(options: EmulatorOptions) -> Result<RunningEmulator, Emulator
         clock: clock.clone(),
         scheduler_interval: options.scheduler_interval,
         metrics: metrics::store(),
+        sign_in: match &dev_issuer {
+            Some(_) => {
+                let audience = api_auth.authorizers.values().find_map(|a| a.audience.first().cloned());
+                let issuer = auth::DevIssuer::load_or_create(&options.state_dir)?;
+                Some(Arc::new(oidc::DevSignIn::new(
+                    issuer,
+                    audience.unwrap_or_else(|| auth::DEV_AUDIENCE.into()),
+                    &api_url,
+                )))
+            }
+            None => None,
+        },
     });
     let shutdown = cancel.clone();
     tracker.spawn(async move {

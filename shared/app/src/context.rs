@@ -47,6 +47,34 @@ pub struct AppSettings {
     /// The ping URL of scheduled integrations without their own `heartbeatUrl`
     /// (`IntegrationHeartbeatUrlPattern`).
     pub integration_heartbeats: Option<HeartbeatPattern>,
+    /// Where the web console signs its users in.
+    pub console: ConsoleSettings,
+}
+
+/// Where the console signs its users in (`ConsoleAuthorizationEndpoint`,
+/// `ConsoleTokenEndpoint`, `ConsoleClientId`): without endpoints, the console says sign-in
+/// is not configured.
+#[derive(Debug, Clone)]
+pub struct ConsoleSettings {
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+    pub client_id: String,
+    /// The scopes it asks for.
+    pub scope: String,
+    /// The emulator's development issuer: the console offers its two identities.
+    pub development_issuer: bool,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            authorization_endpoint: None,
+            token_endpoint: None,
+            client_id: "handoff-console".to_string(),
+            scope: "openid handoff:read handoff:invoke handoff:operate handoff:admin".to_string(),
+            development_issuer: false,
+        }
+    }
 }
 
 impl Default for AppSettings {
@@ -62,6 +90,7 @@ impl Default for AppSettings {
             exchange_retention: None,
             auto_recovery_limit: 3,
             integration_heartbeats: None,
+            console: ConsoleSettings::default(),
         }
     }
 }

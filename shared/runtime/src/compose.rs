@@ -4,7 +4,7 @@
 
 use crate::error_tracker::SentryTracker;
 use async_trait::async_trait;
-use handoff_app::context::{AppContext, AppSettings, Ports};
+use handoff_app::context::{AppContext, AppSettings, ConsoleSettings, Ports};
 use handoff_app::entry::api::ApiFunction;
 use handoff_app::entry::dlq::DlqFunction;
 use handoff_app::entry::function::FunctionHandler;
@@ -209,12 +209,26 @@ pub fn build_context(
             name: "HANDOFF_INTEGRATION_HEARTBEAT_URL_PATTERN".into(),
             problem,
         })?,
+        console: console_settings(&vars),
     };
     Ok(AppContext::new(ports, settings, Arc::new(JqSandbox::new(sandbox_executable(&vars)?, jq))))
 }
 
 /// The executable jq sandboxes are started from: `HANDOFF_JQ_SANDBOX_EXE` (the emulator and
 /// tests name a Handoff binary), else this process's own (a Lambda function's `bootstrap`).
+/// The console's sign-in (`HANDOFF_CONSOLE_*`, from the template's `Console*` parameters).
+fn console_settings(vars: &Vars) -> ConsoleSettings {
+    let set = |name: &str| vars.0.get(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let defaults = ConsoleSettings::default();
+    ConsoleSettings {
+        authorization_endpoint: set("HANDOFF_CONSOLE_AUTHORIZATION_ENDPOINT"),
+        token_endpoint: set("HANDOFF_CONSOLE_TOKEN_ENDPOINT"),
+        client_id: set("HANDOFF_CONSOLE_CLIENT_ID").unwrap_or(defaults.client_id),
+        scope: set("HANDOFF_CONSOLE_SCOPE").unwrap_or(defaults.scope),
+        development_issuer: set("HANDOFF_CONSOLE_DEVELOPMENT_ISSUER").is_some_and(|v| v == "true"),
+    }
+}
+
 fn sandbox_executable(vars: &Vars) -> Result<std::path::PathBuf, ComposeError> {
     match vars.0.get(SANDBOX_EXE_VARIABLE).filter(|v| !v.is_empty()) {
         Some(path) => Ok(path.into()),

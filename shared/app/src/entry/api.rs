@@ -43,6 +43,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 mod action_routes;
+mod console;
 mod endpoint_routes;
 mod error_routes;
 mod event_routes;
@@ -218,6 +219,10 @@ pub const ROUTE_SCOPES: &[(&str, &str, Option<Scope>)] = &[
     ("PUT", "/mappings/{name}", Some(Scope::Admin)),
     ("GET", "/mappings/{name}", Some(Scope::Read)),
     ("GET", "/openapi.json", None),
+    ("GET", "/console", None),
+    ("GET", "/console/app.js", None),
+    ("GET", "/console/app.css", None),
+    ("GET", "/console/config.json", None),
 ];
 
 /// Refuses a request whose route needs a scope its caller lacks: 401 without a caller,
@@ -278,6 +283,10 @@ fn routes() -> OpenApiRouter<Arc<AppContext>> {
         .routes(routes!(health))
         .routes(routes!(mapping_routes::put_mapping, mapping_routes::get_mapping))
         .routes(routes!(openapi::openapi_json))
+        .routes(routes!(console::console_page))
+        .routes(routes!(console::console_script))
+        .routes(routes!(console::console_style))
+        .routes(routes!(console::console_config))
 }
 
 /// The API's OpenAPI 3.1 document, as `GET /openapi.json` serves it.

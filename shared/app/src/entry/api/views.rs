@@ -620,3 +620,17 @@ pub struct ComponentState {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_id: Option<String>,
 }
+
+/// Where the console signs its users in (`GET /console/config.json`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsoleConfig {
+    /// The issuer's authorization endpoint; none: sign-in is not configured.
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+    pub client_id: String,
+    /// The scopes the console asks for.
+    pub scope: String,
+    /// The emulator's development issuer (it offers a read-only identity too).
+    pub development_issuer: bool,
+}
