@@ -11,6 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -215,44 +216,44 @@ async fn demo(api: &str, http: &reqwest::Client) -> anyhow::Result<()> {
         .to_string();
     println!("demo: started exchange {exchange_id} (parameters {{\"region\": \"north\"}})");
 
-    // 4. Poll until final, printing each step change.
-    let mut seen: HashMap<String, String> = HashMap::new();
-    let mut last_status = String::new();
+    // 4. Follow it until final: at a terminal as a table redrawn in place (log lines wait
+    //    until it is final), otherwise a line per change.
+    let live = std::io::stdout().is_terminal();
+    let hold = live.then(crate::terminal::hold_logs);
+    let mut drawn = 0;
+    let mut last_lines: Vec<String> = Vec::new();
     let exchange = loop {
         let resp = http.get(format!("{api}/exchanges/{exchange_id}")).send().await.context("GET /exchanges/{id}")?;
         let exchange = expect_json(resp, &[200], "GET /exchanges/{id}").await?;
-        let status = str_field(&exchange, "status").to_string();
-        if status != last_status {
-            println!("  exchange  {status} ({})", str_field(&exchange, "statusCode"));
-            last_status = status.clone();
-        }
-        let steps = exchange.get("steps").and_then(Value::as_array).cloned().unwrap_or_default();
-        for step in &steps {
-            let id = str_field(step, "stepId").to_string();
-            let step_status = str_field(step, "status").to_string();
-            if seen.get(&id) != Some(&step_status) {
-                let sequence = step.get("sequence").and_then(Value::as_u64).unwrap_or(0);
-                let name = step.get("integrationStep").and_then(Value::as_str).unwrap_or("-");
-                let mut line =
-                    format!("  step {sequence:>2}  {name:<6} {:<20} {step_status}", str_field(step, "subStep"));
-                if let Some(err) = step.pointer("/lastError/message").and_then(Value::as_str) {
-                    line.push_str(&format!("  (last error: {err})"));
-                }
+        let lines = progress_table(&exchange);
+        if live {
+            let mut out = std::io::stdout().lock();
+            if drawn > 0 {
+                let _ = write!(out, "\x1b[{drawn}A");
+            }
+            for line in &lines {
+                let _ = writeln!(out, "\x1b[2K{line}");
+            }
+            let _ = out.flush();
+            drawn = lines.len();
+        } else {
+            for line in lines.iter().filter(|l| !last_lines.contains(l)) {
                 println!("{line}");
-                seen.insert(id, step_status);
             }
         }
-        if matches!(status.as_str(), "Completed" | "Failed" | "TimedOut") {
+        last_lines = lines;
+        if exchange.get("final").and_then(Value::as_bool) == Some(true) {
             break exchange;
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     };
+    drop(hold);
 
-    // 5. Summary.
+    // 5. Summary: what the target received, and where to go on.
     println!(
-        "demo: exchange {exchange_id} finished: {} ({})",
+        "demo: exchange {exchange_id} finished: {} in {} ms",
         str_field(&exchange, "status"),
-        str_field(&exchange, "statusCode")
+        exchange.get("durationMs").and_then(Value::as_i64).unwrap_or(0)
     );
     if let Some(err) = exchange.get("error") {
         println!("demo: error: {err}");
@@ -266,18 +267,48 @@ async fn demo(api: &str, http: &reqwest::Client) -> anyhow::Result<()> {
         println!("demo: the target system received POST /providers:\n{pretty}");
         println!("demo: Idempotency-Key: {}", r.idempotency_key.as_deref().unwrap_or("(none)"));
     }
-    // The API wants a bearer token: the same alias the README's curl session uses.
-    println!("demo: try it yourself (the API wants the development token):");
-    println!("  export TOKEN=$(cat .handoff/dev-token)");
-    println!("  alias hc='curl -s -H \"Authorization: Bearer $TOKEN\" -H \"content-type: application/json\"'");
-    println!("  hc {api}/exchanges/{exchange_id}");
-    println!("  hc {api}/exchanges/{exchange_id}/logs");
-    println!("  hc '{api}/exchanges?integrationCode={CODE}&limit=20'");
+    println!();
+    println!("Console:  {api}/console#/exchanges/{exchange_id}");
     println!(
-        "  hc {api}/exchanges -d '{{\"integrationCode\": \"{CODE}\", \"parameters\": {{\"region\": \"north\"}}, \"waitSeconds\": 20}}'"
+        "          sign in with one click: the emulator is its own OpenID issuer (developer, or viewer: read only)"
     );
+    println!("CLI:      cargo run -q -p handoff-cli -- exchanges show {exchange_id}");
+    println!("          cargo run -q -p handoff-cli -- exchanges start {CODE} --param region=south --wait 20");
+    println!("OpenAPI:  {api}/openapi.json");
     if str_field(&exchange, "status") != "Completed" {
         bail!("the demo exchange ended {}", str_field(&exchange, "status"));
     }
     Ok(())
+}
+
+/// The exchange as a table: its status, then one row per step (sub-step, status, attempts,
+/// duration, last error).
+fn progress_table(exchange: &Value) -> Vec<String> {
+    let mut lines =
+        vec![format!("  exchange {}  {}", str_field(exchange, "exchangeId"), str_field(exchange, "status"))];
+    lines.push(format!(
+        "  {:<5} {:<6} {:<20} {:<8} {:<8} {:<9} {}",
+        "STEP", "NAME", "SUB-STEP", "STATUS", "ATTEMPTS", "DURATION", "LAST ERROR"
+    ));
+    for step in exchange.get("steps").and_then(Value::as_array).into_iter().flatten() {
+        let attempts = format!(
+            "{}/{}",
+            step.get("attempts").and_then(Value::as_u64).unwrap_or(0),
+            step.get("maxAttempts").and_then(Value::as_u64).unwrap_or(0)
+        );
+        let duration = step.get("durationMs").and_then(Value::as_i64).map(|ms| format!("{ms} ms")).unwrap_or_default();
+        let error: String =
+            step.pointer("/lastError/message").and_then(Value::as_str).unwrap_or("").chars().take(60).collect();
+        let row = format!(
+            "  {:<5} {:<6} {:<20} {:<8} {:<8} {:<9} {error}",
+            str_field(step, "stepId"),
+            step.get("integrationStep").and_then(Value::as_str).unwrap_or(""),
+            str_field(step, "subStep"),
+            str_field(step, "status"),
+            attempts,
+            duration,
+        );
+        lines.push(row.trim_end().to_string());
+    }
+    lines
 }

@@ -18,6 +18,7 @@ pub mod provision;
 pub mod scheduler;
 pub mod sqs_poller;
 pub mod template;
+pub mod terminal;
 
 use crate::functions::{ComposeFactory, Function, FunctionFactory};
 use crate::moto::{MotoError, MotoServer};

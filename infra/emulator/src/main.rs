@@ -68,12 +68,13 @@ fn init_logging(format: LogFormat) {
     let default = if human { "warn,handoff_app=info,handoff_emulator=info" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
     if human {
         let time = tracing_subscriber::fmt::time::ChronoLocal::new("%H:%M:%S%.3f".into());
-        fmt.compact().with_target(false).with_timer(time).init();
+        // Through the terminal writer: the demo holds these lines while it draws its table.
+        fmt.with_writer(handoff_emulator::terminal::TerminalLog).compact().with_target(false).with_timer(time).init();
     } else {
-        fmt.json().init();
+        fmt.with_writer(std::io::stderr).json().init();
     }
 }
 
