@@ -14,43 +14,30 @@ pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// password-less sudo); one install at a time across test processes.
 pub fn ensure_chromium() -> Result<(), String> {
     let present = || Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
-    if present() {
-        return Ok(());
-    }
     let lock_path = std::env::temp_dir().join("handoff-chromium-install.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
-    lock.lock().map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
-    if present() {
-        return Ok(());
-    }
-    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
-    let apt = |args: &[&str]| {
-        let mut command = if root { Command::new("apt-get") } else { Command::new("sudo") };
-        if !root {
-            command.args(["-n", "apt-get"]);
+    crate::install_once(&lock_path, present, || {
+        let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+        let apt = |args: &[&str]| {
+            let mut command = if root { Command::new("apt-get") } else { Command::new("sudo") };
+            if !root {
+                command.args(["-n", "apt-get"]);
+            }
+            command.args(args).env("DEBIAN_FRONTEND", "noninteractive").stdin(Stdio::null()).output()
+        };
+        eprintln!("handoff-e2e: installing Debian's chromium and chromium-driver (first run only)");
+        let install = ["install", "-y", "-q", "chromium", "chromium-driver"];
+        let first = apt(&install).map_err(|e| format!("running apt-get: {e}"))?;
+        if !first.status.success() {
+            // A fresh machine may not have read the package lists yet.
+            apt(&["update", "-q"]).map_err(|e| format!("running apt-get update: {e}"))?;
+            let second = apt(&install).map_err(|e| format!("running apt-get: {e}"))?;
+            if !second.status.success() {
+                let stderr = String::from_utf8_lossy(&second.stderr);
+                return Err(format!("apt-get install chromium chromium-driver failed: {stderr}"));
+            }
         }
-        command.args(args).env("DEBIAN_FRONTEND", "noninteractive").stdin(Stdio::null()).output()
-    };
-    eprintln!("handoff-e2e: installing Debian's chromium and chromium-driver (first run only)");
-    let install = ["install", "-y", "-q", "chromium", "chromium-driver"];
-    let first = apt(&install).map_err(|e| format!("running apt-get: {e}"))?;
-    if !first.status.success() {
-        // A fresh machine may not have read the package lists yet.
-        apt(&["update", "-q"]).map_err(|e| format!("running apt-get update: {e}"))?;
-        let second = apt(&install).map_err(|e| format!("running apt-get: {e}"))?;
-        if !second.status.success() {
-            return Err(format!(
-                "apt-get install chromium chromium-driver failed: {}",
-                String::from_utf8_lossy(&second.stderr)
-            ));
-        }
-    }
-    drop(lock);
+        Ok(())
+    })?;
     present().then_some(()).ok_or_else(|| "chromium or chromedriver still missing after apt-get install".to_string())
 }
 

@@ -19,6 +19,29 @@ mod sftp;
 pub use naive_http::{NaiveHttpServer, NaiveRequest};
 pub use sftp::{ensure_python_package, SftpServer};
 
+/// Runs `install` unless `present()`, holding the file lock `lock_path` so that test
+/// processes install one at a time (and the next one finds it done).
+fn install_once(
+    lock_path: &std::path::Path,
+    present: impl Fn() -> bool,
+    install: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    if present() {
+        return Ok(());
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)
+        .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
+    lock.lock().map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+    if present() {
+        return Ok(());
+    }
+    install()
+}
+
 /// What the emulator under test offers the tests.
 pub struct Gateway {
     pub api: String,

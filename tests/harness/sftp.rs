@@ -108,28 +108,17 @@ pub fn ensure_python_package(module: &str, requirement: &str) -> Result<PathBuf,
             .status()
             .is_ok_and(|s| s.success())
     };
-    if importable() {
-        return Ok(python);
-    }
     let parent = venv.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     let lock_path = parent.join(format!("{}.lock", venv.file_name().and_then(|n| n.to_str()).unwrap_or("venv")));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
-    lock.lock().map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
-    if importable() {
-        return Ok(python);
-    }
-    let output = Command::new(venv.join("bin").join("pip"))
-        .args(["install", "--disable-pip-version-check", "--quiet", requirement])
-        .output()
-        .map_err(|e| format!("running pip: {e}"))?;
-    if !output.status.success() {
-        return Err(format!("pip install {requirement} failed: {}", String::from_utf8_lossy(&output.stderr)));
-    }
-    drop(lock);
+    crate::install_once(&lock_path, importable, || {
+        let output = Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--disable-pip-version-check", "--quiet", requirement])
+            .output()
+            .map_err(|e| format!("running pip: {e}"))?;
+        if !output.status.success() {
+            return Err(format!("pip install {requirement} failed: {}", String::from_utf8_lossy(&output.stderr)));
+        }
+        Ok(())
+    })?;
     Ok(python)
 }
