@@ -41,6 +41,7 @@ mod dynamo_exchanges;
 mod endpoints;
 mod events;
 mod integrations;
+mod job_runs;
 mod jq_sandbox;
 mod moto_launcher;
 mod queues;

@@ -12,7 +12,7 @@ use handoff_ports::MappingRepository;
 use handoff_ports::SecretStore;
 use handoff_ports::{
     Clock, DataFileStore, EndpointStore, ErrorTracker, EventQueue, ExchangeReads, ExchangeRepository, HandoffQueue,
-    IntegrationRepository, ScheduleManager, TopicPublisher, UnroutedStore,
+    IntegrationRepository, JobRunLog, ScheduleManager, TopicPublisher, UnroutedStore,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,6 +119,8 @@ pub struct Ports {
     pub tracker: Arc<dyn ErrorTracker>,
     /// SNS topics `notify` targets name.
     pub topics: Arc<dyn TopicPublisher>,
+    /// The scheduled jobs' last runs (for `GET /health/components`).
+    pub job_runs: Arc<dyn JobRunLog>,
 }
 
 /// The ports with what a warm function instance keeps between invocations (caches, the

@@ -72,6 +72,7 @@ impl Harness {
             clock: clock.clone(),
             tracker: tracker.clone(),
             topics: topics.clone(),
+            job_runs: Arc::new(handoff_ports::memory::MemoryJobRuns::default()),
         };
         // Definitions are read live, so a changed retry policy shows at the next decision.
         // Loopback systems stand in for partners, so loopback is opened as the emulator does.
@@ -424,9 +425,18 @@ async fn a_callback_whose_handoff_fails_stays_in_the_outbox_for_the_regular_job(
         matches!(&kept[..], [Timer { kind: TimerKind::Handoff { message }, .. }] if message.step_id == StepId::from_sequence(1))
     );
     // The regular job sweeps timers due within its lookahead: the outbox entry goes out.
+    let (_, before) = h.call("GET", "/health/components", None).await;
+    assert_eq!(before["jobs"], json!([]), "no job has run yet");
     let jobs = JobsFunction::new(h.ctx.clone());
     let answer = jobs.invoke(json!({"job": "regular"})).await.expect("job");
     assert_eq!(answer["timersSent"], json!(1));
+    let (_, health) = h.call("GET", "/health/components", None).await;
+    assert_eq!(
+        (health["jobs"][0]["job"].as_str(), health["jobs"][0]["succeeded"].as_bool()),
+        (Some("regular"), Some(true)),
+        "the health view shows the job's last run: {health}"
+    );
+    assert_eq!(health["jobs"].as_array().map(Vec::len), Some(1), "only jobs that ran");
     assert!(h.exchanges.pending_timers().is_empty());
     assert!(h
         .queue

@@ -14,6 +14,7 @@ pub mod handoff;
 pub mod heartbeat;
 pub mod identity;
 pub mod ids;
+pub mod job_run;
 pub mod links;
 pub mod machine;
 pub mod mapping;

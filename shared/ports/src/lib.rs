@@ -566,6 +566,17 @@ impl std::fmt::Debug for SecretText {
     }
 }
 
+// ------------------------------------------------------------------ job runs
+
+/// The last run of each scheduled job ([`handoff_core::job_run`]).
+#[async_trait]
+pub trait JobRunLog: Send + Sync {
+    /// Keeps `run` as its job's last (a later start replaces an earlier one only).
+    async fn record(&self, run: &handoff_core::job_run::JobRun) -> PortResult<()>;
+    /// The last run of `job`, if it ever ran.
+    async fn last(&self, job: &str) -> PortResult<Option<handoff_core::job_run::JobRun>>;
+}
+
 // ------------------------------------------------------------------ telling people
 
 /// Publishes a notice to an SNS topic (`notify` targets of kind `snsTopicArn`).

@@ -786,6 +786,26 @@ impl SecretStore for MemorySecrets {
     }
 }
 
+/// The jobs' last runs in memory; like the table, an older run never replaces a newer one.
+#[derive(Debug, Default)]
+pub struct MemoryJobRuns {
+    runs: Mutex<HashMap<String, handoff_core::job_run::JobRun>>,
+}
+
+#[async_trait]
+impl crate::JobRunLog for MemoryJobRuns {
+    async fn record(&self, run: &handoff_core::job_run::JobRun) -> PortResult<()> {
+        let mut runs = lock(&self.runs);
+        if runs.get(&run.job).is_none_or(|last| last.started_at <= run.started_at) {
+            runs.insert(run.job.clone(), run.clone());
+        }
+        Ok(())
+    }
+    async fn last(&self, job: &str) -> PortResult<Option<handoff_core::job_run::JobRun>> {
+        Ok(lock(&self.runs).get(job).cloned())
+    }
+}
+
 /// SNS topics in memory: what was published to each.
 #[derive(Debug, Default)]
 pub struct MemoryTopics {

@@ -13,7 +13,7 @@ use handoff_app::entry::trigger::TriggerFunction;
 use handoff_app::entry::worker::WorkerFunction;
 use handoff_app::jq_sandbox::JqSandbox;
 use handoff_aws::dynamo::{
-    DynamoEndpointStore, DynamoEventQueue, DynamoExchangeRepository, DynamoIntegrationRepository,
+    DynamoEndpointStore, DynamoEventQueue, DynamoExchangeRepository, DynamoIntegrationRepository, DynamoJobRunLog,
     DynamoMappingRepository, DynamoUnroutedStore,
 };
 use handoff_aws::s3::S3DataFileStore;
@@ -160,6 +160,7 @@ pub fn build_context(
         clock: aws.clock.clone(),
         tracker: error_tracker(&vars, aws, binary)?,
         topics: Arc::new(SnsTopicPublisher::new(aws_sdk_sns::Client::new(&aws.sdk))),
+        job_runs: Arc::new(DynamoJobRunLog::new(dynamo.clone(), vars.required("HANDOFF_EXCHANGES_TABLE")?)),
     };
     let defaults = AppSettings::default();
     let jq = SandboxLimits {

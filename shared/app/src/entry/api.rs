@@ -797,7 +797,19 @@ async fn health(State(ctx): Ctx) -> ApiResult {
     let healthy = [&components.integrations, &components.exchanges, &components.queues, &components.data_files]
         .iter()
         .all(|c| c.status == "ok");
+    let mut jobs = Vec::new();
+    for job in handoff_core::job_run::JOBS {
+        match ctx.ports.job_runs.last(job).await {
+            Ok(Some(run)) => jobs.push(run),
+            Ok(None) => {}
+            // The exchanges component above says whether the table answers.
+            Err(e) => {
+                logged_error_id(&format!("reading the last run of the {job} job failed"), &e);
+            }
+        }
+    }
     let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = views::ComponentsHealth { status: if healthy { "ok" } else { "degraded" }.to_string(), components };
+    let body =
+        views::ComponentsHealth { status: if healthy { "ok" } else { "degraded" }.to_string(), components, jobs };
     Ok((status, Json(body)).into_response())
 }

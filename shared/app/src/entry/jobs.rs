@@ -8,6 +8,7 @@ use crate::use_cases::sweeps::Sweeps;
 use async_trait::async_trait;
 use handoff_core::heartbeat::{HeartbeatUrl, Ping};
 use handoff_core::ids::IntegrationCode;
+use handoff_core::job_run::JobRun;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -80,6 +81,7 @@ impl FunctionHandler for JobsFunction {
         };
         self.ping(heartbeat, Ping::Start).await;
         let started = std::time::Instant::now();
+        let started_at = self.ctx.ports.clock.now();
         let outcome = match input.job {
             Job::Regular => {
                 match (sweeps.sweep_timers().await, sweeps.start_unstarted().await, sweeps.release_stranded().await) {
@@ -108,6 +110,16 @@ impl FunctionHandler for JobsFunction {
             Job::ErrorProcessing => "errorProcessing",
         };
         crate::metrics::job_ran(job, started.elapsed(), outcome.is_ok());
+        let run = JobRun {
+            job: job.to_string(),
+            started_at,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            succeeded: outcome.is_ok(),
+        };
+        // What the health view shows; the job's own outcome does not depend on it.
+        if let Err(e) = self.ctx.ports.job_runs.record(&run).await {
+            tracing::warn!(job, error = %e, "the job's run could not be recorded");
+        }
         match outcome {
             Ok(done) => {
                 self.ping(heartbeat, Ping::Success).await;

@@ -7,6 +7,7 @@ pub mod endpoints;
 pub mod events;
 pub mod exchanges;
 pub mod integrations;
+pub mod job_runs;
 pub mod mappings;
 pub mod unrouted;
 
@@ -14,6 +15,7 @@ pub use endpoints::DynamoEndpointStore;
 pub use events::DynamoEventQueue;
 pub use exchanges::DynamoExchangeRepository;
 pub use integrations::DynamoIntegrationRepository;
+pub use job_runs::DynamoJobRunLog;
 pub use mappings::DynamoMappingRepository;
 pub use unrouted::DynamoUnroutedStore;
 

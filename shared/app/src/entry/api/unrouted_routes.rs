@@ -21,7 +21,7 @@ fn unrouted_id(raw: &str, field: &str) -> Result<UnroutedId, ApiError> {
 #[utoipa::path(get, path = "/unrouted", tag = "unrouted",
     params(requests::Paging),
     responses(
-        (status = 200, description = "Requests the gateway could not route, oldest first", body = views::UnroutedPage),
+        (status = 200, description = "Requests the gateway could not route, newest first", body = views::UnroutedPage),
         (status = 400, description = "A parameter is not valid", body = views::ErrorBody),
     ))]
 pub(super) async fn list_unrouted(State(ctx): Ctx, Query(query): Query<HashMap<String, String>>) -> ApiResult {

@@ -594,12 +594,14 @@ pub struct Liveness {
     pub status: String,
 }
 
-/// Each component the gateway depends on.
+/// Each component the gateway depends on, and the scheduled jobs' last runs.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ComponentsHealth {
     /// `ok`, or `degraded` when a component is down.
     pub status: String,
     pub components: Components,
+    /// The last run of each job that ran (`regular`, `errorProcessing`).
+    pub jobs: Vec<handoff_core::job_run::JobRun>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

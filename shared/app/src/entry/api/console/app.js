@@ -492,7 +492,12 @@ async function healthPage() {
   try { health = await get("/health/components"); } catch (e) { if (e.status === 503 && e.body) health = e.body; else throw e; }
   page(el("h1", {}, "Health ", statusBadge(health.status)),
     el("table", {}, el("tbody", {}, Object.entries(health.components).map(([name, c]) => el("tr", {}, el("td", {}, name), el("td", {}, statusBadge(c.status)), el("td", { class: "mono" }, c.errorId || ""))))),
-    el("p", { class: "muted" }, "The jobs' heartbeats go to the monitor their template parameters name (RegularJobHeartbeatUrl, ErrorJobHeartbeatUrl); their alarms are in CloudWatch."));
+    el("h2", {}, "Scheduled jobs"),
+    health.jobs.length ? el("table", { id: "job-runs" }, el("thead", {}, el("tr", {}, ["Job", "Last run", "Took", "Outcome"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, health.jobs.map((j) => el("tr", { dataset: { job: j.job } }, el("td", {}, j.job), timeCell(j.startedAt), el("td", {}, duration(j.durationMs)),
+        el("td", {}, statusBadge(j.succeeded ? "ok" : "Failed"))))))
+      : el("p", { class: "muted" }, "No job has run yet."),
+    el("p", { class: "muted" }, "Each job also pings the monitor its template parameter names (RegularJobHeartbeatUrl, ErrorJobHeartbeatUrl); their alarms are in CloudWatch."));
 }
 
 // ------------------------------------------------------------------ routing
