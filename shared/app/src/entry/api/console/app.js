@@ -206,10 +206,12 @@ async function exchangesPage() {
   const integration = el("select", { id: "filter-integration" }, el("option", { value: "" }, "all"), codes.map((c) => el("option", { value: c, selected: f.integration === c }, c)));
   const status = el("select", { id: "filter-status" }, ["", "Failed", "TimedOut", "Completed", "Started", "New", "WaitingOnExternalSystem", "WaitingForSubExchangesToFinish"].map((s) => el("option", { value: s, selected: (f.status || "") === s }, s || "all")));
   const since = el("select", { id: "filter-since" }, [["", "any time"], ["3600", "last hour"], ["86400", "last 24 h"], ["604800", "last 7 days"]].map(([v, t]) => el("option", { value: v, selected: (f.since || "") === v }, t)));
-  const param = el("input", { id: "filter-param", placeholder: "key=value", value: f.param || "", size: 14 });
+  // What is typed survives the live refresh until it is applied.
+  const param = el("input", { id: "filter-param", placeholder: "key=value", value: f.paramDraft ?? f.param ?? "", size: 14 });
+  param.addEventListener("input", () => (f.paramDraft = param.value));
   const live = el("input", { type: "checkbox", id: "filter-live", checked: f.live });
   const apply = () => {
-    Object.assign(f, { integration: integration.value, status: status.value, since: since.value, param: param.value.trim(), live: live.checked });
+    Object.assign(f, { integration: integration.value, status: status.value, since: since.value, param: param.value.trim(), paramDraft: undefined, live: live.checked });
     exchangesView.selected.clear();
     render();
   };
@@ -311,7 +313,9 @@ async function exchangePage(id) {
     el("td", { class: "bar-cell" }, s.durationMs != null ? el("div", { class: `bar ${s.status}`, style: { width: `${Math.max(1, Math.round((s.durationMs / total) * 100))}%` } }) : null, duration(s.durationMs)),
     el("td", {}, s.lastError ? `${s.lastError.classification} ${s.lastError.code}: ${s.lastError.message}` : ""),
     el("td", {}, payloadCell(s.payload)),
-    el("td", {}, can("handoff:operate") && (s.status === "Failed" || s.nextRetryAt) ? el("button", { class: "retry", onclick: () => act("Retry", () => post(`/exchanges/${enc(id)}/steps/${enc(s.stepId)}/retry`)) }, "Retry now") : null)));
+    // A step waiting for its next attempt runs it now; a failed secondary of a Completed
+    // exchange runs again. A Failed exchange is recovered instead.
+    el("td", {}, can("handoff:operate") && ((!e.final && s.nextRetryAt) || (e.status === "Completed" && s.status === "Failed")) ? el("button", { class: "retry", onclick: () => act("Retry", () => post(`/exchanges/${enc(id)}/steps/${enc(s.stepId)}/retry`)) }, "Retry now") : null)));
   const logView = el("div", {});
   const showLogs = (kind) => logView.replaceChildren(el("table", {}, el("tbody", {}, logs.items.filter((l) => !kind || l.type === kind).map((l) =>
     el("tr", {}, el("td", { title: l.timestamp }, relative(l.timestamp)), el("td", { class: "mono" }, l.stepId), el("td", {}, l.type), el("td", {}, l.line))))));
