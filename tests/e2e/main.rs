@@ -1,6 +1,7 @@
 //! End-to-end tests: every test drives the local emulator over HTTP, with real loopback
 //! servers as the external systems. One emulator (and one moto) serves the whole binary.
 
+mod activities;
 mod api;
 mod clock;
 mod console;
