@@ -496,6 +496,19 @@ pub struct ClaimRequest {
     pub lease_until: DateTime<Utc>,
 }
 
+/// A claim's lease ends this long before its message can come back. The lease matches the
+/// queue's visibility timeout, but the claim is made a moment after the receive: with the
+/// same length, a message redelivered after its attempt crashed would find the dead claim
+/// live by milliseconds, wait a whole visibility timeout more and use up one of its
+/// receives on the way to the dead-letter queue.
+pub const CLAIM_LEASE_MARGIN_SECONDS: i64 = 2;
+
+/// Until when a claim made at `now` is exclusive, for a message invisible for `lease`.
+pub fn claim_lease_until(now: DateTime<Utc>, lease: chrono::Duration) -> DateTime<Utc> {
+    let margin = chrono::Duration::seconds(CLAIM_LEASE_MARGIN_SECONDS);
+    now + (lease - margin).max(chrono::Duration::seconds(1))
+}
+
 impl ClaimRequest {
     /// Its preconditions: the step open for the attempt, no live claim of it, the exchange
     /// as required at its generation.
@@ -567,6 +580,19 @@ impl RecoveryCommit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_crashed_claim_has_ended_when_its_message_comes_back_and_holds_against_duplicates_before() {
+        let visibility = chrono::Duration::seconds(60);
+        let received = Utc::now();
+        // Claimed a moment after the receive; the attempt then crashes.
+        let lease_until = claim_lease_until(received + chrono::Duration::milliseconds(1500), visibility);
+        let redelivered = received + visibility;
+        assert!(lease_until < redelivered, "Claimable is `leaseUntil < now` when the message comes back");
+        let duplicate = received + chrono::Duration::seconds(30);
+        assert!(lease_until > duplicate, "a duplicate while the attempt lives finds the claim live");
+        assert!(claim_lease_until(received, chrono::Duration::zero()) > received, "never a lease already over");
+    }
 
     fn commit() -> StepCommit {
         let id = ExchangeId::new("x");

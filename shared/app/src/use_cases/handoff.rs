@@ -11,7 +11,7 @@ use crate::definitions::LoadedIntegration;
 use crate::effects::{after_applied, run_effects};
 use crate::executors::{execute, ExecutionContext};
 use chrono::{Duration as ChronoDuration, Utc};
-use handoff_core::commit::{ClaimRequest, Conflict};
+use handoff_core::commit::{claim_lease_until, ClaimRequest, Conflict};
 use handoff_core::endpoint::hold;
 use handoff_core::exchange::LogLine;
 use handoff_core::handoff::HandoffMessage;
@@ -84,7 +84,7 @@ pub async fn handle_handoff(
             recovery: message.recovery,
             requires: message.exchange_requirement(),
             now,
-            lease_until: now + lease,
+            lease_until: claim_lease_until(now, lease),
         };
         let claim = ctx.ports.exchanges.try_claim(&request).await?;
         if let Err(conflict) = claim {
