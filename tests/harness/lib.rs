@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod browser;
+pub mod chaos;
 mod logs;
 mod naive_http;
 mod sftp;
