@@ -175,9 +175,23 @@ fn draw_fault(state: &State) -> Option<TargetFault> {
     })
 }
 
-fn count_fault(state: &State, fault: TargetFault) {
-    if let Ok(mut r) = state.records.lock() {
-        *r.faults.entry(fault.name()).or_default() += 1;
+/// Draws and counts a fault: `Err` with the answer when it ends the request here (a 503, a
+/// reset), else the fault to play after handling it (a lost answer), after a stall if slow.
+async fn meet_fault(state: &State) -> Result<Option<TargetFault>, Answer> {
+    let fault = draw_fault(state);
+    if let Some(f) = fault {
+        if let Ok(mut r) = state.records.lock() {
+            *r.faults.entry(f.name()).or_default() += 1;
+        }
+    }
+    match fault {
+        Some(TargetFault::Unavailable) => Err(respond(503, "application/json", r#"{"error":"busy"}"#)),
+        Some(TargetFault::Reset) => Err(Err(Dropped)),
+        Some(TargetFault::Slow) => {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok(fault)
+        }
+        _ => Ok(fault),
     }
 }
 
@@ -198,16 +212,10 @@ async fn handle(state: Arc<State>, request: ReadRequest) -> Answer {
 
 /// The target: applies once per (path, Idempotency-Key).
 async fn apply(state: &State, request: &ReadRequest, path: &str) -> Answer {
-    let fault = draw_fault(state);
-    if let Some(f) = fault {
-        count_fault(state, f);
-    }
-    match fault {
-        Some(TargetFault::Unavailable) => return respond(503, "application/json", r#"{"error":"busy"}"#),
-        Some(TargetFault::Reset) => return Err(Dropped),
-        Some(TargetFault::Slow) => tokio::time::sleep(Duration::from_millis(1500)).await,
-        _ => {}
-    }
+    let fault = match meet_fault(state).await {
+        Ok(fault) => fault,
+        Err(answer) => return answer,
+    };
     let key = request.header("idempotency-key").unwrap_or("").to_string();
     if let Ok(mut r) = state.records.lock() {
         r.received += 1;
@@ -224,16 +232,10 @@ async fn apply(state: &State, request: &ReadRequest, path: &str) -> Answer {
 
 /// The partner: takes the invocation (faults as the target), then answers by callback.
 async fn invoked(state: &Arc<State>, request: &ReadRequest, kind: &str, exchange: &str) -> Answer {
-    let fault = draw_fault(state);
-    if let Some(f) = fault {
-        count_fault(state, f);
-    }
-    match fault {
-        Some(TargetFault::Unavailable) => return respond(503, "application/json", r#"{"error":"busy"}"#),
-        Some(TargetFault::Reset) => return Err(Dropped),
-        Some(TargetFault::Slow) => tokio::time::sleep(Duration::from_millis(1500)).await,
-        _ => {}
-    }
+    let fault = match meet_fault(state).await {
+        Ok(fault) => fault,
+        Err(answer) => return answer,
+    };
     let Some(callback_url) = request.header("x-handoff-callback-url").map(str::to_string) else {
         return respond(400, "application/json", r#"{"error":"no callback URL"}"#);
     };
