@@ -4,7 +4,7 @@
 //! recovery links once (`CheckRecovery`).
 
 use handoff_e2e::{gateway, sub_steps, unique_code, ExternalSystem};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -18,11 +18,6 @@ async fn callback_url(partner: &ExternalSystem, path: &str) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the partner was never called at {path}");
-}
-
-async fn post_callback(url: &str, body: &Value) -> u16 {
-    let path = url.split_once("/notifications/").map(|(_, t)| format!("/notifications/{t}")).expect("callback path");
-    gateway().post(&path, body).await.0.as_u16()
 }
 
 fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -67,7 +62,7 @@ async fn an_extract_with_download_messages_collects_its_files_and_keeps_the_part
         "files": [{"name": "providers.csv", "url": format!("{}/files/providers.csv", partner.url)}],
         "messages": ["1 row extracted", {"warning": "row 7 skipped: no id"}]
     });
-    assert_eq!(post_callback(&url, &callback).await, 202);
+    assert_eq!(gw.post_callback(&url, &callback).await.0, 202);
     let done = gw.wait_final(&id).await;
     assert_eq!(done["status"], "Completed", "{done:#}");
     assert_eq!(
@@ -121,7 +116,7 @@ async fn an_activity_with_auto_recovery_calls_the_recovery_links_of_its_callback
         ],
         "messages": ["2 records parked for recovery"]
     });
-    assert_eq!(post_callback(&url, &callback).await, 202);
+    assert_eq!(gw.post_callback(&url, &callback).await.0, 202);
     let done = gw.wait_final(&id).await;
     assert_eq!(done["status"], "Completed", "{done:#}");
     assert_eq!(
@@ -178,7 +173,7 @@ async fn an_activity_without_auto_recovery_leaves_the_recovery_links_alone() {
     let url = callback_url(&partner, "/activities").await;
     let callback =
         json!({"status": "success", "recoveryLinks": [{"url": format!("{}/recover/parked-1", partner.url)}]});
-    assert_eq!(post_callback(&url, &callback).await, 202);
+    assert_eq!(gw.post_callback(&url, &callback).await.0, 202);
     let done = gw.wait_final(&id).await;
     assert_eq!(done["status"], "Completed", "{done:#}");
     let planned: Vec<String> = sub_steps(&done).into_iter().map(|(s, _)| s).collect();

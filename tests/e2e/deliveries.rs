@@ -83,12 +83,6 @@ async fn callback_url_of(system: &ExternalSystem, call: usize) -> String {
     panic!("the agent was never invoked");
 }
 
-async fn post_callback(url: &str, body: Value) -> (u16, Value) {
-    let path = url.split_once("/notifications/").map(|(_, t)| format!("/notifications/{t}")).expect("callback path");
-    let (status, body) = gateway().post(&path, &body).await;
-    (status.as_u16(), body)
-}
-
 #[tokio::test]
 async fn sftp_delivery_uploads_the_payload_with_credentials_from_secrets_manager() {
     let gw = gateway();
@@ -234,10 +228,10 @@ async fn an_agent_delivery_checks_health_waits_for_the_report_and_records_reject
 
     // A malformed report is refused and the token stays usable.
     let (status, body) =
-        post_callback(&url, json!({"status": "success", "data": {"errors": [{"file": "b.csv"}]}})).await;
+        gateway().post_callback(&url, &json!({"status": "success", "data": {"errors": [{"file": "b.csv"}]}})).await;
     assert_eq!((status, body["field"].clone()), (400, json!("data.errors[0].message")), "{body}");
     let report = json!({"status": "success", "data": {"processed": ["a.csv"], "errors": [{"file": "b.csv", "message": "bad row 3"}]}});
-    let (status, body) = post_callback(&url, report).await;
+    let (status, body) = gateway().post_callback(&url, &report).await;
     assert_eq!(status, 202, "{body}");
     let done = gw.wait_final(&id).await;
     assert_eq!(done["status"], "Completed", "{done:#}");

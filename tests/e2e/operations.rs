@@ -48,12 +48,6 @@ async fn callback_url(partner: &ExternalSystem) -> String {
     panic!("the partner was never called");
 }
 
-async fn post_callback(url: &str, body: Value) -> (u16, Value) {
-    let path = url.split_once("/notifications/").map(|(_, t)| format!("/notifications/{t}")).expect("callback path");
-    let (status, body) = gateway().post(&path, &body).await;
-    (status.as_u16(), body)
-}
-
 fn idempotency_keys(received: &[Received]) -> Vec<String> {
     received.iter().map(|r| r.header("idempotency-key").unwrap_or_default()).collect()
 }
@@ -73,7 +67,7 @@ async fn a_success_callback_resumes_the_exchange_and_a_used_token_is_404() {
     assert!(url.starts_with("http://127.0.0.1:"), "absolute callback URL: {url}");
     assert_eq!(partner.received()[0].json(), json!({"run": id}));
 
-    let (status, body) = post_callback(&url, json!({"status": "success", "data": {"settled": 3}})).await;
+    let (status, body) = gateway().post_callback(&url, &json!({"status": "success", "data": {"settled": 3}})).await;
     assert_eq!(status, 202, "{body}");
     let done = gw.wait_final(&id).await;
     assert_eq!(done["status"], "Completed", "{done:#}");
@@ -86,12 +80,12 @@ async fn a_success_callback_resumes_the_exchange_and_a_used_token_is_404() {
     );
     assert_eq!(target.received()[0].json(), json!({"settled": 3}), "the callback's data flows on");
 
-    let (status, _) = post_callback(&url, json!({"status": "success", "data": {"settled": 4}})).await;
+    let (status, _) = gateway().post_callback(&url, &json!({"status": "success", "data": {"settled": 4}})).await;
     assert_eq!(status, 404, "a used token is refused");
     assert_eq!(target.received().len(), 1, "a duplicate callback changes nothing");
     let (status, _) = gw.post("/notifications/0123456789abcdef", &json!({"status": "success"})).await;
     assert_eq!(status, 404, "an unknown token is refused");
-    let (status, body) = post_callback(&url, json!({"status": "failure"})).await;
+    let (status, body) = gateway().post_callback(&url, &json!({"status": "failure"})).await;
     assert_eq!((status, body["field"].clone()), (400, json!("reason")), "a failure needs a reason");
 }
 
@@ -106,7 +100,8 @@ async fn a_failure_callback_fails_the_step_with_its_reason() {
     gw.wait_for(&id, MINUTE, status_is("W")).await;
     let url = callback_url(&partner).await;
 
-    let (status, _) = post_callback(&url, json!({"status": "failure", "reason": "policy 42 is closed"})).await;
+    let (status, _) =
+        gateway().post_callback(&url, &json!({"status": "failure", "reason": "policy 42 is closed"})).await;
     assert_eq!(status, 202);
     let failed = gw.wait_final(&id).await;
     assert_eq!(failed["status"], "Failed", "{failed:#}");
@@ -153,7 +148,7 @@ async fn an_accepted_callback_whose_handoff_fails_is_handed_on_from_the_outbox()
     )
     .await;
     assert_eq!(answer["statusCode"], 202, "accepted although not handed on yet: {answer}");
-    let (status, _) = post_callback(&url, json!({"status": "success", "data": {"settled": 6}})).await;
+    let (status, _) = gateway().post_callback(&url, &json!({"status": "success", "data": {"settled": 6}})).await;
     assert_eq!(status, 404, "the token was used");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(gw.exchange(&id).await["statusCode"], "W", "nothing handed the callback on yet");
@@ -185,7 +180,7 @@ async fn a_waiting_step_times_out_and_a_late_callback_is_refused() {
     assert_eq!(failed["steps"][2]["subStep"], "ReceiveNotification");
     assert_eq!(failed["steps"][2]["status"], "Failed");
     assert!(failed["error"]["message"].as_str().unwrap().starts_with("Timeout"), "{failed:#}");
-    let (status, _) = post_callback(&url, json!({"status": "success"})).await;
+    let (status, _) = gateway().post_callback(&url, &json!({"status": "success"})).await;
     assert_eq!(status, 404, "the token expired with the wait");
 }
 
@@ -240,7 +235,7 @@ async fn an_exchange_past_its_sla_times_out_and_stops_advancing() {
     let timed_out = gw.wait_final(&id).await;
     assert_eq!(timed_out["status"], "TimedOut", "{timed_out:#}");
     assert_eq!(timed_out["statusCode"], "T");
-    let (status, body) = post_callback(&url, json!({"status": "success", "data": 1})).await;
+    let (status, body) = gateway().post_callback(&url, &json!({"status": "success", "data": 1})).await;
     assert_eq!(status, 409, "the exchange is final: {body}");
     assert_eq!(gw.exchange(&id).await["status"], "TimedOut");
     assert!(target.received().is_empty(), "nothing in flight advanced the exchange");

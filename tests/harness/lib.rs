@@ -272,6 +272,16 @@ impl Gateway {
         self.request(Method::POST, path, Some(serde_json::to_vec(body).expect("json"))).await
     }
 
+    /// Posts `body` to a callback URL a partner was given (`…/notifications/{token}`).
+    pub async fn post_callback(&self, callback_url: &str, body: &Value) -> (u16, Value) {
+        let path = callback_url
+            .split_once("/notifications/")
+            .map(|(_, t)| format!("/notifications/{t}"))
+            .expect("a callback URL ends in /notifications/{token}");
+        let (status, body) = self.post(&path, body).await;
+        (status.as_u16(), body)
+    }
+
     pub async fn patch(&self, path: &str, body: &Value) -> (StatusCode, Value) {
         self.request(Method::PATCH, path, Some(serde_json::to_vec(body).expect("json"))).await
     }

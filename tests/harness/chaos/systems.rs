@@ -62,37 +62,25 @@ pub struct CallbackPosted {
     pub tries: Vec<String>,
 }
 
-#[derive(Default)]
-struct Records {
-    /// Path → the distinct Idempotency-Keys applied there.
-    applied: BTreeMap<String, BTreeSet<String>>,
-    received: u64,
-    duplicates_dropped: u64,
-    faults: BTreeMap<&'static str, u64>,
-    /// Exchange → the plan of its invocations (chosen once per exchange).
-    plans: HashMap<String, CallbackPlan>,
-    invocations: u64,
-    callbacks: Vec<CallbackPosted>,
-    callbacks_pending: u64,
-}
-
 struct State {
     url: Mutex<String>,
     faults_on: AtomicBool,
     fault_rate: f64,
     rng: Mutex<StdRng>,
-    records: Mutex<Records>,
+    records: Mutex<SystemsReport>,
     http: reqwest::Client,
     late_seconds: (u64, u64),
 }
 
 /// What the systems saw, for the checks.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct SystemsReport {
+    /// Path → the distinct Idempotency-Keys applied there.
     pub applied: BTreeMap<String, BTreeSet<String>>,
     pub received: u64,
     pub duplicates_dropped: u64,
     pub faults: BTreeMap<&'static str, u64>,
+    /// Exchange → the plan of its invocations (chosen once per exchange).
     pub plans: HashMap<String, CallbackPlan>,
     pub invocations: u64,
     pub callbacks: Vec<CallbackPosted>,
@@ -136,17 +124,7 @@ impl Systems {
     }
 
     pub fn report(&self) -> SystemsReport {
-        let Ok(r) = self.state.records.lock() else { return SystemsReport::default() };
-        SystemsReport {
-            applied: r.applied.clone(),
-            received: r.received,
-            duplicates_dropped: r.duplicates_dropped,
-            faults: r.faults.clone(),
-            plans: r.plans.clone(),
-            invocations: r.invocations,
-            callbacks: r.callbacks.clone(),
-            callbacks_pending: r.callbacks_pending,
-        }
+        self.state.records.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
 
