@@ -619,27 +619,34 @@ async fn due_timers_are_taken_once(repo: &dyn ExchangeRepository) {
 }
 
 async fn callback_tokens_are_used_once(repo: &dyn ExchangeRepository) {
-    let token = |hash: &str, expires_at: Option<DateTime<Utc>>| CallbackToken {
+    let ex = exchange("ex-token", "TOKENS", at(0));
+    let id = ex.exchange_id.clone();
+    repo.create(&ex, &steps(6)).await.expect("create");
+    assert_eq!(repo.commit(&started(&id, at(0))).await.expect("start"), CommitOutcome::Applied);
+    let token = |hash: &str, step: u32, expires_at: Option<DateTime<Utc>>| CallbackToken {
         hash: hash.into(),
-        exchange_id: ExchangeId::new("ex-token"),
+        exchange_id: id.clone(),
         integration_code: code("TOKENS"),
         integration_version: IntegrationVersion::number(3).expect("version"),
-        step_id: StepId::from_sequence(4),
+        step_id: StepId::from_sequence(step),
         sub_step: SubStep::InvokeQuery,
         recovery: 1,
         parameters: serde_json::json!({"n": 12345678901234_i64, "deep": [[{"a": null}]]}),
         expires_at,
         parent: None,
     };
-    let open = token("h-open", None);
-    let timed = token("h-timed", Some(at(100)));
+    let open = token("h-open", 4, None);
+    let timed = token("h-timed", 5, Some(at(100)));
+    let late = token("h-late", 3, None);
+    let unknown = token("h-unknown", 2, None);
     repo.put_token(&open).await.expect("put");
     repo.put_token(&timed).await.expect("put timed");
+    repo.put_token(&late).await.expect("put late");
     assert!(matches!(repo.put_token(&open).await, Err(PortError::Fault { .. })), "a hash is stored once");
 
     let outbox = |hash: &str| {
         let message = HandoffMessage {
-            exchange_id: ExchangeId::new("ex-token"),
+            exchange_id: id.clone(),
             integration_code: code("TOKENS"),
             integration_version: IntegrationVersion::number(3).expect("version"),
             step_id: StepId::from_sequence(4),
@@ -654,7 +661,7 @@ async fn callback_tokens_are_used_once(repo: &dyn ExchangeRepository) {
             reexecution: false,
         };
         Timer {
-            exchange_id: ExchangeId::new("ex-token"),
+            exchange_id: id.clone(),
             recovery: 1,
             due: at(60),
             kind: TimerKind::Handoff { message: Box::new(message) },
@@ -662,9 +669,25 @@ async fn callback_tokens_are_used_once(repo: &dyn ExchangeRepository) {
     };
 
     assert_eq!(repo.usable_token("h-open", at(1)).await.expect("read"), Some(open.clone()));
-    assert!(repo.consume_token("h-open", at(1), &outbox("h-open")).await.expect("consume"));
+    assert!(repo.consume_token(&open, at(1), &outbox("h-open")).await.expect("consume"));
     assert_eq!(repo.usable_token("h-open", at(2)).await.expect("read used"), None);
-    assert!(!repo.consume_token("h-open", at(2), &outbox("again")).await.expect("consume again"), "used once");
+    assert!(!repo.consume_token(&open, at(2), &outbox("again")).await.expect("consume again"), "used once");
+    // The wait's timeout no longer fails a step whose callback was accepted.
+    let timeout = |step: u32, recovery: u32, now: DateTime<Utc>| {
+        let mut c = commit(&id, change(step, 1, false, StepStatus::Failed, now), ExchangeChange::RequireNotFinal, now);
+        c.recovery = recovery;
+        c.unless_callback_accepted = true;
+        c
+    };
+    assert_eq!(repo.commit(&timeout(4, 0, at(3))).await.expect("timeout"), CommitOutcome::Conflict);
+    assert_eq!(
+        repo.get_step(&id, StepId::from_sequence(4)).await.expect("get").map(|s| s.status),
+        Some(StepStatus::Initial)
+    );
+    // A timeout that came first wins: the callback is refused and stores nothing.
+    assert_eq!(repo.commit(&timeout(3, 0, at(3))).await.expect("timeout first"), CommitOutcome::Applied);
+    assert!(!repo.consume_token(&late, at(4), &outbox("h-late")).await.expect("after the timeout"));
+    assert!(repo.usable_token("h-late", at(4)).await.expect("read").is_some(), "not used up by the refusal");
     // The outbox entry of the accepted callback is due; the refused one was never stored.
     let due = repo.due_timers(at(60), 10).await.expect("due timers");
     assert_eq!(due, vec![outbox("h-open")]);
@@ -672,13 +695,18 @@ async fn callback_tokens_are_used_once(repo: &dyn ExchangeRepository) {
 
     // Expired tokens are refused, before expiry they work.
     assert_eq!(repo.usable_token("h-timed", at(100)).await.expect("read at expiry"), None);
-    assert!(!repo.consume_token("h-timed", at(100), &outbox("h-timed")).await.expect("at expiry"));
-    assert_eq!(repo.usable_token("h-timed", at(99)).await.expect("read before expiry"), Some(timed));
-    assert!(repo.consume_token("h-timed", at(99), &outbox("h-timed")).await.expect("before expiry"));
+    assert!(!repo.consume_token(&timed, at(100), &outbox("h-timed")).await.expect("at expiry"));
+    assert_eq!(repo.usable_token("h-timed", at(99)).await.expect("read before expiry"), Some(timed.clone()));
+    assert!(repo.consume_token(&timed, at(99), &outbox("h-timed")).await.expect("before expiry"));
 
     assert_eq!(repo.usable_token("h-unknown", at(1)).await.expect("unknown"), None);
-    assert!(!repo.consume_token("h-unknown", at(1), &outbox("h-unknown")).await.expect("consume unknown"));
+    assert!(!repo.consume_token(&unknown, at(1), &outbox("h-unknown")).await.expect("consume unknown"));
     assert_eq!(repo.usable_token("h-unknown", at(1)).await.expect("still unknown"), None, "no item created");
+
+    // A recovery's reset clears the mark: the new wait's timeout fails the step again.
+    fail_exchange(repo, &id, 1, 0, at(200)).await;
+    assert_eq!(repo.recover(&plain_recovery(&id, 4, at(201))).await.expect("recover"), CommitOutcome::Applied);
+    assert_eq!(repo.commit(&timeout(4, 1, at(202))).await.expect("new wait's timeout"), CommitOutcome::Applied);
 }
 
 /// Counts the batch operations a DynamoDB client executes (each `send`, not HTTP retries).

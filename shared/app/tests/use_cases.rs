@@ -445,6 +445,64 @@ async fn a_callback_whose_handoff_fails_stays_in_the_outbox_for_the_regular_job(
         .any(|q| matches!(q, Queued::Timer { timer, .. } if matches!(timer.kind, TimerKind::Handoff { .. }))));
 }
 
+/// Found by the chaos run: a gateway killed after accepting a callback (token used, outbox
+/// entry stored) but before sending its handoff left the wait to its timeout, due before the
+/// outbox entry, which failed the step though the caller had heard `202`.
+#[tokio::test]
+async fn a_wait_timeout_after_an_accepted_callback_leaves_the_step_to_its_outbox_entry() {
+    let h = Harness::new();
+    h.define(transform("LATE_WAIT", ".")).await;
+    let id = h.invoke("LATE_WAIT", json!([1])).await;
+    h.queue.take();
+    let token = "accepted-before-a-crash";
+    let waiting = StepId::from_sequence(1);
+    let armed = CallbackToken {
+        hash: CallbackToken::hash_of(token),
+        exchange_id: id.clone(),
+        integration_code: handoff_core::ids::IntegrationCode::parse("LATE_WAIT").expect("code"),
+        integration_version: handoff_core::ids::IntegrationVersion::number(1).expect("version"),
+        step_id: waiting,
+        sub_step: SubStep::Transform,
+        recovery: 0,
+        parameters: json!({}),
+        expires_at: None,
+        parent: None,
+    };
+    h.exchanges.put_token(&armed).await.expect("token");
+    // The handoff is never sent (as if the gateway died right after its write).
+    h.queue.fail_sends_to(WorkerFamily::Transform);
+    let (status, _) = h.call("POST", &format!("/notifications/{token}"), Some(json!({"status": "success"}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    h.queue.heal();
+    let timeout = Timer {
+        exchange_id: id.clone(),
+        recovery: 0,
+        due: h.clock.now(),
+        kind: TimerKind::StepTimeout { step_id: waiting },
+    };
+    fire_now(&h, &timeout).await;
+    let detail = h.detail(&id).await;
+    assert_eq!(detail.steps[1].status, StepStatus::Initial, "the timeout lost to the accepted callback");
+    assert!(!detail.exchange.status.is_final(), "{:?}", detail.exchange.status);
+    // The outbox entry hands the callback on, and the exchange completes.
+    let jobs = JobsFunction::new(h.ctx.clone());
+    let answer = jobs.invoke(json!({"job": "regular"})).await.expect("job");
+    assert_eq!(answer["timersSent"], json!(1));
+    let outbox: Vec<Timer> = h
+        .run()
+        .await
+        .into_iter()
+        .filter_map(|q| match q {
+            Queued::Timer { timer, .. } if matches!(timer.kind, TimerKind::Handoff { .. }) => Some(timer),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(outbox.len(), 1, "the outbox entry, due later");
+    fire_now(&h, &outbox[0]).await;
+    assert!(h.run().await.is_empty());
+    assert_eq!(h.detail(&id).await.exchange.status, ExchangeStatus::Completed);
+}
+
 #[tokio::test]
 async fn a_manual_retry_runs_the_next_attempt_now() {
     let h = Harness::new();

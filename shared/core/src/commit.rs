@@ -63,6 +63,10 @@ pub struct StepCommit {
     pub exchange: ExchangeChange,
     /// A step that must already be `Done` (a callback must not overtake the call that armed it).
     pub require_done: Option<StepId>,
+    /// The changed step is a wait that its timeout ends: the change applies only if no
+    /// callback was accepted for it. A callback accepted (its caller told `202`) just before
+    /// the timeout fires wins, and its outbox entry hands it on.
+    pub unless_callback_accepted: bool,
     /// Failures to list for operators (`GET /errors`), written with the change.
     pub errors: Vec<ErrorRecord>,
     /// Durable timers to store, due beyond what a delayed message can carry.
@@ -119,6 +123,7 @@ impl StepCommit {
             skip: Vec::new(),
             exchange,
             require_done: None,
+            unless_callback_accepted: false,
             errors: Vec::new(),
             timers: Vec::new(),
             result: None,
@@ -390,6 +395,8 @@ pub enum Precondition {
     StepFailed { exchange: ExchangeId, step: StepId },
     /// The step exists (writes never create one).
     StepExists { exchange: ExchangeId, step: StepId },
+    /// No callback was accepted for the (waiting) step since it was last reset.
+    NoCallbackAccepted { exchange: ExchangeId, step: StepId },
     /// The callback token exists, is unused and not expired at `now`.
     TokenUsable { hash: String, now: DateTime<Utc> },
 }
@@ -414,7 +421,8 @@ impl Precondition {
             | Self::StepInitial { exchange, step }
             | Self::StepDone { exchange, step }
             | Self::StepFailed { exchange, step }
-            | Self::StepExists { exchange, step } => ItemRef::Step(exchange.clone(), *step),
+            | Self::StepExists { exchange, step }
+            | Self::NoCallbackAccepted { exchange, step } => ItemRef::Step(exchange.clone(), *step),
             Self::TokenUsable { hash, .. } => ItemRef::Token(hash.clone()),
         }
     }
@@ -465,10 +473,21 @@ impl StepCommit {
         skips
     }
 
+    /// The preconditions on the changed step's item (none without a step change).
+    pub fn step_preconditions(&self) -> Vec<Precondition> {
+        let Some(change) = &self.step else { return Vec::new() };
+        let mut required = change.preconditions(&self.exchange_id);
+        if self.unless_callback_accepted {
+            required
+                .push(Precondition::NoCallbackAccepted { exchange: self.exchange_id.clone(), step: change.step_id });
+        }
+        required
+    }
+
     /// Every precondition of the commit, each on the item it concerns.
     pub fn preconditions(&self) -> Vec<Precondition> {
         let id = &self.exchange_id;
-        let mut required = self.step.as_ref().map(|change| change.preconditions(id)).unwrap_or_default();
+        let mut required = self.step_preconditions();
         for step in self.skipped_steps() {
             required.push(Precondition::StepInitial { exchange: id.clone(), step });
         }

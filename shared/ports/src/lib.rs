@@ -439,9 +439,11 @@ pub trait TokenStore: Send + Sync {
     /// A token that can still be used at `now`: `None` if unknown, used or expired.
     async fn usable_token(&self, hash: &str, now: DateTime<Utc>) -> PortResult<Option<CallbackToken>>;
 
-    /// Uses a token once and, in the same write, stores `outbox` (the timer that hands the
-    /// callback on should its message never be sent). False if it was used or expired first.
-    async fn consume_token(&self, hash: &str, now: DateTime<Utc>, outbox: &Timer) -> PortResult<bool>;
+    /// Uses `token` once and, in the same write, stores `outbox` (the timer that hands the
+    /// callback on should its message never be sent) and marks the waiting step as having
+    /// its callback accepted (so the wait's timeout no longer fails it). False if the token
+    /// was used or expired first, or the step no longer waits (its timeout failed it).
+    async fn consume_token(&self, token: &CallbackToken, now: DateTime<Utc>, outbox: &Timer) -> PortResult<bool>;
 }
 
 #[async_trait]

@@ -82,6 +82,8 @@ struct StoredStep {
     completed_attempt: u32,
     claimed_attempt: u32,
     lease_until: i64,
+    /// A callback for this (waiting) step was accepted since its last reset.
+    callback_accepted: bool,
     logs: Vec<LogLine>,
     sub_total: Option<u32>,
     sub_completed: u32,
@@ -184,6 +186,7 @@ fn holds(state: &ExchangeState, precondition: &Precondition) -> bool {
         P::StepDone { exchange, step: s } => step(exchange, s).is_some_and(|s| s.step.status == StepStatus::Done),
         P::StepFailed { exchange, step: s } => step(exchange, s).is_some_and(|s| s.step.status == StepStatus::Failed),
         P::StepExists { exchange, step: s } => step(exchange, s).is_some(),
+        P::NoCallbackAccepted { exchange, step: s } => step(exchange, s).is_some_and(|s| !s.callback_accepted),
         P::TokenUsable { hash, now } => state.tokens.get(hash).is_some_and(|t| usable(t, *now)),
     }
 }
@@ -207,6 +210,7 @@ fn reset_step(stored: &mut StoredStep) {
     stored.completed_attempt = 0;
     stored.claimed_attempt = 0;
     stored.lease_until = 0;
+    stored.callback_accepted = false;
     stored.step.next_retry_at = None;
     stored.step.last_error = None;
     stored.step.started_at = None;
@@ -391,6 +395,7 @@ impl ExchangeWrites for MemoryExchangeRepository {
                 completed_attempt: 0,
                 claimed_attempt: 0,
                 lease_until: 0,
+                callback_accepted: false,
                 logs: Vec::new(),
                 sub_total: None,
                 sub_completed: 0,
@@ -541,13 +546,21 @@ impl TokenStore for MemoryExchangeRepository {
         Ok(state.tokens.get(hash).filter(|t| usable(t, now)).map(|t| t.token.clone()))
     }
 
-    async fn consume_token(&self, hash: &str, now: DateTime<Utc>, outbox: &Timer) -> PortResult<bool> {
+    async fn consume_token(&self, token: &CallbackToken, now: DateTime<Utc>, outbox: &Timer) -> PortResult<bool> {
         let mut state = lock(&self.state);
-        if check(&state, vec![Precondition::TokenUsable { hash: hash.to_string(), now }]).is_err() {
+        let (exchange, step) = (token.exchange_id.clone(), token.step_id);
+        let required = vec![
+            Precondition::TokenUsable { hash: token.hash.clone(), now },
+            Precondition::StepInitial { exchange: exchange.clone(), step },
+        ];
+        if check(&state, required).is_err() {
             return Ok(false);
         }
-        if let Some(stored) = state.tokens.get_mut(hash) {
+        if let Some(stored) = state.tokens.get_mut(&token.hash) {
             stored.used = true;
+        }
+        if let Some(waiting) = state.step_mut(&exchange, step) {
+            waiting.callback_accepted = true;
         }
         state.put_timer(outbox);
         Ok(true)

@@ -2,8 +2,10 @@
 //! single use; an unknown, used or expired one is refused, so a duplicate callback changes
 //! nothing. Accepting a callback uses its token and stores, in the same write, an outbox
 //! timer that hands the callback on if its message is never sent (a crash, SQS
-//! unavailable): once the caller hears it was accepted, the callback cannot be lost. The
-//! message is then sent at once and the outbox entry taken back.
+//! unavailable), and marks the waiting step so that the wait's timeout no longer fails it:
+//! once the caller hears it was accepted, the callback cannot be lost, not even to a
+//! timeout due before the outbox entry. The message is then sent at once and the outbox
+//! entry taken back.
 
 use crate::context::AppContext;
 use crate::payloads::PayloadCodec;
@@ -94,7 +96,7 @@ pub async fn accept_callback(
         .await
         .map_err(|e| PortError::Unavailable { service: "payloads", message: e.to_string() })?;
     let (message, outbox) = operator::callback_accepted(&armed, input, ctx.outbox_delay, now);
-    if !ctx.tokens.consume_token(&hash, now, &outbox).await? {
+    if !ctx.tokens.consume_token(&armed, now, &outbox).await? {
         return Err(CallbackError::UnknownToken);
     }
     if let Some(waited) = waiting_since.and_then(|since| (now - since).to_std().ok()) {

@@ -88,6 +88,8 @@ pub fn timer_fired(
             } else {
                 Failure::system("Timeout: no callback arrived in time").coded(ErrorCode::CallbackTimeout)
             };
+            // A callback accepted just before the timeout wins (its outbox entry hands it on).
+            d.commit.unless_callback_accepted = true;
             d.commit.step = Some(StepChange {
                 step_id: *step_id,
                 attempt: 1,
@@ -218,6 +220,11 @@ mod tests {
         let TimerOutcome::Write(failed) = timer_fired(None, &main_wait, Some(&d), now) else { panic!("a write") };
         assert!(matches!(failed.commit.exchange, ExchangeChange::SetStatus { to: ExchangeStatus::Failed, .. }));
         assert!(failed.commit.errors[0].exchange_failed);
+        // Only if no callback was accepted for the step meanwhile (its outbox entry hands that on).
+        assert!(failed.commit.preconditions().contains(&crate::commit::Precondition::NoCallbackAccepted {
+            exchange: ExchangeId::new("x"),
+            step: StepId::from_sequence(6)
+        }));
 
         let agent_wait = timer(TimerKind::StepTimeout { step_id: StepId::from_sequence(4) }, now);
         assert!(needs_pipeline(&agent_wait, &d));
@@ -227,6 +234,7 @@ mod tests {
         assert!(matches!(goes_on.commit.exchange, ExchangeChange::SetStatus { to: ExchangeStatus::Started, .. }));
         assert!(!goes_on.commit.errors[0].exchange_failed);
         assert_eq!(goes_on.commit.step.as_ref().map(|s| s.status), Some(StepStatus::Failed));
+        assert!(goes_on.commit.unless_callback_accepted);
         assert!(
             matches!(&goes_on.effects[..], [Effect::Send { message, .. }] if message.step_id == StepId::from_sequence(5) && message.recovery == 2)
         );

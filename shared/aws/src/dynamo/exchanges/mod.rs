@@ -23,6 +23,8 @@
 //!   [`LogLine`] maps, appended by commits). A `ControlSubflow` step also has `subTotal`,
 //!   `subCompleted` and `subFailed` (numbers, [`SubExchangeCounts`]) once its total is set;
 //!   only `set_sub_exchange_total`, the tallies of commits and recoveries change them.
+//!   A waiting step whose callback was accepted has `callbackAcceptedAt` (epoch millis): its
+//!   timeout then no longer fails it (a reset removes it).
 //! * Error attributes: every [`StoredError`] field in camelCase: the last failure's
 //!   [`ErrorRecord`] fields (`classification` as `business`/`system`, `code` its name),
 //!   `errorId`, `state` (`open`/`resolved`), `occurrences`, and the maps `resolution` and
@@ -139,6 +141,8 @@ const SUB_COMPLETED: &str = "subCompleted";
 const SUB_FAILED: &str = "subFailed";
 /// Set on an exchange item while the exchange is being deleted (its retention ran out).
 const DELETING_AT: &str = "deletingAt";
+/// Set on a waiting step when a callback for it is accepted (epoch millis); removed by a reset.
+const CALLBACK_ACCEPTED_AT: &str = "callbackAcceptedAt";
 
 mod expr;
 mod items;
@@ -700,8 +704,8 @@ impl TokenStore for DynamoExchangeRepository {
         Ok(Some(token_from_item(&item)?))
     }
 
-    async fn consume_token(&self, hash: &str, now: DateTime<Utc>, outbox: &Timer) -> PortResult<bool> {
-        let actions = consume_token_plan(&self.table, hash, now, outbox)?;
+    async fn consume_token(&self, token: &CallbackToken, now: DateTime<Utc>, outbox: &Timer) -> PortResult<bool> {
+        let actions = consume_token_plan(&self.table, token, now, outbox)?;
         Ok(self.transact(actions).await?.is_ok())
     }
 }

@@ -635,15 +635,21 @@ fn token_items_and_consumption() {
     assert_eq!(names.get("#tokenExpiresAt").map(String::as_str), Some("tokenExpiresAt"));
     assert_eq!(values, HashMap::from([(":now".to_string(), n(now.timestamp_millis()))]));
 
-    // Accepting a callback: the conditional use and the outbox timer, in one transaction.
+    // Accepting a callback: the conditional use, the outbox timer and the mark on the
+    // still-waiting step, in one transaction.
     let outbox = Timer { exchange_id: ExchangeId::new("e"), recovery: 0, due: now, kind: TimerKind::Sla };
-    let actions = consume_token_actions("t", "abc", now, &outbox).expect("actions");
+    let accepted = CallbackToken { hash: "abc".into(), exchange_id: ExchangeId::new("e"), ..token.clone() };
+    let actions = consume_token_actions("t", &accepted, now, &outbox).expect("actions");
     let update = actions[0].update().expect("the token update first");
     assert_eq!(update.key().get("pk"), Some(&s("TOKEN#abc")));
     assert_eq!(update.condition_expression(), Some(condition.as_str()));
     let put = actions[1].put().expect("then the outbox timer");
     assert_eq!(put.item(), &timer_to_item(&outbox.exchange_id, &outbox).expect("timer item"));
-    assert_eq!(actions.len(), 2);
+    let mark = actions[2].update().expect("then the waiting step");
+    assert_eq!(mark.key(), &step_key(&ExchangeId::new("e"), StepId::from_sequence(5)));
+    assert_eq!(mark.update_expression(), "SET #callbackAcceptedAt = :now");
+    assert_eq!(mark.condition_expression(), Some("#status = :initial"));
+    assert_eq!(actions.len(), 3);
 }
 
 #[test]
@@ -694,7 +700,7 @@ fn recovery_actions() {
     assert_eq!(
         reset.update_expression(),
         "SET #status = :initial, #attempts = :zero, #completedAttempt = :zero, #claimedAttempt = :zero, \
-         #leaseUntil = :zero REMOVE #nextRetryAt, #lastError, #startedAt, #completedAt, #payload"
+         #leaseUntil = :zero REMOVE #nextRetryAt, #lastError, #startedAt, #completedAt, #payload, #callbackAcceptedAt"
     );
     assert_eq!(values_of(reset.expression_attribute_values(), ":initial"), Some(s("Initial")));
     assert_eq!(actions[2].update().expect("reset").key().get("sk"), Some(&s("STEP#0003")));
@@ -742,7 +748,7 @@ fn recovery_clears_sub_failures() {
     assert_eq!(
         merged.update_expression(),
         "SET #status = :initial, #attempts = :zero, #completedAttempt = :zero, #claimedAttempt = :zero, \
-         #leaseUntil = :zero, #subFailed = :zero REMOVE #nextRetryAt, #lastError, #startedAt, #completedAt, #payload"
+         #leaseUntil = :zero, #subFailed = :zero REMOVE #nextRetryAt, #lastError, #startedAt, #completedAt, #payload, #callbackAcceptedAt"
     );
     for update in [plain, merged] {
         let expr = update.update_expression();

@@ -70,6 +70,7 @@ pub(super) fn compile(e: &mut Expr, precondition: &Precondition) -> String {
             format!("{status} = {}", e.value("failed", s(status_name(StepStatus::Failed))))
         }
         P::StepExists { .. } => format!("attribute_exists({})", e.name("pk")),
+        P::NoCallbackAccepted { .. } => format!("attribute_not_exists({})", e.name(CALLBACK_ACCEPTED_AT)),
         P::TokenUsable { now, .. } => {
             let pk = e.name("pk");
             let used = e.name("usedAt");
@@ -100,8 +101,19 @@ pub(super) fn items(actions: Vec<Action>) -> Vec<TransactWriteItem> {
     actions.into_iter().map(|(item, _)| item).collect()
 }
 
-/// The conditional update of the committed step.
+/// The conditional update of the committed step, under its own preconditions.
+#[cfg(test)]
 pub(crate) fn step_update(table: &str, exchange_id: &ExchangeId, change: &StepChange) -> PortResult<Update> {
+    step_update_when(table, exchange_id, change, &change.preconditions(exchange_id))
+}
+
+/// The conditional update of the committed step under `required` (its item's preconditions).
+fn step_update_when(
+    table: &str,
+    exchange_id: &ExchangeId,
+    change: &StepChange,
+    required: &[Precondition],
+) -> PortResult<Update> {
     if change.attempt == 0 {
         return Err(error::fault(SERVICE, "attempt numbers start at 1"));
     }
@@ -136,7 +148,7 @@ pub(crate) fn step_update(table: &str, exchange_id: &ExchangeId, change: &StepCh
     e.value("logs", to_av(&change.logs)?);
     e.set.push(format!("{logs} = list_append(if_not_exists({logs}, :empty), :logs)"));
 
-    let condition = condition(&mut e, &change.preconditions(exchange_id));
+    let condition = condition(&mut e, required);
     Update::builder()
         .table_name(table)
         .set_key(Some(step_key(exchange_id, change.step_id)))
@@ -313,8 +325,9 @@ pub(crate) fn commit_plan(table: &str, commit: &StepCommit) -> PortResult<Vec<Ac
     let skips = commit.skipped_steps();
     let mut actions: Vec<Action> = Vec::with_capacity(commit.write_count());
     if let Some(change) = &commit.step {
-        let update = TransactWriteItem::builder().update(step_update(table, id, change)?).build();
-        actions.push((update, change.preconditions(id)));
+        let required = commit.step_preconditions();
+        let update = TransactWriteItem::builder().update(step_update_when(table, id, change, &required)?).build();
+        actions.push((update, required));
     }
     for step in skips {
         let update = TransactWriteItem::builder().update(skip_update(table, id, step)?).build();
@@ -512,7 +525,7 @@ fn reset_update_when(
         let name = e.name(attribute);
         e.set.push(format!("{name} = :zero"));
     }
-    for attribute in ["nextRetryAt", "lastError", "startedAt", "completedAt", "payload"] {
+    for attribute in ["nextRetryAt", "lastError", "startedAt", "completedAt", "payload", CALLBACK_ACCEPTED_AT] {
         e.remove(attribute);
     }
     if let Some(line) = log {
@@ -603,29 +616,37 @@ pub(crate) fn sub_total_parts(exchange_id: &ExchangeId, step: StepId, total: u32
     (e.update_expression(), condition, e.names, e.values)
 }
 
-/// The token consumption and its outbox timer, one transaction: see
-/// [`ExchangeRepository::consume_token`].
+/// The token consumption, its outbox timer and the mark on the waiting step, one
+/// transaction: see [`ExchangeRepository::consume_token`].
 #[cfg(test)] // The transactions as the tests read them; the adapter runs the plans.
 pub(crate) fn consume_token_actions(
     table: &str,
-    hash: &str,
+    token: &CallbackToken,
     now: DateTime<Utc>,
     outbox: &Timer,
 ) -> PortResult<Vec<TransactWriteItem>> {
-    consume_token_plan(table, hash, now, outbox).map(items)
+    consume_token_plan(table, token, now, outbox).map(items)
 }
 
 /// [`consume_token_actions`] with the preconditions each action encodes.
 pub(crate) fn consume_token_plan(
     table: &str,
-    hash: &str,
+    token: &CallbackToken,
     now: DateTime<Utc>,
     outbox: &Timer,
 ) -> PortResult<Vec<Action>> {
-    let usable = Precondition::TokenUsable { hash: hash.to_string(), now };
+    let usable = Precondition::TokenUsable { hash: token.hash.clone(), now };
+    let waiting = Precondition::StepInitial { exchange: token.exchange_id.clone(), step: token.step_id };
+    let mut e = Expr::default();
+    e.set(CALLBACK_ACCEPTED_AT, "now", n(now.timestamp_millis()));
+    let condition = condition(&mut e, std::slice::from_ref(&waiting));
+    let mark = (e.update_expression(), condition, e.names, e.values);
     Ok(vec![
-        (conditional_update(table, token_key(hash), consume_token_parts(hash, now))?, vec![usable]),
+        (conditional_update(table, token_key(&token.hash), consume_token_parts(&token.hash, now))?, vec![usable]),
         (put_action(table, timer_to_item(&outbox.exchange_id, outbox)?)?, Vec::new()),
+        // The waiting step, still waiting (its timeout has not failed it), is marked: its
+        // timeout can no longer fail it.
+        (conditional_update(table, step_key(&token.exchange_id, token.step_id), mark)?, vec![waiting]),
     ])
 }
 
