@@ -617,6 +617,51 @@ async fn a_parent_resumes_once_its_last_sub_exchange_ends_and_counts_each_child_
     assert_eq!(after.steps.iter().find(|s| s.sub_step == SubStep::DeliverRest).map(|s| s.attempts), Some(1));
 }
 
+/// Found by the chaos run: a gateway killed between a last sub-exchange's final write and
+/// its parent's resume left the parent waiting for ever — the child's message came back,
+/// found its exchange final, and was dropped as stale.
+#[tokio::test]
+async fn a_parent_resume_lost_after_its_last_childs_write_is_sent_when_that_message_comes_back() {
+    let h = Harness::new();
+    h.define(transform("ONLY_CHILD", ".")).await;
+    h.define(json!({"code": "LONE_PARENT", "version": 1, "enabled": true, "steps": [
+        {"name": "each", "type": "subflow", "integrationCode": "ONLY_CHILD", "function": {"jq": "map({n: .})"}},
+        {"name": "after", "type": "transformation", "function": {"jq": "."}}]}))
+        .await;
+    let id = h.invoke("LONE_PARENT", json!([1])).await;
+    let mut lost_once = false;
+    for _ in 0..200 {
+        let batch = h.queue.take();
+        if batch.is_empty() {
+            break;
+        }
+        for queued in batch {
+            let last_of_child = matches!(&queued, Queued::Handoff { message, .. }
+                if message.parent.is_some() && message.sub_step == SubStep::ExchangeSignoff);
+            if last_of_child && !lost_once {
+                // The child's final write applies; the resume that follows it is lost.
+                h.queue.fail_sends_to(WorkerFamily::Control);
+                assert!(h.deliver(&queued).await.is_err(), "the resume could not be sent");
+                h.queue.heal();
+                lost_once = true;
+                let child = queued_exchange(&queued);
+                assert_eq!(h.detail(&child).await.exchange.status, ExchangeStatus::Completed);
+                assert!(!h.detail(&id).await.exchange.status.is_final());
+            }
+            h.deliver(&queued).await.expect("delivered");
+        }
+    }
+    assert!(lost_once, "the child's sign-off was seen");
+    assert_eq!(h.detail(&id).await.exchange.status, ExchangeStatus::Completed, "the parent resumed");
+}
+
+fn queued_exchange(queued: &Queued) -> ExchangeId {
+    match queued {
+        Queued::Handoff { message, .. } => message.exchange_id.clone(),
+        Queued::Timer { timer, .. } => timer.exchange_id.clone(),
+    }
+}
+
 #[tokio::test]
 async fn the_regular_job_starts_again_an_exchange_left_new() {
     let h = Harness::new();

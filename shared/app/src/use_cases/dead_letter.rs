@@ -44,7 +44,9 @@ pub async fn dead_lettered(
             after_applied(ctx.effects, code, version, &decision.commit, decision.effects).await?;
         }
         CommitOutcome::Conflict => {
-            tracing::warn!(exchangeId = %message.exchange_id, stepId = %message.step_id, "dead letter for a step or exchange that already moved on; nothing to mark")
+            tracing::warn!(exchangeId = %message.exchange_id, stepId = %message.step_id, "dead letter for a step or exchange that already moved on; nothing to mark");
+            let decided = handoff_core::machine::conflict::after_stale(message.parent.as_ref());
+            crate::use_cases::timer::resend_if_stale(ctx.effects, decided).await?;
         }
     }
     Ok(())

@@ -172,13 +172,14 @@ async fn after_conflict(
     loaded: &LoadedIntegration,
     conflict: Conflict,
 ) -> Result<(), WorkerError> {
-    if conflict.is_stale() {
-        tracing::info!("late or stale handoff dropped (the exchange is final or was recovered since)");
-        return Ok(());
-    }
-    tracing::debug!(failed = ?conflict.failed, "conflict");
-    let detail = ctx.ports.exchanges.get(&message.exchange_id).await?;
-    match conflict::after_conflict(loaded.pipeline(), message, detail.as_ref(), ctx.ports.clock.now()) {
+    let decided = if conflict.is_stale() {
+        conflict::after_stale(message.parent.as_ref())
+    } else {
+        tracing::debug!(failed = ?conflict.failed, "conflict");
+        let detail = ctx.ports.exchanges.get(&message.exchange_id).await?;
+        conflict::after_conflict(loaded.pipeline(), message, detail.as_ref(), ctx.ports.clock.now())
+    };
+    match decided {
         AfterConflict::Drop(reason) => {
             tracing::info!(reason, "message dropped");
             Ok(())

@@ -6,7 +6,7 @@
 //! and otherwise drop the message. Duplicates of what is sent again are absorbed downstream.
 
 use super::{delay_until, Effect, Pipeline, MAX_SQS_DELAY_SECONDS};
-use crate::exchange::{ExchangeDetail, ExchangeStatus, ExchangeStep, StepStatus};
+use crate::exchange::{ExchangeDetail, ExchangeStatus, ExchangeStep, ParentLink, StepStatus};
 use crate::handoff::{HandoffMessage, Timer, TimerKind};
 use crate::plan::SubStep;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -25,6 +25,21 @@ pub enum AfterConflict {
     BadMessage(String),
 }
 
+/// Decides after a write that found its exchange final or recovered since (the message, timer
+/// or dead letter is stale). A sub-exchange's final write is followed by resuming its parent
+/// if it was the last to end; a crash between the two would leave the parent waiting for
+/// ever, so whatever comes back stale for a sub-exchange checks its parent again (the check
+/// is idempotent: the parent's step takes only the first resume).
+pub fn after_stale(parent: Option<&ParentLink>) -> AfterConflict {
+    match parent {
+        Some(link) => AfterConflict::Resend(
+            Box::new(Effect::ResumeParentIfLast(link.clone())),
+            "stale for a sub-exchange that is final or recovered; its parent is resumed if it waits on it and that was lost",
+        ),
+        None => AfterConflict::Drop("late or stale (the exchange is final or was recovered since)"),
+    }
+}
+
 /// Decides after a conflict of `message`; `detail` is its exchange as read after the conflict.
 pub fn after_conflict(
     pipeline: Pipeline<'_>,
@@ -35,7 +50,7 @@ pub fn after_conflict(
     use AfterConflict::*;
     let Some(detail) = detail else { return Drop("handoff for an exchange that does not exist") };
     if !message.runs_in(detail.exchange.status) || detail.exchange.recoveries != message.recovery {
-        return Drop("late or stale handoff (the exchange is final or was recovered since)");
+        return after_stale(message.parent.as_ref());
     }
     let Some(step) = detail.steps.iter().find(|s| s.step_id == message.step_id) else {
         return BadMessage(format!("exchange has no step {}", message.step_id));
@@ -146,6 +161,21 @@ fn rearm_callback_timeout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whatever_comes_back_stale_for_a_sub_exchange_checks_its_parent_again() {
+        let link = ParentLink {
+            exchange_id: crate::ids::ExchangeId::new("parent"),
+            step_id: crate::ids::StepId::from_sequence(1),
+            index: 0,
+            depth: 1,
+        };
+        assert!(matches!(
+            after_stale(Some(&link)),
+            AfterConflict::Resend(effect, _) if *effect == Effect::ResumeParentIfLast(link.clone())
+        ));
+        assert!(matches!(after_stale(None), AfterConflict::Drop(_)));
+    }
 
     use crate::ids::StepId;
     use crate::machine::attempt::tests::Fixture;
