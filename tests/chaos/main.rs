@@ -11,11 +11,6 @@ fn seed() -> u64 {
     std::env::var("HANDOFF_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261207)
 }
 
-// Not yet in the suite's run: it finds counterexamples that are still open (issue 13: a
-// callback accepted by a gateway killed before it answered is refused as used on the
-// partner's retry and loses to the step's timeout; a parent left waiting on its
-// sub-exchanges). `cargo test -p handoff-e2e --test chaos -- --ignored` runs it.
-#[ignore = "finds open counterexamples (issue 13): run with --ignored"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_short_chaos_run_loses_nothing_applies_nothing_twice_and_leaves_nothing_stuck() {
     let work_dir = handoff_emulator::moto::state_dir().join(format!("chaos-test-{}", std::process::id()));

@@ -79,6 +79,8 @@ pub struct ChaosReport {
     pub accepted: usize,
     /// Invocations that got no answer (the gateway went down under them).
     pub unanswered: usize,
+    /// Why invocations went unanswered: timed out, connection lost (a kill), HTTP 5xx.
+    pub unanswered_by_kind: BTreeMap<String, usize>,
     /// Every exchange the run found at the end (scheduled ones and sub-exchanges included).
     pub exchanges: usize,
     pub by_status: BTreeMap<String, usize>,
@@ -130,6 +132,10 @@ impl std::fmt::Display for ChaosReport {
             "  exchanges: {} started over the API, {} accepted, {} unanswered; {} in all (scheduled and sub-exchanges included)",
             self.started, self.accepted, self.unanswered, self.exchanges
         )?;
+        if !self.unanswered_by_kind.is_empty() {
+            let kinds: Vec<String> = self.unanswered_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            writeln!(f, "    unanswered: {}", kinds.join(", "))?;
+        }
         let statuses: Vec<String> = self.by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
         writeln!(f, "  final statuses: {}", statuses.join(", "))?;
         writeln!(f, "  load {:.1} s, drain {:.1} s", self.load.as_secs_f64(), self.drain.as_secs_f64())?;
@@ -366,7 +372,8 @@ async fn log_of(api: &Api, id: &str) -> String {
 
 enum Invoked {
     Accepted(String),
-    Unanswered,
+    /// No answer to tell whether it was accepted (the final listing finds it if it was).
+    Unanswered(&'static str),
     /// Answered, but not with 202: the gateway refused a valid invocation.
     Refused(String),
 }
@@ -379,10 +386,10 @@ async fn invoke(api: &Api, code: &str) -> Invoked {
         match api.http.post(format!("{}/exchanges", api.url)).json(&json!({"integrationCode": code})).send().await {
             Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
                 return match r.json::<Value>().await {
-                    Ok(body) => {
-                        body["exchangeId"].as_str().map_or(Invoked::Unanswered, |id| Invoked::Accepted(id.into()))
-                    }
-                    Err(_) => Invoked::Unanswered,
+                    Ok(body) => body["exchangeId"]
+                        .as_str()
+                        .map_or(Invoked::Unanswered("202 without an id"), |id| Invoked::Accepted(id.into())),
+                    Err(_) => Invoked::Unanswered("connection lost"),
                 };
             }
             Err(e) if e.is_connect() && Instant::now() < deadline => {
@@ -396,7 +403,15 @@ async fn invoke(api: &Api, code: &str) -> Invoked {
                 let status = r.status();
                 return Invoked::Refused(format!("{code}: HTTP {status}: {}", r.text().await.unwrap_or_default()));
             }
-            _ => return Invoked::Unanswered,
+            Ok(r) => {
+                return Invoked::Unanswered(if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                    "HTTP 503 past the retry deadline"
+                } else {
+                    "HTTP 5xx"
+                })
+            }
+            Err(e) if e.is_timeout() => return Invoked::Unanswered("timed out (30 s)"),
+            Err(_) => return Invoked::Unanswered("connection lost"),
         }
     }
 }
@@ -479,7 +494,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     };
     let total_weight: u32 = PIPELINES.iter().map(|p| p.weight).sum();
     let accepted: Arc<Mutex<Vec<(String, &'static str)>>> = Arc::default();
-    let unanswered = Arc::new(Mutex::new(0usize));
+    let unanswered: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
     let refused: Arc<Mutex<Vec<String>>> = Arc::default();
     let limit = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = Vec::with_capacity(config.exchanges);
@@ -501,7 +516,9 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
             let _permit = permit;
             match invoke(&api, code).await {
                 Invoked::Accepted(id) => accepted.lock().map(|mut a| a.push((id, code))).unwrap_or(()),
-                Invoked::Unanswered => unanswered.lock().map(|mut u| *u += 1).unwrap_or(()),
+                Invoked::Unanswered(kind) => {
+                    unanswered.lock().map(|mut u| *u.entry(kind.to_string()).or_default() += 1).unwrap_or(())
+                }
                 Invoked::Refused(why) => refused.lock().map(|mut r| r.push(why)).unwrap_or(()),
             }
         }));
@@ -542,7 +559,8 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     let mut report = ChaosReport {
         seed: config.seed,
         started: config.exchanges,
-        unanswered: *unanswered.lock().map_err(|_| anyhow::anyhow!("poisoned"))?,
+        unanswered: unanswered.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.values().sum(),
+        unanswered_by_kind: unanswered.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone(),
         exchanges: all.len(),
         load,
         drain,
