@@ -79,13 +79,38 @@ pub fn after_conflict(
             )
         }
         StepStatus::Initial if step.next_retry_at.is_some() => Drop("stale attempt"),
-        // A callback that overtook the call that armed it: try again once that call is recorded.
-        StepStatus::Initial if !previous_done => TryLater,
+        // A callback that overtook the call that armed it (the call's answer was lost, say,
+        // and the call is retried): it waits for that call, sent again delayed rather than
+        // left on its queue, where each return uses up a receive on the way to the DLQ while
+        // the call's retry may be minutes away.
+        StepStatus::Initial if !previous_done => wait_for_the_call(message, detail, now),
         StepStatus::Initial if step.attempts == message.attempt || step.attempts == 0 => TryLater,
         StepStatus::Initial => Drop("stale attempt"),
         StepStatus::Failed | StepStatus::Skipped => Drop("step already final; duplicate"),
         StepStatus::Done => after_done(pipeline, message, detail, step, now),
     }
+}
+
+/// How soon a callback ahead of its call looks again when the call has no retry scheduled
+/// (it is in flight).
+const CALL_RECHECK_SECONDS: i64 = 10;
+
+/// The callback `message` again, due once the call before its step may be recorded: just
+/// after that call's scheduled retry, or shortly while it is in flight.
+fn wait_for_the_call(message: &HandoffMessage, detail: &ExchangeDetail, now: DateTime<Utc>) -> AfterConflict {
+    let call = message.step_id.sequence().checked_sub(1).and_then(|at| detail.steps.get(at as usize));
+    let due = call
+        .and_then(|call| call.next_retry_at)
+        .filter(|at| *at > now)
+        .map_or(now + ChronoDuration::seconds(CALL_RECHECK_SECONDS), |at| at + ChronoDuration::seconds(2));
+    AfterConflict::Resend(
+        Box::new(Effect::Send {
+            family: message.sub_step.family(),
+            message: message.clone(),
+            delay: delay_until(now, due).max(1),
+        }),
+        "a callback ahead of the call that armed it; sent again for when that call may be recorded",
+    )
 }
 
 fn after_done(
@@ -238,9 +263,25 @@ mod tests {
         let f = fixture();
         let d = detail(&f, ExchangeStatus::Started, &[(Done, 1), (Initial, 1)]);
         assert_eq!(after_conflict(f.pipeline(), &f.message(1), Some(&d), Utc::now()), AfterConflict::TryLater);
-        // The callback step (3) while its call (2) is not recorded yet.
-        let d = detail(&f, ExchangeStatus::Started, &[(Done, 1), (Done, 1), (Initial, 0)]);
-        assert_eq!(after_conflict(f.pipeline(), &f.message(3), Some(&d), Utc::now()), AfterConflict::TryLater);
+        // The callback step (3) while its call (2) is not recorded yet: it comes back, without
+        // using up receives, shortly while the call is in flight, after the call's retry once
+        // one is scheduled.
+        let now = Utc::now();
+        let mut d = detail(&f, ExchangeStatus::Started, &[(Done, 1), (Done, 1), (Initial, 0)]);
+        let callback = f.message(3);
+        let resent_in = |d: &ExchangeDetail| match after_conflict(f.pipeline(), &callback, Some(d), now) {
+            AfterConflict::Resend(effect, _) => match *effect {
+                Effect::Send { message, delay, .. } if message == callback => delay,
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(resent_in(&d), CALL_RECHECK_SECONDS as u32);
+        d.steps[2].attempts = 1;
+        d.steps[2].next_retry_at = Some(now + ChronoDuration::seconds(100));
+        assert!((101..=102).contains(&resent_in(&d)), "{}", resent_in(&d));
+        d.steps[2].next_retry_at = Some(now + ChronoDuration::hours(3));
+        assert_eq!(resent_in(&d), MAX_SQS_DELAY_SECONDS as u32, "at most a delayed message's reach, then again");
     }
 
     #[test]
