@@ -4,7 +4,11 @@
 //! recorder enabled, the emulator on that moto, and loopback source/target systems; creates
 //! the integration query → transformation (jq) → rest delivery; runs one exchange to warm the
 //! definition caches; then records every AWS request while N (default 5) exchanges run one
-//! after another, and prints the requests per service/action and per sub-step.
+//! after another, and prints the requests per service/action and per sub-step — then what
+//! they cost per million exchanges at list prices (`handoff_e2e::cost`): Lambda requests and
+//! GB-seconds from each invocation's measured duration and the template's `MemorySize`, SQS
+//! requests, DynamoDB on-demand units from the stored items' real sizes (a table scan after
+//! the run), S3 requests, next to Step Functions Standard and Express for the same pipeline.
 //!
 //! Attribution (by request content, not by timing, except where noted):
 //! * DynamoDB `BatchWriteItem` creating `EX#<id>` items, and the `Query` on `INT#<code>`
@@ -17,25 +21,30 @@
 //! * SQS `DeleteMessageBatch` (the event source mapping deleting a handled message) → the
 //!   consumer, by queue; the control queue carries two sub-steps per exchange, so its deletes
 //!   alternate ExchangeTriggered / ExchangeSignoff in order (exchanges run one at a time).
-//! * DynamoDB `Query` on `pk = EX#<id>` → the driver's completion wait: each exchange is
-//!   invoked with `waitSeconds`, so the api function reads the exchange every 200 ms until it
-//!   is final. The happy path of the workers never reads the exchange (only a commit
+//! * DynamoDB `Query` on `pk = EX#<id>` → the driver's completion wait: the bench reads
+//!   each exchange (`GET /exchanges/{id}`) every 20 ms until it is final. The happy path of the workers never reads the exchange (only a commit
 //!   conflict does), which the run checks: every step has exactly one commit.
 //! * SQS `ReceiveMessage` → the pollers (idle long polls included), reported separately.
 //! * EventBridge Scheduler calls → the emulator's own schedule checker (AWS fires schedules
 //!   itself), reported separately.
 
+use handoff_app::entry::function::{FunctionHandler, InvocationError};
+use handoff_e2e::cost::{capacity_units, handoff_cost, step_functions_cost, ExchangeUsage, StoredItems, PRICES};
 use handoff_e2e::recording::{body, header};
 use handoff_e2e::ExternalSystem;
+use handoff_emulator::functions::FunctionFactory;
 use handoff_emulator::moto::{state_dir, MotoServer};
 use handoff_emulator::EmulatorOptions;
+use handoff_runtime::compose::{AwsEnvironment, ComposeError};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SUB_STEPS: [&str; 5] = ["ExchangeTriggered", "InvokeQuery", "Transform", "DeliverRest", "ExchangeSignoff"];
 const INVOKE: &str = "invoke (api: POST /exchanges)";
-const POLLING: &str = "completion wait (waitSeconds polling in the api function)";
+const POLLING: &str = "completion wait (the bench polling GET /exchanges/{id})";
 const RECEIVES: &str = "poller receives (idle long-polls, amortised in Lambda by the event source mapping)";
 const SCHEDULER: &str = "emulator schedule checker (not an AWS cost: EventBridge Scheduler fires itself)";
 const DEFINITIONS: &str = "definition reads (cache misses)";
@@ -82,19 +91,72 @@ impl Api {
         ))
     }
 
-    /// Invokes with `waitSeconds` and insists on a Completed exchange.
+    /// Invokes (answered at once, as a caller is) and polls until the exchange is final;
+    /// insists on Completed.
     async fn run_exchange(&self, code: &str, n: usize) -> Result<Value> {
-        let (status, exchange) = self
-            .post(
-                "/exchanges",
-                &json!({"integrationCode": code, "parameters": {"region": format!("r{n}")}, "waitSeconds": 20}),
-            )
+        let (status, accepted) = self
+            .post("/exchanges", &json!({"integrationCode": code, "parameters": {"region": format!("r{n}")}}))
             .await?;
-        anyhow::ensure!(
-            status == 200 && exchange["status"] == "Completed",
-            "exchange {n} did not complete: {status} {exchange:#}"
-        );
-        Ok(exchange)
+        anyhow::ensure!(status == 202, "exchange {n} was not accepted: {status} {accepted:#}");
+        let id = accepted["exchangeId"].as_str().unwrap_or_default().to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let exchange: Value = self.client.get(format!("{}/exchanges/{id}", self.url)).send().await?.json().await?;
+            if exchange["final"] == json!(true) {
+                anyhow::ensure!(exchange["status"] == "Completed", "exchange {n} did not complete: {exchange:#}");
+                return Ok(exchange);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "exchange {n} not final within 30 s: {exchange:#}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Times every invocation of the functions it builds while `on` (the bench's recording).
+struct TimedFactory {
+    on: Arc<AtomicBool>,
+    /// Function binary (the API's by route) → durations.
+    durations: Arc<Mutex<BTreeMap<String, Vec<Duration>>>>,
+}
+
+struct Timed {
+    binary: String,
+    inner: Arc<dyn FunctionHandler>,
+    on: Arc<AtomicBool>,
+    durations: Arc<Mutex<BTreeMap<String, Vec<Duration>>>>,
+}
+
+#[async_trait::async_trait]
+impl FunctionFactory for TimedFactory {
+    async fn build(
+        &self,
+        binary: &str,
+        vars: &HashMap<String, String>,
+        aws: &AwsEnvironment,
+    ) -> std::result::Result<Arc<dyn FunctionHandler>, ComposeError> {
+        let inner = handoff_runtime::compose::build_function(binary, vars, aws).await?;
+        Ok(Arc::new(Timed {
+            binary: binary.to_string(),
+            inner,
+            on: self.on.clone(),
+            durations: self.durations.clone(),
+        }))
+    }
+}
+
+#[async_trait::async_trait]
+impl FunctionHandler for Timed {
+    async fn invoke(&self, event: Value) -> std::result::Result<Value, InvocationError> {
+        let key = match event["routeKey"].as_str() {
+            Some(route) => format!("{} {route}", self.binary),
+            None => self.binary.clone(),
+        };
+        let started = Instant::now();
+        let outcome = self.inner.invoke(event).await;
+        if self.on.load(Ordering::SeqCst) {
+            self.durations.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().push(started.elapsed());
+        }
+        outcome
     }
 }
 
@@ -102,8 +164,19 @@ async fn run(n: usize) -> Result<()> {
     eprintln!("starting moto (recorder enabled) and the emulator ...");
     let moto = MotoServer::start().await?;
     let endpoint = moto.endpoint().to_string();
-    let emulator =
-        handoff_emulator::start(EmulatorOptions { aws_endpoint: Some(endpoint.clone()), ..Default::default() }).await?;
+    let timing = Arc::new(AtomicBool::new(false));
+    let durations: Arc<Mutex<BTreeMap<String, Vec<Duration>>>> = Arc::default();
+    let factory = TimedFactory { on: timing.clone(), durations: durations.clone() };
+    let options = EmulatorOptions {
+        aws_endpoint: Some(endpoint.clone()),
+        function_factory: Arc::new(factory),
+        ..Default::default()
+    };
+    let template = options.template_path.clone();
+    let emulator = handoff_emulator::start(options).await?;
+    let functions: Vec<(String, String)> =
+        emulator.functions().iter().map(|f| (f.spec.logical_id.clone(), f.spec.binary.clone())).collect();
+    let memory = memory_by_binary(&template, &functions)?;
     // Queue name → the function its event source feeds.
     let mut queues: HashMap<String, String> = HashMap::new();
     for f in emulator.functions() {
@@ -142,6 +215,7 @@ async fn run(n: usize) -> Result<()> {
     let rec = |action: &str| format!("{endpoint}/moto-api/recorder/{action}");
     recorder.post(rec("reset-recording")).send().await?.error_for_status()?;
     recorder.post(rec("start-recording")).send().await?.error_for_status()?;
+    timing.store(true, Ordering::SeqCst);
     let started = Instant::now();
     let mut finals = Vec::new();
     for i in 1..=n {
@@ -150,8 +224,10 @@ async fn run(n: usize) -> Result<()> {
     let elapsed = started.elapsed();
     // Let the last handler's event source mapping delete its message.
     wait_for_deletes(&recorder, &rec("download-recording"), &queues, n).await;
+    timing.store(false, Ordering::SeqCst);
     recorder.post(rec("stop-recording")).send().await?.error_for_status()?;
     let text = recorder.get(rec("download-recording")).send().await?.error_for_status()?.text().await?;
+    let stored = StoredItems::from_scan(&scan_tables(&endpoint).await?);
     emulator.shutdown().await;
     drop(moto);
 
@@ -167,9 +243,134 @@ async fn run(n: usize) -> Result<()> {
         .filter(|l| !l.trim().is_empty())
         .map(serde_json::from_str)
         .collect::<std::result::Result<_, _>>()?;
-    let report = classify(&requests, &queues);
+    let report = classify(&requests, &queues, Some(&stored));
     print_report(&report, n, elapsed, requests.len());
+    let durations = durations.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    print_cost(&report, n, &durations, &memory);
     Ok(())
+}
+
+/// Every item of every table, as DynamoDB JSON (moto's JSON protocol, unsigned).
+async fn scan_tables(endpoint: &str) -> Result<Vec<serde_json::Map<String, Value>>> {
+    let client = reqwest::Client::new();
+    let call = |target: &'static str, body: Value| {
+        client
+            .post(endpoint)
+            .header("X-Amz-Target", format!("DynamoDB_20120810.{target}"))
+            .header("Content-Type", "application/x-amz-json-1.0")
+            .header("Authorization", "AWS4-HMAC-SHA256 Credential=bench/20260101/us-east-1/dynamodb/aws4_request, SignedHeaders=host, Signature=0")
+            .body(body.to_string())
+            .send()
+    };
+    let tables: Value = call("ListTables", json!({})).await?.json().await?;
+    let mut items = Vec::new();
+    for table in tables["TableNames"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        let mut start: Option<Value> = None;
+        loop {
+            let mut request = json!({"TableName": table});
+            if let Some(key) = &start {
+                request["ExclusiveStartKey"] = key.clone();
+            }
+            let page: Value = call("Scan", request).await?.json().await?;
+            items.extend(page["Items"].as_array().into_iter().flatten().filter_map(|i| i.as_object().cloned()));
+            match page.get("LastEvaluatedKey") {
+                Some(key) if !key.is_null() => start = Some(key.clone()),
+                _ => break,
+            }
+        }
+    }
+    Ok(items)
+}
+
+/// Each function binary's `MemorySize` (its own, else the template's Globals).
+fn memory_by_binary(template: &std::path::Path, binaries: &[(String, String)]) -> Result<HashMap<String, u32>> {
+    let template = handoff_emulator::template::Template::load(template)?;
+    let global = template.globals_function.get("MemorySize").and_then(|v| v.as_u64()).unwrap_or(128) as u32;
+    let mut memory = HashMap::new();
+    for (logical_id, binary) in binaries {
+        let own = template
+            .resources
+            .iter()
+            .find(|r| &r.logical_id == logical_id)
+            .and_then(|r| r.properties.get("MemorySize"))
+            .and_then(|v| v.as_u64());
+        memory.insert(binary.clone(), own.map_or(global, |m| m as u32));
+    }
+    memory.insert(String::new(), global);
+    Ok(memory)
+}
+
+/// Section 4, the cost per million exchanges: from the recorded requests, the stored item
+/// sizes and the measured invocations, next to Step Functions for the same pipeline.
+fn print_cost(report: &Report, n: usize, durations: &BTreeMap<String, Vec<Duration>>, memory: &HashMap<String, u32>) {
+    let own = |bucket: &str| bucket == INVOKE || SUB_STEPS.contains(&bucket);
+    let count = |service: &str, pred: &dyn Fn(&str) -> bool| -> f64 {
+        let total = report.counts.iter().filter(|((b, s, a), _)| own(b) && s == service && pred(a)).map(|(_, c)| *c);
+        total.sum::<usize>() as f64 / n as f64
+    };
+    let deletes = count("SQS", &|a| a.starts_with("DeleteMessage"));
+    let mut usage = ExchangeUsage {
+        // The exchange's sends and deletes, plus one receive per message handled: the bound
+        // at low load, where every receive returns one message (at load they batch).
+        sqs_requests: count("SQS", &|_| true) + deletes,
+        s3_puts: count("S3", &|a| {
+            matches!(a, "PutObject" | "UploadPart" | "CreateMultipartUpload" | "CompleteMultipartUpload")
+        }),
+        s3_gets: count("S3", &|a| matches!(a, "GetObject" | "HeadObject")),
+        http_api_requests: 1.0,
+        ..ExchangeUsage::default()
+    };
+    for (bucket, (writes, reads)) in &report.units {
+        if own(bucket) {
+            usage.dynamodb_write_units += writes / n as f64;
+            usage.dynamodb_read_units += reads / n as f64;
+        }
+    }
+    let global = memory.get("").copied().unwrap_or(128);
+    let mut work_ms = 0.0;
+    for (key, times) in durations {
+        // The driver's polling GETs are not part of an exchange; the jobs run on a schedule.
+        let (binary, route) = key.split_once(' ').map_or((key.as_str(), None), |(b, r)| (b, Some(r)));
+        if route.is_some_and(|r| r != "POST /exchanges") || binary == "handoff-jobs" {
+            continue;
+        }
+        // Lambda bills each invocation in whole milliseconds.
+        let billed: f64 =
+            times.iter().map(|d| (d.as_secs_f64() * 1000.0).ceil()).sum::<f64>() / times.len().max(1) as f64;
+        let invocations = times.len() as f64 / n as f64;
+        if matches!(binary, "handoff-worker-query" | "handoff-worker-transform" | "handoff-worker-deliver-rest") {
+            work_ms += billed * invocations;
+        }
+        usage.lambda.insert(key.clone(), (invocations, billed, memory.get(binary).copied().unwrap_or(global)));
+    }
+    let (lines, total) = handoff_cost(&usage, &PRICES);
+    let line = "-".repeat(86);
+    println!("\n4. Cost per million exchanges at list prices, as of {}", PRICES.as_of);
+    println!("{line}");
+    println!("{:<44} {:>16} {:>16}", "", "per exchange", "$ per million");
+    println!("{line}");
+    for (function, (invocations, ms, mb)) in &usage.lambda {
+        println!("  {function:<42} {invocations:>6.2} × {ms:>5.0} ms at {mb} MB");
+    }
+    for l in &lines {
+        println!("{:<44} {:>16.3} {:>16.2}", l.item, l.per_exchange, l.per_million);
+    }
+    println!("{line}");
+    println!("{:<44} {:>16} {:>16.2}", "Handoff total", "", total);
+    // The same pipeline as a state machine: three Task states (query, transform, deliver)
+    // and the end. The tasks' own work (the three workers' Lambda time) is added to both,
+    // everything Handoff spends on its bookkeeping is not: the comparison favours Step Functions.
+    let work_gb_s = work_ms / 1000.0 * (global as f64 / 1024.0);
+    let work = (3.0 * PRICES.lambda_per_request + work_gb_s * PRICES.lambda_per_gb_second) * 1e6;
+    let (standard, express) = step_functions_cost(4.0, work_ms, work, &PRICES);
+    println!("{:<44} {:>16} {:>16.2}", "Step Functions Standard (4 transitions + tasks)", "", standard);
+    println!("{:<44} {:>16} {:>16.2}", "Step Functions Express (1 request, 64 MB + tasks)", "", express);
+    println!("{line}");
+    println!(
+        "Handoff is {:.1}× cheaper than Standard (goal ≥ 10×) and {:.2}× the cost of Express.",
+        standard / total.max(f64::MIN_POSITIVE),
+        total / express.max(f64::MIN_POSITIVE)
+    );
 }
 
 /// Waits (bounded) until the recording holds one delete per handled message: the last
@@ -180,7 +381,7 @@ async fn wait_for_deletes(client: &reqwest::Client, url: &str, queues: &HashMap<
         if let Ok(response) = client.get(url).send().await {
             if let Ok(text) = response.text().await {
                 let requests: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-                let report = classify(&requests, queues);
+                let report = classify(&requests, queues, None);
                 let deletes: usize = report
                     .counts
                     .iter()
@@ -206,6 +407,8 @@ struct Report {
     receives: BTreeMap<String, usize>,
     /// Commits (TransactWriteItems) per (exchange, step): all must be 1.
     commits: BTreeMap<(String, String), usize>,
+    /// DynamoDB (write, read) request units per bucket, from the stored item sizes.
+    units: BTreeMap<String, (f64, f64)>,
 }
 
 /// The service from the SigV4 credential scope (`.../<region>/<service>/aws4_request`).
@@ -274,7 +477,7 @@ fn mentions_exchange(value: &Value) -> bool {
     }
 }
 
-fn classify(requests: &[Value], queues: &HashMap<String, String>) -> Report {
+fn classify(requests: &[Value], queues: &HashMap<String, String>, stored: Option<&StoredItems>) -> Report {
     let mut report = Report::default();
     let mut control_deletes = 0usize;
     for request in requests {
@@ -355,6 +558,12 @@ fn classify(requests: &[Value], queues: &HashMap<String, String>) -> Report {
             ("scheduler", _) => SCHEDULER.into(),
             _ => OTHER.into(),
         };
+        if let (Some(stored), "DynamoDB") = (stored, service.as_str()) {
+            let (writes, reads) = capacity_units(&action, &json, stored);
+            let units = report.units.entry(bucket.clone()).or_default();
+            units.0 += writes;
+            units.1 += reads;
+        }
         *report.counts.entry((bucket, service, action)).or_default() += 1;
     }
     report

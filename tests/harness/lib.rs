@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub mod browser;
 pub mod chaos;
+pub mod cost;
 mod logs;
 mod naive_http;
 mod sftp;
