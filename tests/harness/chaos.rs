@@ -556,11 +556,13 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     let all = api.exchanges("", 100_000).await?;
     let seen = systems.report();
     let never = expected_failures(&seen.plans);
+    // One lock, taken and released before the report is built.
+    let unanswered_by_kind = unanswered.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     let mut report = ChaosReport {
         seed: config.seed,
         started: config.exchanges,
-        unanswered: unanswered.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.values().sum(),
-        unanswered_by_kind: unanswered.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone(),
+        unanswered: unanswered_by_kind.values().sum(),
+        unanswered_by_kind,
         exchanges: all.len(),
         load,
         drain,

@@ -156,3 +156,17 @@ pub async fn log_status_change(endpoints: &dyn EndpointStore, before: &Endpoint,
         tracing::warn!(integrationCode = %after.code, error = %e, "endpoint log line not written");
     }
 }
+
+/// What [`handoff_core::machine::conflict::after_stale`] says to send again (a lost resume of a parent), run.
+pub(crate) async fn resend_if_stale(
+    ports: EffectPorts<'_>,
+    decided: handoff_core::machine::conflict::AfterConflict,
+) -> PortResult<()> {
+    match decided {
+        handoff_core::machine::conflict::AfterConflict::Resend(effect, reason) => {
+            tracing::info!(reason, "sent again");
+            run_effects(ports, vec![*effect]).await
+        }
+        _ => Ok(()),
+    }
+}

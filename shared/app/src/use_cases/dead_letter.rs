@@ -46,7 +46,7 @@ pub async fn dead_lettered(
         CommitOutcome::Conflict => {
             tracing::warn!(exchangeId = %message.exchange_id, stepId = %message.step_id, "dead letter for a step or exchange that already moved on; nothing to mark");
             let decided = handoff_core::machine::conflict::after_stale(message.parent.as_ref());
-            crate::use_cases::timer::resend_if_stale(ctx.effects, decided).await?;
+            crate::effects::resend_if_stale(ctx.effects, decided).await?;
         }
     }
     Ok(())

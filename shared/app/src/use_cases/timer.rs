@@ -8,7 +8,7 @@ use crate::effects::{after_applied, run_effects, EffectPorts};
 use crate::use_cases::handoff::WorkerError;
 use handoff_core::commit::CommitOutcome;
 use handoff_core::handoff::{Timer, TimerKind};
-use handoff_core::machine::conflict::{self, AfterConflict};
+use handoff_core::machine::conflict;
 use handoff_core::machine::timers::{self, TimerOutcome};
 use handoff_ports::ExchangeWrites;
 
@@ -81,23 +81,9 @@ pub async fn fire_timer(ctx: &Timers<'_>, timer: Timer) -> Result<(), WorkerErro
                 CommitOutcome::Conflict => {
                     tracing::info!("timer no longer relevant (the exchange or step moved on)");
                     let parent = detail.as_ref().and_then(|d| d.exchange.parent.as_ref());
-                    Ok(resend_if_stale(ctx.effects, conflict::after_stale(parent)).await?)
+                    Ok(crate::effects::resend_if_stale(ctx.effects, conflict::after_stale(parent)).await?)
                 }
             }
         }
-    }
-}
-
-/// What [`conflict::after_stale`] says to send again (a lost resume of a parent), run.
-pub(crate) async fn resend_if_stale(
-    ports: crate::effects::EffectPorts<'_>,
-    decided: AfterConflict,
-) -> Result<(), handoff_ports::PortError> {
-    match decided {
-        AfterConflict::Resend(effect, reason) => {
-            tracing::info!(reason, "sent again");
-            run_effects(ports, vec![*effect]).await
-        }
-        _ => Ok(()),
     }
 }
