@@ -5,7 +5,7 @@
 
 const TOKEN_KEY = "handoff.console.token";
 const PKCE_KEY = "handoff.console.pkce";
-const state = { config: null, token: null, subject: "", scopes: [], timer: null };
+const state = { config: null, token: null, subject: "", scopes: [], timer: null, rendering: null };
 
 // ------------------------------------------------------------------ building the page
 
@@ -97,15 +97,29 @@ class ApiError extends Error {
   }
 }
 
+/** A promise that never settles: what a superseded render's reads resolve to. */
+const superseded = () => new Promise(() => {});
+
 async function api(method, path, body) {
   const headers = { Authorization: `Bearer ${state.token}` };
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  if (response.status === 401) {
-    signOut("Your session has ended: sign in again.");
-    throw new ApiError(401, { message: "signed out" });
+  // Reads belong to the render under way: once a newer render starts (the user moved on, or
+  // the live refresh came round), they are aborted and never settle, so the page left behind
+  // cannot overwrite the page the user is on. Changes (POST, PUT, PATCH) always complete.
+  const signal = method === "GET" && state.rendering ? state.rendering.signal : undefined;
+  let response, text;
+  try {
+    response = await fetch(path, { method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body) });
+    if (response.status === 401) {
+      signOut("Your session has ended: sign in again.");
+      throw new ApiError(401, { message: "signed out" });
+    }
+    text = await response.text();
+  } catch (e) {
+    if (signal && signal.aborted) return superseded();
+    throw e;
   }
-  const text = await response.text();
+  if (signal && signal.aborted) return superseded();
   let json = null;
   try { json = text ? JSON.parse(text) : null; } catch (_) { json = { message: text }; }
   if (!response.ok) throw new ApiError(response.status, json);
@@ -508,6 +522,8 @@ async function healthPage() {
 
 async function render() {
   clearTimeout(state.timer);
+  if (state.rendering) state.rendering.abort();
+  state.rendering = new AbortController();
   if (!state.token) return;
   const [, name, id] = (location.hash || "#/exchanges").split("/").map(decodeURIComponent);
   for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.page === name);
