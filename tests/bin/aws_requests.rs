@@ -30,7 +30,8 @@
 
 use handoff_app::entry::function::{FunctionHandler, InvocationError};
 use handoff_e2e::cost::{capacity_units, handoff_cost, step_functions_cost, ExchangeUsage, StoredItems, PRICES};
-use handoff_e2e::recording::{body, header};
+use handoff_e2e::recording::{access_key, body, service_action, Recorder};
+use handoff_e2e::reference::{self, SUB_STEPS};
 use handoff_e2e::ExternalSystem;
 use handoff_emulator::functions::FunctionFactory;
 use handoff_emulator::moto::{state_dir, MotoServer};
@@ -42,7 +43,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const SUB_STEPS: [&str; 5] = ["ExchangeTriggered", "InvokeQuery", "Transform", "DeliverRest", "ExchangeSignoff"];
 const INVOKE: &str = "invoke (api: POST /exchanges)";
 const POLLING: &str = "completion wait (the bench polling GET /exchanges/{id})";
 const RECEIVES: &str = "poller receives (idle long-polls, amortised in Lambda by the event source mapping)";
@@ -177,44 +177,33 @@ async fn run(n: usize) -> Result<()> {
     let functions: Vec<(String, String)> =
         emulator.functions().iter().map(|f| (f.spec.logical_id.clone(), f.spec.binary.clone())).collect();
     let memory = memory_by_binary(&template, &functions)?;
-    // Queue name → the function its event source feeds.
+    // Queue name → the function its event source feeds; access key → the function signing.
     let mut queues: HashMap<String, String> = HashMap::new();
+    let mut signers: HashMap<String, String> = HashMap::new();
     for f in emulator.functions() {
+        signers.insert(
+            handoff_emulator::function_access_key(&f.spec.logical_id),
+            f.spec.binary.trim_start_matches("handoff-").to_string(),
+        );
         for source in &f.spec.sqs_events {
             let name = source.queue_arn.rsplit(':').next().unwrap_or_default().to_string();
             queues.insert(name, f.spec.binary.trim_start_matches("handoff-").to_string());
         }
     }
 
-    let source = ExternalSystem::start(
-        200,
-        json!([{"providerId": 1, "displayName": "Alpha"}, {"providerId": 2, "displayName": "Beta"}]).to_string(),
-    )
-    .await;
+    let source = ExternalSystem::start(200, reference::SOURCE_BODY).await;
     let target = ExternalSystem::start(200, "{}").await;
     let api = Api { url: emulator.api_url().to_string(), client: emulator.api_client(Duration::from_secs(40)) };
     let code = format!("COST_{}", std::process::id());
-    let definition = json!({
-        "code": code, "version": 1, "enabled": true, "endpointStatus": "Enabled",
-        "steps": [
-            {"name": "fetch", "type": "dataCollection", "kind": "query",
-             "request": {"method": "GET", "url": format!("{}/providers?region={{{{parameters.region}}}}", source.url)}},
-            {"name": "map", "type": "transformation",
-             "function": {"jq": "map({id: .providerId, name: .displayName})"}, "output": {"format": "json"}},
-            {"name": "send", "type": "delivery", "destinations": [
-                {"kind": "rest", "main": true, "request": {"method": "POST", "url": format!("{}/providers", target.url)}}]}
-        ]
-    });
+    let definition = reference::pipeline(&code, &source.url, &target.url);
     let (status, body) = api.post("/integrations", &definition).await?;
     anyhow::ensure!(status == 201, "creating the integration: {status} {body}");
 
     eprintln!("warm-up exchange ...");
     api.run_exchange(&code, 0).await?;
 
-    let recorder = reqwest::Client::new();
-    let rec = |action: &str| format!("{endpoint}/moto-api/recorder/{action}");
-    recorder.post(rec("reset-recording")).send().await?.error_for_status()?;
-    recorder.post(rec("start-recording")).send().await?.error_for_status()?;
+    let recorder = Recorder::new(&endpoint);
+    recorder.restart().await?;
     timing.store(true, Ordering::SeqCst);
     let started = Instant::now();
     let mut finals = Vec::new();
@@ -223,10 +212,10 @@ async fn run(n: usize) -> Result<()> {
     }
     let elapsed = started.elapsed();
     // Let the last handler's event source mapping delete its message.
-    wait_for_deletes(&recorder, &rec("download-recording"), &queues, n).await;
+    wait_for_deletes(&recorder, &Who { queues: &queues, signers: &signers }, n).await;
     timing.store(false, Ordering::SeqCst);
-    recorder.post(rec("stop-recording")).send().await?.error_for_status()?;
-    let text = recorder.get(rec("download-recording")).send().await?.error_for_status()?.text().await?;
+    recorder.stop().await?;
+    let requests = recorder.requests().await?;
     let stored = StoredItems::from_scan(&scan_tables(&endpoint).await?);
     emulator.shutdown().await;
     drop(moto);
@@ -238,12 +227,7 @@ async fn run(n: usize) -> Result<()> {
     }
     anyhow::ensure!(target.received().len() == n + 1, "the target should have received {} deliveries", n + 1);
 
-    let requests: Vec<Value> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(serde_json::from_str)
-        .collect::<std::result::Result<_, _>>()?;
-    let report = classify(&requests, &queues, Some(&stored));
+    let report = classify(&requests, &Who { queues: &queues, signers: &signers }, Some(&stored));
     print_report(&report, n, elapsed, requests.len());
     let durations = durations.lock().unwrap_or_else(|e| e.into_inner()).clone();
     print_cost(&report, n, &durations, &memory);
@@ -375,24 +359,21 @@ fn print_cost(report: &Report, n: usize, durations: &BTreeMap<String, Vec<Durati
 
 /// Waits (bounded) until the recording holds one delete per handled message: the last
 /// sub-step's message is deleted just after the exchange became final.
-async fn wait_for_deletes(client: &reqwest::Client, url: &str, queues: &HashMap<String, String>, n: usize) {
+async fn wait_for_deletes(recorder: &Recorder, who: &Who<'_>, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if let Ok(response) = client.get(url).send().await {
-            if let Ok(text) = response.text().await {
-                let requests: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-                let report = classify(&requests, queues, None);
-                let deletes: usize = report
-                    .counts
-                    .iter()
-                    .filter(|((bucket, _, action), _)| {
-                        SUB_STEPS.contains(&bucket.as_str()) && action.starts_with("DeleteMessage")
-                    })
-                    .map(|(_, c)| *c)
-                    .sum();
-                if deletes >= n * SUB_STEPS.len() {
-                    return;
-                }
+        if let Ok(requests) = recorder.requests().await {
+            let report = classify(&requests, who, None);
+            let deletes: usize = report
+                .counts
+                .iter()
+                .filter(|((bucket, _, action), _)| {
+                    SUB_STEPS.contains(&bucket.as_str()) && action.starts_with("DeleteMessage")
+                })
+                .map(|(_, c)| *c)
+                .sum();
+            if deletes >= n * SUB_STEPS.len() {
+                return;
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -409,44 +390,6 @@ struct Report {
     commits: BTreeMap<(String, String), usize>,
     /// DynamoDB (write, read) request units per bucket, from the stored item sizes.
     units: BTreeMap<String, (f64, f64)>,
-}
-
-/// The service from the SigV4 credential scope (`.../<region>/<service>/aws4_request`).
-fn service(request: &Value) -> String {
-    header(request, "authorization")
-        .and_then(|a| a.split("Credential=").nth(1))
-        .and_then(|c| c.split(',').next())
-        .and_then(|scope| scope.split('/').nth(3))
-        .unwrap_or("unknown")
-        .to_string()
-}
-
-fn path_and_query(url: &str) -> (String, String) {
-    let after_host = url.split_once("://").map(|(_, rest)| rest).unwrap_or(url);
-    let path = after_host.find('/').map(|i| &after_host[i..]).unwrap_or("/");
-    match path.split_once('?') {
-        Some((p, q)) => (p.to_string(), q.to_string()),
-        None => (path.to_string(), String::new()),
-    }
-}
-
-fn s3_action(method: &str, path: &str, query: &str) -> String {
-    let has = |k: &str| query.split('&').any(|p| p == k || p.starts_with(&format!("{k}=")));
-    let object = path.trim_start_matches('/').contains('/');
-    match (method, object) {
-        ("PUT", true) if has("partNumber") => "UploadPart",
-        ("PUT", true) => "PutObject",
-        ("POST", true) if has("uploads") => "CreateMultipartUpload",
-        ("POST", true) if has("uploadId") => "CompleteMultipartUpload",
-        ("GET", true) => "GetObject",
-        ("HEAD", true) => "HeadObject",
-        ("DELETE", true) if has("uploadId") => "AbortMultipartUpload",
-        ("DELETE", true) => "DeleteObject",
-        ("GET", false) if has("list-type") => "ListObjectsV2",
-        ("HEAD", false) => "HeadBucket",
-        (m, _) => return format!("{m} {path}"),
-    }
-    .to_string()
 }
 
 /// The sub-step of `STEP#<id>` (steps are created in plan order: sequence = index).
@@ -477,31 +420,35 @@ fn mentions_exchange(value: &Value) -> bool {
     }
 }
 
-fn classify(requests: &[Value], queues: &HashMap<String, String>, stored: Option<&StoredItems>) -> Report {
+/// Who sent or consumes what: queue name → the function its event source feeds, and access
+/// key → the function that signs with it (both without the `handoff-` prefix).
+struct Who<'a> {
+    queues: &'a HashMap<String, String>,
+    signers: &'a HashMap<String, String>,
+}
+
+impl Who<'_> {
+    /// The bucket of a request made by the function that signed it, for the functions that
+    /// run one sub-step of the pipeline (and the api, which runs the invocation).
+    fn signer_bucket(&self, request: &Value) -> &'static str {
+        match self.signers.get(access_key(request)).map(String::as_str) {
+            Some("api") => INVOKE,
+            Some("worker-query") => "InvokeQuery",
+            Some("worker-transform") => "Transform",
+            Some("worker-deliver-rest") => "DeliverRest",
+            _ => OTHER,
+        }
+    }
+}
+
+fn classify(requests: &[Value], who: &Who, stored: Option<&StoredItems>) -> Report {
+    let queues = who.queues;
     let mut report = Report::default();
     let mut control_deletes = 0usize;
     for request in requests {
-        let method = request["method"].as_str().unwrap_or("?");
-        let url = request["url"].as_str().unwrap_or("");
         let text = body(request);
         let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let target = header(request, "x-amz-target").unwrap_or("");
-        let service_name = service(request);
-        let (service, action) = if let Some(a) = target.strip_prefix("DynamoDB_20120810.") {
-            ("DynamoDB".to_string(), a.to_string())
-        } else if let Some(a) = target.strip_prefix("AmazonSQS.") {
-            ("SQS".to_string(), a.to_string())
-        } else if let Some(a) =
-            text.split('&').find_map(|p| p.strip_prefix("Action=")).filter(|_| service_name == "sqs")
-        {
-            ("SQS".to_string(), a.to_string())
-        } else if service_name == "s3" {
-            let (path, query) = path_and_query(url);
-            ("S3".to_string(), s3_action(method, &path, &query))
-        } else {
-            let (path, _) = path_and_query(url);
-            (service_name.clone(), format!("{method} {path}"))
-        };
+        let (service, action) = service_action(request);
         let queue_function = json["QueueUrl"]
             .as_str()
             .and_then(|u| u.rsplit('/').next())
@@ -510,6 +457,11 @@ fn classify(requests: &[Value], queues: &HashMap<String, String>, stored: Option
             .unwrap_or_else(|| "?".into());
         let bucket: String = match (service.as_str(), action.as_str()) {
             ("DynamoDB", "BatchWriteItem") if mentions_exchange(&json) => INVOKE.into(),
+            // The endpoint: its status read before data goes out (invocation, query, delivery)
+            // and after a delivery, and the endpoint log's line for each invocation.
+            ("DynamoDB", "GetItem" | "PutItem" | "UpdateItem") if text.contains("\"S\":\"ENDPOINT#") => {
+                who.signer_bucket(request).into()
+            }
             ("DynamoDB", "UpdateItem" | "TransactWriteItems" | "PutItem" | "DeleteItem") => {
                 match first_step_sk(&json).as_deref().and_then(sub_step_of_sk) {
                     Some(step) => {
@@ -528,6 +480,8 @@ fn classify(requests: &[Value], queues: &HashMap<String, String>, stored: Option
                 }
             }
             ("DynamoDB", "Query" | "GetItem") if mentions_exchange(&json) => POLLING.into(),
+            // What an exchange not yet final is held for (`GET /exchanges/{id}`).
+            ("DynamoDB", "Query") if text.contains("\"S\":\"HELD#") => POLLING.into(),
             // Selecting the version to run lists the integration's versions (not cached).
             ("DynamoDB", "Query") if text.contains("\"S\":\"INT#") => INVOKE.into(),
             ("DynamoDB", "Query" | "GetItem") => DEFINITIONS.into(),

@@ -454,6 +454,11 @@ impl ExternalSystem {
         self.received().into_iter().filter(|r| r.path.starts_with(prefix)).collect()
     }
 
+    /// How many requests arrived (without copying them).
+    pub fn received_count(&self) -> usize {
+        self.behaviour.received.lock().expect("lock").len()
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.behaviour.received.lock().expect("lock").clone()
     }
@@ -560,11 +565,149 @@ pub async fn wait_until_drained(sqs: &aws_sdk_sqs::Client, queue_url: &str, time
     }
 }
 
+/// The reference pipeline the benches measure: query → transformation (jq) → rest delivery.
+pub mod reference {
+    use serde_json::{json, Value};
+
+    /// What the source system answers: two providers.
+    pub const SOURCE_BODY: &str =
+        r#"[{"providerId": 1, "displayName": "Alpha"}, {"providerId": 2, "displayName": "Beta"}]"#;
+
+    /// The sub-steps an exchange of [`pipeline`] runs, in order.
+    pub const SUB_STEPS: [&str; 5] =
+        ["ExchangeTriggered", "InvokeQuery", "Transform", "DeliverRest", "ExchangeSignoff"];
+
+    /// The definition (enabled) of `code`: fetch the providers of `{{parameters.region}}` from
+    /// `source`, rename their fields with jq, POST them to `target`.
+    pub fn pipeline(code: &str, source: &str, target: &str) -> Value {
+        json!({
+            "code": code, "version": 1, "enabled": true, "endpointStatus": "Enabled",
+            "steps": [
+                {"name": "fetch", "type": "dataCollection", "kind": "query",
+                 "request": {"method": "GET", "url": format!("{source}/providers?region={{{{parameters.region}}}}")}},
+                {"name": "map", "type": "transformation",
+                 "function": {"jq": "map({id: .providerId, name: .displayName})"}, "output": {"format": "json"}},
+                {"name": "send", "type": "delivery", "destinations": [
+                    {"kind": "rest", "main": true, "request": {"method": "POST", "url": format!("{target}/providers")}}]}
+            ]
+        })
+    }
+}
+
 /// Reading moto's request recording (`/moto-api/recorder/download-recording`), shared by the
 /// cost-measuring commands.
 pub mod recording {
     use base64::Engine;
     use serde_json::Value;
+
+    /// moto's request recorder (`/moto-api/recorder/*`) of the moto at `endpoint`.
+    pub struct Recorder {
+        endpoint: String,
+        client: reqwest::Client,
+    }
+
+    impl Recorder {
+        pub fn new(endpoint: &str) -> Self {
+            Self { endpoint: endpoint.trim_end_matches('/').to_string(), client: reqwest::Client::new() }
+        }
+
+        async fn post(&self, action: &str) -> anyhow::Result<()> {
+            let url = format!("{}/moto-api/recorder/{action}", self.endpoint);
+            self.client.post(url).send().await?.error_for_status()?;
+            Ok(())
+        }
+
+        /// Forgets what was recorded and records from now on.
+        pub async fn restart(&self) -> anyhow::Result<()> {
+            self.post("reset-recording").await?;
+            self.post("start-recording").await
+        }
+
+        pub async fn stop(&self) -> anyhow::Result<()> {
+            self.post("stop-recording").await
+        }
+
+        /// Every request recorded so far, in the order moto served them.
+        pub async fn requests(&self) -> anyhow::Result<Vec<Value>> {
+            let url = format!("{}/moto-api/recorder/download-recording", self.endpoint);
+            let text = self.client.get(url).send().await?.error_for_status()?.text().await?;
+            let requests = text.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str);
+            Ok(requests.collect::<Result<_, _>>()?)
+        }
+    }
+
+    /// The service (`DynamoDB`, `SQS`, `S3`, else the signing name) and action of a recorded
+    /// request: from `X-Amz-Target` (DynamoDB, SQS's JSON protocol), SQS's query protocol's
+    /// `Action=`, S3's method and path, else `METHOD /path`.
+    pub fn service_action(request: &Value) -> (String, String) {
+        let method = request["method"].as_str().unwrap_or("?");
+        let url = request["url"].as_str().unwrap_or("");
+        let target = header(request, "x-amz-target").unwrap_or("");
+        let signing_name = signing_name(request);
+        if let Some(a) = target.strip_prefix("DynamoDB_20120810.") {
+            return ("DynamoDB".into(), a.into());
+        }
+        if let Some(a) = target.strip_prefix("AmazonSQS.") {
+            return ("SQS".into(), a.into());
+        }
+        let (path, query) = path_and_query(url);
+        if signing_name == "sqs" {
+            if let Some(a) = body(request).split('&').find_map(|p| p.strip_prefix("Action=").map(str::to_string)) {
+                return ("SQS".into(), a);
+            }
+        }
+        if signing_name == "s3" {
+            return ("S3".into(), s3_action(method, &path, &query));
+        }
+        (signing_name.to_string(), format!("{method} {path}"))
+    }
+
+    /// The access key a recorded request was signed with (the emulator gives each function
+    /// its own: `handoff_emulator::function_access_key`).
+    pub fn access_key(request: &Value) -> &str {
+        header(request, "authorization")
+            .and_then(|a| a.split("Credential=").nth(1))
+            .and_then(|c| c.split('/').next())
+            .unwrap_or_default()
+    }
+
+    /// The service from the SigV4 credential scope (`.../<region>/<service>/aws4_request`).
+    fn signing_name(request: &Value) -> &str {
+        header(request, "authorization")
+            .and_then(|a| a.split("Credential=").nth(1))
+            .and_then(|c| c.split(',').next())
+            .and_then(|scope| scope.split('/').nth(3))
+            .unwrap_or("unknown")
+    }
+
+    /// The path (from `/`) and query of a recorded request's URL.
+    pub fn path_and_query(url: &str) -> (String, String) {
+        let after_host = url.split_once("://").map(|(_, rest)| rest).unwrap_or(url);
+        let path = after_host.find('/').map(|i| &after_host[i..]).unwrap_or("/");
+        match path.split_once('?') {
+            Some((p, q)) => (p.to_string(), q.to_string()),
+            None => (path.to_string(), String::new()),
+        }
+    }
+
+    fn s3_action(method: &str, path: &str, query: &str) -> String {
+        let has = |k: &str| query.split('&').any(|p| p == k || p.starts_with(&format!("{k}=")));
+        let object = path.trim_start_matches('/').contains('/');
+        match (method, object) {
+            ("PUT", true) if has("partNumber") => "UploadPart",
+            ("PUT", true) => "PutObject",
+            ("POST", true) if has("uploads") => "CreateMultipartUpload",
+            ("POST", true) if has("uploadId") => "CompleteMultipartUpload",
+            ("GET", true) => "GetObject",
+            ("HEAD", true) => "HeadObject",
+            ("DELETE", true) if has("uploadId") => "AbortMultipartUpload",
+            ("DELETE", true) => "DeleteObject",
+            ("GET", false) if has("list-type") => "ListObjectsV2",
+            ("HEAD", false) => "HeadBucket",
+            (m, _) => return format!("{m} {path}"),
+        }
+        .to_string()
+    }
 
     /// A header of a recorded request, by case-insensitive name.
     pub fn header<'a>(request: &'a Value, name: &str) -> Option<&'a str> {
