@@ -1,5 +1,5 @@
 //! Lambda function `handoff-worker-subflow`: wiring only; the behaviour lives in `handoff-app`.
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    handoff_runtime::lambda::run("handoff-worker-subflow").await
+    handoff_runtime::lambda::run("handoff-worker-subflow", handoff_runtime::compose::worker).await
 }

@@ -6,6 +6,7 @@ use crate::definitions::LoadedIntegration;
 use crate::outbound::{self, OutboundBody};
 use crate::payloads::{PayloadCodec, PayloadError};
 use chrono::Duration as ChronoDuration;
+use futures::future::BoxFuture;
 use futures::TryStreamExt;
 use handoff_core::definition::{DestinationTarget, RequestTemplate, StepAction};
 use handoff_core::error_code::ErrorCode;
@@ -153,12 +154,28 @@ pub fn idempotency_key(message: &HandoffMessage) -> String {
     hex::encode(&digest[..16])
 }
 
-pub async fn execute(cx: &ExecutionContext<'_>) -> Execution {
+/// Runs the sub-step of a handoff. A worker function is given the executor of what its
+/// family runs and links nothing more: SFTP's SSH stack is in the SFTP worker only (and in
+/// the emulator, which runs every family in one process).
+pub type Execute = for<'c, 'x> fn(&'c ExecutionContext<'x>) -> BoxFuture<'c, Execution>;
+
+/// Executes any sub-step.
+pub fn execute<'c, 'x>(cx: &'c ExecutionContext<'x>) -> BoxFuture<'c, Execution> {
+    Box::pin(execute_with::<true>(cx))
+}
+
+/// Executes any sub-step but an SFTP delivery, which it fails as a system error (that
+/// sub-step is handed to the SFTP worker, never here).
+pub fn execute_without_sftp<'c, 'x>(cx: &'c ExecutionContext<'x>) -> BoxFuture<'c, Execution> {
+    Box::pin(execute_with::<false>(cx))
+}
+
+async fn execute_with<const SFTP: bool>(cx: &ExecutionContext<'_>) -> Execution {
     let mut lines = Vec::new();
     let mut user_lines = Vec::new();
     let mut extras = Extras::default();
     let outcome = if deliveries::handles(cx.planned.sub_step) {
-        deliveries::run(cx, &mut lines, &mut user_lines, &mut extras).await
+        deliveries::run::<SFTP>(cx, &mut lines, &mut user_lines, &mut extras).await
     } else {
         run(cx, &mut lines, &mut user_lines).await
     };

@@ -84,7 +84,10 @@ impl Harness {
         let mut settings = settings;
         adjust(&mut settings);
         let ctx = AppContext::new(ports, settings, Arc::new(handoff_core::expression::InProcess::default()));
-        let workers = WorkerFamily::ALL.into_iter().map(|f| (f, WorkerFunction::new(ctx.clone(), f))).collect();
+        let workers = WorkerFamily::ALL
+            .into_iter()
+            .map(|f| (f, WorkerFunction::new(ctx.clone(), f, handoff_app::executors::execute)))
+            .collect();
         Self { ctx, exchanges, queue, schedules, topics, tracker, clock, workers }
     }
 

@@ -11,6 +11,7 @@ use handoff_app::entry::function::FunctionHandler;
 use handoff_app::entry::jobs::{JobHeartbeats, JobsFunction};
 use handoff_app::entry::trigger::TriggerFunction;
 use handoff_app::entry::worker::WorkerFunction;
+use handoff_app::executors::{self, Execute};
 use handoff_app::jq_sandbox::JqSandbox;
 use handoff_aws::dynamo::{
     DynamoEndpointStore, DynamoEventQueue, DynamoExchangeRepository, DynamoIntegrationRepository, DynamoJobRunLog,
@@ -59,6 +60,7 @@ fn queue_variable(family: WorkerFamily) -> String {
     format!("HANDOFF_QUEUE_{}_URL", family.name().replace('-', "_").to_ascii_uppercase())
 }
 
+#[derive(Clone, Copy)]
 struct Vars<'a>(&'a HashMap<String, String>);
 
 impl Vars<'_> {
@@ -243,47 +245,117 @@ fn sandbox_executable(vars: &Vars) -> Result<std::path::PathBuf, ComposeError> {
 /// Names the executable of jq sandboxes (see [`sandbox_executable`]).
 pub const SANDBOX_EXE_VARIABLE: &str = "HANDOFF_JQ_SANDBOX_EXE";
 
-/// Builds the function named by `binary` (e.g. `handoff-api`).
+/// What a function is built from: its binary name, environment and context.
+pub struct FunctionParts<'a> {
+    pub binary: &'a str,
+    vars: Vars<'a>,
+    pub ctx: Arc<AppContext>,
+}
+
+/// Builds one kind of function from its parts. There is one per kind ([`api`], [`trigger`],
+/// [`dlq`], [`jobs`], [`worker`], [`sftp_worker`]): a Lambda binary names its own, and so
+/// links that function's code and no other's (`functions/*/main.rs`).
+pub type Builder = fn(FunctionParts<'_>) -> Result<Arc<dyn FunctionHandler>, ComposeError>;
+
+/// The HTTP API.
+pub fn api(parts: FunctionParts<'_>) -> Result<Arc<dyn FunctionHandler>, ComposeError> {
+    Ok(Arc::new(ApiFunction::new(parts.ctx)))
+}
+
+/// What EventBridge Scheduler invokes for a scheduled integration.
+pub fn trigger(parts: FunctionParts<'_>) -> Result<Arc<dyn FunctionHandler>, ComposeError> {
+    Ok(Arc::new(TriggerFunction::new(parts.ctx)))
+}
+
+/// The dead-letter queues' consumer.
+pub fn dlq(parts: FunctionParts<'_>) -> Result<Arc<dyn FunctionHandler>, ComposeError> {
+    Ok(Arc::new(DlqFunction::new(parts.ctx)))
+}
+
+/// The regular and error-processing jobs, with their heartbeats.
+pub fn jobs(parts: FunctionParts<'_>) -> Result<Arc<dyn FunctionHandler>, ComposeError> {
+    let heartbeats = JobHeartbeats {
+        regular: parts.vars.heartbeat("HANDOFF_REGULAR_JOB_HEARTBEAT_URL")?,
+        error_processing: parts.vars.heartbeat("HANDOFF_ERROR_JOB_HEARTBEAT_URL")?,
+    };
+    let regular_every = parts.vars.number("HANDOFF_REGULAR_JOB_EVERY_MINUTES", 1)?.max(1);
+    let jobs = JobsFunction::new(parts.ctx)
+        .running_every(std::time::Duration::from_secs(regular_every * 60))
+        .with_heartbeats(heartbeats);
+    Ok(Arc::new(jobs))
+}
+
+/// A sub-step worker of the family its binary names, without SFTP deliveries.
+pub fn worker(parts: FunctionParts<'_>) -> Result<Arc<dyn FunctionHandler>, ComposeError> {
+    worker_with(parts, executors::execute_without_sftp)
+}
+
+/// The SFTP delivery worker (the one that links the SSH stack).
+pub fn sftp_worker(parts: FunctionParts<'_>) -> Result<Arc<dyn FunctionHandler>, ComposeError> {
+    worker_with(parts, executors::execute)
+}
+
+fn worker_with(parts: FunctionParts<'_>, execute: Execute) -> Result<Arc<dyn FunctionHandler>, ComposeError> {
+    let family = worker_family(parts.binary).ok_or_else(|| ComposeError::UnknownBinary(parts.binary.to_string()))?;
+    Ok(Arc::new(WorkerFunction::new(parts.ctx, family, execute)))
+}
+
+/// The builder of the function named `binary` (e.g. `handoff-api`): what the emulator, which
+/// runs every function in one process, builds them with.
+pub fn builder_of(binary: &str) -> Result<Builder, ComposeError> {
+    Ok(match binary {
+        "handoff-api" => api,
+        "handoff-trigger" => trigger,
+        "handoff-dlq" => dlq,
+        "handoff-jobs" => jobs,
+        "handoff-worker-deliver-sftp" => sftp_worker,
+        other if worker_family(other).is_some() => worker,
+        other => return Err(ComposeError::UnknownBinary(other.to_string())),
+    })
+}
+
+/// Builds the function named by `binary` (e.g. `handoff-api`) with its [`builder_of`].
 pub async fn build_function(
     binary: &str,
     vars: &HashMap<String, String>,
     aws: &AwsEnvironment,
 ) -> Result<Arc<dyn FunctionHandler>, ComposeError> {
-    let known = matches!(binary, "handoff-api" | "handoff-trigger" | "handoff-dlq" | "handoff-jobs")
-        || worker_family(binary).is_some();
-    if !known {
-        return Err(ComposeError::UnknownBinary(binary.to_string()));
-    }
+    build_with(builder_of(binary)?, binary, vars, aws).await
+}
+
+/// Builds the function named by `binary` with `builder`: its context from `vars` and `aws`,
+/// metered and reporting its failures.
+pub async fn build_with(
+    builder: Builder,
+    binary: &str,
+    vars: &HashMap<String, String>,
+    aws: &AwsEnvironment,
+) -> Result<Arc<dyn FunctionHandler>, ComposeError> {
     let ctx = build_context(binary, vars, aws)?;
     let namespace = vars.get("HANDOFF_METRICS_NAMESPACE").map_or(crate::metrics::DEFAULT_NAMESPACE, String::as_str);
     let metrics = crate::metrics::install(namespace);
     let tracker = ctx.ports.tracker.clone();
-    let inner: Arc<dyn FunctionHandler> = match binary {
-        "handoff-jobs" => {
-            let heartbeats = JobHeartbeats {
-                regular: Vars(vars).heartbeat("HANDOFF_REGULAR_JOB_HEARTBEAT_URL")?,
-                error_processing: Vars(vars).heartbeat("HANDOFF_ERROR_JOB_HEARTBEAT_URL")?,
-            };
-            let regular_every = Vars(vars).number("HANDOFF_REGULAR_JOB_EVERY_MINUTES", 1)?.max(1);
-            let jobs = JobsFunction::new(ctx)
-                .running_every(std::time::Duration::from_secs(regular_every * 60))
-                .with_heartbeats(heartbeats);
-            Arc::new(jobs)
-        }
-        "handoff-api" => Arc::new(ApiFunction::new(ctx)),
-        "handoff-trigger" => Arc::new(TriggerFunction::new(ctx)),
-        "handoff-dlq" => Arc::new(DlqFunction::new(ctx)),
-        worker => match worker_family(worker) {
-            Some(family) => Arc::new(WorkerFunction::new(ctx, family)),
-            None => return Err(ComposeError::UnknownBinary(binary.to_string())),
-        },
-    };
+    let inner = builder(FunctionParts { binary, vars: Vars(vars), ctx })?;
     Ok(Arc::new(crate::metrics::Metered { inner, metrics, tracker }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_binary_of_the_template_has_a_builder_and_only_the_sftp_worker_delivers_over_sftp() {
+        for family in WorkerFamily::ALL {
+            let binary = format!("handoff-worker-{}", family.name());
+            let builder = builder_of(&binary).expect("a worker's builder");
+            let expected: Builder = if family == WorkerFamily::DeliverSftp { sftp_worker } else { worker };
+            assert!(std::ptr::fn_addr_eq(builder, expected), "{binary}");
+        }
+        for binary in ["handoff-api", "handoff-trigger", "handoff-dlq", "handoff-jobs"] {
+            assert!(builder_of(binary).is_ok(), "{binary}");
+        }
+        assert!(matches!(builder_of("handoff-nothing"), Err(ComposeError::UnknownBinary(_))));
+    }
 
     #[test]
     fn worker_binaries_map_to_families_and_queue_variables() {

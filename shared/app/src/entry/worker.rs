@@ -5,6 +5,7 @@
 use crate::context::AppContext;
 use crate::entry::function::{FunctionHandler, InvocationError};
 use crate::entry::sqs::{batch_response, SqsEvent};
+use crate::executors::Execute;
 use crate::use_cases::handoff::handle_handoff;
 pub use crate::use_cases::handoff::WorkerError;
 use crate::use_cases::timer::{fire_timer, Timers};
@@ -18,11 +19,13 @@ use tracing::Instrument;
 pub struct WorkerFunction {
     ctx: Arc<AppContext>,
     family: WorkerFamily,
+    execute: Execute,
 }
 
 impl WorkerFunction {
-    pub fn new(ctx: Arc<AppContext>, family: WorkerFamily) -> Self {
-        Self { ctx, family }
+    /// The worker of `family`, running sub-steps with `execute` (see [`Execute`]).
+    pub fn new(ctx: Arc<AppContext>, family: WorkerFamily, execute: Execute) -> Self {
+        Self { ctx, family, execute }
     }
 
     pub async fn handle_body(&self, body: &str) -> Result<(), WorkerError> {
@@ -40,7 +43,7 @@ impl WorkerFunction {
                     subStep = %message.sub_step,
                     attempt = message.attempt,
                 );
-                logged(handle_handoff(&self.ctx, self.family, message)).instrument(span).await
+                logged(handle_handoff(&self.ctx, self.family, self.execute, message)).instrument(span).await
             }
         }
     }

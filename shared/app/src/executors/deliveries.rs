@@ -31,7 +31,9 @@ pub(super) fn handles(sub_step: SubStep) -> bool {
     )
 }
 
-pub(super) async fn run(
+/// Runs one of these sub-steps; `SFTP` says whether this function delivers over SFTP (the
+/// others do not link the SSH stack).
+pub(super) async fn run<const SFTP: bool>(
     cx: &ExecutionContext<'_>,
     logs: &mut Vec<String>,
     user_logs: &mut Vec<String>,
@@ -43,7 +45,12 @@ pub(super) async fn run(
     }
     let destination = destination(cx)?;
     match (sub_step, &destination.target) {
-        (SubStep::DeliverSftp, DestinationTarget::Sftp { .. }) => sftp::deliver(cx, &destination.target, logs).await,
+        (SubStep::DeliverSftp, DestinationTarget::Sftp { .. }) if SFTP => {
+            sftp::deliver(cx, &destination.target, logs).await
+        }
+        (SubStep::DeliverSftp, DestinationTarget::Sftp { .. }) => {
+            Err(Failure::system("this function does not deliver over SFTP (the deliver-sftp worker does)"))
+        }
         (SubStep::DeliverFileUpload, DestinationTarget::FileUpload { request, field_name }) => {
             file_upload::deliver(cx, request, field_name, logs).await
         }

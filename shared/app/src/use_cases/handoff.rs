@@ -9,7 +9,7 @@
 use crate::context::AppContext;
 use crate::definitions::LoadedIntegration;
 use crate::effects::{after_applied, run_effects};
-use crate::executors::{execute, ExecutionContext};
+use crate::executors::{Execute, ExecutionContext};
 use chrono::{Duration as ChronoDuration, Utc};
 use handoff_core::commit::{claim_lease_until, ClaimRequest, Conflict};
 use handoff_core::endpoint::hold;
@@ -40,6 +40,7 @@ pub enum WorkerError {
 pub async fn handle_handoff(
     ctx: &AppContext,
     family: WorkerFamily,
+    execute: Execute,
     message: HandoffMessage,
 ) -> Result<(), WorkerError> {
     let now = ctx.ports.clock.now();
