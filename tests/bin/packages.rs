@@ -1,5 +1,5 @@
 //! The Lambda package bench (issue 13, README "Measuring"):
-//! `cargo run -p handoff-e2e --bin packages [-- --runs 5]`.
+//! `cargo run -p handoff-e2e --bin packages [-- --runs 5] [--package handoff-api ...]`.
 //!
 //! Builds every function of `infra/template.yaml` as the package Lambda runs — `cargo lambda
 //! build --release` (cargo-lambda from PyPI into the project venv), zipped — together with a
@@ -43,12 +43,15 @@ const MEMORY_MB: u32 = 256;
 fn main() -> anyhow::Result<()> {
     // The emulator started here runs functions that start jq sandboxes from this binary.
     handoff_emulator::serve_jq_sandbox_if_requested();
-    let runs: usize = match std::env::args().skip_while(|a| a != "--runs").nth(1) {
+    let args: Vec<String> = std::env::args().collect();
+    let runs: usize = match args.iter().skip_while(|a| *a != "--runs").nth(1) {
         Some(n) => n.parse().context("--runs takes a number")?,
         None => 5,
     };
+    // `--package handoff-api` (repeatable): build and measure only these (and hello world).
+    let only: Vec<String> = args.windows(2).filter(|w| w[0] == "--package").map(|w| w[1].clone()).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run(runs.max(1)))
+    runtime.block_on(run(runs.max(1), &only))
 }
 
 /// One package's figures.
@@ -62,12 +65,17 @@ struct Measured {
     outcome: String,
 }
 
-async fn run(runs: usize) -> anyhow::Result<()> {
+async fn run(runs: usize, only: &[String]) -> anyhow::Result<()> {
     let cargo_lambda = tokio::task::spawn_blocking(ensure_cargo_lambda).await??;
     let emulator = handoff_emulator::start(handoff_emulator::EmulatorOptions::default()).await?;
-    let mut binaries: Vec<String> = emulator.functions().iter().map(|f| f.spec.binary.clone()).collect();
+    let measured = |binary: &str| only.is_empty() || only.iter().any(|o| o == binary);
+    let mut binaries: Vec<String> =
+        emulator.functions().iter().map(|f| f.spec.binary.clone()).filter(|b| measured(b)).collect();
     binaries.sort();
     binaries.dedup();
+    if let Some(unknown) = only.iter().find(|o| !binaries.contains(o)) {
+        bail!("--package {unknown}: not a function of the template");
+    }
 
     let started = Instant::now();
     build_packages(&cargo_lambda, &binaries)?;
@@ -86,7 +94,7 @@ async fn run(runs: usize) -> anyhow::Result<()> {
             .await
             .context("measuring hello world")?,
     );
-    for function in emulator.functions() {
+    for function in emulator.functions().iter().filter(|f| measured(&f.spec.binary)) {
         let spec = &function.spec;
         let mut env = base_env.clone();
         env.extend(function.vars.iter().map(|(k, v)| (k.clone(), v.clone())));

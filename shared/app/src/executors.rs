@@ -161,21 +161,21 @@ pub type Execute = for<'c, 'x> fn(&'c ExecutionContext<'x>) -> BoxFuture<'c, Exe
 
 /// Executes any sub-step.
 pub fn execute<'c, 'x>(cx: &'c ExecutionContext<'x>) -> BoxFuture<'c, Execution> {
-    Box::pin(execute_with::<true>(cx))
+    Box::pin(execute_with(cx, Some(deliveries::deliver_sftp)))
 }
 
 /// Executes any sub-step but an SFTP delivery, which it fails as a system error (that
 /// sub-step is handed to the SFTP worker, never here).
 pub fn execute_without_sftp<'c, 'x>(cx: &'c ExecutionContext<'x>) -> BoxFuture<'c, Execution> {
-    Box::pin(execute_with::<false>(cx))
+    Box::pin(execute_with(cx, None))
 }
 
-async fn execute_with<const SFTP: bool>(cx: &ExecutionContext<'_>) -> Execution {
+async fn execute_with(cx: &ExecutionContext<'_>, sftp: Option<deliveries::SftpDeliverer>) -> Execution {
     let mut lines = Vec::new();
     let mut user_lines = Vec::new();
     let mut extras = Extras::default();
     let outcome = if deliveries::handles(cx.planned.sub_step) {
-        deliveries::run::<SFTP>(cx, &mut lines, &mut user_lines, &mut extras).await
+        deliveries::run(cx, &mut lines, &mut user_lines, &mut extras, sftp).await
     } else {
         run(cx, &mut lines, &mut user_lines).await
     };

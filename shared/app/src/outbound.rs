@@ -289,7 +289,7 @@ async fn send_once(
 ) -> Result<reqwest::Response, Failure> {
     let request = &hop.request;
     check_literal_host(&client.policy, &request.url)?;
-    let mut builder = client.http.request(request.method.clone(), &request.url);
+    let mut builder = client.http().request(request.method.clone(), &request.url);
     for (k, v) in &request.headers {
         builder = builder.header(k, v);
     }
@@ -333,13 +333,25 @@ async fn send_once(
 /// The guarded client with the policy it applies (the policy also checks address URLs).
 #[derive(Clone)]
 pub struct OutboundClient {
-    pub http: reqwest::Client,
+    http: std::sync::OnceLock<reqwest::Client>,
     pub policy: OutboundPolicy,
 }
 
 impl OutboundClient {
+    /// A client for `policy`, built on first use: building one loads the system's root
+    /// certificates, which a function that never calls out should not pay for at start.
     pub fn new(policy: OutboundPolicy) -> Self {
-        Self { http: guarded_client(policy.clone()), policy }
+        Self { http: std::sync::OnceLock::new(), policy }
+    }
+
+    /// The HTTP client (built now if it was not yet).
+    pub fn http(&self) -> &reqwest::Client {
+        self.http.get_or_init(|| guarded_client(self.policy.clone()))
+    }
+
+    /// Builds the client now: what a function whose invocations call out does at start.
+    pub fn warm(&self) {
+        self.http();
     }
 }
 
@@ -370,6 +382,17 @@ pub fn redact_query(url: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_is_built_on_first_use_or_when_warmed_not_before() {
+        let lazy = OutboundClient::new(OutboundPolicy::default());
+        assert!(lazy.http.get().is_none(), "nothing built (no root certificates loaded) at construction");
+        let _ = lazy.http();
+        assert!(lazy.http.get().is_some());
+        let warmed = OutboundClient::new(OutboundPolicy::default());
+        warmed.warm();
+        assert!(warmed.http.get().is_some(), "warm builds it");
+    }
     use serde_json::json;
 
     #[test]

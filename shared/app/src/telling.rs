@@ -179,7 +179,7 @@ async fn post_briefly(
     for attempt in 1..=ATTEMPTS {
         // Content-Length is known: reqwest sends it for a byte body.
         let sent =
-            http.http.post(url).timeout(TIMEOUT).header("content-type", content_type).body(body.clone()).send().await;
+            http.http().post(url).timeout(TIMEOUT).header("content-type", content_type).body(body.clone()).send().await;
         match sent {
             Ok(response) if response.status().is_success() => return true,
             Ok(response) => {

@@ -279,6 +279,10 @@ pub fn jobs(parts: FunctionParts<'_>) -> Result<Arc<dyn FunctionHandler>, Compos
         error_processing: parts.vars.heartbeat("HANDOFF_ERROR_JOB_HEARTBEAT_URL")?,
     };
     let regular_every = parts.vars.number("HANDOFF_REGULAR_JOB_EVERY_MINUTES", 1)?.max(1);
+    if heartbeats.regular.is_some() || heartbeats.error_processing.is_some() {
+        // Every run pings its monitor.
+        parts.ctx.http.warm();
+    }
     let jobs = JobsFunction::new(parts.ctx)
         .running_every(std::time::Duration::from_secs(regular_every * 60))
         .with_heartbeats(heartbeats);
@@ -297,7 +301,20 @@ pub fn sftp_worker(parts: FunctionParts<'_>) -> Result<Arc<dyn FunctionHandler>,
 
 fn worker_with(parts: FunctionParts<'_>, execute: Execute) -> Result<Arc<dyn FunctionHandler>, ComposeError> {
     let family = worker_family(parts.binary).ok_or_else(|| ComposeError::UnknownBinary(parts.binary.to_string()))?;
+    if calls_out_over_http(family) {
+        parts.ctx.http.warm();
+    }
     Ok(Arc::new(WorkerFunction::new(parts.ctx, family, execute)))
+}
+
+/// Whether `family`'s sub-steps call external systems over HTTP. Those workers build their
+/// HTTP client (which loads the system's root certificates) at start rather than in their
+/// first call; the others never build it unless an effect needs it (a notify webhook).
+fn calls_out_over_http(family: WorkerFamily) -> bool {
+    !matches!(
+        family,
+        WorkerFamily::Control | WorkerFamily::Transform | WorkerFamily::Subflow | WorkerFamily::DeliverSftp
+    )
 }
 
 /// The builder of the function named `binary` (e.g. `handoff-api`): what the emulator, which

@@ -5,6 +5,7 @@
 use super::{ExecutionContext, Extras, StepOutput};
 use crate::payloads::PAYLOAD_FILE;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::{stream, StreamExt};
 use handoff_core::definition::{Destination, DestinationTarget, StepAction};
 use handoff_core::error_code::ErrorCode;
@@ -31,13 +32,32 @@ pub(super) fn handles(sub_step: SubStep) -> bool {
     )
 }
 
-/// Runs one of these sub-steps; `SFTP` says whether this function delivers over SFTP (the
-/// others do not link the SSH stack).
-pub(super) async fn run<const SFTP: bool>(
+/// Delivers over SFTP. Handed to [`run`] as a function pointer returning a boxed future, so
+/// that a function not given it holds no SFTP future, not even in its executor's drop glue,
+/// and links no SSH code.
+pub(super) type SftpDeliverer = for<'a, 'b> fn(
+    &'a ExecutionContext<'b>,
+    &'a DestinationTarget,
+    &'a mut Vec<String>,
+) -> BoxFuture<'a, Result<StepOutput, Failure>>;
+
+/// The SFTP delivery (see [`SftpDeliverer`]).
+pub(super) fn deliver_sftp<'a, 'b>(
+    cx: &'a ExecutionContext<'b>,
+    target: &'a DestinationTarget,
+    logs: &'a mut Vec<String>,
+) -> BoxFuture<'a, Result<StepOutput, Failure>> {
+    Box::pin(sftp::deliver(cx, target, logs))
+}
+
+/// Runs one of these sub-steps; SFTP deliveries with `sftp` (without it, this function does
+/// not deliver over SFTP and says so).
+pub(super) async fn run(
     cx: &ExecutionContext<'_>,
     logs: &mut Vec<String>,
     user_logs: &mut Vec<String>,
     extras: &mut Extras,
+    sftp: Option<SftpDeliverer>,
 ) -> Result<StepOutput, Failure> {
     let sub_step = cx.planned.sub_step;
     if sub_step == SubStep::InvokeCustom {
@@ -45,12 +65,10 @@ pub(super) async fn run<const SFTP: bool>(
     }
     let destination = destination(cx)?;
     match (sub_step, &destination.target) {
-        (SubStep::DeliverSftp, DestinationTarget::Sftp { .. }) if SFTP => {
-            sftp::deliver(cx, &destination.target, logs).await
-        }
-        (SubStep::DeliverSftp, DestinationTarget::Sftp { .. }) => {
-            Err(Failure::system("this function does not deliver over SFTP (the deliver-sftp worker does)"))
-        }
+        (SubStep::DeliverSftp, DestinationTarget::Sftp { .. }) => match sftp {
+            Some(deliver) => deliver(cx, &destination.target, logs).await,
+            None => Err(Failure::system("this function does not deliver over SFTP (the deliver-sftp worker does)")),
+        },
         (SubStep::DeliverFileUpload, DestinationTarget::FileUpload { request, field_name }) => {
             file_upload::deliver(cx, request, field_name, logs).await
         }
