@@ -17,7 +17,9 @@
 //!    is the emulator-bound limit; the gateway's rate over it is the ratio (goal ≥ 80 %).
 //!    The replay re-executes the run: each exchange's `BatchWriteItem` comes before its
 //!    transactions, which therefore meet the state they met the first time and succeed (the
-//!    answers are counted by class). Receives are replayed without their long-poll wait.
+//!    answers are counted by class). Receives are replayed without their long-poll wait,
+//!    and deletes with the receipt handles the replayed receives got (the recorded ones are
+//!    stale), so the queues stay as short as they were in the run.
 //!
 //! Not counted as the exchanges' cost (reported apart): the bench's own completion checks
 //! (the api function's reads of `EX#` partitions after the last delivery), the regular job,
@@ -109,6 +111,10 @@ async fn run_load(args: &Args, endpoint: &str, recorder: &Recorder) -> anyhow::R
     let options = EmulatorOptions {
         aws_endpoint: Some(endpoint.to_string()),
         pollers_per_source: args.pollers,
+        // As Lambda's event source mappings poll (20 s long polls; moto answers one as soon
+        // as a message arrives): the emulator's 1 s default, there to stop quickly, would
+        // spend a third of moto on the idle queues' polls.
+        sqs_wait_seconds: 20,
         ..Default::default()
     };
     let emulator = handoff_emulator::start(options).await?;
@@ -292,6 +298,8 @@ impl Replay {
 /// A recorded request ready to send again.
 struct Prepared {
     action: (String, String),
+    /// The SQS queue it addresses (`QueueUrl`), if any.
+    queue: Option<String>,
     method: reqwest::Method,
     url: String,
     headers: reqwest::header::HeaderMap,
@@ -323,35 +331,67 @@ fn prepare(request: &Value) -> anyhow::Result<Prepared> {
             body = receive.to_string().into_bytes();
         }
     }
-    Ok(Prepared { action, method, url, headers, body })
+    let queue = serde_json::from_slice::<Value>(&body).ok().and_then(|b| b["QueueUrl"].as_str().map(str::to_string));
+    Ok(Prepared { action, queue, method, url, headers, body })
+}
+
+/// Receipt handles the replay's receives got, by queue URL, for its deletes to use: a delete
+/// replayed with the recorded (stale) handles deletes nothing, and the queues would grow —
+/// and moto's receives slow down — as they never did in the run.
+#[derive(Clone, Default)]
+struct Receipts(Arc<std::sync::Mutex<HashMap<String, std::collections::VecDeque<String>>>>);
+
+impl Receipts {
+    fn keep(&self, queue: &str, answer: &[u8]) {
+        let Ok(answer) = serde_json::from_slice::<Value>(answer) else { return };
+        let handles = answer["Messages"].as_array().into_iter().flatten().filter_map(|m| m["ReceiptHandle"].as_str());
+        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        pool.entry(queue.to_string()).or_default().extend(handles.map(str::to_string));
+    }
+
+    /// The delete's body with handles received from its queue in place of the recorded ones.
+    fn in_delete(&self, queue: &str, body: &[u8]) -> Vec<u8> {
+        let Ok(mut delete) = serde_json::from_slice::<Value>(body) else { return body.to_vec() };
+        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let handles = pool.entry(queue.to_string()).or_default();
+        for entry in delete["Entries"].as_array_mut().into_iter().flatten() {
+            if let Some(handle) = handles.pop_front() {
+                entry["ReceiptHandle"] = json!(handle);
+            }
+        }
+        delete.to_string().into_bytes()
+    }
 }
 
 async fn replay(requests: &[Value], concurrency: usize) -> anyhow::Result<Replay> {
     let prepared: Arc<Vec<Prepared>> = Arc::new(requests.iter().map(prepare).collect::<anyhow::Result<_>>()?);
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
     let next = Arc::new(AtomicUsize::new(0));
+    let receipts = Receipts::default();
     let started = Instant::now();
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (prepared, client, next) = (prepared.clone(), client.clone(), next.clone());
+        let (prepared, client, next, receipts) = (prepared.clone(), client.clone(), next.clone(), receipts.clone());
         senders.spawn(async move {
             let mut answers: BTreeMap<String, usize> = BTreeMap::new();
             let mut by_action: BTreeMap<(String, String), (usize, Duration)> = BTreeMap::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(p) = prepared.get(i) else { break };
+                let body = match (p.action.1.as_str(), &p.queue) {
+                    ("DeleteMessageBatch", Some(queue)) => receipts.in_delete(queue, &p.body),
+                    _ => p.body.clone(),
+                };
                 let sent_at = Instant::now();
-                let sent = client
-                    .request(p.method.clone(), &p.url)
-                    .headers(p.headers.clone())
-                    .body(p.body.clone())
-                    .send()
-                    .await;
+                let sent = client.request(p.method.clone(), &p.url).headers(p.headers.clone()).body(body).send().await;
                 let class = match sent {
                     Ok(response) => {
                         let status = response.status();
                         // Read the answer whole: moto's work includes writing it.
-                        let _ = response.bytes().await;
+                        let answer = response.bytes().await.unwrap_or_default();
+                        if let ("ReceiveMessage", Some(queue)) = (p.action.1.as_str(), &p.queue) {
+                            receipts.keep(queue, &answer);
+                        }
                         format!("{}xx", status.as_u16() / 100)
                     }
                     Err(_) => "no answer".to_string(),
