@@ -100,6 +100,12 @@ pub struct ChaosReport {
     pub stuck: Vec<String>,
     /// Final but not as expected (Failed though its targets accepted, or never delivered).
     pub wrong_outcome: Vec<String>,
+    /// Explained, not counterexamples: exchanges that timed out waiting for a callback whose
+    /// every try met a gateway that was down (killed) until after the callback's window had
+    /// closed. The gateway cannot accept what never reaches it; the exchange is Failed and
+    /// recoverable. (A callback that was accepted and still timed out is a counterexample:
+    /// accepting marks the step, and the timeout then loses.)
+    pub timed_out_while_down: Vec<String>,
     pub messages_left: Vec<String>,
     pub timers_left: Vec<String>,
     pub callbacks_used_twice: Vec<String>,
@@ -168,6 +174,16 @@ impl std::fmt::Display for ChaosReport {
             self.timers_left.len(),
             self.callbacks_used_twice.len()
         )?;
+        if !self.timed_out_while_down.is_empty() {
+            writeln!(
+                f,
+                "  explained: {} exchange(s) timed out waiting for a callback that met the gateway down through its whole window",
+                self.timed_out_while_down.len()
+            )?;
+            for line in self.timed_out_while_down.iter().take(20) {
+                writeln!(f, "    {line}")?;
+            }
+        }
         for (what, list) in [
             ("lost", &self.lost),
             ("refused", &self.refused),
@@ -610,15 +626,28 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
             }
             (_, true) => {}
             (other, false) => {
-                let callbacks: Vec<String> = seen
-                    .callbacks
+                let posted: Vec<&systems::CallbackPosted> =
+                    seen.callbacks.iter().filter(|c| c.exchange_id == id).collect();
+                // The window a callback had (the definitions' timeoutSeconds), counted from
+                // when the partner took the call: a little later than the gateway's own.
+                let window = |kind: &str| match kind {
+                    "process" => Duration::from_secs(config.callback_timeout_seconds),
+                    _ => Duration::from_secs(config.callback_timeout_seconds * 3),
+                };
+                let unreachable_through_window = exchange["error"]["code"] == "CallbackTimeout"
+                    && !posted.is_empty()
+                    && posted.iter().all(|c| c.first_answer_at.is_none_or(|at| at > c.invoked_at + window(&c.kind)));
+                let callbacks: Vec<String> = posted
                     .iter()
-                    .filter(|c| c.exchange_id == id)
                     .map(|c| {
                         let token = c.token_url.rsplit('/').next().unwrap_or("");
                         format!("…{} {:?} tries {:?}", &token[token.len().saturating_sub(6)..], c.plan, c.tries)
                     })
                     .collect();
+                if unreachable_through_window {
+                    report.timed_out_while_down.push(format!("{id} ({code}): callbacks [{}]", callbacks.join(", ")));
+                    continue;
+                }
                 report.wrong_outcome.push(format!(
                     "{id} ({code}): {other} though its targets accept: {}; callbacks posted: [{}]; log: {}",
                     exchange["error"],

@@ -57,6 +57,12 @@ pub struct CallbackPosted {
     pub exchange_id: String,
     pub token_url: String,
     pub plan: CallbackPlan,
+    /// What invoked the partner: `process`, `extract` or `activity`.
+    pub kind: String,
+    /// When the partner took the invocation (the callback window opens about then).
+    pub invoked_at: std::time::Instant,
+    /// When the gateway first answered one of its tries (not a 5xx), if it ever did.
+    pub first_answer_at: Option<std::time::Instant>,
     pub answers: Vec<u16>,
     /// Every try, with what came of it (for a counterexample).
     pub tries: Vec<String>,
@@ -259,6 +265,7 @@ async fn invoked(state: &Arc<State>, request: &ReadRequest, kind: &str, exchange
     if plan != CallbackPlan::Never {
         let state = state.clone();
         let exchange = exchange.to_string();
+        let (kind, invoked_at) = (kind.to_string(), std::time::Instant::now());
         tokio::spawn(async move {
             if plan == CallbackPlan::Late {
                 tokio::time::sleep(Duration::from_secs(delay)).await;
@@ -266,9 +273,11 @@ async fn invoked(state: &Arc<State>, request: &ReadRequest, kind: &str, exchange
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let mut tries = Vec::new();
-            let mut answers = vec![post_until_answered(&state.http, &callback_url, &body, &mut tries).await];
+            let first = post_until_answered(&state.http, &callback_url, &body, &mut tries).await;
+            let first_answer_at = first.1;
+            let mut answers = vec![first.0];
             if plan == CallbackPlan::Twice {
-                answers.push(post_until_answered(&state.http, &callback_url, &body, &mut tries).await);
+                answers.push(post_until_answered(&state.http, &callback_url, &body, &mut tries).await.0);
             }
             if let Ok(mut r) = state.records.lock() {
                 r.callbacks_pending = r.callbacks_pending.saturating_sub(1);
@@ -276,6 +285,9 @@ async fn invoked(state: &Arc<State>, request: &ReadRequest, kind: &str, exchange
                     exchange_id: exchange,
                     token_url: callback_url,
                     plan,
+                    kind,
+                    invoked_at,
+                    first_answer_at,
                     answers,
                     tries,
                 });
@@ -288,23 +300,29 @@ async fn invoked(state: &Arc<State>, request: &ReadRequest, kind: &str, exchange
     respond(202, "application/json", r#"{"accepted":true}"#)
 }
 
-/// Posts a callback until the gateway answers (it may be down for a moment); 0 when it
-/// never did within two minutes.
-async fn post_until_answered(http: &reqwest::Client, url: &str, body: &Value, tries: &mut Vec<String>) -> u16 {
+/// Posts a callback until the gateway answers (it may be down for a moment): the status and
+/// when it came; 0 when it never did within two minutes.
+async fn post_until_answered(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    tries: &mut Vec<String>,
+) -> (u16, Option<std::time::Instant>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while tokio::time::Instant::now() < deadline {
         let at = chrono::Utc::now().format("%H:%M:%S%.3f");
         match http.post(url).json(body).send().await {
             // A 5xx of the gateway (a restart under way) is not an answer about the token.
             Ok(response) if !response.status().is_server_error() => {
+                let answered_at = std::time::Instant::now();
                 let status = response.status().as_u16();
                 tries.push(format!("{at} HTTP {status} {}", response.text().await.unwrap_or_default()));
-                return status;
+                return (status, Some(answered_at));
             }
             Ok(response) => tries.push(format!("{at} HTTP {}", response.status())),
             Err(e) => tries.push(format!("{at} {e}")),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    0
+    (0, None)
 }
