@@ -375,18 +375,14 @@ async fn a_callback_is_taken_once_and_its_outbox_entry_is_taken_back() {
     let detail = h.detail(&id).await;
     let waiting = detail.steps.iter().find(|s| s.sub_step == SubStep::ReceiveNotification).expect("waiting step");
     let token = "a-token-only-the-partner-knows";
-    let armed = CallbackToken {
-        hash: CallbackToken::hash_of(token),
-        exchange_id: id.clone(),
-        integration_code: detail.exchange.integration_code.clone(),
-        integration_version: detail.exchange.integration_version,
-        step_id: waiting.step_id,
-        sub_step: waiting.sub_step,
-        recovery: 0,
-        parameters: json!({}),
-        expires_at: None,
-        parent: None,
-    };
+    let armed = armed_token(
+        token,
+        &id,
+        detail.exchange.integration_code.clone(),
+        detail.exchange.integration_version,
+        waiting.step_id,
+        waiting.sub_step,
+    );
     h.exchanges.put_token(&armed).await.expect("token");
     h.queue.take();
     let answer = json!({"status": "success", "data": {"ok": true}});
@@ -406,18 +402,14 @@ async fn a_callback_whose_handoff_fails_stays_in_the_outbox_for_the_regular_job(
     let id = h.invoke("OUTBOX", json!([1])).await;
     h.queue.take();
     let token = "another-token";
-    let armed = CallbackToken {
-        hash: CallbackToken::hash_of(token),
-        exchange_id: id.clone(),
-        integration_code: handoff_core::ids::IntegrationCode::parse("OUTBOX").expect("code"),
-        integration_version: handoff_core::ids::IntegrationVersion::number(1).expect("version"),
-        step_id: StepId::from_sequence(1),
-        sub_step: SubStep::Transform,
-        recovery: 0,
-        parameters: json!({}),
-        expires_at: None,
-        parent: None,
-    };
+    let armed = armed_token(
+        token,
+        &id,
+        handoff_core::ids::IntegrationCode::parse("OUTBOX").expect("code"),
+        handoff_core::ids::IntegrationVersion::number(1).expect("version"),
+        StepId::from_sequence(1),
+        SubStep::Transform,
+    );
     h.exchanges.put_token(&armed).await.expect("token");
     h.queue.fail_sends_to(WorkerFamily::Transform);
     let (status, _) = h.call("POST", &format!("/notifications/{token}"), Some(json!({"status": "success"}))).await;
@@ -459,18 +451,14 @@ async fn a_wait_timeout_after_an_accepted_callback_leaves_the_step_to_its_outbox
     h.queue.take();
     let token = "accepted-before-a-crash";
     let waiting = StepId::from_sequence(1);
-    let armed = CallbackToken {
-        hash: CallbackToken::hash_of(token),
-        exchange_id: id.clone(),
-        integration_code: handoff_core::ids::IntegrationCode::parse("LATE_WAIT").expect("code"),
-        integration_version: handoff_core::ids::IntegrationVersion::number(1).expect("version"),
-        step_id: waiting,
-        sub_step: SubStep::Transform,
-        recovery: 0,
-        parameters: json!({}),
-        expires_at: None,
-        parent: None,
-    };
+    let armed = armed_token(
+        token,
+        &id,
+        handoff_core::ids::IntegrationCode::parse("LATE_WAIT").expect("code"),
+        handoff_core::ids::IntegrationVersion::number(1).expect("version"),
+        waiting,
+        SubStep::Transform,
+    );
     h.exchanges.put_token(&armed).await.expect("token");
     // The handoff is never sent (as if the gateway died right after its write).
     h.queue.fail_sends_to(WorkerFamily::Transform);
@@ -1768,4 +1756,28 @@ async fn the_owner_is_told_of_failures_for_good_and_halts_and_system_failures_ar
     assert_eq!((report.sub_step, report.attempt), (Some(SubStep::DeliverRest), Some(1)));
     assert_eq!(report.link.as_deref(), Some(format!("https://gw.example.com/exchanges/{halted}").as_str()));
     assert!(!report.message.contains("Jane Roe"));
+}
+
+/// The callback token a wait of step `step_id` (`sub_step`) of exchange `id` holds, as the
+/// executor stores it: no expiry, no parent, first recovery.
+fn armed_token(
+    token: &str,
+    id: &ExchangeId,
+    integration_code: handoff_core::ids::IntegrationCode,
+    integration_version: handoff_core::ids::IntegrationVersion,
+    step_id: StepId,
+    sub_step: SubStep,
+) -> CallbackToken {
+    CallbackToken {
+        hash: CallbackToken::hash_of(token),
+        exchange_id: id.clone(),
+        integration_code,
+        integration_version,
+        step_id,
+        sub_step,
+        recovery: 0,
+        parameters: json!({}),
+        expires_at: None,
+        parent: None,
+    }
 }
