@@ -77,8 +77,10 @@ fn json_escape(value: &str) -> String {
     quoted[1..quoted.len() - 1].to_string()
 }
 
-/// The HTTP client of sub-steps: guarded connections, no redirects, bounded waits.
-fn guarded_client(policy: OutboundPolicy) -> reqwest::Client {
+/// The HTTP client of sub-steps: guarded connections, no redirects, bounded waits. There
+/// is no fallback when it cannot be built (its TLS set-up failed): a default client would
+/// connect without the guard, wherever a name resolves.
+fn guarded_client(policy: OutboundPolicy) -> Result<reqwest::Client, ClientUnavailable> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         // A silent peer fails after 25 s; a long transfer (a multi-GB data file streamed
@@ -87,7 +89,19 @@ fn guarded_client(policy: OutboundPolicy) -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .dns_resolver(Arc::new(GuardedResolver { policy }))
         .build()
-        .unwrap_or_default()
+        .map_err(|e| ClientUnavailable(root_cause(&e)))
+}
+
+/// The guarded HTTP client could not be built; another attempt in the same process fails
+/// the same way.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the outbound HTTP client could not be built: {0}")]
+pub struct ClientUnavailable(String);
+
+impl From<ClientUnavailable> for Failure {
+    fn from(e: ClientUnavailable) -> Self {
+        Failure::system(e.to_string())
+    }
 }
 
 /// Resolves a host and keeps only the addresses the policy allows.
@@ -289,7 +303,7 @@ async fn send_once(
 ) -> Result<reqwest::Response, Failure> {
     let request = &hop.request;
     check_literal_host(&client.policy, &request.url)?;
-    let mut builder = client.http().request(request.method.clone(), &request.url);
+    let mut builder = client.http()?.request(request.method.clone(), &request.url);
     for (k, v) in &request.headers {
         builder = builder.header(k, v);
     }
@@ -333,7 +347,7 @@ async fn send_once(
 /// The guarded client with the policy it applies (the policy also checks address URLs).
 #[derive(Clone)]
 pub struct OutboundClient {
-    http: std::sync::OnceLock<reqwest::Client>,
+    http: std::sync::OnceLock<Result<reqwest::Client, ClientUnavailable>>,
     pub policy: OutboundPolicy,
 }
 
@@ -345,13 +359,14 @@ impl OutboundClient {
     }
 
     /// The HTTP client (built now if it was not yet).
-    pub fn http(&self) -> &reqwest::Client {
-        self.http.get_or_init(|| guarded_client(self.policy.clone()))
+    pub fn http(&self) -> Result<&reqwest::Client, ClientUnavailable> {
+        self.http.get_or_init(|| guarded_client(self.policy.clone())).as_ref().map_err(Clone::clone)
     }
 
-    /// Builds the client now: what a function whose invocations call out does at start.
-    pub fn warm(&self) {
-        self.http();
+    /// Builds the client now: what a function whose invocations call out does at start, so
+    /// that a client that cannot be built fails the function's start, not each invocation.
+    pub fn warm(&self) -> Result<(), ClientUnavailable> {
+        self.http().map(|_| ())
     }
 }
 
@@ -387,10 +402,10 @@ mod tests {
     fn the_client_is_built_on_first_use_or_when_warmed_not_before() {
         let lazy = OutboundClient::new(OutboundPolicy::default());
         assert!(lazy.http.get().is_none(), "nothing built (no root certificates loaded) at construction");
-        let _ = lazy.http();
+        lazy.http().expect("the client builds");
         assert!(lazy.http.get().is_some());
         let warmed = OutboundClient::new(OutboundPolicy::default());
-        warmed.warm();
+        warmed.warm().expect("the client builds");
         assert!(warmed.http.get().is_some(), "warm builds it");
     }
     use serde_json::json;

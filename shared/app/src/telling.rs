@@ -176,10 +176,17 @@ async fn post_briefly(
     body: String,
     what: &str,
 ) -> bool {
+    let client = match http.http() {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(target = %shown, what, error = %e, "not sent");
+            return false;
+        }
+    };
     for attempt in 1..=ATTEMPTS {
         // Content-Length is known: reqwest sends it for a byte body.
         let sent =
-            http.http().post(url).timeout(TIMEOUT).header("content-type", content_type).body(body.clone()).send().await;
+            client.post(url).timeout(TIMEOUT).header("content-type", content_type).body(body.clone()).send().await;
         match sent {
             Ok(response) if response.status().is_success() => return true,
             Ok(response) => {

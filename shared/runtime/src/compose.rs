@@ -49,6 +49,8 @@ pub enum ComposeError {
     UnknownBinary(String),
     #[error("environment variable {name} is missing or invalid: {problem}")]
     Environment { name: String, problem: String },
+    #[error(transparent)]
+    OutboundClient(#[from] handoff_app::outbound::ClientUnavailable),
 }
 
 /// The worker family each worker binary serves.
@@ -281,7 +283,7 @@ pub fn jobs(parts: FunctionParts<'_>) -> Result<Arc<dyn FunctionHandler>, Compos
     let regular_every = parts.vars.number("HANDOFF_REGULAR_JOB_EVERY_MINUTES", 1)?.max(1);
     if heartbeats.regular.is_some() || heartbeats.error_processing.is_some() {
         // Every run pings its monitor.
-        parts.ctx.http.warm();
+        parts.ctx.http.warm()?;
     }
     let jobs = JobsFunction::new(parts.ctx)
         .running_every(std::time::Duration::from_secs(regular_every * 60))
@@ -302,7 +304,7 @@ pub fn sftp_worker(parts: FunctionParts<'_>) -> Result<Arc<dyn FunctionHandler>,
 fn worker_with(parts: FunctionParts<'_>, execute: Execute) -> Result<Arc<dyn FunctionHandler>, ComposeError> {
     let family = worker_family(parts.binary).ok_or_else(|| ComposeError::UnknownBinary(parts.binary.to_string()))?;
     if calls_out_over_http(family) {
-        parts.ctx.http.warm();
+        parts.ctx.http.warm()?;
     }
     Ok(Arc::new(WorkerFunction::new(parts.ctx, family, execute)))
 }
