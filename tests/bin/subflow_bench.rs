@@ -6,12 +6,11 @@
 //! recorder. A sub-exchange's own run (its sub-steps) is reported separately: it is the cost
 //! of the child integration, not of the subflow.
 //!
-//! On moto the wall time grows faster than N: moto's `TransactWriteItems` deep-copies the
-//! whole table for every item of every transaction (`moto/dynamodb/models/__init__.py`,
-//! `transact_write_items`), so each commit costs O(table size) there, unlike in DynamoDB.
-//! Measured here: 20 sub-exchanges 1.8 s, 200 in 79 s; 1,000 did not finish within 10
-//! minutes, with moto at 17 GB RSS and 97% CPU while this process stayed at 7% CPU. The
-//! requests per sub-exchange, which is what this measures, do not depend on that.
+//! On moto the wall time grows faster than N: a query on a secondary index scans the whole
+//! table there, unlike in DynamoDB. (Stock moto also deep-copies the whole table for every
+//! item of every transaction; the emulator's launcher, `infra/emulator/python/moto_server.py`,
+//! journals the items a transaction touches instead.) The requests per sub-exchange, which is
+//! what this measures, do not depend on that.
 //!
 //! Attribution by request content:
 //! * creation: `BatchGetItem` (which children exist already), `BatchWriteItem` of child
@@ -20,7 +19,7 @@
 //!   then reads the parent's counter (`GetItem` on the parent's step); the last one reads the
 //!   parent and hands it on; the parent lists its children's results (`Query` on `byParent`).
 
-use handoff_e2e::recording::{body, header};
+use handoff_e2e::recording::{body, header, Recorder};
 use handoff_emulator::moto::MotoServer;
 use handoff_emulator::EmulatorOptions;
 use serde_json::{json, Value};
@@ -31,17 +30,12 @@ fn main() -> anyhow::Result<()> {
     // The emulator's functions start their jq sandboxes from this binary.
     handoff_emulator::serve_jq_sandbox_if_requested();
     let n: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(1000);
-    // Set before any thread starts; the moto child process inherits them.
-    std::env::set_var("MOTO_ENABLE_RECORDING", "True");
-    std::env::set_var(
-        "MOTO_RECORDER_FILEPATH",
-        handoff_emulator::moto::state_dir().join(format!("subflow-recording-{}", std::process::id())),
-    );
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(n))
 }
 
 async fn run(n: usize) -> anyhow::Result<()> {
-    let moto = MotoServer::start().await?;
+    let recording = handoff_emulator::moto::state_dir().join(format!("subflow-recording-{}", std::process::id()));
+    let moto = MotoServer::start_recording(Some(&recording)).await?;
     let endpoint = moto.endpoint().to_string();
     let emulator =
         handoff_emulator::start(EmulatorOptions { aws_endpoint: Some(endpoint.clone()), ..Default::default() }).await?;
@@ -63,10 +57,9 @@ async fn run(n: usize) -> anyhow::Result<()> {
         {"name": "fan", "type": "subflow", "integrationCode": child, "function": {"jq": "[range(0; length) as $i | {i: $i}]"}}]})).await?;
 
     eprintln!("emulator up; integrations defined");
-    let recorder = reqwest::Client::new();
-    let rec = |action: &str| format!("{endpoint}/moto-api/recorder/{action}");
-    recorder.post(rec("reset-recording")).send().await?.error_for_status()?;
-    recorder.post(rec("start-recording")).send().await?.error_for_status()?;
+    // Only what the run itself costs: the definitions above are not counted.
+    let recorder = Recorder::new(&endpoint);
+    recorder.restart().await?;
     let started = Instant::now();
     let invoked = post("/exchanges", json!({"integrationCode": parent, "payload": vec![0; n]})).await?;
     let id = invoked["exchangeId"].as_str().unwrap_or_default().to_string();
@@ -88,19 +81,18 @@ async fn run(n: usize) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
     let elapsed = started.elapsed();
-    recorder.post(rec("stop-recording")).send().await?.error_for_status()?;
-    let text = recorder.get(rec("download-recording")).send().await?.error_for_status()?.text().await?;
+    recorder.stop().await?;
+    let requests = recorder.requests().await?;
     emulator.shutdown().await;
     drop(moto);
     anyhow::ensure!(exchange["status"] == "Completed", "parent ended {}: {}", exchange["status"], exchange["error"]);
     let results = exchange["subExchanges"].clone();
 
     let mut buckets: BTreeMap<(&str, String), usize> = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let request: Value = serde_json::from_str(line)?;
-        let target = header(&request, "x-amz-target").unwrap_or_default();
+    for request in &requests {
+        let target = header(request, "x-amz-target").unwrap_or_default();
         let action = target.rsplit('.').next().unwrap_or_default().to_string();
-        let body = body(&request);
+        let body = body(request);
         let parent_key = format!("EX#{id}\"");
         let bucket = match action.as_str() {
             "BatchGetItem" | "BatchWriteItem" | "SendMessageBatch" => "creation",
