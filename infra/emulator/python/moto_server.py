@@ -9,7 +9,11 @@
 2. That copy is of the whole table, for every transaction: the cost grows with the table.
    A transaction here journals the items it touches instead and, if it fails, puts back
    just those.
-3. The request recorder (used to count requests) appends an entry in two writes from
+3. A Query lists every item of the table and sorts them all, to keep the few it wants: a
+   Query on the table's own key then costs O(n log n) in the table's size. Here it lists
+   just its partition, and a Query on a secondary index skips the sort of the whole table
+   (it sorts what it keeps by the index's keys anyway). The results are the same.
+4. The request recorder (used to count requests) appends an entry in two writes from
    whichever thread serves the request, so concurrent entries could share a line; entries
    are written one at a time.
 """
@@ -21,6 +25,7 @@ import threading
 
 from moto import server
 from moto.dynamodb import models as dynamodb
+from moto.dynamodb.models import table as dynamodb_table
 from moto.moto_api._internal.recorder import models as recorder
 from moto.moto_server import werkzeug_app
 
@@ -89,6 +94,46 @@ def _journaled_transact_write_items(self, transact_items):
 
 
 dynamodb.DynamoDBBackend.transact_write_items = _journaled_transact_write_items
+
+_query_scope = threading.local()
+_table_query = dynamodb_table.Table.query
+_table_all_items = dynamodb_table.Table.all_items
+
+
+def _scoped_query(self, hash_key, *args, **kwargs):
+    index_name = kwargs["index_name"] if "index_name" in kwargs else (args[6] if len(args) > 6 else None)
+    _query_scope.scope = ("index", None) if index_name else ("partition", hash_key)
+    try:
+        return _table_query(self, hash_key, *args, **kwargs)
+    finally:
+        _query_scope.scope = None
+
+
+def _scoped_all_items(self):
+    scope = getattr(_query_scope, "scope", None)
+    if scope is None:
+        return _table_all_items(self)
+    kind, hash_key = scope
+    if kind == "partition":
+        # Only this partition's items; moto keeps them under their hash key.
+        if hash_key is None or hash_key not in self.items:
+            return []
+        partition = self.items[hash_key]
+        if self.range_key_attr:
+            return sorted(partition.values(), key=lambda item: item.range_key)
+        return [partition]
+    # A Query on an index sorts what it keeps by the index's keys itself.
+    items = []
+    for hash_set in self.items.values():
+        if self.range_key_attr:
+            items.extend(hash_set.values())
+        else:
+            items.append(hash_set)
+    return items
+
+
+dynamodb_table.Table.query = _scoped_query
+dynamodb_table.Table.all_items = _scoped_all_items
 
 _recording = threading.Lock()
 _record_request = recorder.Recorder._record_request
