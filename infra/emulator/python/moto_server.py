@@ -13,7 +13,10 @@
    Query on the table's own key then costs O(n log n) in the table's size. Here it lists
    just its partition, and a Query on a secondary index skips the sort of the whole table
    (it sorts what it keeps by the index's keys anyway). The results are the same.
-4. The request recorder (used to count requests) appends an entry in two writes from
+4. A ReceiveMessage checks each message's retention period by computing all of its queue's
+   attributes, which counts the queue's messages: O(n²) in a queue's backlog, so a backlog
+   slowed moto down until it could not recover. Here the check reads the period alone.
+5. The request recorder (used to count requests) appends an entry in two writes from
    whichever thread serves the request, so concurrent entries could share a line; entries
    are written one at a time.
 """
@@ -28,6 +31,7 @@ from moto.dynamodb import models as dynamodb
 from moto.dynamodb.models import table as dynamodb_table
 from moto.moto_api._internal.recorder import models as recorder
 from moto.moto_server import werkzeug_app
+from moto.sqs import models as sqs
 
 _dynamodb = threading.Lock()
 _dispatch = werkzeug_app.DomainDispatcherApplication.__call__
@@ -134,6 +138,14 @@ def _scoped_all_items(self):
 
 dynamodb_table.Table.query = _scoped_query
 dynamodb_table.Table.all_items = _scoped_all_items
+
+
+def _retained(self, queue_name, message):
+    period = int(self.get_queue(queue_name).message_retention_period)
+    return period + message.sent_timestamp / 1000 > sqs.unix_time()
+
+
+sqs.SQSBackend.is_message_valid_based_on_retention_period = _retained
 
 _recording = threading.Lock()
 _record_request = recorder.Recorder._record_request

@@ -113,6 +113,9 @@ pub async fn serve(
         state_dir,
         ..handoff_emulator::EmulatorOptions::default()
     };
+    // Long polls, as Lambda's event source mappings make: the emulator's 1 s default (for a
+    // quick stop; this process is killed instead) spends much of moto on idle queues.
+    options.sqs_wait_seconds = 20;
     options.env_overrides.insert("HANDOFF_CLAIM_LEASE_SECONDS".into(), claim_lease_seconds.to_string());
     // Failures re-driven every minute, so that the drain sees them through.
     options.parameter_overrides.insert("ErrorJobEveryMinutes".into(), "1".into());
