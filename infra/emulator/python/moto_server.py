@@ -16,6 +16,8 @@
 4. A ReceiveMessage checks each message's retention period by computing all of its queue's
    attributes, which counts the queue's messages: O(n²) in a queue's backlog, so a backlog
    slowed moto down until it could not recover. Here the check reads the period alone.
+   SendMessage reads one queue attribute the same way; while it sends, the three message
+   counts among the attributes it computes are not counted (it does not use them).
 5. The request recorder (used to count requests) appends an entry in two writes from
    whichever thread serves the request, so concurrent entries could share a line; entries
    are written one at a time.
@@ -146,6 +148,39 @@ def _retained(self, queue_name, message):
 
 
 sqs.SQSBackend.is_message_valid_based_on_retention_period = _retained
+
+# How many sends are under way on this thread (a batch sends each of its messages).
+_sending = threading.local()
+
+
+def _uncounted_while_sending(count):
+    def get(self):
+        return 0 if getattr(_sending, "depth", 0) else count.fget(self)
+
+    return property(get)
+
+
+for _count in (
+    "approximate_number_of_messages",
+    "approximate_number_of_messages_delayed",
+    "approximate_number_of_messages_not_visible",
+):
+    setattr(sqs.Queue, _count, _uncounted_while_sending(getattr(sqs.Queue, _count)))
+
+
+def _sends(method):
+    def send(self, *args, **kwargs):
+        _sending.depth = getattr(_sending, "depth", 0) + 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _sending.depth -= 1
+
+    return send
+
+
+sqs.SQSBackend.send_message = _sends(sqs.SQSBackend.send_message)
+sqs.SQSBackend.send_message_batch = _sends(sqs.SQSBackend.send_message_batch)
 
 _recording = threading.Lock()
 _record_request = recorder.Recorder._record_request
