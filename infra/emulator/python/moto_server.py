@@ -28,6 +28,7 @@
 """
 
 import copy
+import inspect
 import logging
 import os
 import sys
@@ -111,8 +112,12 @@ _table_query = dynamodb_table.Table.query
 _table_all_items = dynamodb_table.Table.all_items
 
 
+_query_signature = inspect.signature(_table_query)
+
+
 def _scoped_query(self, hash_key, *args, **kwargs):
-    index_name = kwargs["index_name"] if "index_name" in kwargs else (args[6] if len(args) > 6 else None)
+    # Named or positional: bound as moto's own signature binds it.
+    index_name = _query_signature.bind(self, hash_key, *args, **kwargs).arguments.get("index_name")
     _query_scope.scope = ("index", None) if index_name else ("partition", hash_key)
     try:
         return _table_query(self, hash_key, *args, **kwargs)
@@ -129,10 +134,9 @@ def _scoped_all_items(self):
         # Only this partition's items; moto keeps them under their hash key.
         if hash_key is None or hash_key not in self.items:
             return []
+        # Unsorted: a Query on the table's key sorts what it keeps by the range key itself.
         partition = self.items[hash_key]
-        if self.range_key_attr:
-            return sorted(partition.values(), key=lambda item: item.range_key)
-        return [partition]
+        return list(partition.values()) if self.range_key_attr else [partition]
     # A Query on an index sorts what it keeps by the index's keys itself.
     items = []
     for hash_set in self.items.values():

@@ -397,6 +397,7 @@ pub fn redact_query(url: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn the_client_is_built_on_first_use_or_when_warmed_not_before() {
@@ -408,7 +409,6 @@ mod tests {
         warmed.warm().expect("the client builds");
         assert!(warmed.http.get().is_some(), "warm builds it");
     }
-    use serde_json::json;
 
     #[test]
     fn renders_url_headers_and_body_with_the_right_escaping() {
