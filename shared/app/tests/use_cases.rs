@@ -653,6 +653,33 @@ fn queued_exchange(queued: &Queued) -> ExchangeId {
     }
 }
 
+/// Found by the 10,000-exchange chaos run: with a large backlog a run swept past its function
+/// timeout and was killed with nothing recorded. A run now stops at its budget (after at least
+/// one page) and the next one carries on from the earliest timer left.
+#[tokio::test]
+async fn the_regular_job_stops_at_its_budget_and_the_next_run_sweeps_the_rest() {
+    let h = Harness::with(|s| s.exchange_retention = Some(chrono::Duration::days(1)));
+    h.define(transform("MANY", ".")).await;
+    for _ in 0..150 {
+        h.invoke("MANY", json!([1])).await;
+    }
+    h.run().await;
+    h.clock.advance(chrono::Duration::days(2));
+    assert_eq!(h.exchanges.pending_timers().len(), 150, "one retention timer per finished exchange, all due");
+    h.queue.take();
+    let jobs = JobsFunction::new(h.ctx.clone()).within(Duration::ZERO);
+    let first = jobs.invoke(json!({"job": "regular"})).await.expect("job");
+    assert_eq!((first["timersSent"].clone(), first["complete"].clone()), (json!(100), json!(false)), "{first}");
+    assert_eq!(h.exchanges.pending_timers().len(), 50, "the rest is left on the index");
+    let second = jobs.invoke(json!({"job": "regular"})).await.expect("job");
+    assert_eq!((second["timersSent"].clone(), second["complete"].clone()), (json!(50), json!(true)), "{second}");
+    assert!(h.exchanges.pending_timers().is_empty());
+    let sent = h.queue.take().iter().filter(|q| matches!(q, Queued::Timer { .. })).count();
+    assert_eq!(sent, 150, "each timer sent once over the two runs");
+    let unbounded = JobsFunction::new(h.ctx.clone()).invoke(json!({"job": "regular"})).await.expect("job");
+    assert_eq!(unbounded["complete"], json!(true), "{unbounded}");
+}
+
 #[tokio::test]
 async fn the_regular_job_starts_again_an_exchange_left_new() {
     let h = Harness::new();

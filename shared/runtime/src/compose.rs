@@ -281,12 +281,15 @@ pub fn jobs(parts: FunctionParts<'_>) -> Result<Arc<dyn FunctionHandler>, Compos
         error_processing: parts.vars.heartbeat("HANDOFF_ERROR_JOB_HEARTBEAT_URL")?,
     };
     let regular_every = parts.vars.number("HANDOFF_REGULAR_JOB_EVERY_MINUTES", 1)?.max(1);
+    let budget =
+        parts.vars.number("HANDOFF_JOB_BUDGET_SECONDS", handoff_app::entry::jobs::DEFAULT_JOB_BUDGET.as_secs())?.max(1);
     if heartbeats.regular.is_some() || heartbeats.error_processing.is_some() {
         // Every run pings its monitor.
         parts.ctx.http.warm()?;
     }
     let jobs = JobsFunction::new(parts.ctx)
         .running_every(std::time::Duration::from_secs(regular_every * 60))
+        .within(std::time::Duration::from_secs(budget))
         .with_heartbeats(heartbeats);
     Ok(Arc::new(jobs))
 }

@@ -40,18 +40,29 @@ pub struct JobsFunction {
     ctx: Arc<AppContext>,
     /// How often the regular job runs (the deployment's RegularJobEveryMinutes).
     regular_every: std::time::Duration,
+    /// How long one run sweeps before it leaves the rest to the next (well inside the
+    /// function's timeout, so that a backlog never times a run out with nothing recorded).
+    budget: std::time::Duration,
     heartbeats: JobHeartbeats,
 }
+
+/// Half the template's function timeout (120 s).
+pub const DEFAULT_JOB_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl JobsFunction {
     pub fn new(ctx: Arc<AppContext>) -> Self {
         let regular_every = std::time::Duration::from_secs(60);
-        Self { ctx, regular_every, heartbeats: JobHeartbeats::default() }
+        Self { ctx, regular_every, budget: DEFAULT_JOB_BUDGET, heartbeats: JobHeartbeats::default() }
     }
 
     /// The regular job runs every `every`: its sweeps look two periods ahead.
     pub fn running_every(self, every: std::time::Duration) -> Self {
         Self { regular_every: every, ..self }
+    }
+
+    /// Each run sweeps for `budget` at most ([`Sweeps::within`]).
+    pub fn within(self, budget: std::time::Duration) -> Self {
+        Self { budget, ..self }
     }
 
     pub fn with_heartbeats(self, heartbeats: JobHeartbeats) -> Self {
@@ -74,7 +85,7 @@ impl FunctionHandler for JobsFunction {
                 format!("expected {{\"job\": \"regular\" | \"errorProcessing\"}}: {e}"),
             )
         })?;
-        let sweeps = Sweeps::of(&self.ctx, self.regular_every);
+        let sweeps = Sweeps::of(&self.ctx, self.regular_every).within(self.budget);
         let heartbeat = match input.job {
             Job::Regular => self.heartbeats.regular.as_ref(),
             Job::ErrorProcessing => self.heartbeats.error_processing.as_ref(),
@@ -83,14 +94,18 @@ impl FunctionHandler for JobsFunction {
         let started = std::time::Instant::now();
         let started_at = self.ctx.ports.clock.now();
         let outcome = match input.job {
-            Job::Regular => {
-                match (sweeps.sweep_timers().await, sweeps.start_unstarted().await, sweeps.release_stranded().await) {
-                    (Ok(sent), Ok(started), Ok(released)) => {
-                        Ok(json!({"timersSent": sent, "exchangesStarted": started, "heldReleased": released}))
-                    }
-                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+            Job::Regular => sweeps.regular().await.map(|(timers, unstarted, stranded)| {
+                let complete = timers.complete && unstarted.complete && stranded.complete;
+                if !complete {
+                    tracing::warn!(budget = ?self.budget, "the regular job's budget ran out; the next run sweeps the rest");
                 }
-            }
+                json!({
+                    "timersSent": timers.handled,
+                    "exchangesStarted": unstarted.handled,
+                    "heldReleased": stranded.handled,
+                    "complete": complete,
+                })
+            }),
             // Resolutions first: an exchange they recover is not re-driven a second time.
             Job::ErrorProcessing => match sweeps.reprocess_resolved(input.integration_code.clone()).await {
                 Err(e) => Err(e),
@@ -101,6 +116,7 @@ impl FunctionHandler for JobsFunction {
                         "resolutionsRecorded": reprocessed.recorded,
                         "recovered": done.recovered,
                         "left": done.left,
+                        "complete": done.complete,
                     })
                 }),
             },

@@ -4,13 +4,19 @@
 //! left held at an endpoint that runs again; the
 //! error-processing job re-processes resolved errors ([`crate::use_cases::errors`]) and
 //! re-drives exchanges whose failure was a retryable system error.
+//!
+//! Each sweep works within the run's time budget ([`Sweeps::until`]): it checks the clock
+//! after each page or item and stops there, leaving the rest to the next run. No cursor is
+//! kept: what a sweep handles leaves its list (a timer taken off the index, an exchange no
+//! longer `New`, a handoff sent on), so the next run starts where this one stopped, oldest
+//! first where the list is ordered (the timer index is, by due time).
 
 use crate::context::AppContext;
 use crate::use_cases::endpoints::release_held;
 use crate::use_cases::errors::{reprocess_resolved, Reprocessed};
 use crate::use_cases::invoke::{start_again, Starting};
 use crate::use_cases::recover::{recover_exchange, Recovering};
-use chrono::Duration as ChronoDuration;
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use handoff_core::exchange::ExchangeStatus;
 use handoff_core::ids::{ExchangeId, IntegrationCode};
 use handoff_core::machine::delay_until;
@@ -46,6 +52,17 @@ pub struct Sweeps<'a> {
     pub auto_recovery_limit: u32,
     /// How far ahead [`Self::sweep_timers`] hands timers on ([`sweep_lookahead`]).
     pub lookahead: ChronoDuration,
+    /// When the run's budget is spent: a sweep stops at the first check past it (each
+    /// handles at least one page or item, so every run makes progress). `None`: no budget.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// What one sweep did, and whether it reached the end of its list within the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub handled: usize,
+    /// False when it stopped at the budget with more left for the next run.
+    pub complete: bool,
 }
 
 /// What one error-processing run did.
@@ -55,6 +72,8 @@ pub struct Redriven {
     /// Failed exchanges it left for an operator (not a retryable system error, or re-driven
     /// as often as allowed).
     pub left: usize,
+    /// False when it stopped at the budget before the end of the Failed list.
+    pub complete: bool,
 }
 
 impl<'a> Sweeps<'a> {
@@ -66,13 +85,25 @@ impl<'a> Sweeps<'a> {
             recovering: Recovering::of(ctx),
             auto_recovery_limit: ctx.settings.auto_recovery_limit,
             lookahead: sweep_lookahead(regular_every),
+            until: None,
         }
     }
 
-    /// Sends every stored timer due within the lookahead, delayed to its due time. Sent
-    /// first, taken off the index after: a crash in between sends a timer twice, which its
-    /// handler tolerates, rather than never.
-    pub async fn sweep_timers(&self) -> Result<usize, PortError> {
+    /// The sweeps of a run that may take `budget` from now.
+    pub fn within(self, budget: std::time::Duration) -> Self {
+        let budget = ChronoDuration::from_std(budget).unwrap_or(ChronoDuration::MAX);
+        let until = self.starting.effects.clock.now().checked_add_signed(budget);
+        Self { until, ..self }
+    }
+
+    fn out_of_time(&self) -> bool {
+        self.until.is_some_and(|until| self.starting.effects.clock.now() >= until)
+    }
+
+    /// Sends every stored timer due within the lookahead, delayed to its due time, earliest
+    /// first. Sent first, taken off the index after: a crash in between sends a timer twice,
+    /// which its handler tolerates, rather than never.
+    pub async fn sweep_timers(&self) -> Result<Swept, PortError> {
         let mut sent = 0;
         loop {
             let now = self.starting.effects.clock.now();
@@ -85,7 +116,10 @@ impl<'a> Sweeps<'a> {
                 }
             }
             if count < PAGE as usize {
-                return Ok(sent);
+                return Ok(Swept { handled: sent, complete: true });
+            }
+            if self.out_of_time() {
+                return Ok(Swept { handled: sent, complete: false });
             }
         }
     }
@@ -93,32 +127,39 @@ impl<'a> Sweeps<'a> {
     /// Sends on handoffs still held at an endpoint that runs (its release was interrupted:
     /// the endpoint was enabled, then the caller stopped before sending them), once they
     /// are older than [`STRANDED_AFTER_SECONDS`] so a release under way finishes first.
-    pub async fn release_stranded(&self) -> Result<usize, PortError> {
+    pub async fn release_stranded(&self) -> Result<Swept, PortError> {
         let mut codes: Vec<IntegrationCode> =
             self.starting.integrations.all().await?.into_iter().map(|v| v.code).collect();
         codes.sort();
         codes.dedup();
         let held_before = self.starting.effects.clock.now() - ChronoDuration::seconds(STRANDED_AFTER_SECONDS);
         let mut released = 0;
-        for code in codes {
+        for (i, code) in codes.into_iter().enumerate() {
+            if i > 0 && self.out_of_time() {
+                return Ok(Swept { handled: released, complete: false });
+            }
             let endpoint = self.starting.endpoints.endpoint(&code).await?;
             if endpoint.is_some_and(|e| e.status.runs()) {
                 let queue = self.starting.effects.queue;
                 released += release_held(self.starting.endpoints, queue, &code, Some(held_before)).await?;
             }
         }
-        Ok(released)
+        Ok(Swept { handled: released, complete: true })
     }
 
     /// Starts again every exchange left `New` for longer than [`UNSTARTED_AFTER_SECONDS`].
-    pub async fn start_unstarted(&self) -> Result<usize, PortError> {
+    pub async fn start_unstarted(&self) -> Result<Swept, PortError> {
         let cutoff = self.starting.effects.clock.now() - ChronoDuration::seconds(UNSTARTED_AFTER_SECONDS);
         let filter = ExchangeFilter { status: Some(ExchangeStatus::New), integration_code: None, parent: None };
-        let mut started = 0;
+        let (mut started, mut tried) = (0, 0);
         let mut cursor: Option<String> = None;
         loop {
             let page = self.starting.effects.exchanges.list(&filter, PAGE, cursor.as_deref()).await?;
             for exchange in page.items.iter().filter(|e| e.created_at < cutoff) {
+                if tried > 0 && self.out_of_time() {
+                    return Ok(Swept { handled: started, complete: false });
+                }
+                tried += 1;
                 match start_again(&self.starting, exchange).await {
                     Ok(()) => {
                         tracing::warn!(exchangeId = %exchange.exchange_id, createdAt = %exchange.created_at, "exchange was never handed off; started again");
@@ -131,9 +172,17 @@ impl<'a> Sweeps<'a> {
             }
             cursor = page.next_cursor;
             if cursor.is_none() {
-                return Ok(started);
+                return Ok(Swept { handled: started, complete: true });
             }
         }
+    }
+
+    /// The regular job's three sweeps, side by side within the one budget (one sweep's
+    /// backlog does not starve the others).
+    pub async fn regular(&self) -> Result<(Swept, Swept, Swept), PortError> {
+        let (timers, unstarted, stranded) =
+            futures::join!(self.sweep_timers(), self.start_unstarted(), self.release_stranded());
+        Ok((timers?, unstarted?, stranded?))
     }
 
     /// Runs again what failed because of an error someone has since resolved.
@@ -150,9 +199,15 @@ impl<'a> Sweeps<'a> {
         let mut skipped = 0;
         let mut cursor: Option<String> = None;
         let filter = ExchangeFilter { status: Some(ExchangeStatus::Failed), integration_code, parent: None };
-        loop {
+        let (mut complete, mut tried) = (true, 0);
+        'pages: loop {
             let page = self.starting.effects.exchanges.list(&filter, PAGE, cursor.as_deref()).await?;
             for exchange in page.items {
+                if tried > 0 && self.out_of_time() {
+                    complete = false;
+                    break 'pages;
+                }
+                tried += 1;
                 let eligible = exchange
                     .error
                     .as_ref()
@@ -181,7 +236,7 @@ impl<'a> Sweeps<'a> {
                 break;
             }
         }
-        Ok(Redriven { recovered, left: skipped })
+        Ok(Redriven { recovered, left: skipped, complete })
     }
 }
 
