@@ -36,6 +36,9 @@ struct Cli {
     /// Seconds after the load within which every exchange must be final.
     #[arg(long, default_value_t = 300)]
     drain_seconds: u64,
+    /// SQS pollers per queue in the gateway (Lambda scales out; the emulator does not).
+    #[arg(long, default_value_t = 4)]
+    pollers: usize,
 }
 
 #[derive(Subcommand)]
@@ -52,6 +55,8 @@ enum Mode {
         #[arg(long)]
         claim_lease_seconds: u64,
         #[arg(long)]
+        pollers: usize,
+        #[arg(long)]
         state_dir: PathBuf,
     },
 }
@@ -61,7 +66,7 @@ fn main() -> anyhow::Result<()> {
     handoff_emulator::serve_jq_sandbox_if_requested();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    if let Some(Mode::Gateway { port, aws_endpoint, template, claim_lease_seconds, state_dir }) = cli.mode {
+    if let Some(Mode::Gateway { port, aws_endpoint, template, claim_lease_seconds, pollers, state_dir }) = cli.mode {
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -69,7 +74,14 @@ fn main() -> anyhow::Result<()> {
             )
             .with_writer(std::io::stderr)
             .init();
-        return runtime.block_on(chaos::gateway::serve(port, aws_endpoint, template, claim_lease_seconds, state_dir));
+        return runtime.block_on(chaos::gateway::serve(
+            port,
+            aws_endpoint,
+            template,
+            claim_lease_seconds,
+            pollers,
+            state_dir,
+        ));
     }
     let work_dir = handoff_emulator::moto::state_dir().join(format!("chaos-{}", std::process::id()));
     let mut config = ChaosConfig::new(cli.exchanges, cli.seed, work_dir.clone(), std::env::current_exe()?);
@@ -80,12 +92,14 @@ fn main() -> anyhow::Result<()> {
     config.proxy_faults.request_fault_rate = cli.aws_fault_rate;
     config.target_fault_rate = cli.target_fault_rate;
     config.drain = Duration::from_secs(cli.drain_seconds);
+    config.pollers_per_source = cli.pollers;
     println!(
-        "chaos: {} exchanges at {}/s, {} kills, seed {} (gateway log: {})",
+        "chaos: {} exchanges at {}/s, {} kills, seed {}, {} pollers per queue (gateway log: {})",
         config.exchanges,
         config.rate_per_second,
         config.kills,
         config.seed,
+        config.pollers_per_source,
         work_dir.join("gateway.log").display()
     );
     let report = runtime.block_on(chaos::run(config))?;

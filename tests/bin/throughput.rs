@@ -108,15 +108,8 @@ async fn run(args: &Args, recording: &std::path::Path) -> anyhow::Result<()> {
 }
 
 async fn run_load(args: &Args, endpoint: &str, recorder: &Recorder) -> anyhow::Result<Load> {
-    let options = EmulatorOptions {
-        aws_endpoint: Some(endpoint.to_string()),
-        pollers_per_source: args.pollers,
-        // As Lambda's event source mappings poll (20 s long polls; moto answers one as soon
-        // as a message arrives): the emulator's 1 s default, there to stop quickly, would
-        // spend a third of moto on the idle queues' polls.
-        sqs_wait_seconds: 20,
-        ..Default::default()
-    };
+    let options = EmulatorOptions { aws_endpoint: Some(endpoint.to_string()), ..Default::default() }
+        .polling_like_lambda(args.pollers);
     let emulator = handoff_emulator::start(options).await?;
     // Who signs what: each function has its own access key; each queue feeds one function.
     let mut signer: HashMap<String, String> = HashMap::new();

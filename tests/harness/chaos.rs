@@ -46,6 +46,8 @@ pub struct ChaosConfig {
     /// Queue visibility timeouts and claim leases are capped at this for the run (see
     /// [`chaos_template`]).
     pub visibility_cap_seconds: u64,
+    /// SQS pollers per queue in the gateway process.
+    pub pollers_per_source: usize,
     /// Where the run keeps its template, state and the gateway's log.
     pub work_dir: PathBuf,
     /// The binary whose `gateway` mode runs the gateway ([`gateway::serve`]).
@@ -65,6 +67,7 @@ impl ChaosConfig {
             drain: Duration::from_secs(300),
             callback_timeout_seconds: 20,
             visibility_cap_seconds: 20,
+            pollers_per_source: 2,
             work_dir,
             gateway_executable,
         }
@@ -98,6 +101,8 @@ pub struct ChaosReport {
     pub refused: Vec<String>,
     pub applied_twice: Vec<String>,
     pub stuck: Vec<String>,
+    /// Stuck exchanges by where their next step was found once the gateway stopped.
+    pub stuck_by_cause: BTreeMap<String, usize>,
     /// Final but not as expected (Failed though its targets accepted, or never delivered).
     pub wrong_outcome: Vec<String>,
     /// Explained, not counterexamples: exchanges that timed out waiting for a callback whose
@@ -174,6 +179,10 @@ impl std::fmt::Display for ChaosReport {
             self.timers_left.len(),
             self.callbacks_used_twice.len()
         )?;
+        if !self.stuck_by_cause.is_empty() {
+            let causes: Vec<String> = self.stuck_by_cause.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            writeln!(f, "  stuck: {}", causes.join(", "))?;
+        }
         if !self.timed_out_while_down.is_empty() {
             writeln!(
                 f,
@@ -461,6 +470,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         aws_endpoint: proxy.url.clone(),
         template: template_path,
         claim_lease_seconds: config.visibility_cap_seconds,
+        pollers_per_source: config.pollers_per_source,
         state_dir: state_dir.clone(),
         log: config.work_dir.join("gateway.log"),
     })));
@@ -552,19 +562,24 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     let expected_failures = |plans: &HashMap<String, CallbackPlan>| -> HashSet<String> {
         plans.iter().filter(|(_, p)| **p == CallbackPlan::Never).map(|(id, _)| id.clone()).collect()
     };
+    // Each listing is an index query that moto answers by reading the whole table: poll
+    // gently, and list the failures only once nothing is open.
+    let poll_every = Duration::from_secs(if config.exchanges > 1000 { 10 } else { 2 });
     loop {
         let mut open = 0;
         for status in NOT_FINAL {
             open += api.exchanges(&format!("status={status}"), 1).await?.len();
         }
-        let failed = api.exchanges("status=Failed", 200).await?;
-        let never = expected_failures(&systems.report().plans);
-        let unexpected = failed.iter().filter(|e| !never.contains(e["exchangeId"].as_str().unwrap_or(""))).count();
-        let done = open == 0 && unexpected == 0 && systems.callbacks_pending() == 0;
+        let mut done = open == 0 && systems.callbacks_pending() == 0;
+        if done {
+            let failed = api.exchanges("status=Failed", 200).await?;
+            let never = expected_failures(&systems.report().plans);
+            done = failed.iter().all(|e| never.contains(e["exchangeId"].as_str().unwrap_or("")));
+        }
         if done || drain_started.elapsed() > config.drain {
             break;
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(poll_every).await;
     }
     let drain = drain_started.elapsed();
 
@@ -600,6 +615,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         }
     }
     let mut latencies = Vec::new();
+    let mut stuck_ids = Vec::new();
     for exchange in &all {
         let id = exchange["exchangeId"].as_str().unwrap_or("?");
         let code = exchange["integrationCode"].as_str().unwrap_or("?");
@@ -607,6 +623,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         *report.by_status.entry(status.to_string()).or_default() += 1;
         if exchange["final"] != json!(true) {
             report.stuck.push(format!("{id} ({code}): {status}"));
+            stuck_ids.push(id.to_string());
             continue;
         }
         let expected_to_fail = never.contains(id);
@@ -688,8 +705,61 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     let sdk = handoff_emulator::sdk_config_for(moto.endpoint()).await;
     leftovers(&sdk, config.visibility_cap_seconds, &mut report).await?;
     gateway.lock().await.kill()?;
+    if !stuck_ids.is_empty() {
+        // With the gateway stopped, where each stuck exchange's next step waits.
+        tokio::time::sleep(Duration::from_secs(config.visibility_cap_seconds + 2)).await;
+        let found = locate(&sdk, &stuck_ids).await?;
+        for (line, id) in report.stuck.iter_mut().zip(&stuck_ids) {
+            let cause =
+                found.get(id).map_or_else(|| "no message queued, no timer stored".to_string(), |w| w.join(", "));
+            line.push_str(&format!(": {cause}"));
+            let kind = if found.contains_key(id) { "next step queued or timed" } else { "nothing queued or timed" };
+            *report.stuck_by_cause.entry(kind.to_string()).or_default() += 1;
+        }
+    }
     moto.stop();
     Ok(report)
+}
+
+/// For each of `ids`, where its next step waits: messages in a queue (read, not deleted:
+/// the run is over) and timers on the due index. Ids are matched as whole words of a
+/// message body or a timer's attributes, whatever their shape.
+async fn locate(sdk: &aws_config::SdkConfig, ids: &[String]) -> anyhow::Result<HashMap<String, Vec<String>>> {
+    let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut found: HashMap<String, Vec<String>> = HashMap::new();
+    let mut note = |text: &str, place: &str| {
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')) {
+            if wanted.contains(word) {
+                found.entry(word.to_string()).or_default().push(place.to_string());
+            }
+        }
+    };
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    for url in sqs.list_queues().send().await?.queue_urls() {
+        let name = url.rsplit('/').next().unwrap_or(url);
+        loop {
+            let page = sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .visibility_timeout(3600)
+                .wait_time_seconds(0)
+                .send()
+                .await?;
+            if page.messages().is_empty() {
+                break;
+            }
+            for message in page.messages() {
+                note(message.body().unwrap_or(""), &format!("message in {name}"));
+            }
+        }
+    }
+    for (_, item) in timers(sdk).await? {
+        let due = item.get("gsi4sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+        let text: Vec<&str> = item.values().filter_map(|v| v.as_s().ok().map(String::as_str)).collect();
+        note(&text.join(" "), &format!("timer {due}"));
+    }
+    Ok(found)
 }
 
 /// Messages in any queue or dead-letter queue (given the visibility cap and a little more to
@@ -726,8 +796,23 @@ async fn leftovers(sdk: &aws_config::SdkConfig, visibility_cap: u64, report: &mu
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 
-    let dynamo = aws_sdk_dynamodb::Client::new(sdk);
     let overdue_before = chrono::Utc::now().timestamp_millis() - 120_000;
+    for (table, item) in timers(sdk).await? {
+        let sort = item.get("gsi4sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+        let due: i64 = sort.split('#').next().and_then(|d| d.parse().ok()).unwrap_or(0);
+        if due < overdue_before {
+            report.timers_left.push(format!("{table}: {sort} overdue"));
+        }
+    }
+    Ok(())
+}
+
+type Item = HashMap<String, aws_sdk_dynamodb::types::AttributeValue>;
+
+/// Every timer on the due index of every table, with its table.
+async fn timers(sdk: &aws_config::SdkConfig) -> anyhow::Result<Vec<(String, Item)>> {
+    let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+    let mut found = Vec::new();
     for table in dynamo.list_tables().send().await?.table_names() {
         let mut start = None;
         loop {
@@ -739,20 +824,14 @@ async fn leftovers(sdk: &aws_config::SdkConfig, visibility_cap: u64, report: &mu
                 .set_exclusive_start_key(start)
                 .send()
                 .await?;
-            for item in page.items() {
-                let sort = item.get("gsi4sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-                let due: i64 = sort.split('#').next().and_then(|d| d.parse().ok()).unwrap_or(0);
-                if due < overdue_before {
-                    report.timers_left.push(format!("{table}: {sort} overdue"));
-                }
-            }
+            found.extend(page.items().iter().map(|item| (table.clone(), item.clone())));
             start = page.last_evaluated_key().cloned();
             if start.is_none() {
                 break;
             }
         }
     }
-    Ok(())
+    Ok(found)
 }
 
 #[cfg(test)]

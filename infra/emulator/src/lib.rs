@@ -101,6 +101,15 @@ pub struct EmulatorOptions {
     pub aws_request_recording: Option<PathBuf>,
 }
 
+impl EmulatorOptions {
+    /// Polls as Lambda's event source mappings do: 20 s long polls (moto answers one as soon
+    /// as a message arrives). The default 1 s wait is there to stop quickly; under load it
+    /// spends a large share of moto on the idle queues' polls. For benches that run long.
+    pub fn polling_like_lambda(self, pollers_per_source: usize) -> Self {
+        Self { pollers_per_source, sqs_wait_seconds: 20, ..self }
+    }
+}
+
 /// Serves as a jq sandbox when this process was started as one, else returns at once:
 /// every binary that runs the emulator calls it first.
 pub use handoff_app::jq_sandbox::serve_if_requested as serve_jq_sandbox_if_requested;

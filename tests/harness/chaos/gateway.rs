@@ -17,6 +17,9 @@ pub struct GatewaySpec {
     pub template: PathBuf,
     /// The claim lease of every function: the template's visibility timeouts, as capped.
     pub claim_lease_seconds: u64,
+    /// SQS pollers per event source (Lambda scales its pollers out with the backlog; the
+    /// emulator keeps a fixed number).
+    pub pollers_per_source: usize,
     pub state_dir: PathBuf,
     /// Standard error of every start, appended.
     pub log: PathBuf,
@@ -54,6 +57,8 @@ impl GatewayProcess {
             .arg(&self.spec.template)
             .arg("--claim-lease-seconds")
             .arg(self.spec.claim_lease_seconds.to_string())
+            .arg("--pollers")
+            .arg(self.spec.pollers_per_source.to_string())
             .arg("--state-dir")
             .arg(&self.spec.state_dir)
             .stdin(Stdio::null())
@@ -104,6 +109,7 @@ pub async fn serve(
     aws_endpoint: String,
     template: PathBuf,
     claim_lease_seconds: u64,
+    pollers_per_source: usize,
     state_dir: PathBuf,
 ) -> anyhow::Result<()> {
     let mut options = handoff_emulator::EmulatorOptions {
@@ -112,11 +118,12 @@ pub async fn serve(
         template_path: template,
         state_dir,
         ..handoff_emulator::EmulatorOptions::default()
-    };
-    // Long polls, as Lambda's event source mappings make: the emulator's 1 s default (for a
-    // quick stop; this process is killed instead) spends much of moto on idle queues.
-    options.sqs_wait_seconds = 20;
+    }
+    .polling_like_lambda(pollers_per_source);
     options.env_overrides.insert("HANDOFF_CLAIM_LEASE_SECONDS".into(), claim_lease_seconds.to_string());
+    // The jobs stop sweeping at half their (capped) function timeout and leave the rest to
+    // their next run, as they would at half the template's.
+    options.env_overrides.insert("HANDOFF_JOB_BUDGET_SECONDS".into(), (claim_lease_seconds / 2).max(1).to_string());
     // Failures re-driven every minute, so that the drain sees them through.
     options.parameter_overrides.insert("ErrorJobEveryMinutes".into(), "1".into());
     let _emulator = handoff_emulator::start(options).await.context("starting the emulator")?;
