@@ -12,7 +12,8 @@
 3. A Query lists every item of the table and sorts them all, to keep the few it wants: a
    Query on the table's own key then costs O(n log n) in the table's size. Here it lists
    just its partition, and a Query on a secondary index skips the sort of the whole table
-   (it sorts what it keeps by the index's keys anyway). The results are the same.
+   (it sorts what it keeps by the index's keys anyway), and keeps only the items whose index
+   key matches before moto's own, slower, comparison of each. The results are the same.
 4. A ReceiveMessage checks each message's retention period by computing all of its queue's
    attributes, which counts the queue's messages: O(n²) in a queue's backlog, so a backlog
    slowed moto down until it could not recover. Here the check reads the period alone.
@@ -117,8 +118,13 @@ _query_signature = inspect.signature(_table_query)
 
 def _scoped_query(self, hash_key, *args, **kwargs):
     # Named or positional: bound as moto's own signature binds it.
-    index_name = _query_signature.bind(self, hash_key, *args, **kwargs).arguments.get("index_name")
-    _query_scope.scope = ("index", None) if index_name else ("partition", hash_key)
+    arguments = _query_signature.bind(self, hash_key, *args, **kwargs).arguments
+    if arguments.get("index_name"):
+        # The index's key equalities, to keep only the items that can match.
+        conditions = [(name, value.type, value.value) for name, value in arguments.get("hash_key_conditions") or []]
+        _query_scope.scope = ("index", conditions)
+    else:
+        _query_scope.scope = ("partition", hash_key)
     try:
         return _table_query(self, hash_key, *args, **kwargs)
     finally:
@@ -129,21 +135,27 @@ def _scoped_all_items(self):
     scope = getattr(_query_scope, "scope", None)
     if scope is None:
         return _table_all_items(self)
-    kind, hash_key = scope
+    kind, key = scope
     if kind == "partition":
         # Only this partition's items; moto keeps them under their hash key.
-        if hash_key is None or hash_key not in self.items:
+        if key is None or key not in self.items:
             return []
         # Unsorted: a Query on the table's key sorts what it keeps by the range key itself.
-        partition = self.items[hash_key]
+        partition = self.items[key]
         return list(partition.values()) if self.range_key_attr else [partition]
-    # A Query on an index sorts what it keeps by the index's keys itself.
-    items = []
-    for hash_set in self.items.values():
-        if self.range_key_attr:
-            items.extend(hash_set.values())
-        else:
-            items.append(hash_set)
+    # A Query on an index sorts what it keeps by the index's keys itself. moto compares
+    # every item with the index key through DynamoType (about 5 us an item: half a second
+    # on a table of 100,000 items); the plain comparison here keeps the same items first.
+    if self.range_key_attr:
+        items = [item for hash_set in self.items.values() for item in hash_set.values()]
+    else:
+        items = list(self.items.values())
+    for name, kind_of_value, value in key:
+        items = [
+            item
+            for item in items
+            if (found := item.attrs.get(name)) is not None and found.value == value and found.type == kind_of_value
+        ]
     return items
 
 
