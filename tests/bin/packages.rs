@@ -10,9 +10,10 @@
 //!   `GET /2018-06-01/runtime/invocation/next` on a local Lambda Runtime API served here;
 //! * **first invocation**: from handing it a real event until its response (or error) is
 //!   posted. The events reach the AWS emulator (moto, provisioned from the template by the
-//!   emulator, whose variables each function gets): a worker's handoff for an exchange that
-//!   does not exist (claim, conflict, read, drop), the DLQ's dead letter of one, the jobs'
-//!   regular run, a schedule of a code that does not exist, the API's `GET /exchanges` with
+//!   emulator, whose variables each function gets): a worker's handoff of an integration that
+//!   does not exist (its definition read from DynamoDB finds nothing, so the worker answers
+//!   `batchItemFailures` and the message stays for its retries and the DLQ), the DLQ's dead
+//!   letter of one, the jobs' regular run, a schedule of a code that does not exist, the API's `GET /exchanges` with
 //!   the authorizer context API Gateway passes;
 //! * **RSS** after that invocation (`VmRSS`, and the peak `VmHWM`), from `/proc`.
 //!
@@ -225,7 +226,8 @@ fn all_sub_steps() -> Vec<SubStep> {
     .collect()
 }
 
-/// The SQS message body of a handoff to `sub_step` of an exchange that does not exist.
+/// The SQS message body of a handoff to `sub_step` of an exchange (and integration) that
+/// does not exist.
 fn handoff_body(exchange: &ExchangeId, sub_step: SubStep) -> String {
     let message = HandoffMessage {
         exchange_id: exchange.clone(),
