@@ -5,11 +5,15 @@
 //! error-processing job re-processes resolved errors ([`crate::use_cases::errors`]) and
 //! re-drives exchanges whose failure was a retryable system error.
 //!
-//! Each sweep works within the run's time budget ([`Sweeps::until`]): it checks the clock
-//! after each page or item and stops there, leaving the rest to the next run. No cursor is
-//! kept: what a sweep handles leaves its list (a timer taken off the index, an exchange no
-//! longer `New`, a handoff sent on), so the next run starts where this one stopped, oldest
-//! first where the list is ordered (the timer index is, by due time).
+//! Each sweep works within the run's time budget ([`Sweeps::until`]): after its first page
+//! or item it checks the clock before the next, and stops there, leaving the rest to the
+//! next run. No cursor is kept: what a sweep handles mostly leaves its list (a timer taken
+//! off the index, a held handoff sent on, a failure recovered), so the next run starts
+//! where this one stopped, earliest first on the timer index. Two lists keep what was
+//! handled at their head: an exchange started again stays `New` until its first worker
+//! runs, and a failure not eligible for re-driving stays `Failed`. With more of those than
+//! one budget covers, later runs handle the same head again and the tail waits (a duplicate
+//! start is harmless; the wait is the limit).
 
 use crate::context::AppContext;
 use crate::use_cases::endpoints::release_held;
