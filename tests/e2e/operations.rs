@@ -646,3 +646,32 @@ async fn a_poison_message_reaching_the_dlq_fails_its_exchange_as_a_system_error(
     let (_, errors) = gw.get(&format!("/errors?integrationCode={code}&classification=system")).await;
     assert_eq!(errors["items"].as_array().map(Vec::len), Some(1), "{errors:#}");
 }
+
+/// Found by the 10,000-exchange chaos run: a timer whose receives ran out reached the control
+/// DLQ and stayed there, its exchange never timed out. The DLQ function now sends it back
+/// to the control queue (a minute later), where it fires.
+#[tokio::test]
+async fn a_timer_reaching_the_dlq_goes_back_to_the_control_queue_and_fires() {
+    let gw = gateway();
+    let partner = ExternalSystem::start(202, "{}").await;
+    let target = ExternalSystem::start(200, "{}").await;
+    let code = unique_code("DEAD_TIMER");
+    gw.create_integration(&waiting_integration(&code, &partner.url, &target.url, None, None)).await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+    gw.wait_for(&id, MINUTE, status_is("W")).await;
+
+    // As SQS's redrive policy would move it: the exchange's SLA timer, due, in the control DLQ.
+    let sqs = handoff_e2e::sqs_client().await;
+    let dlq = sqs.get_queue_url().queue_name("handoff-ControlDlq").send().await.expect("control DLQ");
+    let due = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let timer = json!({"timer": {"exchangeId": id, "recovery": 0, "due": due, "kind": "sla"}});
+    sqs.send_message()
+        .queue_url(dlq.queue_url().expect("url"))
+        .message_body(timer.to_string())
+        .send()
+        .await
+        .expect("dead letter");
+
+    let timed_out = gw.wait_for(&id, 3 * MINUTE, status_is("T")).await;
+    assert_eq!(timed_out["status"], "TimedOut", "{timed_out:#}");
+}

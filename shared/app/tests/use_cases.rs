@@ -364,6 +364,49 @@ async fn a_dead_letter_fails_its_exchange_recoverably() {
     assert_eq!(errors["items"].as_array().map(Vec::len), Some(1));
 }
 
+/// Found by the 10,000-exchange chaos run: a step-timeout timer whose receives ran out in
+/// the control queue reached its DLQ, where the handler (reading handoffs only) left it for
+/// good. A dead-lettered timer now goes back to the control queue after a pause, and fires
+/// there as any other (a no-op once its exchange has moved on).
+#[tokio::test]
+async fn a_dead_lettered_timer_goes_back_to_the_control_queue_and_fires_there() {
+    let h = Harness::new();
+    h.define(transform("DEAD_TIMER", ".")).await;
+    let id = h.invoke("DEAD_TIMER", json!([1])).await;
+    h.queue.take();
+    let timer = Timer {
+        exchange_id: id.clone(),
+        recovery: 0,
+        due: h.clock.now() - chrono::Duration::seconds(5),
+        kind: TimerKind::Sla,
+    };
+    let dead_letter = |timer: &Timer, message_id: &str| {
+        json!({"Records": [{
+            "messageId": message_id,
+            "body": serde_json::to_string(&QueueMessage::Timer { timer: timer.clone() }).expect("json"),
+            "eventSourceARN": "arn:aws:sqs:us-east-1:1:handoff-ControlDlq",
+            "attributes": {"ApproximateReceiveCount": "3"}}]})
+    };
+    let answer = DlqFunction::new(h.ctx.clone()).invoke(dead_letter(&timer, "t1")).await.expect("dlq");
+    assert_eq!(answer["batchItemFailures"], json!([]), "handled: deleted from the DLQ");
+    let sent = h.queue.take();
+    assert!(
+        matches!(&sent[..], [Queued::Timer { timer: back, delay_seconds: 60 }] if *back == timer),
+        "the timer goes back to the control queue, a minute later: {sent:?}"
+    );
+    assert_eq!(h.detail(&id).await.exchange.status, ExchangeStatus::New, "the DLQ only sends it back");
+    // There it fires as any timer does: the SLA times the exchange out.
+    for queued in &sent {
+        h.deliver(queued).await.expect("timer");
+    }
+    assert_eq!(h.detail(&id).await.exchange.status, ExchangeStatus::TimedOut);
+    // One still dead-lettered a day after its due time stays in the DLQ for an operator.
+    let old = Timer { due: h.clock.now() - chrono::Duration::hours(25), ..timer };
+    let answer = DlqFunction::new(h.ctx.clone()).invoke(dead_letter(&old, "t2")).await.expect("dlq");
+    assert_eq!(answer["batchItemFailures"], json!([{"itemIdentifier": "t2"}]));
+    assert!(h.queue.take().is_empty());
+}
+
 #[tokio::test]
 async fn a_callback_is_taken_once_and_its_outbox_entry_is_taken_back() {
     let h = Harness::new();

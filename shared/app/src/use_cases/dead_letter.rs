@@ -1,11 +1,12 @@
 //! A handoff message that kept failing reached its dead-letter queue: its exchange is marked
 //! Failed (system error, cause recorded) so nothing is lost silently and it can be recovered.
+//! A timer that did is sent back to the control queue ([`timer_dead_lettered`]).
 
 use crate::context::AppContext;
 use crate::effects::{after_applied, EffectPorts};
 use handoff_core::commit::CommitOutcome;
-use handoff_core::handoff::HandoffMessage;
-use handoff_core::machine::failures;
+use handoff_core::handoff::{HandoffMessage, Timer};
+use handoff_core::machine::failures::{self, DeadTimer};
 use handoff_ports::{ExchangeWrites, PortError};
 
 /// The ports recording a dead letter uses.
@@ -50,4 +51,20 @@ pub async fn dead_lettered(
         }
     }
     Ok(())
+}
+
+/// A timer that left `queue` dead-lettered goes back to the control queue after a pause (the
+/// state machine decides, [`failures::timer_dead_lettered`]); one failing for too long stays
+/// in the DLQ for an operator (an error: the message is not deleted).
+pub async fn timer_dead_lettered(ctx: &DeadLetters<'_>, timer: &Timer, queue: &str) -> Result<(), PortError> {
+    match failures::timer_dead_lettered(timer, ctx.effects.clock.now()) {
+        DeadTimer::Redrive { delay } => {
+            tracing::error!(exchangeId = %timer.exchange_id, timer = %timer.name(), queue, delay, "dead-lettered timer sent back to the control queue");
+            ctx.effects.queue.send_timer(timer, delay).await
+        }
+        DeadTimer::Keep { reason } => {
+            tracing::error!(exchangeId = %timer.exchange_id, timer = %timer.name(), queue, "{reason}; left in the DLQ for an operator");
+            Err(PortError::Fault { service: "dlq", message: reason })
+        }
+    }
 }

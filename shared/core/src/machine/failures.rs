@@ -1,12 +1,13 @@
 //! Failures that do not come from an attempt: a handoff that kept failing and was
 //! dead-lettered, and a new exchange whose first handoff could not be sent. Either way the
 //! exchange is marked Failed (system error, retryable, cause recorded) so nothing is lost
-//! silently and it can be recovered.
+//! silently and it can be recovered. A dead-lettered timer is not a failure of its
+//! exchange: it goes back to the control queue ([`timer_dead_lettered`]).
 
 use super::{step_error, Decision};
 use crate::commit::{ErrorRecord, ExchangeChange, StepChange, StepCommit};
 use crate::exchange::{Exchange, ExchangeError, ExchangeEvent, StepStatus};
-use crate::handoff::HandoffMessage;
+use crate::handoff::{HandoffMessage, Timer};
 use crate::ids::StepId;
 use crate::retry::{Failure, RetryPolicy};
 use chrono::{DateTime, Utc};
@@ -41,6 +42,44 @@ pub fn dead_lettered(message: &HandoffMessage, queue: &str, receives: &str, now:
     });
     d.count_on_parent(message.parent.as_ref(), false);
     d
+}
+
+/// How long a dead-lettered timer waits before the control queue has it again: long enough
+/// for a passing fault (a throttled table, a restarted host) to clear.
+pub const TIMER_REDRIVE_DELAY_SECONDS: u32 = 60;
+
+/// A timer still dead-lettered this long after its due time has failed through many
+/// redrives: it stays in the DLQ for an operator (its depth alarm tells them).
+pub fn timer_given_up_after() -> chrono::Duration {
+    chrono::Duration::hours(24)
+}
+
+/// What becomes of a timer that reached its dead-letter queue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeadTimer {
+    /// Back to the control queue after a pause: its receives start again from zero there.
+    /// Firing a timer changes nothing once its exchange has moved past it, so a timer that
+    /// only met bad luck (its receives used up by a crash or lost answers) costs nothing, and
+    /// one that met a fault gets another try once it has passed.
+    Redrive { delay: u32 },
+    /// Left in the DLQ for an operator.
+    Keep { reason: String },
+}
+
+/// `timer` was dead-lettered; `now` is when its DLQ handler reads it.
+pub fn timer_dead_lettered(timer: &Timer, now: DateTime<Utc>) -> DeadTimer {
+    let overdue = now - timer.due;
+    if overdue > timer_given_up_after() {
+        return DeadTimer::Keep {
+            reason: format!(
+                "timer {} of exchange {} is {} h overdue and still failing",
+                timer.name(),
+                timer.exchange_id,
+                overdue.num_hours()
+            ),
+        };
+    }
+    DeadTimer::Redrive { delay: TIMER_REDRIVE_DELAY_SECONDS }
 }
 
 /// `exchange` was written but its first handoff could not be sent (`problem` says why):
@@ -84,6 +123,25 @@ mod tests {
     use crate::machine::Effect;
     use crate::retry::ErrorClassification;
     use serde_json::json;
+
+    #[test]
+    fn a_dead_lettered_timer_goes_back_to_its_queue_until_a_day_overdue() {
+        let now = Utc::now();
+        let timer = |due| Timer {
+            exchange_id: ExchangeId::new("x"),
+            recovery: 0,
+            due,
+            kind: crate::handoff::TimerKind::StepTimeout { step_id: StepId::from_sequence(2) },
+        };
+        let redriven = DeadTimer::Redrive { delay: TIMER_REDRIVE_DELAY_SECONDS };
+        assert_eq!(timer_dead_lettered(&timer(now - chrono::Duration::minutes(1)), now), redriven);
+        assert_eq!(timer_dead_lettered(&timer(now + chrono::Duration::minutes(5)), now), redriven, "not yet due");
+        assert_eq!(timer_dead_lettered(&timer(now - chrono::Duration::hours(24)), now), redriven, "a day: the last");
+        let DeadTimer::Keep { reason } = timer_dead_lettered(&timer(now - chrono::Duration::hours(25)), now) else {
+            panic!("a timer failing for over a day is left for an operator")
+        };
+        assert!(reason.contains("exchange x") && reason.contains("25 h overdue"), "{reason}");
+    }
 
     #[test]
     fn a_dead_letter_fails_the_exchange_as_a_retryable_system_error_and_counts_on_the_parent() {
