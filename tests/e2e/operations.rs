@@ -37,6 +37,28 @@ fn waiting_integration(
     definition
 }
 
+/// An integration whose partner takes the call (202) and answers later, and one exchange of
+/// it that has reached its wait for that callback (status `W`).
+struct WaitingExchange {
+    partner: ExternalSystem,
+    target: ExternalSystem,
+    code: String,
+    id: String,
+    /// The exchange as `GET /exchanges/{id}` showed it waiting.
+    waiting: Value,
+}
+
+async fn waiting_exchange(prefix: &str) -> WaitingExchange {
+    let gw = gateway();
+    let partner = ExternalSystem::start(202, "{}").await;
+    let target = ExternalSystem::start(200, "{}").await;
+    let code = unique_code(prefix);
+    gw.create_integration(&waiting_integration(&code, &partner.url, &target.url, None, None)).await;
+    let id = gw.invoke(&json!({"integrationCode": code})).await;
+    let waiting = gw.wait_for(&id, MINUTE, status_is("W")).await;
+    WaitingExchange { partner, target, code, id, waiting }
+}
+
 /// Waits for the partner to be called and returns the callback URL it was given.
 async fn callback_url(partner: &ExternalSystem) -> String {
     for _ in 0..300 {
@@ -55,13 +77,7 @@ fn idempotency_keys(received: &[Received]) -> Vec<String> {
 #[tokio::test]
 async fn a_success_callback_resumes_the_exchange_and_a_used_token_is_404() {
     let gw = gateway();
-    let partner = ExternalSystem::start(202, "{}").await;
-    let target = ExternalSystem::start(200, "{}").await;
-    let code = unique_code("CALLBACK_OK");
-    gw.create_integration(&waiting_integration(&code, &partner.url, &target.url, None, None)).await;
-    let id = gw.invoke(&json!({"integrationCode": code})).await;
-
-    let waiting = gw.wait_for(&id, MINUTE, status_is("W")).await;
+    let WaitingExchange { partner, target, id, waiting, .. } = waiting_exchange("CALLBACK_OK").await;
     assert_eq!(waiting["status"], "WaitingOnExternalSystem");
     let url = callback_url(&partner).await;
     assert!(url.starts_with("http://127.0.0.1:"), "absolute callback URL: {url}");
@@ -92,12 +108,7 @@ async fn a_success_callback_resumes_the_exchange_and_a_used_token_is_404() {
 #[tokio::test]
 async fn a_failure_callback_fails_the_step_with_its_reason() {
     let gw = gateway();
-    let partner = ExternalSystem::start(202, "{}").await;
-    let target = ExternalSystem::start(200, "{}").await;
-    let code = unique_code("CALLBACK_FAIL");
-    gw.create_integration(&waiting_integration(&code, &partner.url, &target.url, None, None)).await;
-    let id = gw.invoke(&json!({"integrationCode": code})).await;
-    gw.wait_for(&id, MINUTE, status_is("W")).await;
+    let WaitingExchange { partner, target, id, .. } = waiting_exchange("CALLBACK_FAIL").await;
     let url = callback_url(&partner).await;
 
     let (status, _) =
@@ -132,12 +143,7 @@ async fn post_to_api_without_queue(queue_var: &str, path: &str, body: Value) -> 
 #[tokio::test]
 async fn an_accepted_callback_whose_handoff_fails_is_handed_on_from_the_outbox() {
     let gw = gateway();
-    let partner = ExternalSystem::start(202, "{}").await;
-    let target = ExternalSystem::start(200, "{}").await;
-    let code = unique_code("OUTBOX");
-    gw.create_integration(&waiting_integration(&code, &partner.url, &target.url, None, None)).await;
-    let id = gw.invoke(&json!({"integrationCode": code})).await;
-    gw.wait_for(&id, MINUTE, status_is("W")).await;
+    let WaitingExchange { partner, target, id, .. } = waiting_exchange("OUTBOX").await;
     let url = callback_url(&partner).await;
     let path = url.split_once("/notifications/").map(|(_, t)| format!("/notifications/{t}")).expect("callback path");
 
@@ -609,12 +615,7 @@ async fn a_manual_retry_runs_now_and_counts_as_an_attempt() {
 async fn a_poison_message_reaching_the_dlq_fails_its_exchange_as_a_system_error() {
     use aws_sdk_sqs::types::QueueAttributeName;
     let gw = gateway();
-    let partner = ExternalSystem::start(202, "{}").await;
-    let target = ExternalSystem::start(200, "{}").await;
-    let code = unique_code("POISON");
-    gw.create_integration(&waiting_integration(&code, &partner.url, &target.url, None, None)).await;
-    let id = gw.invoke(&json!({"integrationCode": code})).await;
-    gw.wait_for(&id, MINUTE, status_is("W")).await;
+    let WaitingExchange { code, id, .. } = waiting_exchange("POISON").await;
 
     // A handoff that can never be processed: it names a sub-step the plan does not have there.
     let sqs = handoff_e2e::sqs_client().await;
@@ -653,12 +654,7 @@ async fn a_poison_message_reaching_the_dlq_fails_its_exchange_as_a_system_error(
 #[tokio::test]
 async fn a_timer_reaching_the_dlq_goes_back_to_the_control_queue_and_fires() {
     let gw = gateway();
-    let partner = ExternalSystem::start(202, "{}").await;
-    let target = ExternalSystem::start(200, "{}").await;
-    let code = unique_code("DEAD_TIMER");
-    gw.create_integration(&waiting_integration(&code, &partner.url, &target.url, None, None)).await;
-    let id = gw.invoke(&json!({"integrationCode": code})).await;
-    gw.wait_for(&id, MINUTE, status_is("W")).await;
+    let WaitingExchange { id, .. } = waiting_exchange("DEAD_TIMER").await;
 
     // As SQS's redrive policy would move it: the exchange's SLA timer, due, in the control DLQ.
     let sqs = handoff_e2e::sqs_client().await;

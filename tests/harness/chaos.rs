@@ -615,15 +615,15 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         }
     }
     let mut latencies = Vec::new();
-    let mut stuck_ids = Vec::new();
+    // Exchanges not final: (id, what the report says of it).
+    let mut stuck: Vec<(String, String)> = Vec::new();
     for exchange in &all {
         let id = exchange["exchangeId"].as_str().unwrap_or("?");
         let code = exchange["integrationCode"].as_str().unwrap_or("?");
         let status = exchange["status"].as_str().unwrap_or("?");
         *report.by_status.entry(status.to_string()).or_default() += 1;
         if exchange["final"] != json!(true) {
-            report.stuck.push(format!("{id} ({code}): {status}"));
-            stuck_ids.push(id.to_string());
+            stuck.push((id.to_string(), format!("{id} ({code}): {status}")));
             continue;
         }
         let expected_to_fail = never.contains(id);
@@ -707,19 +707,21 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     // failed: then the gateway stops at once, so that where each stuck exchange's next step
     // waits is read as it was at the verdict (and the messages are counted as they were).
     let mut patience = Duration::from_secs(config.visibility_cap_seconds * 2 + 30);
-    if !stuck_ids.is_empty() {
+    if !stuck.is_empty() {
         gateway.lock().await.kill()?;
         // What the killed gateway had received comes back into view.
         tokio::time::sleep(Duration::from_secs(config.visibility_cap_seconds + 2)).await;
-        let found = locate(&sdk, &stuck_ids).await?;
-        for (line, id) in report.stuck.iter_mut().zip(&stuck_ids) {
-            let cause = found.get(id).map_or_else(
+        let ids: Vec<String> = stuck.iter().map(|(id, _)| id.clone()).collect();
+        let found = locate(&sdk, &ids).await?;
+        for (id, mut line) in stuck {
+            let cause = found.get(&id).map_or_else(
                 || "no message readable in any queue (delayed ones cannot be read), no timer but its retention".into(),
                 |places| places.iter().cloned().collect::<Vec<_>>().join(", "),
             );
             line.push_str(&format!(": {cause}"));
-            let kind = if found.contains_key(id) { "next step queued or timed" } else { "nothing found" };
+            let kind = if found.contains_key(&id) { "next step queued or timed" } else { "nothing found" };
             *report.stuck_by_cause.entry(kind.to_string()).or_default() += 1;
+            report.stuck.push(line);
         }
         patience = Duration::ZERO;
     }
@@ -763,14 +765,13 @@ async fn locate(sdk: &aws_config::SdkConfig, ids: &[String]) -> anyhow::Result<H
             }
         }
     }
-    for (_, item) in timers(sdk).await? {
-        let due = item.get("gsi4sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+    for timer in timers(sdk).await? {
         // Every exchange has one: it says nothing about what comes next.
-        if due.ends_with("#retention") {
+        if timer.due_key.ends_with("#retention") {
             continue;
         }
-        let text: Vec<&str> = item.values().filter_map(|v| v.as_s().ok().map(String::as_str)).collect();
-        note(&text.join(" "), &format!("timer {due}"));
+        let text: Vec<&str> = timer.item.values().filter_map(|v| v.as_s().ok().map(String::as_str)).collect();
+        note(&text.join(" "), &format!("timer {}", timer.due_key));
     }
     Ok(found)
 }
@@ -810,20 +811,25 @@ async fn leftovers(sdk: &aws_config::SdkConfig, patience: Duration, report: &mut
     }
 
     let overdue_before = chrono::Utc::now().timestamp_millis() - 120_000;
-    for (table, item) in timers(sdk).await? {
-        let sort = item.get("gsi4sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-        let due: i64 = sort.split('#').next().and_then(|d| d.parse().ok()).unwrap_or(0);
+    for timer in timers(sdk).await? {
+        let due: i64 = timer.due_key.split('#').next().and_then(|d| d.parse().ok()).unwrap_or(0);
         if due < overdue_before {
-            report.timers_left.push(format!("{table}: {sort} overdue"));
+            report.timers_left.push(format!("{}: {} overdue", timer.table, timer.due_key));
         }
     }
     Ok(())
 }
 
-type Item = HashMap<String, aws_sdk_dynamodb::types::AttributeValue>;
+/// A timer item as stored on the due index.
+struct StoredTimer {
+    table: String,
+    /// Its sort key on the due index (`gsi4sk`): due time in milliseconds, then its kind.
+    due_key: String,
+    item: HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
+}
 
-/// Every timer on the due index of every table, with its table.
-async fn timers(sdk: &aws_config::SdkConfig) -> anyhow::Result<Vec<(String, Item)>> {
+/// Every timer on the due index of every table.
+async fn timers(sdk: &aws_config::SdkConfig) -> anyhow::Result<Vec<StoredTimer>> {
     let dynamo = aws_sdk_dynamodb::Client::new(sdk);
     let mut found = Vec::new();
     for table in dynamo.list_tables().send().await?.table_names() {
@@ -837,7 +843,11 @@ async fn timers(sdk: &aws_config::SdkConfig) -> anyhow::Result<Vec<(String, Item
                 .set_exclusive_start_key(start)
                 .send()
                 .await?;
-            found.extend(page.items().iter().map(|item| (table.clone(), item.clone())));
+            found.extend(page.items().iter().map(|item| StoredTimer {
+                table: table.clone(),
+                due_key: item.get("gsi4sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default(),
+                item: item.clone(),
+            }));
             start = page.last_evaluated_key().cloned();
             if start.is_none() {
                 break;
