@@ -27,7 +27,7 @@ async fn a_short_chaos_run_loses_nothing_applies_nothing_twice_and_leaves_nothin
     let report = chaos::run(config).await.expect("the chaos run ran");
     println!("{report}");
     assert!(report.passed(), "{report}\n(gateway log: {})", work_dir.join("gateway.log").display());
-    assert_eq!(report.kills, 3, "{report}");
+    assert_eq!(report.kills.len(), 3, "{report}");
     for fault in [
         "dynamodb: ProvisionedThroughputExceededException",
         "dynamodb: ThrottlingException",

@@ -89,7 +89,9 @@ pub struct ChaosReport {
     pub by_status: BTreeMap<String, usize>,
     pub load: Duration,
     pub drain: Duration,
-    pub kills: usize,
+    /// Each SIGKILL of the gateway: when (wall clock, to match with logs and dead letters)
+    /// and how long it stayed down.
+    pub kills: Vec<(chrono::DateTime<chrono::Utc>, Duration)>,
     pub faults: BTreeMap<String, u64>,
     pub callbacks: BTreeMap<String, usize>,
     pub target_received: u64,
@@ -150,7 +152,15 @@ impl std::fmt::Display for ChaosReport {
         let statuses: Vec<String> = self.by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
         writeln!(f, "  final statuses: {}", statuses.join(", "))?;
         writeln!(f, "  load {:.1} s, drain {:.1} s", self.load.as_secs_f64(), self.drain.as_secs_f64())?;
-        writeln!(f, "  gateway kills (SIGKILL): {}", self.kills)?;
+        writeln!(f, "  gateway kills (SIGKILL): {}", self.kills.len())?;
+        let kills: Vec<String> = self
+            .kills
+            .iter()
+            .map(|(at, down)| format!("{} (down {:.1} s)", at.format("%H:%M:%S%.3fZ"), down.as_secs_f64()))
+            .collect();
+        for line in kills.chunks(4) {
+            writeln!(f, "    {}", line.join(", "))?;
+        }
         writeln!(f, "  faults injected: {}", self.faults.values().sum::<u64>())?;
         for (fault, n) in &self.faults {
             writeln!(f, "    {fault:<48} {n:>7}")?;
@@ -506,14 +516,15 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     let killer = {
         let gateway = gateway.clone();
         tokio::spawn(async move {
-            let mut kills = 0;
+            let mut kills = Vec::new();
             for (at, down) in kill_at.into_iter().zip(downtimes) {
                 tokio::time::sleep_until((load_started + Duration::from_secs_f64(at)).into()).await;
                 let mut g = gateway.lock().await;
                 g.kill()?;
-                kills += 1;
+                let (killed_at, down_since) = (chrono::Utc::now(), Instant::now());
                 tokio::time::sleep(Duration::from_millis(down)).await;
                 g.start().await?;
+                kills.push((killed_at, down_since.elapsed()));
             }
             anyhow::Ok(kills)
         })
