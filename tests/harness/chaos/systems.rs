@@ -88,6 +88,8 @@ pub struct SystemsReport {
     pub faults: BTreeMap<&'static str, u64>,
     /// Exchange → the plan of its invocations (chosen once per exchange).
     pub plans: HashMap<String, CallbackPlan>,
+    /// Processes (invocations that may go unanswered) that have a plan.
+    pub process_plans: usize,
     pub invocations: u64,
     pub callbacks: Vec<CallbackPosted>,
     pub callbacks_pending: u64,
@@ -252,10 +254,21 @@ async fn invoked(state: &Arc<State>, request: &ReadRequest, kind: &str, exchange
             _ => CallbackPlan::Prompt,
         };
         let delay = rng.random_range(state.late_seconds.0..=state.late_seconds.1);
-        let Ok(mut r) = state.records.lock() else { return Err(Dropped) };
+        let Ok(mut guard) = state.records.lock() else { return Err(Dropped) };
+        let r = &mut *guard;
         r.invocations += 1;
+        // The first processes take each plan once, so that even a short run meets every
+        // one (drawn alone, a few dozen processes miss `Never` or `Twice` now and then).
+        let first_plans = [CallbackPlan::Never, CallbackPlan::Twice, CallbackPlan::Late, CallbackPlan::Prompt];
+        let drawn = match first_plans.get(r.process_plans) {
+            Some(plan) if kind == "process" => *plan,
+            _ => drawn,
+        };
         // One plan per exchange: a repeated invocation (a retry) is answered the same way.
-        let plan = *r.plans.entry(exchange.to_string()).or_insert(drawn);
+        let plan = *r.plans.entry(exchange.to_string()).or_insert_with(|| {
+            r.process_plans += usize::from(kind == "process");
+            drawn
+        });
         if plan != CallbackPlan::Never {
             r.callbacks_pending += 1;
         }
