@@ -12,7 +12,7 @@ fn urls() -> LocalUrls {
 #[test]
 fn parameters_take_their_defaults() {
     let t = real_template();
-    assert_eq!(t.parameters.get("MaxReceiveCount").map(String::as_str), Some("3"));
+    assert_eq!(t.parameters.get("MaxReceiveCount").map(String::as_str), Some("5"));
 }
 
 #[test]
@@ -49,7 +49,7 @@ fn sub_resolves_pseudo_parameters_and_attributes() {
     let v: Value = serde_yaml::from_str(r#"!Sub "${DataBucket.Arn}/*""#).expect("yaml");
     assert_eq!(ids.resolve_string(&v).expect("sub"), "arn:aws:s3:::handoff-databucket/*");
     let v: Value = serde_yaml::from_str(r#"!Sub ["${X}-${!Literal}", {X: !Ref MaxReceiveCount}]"#).expect("yaml");
-    assert_eq!(ids.resolve_string(&v).expect("sub"), "3-${Literal}");
+    assert_eq!(ids.resolve_string(&v).expect("sub"), "5-${Literal}");
     let v: Value = serde_yaml::from_str(r#"{"Fn::GetAtt": [ControlQueue, QueueName]}"#).expect("yaml");
     assert_eq!(ids.resolve_string(&v).expect("getatt"), "handoff-ControlQueue");
     let v: Value = serde_yaml::from_str("!Ref Nope").expect("yaml");
