@@ -133,7 +133,7 @@ async fn failing_messages_are_redriven_to_the_dead_letter_queue() {
         .cloned()
         .expect("redrive policy");
     let redrive: Value = serde_json::from_str(&redrive).expect("redrive json");
-    assert_eq!(redrive["maxReceiveCount"].as_u64(), Some(3));
+    assert_eq!(redrive["maxReceiveCount"].as_u64(), Some(5));
     assert!(redrive["deadLetterTargetArn"].as_str().is_some_and(|a| a.ends_with("handoff-QueryDlq")));
 
     // A 60 s visibility timeout would make this test take minutes; shorten it.
@@ -150,7 +150,7 @@ async fn failing_messages_are_redriven_to_the_dead_letter_queue() {
         sqs.send_message().queue_url(&queue_url).message_body(r#"{"exchangeId":"x1"}"#).send().await.expect("send");
     let message_id = sent.message_id().expect("id").to_string();
 
-    // The DLQ function receives it after three failed attempts of the query worker.
+    // The DLQ function receives it after five failed attempts of the query worker.
     let dlq_event = wait_for("the message in the DLQ function", Duration::from_secs(30), || {
         s.recorder.calls_of("handoff-dlq").into_iter().find(|e| e["Records"][0]["messageId"] == message_id.as_str())
     })
@@ -167,7 +167,7 @@ async fn failing_messages_are_redriven_to_the_dead_letter_queue() {
         .filter(|e| e["Records"][0]["messageId"] == message_id.as_str())
         .map(|e| e["Records"][0]["attributes"]["ApproximateReceiveCount"].as_str().unwrap_or("?").to_string())
         .collect();
-    assert_eq!(attempts, vec!["1", "2", "3"]);
+    assert_eq!(attempts, vec!["1", "2", "3", "4", "5"]);
     s.emulator.shutdown().await;
 }
 
